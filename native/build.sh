@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Builds native/build/kshare.node against a libtorch.
+#   default:            Debian's libtorch-dev (CPU), headers in /usr/include
+#   LIBTORCH_INCLUDE / LIBTORCH_LIB, or TORCH_DIR (a PyTorch install: $TORCH_DIR/include, $TORCH_DIR/lib):
+#                       e.g. the CUDA PyTorch on the GPU machine (links libtorch_cuda too)
+#   NAPI_INCLUDE:       Node's N-API headers (default: Node's own include/node)
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/.." && pwd)
+if [ -n "${TORCH_DIR:-}" ]; then
+  : "${LIBTORCH_INCLUDE:=$TORCH_DIR/include}" "${LIBTORCH_LIB:=$TORCH_DIR/lib}"
+fi
+inc=${LIBTORCH_INCLUDE:-/usr/include}
+lib=${LIBTORCH_LIB:-/usr/lib/x86_64-linux-gnu}
+if [ -z "${NAPI_INCLUDE:-}" ]; then
+  node_bin=$(readlink -f "$(command -v node)")
+  NAPI_INCLUDE=$(dirname "$node_bin")/../include/node
+fi
+addon_api=$(node -p "require('node-addon-api').include_dir" 2>/dev/null || echo "$root/node_modules/node-addon-api")
+case "$addon_api" in /*) ;; *) addon_api="$root/$addon_api" ;; esac
+for f in "$inc/ATen/ATen.h" "$NAPI_INCLUDE/node_api.h" "$addon_api/napi.h"; do
+  [ -f "$f" ] || { echo "build.sh: missing $f (install libtorch-dev / run npm ci, or set LIBTORCH_INCLUDE, NAPI_INCLUDE)" >&2; exit 1; }
+done
+libs=(-ltorch -ltorch_cpu -lc10)
+if [ -f "$lib/libtorch_cuda.so" ]; then
+  # Without --no-as-needed the linker drops libtorch_cuda and CUDA is silently absent.
+  libs=(-Wl,--no-as-needed -ltorch_cuda -lc10_cuda "${libs[@]}" -Wl,--as-needed)
+  echo "build.sh: CUDA libtorch found in $lib"
+fi
+mkdir -p "$here/build"
+out="$here/build/kshare.node"
+echo "build.sh: compiling against $inc (libs $lib)"
+g++ -std=c++17 -O2 -fPIC -shared -fvisibility=hidden -D_GLIBCXX_USE_CXX11_ABI=1 \
+  -DNAPI_CPP_EXCEPTIONS -DNODE_ADDON_API_DISABLE_DEPRECATED \
+  -I"$NAPI_INCLUDE" -I"$addon_api" -I"$inc" -I"$inc/torch/csrc/api/include" \
+  "$here/kshare.cc" -o "$out.tmp" \
+  -L"$lib" -Wl,-rpath,"$lib" "${libs[@]}"
+mv "$out.tmp" "$out"
+echo "build.sh: wrote $out"

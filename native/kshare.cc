@@ -1,0 +1,607 @@
+// kshare native addon: libtorch behind N-API.
+//
+// The boundary is deliberately thin. Every ATen operator is reached through one generic
+// entry point, `call(opId, args)`, which looks the operator up in libtorch's dispatcher
+// and converts JavaScript arguments according to the operator's own schema. Going through
+// the dispatcher (rather than hand-written wrappers) means autograd, autocast and the CUDA
+// kernels all apply exactly as they do for PyTorch's Python frontend. TypeScript decides
+// which operators exist (src/tensor/kernels.ts) and validates arguments before calling.
+//
+// Tensors cross as Napi::External<TensorBox>. JS never owns the memory: `dispose`
+// releases it immediately and the live count tracks what is still held. A GC finalizer
+// frees boxes that were dropped without dispose, as a backstop only.
+
+#define NAPI_VERSION 8
+#include <napi.h>
+
+#include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/GradMode.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/variable.h>
+#include <torch/cuda.h>
+#include <torch/utils.h>
+#include <torch/version.h>
+
+#include <atomic>
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace {
+
+std::atomic<int64_t> g_live{0};
+
+struct TensorBox {
+  at::Tensor t;
+  bool alive = true;
+  explicit TensorBox(at::Tensor tensor) : t(std::move(tensor)) { g_live++; }
+  void release() {
+    if (alive) {
+      alive = false;
+      t = at::Tensor();
+      g_live--;
+    }
+  }
+  ~TensorBox() { release(); }
+};
+
+Napi::Value Wrap(Napi::Env env, at::Tensor t) {
+  if (!t.defined()) return env.Null();
+  return Napi::External<TensorBox>::New(env, new TensorBox(std::move(t)),
+                                        [](Napi::Env, TensorBox* box) { delete box; });
+}
+
+const at::Tensor& Unwrap(const Napi::Value& v, const char* what) {
+  if (!v.IsExternal()) {
+    throw Napi::TypeError::New(v.Env(), std::string(what) + ": expected a tensor handle");
+  }
+  TensorBox* box = v.As<Napi::External<TensorBox>>().Data();
+  if (!box->alive) {
+    throw Napi::Error::New(v.Env(), std::string(what) + ": tensor was disposed");
+  }
+  return box->t;
+}
+
+// ---- dtype / device codes shared with src/tensor/dtype.ts ----
+// 0 float32, 1 float16, 2 bfloat16, 3 int64, 4 uint8, 5 bool, 6 int32, 7 float64
+const at::ScalarType kDtypes[] = {at::kFloat, at::kHalf, at::kBFloat16, at::kLong,
+                                  at::kByte,  at::kBool, at::kInt,      at::kDouble};
+
+at::ScalarType DtypeFromCode(Napi::Env env, int code) {
+  if (code < 0 || code >= 8) throw Napi::RangeError::New(env, "unknown dtype code " + std::to_string(code));
+  return kDtypes[code];
+}
+
+int CodeFromDtype(at::ScalarType s) {
+  for (int i = 0; i < 8; i++)
+    if (kDtypes[i] == s) return i;
+  return -1;
+}
+
+int64_t EnumFromName(const std::string& name) {
+  static const char* dtypeNames[] = {"float32", "float16", "bfloat16", "int64", "uint8", "bool", "int32", "float64"};
+  for (int i = 0; i < 8; i++)
+    if (name == dtypeNames[i]) return static_cast<int64_t>(kDtypes[i]);
+  if (name == "contiguous") return static_cast<int64_t>(at::MemoryFormat::Contiguous);
+  if (name == "channels_last") return static_cast<int64_t>(at::MemoryFormat::ChannelsLast);
+  if (name == "preserve") return static_cast<int64_t>(at::MemoryFormat::Preserve);
+  return -1;
+}
+
+c10::Device DeviceFromString(const std::string& s) { return c10::Device(s); }
+
+std::string DeviceString(const c10::Device& d) { return d.str(); }
+
+// ---- operator table ----
+std::vector<c10::OperatorHandle> g_ops;
+std::vector<std::string> g_opNames;
+
+c10::IValue ToIValue(Napi::Env env, const Napi::Value& v, const c10::TypePtr& type,
+                     const c10::Argument& arg, const std::string& opName);
+
+c10::IValue ListToIValue(Napi::Env env, const Napi::Value& v, const c10::ListTypePtr& lt,
+                         const c10::Argument& arg, const std::string& opName) {
+  auto elem = lt->getElementType();
+  auto kind = elem->kind();
+  if (kind == c10::TypeKind::IntType || kind == c10::TypeKind::SymIntType) {
+    std::vector<int64_t> out;
+    if (v.IsNumber()) {
+      int64_t n = arg.N() ? *arg.N() : 1;
+      out.assign(n, v.As<Napi::Number>().Int64Value());
+    } else if (v.IsArray()) {
+      auto a = v.As<Napi::Array>();
+      for (uint32_t i = 0; i < a.Length(); i++) {
+        Napi::Value e = a.Get(i);
+        if (!e.IsNumber()) throw Napi::TypeError::New(env, opName + ": argument '" + arg.name() + "' must be a list of integers");
+        out.push_back(e.As<Napi::Number>().Int64Value());
+      }
+    } else {
+      throw Napi::TypeError::New(env, opName + ": argument '" + arg.name() + "' must be an integer list");
+    }
+    return c10::IValue(out);
+  }
+  if (kind == c10::TypeKind::FloatType) {
+    std::vector<double> out;
+    auto a = v.As<Napi::Array>();
+    for (uint32_t i = 0; i < a.Length(); i++) out.push_back(a.Get(i).As<Napi::Number>().DoubleValue());
+    return c10::IValue(out);
+  }
+  if (kind == c10::TypeKind::BoolType) {
+    c10::List<bool> out;
+    auto a = v.As<Napi::Array>();
+    for (uint32_t i = 0; i < a.Length(); i++) out.push_back(a.Get(i).As<Napi::Boolean>().Value());
+    return c10::IValue(out);
+  }
+  if (kind == c10::TypeKind::TensorType) {
+    if (!v.IsArray()) throw Napi::TypeError::New(env, opName + ": argument '" + arg.name() + "' must be a list of tensors");
+    auto a = v.As<Napi::Array>();
+    std::vector<at::Tensor> out;
+    for (uint32_t i = 0; i < a.Length(); i++) out.push_back(Unwrap(a.Get(i), opName.c_str()));
+    return c10::IValue(out);
+  }
+  if (kind == c10::TypeKind::OptionalType) {  // Tensor?[] (index)
+    if (!v.IsArray()) throw Napi::TypeError::New(env, opName + ": argument '" + arg.name() + "' must be a list");
+    auto a = v.As<Napi::Array>();
+    c10::List<c10::optional<at::Tensor>> out;
+    for (uint32_t i = 0; i < a.Length(); i++) {
+      Napi::Value e = a.Get(i);
+      if (e.IsNull() || e.IsUndefined()) out.push_back(c10::nullopt);
+      else out.push_back(Unwrap(e, opName.c_str()));
+    }
+    return c10::IValue(out);
+  }
+  throw Napi::TypeError::New(env, opName + ": unsupported list type " + lt->str() + " for '" + arg.name() + "'");
+}
+
+c10::IValue ToIValue(Napi::Env env, const Napi::Value& v, const c10::TypePtr& type,
+                     const c10::Argument& arg, const std::string& opName) {
+  auto bad = [&](const char* want) {
+    return Napi::TypeError::New(env, opName + ": argument '" + arg.name() + "' must be " + want);
+  };
+  switch (type->kind()) {
+    case c10::TypeKind::OptionalType: {
+      if (v.IsNull() || v.IsUndefined()) return c10::IValue();
+      return ToIValue(env, v, type->castRaw<c10::OptionalType>()->getElementType(), arg, opName);
+    }
+    case c10::TypeKind::TensorType:
+      return Unwrap(v, opName.c_str());
+    case c10::TypeKind::IntType:
+    case c10::TypeKind::SymIntType:
+      if (v.IsString()) {  // ScalarType / MemoryFormat arguments are ints in schemas; TS names them
+        std::string name = v.As<Napi::String>().Utf8Value();
+        int64_t code = EnumFromName(name);
+        if (code < 0) throw bad("a dtype or memory-format name");
+        return c10::IValue(code);
+      }
+      if (!v.IsNumber()) throw bad("an integer");
+      return c10::IValue(v.As<Napi::Number>().Int64Value());
+    case c10::TypeKind::FloatType:
+      if (!v.IsNumber()) throw bad("a number");
+      return c10::IValue(v.As<Napi::Number>().DoubleValue());
+    case c10::TypeKind::BoolType:
+      if (!v.IsBoolean()) throw bad("a boolean");
+      return c10::IValue(v.As<Napi::Boolean>().Value());
+    case c10::TypeKind::NumberType:
+      if (v.IsBoolean()) return c10::IValue(c10::Scalar(v.As<Napi::Boolean>().Value()));
+      if (!v.IsNumber()) throw bad("a number");
+      {
+        double d = v.As<Napi::Number>().DoubleValue();
+        if (std::floor(d) == d && std::abs(d) < 9.0e15) return c10::IValue(c10::Scalar(static_cast<int64_t>(d)));
+        return c10::IValue(c10::Scalar(d));
+      }
+    case c10::TypeKind::StringType:
+      if (!v.IsString()) throw bad("a string");
+      return c10::IValue(v.As<Napi::String>().Utf8Value());
+    case c10::TypeKind::DeviceObjType:
+      if (!v.IsString()) throw bad("a device string");
+      return c10::IValue(DeviceFromString(v.As<Napi::String>().Utf8Value()));
+    case c10::TypeKind::ListType:
+      return ListToIValue(env, v, type->cast<c10::ListType>(), arg, opName);
+    default:
+      throw Napi::TypeError::New(env, opName + ": unsupported argument type " + type->str() + " for '" + arg.name() + "'");
+  }
+}
+
+Napi::Value FromIValue(Napi::Env env, const c10::IValue& iv) {
+  if (iv.isTensor()) return Wrap(env, iv.toTensor());
+  if (iv.isNone()) return env.Null();
+  if (iv.isInt()) return Napi::Number::New(env, static_cast<double>(iv.toInt()));
+  if (iv.isDouble()) return Napi::Number::New(env, iv.toDouble());
+  if (iv.isBool()) return Napi::Boolean::New(env, iv.toBool());
+  if (iv.isTensorList()) {
+    auto list = iv.toTensorVector();
+    auto arr = Napi::Array::New(env, list.size());
+    for (size_t i = 0; i < list.size(); i++) arr.Set(i, Wrap(env, list[i]));
+    return arr;
+  }
+  if (iv.isTuple()) {
+    auto& elems = iv.toTupleRef().elements();
+    auto arr = Napi::Array::New(env, elems.size());
+    for (size_t i = 0; i < elems.size(); i++) arr.Set(i, FromIValue(env, elems[i]));
+    return arr;
+  }
+  if (iv.isIntList()) {
+    auto list = iv.toIntVector();
+    auto arr = Napi::Array::New(env, list.size());
+    for (size_t i = 0; i < list.size(); i++) arr.Set(i, Napi::Number::New(env, static_cast<double>(list[i])));
+    return arr;
+  }
+  throw Napi::TypeError::New(env, "unsupported return type " + iv.tagKind());
+}
+
+// Resolves "aten::conv2d" / "" to a small integer used by `call`.
+Napi::Value OpId(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string name = info[0].As<Napi::String>().Utf8Value();
+  std::string overload = info[1].As<Napi::String>().Utf8Value();
+  std::string full = overload.empty() ? name : name + "." + overload;
+  auto handle = c10::Dispatcher::singleton().findSchema({name, overload});
+  if (!handle) throw Napi::Error::New(env, "unknown libtorch operator " + full);
+  g_ops.push_back(*handle);
+  g_opNames.push_back(full);
+  return Napi::Number::New(env, static_cast<double>(g_ops.size() - 1));
+}
+
+Napi::Value OpSchema(const Napi::CallbackInfo& info) {
+  size_t id = info[0].As<Napi::Number>().Uint32Value();
+  std::stringstream ss;
+  ss << g_ops.at(id).schema();
+  return Napi::String::New(info.Env(), ss.str());
+}
+
+Napi::Value Call(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint32_t id = info[0].As<Napi::Number>().Uint32Value();
+  if (id >= g_ops.size()) throw Napi::RangeError::New(env, "bad operator id");
+  const auto& op = g_ops[id];
+  const std::string& opName = g_opNames[id];
+  const auto& schema = op.schema();
+  const auto& args = schema.arguments();
+  Napi::Array js = info[1].As<Napi::Array>();
+  if (js.Length() > args.size()) {
+    throw Napi::TypeError::New(env, opName + ": expected at most " + std::to_string(args.size()) +
+                                        " arguments, got " + std::to_string(js.Length()));
+  }
+  torch::jit::Stack stack;
+  stack.reserve(args.size());
+  for (size_t i = 0; i < args.size(); i++) {
+    Napi::Value v = i < js.Length() ? js.Get(i) : env.Undefined();
+    if (v.IsUndefined()) {
+      if (args[i].default_value()) {
+        stack.push_back(*args[i].default_value());
+        continue;
+      }
+      if (args[i].type()->kind() == c10::TypeKind::OptionalType) {
+        stack.emplace_back();
+        continue;
+      }
+      throw Napi::TypeError::New(env, opName + ": missing required argument '" + args[i].name() + "'");
+    }
+    stack.push_back(ToIValue(env, v, args[i].type(), args[i], opName));
+  }
+  try {
+    op.callBoxed(&stack);
+  } catch (const c10::Error& e) {
+    throw Napi::Error::New(env, opName + ": " + e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    throw Napi::Error::New(env, opName + ": " + e.what());
+  }
+  if (stack.size() == 1) return FromIValue(env, stack[0]);
+  auto arr = Napi::Array::New(env, stack.size());
+  for (size_t i = 0; i < stack.size(); i++) arr.Set(i, FromIValue(env, stack[i]));
+  return arr;
+}
+
+// Wrap a function body so that libtorch errors become JS errors carrying `what`.
+template <typename F>
+Napi::Value Guard(Napi::Env env, const char* what, F&& f) {
+  try {
+    return f();
+  } catch (const Napi::Error&) {
+    throw;
+  } catch (const c10::Error& e) {
+    throw Napi::Error::New(env, std::string(what) + ": " + e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    throw Napi::Error::New(env, std::string(what) + ": " + e.what());
+  }
+}
+
+// ---- tensor metadata and lifetime ----
+Napi::Value Meta(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const at::Tensor& t = Unwrap(info[0], "meta");
+  auto arr = Napi::Array::New(env);
+  arr.Set(0u, Napi::Number::New(env, CodeFromDtype(t.scalar_type())));
+  arr.Set(1u, Napi::String::New(env, DeviceString(t.device())));
+  auto sizes = t.sizes();
+  auto shape = Napi::Array::New(env, sizes.size());
+  for (size_t i = 0; i < sizes.size(); i++) shape.Set(i, Napi::Number::New(env, static_cast<double>(sizes[i])));
+  arr.Set(2u, shape);
+  return arr;
+}
+
+Napi::Value Dispose(const Napi::CallbackInfo& info) {
+  if (info[0].IsExternal()) info[0].As<Napi::External<TensorBox>>().Data()->release();
+  return info.Env().Undefined();
+}
+
+Napi::Value IsAlive(const Napi::CallbackInfo& info) {
+  bool alive = info[0].IsExternal() && info[0].As<Napi::External<TensorBox>>().Data()->alive;
+  return Napi::Boolean::New(info.Env(), alive);
+}
+
+Napi::Value LiveCount(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), static_cast<double>(g_live.load()));
+}
+
+Napi::Value Share(const Napi::CallbackInfo& info) {  // a second handle to the same tensor
+  return Wrap(info.Env(), Unwrap(info[0], "share"));
+}
+
+Napi::Value SameStorage(const Napi::CallbackInfo& info) {
+  const at::Tensor& a = Unwrap(info[0], "sameTensor");
+  const at::Tensor& b = Unwrap(info[1], "sameTensor");
+  return Napi::Boolean::New(info.Env(), a.unsafeGetTensorImpl() == b.unsafeGetTensorImpl());
+}
+
+// ---- data in and out ----
+// fromBuffer(typedArray, shape, dtypeCode): one memcpy into libtorch-owned memory.
+Napi::Value FromBuffer(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return Guard(env, "fromBuffer", [&]() -> Napi::Value {
+    auto ta = info[0].As<Napi::TypedArray>();
+    auto shapeArr = info[1].As<Napi::Array>();
+    auto dtype = DtypeFromCode(env, info[2].As<Napi::Number>().Int32Value());
+    std::vector<int64_t> shape;
+    int64_t numel = 1;
+    for (uint32_t i = 0; i < shapeArr.Length(); i++) {
+      int64_t d = shapeArr.Get(i).As<Napi::Number>().Int64Value();
+      shape.push_back(d);
+      numel *= d;
+    }
+    size_t bytes = static_cast<size_t>(numel) * c10::elementSize(dtype);
+    size_t have = ta.ByteLength();
+    if (bytes != have) {
+      throw Napi::RangeError::New(env, "fromBuffer: shape needs " + std::to_string(bytes) + " bytes, buffer has " + std::to_string(have));
+    }
+    at::Tensor t = at::empty(shape, at::TensorOptions().dtype(dtype));
+    if (bytes) {
+      auto* src = static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
+      std::memcpy(t.data_ptr(), src, bytes);
+    }
+    return Wrap(env, t);
+  });
+}
+
+// toBuffer(handle): copies to a fresh ArrayBuffer (moves to CPU and makes contiguous first).
+Napi::Value ToBuffer(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return Guard(env, "toBuffer", [&]() -> Napi::Value {
+    at::Tensor t = Unwrap(info[0], "toBuffer");
+    c10::NoGradGuard noGrad;
+    t = t.detach().to(at::kCPU).contiguous();
+    size_t bytes = t.numel() * t.element_size();
+    auto buf = Napi::ArrayBuffer::New(env, bytes);
+    if (bytes) std::memcpy(buf.Data(), t.data_ptr(), bytes);
+    return buf;
+  });
+}
+
+// view(handle): zero-copy ArrayBuffer over a contiguous CPU tensor's memory; keeps it alive.
+Napi::Value DataView(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return Guard(env, "dataView", [&]() -> Napi::Value {
+    const at::Tensor& t = Unwrap(info[0], "dataView");
+    if (!t.device().is_cpu() || !t.is_contiguous()) {
+      throw Napi::Error::New(env, "dataView: needs a contiguous CPU tensor");
+    }
+    auto* keep = new at::Tensor(t);
+    size_t bytes = t.numel() * t.element_size();
+    return Napi::ArrayBuffer::New(env, keep->data_ptr(), bytes,
+                                  [](Napi::Env, void*, at::Tensor* k) { delete k; }, keep);
+  });
+}
+
+// ---- autograd ----
+Napi::Value SetRequiresGrad(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return Guard(env, "requiresGrad", [&]() -> Napi::Value {
+    at::Tensor t = Unwrap(info[0], "requiresGrad");
+    t.set_requires_grad(info[1].As<Napi::Boolean>().Value());
+    return env.Undefined();
+  });
+}
+
+Napi::Value RequiresGrad(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), Unwrap(info[0], "requiresGrad").requires_grad());
+}
+
+Napi::Value IsLeaf(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), Unwrap(info[0], "isLeaf").is_leaf());
+}
+
+Napi::Value Grad(const Napi::CallbackInfo& info) {
+  return Wrap(info.Env(), Unwrap(info[0], "grad").grad());
+}
+
+Napi::Value SetGrad(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return Guard(env, "setGrad", [&]() -> Napi::Value {
+    at::Tensor t = Unwrap(info[0], "setGrad");
+    if (info[1].IsNull() || info[1].IsUndefined()) t.mutable_grad() = at::Tensor();
+    else t.mutable_grad() = Unwrap(info[1], "setGrad");
+    return env.Undefined();
+  });
+}
+
+Napi::Value Backward(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return Guard(env, "backward", [&]() -> Napi::Value {
+    auto outs = info[0].As<Napi::Array>();
+    std::vector<at::Tensor> tensors, grads;
+    for (uint32_t i = 0; i < outs.Length(); i++) tensors.push_back(Unwrap(outs.Get(i), "backward"));
+    if (info[1].IsArray()) {
+      auto g = info[1].As<Napi::Array>();
+      for (uint32_t i = 0; i < g.Length(); i++) {
+        Napi::Value gv = g.Get(i);
+        grads.push_back(gv.IsNull() ? at::Tensor() : Unwrap(gv, "backward"));
+      }
+    }
+    bool retain = info[2].IsBoolean() && info[2].As<Napi::Boolean>().Value();
+    torch::autograd::backward(tensors, grads, retain ? c10::optional<bool>(true) : c10::nullopt, false);
+    return env.Undefined();
+  });
+}
+
+Napi::Value SetGradEnabled(const Napi::CallbackInfo& info) {
+  bool prev = c10::GradMode::is_enabled();
+  c10::GradMode::set_enabled(info[0].As<Napi::Boolean>().Value());
+  return Napi::Boolean::New(info.Env(), prev);
+}
+
+// ---- autocast (mixed precision) ----
+// setAutocast(deviceType "cpu"|"cuda", enabled, dtypeCode) -> previous enabled
+Napi::Value SetAutocast(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string dev = info[0].As<Napi::String>().Utf8Value();
+  bool enabled = info[1].As<Napi::Boolean>().Value();
+  auto dtype = DtypeFromCode(env, info[2].As<Napi::Number>().Int32Value());
+  bool prev;
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+  auto type = dev == "cuda" ? at::kCUDA : at::kCPU;
+  prev = at::autocast::is_autocast_enabled(type);
+  at::autocast::set_autocast_enabled(type, enabled);
+  at::autocast::set_autocast_dtype(type, dtype);
+#else
+  if (dev == "cuda") {
+    prev = at::autocast::is_enabled();
+    at::autocast::set_enabled(enabled);
+    at::autocast::set_autocast_gpu_dtype(dtype);
+  } else {
+    prev = at::autocast::is_cpu_enabled();
+    at::autocast::set_cpu_enabled(enabled);
+    at::autocast::set_autocast_cpu_dtype(dtype);
+  }
+#endif
+  if (!enabled) at::autocast::clear_cache();
+  return Napi::Boolean::New(env, prev);
+}
+
+// ---- random state ----
+Napi::Value ManualSeed(const Napi::CallbackInfo& info) {
+  torch::manual_seed(static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value()));
+  return info.Env().Undefined();
+}
+
+Napi::Value GetRngState(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return Guard(env, "getRngState", [&]() -> Napi::Value {
+    auto gen = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    return Wrap(env, gen.get_state());
+  });
+}
+
+Napi::Value SetRngState(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return Guard(env, "setRngState", [&]() -> Napi::Value {
+    auto gen = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_state(Unwrap(info[0], "setRngState"));
+    return env.Undefined();
+  });
+}
+
+Napi::Value GetCudaRngState(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return Guard(env, "getCudaRngState", [&]() -> Napi::Value {
+    auto gen = at::detail::getCUDAHooks().getDefaultCUDAGenerator(info[0].As<Napi::Number>().Int32Value());
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    return Wrap(env, gen.get_state());
+  });
+}
+
+Napi::Value SetCudaRngState(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return Guard(env, "setCudaRngState", [&]() -> Napi::Value {
+    auto gen = at::detail::getCUDAHooks().getDefaultCUDAGenerator(info[0].As<Napi::Number>().Int32Value());
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_state(Unwrap(info[1], "setCudaRngState"));
+    return env.Undefined();
+  });
+}
+
+// ---- runtime ----
+Napi::Value RuntimeInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto o = Napi::Object::New(env);
+  o.Set("torchVersion", TORCH_VERSION);
+  o.Set("cudaAvailable", torch::cuda::is_available());
+  o.Set("cudaDeviceCount", static_cast<double>(torch::cuda::device_count()));
+  o.Set("numThreads", static_cast<double>(at::get_num_threads()));
+  o.Set("cudnnBenchmark", at::globalContext().benchmarkCuDNN());
+  return o;
+}
+
+Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
+  at::set_num_threads(info[0].As<Napi::Number>().Int32Value());
+  return info.Env().Undefined();
+}
+
+Napi::Value SetCudnnBenchmark(const Napi::CallbackInfo& info) {
+  at::globalContext().setBenchmarkCuDNN(info[0].As<Napi::Boolean>().Value());
+  return info.Env().Undefined();
+}
+
+Napi::Value CudaSynchronize(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return Guard(env, "cudaSynchronize", [&]() -> Napi::Value {
+    if (torch::cuda::is_available()) torch::cuda::synchronize();
+    return env.Undefined();
+  });
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  // Every entry point is guarded: an exception escaping into N-API would abort the process.
+  auto fn = [&](const char* name, Napi::Value (*f)(const Napi::CallbackInfo&)) {
+    exports.Set(name, Napi::Function::New(
+                          env, [f, name](const Napi::CallbackInfo& info) { return Guard(info.Env(), name, [&]() { return f(info); }); },
+                          name));
+  };
+  fn("opId", OpId);
+  fn("opSchema", OpSchema);
+  fn("call", Call);
+  fn("meta", Meta);
+  fn("dispose", Dispose);
+  fn("isAlive", IsAlive);
+  fn("liveCount", LiveCount);
+  fn("share", Share);
+  fn("sameTensor", SameStorage);
+  fn("fromBuffer", FromBuffer);
+  fn("toBuffer", ToBuffer);
+  fn("dataView", DataView);
+  fn("setRequiresGrad", SetRequiresGrad);
+  fn("requiresGrad", RequiresGrad);
+  fn("isLeaf", IsLeaf);
+  fn("grad", Grad);
+  fn("setGrad", SetGrad);
+  fn("backward", Backward);
+  fn("setGradEnabled", SetGradEnabled);
+  fn("setAutocast", SetAutocast);
+  fn("manualSeed", ManualSeed);
+  fn("getRngState", GetRngState);
+  fn("setRngState", SetRngState);
+  fn("getCudaRngState", GetCudaRngState);
+  fn("setCudaRngState", SetCudaRngState);
+  fn("runtimeInfo", RuntimeInfo);
+  fn("setNumThreads", SetNumThreads);
+  fn("setCudnnBenchmark", SetCudnnBenchmark);
+  fn("cudaSynchronize", CudaSynchronize);
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(kshare, Init)
