@@ -94,6 +94,41 @@ c10::Device DeviceFromString(const std::string& s) { return c10::Device(s); }
 
 std::string DeviceString(const c10::Device& d) { return d.str(); }
 
+// ---- generators (seedable random streams) ----
+struct GeneratorBox {
+  at::Generator gen;
+};
+
+Napi::Value NewGenerator(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string dev = info[0].As<Napi::String>().Utf8Value();
+  uint64_t seed = static_cast<uint64_t>(info[1].As<Napi::Number>().Int64Value());
+  at::Generator gen;
+  c10::Device device(dev);
+  if (device.is_cuda()) {
+    gen = at::detail::getCUDAHooks().getDefaultCUDAGenerator(device.index() < 0 ? 0 : device.index()).clone();
+  } else {
+    gen = at::detail::createCPUGenerator();
+  }
+  gen.set_current_seed(seed);
+  return Napi::External<GeneratorBox>::New(env, new GeneratorBox{gen}, [](Napi::Env, GeneratorBox* g) { delete g; });
+}
+
+at::Generator& UnwrapGenerator(const Napi::Value& v) {
+  if (!v.IsExternal()) throw Napi::TypeError::New(v.Env(), "expected a Generator");
+  return v.As<Napi::External<GeneratorBox>>().Data()->gen;
+}
+
+Napi::Value GeneratorState(const Napi::CallbackInfo& info) {
+  auto& gen = UnwrapGenerator(info[0]);
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  if (info.Length() > 1 && !info[1].IsUndefined()) {
+    gen.set_state(Unwrap(info[1], "generatorState"));
+    return info.Env().Undefined();
+  }
+  return Wrap(info.Env(), gen.get_state());
+}
+
 // ---- operator table ----
 std::vector<c10::OperatorHandle> g_ops;
 std::vector<std::string> g_opNames;
@@ -197,6 +232,8 @@ c10::IValue ToIValue(Napi::Env env, const Napi::Value& v, const c10::TypePtr& ty
     case c10::TypeKind::DeviceObjType:
       if (!v.IsString()) throw bad("a device string");
       return c10::IValue(DeviceFromString(v.As<Napi::String>().Utf8Value()));
+    case c10::TypeKind::GeneratorType:
+      return c10::IValue(UnwrapGenerator(v));
     case c10::TypeKind::ListType:
       return ListToIValue(env, v, type->cast<c10::ListType>(), arg, opName);
     default:
@@ -595,6 +632,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   fn("setRngState", SetRngState);
   fn("getCudaRngState", GetCudaRngState);
   fn("setCudaRngState", SetCudaRngState);
+  fn("newGenerator", NewGenerator);
+  fn("generatorState", GeneratorState);
   fn("runtimeInfo", RuntimeInfo);
   fn("setNumThreads", SetNumThreads);
   fn("setCudnnBenchmark", SetCudnnBenchmark);

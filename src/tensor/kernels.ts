@@ -1,0 +1,103 @@
+// Every libtorch operator kshare calls, in one place: our kernel name -> ATen schema name.
+// Op fronts (ops/*.ts) validate arguments, then call `runKernel`, which resolves the
+// operator once and lets the addon convert arguments by the operator's own schema.
+import { native, type Handle, type KernelArg } from './native.js';
+
+export const KERNELS = {
+  // creation
+  zeros: 'aten::zeros', ones: 'aten::ones', full: 'aten::full', empty: 'aten::empty',
+  arangeStartStep: 'aten::arange.start_step',
+  randn: 'aten::randn', randnGen: 'aten::randn.generator',
+  rand: 'aten::rand', randGen: 'aten::rand.generator',
+  randint: 'aten::randint.low', randintGen: 'aten::randint.low_generator',
+  randperm: 'aten::randperm', randpermGen: 'aten::randperm.generator',
+  normal_: 'aten::normal_', uniform_: 'aten::uniform_', bernoulliP: 'aten::bernoulli.p',
+  zerosLike: 'aten::zeros_like', onesLike: 'aten::ones_like', fullLike: 'aten::full_like',
+  // conversion / memory
+  toDtypeLayout: 'aten::to.dtype_layout', contiguous: 'aten::contiguous', clone: 'aten::clone',
+  detach: 'aten::detach', copy_: 'aten::copy_', fill_: 'aten::fill_.Scalar', zero_: 'aten::zero_',
+  isContiguous: 'aten::is_contiguous.memory_format',
+  // elementwise binary
+  add: 'aten::add.Tensor', addScalar: 'aten::add.Scalar', sub: 'aten::sub.Tensor', subScalar: 'aten::sub.Scalar',
+  mul: 'aten::mul.Tensor', mulScalar: 'aten::mul.Scalar', div: 'aten::div.Tensor', divScalar: 'aten::div.Scalar',
+  pow: 'aten::pow.Tensor_Scalar', maximum: 'aten::maximum', minimum: 'aten::minimum',
+  add_: 'aten::add_.Tensor', addScalar_: 'aten::add_.Scalar', mul_: 'aten::mul_.Tensor', mulScalar_: 'aten::mul_.Scalar',
+  sub_: 'aten::sub_.Tensor', div_: 'aten::div_.Tensor', divScalar_: 'aten::div_.Scalar', lerp_: 'aten::lerp_.Scalar',
+  addcmul_: 'aten::addcmul_', addcdiv_: 'aten::addcdiv_',
+  // elementwise unary
+  neg: 'aten::neg', exp: 'aten::exp', log: 'aten::log', sqrt: 'aten::sqrt', rsqrt: 'aten::rsqrt', abs: 'aten::abs',
+  tanh: 'aten::tanh', sigmoid: 'aten::sigmoid', relu: 'aten::relu', relu_: 'aten::relu_', gelu: 'aten::gelu',
+  floor: 'aten::floor', round: 'aten::round', sign: 'aten::sign', clamp: 'aten::clamp', clampTensor: 'aten::clamp.Tensor',
+  isfinite: 'aten::isfinite', logicalNot: 'aten::logical_not', logicalAnd: 'aten::logical_and', logicalOr: 'aten::logical_or',
+  // comparison
+  eq: 'aten::eq.Tensor', eqScalar: 'aten::eq.Scalar', ne: 'aten::ne.Tensor', neScalar: 'aten::ne.Scalar',
+  lt: 'aten::lt.Tensor', ltScalar: 'aten::lt.Scalar', le: 'aten::le.Tensor', leScalar: 'aten::le.Scalar',
+  gt: 'aten::gt.Tensor', gtScalar: 'aten::gt.Scalar', ge: 'aten::ge.Tensor', geScalar: 'aten::ge.Scalar',
+  where: 'aten::where.self', whereScalar: 'aten::where.ScalarOther',
+  // reductions
+  sumAll: 'aten::sum', sumDim: 'aten::sum.dim_IntList', meanAll: 'aten::mean', meanDim: 'aten::mean.dim',
+  maxAll: 'aten::max', maxDim: 'aten::max.dim', minAll: 'aten::min', minDim: 'aten::min.dim',
+  argmax: 'aten::argmax', argmin: 'aten::argmin', norm: 'aten::linalg_vector_norm', var: 'aten::var.correction',
+  allAll: 'aten::all', anyAll: 'aten::any', topk: 'aten::topk', sort: 'aten::sort',
+  // shape
+  reshape: 'aten::reshape', view: 'aten::view', permute: 'aten::permute', transpose: 'aten::transpose.int',
+  flatten: 'aten::flatten.using_ints', squeezeDim: 'aten::squeeze.dim', unsqueeze: 'aten::unsqueeze',
+  expand: 'aten::expand', cat: 'aten::cat', stack: 'aten::stack', slice: 'aten::slice.Tensor',
+  narrow: 'aten::narrow', select: 'aten::select.int', repeat: 'aten::repeat', flip: 'aten::flip', roll: 'aten::roll',
+  pad: 'aten::constant_pad_nd', reflectionPad2d: 'aten::reflection_pad2d', replicationPad2d: 'aten::replication_pad2d',
+  // indexing
+  indexSelect: 'aten::index_select', gather: 'aten::gather', scatter: 'aten::scatter.src', scatterValue: 'aten::scatter.value',
+  index: 'aten::index.Tensor', maskedFill: 'aten::masked_fill.Scalar', oneHot: 'aten::one_hot',
+  // nn
+  conv2d: 'aten::conv2d', conv2dPadding: 'aten::conv2d.padding', batchNorm: 'aten::batch_norm', linear: 'aten::linear', matmul: 'aten::matmul',
+  adaptiveAvgPool2d: 'aten::adaptive_avg_pool2d', avgPool2d: 'aten::avg_pool2d', maxPool2d: 'aten::max_pool2d',
+  dropout: 'aten::dropout', softmax: 'aten::softmax.int', logSoftmax: 'aten::log_softmax.int',
+  nllLoss: 'aten::nll_loss', crossEntropy: 'aten::cross_entropy_loss', gridSampler2d: 'aten::grid_sampler',
+  affineGrid: 'aten::affine_grid_generator', interpolateBilinear: 'aten::upsample_bilinear2d',
+  // multi-tensor (optimizers)
+  foreachMulScalar_: 'aten::_foreach_mul_.Scalar', foreachAddList_: 'aten::_foreach_add_.List',
+  foreachAddScalar_: 'aten::_foreach_add_.Scalar', foreachAddcmulScalar_: 'aten::_foreach_addcmul_.Scalar',
+  foreachAddcdivScalar_: 'aten::_foreach_addcdiv_.Scalar', foreachSqrt: 'aten::_foreach_sqrt',
+  foreachDivScalar_: 'aten::_foreach_div_.Scalar', foreachMulList_: 'aten::_foreach_mul_.List',
+  foreachNorm: 'aten::_foreach_norm.Scalar', foreachZero_: 'aten::_foreach_zero_',
+  ampUnscale_: 'aten::_amp_foreach_non_finite_check_and_unscale_', ampUpdateScale_: 'aten::_amp_update_scale_',
+} as const;
+
+export type KernelName = keyof typeof KERNELS;
+
+const ids = new Map<KernelName, number>();
+
+function resolve(name: KernelName): number {
+  let id = ids.get(name);
+  if (id === undefined) {
+    const [op, overload = ''] = KERNELS[name].split('.');
+    id = native.opId(op!, overload);
+    ids.set(name, id);
+  }
+  return id;
+}
+
+/** Calls a libtorch operator; libtorch errors become Errors naming our op and ATen's. */
+export function runKernel(opName: string, kernel: KernelName, args: KernelArg[]): unknown {
+  const id = resolve(kernel);
+  try {
+    return native.call(id, args);
+  } catch (e) {
+    const msg = e instanceof Error ? e.message : String(e);
+    throw new Error(`${opName}: ${msg}`);
+  }
+}
+
+/** The schema libtorch reports for a kernel (for docs and debugging). */
+export function kernelSchema(kernel: KernelName): string {
+  return native.opSchema(resolve(kernel));
+}
+
+export type { Handle };
+
+/** Runs an in-place operator and releases the handle(s) it returns (they alias the inputs). */
+export function runKernelInPlace(opName: string, kernel: KernelName, args: KernelArg[]): void {
+  const out = runKernel(opName, kernel, args);
+  if (Array.isArray(out)) for (const h of out) native.dispose(h as Handle);
+  else if (out !== null && out !== undefined) native.dispose(out as Handle);
+}

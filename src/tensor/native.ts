@@ -1,0 +1,73 @@
+// The typed face of the native addon (native/kshare.cc). Nothing else imports the addon.
+import { createRequire } from 'node:module';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+
+/** Opaque handle to a libtorch tensor owned by the addon. */
+export type Handle = { readonly __handle: unique symbol };
+/** Opaque handle to a libtorch random generator. */
+export type GeneratorHandle = { readonly __generator: unique symbol };
+/** Argument values the addon converts according to the operator's schema. */
+export type KernelArg =
+  | Handle | GeneratorHandle | number | boolean | string | null | undefined
+  | readonly number[] | readonly boolean[] | readonly (Handle | null)[];
+
+export interface RuntimeInfo {
+  torchVersion: string;
+  cudaAvailable: boolean;
+  cudaDeviceCount: number;
+  numThreads: number;
+  cudnnBenchmark: boolean;
+}
+
+export interface NativeBinding {
+  opId(name: string, overload: string): number;
+  opSchema(id: number): string;
+  call(id: number, args: KernelArg[]): unknown;
+  meta(h: Handle): [dtypeCode: number, device: string, shape: number[]];
+  dispose(h: Handle): void;
+  isAlive(h: Handle): boolean;
+  liveCount(): number;
+  share(h: Handle): Handle;
+  sameTensor(a: Handle, b: Handle): boolean;
+  fromBuffer(data: ArrayBufferView, shape: number[], dtypeCode: number): Handle;
+  toBuffer(h: Handle): ArrayBuffer;
+  dataView(h: Handle): ArrayBuffer;
+  setRequiresGrad(h: Handle, value: boolean): void;
+  requiresGrad(h: Handle): boolean;
+  isLeaf(h: Handle): boolean;
+  grad(h: Handle): Handle | null;
+  setGrad(h: Handle, g: Handle | null): void;
+  backward(outputs: Handle[], grads: (Handle | null)[] | null, retainGraph: boolean): void;
+  setGradEnabled(enabled: boolean): boolean;
+  setAutocast(deviceType: 'cpu' | 'cuda', enabled: boolean, dtypeCode: number): boolean;
+  manualSeed(seed: number): void;
+  getRngState(): Handle;
+  setRngState(state: Handle): void;
+  getCudaRngState(device: number): Handle;
+  setCudaRngState(device: number, state: Handle): void;
+  newGenerator(device: string, seed: number): GeneratorHandle;
+  generatorState(g: GeneratorHandle, state?: Handle): Handle | undefined;
+  runtimeInfo(): RuntimeInfo;
+  setNumThreads(n: number): void;
+  setCudnnBenchmark(on: boolean): void;
+  cudaSynchronize(): void;
+}
+
+function locateAddon(): string {
+  const here = path.dirname(fileURLToPath(import.meta.url));
+  const candidates = [
+    process.env.KSHARE_ADDON,
+    // src/tensor -> repo root, and dist/src/tensor -> repo root
+    path.resolve(here, '../../native/build/kshare.node'),
+    path.resolve(here, '../../../native/build/kshare.node'),
+  ].filter((p): p is string => !!p);
+  for (const c of candidates) if (existsSync(c)) return c;
+  throw new Error(
+    `kshare: native addon not found (looked in ${candidates.join(', ')}). ` +
+      'Build it with `npm run build:native` (needs Debian libtorch-dev, or LIBTORCH_INCLUDE/LIBTORCH_LIB).',
+  );
+}
+
+export const native: NativeBinding = createRequire(import.meta.url)(locateAddon()) as NativeBinding;

@@ -1,0 +1,57 @@
+// 2-D convolution.
+import { runKernel } from '../kernels.js';
+import { Tensor, wrap } from '../tensor.js';
+import { tensorArg, optTensorArg, rankArg, floatArg, sameDevice, pairArg, intArg, ShapeError, describe } from '../validate.js';
+
+export interface Conv2dOptions {
+  stride?: number | [number, number];
+  /** Zero padding per side, or 'same' / 'valid' as in PyTorch. */
+  padding?: number | [number, number] | 'same' | 'valid';
+  dilation?: number | [number, number];
+  groups?: number;
+}
+
+/** Output spatial size of a convolution, or an error naming the op if it would be empty. */
+export function convOutputSize(op: string, inSize: number, k: number, s: number, p: number, d: number): number {
+  const out = Math.floor((inSize + 2 * p - d * (k - 1) - 1) / s) + 1;
+  if (out < 1) throw new ShapeError(`${op}: input size ${inSize} is too small for kernel ${k} (dilation ${d}, padding ${p})`);
+  return out;
+}
+
+/** y = conv2d(x, weight, bias): x (N, C, H, W), weight (O, C/groups, kH, kW), bias (O). */
+export function conv2d(x: Tensor, weight: Tensor, bias: Tensor | null = null, o: Conv2dOptions = {}): Tensor {
+  const op = 'conv2d';
+  tensorArg(op, 'input', x);
+  tensorArg(op, 'weight', weight);
+  optTensorArg(op, 'bias', bias);
+  rankArg(op, 'input', x, 4);
+  rankArg(op, 'weight', weight, 4);
+  floatArg(op, 'input', x);
+  sameDevice(op, ['input', x], ['weight', weight], ['bias', bias]);
+  const groups = intArg(op, 'groups', o.groups ?? 1, 1);
+  const stride = pairArg(op, 'stride', o.stride ?? 1, 1);
+  const dilation = pairArg(op, 'dilation', o.dilation ?? 1, 1);
+  const [n, c, h, w] = x.shape as [number, number, number, number];
+  const [oc, icg, kh, kw] = weight.shape as [number, number, number, number];
+  if (c % groups !== 0 || oc % groups !== 0) {
+    throw new ShapeError(`${op}: channels in ${c} and out ${oc} must both be divisible by groups ${groups}`);
+  }
+  if (icg * groups !== c) {
+    throw new ShapeError(`${op}: weight [${weight.shape}] with groups ${groups} expects ${icg * groups} input channels, input [${x.shape}] has ${c}`);
+  }
+  if (bias && (bias.rank !== 1 || bias.dim(0) !== oc)) {
+    throw new ShapeError(`${op}: bias must have shape [${oc}], got [${bias.shape}]`);
+  }
+  void n;
+  const padding = o.padding ?? 0;
+  if (padding === 'same' || padding === 'valid') {
+    if (padding === 'same' && (stride[0] !== 1 || stride[1] !== 1)) throw new ShapeError(`${op}: padding 'same' needs stride 1, got [${stride}]`);
+    if (padding === 'valid') { convOutputSize(op, h, kh, stride[0], 0, dilation[0]); convOutputSize(op, w, kw, stride[1], 0, dilation[1]); }
+    return wrap(runKernel(op, 'conv2dPadding', [x.handle, weight.handle, bias?.handle ?? null, stride, padding, dilation, groups]));
+  }
+  if (typeof padding === 'string') throw new TypeError(`${op}: padding must be a number, a pair, 'same' or 'valid', got ${describe(padding)}`);
+  const pad = pairArg(op, 'padding', padding, 0);
+  convOutputSize(op, h, kh, stride[0], pad[0], dilation[0]);
+  convOutputSize(op, w, kw, stride[1], pad[1], dilation[1]);
+  return wrap(runKernel(op, 'conv2d', [x.handle, weight.handle, bias?.handle ?? null, stride, pad, dilation, groups]));
+}

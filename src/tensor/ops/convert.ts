@@ -1,0 +1,60 @@
+// Conversions between dtypes, devices and memory formats; copies and detaching.
+import { runKernel, runKernelInPlace } from '../kernels.js';
+import { Tensor, wrap } from '../tensor.js';
+import { DTYPES, normalizeDevice, type DType, type Device } from '../dtype.js';
+import { tensorArg } from '../validate.js';
+
+export type MemoryFormat = 'contiguous' | 'channels_last' | 'preserve';
+const FORMATS: MemoryFormat[] = ['contiguous', 'channels_last', 'preserve'];
+
+export interface ToOptions { device?: Device; dtype?: DType; memoryFormat?: MemoryFormat; copy?: boolean }
+
+/** Moves/casts a tensor. Returns a new handle (to the same tensor when nothing changes). */
+export function to(x: Tensor, target: Device | DType | ToOptions): Tensor {
+  tensorArg('to', 'x', x);
+  let opts: ToOptions;
+  if (typeof target === 'string') opts = (DTYPES as readonly string[]).includes(target) ? { dtype: target as DType } : { device: target };
+  else opts = target;
+  const device = opts.device === undefined ? undefined : normalizeDevice(opts.device);
+  if (opts.dtype !== undefined && !(DTYPES as readonly string[]).includes(opts.dtype)) throw new TypeError(`to: unknown dtype '${opts.dtype}'`);
+  if (opts.memoryFormat !== undefined && !FORMATS.includes(opts.memoryFormat)) throw new TypeError(`to: unknown memory format '${opts.memoryFormat}'`);
+  // aten::to.dtype_layout(self, dtype, layout, device, pin_memory, non_blocking, copy, memory_format)
+  return wrap(runKernel('to', 'toDtypeLayout', [x.handle, opts.dtype ?? null, null, device ?? null, null, true, !!opts.copy, opts.memoryFormat ?? null]));
+}
+
+export function contiguous(x: Tensor, format: MemoryFormat = 'contiguous'): Tensor {
+  tensorArg('contiguous', 'x', x);
+  if (!FORMATS.includes(format) || format === 'preserve') throw new TypeError(`contiguous: memory format must be 'contiguous' or 'channels_last', got '${format}'`);
+  return wrap(runKernel('contiguous', 'contiguous', [x.handle, format]));
+}
+
+export function isContiguous(x: Tensor, format: MemoryFormat = 'contiguous'): boolean {
+  return runKernel('isContiguous', 'isContiguous', [tensorArg('isContiguous', 'x', x).handle, format]) as boolean;
+}
+
+export function clone(x: Tensor): Tensor {
+  return wrap(runKernel('clone', 'clone', [tensorArg('clone', 'x', x).handle]));
+}
+
+/** A tensor sharing storage but cut from the autograd graph. */
+export function detach(x: Tensor): Tensor {
+  return wrap(runKernel('detach', 'detach', [tensorArg('detach', 'x', x).handle]));
+}
+
+/** Copies src into dst in place (broadcasting, casting and moving as needed). */
+export function copy_(dst: Tensor, src: Tensor): Tensor {
+  tensorArg('copy_', 'dst', dst);
+  tensorArg('copy_', 'src', src);
+  runKernelInPlace('copy_', 'copy_', [dst.handle, src.handle]);
+  return dst;
+}
+
+export function fill_(x: Tensor, value: number): Tensor {
+  runKernelInPlace('fill_', 'fill_', [tensorArg('fill_', 'x', x).handle, value]);
+  return x;
+}
+
+export function zero_(x: Tensor): Tensor {
+  runKernelInPlace('zero_', 'zero_', [tensorArg('zero_', 'x', x).handle]);
+  return x;
+}

@@ -1,0 +1,37 @@
+// Batch normalisation.
+import { runKernel } from '../kernels.js';
+import { Tensor, wrap } from '../tensor.js';
+import { tensorArg, optTensorArg, floatArg, ShapeError, numberArg } from '../validate.js';
+
+export interface BatchNormOptions {
+  weight?: Tensor | null;
+  bias?: Tensor | null;
+  runningMean?: Tensor | null;
+  runningVar?: Tensor | null;
+  /** Training mode: normalise with batch statistics and update the running ones in place. */
+  training: boolean;
+  /** Running-statistics update factor, PyTorch's convention (new = (1-m)*old + m*batch). */
+  momentum?: number;
+  eps?: number;
+}
+
+/** Batch norm over dim 1 of an (N, C, ...) input. */
+export function batchNorm(x: Tensor, o: BatchNormOptions): Tensor {
+  const op = 'batchNorm';
+  tensorArg(op, 'input', x);
+  floatArg(op, 'input', x);
+  if (x.rank < 2) throw new ShapeError(`${op}: input must be (N, C, ...), got shape [${x.shape}]`);
+  const c = x.dim(1);
+  const named: [string, Tensor | null][] = [
+    ['weight', optTensorArg(op, 'weight', o.weight)], ['bias', optTensorArg(op, 'bias', o.bias)],
+    ['runningMean', optTensorArg(op, 'runningMean', o.runningMean)], ['runningVar', optTensorArg(op, 'runningVar', o.runningVar)],
+  ];
+  for (const [name, t] of named) {
+    if (t && (t.rank !== 1 || t.dim(0) !== c)) throw new ShapeError(`${op}: '${name}' must have shape [${c}] for input [${x.shape}], got [${t.shape}]`);
+  }
+  if (!o.training && (!o.runningMean || !o.runningVar)) throw new Error(`${op}: eval mode needs runningMean and runningVar`);
+  if (o.training && x.size / c <= 1) throw new ShapeError(`${op}: expected more than 1 value per channel when training, got input [${x.shape}]`);
+  const momentum = numberArg(op, 'momentum', o.momentum ?? 0.1);
+  const eps = numberArg(op, 'eps', o.eps ?? 1e-5);
+  return wrap(runKernel(op, 'batchNorm', [x.handle, ...named.map(([, t]) => t?.handle ?? null), o.training, momentum, eps, true]));
+}

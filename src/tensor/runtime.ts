@@ -1,0 +1,63 @@
+// Process-wide settings of the compute runtime: threads, cuDNN, RNG state, mixed precision.
+import { native, type RuntimeInfo } from './native.js';
+import { dtypeCode, type DType } from './dtype.js';
+import { Tensor, wrap } from './tensor.js';
+
+export function runtimeInfo(): RuntimeInfo {
+  return native.runtimeInfo();
+}
+
+export function cudaAvailable(): boolean {
+  return native.runtimeInfo().cudaAvailable;
+}
+
+export function setNumThreads(n: number): void {
+  if (!Number.isInteger(n) || n < 1) throw new RangeError(`setNumThreads: n must be a positive integer, got ${n}`);
+  native.setNumThreads(n);
+}
+
+/** cuDNN autotuning: picks the fastest convolution algorithm per shape. */
+export function setCudnnBenchmark(on: boolean): void {
+  native.setCudnnBenchmark(on);
+}
+
+/** Waits for queued GPU work (for timing); a no-op without CUDA. */
+export function synchronize(): void {
+  native.cudaSynchronize();
+}
+
+/** Snapshot of the global random streams (CPU, and CUDA device 0 when present). */
+export interface RngState { cpu: Tensor; cuda: Tensor | null }
+
+export function getRngState(): RngState {
+  return { cpu: wrap(native.getRngState()), cuda: cudaAvailable() ? wrap(native.getCudaRngState(0)) : null };
+}
+
+export function setRngState(s: RngState): void {
+  native.setRngState(s.cpu.handle);
+  if (s.cuda && cudaAvailable()) native.setCudaRngState(0, s.cuda.handle);
+}
+
+export interface AutocastOptions {
+  device: 'cpu' | 'cuda';
+  /** float16 or bfloat16 on CUDA; bfloat16 on CPU. */
+  dtype: DType;
+  enabled?: boolean;
+}
+
+/**
+ * Runs fn with autocast: eligible ops (convolutions, matmuls) run in a lower precision,
+ * precision-sensitive ones (softmax, losses, norms) in float32, as in torch.autocast.
+ */
+export function autocast<T>(o: AutocastOptions, fn: () => T): T {
+  if (o.enabled === false) return fn();
+  if (o.device !== 'cpu' && o.device !== 'cuda') throw new TypeError(`autocast: device must be 'cpu' or 'cuda', got '${o.device}'`);
+  if (o.device === 'cpu' && o.dtype !== 'bfloat16') throw new TypeError(`autocast: on CPU only bfloat16 is supported, got ${o.dtype}`);
+  if (o.dtype !== 'float16' && o.dtype !== 'bfloat16') throw new TypeError(`autocast: dtype must be float16 or bfloat16, got ${o.dtype}`);
+  const prev = native.setAutocast(o.device, true, dtypeCode(o.dtype));
+  try {
+    return fn();
+  } finally {
+    native.setAutocast(o.device, prev, dtypeCode(o.dtype));
+  }
+}
