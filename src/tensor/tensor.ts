@@ -99,6 +99,7 @@ export class Tensor {
   mul(o: Tensor | number): Tensor { return ew.mul(this, o); }
   div(o: Tensor | number): Tensor { return ew.div(this, o); }
   neg(): Tensor { return ew.neg(this); }
+  pow(exponent: number): Tensor { return ew.pow(this, exponent); }
   sum(dims?: number | number[], keepDim = false): Tensor { return red.sum(this, dims, keepDim); }
   mean(dims?: number | number[], keepDim = false): Tensor { return red.mean(this, dims, keepDim); }
   max(): Tensor { return red.max(this); }
@@ -107,7 +108,7 @@ export class Tensor {
   view(shape: number[]): Tensor { return shp.view(this, shape); }
   permute(dims: number[]): Tensor { return shp.permute(this, dims); }
   flatten(start = 0, end = -1): Tensor { return shp.flatten(this, start, end); }
-  to(target: Device | DType | { device?: Device; dtype?: DType; memoryFormat?: cv.MemoryFormat }): Tensor {
+  to(target: Device | DType | cv.ToOptions): Tensor {
     return cv.to(this, target);
   }
   contiguous(format: cv.MemoryFormat = 'contiguous'): Tensor { return cv.contiguous(this, format); }

@@ -1,0 +1,8 @@
+// Placeholder: replaced by the command's implementation.
+import type { Command } from 'commander';
+
+export function register(program: Command): void {
+  program.command('info').description('(not implemented yet)').action(() => {
+    throw new Error('info: not implemented yet');
+  });
+}
