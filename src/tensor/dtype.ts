@@ -5,9 +5,10 @@ export type FloatDType = 'float32' | 'float16' | 'bfloat16' | 'float64';
 /** 'cpu', 'cuda' or 'cuda:N'. */
 export type Device = string;
 
-export function dtypeCode(d: DType): number {
+/** The addon's code for a dtype; `op` names the caller in the error for an unknown name. */
+export function dtypeCode(d: DType, op?: string): number {
   const i = DTYPES.indexOf(d);
-  if (i < 0) throw new TypeError(`unknown dtype '${String(d)}' (expected one of ${DTYPES.join(', ')})`);
+  if (i < 0) throw new TypeError(`${op ? `${op}: ` : ''}unknown dtype '${String(d)}' (expected one of ${DTYPES.join(', ')})`);
   return i;
 }
 
@@ -52,9 +53,9 @@ export function dtypeOfTypedArray(a: ArrayBufferView): DType {
   throw new TypeError(`cannot infer a dtype from ${a.constructor.name}; pass one explicitly`);
 }
 
-export function normalizeDevice(d: Device): Device {
+export function normalizeDevice(d: Device, op?: string): Device {
   if (d === 'cpu') return 'cpu';
   if (d === 'cuda') return 'cuda:0';
-  if (/^cuda:\d+$/.test(d)) return d;
-  throw new TypeError(`unknown device '${d}' (expected 'cpu', 'cuda' or 'cuda:N')`);
+  if (typeof d === 'string' && /^cuda:\d+$/.test(d)) return d;
+  throw new TypeError(`${op ? `${op}: ` : ''}unknown device ${typeof d === 'string' ? `'${d}'` : String(d)} (expected 'cpu', 'cuda' or 'cuda:N')`);
 }

@@ -14,5 +14,6 @@ export * from './ops/linear.js';
 export * from './ops/pool.js';
 export * from './ops/activation.js';
 export * from './ops/loss.js';
+export * from './ops/sampling.js';
 export * from './runtime.js';
 export { kernelSchema, KERNELS } from './kernels.js';

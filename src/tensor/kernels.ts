@@ -16,7 +16,8 @@ export const KERNELS = {
   // conversion / memory
   toDtypeLayout: 'aten::to.dtype_layout', contiguous: 'aten::contiguous', clone: 'aten::clone',
   detach: 'aten::detach', copy_: 'aten::copy_', fill_: 'aten::fill_.Scalar', zero_: 'aten::zero_',
-  isContiguous: 'aten::is_contiguous.memory_format',
+  // is_contiguous is a TorchScript builtin, not a dispatcher op: isContiguous reads strides.
+  stride: 'aten::stride.int', setData: 'aten::set_data',
   // elementwise binary
   add: 'aten::add.Tensor', addScalar: 'aten::add.Scalar', sub: 'aten::sub.Tensor', subScalar: 'aten::sub.Scalar',
   mul: 'aten::mul.Tensor', mulScalar: 'aten::mul.Scalar', div: 'aten::div.Tensor', divScalar: 'aten::div.Scalar',
@@ -39,6 +40,7 @@ export const KERNELS = {
   maxAll: 'aten::max', maxDim: 'aten::max.dim', minAll: 'aten::min', minDim: 'aten::min.dim',
   argmax: 'aten::argmax', argmin: 'aten::argmin', norm: 'aten::linalg_vector_norm', var: 'aten::var.correction',
   allAll: 'aten::all', anyAll: 'aten::any', topk: 'aten::topk', sort: 'aten::sort',
+  cumsum: 'aten::cumsum', amax: 'aten::amax', amin: 'aten::amin',
   // shape
   reshape: 'aten::reshape', view: 'aten::view', permute: 'aten::permute', transpose: 'aten::transpose.int',
   flatten: 'aten::flatten.using_ints', squeezeDim: 'aten::squeeze.dim', unsqueeze: 'aten::unsqueeze',
@@ -48,6 +50,7 @@ export const KERNELS = {
   // indexing
   indexSelect: 'aten::index_select', gather: 'aten::gather', scatter: 'aten::scatter.src', scatterValue: 'aten::scatter.value',
   index: 'aten::index.Tensor', maskedFill: 'aten::masked_fill.Scalar', oneHot: 'aten::one_hot',
+  scatterAdd: 'aten::scatter_add', indexCopy: 'aten::index_copy', standardGamma: 'aten::_standard_gamma',
   // nn
   conv2d: 'aten::conv2d', conv2dPadding: 'aten::conv2d.padding', batchNorm: 'aten::batch_norm', linear: 'aten::linear', matmul: 'aten::matmul',
   adaptiveAvgPool2d: 'aten::adaptive_avg_pool2d', avgPool2d: 'aten::avg_pool2d', maxPool2d: 'aten::max_pool2d',

@@ -3,6 +3,7 @@
 import { native, type Handle } from './native.js';
 import { dtypeCode, dtypeFromCode, typedArrayFor, type DType, type Device } from './dtype.js';
 import { track } from './engine.js';
+import { runKernelInPlace } from './kernels.js';
 import * as ew from './ops/elementwise.js';
 import * as red from './ops/reduce.js';
 import * as shp from './ops/shape.js';
@@ -50,6 +51,7 @@ export class Tensor {
     if (this.#handle !== null) {
       native.dispose(this.#handle);
       this.#handle = null;
+      this.#meta = null; // so metadata reads of a disposed tensor throw too
     }
   }
   [Symbol.dispose](): void { this.dispose(); }
@@ -64,10 +66,29 @@ export class Tensor {
     const g = native.grad(this.handle);
     return g ? new Tensor(g) : null;
   }
-  set grad(g: Tensor | null) { native.setGrad(this.handle, g ? g.handle : null); }
+  set grad(g: Tensor | null) {
+    // The addon assigns without checks; a mismatched grad would only fail (or broadcast) later.
+    if (g) {
+      const [gd, gdev, gs] = native.meta(g.handle), [d, dev, s] = native.meta(this.handle);
+      if (gd !== d || gdev !== dev || gs.join(',') !== s.join(',')) {
+        throw new Error(`grad: assigned gradient ${g} does not match tensor ${this} (shape [${gs}] vs [${s}])`);
+      }
+    }
+    native.setGrad(this.handle, g ? g.handle : null);
+  }
   backward(grad?: Tensor, opts: { retainGraph?: boolean } = {}): void {
     if (!grad && this.size !== 1) throw new Error(`backward: output has shape [${this.shape}]; pass a gradient for non-scalar outputs`);
     native.backward([this.handle], grad ? [grad.handle] : null, !!opts.retainGraph);
+  }
+  /**
+   * Rebinds this tensor to src's data (device, dtype, shape, values) in place, keeping its
+   * identity and autograd flags: PyTorch's `param.data = src`. Modules move parameters this
+   * way so shared kernels stay one object and optimizers keep their references.
+   */
+  setData_(src: Tensor): this {
+    runKernelInPlace('setData_', 'setData', [this.handle, src.handle]);
+    this.#meta = null;
+    return this;
   }
   /** True when both tensors are the very same libtorch tensor (not a copy). */
   isSameTensor(other: Tensor): boolean { return native.sameTensor(this.handle, other.handle); }

@@ -70,6 +70,13 @@ export function dimArg(op: string, x: Tensor, dim: unknown): number {
   return dim < 0 ? dim + r : dim;
 }
 
+/** An options object (undefined means none given). */
+export function optionsArg<T extends object>(op: string, o: T | undefined): T {
+  if (o === undefined) return {} as T;
+  if (o === null || typeof o !== 'object' || Array.isArray(o)) throw new TypeError(`${op}: options must be an object, got ${describe(o)}`);
+  return o;
+}
+
 export function describe(v: unknown): string {
   if (v instanceof Tensor) return v.isDisposed ? 'a disposed Tensor' : v.toString();
   if (Array.isArray(v)) return `[${v.map(describe).join(', ')}]`;

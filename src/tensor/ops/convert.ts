@@ -28,8 +28,21 @@ export function contiguous(x: Tensor, format: MemoryFormat = 'contiguous'): Tens
   return wrap(runKernel('contiguous', 'contiguous', [x.handle, format]));
 }
 
+/** Whether x's strides are dense in the given order, by libtorch's rules (size-1 dims are free). */
 export function isContiguous(x: Tensor, format: MemoryFormat = 'contiguous'): boolean {
-  return runKernel('isContiguous', 'isContiguous', [tensorArg('isContiguous', 'x', x).handle, format]) as boolean;
+  tensorArg('isContiguous', 'x', x);
+  if (format !== 'contiguous' && format !== 'channels_last') throw new TypeError(`isContiguous: memory format must be 'contiguous' or 'channels_last', got '${format}'`);
+  const shape = x.shape;
+  if (format === 'contiguous' && shape.includes(0)) return true;
+  if (format === 'channels_last' && shape.length !== 4) return false;
+  const order = format === 'channels_last' ? [1, 3, 2, 0] : shape.map((_, i) => shape.length - 1 - i);
+  let expected = 1;
+  for (const d of order) {
+    if (shape[d] === 1) continue;
+    if ((runKernel('isContiguous', 'stride', [x.handle, d]) as number) !== expected) return false;
+    expected *= shape[d]!;
+  }
+  return true;
 }
 
 export function clone(x: Tensor): Tensor {

@@ -168,3 +168,10 @@ export function tensor(data: ArrayBufferView | readonly number[], shape?: number
 export function scalar(value: number, o: CreateOptions = {}): Tensor {
   return full([], value, o);
 }
+
+/** Gamma(alpha, 1) samples, one per element of `alpha` (a floating tensor of shapes > 0). */
+export function standardGamma(alpha: Tensor, generator?: Generator): Tensor {
+  tensorArg('standardGamma', 'alpha', alpha);
+  if (alpha.dtype !== 'float32' && alpha.dtype !== 'float64') throw new TypeError(`standardGamma: 'alpha' must be float32 or float64, got ${alpha.dtype}`);
+  return wrap(runKernel('standardGamma', 'standardGamma', [alpha.handle, generator?.handle ?? null]));
+}

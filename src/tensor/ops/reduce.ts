@@ -80,3 +80,23 @@ export function all(x: Tensor): Tensor {
 export function any(x: Tensor): Tensor {
   return wrap(runKernel('any', 'anyAll', [tensorArg('any', 'x', x).handle]));
 }
+
+/** Running sum along a dim (same shape as x). */
+export function cumsum(x: Tensor, dim: number): Tensor {
+  tensorArg('cumsum', 'x', x);
+  return wrap(runKernel('cumsum', 'cumsum', [x.handle, dimArg('cumsum', x, dim), null]));
+}
+
+/** Maximum over dims (values only). */
+export function amax(x: Tensor, dims: number | number[], keepDim = false): Tensor {
+  tensorArg('amax', 'x', x);
+  if (x.size === 0) throw new Error('amax: tensor is empty');
+  return wrap(runKernel('amax', 'amax', [x.handle, dimsArg('amax', x, dims), keepDim]));
+}
+
+/** Minimum over dims (values only). */
+export function amin(x: Tensor, dims: number | number[], keepDim = false): Tensor {
+  tensorArg('amin', 'x', x);
+  if (x.size === 0) throw new Error('amin: tensor is empty');
+  return wrap(runKernel('amin', 'amin', [x.handle, dimsArg('amin', x, dims), keepDim]));
+}

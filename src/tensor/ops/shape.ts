@@ -178,3 +178,25 @@ export function oneHot(labels: Tensor, numClasses: number): Tensor {
   if (labels.dtype !== 'int64') throw new TypeError(`oneHot: labels must be int64, got ${labels.dtype}`);
   return wrap(runKernel('oneHot', 'oneHot', [labels.handle, numClasses]));
 }
+
+/** out = x with out[...index[i]...] += src[i] along dim (histograms, counts). */
+export function scatterAdd(x: Tensor, dim: number, index: Tensor, src: Tensor): Tensor {
+  tensorArg('scatterAdd', 'x', x); tensorArg('scatterAdd', 'index', index); tensorArg('scatterAdd', 'src', src);
+  if (index.dtype !== 'int64') throw new TypeError(`scatterAdd: 'index' must be int64, got ${index.dtype}`);
+  if (index.rank !== x.rank || src.rank !== x.rank) throw new Error(`scatterAdd: 'index' [${index.shape}] and 'src' [${src.shape}] must have the rank of x [${x.shape}]`);
+  if (src.dtype !== x.dtype) throw new TypeError(`scatterAdd: 'src' is ${src.dtype} but x is ${x.dtype}`);
+  return wrap(runKernel('scatterAdd', 'scatterAdd', [x.handle, dimArg('scatterAdd', x, dim), index.handle, src.handle]));
+}
+
+/** out = x with the slices at `index` along dim replaced by the slices of src (index_copy). */
+export function indexCopy(x: Tensor, dim: number, index: Tensor, src: Tensor): Tensor {
+  tensorArg('indexCopy', 'x', x); tensorArg('indexCopy', 'index', index); tensorArg('indexCopy', 'src', src);
+  if (index.dtype !== 'int64') throw new TypeError(`indexCopy: 'index' must be int64, got ${index.dtype}`);
+  if (index.rank !== 1) throw new Error(`indexCopy: 'index' must be 1-D, got shape [${index.shape}]`);
+  const d = dimArg('indexCopy', x, dim);
+  if (src.rank !== x.rank || src.dim(d) !== index.dim(0) || src.shape.some((v, i) => i !== d && v !== x.dim(i))) {
+    throw new Error(`indexCopy: src [${src.shape}] does not fit x [${x.shape}] with ${index.dim(0)} indices along dim ${d}`);
+  }
+  if (src.dtype !== x.dtype) throw new TypeError(`indexCopy: 'src' is ${src.dtype} but x is ${x.dtype}`);
+  return wrap(runKernel('indexCopy', 'indexCopy', [x.handle, d, index.handle, src.handle]));
+}

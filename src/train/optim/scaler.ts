@@ -1,5 +1,6 @@
 // Loss scaling for float16 training, as torch.cuda.amp.GradScaler.
-import { Tensor, full, noGrad, tidy, keep, mul, fill_ } from '../../tensor/index.js';
+import { Tensor, full, noGrad, tidy, keep, mul, fill_, mul_, all, isfinite } from '../../tensor/index.js';
+import { foreach } from './foreach.js';
 import { runKernel, runKernelInPlace } from '../../tensor/kernels.js';
 import { wrap } from '../../tensor/tensor.js';
 import type { Optimizer } from './optimizer.js';
@@ -39,6 +40,13 @@ export class GradScaler {
     this.ensure(opt.groups[0]!.params[0]!.device);
     noGrad(() => tidy(() => {
       const grads = opt.groups.flatMap((g) => g.params).map((p) => p.grad).filter((g): g is Tensor => g !== null);
+      if (this.#scale!.device === 'cpu') {
+        // libtorch 1.13 has the fused AMP kernels for CUDA only; on CPU the same logic as plain ops.
+        const finite = grads.every((g) => all(isfinite(g)).item() !== 0);
+        fill_(this.#foundInf!, finite ? 0 : 1);
+        if (grads.length) foreach.mulScalar_(grads, 1 / this.#scale!.item());
+        return;
+      }
       const inv = this.#scale!.pow(-1);
       fill_(this.#foundInf!, 0);
       runKernelInPlace('GradScaler.unscale', 'ampUnscale_', [grads.map((g) => g.handle), this.#foundInf!.handle, inv.handle]);
@@ -58,9 +66,31 @@ export class GradScaler {
   /** Adjusts the scale: backs off after an overflow, grows after growthInterval clean steps. */
   update(): void {
     if (!this.enabled || !this.#scale) return;
+    if (this.#scale.device === 'cpu') {
+      this.updateCpu();
+      this.#unscaled = false;
+      return;
+    }
     const out = runKernel('GradScaler.update', 'ampUpdateScale_', [this.#scale.handle, this.#growth!.handle, this.#foundInf!.handle, this.o.growthFactor, this.o.backoffFactor, this.o.growthInterval]);
     wrap(out).dispose();
     this.#unscaled = false;
+  }
+
+  /** _amp_update_scale_'s rule, for CPU where libtorch 1.13 lacks the kernel. */
+  private updateCpu(): void {
+    const { growthFactor, backoffFactor, growthInterval } = this.o;
+    if (this.#foundInf!.item() !== 0) {
+      mul_(this.#scale!, backoffFactor);
+      fill_(this.#growth!, 0);
+      return;
+    }
+    const successful = this.#growth!.item() + 1;
+    if (successful === growthInterval) {
+      if (Number.isFinite(this.#scale!.item() * growthFactor)) mul_(this.#scale!, growthFactor);
+      fill_(this.#growth!, 0);
+    } else {
+      fill_(this.#growth!, successful);
+    }
   }
 
   getScale(): number { return this.#scale ? this.#scale.item() : this.o.initScale; }

@@ -1,0 +1,207 @@
+// Dataset entry point: loadDataset('cifar10' | 'cifar100' | <folder>, { split, dataDir, download }).
+//
+// 'cifar10' is looked for, in order, in dataDir, ./data and ../shared/data (each relative to
+// the working directory, then to the package root): the official binary or python folder,
+// then a `cifar10-jpeg/` image folder, then a `cifar10-jpeg.tar.xz` (extracted once with the
+// system `tar -xJf` into dataDir or ./data); finally the official download when allowed.
+// 'cifar100': the official binary or python folder, or the download.
+
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { createReadStream, existsSync, promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { DataError, type ImageDataset, type ProgressFn, type Split } from './types.js';
+import { CIFAR_LAYOUT, findCifar, readCifar, type CifarKind } from './cifar.js';
+import { downloadCifar, type DownloadOptions } from './download.js';
+import { readImageFolder, type ImageFolderOptions } from './imagefolder.js';
+
+export * from './types.js';
+export * from './cifar.js';
+export * from './download.js';
+export * from './imagefolder.js';
+export * from './decode.js';
+export { readPickle, NDArray, DType, PickleTuple, PickleGlobal, type PickleValue } from './pickle.js';
+
+/** The name every report must use for the lossy JPEG copy of CIFAR-10. */
+export const CIFAR10_JPEG_NAME = 'CIFAR-10 (JPEG copy)';
+/** Folder and archive names of the JPEG copy. */
+export const CIFAR10_JPEG_FOLDER = 'cifar10-jpeg';
+export const CIFAR10_JPEG_ARCHIVE = 'cifar10-jpeg.tar.xz';
+/** sha256 of ../shared/data/cifar10-jpeg.tar.xz as published in its README. */
+export const CIFAR10_JPEG_SHA256 = 'e8ef80f7c864a7b587c1931ff2fdde8057ab18616cc0635807350b4bca30b436';
+
+export const DATASET_SPECS = ['cifar10', 'cifar100'] as const;
+
+export interface LoadOptions {
+  /** Where datasets live / get extracted or downloaded (default ./data). */
+  dataDir?: string;
+  split: Split;
+  /** Allow downloading the official archive when nothing local is found (default false). */
+  download?: boolean;
+  onProgress?: ProgressFn;
+  /** One-line notes: where data was found, extraction, cache rebuilds. */
+  log?: (msg: string) => void;
+  /** Folders searched after dataDir (default ./data and ../shared/data, from the working directory and the package root). */
+  searchDirs?: string[];
+  /** Passed to downloadCifar (URL/MD5/size overrides, progress bar). */
+  downloadOptions?: Omit<DownloadOptions, 'onProgress'>;
+  /** Passed to readImageFolder (resize, cache, workers). */
+  imageFolder?: Omit<ImageFolderOptions, 'onProgress' | 'name'>;
+}
+
+function packageRoot(): string | null {
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 6; i++) {
+    const pj = path.join(dir, 'package.json');
+    if (existsSync(pj)) return dir;
+    const up = path.dirname(dir);
+    if (up === dir) break;
+    dir = up;
+  }
+  return null;
+}
+
+function defaultSearchDirs(): string[] {
+  const rel = ['data', path.join('..', 'shared', 'data')];
+  const out = rel.map((r) => path.resolve(r));
+  const root = packageRoot();
+  if (root) for (const r of rel) out.push(path.resolve(root, r));
+  return out;
+}
+
+function uniq(xs: string[]): string[] {
+  const seen = new Set<string>();
+  return xs.filter((x) => (seen.has(x) ? false : (seen.add(x), true)));
+}
+
+function normalizeSpec(spec: string): string {
+  return spec.trim().toLowerCase().replace(/[-_ ]/g, '');
+}
+
+async function isDir(p: string): Promise<boolean> {
+  try {
+    return (await fsp.stat(p)).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+async function sha256File(file: string): Promise<string> {
+  const h = createHash('sha256');
+  for await (const chunk of createReadStream(file)) h.update(chunk as Buffer);
+  return h.digest('hex');
+}
+
+/**
+ * Extracts `cifar10-jpeg.tar.xz` with the system tar into `<destDir>/cifar10-jpeg` (through a
+ * staging folder, so the folder appears complete or not at all). Returns the folder.
+ */
+export async function extractJpegCopy(archive: string, destDir: string, log: (m: string) => void = () => {}): Promise<string> {
+  const final = path.join(destDir, CIFAR10_JPEG_FOLDER);
+  if ((await isDir(path.join(final, 'train'))) && (await isDir(path.join(final, 'test')))) return final;
+  if (path.basename(archive) === CIFAR10_JPEG_ARCHIVE) {
+    const sum = await sha256File(archive);
+    if (sum !== CIFAR10_JPEG_SHA256) log(`warning: ${archive} has sha256 ${sum}, expected ${CIFAR10_JPEG_SHA256} (using it anyway)`);
+  }
+  await fsp.mkdir(destDir, { recursive: true });
+  const staging = await fsp.mkdtemp(path.join(destDir, '.kshare-extract-'));
+  log(`extracting ${archive} into ${destDir}`);
+  try {
+    try {
+      await promisify(execFile)('tar', ['-xJf', path.resolve(archive), '-C', staging, '--no-same-owner', '--no-same-permissions'], { maxBuffer: 1 << 24 });
+    } catch (e) {
+      const err = e as Error & { stderr?: string };
+      throw new DataError(`${archive}: extraction with 'tar -xJf' failed (${(err.stderr || err.message).trim()})`, { file: archive, cause: e });
+    }
+    const got = path.join(staging, CIFAR10_JPEG_FOLDER);
+    for (const s of ['train', 'test'])
+      if (!(await isDir(path.join(got, s)))) throw new DataError(`${archive}: archive has no ${CIFAR10_JPEG_FOLDER}/${s}/ folder`, { file: archive });
+    try {
+      await fsp.rename(got, final);
+    } catch (e) {
+      // Someone else finished first: use theirs.
+      if (!(await isDir(path.join(final, 'train')))) throw new DataError(`${final}: cannot move the extracted folder into place (${(e as Error).message})`, { file: final, cause: e });
+    }
+  } finally {
+    await fsp.rm(staging, { recursive: true, force: true });
+  }
+  return final;
+}
+
+async function loadCifar(kind: CifarKind, opts: LoadOptions): Promise<ImageDataset> {
+  const log = opts.log ?? (() => {});
+  const primary = path.resolve(opts.dataDir ?? 'data');
+  const dirs = uniq([...(opts.dataDir ? [primary] : []), ...(opts.searchDirs ? opts.searchDirs.map((d) => path.resolve(d)) : defaultSearchDirs())]);
+  const readOpts = opts.onProgress ? { onProgress: opts.onProgress } : {};
+  const folderOpts: ImageFolderOptions = { ...(opts.imageFolder ?? {}), name: CIFAR10_JPEG_NAME, ...(opts.onProgress ? { onProgress: opts.onProgress } : {}) };
+  if (!folderOpts.onWarning) folderOpts.onWarning = log;
+
+  for (const dir of dirs) {
+    const found = await findCifar(kind, dir);
+    if (found) {
+      log(`${CIFAR_LAYOUT[kind].binary.title}: ${found.format} data in ${found.dir}`);
+      return readCifar(kind, found.dir, opts.split, readOpts);
+    }
+    if (kind === 'cifar10') {
+      const jpeg = path.join(dir, CIFAR10_JPEG_FOLDER);
+      if (await isDir(path.join(jpeg, opts.split))) {
+        log(`${CIFAR10_JPEG_NAME}: image folder ${jpeg}`);
+        return readImageFolder(jpeg, opts.split, folderOpts);
+      }
+    }
+  }
+  if (kind === 'cifar10') {
+    for (const dir of dirs) {
+      const archive = path.join(dir, CIFAR10_JPEG_ARCHIVE);
+      if (existsSync(archive)) {
+        opts.onProgress?.(0, 1, 'extract');
+        const folder = await extractJpegCopy(archive, primary, log);
+        opts.onProgress?.(1, 1, 'extract');
+        log(`${CIFAR10_JPEG_NAME}: image folder ${folder}`);
+        return readImageFolder(folder, opts.split, folderOpts);
+      }
+    }
+  }
+  const lay = CIFAR_LAYOUT[kind].binary;
+  if (opts.download) {
+    const dl = await downloadCifar(kind, primary, { ...(opts.downloadOptions ?? {}), ...(opts.onProgress ? { onProgress: opts.onProgress } : {}), log });
+    return readCifar(kind, dl.dir, opts.split, readOpts);
+  }
+  throw new DataError(
+    `${lay.title} not found: looked for ${lay.folder}/ or ${CIFAR_LAYOUT[kind].python.folder}/` +
+      (kind === 'cifar10' ? `, ${CIFAR10_JPEG_FOLDER}/ or ${CIFAR10_JPEG_ARCHIVE}` : '') +
+      ` in ${dirs.join(', ')}; allow downloading (download: true) or put the official files in ${primary}`,
+  );
+}
+
+/**
+ * Loads a dataset split. `spec` is 'cifar10', 'cifar100' (also 'CIFAR-10', 'cifar_100'...), or
+ * the path of a folder: an official CIFAR folder (or its parent) or an image folder
+ * `<root>/<split>/<class>/*.png|jpg|jpeg`.
+ */
+export async function loadDataset(spec: string, opts: LoadOptions): Promise<ImageDataset> {
+  if (opts.split !== 'train' && opts.split !== 'test') throw new DataError(`unknown split '${String(opts.split)}': expected 'train' or 'test'`);
+  const norm = normalizeSpec(spec);
+  if (norm === 'cifar10') return loadCifar('cifar10', opts);
+  if (norm === 'cifar100') return loadCifar('cifar100', opts);
+
+  const looksLikePath = /[\\/]/.test(spec) || spec.startsWith('.') || existsSync(spec);
+  if (!looksLikePath)
+    throw new DataError(`unknown dataset '${spec}': expected one of ${DATASET_SPECS.map((s) => `'${s}'`).join(', ')} or the path of an image folder (<root>/<split>/<class>/*.png|jpg|jpeg)`);
+  const root = path.resolve(spec);
+  if (!(await isDir(root))) throw new DataError(`${root}: dataset folder not found`, { file: root });
+  const readOpts = opts.onProgress ? { onProgress: opts.onProgress } : {};
+  for (const kind of ['cifar10', 'cifar100'] as const) {
+    const found = await findCifar(kind, root);
+    if (found) return readCifar(kind, found.dir, opts.split, readOpts);
+  }
+  const isJpegCopy = path.basename(root) === CIFAR10_JPEG_FOLDER;
+  return readImageFolder(root, opts.split, {
+    ...(opts.imageFolder ?? {}),
+    ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
+    ...(isJpegCopy ? { name: CIFAR10_JPEG_NAME } : {}),
+    ...(opts.log && !opts.imageFolder?.onWarning ? { onWarning: opts.log } : {}),
+  });
+}

@@ -1,0 +1,64 @@
+// What a deployed model needs to know besides its graph: class names, input size and the
+// normalisation its training used. Stored in the ONNX file's metadata_props (kshare.* keys),
+// so one .onnx file is enough for `kshare predict` and the web page.
+import type { ModelProto } from './onnx-schema.js';
+
+export interface InputSpec {
+  channels: number;
+  height: number;
+  width: number;
+  /** Per-channel mean and std applied to pixel values scaled to [0, 1]. */
+  mean: number[];
+  std: number[];
+}
+
+export interface ModelInfo {
+  /** Registry name, e.g. 'convmixer_256_16_shared'. */
+  model: string;
+  classes: string[];
+  /** Distinct trainable scalars (a shared kernel counts once). */
+  params: number;
+  input: InputSpec;
+}
+
+/** ImageNet statistics: the ConvMixer recipe normalises CIFAR with these (see docs/architecture-notes.md). */
+export const IMAGENET_NORM = { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
+/** The SE-ResNet recipe's CIFAR statistics. */
+export const SERESNET_CIFAR_NORM = { mean: [0.4914, 0.4822, 0.4465], std: [0.2023, 0.1994, 0.201] };
+
+/** The normalisation each recipe trains with, by model family. */
+export function defaultInputSpec(modelName: string): InputSpec {
+  const norm = modelName.startsWith('se_resnet') ? SERESNET_CIFAR_NORM : IMAGENET_NORM;
+  return { channels: 3, height: 32, width: 32, mean: [...norm.mean], std: [...norm.std] };
+}
+
+export const META_KEYS = { model: 'kshare.model', classes: 'kshare.classes', params: 'kshare.params', input: 'kshare.input' } as const;
+
+export function infoToMetadata(info: ModelInfo): Record<string, string> {
+  return {
+    [META_KEYS.model]: info.model,
+    [META_KEYS.classes]: JSON.stringify(info.classes),
+    [META_KEYS.params]: String(info.params),
+    [META_KEYS.input]: JSON.stringify(info.input),
+  };
+}
+
+/** Reads kshare's metadata back; a model from another tool gets the defaults it can be given. */
+export function infoFromModel(m: ModelProto, label: string): ModelInfo {
+  const props = new Map((m.metadataProps ?? []).map((p) => [p.key, p.value]));
+  const parse = <T>(key: string): T | undefined => {
+    const v = props.get(key);
+    if (v === undefined) return undefined;
+    try {
+      return JSON.parse(v) as T;
+    } catch {
+      throw new Error(`${label}: metadata '${key}' is not valid JSON`);
+    }
+  };
+  const model = props.get(META_KEYS.model) ?? m.graph.name ?? 'unknown';
+  const outDim = m.graph.output[0]?.type?.tensorType?.shape?.dim?.[1]?.dimValue;
+  const classes = parse<string[]>(META_KEYS.classes) ?? Array.from({ length: outDim ?? 0 }, (_, i) => `class ${i}`);
+  const input = parse<InputSpec>(META_KEYS.input) ?? defaultInputSpec(model);
+  const params = Number(props.get(META_KEYS.params) ?? NaN);
+  return { model, classes, params, input };
+}

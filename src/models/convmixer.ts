@@ -1,0 +1,77 @@
+// ConvMixer (Trockman & Kolter) with the paper's inter-layer kernel sharing.
+import * as t from '../tensor/index.js';
+import { Conv2d, GELU, BatchNorm2d, Sequential, Residual, AdaptiveAvgPool2d, Flatten, Linear, SharedKernel } from '../nn/index.js';
+
+export const CONVMIXER_SHARING = ['none', 'depthwise', 'pointwise', 'both'] as const;
+export type ConvMixerSharing = (typeof CONVMIXER_SHARING)[number];
+
+export interface ConvMixerConfig {
+  dim: number;
+  depth: number;
+  kernelSize: number;
+  patchSize: number;
+  classes: number;
+  /** 'both' is the original `_shared` model: depthwise and pointwise weights and biases shared by all blocks. */
+  sharing?: ConvMixerSharing;
+  dilation?: number;
+}
+
+/**
+ * Layer order and names as the original nn.Sequential:
+ *   0 patch conv (k = stride = patchSize, bias) → 1 GELU → 2 BN,
+ *   3..2+depth blocks: Sequential(0 Residual(fn = Sequential(depthwise conv k, groups = dim,
+ *     padding dilation·(k-1)/2, bias → GELU → BN)), 1 pointwise 1x1 conv (bias), 2 GELU, 3 BN),
+ *   then AdaptiveAvgPool2d(1) → Flatten → Linear(dim, classes).
+ * The residual covers only the depthwise part. Shared kernels are named after block 0
+ * (`3.0.fn.0.weight`, `3.1.weight`, ...); every BatchNorm stays per block.
+ */
+export class ConvMixer extends Sequential {
+  readonly dim: number;
+  readonly depth: number;
+  readonly kernelSize: number;
+  readonly patchSize: number;
+  readonly classes: number;
+  readonly sharing: ConvMixerSharing;
+  readonly dilation: number;
+
+  constructor(c: ConvMixerConfig) {
+    super();
+    const { dim, depth, kernelSize: k, patchSize: p, classes } = c;
+    const sharing = c.sharing ?? 'none';
+    const dilation = c.dilation ?? 1;
+    for (const [n, v] of Object.entries({ dim, depth, kernelSize: k, patchSize: p, classes, dilation })) {
+      if (!Number.isInteger(v) || v < 1) throw new RangeError(`ConvMixer: ${n} must be a positive integer, got ${JSON.stringify(v)}`);
+    }
+    if (!CONVMIXER_SHARING.includes(sharing)) throw new Error(`ConvMixer: sharing must be one of ${CONVMIXER_SHARING.join(', ')}, got ${JSON.stringify(sharing)}`);
+    this.dim = dim;
+    this.depth = depth;
+    this.kernelSize = k;
+    this.patchSize = p;
+    this.classes = classes;
+    this.sharing = sharing;
+    this.dilation = dilation;
+    const pad = Math.floor((dilation * (k - 1)) / 2);
+    const depthwise = () => new Conv2d(dim, dim, k, { dilation, groups: dim, padding: pad });
+    const pointwise = () => new Conv2d(dim, dim, 1);
+    // The original always draws two template convs first (the shared kernels are their clones),
+    // so the random draw order, hence the initial weights for a seed, match it in every mode.
+    const dwTemplate = depthwise();
+    const pwTemplate = pointwise();
+    const sharedOf = (tpl: Conv2d, label: string) => new SharedKernel(t.keep(t.noGrad(() => tpl.weight.clone())).requiresGrad_(), t.keep(t.noGrad(() => tpl.bias!.clone())).requiresGrad_(), tpl, label);
+    const sharedDw = sharing === 'depthwise' || sharing === 'both' ? sharedOf(dwTemplate, '3.0.fn.0') : null;
+    const sharedPw = sharing === 'pointwise' || sharing === 'both' ? sharedOf(pwTemplate, '3.1') : null;
+    dwTemplate.dispose();
+    pwTemplate.dispose();
+    const blocks: Sequential[] = [];
+    for (let i = 0; i < depth; i++) {
+      const dw = depthwise();
+      const pw = pointwise();
+      if (sharedDw) t.dispose(dw.useKernel(sharedDw, `${3 + i}.0.fn.0`));
+      if (sharedPw) t.dispose(pw.useKernel(sharedPw, `${3 + i}.1`));
+      blocks.push(new Sequential(new Residual(new Sequential(dw, new GELU(), new BatchNorm2d(dim))), pw, new GELU(), new BatchNorm2d(dim)));
+    }
+    const stem = new Conv2d(3, dim, p, { stride: p });
+    const head = new Linear(dim, classes);
+    for (const m of [stem, new GELU(), new BatchNorm2d(dim), ...blocks, new AdaptiveAvgPool2d(1), new Flatten(), head]) this.append(m);
+  }
+}

@@ -1,0 +1,58 @@
+// Containers: Sequential and Residual.
+import * as t from '../tensor/index.js';
+import type { Tensor } from '../tensor/index.js';
+import { Module } from './module.js';
+
+/** Applies its children in order; they are named '0', '1', ... as in PyTorch. */
+export class Sequential extends Module {
+  #layers: Module[] = [];
+
+  constructor(...layers: Module[]) {
+    super();
+    for (const l of layers) this.append(l);
+  }
+
+  append(m: Module): this {
+    this.registerModule(String(this.#layers.length), m);
+    this.#layers.push(m);
+    return this;
+  }
+
+  get layers(): readonly Module[] {
+    return this.#layers;
+  }
+
+  get length(): number {
+    return this.#layers.length;
+  }
+
+  at(i: number): Module {
+    const m = this.#layers[i < 0 ? this.#layers.length + i : i];
+    if (!m) throw new RangeError(`Sequential: no layer ${i} (length ${this.#layers.length})`);
+    return m;
+  }
+
+  forward(x: Tensor): Tensor {
+    // Each intermediate handle is released as soon as the next layer has consumed it, so an
+    // eval pass over a deep model holds one activation at a time (autograd keeps what it needs).
+    let y = x;
+    for (const m of this.#layers) {
+      const prev = y;
+      y = t.tidy(() => m.forward(prev));
+      if (prev !== x && prev !== y) prev.dispose();
+    }
+    return y;
+  }
+}
+
+/** y = fn(x) + x; the wrapped module is the child 'fn'. */
+export class Residual extends Module {
+  constructor(readonly fn: Module) {
+    super();
+    this.registerModule('fn', fn);
+  }
+
+  forward(x: Tensor): Tensor {
+    return t.tidy(() => t.add(this.fn.forward(x), x));
+  }
+}

@@ -1,0 +1,123 @@
+// Tensor lifetime: tidy scopes, keep, dispose, and a long training loop whose live-tensor
+// count stays flat.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as t from '../src/tensor/index.js';
+import type { Tensor } from '../src/tensor/index.js';
+import { AdamW, clipGradNorm } from '../src/train/optim/index.js';
+
+test('tidy disposes what fn created except what it returns; nested scopes hand results up', () => {
+  const before = t.liveTensors();
+  const outer = t.tidy(() => {
+    const inner = t.tidy(() => {
+      const a = t.ones([3]);
+      const b = a.add(1);
+      const c = b.mul(2);
+      return { c, list: [a] };
+    });
+    assert.equal(inner.c.isDisposed, false);
+    assert.equal(inner.list[0]!.isDisposed, false);
+    // a, c are alive in the outer scope now; b was freed
+    assert.equal(t.liveTensors(), before + 2);
+    const d = inner.c.add(inner.list[0]!);
+    return d;
+  });
+  assert.deepEqual(outer.toArray(), [5, 5, 5]);
+  assert.equal(t.liveTensors(), before + 1);
+  outer.dispose();
+  assert.equal(t.liveTensors(), before);
+});
+
+test('tidy frees its tensors when fn throws, and rejects async functions', () => {
+  const before = t.liveTensors();
+  assert.throws(() => t.tidy(() => {
+    t.zeros([4]);
+    t.ones([4]);
+    throw new Error('fail inside');
+  }), /fail inside/);
+  assert.equal(t.liveTensors(), before);
+  assert.throws(() => t.tidy(() => Promise.resolve(1) as unknown as number), /synchronous/);
+});
+
+test('keep exempts a tensor from every enclosing scope; dispose walks arrays and objects', () => {
+  const before = t.liveTensors();
+  let kept: Tensor | null = null;
+  t.tidy(() => {
+    t.tidy(() => {
+      kept = t.keep(t.full([2], 3));
+      t.zeros([2]);
+    });
+  });
+  assert.equal(kept!.isDisposed, false);
+  assert.equal(t.liveTensors(), before + 1);
+  const bag = { a: t.zeros([1]), b: [t.ones([1]), { c: t.zeros([2]) }] };
+  assert.equal(t.liveTensors(), before + 4);
+  t.dispose([bag, kept]);
+  assert.equal(t.liveTensors(), before);
+  assert.equal(bag.a.isDisposed, true);
+});
+
+test('gradients and views hold their own handles and are freed by tidy', () => {
+  const w = t.randn([3, 3], { requiresGrad: true });
+  const before = t.liveTensors();
+  t.tidy(() => {
+    t.sum(t.mul(w, w)).backward();
+    const g1 = w.grad!, g2 = w.grad!; // each read is a new handle to the same gradient
+    assert.ok(g1.isSameTensor(g2));
+    t.slice(w, 0, 0, 1);
+  });
+  assert.equal(t.liveTensors(), before);
+  w.grad = null;
+  w.dispose();
+});
+
+test('1,000 training steps keep liveTensors() flat (conv + BN + GELU + pool + linear, AdamW, clipping)', () => {
+  t.manualSeed(0);
+  const gen = new t.Generator(0);
+  const before = t.liveTensors();
+  const convW = t.tidy(() => t.randn([8, 3, 3, 3], { generator: gen }).mul(0.2)).requiresGrad_();
+  const convB = t.zeros([8], { requiresGrad: true });
+  const bnW = t.ones([8], { requiresGrad: true });
+  const bnB = t.zeros([8], { requiresGrad: true });
+  const runningMean = t.zeros([8]);
+  const runningVar = t.ones([8]);
+  const fcW = t.tidy(() => t.randn([10, 8], { generator: gen }).mul(0.3)).requiresGrad_();
+  const fcB = t.zeros([10], { requiresGrad: true });
+  const params = [convW, convB, bnW, bnB, fcW, fcB];
+  const opt = new AdamW([{ params: [convW, fcW] }, { params: [convB, bnW, bnB, fcB], options: { weightDecay: 0 } }], { lr: 3e-3 });
+  // a fixed small batch the network can fit, so the loss also tells us training works
+  const x = t.randn([8, 3, 8, 8], { generator: gen });
+  const y = t.randint(0, 10, [8], { generator: gen });
+
+  const step = (): number => {
+    const loss = t.tidy(() => {
+      const h = t.gelu(t.batchNorm(t.conv2d(x, convW, convB, { padding: 1 }), { weight: bnW, bias: bnB, runningMean, runningVar, training: true }));
+      const logits = t.linear(t.flatten(t.adaptiveAvgPool2d(h, 1), 1), fcW, fcB);
+      const l = t.crossEntropy(logits, y, { labelSmoothing: 0.1 });
+      l.backward();
+      return l.detach();
+    });
+    t.dispose(clipGradNorm(params, 1.0));
+    opt.step();
+    opt.zeroGrad();
+    const v = loss.item();
+    loss.dispose();
+    return v;
+  };
+
+  const first = step();
+  let at10 = -1;
+  for (let i = 2; i <= 1000; i++) {
+    step();
+    if (i === 10) at10 = t.liveTensors();
+  }
+  const at1000 = t.liveTensors();
+  const last = step();
+  assert.equal(at1000, at10, `live tensors grew from ${at10} (step 10) to ${at1000} (step 1000)`);
+  // parameters + running stats + data + AdamW moments (2 per parameter)
+  assert.equal(at10 - before, params.length * 3 + 2 + 2);
+  assert.ok(last < first * 0.5, `loss did not go down: ${first} -> ${last}`);
+  opt.dispose();
+  t.dispose([params, runningMean, runningVar, x, y]);
+  assert.equal(t.liveTensors(), before);
+});
