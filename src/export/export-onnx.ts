@@ -1,6 +1,7 @@
 // Model → ONNX bytes, and writing them to disk atomically.
-import { mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import path from 'node:path';
+import { writeFileAtomic } from '../models/safetensors.js';
 import type { Module } from '../nn/module.js';
 import { OnnxGraphBuilder, type GraphStats } from './onnx-graph.js';
 import { emitModule } from './module-to-onnx.js';
@@ -44,15 +45,8 @@ export function exportOnnx(model: Module, info: ModelInfo, o: ExportOptions = {}
   return { bytes, stats: { ...g.stats, fileBytes: bytes.byteLength } };
 }
 
-/** Writes via a temporary file and a rename, so a crash never leaves half a model behind. */
-export function writeFileAtomic(file: string, bytes: Uint8Array): void {
+/** Writes the model via a temporary file and a rename, so a crash never leaves half a model behind. */
+export function writeOnnxFile(file: string, bytes: Uint8Array): void {
   mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
-  const tmp = `${file}.tmp-${process.pid}`;
-  try {
-    writeFileSync(tmp, bytes);
-    renameSync(tmp, file);
-  } catch (err) {
-    rmSync(tmp, { force: true });
-    throw err;
-  }
+  writeFileAtomic(file, [bytes]);
 }

@@ -34,6 +34,8 @@ export interface GraphStats {
   weightUses: number;
   /** Weights used by more than one layer (shared kernels and shared biases). */
   sharedWeights: number;
+  /** Layer inputs that name one of the shared weights. */
+  sharedUses: number;
   nodes: number;
 }
 
@@ -166,6 +168,7 @@ export class OnnxGraphBuilder {
       weightBytes: this.#weightBytes,
       weightUses: this.#weights.reduce((s, w) => s + w.uses, 0) + this.#derived,
       sharedWeights: this.#weights.filter((w) => w.uses > 1).length,
+      sharedUses: this.#weights.reduce((s, w) => s + (w.uses > 1 ? w.uses : 0), 0),
       nodes: this.#nodes.length,
     };
   }

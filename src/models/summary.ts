@@ -73,8 +73,8 @@ export function traceShapes(model: Module, inputShape: number[]): Map<Module, { 
   try {
     model.eval();
     t.noGrad(() => t.tidy(() => {
-      const device = model.parameters()[0]?.device ?? 'cpu';
-      model.forward(t.zeros([1, ...inputShape], { device }));
+      const p = model.parameters()[0];
+      model.forward(t.zeros([1, ...inputShape], { device: p?.device ?? 'cpu', dtype: p?.dtype ?? 'float32' }));
     }));
   } finally {
     for (const m of patched) delete (m as unknown as Record<string, unknown>).forward;

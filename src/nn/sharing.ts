@@ -166,6 +166,8 @@ export function applySharingPlan(model: Module, plan: SharingPlan): ConvEntry[][
   const groups = planGroups(model, plan, convs);
   const before = new Set(model.stateDict().values());
   for (const e of convs) e.conv.unshare();
+  // The copies just made are candidates for freeing too: members other than the first drop theirs.
+  for (const v of model.stateDict().values()) before.add(v);
   for (const g of groups) {
     const k = g[0]!.conv.asSharedKernel(g[0]!.path, groupSharesBias(g, plan));
     for (const e of g.slice(1)) e.conv.useKernel(k, e.path);

@@ -44,13 +44,13 @@ export function typedArrayFor(d: DType, buf: ArrayBuffer): ArrayBufferView {
   }
 }
 
-export function dtypeOfTypedArray(a: ArrayBufferView): DType {
+export function dtypeOfTypedArray(a: ArrayBufferView, op?: string): DType {
   if (a instanceof Float32Array) return 'float32';
   if (a instanceof Float64Array) return 'float64';
   if (a instanceof BigInt64Array) return 'int64';
   if (a instanceof Int32Array) return 'int32';
   if (a instanceof Uint8Array || a instanceof Uint8ClampedArray) return 'uint8';
-  throw new TypeError(`cannot infer a dtype from ${a.constructor.name}; pass one explicitly`);
+  throw new TypeError(`${op ? `${op}: ` : ''}cannot infer a dtype from ${a.constructor.name}; pass one explicitly`);
 }
 
 export function normalizeDevice(d: Device, op?: string): Device {

@@ -70,10 +70,18 @@ export function dimArg(op: string, x: Tensor, dim: unknown): number {
   return dim < 0 ? dim + r : dim;
 }
 
+/** An array of integers (the addon would truncate fractions and read NaN as 0). */
+export function intListArg(op: string, name: string, v: unknown, min = -Infinity): number[] {
+  if (!Array.isArray(v)) throw new TypeError(`${op}: '${name}' must be an array of integers, got ${describe(v)}`);
+  for (const e of v) intArg(op, name, e, min);
+  return v as number[];
+}
+
 /** An options object (undefined means none given). */
 export function optionsArg<T extends object>(op: string, o: T | undefined): T {
   if (o === undefined) return {} as T;
-  if (o === null || typeof o !== 'object' || Array.isArray(o)) throw new TypeError(`${op}: options must be an object, got ${describe(o)}`);
+  const proto = o !== null && typeof o === 'object' ? Object.getPrototypeOf(o) : undefined;
+  if (proto !== Object.prototype && proto !== null) throw new TypeError(`${op}: options must be a plain object, got ${describe(o)}`);
   return o;
 }
 

@@ -1,7 +1,7 @@
 // 2-D convolution.
 import { runKernel } from '../kernels.js';
 import { Tensor, wrap } from '../tensor.js';
-import { tensorArg, optTensorArg, rankArg, floatArg, sameDevice, pairArg, intArg, ShapeError, describe } from '../validate.js';
+import { tensorArg, optTensorArg, rankArg, floatArg, sameDevice, pairArg, intArg, ShapeError, describe, optionsArg } from '../validate.js';
 
 export interface Conv2dOptions {
   stride?: number | [number, number];
@@ -21,6 +21,7 @@ export function convOutputSize(op: string, inSize: number, k: number, s: number,
 /** y = conv2d(x, weight, bias): x (N, C, H, W), weight (O, C/groups, kH, kW), bias (O). */
 export function conv2d(x: Tensor, weight: Tensor, bias: Tensor | null = null, o: Conv2dOptions = {}): Tensor {
   const op = 'conv2d';
+  o = optionsArg(op, o);
   tensorArg(op, 'input', x);
   tensorArg(op, 'weight', weight);
   optTensorArg(op, 'bias', bias);

@@ -2,7 +2,7 @@
 import { runKernel, runKernelInPlace } from '../kernels.js';
 import { Tensor, wrap } from '../tensor.js';
 import { DTYPES, normalizeDevice, type DType, type Device } from '../dtype.js';
-import { tensorArg } from '../validate.js';
+import { tensorArg, optionsArg, describe } from '../validate.js';
 
 export type MemoryFormat = 'contiguous' | 'channels_last' | 'preserve';
 const FORMATS: MemoryFormat[] = ['contiguous', 'channels_last', 'preserve'];
@@ -14,8 +14,9 @@ export function to(x: Tensor, target: Device | DType | ToOptions): Tensor {
   tensorArg('to', 'x', x);
   let opts: ToOptions;
   if (typeof target === 'string') opts = (DTYPES as readonly string[]).includes(target) ? { dtype: target as DType } : { device: target };
-  else opts = target;
-  const device = opts.device === undefined ? undefined : normalizeDevice(opts.device);
+  else if (target !== null && typeof target === 'object') opts = optionsArg('to', target);
+  else throw new TypeError(`to: target must be a dtype, a device or options, got ${describe(target)}`);
+  const device = opts.device === undefined ? undefined : normalizeDevice(opts.device, 'to');
   if (opts.dtype !== undefined && !(DTYPES as readonly string[]).includes(opts.dtype)) throw new TypeError(`to: unknown dtype '${opts.dtype}'`);
   if (opts.memoryFormat !== undefined && !FORMATS.includes(opts.memoryFormat)) throw new TypeError(`to: unknown memory format '${opts.memoryFormat}'`);
   // aten::to.dtype_layout(self, dtype, layout, device, pin_memory, non_blocking, copy, memory_format)

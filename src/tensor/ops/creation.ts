@@ -3,7 +3,7 @@ import { native, type GeneratorHandle } from '../native.js';
 import { runKernel, runKernelInPlace } from '../kernels.js';
 import { Tensor, wrap } from '../tensor.js';
 import { dtypeCode, dtypeOfTypedArray, elementBytes, normalizeDevice, type DType, type Device } from '../dtype.js';
-import { shapeArg, intArg, numberArg, tensorArg } from '../validate.js';
+import { shapeArg, intArg, numberArg, tensorArg, optionsArg, describe } from '../validate.js';
 
 export interface CreateOptions { dtype?: DType; device?: Device; requiresGrad?: boolean }
 
@@ -12,27 +12,32 @@ function finish(t: Tensor, o: CreateOptions): Tensor {
   return t;
 }
 
-function dev(o: CreateOptions): string | null {
-  return o.device === undefined ? null : normalizeDevice(o.device);
+function dev(op: string, o: CreateOptions): string | null {
+  return optionsArg(op, o).device === undefined ? null : normalizeDevice(o.device!, op);
 }
 
-function dt(o: CreateOptions, fallback: DType = 'float32'): DType {
-  const d = o.dtype ?? fallback;
-  dtypeCode(d); // validates
+function dt(op: string, o: CreateOptions, fallback: DType = 'float32'): DType {
+  const d = optionsArg(op, o).dtype ?? fallback;
+  dtypeCode(d, op); // validates
   return d;
 }
 
+/** Options and their generator, if any, must be what they claim (a stray value would silently use the global stream). */
+function checkGenerator(op: string, g: unknown): void {
+  if (g !== undefined && g !== null && !(g instanceof Generator)) throw new TypeError(`${op}: 'generator' must be a Generator, got ${describe(g)}`);
+}
+
 export function zeros(shape: number[], o: CreateOptions = {}): Tensor {
-  return finish(wrap(runKernel('zeros', 'zeros', [shapeArg('zeros', shape), dt(o), null, dev(o)])), o);
+  return finish(wrap(runKernel('zeros', 'zeros', [shapeArg('zeros', shape), dt('zeros', o), null, dev('zeros', o)])), o);
 }
 
 export function ones(shape: number[], o: CreateOptions = {}): Tensor {
-  return finish(wrap(runKernel('ones', 'ones', [shapeArg('ones', shape), dt(o), null, dev(o)])), o);
+  return finish(wrap(runKernel('ones', 'ones', [shapeArg('ones', shape), dt('ones', o), null, dev('ones', o)])), o);
 }
 
 export function full(shape: number[], value: number, o: CreateOptions = {}): Tensor {
   numberArg('full', 'value', value);
-  return finish(wrap(runKernel('full', 'full', [shapeArg('full', shape), value, dt(o), null, dev(o)])), o);
+  return finish(wrap(runKernel('full', 'full', [shapeArg('full', shape), value, dt('full', o), null, dev('full', o)])), o);
 }
 
 export function zerosLike(x: Tensor): Tensor {
@@ -54,8 +59,8 @@ export function arange(start: number, end?: number, step = 1, o: CreateOptions =
   numberArg('arange', 'end', end);
   if (step === 0) throw new RangeError('arange: step must not be zero');
   const integral = Number.isInteger(start) && Number.isInteger(end) && Number.isInteger(step);
-  const d = o.dtype ?? (integral ? 'int64' : 'float32');
-  return finish(wrap(runKernel('arange', 'arangeStartStep', [start, end, step, d, null, dev(o)])), o);
+  const d = optionsArg('arange', o).dtype ?? (integral ? 'int64' : 'float32');
+  return finish(wrap(runKernel('arange', 'arangeStartStep', [start, end, step, d, null, dev('arange', o)])), o);
 }
 
 /** A seedable random stream, independent of the global one. */
@@ -63,7 +68,7 @@ export class Generator {
   readonly handle: GeneratorHandle;
   constructor(seed: number, readonly device: Device = 'cpu') {
     intArg('Generator', 'seed', seed, 0);
-    this.handle = native.newGenerator(normalizeDevice(device), seed);
+    this.handle = native.newGenerator(normalizeDevice(device, 'Generator'), seed);
   }
   /** The generator's state as a uint8 tensor (for checkpoints). */
   getState(): Tensor { return wrap(native.generatorState(this.handle)); }
@@ -74,18 +79,20 @@ export interface RandomOptions extends CreateOptions { generator?: Generator }
 
 export function randn(shape: number[], o: RandomOptions = {}): Tensor {
   shapeArg('randn', shape);
+  checkGenerator('randn', optionsArg('randn', o).generator);
   const t = o.generator
-    ? runKernel('randn', 'randnGen', [shape, o.generator.handle, dt(o), null, dev(o)])
-    : runKernel('randn', 'randn', [shape, dt(o), null, dev(o)]);
+    ? runKernel('randn', 'randnGen', [shape, o.generator.handle, dt('randn', o), null, dev('randn', o)])
+    : runKernel('randn', 'randn', [shape, dt('randn', o), null, dev('randn', o)]);
   return finish(wrap(t), o);
 }
 
 /** Uniform values in [0, 1). */
 export function rand(shape: number[], o: RandomOptions = {}): Tensor {
   shapeArg('rand', shape);
+  checkGenerator('rand', optionsArg('rand', o).generator);
   const t = o.generator
-    ? runKernel('rand', 'randGen', [shape, o.generator.handle, dt(o), null, dev(o)])
-    : runKernel('rand', 'rand', [shape, dt(o), null, dev(o)]);
+    ? runKernel('rand', 'randGen', [shape, o.generator.handle, dt('rand', o), null, dev('rand', o)])
+    : runKernel('rand', 'rand', [shape, dt('rand', o), null, dev('rand', o)]);
   return finish(wrap(t), o);
 }
 
@@ -95,30 +102,34 @@ export function randint(low: number, high: number, shape: number[], o: RandomOpt
   intArg('randint', 'high', high);
   if (high <= low) throw new RangeError(`randint: high (${high}) must be greater than low (${low})`);
   shapeArg('randint', shape);
-  const d = dt(o, 'int64');
+  const d = dt('randint', o, 'int64');
+  checkGenerator('randint', o.generator);
   const t = o.generator
-    ? runKernel('randint', 'randintGen', [low, high, shape, o.generator.handle, d, null, dev(o)])
-    : runKernel('randint', 'randint', [low, high, shape, d, null, dev(o)]);
+    ? runKernel('randint', 'randintGen', [low, high, shape, o.generator.handle, d, null, dev('randint', o)])
+    : runKernel('randint', 'randint', [low, high, shape, d, null, dev('randint', o)]);
   return wrap(t);
 }
 
 /** A random permutation of 0..n-1 (int64). */
 export function randperm(n: number, o: RandomOptions = {}): Tensor {
   intArg('randperm', 'n', n, 0);
+  checkGenerator('randperm', optionsArg('randperm', o).generator);
   const t = o.generator
-    ? runKernel('randperm', 'randpermGen', [n, o.generator.handle, 'int64', null, dev(o)])
-    : runKernel('randperm', 'randperm', [n, 'int64', null, dev(o)]);
+    ? runKernel('randperm', 'randpermGen', [n, o.generator.handle, 'int64', null, dev('randperm', o)])
+    : runKernel('randperm', 'randperm', [n, 'int64', null, dev('randperm', o)]);
   return wrap(t);
 }
 
 /** Fills x in place with N(mean, std) values (used by initialisers). */
 export function normal_(x: Tensor, mean = 0, std = 1, generator?: Generator): Tensor {
+  checkGenerator('normal_', generator);
   runKernelInPlace('normal_', 'normal_', [tensorArg('normal_', 'x', x).handle, mean, std, generator?.handle ?? null]);
   return x;
 }
 
 /** Fills x in place with U(low, high) values. */
 export function uniform_(x: Tensor, low = 0, high = 1, generator?: Generator): Tensor {
+  checkGenerator('uniform_', generator);
   runKernelInPlace('uniform_', 'uniform_', [tensorArg('uniform_', 'x', x).handle, low, high, generator?.handle ?? null]);
   return x;
 }
@@ -134,10 +145,16 @@ export function manualSeed(seed: number): void {
  * a Node Buffer, or a number array. Default shape: 1-D of data's length.
  */
 export function tensor(data: ArrayBufferView | readonly number[], shape?: number[], o: CreateOptions = {}): Tensor {
+  if (!Array.isArray(data) && !ArrayBuffer.isView(data)) throw new TypeError(`tensor: data must be a typed array, a Buffer or an array of numbers, got ${describe(data)}`);
+  if (optionsArg('tensor', o).dtype !== undefined) dtypeCode(o.dtype!, 'tensor');
+  if (o.device !== undefined) normalizeDevice(o.device, 'tensor');
   let view: ArrayBufferView;
   let dtype: DType;
   if (Array.isArray(data)) {
     dtype = o.dtype ?? 'float32';
+    const integral = dtype === 'int64' || dtype === 'int32' || dtype === 'uint8' || dtype === 'bool';
+    const bad = (data as unknown[]).findIndex((v) => typeof v !== 'number' || (integral && !Number.isFinite(v)));
+    if (bad >= 0) throw new TypeError(`tensor: element ${bad} (${describe(data[bad])}) is not a ${integral ? 'finite ' : ''}number for dtype ${dtype}`);
     const n = data.length;
     view =
       dtype === 'int64' ? BigInt64Array.from(data as number[], (v) => BigInt(Math.trunc(v)))
@@ -151,7 +168,7 @@ export function tensor(data: ArrayBufferView | readonly number[], shape?: number
     }
   } else {
     view = data as ArrayBufferView;
-    dtype = o.dtype ?? dtypeOfTypedArray(view);
+    dtype = o.dtype ?? dtypeOfTypedArray(view, 'tensor');
   }
   const count = view.byteLength / elementBytes(dtype);
   const s = shapeArg('tensor', shape ?? [count]);
@@ -159,7 +176,13 @@ export function tensor(data: ArrayBufferView | readonly number[], shape?: number
   if (numel !== count) throw new RangeError(`tensor: shape [${s}] needs ${numel} elements of ${dtype}, data has ${count}`);
   const t = wrap(native.fromBuffer(view, s, dtypeCode(dtype)));
   if (o.device && normalizeDevice(o.device) !== 'cpu') {
-    try { return finish(t.to(o.device), o); } finally { t.dispose(); }
+    try {
+      return finish(t.to(o.device), o);
+    } catch (e) {
+      throw new Error(`tensor: ${(e as Error).message}`);
+    } finally {
+      t.dispose();
+    }
   }
   return finish(t, o);
 }

@@ -91,6 +91,8 @@ export function gelu(x: Tensor, approximate: 'none' | 'tanh' = 'none'): Tensor {
 
 export function clamp(x: Tensor, min: number | null, max: number | null = null): Tensor {
   tensorArg('clamp', 'x', x);
+  if (min !== null) numberArg('clamp', 'min', min);
+  if (max !== null) numberArg('clamp', 'max', max);
   if (min === null && max === null) throw new TypeError('clamp: at least one of min and max is required');
   if (min !== null && max !== null && min > max) throw new RangeError(`clamp: min (${min}) is greater than max (${max})`);
   return wrap(runKernel('clamp', 'clamp', [x.handle, min, max]));

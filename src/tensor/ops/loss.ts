@@ -1,7 +1,7 @@
 // Losses.
 import { runKernel } from '../kernels.js';
 import { Tensor, wrap } from '../tensor.js';
-import { tensorArg, rankArg, floatArg, ShapeError, numberArg } from '../validate.js';
+import { tensorArg, rankArg, floatArg, ShapeError, numberArg, optionsArg } from '../validate.js';
 
 export type Reduction = 'none' | 'mean' | 'sum';
 const REDUCTIONS: Record<Reduction, number> = { none: 0, mean: 1, sum: 2 };
@@ -18,6 +18,7 @@ export interface CrossEntropyOptions {
  */
 export function crossEntropy(logits: Tensor, target: Tensor, o: CrossEntropyOptions = {}): Tensor {
   const op = 'crossEntropy';
+  o = optionsArg(op, o);
   tensorArg(op, 'logits', logits);
   tensorArg(op, 'target', target);
   rankArg(op, 'logits', logits, 2);

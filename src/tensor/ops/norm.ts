@@ -1,7 +1,7 @@
 // Batch normalisation.
 import { runKernel } from '../kernels.js';
 import { Tensor, wrap } from '../tensor.js';
-import { tensorArg, optTensorArg, floatArg, ShapeError, numberArg } from '../validate.js';
+import { tensorArg, optTensorArg, floatArg, ShapeError, numberArg, describe } from '../validate.js';
 
 export interface BatchNormOptions {
   weight?: Tensor | null;
@@ -18,6 +18,9 @@ export interface BatchNormOptions {
 /** Batch norm over dim 1 of an (N, C, ...) input. */
 export function batchNorm(x: Tensor, o: BatchNormOptions): Tensor {
   const op = 'batchNorm';
+  if (o === null || typeof o !== 'object' || typeof o.training !== 'boolean') {
+    throw new TypeError(`${op}: options must be an object with a boolean 'training', got ${describe(o)}`);
+  }
   tensorArg(op, 'input', x);
   floatArg(op, 'input', x);
   if (x.rank < 2) throw new ShapeError(`${op}: input must be (N, C, ...), got shape [${x.shape}]`);

@@ -1,10 +1,11 @@
 // Reductions over all elements or over chosen dims.
 import { runKernel } from '../kernels.js';
 import { Tensor, wrap } from '../tensor.js';
-import { tensorArg, dimArg } from '../validate.js';
+import { tensorArg, dimArg, describe } from '../validate.js';
 
 function dimsArg(op: string, x: Tensor, dims: number | number[]): number[] {
   const list = typeof dims === 'number' ? [dims] : dims;
+  if (!Array.isArray(list)) throw new TypeError(`${op}: dims must be a number or an array of numbers, got ${describe(dims)}`);
   const norm = list.map((d) => dimArg(op, x, d));
   if (new Set(norm).size !== norm.length) throw new Error(`${op}: dims [${list}] repeat a dimension`);
   return norm;

@@ -1,7 +1,7 @@
 // Shape manipulation, joining, slicing, padding and gathering.
 import { runKernel } from '../kernels.js';
 import { Tensor, wrap } from '../tensor.js';
-import { tensorArg, shapeArg, dimArg, intArg, describe } from '../validate.js';
+import { tensorArg, shapeArg, dimArg, intArg, intListArg, describe } from '../validate.js';
 
 function checkNumel(op: string, x: Tensor, shape: number[]): void {
   const free = shape.filter((d) => d === -1).length;
@@ -83,6 +83,8 @@ export function cat(xs: Tensor[], dim = 0): Tensor {
 
 export function stack(xs: Tensor[], dim = 0): Tensor {
   joinArgs('stack', xs);
+  const r = xs[0]!.rank + 1; // stack inserts a new dim
+  if (!Number.isInteger(dim) || dim < -r || dim >= r) throw new RangeError(`stack: dim ${describe(dim)} out of range for ${r - 1}-D tensors`);
   const s0 = xs[0]!.shape.join(',');
   for (const [i, t] of xs.entries()) {
     if (t.shape.join(',') !== s0) throw new Error(`stack: tensors[${i}] has shape [${t.shape}], expected [${s0}]`);
@@ -93,6 +95,8 @@ export function stack(xs: Tensor[], dim = 0): Tensor {
 /** x[start:end:step] along dim (a view). */
 export function slice(x: Tensor, dim: number, start: number, end: number, step = 1): Tensor {
   tensorArg('slice', 'x', x);
+  intArg('slice', 'start', start);
+  intArg('slice', 'end', end);
   intArg('slice', 'step', step, 1);
   return wrap(runKernel('slice', 'slice', [x.handle, dimArg('slice', x, dim), start, end, step]));
 }
@@ -108,17 +112,21 @@ export function select(x: Tensor, dim: number, index: number): Tensor {
 
 export function repeat(x: Tensor, reps: number[]): Tensor {
   tensorArg('repeat', 'x', x);
+  intListArg('repeat', 'reps', reps, 0);
   if (reps.length < x.rank) throw new Error(`repeat: needs at least ${x.rank} repeat counts, got [${reps}]`);
   return wrap(runKernel('repeat', 'repeat', [x.handle, reps]));
 }
 
 export function flip(x: Tensor, dims: number[]): Tensor {
   tensorArg('flip', 'x', x);
+  intListArg('flip', 'dims', dims);
   return wrap(runKernel('flip', 'flip', [x.handle, dims.map((d) => dimArg('flip', x, d))]));
 }
 
 export function roll(x: Tensor, shifts: number[], dims: number[]): Tensor {
   tensorArg('roll', 'x', x);
+  intListArg('roll', 'shifts', shifts);
+  intListArg('roll', 'dims', dims);
   if (shifts.length !== dims.length) throw new Error('roll: shifts and dims must have the same length');
   return wrap(runKernel('roll', 'roll', [x.handle, shifts, dims.map((d) => dimArg('roll', x, d))]));
 }
@@ -168,6 +176,7 @@ export function scatter(x: Tensor, dim: number, index: Tensor, src: Tensor | num
 /** Advanced indexing x[i0, i1, ...] with index tensors (null = whole dim). */
 export function index(x: Tensor, indices: (Tensor | null)[]): Tensor {
   tensorArg('index', 'x', x);
+  if (!Array.isArray(indices)) throw new TypeError(`index: indices must be an array of tensors or nulls, got ${describe(indices)}`);
   if (indices.length > x.rank) throw new Error(`index: ${indices.length} indices for shape [${x.shape}]`);
   return wrap(runKernel('index', 'index', [x.handle, indices.map((t, i) => (t === null ? null : tensorArg('index', `indices[${i}]`, t).handle))]));
 }

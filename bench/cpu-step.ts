@@ -1,0 +1,218 @@
+// CPU benchmark: one ConvMixer training step (and forward pass) in kshare against the same
+// model in PyTorch (bench/reference_step.py), in one run, same thread count.
+//
+//   node dist/bench/cpu-step.js [--threads 1] [--warmup 5] [--steps 20] [--rounds 2] [--out bench/results/cpu-step.json]
+//
+// Each row alternates kshare and PyTorch `rounds` times (so background load hits both alike),
+// warms up, times every step, and reports the median. ratio = referenceMs / kshareMs
+// (above 1: kshare is faster).
+import os from 'node:os';
+import path from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, writeFileSync, renameSync, existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { performance } from 'node:perf_hooks';
+import { Command } from 'commander';
+import * as t from '../src/tensor/index.js';
+import type { Tensor } from '../src/tensor/index.js';
+import { AdamW } from '../src/train/optim/index.js';
+import { createModel } from '../src/models/registry.js';
+import type { Module } from '../src/nn/index.js';
+
+const PYTHON = process.env.KSHARE_TORCH_PYTHON ?? '/usr/bin/python3';
+const ROOT = (() => {
+  const here = path.dirname(fileURLToPath(import.meta.url));
+  for (const p of [path.resolve(here, '..'), path.resolve(here, '../..')]) if (existsSync(path.join(p, 'bench', 'reference_step.py'))) return p;
+  throw new Error('cpu-step: cannot find bench/reference_step.py');
+})();
+
+interface Shape { dim: number; depth: number; kernel: number; patch: number; classes: number; batch: number; size: number }
+const SHAPE: Shape = { dim: 64, depth: 4, kernel: 5, patch: 2, classes: 10, batch: 32, size: 32 };
+
+/** The small ConvMixer written directly with tensor ops: what the engine costs without the Module layer. */
+class OpsConvMixer {
+  readonly params: Tensor[] = [];
+  readonly stats: Tensor[] = [];
+
+  constructor(private readonly s: Shape, gen: t.Generator) {
+    const uniform = (shape: number[], fanIn: number) => {
+      const b = 1 / Math.sqrt(fanIn);
+      return this.param(t.uniform_(t.zeros(shape), -b, b, gen));
+    };
+    const d = s.dim;
+    this.stem = { w: uniform([d, 3, s.patch, s.patch], 3 * s.patch * s.patch), b: uniform([d], 3 * s.patch * s.patch), bn: this.bn(d) };
+    for (let i = 0; i < s.depth; i++) {
+      this.blocks.push({
+        dw: { w: uniform([d, 1, s.kernel, s.kernel], s.kernel * s.kernel), b: uniform([d], s.kernel * s.kernel) }, bn1: this.bn(d),
+        pw: { w: uniform([d, d, 1, 1], d), b: uniform([d], d) }, bn2: this.bn(d),
+      });
+    }
+    this.head = { w: uniform([s.classes, d], d), b: uniform([s.classes], d) };
+  }
+
+  private stem: { w: Tensor; b: Tensor; bn: Bn };
+  private blocks: { dw: { w: Tensor; b: Tensor }; bn1: Bn; pw: { w: Tensor; b: Tensor }; bn2: Bn }[] = [];
+  private head: { w: Tensor; b: Tensor };
+
+  private param(x: Tensor): Tensor {
+    x.requiresGrad = true;
+    this.params.push(x);
+    return x;
+  }
+
+  private bn(c: number): Bn {
+    const b = { w: this.param(t.ones([c])), b: this.param(t.zeros([c])), rm: t.zeros([c]), rv: t.ones([c]) };
+    this.stats.push(b.rm, b.rv);
+    return b;
+  }
+
+  forward(x: Tensor, training: boolean): Tensor {
+    const norm = (h: Tensor, b: Bn) => t.batchNorm(h, { weight: b.w, bias: b.b, runningMean: b.rm, runningVar: b.rv, training });
+    let h = norm(t.gelu(t.conv2d(x, this.stem.w, this.stem.b, { stride: this.s.patch })), this.stem.bn);
+    const pad = Math.floor((this.s.kernel - 1) / 2);
+    for (const k of this.blocks) {
+      h = t.add(norm(t.gelu(t.conv2d(h, k.dw.w, k.dw.b, { padding: pad, groups: this.s.dim })), k.bn1), h);
+      h = norm(t.gelu(t.conv2d(h, k.pw.w, k.pw.b)), k.bn2);
+    }
+    return t.linear(t.flatten(t.adaptiveAvgPool2d(h, 1), 1), this.head.w, this.head.b);
+  }
+
+  dispose(): void {
+    t.dispose([this.params, this.stats]);
+  }
+}
+interface Bn { w: Tensor; b: Tensor; rm: Tensor; rv: Tensor }
+
+/** A model as the bench needs it: a forward pass, its parameters, a train/eval switch. */
+interface Subject { forward(x: Tensor, training: boolean): Tensor; params: Tensor[]; dispose(): void }
+
+function opsSubject(): Subject {
+  return new OpsConvMixer(SHAPE, new t.Generator(0));
+}
+
+function moduleSubject(name: string): Subject {
+  const m: Module = createModel(name, { classes: SHAPE.classes });
+  return {
+    forward: (x, training) => m.train(training).forward(x),
+    params: m.parameters(),
+    dispose: () => m.dispose(),
+  };
+}
+
+type Mode = 'step' | 'forward';
+
+function timeKshare(make: () => Subject, mode: Mode, warmup: number, steps: number): number[] {
+  const subject = make();
+  const gen = new t.Generator(1);
+  const x = t.randn([SHAPE.batch, 3, SHAPE.size, SHAPE.size], { generator: gen });
+  const y = t.randint(0, SHAPE.classes, [SHAPE.batch], { generator: gen });
+  const opt = new AdamW(subject.params, { lr: 1e-3, weightDecay: 0.05 });
+  const step = () => {
+    t.tidy(() => t.crossEntropy(subject.forward(x, true), y).backward());
+    opt.step();
+    opt.zeroGrad();
+  };
+  const forward = () => t.noGrad(() => t.tidy(() => { subject.forward(x, false); }));
+  const fn = mode === 'step' ? step : forward;
+  const samples: number[] = [];
+  const live = t.liveTensors();
+  for (let i = 0; i < warmup + steps; i++) {
+    const t0 = performance.now();
+    fn();
+    const ms = performance.now() - t0;
+    if (i >= warmup) samples.push(ms);
+  }
+  if (mode === 'forward' && t.liveTensors() !== live) throw new Error(`cpu-step: forward leaked ${t.liveTensors() - live} tensors`);
+  opt.dispose();
+  subject.dispose();
+  t.dispose([x, y]);
+  return samples;
+}
+
+interface Reference { torch: string; threads: number; samplesMs: number[] }
+
+function timeReference(mode: Mode, sharing: 'none' | 'both', threads: number, warmup: number, steps: number): Reference {
+  const s = SHAPE;
+  const args = [path.join(ROOT, 'bench', 'reference_step.py'), '--mode', mode, '--sharing', sharing, '--threads', String(threads),
+    '--warmup', String(warmup), '--steps', String(steps), '--dim', String(s.dim), '--depth', String(s.depth), '--kernel', String(s.kernel),
+    '--patch', String(s.patch), '--classes', String(s.classes), '--batch', String(s.batch), '--size', String(s.size)];
+  const r = spawnSync(PYTHON, args, { encoding: 'utf8', env: { ...process.env, OMP_NUM_THREADS: String(threads) } });
+  if (r.status !== 0) throw new Error(`cpu-step: ${PYTHON} bench/reference_step.py failed (${r.status ?? r.signal}):\n${r.stderr}`);
+  const lines = r.stdout.trim().split('\n');
+  return JSON.parse(lines[lines.length - 1]!) as Reference;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+const round = (v: number, digits: number) => Number(v.toFixed(digits));
+
+interface Row { name: string; kshareMs: number; referenceMs: number; ratio: number }
+
+function main(): void {
+  const program = new Command()
+    .name('cpu-step')
+    .description('Time a ConvMixer training step in kshare and in PyTorch on the CPU')
+    .option('--threads <n>', 'intra-op threads for both (default 1: steadier numbers on a shared machine)', '1')
+    .option('--warmup <n>', 'untimed steps before timing', '5')
+    .option('--steps <n>', 'timed steps per round', '20')
+    .option('--rounds <n>', 'alternations of kshare and PyTorch per row', '2')
+    .option('--out <file>', 'where to write the JSON', path.join(ROOT, 'bench', 'results', 'cpu-step.json'))
+    .parse();
+  const o = program.opts<{ threads: string; warmup: string; steps: string; rounds: string; out: string }>();
+  const int = (name: string, v: string, min: number) => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min) program.error(`cpu-step: --${name} must be an integer >= ${min}, got '${v}'`);
+    return n;
+  };
+  const threads = int('threads', o.threads, 1);
+  const warmup = int('warmup', o.warmup, 0);
+  const steps = int('steps', o.steps, 1);
+  const rounds = int('rounds', o.rounds, 1);
+  t.setNumThreads(threads);
+
+  const model = `convmixer_${SHAPE.dim}_${SHAPE.depth}_k${SHAPE.kernel}_p${SHAPE.patch}`;
+  const cases: { name: string; make: () => Subject; mode: Mode; sharing: 'none' | 'both' }[] = [
+    { name: `${model} full step, tensor ops`, make: opsSubject, mode: 'step', sharing: 'none' },
+    { name: `${model} forward only, tensor ops`, make: opsSubject, mode: 'forward', sharing: 'none' },
+    { name: `${model} full step, createModel`, make: () => moduleSubject(model), mode: 'step', sharing: 'none' },
+    { name: `${model} forward only, createModel`, make: () => moduleSubject(model), mode: 'forward', sharing: 'none' },
+    { name: `${model}_shared full step, createModel`, make: () => moduleSubject(`${model}_shared`), mode: 'step', sharing: 'both' },
+  ];
+  const rows: Row[] = [];
+  let torchVersion = '';
+  for (const c of cases) {
+    const mine: number[] = [];
+    const ref: number[] = [];
+    for (let r = 0; r < rounds; r++) {
+      mine.push(...timeKshare(c.make, c.mode, warmup, steps));
+      const out = timeReference(c.mode, c.sharing, threads, warmup, steps);
+      if (out.threads !== threads) throw new Error(`cpu-step: PyTorch ran with ${out.threads} threads, not ${threads}`);
+      torchVersion = out.torch;
+      ref.push(...out.samplesMs);
+    }
+    const kshareMs = median(mine), referenceMs = median(ref);
+    const row = { name: c.name, kshareMs: round(kshareMs, 2), referenceMs: round(referenceMs, 2), ratio: round(referenceMs / kshareMs, 3) };
+    rows.push(row);
+    console.log(`${row.name.padEnd(52)} kshare ${row.kshareMs.toFixed(2).padStart(8)} ms   torch ${row.referenceMs.toFixed(2).padStart(8)} ms   ratio ${row.ratio.toFixed(3)}`);
+  }
+  const cpus = os.cpus();
+  const libtorch = t.runtimeInfo().torchVersion;
+  const result = {
+    machine: `${cpus[0]?.model.trim() ?? 'unknown CPU'}, ${cpus.length} cores`,
+    torch: libtorch === torchVersion ? torchVersion : `${torchVersion} (kshare's libtorch ${libtorch})`,
+    threads,
+    method: `batch ${SHAPE.batch}, ${SHAPE.size}x${SHAPE.size}, ${SHAPE.classes} classes; AdamW, hard-label cross-entropy; median of ${rounds}x${steps} steps after ${warmup} warm-up steps per round, kshare and PyTorch alternating`,
+    rows,
+  };
+  mkdirSync(path.dirname(o.out), { recursive: true });
+  const tmp = `${o.out}.tmp-${process.pid}`;
+  writeFileSync(tmp, JSON.stringify(result, null, 2) + '\n');
+  renameSync(tmp, o.out);
+  console.log(`wrote ${path.relative(process.cwd(), o.out)}`);
+}
+
+main();

@@ -1,0 +1,72 @@
+// What a run leaves for people and tools: a progress bar while it trains, one JSON line per
+// epoch in <out>/log.jsonl and <out>/summary.json at the end (both written atomically).
+import { writeFileSync, renameSync, appendFileSync, readFileSync, existsSync } from 'node:fs';
+import path from 'node:path';
+import cliProgress from 'cli-progress';
+import type { EpochRecord } from './checkpoint.js';
+
+export const LOG_FILE = 'log.jsonl';
+export const SUMMARY_FILE = 'summary.json';
+export const CHECKPOINT_FILE = 'checkpoint.safetensors';
+
+export function writeJsonAtomic(file: string, value: unknown): void {
+  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
+  writeFileSync(tmp, JSON.stringify(value, null, 2) + '\n');
+  renameSync(tmp, file);
+}
+
+/** Rewrites log.jsonl from the run's history (after a resume the checkpoint is authoritative). */
+export function rewriteLog(outDir: string, history: EpochRecord[]): void {
+  const file = path.join(outDir, LOG_FILE);
+  const tmp = `${file}.${process.pid}.tmp`;
+  writeFileSync(tmp, history.map((r) => JSON.stringify(r) + '\n').join(''));
+  renameSync(tmp, file);
+}
+
+export function appendLog(outDir: string, r: EpochRecord): void {
+  appendFileSync(path.join(outDir, LOG_FILE), JSON.stringify(r) + '\n');
+}
+
+/** Reads a run's log.jsonl (a missing file gives an empty list; a bad line is an error naming it). */
+export function readLog(outDir: string): EpochRecord[] {
+  const file = path.join(outDir, LOG_FILE);
+  if (!existsSync(file)) return [];
+  return readFileSync(file, 'utf8').split('\n').filter((l) => l.trim()).map((l, i) => {
+    try {
+      return JSON.parse(l) as EpochRecord;
+    } catch {
+      throw new Error(`${file}: line ${i + 1} is not valid JSON`);
+    }
+  });
+}
+
+export function formatDuration(seconds: number): string {
+  if (!Number.isFinite(seconds) || seconds < 0) return '?';
+  const s = Math.round(seconds);
+  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), r = s % 60;
+  return h ? `${h}h${String(m).padStart(2, '0')}m` : m ? `${m}m${String(r).padStart(2, '0')}s` : `${r}s`;
+}
+
+/** The per-epoch progress bar (only on a terminal; elsewhere nothing is drawn). */
+export class EpochProgress {
+  #bar: cliProgress.SingleBar | null = null;
+  constructor(readonly enabled: boolean) {}
+
+  start(epoch: number, epochs: number, total: number, done: number): void {
+    if (!this.enabled) return;
+    this.#bar = new cliProgress.SingleBar({
+      format: `epoch ${epoch}/${epochs} |{bar}| {value}/{total} | loss {loss} | {ips} img/s | ETA {eta_formatted}`,
+      barsize: 24, hideCursor: true, clearOnComplete: true, etaBuffer: 50, fps: 5,
+    }, cliProgress.Presets.shades_classic);
+    this.#bar.start(total, done, { loss: '-', ips: '-' });
+  }
+
+  update(done: number, loss: number, imgPerSec: number): void {
+    this.#bar?.update(done, { loss: loss.toFixed(4), ips: imgPerSec.toFixed(0) });
+  }
+
+  stop(): void {
+    this.#bar?.stop();
+    this.#bar = null;
+  }
+}
