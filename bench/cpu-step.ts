@@ -4,8 +4,8 @@
 //   node dist/bench/cpu-step.js [--threads 1] [--warmup 5] [--steps 20] [--rounds 2] [--out bench/results/cpu-step.json]
 //
 // Each row alternates kshare and PyTorch `rounds` times (so background load hits both alike),
-// warms up, times every step, and reports the median. ratio = referenceMs / kshareMs
-// (above 1: kshare is faster).
+// warms up, times every step, and reports the median wall-clock time (and, alongside, the
+// median process CPU time). ratio = referenceMs / kshareMs (above 1: kshare is faster).
 import os from 'node:os';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
@@ -101,7 +101,9 @@ function moduleSubject(name: string): Subject {
 
 type Mode = 'step' | 'forward';
 
-function timeKshare(make: () => Subject, mode: Mode, warmup: number, steps: number): number[] {
+interface Samples { wall: number[]; cpu: number[] }
+
+function timeKshare(make: () => Subject, mode: Mode, warmup: number, steps: number): Samples {
   const subject = make();
   const gen = new t.Generator(1);
   const x = t.randn([SHAPE.batch, 3, SHAPE.size, SHAPE.size], { generator: gen });
@@ -114,13 +116,18 @@ function timeKshare(make: () => Subject, mode: Mode, warmup: number, steps: numb
   };
   const forward = () => t.noGrad(() => t.tidy(() => { subject.forward(x, false); }));
   const fn = mode === 'step' ? step : forward;
-  const samples: number[] = [];
+  const samples: Samples = { wall: [], cpu: [] };
   const live = t.liveTensors();
   for (let i = 0; i < warmup + steps; i++) {
     const t0 = performance.now();
+    const c0 = process.cpuUsage();
     fn();
     const ms = performance.now() - t0;
-    if (i >= warmup) samples.push(ms);
+    const c = process.cpuUsage(c0);
+    if (i >= warmup) {
+      samples.wall.push(ms);
+      samples.cpu.push((c.user + c.system) / 1000);
+    }
   }
   if (mode === 'forward' && t.liveTensors() !== live) throw new Error(`cpu-step: forward leaked ${t.liveTensors() - live} tensors`);
   opt.dispose();
@@ -129,7 +136,7 @@ function timeKshare(make: () => Subject, mode: Mode, warmup: number, steps: numb
   return samples;
 }
 
-interface Reference { torch: string; threads: number; samplesMs: number[] }
+interface Reference { torch: string; threads: number; samplesMs: number[]; cpuSamplesMs: number[] }
 
 function timeReference(mode: Mode, sharing: 'none' | 'both', threads: number, warmup: number, steps: number): Reference {
   const s = SHAPE;
@@ -150,7 +157,11 @@ function median(xs: number[]): number {
 
 const round = (v: number, digits: number) => Number(v.toFixed(digits));
 
-interface Row { name: string; kshareMs: number; referenceMs: number; ratio: number }
+interface Row {
+  name: string; kshareMs: number; referenceMs: number; ratio: number;
+  /** the same from process CPU time: steadier than wall time when other processes compete for the cores */
+  kshareCpuMs: number; referenceCpuMs: number; cpuRatio: number;
+}
 
 function main(): void {
   const program = new Command()
@@ -185,19 +196,26 @@ function main(): void {
   const rows: Row[] = [];
   let torchVersion = '';
   for (const c of cases) {
-    const mine: number[] = [];
-    const ref: number[] = [];
+    const mine: Samples = { wall: [], cpu: [] };
+    const ref: Samples = { wall: [], cpu: [] };
     for (let r = 0; r < rounds; r++) {
-      mine.push(...timeKshare(c.make, c.mode, warmup, steps));
+      const k = timeKshare(c.make, c.mode, warmup, steps);
+      mine.wall.push(...k.wall);
+      mine.cpu.push(...k.cpu);
       const out = timeReference(c.mode, c.sharing, threads, warmup, steps);
       if (out.threads !== threads) throw new Error(`cpu-step: PyTorch ran with ${out.threads} threads, not ${threads}`);
       torchVersion = out.torch;
-      ref.push(...out.samplesMs);
+      ref.wall.push(...out.samplesMs);
+      ref.cpu.push(...out.cpuSamplesMs);
     }
-    const kshareMs = median(mine), referenceMs = median(ref);
-    const row = { name: c.name, kshareMs: round(kshareMs, 2), referenceMs: round(referenceMs, 2), ratio: round(referenceMs / kshareMs, 3) };
+    const [kw, rw, kc, rc] = [median(mine.wall), median(ref.wall), median(mine.cpu), median(ref.cpu)];
+    const row: Row = {
+      name: c.name, kshareMs: round(kw, 2), referenceMs: round(rw, 2), ratio: round(rw / kw, 3),
+      kshareCpuMs: round(kc, 2), referenceCpuMs: round(rc, 2), cpuRatio: round(rc / kc, 3),
+    };
     rows.push(row);
-    console.log(`${row.name.padEnd(52)} kshare ${row.kshareMs.toFixed(2).padStart(8)} ms   torch ${row.referenceMs.toFixed(2).padStart(8)} ms   ratio ${row.ratio.toFixed(3)}`);
+    const f = (v: number) => v.toFixed(2).padStart(8);
+    console.log(`${row.name.padEnd(52)} wall: kshare ${f(kw)} ms, torch ${f(rw)} ms, ratio ${row.ratio.toFixed(3)} | cpu: ${f(kc)} / ${f(rc)} ms, ratio ${row.cpuRatio.toFixed(3)}`);
   }
   const cpus = os.cpus();
   const libtorch = t.runtimeInfo().torchVersion;

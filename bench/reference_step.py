@@ -1,7 +1,8 @@
 """PyTorch reference for bench/cpu-step.ts: times the same ConvMixer training step in torch.
 
 Run with Debian's /usr/bin/python3 (the only interpreter with torch). Prints one JSON line:
-{"torch": version, "threads": n, "samplesMs": [...]} with one sample per timed step.
+{"torch": version, "threads": n, "samplesMs": [...], "cpuSamplesMs": [...]}: wall-clock and
+process CPU time of each timed step.
 
 The model is built here with torch.nn (not imported from the tests): patch conv -> GELU -> BN,
 then `depth` blocks of Residual(depthwise conv -> GELU -> BN) -> pointwise conv -> GELU -> BN,
@@ -82,14 +83,15 @@ def main():
     else:
         model.eval()
         fn = forward
-    samples = []
+    samples, cpu_samples = [], []
     for i in range(a.warmup + a.steps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
-        ms = (time.perf_counter() - t0) * 1000
+        ms, cpu_ms = (time.perf_counter() - t0) * 1000, (time.process_time() - c0) * 1000
         if i >= a.warmup:
             samples.append(ms)
-    print(json.dumps({'torch': torch.__version__, 'threads': torch.get_num_threads(), 'samplesMs': samples}))
+            cpu_samples.append(cpu_ms)
+    print(json.dumps({'torch': torch.__version__, 'threads': torch.get_num_threads(), 'samplesMs': samples, 'cpuSamplesMs': cpu_samples}))
 
 
 if __name__ == '__main__':

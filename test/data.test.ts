@@ -665,6 +665,7 @@ describe('image folder', () => {
     fs.utimesSync(victim, st.atime, st.mtime);
     const cached = await readImageFolder(root, 'test', opts);
     assert.ok(Buffer.from(cached.images).equals(Buffer.from(first.images)));
+    for (const d of [first, cached]) assert.deepEqual([d.images.byteOffset, d.images.buffer.byteLength], [0, d.images.length], 'images own their buffer');
     assert.deepEqual(cached.labels, first.labels);
     assert.deepEqual(cached.classes, first.classes);
     assert.deepEqual(warnings, []);

@@ -29,7 +29,7 @@ async function ortLogits(bytes: Uint8Array, input: Float32Array, n: number, opti
 for (const [name, sharedKernels] of [
   ['convmixer_256_16_shared', 2], ['convmixer_256_16', 0], ['se_resnet_d_2_full_shared', 3], ['se_resnet_d_2', 0],
 ] as const) {
-  test(`${name}: ONNX Runtime matches kshare eval within ${TOL} relative`, async () => {
+  test(`${name}: ONNX Runtime matches kshare eval within ${TOL} relative`, async (ctx) => {
     const src = preparedModel(name, 3, { headScale: 4 });
     try {
       // One CIFAR test image (as `kshare predict` prepares it) and one random input.
@@ -47,6 +47,7 @@ for (const [name, sharedKernels] of [
       ] as const) {
         const got = await ortLogits(bytes, input, 2, options as ort.InferenceSession.SessionOptions);
         const err = maxRelError(got, ref);
+        ctx.diagnostic(`${label}: max relative error ${err.toExponential(2)}`);
         assert.ok(err < TOL, `${label}: max relative error ${err.toExponential(2)}`);
       }
       // The two inputs give different answers (the comparison is not between constants).
@@ -57,7 +58,7 @@ for (const [name, sharedKernels] of [
   });
 }
 
-test('float16 storage: the same predictions, logits within 1e-2 relative', async () => {
+test('float16 storage: the same predictions, logits within 1e-2 relative', async (ctx) => {
   const src = preparedModel('se_resnet_d_2_full_shared', 5, { headScale: 4 });
   try {
     const input = randomInput(2, 11);
@@ -65,6 +66,7 @@ test('float16 storage: the same predictions, logits within 1e-2 relative', async
     const { bytes } = exportOnnx(src.model, src.info, { fp16: true });
     const got = await ortLogits(bytes, input, 2, recommendedSessionOptions(3, { threads: 1 }));
     const err = maxRelError(got, ref);
+    ctx.diagnostic(`float16 weights: max relative error ${err.toExponential(2)}`);
     assert.ok(err < 1e-2 && err > 0, `float16 weights: relative error ${err.toExponential(2)}`);
     for (const row of [0, 1]) {
       const a = topK(got.subarray(row * 10, row * 10 + 10), src.info.classes, 1)[0]!;

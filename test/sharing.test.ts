@@ -6,7 +6,7 @@ import * as t from '../src/tensor/index.js';
 import type { Tensor } from '../src/tensor/index.js';
 import {
   Module, Conv2d, GELU, Sequential, AdaptiveAvgPool2d, Flatten, Linear,
-  analyzeSharing, applySharingPlan, shareGroups, convolutions, type SharingPlan,
+  analyzeSharing, applySharingPlan, parseSharingPlan, shareGroups, convolutions, type SharingPlan,
 } from '../src/nn/index.js';
 import { ConvMixer, SEResNet, createModel } from '../src/models/index.js';
 import { SGD, AdamW } from '../src/train/optim/index.js';
@@ -168,4 +168,20 @@ test('after optimizer steps every layer of a share group still sees one, updated
     t.dispose([x, y]);
     model.dispose();
   }
+});
+
+test('plans parse from short command-line text', () => {
+  assert.deepEqual(parseSharingPlan('none'), { kind: 'none' });
+  assert.deepEqual(parseSharingPlan('isomorphic/weights'), { kind: 'isomorphic', shareBias: false });
+  assert.deepEqual(parseSharingPlan('consecutive:4'), { kind: 'consecutive', size: 4 });
+  assert.deepEqual(parseSharingPlan('strided:2'), { kind: 'strided', kernels: 2 });
+  assert.deepEqual(parseSharingPlan('groups:2,4;6,8'), { kind: 'groups', groups: [['2', '4'], ['6', '8']] });
+  assert.deepEqual(parseSharingPlan('{"kind":"isomorphic","scopes":["layer2"]}'), { kind: 'isomorphic', scopes: ['layer2'] });
+  assert.throws(() => parseSharingPlan('consecutive:0'), /needs a positive integer/);
+  assert.throws(() => parseSharingPlan('random'), /expected none, isomorphic, consecutive:K/);
+  assert.throws(() => parseSharingPlan('{"kind":"all"}'), /'kind' must be one of/);
+  const model = toyModel();
+  applySharingPlan(model, parseSharingPlan('strided:3'));
+  assert.deepEqual(groupsOf(model), [['2', '8'], ['4', '10'], ['6', '12']]);
+  model.dispose();
 });

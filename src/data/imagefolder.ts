@@ -156,39 +156,64 @@ function payloadCrc(labels: Uint8Array, images: Uint8Array): number {
 
 /** Reads the cache if it is valid for `fp`; returns null (and why) otherwise. */
 async function readCache(file: string, fp: string, classes: string[]): Promise<{ ok: true; header: CacheHeader; labels: Int32Array; images: Uint8Array } | { ok: false; why: string }> {
-  let buf: Buffer;
+  let fh: fsp.FileHandle;
   try {
-    buf = await fsp.readFile(file);
+    fh = await fsp.open(file, 'r');
   } catch (e) {
     return { ok: false, why: (e as NodeJS.ErrnoException).code === 'ENOENT' ? 'none' : `unreadable (${(e as Error).message})` };
   }
-  if (buf.length < 12 || buf.toString('latin1', 0, 8) !== CACHE_MAGIC) return { ok: false, why: 'bad magic' };
-  const hl = buf.readUInt32LE(8);
-  if (12 + hl > buf.length) return { ok: false, why: 'truncated header' };
-  let header: CacheHeader;
   try {
-    header = JSON.parse(buf.toString('utf8', 12, 12 + hl)) as CacheHeader;
-  } catch {
-    return { ok: false, why: 'unparsable header' };
+    const size = (await fh.stat()).size;
+    // Reads exactly `len` bytes at `pos` into a fresh buffer, or null when the file is short.
+    const readAt = async (len: number, pos: number): Promise<Uint8Array | null> => {
+      const out = new Uint8Array(len);
+      let got = 0;
+      while (got < len) {
+        const { bytesRead } = await fh.read(out, got, len - got, pos + got);
+        if (bytesRead === 0) return null;
+        got += bytesRead;
+      }
+      return out;
+    };
+    const head = size >= 12 ? await readAt(12, 0) : null;
+    if (!head || Buffer.from(head.buffer, 0, 8).toString('latin1') !== CACHE_MAGIC) return { ok: false, why: 'bad magic' };
+    const hl = new DataView(head.buffer).getUint32(8, true);
+    if (12 + hl > size) return { ok: false, why: 'truncated header' };
+    const hb = await readAt(hl, 12);
+    if (!hb) return { ok: false, why: 'truncated header' };
+    let header: CacheHeader;
+    try {
+      header = JSON.parse(Buffer.from(hb.buffer, 0, hl).toString('utf8')) as CacheHeader;
+    } catch {
+      return { ok: false, why: 'unparsable header' };
+    }
+    if (header.magic !== HEADER_MAGIC || header.version !== CACHE_VERSION) return { ok: false, why: 'other version' };
+    if (header.fingerprint !== fp) return { ok: false, why: 'folder changed' };
+    if (JSON.stringify(header.classes) !== JSON.stringify(classes)) return { ok: false, why: 'classes changed' };
+    const { count, c, h, w } = header;
+    if (![count, c, h, w].every((x) => Number.isInteger(x) && x >= 0)) return { ok: false, why: 'bad header' };
+    const off = 12 + hl;
+    const need = off + count * 4 + count * c * h * w;
+    if (size !== need) return { ok: false, why: `size ${size}, expected ${need}` };
+    // Labels and images each get their own exact buffer (byteOffset 0), so callers may hand
+    // `images.buffer` to native code without surprises.
+    const labelBytes = await readAt(count * 4, off);
+    const images = await readAt(count * c * h * w, off + count * 4);
+    if (!labelBytes || !images) return { ok: false, why: 'truncated' };
+    if (payloadCrc(labelBytes, images) !== header.crc32) return { ok: false, why: 'checksum mismatch' };
+    const dv = new DataView(labelBytes.buffer);
+    const labels = new Int32Array(count);
+    for (let i = 0; i < count; i++) {
+      const l = dv.getInt32(i * 4, true);
+      if (l < 0 || l >= classes.length) return { ok: false, why: 'label out of range' };
+      labels[i] = l;
+    }
+    return { ok: true, header, labels, images };
+  } catch (e) {
+    return { ok: false, why: `unreadable (${(e as Error).message})` };
+  } finally {
+    await fh.close();
   }
-  if (header.magic !== HEADER_MAGIC || header.version !== CACHE_VERSION) return { ok: false, why: 'other version' };
-  if (header.fingerprint !== fp) return { ok: false, why: 'folder changed' };
-  if (JSON.stringify(header.classes) !== JSON.stringify(classes)) return { ok: false, why: 'classes changed' };
-  const { count, c, h, w } = header;
-  if (![count, c, h, w].every((x) => Number.isInteger(x) && x >= 0)) return { ok: false, why: 'bad header' };
-  const off = 12 + hl;
-  const need = off + count * 4 + count * c * h * w;
-  if (buf.length !== need) return { ok: false, why: `size ${buf.length}, expected ${need}` };
-  const labelBytes = buf.subarray(off, off + count * 4);
-  const images = new Uint8Array(buf.buffer, buf.byteOffset + off + count * 4, count * c * h * w);
-  if (payloadCrc(labelBytes, images) !== header.crc32) return { ok: false, why: 'checksum mismatch' };
-  const labels = new Int32Array(count);
-  for (let i = 0; i < count; i++) {
-    const l = labelBytes.readInt32LE(i * 4);
-    if (l < 0 || l >= classes.length) return { ok: false, why: 'label out of range' };
-    labels[i] = l;
-  }
-  return { ok: true, header, labels, images };
 }
 
 async function writeCache(file: string, header: Omit<CacheHeader, 'crc32' | 'magic' | 'version'>, labels: Int32Array, images: Uint8Array): Promise<void> {

@@ -324,3 +324,40 @@ export function analyzeSharing(model: Module, plans = candidatePlans(model)): Sh
   }
   return { classes, current: { params: total, groups: shareGroups(model) }, plans: out };
 }
+
+/**
+ * A plan from a short text (command lines): "none", "isomorphic", "consecutive:K",
+ * "strided:M", "groups:a,b;c,d", optionally suffixed "/weights" to keep per-layer biases,
+ * or a JSON plan object.
+ */
+export function parseSharingPlan(text: string): SharingPlan {
+  const s = text.trim();
+  if (s.startsWith('{')) {
+    let plan: unknown;
+    try {
+      plan = JSON.parse(s);
+    } catch (e) {
+      throw new Error(`sharing plan: not valid JSON (${(e as Error).message})`);
+    }
+    checkPlan(plan as SharingPlan);
+    return plan as SharingPlan;
+  }
+  const [body, suffix] = s.split('/') as [string, string | undefined];
+  if (suffix !== undefined && suffix !== 'weights') throw new Error(`sharing plan '${text}': the only suffix is '/weights'`);
+  const bias = suffix === 'weights' ? { shareBias: false } : {};
+  const [kind, arg] = body.split(':') as [string, string | undefined];
+  const int = (v: string | undefined) => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 1) throw new Error(`sharing plan '${text}': '${kind}' needs a positive integer after ':'`);
+    return n;
+  };
+  let plan: SharingPlan;
+  if (kind === 'none') plan = { kind: 'none' };
+  else if (kind === 'isomorphic') plan = { kind: 'isomorphic', ...bias };
+  else if (kind === 'consecutive') plan = { kind: 'consecutive', size: int(arg), ...bias };
+  else if (kind === 'strided') plan = { kind: 'strided', kernels: int(arg), ...bias };
+  else if (kind === 'groups' && arg) plan = { kind: 'groups', groups: arg.split(';').map((g) => g.split(',').map((p) => p.trim())), ...bias };
+  else throw new Error(`sharing plan '${text}': expected none, isomorphic, consecutive:K, strided:M, groups:a,b;c,d (optionally /weights) or a JSON object`);
+  checkPlan(plan);
+  return plan;
+}

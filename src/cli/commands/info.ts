@@ -1,8 +1,9 @@
 // `kshare info <model>`: layer table, parameter counts, weight bytes, MACs and share groups.
 import type { Command } from 'commander';
 import { createModel, loadModelConfigFile, modelSummary, formatSummary, loadWeights } from '../../models/index.js';
+import { applySharingPlan, parseSharingPlan } from '../../nn/index.js';
 
-interface InfoOptions { classes: string; json?: boolean; config?: string[]; weights?: string; depth?: string; plans?: boolean }
+interface InfoOptions { classes: string; json?: boolean; config?: string[]; weights?: string; depth?: string; plans?: boolean; plan?: string }
 
 export function register(program: Command): void {
   program
@@ -15,12 +16,14 @@ export function register(program: Command): void {
     .option('--weights <file>', 'check that a .safetensors weights file fits the model')
     .option('--depth <n>', 'show layers down to this nesting depth only')
     .option('--plans', 'also list what each sharing plan would save')
+    .option('--plan <spec>', 'apply a sharing plan first: none, isomorphic, consecutive:K, strided:M, groups:a,b;c,d [/weights] or JSON')
     .action((name: string, o: InfoOptions) => {
       for (const f of o.config ?? []) loadModelConfigFile(f);
       const classes = Number(o.classes);
       if (!Number.isInteger(classes) || classes < 1) throw new Error(`--classes must be a positive integer, got '${o.classes}'`);
       const model = createModel(name, { classes });
       try {
+        if (o.plan) applySharingPlan(model, parseSharingPlan(o.plan));
         if (o.weights) loadWeights(model, o.weights);
         const s = modelSummary(model, name, classes);
         if (o.json) {
