@@ -502,6 +502,15 @@ describe('download and extraction', () => {
     assert.equal(ds.name, 'CIFAR-100');
     assert.equal(ds.count, 4);
     assert.deepEqual([...ds.coarseLabels!], [0, 1, 2, 3].map((r) => coarse100(1, r)));
+    // an incomplete local folder is downloaded again (the old one is kept aside) when allowed
+    fs.rmSync(path.join(dataDir, 'cifar-100-binary', 'test.bin'));
+    fs.rmSync(path.join(dataDir, 'cifar-100-binary.tar.gz'));
+    const hits = server.hits.get('/cifar-100-binary.tar.gz') ?? 0;
+    const opts = { dataDir, split: 'test' as const, searchDirs: [], downloadOptions: { url: server.url('/cifar-100-binary.tar.gz'), md5: md5(good100), size: good100.length, progressBar: false } };
+    await rejectsData(loadDataset('cifar100', opts), /test\.bin: missing CIFAR-100 file/);
+    assert.equal((await loadDataset('cifar100', { ...opts, download: true })).count, 2);
+    assert.equal(server.hits.get('/cifar-100-binary.tar.gz'), hits + 1);
+    assert.ok(fs.readdirSync(dataDir).some((f) => f.startsWith('cifar-100-binary.old-')));
     // without download permission and nothing local: a clear error
     await rejectsData(loadDataset('cifar100', { dataDir: tmp('none'), split: 'train', searchDirs: [] }), /CIFAR-100 not found: looked for cifar-100-binary\/.*download/);
   });

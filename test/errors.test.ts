@@ -220,7 +220,7 @@ function opId(full: string): number {
 
 test('fuzz: malformed raw native.call invocations raise Errors naming the libtorch operator', () => {
   const r = rng(42);
-  const mk = (shape: number[], dtype: t.DType = 'float32') => t.keep(t.zeros(shape, { dtype }));
+  const mk = (shape: number[], dtype: t.DType = 'float32') => t.zeros(shape, { dtype });
   const M = mk([3, 4]), X = mk([1, 3, 5, 5]), W = mk([2, 4, 3, 3]), I = mk([2], 'int64');
   const gone = t.zeros([2]);
   const goneHandle = gone.handle;
@@ -281,19 +281,23 @@ test('fuzz: malformed raw native.call invocations raise Errors naming the libtor
   const names = Object.keys(families);
   const failures: string[] = [];
   const N = 400;
+  const before = t.liveTensors();
   for (let i = 0; i < N; i++) {
     const family = names[i % names.length]!;
-    const [op, args] = families[family]!();
-    try {
-      const out = native.call(opId(op), args);
-      failures.push(`#${i} ${family}: ${op} returned ${String(out)}`);
-      if (out && typeof out === 'object' && !Array.isArray(out)) native.dispose(out as Handle);
-    } catch (e) {
-      if (!(e instanceof Error)) failures.push(`#${i} ${family}: ${op} threw a non-Error`);
-      else if (!e.message.includes(op)) failures.push(`#${i} ${family}: message does not name ${op}: ${e.message.slice(0, 160)}`);
-    }
+    t.tidy(() => { // frees the tensors a family built for this call
+      const [op, args] = families[family]!();
+      try {
+        const out = native.call(opId(op), args);
+        failures.push(`#${i} ${family}: ${op} returned ${String(out)}`);
+        if (out && typeof out === 'object' && !Array.isArray(out)) native.dispose(out as Handle);
+      } catch (e) {
+        if (!(e instanceof Error)) failures.push(`#${i} ${family}: ${op} threw a non-Error`);
+        else if (!e.message.includes(op)) failures.push(`#${i} ${family}: message does not name ${op}: ${e.message.slice(0, 160)}`);
+      }
+    });
   }
   assert.deepEqual(failures, []);
+  assert.equal(t.liveTensors(), before);
   t.dispose([M, X, W, I]);
 });
 

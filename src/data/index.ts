@@ -142,7 +142,16 @@ async function loadCifar(kind: CifarKind, opts: LoadOptions): Promise<ImageDatas
     const found = await findCifar(kind, dir);
     if (found) {
       log(`${CIFAR_LAYOUT[kind].binary.title}: ${found.format} data in ${found.dir}`);
-      return readCifar(kind, found.dir, opts.split, readOpts);
+      try {
+        return await readCifar(kind, found.dir, opts.split, readOpts);
+      } catch (e) {
+        // An incomplete official folder where a download would go: download it again when allowed.
+        const ours = found.format === 'binary' && path.resolve(found.dir) === path.join(primary, CIFAR_LAYOUT[kind].binary.folder);
+        if (!(e instanceof DataError) || !opts.download || !ours) throw e;
+        log(`${(e as Error).message}; downloading again`);
+        const dl = await downloadCifar(kind, primary, { ...(opts.downloadOptions ?? {}), ...(opts.onProgress ? { onProgress: opts.onProgress } : {}), log });
+        return readCifar(kind, dl.dir, opts.split, readOpts);
+      }
     }
     if (kind === 'cifar10') {
       const jpeg = path.join(dir, CIFAR10_JPEG_FOLDER);

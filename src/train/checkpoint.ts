@@ -37,6 +37,8 @@ export interface CheckpointMeta {
   modelConfig: unknown;
   classes: string[];
   dataset: string;
+  /** The --dataset given to `train` (cifar10, a folder...), or null. */
+  datasetSpec: string | null;
   recipe: Recipe;
   seed: number;
   /** Epochs completed. */

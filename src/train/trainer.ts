@@ -29,6 +29,8 @@ export interface TrainOptions {
   modelConfig?: unknown;
   train: ImageDataset;
   test: ImageDataset;
+  /** How the data was named on the command line (cifar10, a folder...), stored for `eval`. */
+  datasetSpec?: string;
   outDir: string;
   device?: Device;
   /** A checkpoint to continue from (exactly where it stopped). */
@@ -62,8 +64,8 @@ export function countParameters(model: Module): ParameterCounts {
 }
 
 export interface TrainSummary {
-  /** completed: all epochs; stopped: --stop-after-epochs reached; interrupted: Ctrl-C (mid-epoch checkpoint). */
-  status: 'completed' | 'stopped' | 'interrupted';
+  /** completed: all epochs; stopped: --stop-after-epochs reached; interrupted: Ctrl-C (mid-epoch checkpoint); running: written between epochs. */
+  status: 'completed' | 'stopped' | 'interrupted' | 'running';
   model: string;
   dataset: string;
   recipe: string;
@@ -167,6 +169,15 @@ export async function train(o: TrainOptions): Promise<TrainSummary> {
     let status: TrainSummary['status'] = 'completed';
     const lastEpoch = o.stopAfterEpochs ? Math.min(recipe.epochs, epoch + o.stopAfterEpochs) : recipe.epochs;
 
+    const summarize = (st: TrainSummary['status']): TrainSummary => ({
+      status: st, model: o.modelName, dataset: trainSet.name, recipe: recipe.name, seed, device,
+      epochs: recipe.epochs, epochsDone: history.length, bestAcc, finalAcc: history[history.length - 1]?.testAcc ?? 0,
+      trainableParams: counts.trainable, unsharedParams: counts.unshared,
+      trainImages: trainSet.count, testImages: testSet.count,
+      seconds: (performance.now() - runStart) / 1000, imgPerSec: trainedImages / Math.max(trainSeconds, 1e-9),
+      checkpoint: ckptFile, history,
+    });
+
     /** Writes <out>/checkpoint.safetensors; `done` epochs completed, `step` batches into the next. */
     const checkpoint = (reason: 'epoch' | 'interrupt', shuffleState: Tensor, done: number, step: number) => {
       const rngGlobal = t.getRngState();
@@ -177,7 +188,7 @@ export async function train(o: TrainOptions): Promise<TrainSummary> {
           model, optimizer, scalerState: amp ? scaler.stateDict() : null,
           rng: { globalCpu: rngGlobal.cpu, globalCuda: rngGlobal.cuda, shuffle: shuffleState, params, noise: noiseState },
           meta: {
-            modelName: o.modelName, modelConfig: o.modelConfig ?? null, classes: trainSet.classes, dataset: trainSet.name,
+            modelName: o.modelName, modelConfig: o.modelConfig ?? null, classes: trainSet.classes, dataset: trainSet.name, datasetSpec: o.datasetSpec ?? null,
             recipe, seed, epoch: done, stepInEpoch: step, globalStep, itersPerEpoch, partial, bestAcc, history, reason,
           },
         });
@@ -269,6 +280,8 @@ export async function train(o: TrainOptions): Promise<TrainSummary> {
           shuffleNow.dispose();
         }
         appendLog(o.outDir, rec);
+        // Kept current every epoch so `kshare report` also reads unfinished runs.
+        writeJsonAtomic(path.join(o.outDir, SUMMARY_FILE), summarize(finished < recipe.epochs ? 'running' : 'completed'));
         const left = (recipe.epochs - finished) * rec.seconds;
         log(`epoch ${finished}/${recipe.epochs}: train loss ${rec.trainLoss.toFixed(4)}, train acc ${pct(rec.trainAcc)}, test acc ${pct(rec.testAcc)} (best ${pct(bestAcc)}), ` +
           `lr ${lr.toPrecision(3)}, ${rec.imgPerSec.toFixed(0)} img/s, ${formatDuration(rec.seconds)}${left > 0 ? `, about ${formatDuration(left)} left` : ''}`);
@@ -283,15 +296,7 @@ export async function train(o: TrainOptions): Promise<TrainSummary> {
       status = 'stopped';
       log(`stopped after epoch ${history.length}/${recipe.epochs} as asked; continue with --resume ${ckptFile}`);
     }
-    const last = history[history.length - 1];
-    const summary: TrainSummary = {
-      status, model: o.modelName, dataset: trainSet.name, recipe: recipe.name, seed, device,
-      epochs: recipe.epochs, epochsDone: history.length, bestAcc, finalAcc: last?.testAcc ?? 0,
-      trainableParams: counts.trainable, unsharedParams: counts.unshared,
-      trainImages: trainSet.count, testImages: testSet.count,
-      seconds: (performance.now() - runStart) / 1000, imgPerSec: trainedImages / Math.max(trainSeconds, 1e-9),
-      checkpoint: ckptFile, history,
-    };
+    const summary = summarize(status);
     writeJsonAtomic(path.join(o.outDir, SUMMARY_FILE), summary);
     return summary;
   } finally {

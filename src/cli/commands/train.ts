@@ -1,8 +1,162 @@
-// Placeholder: replaced by the command's implementation.
+// `kshare train`: trains a model with a recipe; every recipe field can be overridden.
 import type { Command } from 'commander';
+import path from 'node:path';
+import * as t from '../../tensor/index.js';
+import { createModel, modelConfig, loadModelConfigFile, buildFromConfig, type ModelConfig } from '../../models/index.js';
+import { loadRecipe, applyOverrides, parseOverride, listRecipes, type Recipe } from '../../train/recipe.js';
+import { readCheckpoint } from '../../train/checkpoint.js';
+import { train } from '../../train/trainer.js';
+import { loadSplits } from '../../train/datasets.js';
+import { CHECKPOINT_FILE } from '../../train/run-log.js';
+
+export interface TrainCliOptions {
+  recipe?: string;
+  model?: string;
+  dataset: string;
+  dataDir?: string;
+  out: string;
+  epochs?: string;
+  batchSize?: string;
+  lr?: string;
+  seed?: string;
+  device: string;
+  amp?: boolean;
+  resume?: string | boolean;
+  set: string[];
+  threads?: string;
+  download?: boolean;
+  stopAfterEpochs?: string;
+  trainPerClass?: string;
+  testPerClass?: string;
+  progress: boolean;
+  config?: string[];
+}
+
+export function positiveInt(flag: string, v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`${flag} must be a positive integer, got '${v}'`);
+  return n;
+}
+
+export function positiveNumber(flag: string, v: string): number {
+  const n = Number(v);
+  if (!(n > 0) || !Number.isFinite(n)) throw new Error(`${flag} must be a positive number, got '${v}'`);
+  return n;
+}
+
+/** The recipe after the command line's shorthand flags and --set overrides. */
+export function recipeFromFlags(base: Recipe, o: Pick<TrainCliOptions, 'epochs' | 'batchSize' | 'lr' | 'seed' | 'amp' | 'set' | 'trainPerClass' | 'testPerClass'>): Recipe {
+  const overrides: [string[], unknown][] = [];
+  if (o.epochs !== undefined) overrides.push([['epochs'], positiveInt('--epochs', o.epochs)]);
+  if (o.batchSize !== undefined) overrides.push([['batchSize'], positiveInt('--batch-size', o.batchSize)]);
+  if (o.lr !== undefined) overrides.push([['optimizer', 'lr'], positiveNumber('--lr', o.lr)]);
+  if (o.seed !== undefined) {
+    const s = Number(o.seed);
+    if (!Number.isInteger(s) || s < 0) throw new Error(`--seed must be a non-negative integer, got '${o.seed}'`);
+    overrides.push([['seed'], s]);
+  }
+  if (o.amp !== undefined) overrides.push([['amp'], o.amp]);
+  if (o.trainPerClass !== undefined) overrides.push([['trainPerClass'], positiveInt('--train-per-class', o.trainPerClass)]);
+  if (o.testPerClass !== undefined) overrides.push([['testPerClass'], positiveInt('--test-per-class', o.testPerClass)]);
+  for (const s of o.set) overrides.push(parseOverride(s));
+  return overrides.length ? applyOverrides(base, overrides) : base;
+}
+
+/** A model by name, or from the config stored with a checkpoint when the name is not registered here. */
+export function buildModel(name: string, classes: number, stored: unknown = null): () => ReturnType<typeof createModel> {
+  let config: ModelConfig | null = null;
+  try {
+    config = modelConfig(name);
+  } catch (e) {
+    if (!stored) throw e;
+    config = stored as ModelConfig;
+  }
+  return () => (config ? buildFromConfig(config, classes) : createModel(name, { classes }));
+}
+
+/** Ctrl-C: the first asks the run to checkpoint and stop after the current step; the second quits. */
+export function stopOnInterrupt(log: (l: string) => void): { signal: AbortSignal; release(): void } {
+  const ctrl = new AbortController();
+  const onInt = () => {
+    if (ctrl.signal.aborted) {
+      process.stderr.write('\nkshare: second Ctrl-C: quitting without waiting for the checkpoint\n');
+      process.exit(130);
+    }
+    log('\nCtrl-C: finishing this step and writing a checkpoint (Ctrl-C again to quit at once)');
+    ctrl.abort();
+  };
+  process.on('SIGINT', onInt);
+  return { signal: ctrl.signal, release: () => process.off('SIGINT', onInt) };
+}
 
 export function register(program: Command): void {
-  program.command('train').description('(not implemented yet)').action(() => {
-    throw new Error('train: not implemented yet');
-  });
+  program
+    .command('train')
+    .description('train a model with a recipe (recipes/*.json); writes <out>/log.jsonl, summary.json and checkpoint.safetensors')
+    .option('--recipe <name|file>', `recipe name (${listRecipes().join(', ') || 'see recipes/'}) or a .json file`)
+    .option('--model <name>', "model name (see `kshare models`); default: the recipe's")
+    .requiredOption('--dataset <spec>', 'cifar10, cifar100, or an image folder <root>/{train,test}/<class>/*')
+    .option('--data-dir <dir>', 'where datasets are looked for and extracted (default ./data, then ../shared/data)')
+    .requiredOption('--out <dir>', 'run folder for the log, summary and checkpoint')
+    .option('--epochs <n>', 'override the recipe\'s epochs')
+    .option('--batch-size <n>', 'override the recipe\'s batch size')
+    .option('--lr <x>', 'override the recipe\'s learning rate')
+    .option('--seed <n>', 'override the recipe\'s seed')
+    .option('--device <device>', 'cpu or cuda', 'cpu')
+    .option('--amp', 'mixed precision on CUDA (default: the recipe\'s)')
+    .option('--no-amp', 'no mixed precision')
+    .option('--resume [checkpoint]', `continue a run exactly where it stopped (default <out>/${CHECKPOINT_FILE})`)
+    .option('--set <field=value>', 'override any recipe field, e.g. --set optimizer.weightDecay=0.05 (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .option('--threads <n>', 'CPU threads for libtorch (default: all cores)')
+    .option('--download', 'download the official dataset when it is not found locally')
+    .option('--stop-after-epochs <n>', 'stop (with a checkpoint) after this many epochs; --resume continues')
+    .option('--train-per-class <n>', 'use only the first n training images of each class')
+    .option('--test-per-class <n>', 'use only the first n test images of each class')
+    .option('--no-progress', 'no progress bar')
+    .option('--config <file...>', 'JSON model config file(s) to register first')
+    .action(async (o: TrainCliOptions) => {
+      for (const f of o.config ?? []) loadModelConfigFile(f);
+      if (o.threads !== undefined) t.setNumThreads(positiveInt('--threads', o.threads));
+      const log = (l: string) => console.log(l);
+      let recipe: Recipe;
+      let modelName: string;
+      let resume: string | null = null;
+      let stored: unknown = null;
+      if (o.resume) {
+        resume = typeof o.resume === 'string' ? o.resume : path.join(o.out, CHECKPOINT_FILE);
+        const ck = readCheckpoint(resume);
+        ck.dispose();
+        // A resumed run keeps its recipe and model; only its length may change.
+        const changed = [o.recipe && 'recipe', o.batchSize && 'batch-size', o.lr && 'lr', o.seed && 'seed', o.set.length && 'set', o.amp !== undefined && 'amp', o.trainPerClass && 'train-per-class', o.testPerClass && 'test-per-class']
+          .filter(Boolean);
+        if (changed.length) throw new Error(`--resume continues the run as it was: --${changed.join(', --')} cannot change it (only --epochs can)`);
+        if (o.model && o.model !== ck.meta.modelName) throw new Error(`${resume} was trained as model '${ck.meta.modelName}', not '${o.model}'`);
+        recipe = recipeFromFlags(ck.meta.recipe, { ...o, set: [] });
+        modelName = ck.meta.modelName;
+        stored = ck.meta.modelConfig;
+      } else {
+        if (!o.recipe) throw new Error(`--recipe is required (one of ${listRecipes().join(', ')}, or a .json file)`);
+        recipe = recipeFromFlags(loadRecipe(o.recipe), o);
+        modelName = o.model ?? recipe.model;
+      }
+      const progress = o.progress && !!process.stderr.isTTY;
+      const { train: trainSet, test: testSet } = await loadSplits(o.dataset, { dataDir: o.dataDir, download: o.download, log, progress });
+      const classes = trainSet.classes.length;
+      const build = buildModel(modelName, classes, stored);
+      let config: unknown = stored;
+      try { config = modelConfig(modelName) ?? stored; } catch { /* stored config or factory model */ }
+      const stop = stopOnInterrupt(log);
+      try {
+        const s = await train({
+          recipe, buildModel: build, modelName, modelConfig: config, train: trainSet, test: testSet,
+          outDir: o.out, device: o.device, resume, progress, log, stop: stop.signal,
+          stopAfterEpochs: o.stopAfterEpochs === undefined ? undefined : positiveInt('--stop-after-epochs', o.stopAfterEpochs),
+          datasetSpec: o.dataset,
+        });
+        log(`${s.status}: ${s.model} on ${s.dataset}, best test accuracy ${(100 * s.bestAcc).toFixed(2)}% after ${s.epochsDone}/${s.epochs} epochs; ` +
+          `${s.trainableParams.toLocaleString('en-US')} trainable parameters (${s.unsharedParams.toLocaleString('en-US')} without sharing); run folder ${o.out}`);
+      } finally {
+        stop.release();
+      }
+    });
 }

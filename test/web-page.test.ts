@@ -1,0 +1,134 @@
+// End-to-end test of the web demo (web/index.html) in headless Chromium: the page loads an
+// exported model with onnxruntime-web from a local server, shows its download size and
+// trainable parameters, classifies a bundled sample image, and its answer matches
+// onnxruntime-node's; non-images, wrong-sized images and corrupt models give clear messages.
+// Needs Debian's chromium (/usr/bin/chromium, installed by scripts/setup.sh); skipped without it.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import * as ort from 'onnxruntime-node';
+import { PNG } from 'pngjs';
+import type { Browser, Page } from 'playwright-core';
+import { exportOnnx } from '../src/export/export-onnx.js';
+import { prepareImage } from '../src/export/image-input.js';
+import { recommendedSessionOptions } from '../src/export/ort-session.js';
+import { repoRoot, startStaticServer, type StaticServer } from '../src/export/static-server.js';
+import { maxRelError } from './helpers/python.js';
+import { preparedModel } from './export-fixtures.js';
+
+const CHROMIUM = process.env.KSHARE_CHROMIUM ?? '/usr/bin/chromium';
+const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+const MODEL = 'convmixer_64_4_k5_p2_shared';
+const skip = existsSync(CHROMIUM) ? false : `${CHROMIUM} not found: install Debian's chromium package (scripts/setup.sh does) to run the browser test`;
+
+interface DemoResult { label: string; input: number[]; logits: number[]; top: { label: string; probability: number }[]; resizedFrom: { width: number; height: number } | null }
+
+async function waitForResult(page: Page, label: string): Promise<DemoResult> {
+  await page.waitForFunction((l) => {
+    const d = (window as unknown as { kshareDemo: { last: { label: string } | null; error: string | null } }).kshareDemo;
+    return d.last?.label === l || d.error !== null;
+  }, label, { timeout: 60_000 });
+  const { last, error } = await page.evaluate(() => (window as unknown as { kshareDemo: { last: DemoResult; error: string | null } }).kshareDemo);
+  assert.equal(error, null, `page error: ${error}`);
+  return last;
+}
+
+async function waitForError(page: Page): Promise<string> {
+  await page.waitForFunction(() => (window as unknown as { kshareDemo: { error: string | null } }).kshareDemo.error !== null, null, { timeout: 30_000 });
+  const text = await page.textContent('#error');
+  assert.ok(await page.isVisible('#error'), 'the error is shown on the page');
+  return text ?? '';
+}
+
+test('web page: classifies a sample in Chromium like onnxruntime-node, and explains bad input', { skip, timeout: 240_000 }, async (ctx) => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'kshare-web-'));
+  let server: StaticServer | null = null;
+  let browser: Browser | null = null;
+  const src = preparedModel(MODEL, 2, { headScale: 3 });
+  try {
+    const { bytes } = exportOnnx(src.model, src.info);
+    const modelFile = path.join(dir, 'model.onnx');
+    writeFileSync(modelFile, bytes);
+    server = await startStaticServer({ root: repoRoot(), files: { '/model.onnx': modelFile } });
+    const { chromium } = await import('playwright-core');
+    browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+    const page = await browser.newPage();
+    const pageErrors: string[] = [];
+    page.on('pageerror', (e) => pageErrors.push(e.message));
+
+    // Only the local server is ever contacted (the page works offline).
+    const foreign: string[] = [];
+    page.on('request', (r) => { if (!r.url().startsWith(server!.url) && !r.url().startsWith('data:')) foreign.push(r.url()); });
+
+    await page.goto(`${server.url}/web/`);
+    await page.waitForFunction(() => document.body.dataset.state === 'ready' || (window as unknown as { kshareDemo: { error: string | null } }).kshareDemo.error, null, { timeout: 120_000 });
+    assert.equal(await page.evaluate(() => (window as unknown as { kshareDemo: { error: string | null } }).kshareDemo.error), null);
+    assert.equal(await page.textContent('#model-name'), MODEL);
+    assert.equal(await page.textContent('#model-params'), src.info.params.toLocaleString('en-US'));
+    assert.match((await page.textContent('#model-size'))!, new RegExp(`\\(${bytes.byteLength.toLocaleString('en-US')} bytes\\)`));
+    assert.match((await page.textContent('#model-shared'))!, /^2, used by 8 convolutions$/);
+
+    // A bundled sample, through the page's own buttons.
+    await page.click('button[data-sample=cat]');
+    const cat = await waitForResult(page, 'sample cat.jpg');
+    assert.equal(cat.resizedFrom, null);
+    assert.equal(await page.locator('#result li').count(), 5);
+    assert.equal(await page.getAttribute('#result li:first-child', 'data-class'), cat.top[0]!.label);
+
+    // onnxruntime-node on the very input the page built gives the page's logits.
+    const session = await ort.InferenceSession.create(bytes, recommendedSessionOptions(2, { threads: 1 }));
+    const run = async (x: Float32Array) => (await session.run({ input: new ort.Tensor('float32', x, [1, 3, 32, 32]) })).logits!.data as Float32Array;
+    const nodeOnPageInput = await run(Float32Array.from(cat.input));
+    const err = maxRelError(cat.logits, nodeOnPageInput);
+    ctx.diagnostic(`page vs onnxruntime-node logits on the page's input: max relative error ${err.toExponential(2)}`);
+    assert.ok(err < 1e-4, `logits differ by ${err}`);
+
+    // `kshare predict`'s own preprocessing of the same file (jpeg-js instead of Chromium's decoder).
+    const nodeInput = prepareImage(readFileSync(path.join(repoRoot(), 'web/samples/cat.jpg')), src.info.input, 'cat.jpg').input;
+    const diffs = Array.from(nodeInput, (v, i) => Math.abs(v - cat.input[i]!) * src.info.input.std[Math.floor(i / 1024)]! * 255);
+    const maxLevels = Math.max(...diffs), meanLevels = diffs.reduce((a, b) => a + b, 0) / diffs.length;
+    ctx.diagnostic(`Chromium vs jpeg-js decoding of cat.jpg: mean difference ${meanLevels.toFixed(2)}, max ${maxLevels.toFixed(2)} of 255 levels`);
+    // JPEG decoders may round the IDCT and upsample chroma differently: small, not equal.
+    assert.ok(meanLevels < 2 && maxLevels <= 24, `decoders differ by ${meanLevels} levels on average, ${maxLevels} at most`);
+    const nodeLogits = await run(nodeInput);
+    const nodeTop = Array.from(nodeLogits).indexOf(Math.max(...nodeLogits));
+    assert.equal(cat.top[0]!.label, src.info.classes[nodeTop], 'same top class as onnxruntime-node on the jpeg-js decoded file');
+    ctx.diagnostic(`page top-3: ${cat.top.slice(0, 3).map((p) => `${p.label} ${(p.probability * 100).toFixed(1)}%`).join(', ')}`);
+    await session.release();
+
+    // A wrong-sized image is centre-cropped and resized, and the page says so.
+    const png = new PNG({ width: 64, height: 48 });
+    for (let i = 0; i < png.data.length; i += 4) png.data.set([200, (i / 4) % 64 * 4, 50, 255], i);
+    const pngFile = path.join(dir, 'wide.png');
+    writeFileSync(pngFile, PNG.sync.write(png));
+    await page.setInputFiles('#image-file', pngFile);
+    const wide = await waitForResult(page, 'wide.png');
+    assert.deepEqual(wide.resizedFrom, { width: 64, height: 48 });
+    assert.match((await page.textContent('#result-note'))!, /64x48, centre-cropped and resized to 32x32/);
+
+    // Not an image.
+    const textFile = path.join(dir, 'notes.txt');
+    writeFileSync(textFile, 'this is not an image');
+    await page.setInputFiles('#image-file', textFile);
+    assert.match(await waitForError(page), /notes\.txt is not an image this browser can decode/);
+
+    // A corrupt model file: a clear message, and the loaded model keeps working.
+    const corrupt = path.join(dir, 'broken.onnx');
+    writeFileSync(corrupt, bytes.subarray(0, 5000));
+    await page.setInputFiles('#model-file', corrupt);
+    assert.match(await waitForError(page), /broken\.onnx is not a valid ONNX model|cannot load broken\.onnx/);
+    await page.click('button[data-sample=ship]');
+    await waitForResult(page, 'sample ship.jpg');
+
+    assert.deepEqual(pageErrors, []);
+    assert.deepEqual(foreign, [], 'no request leaves the local server');
+  } finally {
+    await browser?.close();
+    await server?.close();
+    src.model.dispose();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
