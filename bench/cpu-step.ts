@@ -2,6 +2,7 @@
 // model in PyTorch (bench/reference_step.py), in one run, same thread count.
 //
 //   node dist/bench/cpu-step.js [--threads 1] [--warmup 5] [--steps 20] [--rounds 2] [--out bench/results/cpu-step.json]
+//                               [--settle 10] [--system-malloc]
 //
 // Each row alternates kshare and PyTorch `rounds` times (so background load hits both alike),
 // warms up, times every step, and reports the median wall-clock time (and, alongside, the
@@ -25,6 +26,14 @@ const ROOT = (() => {
   for (const p of [path.resolve(here, '..'), path.resolve(here, '../..')]) if (existsSync(path.join(p, 'bench', 'reference_step.py'))) return p;
   throw new Error('cpu-step: cannot find bench/reference_step.py');
 })();
+
+/**
+ * glibc hands large freed blocks back to the OS and page-faults them in again on the next
+ * allocation; how often depends on the process's allocation history, which made identical
+ * steps differ by up to 2x in CPU time, in either process. Both run with the same fixed
+ * thresholds instead (the bench re-executes itself with them) unless --system-malloc.
+ */
+const MALLOC_ENV = { MALLOC_MMAP_THRESHOLD_: String(256 << 20), MALLOC_TRIM_THRESHOLD_: String(1 << 30) };
 
 interface Shape { dim: number; depth: number; kernel: number; patch: number; classes: number; batch: number; size: number }
 const SHAPE: Shape = { dim: 64, depth: 4, kernel: 5, patch: 2, classes: 10, batch: 32, size: 32 };
@@ -101,6 +110,19 @@ function moduleSubject(name: string): Subject {
 
 type Mode = 'step' | 'forward';
 
+/**
+ * In the first seconds of a Node process, libtorch 1.13's oneDNN GELU runs about 1000x slower
+ * (milliseconds for a handful of elements; gone with --single-threaded-gc). Timing starts
+ * once the process has run `seconds`, so rows measure the steady state of a training run.
+ */
+function settle(seconds: number): void {
+  const subject = opsSubject();
+  const x = t.randn([SHAPE.batch, 3, SHAPE.size, SHAPE.size]);
+  while (process.uptime() < seconds) t.noGrad(() => t.tidy(() => { subject.forward(x, false); }));
+  subject.dispose();
+  x.dispose();
+}
+
 interface Samples { wall: number[]; cpu: number[] }
 
 function timeKshare(make: () => Subject, mode: Mode, warmup: number, steps: number): Samples {
@@ -172,8 +194,15 @@ function main(): void {
     .option('--steps <n>', 'timed steps per round', '20')
     .option('--rounds <n>', 'alternations of kshare and PyTorch per row', '2')
     .option('--out <file>', 'where to write the JSON', path.join(ROOT, 'bench', 'results', 'cpu-step.json'))
+    .option('--settle <s>', 'seconds after process start before timing begins', '10')
+    .option('--system-malloc', "keep glibc's default malloc thresholds (noisier)")
     .parse();
-  const o = program.opts<{ threads: string; warmup: string; steps: string; rounds: string; out: string }>();
+  const o = program.opts<{ threads: string; warmup: string; steps: string; rounds: string; out: string; settle: string; systemMalloc?: boolean }>();
+  if (!o.systemMalloc && process.env.MALLOC_TRIM_THRESHOLD_ !== MALLOC_ENV.MALLOC_TRIM_THRESHOLD_) {
+    // malloc reads these at process start, so run again with them (PyTorch inherits them too)
+    const r = spawnSync(process.execPath, [...process.execArgv, fileURLToPath(import.meta.url), ...process.argv.slice(2)], { stdio: 'inherit', env: { ...process.env, ...MALLOC_ENV } });
+    process.exit(r.status ?? 1);
+  }
   const int = (name: string, v: string, min: number) => {
     const n = Number(v);
     if (!Number.isInteger(n) || n < min) program.error(`cpu-step: --${name} must be an integer >= ${min}, got '${v}'`);
@@ -183,7 +212,9 @@ function main(): void {
   const warmup = int('warmup', o.warmup, 0);
   const steps = int('steps', o.steps, 1);
   const rounds = int('rounds', o.rounds, 1);
+  const settleS = int('settle', o.settle, 0);
   t.setNumThreads(threads);
+  settle(settleS);
 
   const model = `convmixer_${SHAPE.dim}_${SHAPE.depth}_k${SHAPE.kernel}_p${SHAPE.patch}`;
   const cases: { name: string; make: () => Subject; mode: Mode; sharing: 'none' | 'both' }[] = [
@@ -223,7 +254,8 @@ function main(): void {
     machine: `${cpus[0]?.model.trim() ?? 'unknown CPU'}, ${cpus.length} cores`,
     torch: libtorch === torchVersion ? torchVersion : `${torchVersion} (kshare's libtorch ${libtorch})`,
     threads,
-    method: `batch ${SHAPE.batch}, ${SHAPE.size}x${SHAPE.size}, ${SHAPE.classes} classes; AdamW, hard-label cross-entropy; median of ${rounds}x${steps} steps after ${warmup} warm-up steps per round, kshare and PyTorch alternating`,
+    method: `batch ${SHAPE.batch}, ${SHAPE.size}x${SHAPE.size}, ${SHAPE.classes} classes; AdamW, hard-label cross-entropy; median of ${rounds}x${steps} steps after ${warmup} warm-up steps per round, kshare and PyTorch alternating; ` +
+      (o.systemMalloc ? 'default glibc malloc' : `both processes with ${Object.entries(MALLOC_ENV).map(([k, v]) => `${k}=${v}`).join(' ')}`) + `; timing from ${settleS} s after start`,
     rows,
   };
   mkdirSync(path.dirname(o.out), { recursive: true });

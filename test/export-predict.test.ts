@@ -35,9 +35,9 @@ test('resizeToFit: same size passes through; area resampling averages; other asp
   assert.deepEqual(Array.from(resizeToFit(wide, 1, 1).chw), [100, 100, 100]);
   // Upscaling 1x1 → 3x3 replicates.
   assert.deepEqual(Array.from(resizeToFit({ width: 1, height: 1, chw: Uint8Array.from([9, 8, 7]) }, 3, 3).chw), [...Array(9).fill(9), ...Array(9).fill(8), ...Array(9).fill(7)]);
-  // Non-integer factor (3 → 2): each output pixel covers 1.5 source pixels.
-  const row = { width: 3, height: 1, chw: Uint8Array.from([0, 90, 180, 0, 90, 180, 0, 90, 180]) };
-  assert.deepEqual(Array.from(resizeToFit(row, 2, 1).chw.subarray(0, 2)), [30, 150]);
+  // Non-integer factor (3x3 → 2x2): each output pixel covers 1.5 source pixels per axis.
+  const rows = { width: 3, height: 3, chw: Uint8Array.from(Array.from({ length: 27 }, (_, i) => [0, 90, 180][i % 3]!)) };
+  assert.deepEqual(Array.from(resizeToFit(rows, 2, 2).chw.subarray(0, 4)), [30, 150, 30, 150]);
 });
 
 test('normalise and prepareImage: (v/255 - mean)/std in CHW, with the resize reported', () => {
@@ -74,7 +74,7 @@ test('kshare predict: a checkpoint and its ONNX export give the same top-5; bad 
     const onnx = path.join(dir, 'model.onnx');
     const exp = spawnSync(process.execPath, [CLI, 'export', '--checkpoint', ckpt, '--out', onnx], { encoding: 'utf8' });
     assert.equal(exp.status, 0, exp.stderr);
-    assert.match(exp.stdout, /exported convmixer_64_4_k5_p2_shared \(checkpoint/);
+    assert.match(exp.stdout, /exported convmixer_64_4_k5_p2_shared \(weights file model\.safetensors\)/);
 
     const images = ['cat.jpg', 'ship.jpg'].map((f) => path.join(SAMPLES, f));
     const run = (model: string, files: string[], extra: string[] = []) => spawnSync(process.execPath, [CLI, 'predict', model, ...files, '--json', '--threads', '1', ...extra], { encoding: 'utf8' });
@@ -90,7 +90,7 @@ test('kshare predict: a checkpoint and its ONNX export give the same top-5; bad 
       assert.deepEqual(a[i]!.top.map((p) => p.class), b[i]!.top.map((p) => p.class));
       for (let k = 0; k < 5; k++) assert.ok(Math.abs(a[i]!.top[k]!.probability - b[i]!.top[k]!.probability) < 1e-5);
     }
-    assert.notDeepEqual(a[0]!.top.map((p) => p.class), a[1]!.top.map((p) => p.class), 'different images, different rankings');
+    assert.ok(Math.abs(a[0]!.top[0]!.probability - a[1]!.top[0]!.probability) > 1e-3 || a[0]!.top[0]!.class !== a[1]!.top[0]!.class, 'different images, different answers');
 
     // Table output, and a wrong-sized image is resized with a note.
     const wide = path.join(dir, 'wide.png');

@@ -10,6 +10,14 @@ import { exportOnnx } from '../src/export/export-onnx.js';
 import { recommendedSessionOptions } from '../src/export/ort-session.js';
 import { prepareImage } from '../src/export/image-input.js';
 import { topK } from '../src/export/predict.js';
+import * as t from '../src/tensor/index.js';
+import { Sequential, Residual } from '../src/nn/container.js';
+import { Conv2d } from '../src/nn/conv.js';
+import { BatchNorm2d } from '../src/nn/batchnorm.js';
+import { Linear } from '../src/nn/linear.js';
+import { SqueezeExcitation } from '../src/nn/squeeze-excitation.js';
+import { SharedKernel } from '../src/nn/shared-kernel.js';
+import { AdaptiveAvgPool2d, Dropout, Flatten, GELU, ReLU, Sigmoid } from '../src/nn/activation.js';
 import { maxRelError } from './helpers/python.js';
 import { kshareLogits, preparedModel, randomInput } from './export-fixtures.js';
 
@@ -75,5 +83,36 @@ test('float16 storage: the same predictions, logits within 1e-2 relative', async
     }
   } finally {
     src.model.dispose();
+  }
+});
+
+test('every layer kind the exporter knows, including a kernel shared between convs of different stride and padding', async () => {
+  t.manualSeed(9);
+  const a = new Conv2d(8, 8, 3, { padding: [1, 2], dilation: [1, 2] });
+  const k = a.asSharedKernel('a', true);
+  const b = new Conv2d(8, 8, 3, { stride: 2, padding: 1, kernel: k });
+  const bnPlain = new BatchNorm2d(8, { affine: false });
+  const model = new Sequential(
+    new Conv2d(3, 8, 3, { padding: 1, bias: false }), new BatchNorm2d(8), new GELU('tanh'),
+    new Residual(new Sequential(a, bnPlain, new ReLU())), new Dropout(0.3), b, new GELU(),
+    new SqueezeExcitation(8, 4), new Conv2d(8, 8, 1, { groups: 4 }), new Sigmoid(),
+    new AdaptiveAvgPool2d(1), new Flatten(), new Linear(8, 5, { bias: false }),
+  );
+  t.noGrad(() => {
+    for (const m of model.modules()) if (m instanceof BatchNorm2d) { t.normal_(m.runningMean!, 0, 0.3); t.uniform_(m.runningVar!, 0.3, 2); }
+  });
+  model.eval();
+  try {
+    const info = { model: 'mix', classes: ['a', 'b', 'c', 'd', 'e'], params: model.numParameters(), input: { channels: 3, height: 32, width: 32, mean: [0, 0, 0], std: [1, 1, 1] } };
+    const { bytes, stats } = exportOnnx(model, info);
+    assert.equal(stats.sharedWeights, 2, 'weight and bias of the shared kernel');
+    const input = randomInput(2, 5);
+    const ref = kshareLogits(model, input, [2, 3, 32, 32]);
+    const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 1 });
+    const got = (await session.run({ input: new ort.Tensor('float32', input, [2, 3, 32, 32]) })).logits!.data as Float32Array;
+    await session.release();
+    assert.ok(maxRelError(got, ref) < TOL, `max relative error ${maxRelError(got, ref)}`);
+  } finally {
+    model.dispose();
   }
 });

@@ -14,6 +14,7 @@ import type { Browser, Page } from 'playwright-core';
 import { exportOnnx } from '../src/export/export-onnx.js';
 import { prepareImage } from '../src/export/image-input.js';
 import { recommendedSessionOptions } from '../src/export/ort-session.js';
+import { writeWebBundle } from '../src/export/web-bundle.js';
 import { repoRoot, startStaticServer, type StaticServer } from '../src/export/static-server.js';
 import { maxRelError } from './helpers/python.js';
 import { preparedModel } from './export-fixtures.js';
@@ -49,10 +50,10 @@ test('web page: classifies a sample in Chromium like onnxruntime-node, and expla
   let browser: Browser | null = null;
   const src = preparedModel(MODEL, 2, { headScale: 3 });
   try {
-    const { bytes } = exportOnnx(src.model, src.info);
+    const { bytes } = exportOnnx(src.model, { ...src.info, source: 'test weights' });
     const modelFile = path.join(dir, 'model.onnx');
     writeFileSync(modelFile, bytes);
-    server = await startStaticServer({ root: repoRoot(), files: { '/model.onnx': modelFile } });
+    server = await startStaticServer({ root: repoRoot(), files: { '/web/model.onnx': modelFile } });
     const { chromium } = await import('playwright-core');
     browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
     const page = await browser.newPage();
@@ -68,6 +69,7 @@ test('web page: classifies a sample in Chromium like onnxruntime-node, and expla
     assert.equal(await page.evaluate(() => (window as unknown as { kshareDemo: { error: string | null } }).kshareDemo.error), null);
     assert.equal(await page.textContent('#model-name'), MODEL);
     assert.equal(await page.textContent('#model-params'), src.info.params.toLocaleString('en-US'));
+    assert.equal(await page.textContent('#model-source'), 'test weights');
     assert.match((await page.textContent('#model-size'))!, new RegExp(`\\(${bytes.byteLength.toLocaleString('en-US')} bytes\\)`));
     assert.match((await page.textContent('#model-shared'))!, /^2, used by 8 convolutions$/);
 
@@ -125,6 +127,25 @@ test('web page: classifies a sample in Chromium like onnxruntime-node, and expla
 
     assert.deepEqual(pageErrors, []);
     assert.deepEqual(foreign, [], 'no request leaves the local server');
+
+    // The deployable bundle (`kshare export --web`): served on its own, without node_modules.
+    const bundle = path.join(dir, 'site');
+    writeWebBundle(bundle, bytes);
+    const siteServer = await startStaticServer({ root: bundle });
+    try {
+      const site = await browser.newPage();
+      const requested: string[] = [];
+      site.on('request', (r) => requested.push(r.url()));
+      await site.goto(`${siteServer.url}/`);
+      await site.waitForFunction(() => document.body.dataset.state === 'ready', null, { timeout: 120_000 });
+      await site.click('button[data-sample=cat]');
+      const again = await waitForResult(site, 'sample cat.jpg');
+      assert.deepEqual(again.logits, cat.logits, 'the bundle computes what the repository page computed');
+      assert.ok(requested.every((u) => u.startsWith(siteServer.url) || u.startsWith('data:')), 'offline: every request goes to the bundle');
+      assert.ok(requested.some((u) => u.endsWith('/vendor/ort-wasm-simd-threaded.wasm')));
+    } finally {
+      await siteServer.close();
+    }
   } finally {
     await browser?.close();
     await server?.close();

@@ -91,7 +91,7 @@ function metadataOf(m) {
   const classes = json('kshare.classes') ?? Array.from({ length: Number(out ?? 0) }, (_, i) => `class ${i}`);
   const input = json('kshare.input') ?? { channels: 3, height: 32, width: 32, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
   const params = props['kshare.params'] !== undefined ? Number(props['kshare.params']) : null;
-  return { name: props['kshare.model'] ?? m.graph.name ?? 'unnamed model', classes, input, params };
+  return { name: props['kshare.model'] ?? m.graph.name ?? 'unnamed model', classes, input, params, source: props['kshare.source'] ?? 'not recorded' };
 }
 
 /** Conv kernels used by more than one Conv node (looking through the Casts of float16 storage). */
@@ -139,6 +139,7 @@ async function loadModel(bytes, label) {
   demo.model = { label, session, ...meta, downloadBytes: bytes.byteLength, sharedKernels: shared.length, sharedUses: shared.reduce((a, b) => a + b, 0) };
   $('model-name').textContent = meta.name;
   $('model-size').textContent = `${formatBytes(bytes.byteLength)} (${bytes.byteLength.toLocaleString('en-US')} bytes)`;
+  $('model-source').textContent = meta.source;
   $('model-params').textContent = meta.params === null ? 'unknown (not a kshare export)' : meta.params.toLocaleString('en-US');
   $('model-shared').textContent = shared.length ? `${shared.length}, used by ${demo.model.sharedUses} convolutions` : 'none';
   $('model-classes').textContent = `${meta.classes.length}: ${meta.classes.slice(0, 10).join(', ')}${meta.classes.length > 10 ? ', …' : ''}`;
@@ -268,7 +269,8 @@ function setUpInputs() {
 async function main() {
   setUpInputs();
   await loadRuntime();
-  const url = new URLSearchParams(location.search).get('model') ?? '/model.onnx';
+  // model.onnx next to the page (a `kshare export --web` bundle, or web/model.onnx in the repository).
+  const url = new URLSearchParams(location.search).get('model') ?? 'model.onnx';
   let bytes;
   try {
     bytes = new Uint8Array(await fetchOk(url));

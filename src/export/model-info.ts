@@ -19,6 +19,8 @@ export interface ModelInfo {
   /** Distinct trainable scalars (a shared kernel counts once). */
   params: number;
   input: InputSpec;
+  /** Where the weights come from, for people (e.g. 'fresh weights, seed 0' or a checkpoint's epoch and accuracy). */
+  source?: string;
 }
 
 /** ImageNet statistics: the ConvMixer recipe normalises CIFAR with these (see docs/architecture-notes.md). */
@@ -32,7 +34,7 @@ export function defaultInputSpec(modelName: string): InputSpec {
   return { channels: 3, height: 32, width: 32, mean: [...norm.mean], std: [...norm.std] };
 }
 
-export const META_KEYS = { model: 'kshare.model', classes: 'kshare.classes', params: 'kshare.params', input: 'kshare.input' } as const;
+export const META_KEYS = { model: 'kshare.model', classes: 'kshare.classes', params: 'kshare.params', input: 'kshare.input', source: 'kshare.source' } as const;
 
 export function infoToMetadata(info: ModelInfo): Record<string, string> {
   return {
@@ -40,6 +42,7 @@ export function infoToMetadata(info: ModelInfo): Record<string, string> {
     [META_KEYS.classes]: JSON.stringify(info.classes),
     [META_KEYS.params]: String(info.params),
     [META_KEYS.input]: JSON.stringify(info.input),
+    ...(info.source ? { [META_KEYS.source]: info.source } : {}),
   };
 }
 
@@ -60,5 +63,6 @@ export function infoFromModel(m: ModelProto, label: string): ModelInfo {
   const classes = parse<string[]>(META_KEYS.classes) ?? Array.from({ length: outDim ?? 0 }, (_, i) => `class ${i}`);
   const input = parse<InputSpec>(META_KEYS.input) ?? defaultInputSpec(model);
   const params = Number(props.get(META_KEYS.params) ?? NaN);
-  return { model, classes, params, input };
+  const source = props.get(META_KEYS.source);
+  return { model, classes, params, input, ...(source ? { source } : {}) };
 }

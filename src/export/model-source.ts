@@ -1,7 +1,10 @@
 // Where an export's model comes from: a registered model with fresh weights, or a checkpoint.
 import { existsSync } from 'node:fs';
+import path from 'node:path';
 import type { Module } from '../nn/module.js';
 import { createModel } from '../models/registry.js';
+import { buildFromConfig, validateConfig } from '../models/config.js';
+import { CHECKPOINT_KEY, readCheckpoint, restoreModel } from '../train/checkpoint.js';
 import { loadWeights } from '../models/weights.js';
 import { readSafetensorsHeader } from '../models/safetensors.js';
 import { CIFAR10_CLASSES, CIFAR100_CLASSES } from '../data/cifar.js';
@@ -19,7 +22,7 @@ export function defaultClassNames(n: number): string[] {
   return Array.from({ length: n }, (_, i) => `class ${i}`);
 }
 
-/** A registered model with freshly initialised weights, in eval mode. */
+/** A registered model with freshly initialised weights (from the global seed), in eval mode. */
 export function modelFromRegistry(name: string, o: { classes?: number; classNames?: string[] } = {}): ModelSource {
   const names = o.classNames ?? defaultClassNames(o.classes ?? 10);
   if (o.classes !== undefined && names.length !== o.classes) throw new Error(`${names.length} class names given for ${o.classes} classes`);
@@ -28,38 +31,67 @@ export function modelFromRegistry(name: string, o: { classes?: number; className
   return { model, info: { model: name, classes: names, params: model.numParameters(), input: defaultInputSpec(name) } };
 }
 
-/** Checkpoint metadata keys kshare's trainer writes (older or foreign files may use the short forms). */
-const MODEL_KEYS = ['kshare.model', 'model'];
-const CLASSES_KEYS = ['kshare.classes', 'classes'];
-const INPUT_KEYS = ['kshare.input'];
-
-function firstOf(meta: Record<string, string>, keys: string[]): string | undefined {
-  for (const k of keys) if (meta[k] !== undefined) return meta[k];
-  return undefined;
-}
+/** Metadata keys of a plain weights file (`saveWeights`) that names its model. */
+const MODEL_KEY = 'kshare.model';
+const CLASSES_KEY = 'kshare.classes';
+const INPUT_KEY = 'kshare.input';
 
 function parseJson<T>(file: string, key: string, v: string): T {
   try {
     return JSON.parse(v) as T;
   } catch {
-    throw new Error(`checkpoint ${file}: metadata '${key}' is not valid JSON`);
+    throw new Error(`${file}: metadata '${key}' is not valid JSON`);
   }
 }
 
-/** Builds the checkpoint's model (name and classes from its metadata) and loads its weights. */
+/** A model rebuilt from a recorded config (user models) or, failing that, by registry name. */
+function buildModel(name: string, config: unknown, classes: string[]): Module {
+  if (config) return buildFromConfig(validateConfig(config, `model '${name}' recorded in the checkpoint`), classes.length);
+  return createModel(name, { classes: classes.length });
+}
+
+/**
+ * The model of a training checkpoint (`kshare train`'s checkpoint.safetensors: model name,
+ * config, classes and the recipe's normalisation in its metadata), or of a weights file whose
+ * metadata names its model ('kshare.model', optionally 'kshare.classes'), with its weights loaded.
+ */
 export function modelFromCheckpoint(file: string): ModelSource {
   if (!existsSync(file)) throw new Error(`checkpoint ${file}: no such file`);
   const meta = readSafetensorsHeader(file).metadata;
-  const name = firstOf(meta, MODEL_KEYS);
-  if (!name) throw new Error(`checkpoint ${file} does not say which model it holds (no '${MODEL_KEYS[0]}' metadata); export a registered model with --model instead`);
-  const rawClasses = firstOf(meta, CLASSES_KEYS);
-  let classNames: string[];
-  if (rawClasses === undefined) classNames = defaultClassNames(10);
-  else {
-    const parsed = parseJson<unknown>(file, CLASSES_KEYS[0]!, rawClasses);
+  if (meta[CHECKPOINT_KEY] !== undefined) {
+    const ck = readCheckpoint(file);
+    try {
+      const m = ck.meta;
+      const model = buildModel(m.modelName, m.modelConfig, m.classes);
+      try {
+        restoreModel(model, ck);
+      } catch (err) {
+        model.dispose();
+        throw err;
+      }
+      model.eval();
+      const input = defaultInputSpec(m.modelName);
+      const aug = m.recipe?.augment;
+      if (aug?.mean && aug.std) {
+        input.mean = [...aug.mean];
+        input.std = [...aug.std];
+      }
+      const source = `checkpoint ${path.basename(file)}: ${m.epoch} epoch(s) on ${m.dataset}, best test accuracy ${(m.bestAcc * 100).toFixed(2)}%`;
+      return { model, info: { model: m.modelName, classes: [...m.classes], params: model.numParameters(), input, source } };
+    } finally {
+      ck.dispose();
+    }
+  }
+  const name = meta[MODEL_KEY];
+  if (!name) {
+    throw new Error(`${file} does not say which model it holds (neither a kshare training checkpoint nor a weights file with '${MODEL_KEY}' metadata); export a registered model with --model instead`);
+  }
+  let classNames = defaultClassNames(10);
+  if (meta[CLASSES_KEY] !== undefined) {
+    const parsed = parseJson<unknown>(file, CLASSES_KEY, meta[CLASSES_KEY]);
     if (typeof parsed === 'number' && Number.isInteger(parsed) && parsed > 0) classNames = defaultClassNames(parsed);
     else if (Array.isArray(parsed) && parsed.length > 0 && parsed.every((c) => typeof c === 'string')) classNames = parsed as string[];
-    else throw new Error(`checkpoint ${file}: metadata '${CLASSES_KEYS[0]}' must be a class count or a list of names`);
+    else throw new Error(`${file}: metadata '${CLASSES_KEY}' must be a class count or a list of names`);
   }
   const src = modelFromRegistry(name, { classNames });
   try {
@@ -68,7 +100,7 @@ export function modelFromCheckpoint(file: string): ModelSource {
     src.model.dispose();
     throw err;
   }
-  const input = firstOf(meta, INPUT_KEYS);
-  if (input !== undefined) src.info.input = parseJson<InputSpec>(file, INPUT_KEYS[0]!, input);
+  if (meta[INPUT_KEY] !== undefined) src.info.input = parseJson<InputSpec>(file, INPUT_KEY, meta[INPUT_KEY]);
+  src.info.source = `weights file ${path.basename(file)}`;
   return src;
 }

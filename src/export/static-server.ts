@@ -4,7 +4,7 @@
 //   node dist/src/export/static-server.js [--port 8080] [--model path/to/model.onnx]
 //
 // serves the repository root (the page loads onnxruntime-web and protobufjs from node_modules)
-// and, with --model, that file at /model.onnx, which the page opens by default.
+// and, with --model, that file at /web/model.onnx, which the page opens by default.
 import { createReadStream, existsSync, statSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -102,6 +102,6 @@ if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.me
     process.stderr.write(`static-server: no such model file ${model}\n`);
     process.exit(1);
   }
-  const s = await startStaticServer({ root: repoRoot(), port: Number(opt('--port') ?? 8080), files: model ? { '/model.onnx': path.resolve(model) } : {} });
-  console.log(`serving ${repoRoot()} at ${s.url}; open ${s.url}/web/${model ? '' : '?model=<url of a .onnx file>'}`);
+  const s = await startStaticServer({ root: repoRoot(), port: Number(opt('--port') ?? 8080), files: model ? { '/web/model.onnx': path.resolve(model) } : {} });
+  console.log(`serving ${repoRoot()} at ${s.url}; open ${s.url}/web/`);
 }

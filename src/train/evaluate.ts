@@ -10,6 +10,8 @@ export interface EvalOptions {
   std: number[];
   /** float16 autocast (CUDA only). */
   amp?: boolean;
+  /** Feed channels_last inputs (for a model converted to channels_last). */
+  channelsLast?: boolean;
 }
 
 export interface EvalResult {
@@ -30,7 +32,8 @@ export function evaluate(model: Module, ds: DeviceDataset, o: EvalOptions): Eval
     for (let b = 0; b < batches; b++) {
       const [hits, loss] = t.noGrad(() => t.tidy(() => {
         const { images, labels } = sequentialBatch(ds, b, o.batchSize);
-        const x = normalize(images, o.mean, o.std);
+        const normalized = normalize(images, o.mean, o.std);
+        const x = o.channelsLast ? normalized.contiguous('channels_last') : normalized;
         const logits = t.autocast({ device: 'cuda', dtype: 'float16', enabled: useAmp }, () => model.forward(x)).to('float32');
         const l = t.crossEntropy(logits, labels, { reduction: 'sum' });
         const c = t.sum(t.eq(t.argmax(logits, 1), labels));

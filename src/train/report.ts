@@ -82,12 +82,12 @@ export function markdownTable(runs: RunData[]): string {
 
 function curvesSpec(runs: RunData[]): TopLevelSpec {
   const values = runs.flatMap((r) => r.history.map((h) => ({ run: r.label, epoch: h.epoch, testAcc: h.testAcc * 100, trainLoss: h.trainLoss, lr: h.lr })));
-  const color = { field: 'run', type: 'nominal' as const, title: 'run' };
+  const color = { field: 'run', type: 'nominal' as const, title: 'run', legend: { labelLimit: 400 } };
   const panel = (field: string, title: string, scale?: object) => ({
     width: 360, height: 240, mark: { type: 'line' as const, point: true },
     encoding: {
       x: { field: 'epoch', type: 'quantitative' as const, title: 'epoch', axis: { tickMinStep: 1 } },
-      y: { field, type: 'quantitative' as const, title, scale: { zero: false, ...(scale ?? {}) } },
+      y: { field, type: 'quantitative' as const, title, scale: scale ?? { zero: false } },
       color,
     },
   });
@@ -101,7 +101,7 @@ function curvesSpec(runs: RunData[]): TopLevelSpec {
 
 function paramsSpec(runs: RunData[]): TopLevelSpec {
   const values = runs.filter((r) => r.trainableParams !== null && r.bestAcc !== null).map((r) => ({
-    run: r.label, model: r.model, dataset: r.dataset, params: r.trainableParams, acc: r.bestAcc! * 100,
+    run: r.label === r.model ? r.model : `${r.label} (${r.model})`, dataset: r.dataset, params: r.trainableParams, acc: r.bestAcc! * 100,
   }));
   return {
     $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
@@ -109,8 +109,8 @@ function paramsSpec(runs: RunData[]): TopLevelSpec {
     width: 480, height: 300,
     data: { values },
     layer: [
-      { mark: { type: 'point', filled: true, size: 90 }, encoding: { x: { field: 'params', type: 'quantitative', title: 'trainable parameters (log scale)', scale: { type: 'log' } }, y: { field: 'acc', type: 'quantitative', title: 'best test accuracy (%)', scale: { zero: false } }, color: { field: 'dataset', type: 'nominal' }, tooltip: [{ field: 'run' }, { field: 'params' }, { field: 'acc' }] } },
-      { mark: { type: 'text', align: 'left', dx: 7, dy: -7, fontSize: 10 }, encoding: { x: { field: 'params', type: 'quantitative', scale: { type: 'log' } }, y: { field: 'acc', type: 'quantitative' }, text: { field: 'model' } } },
+      { mark: { type: 'point', filled: true, size: 90 }, encoding: { x: { field: 'params', type: 'quantitative', title: 'trainable parameters (log scale)', scale: { type: 'log' } }, y: { field: 'acc', type: 'quantitative', title: 'best test accuracy (%)', scale: { zero: false } }, color: { field: 'dataset', type: 'nominal', legend: { labelLimit: 400, orient: 'bottom' } }, tooltip: [{ field: 'run' }, { field: 'params' }, { field: 'acc' }] } },
+      { mark: { type: 'text', align: 'left', dx: 7, dy: -7, fontSize: 10 }, encoding: { x: { field: 'params', type: 'quantitative', scale: { type: 'log' } }, y: { field: 'acc', type: 'quantitative' }, text: { field: 'run' } } },
     ],
   } as TopLevelSpec;
 }

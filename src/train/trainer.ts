@@ -33,6 +33,8 @@ export interface TrainOptions {
   datasetSpec?: string;
   outDir: string;
   device?: Device;
+  /** channels_last speeds up depthwise convolutions on CPU (ConvMixer); numerics are the same up to rounding. */
+  channelsLast?: boolean;
   /** A checkpoint to continue from (exactly where it stopped). */
   resume?: string | null;
   /** Draw a progress bar (only meaningful on a terminal). */
@@ -120,7 +122,8 @@ export async function train(o: TrainOptions): Promise<TrainSummary> {
     const itersPerEpoch = batchCount(trainSet.count, recipe.batchSize, true);
     if (itersPerEpoch < 1) throw new Error(`the training set (${trainSet.count} images) is smaller than one batch of ${recipe.batchSize}`);
 
-    model.to(device);
+    const memoryFormat = o.channelsLast ? 'channels_last' as const : 'contiguous' as const;
+    model.to({ device, memoryFormat });
     model.train();
     const counts = countParameters(model);
     const optimizer = buildOptimizer(model, recipe.optimizer);
@@ -213,7 +216,8 @@ export async function train(o: TrainOptions): Promise<TrainSummary> {
           const [loss, hits, n] = t.tidy(() => {
             const { images, labels } = takeBatch(trainSet, order, stepInEpoch, recipe.batchSize);
             const { x, target } = augment.apply(images, labels);
-            const logits = t.autocast({ device: 'cuda', dtype: 'float16', enabled: amp }, () => model.forward(x)).to('float32');
+            const input = o.channelsLast ? x.contiguous('channels_last') : x;
+            const logits = t.autocast({ device: 'cuda', dtype: 'float16', enabled: amp }, () => model.forward(input)).to('float32');
             const lossT = t.crossEntropy(logits, target);
             const value = lossT.item();
             if (!Number.isFinite(value)) {
@@ -263,7 +267,7 @@ export async function train(o: TrainOptions): Promise<TrainSummary> {
         const trainTime = (performance.now() - trainStart) / 1000;
         trainedImages += seen - imagesBefore;
         trainSeconds += trainTime;
-        const ev = evaluate(model, testSet, { batchSize: recipe.evalBatchSize, mean: recipe.augment.mean, std: recipe.augment.std, amp });
+        const ev = evaluate(model, testSet, { batchSize: recipe.evalBatchSize, mean: recipe.augment.mean, std: recipe.augment.std, amp, channelsLast: o.channelsLast });
         bestAcc = Math.max(bestAcc, ev.accuracy);
         const rec: EpochRecord = {
           epoch: epoch + 1, lr, trainLoss: lossSum / seen, trainAcc: correct / seen, testLoss: ev.loss, testAcc: ev.accuracy, bestAcc,

@@ -8,12 +8,14 @@ import * as t from '../../tensor/index.js';
 import { exportOnnx, writeOnnxFile } from '../../export/export-onnx.js';
 import { modelFromCheckpoint, modelFromRegistry, type ModelSource } from '../../export/model-source.js';
 import { OPSET } from '../../export/onnx-graph.js';
+import { writeWebBundle } from '../../export/web-bundle.js';
 
 interface ExportCliOptions {
   checkpoint?: string;
   model?: string;
   out: string;
   fp16?: boolean;
+  web?: string;
   classes?: number;
   seed: number;
 }
@@ -39,24 +41,29 @@ export function register(program: Command): void {
     .option('--model <name>', 'a registered model to export with fresh weights (to check deployment size before training)')
     .requiredOption('--out <file>', 'the .onnx file to write')
     .option('--fp16', 'store weights as float16 (half the download; computation stays float32)')
+    .option('--web <dir>', 'also write a self-contained copy of the web demo with this model into <dir> (serve it with any static server)')
     .option('--classes <n>', 'classes of a --model export (default 10)', positiveInt)
     .option('--seed <n>', 'random seed for a --model export', positiveIntOrZero, 0)
-    .addHelpText('after', '\nExamples:\n  kshare export --model convmixer_256_16_shared --out model.onnx\n  kshare export --checkpoint runs/best.safetensors --out model.onnx --fp16')
+    .addHelpText('after', '\nExamples:\n  kshare export --model convmixer_256_16_shared --out model.onnx\n  kshare export --checkpoint runs/c10/checkpoint.safetensors --out model.onnx --fp16 --web site/')
     .action((o: ExportCliOptions) => {
       if (!o.checkpoint === !o.model) throw new Error('export: give exactly one of --checkpoint <file> or --model <name>');
       if (o.checkpoint && o.classes !== undefined) throw new Error('export: --classes applies to --model only (a checkpoint knows its classes)');
       if (!o.out.toLowerCase().endsWith('.onnx')) throw new Error(`export: --out should name a .onnx file, got '${o.out}'`);
       t.manualSeed(o.seed);
       const src: ModelSource = o.checkpoint ? modelFromCheckpoint(o.checkpoint) : modelFromRegistry(o.model!, { classes: o.classes });
+      src.info.source ??= `fresh weights (untrained), seed ${o.seed}`;
       try {
         const { bytes, stats } = exportOnnx(src.model, src.info, { fp16: !!o.fp16, producerVersion: kshareVersion() });
         writeOnnxFile(o.out, bytes);
-        const from = o.checkpoint ? `checkpoint ${o.checkpoint}` : `fresh weights, seed ${o.seed}`;
-        console.log(`exported ${src.info.model} (${from}) to ${o.out}`);
+        console.log(`exported ${src.info.model} (${src.info.source}) to ${o.out}`);
         console.log(`  trainable parameters  ${src.info.params.toLocaleString('en-US')}`);
         console.log(`  weights               ${stats.initializers} tensors, ${mb(stats.weightBytes)} (${o.fp16 ? 'float16' : 'float32'})${stats.sharedWeights ? `; ${stats.sharedWeights} of them shared, used ${stats.sharedUses} times` : ', none shared'}`);
         console.log(`  file                  ${mb(stats.fileBytes)}, ${stats.nodes} nodes, opset ${OPSET}`);
         console.log(`  input                 float32 [batch, ${src.info.input.channels}, ${src.info.input.height}, ${src.info.input.width}], normalised with mean ${JSON.stringify(src.info.input.mean)} std ${JSON.stringify(src.info.input.std)}`);
+        if (o.web) {
+          const files = writeWebBundle(o.web, bytes);
+          console.log(`  web demo              ${o.web}/ (${files.length} files; serve the folder and open index.html)`);
+        }
       } finally {
         src.model.dispose();
       }

@@ -30,6 +30,7 @@ export interface TrainCliOptions {
   testPerClass?: string;
   progress: boolean;
   config?: string[];
+  channelsLast?: boolean;
 }
 
 export function positiveInt(flag: string, v: string): number {
@@ -60,6 +61,15 @@ export function recipeFromFlags(base: Recipe, o: Pick<TrainCliOptions, 'epochs' 
   if (o.testPerClass !== undefined) overrides.push([['testPerClass'], positiveInt('--test-per-class', o.testPerClass)]);
   for (const s of o.set) overrides.push(parseOverride(s));
   return overrides.length ? applyOverrides(base, overrides) : base;
+}
+
+/** Dotted paths of the fields where two recipes differ. */
+export function recipeDifferences(a: unknown, b: unknown, prefix = ''): string[] {
+  if (a && b && typeof a === 'object' && typeof b === 'object' && !Array.isArray(a) && !Array.isArray(b)) {
+    const keys = new Set([...Object.keys(a), ...Object.keys(b)]);
+    return [...keys].flatMap((k) => recipeDifferences((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k], prefix ? `${prefix}.${k}` : k));
+  }
+  return JSON.stringify(a) === JSON.stringify(b) ? [] : [prefix || '(recipe)'];
 }
 
 /** A model by name, or from the config stored with a checkpoint when the name is not registered here. */
@@ -112,6 +122,7 @@ export function register(program: Command): void {
     .option('--stop-after-epochs <n>', 'stop (with a checkpoint) after this many epochs; --resume continues')
     .option('--train-per-class <n>', 'use only the first n training images of each class')
     .option('--test-per-class <n>', 'use only the first n test images of each class')
+    .option('--channels-last', 'channels_last memory format (faster depthwise convolutions on CPU)')
     .option('--no-progress', 'no progress bar')
     .option('--config <file...>', 'JSON model config file(s) to register first')
     .action(async (o: TrainCliOptions) => {
@@ -126,12 +137,13 @@ export function register(program: Command): void {
         resume = typeof o.resume === 'string' ? o.resume : path.join(o.out, CHECKPOINT_FILE);
         const ck = readCheckpoint(resume);
         ck.dispose();
-        // A resumed run keeps its recipe and model; only its length may change.
-        const changed = [o.recipe && 'recipe', o.batchSize && 'batch-size', o.lr && 'lr', o.seed && 'seed', o.set.length && 'set', o.amp !== undefined && 'amp', o.trainPerClass && 'train-per-class', o.testPerClass && 'test-per-class']
-          .filter(Boolean);
-        if (changed.length) throw new Error(`--resume continues the run as it was: --${changed.join(', --')} cannot change it (only --epochs can)`);
+        // A resumed run keeps its recipe and model; only its length may change. Flags that
+        // repeat the run's own settings (as the run scripts do) are fine.
+        const asked = recipeFromFlags(o.recipe ? loadRecipe(o.recipe) : ck.meta.recipe, o);
+        const diff = recipeDifferences(ck.meta.recipe, asked).filter((f) => f !== 'epochs');
+        if (diff.length) throw new Error(`--resume continues the run as it was, but the command line changes ${diff.join(', ')} (only --epochs may change)`);
         if (o.model && o.model !== ck.meta.modelName) throw new Error(`${resume} was trained as model '${ck.meta.modelName}', not '${o.model}'`);
-        recipe = recipeFromFlags(ck.meta.recipe, { ...o, set: [] });
+        recipe = { ...ck.meta.recipe, epochs: asked.epochs };
         modelName = ck.meta.modelName;
         stored = ck.meta.modelConfig;
       } else {
@@ -149,7 +161,7 @@ export function register(program: Command): void {
       try {
         const s = await train({
           recipe, buildModel: build, modelName, modelConfig: config, train: trainSet, test: testSet,
-          outDir: o.out, device: o.device, resume, progress, log, stop: stop.signal,
+          outDir: o.out, device: o.device, resume, progress, log, stop: stop.signal, channelsLast: !!o.channelsLast,
           stopAfterEpochs: o.stopAfterEpochs === undefined ? undefined : positiveInt('--stop-after-epochs', o.stopAfterEpochs),
           datasetSpec: o.dataset,
         });

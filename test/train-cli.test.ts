@@ -1,0 +1,124 @@
+// The command line end to end on a small PNG image folder: train (with overrides), stop and
+// resume, Ctrl-C, eval, report, and clear one-line errors for bad input.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, mkdirSync, rmSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { PNG } from 'pngjs';
+import { syntheticDataset } from './helpers/train-fixtures.js';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const CLI = path.resolve(here, '../src/cli/main.js');
+const root = mkdtempSync(path.join(tmpdir(), 'kshare-cli-'));
+process.on('exit', () => rmSync(root, { recursive: true, force: true }));
+const MODEL = 'convmixer_16_2_k3_p4_shared';
+
+/** <root>/shapes/{train,test}/<class>/<i>.png from the synthetic gradient images. */
+function writeImageFolder(): string {
+  const dir = path.join(root, 'shapes');
+  for (const [split, count, seed] of [['train', 200, 1], ['test', 50, 2]] as const) {
+    const ds = syntheticDataset({ count, classes: 4, size: 16, seed, split });
+    for (let i = 0; i < ds.count; i++) {
+      const cls = path.join(dir, split, ds.classes[ds.labels[i]!]!);
+      mkdirSync(cls, { recursive: true });
+      const png = new PNG({ width: 16, height: 16 });
+      for (let p = 0; p < 256; p++) {
+        for (let c = 0; c < 3; c++) png.data[p * 4 + c] = ds.images[i * 768 + c * 256 + p]!;
+        png.data[p * 4 + 3] = 255;
+      }
+      writeFileSync(path.join(cls, `${i}.png`), PNG.sync.write(png));
+    }
+  }
+  return dir;
+}
+const data = writeImageFolder();
+
+function kshare(args: string[]): { code: number; out: string; err: string } {
+  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env: { ...process.env, KSHARE_DEBUG: '' } });
+  return { code: r.status ?? -1, out: r.stdout, err: r.stderr };
+}
+
+const common = ['--model', MODEL, '--dataset', data, '--threads', '1', '--no-progress', '--set', 'batchSize=20', '--set', 'evalBatchSize=25'];
+
+test('train, stop after an epoch, resume with the same flags, eval and report', () => {
+  const out = path.join(root, 'run');
+  const first = kshare(['train', '--recipe', 'convmixer', ...common, '--out', out, '--epochs', '3', '--seed', '1', '--stop-after-epochs', '1']);
+  assert.equal(first.code, 0, first.err);
+  assert.match(first.out, /training convmixer_16_2_k3_p4_shared on shapes \(200 train \/ 50 test images, 4 classes\)/);
+  assert.match(first.out, /stopped after epoch 1\/3/);
+  const again = kshare(['train', '--recipe', 'convmixer', ...common, '--out', out, '--epochs', '3', '--seed', '1', '--resume']);
+  assert.equal(again.code, 0, again.err);
+  assert.match(again.out, /resuming convmixer_16_2_k3_p4_shared from .*: epoch 2\/3/);
+  assert.match(again.out, /completed: .* after 3\/3 epochs/);
+  const log = readFileSync(path.join(out, 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, number | string>);
+  assert.deepEqual(log.map((l) => l.epoch), [1, 2, 3]);
+  for (const l of log) {
+    for (const k of ['lr', 'trainLoss', 'trainAcc', 'testAcc', 'bestAcc', 'seconds', 'imgPerSec']) assert.equal(typeof l[k], 'number', k);
+    assert.equal(l.dataset, 'shapes');
+  }
+  const summary = JSON.parse(readFileSync(path.join(out, 'summary.json'), 'utf8'));
+  assert.equal(summary.status, 'completed');
+  assert.equal(summary.bestAcc, Math.max(...log.map((l) => l.testAcc as number)));
+
+  const ev = kshare(['eval', '--checkpoint', path.join(out, 'checkpoint.safetensors'), '--json', '--threads', '1']);
+  assert.equal(ev.code, 0, ev.err);
+  const r = JSON.parse(ev.out);
+  assert.equal(r.count, 50);
+  assert.equal(r.accuracy, log[2]!.testAcc, 'eval reproduces the last epoch\'s test accuracy');
+  assert.ok(r.unsharedParams > r.trainableParams && r.trainableParams > 0);
+  const human = kshare(['eval', '--checkpoint', path.join(out, 'checkpoint.safetensors'), '--threads', '1']);
+  assert.match(human.out, /on shapes test: accuracy \d+\.\d\d% \(\d+\/50\)/);
+  assert.match(human.out, /parameters: [\d,]+ trainable \([\d,]+ without kernel sharing/);
+
+  const rep = kshare(['report', out, '--out', path.join(root, 'report')]);
+  assert.equal(rep.code, 0, rep.err);
+  const md = readFileSync(path.join(root, 'report', 'report.md'), 'utf8');
+  assert.match(md, /\| run \| convmixer_16_2_k3_p4_shared \| shapes \| convmixer \| 3\/3 \|/);
+  for (const f of ['curves.svg', 'accuracy-vs-params.svg']) {
+    const svg = readFileSync(path.join(root, 'report', f), 'utf8');
+    assert.match(svg, /^<svg/);
+    assert.ok(svg.length > 2000);
+  }
+});
+
+test('Ctrl-C checkpoints mid-run and --resume finishes it', async () => {
+  const out = path.join(root, 'interrupted');
+  const child = spawn(process.execPath, [CLI, 'train', '--recipe', 'demo', ...common, '--out', out, '--epochs', '40'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let sent = false;
+  child.stdout.on('data', (d: Buffer) => {
+    stdout += d.toString();
+    if (!sent && /epoch 1\/40/.test(stdout)) { sent = true; child.kill('SIGINT'); }
+  });
+  const code = await new Promise<number>((resolve) => child.on('close', (c) => resolve(c ?? -1)));
+  assert.equal(code, 0, stdout);
+  assert.match(stdout, /interrupted at epoch \d+, step \d+\/10: checkpoint written/);
+  assert.ok(existsSync(path.join(out, 'checkpoint.safetensors')));
+  const s = JSON.parse(readFileSync(path.join(out, 'summary.json'), 'utf8'));
+  assert.equal(s.status, 'interrupted');
+  const done = kshare(['train', ...common, '--out', out, '--resume', '--epochs', String(s.epochsDone + 1)]);
+  assert.equal(done.code, 0, done.err);
+  assert.match(done.out, /completed: .* after \d+\/\d+ epochs/);
+});
+
+test('bad input gives one clear line and exit code 1', () => {
+  const cases: [string[], RegExp][] = [
+    [['train', '--recipe', 'convmixer', ...common, '--out', path.join(root, 'x'), '--set', 'optimizer.momentum=0.9'], /has no field 'optimizer.momentum'/],
+    [['train', '--recipe', 'convmixer', ...common, '--out', path.join(root, 'x'), '--set', 'augment.hflip=2'], /hflip must be a probability/],
+    [['train', '--recipe', 'nope', ...common, '--out', path.join(root, 'x')], /unknown recipe 'nope' \(known: .*convmixer/],
+    [['train', '--recipe', 'convmixer', ...common, '--out', path.join(root, 'x'), '--epochs', '0'], /--epochs must be a positive integer/],
+    [['train', '--recipe', 'convmixer', ...common, '--out', path.join(root, 'x'), '--model', 'resnet50'], /unknown model 'resnet50'/],
+    [['train', '--recipe', 'convmixer', ...common, '--out', path.join(root, 'run'), '--resume', '--lr', '0.5'], /changes .*optimizer.lr \(only --epochs may change\)/],
+    [['eval', '--checkpoint', path.join(root, 'missing.safetensors')], /does not exist/],
+    [['report', path.join(root, 'empty-dir-that-is-missing')], /does not exist/],
+  ];
+  for (const [args, re] of cases) {
+    const r = kshare(args);
+    assert.equal(r.code, 1, `${args.join(' ')}: ${r.out}${r.err}`);
+    assert.match(r.err, re, args.join(' '));
+    assert.doesNotMatch(r.err, /\n\s+at /, 'no stack trace');
+  }
+});
