@@ -11,7 +11,7 @@ import { Linear } from '../nn/linear.js';
 import { AdaptiveAvgPool2d, Dropout, Flatten, GELU, ReLU, Sigmoid } from '../nn/activation.js';
 import { Residual, Sequential } from '../nn/container.js';
 import { SqueezeExcitation } from '../nn/squeeze-excitation.js';
-import { attr, type OnnxGraphBuilder } from './onnx-graph.js';
+import { attr, hostValues, type OnnxGraphBuilder } from './onnx-graph.js';
 
 /** Emits `m` applied to the value `x`; returns the output value's name. `path` names the layer. */
 export type LayerEmitter<M extends Module = Module> = (m: M, x: string, g: OnnxGraphBuilder, path: string, emit: EmitFn) => string;
@@ -73,7 +73,7 @@ registerLayerEmitter(BatchNorm2d, (m, x, g, path) => {
   // as the node's scale and shift (mean 0, var 1, ε 0 as constants every BN of that width
   // shares) stores 2 vectors per BN instead of 4, so the file is about the trainable bytes.
   const n = m.numFeatures;
-  const read = (v: Tensor | null, fill: number) => (v ? v.toFloat32Array() : new Float32Array(n).fill(fill));
+  const read = (v: Tensor | null, fill: number) => (v ? hostValues(v, 'float32') : new Float32Array(n).fill(fill));
   const gamma = read(m.weight, 1), beta = read(m.bias, 0), mu = read(mean, 0), sigma2 = read(variance, 1);
   const scale = new Float32Array(n), shift = new Float32Array(n);
   for (let c = 0; c < n; c++) {

@@ -94,10 +94,7 @@ export class OnnxGraphBuilder {
     if (!t.isFloating(tensor.dtype)) throw new Error(`weight '${hint}' has dtype ${tensor.dtype}; only floating weights are exported`);
     const name = this.uniqueName(hint);
     const half = this.#storage.dtype === 'float16';
-    const raw = t.tidy(() => {
-      const host = tensor.detach().to({ device: 'cpu', dtype: half ? 'float16' : 'float32' }).contiguous();
-      return host.dataSync() as Float32Array | Uint16Array;
-    });
+    const raw = hostValues(tensor, half ? 'float16' : 'float32');
     if (half) checkHalfFinite(raw as Uint16Array, hint);
     else checkFinite(raw as Float32Array, hint);
     const bytes = new Uint8Array(raw.buffer, raw.byteOffset, raw.byteLength);
@@ -191,6 +188,14 @@ export class OnnxGraphBuilder {
       metadataProps: Object.entries(o.metadata ?? {}).map(([key, value]) => ({ key, value })),
     };
   }
+}
+
+/** A tensor's values copied to the host (any device, layout or floating dtype). */
+export function hostValues(tensor: Tensor, dtype: 'float32'): Float32Array;
+export function hostValues(tensor: Tensor, dtype: 'float16'): Uint16Array;
+export function hostValues(tensor: Tensor, dtype: 'float32' | 'float16'): Float32Array | Uint16Array;
+export function hostValues(tensor: Tensor, dtype: 'float32' | 'float16'): Float32Array | Uint16Array {
+  return t.tidy(() => tensor.detach().to({ device: 'cpu', dtype }).contiguous().dataSync() as Float32Array | Uint16Array);
 }
 
 function valueInfo(name: string, elemType: number, dims: Dim[]): ValueInfoProto {

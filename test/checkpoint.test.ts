@@ -1,0 +1,115 @@
+// Checkpoint files: round trip of model (shared kernels once), optimiser and generator states;
+// atomic replacement; clear errors for files that are not checkpoints or are damaged.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import * as t from '../src/tensor/index.js';
+import { createModel, saveWeights, readSafetensorsHeader } from '../src/models/index.js';
+import { buildOptimizer } from '../src/train/build-optimizer.js';
+import { saveCheckpoint, readCheckpoint, restoreModel, restoreOptimizer, type CheckpointParts } from '../src/train/checkpoint.js';
+import { loadRecipe } from '../src/train/recipe.js';
+
+t.setNumThreads(1);
+const dir = mkdtempSync(path.join(tmpdir(), 'kshare-ckpt-'));
+process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
+const recipe = loadRecipe('convmixer');
+const MODEL = 'convmixer_16_2_k3_p4_shared';
+
+function trainedParts(seed: number) {
+  t.manualSeed(seed);
+  const model = createModel(MODEL, { classes: 10 });
+  const opt = buildOptimizer(model, recipe.optimizer);
+  t.tidy(() => {
+    const loss = t.crossEntropy(model.forward(t.randn([4, 3, 32, 32])), t.tensor([1, 2, 3, 4], [4], { dtype: 'int64' }));
+    loss.backward();
+    opt.step();
+    opt.zeroGrad();
+  });
+  const g = new t.Generator(seed);
+  t.tidy(() => t.rand([5], { generator: g }));
+  return { model, opt, g };
+}
+
+function parts(model: ReturnType<typeof trainedParts>['model'], opt: ReturnType<typeof trainedParts>['opt'], g: t.Generator): CheckpointParts {
+  const global = t.getRngState();
+  return {
+    model, optimizer: opt, scalerState: null,
+    rng: { globalCpu: global.cpu, globalCuda: null, shuffle: g.getState(), params: g.getState(), noise: g.getState() },
+    meta: {
+      modelName: MODEL, modelConfig: null, classes: ['a'], dataset: 'test data', datasetSpec: null, recipe, seed: 3,
+      epoch: 2, stepInEpoch: 0, globalStep: 10, itersPerEpoch: 5, partial: null, bestAcc: 0.5, history: [], reason: 'epoch',
+    },
+  };
+}
+
+test('a checkpoint restores model, optimiser and generator state exactly; shared kernels are stored once', () => {
+  const a = trainedParts(1);
+  const file = path.join(dir, 'a.safetensors');
+  const p = parts(a.model, a.opt, a.g);
+  saveCheckpoint(file, p);
+  const header = readSafetensorsHeader(file);
+  const modelKeys = [...header.entries.keys()].filter((k) => k.startsWith('model/'));
+  const unique = new Set(a.model.stateDict().values()).size;
+  assert.equal(modelKeys.length, unique, 'each distinct tensor once');
+  assert.ok(a.model.stateDict().size > unique, 'the model does share tensors');
+
+  const b = trainedParts(2);
+  const ck = readCheckpoint(file);
+  restoreModel(b.model, ck);
+  restoreOptimizer(b.opt, ck);
+  b.g.setState(ck.rng.shuffle);
+  assert.equal(ck.meta.epoch, 2);
+  assert.equal(ck.meta.globalStep, 10);
+  assert.equal(ck.meta.recipe.name, 'convmixer');
+  ck.dispose();
+  for (const [k, v] of a.model.stateDict()) {
+    const w = b.model.stateDict().get(k)!;
+    assert.deepEqual(Array.from(w.toFloat32Array()), Array.from(v.toFloat32Array()), k);
+  }
+  // Shared kernels are still one tensor after loading.
+  const sd = b.model.stateDict();
+  assert.ok(sd.get('3.0.fn.0.weight')!.isSameTensor(sd.get('4.0.fn.0.weight')!));
+  const sa = a.opt.stateDict(), sb = b.opt.stateDict();
+  assert.equal(sb.step, sa.step);
+  sa.tensors.forEach((rec, i) => {
+    for (const [k, v] of Object.entries(rec)) assert.deepEqual(Array.from(sb.tensors[i]![k]!.toFloat32Array()), Array.from(v.toFloat32Array()), `optimizer ${i} ${k}`);
+  });
+  for (const s of [sa, sb]) for (const rec of s.tensors) t.dispose(rec);
+  const next = (g: t.Generator) => t.tidy(() => t.rand([3], { generator: g }).toArray());
+  assert.deepEqual(next(b.g), next(a.g), 'generator continues identically');
+  t.dispose([p.rng.globalCpu, p.rng.shuffle, p.rng.params, p.rng.noise]);
+});
+
+test('writing is atomic: a failed save leaves the previous file intact and no temporary files', () => {
+  const a = trainedParts(3);
+  const file = path.join(dir, 'atomic.safetensors');
+  const p = parts(a.model, a.opt, a.g);
+  saveCheckpoint(file, p);
+  const before = readFileSync(file);
+  p.rng.noise.dispose(); // saving now fails half-way through collecting tensors
+  assert.throws(() => saveCheckpoint(file, p), /disposed/);
+  assert.ok(readFileSync(file).equals(before));
+  assert.deepEqual(readdirSync(dir).filter((f) => f.includes('atomic')), ['atomic.safetensors']);
+});
+
+test('files that are not checkpoints, or are damaged, are refused with a clear message', () => {
+  const a = trainedParts(4);
+  const weights = path.join(dir, 'weights.safetensors');
+  saveWeights(a.model, weights);
+  assert.throws(() => readCheckpoint(weights), /not a kshare training checkpoint/);
+  const file = path.join(dir, 'good.safetensors');
+  const p = parts(a.model, a.opt, a.g);
+  saveCheckpoint(file, p);
+  const bytes = readFileSync(file);
+  const cut = path.join(dir, 'truncated.safetensors');
+  writeFileSync(cut, bytes.subarray(0, bytes.length - 100));
+  assert.throws(() => readCheckpoint(cut), /truncated/);
+  assert.throws(() => readCheckpoint(path.join(dir, 'nope.safetensors')), /does not exist/);
+  const other = createModel('convmixer_16_3_k3_p4_shared', { classes: 10 });
+  const ck = readCheckpoint(file);
+  assert.throws(() => restoreModel(other, ck), /does not fit model 'convmixer_16_2_k3_p4_shared'/);
+  ck.dispose();
+  other.dispose();
+});
