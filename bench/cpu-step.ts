@@ -206,8 +206,9 @@ function main(): void {
     .option('--out <file>', 'where to write the JSON', path.join(ROOT, 'bench', 'results', 'cpu-step.json'))
     .option('--settle <s>', 'seconds after process start before timing begins', '10')
     .option('--system-malloc', "keep glibc's default malloc thresholds (noisier)")
+    .option('--only <text>', 'run only the rows whose name contains text')
     .parse();
-  const o = program.opts<{ threads: string; warmup: string; steps: string; rounds: string; out: string; settle: string; systemMalloc?: boolean }>();
+  const o = program.opts<{ threads: string; warmup: string; steps: string; rounds: string; out: string; settle: string; systemMalloc?: boolean; only?: string }>();
   if (!o.systemMalloc && process.env.MALLOC_TRIM_THRESHOLD_ !== MALLOC_ENV.MALLOC_TRIM_THRESHOLD_) {
     // malloc reads these at process start, so run again with them (PyTorch inherits them too)
     const r = spawnSync(process.execPath, [...process.execArgv, fileURLToPath(import.meta.url), ...process.argv.slice(2)], { stdio: 'inherit', env: { ...process.env, ...MALLOC_ENV } });
@@ -236,7 +237,9 @@ function main(): void {
   ];
   const rows: Row[] = [];
   let torchVersion = '';
-  for (const c of cases) {
+  const selected = cases.filter((c) => !o.only || c.name.includes(o.only));
+  if (!selected.length) program.error(`cpu-step: no row matches --only '${o.only}' (rows: ${cases.map((c) => c.name).join('; ')})`);
+  for (const c of selected) {
     const mine: Samples = { wall: [], cpu: [] };
     const ref: Samples = { wall: [], cpu: [] };
     for (let r = 0; r < rounds; r++) {

@@ -112,6 +112,7 @@ test('bad input gives one clear line and exit code 1', () => {
     [['train', '--recipe', 'convmixer', ...common, '--out', path.join(root, 'x'), '--epochs', '0'], /--epochs must be a positive integer/],
     [['train', '--recipe', 'convmixer', ...common, '--out', path.join(root, 'x'), '--model', 'resnet50'], /unknown model 'resnet50'/],
     [['train', '--recipe', 'convmixer', ...common, '--out', path.join(root, 'run'), '--resume', '--lr', '0.5'], /changes .*optimizer.lr \(only --epochs may change\)/],
+    [['train', '--recipe', 'convmixer', ...common, '--out', path.join(root, 'run')], /already holds a run \(checkpoint.safetensors\): continue it with --resume/],
     [['eval', '--checkpoint', path.join(root, 'missing.safetensors')], /does not exist/],
     [['report', path.join(root, 'empty-dir-that-is-missing')], /does not exist/],
   ];

@@ -1,7 +1,7 @@
 // The training loop: seeded data order and augmentation on the training device, the recipe's
 // optimiser and schedule, evaluation and a checkpoint after every epoch, exact resume (also
 // from the middle of an epoch, after Ctrl-C), and a stop with a clear message on a NaN/inf loss.
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, existsSync } from 'node:fs';
 import { randomInt } from 'node:crypto';
 import path from 'node:path';
 import * as t from '../tensor/index.js';
@@ -104,6 +104,12 @@ export async function train(o: TrainOptions): Promise<TrainSummary> {
   let ck: LoadedCheckpoint | null = null;
   const owned: { dispose(): void }[] = [];
   try {
+    if (!o.resume && existsSync(ckptFile)) {
+      throw new Error(`${o.outDir} already holds a run (${CHECKPOINT_FILE}): continue it with --resume, or choose another --out`);
+    }
+    if (recipe.augment.mean.length !== o.train.channels) {
+      throw new Error(`recipe '${recipe.name}' normalises ${recipe.augment.mean.length} channels but ${o.train.name} images have ${o.train.channels}; set augment.mean and augment.std (e.g. --set augment.mean=[0.5] --set augment.std=[0.25])`);
+    }
     if (o.resume) {
       ck = readCheckpoint(o.resume);
       if (ck.meta.modelName !== o.modelName) throw new Error(`${o.resume} was trained as model '${ck.meta.modelName}', not '${o.modelName}'`);

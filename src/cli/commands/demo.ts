@@ -11,7 +11,7 @@ import { formatDuration } from '../../train/run-log.js';
 import { buildModel, positiveInt, recipeFromFlags, stopOnInterrupt } from './train.js';
 
 interface DemoOptions {
-  out: string;
+  out?: string;
   dataDir?: string;
   device: string;
   threads?: string;
@@ -27,7 +27,7 @@ export function register(program: Command): void {
   program
     .command('demo')
     .description('train a small shared ConvMixer on CIFAR-10 for a few minutes (CPU) and print accuracy and parameter counts')
-    .option('--out <dir>', 'run folder', path.join('runs', 'demo'))
+    .option('--out <dir>', 'run folder (default runs/demo-<date>-<time>)')
     .option('--data-dir <dir>', 'where CIFAR-10 is looked for / extracted (default ./data, then ../shared/data)')
     .option('--device <device>', 'cpu or cuda', 'cpu')
     .option('--threads <n>', 'CPU threads for libtorch (default: all cores)')
@@ -39,6 +39,8 @@ export function register(program: Command): void {
     .option('--no-progress', 'no progress bars')
     .action(async (o: DemoOptions) => {
       const start = performance.now();
+      const stamp = new Date().toISOString().replace(/[-:]/g, '').replace('T', '-').slice(0, 15);
+      const out = o.out ?? path.join('runs', `demo-${stamp}`);
       if (o.threads !== undefined) t.setNumThreads(positiveInt('--threads', o.threads));
       const log = (l: string) => console.log(l);
       const recipe = recipeFromFlags(loadRecipe('demo'), { epochs: o.epochs, trainPerClass: o.trainPerClass, testPerClass: o.testPerClass, set: [] });
@@ -52,7 +54,7 @@ export function register(program: Command): void {
       try {
         const s = await train({
           recipe, buildModel: buildModel(modelName, data.train.classes.length), modelName, modelConfig: config,
-          train: data.train, test: data.test, datasetSpec: 'cifar10', outDir: o.out, device: o.device,
+          train: data.train, test: data.test, datasetSpec: 'cifar10', outDir: out, device: o.device,
           channelsLast: !o.device.startsWith('cuda'), progress, log, stop: stop.signal,
         });
         const wall = (performance.now() - start) / 1000;
@@ -62,7 +64,7 @@ export function register(program: Command): void {
           `(best ${(100 * s.bestAcc).toFixed(2)}%) after ${s.epochsDone} epoch(s) on ${s.trainImages.toLocaleString('en-US')} training images`);
         console.log(`Model ${s.model}: ${s.trainableParams.toLocaleString('en-US')} trainable parameters; ${s.unsharedParams.toLocaleString('en-US')} without kernel sharing (${(s.unsharedParams / s.trainableParams).toFixed(2)}x more)`);
         console.log(`Wall time ${formatDuration(wall)} (data ${formatDuration(dataSeconds)}, training and evaluation ${formatDuration(s.seconds)}, ${s.imgPerSec.toFixed(0)} training img/s) on ${o.device}, ${info.numThreads} thread(s)`);
-        console.log(`Run folder ${o.out} (log.jsonl, summary.json, checkpoint.safetensors); \`kshare report ${o.out}\` draws it, \`kshare eval --checkpoint ${path.join(o.out, 'checkpoint.safetensors')}\` re-evaluates it.`);
+        console.log(`Run folder ${out} (log.jsonl, summary.json, checkpoint.safetensors): \`kshare report ${out}\` draws it, \`kshare eval --checkpoint ${path.join(out, 'checkpoint.safetensors')}\` re-evaluates it.`);
       } finally {
         stop.release();
       }

@@ -64,6 +64,13 @@ export class TrainAugment {
   }
 
   apply(images: Tensor, labels: Tensor): AugmentedBatch {
+    // On CPU these are many small ops on a ~400k-value batch: one intra-op thread runs them
+    // fastest, and avoids the thread pool's spin-waits when other processes share the cores.
+    if (images.device === 'cpu') return singleThreaded(() => this.#apply(images, labels));
+    return this.#apply(images, labels);
+  }
+
+  #apply(images: Tensor, labels: Tensor): AugmentedBatch {
     const c = this.cfg;
     const [n, ch, h, w] = images.shape as [number, number, number, number];
     if (c.mixup && n % 2 !== 0) throw new Error(`Mixup/CutMix needs an even batch size, got a batch of ${n}`);
@@ -89,6 +96,17 @@ export class TrainAugment {
       if (c.labelSmoothing > 0) return { x, target: smoothOneHot(labels, this.classes, c.labelSmoothing) };
       return { x, target: labels.clone() };
     });
+  }
+}
+
+function singleThreaded<T>(fn: () => T): T {
+  const prev = t.runtimeInfo().numThreads;
+  if (prev === 1) return fn();
+  t.setNumThreads(1);
+  try {
+    return fn();
+  } finally {
+    t.setNumThreads(prev);
   }
 }
 
