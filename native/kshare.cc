@@ -33,7 +33,13 @@ namespace {
 
 std::atomic<int64_t> g_live{0};
 
+// Externals are tagged so that a foreign External (or a generator) passed where a tensor is
+// expected is refused instead of being read as the wrong type.
+constexpr uint32_t kTensorMagic = 0x4b545352;     // "KTSR"
+constexpr uint32_t kGeneratorMagic = 0x4b47454e;  // "KGEN"
+
 struct TensorBox {
+  uint32_t magic = kTensorMagic;
   at::Tensor t;
   bool alive = true;
   explicit TensorBox(at::Tensor tensor) : t(std::move(tensor)) { g_live++; }
@@ -44,7 +50,10 @@ struct TensorBox {
       g_live--;
     }
   }
-  ~TensorBox() { release(); }
+  ~TensorBox() {
+    release();
+    magic = 0;
+  }
 };
 
 Napi::Value Wrap(Napi::Env env, at::Tensor t) {
@@ -58,6 +67,9 @@ const at::Tensor& Unwrap(const Napi::Value& v, const char* what) {
     throw Napi::TypeError::New(v.Env(), std::string(what) + ": expected a tensor handle");
   }
   TensorBox* box = v.As<Napi::External<TensorBox>>().Data();
+  if (box == nullptr || box->magic != kTensorMagic) {
+    throw Napi::TypeError::New(v.Env(), std::string(what) + ": expected a tensor handle, got another native object");
+  }
   if (!box->alive) {
     throw Napi::Error::New(v.Env(), std::string(what) + ": tensor was disposed");
   }
@@ -96,6 +108,7 @@ std::string DeviceString(const c10::Device& d) { return d.str(); }
 
 // ---- generators (seedable random streams) ----
 struct GeneratorBox {
+  uint32_t magic = kGeneratorMagic;
   at::Generator gen;
 };
 
@@ -111,12 +124,14 @@ Napi::Value NewGenerator(const Napi::CallbackInfo& info) {
     gen = at::detail::createCPUGenerator();
   }
   gen.set_current_seed(seed);
-  return Napi::External<GeneratorBox>::New(env, new GeneratorBox{gen}, [](Napi::Env, GeneratorBox* g) { delete g; });
+  return Napi::External<GeneratorBox>::New(env, new GeneratorBox{kGeneratorMagic, gen}, [](Napi::Env, GeneratorBox* g) { delete g; });
 }
 
 at::Generator& UnwrapGenerator(const Napi::Value& v) {
   if (!v.IsExternal()) throw Napi::TypeError::New(v.Env(), "expected a Generator");
-  return v.As<Napi::External<GeneratorBox>>().Data()->gen;
+  GeneratorBox* box = v.As<Napi::External<GeneratorBox>>().Data();
+  if (box == nullptr || box->magic != kGeneratorMagic) throw Napi::TypeError::New(v.Env(), "expected a Generator, got another native object");
+  return box->gen;
 }
 
 Napi::Value GeneratorState(const Napi::CallbackInfo& info) {
@@ -127,6 +142,16 @@ Napi::Value GeneratorState(const Napi::CallbackInfo& info) {
     return info.Env().Undefined();
   }
   return Wrap(info.Env(), gen.get_state());
+}
+
+// Integers from JS must be exact: NaN, fractions and out-of-range values are refused.
+int64_t ExactInt(Napi::Env env, const Napi::Value& v, const std::string& where) {
+  if (!v.IsNumber()) throw Napi::TypeError::New(env, where + " must be an integer");
+  double d = v.As<Napi::Number>().DoubleValue();
+  if (!(std::floor(d) == d) || std::abs(d) > 9.007199254740992e15) {
+    throw Napi::TypeError::New(env, where + " must be an integer, got " + std::to_string(d));
+  }
+  return static_cast<int64_t>(d);
 }
 
 // ---- operator table ----
@@ -144,13 +169,12 @@ c10::IValue ListToIValue(Napi::Env env, const Napi::Value& v, const c10::ListTyp
     std::vector<int64_t> out;
     if (v.IsNumber()) {
       int64_t n = arg.N() ? *arg.N() : 1;
-      out.assign(n, v.As<Napi::Number>().Int64Value());
+      out.assign(n, ExactInt(env, v, opName + ": argument '" + arg.name() + "'"));
     } else if (v.IsArray()) {
       auto a = v.As<Napi::Array>();
       for (uint32_t i = 0; i < a.Length(); i++) {
         Napi::Value e = a.Get(i);
-        if (!e.IsNumber()) throw Napi::TypeError::New(env, opName + ": argument '" + arg.name() + "' must be a list of integers");
-        out.push_back(e.As<Napi::Number>().Int64Value());
+        out.push_back(ExactInt(env, e, opName + ": argument '" + arg.name() + "'"));
       }
     } else {
       throw Napi::TypeError::New(env, opName + ": argument '" + arg.name() + "' must be an integer list");
@@ -204,14 +228,17 @@ c10::IValue ToIValue(Napi::Env env, const Napi::Value& v, const c10::TypePtr& ty
       return Unwrap(v, opName.c_str());
     case c10::TypeKind::IntType:
     case c10::TypeKind::SymIntType:
-      if (v.IsString()) {  // ScalarType / MemoryFormat arguments are ints in schemas; TS names them
-        std::string name = v.As<Napi::String>().Utf8Value();
-        int64_t code = EnumFromName(name);
-        if (code < 0) throw bad("a dtype or memory-format name");
-        return c10::IValue(code);
-      }
-      if (!v.IsNumber()) throw bad("an integer");
-      return c10::IValue(v.As<Napi::Number>().Int64Value());
+      return c10::IValue(ExactInt(env, v, opName + ": argument '" + arg.name() + "'"));
+    case c10::TypeKind::ScalarTypeType:
+    case c10::TypeKind::MemoryFormatType: {
+      // Enum arguments (real types of schema ints): TS names them, e.g. 'float32', 'channels_last'.
+      if (!v.IsString()) throw bad("a dtype or memory-format name");
+      int64_t code = EnumFromName(v.As<Napi::String>().Utf8Value());
+      if (code < 0) throw bad("a known dtype or memory-format name");
+      return c10::IValue(code);
+    }
+    case c10::TypeKind::LayoutType:
+      throw bad("null (only the default strided layout is supported)");
     case c10::TypeKind::FloatType:
       if (!v.IsNumber()) throw bad("a number");
       return c10::IValue(v.As<Napi::Number>().DoubleValue());
@@ -290,10 +317,12 @@ Napi::Value OpSchema(const Napi::CallbackInfo& info) {
 
 Napi::Value Call(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
+  if (!info[0].IsNumber()) throw Napi::TypeError::New(env, "call: operator id must be a number");
   uint32_t id = info[0].As<Napi::Number>().Uint32Value();
-  if (id >= g_ops.size()) throw Napi::RangeError::New(env, "bad operator id");
+  if (id >= g_ops.size()) throw Napi::RangeError::New(env, "call: unknown operator id " + std::to_string(id));
   const auto& op = g_ops[id];
   const std::string& opName = g_opNames[id];
+  if (!info[1].IsArray()) throw Napi::TypeError::New(env, opName + ": arguments must be an array");
   const auto& schema = op.schema();
   const auto& args = schema.arguments();
   Napi::Array js = info[1].As<Napi::Array>();
@@ -316,7 +345,11 @@ Napi::Value Call(const Napi::CallbackInfo& info) {
       }
       throw Napi::TypeError::New(env, opName + ": missing required argument '" + args[i].name() + "'");
     }
-    stack.push_back(ToIValue(env, v, args[i].type(), args[i], opName));
+    try {
+      stack.push_back(ToIValue(env, v, args[i].real_type(), args[i], opName));
+    } catch (const c10::Error& e) {
+      throw Napi::Error::New(env, opName + ": argument '" + args[i].name() + "': " + e.what_without_backtrace());
+    }
   }
   try {
     op.callBoxed(&stack);
@@ -360,12 +393,16 @@ Napi::Value Meta(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value Dispose(const Napi::CallbackInfo& info) {
-  if (info[0].IsExternal()) info[0].As<Napi::External<TensorBox>>().Data()->release();
+  if (info[0].IsExternal()) {
+    TensorBox* box = info[0].As<Napi::External<TensorBox>>().Data();
+    if (box && box->magic == kTensorMagic) box->release();
+  }
   return info.Env().Undefined();
 }
 
 Napi::Value IsAlive(const Napi::CallbackInfo& info) {
-  bool alive = info[0].IsExternal() && info[0].As<Napi::External<TensorBox>>().Data()->alive;
+  TensorBox* box = info[0].IsExternal() ? info[0].As<Napi::External<TensorBox>>().Data() : nullptr;
+  bool alive = box && box->magic == kTensorMagic && box->alive;
   return Napi::Boolean::New(info.Env(), alive);
 }
 
@@ -394,7 +431,8 @@ Napi::Value FromBuffer(const Napi::CallbackInfo& info) {
     std::vector<int64_t> shape;
     int64_t numel = 1;
     for (uint32_t i = 0; i < shapeArr.Length(); i++) {
-      int64_t d = shapeArr.Get(i).As<Napi::Number>().Int64Value();
+      int64_t d = ExactInt(env, shapeArr.Get(i), "fromBuffer: shape");
+      if (d < 0) throw Napi::RangeError::New(env, "fromBuffer: negative dimension in shape");
       shape.push_back(d);
       numel *= d;
     }

@@ -330,9 +330,7 @@ test('libtorch exceptions become Errors carrying our op name, the operator and l
   });
 });
 
-test('known gaps of the raw addon entry points (need native/kshare.cc changes)', {
-  todo: 'call() does not name the op when args is not an array or the id is not a number; a bad device string names "call"; NaN and fractions in int arguments are truncated silently',
-}, () => {
+test('raw addon entry points name the op and refuse inexact integers', () => {
   const M = t.zeros([2]);
   try {
     const problems: string[] = [];
