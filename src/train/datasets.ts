@@ -19,7 +19,8 @@ export async function loadSplit(spec: string, split: Split, o: LoadSplitsOptions
       split, download: o.download ?? false, log,
       ...(o.dataDir ? { dataDir: o.dataDir } : {}),
       onProgress: (done, total, st) => {
-        if (!o.progress || !total) return;
+        // Scanning folders and reading the decoded cache take a second or two: no bar for those.
+        if (!o.progress || !total || st === 'scan' || st === 'cache') return;
         if (st !== stage || !bar) {
           bar?.stop();
           stage = st ?? '';

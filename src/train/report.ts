@@ -106,11 +106,11 @@ function paramsSpec(runs: RunData[]): TopLevelSpec {
   return {
     $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
     title: { text: 'Best test accuracy against trainable parameters', subtitle: 'a shared kernel counts once' },
-    width: 480, height: 300,
+    width: 560, height: 320,
     data: { values },
     layer: [
-      { mark: { type: 'point', filled: true, size: 90 }, encoding: { x: { field: 'params', type: 'quantitative', title: 'trainable parameters (log scale)', scale: { type: 'log' } }, y: { field: 'acc', type: 'quantitative', title: 'best test accuracy (%)', scale: { zero: false } }, color: { field: 'dataset', type: 'nominal', legend: { labelLimit: 400, orient: 'bottom' } }, tooltip: [{ field: 'run' }, { field: 'params' }, { field: 'acc' }] } },
-      { mark: { type: 'text', align: 'left', dx: 7, dy: -7, fontSize: 10 }, encoding: { x: { field: 'params', type: 'quantitative', scale: { type: 'log' } }, y: { field: 'acc', type: 'quantitative' }, text: { field: 'run' } } },
+      { mark: { type: 'point', filled: true, size: 90 }, encoding: { x: { field: 'params', type: 'quantitative', title: 'trainable parameters (log scale)', scale: { type: 'log', padding: 40 } }, y: { field: 'acc', type: 'quantitative', title: 'best test accuracy (%)', scale: { zero: false } }, color: { field: 'dataset', type: 'nominal', legend: { labelLimit: 400, orient: 'bottom' } }, tooltip: [{ field: 'run' }, { field: 'params' }, { field: 'acc' }] } },
+      { mark: { type: 'text', align: 'left', dx: 7, dy: -7, fontSize: 10, limit: 220 }, encoding: { x: { field: 'params', type: 'quantitative', scale: { type: 'log', padding: 40 } }, y: { field: 'acc', type: 'quantitative' }, text: { field: 'run' } } },
     ],
   } as TopLevelSpec;
 }

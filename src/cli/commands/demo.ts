@@ -30,7 +30,7 @@ export function register(program: Command): void {
     .option('--out <dir>', 'run folder (default runs/demo-<date>-<time>)')
     .option('--data-dir <dir>', 'where CIFAR-10 is looked for / extracted (default ./data, then ../shared/data)')
     .option('--device <device>', 'cpu or cuda', 'cpu')
-    .option('--threads <n>', 'CPU threads for libtorch (default: all cores)')
+    .option('--threads <n>', 'CPU threads for libtorch (default: libtorch\'s own choice)')
     .option('--epochs <n>', "override the demo recipe's epochs")
     .option('--train-per-class <n>', "training images per class (default: the demo recipe's)")
     .option('--test-per-class <n>', 'test images per class (default: all 1,000)')

@@ -117,7 +117,7 @@ export function register(program: Command): void {
     .option('--no-amp', 'no mixed precision')
     .option('--resume [checkpoint]', `continue a run exactly where it stopped (default <out>/${CHECKPOINT_FILE})`)
     .option('--set <field=value>', 'override any recipe field, e.g. --set optimizer.weightDecay=0.05 (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
-    .option('--threads <n>', 'CPU threads for libtorch (default: all cores)')
+    .option('--threads <n>', 'CPU threads for libtorch (default: libtorch\'s own choice)')
     .option('--download', 'download the official dataset when it is not found locally')
     .option('--stop-after-epochs <n>', 'stop (with a checkpoint) after this many epochs; --resume continues')
     .option('--train-per-class <n>', 'use only the first n training images of each class')
