@@ -229,3 +229,17 @@ test('tensor metadata, clone, copy_, fill_, zero_ and dispose', () => {
   assert.throws(() => x.shape, /disposed/);
   c.dispose();
 });
+
+test('cpuView is a zero-copy view that outlives the tensor handle', () => {
+  const x = t.zeros([2, 3]);
+  const v = x.cpuView() as Float32Array;
+  v[4] = 7.5; // writes reach the tensor
+  assert.deepEqual(Array.from(x.dataSync() as Float32Array), [0, 0, 0, 0, 7.5, 0]);
+  const before = t.liveTensors();
+  x.dispose();
+  assert.equal(t.liveTensors(), before - 1);
+  assert.equal(v[4], 7.5); // the view keeps the memory alive after dispose
+  const nc = t.tidy(() => t.transpose(t.zeros([2, 3]), 0, 1));
+  assert.throws(() => nc.cpuView(), /contiguous CPU tensor/);
+  nc.dispose();
+});

@@ -96,6 +96,14 @@ export class Tensor {
   // ---- data out ----
   /** Copies the values into a typed array (float16/bfloat16 as raw uint16 bits). */
   dataSync(): ArrayBufferView { return typedArrayFor(this.dtype, native.toBuffer(this.handle)); }
+  /**
+   * A zero-copy typed-array view of a contiguous CPU tensor's memory (float16/bfloat16 as raw
+   * uint16 bits). The view keeps the memory alive by itself; writes go straight to the tensor.
+   */
+  cpuView(): ArrayBufferView {
+    if (this.device !== 'cpu') throw new Error(`cpuView: tensor is on ${this.device}; copy it with dataSync()`);
+    return typedArrayFor(this.dtype, native.dataView(this.handle));
+  }
   /** Values as a float32 array whatever the dtype. */
   toFloat32Array(): Float32Array {
     if (this.dtype === 'float32') return this.dataSync() as Float32Array;
