@@ -83,11 +83,13 @@ export function markdownTable(runs: RunData[]): string {
 function curvesSpec(runs: RunData[]): TopLevelSpec {
   const values = runs.flatMap((r) => r.history.map((h) => ({ run: r.label, epoch: h.epoch, testAcc: h.testAcc * 100, trainLoss: h.trainLoss, lr: h.lr })));
   const color = { field: 'run', type: 'nominal' as const, title: 'run', legend: { labelLimit: 400 } };
-  const panel = (field: string, title: string, scale?: object) => ({
+  // Epochs start the axis at 0 and are labelled as integers, so a short run (even a single
+  // epoch) still gets a readable axis instead of a zero-width domain with 6-decimal ticks.
+  const panel = (field: string, title: string, format: string, scale?: object) => ({
     width: 360, height: 240, mark: { type: 'line' as const, point: true },
     encoding: {
-      x: { field: 'epoch', type: 'quantitative' as const, title: 'epoch', axis: { tickMinStep: 1 } },
-      y: { field, type: 'quantitative' as const, title, scale: scale ?? { zero: false } },
+      x: { field: 'epoch', type: 'quantitative' as const, title: 'epoch', scale: { domainMin: 0 }, axis: { tickMinStep: 1, format: 'd' } },
+      y: { field, type: 'quantitative' as const, title, scale: scale ?? { zero: false }, axis: { format } },
       color,
     },
   });
@@ -95,7 +97,7 @@ function curvesSpec(runs: RunData[]): TopLevelSpec {
     $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
     title: { text: 'Training curves', subtitle: `data: ${[...new Set(runs.map((r) => r.dataset))].join(', ')}` },
     data: { values },
-    hconcat: [panel('testAcc', 'test accuracy (%)'), panel('trainLoss', 'training loss'), panel('lr', 'learning rate', { type: 'log' })],
+    hconcat: [panel('testAcc', 'test accuracy (%)', '.1f', { domain: [0, 100] }), panel('trainLoss', 'training loss', '.2f', { zero: true }), panel('lr', 'learning rate', '.0e', { type: 'log' })],
   } as TopLevelSpec;
 }
 
@@ -109,7 +111,7 @@ function paramsSpec(runs: RunData[]): TopLevelSpec {
     width: 560, height: 320,
     data: { values },
     layer: [
-      { mark: { type: 'point', filled: true, size: 90 }, encoding: { x: { field: 'params', type: 'quantitative', title: 'trainable parameters (log scale)', scale: { type: 'log', padding: 40 } }, y: { field: 'acc', type: 'quantitative', title: 'best test accuracy (%)', scale: { zero: false } }, color: { field: 'dataset', type: 'nominal', legend: { labelLimit: 400, orient: 'bottom' } }, tooltip: [{ field: 'run' }, { field: 'params' }, { field: 'acc' }] } },
+      { mark: { type: 'point', filled: true, size: 90 }, encoding: { x: { field: 'params', type: 'quantitative', title: 'trainable parameters (log scale)', scale: { type: 'log', padding: 40 } }, y: { field: 'acc', type: 'quantitative', title: 'best test accuracy (%)', scale: { zero: false }, axis: { format: '.1f' } }, color: { field: 'dataset', type: 'nominal', legend: { labelLimit: 400, orient: 'bottom' } }, tooltip: [{ field: 'run' }, { field: 'params' }, { field: 'acc' }] } },
       { mark: { type: 'text', align: 'left', dx: 7, dy: -7, fontSize: 10, limit: 220 }, encoding: { x: { field: 'params', type: 'quantitative', scale: { type: 'log', padding: 40 } }, y: { field: 'acc', type: 'quantitative' }, text: { field: 'run' } } },
     ],
   } as TopLevelSpec;
