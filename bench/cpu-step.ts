@@ -19,6 +19,7 @@ import type { Tensor } from '../src/tensor/index.js';
 import { AdamW } from '../src/train/optim/index.js';
 import { createModel } from '../src/models/registry.js';
 import type { Module } from '../src/nn/index.js';
+import { median, round } from './stats.js';
 
 const PYTHON = process.env.KSHARE_TORCH_PYTHON ?? '/usr/bin/python3';
 const ROOT = (() => {
@@ -181,13 +182,6 @@ function timeReference(mode: Mode, sharing: 'none' | 'both', threads: number, wa
   return JSON.parse(lines[lines.length - 1]!) as Reference;
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
-
-const round = (v: number, digits: number) => Number(v.toFixed(digits));
 
 interface Row {
   name: string; kshareMs: number; referenceMs: number; ratio: number;

@@ -25,6 +25,7 @@ import { GradScaler, clipGradNorm } from '../src/train/optim/index.js';
 import { buildOptimizer } from '../src/train/build-optimizer.js';
 import { loadRecipe, type OptimizerConfig } from '../src/train/recipe.js';
 import { createModel } from '../src/models/registry.js';
+import { median, round } from './stats.js';
 
 const ROOT = (() => {
   const here = path.dirname(fileURLToPath(import.meta.url));
@@ -193,13 +194,6 @@ function findPython(explicit: string | undefined, device: string): { python: str
   throw new Error(`gpu-step: no Python with torch found (set --python or KSHARE_TORCH_PYTHON):\n${errors.join('\n')}`);
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
-
-const round = (v: number, digits: number) => Number(v.toFixed(digits));
 
 interface Row {
   name: string; kshareMs: number; referenceMs: number; ratio: number;
