@@ -2,7 +2,7 @@
 import type { Module } from '../nn/index.js';
 import { applySharingPlan, PLAN_KINDS, type SharingPlan } from '../nn/index.js';
 import { ConvMixer, CONVMIXER_SHARING, type ConvMixerSharing } from './convmixer.js';
-import { SEResNet } from './se-resnet.js';
+import { SEResNet, type SEResNetConfig } from './se-resnet.js';
 
 export interface ConvMixerModelConfig {
   architecture: 'convmixer';
@@ -17,15 +17,9 @@ export interface ConvMixerModelConfig {
   description?: string;
 }
 
-export interface SEResNetModelConfig {
+/** The SE-ResNet's own constructor options (classes come from the caller), plus registry fields. */
+export interface SEResNetModelConfig extends Omit<SEResNetConfig, 'classes'> {
   architecture: 'se_resnet';
-  depth: number;
-  share?: [boolean, boolean, boolean];
-  sync?: boolean;
-  preact?: boolean;
-  dropout?: number;
-  reduction?: number;
-  widths?: [number, number, number];
   plan?: SharingPlan;
   description?: string;
 }
