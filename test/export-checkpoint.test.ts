@@ -60,7 +60,8 @@ test('a training checkpoint exports with its classes and normalisation, and the 
     const got = (await session.run({ input: new ort.Tensor('float32', input, [2, 3, 32, 32]) })).logits!.data as Float32Array;
     await session.release();
     const err = maxRelError(got, ref);
-    assert.ok(err < 1e-4, `exported checkpoint vs the model it was saved from: ${err}`);
+    // Measured 3.4e-7; 2e-6 leaves room for rounding but not for a BatchNorm export slip (4e-5).
+    assert.ok(err < 2e-6, `exported checkpoint vs the model it was saved from: ${err}`);
   } finally {
     t.dispose([rngSnap.globalCpu, rngSnap.shuffle, rngSnap.params, rngSnap.noise]);
     src.model.dispose();
