@@ -9,7 +9,7 @@ import type { Tensor, Device } from '../tensor/index.js';
 import type { Module } from '../nn/index.js';
 import type { ImageDataset } from '../data/types.js';
 import { toDevice, balancedSubset, epochOrder, batchCount, takeBatch, type DeviceDataset } from '../data/tensors.js';
-import { GradScaler, clipGradNorm } from './optim/index.js';
+import { GradScaler, scaledStep } from './optim/index.js';
 import { TrainAugment } from './augment/pipeline.js';
 import { learningRate } from './schedule.js';
 import { buildOptimizer } from './build-optimizer.js';
@@ -233,12 +233,7 @@ export async function train(o: TrainOptions): Promise<TrainSummary> {
             }
             const scaled = scaler.scale(lossT);
             scaled.backward();
-            if (recipe.clipGradNorm !== null) {
-              scaler.unscale(optimizer);
-              clipGradNorm(params, recipe.clipGradNorm);
-            }
-            scaler.step(optimizer);
-            scaler.update();
+            scaledStep(scaler, optimizer, params, recipe.clipGradNorm);
             optimizer.zeroGrad();
             const h = t.noGrad(() => {
               const truth = target.rank === 2 ? t.argmax(target, 1) : target;

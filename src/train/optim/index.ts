@@ -3,3 +3,4 @@ export { SGD, type SGDOptions } from './sgd.js';
 export { AdamW, type AdamWOptions } from './adamw.js';
 export { clipGradNorm } from './clip.js';
 export { GradScaler, type GradScalerOptions } from './scaler.js';
+export { scaledStep } from './scaled-step.js';
