@@ -27,16 +27,20 @@ function trainedParts(seed: number) {
     opt.step();
     opt.zeroGrad();
   });
-  const g = new t.Generator(seed);
-  t.tidy(() => t.rand([5], { generator: g }));
-  return { model, opt, g };
+  // The three generators a run keeps, each in its own state (other seeds, other draws).
+  const gens = { shuffle: new t.Generator(seed), params: new t.Generator(seed + 10), noise: new t.Generator(seed + 20) };
+  Object.values(gens).forEach((g, i) => t.tidy(() => t.rand([5 + i], { generator: g })));
+  return { model, opt, gens };
 }
 
-function parts(model: ReturnType<typeof trainedParts>['model'], opt: ReturnType<typeof trainedParts>['opt'], g: t.Generator): CheckpointParts {
+type Gens = ReturnType<typeof trainedParts>['gens'];
+const SLOTS = ['shuffle', 'params', 'noise'] as const;
+
+function parts(model: ReturnType<typeof trainedParts>['model'], opt: ReturnType<typeof trainedParts>['opt'], gens: Gens): CheckpointParts {
   const global = t.getRngState();
   return {
     model, optimizer: opt, scalerState: null,
-    rng: { globalCpu: global.cpu, globalCuda: null, shuffle: g.getState(), params: g.getState(), noise: g.getState() },
+    rng: { globalCpu: global.cpu, globalCuda: null, shuffle: gens.shuffle.getState(), params: gens.params.getState(), noise: gens.noise.getState() },
     meta: {
       modelName: MODEL, modelConfig: null, classes: ['a'], dataset: 'test data', datasetSpec: null, recipe, seed: 3,
       epoch: 2, stepInEpoch: 0, globalStep: 10, itersPerEpoch: 5, partial: null, bestAcc: 0.5, history: [], reason: 'epoch',
@@ -47,7 +51,7 @@ function parts(model: ReturnType<typeof trainedParts>['model'], opt: ReturnType<
 test('a checkpoint restores model, optimiser and generator state exactly; shared kernels are stored once', () => {
   const a = trainedParts(1);
   const file = path.join(dir, 'a.safetensors');
-  const p = parts(a.model, a.opt, a.g);
+  const p = parts(a.model, a.opt, a.gens);
   saveCheckpoint(file, p);
   const header = readSafetensorsHeader(file);
   const modelKeys = [...header.entries.keys()].filter((k) => k.startsWith('model/'));
@@ -59,7 +63,15 @@ test('a checkpoint restores model, optimiser and generator state exactly; shared
   const ck = readCheckpoint(file);
   restoreModel(b.model, ck);
   restoreOptimizer(b.opt, ck);
-  b.g.setState(ck.rng.shuffle);
+  // Each slot restores its own generator: the saved states differ, so a slot returned for
+  // another one would continue another stream.
+  const saved = SLOTS.map((k) => Array.from(p.rng[k].toArray()));
+  assert.equal(new Set(saved.map((st) => st.join())).size, 3, 'three different generator states were saved');
+  SLOTS.forEach((k, i) => {
+    assert.deepEqual(Array.from(ck.rng[k].toArray()), saved[i], `the '${k}' generator state`);
+    b.gens[k].setState(ck.rng[k]);
+  });
+  assert.deepEqual(Array.from(ck.rng.globalCpu.toArray()), Array.from(p.rng.globalCpu.toArray()), 'the global generator state');
   assert.equal(ck.meta.epoch, 2);
   assert.equal(ck.meta.globalStep, 10);
   assert.equal(ck.meta.recipe.name, 'convmixer');
@@ -78,14 +90,14 @@ test('a checkpoint restores model, optimiser and generator state exactly; shared
   });
   for (const s of [sa, sb]) for (const rec of s.tensors) t.dispose(rec);
   const next = (g: t.Generator) => t.tidy(() => t.rand([3], { generator: g }).toArray());
-  assert.deepEqual(next(b.g), next(a.g), 'generator continues identically');
+  for (const k of SLOTS) assert.deepEqual(next(b.gens[k]), next(a.gens[k]), `the '${k}' generator continues identically`);
   t.dispose([p.rng.globalCpu, p.rng.shuffle, p.rng.params, p.rng.noise]);
 });
 
 test('writing is atomic: a failed save leaves the previous file intact and no temporary files', () => {
   const a = trainedParts(3);
   const file = path.join(dir, 'atomic.safetensors');
-  const p = parts(a.model, a.opt, a.g);
+  const p = parts(a.model, a.opt, a.gens);
   saveCheckpoint(file, p);
   const before = readFileSync(file);
   p.rng.noise.dispose(); // saving now fails half-way through collecting tensors
@@ -100,7 +112,7 @@ test('files that are not checkpoints, or are damaged, are refused with a clear m
   saveWeights(a.model, weights);
   assert.throws(() => readCheckpoint(weights), /not a kshare training checkpoint/);
   const file = path.join(dir, 'good.safetensors');
-  const p = parts(a.model, a.opt, a.g);
+  const p = parts(a.model, a.opt, a.gens);
   saveCheckpoint(file, p);
   const bytes = readFileSync(file);
   const cut = path.join(dir, 'truncated.safetensors');
