@@ -92,24 +92,33 @@ test('loadStateDict copies in place, keeps sharing, and reports every problem be
   partial.delete('b.bias');
   m.loadStateDict(partial);
 
-  const before = values(m.head.weight);
-  const missing = new Map(src.stateDict());
+  // A refused load writes nothing: the refused maps hold other values than the model's, so a
+  // load that copied the good entries before reporting the bad ones would show.
+  const third = new Twin();
+  const snapshot = () => [...m.stateDict()].map(([k, v]) => [k, values(v)]);
+  const before = snapshot();
+  const missing = new Map(third.stateDict());
   missing.delete('head.weight');
   assert.throws(() => m.loadStateDict(missing), /missing keys: 'head.weight'/);
-  const extra = new Map(src.stateDict());
+  assert.deepEqual(snapshot(), before, 'nothing written when a key is missing');
   const ghost = t.zeros([2]);
+  const otherExtra = new Map(third.stateDict());
+  otherExtra.set('ghost.weight', ghost);
+  assert.throws(() => m.loadStateDict(otherExtra), /unexpected keys: 'ghost.weight'/);
+  assert.deepEqual(snapshot(), before, 'nothing written when a key is unexpected');
+  const extra = new Map(src.stateDict());
   extra.set('ghost.weight', ghost);
-  assert.throws(() => m.loadStateDict(extra), /unexpected keys: 'ghost.weight'/);
   m.loadStateDict(extra, { strict: false });
 
   const wrong = new Map(src.stateDict());
   const bad = t.zeros([3, 5]);
   wrong.set('head.weight', bad);
-  t.noGrad(() => t.fill_(src.head.bias!, 7));
+  // New values before and after the bad entry (state order: a, b, norm, head.weight, head.bias).
+  t.noGrad(() => { t.fill_(src.a.bias!, 7); t.fill_(src.head.bias!, 7); });
+  const beforeWrong = snapshot();
   assert.throws(() => m.loadStateDict(wrong), /'head.weight' has shape \[3,5\], the model expects \[3,4\]/);
-  assert.notDeepEqual(values(m.head.bias!), values(src.head.bias!), 'nothing written when a check fails');
+  assert.deepEqual(snapshot(), beforeWrong, 'nothing written when a check fails');
   assert.deepEqual(values(m.head.weight), values(src.head.weight));
-  void before;
 
   // Two different tensors for the names of one shared kernel cannot both be right.
   const split = new Map(src.stateDict());
@@ -119,6 +128,7 @@ test('loadStateDict copies in place, keeps sharing, and reports every problem be
   t.dispose([ghost, bad, other]);
   m.dispose();
   src.dispose();
+  third.dispose();
 });
 
 test('to() casts in place: same Tensor objects, sharing and requiresGrad kept, integer buffers untouched', () => {
