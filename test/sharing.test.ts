@@ -164,7 +164,15 @@ test('after optimizer steps every layer of a share group still sees one, updated
     }
     assert.notDeepEqual(Array.from(w.toFloat32Array()), before, `${name}: the kernel was updated`);
     assert.equal(checkStillShared(model), name.startsWith('convmixer') ? 2 : 3);
-    assert.equal(model.parameters().length, params.length);
+    // The optimiser holds exactly the model's distinct trainable tensors, each once (a shared
+    // kernel is one tensor, stepped once per step), and the steps replaced none of them.
+    const distinct = new Set([...model.stateDict().values()].filter((v) => v.requiresGrad));
+    const held = opt.groups.flatMap((g) => g.params);
+    assert.equal(held.length, distinct.size, `${name}: the optimiser holds ${held.length} tensors, the model has ${distinct.size} trainable ones`);
+    assert.ok(held.every((p) => distinct.has(p)), `${name}: the optimiser holds a tensor that is not the model's`);
+    const now = model.parameters();
+    assert.equal(now.length, params.length);
+    now.forEach((p, i) => assert.equal(p, params[i], `${name}: parameter ${i} is another tensor after the steps`));
     t.dispose([x, y]);
     model.dispose();
   }
