@@ -13,6 +13,7 @@ import path from 'node:path';
 import * as tar from 'tar';
 import jpeg from 'jpeg-js';
 import pngjs from 'pngjs';
+import { skipUnless } from './helpers/prerequisites.js';
 import {
   CIFAR10_CLASSES,
   CIFAR100_CLASSES,
@@ -268,9 +269,9 @@ describe('CIFAR-100 binary', () => {
 // CIFAR python (pickle) format
 
 describe('CIFAR python format (pickle)', () => {
-  const hasPy = havePythonNumpy();
+  const needPy = skipUnless(havePythonNumpy(), `${PYTHON} with numpy`, 'install python3-numpy (scripts/setup.sh does)');
 
-  test('reads CIFAR-10 batches pickled by Python 3 (protocol 2, numpy array)', { skip: !hasPy && 'no /usr/bin/python3 with numpy' }, async () => {
+  test('reads CIFAR-10 batches pickled by Python 3 (protocol 2, numpy array)', { skip: needPy }, async () => {
     const parent = tmp('c10py');
     python(
       `
@@ -327,7 +328,7 @@ with open(os.path.join(out, 'batches.meta'), 'wb') as f: pickle.dump({b'label_na
       s('batch_label'), s('testing batch 1 of 1'),
       Buffer.from([0x75, 0x2e]), // SETITEMS, STOP
     ]);
-    if (havePythonNumpy()) {
+    if (!needPy) {
       // Python agrees this is a valid pickle with those contents.
       const f = path.join(tmp('py2'), 'p');
       fs.writeFileSync(f, bytes);
@@ -348,7 +349,7 @@ with open(os.path.join(out, 'batches.meta'), 'wb') as f: pickle.dump({b'label_na
     await rejectsData(readCifarPython('cifar10', parent, 'test'), /test_batch: truncated pickle/);
   });
 
-  test('reads CIFAR-100 python (fine + coarse labels)', { skip: !hasPy && 'no /usr/bin/python3 with numpy' }, async () => {
+  test('reads CIFAR-100 python (fine + coarse labels)', { skip: needPy }, async () => {
     const parent = tmp('c100py');
     python(
       `
@@ -777,7 +778,9 @@ describe('loadDataset', () => {
     assert.equal((await loadDataset(path.join(dataDir, 'cifar-10-batches-bin'), { split: 'train' })).count, 5);
   });
 
-  test("'cifar10' falls back to the JPEG copy (folder, then .tar.xz extracted once) named CIFAR-10 (JPEG copy)", { skip: spawnSync('tar', ['--version']).status !== 0 && 'no system tar' }, async () => {
+  // The stand-in .tar.xz below is made with the system tar (and xz).
+  const needTar = skipUnless(['tar', 'xz'].every((p) => spawnSync(p, ['--version']).status === 0), 'tar and xz', 'install tar and xz-utils (scripts/setup.sh does)');
+  test("'cifar10' falls back to the JPEG copy (folder, then .tar.xz extracted once) named CIFAR-10 (JPEG copy)", { skip: needTar }, async () => {
     // A tiny stand-in for ../shared/data/cifar10-jpeg.tar.xz
     const shared = tmp('shared');
     const src = tmp('jpegsrc');

@@ -2,7 +2,8 @@
 // exported model with onnxruntime-web from a local server, shows its download size and
 // trainable parameters, classifies a bundled sample image, and its answer matches
 // onnxruntime-node's; non-images, wrong-sized images and corrupt models give clear messages.
-// Needs Debian's chromium (/usr/bin/chromium, installed by scripts/setup.sh); skipped without it.
+// Needs Debian's chromium (/usr/bin/chromium, installed by scripts/setup.sh); skipped without it,
+// except under CI, where it fails (test/helpers/prerequisites.ts).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -18,12 +19,13 @@ import { writeWebBundle } from '../src/export/web-bundle.js';
 import { repoRoot, startStaticServer, type StaticServer } from '../src/export/static-server.js';
 import { maxRelError } from './helpers/python.js';
 import { preparedModel } from './export-fixtures.js';
+import { skipUnless } from './helpers/prerequisites.js';
 
 const CHROMIUM = process.env.KSHARE_CHROMIUM ?? '/usr/bin/chromium';
 const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
   '--disable-background-networking', '--disable-component-update', '--disable-sync'];
 const MODEL = 'convmixer_64_4_k5_p2_shared';
-const skip = existsSync(CHROMIUM) ? false : `${CHROMIUM} not found: install Debian's chromium package (scripts/setup.sh does) to run the browser test`;
+const skip = skipUnless(existsSync(CHROMIUM), CHROMIUM, "install Debian's chromium package (scripts/setup.sh does) to run the browser test");
 
 interface DemoResult { label: string; input: number[]; logits: number[]; top: { label: string; probability: number }[]; resizedFrom: { width: number; height: number } | null }
 
