@@ -5,9 +5,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# Besides the build: python3-torch and python3-numpy for the parity tests, chromium for the
-# browser test, tar and xz-utils for the archive tests (under CI a missing one fails the run).
-apt_packages=(libtorch-dev python3-torch python3-numpy chromium tar xz-utils)
+apt_packages=(libtorch-dev python3-torch chromium xz-utils python3-numpy tar) # the last four: test prerequisites (CI fails without them)
 missing=()
 for p in "${apt_packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

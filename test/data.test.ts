@@ -13,7 +13,6 @@ import path from 'node:path';
 import * as tar from 'tar';
 import jpeg from 'jpeg-js';
 import pngjs from 'pngjs';
-import { skipUnless } from './helpers/prerequisites.js';
 import {
   CIFAR10_CLASSES,
   CIFAR100_CLASSES,
@@ -34,6 +33,7 @@ import {
   safeExtract,
   type ImageDataset,
 } from '../src/data/index.js';
+import { skipUnless } from './helpers/prerequisites.js';
 
 const PIX = 3072;
 const PYTHON = '/usr/bin/python3';

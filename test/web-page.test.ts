@@ -18,8 +18,8 @@ import { recommendedSessionOptions } from '../src/export/ort-session.js';
 import { writeWebBundle } from '../src/export/web-bundle.js';
 import { repoRoot, startStaticServer, type StaticServer } from '../src/export/static-server.js';
 import { maxRelError } from './helpers/python.js';
-import { preparedModel } from './export-fixtures.js';
 import { skipUnless } from './helpers/prerequisites.js';
+import { preparedModel } from './export-fixtures.js';
 
 const CHROMIUM = process.env.KSHARE_CHROMIUM ?? '/usr/bin/chromium';
 const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
