@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-apt_packages=(libtorch-dev python3-torch chromium xz-utils python3-numpy tar) # the last four: test prerequisites (CI fails without them)
+apt_packages=(libtorch-dev python3-torch chromium xz-utils)
 missing=()
 for p in "${apt_packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
