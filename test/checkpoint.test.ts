@@ -2,18 +2,17 @@
 // atomic replacement; clear errors for files that are not checkpoints or are damaged.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import * as t from '../src/tensor/index.js';
 import { createModel, saveWeights, readSafetensorsHeader } from '../src/models/index.js';
 import { buildOptimizer } from '../src/train/build-optimizer.js';
 import { saveCheckpoint, readCheckpoint, restoreModel, restoreOptimizer, type CheckpointParts } from '../src/train/checkpoint.js';
 import { loadRecipe } from '../src/train/recipe.js';
+import { scratchDir } from './helpers/scratch-dir.js';
 
 t.setNumThreads(1);
-const dir = mkdtempSync(path.join(tmpdir(), 'kshare-ckpt-'));
-process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
+const dir = scratchDir('ckpt');
 const recipe = loadRecipe('convmixer');
 const MODEL = 'convmixer_16_2_k3_p4_shared';
 
@@ -33,10 +32,9 @@ function trainedParts(seed: number) {
   return { model, opt, gens };
 }
 
-type Gens = ReturnType<typeof trainedParts>['gens'];
 const SLOTS = ['shuffle', 'params', 'noise'] as const;
 
-function parts(model: ReturnType<typeof trainedParts>['model'], opt: ReturnType<typeof trainedParts>['opt'], gens: Gens): CheckpointParts {
+function parts({ model, opt, gens }: ReturnType<typeof trainedParts>): CheckpointParts {
   const global = t.getRngState();
   return {
     model, optimizer: opt, scalerState: null,
@@ -48,11 +46,17 @@ function parts(model: ReturnType<typeof trainedParts>['model'], opt: ReturnType<
   };
 }
 
+/** Saves `a` as `name` in the test folder; returns the file and the parts it was saved from. */
+function saveParts(a: ReturnType<typeof trainedParts>, name: string): { file: string; p: CheckpointParts } {
+  const file = path.join(dir, name);
+  const p = parts(a);
+  saveCheckpoint(file, p);
+  return { file, p };
+}
+
 test('a checkpoint restores model, optimiser and generator state exactly; shared kernels are stored once', () => {
   const a = trainedParts(1);
-  const file = path.join(dir, 'a.safetensors');
-  const p = parts(a.model, a.opt, a.gens);
-  saveCheckpoint(file, p);
+  const { file, p } = saveParts(a, 'a.safetensors');
   const header = readSafetensorsHeader(file);
   const modelKeys = [...header.entries.keys()].filter((k) => k.startsWith('model/'));
   const unique = new Set(a.model.stateDict().values()).size;
@@ -96,9 +100,7 @@ test('a checkpoint restores model, optimiser and generator state exactly; shared
 
 test('writing is atomic: a failed save leaves the previous file intact and no temporary files', () => {
   const a = trainedParts(3);
-  const file = path.join(dir, 'atomic.safetensors');
-  const p = parts(a.model, a.opt, a.gens);
-  saveCheckpoint(file, p);
+  const { file, p } = saveParts(a, 'atomic.safetensors');
   const before = readFileSync(file);
   p.rng.noise.dispose(); // saving now fails half-way through collecting tensors
   assert.throws(() => saveCheckpoint(file, p), /disposed/);
@@ -111,9 +113,7 @@ test('files that are not checkpoints, or are damaged, are refused with a clear m
   const weights = path.join(dir, 'weights.safetensors');
   saveWeights(a.model, weights);
   assert.throws(() => readCheckpoint(weights), /not a kshare training checkpoint/);
-  const file = path.join(dir, 'good.safetensors');
-  const p = parts(a.model, a.opt, a.gens);
-  saveCheckpoint(file, p);
+  const { file } = saveParts(a, 'good.safetensors');
   const bytes = readFileSync(file);
   const cut = path.join(dir, 'truncated.safetensors');
   writeFileSync(cut, bytes.subarray(0, bytes.length - 100));

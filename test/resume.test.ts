@@ -2,8 +2,7 @@
 // the middle of epoch 2 + resume all end with bit-identical weights, optimiser state and logs.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import * as t from '../src/tensor/index.js';
 import { createModel } from '../src/models/index.js';
@@ -12,6 +11,7 @@ import { train, type TrainOptions } from '../src/train/trainer.js';
 import { readCheckpoint } from '../src/train/checkpoint.js';
 import { loadRecipe, applyOverrides, parseOverride } from '../src/train/recipe.js';
 import { syntheticDataset } from './helpers/train-fixtures.js';
+import { scratchDir } from './helpers/scratch-dir.js';
 
 t.setNumThreads(1);
 const MODEL = 'convmixer_16_2_k3_p4_shared';
@@ -20,8 +20,7 @@ const MODEL = 'convmixer_16_2_k3_p4_shared';
 const recipe = applyOverrides(loadRecipe('convmixer'), ['epochs=2', 'batchSize=32', 'evalBatchSize=64', 'seed=11'].map(parseOverride));
 const trainSet = syntheticDataset({ count: 200 });
 const testSet = syntheticDataset({ count: 60, seed: 5, split: 'test' });
-const root = mkdtempSync(path.join(tmpdir(), 'kshare-resume-'));
-process.on('exit', () => rmSync(root, { recursive: true, force: true }));
+const root = scratchDir('resume');
 
 function options(out: string, extra: Partial<TrainOptions> = {}): TrainOptions {
   return {

@@ -2,8 +2,7 @@
 // many steps, follows the schedule step by step, and writes its log and summary.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import * as t from '../src/tensor/index.js';
 import { createModel } from '../src/models/index.js';
@@ -11,10 +10,10 @@ import { train, countParameters } from '../src/train/trainer.js';
 import { learningRate } from '../src/train/schedule.js';
 import { loadRecipe, applyOverrides, parseOverride } from '../src/train/recipe.js';
 import { syntheticDataset } from './helpers/train-fixtures.js';
+import { scratchDir } from './helpers/scratch-dir.js';
 
 t.setNumThreads(1);
-const root = mkdtempSync(path.join(tmpdir(), 'kshare-loop-'));
-process.on('exit', () => rmSync(root, { recursive: true, force: true }));
+const root = scratchDir('loop');
 
 test('SGD multistep recipe: learns, flat tensor count, schedule applied per step', async () => {
   const recipe = applyOverrides(loadRecipe('seresnet'), [

@@ -2,18 +2,17 @@
 // do, and leaves the last good checkpoint and log exactly as they were.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import * as t from '../src/tensor/index.js';
 import { createModel } from '../src/models/index.js';
 import { train, NonFiniteLossError } from '../src/train/trainer.js';
 import { loadRecipe, applyOverrides, parseOverride } from '../src/train/recipe.js';
 import { syntheticDataset } from './helpers/train-fixtures.js';
+import { scratchDir } from './helpers/scratch-dir.js';
 
 t.setNumThreads(1);
-const root = mkdtempSync(path.join(tmpdir(), 'kshare-nan-'));
-process.on('exit', () => rmSync(root, { recursive: true, force: true }));
+const root = scratchDir('nan');
 
 test('a NaN/inf loss stops the run with a clear message and the last good checkpoint intact', async () => {
   // SGD recipe whose learning rate jumps by 1e36 at epoch 2: epoch 1 trains normally, then
