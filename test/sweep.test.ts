@@ -111,6 +111,20 @@ test('a sweep trains each run in its own folder; Ctrl-C checkpoints, the next sw
   assert.match(md, /\| none \| convmixer_8_2_k3_p4 \| 1 \|/);
 });
 
+test('--jobs 2 trains two runs at once, each in its own folder', () => {
+  const file = spec('jobs', { ...GRID, set: ['epochs=1', 'batchSize=20', 'evalBatchSize=20'], seeds: [5], out: 'jobs-out' });
+  const r = kshare(['sweep', file, '--jobs', '2']);
+  assert.equal(r.code, 0, r.out + r.err);
+  assert.match(r.out, /2 at a time, 1 thread\(s\) each/);
+  const firstDone = r.out.indexOf(': done in ');
+  assert.ok(r.out.indexOf('[1/2] none-s5: starting') < firstDone && r.out.indexOf('[2/2] both-s5: starting') < firstDone, 'both runs started before either finished');
+  for (const id of ['none-s5', 'both-s5']) {
+    const s = JSON.parse(readFileSync(path.join(root, 'jobs-out', 'runs', id, 'summary.json'), 'utf8'));
+    assert.equal(s.status, 'completed', id);
+    assert.match(readFileSync(path.join(root, 'jobs-out', 'runs', id, 'train.log'), 'utf8'), /--out \S+jobs-out\/runs\/(none|both)-s5/);
+  }
+});
+
 test('--dry-run lists the runs with parameter counts and a time estimate, and trains nothing', () => {
   const file = spec('dry', { ...GRID, out: 'dry-out', plans: ['none', { plan: 'depthwise', seeds: [0] }, 'strided:1'], seeds: [0, 1] });
   const r = kshare(['sweep', file, '--dry-run', '--probe-steps', '3']);

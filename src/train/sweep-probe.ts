@@ -25,6 +25,8 @@ export interface SweepTiming {
   configs: Map<string, ConfigTiming>;
   /** Seconds to load the dataset (every run's child process does it again). */
   dataSeconds: number;
+  /** Seconds this process took to start (every child process does it again). */
+  startupSeconds: number;
   trainImages: number;
   testImages: number;
   itersPerEpoch: number;
@@ -46,6 +48,8 @@ function median(xs: number[]): number {
 /** Times `steps` training steps and one small evaluation of each configuration of the plan. */
 export async function probeSweep(plan: SweepPlan, o: { steps?: number; log?: (l: string) => void; threads?: number | null } = {}): Promise<SweepTiming> {
   const log = o.log ?? ((l: string) => console.log(l));
+  // What this process took to start (Node and libtorch): every run's child pays it again.
+  const startupSeconds = process.uptime();
   const threads = o.threads ?? plan.threads;
   if (threads) t.setNumThreads(threads);
   const t0 = performance.now();
@@ -89,7 +93,7 @@ export async function probeSweep(plan: SweepPlan, o: { steps?: number; log?: (l:
   for (const r of plan.runs) {
     const c = configs.get(r.config)!;
     const epoch = itersPerEpoch * c.stepSeconds + testSet.count * c.evalSecondsPerImage;
-    runSeconds.set(r.id, r.recipe.epochs * epoch + dataSeconds);
+    runSeconds.set(r.id, r.recipe.epochs * epoch + dataSeconds + startupSeconds);
   }
-  return { configs, dataSeconds, trainImages: trainSet.count, testImages: testSet.count, itersPerEpoch, runSeconds };
+  return { configs, dataSeconds, startupSeconds, trainImages: trainSet.count, testImages: testSet.count, itersPerEpoch, runSeconds };
 }

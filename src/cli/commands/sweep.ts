@@ -111,7 +111,7 @@ async function dryRun(plan: ReturnType<typeof planSweep>, o: { jobs: number; thr
   if (timing) {
     const total = rows.reduce((s, r) => s + (r.left ?? 0), 0);
     log(`estimate: ${formatDuration(total)} for the runs left, one after another (${n(timing.trainImages)} training images, ${timing.itersPerEpoch} steps per epoch, ` +
-      `${n(timing.testImages)} test images; data loading ${formatDuration(timing.dataSeconds)} per run)` +
+      `${n(timing.testImages)} test images; start-up and data loading ${formatDuration(timing.startupSeconds + timing.dataSeconds)} per run)` +
       (o.jobs > 1 ? `; with --jobs ${o.jobs} at best ${formatDuration(total / o.jobs)} if the jobs do not compete for cores` : ''));
   } else if (!o.probe) {
     log('no timing probe (--no-probe): times unknown');
