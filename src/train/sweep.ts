@@ -511,7 +511,7 @@ export async function runSweep(plan: SweepPlan, o: SweepOptions = {}): Promise<S
     } else {
       pending.delete(run);
       result.failed.push({ id: run.id, code, tail });
-      log(`${tag}: FAILED (exit code ${code}) after ${formatDuration(secs)}; its output is in ${outFile}; ${leftText()}`);
+      log(`${tag}: FAILED (exit code ${code}) after ${formatDuration(secs)}; its output is in ${outFile}${st.kind === 'resume' ? ' (its last checkpoint is kept: the next sweep resumes it)' : ''}; ${leftText()}`);
     }
   };
 
