@@ -125,6 +125,16 @@ test('--jobs 2 trains two runs at once, each in its own folder', () => {
   }
 });
 
+test('a failing run is reported with its output; the other runs still go; exit code 1 names the failures', () => {
+  const file = spec('diverge', { ...GRID, set: ['epochs=1', 'batchSize=20', 'evalBatchSize=20', 'optimizer.lr=1e30'], seeds: [7], out: 'fail-out' });
+  const r = kshare(['sweep', file]);
+  assert.equal(r.code, 1, r.out + r.err);
+  assert.match(r.out, /\[1\/2\] none-s7: FAILED \(exit code 1\) after .*; its output is in \S+train\.log/);
+  assert.match(r.out, /\[2\/2\] both-s7: starting/, 'the next run still starts');
+  assert.match(r.err, /2 run\(s\) failed: none-s7 \(exit 1: kshare: training stopped: the loss is (NaN|-?Infinity)/);
+  assert.match(readFileSync(path.join(root, 'fail-out', 'runs', 'none-s7', 'train.log'), 'utf8'), /training stopped: the loss is/);
+});
+
 test('--dry-run lists the runs with parameter counts and a time estimate, and trains nothing', () => {
   const file = spec('dry', { ...GRID, out: 'dry-out', plans: ['none', { plan: 'depthwise', seeds: [0] }, 'strided:1'], seeds: [0, 1] });
   const r = kshare(['sweep', file, '--dry-run', '--probe-steps', '3']);
