@@ -67,8 +67,9 @@ export function register(program: Command): void {
         log('\nCtrl-C: every running run finishes its step and writes a checkpoint (Ctrl-C again to quit at once)');
         stop.abort();
       };
-      process.on('SIGINT', onInt);
-      process.on('SIGTERM', onInt);
+      // Runs live in their own process group, so every signal that ends a terminal session is forwarded.
+      const signals = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+      for (const sig of signals) process.on(sig, onInt);
       try {
         const r = await runSweep(plan, { jobs, threads, log, stop: stop.signal, hardStop: hard.signal });
         if (r.status === 'interrupted') process.exitCode = 130;
@@ -76,8 +77,7 @@ export function register(program: Command): void {
           throw new Error(`${r.failed.length} run(s) failed: ${r.failed.map((f) => `${f.id} (exit ${f.code}: ${f.tail.filter((l) => l.trim()).slice(-1)[0] ?? 'no output'})`).join('; ')}`);
         }
       } finally {
-        process.off('SIGINT', onInt);
-        process.off('SIGTERM', onInt);
+        for (const sig of signals) process.off(sig, onInt);
       }
     });
 }
