@@ -13,6 +13,7 @@ import * as demo from './commands/demo.js';
 import * as exporter from './commands/export.js';
 import * as predict from './commands/predict.js';
 import * as selfcheck from './commands/selfcheck.js';
+import * as sweep from './commands/sweep.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const pkg = JSON.parse(readFileSync(path.resolve(here, '../../../package.json'), 'utf8')) as { version: string };
@@ -23,7 +24,7 @@ const program = new Command()
   .version(pkg.version)
   .showHelpAfterError();
 
-for (const cmd of [models, info, train, evaluate, report, demo, exporter, predict, selfcheck]) cmd.register(program);
+for (const cmd of [models, info, train, evaluate, sweep, report, demo, exporter, predict, selfcheck]) cmd.register(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   // Expected failures (bad input, missing files) print one clear line, not a stack trace.

@@ -11,5 +11,7 @@ export { TrainAugment, normalize, validateAugment, type AugmentConfig, type Augm
 export { parseRandAugment, RAND_INCREASING_OPS, RAND_OPS, type RandAugmentConfig } from './augment/rand-augment.js';
 export { HostRandom } from './augment/random.js';
 export { loadSplit, loadSplits } from './datasets.js';
-export { writeReport, loadRun, markdownTable, type RunData } from './report.js';
+export { writeReport, loadRun, markdownTable, markdownReport, aggregate, sharingFindings, stat, readSteps, expandRunDirs, placeLabels, STEPS_FILE, type RunData, type StepRecord, type ConfigRow, type Stat } from './report.js';
+export { readSweepSpec, validateSweepSpec, planSweep, runSweep, runState, estimateLeft, SWEEP_FILE, SWEEP_RUN_FILE, type SweepSpec, type SweepPlan, type SweepRun, type SweepResult, type SweepRunRecord } from './sweep.js';
+export { probeSweep, type SweepTiming } from './sweep-probe.js';
 export { LOG_FILE, SUMMARY_FILE, CHECKPOINT_FILE, readLog } from './run-log.js';
