@@ -22,6 +22,7 @@ export * from './cifar.js';
 export * from './download.js';
 export * from './imagefolder.js';
 export * from './decode.js';
+export { DEFAULT_MAX_IMAGE_PIXELS, MAX_PIXELS_ENV, maxImagePixels, setMaxImagePixels } from './image-header.js';
 export { readPickle, NDArray, DType, PickleTuple, PickleGlobal, type PickleValue } from './pickle.js';
 
 /** The name every report must use for the lossy JPEG copy of CIFAR-10. */

@@ -12,3 +12,4 @@ export {
   type SafetensorsEntry, type SafetensorsHeader,
 } from './safetensors.js';
 export { saveWeights, loadWeights, uniqueState, expandAliases, parseAliases, ALIASES_KEY } from './weights.js';
+export { checkStoredConfig, stateShapes, STORED_CONFIG_BOUNDS } from './stored-config.js';

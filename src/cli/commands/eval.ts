@@ -102,6 +102,7 @@ export function register(program: Command): void {
         const counts = countParameters(model);
         const batchSize = o.batchSize ? positiveInt('--batch-size', o.batchSize) : recipe.evalBatchSize;
         const r = evaluate(model, ds, { batchSize, mean: recipe.augment.mean, std: recipe.augment.std, amp: recipe.amp });
+        if (!Number.isFinite(r.loss)) throw new Error(`${o.checkpoint}: the model's outputs on ${ds.name} are not finite (loss ${r.loss}); its weights are broken`);
         const report: EvalReport = {
           checkpoint: o.checkpoint, model: modelName, dataset: ds.name, split: 'test', accuracy: r.accuracy, correct: r.correct, count: r.count, loss: r.loss,
           trainableParams: counts.trainable, unsharedParams: counts.unshared, epoch, epochs,

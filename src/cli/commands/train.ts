@@ -4,7 +4,7 @@ import path from 'node:path';
 import * as t from '../../tensor/index.js';
 import { createModel, modelConfig, loadModelConfigFile, buildFromConfig, type ModelConfig } from '../../models/index.js';
 import { loadRecipe, applyOverrides, parseOverride, listRecipes, type Recipe } from '../../train/recipe.js';
-import { readCheckpoint } from '../../train/checkpoint.js';
+import { readCheckpointMeta } from '../../train/checkpoint.js';
 import { train } from '../../train/trainer.js';
 import { loadSplits } from '../../train/datasets.js';
 import { CHECKPOINT_FILE } from '../../train/run-log.js';
@@ -135,8 +135,12 @@ export function register(program: Command): void {
       let stored: unknown = null;
       if (o.resume) {
         resume = typeof o.resume === 'string' ? o.resume : path.join(o.out, CHECKPOINT_FILE);
-        const ck = readCheckpoint(resume);
-        ck.dispose();
+        // The metadata alone (header only): the trainer loads the tensors once, later.
+        const ck = readCheckpointMeta(resume);
+        const threads = t.runtimeInfo().numThreads;
+        if (ck.meta.threads !== undefined && ck.meta.threads !== threads) {
+          log(`warning: ${resume} was written with ${ck.meta.threads} CPU thread(s), this process uses ${threads}; the run continues, but not bit-exactly (pass --threads ${ck.meta.threads} for that)`);
+        }
         // A resumed run keeps its recipe and model; only its length may change. Flags that
         // repeat the run's own settings (as the run scripts do) are fine.
         const asked = recipeFromFlags(o.recipe ? loadRecipe(o.recipe) : ck.meta.recipe, o);
