@@ -6,15 +6,16 @@
 // system `tar -xJf` into dataDir or ./data); finally the official download when allowed.
 // 'cifar100': the official binary or python folder, or the download.
 
-import { execFile } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createReadStream, existsSync, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
+import { pipeline } from 'node:stream/promises';
+import * as tar from 'tar';
 import { DataError, type ImageDataset, type ProgressFn, type Split } from './types.js';
 import { CIFAR_LAYOUT, findCifar, readCifar, type CifarKind } from './cifar.js';
-import { downloadCifar, type DownloadOptions } from './download.js';
+import { downloadCifar, unsafeMemberReason, type DownloadOptions } from './download.js';
 import { readImageFolder, type ImageFolderOptions } from './imagefolder.js';
 
 export * from './types.js';
@@ -48,6 +49,8 @@ export interface LoadOptions {
   searchDirs?: string[];
   /** Passed to downloadCifar (URL/MD5/size overrides, progress bar). */
   downloadOptions?: Omit<DownloadOptions, 'onProgress'>;
+  /** Use the JPEG copy's archive even when its SHA-256 is not the published one (default false). */
+  allowChecksumMismatch?: boolean;
   /** Passed to readImageFolder (resize, cache, workers). */
   imageFolder?: Omit<ImageFolderOptions, 'onProgress' | 'name'>;
 }
@@ -96,25 +99,59 @@ async function sha256File(file: string): Promise<string> {
 }
 
 /**
- * Extracts `cifar10-jpeg.tar.xz` with the system tar into `<destDir>/cifar10-jpeg` (through a
- * staging folder, so the folder appears complete or not at all). Returns the folder.
+ * Extracts `cifar10-jpeg.tar.xz` into `<destDir>/cifar10-jpeg` (through a staging folder, so the
+ * folder appears complete or not at all). The archive named like the published copy must match
+ * its SHA-256 unless `allowChecksumMismatch`; every member must be a regular file or folder
+ * with a name inside the target (links, devices, `..` and absolute names refuse the archive, as
+ * for the CIFAR download). `xz` decompresses, node-tar unpacks. Returns the folder.
  */
-export async function extractJpegCopy(archive: string, destDir: string, log: (m: string) => void = () => {}): Promise<string> {
+export async function extractJpegCopy(archive: string, destDir: string, log: (m: string) => void = () => {}, o: { allowChecksumMismatch?: boolean } = {}): Promise<string> {
   const final = path.join(destDir, CIFAR10_JPEG_FOLDER);
   if ((await isDir(path.join(final, 'train'))) && (await isDir(path.join(final, 'test')))) return final;
   if (path.basename(archive) === CIFAR10_JPEG_ARCHIVE) {
     const sum = await sha256File(archive);
-    if (sum !== CIFAR10_JPEG_SHA256) log(`warning: ${archive} has sha256 ${sum}, expected ${CIFAR10_JPEG_SHA256} (using it anyway)`);
+    if (sum !== CIFAR10_JPEG_SHA256) {
+      if (!o.allowChecksumMismatch) {
+        throw new DataError(`${archive}: SHA-256 is ${sum}, the published copy's is ${CIFAR10_JPEG_SHA256}: the file is damaged or not that copy; fetch it again, or pass --allow-checksum-mismatch to use it anyway`, { file: archive });
+      }
+      log(`warning: ${archive} has sha256 ${sum}, expected ${CIFAR10_JPEG_SHA256} (using it anyway, as asked)`);
+    }
   }
   await fsp.mkdir(destDir, { recursive: true });
   const staging = await fsp.mkdtemp(path.join(destDir, '.kshare-extract-'));
   log(`extracting ${archive} into ${destDir}`);
   try {
+    const problems: string[] = [];
+    const xz = spawn('xz', ['-dc', '--', path.resolve(archive)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let xzErr = '';
+    xz.stderr.on('data', (d: Buffer) => { xzErr += d.toString(); });
+    const exited = new Promise<number>((resolve, reject) => {
+      xz.on('error', reject);
+      xz.on('close', (code) => resolve(code ?? 1));
+    });
     try {
-      await promisify(execFile)('tar', ['-xJf', path.resolve(archive), '-C', staging, '--no-same-owner', '--no-same-permissions'], { maxBuffer: 1 << 24 });
+      await pipeline(xz.stdout, tar.x({
+        cwd: staging, strict: true, preservePaths: false, preserveOwner: false,
+        filter: (p, e) => {
+          const entry = e as tar.ReadEntry;
+          const why = unsafeMemberReason(p);
+          if (why) problems.push(`unsafe member '${p}' (${why})`);
+          else if (entry.type === 'SymbolicLink' || entry.type === 'Link') problems.push(`member '${p}' is a ${entry.type === 'Link' ? 'hard' : 'symbolic'} link${entry.linkpath ? ` to '${entry.linkpath}'` : ''} (links are not allowed)`);
+          else if (!['File', 'OldFile', 'ContiguousFile', 'Directory'].includes(entry.type)) problems.push(`member '${p}' has type ${entry.type} (only files and folders are allowed)`);
+          else return problems.length === 0;
+          return false;
+        },
+      }));
+      const code = await exited;
+      if (code !== 0) throw new Error(`xz exited with code ${code}: ${xzErr.trim()}`);
     } catch (e) {
-      const err = e as Error & { stderr?: string };
-      throw new DataError(`${archive}: extraction with 'tar -xJf' failed (${(err.stderr || err.message).trim()})`, { file: archive, cause: e });
+      xz.kill();
+      const err = e as NodeJS.ErrnoException;
+      throw new DataError(`${archive}: extraction failed (${err.code === 'ENOENT' && err.syscall?.startsWith('spawn') ? "the 'xz' program is not installed (apt-get install xz-utils)" : err.message})`, { file: archive, cause: e });
+    }
+    if (problems.length) {
+      const more = problems.length > 5 ? ` and ${problems.length - 5} more` : '';
+      throw new DataError(`${archive}: refusing to use this archive: ${problems.slice(0, 5).join('; ')}${more}`, { file: archive });
     }
     const got = path.join(staging, CIFAR10_JPEG_FOLDER);
     for (const s of ['train', 'test'])
@@ -167,7 +204,7 @@ async function loadCifar(kind: CifarKind, opts: LoadOptions): Promise<ImageDatas
       const archive = path.join(dir, CIFAR10_JPEG_ARCHIVE);
       if (existsSync(archive)) {
         opts.onProgress?.(0, 1, 'extract');
-        const folder = await extractJpegCopy(archive, primary, log);
+        const folder = await extractJpegCopy(archive, primary, log, { allowChecksumMismatch: opts.allowChecksumMismatch });
         opts.onProgress?.(1, 1, 'extract');
         log(`${CIFAR10_JPEG_NAME}: image folder ${folder}`);
         return readImageFolder(folder, opts.split, folderOpts);

@@ -15,3 +15,4 @@ export { writeReport, loadRun, markdownTable, markdownReport, aggregate, sharing
 export { readSweepSpec, validateSweepSpec, planSweep, runSweep, runState, estimateLeft, SWEEP_FILE, SWEEP_RUN_FILE, type SweepSpec, type SweepPlan, type SweepRun, type SweepResult, type SweepRunRecord } from './sweep.js';
 export { probeSweep, type SweepTiming } from './sweep-probe.js';
 export { LOG_FILE, SUMMARY_FILE, CHECKPOINT_FILE, readLog } from './run-log.js';
+export { acquireRunLock, removeStaleTemps, processAlive, RunLockedError, LOCK_FILE, type RunLock } from './run-lock.js';

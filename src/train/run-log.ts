@@ -1,5 +1,8 @@
 // What a run leaves for people and tools: a progress bar while it trains, one JSON line per
 // epoch in <out>/log.jsonl and <out>/summary.json at the end (both written atomically).
+// Each epoch writes the checkpoint first, then log.jsonl, then summary.json: after a kill in
+// between, the checkpoint is ahead and is the source of truth (`kshare report` reads its
+// history; a resume rewrites the log from it).
 import { writeFileSync, renameSync, appendFileSync, readFileSync, existsSync } from 'node:fs';
 import path from 'node:path';
 import cliProgress from 'cli-progress';

@@ -17,6 +17,7 @@ import { evaluate } from './evaluate.js';
 import { saveCheckpoint, readCheckpoint, restoreModel, restoreOptimizer, type EpochRecord, type CheckpointMeta, type LoadedCheckpoint } from './checkpoint.js';
 import { EpochProgress, appendLog, rewriteLog, writeJsonAtomic, formatDuration, CHECKPOINT_FILE, SUMMARY_FILE } from './run-log.js';
 import type { Recipe } from './recipe.js';
+import { acquireRunLock } from './run-lock.js';
 
 export class NonFiniteLossError extends Error {}
 
@@ -100,6 +101,8 @@ export async function train(o: TrainOptions): Promise<TrainSummary> {
   const recipe = o.recipe;
   mkdirSync(o.outDir, { recursive: true });
   const ckptFile = path.join(o.outDir, CHECKPOINT_FILE);
+  const lock = acquireRunLock(o.outDir);
+  for (const note of lock.notes) log(`note: ${note}`);
 
   let ck: LoadedCheckpoint | null = null;
   const owned: { dispose(): void }[] = [];
@@ -307,6 +310,7 @@ export async function train(o: TrainOptions): Promise<TrainSummary> {
   } finally {
     ck?.dispose();
     for (const x of owned.reverse()) x.dispose();
+    lock.release();
   }
 }
 

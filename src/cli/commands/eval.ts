@@ -10,6 +10,7 @@ import { evaluate } from '../../train/evaluate.js';
 import { loadSplit } from '../../train/datasets.js';
 import { toDevice, balancedSubset } from '../../data/tensors.js';
 import { buildModel, positiveInt } from './train.js';
+import { DEFAULT_MAX_IMAGE_PIXELS, setMaxImagePixels } from '../../data/image-header.js';
 
 interface EvalCliOptions {
   checkpoint: string;
@@ -24,6 +25,8 @@ interface EvalCliOptions {
   testPerClass?: string;
   download?: boolean;
   config?: string[];
+  allowChecksumMismatch?: boolean;
+  maxImagePixels?: string;
 }
 
 export interface EvalReport {
@@ -58,9 +61,12 @@ export function register(program: Command): void {
     .option('--test-per-class <n>', 'only the first n test images of each class')
     .option('--download', 'download the official dataset when it is not found locally')
     .option('--config <file...>', 'JSON model config file(s) to register first')
+    .option('--allow-checksum-mismatch', 'use a dataset archive whose SHA-256 differs from the published one')
+    .option('--max-image-pixels <n>', `refuse image files with more pixels than this before decoding them (default ${DEFAULT_MAX_IMAGE_PIXELS})`)
     .action(async (o: EvalCliOptions) => {
       for (const f of o.config ?? []) loadModelConfigFile(f);
       if (o.threads !== undefined) t.setNumThreads(positiveInt('--threads', o.threads));
+      if (o.maxImagePixels !== undefined) setMaxImagePixels(positiveInt('--max-image-pixels', o.maxImagePixels));
       const log = o.json ? () => {} : (l: string) => console.log(l);
       let recipe: Recipe;
       let modelName: string;
@@ -90,7 +96,7 @@ export function register(program: Command): void {
         restore = (m) => { loadWeights(m, o.checkpoint); };
       }
       if (!spec) throw new Error('--dataset is required (the checkpoint does not record its dataset)');
-      const test = await loadSplit(spec, 'test', { dataDir: o.dataDir, download: o.download, log, progress: !o.json && !!process.stderr.isTTY });
+      const test = await loadSplit(spec, 'test', { dataDir: o.dataDir, download: o.download, log, progress: !o.json && !!process.stderr.isTTY, allowChecksumMismatch: o.allowChecksumMismatch });
       if (classNames && classNames.join('\n') !== test.classes.join('\n')) {
         throw new Error(`${o.checkpoint} was trained on ${classNames.length} classes (${classNames.slice(0, 3).join(', ')}...), ${spec} has ${test.classes.length} (${test.classes.slice(0, 3).join(', ')}...)`);
       }

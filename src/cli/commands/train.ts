@@ -8,6 +8,7 @@ import { readCheckpointMeta } from '../../train/checkpoint.js';
 import { train } from '../../train/trainer.js';
 import { loadSplits } from '../../train/datasets.js';
 import { CHECKPOINT_FILE } from '../../train/run-log.js';
+import { DEFAULT_MAX_IMAGE_PIXELS, setMaxImagePixels } from '../../data/image-header.js';
 
 export interface TrainCliOptions {
   recipe?: string;
@@ -31,6 +32,8 @@ export interface TrainCliOptions {
   progress: boolean;
   config?: string[];
   channelsLast?: boolean;
+  allowChecksumMismatch?: boolean;
+  maxImagePixels?: string;
 }
 
 export function positiveInt(flag: string, v: string): number {
@@ -123,11 +126,14 @@ export function register(program: Command): void {
     .option('--train-per-class <n>', 'use only the first n training images of each class')
     .option('--test-per-class <n>', 'use only the first n test images of each class')
     .option('--channels-last', 'channels_last memory format (faster depthwise convolutions on CPU)')
+    .option('--allow-checksum-mismatch', 'use a dataset archive whose SHA-256 differs from the published one')
+    .option('--max-image-pixels <n>', `refuse image files with more pixels than this before decoding them (default ${DEFAULT_MAX_IMAGE_PIXELS})`)
     .option('--no-progress', 'no progress bar')
     .option('--config <file...>', 'JSON model config file(s) to register first')
     .action(async (o: TrainCliOptions) => {
       for (const f of o.config ?? []) loadModelConfigFile(f);
       if (o.threads !== undefined) t.setNumThreads(positiveInt('--threads', o.threads));
+      if (o.maxImagePixels !== undefined) setMaxImagePixels(positiveInt('--max-image-pixels', o.maxImagePixels));
       const log = (l: string) => console.log(l);
       let recipe: Recipe;
       let modelName: string;
@@ -156,7 +162,7 @@ export function register(program: Command): void {
         modelName = o.model ?? recipe.model;
       }
       const progress = o.progress && !!process.stderr.isTTY;
-      const { train: trainSet, test: testSet } = await loadSplits(o.dataset, { dataDir: o.dataDir, download: o.download, log, progress });
+      const { train: trainSet, test: testSet } = await loadSplits(o.dataset, { dataDir: o.dataDir, download: o.download, log, progress, allowChecksumMismatch: o.allowChecksumMismatch });
       const classes = trainSet.classes.length;
       const build = buildModel(modelName, classes, stored);
       let config: unknown = stored;
