@@ -3,10 +3,12 @@
 // is refused with the holder's PID; a lock left by a process that no longer exists (kill -9,
 // power loss) is reported and taken over. While the lock is held no other kshare process
 // writes to the folder, so temp files of dead processes found there are stale and removed.
+// The lock appears atomically with its content (hard link of a private file), so a reader never
+// sees it empty.
 //
 // Hand-written rather than proper-lockfile: that package detects staleness by mtime (a live but
 // busy run must keep touching the lock) and does not record who holds it.
-import { closeSync, openSync, readFileSync, readdirSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import { linkSync, readFileSync, readdirSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
@@ -51,49 +53,20 @@ function readRecord(file: string): LockRecord | null {
 
 /**
  * Takes the run folder's lock or throws RunLockedError naming the holder's PID. A lock whose
- * process is gone is replaced (and said so in `notes`), as is an unreadable lock older than a
- * minute (a crash between creating and writing it).
+ * process is gone is replaced (and said so in `notes`), as is an unreadable (damaged) lock.
  */
 export function acquireRunLock(outDir: string): RunLock {
   const file = path.join(outDir, LOCK_FILE);
   const notes: string[] = [];
   const record: LockRecord = { pid: process.pid, host: os.hostname(), started: new Date().toISOString(), command: process.argv.slice(1).join(' ').slice(0, 300) };
-  for (let attempt = 0; ; attempt++) {
-    let fd: number;
-    try {
-      fd = openSync(file, 'wx');
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EEXIST' || attempt >= 3) throw e;
-      const held = readRecord(file);
-      let ino: number;
-      let age: number;
-      try {
-        const st = statSync(file);
-        ino = st.ino;
-        age = Date.now() - st.mtimeMs;
-      } catch {
-        continue; // released meanwhile: try again
-      }
-      if (held && held.host !== record.host) {
-        throw new RunLockedError(`${outDir} is in use by process ${held.pid} on host ${held.host} (since ${held.started}); if that run is gone, delete ${file}`, held.pid);
-      }
-      if (held ? processAlive(held.pid) : age < 60_000) {
-        const who = held ? `process ${held.pid} (started ${held.started}${held.command ? `: ${held.command}` : ''})` : 'another process that is starting';
-        throw new RunLockedError(`${outDir} is in use by ${who}; two runs cannot share a run folder: wait for it to finish, stop it, or choose another --out (if no kshare run is using it, delete ${file})`, held?.pid ?? 0);
-      }
-      // Stale: remove it only if it is still the file we looked at, then race for a new one.
-      try {
-        if (statSync(file).ino === ino) unlinkSync(file);
-      } catch { /* someone else removed it */ }
-      notes.push(held ? `removed a stale lock of process ${held.pid} (started ${held.started}), which no longer runs` : `removed an unreadable stale lock ${file}`);
-      continue;
-    }
-    try {
-      writeSync(fd, JSON.stringify(record) + '\n');
-    } finally {
-      closeSync(fd);
-    }
-    break;
+  // The record is written to a private file first and hard-linked into place: link() fails
+  // if the lock exists, and a lock that exists is never empty (no half-written window).
+  const mine = `${file}.${process.pid}.tmp`;
+  writeFileSync(mine, JSON.stringify(record) + '\n');
+  try {
+    takeLock(file, mine, record, outDir, notes);
+  } finally {
+    try { unlinkSync(mine); } catch { /* gone */ }
   }
   let held = true;
   const release = () => {
@@ -110,6 +83,37 @@ export function acquireRunLock(outDir: string): RunLock {
   process.on('exit', release);
   notes.push(...removeStaleTemps(outDir));
   return { file, notes, release };
+}
+
+function takeLock(file: string, mine: string, record: LockRecord, outDir: string, notes: string[]): void {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      linkSync(mine, file);
+      return;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST' || attempt >= 3) throw e;
+      const held = readRecord(file);
+      let ino: number;
+      try {
+        ino = statSync(file).ino;
+      } catch {
+        continue; // released meanwhile: try again
+      }
+      if (held && held.host !== record.host) {
+        throw new RunLockedError(`${outDir} is in use by process ${held.pid} on host ${held.host} (since ${held.started}); if that run is gone, delete ${file}`, held.pid);
+      }
+      if (held && processAlive(held.pid)) {
+        throw new RunLockedError(
+          `${outDir} is in use by process ${held.pid} (started ${held.started}${held.command ? `: ${held.command}` : ''}); two runs cannot share a run folder: ` +
+          `wait for it to finish, stop it, or choose another --out (if no kshare run is using it, delete ${file})`, held.pid);
+      }
+      // Stale: remove it only if it is still the file we looked at, then race for a new one.
+      try {
+        if (statSync(file).ino === ino) unlinkSync(file);
+      } catch { /* someone else removed it */ }
+      notes.push(held ? `removed a stale lock of process ${held.pid} (started ${held.started}), which no longer runs` : `removed a damaged lock file ${file}`);
+    }
+  }
 }
 
 /**
