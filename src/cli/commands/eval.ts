@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import * as t from '../../tensor/index.js';
 import type { Module } from '../../nn/index.js';
 import { loadWeights, loadModelConfigFile } from '../../models/index.js';
-import { readCheckpoint, restoreModel } from '../../train/checkpoint.js';
+import { readCheckpoint, readCheckpointMeta, restoreModel } from '../../train/checkpoint.js';
 import { loadRecipe, type Recipe } from '../../train/recipe.js';
 import { countParameters } from '../../train/trainer.js';
 import { evaluate } from '../../train/evaluate.js';
@@ -77,7 +77,8 @@ export function register(program: Command): void {
       let stored: unknown = null;
       let isCheckpoint = true;
       try {
-        const ck = readCheckpoint(o.checkpoint);
+        // Metadata only for now: the tensors are loaded once the model is built.
+        const ck = readCheckpointMeta(o.checkpoint);
         recipe = ck.meta.recipe;
         modelName = ck.meta.modelName;
         stored = ck.meta.modelConfig;
@@ -85,8 +86,14 @@ export function register(program: Command): void {
         epoch = ck.meta.epoch;
         epochs = ck.meta.recipe.epochs;
         classNames = ck.meta.classes;
-        restore = (m) => restoreModel(m, ck);
-        process.once('exit', () => ck.dispose());
+        restore = (m) => {
+          const loaded = readCheckpoint(o.checkpoint);
+          try {
+            restoreModel(m, loaded);
+          } finally {
+            loaded.dispose();
+          }
+        };
       } catch (e) {
         if (!/not a kshare training checkpoint/.test((e as Error).message)) throw e;
         isCheckpoint = false;
