@@ -789,14 +789,16 @@ describe('loadDataset', () => {
     assert.equal(r.status, 0, String(r.stderr));
     const dataDir = tmp('ldj');
     const logs: string[] = [];
-    const ds = await loadDataset('cifar10', { dataDir, split: 'train', searchDirs: [tmp('nothing'), shared], log: (m) => void logs.push(m) });
+    // The stand-in is not the published archive: refused unless the caller accepts that.
+    await rejectsData(loadDataset('cifar10', { dataDir, split: 'train', searchDirs: [tmp('nothing'), shared] }), /cifar10-jpeg\.tar\.xz: SHA-256 is [0-9a-f]{64}, the published copy's is .*--allow-checksum-mismatch/);
+    const ds = await loadDataset('cifar10', { dataDir, split: 'train', searchDirs: [tmp('nothing'), shared], log: (m) => void logs.push(m), allowChecksumMismatch: true });
     assert.equal(ds.name, CIFAR10_JPEG_NAME);
     assert.equal(ds.name, 'CIFAR-10 (JPEG copy)');
     assert.equal(ds.count, 5);
     assert.deepEqual(ds.classes, ['cat', 'dog', 'zebra']);
     assert.ok(fs.existsSync(path.join(dataDir, 'cifar10-jpeg', 'test', 'dog', 'b.png')), 'extracted into dataDir');
     assert.deepEqual(fs.readdirSync(dataDir), ['cifar10-jpeg']); // no staging left
-    assert.ok(logs.some((l) => /sha256/.test(l)), 'stand-in archive has another sha256: warned');
+    assert.ok(logs.some((l) => /sha256 .*using it anyway, as asked/.test(l)), 'stand-in archive has another sha256: warned');
     // second time: the extracted folder is used (archive gone proves no re-extraction)
     fs.rmSync(path.join(shared, 'cifar10-jpeg.tar.xz'));
     const again = await loadDataset('cifar10', { dataDir, split: 'test', searchDirs: [shared] });

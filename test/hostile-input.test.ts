@@ -5,7 +5,7 @@
 // without the gigabytes it used to allocate.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync, openSync, ftruncateSync, closeSync, existsSync, symlinkSync, lstatSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -64,11 +64,11 @@ test('a truncated or short PNG is an error naming the file, never zero-filled ro
   const whole = pngClaiming(64, 48);
   assert.equal(decodeImage(whole, 'ok.png').chw.length, 3 * 64 * 48);
   // Cut before IEND, cut inside the data, and a complete file whose data holds one row of 48.
-  await refusedQuickly(() => decodeImage(whole.subarray(0, whole.length - 12), 'cut.png'), /^cut\.png: corrupt or truncated PNG \(no IEND chunk/, 200, 20);
-  await refusedQuickly(() => decodeImage(whole.subarray(0, 60), 'cut2.png'), /^cut2\.png: corrupt or truncated PNG \(chunk IDAT of \d+ bytes runs past the end/, 200, 20);
-  await refusedQuickly(() => decodeImage(pngClaiming(64, 48, { rows: 1, fill: 0 }), 'short.png'), /^short\.png: corrupt or truncated PNG \(its image data holds 193 bytes, a 64x48 image needs 9264\)/, 200, 20);
+  await refusedQuickly(() => decodeImage(whole.subarray(0, whole.length - 12), 'cut.png'), /^cut\.png: cannot decode PNG: the file is corrupt or truncated \(no IEND chunk/, 200, 20);
+  await refusedQuickly(() => decodeImage(whole.subarray(0, 60), 'cut2.png'), /^cut2\.png: cannot decode PNG: the file is corrupt or truncated \(chunk IDAT of \d+ bytes runs past the end/, 200, 20);
+  await refusedQuickly(() => decodeImage(pngClaiming(64, 48, { rows: 1, fill: 0 }), 'short.png'), /^short\.png: cannot decode PNG: the file is corrupt or truncated \(its image data holds 193 bytes, a 64x48 image needs 9264\)/, 200, 20);
   // Under the limit but big: refused after one bounded inflate, not after a 1-GB decode.
-  await refusedQuickly(() => decodeImage(pngClaiming(6000, 6000, { rows: 1, fill: 0 }), 'big.png'), /big\.png: corrupt or truncated PNG \(its image data holds 18001 bytes/, 1500, 100);
+  await refusedQuickly(() => decodeImage(pngClaiming(6000, 6000, { rows: 1, fill: 0 }), 'big.png'), /big\.png: cannot decode PNG: the file is corrupt or truncated \(its image data holds 18001 bytes/, 1500, 100);
 });
 
 test('interlaced PNGs (Adam7) still decode', () => {
@@ -77,7 +77,7 @@ test('interlaced PNGs (Adam7) still decode', () => {
     assert.equal(img.width, w);
     assert.ok(img.chw.every((v) => v === 77), `${w}x${h}`);
   }
-  assert.throws(() => decodeImage(pngClaiming(9, 17, { interlace: true, rows: 5 }), 'i.png'), /i\.png: corrupt or truncated PNG/);
+  assert.throws(() => decodeImage(pngClaiming(9, 17, { interlace: true, rows: 5 }), 'i.png'), /i\.png: cannot decode PNG: the file is corrupt or truncated/);
 });
 
 test('the limit can be raised (option or environment) and applies to JPEG too; a truncated JPEG is an error', async () => {
@@ -91,9 +91,9 @@ test('the limit can be raised (option or environment) and applies to JPEG too; a
     setMaxImagePixels(1000);
     assert.throws(() => decodeImage(jpg, 'b.jpg'), /b\.jpg: JPEG of 40x30 \(0\.0 megapixels\) exceeds/);
     process.env[MAX_PIXELS_ENV] = '20000000';
-    assert.throws(() => decodeImage(claim, 'a.png'), /a\.png: corrupt or truncated PNG/, 'raised: now the truncation is what is wrong');
+    assert.throws(() => decodeImage(claim, 'a.png'), /a\.png: cannot decode PNG: the file is corrupt or truncated/, 'raised: now the truncation is what is wrong');
     assert.equal(decodeImage(jpg, 'b.jpg').width, 40);
-    await refusedQuickly(() => decodeImage(jpg.subarray(0, jpg.length - 40), 'cut.jpg'), /cut\.jpg: truncated JPEG/, 200, 20);
+    await refusedQuickly(() => decodeImage(jpg.subarray(0, jpg.length - 40), 'cut.jpg'), /cut\.jpg: cannot decode JPEG: the file is corrupt or truncated \(no end-of-image marker/, 200, 20);
     // A JPEG frame header claiming 30000x30000: refused before jpeg-js allocates.
     const big = Buffer.from(jpg);
     const sof = big.indexOf(Buffer.from([0xff, 0xc0]));
@@ -125,7 +125,7 @@ test('a bad image in a dataset folder gives its name and the reason (main thread
   });
   await refusedQuickly(() => readImageFolder(root, 'train', { cache: false }), /bombs\/train\/a\/0\.png: PNG of 20000x20000 .* exceeds/, 1500, 50);
   await refusedQuickly(() => readImageFolder(root, 'train', { cache: false, resize: 8 }), /bombs\/train\/a\/0\.png: PNG of 20000x20000/, 1500, 50);
-  await refusedQuickly(() => readImageFolder(root, 'test', { cache: false, workers: 1 }), /bombs\/test\/b\/1\.png: corrupt or truncated PNG/, 3000, 80);
+  await refusedQuickly(() => readImageFolder(root, 'test', { cache: false, workers: 1 }), /bombs\/test\/b\/1\.png: cannot decode PNG: the file is corrupt or truncated/, 3000, 80);
 });
 
 test('a dataset folder too big to hold decoded is refused by name before allocating', async () => {
@@ -343,4 +343,23 @@ test('the JPEG copy\'s archive: a checksum mismatch refuses unless asked; links 
 
   const fifo = tarXz('fifo', (r) => execFileSync('mkfifo', [path.join(r, 'cifar10-jpeg', 'train', 'cat', 'pipe.jpg')]));
   await assert.rejects(extractJpegCopy(fifo, file('fifo-out'), () => {}, { allowChecksumMismatch: true }), /member 'cifar10-jpeg\/train\/cat\/pipe\.jpg' has type FIFO \(only files and folders are allowed\)/);
+});
+
+test('kshare eval and predict refuse a weights file with infinite values instead of printing NaN', () => {
+  const CLI = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../src/cli/main.js');
+  const px = pngClaiming(16, 16, { fill: 90 });
+  const root = imageFolder('evalset', { 'train/a/0.png': px, 'train/b/0.png': px, 'test/a/0.png': px, 'test/b/0.png': px });
+  t.manualSeed(0);
+  const m = createModel(MODEL, { classes: 2 });
+  t.noGrad(() => t.fill_(m.stateDict().get('0.bias')!, -Infinity));
+  const w = file('eval-inf.safetensors');
+  saveWeights(m, w, { 'kshare.model': MODEL, 'kshare.classes': '2' });
+  m.dispose();
+  const ev = spawnSync(process.execPath, [CLI, 'eval', '--checkpoint', w, '--model', MODEL, '--recipe', 'convmixer', '--dataset', root, '--threads', '1'], { encoding: 'utf8' });
+  assert.equal(ev.status, 1, ev.stdout);
+  assert.match(ev.stderr, /eval-inf\.safetensors: tensor '0\.bias' holds NaN or infinite values/);
+  const pr = spawnSync(process.execPath, [CLI, 'predict', w, path.join(root, 'test/a/0.png')], { encoding: 'utf8' });
+  assert.equal(pr.status, 1, pr.stdout);
+  assert.doesNotMatch(pr.stdout, /NaN%/);
+  assert.match(pr.stderr, /eval-inf\.safetensors: tensor '0\.bias' holds NaN or infinite values/);
 });

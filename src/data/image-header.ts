@@ -40,7 +40,7 @@ const PNG_CHANNELS: Record<number, number> = { 0: 1, 2: 3, 3: 1, 4: 2, 6: 4 };
 const PNG_DEPTHS: Record<number, number[]> = { 0: [1, 2, 4, 8, 16], 2: [8, 16], 3: [1, 2, 4, 8], 4: [8, 16], 6: [8, 16] };
 
 function corrupt(file: string, why: string): never {
-  throw new DataError(`${file}: corrupt or truncated PNG (${why})`, { file });
+  throw new DataError(`${file}: cannot decode PNG: the file is corrupt or truncated (${why})`, { file });
 }
 
 /** Bytes of the filtered scanlines of a width x height image (one filter byte per row). */
@@ -114,12 +114,12 @@ function checkPixels(file: string, kind: string, width: number, height: number):
 export function checkImageFile(buf: Uint8Array, kind: 'png' | 'jpeg', file: string): void {
   if (kind === 'jpeg') {
     const s = jpegSize(buf);
-    if (!s) throw new DataError(`${file}: corrupt or truncated JPEG (no frame header before the image data)`, { file });
-    if (s.width === 0 || s.height === 0) throw new DataError(`${file}: corrupt JPEG (size ${s.width}x${s.height})`, { file });
+    if (!s) throw new DataError(`${file}: cannot decode JPEG: the file is corrupt or truncated (no frame header before the image data)`, { file });
+    if (s.width === 0 || s.height === 0) throw new DataError(`${file}: cannot decode JPEG: the file is corrupt (size ${s.width}x${s.height})`, { file });
     checkPixels(file, 'JPEG', s.width, s.height);
     let end = buf.length;
     while (end > s.scanAt && !(buf[end - 2] === 0xff && buf[end - 1] === 0xd9)) end--;
-    if (end <= s.scanAt) throw new DataError(`${file}: truncated JPEG (no end-of-image marker after the image data)`, { file });
+    if (end <= s.scanAt) throw new DataError(`${file}: cannot decode JPEG: the file is corrupt or truncated (no end-of-image marker after the image data)`, { file });
     return;
   }
   const hd = pngHeader(buf, file);

@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import * as t from '../../tensor/index.js';
 import type { Module } from '../../nn/index.js';
 import { loadWeights, loadModelConfigFile } from '../../models/index.js';
-import { readCheckpoint, readCheckpointMeta, restoreModel } from '../../train/checkpoint.js';
+import { assertFinite, readCheckpoint, readCheckpointMeta, restoreModel } from '../../train/checkpoint.js';
 import { loadRecipe, type Recipe } from '../../train/recipe.js';
 import { countParameters } from '../../train/trainer.js';
 import { evaluate } from '../../train/evaluate.js';
@@ -100,7 +100,10 @@ export function register(program: Command): void {
         if (!o.model) throw new Error(`${o.checkpoint} is a weights file, not a training checkpoint: give --model (and --recipe for its normalisation)`);
         modelName = o.model;
         recipe = loadRecipe(o.recipe ?? (modelName.startsWith('se_resnet') ? 'seresnet' : 'convmixer'));
-        restore = (m) => { loadWeights(m, o.checkpoint); };
+        restore = (m) => {
+          loadWeights(m, o.checkpoint);
+          assertFinite(o.checkpoint, new Map(m.stateDict()));
+        };
       }
       if (!spec) throw new Error('--dataset is required (the checkpoint does not record its dataset)');
       const test = await loadSplit(spec, 'test', { dataDir: o.dataDir, download: o.download, log, progress: !o.json && !!process.stderr.isTTY, allowChecksumMismatch: o.allowChecksumMismatch });
