@@ -21,6 +21,7 @@ import { modelFromCheckpoint } from '../src/export/model-source.js';
 import { infoFromModel } from '../src/export/model-info.js';
 import { topK } from '../src/export/predict.js';
 import type { ModelProto } from '../src/export/onnx-schema.js';
+import { skipUnless } from './helpers/prerequisites.js';
 import { pngClaiming, writeManyEntrySafetensors, rewriteCheckpointMeta, rewriteHeader } from './helpers/hostile-files.js';
 
 const dir = mkdtempSync(path.join(tmpdir(), 'kshare-hostile-'));
@@ -321,7 +322,9 @@ function tarXz(name: string, build: (root: string) => void): string {
   return out;
 }
 
-test('the JPEG copy\'s archive: a checksum mismatch refuses unless asked; links and other member types are refused', async () => {
+const needTar = skipUnless(['tar', 'xz'].every((p) => spawnSync(p, ['--version']).status === 0), 'tar and xz', 'install tar and xz-utils (scripts/setup.sh does)');
+
+test('the JPEG copy\'s archive: a checksum mismatch refuses unless asked; links and other member types are refused', { skip: needTar }, async () => {
   const clean = tarXz('clean', (r) => writeFileSync(path.join(r, 'cifar10-jpeg', 'train', 'cat', '0001.png'), pngClaiming(4, 4)));
   const dest = file('clean-out');
   await assert.rejects(extractJpegCopy(clean, dest), (e: Error) => {
