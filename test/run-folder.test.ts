@@ -58,25 +58,43 @@ const epochsOf = (out: string) => readFileSync(path.join(out, 'log.jsonl'), 'utf
 
 test('two kshare train processes started together on one --out: one runs, the other is refused naming its PID', async () => {
   const out = path.join(root, 'together');
-  // Long enough that the loser, started at the same moment, reaches the lock while the winner holds it.
-  const args = ['train', ...common, '--threads', '1', '--out', out, '--epochs', '5'];
+  // A long run each: the winner holds the folder until it is interrupted below, so the loser
+  // meets the lock however the two are scheduled.
+  const args = ['train', ...common, '--threads', '1', '--out', out, '--epochs', '500'];
   const a = start(args);
   const b = start(args);
-  const [ra, rb] = await Promise.all([a.done, b.done]);
-  const [win, lose, winPid] = ra.code === 0 ? [ra, rb, a.child.pid] : [rb, ra, b.child.pid];
+  let timer: NodeJS.Timeout | undefined;
+  const stuck = new Promise<null>((resolve) => { timer = setTimeout(() => resolve(null), 180_000); });
+  const first = await Promise.race([a.done.then((r) => ({ r, loser: a, winner: b })), b.done.then((r) => ({ r, loser: b, winner: a })), stuck]);
+  clearTimeout(timer);
+  if (!first) {
+    a.child.kill('SIGKILL');
+    b.child.kill('SIGKILL');
+    await Promise.all([a.done, b.done]);
+    assert.fail('neither process was refused: both were still training after 180 s');
+  }
+  const { r: lose, winner } = first;
+  assert.equal(lose.code, 1, `the first to exit should be the refused one:\n${lose.out}\n${lose.err}`);
+  assert.match(lose.err, new RegExp(`kshare: .*together is in use by process ${winner.child.pid} \\(started .*\\); two runs cannot share a run folder`), `the other process said:\n${lose.out}\n${lose.err}`);
+  const ckpt = path.join(out, 'checkpoint.safetensors');
+  const deadline = Date.now() + 240_000;
+  while (!existsSync(ckpt) && Date.now() < deadline && winner.child.exitCode === null) await new Promise((r) => setTimeout(r, 100));
+  winner.child.kill('SIGINT'); // Ctrl-C: checkpoint after this step and stop
+  const win = await winner.done;
   assert.equal(win.code, 0, win.err);
-  assert.match(win.out, /completed: .* after 5\/5 epochs/);
-  assert.equal(lose.code, 1, `both exited 0?\n${lose.out}`);
-  assert.match(lose.err, new RegExp(`kshare: .*together is in use by process ${winPid} \\(started .*\\); two runs cannot share a run folder`), `the other process said:\n${lose.out}\n${lose.err}`);
-  assert.deepEqual(epochsOf(out), [1, 2, 3, 4, 5], 'one run\'s epochs, not 1,1,2,2,3,3...');
+  assert.match(win.out, /interrupted: .* after (\d+)\/500 epochs/);
+  const n = Number(/after (\d+)\/500 epochs/.exec(win.out)![1]);
+  assert.ok(n >= 1, 'at least one epoch done');
+  assert.deepEqual(epochsOf(out), Array.from({ length: n }, (_, i) => i + 1), 'one run\'s epochs, not 1,1,2,2,...');
   assert.ok(!existsSync(path.join(out, LOCK_FILE)), 'the lock is released at the end');
 
   // Report after a kill right after the checkpoint rename: log and summary one epoch behind.
   const summary = JSON.parse(readFileSync(path.join(out, 'summary.json'), 'utf8')) as { epochsDone: number; status: string; history: unknown[] };
-  writeFileSync(path.join(out, 'log.jsonl'), readFileSync(path.join(out, 'log.jsonl'), 'utf8').trim().split('\n').slice(0, 4).join('\n') + '\n');
-  writeFileSync(path.join(out, 'summary.json'), JSON.stringify({ ...summary, epochsDone: 4, status: 'running', history: summary.history.slice(0, 4) }));
+  const lines = readFileSync(path.join(out, 'log.jsonl'), 'utf8').trim().split('\n').slice(0, n - 1);
+  writeFileSync(path.join(out, 'log.jsonl'), lines.map((l) => `${l}\n`).join(''));
+  writeFileSync(path.join(out, 'summary.json'), JSON.stringify({ ...summary, epochsDone: n - 1, status: 'running', history: summary.history.slice(0, n - 1) }));
   const r = loadRun(out);
-  assert.deepEqual(r.history.map((h) => h.epoch), [1, 2, 3, 4, 5], 'the checkpoint\'s history');
+  assert.deepEqual(r.history.map((h) => h.epoch), Array.from({ length: n }, (_, i) => i + 1), 'the checkpoint\'s history');
   assert.equal(r.status, 'interrupted');
 });
 
