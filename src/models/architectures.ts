@@ -3,8 +3,10 @@
 import type { ArchitectureSpec } from './spec.js';
 import { convmixerSpec } from './convmixer.js';
 import { seResnetSpec } from './se-resnet.js';
+import { resnetSpec } from './resnet.js';
 
 export const BUILTIN_ARCHITECTURES: readonly ArchitectureSpec<never>[] = [
   convmixerSpec,
   seResnetSpec,
+  resnetSpec,
 ] as unknown as ArchitectureSpec<never>[];
