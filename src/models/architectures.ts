@@ -4,9 +4,11 @@ import type { ArchitectureSpec } from './spec.js';
 import { convmixerSpec } from './convmixer.js';
 import { seResnetSpec } from './se-resnet.js';
 import { resnetSpec } from './resnet.js';
+import { mobilenetv2Spec } from './mobilenetv2.js';
 
 export const BUILTIN_ARCHITECTURES: readonly ArchitectureSpec<never>[] = [
   convmixerSpec,
   seResnetSpec,
   resnetSpec,
+  mobilenetv2Spec,
 ] as unknown as ArchitectureSpec<never>[];
