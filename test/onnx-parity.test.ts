@@ -9,6 +9,8 @@ import { fileURLToPath } from 'node:url';
 import * as ort from 'onnxruntime-node';
 import { exportOnnx } from '../src/export/export-onnx.js';
 import { recommendedSessionOptions } from '../src/export/ort-session.js';
+import { sharedConvWeights } from '../src/export/onnx-inspect.js';
+import { decodeModel } from '../src/export/onnx-schema.js';
 import { prepareImage } from '../src/export/image-input.js';
 import { topK } from '../src/export/predict.js';
 import * as t from '../src/tensor/index.js';
@@ -45,6 +47,7 @@ async function ortLogits(bytes: Uint8Array, input: Float32Array, n: number, opti
 // Every built-in architecture, shared and unshared (checked below, so a new one cannot be forgotten).
 const PARITY_MODELS: [string, number][] = [
   ['convmixer_256_16_shared', 2], ['convmixer_256_16', 0], ['se_resnet_d_2_full_shared', 3], ['se_resnet_d_2', 0],
+  ['resnet18_cifar_shared', 4], ['resnet18', 0], ['resnet50_cifar_shared', 4], ['mobilenetv2_050_cifar_shared', 12], ['mobilenetv2_100_cifar', 0],
 ];
 
 test('the parity list covers every built-in architecture', () => {
@@ -64,6 +67,7 @@ for (const [name, sharedKernels] of PARITY_MODELS) {
       input.set(randomInput(1, 7), img.length);
       const ref = kshareLogits(src.model, input, [2, 3, 32, 32]);
       const { bytes, stats } = exportOnnx(src.model, src.info);
+      assert.equal(sharedConvWeights(decodeModel(bytes)).length, sharedKernels, 'one initializer per shared kernel');
       assert.equal(stats.sharedWeights > 0, sharedKernels > 0);
       for (const [label, options] of [
         ['recommended options', recommendedSessionOptions(sharedKernels, { threads: 1 })],
