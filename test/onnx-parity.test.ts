@@ -19,7 +19,6 @@ import { Conv2d } from '../src/nn/conv.js';
 import { BatchNorm2d } from '../src/nn/batchnorm.js';
 import { Linear } from '../src/nn/linear.js';
 import { SqueezeExcitation } from '../src/nn/squeeze-excitation.js';
-import { SharedKernel } from '../src/nn/shared-kernel.js';
 import { AdaptiveAvgPool2d, Dropout, Flatten, GELU, ReLU, Sigmoid } from '../src/nn/activation.js';
 import { Module } from '../src/nn/module.js';
 import { createModel, registerModel, modelConfig } from '../src/models/registry.js';

@@ -46,7 +46,12 @@ print(json.dumps({'logits': enc(y), 'params': sum(p.numel() for p in net.paramet
                   'keys': list(sd.keys()), 'shapes': [list(v.shape) for v in sd.values()]}))
 `;
 
-interface PyOut { logits: Encoded; params: number; keys: string[]; shapes: number[][] }
+interface PyOut {
+  logits: Encoded;
+  params: number;
+  keys: string[];
+  shapes: number[][];
+}
 
 for (const name of ['resnet18', 'resnet50', 'resnet18_cifar', 'mobilenetv2_100', 'mobilenetv2_050', 'mobilenetv2_100_cifar']) {
   test(`${name}: torchvision's parameter count and state-dict keys, and its logits with its weights`, () => {
@@ -60,7 +65,11 @@ for (const name of ['resnet18', 'resnet50', 'resnet18_cifar', 'mobilenetv2_100',
       assert.equal(model.numParameters(), py.params, 'parameter count');
       const sd = model.stateDict();
       assert.deepEqual([...sd.keys()], py.keys, 'state-dict keys in order');
-      assert.deepEqual([...sd.values()].map((v) => v.shape), py.shapes, 'shapes');
+      assert.deepEqual(
+        [...sd.values()].map((v) => v.shape),
+        py.shapes,
+        'shapes',
+      );
       const { tensors } = loadSafetensors(file);
       try {
         model.loadStateDict(tensors);

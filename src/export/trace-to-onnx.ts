@@ -13,7 +13,10 @@ import { attr, hostValues, type AttrValue, type OnnxGraphBuilder } from './onnx-
 /** Batch size of the traced pass: 2, so a reshape that keeps the batch is told from one to 1. */
 const TRACE_BATCH = 2;
 
-interface Layer { path: string; module: Module }
+interface Layer {
+  path: string;
+  module: Module;
+}
 
 /** What a mapping rule sees of one traced op. */
 interface OpContext {
@@ -36,22 +39,30 @@ type Rule = (c: OpContext) => string;
 const arg = (c: OpContext, i: number): KernelArg => c.call.args[i];
 const num = (c: OpContext, i: number, dflt: number): number => (typeof c.call.args[i] === 'number' ? (c.call.args[i] as number) : dflt);
 const ints = (c: OpContext, i: number): number[] => [...(c.call.args[i] as readonly number[])];
-const unary = (opType: string): Rule => (c) => c.node(opType, [c.value(arg(c, 0))]);
+const unary =
+  (opType: string): Rule =>
+  (c) =>
+    c.node(opType, [c.value(arg(c, 0))]);
 const identity: Rule = (c) => c.value(arg(c, 0));
 
 /** a ∘ b where b may be a tensor or a Python-style scalar. */
-const binary = (opType: string): Rule => (c) => {
-  const b = arg(c, 1);
-  return c.node(opType, [c.value(arg(c, 0)), typeof b === 'number' ? c.scalar(b) : c.value(b)]);
-};
+const binary =
+  (opType: string): Rule =>
+  (c) => {
+    const b = arg(c, 1);
+    return c.node(opType, [c.value(arg(c, 0)), typeof b === 'number' ? c.scalar(b) : c.value(b)]);
+  };
 
 function convRule(c: OpContext, pads: number[]): string {
   const [, , kh, kw] = c.shape(arg(c, 1));
   const inputs = [c.value(arg(c, 0)), c.value(arg(c, 1))];
   if (arg(c, 2)) inputs.push(c.value(arg(c, 2)));
   return c.node('Conv', inputs, {
-    kernel_shape: attr.ints([kh!, kw!]), strides: attr.ints(ints(c, 3)), pads: attr.ints(pads),
-    dilations: attr.ints(ints(c, 5)), group: attr.int(arg(c, 6) as number),
+    kernel_shape: attr.ints([kh!, kw!]),
+    strides: attr.ints(ints(c, 3)),
+    pads: attr.ints(pads),
+    dilations: attr.ints(ints(c, 5)),
+    group: attr.int(arg(c, 6) as number),
   });
 }
 
@@ -66,7 +77,8 @@ const RULES: Partial<Record<KernelName, Rule>> = {
     // PyTorch's 'same': total padding d·(k-1), the odd pixel on the bottom/right.
     const [, , kh, kw] = c.shape(arg(c, 1));
     const [dh, dw] = ints(c, 5);
-    const th = dh! * (kh! - 1), tw = dw! * (kw! - 1);
+    const th = dh! * (kh! - 1),
+      tw = dw! * (kw! - 1);
     return convRule(c, [Math.floor(th / 2), Math.floor(tw / 2), th - Math.floor(th / 2), tw - Math.floor(tw / 2)]);
   },
   batchNorm: (c) => {
@@ -79,17 +91,28 @@ const RULES: Partial<Record<KernelName, Rule>> = {
       // also how libtorch computes it. Writing s and h as the node's scale and bias (mean 0,
       // var 1, ε 0 as constants shared by every BN of that width) stores 2 vectors per BN, not 4.
       const read = (i: number, fill: number) => (weights[i] ? hostValues(weights[i]!, 'float32') : new Float32Array(n).fill(fill));
-      const gamma = read(0, 1), beta = read(1, 0), mu = read(2, 0), sigma2 = read(3, 1);
-      const scale = new Float32Array(n), shift = new Float32Array(n);
+      const gamma = read(0, 1),
+        beta = read(1, 0),
+        mu = read(2, 0),
+        sigma2 = read(3, 1);
+      const scale = new Float32Array(n),
+        shift = new Float32Array(n);
       for (let i = 0; i < n; i++) {
         const s = gamma[i]! / Math.sqrt(sigma2[i]! + (eps as number));
         scale[i] = s;
         shift[i] = beta[i]! - mu[i]! * s;
       }
-      return c.node('BatchNormalization', [
-        c.value(x), c.g.derivedWeight(scale, [n], `${c.hint}.scale`), c.g.derivedWeight(shift, [n], `${c.hint}.shift`),
-        c.g.constFloat(new Float32Array(n), [n], `zeros_${n}`), c.g.constFloat(new Float32Array(n).fill(1), [n], `ones_${n}`),
-      ], { epsilon: attr.float(0) });
+      return c.node(
+        'BatchNormalization',
+        [
+          c.value(x),
+          c.g.derivedWeight(scale, [n], `${c.hint}.scale`),
+          c.g.derivedWeight(shift, [n], `${c.hint}.shift`),
+          c.g.constFloat(new Float32Array(n), [n], `zeros_${n}`),
+          c.g.constFloat(new Float32Array(n).fill(1), [n], `ones_${n}`),
+        ],
+        { epsilon: attr.float(0) },
+      );
     }
     const vec = (a: KernelArg, fill: number) => (a ? c.value(a) : c.g.constFloat(new Float32Array(n).fill(fill), [n], fill ? `ones_${n}` : `zeros_${n}`));
     return c.node('BatchNormalization', [c.value(x), vec(w, 1), vec(b, 0), vec(mean, 0), vec(variance, 1)], { epsilon: attr.float(eps as number) });
@@ -116,7 +139,8 @@ const RULES: Partial<Record<KernelName, Rule>> = {
   abs: unary('Abs'),
   gelu: (c) => {
     const x = c.value(arg(c, 0));
-    const half = c.scalar(0.5), one = c.scalar(1);
+    const half = c.scalar(0.5),
+      one = c.scalar(1);
     if (arg(c, 1) === 'tanh') {
       // 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))
       const cube = c.node('Mul', [x, c.node('Mul', [x, x], {}, 'sq')], {}, 'cube');
@@ -129,7 +153,8 @@ const RULES: Partial<Record<KernelName, Rule>> = {
     return c.node('Mul', [c.node('Mul', [x, c.node('Add', [erf, one], {}, 'add')], {}, 'mul'), half]);
   },
   clamp: (c) => {
-    const lo = arg(c, 1), hi = arg(c, 2);
+    const lo = arg(c, 1),
+      hi = arg(c, 2);
     // Clip's bounds are optional inputs; '' leaves one out.
     const inputs = [c.value(arg(c, 0)), typeof lo === 'number' ? c.scalar(lo) : '', typeof hi === 'number' ? c.scalar(hi) : ''];
     while (inputs[inputs.length - 1] === '') inputs.pop();
@@ -151,7 +176,8 @@ const RULES: Partial<Record<KernelName, Rule>> = {
     const [oh, ow] = ints(c, 1);
     if (oh === 1 && ow === 1) return c.node('GlobalAveragePool', [c.value(arg(c, 0))]);
     const s = c.shape(arg(c, 0));
-    const h = s[s.length - 2]!, w = s[s.length - 1]!;
+    const h = s[s.length - 2]!,
+      w = s[s.length - 1]!;
     // Equal bins (size divisible by the output) are a plain average pool; PyTorch's uneven bins have no ONNX op.
     if (h % oh! !== 0 || w % ow! !== 0) throw new Error(`adaptive average pooling of ${h}x${w} to ${oh}x${ow} (uneven bins) has no ONNX equivalent`);
     const k = [h / oh!, w / ow!];
@@ -159,16 +185,26 @@ const RULES: Partial<Record<KernelName, Rule>> = {
   },
   avgPool2d: (c) => {
     const [ph, pw] = ints(c, 3);
-    return c.node('AveragePool', [c.value(arg(c, 0))], { kernel_shape: attr.ints(ints(c, 1)), strides: attr.ints(ints(c, 2)), pads: attr.ints([ph!, pw!, ph!, pw!]) });
+    return c.node('AveragePool', [c.value(arg(c, 0))], {
+      kernel_shape: attr.ints(ints(c, 1)),
+      strides: attr.ints(ints(c, 2)),
+      pads: attr.ints([ph!, pw!, ph!, pw!]),
+    });
   },
   maxPool2d: (c) => {
     const [ph, pw] = ints(c, 3);
     if (arg(c, 5)) throw new Error('max pooling with ceil_mode is not exported');
-    return c.node('MaxPool', [c.value(arg(c, 0))], { kernel_shape: attr.ints(ints(c, 1)), strides: attr.ints(ints(c, 2)), pads: attr.ints([ph!, pw!, ph!, pw!]), dilations: attr.ints(ints(c, 4)) });
+    return c.node('MaxPool', [c.value(arg(c, 0))], {
+      kernel_shape: attr.ints(ints(c, 1)),
+      strides: attr.ints(ints(c, 2)),
+      pads: attr.ints([ph!, pw!, ph!, pw!]),
+      dilations: attr.ints(ints(c, 4)),
+    });
   },
   flatten: (c) => {
     const s = c.shape(arg(c, 0));
-    const start = arg(c, 1) as number, end = arg(c, 2) as number;
+    const start = arg(c, 1) as number,
+      end = arg(c, 2) as number;
     if (end === s.length - 1) return c.node('Flatten', [c.value(arg(c, 0))], { axis: attr.int(start) });
     const shape = [...s.slice(0, start), s.slice(start, end + 1).reduce((a, b) => a * b, 1), ...s.slice(end + 1)];
     return reshapeTo(c, shape);
@@ -180,11 +216,17 @@ const RULES: Partial<Record<KernelName, Rule>> = {
   permute: (c) => c.node('Transpose', [c.value(arg(c, 0))], { perm: attr.ints(ints(c, 1)) }),
   transpose: (c) => {
     const perm = c.shape(arg(c, 0)).map((_, i) => i);
-    const a = arg(c, 1) as number, b = arg(c, 2) as number;
+    const a = arg(c, 1) as number,
+      b = arg(c, 2) as number;
     [perm[a], perm[b]] = [perm[b]!, perm[a]!];
     return c.node('Transpose', [c.value(arg(c, 0))], { perm: attr.ints(perm) });
   },
-  cat: (c) => c.node('Concat', (arg(c, 0) as readonly Handle[]).map((h) => c.value(h)), { axis: attr.int(arg(c, 1) as number) }),
+  cat: (c) =>
+    c.node(
+      'Concat',
+      (arg(c, 0) as readonly Handle[]).map((h) => c.value(h)),
+      { axis: attr.int(arg(c, 1) as number) },
+    ),
   meanDim: (c) => c.node('ReduceMean', [c.value(arg(c, 0))], { axes: attr.ints(ints(c, 1)), keepdims: attr.int(arg(c, 2) ? 1 : 0) }),
   sumDim: (c) => c.node('ReduceSum', [c.value(arg(c, 0)), c.int64s(ints(c, 1))], { keepdims: attr.int(arg(c, 2) ? 1 : 0) }),
   softmax: (c) => c.node('Softmax', [c.value(arg(c, 0))], { axis: attr.int(arg(c, 1) as number) }),
@@ -213,7 +255,11 @@ function reshapeTo(c: OpContext, shape: number[]): string {
 }
 
 /** Short names for the scalars GELU uses (names are stored once per use in the file). */
-const SCALAR_NAMES = new Map([[0.5, 'half'], [1, 'one'], [Math.SQRT2, 'sqrt2']]);
+const SCALAR_NAMES = new Map([
+  [0.5, 'half'],
+  [1, 'one'],
+  [Math.SQRT2, 'sqrt2'],
+]);
 
 /** Kernels that make new tensors from nothing (inside forward): their values become constants. */
 const CREATION = new Set<KernelName>(['zeros', 'ones', 'full', 'zerosLike', 'onesLike', 'fullLike', 'arangeStartStep', 'empty']);
@@ -250,7 +296,15 @@ export function traceToOnnx(model: Module, g: OnnxGraphBuilder, input: string, o
         stack.pop();
       }
     };
-    restore.push(own ? () => { m.forward = forward; } : () => { delete (m as { forward?: unknown }).forward; });
+    restore.push(
+      own
+        ? () => {
+            m.forward = forward;
+          }
+        : () => {
+            delete (m as { forward?: unknown }).forward;
+          },
+    );
   }
   const snapshot = (h: Handle, hint: string): string => {
     const borrowed = t.borrowHandle(h);
@@ -272,7 +326,9 @@ export function traceToOnnx(model: Module, g: OnnxGraphBuilder, input: string, o
     if (!rule) throw new Error(`cannot export ${where}: the ONNX exporter has no mapping for this op`);
     const hint = layer.path || call.op;
     const ctx: OpContext = {
-      g, call, hint,
+      g,
+      call,
+      hint,
       value(a) {
         if (!t.isHandle(a)) throw new Error(`expected a tensor argument, got ${JSON.stringify(a)}`);
         const known = values.get(a);

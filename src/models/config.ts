@@ -26,7 +26,8 @@ export function registerArchitecture<C extends object>(spec: ArchitectureSpec<C>
     throw new Error(`registerArchitecture: bad architecture name ${JSON.stringify(spec?.architecture)} (lower case letters, digits, _)`);
   }
   for (const k of Object.keys(spec.fields)) {
-    if (COMMON_FIELDS.includes(k) || k === 'architecture') throw new Error(`registerArchitecture(${spec.architecture}): field '${k}' is reserved for every config`);
+    if (COMMON_FIELDS.includes(k) || k === 'architecture')
+      throw new Error(`registerArchitecture(${spec.architecture}): field '${k}' is reserved for every config`);
   }
   specs.set(spec.architecture, spec);
 }

@@ -3,7 +3,7 @@
 // isomorphic blocks of each stage (the pointwise sharing studied in apple/ml-spin).
 import * as t from '../tensor/index.js';
 import type { Tensor } from '../tensor/index.js';
-import { Module, Conv2d, BatchNorm2d, Sequential, ReLU6, Dropout, AdaptiveAvgPool2d, Linear, applySharingPlan, init, type SharingPlan } from '../nn/index.js';
+import { Module, Conv2d, BatchNorm2d, Sequential, ReLU6, Dropout, Linear, applySharingPlan, init, type SharingPlan } from '../nn/index.js';
 import { cifarInput, CIFAR_NORM, defineArchitecture, field } from './spec.js';
 
 export const MOBILENETV2_STEMS = ['imagenet', 'cifar'] as const;
@@ -35,7 +35,12 @@ export class InvertedResidual extends Module {
   readonly useResidual: boolean;
   readonly conv: Sequential;
 
-  constructor(readonly inp: number, readonly oup: number, readonly stride: number, readonly expandRatio: number) {
+  constructor(
+    readonly inp: number,
+    readonly oup: number,
+    readonly stride: number,
+    readonly expandRatio: number,
+  ) {
     super();
     const hidden = Math.round(inp * expandRatio);
     this.useResidual = stride === 1 && inp === oup;
@@ -55,7 +60,15 @@ export class InvertedResidual extends Module {
 }
 
 /** t (expansion), c (channels), n (blocks), s (first block's stride): torchvision's table. */
-const SETTINGS: [number, number, number, number][] = [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]];
+const SETTINGS: [number, number, number, number][] = [
+  [1, 16, 1, 1],
+  [6, 24, 2, 2],
+  [6, 32, 3, 2],
+  [6, 64, 4, 2],
+  [6, 96, 3, 1],
+  [6, 160, 3, 2],
+  [6, 320, 1, 1],
+];
 
 /**
  * features (stem, 17 inverted residuals, last 1x1 conv) → global average pool → flatten →
@@ -112,7 +125,10 @@ export class MobileNetV2 extends Module {
 
 /** Explicit share groups: per stage, each kernel role over the blocks after the first (those are isomorphic). */
 export function mobilenetv2Plan(stageBlocks: number[][], share: MobileNetV2Fields['share']): SharingPlan {
-  const roles = [...(share === 'pointwise' || share === 'both' ? ['conv.0.0', 'conv.2'] : []), ...(share === 'depthwise' || share === 'both' ? ['conv.1.0'] : [])];
+  const roles = [
+    ...(share === 'pointwise' || share === 'both' ? ['conv.0.0', 'conv.2'] : []),
+    ...(share === 'depthwise' || share === 'both' ? ['conv.1.0'] : []),
+  ];
   const groups: string[][] = [];
   for (const blocks of stageBlocks) {
     // Block 0 changes width (or is the t = 1 block), so only blocks 1.. are isomorphic.
@@ -128,10 +144,19 @@ const MOBILENETV2_NAME = /^mobilenetv2_(\d{3})(_cifar)?(_shared(?:_pw|_dw)?)?$/;
 function parseMobileNetV2Name(name: string): Partial<MobileNetV2Fields> | null {
   const m = MOBILENETV2_NAME.exec(name);
   if (!m) return null;
-  return { width: +m[1]! / 100, stem: m[2] ? 'cifar' : 'imagenet', share: m[3] === '_shared_pw' ? 'pointwise' : m[3] === '_shared_dw' ? 'depthwise' : m[3] ? 'both' : 'none' };
+  return {
+    width: +m[1]! / 100,
+    stem: m[2] ? 'cifar' : 'imagenet',
+    share: m[3] === '_shared_pw' ? 'pointwise' : m[3] === '_shared_dw' ? 'depthwise' : m[3] ? 'both' : 'none',
+  };
 }
 
-const SHARING_TEXT: Record<MobileNetV2Fields['share'], string> = { none: 'no sharing', pointwise: 'pointwise kernels shared per stage', depthwise: 'depthwise kernels shared per stage', both: 'pointwise and depthwise kernels shared per stage' };
+const SHARING_TEXT: Record<MobileNetV2Fields['share'], string> = {
+  none: 'no sharing',
+  pointwise: 'pointwise kernels shared per stage',
+  depthwise: 'depthwise kernels shared per stage',
+  both: 'pointwise and depthwise kernels shared per stage',
+};
 
 export const mobilenetv2Spec = defineArchitecture<MobileNetV2Fields>({
   architecture: 'mobilenetv2',
@@ -149,7 +174,13 @@ export const mobilenetv2Spec = defineArchitecture<MobileNetV2Fields>({
   names: {
     pattern: 'mobilenetv2_<width x100>[_cifar][_shared|_shared_pw|_shared_dw]',
     parse: parseMobileNetV2Name,
-    builtins: ['mobilenetv2_100', 'mobilenetv2_050', 'mobilenetv2_100_cifar', 'mobilenetv2_100_cifar_shared', 'mobilenetv2_100_cifar_shared_pw', 'mobilenetv2_050_cifar_shared']
-      .map((n): [string, Partial<MobileNetV2Fields>] => [n, parseMobileNetV2Name(n)!]),
+    builtins: [
+      'mobilenetv2_100',
+      'mobilenetv2_050',
+      'mobilenetv2_100_cifar',
+      'mobilenetv2_100_cifar_shared',
+      'mobilenetv2_100_cifar_shared_pw',
+      'mobilenetv2_050_cifar_shared',
+    ].map((n): [string, Partial<MobileNetV2Fields>] => [n, parseMobileNetV2Name(n)!]),
   },
 });

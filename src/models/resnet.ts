@@ -107,9 +107,12 @@ export class ResNet extends Module {
     const c = config;
     const Block = c.block === 'basic' ? BasicBlock : Bottleneck;
     let inplanes = 64;
-    this.conv1 = this.registerModule('conv1', c.stem === 'imagenet'
-      ? new Conv2d(3, inplanes, 7, { stride: 2, padding: 3, bias: false })
-      : new Conv2d(3, inplanes, 3, { stride: 1, padding: 1, bias: false }));
+    this.conv1 = this.registerModule(
+      'conv1',
+      c.stem === 'imagenet'
+        ? new Conv2d(3, inplanes, 7, { stride: 2, padding: 3, bias: false })
+        : new Conv2d(3, inplanes, 3, { stride: 1, padding: 1, bias: false }),
+    );
     this.bn1 = this.registerModule('bn1', new BatchNorm2d(inplanes));
     this.relu = this.registerModule('relu', new ReLU());
     this.maxpool = c.stem === 'imagenet' ? this.registerModule('maxpool', new MaxPool2d(3, 2, 1)) : null;
@@ -119,9 +122,8 @@ export class ResNet extends Module {
       const out = planes * Block.expansion;
       const stage = new Sequential();
       for (let b = 0; b < n; b++) {
-        const ds = b === 0 && (stride !== 1 || inplanes !== out)
-          ? new Sequential(new Conv2d(inplanes, out, 1, { stride, bias: false }), new BatchNorm2d(out))
-          : null;
+        const ds =
+          b === 0 && (stride !== 1 || inplanes !== out) ? new Sequential(new Conv2d(inplanes, out, 1, { stride, bias: false }), new BatchNorm2d(out)) : null;
         stage.append(new Block(inplanes, planes, b === 0 ? stride : 1, ds));
         inplanes = out;
       }
@@ -151,8 +153,11 @@ export function resnetPlan(c: Pick<ResNetFields, 'block' | 'share'>): SharingPla
 }
 
 const LAYOUTS: Record<string, [ResNetFields['block'], ResNetFields['layers']]> = {
-  '18': ['basic', [2, 2, 2, 2]], '34': ['basic', [3, 4, 6, 3]], '50': ['bottleneck', [3, 4, 6, 3]],
-  '101': ['bottleneck', [3, 4, 23, 3]], '152': ['bottleneck', [3, 8, 36, 3]],
+  '18': ['basic', [2, 2, 2, 2]],
+  '34': ['basic', [3, 4, 6, 3]],
+  '50': ['bottleneck', [3, 4, 6, 3]],
+  '101': ['bottleneck', [3, 4, 23, 3]],
+  '152': ['bottleneck', [3, 8, 36, 3]],
 };
 const RESNET_NAME = /^resnet(18|34|50|101|152)(_cifar)?(_shared(?:_network)?)?$/;
 
@@ -186,7 +191,15 @@ export const resnetSpec = defineArchitecture<ResNetFields>({
   names: {
     pattern: 'resnet{18,34,50,101,152}[_cifar][_shared|_shared_network]',
     parse: parseResNetName,
-    builtins: ['resnet18', 'resnet34', 'resnet50', 'resnet18_cifar', 'resnet18_cifar_shared', 'resnet34_cifar_shared', 'resnet50_cifar', 'resnet50_cifar_shared']
-      .map((n): [string, Partial<ResNetFields>] => [n, parseResNetName(n)!]),
+    builtins: [
+      'resnet18',
+      'resnet34',
+      'resnet50',
+      'resnet18_cifar',
+      'resnet18_cifar_shared',
+      'resnet34_cifar_shared',
+      'resnet50_cifar',
+      'resnet50_cifar_shared',
+    ].map((n): [string, Partial<ResNetFields>] => [n, parseResNetName(n)!]),
   },
 });

@@ -56,7 +56,11 @@ export const field = {
   },
   /** A fixed-length list of bounded integers (T: its tuple type). */
   ints<T extends number[]>(n: number, min: number, max: number, what: string, dflt?: T): Field<T> {
-    return { expect: `${n} integers in [${min}, ${max}] (${what})`, check: (v) => Array.isArray(v) && v.length === n && v.every((x) => isInt(x, min, max)), default: dflt };
+    return {
+      expect: `${n} integers in [${min}, ${max}] (${what})`,
+      check: (v) => Array.isArray(v) && v.length === n && v.every((x) => isInt(x, min, max)),
+      default: dflt,
+    };
   },
 };
 
