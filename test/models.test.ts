@@ -75,11 +75,12 @@ test('structure follows the originals: names, sharing flags, the sync switch and
 test('the registry lists the original names, suggests close ones, and parses registry-style names', () => {
   const names = listModels().map((m) => m.name);
   for (const n of ['convmixer_256_16', 'convmixer_256_16_shared', 'se_resnet_d_2', 'se_resnet_d_2_full_shared',
-    'se_resnet_d_3', 'se_resnet_d_4', 'se_resnet_d_6', 'se_resnet_d_8', 'se_resnet_d_10', 'convmixer_256_8_k5_p2', 'convmixer_256_8_k5_p2_shared']) {
+    'se_resnet_d_3', 'se_resnet_d_4', 'se_resnet_d_6', 'se_resnet_d_8', 'se_resnet_d_10', 'convmixer_256_8_k5_p2', 'convmixer_256_8_k5_p2_shared',
+    'resnet18', 'resnet34', 'resnet50', 'resnet18_cifar_shared', 'mobilenetv2_100', 'mobilenetv2_100_cifar_shared']) {
     assert.ok(names.includes(n), n);
   }
   assert.throws(() => createModel('convmixer_256_16_sharde'), /unknown model 'convmixer_256_16_sharde'\. Did you mean 'convmixer_256_16_shared'/);
-  assert.throws(() => createModel('resnet50'), /Known models: convmixer_256_16, /);
+  assert.throws(() => createModel('vgg16'), /Known models: convmixer_256_16, .*\(or a pattern like convmixer_<dim>_<depth>.*, resnet\{18,34,50,101,152\}\[_cifar\]/);
   assert.throws(() => createModel('se_resnet_d_2', { classes: 0 }), /classes must be a positive integer/);
   const m = createModel('convmixer_32_2_k3_p4_shared_dw') as ConvMixer;
   assert.deepEqual([m.dim, m.depth, m.kernelSize, m.patchSize, m.sharing], [32, 2, 3, 4, 'depthwise']);
