@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-apt_packages=(libtorch-dev python3-torch chromium xz-utils)
+# python3-torchvision: the ResNet and MobileNetV2 parity tests compare against torchvision 0.14.
+apt_packages=(libtorch-dev python3-torch python3-torchvision chromium xz-utils)
 missing=()
 for p in "${apt_packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

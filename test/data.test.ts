@@ -598,7 +598,7 @@ function makeImageFolder(root: string): void {
     };
     // 'dog' before 'cat' on purpose: classes must come out sorted
     fs.writeFileSync(path.join(d('dog'), 'b.png'), png(8, 8, (x, y) => [grad(x, y, 0), grad(x, y, 1), grad(x, y, 2), 255]));
-    fs.writeFileSync(path.join(d('dog'), 'a.png'), png(8, 8, (x, y) => [x * 30, x * 30, x * 30, 255], 0)); // greyscale PNG
+    fs.writeFileSync(path.join(d('dog'), 'a.png'), png(8, 8, (x) => [x * 30, x * 30, x * 30, 255], 0)); // greyscale PNG
     fs.writeFileSync(path.join(d('cat'), '1.jpg'), jpg(8, 8, [200, 40, 90]));
     fs.writeFileSync(path.join(d('cat'), '2.JPEG'), jpg(8, 8, [10, 220, 130]));
     fs.writeFileSync(path.join(d('cat'), 'notes.txt'), 'ignored');

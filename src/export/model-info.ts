@@ -2,15 +2,10 @@
 // normalisation its training used. Stored in the ONNX file's metadata_props (kshare.* keys),
 // so one .onnx file is enough for `kshare predict` and the web page.
 import type { ModelProto } from './onnx-schema.js';
+import type { InputSpec } from '../models/spec.js';
+import { modelInputSpec } from '../models/registry.js';
 
-export interface InputSpec {
-  channels: number;
-  height: number;
-  width: number;
-  /** Per-channel mean and std applied to pixel values scaled to [0, 1]. */
-  mean: number[];
-  std: number[];
-}
+export type { InputSpec } from '../models/spec.js';
 
 export interface ModelInfo {
   /** Registry name, e.g. 'convmixer_256_16_shared'. */
@@ -23,15 +18,9 @@ export interface ModelInfo {
   source?: string;
 }
 
-/** ImageNet statistics: the ConvMixer recipe normalises CIFAR with these (see docs/architecture-notes.md). */
-export const IMAGENET_NORM = { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
-/** The SE-ResNet recipe's CIFAR statistics. */
-export const SERESNET_CIFAR_NORM = { mean: [0.4914, 0.4822, 0.4465], std: [0.2023, 0.1994, 0.201] };
-
-/** The normalisation each recipe trains with, by model family. */
-export function defaultInputSpec(modelName: string): InputSpec {
-  const norm = modelName.startsWith('se_resnet') ? SERESNET_CIFAR_NORM : IMAGENET_NORM;
-  return { channels: 3, height: 32, width: 32, mean: [...norm.mean], std: [...norm.std] };
+/** The input a model's architecture trains with (its spec's), by model name. */
+export function defaultInputSpec(modelName: string, config: unknown = null): InputSpec {
+  return modelInputSpec(modelName, config);
 }
 
 /** Largest input side a model's metadata may claim: the page and `predict` allocate per pixel. */

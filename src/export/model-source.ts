@@ -72,7 +72,7 @@ export function modelFromCheckpoint(file: string): ModelSource {
         throw err;
       }
       model.eval();
-      const input = defaultInputSpec(m.modelName);
+      const input = defaultInputSpec(m.modelName, m.modelConfig);
       const aug = m.recipe?.augment;
       if (aug?.mean && aug.std) {
         input.mean = [...aug.mean];

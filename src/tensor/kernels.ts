@@ -2,6 +2,7 @@
 // Op fronts (ops/*.ts) validate arguments, then call `runKernel`, which resolves the
 // operator once and lets the addon convert arguments by the operator's own schema.
 import { native, type Handle, type KernelArg } from './native.js';
+import { recordCall } from './trace.js';
 
 export const KERNELS = {
   // creation
@@ -83,12 +84,15 @@ function resolve(name: KernelName): number {
 /** Calls a libtorch operator; libtorch errors become Errors naming our op and ATen's. */
 export function runKernel(opName: string, kernel: KernelName, args: KernelArg[]): unknown {
   const id = resolve(kernel);
+  let out: unknown;
   try {
-    return native.call(id, args);
+    out = native.call(id, args);
   } catch (e) {
     const msg = e instanceof Error ? e.message : String(e);
     throw new Error(`${opName}: ${msg}`);
   }
+  recordCall(opName, kernel, args, out);
+  return out;
 }
 
 /** The schema libtorch reports for a kernel (for docs and debugging). */

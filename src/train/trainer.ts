@@ -8,7 +8,7 @@ import * as t from '../tensor/index.js';
 import type { Tensor, Device } from '../tensor/index.js';
 import type { Module } from '../nn/index.js';
 import type { ImageDataset } from '../data/types.js';
-import { toDevice, balancedSubset, epochOrder, batchCount, takeBatch, type DeviceDataset } from '../data/tensors.js';
+import { toDevice, balancedSubset, epochOrder, batchCount, takeBatch } from '../data/tensors.js';
 import { GradScaler, scaledStep } from './optim/index.js';
 import { TrainAugment } from './augment/pipeline.js';
 import { learningRate } from './schedule.js';

@@ -2,7 +2,7 @@
 import type { Command } from 'commander';
 import * as t from '../../tensor/index.js';
 import type { Module } from '../../nn/index.js';
-import { loadWeights, loadModelConfigFile } from '../../models/index.js';
+import { loadWeights, loadModelConfigFile, modelRecipe } from '../../models/index.js';
 import { assertFinite, readCheckpoint, readCheckpointMeta, restoreModel } from '../../train/checkpoint.js';
 import { loadRecipe, type Recipe } from '../../train/recipe.js';
 import { countParameters } from '../../train/trainer.js';
@@ -99,7 +99,7 @@ export function register(program: Command): void {
         isCheckpoint = false;
         if (!o.model) throw new Error(`${o.checkpoint} is a weights file, not a training checkpoint: give --model (and --recipe for its normalisation)`);
         modelName = o.model;
-        recipe = loadRecipe(o.recipe ?? (modelName.startsWith('se_resnet') ? 'seresnet' : 'convmixer'));
+        recipe = loadRecipe(o.recipe ?? modelRecipe(modelName));
         restore = (m) => {
           loadWeights(m, o.checkpoint);
           assertFinite(o.checkpoint, new Map(m.stateDict()));
