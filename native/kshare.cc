@@ -11,8 +11,7 @@
 // releases it immediately and the live count tracks what is still held. A GC finalizer
 // frees boxes that were dropped without dispose, as a backstop only.
 
-#define NAPI_VERSION 8
-#include <napi.h>
+#include "kshare.h"
 
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
@@ -676,9 +675,15 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   fn("setNumThreads", SetNumThreads);
   fn("setCudnnBenchmark", SetCudnnBenchmark);
   fn("cudaSynchronize", CudaSynchronize);
+  kshare::RegisterDistributed(env, exports);
   return exports;
 }
 
 }  // namespace
+
+namespace kshare {
+Napi::Value WrapTensor(Napi::Env env, at::Tensor t) { return Wrap(env, std::move(t)); }
+const at::Tensor& UnwrapTensor(const Napi::Value& v, const char* what) { return Unwrap(v, what); }
+}  // namespace kshare
 
 NODE_API_MODULE(kshare, Init)

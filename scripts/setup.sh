@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # python3-torchvision: the ResNet and MobileNetV2 parity tests compare against torchvision 0.14.
-apt_packages=(libtorch-dev python3-torch python3-torchvision chromium xz-utils)
+# libgloo-dev: the Gloo headers c10d's ProcessGroupGloo needs (native/distributed.cc).
+apt_packages=(libtorch-dev libgloo-dev python3-torch python3-torchvision chromium xz-utils)
 missing=()
 for p in "${apt_packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -22,7 +23,7 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
   npm ci --no-audit --no-fund
 fi
 
-if [ ! -f native/build/kshare.node ] || [ native/kshare.cc -nt native/build/kshare.node ]; then
+if [ ! -f native/build/kshare.node ] || [ -n "$(find native -maxdepth 1 \( -name "*.cc" -o -name "*.h" -o -name build.sh \) -newer native/build/kshare.node)" ]; then
   echo "setup: building the native addon against libtorch"
   bash native/build.sh
 fi

@@ -21,7 +21,42 @@ export interface RuntimeInfo {
   cudnnBenchmark: boolean;
 }
 
-export interface NativeBinding {
+/** Opaque handles of the c10d bindings (native/distributed.cc). */
+export type GroupHandle = { readonly __group: unique symbol };
+export type WorkHandle = { readonly __work: unique symbol };
+export type BucketerHandle = { readonly __bucketer: unique symbol };
+
+export interface DistInitOptions {
+  host: string; port: number; rank: number; worldSize: number;
+  timeoutMs: number; heartbeatMs: number;
+  /** Address the Gloo transport binds to (default: this host's name). */
+  deviceHost?: string;
+  /** Network interface for Gloo (GLOO_SOCKET_IFNAME). */
+  ifname?: string;
+  /** Also create an NCCL group for CUDA tensors (only in builds with NCCL). */
+  nccl?: boolean;
+}
+
+/** Present only when the addon was built with c10d Gloo (see native/build.sh). */
+export interface DistributedBinding {
+  distInit(o: DistInitOptions): Promise<GroupHandle>;
+  distDestroy(g: GroupHandle): void;
+  distInfo(g: GroupHandle): { rank: number; worldSize: number; collectives: number; nccl: boolean };
+  distAllReduce(g: GroupHandle, t: Handle, op: 'sum' | 'avg'): WorkHandle;
+  distBroadcast(g: GroupHandle, t: Handle, root: number): WorkHandle;
+  distBarrier(g: GroupHandle): WorkHandle;
+  workWait(w: WorkHandle, timeoutMs?: number): void;
+  workWaitAsync(w: WorkHandle, timeoutMs?: number): Promise<void>;
+  workIsCompleted(w: WorkHandle): boolean;
+  bucketerNew(g: GroupHandle, params: Handle[], bucketCapBytes: number): BucketerHandle;
+  bucketerInfo(b: BucketerHandle): { bucketBytes: number[]; bytes: number };
+  bucketerPrepare(b: BucketerHandle): void;
+  bucketerFinish(b: BucketerHandle, timeoutMs?: number): { waitMs: number; launchedEarly: number; buckets: number };
+  bucketerDestroy(b: BucketerHandle): void;
+}
+
+export interface NativeBinding extends Partial<DistributedBinding> {
+  distAvailable(): { gloo: boolean; nccl: boolean };
   opId(name: string, overload: string): number;
   opSchema(id: number): string;
   call(id: number, args: KernelArg[]): unknown;
