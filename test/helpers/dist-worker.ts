@@ -28,7 +28,8 @@ function flatWeights(m: Module): number[] {
 }
 
 /** Steps of SGD on the full batch (world 1) or this rank's half of it. */
-function trainSteps(model: Module, dp: DataParallel | null, rank: number, world: number, steps: number, batch: number): void {
+function trainSteps(model: Module, dp: DataParallel | null, rank: number, world: number, steps: number, batch: number): number {
+  let early = 0;
   const opt = new SGD(distinctTrainable(model), { lr: 0.1, momentum: 0.9 });
   const { x, y } = data(batch * world);
   for (let s = 0; s < steps; s++) {
@@ -37,13 +38,14 @@ function trainSteps(model: Module, dp: DataParallel | null, rank: number, world:
       const ys = t.slice(y, 0, rank * batch, (rank + 1) * batch);
       dp?.beforeForward();
       const loss = t.crossEntropy(model.forward(xs), ys);
-      if (dp) dp.backward(loss);
+      if (dp) early += dp.backward(loss).launchedEarly;
       else loss.backward();
       opt.step();
       opt.zeroGrad();
     });
   }
   opt.dispose();
+  return early;
 }
 
 async function main(): Promise<void> {
@@ -76,7 +78,7 @@ async function main(): Promise<void> {
     const dp = new DataParallel(g, m, { bucketCapMB: Number(process.env.KSHARE_TEST_BUCKET_MB ?? 25) });
     out.bytesPerStep = dp.bytesPerStep;
     out.buckets = dp.bucketBytes.length;
-    trainSteps(m, dp, env.rank, env.worldSize, 4, Number(arg));
+    out.launchedEarly = trainSteps(m, dp, env.rank, env.worldSize, 4, Number(arg));
     out.weights = flatWeights(m);
     dp.dispose();
   } else if (scenario === 'hang' || scenario === 'die') {
@@ -85,7 +87,7 @@ async function main(): Promise<void> {
     g.allReduce(x).wait();
     if (env.rank === 1) {
       if (scenario === 'die') process.exit(3);
-      const until = Date.now() + 60_000;
+      const until = Date.now() + 6_000; // longer than rank 0 needs to give up and diagnose
       while (Date.now() < until) { /* stuck in compute: heartbeats continue from their thread */ }
     }
     const start = Date.now();
