@@ -21,6 +21,24 @@ import { acquireRunLock } from './run-lock.js';
 
 export class NonFiniteLossError extends Error {}
 
+/**
+ * Seams for code that extends the loop without forking it (data-parallel training, run
+ * monitors). Every hook is optional; without hooks a run is one process writing its folder.
+ */
+export interface TrainHooks {
+  /** After backward, before gradient clipping and the optimiser step (e.g. all-reduce the gradients). */
+  afterBackward?: (params: Tensor[], step: { epoch: number; step: number; globalStep: number }) => void;
+  /** Whether this process writes the run folder (checkpoint, logs, summary); other data-parallel ranks say false. */
+  writes?: boolean;
+  /** This process's share of each epoch's sample order (data-parallel sharding). */
+  shard?: {
+    /** How many samples a share of `count` holds (the same every epoch). */
+    size(count: number): number;
+    /** This process's share of an epoch's order (a new tensor of `size(order.dim(0))` indices). */
+    select(order: Tensor): Tensor;
+  };
+}
+
 export interface TrainOptions {
   recipe: Recipe;
   /** Builds the model with fresh weights; called right after seeding the global generator. */
@@ -48,6 +66,7 @@ export interface TrainOptions {
   stop?: AbortSignal;
   /** Called after every optimisation step (tests, monitoring). */
   onStep?: (s: { epoch: number; step: number; globalStep: number; loss: number }) => void;
+  hooks?: TrainHooks;
 }
 
 export interface ParameterCounts {
@@ -99,10 +118,12 @@ export async function train(o: TrainOptions): Promise<TrainSummary> {
   const cuda = device.startsWith('cuda');
   if (cuda && !t.cudaAvailable()) throw new Error(`device '${device}' requested but this libtorch build has no CUDA device (kshare selfcheck --device cuda tells more)`);
   const recipe = o.recipe;
-  mkdirSync(o.outDir, { recursive: true });
+  const writes = o.hooks?.writes ?? true;
+  if (writes) mkdirSync(o.outDir, { recursive: true });
   const ckptFile = path.join(o.outDir, CHECKPOINT_FILE);
-  const lock = acquireRunLock(o.outDir);
-  for (const note of lock.notes) log(`note: ${note}`);
+  // Only the writing process holds the run folder's lock (data-parallel: rank 0).
+  const lock = writes ? acquireRunLock(o.outDir) : null;
+  for (const note of lock?.notes ?? []) log(`note: ${note}`);
 
   let ck: LoadedCheckpoint | null = null;
   const owned: { dispose(): void }[] = [];
@@ -128,7 +149,8 @@ export async function train(o: TrainOptions): Promise<TrainSummary> {
     owned.push(testSet);
     if (testSet.classes.length !== trainSet.classes.length) throw new Error(`train and test sets have ${trainSet.classes.length} and ${testSet.classes.length} classes`);
     const classes = trainSet.classes.length;
-    const itersPerEpoch = batchCount(trainSet.count, recipe.batchSize, true);
+    const samplesPerEpoch = o.hooks?.shard ? o.hooks.shard.size(trainSet.count) : trainSet.count;
+    const itersPerEpoch = batchCount(samplesPerEpoch, recipe.batchSize, true);
     if (itersPerEpoch < 1) throw new Error(`the training set (${trainSet.count} images) is smaller than one batch of ${recipe.batchSize}`);
 
     const memoryFormat = o.channelsLast ? 'channels_last' as const : 'contiguous' as const;
@@ -165,9 +187,9 @@ export async function train(o: TrainOptions): Promise<TrainSummary> {
       if (ck.meta.itersPerEpoch !== itersPerEpoch) throw new Error(`${o.resume}: it ran ${ck.meta.itersPerEpoch} steps per epoch, this run would run ${itersPerEpoch} (batch size or data changed)`);
       ck.dispose();
       ck = null;
-      rewriteLog(o.outDir, history);
+      if (writes) rewriteLog(o.outDir, history);
       log(`resuming ${o.modelName} from ${o.resume}: epoch ${epoch + 1}/${recipe.epochs}${stepInEpoch ? `, step ${stepInEpoch}/${itersPerEpoch}` : ''}, best ${pct(bestAcc)}`);
-    } else {
+    } else if (writes) {
       rewriteLog(o.outDir, []);
     }
 
@@ -192,6 +214,7 @@ export async function train(o: TrainOptions): Promise<TrainSummary> {
 
     /** Writes <out>/checkpoint.safetensors; `done` epochs completed, `step` batches into the next. */
     const checkpoint = (reason: 'epoch' | 'interrupt', shuffleState: Tensor, done: number, step: number) => {
+      if (!writes) return;
       const rngGlobal = t.getRngState();
       const params = augParams.getState();
       const noiseState = noise.getState();
@@ -212,7 +235,10 @@ export async function train(o: TrainOptions): Promise<TrainSummary> {
     for (; epoch < lastEpoch && status === 'completed'; epoch++) {
       const epochStart = performance.now();
       const shuffleAtStart = t.keep(shuffle.getState());
-      const order = t.keep(epochOrder(trainSet.count, shuffle, device));
+      const order = t.keep(t.tidy(() => {
+        const full = epochOrder(trainSet.count, shuffle, device);
+        return o.hooks?.shard ? o.hooks.shard.select(full) : full;
+      }));
       let { lossSum, correct, seen, seconds: carried } = partial ?? { lossSum: 0, correct: 0, seen: 0, seconds: 0 };
       let lr = learningRate(recipe.schedule, ctx, globalStep);
       progress.start(epoch + 1, recipe.epochs, itersPerEpoch, stepInEpoch);
@@ -236,6 +262,7 @@ export async function train(o: TrainOptions): Promise<TrainSummary> {
             }
             const scaled = scaler.scale(lossT);
             scaled.backward();
+            o.hooks?.afterBackward?.(params, { epoch, step: stepInEpoch, globalStep });
             scaledStep(scaler, optimizer, params, recipe.clipGradNorm);
             optimizer.zeroGrad();
             const h = t.noGrad(() => {
@@ -287,9 +314,11 @@ export async function train(o: TrainOptions): Promise<TrainSummary> {
         } finally {
           shuffleNow.dispose();
         }
-        appendLog(o.outDir, rec);
-        // Kept current every epoch so `kshare report` also reads unfinished runs.
-        writeJsonAtomic(path.join(o.outDir, SUMMARY_FILE), summarize(finished < recipe.epochs ? 'running' : 'completed'));
+        if (writes) {
+          appendLog(o.outDir, rec);
+          // Kept current every epoch so `kshare report` also reads unfinished runs.
+          writeJsonAtomic(path.join(o.outDir, SUMMARY_FILE), summarize(finished < recipe.epochs ? 'running' : 'completed'));
+        }
         const left = (recipe.epochs - finished) * rec.seconds;
         log(`epoch ${finished}/${recipe.epochs}: train loss ${rec.trainLoss.toFixed(4)}, train acc ${pct(rec.trainAcc)}, test acc ${pct(rec.testAcc)} (best ${pct(bestAcc)}), ` +
           `lr ${lr.toPrecision(3)}, ${rec.imgPerSec.toFixed(0)} img/s, ${formatDuration(rec.seconds)}${left > 0 ? `, about ${formatDuration(left)} left` : ''}`);
@@ -305,12 +334,12 @@ export async function train(o: TrainOptions): Promise<TrainSummary> {
       log(`stopped after epoch ${history.length}/${recipe.epochs} as asked; continue with --resume ${ckptFile}`);
     }
     const summary = summarize(status);
-    writeJsonAtomic(path.join(o.outDir, SUMMARY_FILE), summary);
+    if (writes) writeJsonAtomic(path.join(o.outDir, SUMMARY_FILE), summary);
     return summary;
   } finally {
     ck?.dispose();
     for (const x of owned.reverse()) x.dispose();
-    lock.release();
+    lock?.release();
   }
 }
 

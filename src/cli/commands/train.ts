@@ -5,10 +5,13 @@ import * as t from '../../tensor/index.js';
 import { createModel, modelConfig, loadModelConfigFile, buildFromConfig, type ModelConfig } from '../../models/index.js';
 import { loadRecipe, applyOverrides, parseOverride, listRecipes, type Recipe } from '../../train/recipe.js';
 import { readCheckpointMeta } from '../../train/checkpoint.js';
-import { train } from '../../train/trainer.js';
+import { train, type TrainOptions, type TrainSummary } from '../../train/trainer.js';
 import { loadSplits } from '../../train/datasets.js';
 import { CHECKPOINT_FILE } from '../../train/run-log.js';
 import { DEFAULT_MAX_IMAGE_PIXELS, setMaxImagePixels } from '../../data/image-header.js';
+import { distributedEnv } from '../../distributed/env.js';
+import { checkResumeWorldSize } from '../../distributed/trainer-hooks.js';
+import { runDistributedWorker, launchFromCli } from '../../distributed/cli.js';
 
 export interface TrainCliOptions {
   recipe?: string;
@@ -34,6 +37,9 @@ export interface TrainCliOptions {
   channelsLast?: boolean;
   allowChecksumMismatch?: boolean;
   maxImagePixels?: string;
+  nproc?: string;
+  distTimeout?: string;
+  bucketCapMb?: string;
 }
 
 export function positiveInt(flag: string, v: string): number {
@@ -130,7 +136,14 @@ export function register(program: Command): void {
     .option('--max-image-pixels <n>', `refuse image files with more pixels than this before decoding them (default ${DEFAULT_MAX_IMAGE_PIXELS})`)
     .option('--no-progress', 'no progress bar')
     .option('--config <file...>', 'JSON model config file(s) to register first')
+    .option('--nproc <n>', 'data-parallel: start n worker processes on this machine (the recipe\'s batch size is per process); without it, MASTER_ADDR/MASTER_PORT/WORLD_SIZE/RANK make this process one member of a larger job (docs/distributed.md)')
+    .option('--dist-timeout <seconds>', 'data-parallel: a rendezvous or gradient exchange that takes longer fails, naming the rank at fault', '120')
+    .option('--bucket-cap-mb <mb>', 'data-parallel: gradient bucket size (smaller buckets start communicating earlier during backward)', '25')
     .action(async (o: TrainCliOptions) => {
+      if (o.nproc !== undefined) {
+        process.exitCode = await launchFromCli(positiveInt('--nproc', o.nproc));
+        return;
+      }
       for (const f of o.config ?? []) loadModelConfigFile(f);
       if (o.threads !== undefined) t.setNumThreads(positiveInt('--threads', o.threads));
       if (o.maxImagePixels !== undefined) setMaxImagePixels(positiveInt('--max-image-pixels', o.maxImagePixels));
@@ -167,16 +180,27 @@ export function register(program: Command): void {
       const build = buildModel(modelName, classes, stored);
       let config: unknown = stored;
       try { config = modelConfig(modelName) ?? stored; } catch { /* stored config or factory model */ }
+      const options: TrainOptions = {
+        recipe, buildModel: build, modelName, modelConfig: config, train: trainSet, test: testSet,
+        outDir: o.out, device: o.device, resume, progress, log, channelsLast: !!o.channelsLast,
+        stopAfterEpochs: o.stopAfterEpochs === undefined ? undefined : positiveInt('--stop-after-epochs', o.stopAfterEpochs),
+        datasetSpec: o.dataset,
+      };
+      const done = (s: TrainSummary) => `${s.status}: ${s.model} on ${s.dataset}, best test accuracy ${(100 * s.bestAcc).toFixed(2)}% after ${s.epochsDone}/${s.epochs} epochs; ` +
+        `${s.trainableParams.toLocaleString('en-US')} trainable parameters (${s.unsharedParams.toLocaleString('en-US')} without sharing); run folder ${o.out}`;
+      const denv = distributedEnv();
+      if (denv) {
+        const s = await runDistributedWorker(denv, options, {
+          timeoutSeconds: positiveNumber('--dist-timeout', o.distTimeout ?? '120'),
+          bucketCapMB: positiveNumber('--bucket-cap-mb', o.bucketCapMb ?? '25'),
+        });
+        if (s) log(done(s));
+        return;
+      }
+      if (resume) checkResumeWorldSize(path.dirname(resume), 1);
       const stop = stopOnInterrupt(log);
       try {
-        const s = await train({
-          recipe, buildModel: build, modelName, modelConfig: config, train: trainSet, test: testSet,
-          outDir: o.out, device: o.device, resume, progress, log, stop: stop.signal, channelsLast: !!o.channelsLast,
-          stopAfterEpochs: o.stopAfterEpochs === undefined ? undefined : positiveInt('--stop-after-epochs', o.stopAfterEpochs),
-          datasetSpec: o.dataset,
-        });
-        log(`${s.status}: ${s.model} on ${s.dataset}, best test accuracy ${(100 * s.bestAcc).toFixed(2)}% after ${s.epochsDone}/${s.epochs} epochs; ` +
-          `${s.trainableParams.toLocaleString('en-US')} trainable parameters (${s.unsharedParams.toLocaleString('en-US')} without sharing); run folder ${o.out}`);
+        log(done(await train({ ...options, stop: stop.signal })));
       } finally {
         stop.release();
       }
