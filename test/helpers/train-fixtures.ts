@@ -1,5 +1,8 @@
 // Small synthetic image datasets for training tests: each class is a distinct colour
 // gradient plus noise, so a tiny model learns it within an epoch or two.
+import { mkdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { PNG } from 'pngjs';
 import type { ImageDataset } from '../../src/data/types.js';
 
 /** A deterministic pseudo-random stream (tests need fixed data, not good randomness). */
@@ -38,4 +41,22 @@ export function syntheticDataset(o: { count: number; classes?: number; size?: nu
     name: o.name ?? 'synthetic gradients', split: o.split ?? 'train', images, labels,
     classes: Array.from({ length: classes }, (_, k) => `class${k}`), count: o.count, channels: 3, height: size, width: size,
   };
+}
+
+/** <dir>/{train,test}/<class>/<i>.png: 200 + 50 synthetic 16x16 images of 4 classes (for CLI tests). */
+export function writeImageFolder(dir: string): string {
+  for (const [split, count, seed] of [['train', 200, 1], ['test', 50, 2]] as const) {
+    const ds = syntheticDataset({ count, classes: 4, size: 16, seed, split });
+    for (let i = 0; i < ds.count; i++) {
+      const cls = path.join(dir, split, ds.classes[ds.labels[i]!]!);
+      mkdirSync(cls, { recursive: true });
+      const png = new PNG({ width: 16, height: 16 });
+      for (let p = 0; p < 256; p++) {
+        for (let c = 0; c < 3; c++) png.data[p * 4 + c] = ds.images[i * 768 + c * 256 + p]!;
+        png.data[p * 4 + 3] = 255;
+      }
+      writeFileSync(path.join(cls, `${i}.png`), PNG.sync.write(png));
+    }
+  }
+  return dir;
 }
