@@ -30,20 +30,30 @@ if [ -f "$lib/libtorch_cuda.so" ]; then
   libs=(-Wl,--no-as-needed -ltorch_cuda -lc10_cuda "${libs[@]}" -Wl,--as-needed)
   echo "build.sh: CUDA libtorch found in $lib"
 fi
+# c10d: only gloo headers next to the libtorch headers (Debian: libgloo-dev in /usr/include;
+# a PyTorch install: its own), since ProcessGroupGloo's layout depends on them.
 defs=()
 dist_inc=()
-for d in "$inc" /usr/include; do
-  if [ -f "$d/gloo/config.h" ] && [ -f "$inc/torch/csrc/distributed/c10d/ProcessGroupGloo.hpp" ]; then
-    defs+=(-DUSE_C10D_GLOO); [ "$d" = "$inc" ] || dist_inc+=(-I"$d"); break
-  fi
-done
-[ ${#defs[@]} -gt 0 ] || echo "build.sh: no gloo headers (apt-get install libgloo-dev): distributed training is left out" >&2
+if [ -f "$inc/gloo/config.h" ] && [ -f "$inc/torch/csrc/distributed/c10d/ProcessGroupGloo.hpp" ]; then
+  defs+=(-DUSE_C10D_GLOO)
+else
+  echo "build.sh: no gloo headers in $inc (Debian: apt-get install libgloo-dev): distributed training is left out" >&2
+fi
 if [ -f "$lib/libtorch_cuda.so" ] && [ ${#defs[@]} -gt 0 ]; then
-  for d in "${NCCL_INCLUDE:-}" "$inc" "$(dirname "$(dirname "$inc")")/nvidia/nccl/include" /usr/include /usr/local/cuda/include; do
-    if [ -n "$d" ] && [ -f "$d/nccl.h" ]; then
-      defs+=(-DUSE_C10D_NCCL -DUSE_CUDA); dist_inc+=(-I"$d"); echo "build.sh: NCCL headers in $d"; break
-    fi
+  site=$(dirname "$(dirname "$inc")")  # .../site-packages for a pip install (TORCH_DIR=.../site-packages/torch)
+  nccl_dir="" cuda_dir=""
+  for d in "${NCCL_INCLUDE:-}" "$inc" "$site/nvidia/nccl/include" /usr/include /usr/local/cuda/include; do
+    if [ -n "$d" ] && [ -f "$d/nccl.h" ]; then nccl_dir=$d; break; fi
   done
+  for d in "${CUDA_HOME:-/usr/local/cuda}/include" "$site/nvidia/cuda_runtime/include" /usr/include; do
+    if [ -f "$d/cuda_runtime_api.h" ]; then cuda_dir=$d; break; fi
+  done
+  if [ -n "$nccl_dir" ] && [ -n "$cuda_dir" ]; then
+    defs+=(-DUSE_C10D_NCCL -DUSE_CUDA); dist_inc+=(-I"$nccl_dir" -I"$cuda_dir")
+    echo "build.sh: NCCL headers in $nccl_dir, CUDA headers in $cuda_dir"
+  else
+    echo "build.sh: CUDA libtorch without nccl.h/cuda_runtime_api.h (set NCCL_INCLUDE, CUDA_HOME): CUDA tensors go through Gloo" >&2
+  fi
 fi
 mkdir -p "$here/build"
 out="$here/build/kshare.node"
