@@ -156,7 +156,7 @@ struct GroupState {
         if (b[r].first < 0) {
           out << (found++ ? "; " : "") << "rank " << r << " never joined the heartbeat (it died early)";
         } else if (a[r].first == b[r].first) {
-          out << (found++ ? "; " : "") << "rank " << r << " stopped responding (no heartbeat for "
+          out << (found++ ? "; " : "") << "rank " << r << " stopped responding (no heartbeat within "
               << Seconds(waitMs) << ": the process died or is frozen)";
         } else if (b[r].second < mine) {
           out << (found++ ? "; " : "") << "rank " << r << " is alive but has not reached collective #" << mine
@@ -254,7 +254,7 @@ class InitWorker : public Napi::AsyncWorker {
       g.store = tcp;
       c10d::TCPStoreOptions ho = so;
       ho.isServer = false;
-      ho.numWorkers = c10::nullopt;
+      ho.numWorkers = decltype(ho.numWorkers){};  // empty (c10::optional in 1.13, std::optional in 2.x)
       ho.waitWorkers = false;
       g.hbStore = c10::make_intrusive<c10d::TCPStore>(g.host, ho);
       stage = "creating the Gloo process group";

@@ -95,7 +95,8 @@ export async function launchLocal(o: LaunchOptions): Promise<number> {
         if (tail) process.stderr.write(`[rank ${rank}] ${tail}\n`);
         const ok = code === 0 || (interrupted > 0 && code === 130);
         if (!ok && failure === null && interrupted === 0) {
-          failure = `worker rank ${rank} ${signal ? `was killed by ${signal}` : `exited with code ${code}`}`;
+          // A worker that exits with an error has printed it, naming the rank at fault if another one is.
+          failure = `worker rank ${rank} ${signal ? `was killed by ${signal}` : `exited with code ${code}${code === 1 ? ' (its error above says which rank is at fault)' : ''}`}`;
           log(`kshare: ${failure}; stopping the other workers`);
           killTimer = setTimeout(() => killAll('SIGKILL'), o.graceMs ?? 10_000);
         }

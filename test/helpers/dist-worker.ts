@@ -105,7 +105,8 @@ async function main(): Promise<void> {
   console.log(JSON.stringify(out));
 }
 
-main().catch((e) => {
+// `node --test dist/test/` also runs this file, without a scenario: nothing to do then.
+if (scenario) main().catch((e) => {
   console.error(e instanceof Error ? e.message : e);
   process.exit(1);
 });
