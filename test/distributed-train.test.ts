@@ -4,11 +4,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, readFileSync, existsSync } from 'node:fs';
+import { mkdtempSync, rmSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { writeImageFolder } from './helpers/train-fixtures.js';
+import { readCheckpoint } from '../src/train/checkpoint.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const CLI = path.resolve(here, '../src/cli/main.js');
@@ -76,7 +77,7 @@ function startLong(out: string): Promise<{ child: ReturnType<typeof spawn>; outp
 const alive = (pid: number) => { try { process.kill(pid, 0); return true; } catch { return false; } };
 const closed = (c: ReturnType<typeof spawn>) => new Promise<number | null>((r) => c.on('close', (code) => r(code)));
 
-test('a killed worker ends the job within the timeout, naming it; no orphans; the checkpoint resumes', async () => {
+test('a killed worker ends the job within the timeout, naming it; no orphans; the last checkpoint is intact', async () => {
   const out = path.join(root, 'killed');
   const run = await startLong(out);
   assert.equal(run.workers.length, 2);
@@ -90,10 +91,13 @@ test('a killed worker ends the job within the timeout, naming it; no orphans; th
   assert.match(run.output(), /worker rank 1 was killed by SIGKILL/);
   assert.match(run.output(), /rank 1 stopped responding/);
   assert.ok(!run.workers.some(alive), 'no worker left behind');
-  assert.ok(existsSync(path.join(out, 'checkpoint.safetensors')));
-  const resumed = kshare([...common, '--nproc', '2', '--epochs', '2', '--out', out, '--resume']);
-  assert.equal(resumed.code, 0, resumed.err);
-  assert.match(resumed.out, /resuming convmixer_16_2_k3_p4_shared/);
+  // The checkpoint rank 0 wrote at the end of an epoch is intact (resuming one is tested above).
+  const ck = readCheckpoint(path.join(out, 'checkpoint.safetensors'));
+  try {
+    assert.ok(ck.meta.epoch >= 1 && ck.meta.stepInEpoch === 0, `epoch checkpoint (epoch ${ck.meta.epoch}, step ${ck.meta.stepInEpoch})`);
+  } finally {
+    ck.dispose();
+  }
 });
 
 test('Ctrl-C on the launcher: every worker stops at the same step, rank 0 checkpoints, exit 130', async () => {

@@ -87,7 +87,7 @@ async function main(): Promise<void> {
     g.allReduce(x).wait();
     if (env.rank === 1) {
       if (scenario === 'die') process.exit(3);
-      const until = Date.now() + 6_000; // longer than rank 0 needs to give up and diagnose
+      const until = Date.now() + 5_000; // longer than rank 0 needs to give up and diagnose
       while (Date.now() < until) { /* stuck in compute: heartbeats continue from their thread */ }
     }
     const start = Date.now();
