@@ -4,17 +4,16 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { writeImageFolder } from './helpers/train-fixtures.js';
+import { scratchDir } from './helpers/scratch-dir.js';
 import { readCheckpoint } from '../src/train/checkpoint.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const CLI = path.resolve(here, '../src/cli/main.js');
-const root = mkdtempSync(path.join(tmpdir(), 'kshare-ddp-'));
-process.on('exit', () => rmSync(root, { recursive: true, force: true }));
+const root = scratchDir('ddp');
 const data = writeImageFolder(path.join(root, 'shapes'));
 const common = ['train', '--recipe', 'convmixer', '--model', 'convmixer_16_2_k3_p4_shared', '--dataset', data, '--threads', '1', '--no-progress',
   '--set', 'batchSize=10', '--set', 'evalBatchSize=25', '--seed', '1', '--dist-timeout', '10'];
