@@ -15,8 +15,26 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const CLI = path.resolve(here, '../src/cli/main.js');
 const root = scratchDir('ddp');
 const data = writeImageFolder(path.join(root, 'shapes'));
-const common = ['train', '--recipe', 'convmixer', '--model', 'convmixer_16_2_k3_p4_shared', '--dataset', data, '--threads', '1', '--no-progress',
-  '--set', 'batchSize=10', '--set', 'evalBatchSize=25', '--seed', '1', '--dist-timeout', '10'];
+const common = [
+  'train',
+  '--recipe',
+  'convmixer',
+  '--model',
+  'convmixer_16_2_k3_p4_shared',
+  '--dataset',
+  data,
+  '--threads',
+  '1',
+  '--no-progress',
+  '--set',
+  'batchSize=10',
+  '--set',
+  'evalBatchSize=25',
+  '--seed',
+  '1',
+  '--dist-timeout',
+  '10',
+];
 
 function kshare(args: string[]): { code: number; out: string; err: string } {
   const env: NodeJS.ProcessEnv = { ...process.env, KSHARE_DEBUG: '' };
@@ -25,13 +43,18 @@ function kshare(args: string[]): { code: number; out: string; err: string } {
   return { code: r.status ?? -1, out: r.stdout, err: r.stderr };
 }
 
-const history = (dir: string) => readFileSync(path.join(dir, 'log.jsonl'), 'utf8').trim().split('\n').map((l) => {
-  const { seconds: _s, imgPerSec: _i, ...rest } = JSON.parse(l) as Record<string, unknown>;
-  return rest;
-});
+const history = (dir: string) =>
+  readFileSync(path.join(dir, 'log.jsonl'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => {
+      const { seconds: _s, imgPerSec: _i, ...rest } = JSON.parse(l) as Record<string, unknown>;
+      return rest;
+    });
 
 test('--nproc 2: ConvMixer learns, rank 0 writes, stop + resume equals an uninterrupted run', () => {
-  const a = path.join(root, 'a'), b = path.join(root, 'b');
+  const a = path.join(root, 'a'),
+    b = path.join(root, 'b');
   const first = kshare([...common, '--nproc', '2', '--epochs', '2', '--out', a, '--stop-after-epochs', '1']);
   assert.equal(first.code, 0, first.err);
   assert.match(first.out, /batch size 10 per process, global batch 20/);
@@ -57,23 +80,43 @@ test('--nproc 2: ConvMixer learns, rank 0 writes, stop + resume equals an uninte
 function startLong(out: string): Promise<{ child: ReturnType<typeof spawn>; output: () => string; workers: number[] }> {
   const env = { ...process.env };
   for (const v of ['WORLD_SIZE', 'RANK', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT']) delete env[v];
-  const child = spawn(process.execPath, [CLI, ...common, '--nproc', '2', '--epochs', '200', '--out', out, '--dist-timeout', '5'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [CLI, ...common, '--nproc', '2', '--epochs', '200', '--out', out, '--dist-timeout', '5'], {
+    env,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let text = '';
-  child.stdout!.on('data', (d) => { text += d; });
-  child.stderr!.on('data', (d) => { text += d; });
+  child.stdout!.on('data', (d) => {
+    text += d;
+  });
+  child.stderr!.on('data', (d) => {
+    text += d;
+  });
   return new Promise((resolve, reject) => {
     const timer = setInterval(() => {
       if (/epoch 1\/200/.test(text)) {
         clearInterval(timer);
-        const workers = execFileSync('ps', ['-o', 'pid=', '--ppid', String(child.pid)], { encoding: 'utf8' }).trim().split(/\s+/).map(Number);
+        const workers = execFileSync('ps', ['-o', 'pid=', '--ppid', String(child.pid)], { encoding: 'utf8' })
+          .trim()
+          .split(/\s+/)
+          .map(Number);
         resolve({ child, output: () => text, workers });
       }
     }, 100);
-    child.on('close', () => { clearInterval(timer); reject(new Error(`run ended early: ${text}`)); });
+    child.on('close', () => {
+      clearInterval(timer);
+      reject(new Error(`run ended early: ${text}`));
+    });
   });
 }
 
-const alive = (pid: number) => { try { process.kill(pid, 0); return true; } catch { return false; } };
+const alive = (pid: number) => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
 const closed = (c: ReturnType<typeof spawn>) => new Promise<number | null>((r) => c.on('close', (code) => r(code)));
 
 test('a killed worker ends the job within the timeout, naming it; no orphans; the last checkpoint is intact', async () => {

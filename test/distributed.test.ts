@@ -23,18 +23,21 @@ test('collectives: all-reduce sum and avg, broadcast from rank 1, barrier', asyn
 
 const maxDiff = (a: number[], b: number[]) => a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i]!)), 0);
 
-test('DDP: ranks start from rank 0\'s weights, stay identical, and 2 x batch 4 equals one process with batch 8', async () => {
-    // Small buckets: three of them, each launched from a backward hook (overlap), in the same order on both ranks.
-    const [[single], rs] = await Promise.all([runRanks(worker, ['single', '4'], 0), runRanks(worker, ['ddp', '4'], 2, { env: { KSHARE_TEST_BUCKET_MB: '0.001' } })]);
-    const ref = lastJson<{ weights: number[] }>(single!).weights;
-    const [a, b] = rs.map((r) => lastJson<{ weights: number[]; bytesPerStep: number; buckets: number; launchedEarly: number }>(r));
-    assert.equal(maxDiff(a!.weights, b!.weights), 0, 'ranks hold identical weights');
-    const d = maxDiff(a!.weights, ref);
-    assert.ok(d < 1e-5, `DDP weights match the single-process run: max difference ${d}`);
-    // 3 convolutions (one kernel shared by two: counted once) + linear: all distinct trainable scalars, float32.
-    assert.equal(a!.bytesPerStep, 4 * ((3 * 6 * 9 + 6) + (6 * 6 * 9 + 6) + (6 * 4 + 4)));
-    assert.equal(a!.buckets, 3);
-    assert.equal(a!.launchedEarly, 4 * 3, 'every bucket was launched while backward was running');
+test("DDP: ranks start from rank 0's weights, stay identical, and 2 x batch 4 equals one process with batch 8", async () => {
+  // Small buckets: three of them, each launched from a backward hook (overlap), in the same order on both ranks.
+  const [[single], rs] = await Promise.all([
+    runRanks(worker, ['single', '4'], 0),
+    runRanks(worker, ['ddp', '4'], 2, { env: { KSHARE_TEST_BUCKET_MB: '0.001' } }),
+  ]);
+  const ref = lastJson<{ weights: number[] }>(single!).weights;
+  const [a, b] = rs.map((r) => lastJson<{ weights: number[]; bytesPerStep: number; buckets: number; launchedEarly: number }>(r));
+  assert.equal(maxDiff(a!.weights, b!.weights), 0, 'ranks hold identical weights');
+  const d = maxDiff(a!.weights, ref);
+  assert.ok(d < 1e-5, `DDP weights match the single-process run: max difference ${d}`);
+  // 3 convolutions (one kernel shared by two: counted once) + linear: all distinct trainable scalars, float32.
+  assert.equal(a!.bytesPerStep, 4 * (3 * 6 * 9 + 6 + (6 * 6 * 9 + 6) + (6 * 4 + 4)));
+  assert.equal(a!.buckets, 3);
+  assert.equal(a!.launchedEarly, 4 * 3, 'every bucket was launched while backward was running');
 });
 
 test('a rank that dies or hangs fails the others within the timeout, naming it', async () => {
@@ -58,8 +61,14 @@ test('DDP refuses ranks whose options differ instead of crashing in Gloo', async
 
 test('standard environment variables: validated with the variable named', () => {
   assert.equal(distributedEnv({}), null);
-  assert.deepEqual(distributedEnv({ WORLD_SIZE: '4', RANK: '2', MASTER_ADDR: 'node0', MASTER_PORT: '29500' }),
-    { host: 'node0', port: 29500, worldSize: 4, rank: 2, localRank: 2, ifname: undefined });
+  assert.deepEqual(distributedEnv({ WORLD_SIZE: '4', RANK: '2', MASTER_ADDR: 'node0', MASTER_PORT: '29500' }), {
+    host: 'node0',
+    port: 29500,
+    worldSize: 4,
+    rank: 2,
+    localRank: 2,
+    ifname: undefined,
+  });
   assert.throws(() => distributedEnv({ WORLD_SIZE: '2', RANK: '2', MASTER_ADDR: 'a', MASTER_PORT: '1' }), /RANK=2 must be an integer in \[0, 1\]/);
   assert.throws(() => distributedEnv({ WORLD_SIZE: '2', RANK: '0', MASTER_PORT: '1' }), /MASTER_ADDR is not set/);
   assert.throws(() => distributedEnv({ WORLD_SIZE: '2', RANK: '0', MASTER_ADDR: 'a' }), /MASTER_PORT is not set/);

@@ -43,15 +43,17 @@ export function broadcastTensors(group: ProcessGroup, tensors: Tensor[], root = 
     byDtype.set(key, [...(byDtype.get(key) ?? []), x]);
   }
   for (const list of byDtype.values()) {
-    t.tidy(() => t.noGrad(() => {
-      const flat = t.cat(list.map((x) => x.reshape([-1])));
-      group.broadcast(flat, root).wait();
-      let offset = 0;
-      for (const x of list) {
-        t.copy_(x, t.slice(flat, 0, offset, offset + x.size).view(x.shape));
-        offset += x.size;
-      }
-    }));
+    t.tidy(() =>
+      t.noGrad(() => {
+        const flat = t.cat(list.map((x) => x.reshape([-1])));
+        group.broadcast(flat, root).wait();
+        let offset = 0;
+        for (const x of list) {
+          t.copy_(x, t.slice(flat, 0, offset, offset + x.size).view(x.shape));
+          offset += x.size;
+        }
+      }),
+    );
   }
 }
 
@@ -65,7 +67,11 @@ export class DataParallel {
   #bucketer: BucketerHandle | null;
   #bufferMs = 0;
 
-  constructor(readonly group: ProcessGroup, readonly model: Module, o: DataParallelOptions = {}) {
+  constructor(
+    readonly group: ProcessGroup,
+    readonly model: Module,
+    o: DataParallelOptions = {},
+  ) {
     this.#d = distributedBinding();
     const capMB = o.bucketCapMB ?? 25;
     if (!(capMB > 0) || !Number.isFinite(capMB)) throw new RangeError(`DataParallel: bucketCapMB must be a positive number, got ${capMB}`);
@@ -83,12 +89,18 @@ export class DataParallel {
       return x.toArray();
     });
     if (theirs.some((v, i) => v !== mine[i])) {
-      const what = theirs.slice(0, 6).some((v, i) => v !== mine[i]) ? 'its model (parameter or buffer shapes)' : `its bucket size (${bucketCap} bytes vs rank 0's ${theirs[6]})`;
+      const what = theirs.slice(0, 6).some((v, i) => v !== mine[i])
+        ? 'its model (parameter or buffer shapes)'
+        : `its bucket size (${bucketCap} bytes vs rank 0's ${theirs[6]})`;
       throw new Error(`DataParallel: rank ${group.rank} differs from rank 0 in ${what}; every rank must build the same model with the same options`);
     }
     // Same starting point everywhere, as DDP's constructor does.
     broadcastTensors(group, [...this.params, ...buffers]);
-    this.#bucketer = this.#d.bucketerNew(group.handle, this.params.map((p) => p.handle), bucketCap);
+    this.#bucketer = this.#d.bucketerNew(
+      group.handle,
+      this.params.map((p) => p.handle),
+      bucketCap,
+    );
     const info = this.#d.bucketerInfo(this.#bucketer);
     this.bucketBytes = info.bucketBytes;
     this.bytesPerStep = info.bytes;

@@ -25,10 +25,12 @@ function intVar(env: NodeJS.ProcessEnv, name: string, lo: number, hi: number, fi
 export function distributedEnv(env: NodeJS.ProcessEnv = process.env): DistributedEnv | null {
   if (env.WORLD_SIZE === undefined || env.WORLD_SIZE === '') return null;
   const worldSize = intVar(env, 'WORLD_SIZE', 1, 1 << 20, 'set it to the number of processes in the job');
-  const rank = intVar(env, 'RANK', 0, worldSize - 1, 'set it to this process\'s index in the job (0 .. WORLD_SIZE-1)');
-  const localRank = env.LOCAL_RANK === undefined || env.LOCAL_RANK === '' ? rank : intVar(env, 'LOCAL_RANK', 0, worldSize - 1, 'set it to this process\'s index on its machine');
+  const rank = intVar(env, 'RANK', 0, worldSize - 1, "set it to this process's index in the job (0 .. WORLD_SIZE-1)");
+  const localRank =
+    env.LOCAL_RANK === undefined || env.LOCAL_RANK === '' ? rank : intVar(env, 'LOCAL_RANK', 0, worldSize - 1, "set it to this process's index on its machine");
   const host = env.MASTER_ADDR;
-  if (!host) throw new Error(`MASTER_ADDR is not set, but WORLD_SIZE=${worldSize} asks for a distributed run: set it to the address of the machine running rank 0`);
+  if (!host)
+    throw new Error(`MASTER_ADDR is not set, but WORLD_SIZE=${worldSize} asks for a distributed run: set it to the address of the machine running rank 0`);
   const port = intVar(env, 'MASTER_PORT', 1, 65535, 'set it to a free TCP port on the machine running rank 0 (e.g. 29500)');
   return { host, port, worldSize, rank, localRank, ifname: env.GLOO_SOCKET_IFNAME || undefined };
 }

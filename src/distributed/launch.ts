@@ -25,7 +25,10 @@ export function freeLoopbackPort(): Promise<number> {
 export function withoutOption(argv: string[], flag: string): string[] {
   const out: string[] = [];
   for (let i = 0; i < argv.length; i++) {
-    if (argv[i] === flag) { i++; continue; }
+    if (argv[i] === flag) {
+      i++;
+      continue;
+    }
     if (argv[i]!.startsWith(`${flag}=`)) continue;
     out.push(argv[i]!);
   }
@@ -46,7 +49,7 @@ export interface LaunchOptions {
 /** Runs the workers; resolves with the exit code for the launcher (0, 1 on a failure, 130 after Ctrl-C). */
 export async function launchLocal(o: LaunchOptions): Promise<number> {
   const log = o.log ?? ((l: string) => process.stderr.write(`${l}\n`));
-  const port = o.port ?? await freeLoopbackPort();
+  const port = o.port ?? (await freeLoopbackPort());
   const threads = Math.max(1, Math.floor(availableParallelism() / o.nproc));
   const args = o.args.includes('--threads') || o.args.some((a) => a.startsWith('--threads=')) ? o.args : [...o.args, '--threads', String(threads)];
   const children: (ChildProcess | null)[] = [];
@@ -56,7 +59,14 @@ export async function launchLocal(o: LaunchOptions): Promise<number> {
   let killTimer: NodeJS.Timeout | null = null;
 
   const killAll = (signal: NodeJS.Signals) => {
-    for (const [r, c] of children.entries()) if (c && !exited.has(r)) { try { c.kill(signal); } catch { /* gone */ } }
+    for (const [r, c] of children.entries())
+      if (c && !exited.has(r)) {
+        try {
+          c.kill(signal);
+        } catch {
+          /* gone */
+        }
+      }
   };
   const onInt = () => {
     interrupted++;
@@ -68,41 +78,54 @@ export async function launchLocal(o: LaunchOptions): Promise<number> {
       killAll('SIGKILL');
     }
   };
-  const onTerm = () => { log('kshare: terminated: killing the workers'); killAll('SIGKILL'); };
+  const onTerm = () => {
+    log('kshare: terminated: killing the workers');
+    killAll('SIGKILL');
+  };
   process.on('SIGINT', onInt);
   process.on('SIGTERM', onTerm);
   try {
-    const done = Array.from({ length: o.nproc }, (_, rank) => new Promise<number>((resolve) => {
-      const env = {
-        ...process.env,
-        MASTER_ADDR: '127.0.0.1', MASTER_PORT: String(port), WORLD_SIZE: String(o.nproc), RANK: String(rank), LOCAL_RANK: String(rank),
-        [LAUNCHER_PID_VAR]: String(process.pid),
-      };
-      const child = spawn(process.execPath, [o.script, ...args], {
-        env, detached: true, stdio: ['ignore', rank === 0 ? 'inherit' : 'ignore', rank === 0 ? 'inherit' : 'pipe'],
-      });
-      children[rank] = child;
-      let tail = '';
-      child.stderr?.on('data', (d: Buffer) => {
-        tail += d.toString();
-        const lines = tail.split('\n');
-        tail = lines.pop()!;
-        for (const l of lines) process.stderr.write(`[rank ${rank}] ${l}\n`);
-      });
-      child.on('error', (e) => log(`kshare: worker rank ${rank} could not start: ${e.message}`));
-      child.on('close', (code, signal) => {
-        exited.add(rank);
-        if (tail) process.stderr.write(`[rank ${rank}] ${tail}\n`);
-        const ok = code === 0 || (interrupted > 0 && code === 130);
-        if (!ok && failure === null && interrupted === 0) {
-          // A worker that exits with an error has printed it, naming the rank at fault if another one is.
-          failure = `worker rank ${rank} ${signal ? `was killed by ${signal}` : `exited with code ${code}${code === 1 ? ' (its error above says which rank is at fault)' : ''}`}`;
-          log(`kshare: ${failure}; stopping the other workers`);
-          killTimer = setTimeout(() => killAll('SIGKILL'), o.graceMs ?? 10_000);
-        }
-        resolve(code ?? 1);
-      });
-    }));
+    const done = Array.from(
+      { length: o.nproc },
+      (_, rank) =>
+        new Promise<number>((resolve) => {
+          const env = {
+            ...process.env,
+            MASTER_ADDR: '127.0.0.1',
+            MASTER_PORT: String(port),
+            WORLD_SIZE: String(o.nproc),
+            RANK: String(rank),
+            LOCAL_RANK: String(rank),
+            [LAUNCHER_PID_VAR]: String(process.pid),
+          };
+          const child = spawn(process.execPath, [o.script, ...args], {
+            env,
+            detached: true,
+            stdio: ['ignore', rank === 0 ? 'inherit' : 'ignore', rank === 0 ? 'inherit' : 'pipe'],
+          });
+          children[rank] = child;
+          let tail = '';
+          child.stderr?.on('data', (d: Buffer) => {
+            tail += d.toString();
+            const lines = tail.split('\n');
+            tail = lines.pop()!;
+            for (const l of lines) process.stderr.write(`[rank ${rank}] ${l}\n`);
+          });
+          child.on('error', (e) => log(`kshare: worker rank ${rank} could not start: ${e.message}`));
+          child.on('close', (code, signal) => {
+            exited.add(rank);
+            if (tail) process.stderr.write(`[rank ${rank}] ${tail}\n`);
+            const ok = code === 0 || (interrupted > 0 && code === 130);
+            if (!ok && failure === null && interrupted === 0) {
+              // A worker that exits with an error has printed it, naming the rank at fault if another one is.
+              failure = `worker rank ${rank} ${signal ? `was killed by ${signal}` : `exited with code ${code}${code === 1 ? ' (its error above says which rank is at fault)' : ''}`}`;
+              log(`kshare: ${failure}; stopping the other workers`);
+              killTimer = setTimeout(() => killAll('SIGKILL'), o.graceMs ?? 10_000);
+            }
+            resolve(code ?? 1);
+          });
+        }),
+    );
     const codes = await Promise.all(done);
     if (failure) {
       log(`kshare: the job failed: ${failure} (the last checkpoint in the run folder is intact; --resume continues from it)`);

@@ -24,17 +24,28 @@ export interface ProcessGroupOptions {
 /** The c10d functions of the addon, or an error saying how to get them. */
 export function distributedBinding(): DistributedBinding {
   if (!native.distAvailable().gloo || !native.distInit) {
-    throw new Error('this kshare addon was built without c10d Gloo, so distributed training is unavailable: install libgloo-dev (apt) and rebuild with `bash native/build.sh`');
+    throw new Error(
+      'this kshare addon was built without c10d Gloo, so distributed training is unavailable: install libgloo-dev (apt) and rebuild with `bash native/build.sh`',
+    );
   }
   return native as unknown as DistributedBinding;
 }
 
 /** A pending collective. `wait` blocks (up to the timeout); `waitAsync` keeps the event loop free. */
 export class Work {
-  constructor(private readonly d: DistributedBinding, readonly handle: WorkHandle) {}
-  wait(timeoutMs?: number): void { this.d.workWait(this.handle, timeoutMs); }
-  waitAsync(timeoutMs?: number): Promise<void> { return this.d.workWaitAsync(this.handle, timeoutMs); }
-  get isCompleted(): boolean { return this.d.workIsCompleted(this.handle); }
+  constructor(
+    private readonly d: DistributedBinding,
+    readonly handle: WorkHandle,
+  ) {}
+  wait(timeoutMs?: number): void {
+    this.d.workWait(this.handle, timeoutMs);
+  }
+  waitAsync(timeoutMs?: number): Promise<void> {
+    return this.d.workWaitAsync(this.handle, timeoutMs);
+  }
+  get isCompleted(): boolean {
+    return this.d.workIsCompleted(this.handle);
+  }
 }
 
 function checkInt(name: string, v: number, lo: number, hi = Number.MAX_SAFE_INTEGER): void {
@@ -49,7 +60,11 @@ export class ProcessGroup {
   readonly timeoutMs: number;
   #handle: GroupHandle | null;
 
-  private constructor(private readonly d: DistributedBinding, handle: GroupHandle, o: Required<Pick<ProcessGroupOptions, 'rank' | 'worldSize' | 'timeoutMs'>>) {
+  private constructor(
+    private readonly d: DistributedBinding,
+    handle: GroupHandle,
+    o: Required<Pick<ProcessGroupOptions, 'rank' | 'worldSize' | 'timeoutMs'>>,
+  ) {
     this.#handle = handle;
     this.rank = o.rank;
     this.worldSize = o.worldSize;
@@ -68,11 +83,17 @@ export class ProcessGroup {
     checkInt('heartbeatMs', heartbeatMs, 1);
     if (!o.host) throw new Error('process group: host (MASTER_ADDR) is empty');
     const handle = await d.distInit({
-      host: o.host, port: o.port, rank: o.rank, worldSize: o.worldSize, timeoutMs, heartbeatMs,
+      host: o.host,
+      port: o.port,
+      rank: o.rank,
+      worldSize: o.worldSize,
+      timeoutMs,
+      heartbeatMs,
       // A loopback job binds Gloo to loopback too: this host's name may resolve to an address
       // that is firewalled or absent (containers).
       deviceHost: !o.ifname && LOOPBACK.has(o.host) ? '127.0.0.1' : undefined,
-      ifname: o.ifname, nccl: o.nccl ?? true,
+      ifname: o.ifname,
+      nccl: o.nccl ?? true,
     });
     return new ProcessGroup(d, handle, { rank: o.rank, worldSize: o.worldSize, timeoutMs });
   }
@@ -83,8 +104,12 @@ export class ProcessGroup {
   }
 
   /** Collectives launched so far by this rank (the same sequence on every rank). */
-  get collectives(): number { return this.d.distInfo(this.handle).collectives; }
-  get usesNccl(): boolean { return this.d.distInfo(this.handle).nccl; }
+  get collectives(): number {
+    return this.d.distInfo(this.handle).collectives;
+  }
+  get usesNccl(): boolean {
+    return this.d.distInfo(this.handle).nccl;
+  }
 
   /** In-place all-reduce of a contiguous tensor; 'avg' divides the sum by the world size. */
   allReduce(x: Tensor, op: 'sum' | 'avg' = 'sum'): Work {

@@ -29,8 +29,10 @@ export function checkResumeWorldSize(outDir: string, worldSize: number): void {
   const file = path.join(outDir, DISTRIBUTED_FILE);
   const was = existsSync(file) ? (JSON.parse(readFileSync(file, 'utf8')) as DistributedRunInfo).worldSize : 1;
   if (was !== worldSize) {
-    throw new Error(`--resume: ${outDir} was trained by ${was} process${was === 1 ? '' : 'es'}, this run has ${worldSize}; ` +
-      `resume with the same number (${was === 1 ? 'without --nproc / WORLD_SIZE' : `--nproc ${was}, or WORLD_SIZE=${was}`}): the data split, the global batch and the learning-rate schedule depend on it`);
+    throw new Error(
+      `--resume: ${outDir} was trained by ${was} process${was === 1 ? '' : 'es'}, this run has ${worldSize}; ` +
+        `resume with the same number (${was === 1 ? 'without --nproc / WORLD_SIZE' : `--nproc ${was}, or WORLD_SIZE=${was}`}): the data split, the global batch and the learning-rate schedule depend on it`,
+    );
   }
 }
 
@@ -61,12 +63,18 @@ export class DataParallelTraining {
   #stop = new AbortController();
   #stopRequested = false;
 
-  constructor(readonly group: ProcessGroup, readonly batchSize: number, private readonly opts: DataParallelOptions = {}) {
+  constructor(
+    readonly group: ProcessGroup,
+    readonly batchSize: number,
+    private readonly opts: DataParallelOptions = {},
+  ) {
     this.stop = this.#stop.signal;
   }
 
   /** Asks every rank to stop after the current step (the stop takes effect where all agree). */
-  requestStop(): void { this.#stopRequested = true; }
+  requestStop(): void {
+    this.#stopRequested = true;
+  }
 
   /** Wraps the trainer's model factory: every rank starts from rank 0's weights and buffers. */
   wrapBuildModel(build: () => Module): () => Module {
@@ -79,7 +87,9 @@ export class DataParallelTraining {
   }
 
   get hooks(): TrainHooks {
-    const W = this.group.worldSize, r = this.group.rank, B = this.batchSize;
+    const W = this.group.worldSize,
+      r = this.group.rank,
+      B = this.batchSize;
     return {
       writes: r === 0,
       shard: {

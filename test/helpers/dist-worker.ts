@@ -13,8 +13,17 @@ const arg = process.argv[3];
 export function sharedNet(): Module {
   const c2 = new Conv2d(6, 6, 3, { padding: 1 });
   const k = new SharedKernel(c2.getParameter('weight')!, c2.getParameter('bias'), c2, 'c2');
-  return new Sequential(new Conv2d(3, 6, 3, { padding: 1 }), new ReLU(), c2, new ReLU(), new Conv2d(6, 6, 3, { padding: 1, kernel: k }), new ReLU(),
-    new AdaptiveAvgPool2d(1), new Flatten(), new Linear(6, 4));
+  return new Sequential(
+    new Conv2d(3, 6, 3, { padding: 1 }),
+    new ReLU(),
+    c2,
+    new ReLU(),
+    new Conv2d(6, 6, 3, { padding: 1, kernel: k }),
+    new ReLU(),
+    new AdaptiveAvgPool2d(1),
+    new Flatten(),
+    new Linear(6, 4),
+  );
 }
 
 /** Fixed data: 2B images of 8x8 and labels (every rank builds the same). */
@@ -70,7 +79,10 @@ async function main(): Promise<void> {
     const c = t.tensor([env.rank === 1 ? 42 : 0, env.rank]);
     await g.broadcast(c, 1).waitAsync();
     g.barrier().wait();
-    out.sum = a.toArray(); out.avg = b.toArray(); out.bcast = c.toArray(); out.collectives = g.collectives;
+    out.sum = a.toArray();
+    out.avg = b.toArray();
+    out.bcast = c.toArray();
+    out.collectives = g.collectives;
   } else if (scenario === 'ddp') {
     // Different seeds per rank: the broadcast from rank 0 must make the weights equal.
     t.manualSeed(env.rank === 0 ? 7 : 99);
@@ -88,7 +100,9 @@ async function main(): Promise<void> {
     if (env.rank === 1) {
       if (scenario === 'die') process.exit(3);
       const until = Date.now() + 5_000; // longer than rank 0 needs to give up and diagnose
-      while (Date.now() < until) { /* stuck in compute: heartbeats continue from their thread */ }
+      while (Date.now() < until) {
+        /* stuck in compute: heartbeats continue from their thread */
+      }
     }
     const start = Date.now();
     try {
@@ -106,7 +120,8 @@ async function main(): Promise<void> {
 }
 
 // `node --test dist/test/` also runs this file, without a scenario: nothing to do then.
-if (scenario) main().catch((e) => {
-  console.error(e instanceof Error ? e.message : e);
-  process.exit(1);
-});
+if (scenario)
+  main().catch((e) => {
+    console.error(e instanceof Error ? e.message : e);
+    process.exit(1);
+  });

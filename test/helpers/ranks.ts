@@ -14,32 +14,69 @@ export function freePort(): Promise<number> {
   });
 }
 
-export interface RankResult { rank: number; code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string; seconds: number }
+export interface RankResult {
+  rank: number;
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+  seconds: number;
+}
 
 /** Runs `node script ...args` once per rank (or once with no rank variables when world is 0); kills all after killAfterMs. */
-export async function runRanks(script: string, args: string[], world: number, o: { env?: Record<string, string>; perRankEnv?: (rank: number) => Record<string, string>; killAfterMs?: number } = {}): Promise<RankResult[]> {
+export async function runRanks(
+  script: string,
+  args: string[],
+  world: number,
+  o: { env?: Record<string, string>; perRankEnv?: (rank: number) => Record<string, string>; killAfterMs?: number } = {},
+): Promise<RankResult[]> {
   const port = await freePort();
   const ranks = world === 0 ? [-1] : Array.from({ length: world }, (_, r) => r);
   const start = Date.now();
-  return Promise.all(ranks.map((rank) => new Promise<RankResult>((resolve) => {
-    const env: NodeJS.ProcessEnv = { ...process.env, OMP_NUM_THREADS: '1', ...o.env, ...(rank >= 0 ? o.perRankEnv?.(rank) : {}) };
-    delete env.WORLD_SIZE; delete env.RANK; delete env.LOCAL_RANK; delete env.MASTER_ADDR; delete env.MASTER_PORT;
-    if (rank >= 0) Object.assign(env, { MASTER_ADDR: '127.0.0.1', MASTER_PORT: String(port), WORLD_SIZE: String(world), RANK: String(rank), LOCAL_RANK: String(rank) });
-    const child = spawn(process.execPath, [script, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '', stderr = '';
-    child.stdout.on('data', (d) => { stdout += d; });
-    child.stderr.on('data', (d) => { stderr += d; });
-    const timer = setTimeout(() => child.kill('SIGKILL'), o.killAfterMs ?? 60_000);
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      resolve({ rank, code, signal, stdout, stderr, seconds: (Date.now() - start) / 1000 });
-    });
-  })));
+  return Promise.all(
+    ranks.map(
+      (rank) =>
+        new Promise<RankResult>((resolve) => {
+          const env: NodeJS.ProcessEnv = { ...process.env, OMP_NUM_THREADS: '1', ...o.env, ...(rank >= 0 ? o.perRankEnv?.(rank) : {}) };
+          delete env.WORLD_SIZE;
+          delete env.RANK;
+          delete env.LOCAL_RANK;
+          delete env.MASTER_ADDR;
+          delete env.MASTER_PORT;
+          if (rank >= 0)
+            Object.assign(env, {
+              MASTER_ADDR: '127.0.0.1',
+              MASTER_PORT: String(port),
+              WORLD_SIZE: String(world),
+              RANK: String(rank),
+              LOCAL_RANK: String(rank),
+            });
+          const child = spawn(process.execPath, [script, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+          let stdout = '',
+            stderr = '';
+          child.stdout.on('data', (d) => {
+            stdout += d;
+          });
+          child.stderr.on('data', (d) => {
+            stderr += d;
+          });
+          const timer = setTimeout(() => child.kill('SIGKILL'), o.killAfterMs ?? 60_000);
+          child.on('close', (code, signal) => {
+            clearTimeout(timer);
+            resolve({ rank, code, signal, stdout, stderr, seconds: (Date.now() - start) / 1000 });
+          });
+        }),
+    ),
+  );
 }
 
 /** The last JSON line a rank printed. */
 export function lastJson<T = Record<string, unknown>>(r: RankResult): T {
-  const line = r.stdout.trim().split('\n').filter((l) => l.startsWith('{')).pop();
+  const line = r.stdout
+    .trim()
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .pop();
   if (!line) throw new Error(`rank ${r.rank} printed no JSON (exit ${r.code ?? r.signal}): ${r.stderr.slice(-2000)}`);
   return JSON.parse(line) as T;
 }
