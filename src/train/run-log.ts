@@ -1,11 +1,13 @@
 // What a run leaves for people and tools: a progress bar while it trains, one JSON line per
-// epoch in <out>/log.jsonl and <out>/summary.json at the end (both written atomically).
+// epoch in <out>/log.jsonl, one per logging interval (about ten per epoch) in
+// <out>/steps.jsonl, and <out>/summary.json (rewritten atomically).
 import { writeFileSync, renameSync, appendFileSync, readFileSync, existsSync } from 'node:fs';
 import path from 'node:path';
 import cliProgress from 'cli-progress';
 import type { EpochRecord } from './checkpoint.js';
 
 export const LOG_FILE = 'log.jsonl';
+export const STEPS_FILE = 'steps.jsonl';
 export const SUMMARY_FILE = 'summary.json';
 export const CHECKPOINT_FILE = 'checkpoint.safetensors';
 
@@ -25,6 +27,65 @@ export function rewriteLog(outDir: string, history: EpochRecord[]): void {
 
 export function appendLog(outDir: string, r: EpochRecord): void {
   appendFileSync(path.join(outDir, LOG_FILE), JSON.stringify(r) + '\n');
+}
+
+/** One line of steps.jsonl: the training metrics of one logging interval. */
+export interface StepRecord {
+  /** 1-based epoch. */
+  epoch: number;
+  /** Steps of the epoch done (1-based number of the interval's last step). */
+  step: number;
+  /** Steps per epoch. */
+  steps: number;
+  /** (epoch - 1) + step / steps: the x axis of a training curve. */
+  progress: number;
+  /** Mean loss over the interval's images. */
+  trainLoss: number;
+  /** Fraction 0..1 of the interval's images predicted right (against the mixed target's argmax). */
+  trainAcc: number;
+  /** Learning rate of the interval's last step. */
+  lr: number;
+  imgPerSec: number;
+  /** Seconds of training and evaluation since the run started (summed over resumed parts). */
+  elapsedS: number;
+}
+
+export function appendSteps(outDir: string, r: StepRecord): void {
+  appendFileSync(path.join(outDir, STEPS_FILE), JSON.stringify(r) + '\n');
+}
+
+/**
+ * Keeps the lines of steps.jsonl up to global step `position` (where the checkpoint being
+ * resumed stands) and drops the rest, so a killed and resumed run has no duplicate or lost
+ * lines. Rewritten atomically; unreadable lines (a write cut short by a kill) are dropped.
+ */
+export function truncateSteps(outDir: string, position: number): void {
+  const file = path.join(outDir, STEPS_FILE);
+  const kept: string[] = [];
+  if (position > 0 && existsSync(file)) {
+    for (const line of readFileSync(file, 'utf8').split('\n')) {
+      try {
+        const r = JSON.parse(line) as StepRecord;
+        if ((r.epoch - 1) * r.steps + r.step <= position) kept.push(line + '\n');
+      } catch { /* a partial line from a kill */ }
+    }
+  }
+  const tmp = `${file}.${process.pid}.tmp`;
+  writeFileSync(tmp, kept.join(''));
+  renameSync(tmp, file);
+}
+
+/** Reads a run's steps.jsonl (missing file: empty list). */
+export function readSteps(outDir: string): StepRecord[] {
+  const file = path.join(outDir, STEPS_FILE);
+  if (!existsSync(file)) return [];
+  return readFileSync(file, 'utf8').split('\n').filter((l) => l.trim()).map((l, i) => {
+    try {
+      return JSON.parse(l) as StepRecord;
+    } catch {
+      throw new Error(`${file}: line ${i + 1} is not valid JSON`);
+    }
+  });
 }
 
 /** Reads a run's log.jsonl (a missing file gives an empty list; a bad line is an error naming it). */
@@ -62,7 +123,8 @@ export class EpochProgress {
   }
 
   update(done: number, loss: number, imgPerSec: number): void {
-    this.#bar?.update(done, { loss: loss.toFixed(4), ips: imgPerSec.toFixed(0) });
+    // Loss and speed are read from the device once per logging interval: '-' until the first.
+    this.#bar?.update(done, { loss: Number.isFinite(loss) ? loss.toFixed(4) : '-', ips: Number.isFinite(imgPerSec) ? imgPerSec.toFixed(0) : '-' });
   }
 
   stop(): void {
