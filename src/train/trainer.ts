@@ -293,11 +293,7 @@ function restore(s: Session, file: string): RunState {
   try {
     const m = ck.meta;
     if (m.itersPerEpoch !== s.itersPerEpoch) throw new Error(`${file}: it ran ${m.itersPerEpoch} steps per epoch, this run would run ${s.itersPerEpoch} (batch size or data changed)`);
-    if (m.epoch >= m.recipe.epochs && s.recipe.epochs > m.recipe.epochs && s.recipe.schedule.type === 'cosine') {
-      const endLr = learningRate(m.recipe.schedule, { ...s.schedule, epochs: m.recipe.epochs }, m.globalStep - 1);
-      throw new Error(`${file} is a finished run of ${m.recipe.epochs} epoch(s); its cosine schedule ended at lr ${endLr.toPrecision(2)}, ` +
-        `so ${s.recipe.epochs - m.recipe.epochs} more epoch(s) would continue at that rate. Train a new run with --epochs ${s.recipe.epochs} (another --out) instead`);
-    }
+    checkExtension(file, m, s.recipe.epochs);
     restoreModel(s.model, ck);
     restoreOptimizer(s.optimizer, ck);
     if (m.scaler && s.amp) s.scaler.loadStateDict(m.scaler, s.device);
@@ -327,6 +323,18 @@ function restore(s: Session, file: string): RunState {
   } finally {
     ck.dispose();
   }
+}
+
+/**
+ * A finished cosine run ends at its minimum learning rate; more epochs would silently train on
+ * at that rate, which no one means. Refused with what to do instead (multistep and constant
+ * schedules do not depend on the run's length, so those may be extended).
+ */
+export function checkExtension(file: string, m: Pick<CheckpointMeta, 'epoch' | 'recipe' | 'globalStep' | 'itersPerEpoch'>, epochs: number): void {
+  if (m.epoch < m.recipe.epochs || epochs <= m.recipe.epochs || m.recipe.schedule.type !== 'cosine') return;
+  const endLr = learningRate(m.recipe.schedule, { baseLr: m.recipe.optimizer.lr, epochs: m.recipe.epochs, itersPerEpoch: m.itersPerEpoch }, m.globalStep - 1);
+  throw new Error(`${file} is a finished run of ${m.recipe.epochs} epoch(s) whose cosine schedule ended at lr ${endLr.toPrecision(2)}; ` +
+    `--epochs ${epochs} would train ${epochs - m.recipe.epochs} more at that rate. Start a new run (another --out) with --epochs ${epochs} instead`);
 }
 
 /**

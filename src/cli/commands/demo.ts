@@ -8,7 +8,7 @@ import { loadRecipe } from '../../train/recipe.js';
 import { train } from '../../train/trainer.js';
 import { loadSplits } from '../../train/datasets.js';
 import { formatDuration } from '../../train/run-log.js';
-import { buildModel, positiveInt, recipeFromFlags, stopOnInterrupt } from './train.js';
+import { buildModel, positiveInt, recipeFromFlags, stopOnInterrupt, reportInterrupted, resumeCommand } from './train.js';
 
 interface DemoOptions {
   out?: string;
@@ -55,8 +55,12 @@ export function register(program: Command): void {
         const s = await train({
           recipe, buildModel: buildModel(modelName, data.train.classes.length), modelName, modelConfig: config,
           train: data.train, test: data.test, datasetSpec: 'cifar10', outDir: out, device: o.device,
-          channelsLast: !o.device.startsWith('cuda'), progress, log, stop: stop.signal,
+          channelsLast: !o.device.startsWith('cuda'), progress, progressLines: o.progress && !process.stdout.isTTY, log, stop: stop.signal,
         });
+        if (s.status === 'interrupted') {
+          reportInterrupted(s, resumeCommand({ out, dataDir: o.dataDir, device: o.device, channelsLast: !o.device.startsWith('cuda') }), log);
+          return;
+        }
         const wall = (performance.now() - start) / 1000;
         const info = t.runtimeInfo();
         console.log('');

@@ -5,14 +5,14 @@ import * as t from '../../tensor/index.js';
 import { createModel, modelConfig, loadModelConfigFile, buildFromConfig, type ModelConfig } from '../../models/index.js';
 import { loadRecipe, applyOverrides, parseOverride, listRecipes, type Recipe } from '../../train/recipe.js';
 import { readCheckpoint } from '../../train/checkpoint.js';
-import { train } from '../../train/trainer.js';
+import { train, checkExtension, type TrainSummary } from '../../train/trainer.js';
 import { loadSplits } from '../../train/datasets.js';
 import { CHECKPOINT_FILE } from '../../train/run-log.js';
 
 export interface TrainCliOptions {
   recipe?: string;
   model?: string;
-  dataset: string;
+  dataset?: string;
   dataDir?: string;
   out: string;
   epochs?: string;
@@ -84,6 +84,24 @@ export function buildModel(name: string, classes: number, stored: unknown = null
   return () => (config ? buildFromConfig(config, classes) : createModel(name, { classes }));
 }
 
+/** The command that continues a run folder (what an interrupted run tells the user). */
+export function resumeCommand(o: { out: string; dataset?: string; dataDir?: string; device?: string; channelsLast?: boolean }): string {
+  const q = (v: string) => (/^[\w./:@=-]+$/.test(v) ? v : `'${v.replace(/'/g, `'\\''`)}'`);
+  return ['kshare train --resume --out', q(o.out),
+    ...(o.dataset ? ['--dataset', q(o.dataset)] : []),
+    ...(o.dataDir ? ['--data-dir', q(o.dataDir)] : []),
+    ...(o.device && o.device !== 'cpu' ? ['--device', q(o.device)] : []),
+    ...(o.channelsLast ? ['--channels-last'] : [])].join(' ');
+}
+
+/** The last line of an interrupted run; also sets the exit code Unix tools use after Ctrl-C (130). */
+export function reportInterrupted(s: TrainSummary, resume: string, log: (l: string) => void): void {
+  const at = s.interruptedAt;
+  log(`interrupted ${at ? `in epoch ${at.epoch} at step ${at.step}/${at.steps}` : `after epoch ${s.epochsDone}`}; resume with: ${resume}` +
+    (s.epochsDone ? ` (best test accuracy so far ${(100 * s.bestAcc).toFixed(2)}% after ${s.epochsDone}/${s.epochs} epochs)` : ''));
+  process.exitCode = 130;
+}
+
 /** Ctrl-C: the first asks the run to checkpoint and stop after the current step; the second quits. */
 export function stopOnInterrupt(log: (l: string) => void): { signal: AbortSignal; release(): void } {
   const ctrl = new AbortController();
@@ -105,7 +123,7 @@ export function register(program: Command): void {
     .description('train a model with a recipe (recipes/*.json); writes <out>/log.jsonl, summary.json and checkpoint.safetensors')
     .option('--recipe <name|file>', `recipe name (${listRecipes().join(', ') || 'see recipes/'}) or a .json file`)
     .option('--model <name>', "model name (see `kshare models`); default: the recipe's")
-    .requiredOption('--dataset <spec>', 'cifar10, cifar100, or an image folder <root>/{train,test}/<class>/*')
+    .option('--dataset <spec>', 'cifar10, cifar100, or an image folder <root>/{train,test}/<class>/* (default with --resume: the run\'s)')
     .option('--data-dir <dir>', 'where datasets are looked for and extracted (default ./data, then ../shared/data)')
     .requiredOption('--out <dir>', 'run folder for the log, summary and checkpoint')
     .option('--epochs <n>', 'override the recipe\'s epochs')
@@ -133,6 +151,7 @@ export function register(program: Command): void {
       let modelName: string;
       let resume: string | null = null;
       let stored: unknown = null;
+      let dataset = o.dataset;
       if (o.resume) {
         resume = typeof o.resume === 'string' ? o.resume : path.join(o.out, CHECKPOINT_FILE);
         const ck = readCheckpoint(resume);
@@ -143,16 +162,20 @@ export function register(program: Command): void {
         const diff = recipeDifferences(ck.meta.recipe, asked).filter((f) => f !== 'epochs');
         if (diff.length) throw new Error(`--resume continues the run as it was, but the command line changes ${diff.join(', ')} (only --epochs may change)`);
         if (o.model && o.model !== ck.meta.modelName) throw new Error(`${resume} was trained as model '${ck.meta.modelName}', not '${o.model}'`);
+        checkExtension(resume, ck.meta, asked.epochs);
         recipe = { ...ck.meta.recipe, epochs: asked.epochs };
         modelName = ck.meta.modelName;
         stored = ck.meta.modelConfig;
+        dataset ??= ck.meta.datasetSpec ?? undefined;
+        if (!dataset) throw new Error(`${resume} does not record its dataset: give --dataset`);
       } else {
+        if (!dataset) throw new Error("required option '--dataset <spec>' not specified");
         if (!o.recipe) throw new Error(`--recipe is required (one of ${listRecipes().join(', ')}, or a .json file)`);
         recipe = recipeFromFlags(loadRecipe(o.recipe), o);
         modelName = o.model ?? recipe.model;
       }
       const progress = o.progress && !!process.stderr.isTTY;
-      const { train: trainSet, test: testSet } = await loadSplits(o.dataset, { dataDir: o.dataDir, download: o.download, log, progress });
+      const { train: trainSet, test: testSet } = await loadSplits(dataset, { dataDir: o.dataDir, download: o.download, log, progress });
       const classes = trainSet.classes.length;
       const build = buildModel(modelName, classes, stored);
       let config: unknown = stored;
@@ -161,10 +184,14 @@ export function register(program: Command): void {
       try {
         const s = await train({
           recipe, buildModel: build, modelName, modelConfig: config, train: trainSet, test: testSet,
-          outDir: o.out, device: o.device, resume, progress, log, stop: stop.signal, channelsLast: !!o.channelsLast,
+          outDir: o.out, device: o.device, resume, progress, progressLines: o.progress && !process.stdout.isTTY, log, stop: stop.signal, channelsLast: !!o.channelsLast,
           stopAfterEpochs: o.stopAfterEpochs === undefined ? undefined : positiveInt('--stop-after-epochs', o.stopAfterEpochs),
-          datasetSpec: o.dataset,
+          datasetSpec: dataset,
         });
+        if (s.status === 'interrupted') {
+          reportInterrupted(s, resumeCommand({ out: o.out, dataDir: o.dataDir, device: o.device, channelsLast: o.channelsLast }), log);
+          return;
+        }
         log(`${s.status}: ${s.model} on ${s.dataset}, best test accuracy ${(100 * s.bestAcc).toFixed(2)}% after ${s.epochsDone}/${s.epochs} epochs; ` +
           `${s.trainableParams.toLocaleString('en-US')} trainable parameters (${s.unsharedParams.toLocaleString('en-US')} without sharing); run folder ${o.out}`);
       } finally {
