@@ -6,12 +6,11 @@
 // system `tar -xJf` into dataDir or ./data); finally the official download when allowed.
 // 'cifar100': the official binary or python folder, or the download.
 
-import { execFile } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createReadStream, existsSync, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
 import { DataError, type ImageDataset, type ProgressFn, type Split } from './types.js';
 import { CIFAR_LAYOUT, findCifar, readCifar, type CifarKind } from './cifar.js';
 import { downloadCifar, type DownloadOptions } from './download.js';
@@ -94,11 +93,30 @@ async function sha256File(file: string): Promise<string> {
   return h.digest('hex');
 }
 
+/** Entries (files and folders) of cifar10-jpeg.tar.xz, for extraction progress. */
+const CIFAR10_JPEG_ENTRIES = 60023;
+
+/** `tar -xJf` with -v, counting the listed entries as progress (extraction takes a minute or more). */
+function untarWithProgress(archive: string, dest: string, onProgress?: ProgressFn): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const tar = spawn('tar', ['-xvJf', path.resolve(archive), '-C', dest, '--no-same-owner', '--no-same-permissions'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let entries = 0;
+    let stderr = '';
+    tar.stdout.on('data', (d: Buffer) => {
+      for (const b of d) if (b === 10) entries++;
+      onProgress?.(Math.min(entries, CIFAR10_JPEG_ENTRIES), CIFAR10_JPEG_ENTRIES, 'extract');
+    });
+    tar.stderr.on('data', (d: Buffer) => { if (stderr.length < 4096) stderr += d.toString(); });
+    tar.on('error', reject);
+    tar.on('close', (code) => (code === 0 ? resolve() : reject(new Error(stderr || `tar exited with code ${code}`))));
+  });
+}
+
 /**
  * Extracts `cifar10-jpeg.tar.xz` with the system tar into `<destDir>/cifar10-jpeg` (through a
  * staging folder, so the folder appears complete or not at all). Returns the folder.
  */
-export async function extractJpegCopy(archive: string, destDir: string, log: (m: string) => void = () => {}): Promise<string> {
+export async function extractJpegCopy(archive: string, destDir: string, log: (m: string) => void = () => {}, onProgress?: ProgressFn): Promise<string> {
   const final = path.join(destDir, CIFAR10_JPEG_FOLDER);
   if ((await isDir(path.join(final, 'train'))) && (await isDir(path.join(final, 'test')))) return final;
   if (path.basename(archive) === CIFAR10_JPEG_ARCHIVE) {
@@ -110,10 +128,9 @@ export async function extractJpegCopy(archive: string, destDir: string, log: (m:
   log(`extracting ${archive} into ${destDir}`);
   try {
     try {
-      await promisify(execFile)('tar', ['-xJf', path.resolve(archive), '-C', staging, '--no-same-owner', '--no-same-permissions'], { maxBuffer: 1 << 24 });
+      await untarWithProgress(archive, staging, onProgress);
     } catch (e) {
-      const err = e as Error & { stderr?: string };
-      throw new DataError(`${archive}: extraction with 'tar -xJf' failed (${(err.stderr || err.message).trim()})`, { file: archive, cause: e });
+      throw new DataError(`${archive}: extraction with 'tar -xJf' failed (${(e as Error).message.trim()})`, { file: archive, cause: e });
     }
     const got = path.join(staging, CIFAR10_JPEG_FOLDER);
     for (const s of ['train', 'test'])
@@ -165,9 +182,7 @@ async function loadCifar(kind: CifarKind, opts: LoadOptions): Promise<ImageDatas
     for (const dir of dirs) {
       const archive = path.join(dir, CIFAR10_JPEG_ARCHIVE);
       if (existsSync(archive)) {
-        opts.onProgress?.(0, 1, 'extract');
-        const folder = await extractJpegCopy(archive, primary, log);
-        opts.onProgress?.(1, 1, 'extract');
+        const folder = await extractJpegCopy(archive, primary, log, opts.onProgress);
         log(`${CIFAR10_JPEG_NAME}: image folder ${folder}`);
         return readImageFolder(folder, opts.split, folderOpts);
       }

@@ -470,7 +470,16 @@ async function trainEpoch(s: Session, state: RunState): Promise<'done' | 'interr
     const imagesNow = sums.seen - seenAtStart;
     s.trainedImages += imagesNow;
     if (o.progressLines) s.log(`evaluating on ${s.testSet.count.toLocaleString('en-US')} test images ...`);
-    const ev = evaluate(s.model, s.testSet, { batchSize: recipe.evalBatchSize, mean: recipe.augment.mean, std: recipe.augment.std, amp: s.amp, channelsLast: o.channelsLast });
+    let evalLineAt = performance.now();
+    const ev = evaluate(s.model, s.testSet, {
+      batchSize: recipe.evalBatchSize, mean: recipe.augment.mean, std: recipe.augment.std, amp: s.amp, channelsLast: o.channelsLast,
+      onProgress: o.progressLines ? (done, total) => {
+        if (done < total && performance.now() - evalLineAt >= everySeconds * 1000) {
+          evalLineAt = performance.now();
+          s.log(`evaluating: ${done.toLocaleString('en-US')}/${total.toLocaleString('en-US')} test images`);
+        }
+      } : undefined,
+    });
     state.bestAcc = Math.max(state.bestAcc, ev.accuracy);
     const rec: EpochRecord = {
       epoch: e, lr: meter.lrs[n - 1]!, trainLoss: sums.lossSum / sums.seen, trainAcc: sums.correct / sums.seen, testLoss: ev.loss, testAcc: ev.accuracy, bestAcc: state.bestAcc,

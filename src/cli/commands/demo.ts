@@ -46,7 +46,7 @@ export function register(program: Command): void {
       const recipe = recipeFromFlags(loadRecipe('demo'), { epochs: o.epochs, trainPerClass: o.trainPerClass, testPerClass: o.testPerClass, set: [] });
       const modelName = o.model ?? recipe.model;
       const progress = o.progress && !!process.stderr.isTTY;
-      const data = await loadSplits('cifar10', { dataDir: o.dataDir, download: o.download, log, progress });
+      const data = await loadSplits('cifar10', { dataDir: o.dataDir, download: o.download, log, progress, progressLines: o.progress && !process.stdout.isTTY });
       const dataSeconds = (performance.now() - start) / 1000;
       let config: unknown = null;
       try { config = modelConfig(modelName); } catch { /* createModel reports unknown names */ }

@@ -175,7 +175,7 @@ export function register(program: Command): void {
         modelName = o.model ?? recipe.model;
       }
       const progress = o.progress && !!process.stderr.isTTY;
-      const { train: trainSet, test: testSet } = await loadSplits(dataset, { dataDir: o.dataDir, download: o.download, log, progress });
+      const { train: trainSet, test: testSet } = await loadSplits(dataset, { dataDir: o.dataDir, download: o.download, log, progress, progressLines: o.progress && !process.stdout.isTTY });
       const classes = trainSet.classes.length;
       const build = buildModel(modelName, classes, stored);
       let config: unknown = stored;
