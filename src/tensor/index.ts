@@ -16,4 +16,5 @@ export * from './ops/activation.js';
 export * from './ops/loss.js';
 export * from './ops/sampling.js';
 export * from './runtime.js';
+export { setWarningHandler, collectWarnings, type WarningHandler } from './warnings.js';
 export { kernelSchema, KERNELS } from './kernels.js';

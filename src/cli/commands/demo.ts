@@ -1,6 +1,7 @@
 // `kshare demo`: the main job. Trains a small shared ConvMixer on CIFAR-10 for a few minutes
 // on a CPU and prints test accuracy, trainable parameters and the count without sharing.
 import type { Command } from 'commander';
+import { parseDevice, requireDevice } from '../device.js';
 import path from 'node:path';
 import * as t from '../../tensor/index.js';
 import { modelConfig } from '../../models/index.js';
@@ -29,7 +30,7 @@ export function register(program: Command): void {
     .description('train a small shared ConvMixer on CIFAR-10 for a few minutes (CPU) and print accuracy and parameter counts')
     .option('--out <dir>', 'run folder (default runs/demo-<date>-<time>)')
     .option('--data-dir <dir>', 'where CIFAR-10 is looked for / extracted (default ./data, then ../shared/data)')
-    .option('--device <device>', 'cpu or cuda', 'cpu')
+    .option('--device <device>', 'cpu, cuda or cuda:N', parseDevice, 'cpu')
     .option('--threads <n>', 'CPU threads for libtorch (default: libtorch\'s own choice)')
     .option('--epochs <n>', "override the demo recipe's epochs")
     .option('--train-per-class <n>', "training images per class (default: the demo recipe's)")
@@ -38,6 +39,7 @@ export function register(program: Command): void {
     .option('--no-download', 'never download CIFAR-10 (fail when it is not found locally)')
     .option('--no-progress', 'no progress bars')
     .action(async (o: DemoOptions) => {
+      requireDevice(o.device);
       const start = performance.now();
       const stamp = new Date().toISOString().replace(/[-:]/g, '').replace('T', '-').slice(0, 15);
       const out = o.out ?? path.join('runs', `demo-${stamp}`);

@@ -1,5 +1,6 @@
 // `kshare eval`: test accuracy and parameter counts of a trained model.
 import type { Command } from 'commander';
+import { parseDevice, requireDevice } from '../device.js';
 import * as t from '../../tensor/index.js';
 import type { Module } from '../../nn/index.js';
 import { loadWeights, loadModelConfigFile } from '../../models/index.js';
@@ -49,7 +50,7 @@ export function register(program: Command): void {
     .requiredOption('--checkpoint <file>', 'a training checkpoint (<run>/checkpoint.safetensors) or a weights .safetensors file')
     .option('--dataset <spec>', 'cifar10, cifar100 or an image folder (default: the one the checkpoint was trained on)')
     .option('--data-dir <dir>', 'where datasets are looked for')
-    .option('--device <device>', 'cpu or cuda', 'cpu')
+    .option('--device <device>', 'cpu, cuda or cuda:N', parseDevice, 'cpu')
     .option('--batch-size <n>', "evaluation batch size (default: the recipe's)")
     .option('--json', 'print one JSON object')
     .option('--model <name>', 'model of a plain weights file')
@@ -59,6 +60,7 @@ export function register(program: Command): void {
     .option('--download', 'download the official dataset when it is not found locally')
     .option('--config <file...>', 'JSON model config file(s) to register first')
     .action(async (o: EvalCliOptions) => {
+      requireDevice(o.device);
       for (const f of o.config ?? []) loadModelConfigFile(f);
       if (o.threads !== undefined) t.setNumThreads(positiveInt('--threads', o.threads));
       const log = o.json ? () => {} : (l: string) => console.log(l);

@@ -1,5 +1,6 @@
 // `kshare train`: trains a model with a recipe; every recipe field can be overridden.
 import type { Command } from 'commander';
+import { parseDevice, requireDevice } from '../device.js';
 import path from 'node:path';
 import * as t from '../../tensor/index.js';
 import { createModel, modelConfig, loadModelConfigFile, buildFromConfig, type ModelConfig } from '../../models/index.js';
@@ -130,7 +131,7 @@ export function register(program: Command): void {
     .option('--batch-size <n>', 'override the recipe\'s batch size')
     .option('--lr <x>', 'override the recipe\'s learning rate')
     .option('--seed <n>', 'override the recipe\'s seed')
-    .option('--device <device>', 'cpu or cuda', 'cpu')
+    .option('--device <device>', 'cpu, cuda or cuda:N', parseDevice, 'cpu')
     .option('--amp', 'mixed precision on CUDA (default: the recipe\'s)')
     .option('--no-amp', 'no mixed precision')
     .option('--resume [checkpoint]', `continue a run exactly where it stopped (default <out>/${CHECKPOINT_FILE})`)
@@ -144,6 +145,7 @@ export function register(program: Command): void {
     .option('--no-progress', 'no progress bar')
     .option('--config <file...>', 'JSON model config file(s) to register first')
     .action(async (o: TrainCliOptions) => {
+      requireDevice(o.device);
       for (const f of o.config ?? []) loadModelConfigFile(f);
       if (o.threads !== undefined) t.setNumThreads(positiveInt('--threads', o.threads));
       const log = (l: string) => console.log(l);
