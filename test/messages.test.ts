@@ -78,3 +78,25 @@ test('libtorch warnings: collected where expected, otherwise printed once, short
   assert.equal(r.stderr.split('\n').filter((l) => l.includes("padding='same'")).length, 1, r.stderr);
   assert.match(r.stderr, /^kshare: libtorch warning: Using padding='same'/m);
 });
+
+test('static-server.js: --help, and one clear line when the port is taken', async () => {
+  const server = path.resolve(here, '../src/export/static-server.js');
+  const help = spawnSync(process.execPath, [server, '--help'], { encoding: 'utf8' });
+  assert.equal(help.status, 0);
+  assert.match(help.stdout, /^usage: node dist\/src\/export\/static-server\.js \[--port 8080\]/);
+  const net = await import('node:net');
+  const blocker = net.createServer();
+  await new Promise<void>((r) => blocker.listen(0, '127.0.0.1', () => r()));
+  const port = (blocker.address() as { port: number }).port;
+  try {
+    const r = spawnSync(process.execPath, [server, '--port', String(port)], { encoding: 'utf8', timeout: 30_000 });
+    assert.equal(r.status, 1);
+    assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+    assert.match(r.stderr, new RegExp(`^static-server: port ${port} on 127\\.0\\.0\\.1 is already in use .*--port`));
+  } finally {
+    blocker.close();
+  }
+  const bad = spawnSync(process.execPath, [server, '--prot', '80'], { encoding: 'utf8' });
+  assert.equal(bad.status, 1);
+  assert.match(bad.stderr, /unknown argument '--prot'/);
+});
