@@ -13,6 +13,7 @@ import { createModel } from '../src/models/index.js';
 import { train, type TrainOptions } from '../src/train/trainer.js';
 import { loadRecipe, applyOverrides, parseOverride } from '../src/train/recipe.js';
 import type { StepRecord } from '../src/train/run-log.js';
+import { readCheckpoint, readCheckpointMeta } from '../src/train/checkpoint.js';
 import { syntheticDataset } from './helpers/train-fixtures.js';
 
 t.setNumThreads(1);
@@ -84,6 +85,15 @@ test('an interrupted run, killed again after writing more lines, resumes with no
   assert.deepEqual(cut.interruptedAt, { epoch: 2, step: 3, steps: 6 });
   // The interruption writes the partial interval (steps 3 of epoch 2) before its checkpoint.
   assert.deepEqual(stepsOf('cut').map((r) => [r.epoch, r.step]), [[1, 2], [1, 4], [1, 6], [2, 2], [2, 3]]);
+  // Where the run stands, read without loading a tensor.
+  const ckpt = path.join(root, 'cut', 'checkpoint.safetensors');
+  const live = t.liveTensors();
+  const meta = readCheckpointMeta(ckpt);
+  assert.equal(t.liveTensors(), live);
+  const full = readCheckpoint(ckpt);
+  assert.deepEqual(meta, full.meta);
+  full.dispose();
+  assert.equal(meta.stepInEpoch, 3);
   // A later process that was killed after the checkpoint left lines past it, the last one cut short.
   const file = path.join(root, 'cut', 'steps.jsonl');
   appendFileSync(file, JSON.stringify({ ...stepsOf('cut')[4], step: 4, progress: 1 + 4 / 6 }) + '\n{"epoch": 2, "st');

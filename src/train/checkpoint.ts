@@ -5,7 +5,7 @@ import { existsSync } from 'node:fs';
 import * as t from '../tensor/index.js';
 import type { Tensor } from '../tensor/index.js';
 import type { Module } from '../nn/index.js';
-import { saveSafetensors, loadSafetensors } from '../models/safetensors.js';
+import { saveSafetensors, loadSafetensors, readSafetensorsHeader } from '../models/safetensors.js';
 import { uniqueState, expandAliases, parseAliases, ALIASES_KEY } from '../models/weights.js';
 import type { OptimizerState } from './optim/index.js';
 import type { AnyOptimizer } from './build-optimizer.js';
@@ -115,24 +115,35 @@ export interface LoadedCheckpoint {
   dispose(): void;
 }
 
+function parseMeta(file: string, metadata: Record<string, string>): CheckpointMeta {
+  const raw = metadata[CHECKPOINT_KEY];
+  if (raw === undefined) throw new Error(`${file} is a safetensors file but not a kshare training checkpoint (no '${CHECKPOINT_KEY}' metadata; a plain weights file cannot be resumed)`);
+  let meta: CheckpointMeta;
+  try {
+    meta = JSON.parse(raw) as CheckpointMeta;
+  } catch {
+    throw new Error(`${file}: checkpoint metadata is not valid JSON`);
+  }
+  if (meta.format !== 1) throw new Error(`${file}: checkpoint format ${JSON.stringify(meta.format)} is not supported (expected 1)`);
+  for (const k of ['modelName', 'epoch', 'stepInEpoch', 'globalStep', 'recipe', 'optimizer', 'history', 'seed'] as const) {
+    if (meta[k] === undefined) throw new Error(`${file}: checkpoint metadata lacks '${k}'`);
+  }
+  return meta;
+}
+
+/** A checkpoint's metadata (where the run stands, its recipe and model) without loading its tensors. */
+export function readCheckpointMeta(file: string): CheckpointMeta {
+  if (!existsSync(file)) throw new Error(`checkpoint ${file} does not exist`);
+  return parseMeta(file, readSafetensorsHeader(file).metadata);
+}
+
 /** Reads and checks a checkpoint file; the caller restores from it and then disposes it. */
 export function readCheckpoint(file: string): LoadedCheckpoint {
   if (!existsSync(file)) throw new Error(`checkpoint ${file} does not exist`);
   const { tensors, metadata } = loadSafetensors(file);
   const all = [...tensors.values()];
   try {
-    const raw = metadata[CHECKPOINT_KEY];
-    if (raw === undefined) throw new Error(`${file} is a safetensors file but not a kshare training checkpoint (no '${CHECKPOINT_KEY}' metadata; a plain weights file cannot be resumed)`);
-    let meta: CheckpointMeta;
-    try {
-      meta = JSON.parse(raw) as CheckpointMeta;
-    } catch {
-      throw new Error(`${file}: checkpoint metadata is not valid JSON`);
-    }
-    if (meta.format !== 1) throw new Error(`${file}: checkpoint format ${JSON.stringify(meta.format)} is not supported (expected 1)`);
-    for (const k of ['modelName', 'epoch', 'stepInEpoch', 'globalStep', 'recipe', 'optimizer', 'history', 'seed'] as const) {
-      if (meta[k] === undefined) throw new Error(`${file}: checkpoint metadata lacks '${k}'`);
-    }
+    const meta = parseMeta(file, metadata);
     const model = new Map<string, Tensor>();
     const optTensors: Record<string, Tensor>[] = [];
     const rng: Partial<Record<string, Tensor>> = {};

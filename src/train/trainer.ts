@@ -20,7 +20,7 @@ import { TrainAugment } from './augment/pipeline.js';
 import { learningRate, type ScheduleContext } from './schedule.js';
 import { buildOptimizer, type AnyOptimizer } from './build-optimizer.js';
 import { evaluate } from './evaluate.js';
-import { saveCheckpoint, readCheckpoint, restoreModel, restoreOptimizer, type EpochRecord, type CheckpointMeta } from './checkpoint.js';
+import { saveCheckpoint, readCheckpoint, readCheckpointMeta, restoreModel, restoreOptimizer, type EpochRecord, type CheckpointMeta } from './checkpoint.js';
 import {
   EpochProgress, appendLog, rewriteLog, appendSteps, truncateSteps, writeJsonAtomic, formatDuration,
   CHECKPOINT_FILE, SUMMARY_FILE, type StepRecord,
@@ -235,14 +235,10 @@ function setUp(o: TrainOptions, owned: { dispose(): void }[]): Session {
   // The seed of a resumed run is the checkpoint's: read it before anything random happens.
   let seed = recipe.seed ?? randomInt(0, 2 ** 31);
   if (o.resume) {
-    const ck = readCheckpoint(o.resume);
-    try {
-      if (ck.meta.modelName !== o.modelName) throw new Error(`${o.resume} was trained as model '${ck.meta.modelName}', not '${o.modelName}'`);
-      if (ck.meta.dataset !== o.train.name) throw new Error(`${o.resume} was trained on ${ck.meta.dataset}, not ${o.train.name}`);
-      seed = ck.meta.seed;
-    } finally {
-      ck.dispose();
-    }
+    const meta = readCheckpointMeta(o.resume);
+    if (meta.modelName !== o.modelName) throw new Error(`${o.resume} was trained as model '${meta.modelName}', not '${o.modelName}'`);
+    if (meta.dataset !== o.train.name) throw new Error(`${o.resume} was trained on ${meta.dataset}, not ${o.train.name}`);
+    seed = meta.seed;
   }
   t.manualSeed(seed);
   const model = o.buildModel();

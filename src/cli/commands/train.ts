@@ -5,7 +5,7 @@ import path from 'node:path';
 import * as t from '../../tensor/index.js';
 import { createModel, modelConfig, loadModelConfigFile, buildFromConfig, type ModelConfig } from '../../models/index.js';
 import { loadRecipe, applyOverrides, parseOverride, listRecipes, type Recipe } from '../../train/recipe.js';
-import { readCheckpoint } from '../../train/checkpoint.js';
+import { readCheckpointMeta } from '../../train/checkpoint.js';
 import { train, checkExtension, type TrainSummary } from '../../train/trainer.js';
 import { loadSplits } from '../../train/datasets.js';
 import { CHECKPOINT_FILE } from '../../train/run-log.js';
@@ -156,8 +156,7 @@ export function register(program: Command): void {
       let dataset = o.dataset;
       if (o.resume) {
         resume = typeof o.resume === 'string' ? o.resume : path.join(o.out, CHECKPOINT_FILE);
-        const ck = readCheckpoint(resume);
-        ck.dispose();
+        const ck = { meta: readCheckpointMeta(resume) };
         // A resumed run keeps its recipe and model; only its length may change. Flags that
         // repeat the run's own settings (as the run scripts do) are fine.
         const asked = recipeFromFlags(o.recipe ? loadRecipe(o.recipe) : ck.meta.recipe, o);
