@@ -70,7 +70,7 @@ export function register(program: Command): void {
           `(best ${(100 * s.bestAcc).toFixed(2)}%) after ${s.epochsDone} epoch(s) on ${s.trainImages.toLocaleString('en-US')} training images`);
         console.log(`Model ${s.model}: ${s.trainableParams.toLocaleString('en-US')} trainable parameters; ${s.unsharedParams.toLocaleString('en-US')} without kernel sharing (${(s.unsharedParams / s.trainableParams).toFixed(2)}x more)`);
         console.log(`Wall time ${formatDuration(wall)} (data ${formatDuration(dataSeconds)}, training and evaluation ${formatDuration(s.seconds)}, ${s.imgPerSec.toFixed(0)} training img/s) on ${o.device}, ${info.numThreads} thread(s)`);
-        console.log(`Run folder ${out} (log.jsonl, summary.json, checkpoint.safetensors): \`kshare report ${out}\` draws it, \`kshare eval --checkpoint ${path.join(out, 'checkpoint.safetensors')}\` re-evaluates it.`);
+        console.log(`Run folder ${out} (log.jsonl, steps.jsonl, summary.json, checkpoint.safetensors): \`kshare report ${out}\` draws it, \`kshare eval --checkpoint ${path.join(out, 'checkpoint.safetensors')}\` re-evaluates it.`);
       } finally {
         stop.release();
       }
