@@ -4,7 +4,7 @@
 // and runs without a terminal get plain progress lines.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, readFileSync, appendFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, readFileSync, appendFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import * as t from '../src/tensor/index.js';
@@ -120,4 +120,23 @@ test('without a terminal: a plain progress line per interval and a line before e
   const quiet: string[] = [];
   await train(options('quiet', { log: (l) => quiet.push(l), recipe: applyOverrides(recipe, [parseOverride('epochs=1')]) }));
   assert.ok(!quiet.some((l) => /step \d\/6/.test(l)), 'no progress lines unless asked');
+});
+
+test('hooks: a non-writing rank leaves no files, a shard sets the steps per epoch, after-backward sees every step', async () => {
+  const out = path.join(root, 'rank1');
+  let calls = 0;
+  const s = await train(options('rank1', {
+    hooks: {
+      writes: false,
+      shard: { size: (n) => Math.floor(n / 2), select: (order) => t.slice(order, 0, 0, Math.floor(order.dim(0) / 2)) },
+      afterBackward: (params, at) => {
+        assert.ok(params.length > 0 && params.every((p) => p.grad !== null), 'gradients are there');
+        assert.equal(at.globalStep, calls);
+        calls++;
+      },
+    },
+  }));
+  assert.equal(s.status, 'completed');
+  assert.equal(calls, 2 * 3, '100 of 200 images per epoch: 3 steps of 32');
+  assert.ok(!existsSync(out), 'nothing written');
 });
