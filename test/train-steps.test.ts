@@ -12,7 +12,7 @@ import { native, type Handle } from '../src/tensor/native.js';
 import { createModel } from '../src/models/index.js';
 import { train, type TrainOptions } from '../src/train/trainer.js';
 import { loadRecipe, applyOverrides, parseOverride } from '../src/train/recipe.js';
-import type { StepRecord } from '../src/train/run-log.js';
+import type { StepRecord } from '../src/train/report.js';
 import { readCheckpoint, readCheckpointMeta } from '../src/train/checkpoint.js';
 import { syntheticDataset } from './helpers/train-fixtures.js';
 

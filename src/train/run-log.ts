@@ -5,11 +5,15 @@ import { writeFileSync, renameSync, appendFileSync, readFileSync, existsSync } f
 import path from 'node:path';
 import cliProgress from 'cli-progress';
 import type { EpochRecord } from './checkpoint.js';
+// The steps.jsonl record is defined once, beside its reader (`kshare report`); a type-only
+// import, so training does not load the plotting libraries.
+import type { StepRecord } from './report.js';
 
 export const LOG_FILE = 'log.jsonl';
-export const STEPS_FILE = 'steps.jsonl';
 export const SUMMARY_FILE = 'summary.json';
 export const CHECKPOINT_FILE = 'checkpoint.safetensors';
+/** The file name report.ts's STEPS_FILE reads (not imported from there: see above). */
+const STEPS_FILE = 'steps.jsonl';
 
 export function writeJsonAtomic(file: string, value: unknown): void {
   const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
@@ -27,27 +31,6 @@ export function rewriteLog(outDir: string, history: EpochRecord[]): void {
 
 export function appendLog(outDir: string, r: EpochRecord): void {
   appendFileSync(path.join(outDir, LOG_FILE), JSON.stringify(r) + '\n');
-}
-
-/** One line of steps.jsonl: the training metrics of one logging interval. */
-export interface StepRecord {
-  /** 1-based epoch. */
-  epoch: number;
-  /** Steps of the epoch done (1-based number of the interval's last step). */
-  step: number;
-  /** Steps per epoch. */
-  steps: number;
-  /** (epoch - 1) + step / steps: the x axis of a training curve. */
-  progress: number;
-  /** Mean loss over the interval's images. */
-  trainLoss: number;
-  /** Fraction 0..1 of the interval's images predicted right (against the mixed target's argmax). */
-  trainAcc: number;
-  /** Learning rate of the interval's last step. */
-  lr: number;
-  imgPerSec: number;
-  /** Seconds of training and evaluation since the run started (summed over resumed parts). */
-  elapsedS: number;
 }
 
 export function appendSteps(outDir: string, r: StepRecord): void {
@@ -73,19 +56,6 @@ export function truncateSteps(outDir: string, position: number): void {
   const tmp = `${file}.${process.pid}.tmp`;
   writeFileSync(tmp, kept.join(''));
   renameSync(tmp, file);
-}
-
-/** Reads a run's steps.jsonl (missing file: empty list). */
-export function readSteps(outDir: string): StepRecord[] {
-  const file = path.join(outDir, STEPS_FILE);
-  if (!existsSync(file)) return [];
-  return readFileSync(file, 'utf8').split('\n').filter((l) => l.trim()).map((l, i) => {
-    try {
-      return JSON.parse(l) as StepRecord;
-    } catch {
-      throw new Error(`${file}: line ${i + 1} is not valid JSON`);
-    }
-  });
 }
 
 /** Reads a run's log.jsonl (a missing file gives an empty list; a bad line is an error naming it). */

@@ -23,9 +23,10 @@ import { evaluate } from './evaluate.js';
 import { saveCheckpoint, readCheckpoint, readCheckpointMeta, restoreModel, restoreOptimizer, type EpochRecord, type CheckpointMeta } from './checkpoint.js';
 import {
   EpochProgress, appendLog, rewriteLog, appendSteps, truncateSteps, writeJsonAtomic, formatDuration,
-  CHECKPOINT_FILE, SUMMARY_FILE, type StepRecord,
+  CHECKPOINT_FILE, SUMMARY_FILE,
 } from './run-log.js';
 import type { Recipe } from './recipe.js';
+import type { StepRecord } from './report.js';
 
 export class NonFiniteLossError extends Error {}
 
