@@ -20,7 +20,6 @@ import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
 import { Command } from 'commander';
 import * as t from '../src/tensor/index.js';
-import type { Tensor } from '../src/tensor/index.js';
 import { GradScaler, clipGradNorm } from '../src/train/optim/index.js';
 import { buildOptimizer } from '../src/train/build-optimizer.js';
 import { loadRecipe, type OptimizerConfig } from '../src/train/recipe.js';

@@ -20,7 +20,8 @@ if ! node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.
   exit 1
 fi
 
-apt_packages=(libtorch-dev python3-torch chromium xz-utils)
+# python3-torchvision: the ResNet and MobileNetV2 parity tests compare against torchvision 0.14.
+apt_packages=(libtorch-dev python3-torch python3-torchvision chromium xz-utils)
 missing=()
 for p in "${apt_packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -40,7 +40,7 @@ function parts({ model, opt, gens }: ReturnType<typeof trainedParts>): Checkpoin
     model, optimizer: opt, scalerState: null,
     rng: { globalCpu: global.cpu, globalCuda: null, shuffle: gens.shuffle.getState(), params: gens.params.getState(), noise: gens.noise.getState() },
     meta: {
-      modelName: MODEL, modelConfig: null, classes: ['a'], dataset: 'test data', datasetSpec: null, recipe, seed: 3,
+      modelName: MODEL, modelConfig: null, classes: Array.from({ length: 10 }, (_, i) => `class ${i}`), dataset: 'test data', datasetSpec: null, recipe, seed: 3,
       epoch: 2, stepInEpoch: 0, globalStep: 10, itersPerEpoch: 5, partial: null, bestAcc: 0.5, history: [], reason: 'epoch',
     },
   };

@@ -599,7 +599,7 @@ function makeImageFolder(root: string): void {
     };
     // 'dog' before 'cat' on purpose: classes must come out sorted
     fs.writeFileSync(path.join(d('dog'), 'b.png'), png(8, 8, (x, y) => [grad(x, y, 0), grad(x, y, 1), grad(x, y, 2), 255]));
-    fs.writeFileSync(path.join(d('dog'), 'a.png'), png(8, 8, (x, y) => [x * 30, x * 30, x * 30, 255], 0)); // greyscale PNG
+    fs.writeFileSync(path.join(d('dog'), 'a.png'), png(8, 8, (x) => [x * 30, x * 30, x * 30, 255], 0)); // greyscale PNG
     fs.writeFileSync(path.join(d('cat'), '1.jpg'), jpg(8, 8, [200, 40, 90]));
     fs.writeFileSync(path.join(d('cat'), '2.JPEG'), jpg(8, 8, [10, 220, 130]));
     fs.writeFileSync(path.join(d('cat'), 'notes.txt'), 'ignored');
@@ -790,8 +790,10 @@ describe('loadDataset', () => {
     assert.equal(r.status, 0, String(r.stderr));
     const dataDir = tmp('ldj');
     const logs: string[] = [];
+    // The stand-in is not the published archive: refused unless the caller accepts that.
+    await rejectsData(loadDataset('cifar10', { dataDir, split: 'train', searchDirs: [tmp('nothing'), shared] }), /cifar10-jpeg\.tar\.xz: SHA-256 is [0-9a-f]{64}, the published copy's is .*--allow-checksum-mismatch/);
     const progress: [number, number, string | undefined][] = [];
-    const ds = await loadDataset('cifar10', { dataDir, split: 'train', searchDirs: [tmp('nothing'), shared], log: (m) => void logs.push(m), onProgress: (d, n, st) => void progress.push([d, n, st]) });
+    const ds = await loadDataset('cifar10', { dataDir, split: 'train', searchDirs: [tmp('nothing'), shared], log: (m) => void logs.push(m), allowChecksumMismatch: true, onProgress: (d, n, st) => void progress.push([d, n, st]) });
     // Extraction reports the archive entries as they come out (the real archive has 60,023).
     const extract = progress.filter(([, , st]) => st === 'extract');
     const entries = String(spawnSync('tar', ['-tJf', path.join(shared, 'cifar10-jpeg.tar.xz')]).stdout).trim().split('\n').length;
@@ -804,7 +806,7 @@ describe('loadDataset', () => {
     assert.deepEqual(ds.classes, ['cat', 'dog', 'zebra']);
     assert.ok(fs.existsSync(path.join(dataDir, 'cifar10-jpeg', 'test', 'dog', 'b.png')), 'extracted into dataDir');
     assert.deepEqual(fs.readdirSync(dataDir), ['cifar10-jpeg']); // no staging left
-    assert.ok(logs.some((l) => /sha256/.test(l)), 'stand-in archive has another sha256: warned');
+    assert.ok(logs.some((l) => /sha256 .*using it anyway, as asked/.test(l)), 'stand-in archive has another sha256: warned');
     // second time: the extracted folder is used (archive gone proves no re-extraction)
     fs.rmSync(path.join(shared, 'cifar10-jpeg.tar.xz'));
     const again = await loadDataset('cifar10', { dataDir, split: 'test', searchDirs: [shared] });

@@ -125,10 +125,17 @@ test('bad input: corrupt ONNX bytes, unknown layers and non-finite weights give 
   assert.throws(() => decodeModel(new Uint8Array(0), 'empty.onnx'), /empty\.onnx is not a valid ONNX file/);
 
   class Mystery extends Module {
-    forward(x: t.Tensor): t.Tensor { return x; }
+    forward(x: t.Tensor): t.Tensor { return t.cumsum(x, 1); }
   }
   const info = { model: 'm', classes: ['a', 'b'], params: 0, input: { channels: 3, height: 32, width: 32, mean: [0, 0, 0], std: [1, 1, 1] } };
-  assert.throws(() => exportOnnx(new Sequential(new Conv2d(3, 2, 1), new Mystery()), info), /cannot export layer '1' of type Mystery/);
+  const mystery = new Sequential(new Conv2d(3, 2, 1), new Sequential(new Mystery()));
+  assert.throws(() => exportOnnx(mystery, info), /cannot export op 'cumsum' \(libtorch aten::cumsum\) in layer '1\.0' \(Mystery\): the ONNX exporter has no mapping for this op/);
+  // The failed trace leaves the model as it was: training flags back, forward methods its own.
+  mystery.train();
+  assert.throws(() => exportOnnx(mystery, info), /no mapping/);
+  assert.ok(mystery.modules().every((m) => m.training && !Object.prototype.hasOwnProperty.call(m, 'forward')));
+  assert.ok(!t.isTracing());
+  mystery.dispose();
 
   const conv = new Conv2d(3, 2, 1);
   t.noGrad(() => t.fill_(conv.weight, Number.NaN));

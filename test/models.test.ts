@@ -11,6 +11,7 @@ import * as t from '../src/tensor/index.js';
 import { Sequential, Conv2d, Linear, Flatten, AdaptiveAvgPool2d } from '../src/nn/index.js';
 import {
   createModel, listModels, registerModel, loadModelConfigFile, modelSummary, ConvMixer, SEResNet, saveWeights, type ModelSummary,
+  registerArchitecture, defineArchitecture, field, cifarInput, IMAGENET_NORM, buildFromConfig, modelInputSpec, modelRecipe, configFromName,
 } from '../src/models/index.js';
 
 const dir = mkdtempSync(path.join(os.tmpdir(), 'kshare-models-'));
@@ -74,11 +75,12 @@ test('structure follows the originals: names, sharing flags, the sync switch and
 test('the registry lists the original names, suggests close ones, and parses registry-style names', () => {
   const names = listModels().map((m) => m.name);
   for (const n of ['convmixer_256_16', 'convmixer_256_16_shared', 'se_resnet_d_2', 'se_resnet_d_2_full_shared',
-    'se_resnet_d_3', 'se_resnet_d_4', 'se_resnet_d_6', 'se_resnet_d_8', 'se_resnet_d_10', 'convmixer_256_8_k5_p2', 'convmixer_256_8_k5_p2_shared']) {
+    'se_resnet_d_3', 'se_resnet_d_4', 'se_resnet_d_6', 'se_resnet_d_8', 'se_resnet_d_10', 'convmixer_256_8_k5_p2', 'convmixer_256_8_k5_p2_shared',
+    'resnet18', 'resnet34', 'resnet50', 'resnet18_cifar_shared', 'mobilenetv2_100', 'mobilenetv2_100_cifar_shared']) {
     assert.ok(names.includes(n), n);
   }
   assert.throws(() => createModel('convmixer_256_16_sharde'), /unknown model 'convmixer_256_16_sharde'\. Did you mean 'convmixer_256_16_shared'/);
-  assert.throws(() => createModel('resnet50'), /Known models: convmixer_256_16, /);
+  assert.throws(() => createModel('vgg16'), /Known models: convmixer_256_16, .*\(or a pattern like convmixer_<dim>_<depth>.*, resnet\{18,34,50,101,152\}\[_cifar\]/);
   assert.throws(() => createModel('se_resnet_d_2', { classes: 0 }), /classes must be a positive integer/);
   const m = createModel('convmixer_32_2_k3_p4_shared_dw') as ConvMixer;
   assert.deepEqual([m.dim, m.depth, m.kernelSize, m.patchSize, m.sharing], [32, 2, 3, 4, 'depthwise']);
@@ -109,7 +111,7 @@ test('users add models by config file or registration call, without library edit
   };
   bad({ name: 'x', architecture: 'convmixer', dim: 32, depht: 4 }, /unknown field 'depht' for architecture convmixer/);
   bad({ name: 'x', architecture: 'convmixer', dim: 32 }, /missing required field 'depth'/);
-  bad({ name: 'x', architecture: 'convmixer', dim: 32.5, depth: 2 }, /'dim' must be a positive integer, got 32.5/);
+  bad({ name: 'x', architecture: 'convmixer', dim: 32.5, depth: 2 }, /'dim' must be an integer in \[1, 8192\], got 32.5/);
   bad({ name: 'x', architecture: 'vit', depth: 2 }, /'architecture' must be one of convmixer, se_resnet/);
   bad({ architecture: 'convmixer', dim: 8, depth: 2 }, /missing "name"/);
   bad('{ "name": ', /bad.json: /);
@@ -124,6 +126,48 @@ test('users add models by config file or registration call, without library edit
   assert.equal(probe.numParameters(), 3 * 7 + 7);
   probe.dispose();
   assert.throws(() => registerModel('bad name!', { architecture: 'convmixer', dim: 8, depth: 1 }), /bad model name/);
+});
+
+test('an architecture is one spec: fields with defaults and bounds, names, input and recipe, all from the spec', () => {
+  // A user architecture registered at run time, with no library edits: a plain conv stack.
+  registerArchitecture(defineArchitecture<{ width: number; layers: number }>({
+    architecture: 'plain_stack',
+    about: 'a stack of 3x3 convs',
+    fields: { width: field.int(1, 512, 8), layers: field.int(1, 16) },
+    build: (c, classes) => new Sequential(
+      new Conv2d(3, c.width, 3, { padding: 1 }),
+      ...Array.from({ length: c.layers }, () => new Conv2d(c.width, c.width, 3, { padding: 1 })),
+      new AdaptiveAvgPool2d(1), new Flatten(), new Linear(c.width, classes),
+    ),
+    describe: (c) => `plain stack ${c.width}x${c.layers}`,
+    input: () => ({ ...cifarInput(IMAGENET_NORM), height: 24, width: 24 }),
+    recipe: 'seresnet',
+    names: {
+      pattern: 'plain_<width>_<layers>',
+      parse: (name) => { const m = /^plain_(\d+)_(\d+)$/.exec(name); return m ? { width: +m[1]!, layers: +m[2]! } : null; },
+      builtins: [],
+    },
+  }));
+  assert.deepEqual(configFromName('plain_4_2'), { architecture: 'plain_stack', width: 4, layers: 2 });
+  const m = createModel('plain_4_2', { classes: 3 });
+  assert.equal(m.numParameters(), (3 * 4 * 9 + 4) + 2 * (4 * 4 * 9 + 4) + (4 * 3 + 3));
+  m.dispose();
+  assert.equal(modelInputSpec('plain_4_2').height, 24);
+  assert.equal(modelRecipe('plain_4_2'), 'seresnet');
+  assert.equal(modelRecipe('se_resnet_d_4'), 'seresnet');
+  assert.equal(modelRecipe('convmixer_64_4_k5_p2'), 'convmixer');
+  assert.deepEqual(modelInputSpec('se_resnet_d_2').mean, [0.4914, 0.4822, 0.4465]);
+  registerModel('plain_default', { architecture: 'plain_stack', layers: 1 });
+  assert.ok(listModels().some((e) => e.name === 'plain_default' && e.description === 'plain stack 8x1'));
+  // Stored configs (checkpoints) are validated with the same bounds before anything is built.
+  assert.throws(() => buildFromConfig({ architecture: 'convmixer', dim: 1e9, depth: 1 }, 10), /'dim' must be an integer in \[1, 8192\], got 1000000000/);
+  assert.throws(() => buildFromConfig({ architecture: 'plain_stack', layers: 99 }, 10), /'layers' must be an integer in \[1, 16\]/);
+  assert.throws(() => buildFromConfig({ architecture: 'se_resnet', depth: 1, widths: [8, 8, 8] }, 10), /reduction 16 leaves no hidden units/);
+  // Configs written by older versions (every default spelled out) still build the same model.
+  const old = buildFromConfig({ architecture: 'convmixer', dim: 256, depth: 16, kernelSize: 9, patchSize: 1, sharing: 'both' }, 10);
+  assert.equal(old.numParameters(), 107_274);
+  old.dispose();
+  assert.throws(() => registerArchitecture({ ...defineArchitecture<{ plan: number }>({ architecture: 'x', about: '', fields: { plan: field.int(1, 2) }, build: () => new Flatten(), describe: () => '', input: () => cifarInput(IMAGENET_NORM), recipe: 'convmixer', names: { pattern: '', parse: () => null, builtins: [] } }) }), /field 'plan' is reserved/);
 });
 
 test('modelSummary reports unique and unshared params, weight bytes, MACs and share groups', () => {

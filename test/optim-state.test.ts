@@ -13,12 +13,14 @@ function makeGrads(seed: number, steps: number): Tensor[][] {
   return Array.from({ length: steps }, () => SHAPES.map((s) => t.randn(s, { generator: g })));
 }
 
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- optimizers of every options type
 function applyStep(opt: Optimizer<any>, params: Tensor[], grads: Tensor[]): void {
   params.forEach((p, i) => { p.grad = t.clone(grads[i]!); });
   opt.step();
   opt.zeroGrad();
 }
 
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- optimizers of every options type
 const makers: [string, (ps: Tensor[]) => Optimizer<any>][] = [
   ['AdamW', (ps) => new AdamW([{ params: [ps[0]!, ps[2]!] }, { params: [ps[1]!], options: { weightDecay: 0 } }], { lr: 0.01, betas: [0.8, 0.9], weightDecay: 0.1 })],
   ['SGD', (ps) => new SGD(ps, { lr: 0.05, momentum: 0.9, nesterov: true, weightDecay: 1e-3 })],

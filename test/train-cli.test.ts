@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, mkdirSync, rmSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, rmSync, writeFileSync, readFileSync, existsSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -119,13 +119,37 @@ test('Ctrl-C checkpoints mid-run and --resume finishes it', async () => {
   assert.match(done.out, /completed: .* after \d+\/\d+ epochs/);
 });
 
+test('ResNet and MobileNetV2 (shared) train, export from the checkpoint and predict with ONNX Runtime', () => {
+  // A narrow one-block-per-stage ResNet by config file, and MobileNetV2 x0.1 by registry name.
+  const cfg = path.join(root, 'tiny-models.json');
+  writeFileSync(cfg, JSON.stringify({ name: 'resnet_tiny_shared', architecture: 'resnet', block: 'basic', layers: [2, 1, 1, 1], widths: [8, 8, 16, 16], stem: 'cifar', share: 'network' }));
+  const image = path.join(data, 'test', readdirSync(path.join(data, 'test'))[0]!);
+  const png = path.join(image, readdirSync(image)[0]!);
+  for (const model of ['resnet_tiny_shared', 'mobilenetv2_010_cifar_shared']) {
+    const out = path.join(root, `run-${model}`);
+    const tr = kshare(['train', '--recipe', 'seresnet', '--config', cfg, '--model', model, '--dataset', data, '--threads', '1', '--no-progress', '--set', 'batchSize=20', '--set', 'evalBatchSize=25', '--epochs', '1', '--train-per-class', '10', '--out', out]);
+    assert.equal(tr.code, 0, tr.err);
+    assert.match(tr.out, new RegExp(`completed: ${model} on shapes`));
+    const onnx = path.join(root, `${model}.onnx`);
+    const ex = kshare(['export', '--checkpoint', path.join(out, 'checkpoint.safetensors'), '--out', onnx]);
+    assert.equal(ex.code, 0, ex.err);
+    assert.match(ex.out, /weights\s+\d+ tensors, .*; [1-9]\d* of them shared/);
+    const pr = kshare(['predict', onnx, png, '--json', '--threads', '1']);
+    assert.equal(pr.code, 0, pr.err);
+    const row = JSON.parse(pr.out.trim().split('\n')[0]!) as { top: { class: string; probability: number }[] };
+    // The classes of the folder it was trained on, probabilities summing to 1 over all four.
+    assert.deepEqual(row.top.map((r) => r.class).sort(), readdirSync(path.join(data, 'train')).sort());
+    assert.ok(Math.abs(row.top.reduce((a, r) => a + r.probability, 0) - 1) < 1e-5);
+  }
+});
+
 test('bad input gives one clear line and exit code 1', () => {
   const cases: [string[], RegExp][] = [
     [['train', '--recipe', 'convmixer', ...common, '--out', path.join(root, 'x'), '--set', 'optimizer.momentum=0.9'], /has no field 'optimizer.momentum'/],
     [['train', '--recipe', 'convmixer', ...common, '--out', path.join(root, 'x'), '--set', 'augment.hflip=2'], /hflip must be a probability/],
     [['train', '--recipe', 'nope', ...common, '--out', path.join(root, 'x')], /unknown recipe 'nope' \(known: .*convmixer/],
     [['train', '--recipe', 'convmixer', ...common, '--out', path.join(root, 'x'), '--epochs', '0'], /--epochs must be a positive integer/],
-    [['train', '--recipe', 'convmixer', ...common, '--out', path.join(root, 'x'), '--model', 'resnet50'], /unknown model 'resnet50'/],
+    [['train', '--recipe', 'convmixer', ...common, '--out', path.join(root, 'x'), '--model', 'resnet51'], /unknown model 'resnet51'\. Did you mean 'resnet50'/],
     [['train', '--recipe', 'convmixer', ...common, '--out', path.join(root, 'run'), '--resume', '--lr', '0.5'], /changes .*optimizer.lr \(only --epochs may change\)/],
     [['train', '--recipe', 'convmixer', ...common, '--out', path.join(root, 'run')], /already holds a run \(checkpoint.safetensors\): continue it with --resume/],
     [['eval', '--checkpoint', path.join(root, 'missing.safetensors')], /does not exist/],

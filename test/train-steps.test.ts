@@ -88,7 +88,7 @@ test('an interrupted run, killed again after writing more lines, resumes with no
   // Where the run stands, read without loading a tensor.
   const ckpt = path.join(root, 'cut', 'checkpoint.safetensors');
   const live = t.liveTensors();
-  const meta = readCheckpointMeta(ckpt);
+  const { meta } = readCheckpointMeta(ckpt);
   assert.equal(t.liveTensors(), live);
   const full = readCheckpoint(ckpt);
   assert.deepEqual(meta, full.meta);

@@ -4,6 +4,7 @@
 import jpeg from 'jpeg-js';
 import pngjs from 'pngjs';
 import { DataError } from './types.js';
+import { checkImageFile, maxImagePixels } from './image-header.js';
 
 export type ResizeMode = 'nearest' | 'bilinear';
 
@@ -37,6 +38,8 @@ export function decodeImage(buf: Uint8Array, file: string): DecodedImage {
   let height: number;
   let data: Uint8Array;
   let stride: number;
+  // Header size limit and PNG completeness first: the decoders allocate what the header claims.
+  checkImageFile(buf, kind, file);
   try {
     if (kind === 'png') {
       const png = pngjs.PNG.sync.read(Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength));
@@ -46,7 +49,7 @@ export function decodeImage(buf: Uint8Array, file: string): DecodedImage {
       data = png.data;
       stride = 4;
     } else {
-      const img = jpeg.decode(buf, { useTArray: true, formatAsRGBA: false, maxMemoryUsageInMB: 1024 });
+      const img = jpeg.decode(buf, { useTArray: true, formatAsRGBA: false, maxMemoryUsageInMB: 1024, maxResolutionInMP: maxImagePixels() / 1e6 });
       width = img.width;
       height = img.height;
       data = img.data;

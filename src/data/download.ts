@@ -107,7 +107,7 @@ async function isRegularFile(p: string): Promise<boolean> {
 /** MD5 (hex) of a file. */
 export async function md5File(file: string): Promise<string> {
   const h = createHash('md5');
-  await pipeline(createReadStream(file), async function* (src: AsyncIterable<Buffer>) {
+  await pipeline(createReadStream(file), async (src: AsyncIterable<Buffer>) => {
     for await (const chunk of src) h.update(chunk);
   });
   return h.digest('hex');

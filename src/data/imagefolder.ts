@@ -12,6 +12,7 @@
 // fingerprint differs (folder changed) or that fails any check (corrupt) is ignored and rebuilt.
 // It is written to a temp file and renamed into place.
 
+import { constants as bufferConstants } from 'node:buffer';
 import { randomBytes, createHash } from 'node:crypto';
 import { existsSync, promises as fsp, readFileSync, statSync, type Stats } from 'node:fs';
 import os from 'node:os';
@@ -287,6 +288,8 @@ export async function readImageFolder(root: string, split: Split, opts: ImageFol
 }
 
 const BATCH = 256;
+/** The decoded split lives in one Uint8Array, which Node caps at 4 GiB. */
+const MAX_DECODED_BYTES = bufferConstants.MAX_LENGTH;
 
 function workerScript(): URL | null {
   const url = new URL('./decode-worker.js', import.meta.url);
@@ -314,6 +317,13 @@ async function decodeAll(files: ImageFile[], resize: ResizeSpec | undefined, opt
     first = img.chw;
   }
   const per = 3 * H * W;
+  // Every image is held decoded in memory: say so by name instead of failing to allocate.
+  if (n * per > MAX_DECODED_BYTES) {
+    throw new DataError(
+      `${files[0]!.path}: ${n} images of ${W}x${H}${resize ? ' (the resize option)' : ' (the size of this first image)'} would take ${(n * per / 2 ** 30).toFixed(1)} GiB decoded, more than the ${(MAX_DECODED_BYTES / 2 ** 30).toFixed(0)} GiB one array can hold; pass a smaller resize option`,
+      { file: files[0]!.path },
+    );
+  }
   const images = new Uint8Array(n * per);
   const place = (i: number, w: number, h: number, chw: Uint8Array): void => {
     if (w !== W || h !== H)

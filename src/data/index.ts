@@ -11,9 +11,11 @@ import { createHash } from 'node:crypto';
 import { createReadStream, existsSync, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { pipeline } from 'node:stream/promises';
+import * as tar from 'tar';
 import { DataError, type ImageDataset, type ProgressFn, type Split } from './types.js';
 import { CIFAR_LAYOUT, findCifar, readCifar, type CifarKind } from './cifar.js';
-import { downloadCifar, type DownloadOptions } from './download.js';
+import { downloadCifar, unsafeMemberReason, type DownloadOptions } from './download.js';
 import { readImageFolder, type ImageFolderOptions } from './imagefolder.js';
 
 export * from './types.js';
@@ -21,6 +23,7 @@ export * from './cifar.js';
 export * from './download.js';
 export * from './imagefolder.js';
 export * from './decode.js';
+export { DEFAULT_MAX_IMAGE_PIXELS, MAX_PIXELS_ENV, maxImagePixels, setMaxImagePixels } from './image-header.js';
 export { readPickle, NDArray, DType, PickleTuple, PickleGlobal, type PickleValue } from './pickle.js';
 
 /** The name every report must use for the lossy JPEG copy of CIFAR-10. */
@@ -46,6 +49,8 @@ export interface LoadOptions {
   searchDirs?: string[];
   /** Passed to downloadCifar (URL/MD5/size overrides, progress bar). */
   downloadOptions?: Omit<DownloadOptions, 'onProgress'>;
+  /** Use the JPEG copy's archive even when its SHA-256 is not the published one (default false). */
+  allowChecksumMismatch?: boolean;
   /** Passed to readImageFolder (resize, cache, workers). */
   imageFolder?: Omit<ImageFolderOptions, 'onProgress' | 'name'>;
 }
@@ -96,41 +101,63 @@ async function sha256File(file: string): Promise<string> {
 /** Entries (files and folders) of cifar10-jpeg.tar.xz, for extraction progress. */
 const CIFAR10_JPEG_ENTRIES = 60023;
 
-/** `tar -xJf` with -v, counting the listed entries as progress (extraction takes a minute or more). */
-function untarWithProgress(archive: string, dest: string, onProgress?: ProgressFn): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const tar = spawn('tar', ['-xvJf', path.resolve(archive), '-C', dest, '--no-same-owner', '--no-same-permissions'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let entries = 0;
-    let stderr = '';
-    tar.stdout.on('data', (d: Buffer) => {
-      for (const b of d) if (b === 10) entries++;
-      onProgress?.(Math.min(entries, CIFAR10_JPEG_ENTRIES), CIFAR10_JPEG_ENTRIES, 'extract');
-    });
-    tar.stderr.on('data', (d: Buffer) => { if (stderr.length < 4096) stderr += d.toString(); });
-    tar.on('error', reject);
-    tar.on('close', (code) => (code === 0 ? resolve() : reject(new Error(stderr || `tar exited with code ${code}`))));
-  });
-}
-
 /**
- * Extracts `cifar10-jpeg.tar.xz` with the system tar into `<destDir>/cifar10-jpeg` (through a
- * staging folder, so the folder appears complete or not at all). Returns the folder.
+ * Extracts `cifar10-jpeg.tar.xz` into `<destDir>/cifar10-jpeg` (through a staging folder, so the
+ * folder appears complete or not at all). The archive named like the published copy must match
+ * its SHA-256 unless `allowChecksumMismatch`; every member must be a regular file or folder
+ * with a name inside the target (links, devices, `..` and absolute names refuse the archive, as
+ * for the CIFAR download). `xz` decompresses, node-tar unpacks. Returns the folder.
  */
-export async function extractJpegCopy(archive: string, destDir: string, log: (m: string) => void = () => {}, onProgress?: ProgressFn): Promise<string> {
+export async function extractJpegCopy(archive: string, destDir: string, log: (m: string) => void = () => {}, o: { allowChecksumMismatch?: boolean; onProgress?: ProgressFn } = {}): Promise<string> {
   const final = path.join(destDir, CIFAR10_JPEG_FOLDER);
   if ((await isDir(path.join(final, 'train'))) && (await isDir(path.join(final, 'test')))) return final;
   if (path.basename(archive) === CIFAR10_JPEG_ARCHIVE) {
     const sum = await sha256File(archive);
-    if (sum !== CIFAR10_JPEG_SHA256) log(`warning: ${archive} has sha256 ${sum}, expected ${CIFAR10_JPEG_SHA256} (using it anyway)`);
+    if (sum !== CIFAR10_JPEG_SHA256) {
+      if (!o.allowChecksumMismatch) {
+        throw new DataError(`${archive}: SHA-256 is ${sum}, the published copy's is ${CIFAR10_JPEG_SHA256}: the file is damaged or not that copy; fetch it again, or pass --allow-checksum-mismatch to use it anyway`, { file: archive });
+      }
+      log(`warning: ${archive} has sha256 ${sum}, expected ${CIFAR10_JPEG_SHA256} (using it anyway, as asked)`);
+    }
   }
   await fsp.mkdir(destDir, { recursive: true });
   const staging = await fsp.mkdtemp(path.join(destDir, '.kshare-extract-'));
   log(`extracting ${archive} into ${destDir}`);
   try {
+    const problems: string[] = [];
+    let entries = 0;
+    const xz = spawn('xz', ['-dc', '--', path.resolve(archive)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let xzErr = '';
+    xz.stderr.on('data', (d: Buffer) => { xzErr += d.toString(); });
+    const exited = new Promise<number>((resolve, reject) => {
+      xz.on('error', reject);
+      xz.on('close', (code) => resolve(code ?? 1));
+    });
     try {
-      await untarWithProgress(archive, staging, onProgress);
+      await pipeline(xz.stdout, tar.x({
+        cwd: staging, strict: true, preservePaths: false, preserveOwner: false,
+        filter: (p, e) => {
+          const entry = e as tar.ReadEntry;
+          // Progress counts members as node-tar reads them (extraction takes a minute or more).
+          o.onProgress?.(Math.min(++entries, CIFAR10_JPEG_ENTRIES), CIFAR10_JPEG_ENTRIES, 'extract');
+          const why = unsafeMemberReason(p);
+          if (why) problems.push(`unsafe member '${p}' (${why})`);
+          else if (entry.type === 'SymbolicLink' || entry.type === 'Link') problems.push(`member '${p}' is a ${entry.type === 'Link' ? 'hard' : 'symbolic'} link${entry.linkpath ? ` to '${entry.linkpath}'` : ''} (links are not allowed)`);
+          else if (!['File', 'OldFile', 'ContiguousFile', 'Directory'].includes(entry.type)) problems.push(`member '${p}' has type ${entry.type} (only files and folders are allowed)`);
+          else return problems.length === 0;
+          return false;
+        },
+      }));
+      const code = await exited;
+      if (code !== 0) throw new Error(`xz exited with code ${code}: ${xzErr.trim()}`);
     } catch (e) {
-      throw new DataError(`${archive}: extraction with 'tar -xJf' failed (${(e as Error).message.trim()})`, { file: archive, cause: e });
+      xz.kill();
+      const err = e as NodeJS.ErrnoException;
+      throw new DataError(`${archive}: extraction failed (${err.code === 'ENOENT' && err.syscall?.startsWith('spawn') ? "the 'xz' program is not installed (apt-get install xz-utils)" : err.message})`, { file: archive, cause: e });
+    }
+    if (problems.length) {
+      const more = problems.length > 5 ? ` and ${problems.length - 5} more` : '';
+      throw new DataError(`${archive}: refusing to use this archive: ${problems.slice(0, 5).join('; ')}${more}`, { file: archive });
     }
     const got = path.join(staging, CIFAR10_JPEG_FOLDER);
     for (const s of ['train', 'test'])
@@ -182,7 +209,7 @@ async function loadCifar(kind: CifarKind, opts: LoadOptions): Promise<ImageDatas
     for (const dir of dirs) {
       const archive = path.join(dir, CIFAR10_JPEG_ARCHIVE);
       if (existsSync(archive)) {
-        const folder = await extractJpegCopy(archive, primary, log, opts.onProgress);
+        const folder = await extractJpegCopy(archive, primary, log, { allowChecksumMismatch: opts.allowChecksumMismatch, onProgress: opts.onProgress });
         log(`${CIFAR10_JPEG_NAME}: image folder ${folder}`);
         return readImageFolder(folder, opts.split, folderOpts);
       }

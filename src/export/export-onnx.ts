@@ -4,8 +4,7 @@ import path from 'node:path';
 import { writeFileAtomic } from '../models/safetensors.js';
 import type { Module } from '../nn/module.js';
 import { OnnxGraphBuilder, type GraphStats } from './onnx-graph.js';
-import { emitModule } from './module-to-onnx.js';
-import './model-emitters.js';
+import { traceToOnnx } from './trace-to-onnx.js';
 import { encodeModel } from './onnx-schema.js';
 import { infoToMetadata, type ModelInfo } from './model-info.js';
 
@@ -26,14 +25,14 @@ export const INPUT_NAME = 'input';
 export const OUTPUT_NAME = 'logits';
 
 /**
- * Exports `model` in inference form. Input: float32 [batch, C, H, W], already normalised as
+ * Exports `model` in inference form, by tracing one eval-mode forward pass (trace-to-onnx.ts). Input: float32 [batch, C, H, W], already normalised as
  * `info.input` describes; output: float32 [batch, classes] logits.
  */
 export function exportOnnx(model: Module, info: ModelInfo, o: ExportOptions = {}): ExportResult {
   const g = new OnnxGraphBuilder({ dtype: o.fp16 ? 'float16' : 'float32' });
   const { channels, height, width } = info.input;
   const x = g.addInput(INPUT_NAME, ['batch', channels, height, width]);
-  const y = emitModule(model, x, g);
+  const y = traceToOnnx(model, g, x, info.input);
   g.addOutput(y, OUTPUT_NAME, ['batch', info.classes.length]);
   const proto = g.toModel({
     graphName: info.model,

@@ -2,15 +2,10 @@
 // normalisation its training used. Stored in the ONNX file's metadata_props (kshare.* keys),
 // so one .onnx file is enough for `kshare predict` and the web page.
 import type { ModelProto } from './onnx-schema.js';
+import type { InputSpec } from '../models/spec.js';
+import { modelInputSpec } from '../models/registry.js';
 
-export interface InputSpec {
-  channels: number;
-  height: number;
-  width: number;
-  /** Per-channel mean and std applied to pixel values scaled to [0, 1]. */
-  mean: number[];
-  std: number[];
-}
+export type { InputSpec } from '../models/spec.js';
 
 export interface ModelInfo {
   /** Registry name, e.g. 'convmixer_256_16_shared'. */
@@ -23,15 +18,38 @@ export interface ModelInfo {
   source?: string;
 }
 
-/** ImageNet statistics: the ConvMixer recipe normalises CIFAR with these (see docs/architecture-notes.md). */
-export const IMAGENET_NORM = { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
-/** The SE-ResNet recipe's CIFAR statistics. */
-export const SERESNET_CIFAR_NORM = { mean: [0.4914, 0.4822, 0.4465], std: [0.2023, 0.1994, 0.201] };
+/** The input a model's architecture trains with (its spec's), by model name. */
+export function defaultInputSpec(modelName: string, config: unknown = null): InputSpec {
+  return modelInputSpec(modelName, config);
+}
 
-/** The normalisation each recipe trains with, by model family. */
-export function defaultInputSpec(modelName: string): InputSpec {
-  const norm = modelName.startsWith('se_resnet') ? SERESNET_CIFAR_NORM : IMAGENET_NORM;
-  return { channels: 3, height: 32, width: 32, mean: [...norm.mean], std: [...norm.std] };
+/** Largest input side a model's metadata may claim: the page and `predict` allocate per pixel. */
+export const MAX_INPUT_SIDE = 4096;
+/** Largest class count read from a file (names are allocated per class). */
+export const MAX_CLASSES = 100_000;
+
+/**
+ * Checks an input spec read from a file (ONNX metadata, a weights file): channels 1 to 4, a
+ * height and width of 1 to MAX_INPUT_SIDE, one finite mean and one finite positive std per
+ * channel. `where` names the file and key in the error.
+ */
+export function validateInputSpec(raw: unknown, where: string): InputSpec {
+  if (!raw || typeof raw !== 'object' || Array.isArray(raw)) throw new Error(`${where} must be an object {channels, height, width, mean, std}, got ${JSON.stringify(raw)?.slice(0, 80)}`);
+  const s = raw as Partial<InputSpec>;
+  const side = (k: 'height' | 'width') => {
+    const v = s[k];
+    if (!(Number.isInteger(v) && (v as number) >= 1 && (v as number) <= MAX_INPUT_SIDE)) throw new Error(`${where}: '${k}' must be an integer from 1 to ${MAX_INPUT_SIDE}, got ${JSON.stringify(v)}`);
+  };
+  if (!(Number.isInteger(s.channels) && s.channels! >= 1 && s.channels! <= 4)) throw new Error(`${where}: 'channels' must be an integer from 1 to 4, got ${JSON.stringify(s.channels)}`);
+  side('height');
+  side('width');
+  for (const k of ['mean', 'std'] as const) {
+    const v = s[k];
+    if (!Array.isArray(v) || v.length !== s.channels || !v.every((x) => typeof x === 'number' && Number.isFinite(x) && (k === 'mean' || x > 0))) {
+      throw new Error(`${where}: '${k}' must be ${s.channels} finite ${k === 'std' ? 'positive ' : ''}numbers (one per channel), got ${JSON.stringify(v)?.slice(0, 80)}`);
+    }
+  }
+  return { channels: s.channels!, height: s.height!, width: s.width!, mean: [...s.mean!], std: [...s.std!] };
 }
 
 export const META_KEYS = { model: 'kshare.model', classes: 'kshare.classes', params: 'kshare.params', input: 'kshare.input', source: 'kshare.source' } as const;
@@ -60,8 +78,22 @@ export function infoFromModel(m: ModelProto, label: string): ModelInfo {
   };
   const model = props.get(META_KEYS.model) ?? m.graph.name ?? 'unknown';
   const outDim = m.graph.output[0]?.type?.tensorType?.shape?.dim?.[1]?.dimValue;
-  const classes = parse<string[]>(META_KEYS.classes) ?? Array.from({ length: outDim ?? 0 }, (_, i) => `class ${i}`);
-  const input = parse<InputSpec>(META_KEYS.input) ?? defaultInputSpec(model);
+  if (outDim !== undefined && Number(outDim) > MAX_CLASSES) throw new Error(`${label}: the graph's output claims ${outDim} classes, more than ${MAX_CLASSES}`);
+  const classes = parse<string[]>(META_KEYS.classes) ?? Array.from({ length: Number(outDim ?? 0) }, (_, i) => `class ${i}`);
+  const rawInput = parse<unknown>(META_KEYS.input);
+  const input = rawInput === undefined ? defaultInputSpec(model) : validateInputSpec(rawInput, `${label}: metadata '${META_KEYS.input}'`);
+  // The graph's own input shape, when static, must agree with what the metadata claims.
+  const dims = m.graph.input[0]?.type?.tensorType?.shape?.dim ?? [];
+  const claimed = [input.channels, input.height, input.width];
+  for (let i = 1; i < Math.min(dims.length, 4); i++) {
+    const d = dims[i]?.dimValue;
+    if (d !== undefined && d !== null && Number(d) > 0 && Number(d) !== claimed[i - 1]) {
+      throw new Error(`${label}: metadata '${META_KEYS.input}' claims input ${claimed.join('x')}, the graph's input is ${dims.slice(1).map((x) => x?.dimValue ?? '?').join('x')}`);
+    }
+  }
+  if (!Array.isArray(classes) || classes.length === 0 || !classes.every((c) => typeof c === 'string')) {
+    throw new Error(`${label}: metadata '${META_KEYS.classes}' must be a non-empty list of class names`);
+  }
   const params = Number(props.get(META_KEYS.params) ?? NaN);
   const source = props.get(META_KEYS.source);
   return { model, classes, params, input, ...(source ? { source } : {}) };

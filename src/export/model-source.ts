@@ -2,13 +2,14 @@
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import type { Module } from '../nn/module.js';
-import { createModel } from '../models/registry.js';
+import { createModel, modelConfig } from '../models/registry.js';
 import { buildFromConfig, validateConfig } from '../models/config.js';
-import { CHECKPOINT_KEY, readCheckpoint, restoreModel } from '../train/checkpoint.js';
+import { CHECKPOINT_KEY, assertFinite, readCheckpoint, restoreModel } from '../train/checkpoint.js';
 import { loadWeights } from '../models/weights.js';
 import { readSafetensorsHeader } from '../models/safetensors.js';
+import { checkStoredConfig, stateShapes, STORED_CONFIG_BOUNDS } from '../models/stored-config.js';
 import { CIFAR10_CLASSES, CIFAR100_CLASSES } from '../data/cifar.js';
-import { defaultInputSpec, type InputSpec, type ModelInfo } from './model-info.js';
+import { defaultInputSpec, validateInputSpec, type ModelInfo } from './model-info.js';
 
 export interface ModelSource {
   model: Module;
@@ -57,7 +58,8 @@ function buildModel(name: string, config: unknown, classes: string[]): Module {
  */
 export function modelFromCheckpoint(file: string): ModelSource {
   if (!existsSync(file)) throw new Error(`checkpoint ${file}: no such file`);
-  const meta = readSafetensorsHeader(file).metadata;
+  const header = readSafetensorsHeader(file);
+  const meta = header.metadata;
   if (meta[CHECKPOINT_KEY] !== undefined) {
     const ck = readCheckpoint(file);
     try {
@@ -70,7 +72,7 @@ export function modelFromCheckpoint(file: string): ModelSource {
         throw err;
       }
       model.eval();
-      const input = defaultInputSpec(m.modelName);
+      const input = defaultInputSpec(m.modelName, m.modelConfig);
       const aug = m.recipe?.augment;
       if (aug?.mean && aug.std) {
         input.mean = [...aug.mean];
@@ -89,18 +91,23 @@ export function modelFromCheckpoint(file: string): ModelSource {
   let classNames = defaultClassNames(10);
   if (meta[CLASSES_KEY] !== undefined) {
     const parsed = parseJson<unknown>(file, CLASSES_KEY, meta[CLASSES_KEY]);
-    if (typeof parsed === 'number' && Number.isInteger(parsed) && parsed > 0) classNames = defaultClassNames(parsed);
+    if (typeof parsed === 'number' && Number.isInteger(parsed) && parsed > 0 && parsed <= STORED_CONFIG_BOUNDS.classes) classNames = defaultClassNames(parsed);
     else if (Array.isArray(parsed) && parsed.length > 0 && parsed.every((c) => typeof c === 'string')) classNames = parsed as string[];
-    else throw new Error(`${file}: metadata '${CLASSES_KEY}' must be a class count or a list of names`);
+    else throw new Error(`${file}: metadata '${CLASSES_KEY}' must be a class count (at most ${STORED_CONFIG_BOUNDS.classes}) or a list of names`);
   }
+  const input = meta[INPUT_KEY] === undefined ? undefined : validateInputSpec(parseJson<unknown>(file, INPUT_KEY, meta[INPUT_KEY]), `${file}: metadata '${INPUT_KEY}'`);
+  // The name is data too (e.g. convmixer_40000_16): its config must fit the file's tensors before it is built.
+  const config = modelConfig(name);
+  if (config) checkStoredConfig(config, classNames.length, stateShapes(file, header), `${file}: model '${name}'`);
   const src = modelFromRegistry(name, { classNames });
   try {
     loadWeights(src.model, file);
+    assertFinite(file, new Map(src.model.stateDict()));
   } catch (err) {
     src.model.dispose();
     throw err;
   }
-  if (meta[INPUT_KEY] !== undefined) src.info.input = parseJson<InputSpec>(file, INPUT_KEY, meta[INPUT_KEY]);
+  if (input) src.info.input = input;
   src.info.source = `weights file ${path.basename(file)}`;
   return src;
 }

@@ -140,9 +140,13 @@ export class OnnxGraphBuilder {
     return half ? this.node('Cast', [name], { to: attr.int(OnnxDataType.FLOAT) }, `${hint}/to_float32`) : name;
   }
 
-  /** An int64 constant, for shape and axes inputs. */
+  /** An int64 constant, for shape and axes inputs; equal ones are stored once. */
   constInt64(values: number[], hint: string): string {
+    const key = `int64:${values.join(',')}`;
+    const known = this.#constants.get(key);
+    if (known) return known;
     const name = this.uniqueName(hint);
+    this.#constants.set(key, name);
     const data = BigInt64Array.from(values.map((v) => BigInt(v)));
     this.#initializers.push({ name, dims: [values.length], dataType: OnnxDataType.INT64, rawData: new Uint8Array(data.buffer) });
     return name;

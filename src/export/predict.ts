@@ -20,6 +20,10 @@ export function softmax(logits: ArrayLike<number>): Float64Array {
 /** The k most probable classes of one row of logits, most probable first. */
 export function topK(logits: ArrayLike<number>, classes: readonly string[], k = 5): Prediction[] {
   if (classes.length !== logits.length) throw new Error(`the model gives ${logits.length} scores but names ${classes.length} classes`);
+  for (let i = 0; i < logits.length; i++) {
+    // A NaN score would print "NaN%": the weights or the input normalisation are broken.
+    if (!Number.isFinite(logits[i]!)) throw new Error(`the model's score for class ${i} ('${classes[i]}') is ${logits[i]}: its weights or its input normalisation are broken (NaN or infinite values)`);
+  }
   const p = softmax(logits);
   return Array.from(p, (probability, index) => ({ index, label: classes[index]!, probability }))
     .sort((a, b) => b.probability - a.probability || a.index - b.index)

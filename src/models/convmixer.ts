@@ -1,6 +1,7 @@
 // ConvMixer (Trockman & Kolter) with the paper's inter-layer kernel sharing.
 import * as t from '../tensor/index.js';
 import { Conv2d, GELU, BatchNorm2d, Sequential, Residual, AdaptiveAvgPool2d, Flatten, Linear, SharedKernel } from '../nn/index.js';
+import { cifarInput, defineArchitecture, field, IMAGENET_NORM } from './spec.js';
 
 export const CONVMIXER_SHARING = ['none', 'depthwise', 'pointwise', 'both'] as const;
 export type ConvMixerSharing = (typeof CONVMIXER_SHARING)[number];
@@ -75,3 +76,58 @@ export class ConvMixer extends Sequential {
     for (const m of [stem, new GELU(), new BatchNorm2d(dim), ...blocks, new AdaptiveAvgPool2d(1), new Flatten(), head]) this.append(m);
   }
 }
+
+/** ConvMixer's config fields (defaults and bounds in `convmixerSpec.fields`). */
+export type ConvMixerFields = Required<Omit<ConvMixerConfig, 'classes'>>;
+
+const CONVMIXER_NAME = /^convmixer_(\d+)_(\d+)(?:_k(\d+))?(?:_p(\d+))?(_shared(?:_dw|_pw)?)?$/;
+const SHARING_SUFFIX = { _shared: 'both', _shared_dw: 'depthwise', _shared_pw: 'pointwise' } as const;
+const SHARING_TEXT: Record<ConvMixerSharing, string> = { none: 'no sharing', both: 'depthwise+pointwise shared', depthwise: 'depthwise shared', pointwise: 'pointwise shared' };
+
+export const convmixerSpec = defineArchitecture<ConvMixerFields>({
+  architecture: 'convmixer',
+  about: 'ConvMixer (Trockman & Kolter): patch embedding, depthwise + pointwise blocks; the paper shares both across blocks',
+  fields: {
+    dim: field.int(1, 8192),
+    depth: field.int(1, 1024),
+    kernelSize: field.int(1, 63, 9),
+    patchSize: field.int(1, 64, 1),
+    dilation: field.int(1, 16, 1),
+    /** The paper's sharing modes; a config's `plan` (applied afterwards) can express finer ones. */
+    sharing: field.oneOf(CONVMIXER_SHARING, 'none'),
+  },
+  build: (c, classes) => new ConvMixer({ ...c, classes }),
+  storedTensors: ({ dim, depth, kernelSize: k, patchSize: p }, classes) => ({
+    expect: [
+      ['0.weight', [dim, 3, p, p]],
+      ['3.0.fn.0.weight', [dim, 1, k, k]],
+      ['3.1.weight', [dim, dim, 1, 1]],
+      [`${depth + 2}.3.running_mean`, [dim]],
+      [`${depth + 5}.weight`, [classes, dim]],
+    ],
+    absent: [`${depth + 3}.3.running_mean`],
+  }),
+  describe: (c) => `ConvMixer-${c.dim}/${c.depth}, kernel ${c.kernelSize}, patch ${c.patchSize}, ${SHARING_TEXT[c.sharing]}`,
+  input: () => cifarInput(IMAGENET_NORM),
+  recipe: 'convmixer',
+  names: {
+    pattern: 'convmixer_<dim>_<depth>[_k<k>][_p<p>][_shared|_shared_dw|_shared_pw]',
+    parse(name) {
+      const m = CONVMIXER_NAME.exec(name);
+      if (!m) return null;
+      const c: Partial<ConvMixerFields> = { dim: +m[1]!, depth: +m[2]!, sharing: m[5] ? SHARING_SUFFIX[m[5] as keyof typeof SHARING_SUFFIX] : 'none' };
+      if (m[3]) c.kernelSize = +m[3];
+      if (m[4]) c.patchSize = +m[4];
+      return c;
+    },
+    // The paper's models (original names) and two smaller ones for quick runs.
+    builtins: [
+      ['convmixer_256_16', { dim: 256, depth: 16, sharing: 'none' }],
+      ['convmixer_256_16_shared', { dim: 256, depth: 16, sharing: 'both' }],
+      ['convmixer_256_8_k5_p2', { dim: 256, depth: 8, kernelSize: 5, patchSize: 2, sharing: 'none' }],
+      ['convmixer_256_8_k5_p2_shared', { dim: 256, depth: 8, kernelSize: 5, patchSize: 2, sharing: 'both' }],
+      ['convmixer_64_4_k5_p2', { dim: 64, depth: 4, kernelSize: 5, patchSize: 2, sharing: 'none' }],
+      ['convmixer_64_4_k5_p2_shared', { dim: 64, depth: 4, kernelSize: 5, patchSize: 2, sharing: 'both' }],
+    ],
+  },
+});

@@ -2,7 +2,8 @@
 // registration call or a JSON config file, and registry-style names parsed on demand.
 import { readFileSync } from 'node:fs';
 import type { Module } from '../nn/index.js';
-import { validateConfig, buildFromConfig, describeConfig, type ModelConfig } from './config.js';
+import { validateConfig, buildFromConfig, describeConfig, architectures, inputSpecOf, recipeOf, type ModelConfig } from './config.js';
+import { cifarInput, IMAGENET_NORM, type InputSpec } from './spec.js';
 
 export type ModelFactory = (opts: { classes: number }) => Module;
 
@@ -40,27 +41,18 @@ export function listModels(): ModelEntry[] {
   return [...entries].map(([name, e]) => ({ name, description: e.description, config: e.config }));
 }
 
-const CONVMIXER_RE = /^convmixer_(\d+)_(\d+)(?:_k(\d+))?(?:_p(\d+))?(_shared(?:_dw|_pw)?)?$/;
-const SERESNET_RE = /^se_resnet_d_(\d+)(_full_shared|_unshared|_shared_([123]+))?$/;
-
 /** Configs for registry-style names not registered explicitly (e.g. convmixer_128_8_k7_p2_shared_dw). */
 export function configFromName(name: string): ModelConfig | null {
-  let m = CONVMIXER_RE.exec(name);
-  if (m) {
-    const sharing = ({ _shared: 'both', _shared_dw: 'depthwise', _shared_pw: 'pointwise' } as const)[m[5] as '_shared'] ?? 'none';
-    return { architecture: 'convmixer', dim: +m[1]!, depth: +m[2]!, kernelSize: m[3] ? +m[3] : 9, patchSize: m[4] ? +m[4] : 1, sharing };
-  }
-  m = SERESNET_RE.exec(name);
-  if (m) {
-    const d = +m[1]!;
-    // The original names: d = 2 alone is unshared, every other depth shares all stages.
-    let share: [boolean, boolean, boolean] = d === 2 ? [false, false, false] : [true, true, true];
-    if (m[2] === '_full_shared') share = [true, true, true];
-    else if (m[2] === '_unshared') share = [false, false, false];
-    else if (m[3]) share = [m[3].includes('1'), m[3].includes('2'), m[3].includes('3')];
-    return { architecture: 'se_resnet', depth: d, share };
+  for (const spec of architectures()) {
+    const c = spec.names.parse(name);
+    if (c) return { architecture: spec.architecture, ...c };
   }
   return null;
+}
+
+/** The name patterns every architecture accepts, in words. */
+export function namePatterns(): string[] {
+  return architectures().map((s) => s.names.pattern);
 }
 
 function editDistance(a: string, b: string): number {
@@ -99,7 +91,7 @@ export function modelConfig(name: string): ModelConfig | null {
 function unknownModel(name: string): Error {
   const close = suggestModels(name);
   const hint = close.length ? ` Did you mean ${close.map((c) => `'${c}'`).join(' or ')}?` : '';
-  return new Error(`unknown model '${name}'.${hint} Known models: ${[...entries.keys()].join(', ')} (or a pattern like convmixer_<dim>_<depth>[_k<k>][_p<p>][_shared|_shared_dw|_shared_pw], se_resnet_d_<d>[_full_shared|_unshared|_shared_<stages>])`);
+  return new Error(`unknown model '${name}'.${hint} Known models: ${[...entries.keys()].join(', ')} (or a pattern like ${namePatterns().join(', ')})`);
 }
 
 /** Builds a registered (or registry-style) model with fresh PyTorch-default weights. */
@@ -141,18 +133,29 @@ export function loadModelConfigFile(file: string): string[] {
   return names;
 }
 
-// ---- the paper's models (original names) and a few smaller ones ----
+/**
+ * The input a model trains with (its architecture's size and normalisation), by registered or
+ * registry-style name; models without a config (factories, unknown names) get CIFAR-sized
+ * input with ImageNet statistics, the ConvMixer recipe's.
+ */
+export function modelInputSpec(name: string, config: unknown = null): InputSpec {
+  let c: ModelConfig | null = null;
+  try {
+    c = entries.has(name) ? entries.get(name)!.config : configFromName(name);
+  } catch { /* fall through */ }
+  c ??= config ? validateConfig(config, `model '${name}'`) : null;
+  return c ? inputSpecOf(c) : cifarInput(IMAGENET_NORM);
+}
 
-const builtins: [string, ModelConfig][] = [
-  ['convmixer_256_16', { architecture: 'convmixer', dim: 256, depth: 16, kernelSize: 9, patchSize: 1, sharing: 'none' }],
-  ['convmixer_256_16_shared', { architecture: 'convmixer', dim: 256, depth: 16, kernelSize: 9, patchSize: 1, sharing: 'both' }],
-  ['convmixer_256_8_k5_p2', { architecture: 'convmixer', dim: 256, depth: 8, kernelSize: 5, patchSize: 2, sharing: 'none' }],
-  ['convmixer_256_8_k5_p2_shared', { architecture: 'convmixer', dim: 256, depth: 8, kernelSize: 5, patchSize: 2, sharing: 'both' }],
-  ['convmixer_64_4_k5_p2', { architecture: 'convmixer', dim: 64, depth: 4, kernelSize: 5, patchSize: 2, sharing: 'none' }],
-  ['convmixer_64_4_k5_p2_shared', { architecture: 'convmixer', dim: 64, depth: 4, kernelSize: 5, patchSize: 2, sharing: 'both' }],
-  ['se_resnet_d_2', { architecture: 'se_resnet', depth: 2, share: [false, false, false] }],
-  ['se_resnet_d_2_full_shared', { architecture: 'se_resnet', depth: 2, share: [true, true, true] }],
-  ['se_resnet_d_2_shared_23', { architecture: 'se_resnet', depth: 2, share: [false, true, true], description: 'SE-ResNet d=2, stages 2+3 shared (the older original)' }],
-  ...[3, 4, 6, 8, 10].map((d): [string, ModelConfig] => [`se_resnet_d_${d}`, { architecture: 'se_resnet', depth: d, share: [true, true, true] }]),
-];
-for (const [name, config] of builtins) registerModel(name, config);
+/** The recipe a model trains with when none is named (its architecture's; 'convmixer' for factory models). */
+export function modelRecipe(name: string, config: unknown = null): string {
+  const c = entries.get(name)?.config ?? configFromName(name) ?? (config ? validateConfig(config, `model '${name}'`) : null);
+  return c ? recipeOf(c) : 'convmixer';
+}
+
+// ---- every architecture's built-in names, in the order of src/models/architectures.ts ----
+for (const spec of architectures()) {
+  for (const [name, config, description] of spec.names.builtins) {
+    registerModel(name, { architecture: spec.architecture, ...config, ...(description ? { description } : {}) });
+  }
+}

@@ -11,8 +11,17 @@ const TO_FILE: Record<DType, string> = {
   float32: 'F32', float16: 'F16', bfloat16: 'BF16', float64: 'F64', int64: 'I64', int32: 'I32', uint8: 'U8', bool: 'BOOL',
 };
 const FROM_FILE: Record<string, DType> = Object.fromEntries(Object.entries(TO_FILE).map(([k, v]) => [v, k as DType]));
-/** The reference implementation refuses headers above 100 MB; so do we. */
-const MAX_HEADER_BYTES = 100 * 1024 * 1024;
+/**
+ * Header bounds. The reference implementation allows 100 MB, but parsing that much JSON costs
+ * tens of seconds and gigabytes; a kshare checkpoint of a large model with a long history has
+ * a few hundred kilobytes of header and a few thousand tensors. Entries are counted in the raw
+ * bytes before the JSON is parsed, so an oversized file fails in milliseconds.
+ */
+export const MAX_HEADER_BYTES = 16 * 1024 * 1024;
+export const MAX_ENTRIES = 65_536;
+export const MAX_METADATA_KEYS = 1024;
+
+const OFFSETS_KEY = Buffer.from('"data_offsets"');
 
 export interface SafetensorsEntry {
   dtype: DType;
@@ -107,6 +116,11 @@ function parseHeader(file: string, fd: number): SafetensorsHeader {
   const hdrLen = Number(n);
   const hdr = Buffer.alloc(hdrLen);
   readExactly(fd, hdr, 8);
+  // Every tensor entry has a "data_offsets" key; escaped inside a string it would not match.
+  let count = 0;
+  for (let at = hdr.indexOf(OFFSETS_KEY); at !== -1; at = hdr.indexOf(OFFSETS_KEY, at + OFFSETS_KEY.length)) {
+    if (++count > MAX_ENTRIES) fail(file, `the header lists more than ${MAX_ENTRIES} tensors, more than any kshare model has`);
+  }
   let parsed: unknown;
   try {
     parsed = JSON.parse(hdr.toString('utf8'));
@@ -121,6 +135,7 @@ function parseHeader(file: string, fd: number): SafetensorsHeader {
   for (const [name, raw] of Object.entries(parsed as Record<string, unknown>)) {
     if (name === '__metadata__') {
       if (!raw || typeof raw !== 'object' || Array.isArray(raw)) fail(file, '__metadata__ must be an object of strings');
+      if (Object.keys(raw).length > MAX_METADATA_KEYS) fail(file, `__metadata__ has ${Object.keys(raw).length} keys, more than the ${MAX_METADATA_KEYS} allowed`);
       for (const [k, v] of Object.entries(raw as Record<string, unknown>)) {
         if (typeof v !== 'string') fail(file, `metadata '${k}' is not a string`);
         metadata[k] = v;

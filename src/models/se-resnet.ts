@@ -2,6 +2,7 @@
 import * as t from '../tensor/index.js';
 import type { Tensor } from '../tensor/index.js';
 import { Module, Conv2d, BatchNorm2d, Sequential, SqueezeExcitation, AdaptiveAvgPool2d, Dropout, Linear, SharedKernel, init } from '../nn/index.js';
+import { cifarInput, CIFAR_NORM, defineArchitecture, field } from './spec.js';
 
 export const BN_MOMENTUM = 0.1;
 
@@ -173,3 +174,60 @@ export class SEResNet extends Module {
     });
   }
 }
+
+/** SE-ResNet's config fields (defaults and bounds in `seResnetSpec.fields`). */
+export type SEResNetFields = Required<Omit<SEResNetConfig, 'classes'>>;
+
+const SERESNET_NAME = /^se_resnet_d_(\d+)(_full_shared|_unshared|_shared_([123]+))?$/;
+
+export const seResnetSpec = defineArchitecture<SEResNetFields>({
+  architecture: 'se_resnet',
+  about: 'SE-ResNet for CIFAR (the paper\'s CifarNet): three stages of SE basic blocks, one 3x3 kernel per shared stage',
+  fields: {
+    depth: field.int(1, 256),
+    share: field.bools<[boolean, boolean, boolean]>(3, 'one per stage', [true, true, true]),
+    sync: field.bool(true),
+    preact: field.bool(false),
+    dropout: field.fraction(0, 1, 0),
+    reduction: field.int(1, 1024, 16),
+    widths: field.ints<[number, number, number]>(3, 1, 8192, 'stage widths', [64, 128, 256]),
+  },
+  crossCheck: (c) => (c.widths.some((w) => Math.floor(w / c.reduction) < 1) ? `reduction ${c.reduction} leaves no hidden units in the squeeze-excitation of a stage ${c.widths.join('/')} wide` : null),
+  build: (c, classes) => new SEResNet({ ...c, classes }),
+  storedTensors: ({ depth, widths: w }, classes) => ({
+    expect: [
+      ['conv1.weight', [16, 3, 3, 3]],
+      ...w.map((x, s) => [`layer${s + 1}.0.conv2.weight`, [x, x, 3, 3]] as const),
+      [`layer3.${depth - 1}.bn2.running_mean`, [w[2]]],
+      ['fc.weight', [classes, w[2]]],
+    ],
+    absent: [`layer3.${depth}.bn2.running_mean`],
+  }),
+  describe(c) {
+    const stages = c.share.map((s, i) => (s ? String(i + 1) : '')).join('');
+    const shared = !c.sync || stages === '' ? 'no sharing' : stages === '123' ? 'all stages shared' : `stages ${stages.split('').join('+')} shared`;
+    return `SE-ResNet d=${c.depth}, ${shared}${c.preact ? ', pre-activation' : ''}${c.dropout ? `, dropout ${c.dropout}` : ''}`;
+  },
+  input: () => cifarInput(CIFAR_NORM),
+  recipe: 'seresnet',
+  names: {
+    pattern: 'se_resnet_d_<d>[_full_shared|_unshared|_shared_<stages>]',
+    parse(name) {
+      const m = SERESNET_NAME.exec(name);
+      if (!m) return null;
+      const d = +m[1]!;
+      // The original names: d = 2 alone is unshared, every other depth shares all stages.
+      let share: [boolean, boolean, boolean] = d === 2 ? [false, false, false] : [true, true, true];
+      if (m[2] === '_full_shared') share = [true, true, true];
+      else if (m[2] === '_unshared') share = [false, false, false];
+      else if (m[3]) share = [m[3].includes('1'), m[3].includes('2'), m[3].includes('3')];
+      return { depth: d, share };
+    },
+    builtins: [
+      ['se_resnet_d_2', { depth: 2, share: [false, false, false] }],
+      ['se_resnet_d_2_full_shared', { depth: 2, share: [true, true, true] }],
+      ['se_resnet_d_2_shared_23', { depth: 2, share: [false, true, true] }, 'SE-ResNet d=2, stages 2+3 shared (the older original)'],
+      ...[3, 4, 6, 8, 10].map((d) => [`se_resnet_d_${d}`, { depth: d, share: [true, true, true] }] as [string, Partial<SEResNetFields>]),
+    ],
+  },
+});

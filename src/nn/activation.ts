@@ -14,6 +14,11 @@ export class ReLU extends Module {
   forward(x: Tensor): Tensor { return t.relu(x); }
 }
 
+/** min(max(x, 0), 6), MobileNet's activation. */
+export class ReLU6 extends Module {
+  forward(x: Tensor): Tensor { return t.clamp(x, 0, 6); }
+}
+
 export class Sigmoid extends Module {
   forward(x: Tensor): Tensor { return t.sigmoid(x); }
 }
@@ -44,4 +49,19 @@ export class AdaptiveAvgPool2d extends Module {
   }
   forward(x: Tensor): Tensor { return t.adaptiveAvgPool2d(x, this.outputSize); }
   describe(): string { return `${this.outputSize[0]}x${this.outputSize[1]}`; }
+}
+
+/** Max pooling over kernel windows (ResNet's ImageNet stem: 3x3, stride 2, padding 1). */
+export class MaxPool2d extends Module {
+  readonly kernelSize: [number, number];
+  readonly stride: [number, number];
+  readonly padding: [number, number];
+  constructor(kernelSize: number, stride = kernelSize, padding = 0) {
+    super();
+    this.kernelSize = [kernelSize, kernelSize];
+    this.stride = [stride, stride];
+    this.padding = [padding, padding];
+  }
+  forward(x: Tensor): Tensor { return t.maxPool2d(x, this.kernelSize, this.stride, this.padding); }
+  describe(): string { return `k=${this.kernelSize[0]}, stride=${this.stride[0]}, padding=${this.padding[0]}`; }
 }

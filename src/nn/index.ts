@@ -3,7 +3,7 @@ export { Module, listNames, type StateDict, type LoadStateDictOptions, type ToTa
 export { Conv2d, type Conv2dOptions } from './conv.js';
 export { Linear } from './linear.js';
 export { BatchNorm2d, type BatchNormOptions } from './batchnorm.js';
-export { GELU, ReLU, Sigmoid, Dropout, Flatten, AdaptiveAvgPool2d } from './activation.js';
+export { GELU, ReLU, ReLU6, Sigmoid, Dropout, Flatten, AdaptiveAvgPool2d, MaxPool2d } from './activation.js';
 export { Sequential, Residual } from './container.js';
 export { SqueezeExcitation } from './squeeze-excitation.js';
 export { SharedKernel, signatureMismatch, signatureText, type KernelSignature } from './shared-kernel.js';

@@ -23,9 +23,14 @@ export function kaimingUniform_(w: Tensor, a = 0): Tensor {
   return t.noGrad(() => t.uniform_(w, -bound, bound));
 }
 
-/** N(0, gain(a)² / fan_in), fan-in mode. */
-export function kaimingNormal_(w: Tensor, a = 0): Tensor {
-  const std = leakyReluGain(a) / Math.sqrt(fanIn(w));
+/** fan_out of a weight laid out [out, in, ...kernel]. */
+export function fanOut(w: Tensor): number {
+  return (w.dim(0) * fanIn(w)) / w.dim(1);
+}
+
+/** N(0, gain(a)² / fan), fan-in mode by default; torchvision's ResNet and MobileNetV2 use fan-out. */
+export function kaimingNormal_(w: Tensor, a = 0, mode: 'fan_in' | 'fan_out' = 'fan_in'): Tensor {
+  const std = leakyReluGain(a) / Math.sqrt(mode === 'fan_in' ? fanIn(w) : fanOut(w));
   return t.noGrad(() => t.normal_(w, 0, std));
 }
 

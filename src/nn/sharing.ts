@@ -2,7 +2,6 @@
 //
 // A plan partitions convolutions into share groups; every group uses one kernel (the first
 // member's values) and, when all members have a bias and `shareBias` is on, one bias.
-import * as t from '../tensor/index.js';
 import type { Tensor } from '../tensor/index.js';
 import type { Module } from './module.js';
 import { Conv2d } from './conv.js';

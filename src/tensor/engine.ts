@@ -29,14 +29,19 @@ export function keep<T extends Disposable>(t: T): T {
   return t;
 }
 
-function collect(value: unknown, out: Set<Disposable>, depth = 0): void {
-  if (value === null || typeof value !== 'object' || depth > 4) return;
+/**
+ * Every tensor in a value: a tensor, or arrays and plain objects holding tensors at any depth
+ * (each container visited once, so cycles end).
+ */
+function collect(value: unknown, out: Set<Disposable>, seen = new Set<object>()): void {
+  if (value === null || typeof value !== 'object' || seen.has(value)) return;
+  seen.add(value);
   if (typeof (value as Disposable).dispose === 'function' && (value as { __isTensor?: boolean }).__isTensor) {
     out.add(value as Disposable);
     return;
   }
-  if (Array.isArray(value)) for (const v of value) collect(v, out, depth + 1);
-  else if (Object.getPrototypeOf(value) === Object.prototype) for (const v of Object.values(value)) collect(v, out, depth + 1);
+  if (Array.isArray(value)) for (const v of value) collect(v, out, seen);
+  else if (Object.getPrototypeOf(value) === Object.prototype) for (const v of Object.values(value)) collect(v, out, seen);
 }
 
 /** Runs fn and disposes the tensors it created, except those it returns. */

@@ -2,6 +2,7 @@
 // Op fronts (ops/*.ts) validate arguments, then call `runKernel`, which resolves the
 // operator once and lets the addon convert arguments by the operator's own schema.
 import { native, type Handle, type KernelArg } from './native.js';
+import { recordCall } from './trace.js';
 
 export const KERNELS = {
   // creation
@@ -83,14 +84,17 @@ function resolve(name: KernelName): number {
 /** Calls a libtorch operator; libtorch errors become Errors naming our op and ATen's. */
 export function runKernel(opName: string, kernel: KernelName, args: KernelArg[]): unknown {
   const id = resolve(kernel);
+  let out: unknown;
   try {
-    return native.call(id, args);
+    out = native.call(id, args);
   } catch (e) {
     const msg = e instanceof Error ? e.message : String(e);
     // The addon shortens libtorch's message; the full text rides along for KSHARE_DEBUG.
     const full = (e as { libtorchMessage?: string }).libtorchMessage;
     throw Object.assign(new Error(`${opName}: ${msg}`), full ? { libtorchMessage: full } : {});
   }
+  recordCall(opName, kernel, args, out);
+  return out;
 }
 
 /** The schema libtorch reports for a kernel (for docs and debugging). */

@@ -5,8 +5,12 @@ import { existsSync } from 'node:fs';
 import * as t from '../tensor/index.js';
 import type { Tensor } from '../tensor/index.js';
 import type { Module } from '../nn/index.js';
-import { saveSafetensors, loadSafetensors, readSafetensorsHeader } from '../models/safetensors.js';
+import { saveSafetensors, loadSafetensors, readSafetensorsHeader, type SafetensorsHeader } from '../models/safetensors.js';
 import { uniqueState, expandAliases, parseAliases, ALIASES_KEY } from '../models/weights.js';
+import { validateConfig, type ModelConfig } from '../models/config.js';
+import { modelConfig } from '../models/registry.js';
+import { checkStoredConfig, stateShapes, STORED_CONFIG_BOUNDS } from '../models/stored-config.js';
+import { validateRecipe } from './recipe.js';
 import type { OptimizerState } from './optim/index.js';
 import type { AnyOptimizer } from './build-optimizer.js';
 import type { Recipe } from './recipe.js';
@@ -57,6 +61,8 @@ export interface CheckpointMeta {
   scaler: { scale: number; growthTracker: number } | null;
   reason: 'epoch' | 'interrupt';
   savedAt: string;
+  /** libtorch's CPU thread count when it was written (absent in older checkpoints): results are bit-exact only with the same count. */
+  threads?: number;
 }
 
 export interface RngSnapshot {
@@ -95,6 +101,7 @@ export function saveCheckpoint(file: string, p: CheckpointParts): void {
       format: 1, ...p.meta, scaler: p.scalerState,
       optimizer: { kind: opt.kind, step: opt.step, groups: opt.groups },
       savedAt: new Date().toISOString(),
+      threads: t.runtimeInfo().numThreads,
     };
     const prefixed: Record<string, string[]> = {};
     for (const [k, names] of Object.entries(aliases)) prefixed[MODEL + k] = names.map((n) => MODEL + n);
@@ -115,35 +122,79 @@ export interface LoadedCheckpoint {
   dispose(): void;
 }
 
-function parseMeta(file: string, metadata: Record<string, string>): CheckpointMeta {
-  const raw = metadata[CHECKPOINT_KEY];
+/**
+ * Reads and checks a checkpoint's metadata from its header alone (no tensor is loaded): the
+ * JSON record, its recipe, and the model config against the shapes of the tensors in the file.
+ * Everything that decides what gets built or allocated is checked here, before anything is.
+ */
+export function readCheckpointMeta(file: string): { meta: CheckpointMeta; header: SafetensorsHeader } {
+  if (!existsSync(file)) throw new Error(`checkpoint ${file} does not exist`);
+  const header = readSafetensorsHeader(file);
+  const raw = header.metadata[CHECKPOINT_KEY];
   if (raw === undefined) throw new Error(`${file} is a safetensors file but not a kshare training checkpoint (no '${CHECKPOINT_KEY}' metadata; a plain weights file cannot be resumed)`);
-  let meta: CheckpointMeta;
+  let parsed: unknown;
   try {
-    meta = JSON.parse(raw) as CheckpointMeta;
+    parsed = JSON.parse(raw);
   } catch {
     throw new Error(`${file}: checkpoint metadata is not valid JSON`);
   }
+  return { meta: validateCheckpointMeta(parsed, file, header), header };
+}
+
+/** The config a checkpoint's model is built from: the stored one, else the registry's (null for factory models). */
+export function storedModelConfig(meta: Pick<CheckpointMeta, 'modelName' | 'modelConfig'>, file: string): ModelConfig | null {
+  if (meta.modelConfig !== null && meta.modelConfig !== undefined) return validateConfig(meta.modelConfig, `${file}: model '${meta.modelName}' recorded in the checkpoint`);
+  try {
+    return modelConfig(meta.modelName);
+  } catch {
+    return null; // an unknown name fails when the model is built, before any allocation
+  }
+}
+
+function validateCheckpointMeta(raw: unknown, file: string, header: SafetensorsHeader): CheckpointMeta {
+  if (!raw || typeof raw !== 'object' || Array.isArray(raw)) throw new Error(`${file}: checkpoint metadata must be a JSON object`);
+  const meta = raw as CheckpointMeta;
   if (meta.format !== 1) throw new Error(`${file}: checkpoint format ${JSON.stringify(meta.format)} is not supported (expected 1)`);
   for (const k of ['modelName', 'epoch', 'stepInEpoch', 'globalStep', 'recipe', 'optimizer', 'history', 'seed'] as const) {
     if (meta[k] === undefined) throw new Error(`${file}: checkpoint metadata lacks '${k}'`);
   }
+  const bad = (field: string, what: string, v: unknown): never => {
+    throw new Error(`${file}: checkpoint metadata '${field}' must be ${what}, got ${JSON.stringify(v)?.slice(0, 80)}`);
+  };
+  const count = (v: unknown) => Number.isSafeInteger(v) && (v as number) >= 0;
+  if (typeof meta.modelName !== 'string' || !meta.modelName) bad('modelName', 'a model name', meta.modelName);
+  for (const k of ['epoch', 'stepInEpoch', 'globalStep', 'itersPerEpoch', 'seed'] as const) if (!count(meta[k])) bad(k, 'a non-negative integer', meta[k]);
+  if (!Array.isArray(meta.classes) || meta.classes.length < 1 || meta.classes.length > STORED_CONFIG_BOUNDS.classes || !meta.classes.every((c) => typeof c === 'string')) {
+    bad('classes', `a list of 1 to ${STORED_CONFIG_BOUNDS.classes} class names`, Array.isArray(meta.classes) ? `${meta.classes.length} entries` : meta.classes);
+  }
+  if (!Array.isArray(meta.history)) bad('history', 'a list of epoch records', meta.history);
+  if (typeof meta.bestAcc !== 'number' || !Number.isFinite(meta.bestAcc)) bad('bestAcc', 'a number', meta.bestAcc);
+  if (typeof meta.dataset !== 'string') bad('dataset', 'a string', meta.dataset);
+  if (meta.threads !== undefined && !(Number.isInteger(meta.threads) && meta.threads >= 1)) bad('threads', 'a positive integer', meta.threads);
+  // The recipe decides normalisation, batch sizes and the optimiser: checked like a recipe file.
+  meta.recipe = validateRecipe(meta.recipe, `${file}: the checkpoint's recipe`);
+  const config = storedModelConfig(meta, file);
+  if (config) checkStoredConfig(config, meta.classes.length, stateShapes(file, header, MODEL), `${file}: model '${meta.modelName}'`);
   return meta;
 }
 
-/** A checkpoint's metadata (where the run stands, its recipe and model) without loading its tensors. */
-export function readCheckpointMeta(file: string): CheckpointMeta {
-  if (!existsSync(file)) throw new Error(`checkpoint ${file} does not exist`);
-  return parseMeta(file, readSafetensorsHeader(file).metadata);
+/** Throws naming the first tensor holding NaN or infinity (e.g. offsets of two tensors swapped in the file). */
+export function assertFinite(file: string, tensors: Map<string, Tensor>): void {
+  for (const [name, v] of tensors) {
+    if (v.dtype !== 'float32' && v.dtype !== 'float16' && v.dtype !== 'bfloat16' && v.dtype !== 'float64') continue;
+    if (v.size === 0) continue;
+    const ok = t.tidy(() => t.all(t.isfinite(v)).item());
+    if (!ok) throw new Error(`${file}: tensor '${name}' holds NaN or infinite values; the file is damaged (or the run diverged before it was written) and cannot be used`);
+  }
 }
 
 /** Reads and checks a checkpoint file; the caller restores from it and then disposes it. */
 export function readCheckpoint(file: string): LoadedCheckpoint {
-  if (!existsSync(file)) throw new Error(`checkpoint ${file} does not exist`);
+  const { meta } = readCheckpointMeta(file);
   const { tensors, metadata } = loadSafetensors(file);
   const all = [...tensors.values()];
   try {
-    const meta = parseMeta(file, metadata);
+    assertFinite(file, tensors);
     const model = new Map<string, Tensor>();
     const optTensors: Record<string, Tensor>[] = [];
     const rng: Partial<Record<string, Tensor>> = {};

@@ -9,12 +9,12 @@ import path from 'node:path';
 import * as vega from 'vega';
 import * as vl from 'vega-lite';
 import type { TopLevelSpec } from 'vega-lite';
-import type { EpochRecord, CheckpointMeta } from './checkpoint.js';
-import { CHECKPOINT_KEY } from './checkpoint.js';
+import type { EpochRecord } from './checkpoint.js';
+import { readCheckpointMeta, storedModelConfig } from './checkpoint.js';
 import { readLog, formatDuration, SUMMARY_FILE, CHECKPOINT_FILE } from './run-log.js';
 import type { TrainSummary } from './trainer.js';
 import { SWEEP_FILE, SWEEP_RUN_FILE, type SweepRunRecord } from './sweep.js';
-import { readSafetensorsHeader, buildFromConfig, modelSummary, type ModelConfig } from '../models/index.js';
+import { buildFromConfig, modelSummary, type ModelConfig } from '../models/index.js';
 
 /** One line of <run>/steps.jsonl: the training loss and accuracy of one logging interval. */
 export interface StepRecord {
@@ -93,9 +93,10 @@ function checkpointModel(dir: string): { config: ModelConfig; classes: number } 
   const file = path.join(dir, CHECKPOINT_FILE);
   if (!existsSync(file)) return null;
   try {
-    const meta = JSON.parse(readSafetensorsHeader(file).metadata[CHECKPOINT_KEY] ?? 'null') as CheckpointMeta | null;
-    if (!meta || !meta.modelConfig || !Array.isArray(meta.classes)) return null;
-    return { config: meta.modelConfig as ModelConfig, classes: meta.classes.length };
+    // Checked against the file's tensors before anything is built from it (issue 10).
+    const { meta } = readCheckpointMeta(file);
+    const config = storedModelConfig(meta, file);
+    return config ? { config, classes: meta.classes.length } : null;
   } catch {
     return null;
   }
@@ -126,7 +127,16 @@ export function loadRun(dir: string): RunData {
       throw new Error(`${sumFile} is not valid JSON`);
     }
   }
-  const history = readLog(dir);
+  let history = readLog(dir);
+  // The checkpoint is written first each epoch (then log.jsonl, then summary.json), so after a
+  // kill between those writes it is the one that is current: its history wins.
+  const ckFile = path.join(dir, CHECKPOINT_FILE);
+  if (existsSync(ckFile)) {
+    const { meta } = readCheckpointMeta(ckFile);
+    if (meta.history.length >= history.length) history = meta.history;
+    const stale = summary.epochsDone !== undefined && summary.epochsDone < meta.history.length;
+    if (stale && summary.model) summary = { ...summary, status: 'interrupted', epochsDone: meta.history.length, bestAcc: meta.bestAcc };
+  }
   if (!history.length && !summary.model) throw new Error(`${dir} holds no ${SUMMARY_FILE} and no log.jsonl lines: not a kshare run folder (or no epoch has finished yet)`);
   const best = history.length ? Math.max(...history.map((h) => h.testAcc)) : summary.bestAcc ?? null;
   let sweep: SweepRunRecord | null = null;

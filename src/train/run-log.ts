@@ -1,6 +1,9 @@
 // What a run leaves for people and tools: a progress bar while it trains, one JSON line per
 // epoch in <out>/log.jsonl, one per logging interval (about ten per epoch) in
 // <out>/steps.jsonl, and <out>/summary.json (rewritten atomically).
+// Each epoch writes the checkpoint first, then log.jsonl, then summary.json: after a kill in
+// between, the checkpoint is ahead and is the source of truth (`kshare report` reads its
+// history; a resume rewrites the log from it and truncates steps.jsonl to it).
 import { writeFileSync, renameSync, appendFileSync, readFileSync, existsSync } from 'node:fs';
 import path from 'node:path';
 import cliProgress from 'cli-progress';

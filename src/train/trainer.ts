@@ -27,6 +27,7 @@ import {
 } from './run-log.js';
 import type { Recipe } from './recipe.js';
 import type { StepRecord } from './report.js';
+import { acquireRunLock } from './run-lock.js';
 
 export class NonFiniteLossError extends Error {}
 
@@ -227,16 +228,25 @@ function setUp(o: TrainOptions, owned: { dispose(): void }[]): Session {
   const recipe = o.recipe;
   const writes = o.hooks?.writes ?? true;
   const ckptFile = path.join(o.outDir, CHECKPOINT_FILE);
-  if (!o.resume && existsSync(ckptFile)) {
-    throw new Error(`${o.outDir} already holds a run (${CHECKPOINT_FILE}): continue it with --resume, or choose another --out`);
-  }
   if (recipe.augment.mean.length !== o.train.channels) {
     throw new Error(`recipe '${recipe.name}' normalises ${recipe.augment.mean.length} channels but ${o.train.name} images have ${o.train.channels}; set augment.mean and augment.std (e.g. --set augment.mean=[0.5] --set augment.std=[0.25])`);
+  }
+  // One run, one folder: the writing process holds the folder's lock from here until `train`
+  // returns (released with the rest of `owned`), so the checks below and every write after them
+  // see no other run. Non-writing ranks leave the folder alone and take no lock.
+  if (writes) {
+    mkdirSync(o.outDir, { recursive: true });
+    const lock = acquireRunLock(o.outDir);
+    owned.push({ dispose: () => lock.release() });
+    for (const note of lock.notes) log(`note: ${note}`);
+  }
+  if (!o.resume && existsSync(ckptFile)) {
+    throw new Error(`${o.outDir} already holds a run (${CHECKPOINT_FILE}): continue it with --resume, or choose another --out`);
   }
   // The seed of a resumed run is the checkpoint's: read it before anything random happens.
   let seed = recipe.seed ?? randomInt(0, 2 ** 31);
   if (o.resume) {
-    const meta = readCheckpointMeta(o.resume);
+    const { meta } = readCheckpointMeta(o.resume);
     if (meta.modelName !== o.modelName) throw new Error(`${o.resume} was trained as model '${meta.modelName}', not '${o.modelName}'`);
     if (meta.dataset !== o.train.name) throw new Error(`${o.resume} was trained on ${meta.dataset}, not ${o.train.name}`);
     seed = meta.seed;
@@ -253,7 +263,6 @@ function setUp(o: TrainOptions, owned: { dispose(): void }[]): Session {
   const samplesPerEpoch = o.hooks?.shard ? o.hooks.shard.size(trainSet.count) : trainSet.count;
   const itersPerEpoch = batchCount(samplesPerEpoch, recipe.batchSize, true);
   if (itersPerEpoch < 1) throw new Error(`the training set (${samplesPerEpoch} images) is smaller than one batch of ${recipe.batchSize}`);
-  if (writes) mkdirSync(o.outDir, { recursive: true });
 
   model.to({ device, memoryFormat: o.channelsLast ? 'channels_last' : 'contiguous' });
   model.train();

@@ -1,6 +1,6 @@
 // `kshare models`: lists the registered models.
 import type { Command } from 'commander';
-import { listModels, loadModelConfigFile, createModel } from '../../models/index.js';
+import { listModels, loadModelConfigFile, createModel, namePatterns } from '../../models/index.js';
 
 export function register(program: Command): void {
   program
@@ -29,6 +29,6 @@ export function register(program: Command): void {
       const pw = Math.max(...rows.map((r) => r.params.toLocaleString('en-US').length), 'params'.length);
       console.log(`${'model'.padEnd(w)}  ${'params'.padStart(pw)}  description`);
       for (const r of rows) console.log(`${r.name.padEnd(w)}  ${r.params.toLocaleString('en-US').padStart(pw)}  ${r.description}`);
-      console.log(`\nparams: unique trainable parameters for ${classes} classes. Names of the form convmixer_<dim>_<depth>[_k<k>][_p<p>][_shared|_shared_dw|_shared_pw] and se_resnet_d_<d>[_full_shared|_unshared|_shared_<stages>] also work.`);
+      console.log(`\nparams: unique trainable parameters for ${classes} classes. Names of the form ${namePatterns().join(', ')} also work.`);
     });
 }

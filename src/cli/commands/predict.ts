@@ -5,11 +5,13 @@ import { InvalidArgumentError, type Command } from 'commander';
 import { prepareImage } from '../../export/image-input.js';
 import { topK, type Prediction } from '../../export/predict.js';
 import type { InputSpec, ModelInfo } from '../../export/model-info.js';
+import { DEFAULT_MAX_IMAGE_PIXELS, setMaxImagePixels } from '../../data/image-header.js';
 
 interface PredictCliOptions {
   top: number;
   json?: boolean;
   threads?: number;
+  maxImagePixels?: number;
 }
 
 type Classifier = { info: ModelInfo; logits(input: Float32Array): Promise<Float32Array>; close(): void };
@@ -60,7 +62,9 @@ export function register(program: Command): void {
     .option('--top <k>', 'how many classes to show', positiveInt, 5)
     .option('--json', 'print one JSON object per image instead of a table')
     .option('--threads <n>', 'ONNX Runtime intra-op threads (default: all cores)', positiveInt)
+    .option('--max-image-pixels <n>', `refuse images with more pixels than this before decoding them (default ${DEFAULT_MAX_IMAGE_PIXELS})`, positiveInt)
     .action(async (modelFile: string, images: string[], o: PredictCliOptions) => {
+      if (o.maxImagePixels !== undefined) setMaxImagePixels(o.maxImagePixels);
       const lower = modelFile.toLowerCase();
       let clf: Classifier;
       if (lower.endsWith('.onnx')) clf = await openOnnx(modelFile, o.threads);

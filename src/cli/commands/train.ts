@@ -9,6 +9,7 @@ import { readCheckpointMeta } from '../../train/checkpoint.js';
 import { train, checkExtension, type TrainSummary } from '../../train/trainer.js';
 import { loadSplits } from '../../train/datasets.js';
 import { CHECKPOINT_FILE } from '../../train/run-log.js';
+import { DEFAULT_MAX_IMAGE_PIXELS, setMaxImagePixels } from '../../data/image-header.js';
 
 export interface TrainCliOptions {
   recipe?: string;
@@ -32,6 +33,8 @@ export interface TrainCliOptions {
   progress: boolean;
   config?: string[];
   channelsLast?: boolean;
+  allowChecksumMismatch?: boolean;
+  maxImagePixels?: string;
 }
 
 export function positiveInt(flag: string, v: string): number {
@@ -86,13 +89,16 @@ export function buildModel(name: string, classes: number, stored: unknown = null
 }
 
 /** The command that continues a run folder (what an interrupted run tells the user). */
-export function resumeCommand(o: { out: string; dataset?: string; dataDir?: string; device?: string; channelsLast?: boolean }): string {
+export function resumeCommand(o: { out: string; dataset?: string; dataDir?: string; device?: string; channelsLast?: boolean; maxImagePixels?: string; allowChecksumMismatch?: boolean }): string {
   const q = (v: string) => (/^[\w./:@=-]+$/.test(v) ? v : `'${v.replace(/'/g, `'\\''`)}'`);
   return ['kshare train --resume --out', q(o.out),
     ...(o.dataset ? ['--dataset', q(o.dataset)] : []),
     ...(o.dataDir ? ['--data-dir', q(o.dataDir)] : []),
     ...(o.device && o.device !== 'cpu' ? ['--device', q(o.device)] : []),
-    ...(o.channelsLast ? ['--channels-last'] : [])].join(' ');
+    ...(o.channelsLast ? ['--channels-last'] : []),
+    // The data is loaded again on resume: the flags that let it load the first time.
+    ...(o.maxImagePixels !== undefined ? ['--max-image-pixels', q(o.maxImagePixels)] : []),
+    ...(o.allowChecksumMismatch ? ['--allow-checksum-mismatch'] : [])].join(' ');
 }
 
 /** The last line of an interrupted run; also sets the exit code Unix tools use after Ctrl-C (130). */
@@ -142,12 +148,15 @@ export function register(program: Command): void {
     .option('--train-per-class <n>', 'use only the first n training images of each class')
     .option('--test-per-class <n>', 'use only the first n test images of each class')
     .option('--channels-last', 'channels_last memory format (faster depthwise convolutions on CPU)')
+    .option('--allow-checksum-mismatch', 'use a dataset archive whose SHA-256 differs from the published one')
+    .option('--max-image-pixels <n>', `refuse image files with more pixels than this before decoding them (default ${DEFAULT_MAX_IMAGE_PIXELS})`)
     .option('--no-progress', 'no progress bar')
     .option('--config <file...>', 'JSON model config file(s) to register first')
     .action(async (o: TrainCliOptions) => {
       requireDevice(o.device);
       for (const f of o.config ?? []) loadModelConfigFile(f);
       if (o.threads !== undefined) t.setNumThreads(positiveInt('--threads', o.threads));
+      if (o.maxImagePixels !== undefined) setMaxImagePixels(positiveInt('--max-image-pixels', o.maxImagePixels));
       const log = (l: string) => console.log(l);
       let recipe: Recipe;
       let modelName: string;
@@ -156,7 +165,12 @@ export function register(program: Command): void {
       let dataset = o.dataset;
       if (o.resume) {
         resume = typeof o.resume === 'string' ? o.resume : path.join(o.out, CHECKPOINT_FILE);
-        const ck = { meta: readCheckpointMeta(resume) };
+        // The metadata alone (header only): the trainer loads the tensors once, later.
+        const ck = readCheckpointMeta(resume);
+        const threads = t.runtimeInfo().numThreads;
+        if (ck.meta.threads !== undefined && ck.meta.threads !== threads) {
+          log(`warning: ${resume} was written with ${ck.meta.threads} CPU thread(s), this process uses ${threads}; the run continues, but not bit-exactly (pass --threads ${ck.meta.threads} for that)`);
+        }
         // A resumed run keeps its recipe and model; only its length may change. Flags that
         // repeat the run's own settings (as the run scripts do) are fine.
         const asked = recipeFromFlags(o.recipe ? loadRecipe(o.recipe) : ck.meta.recipe, o);
@@ -176,7 +190,7 @@ export function register(program: Command): void {
         modelName = o.model ?? recipe.model;
       }
       const progress = o.progress && !!process.stderr.isTTY;
-      const { train: trainSet, test: testSet } = await loadSplits(dataset, { dataDir: o.dataDir, download: o.download, log, progress, progressLines: o.progress && !process.stdout.isTTY });
+      const { train: trainSet, test: testSet } = await loadSplits(dataset, { dataDir: o.dataDir, download: o.download, log, progress, progressLines: o.progress && !process.stdout.isTTY, allowChecksumMismatch: o.allowChecksumMismatch });
       const classes = trainSet.classes.length;
       const build = buildModel(modelName, classes, stored);
       let config: unknown = stored;
@@ -190,7 +204,7 @@ export function register(program: Command): void {
           datasetSpec: dataset,
         });
         if (s.status === 'interrupted') {
-          reportInterrupted(s, resumeCommand({ out: o.out, dataDir: o.dataDir, device: o.device, channelsLast: o.channelsLast }), log);
+          reportInterrupted(s, resumeCommand({ out: o.out, dataDir: o.dataDir, device: o.device, channelsLast: o.channelsLast, maxImagePixels: o.maxImagePixels, allowChecksumMismatch: o.allowChecksumMismatch }), log);
           return;
         }
         log(`${s.status}: ${s.model} on ${s.dataset}, best test accuracy ${(100 * s.bestAcc).toFixed(2)}% after ${s.epochsDone}/${s.epochs} epochs; ` +

@@ -32,7 +32,7 @@ export function conv2d(x: Tensor, weight: Tensor, bias: Tensor | null = null, o:
   const groups = intArg(op, 'groups', o.groups ?? 1, 1);
   const stride = pairArg(op, 'stride', o.stride ?? 1, 1);
   const dilation = pairArg(op, 'dilation', o.dilation ?? 1, 1);
-  const [n, c, h, w] = x.shape as [number, number, number, number];
+  const [, c, h, w] = x.shape as [number, number, number, number];
   const [oc, icg, kh, kw] = weight.shape as [number, number, number, number];
   if (c % groups !== 0 || oc % groups !== 0) {
     throw new ShapeError(`${op}: channels in ${c} and out ${oc} must both be divisible by groups ${groups}`);
@@ -43,7 +43,6 @@ export function conv2d(x: Tensor, weight: Tensor, bias: Tensor | null = null, o:
   if (bias && (bias.rank !== 1 || bias.dim(0) !== oc)) {
     throw new ShapeError(`${op}: bias must have shape [${oc}], got [${bias.shape}]`);
   }
-  void n;
   const padding = o.padding ?? 0;
   if (padding === 'same' || padding === 'valid') {
     if (padding === 'same' && (stride[0] !== 1 || stride[1] !== 1)) throw new ShapeError(`${op}: padding 'same' needs stride 1, got [${stride}]`);

@@ -31,6 +31,7 @@ export function add(a: Tensor, b: Operand, alpha = 1): Tensor {
     if (typeof b === 'number') return binary('add', 'add', 'addScalar', a, b * alpha);
     tensorArg('add', 'a', a); tensorArg('add', 'b', b);
     broadcastShape('add', a.shape, b.shape);
+    if (b.rank > 0 && a.rank > 0) sameDevice('add', ['a', a], ['b', b]);
     return wrap(runKernel('add', 'add', [a.handle, b.handle, alpha]));
   }
   return binary('add', 'add', 'addScalar', a, b);
@@ -48,11 +49,13 @@ export const ge = (a: Tensor, b: Operand): Tensor => binary('ge', 'ge', 'geScala
 export function maximum(a: Tensor, b: Tensor): Tensor {
   tensorArg('maximum', 'a', a); tensorArg('maximum', 'b', b);
   broadcastShape('maximum', a.shape, b.shape);
+  if (b.rank > 0 && a.rank > 0) sameDevice('maximum', ['a', a], ['b', b]);
   return wrap(runKernel('maximum', 'maximum', [a.handle, b.handle]));
 }
 export function minimum(a: Tensor, b: Tensor): Tensor {
   tensorArg('minimum', 'a', a); tensorArg('minimum', 'b', b);
   broadcastShape('minimum', a.shape, b.shape);
+  if (b.rank > 0 && a.rank > 0) sameDevice('minimum', ['a', a], ['b', b]);
   return wrap(runKernel('minimum', 'minimum', [a.handle, b.handle]));
 }
 

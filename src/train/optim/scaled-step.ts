@@ -11,6 +11,7 @@ import type { Optimizer } from './optimizer.js';
  * instead). Then steps unless a gradient overflowed, and updates the scale. Returns whether
  * the optimiser stepped. A disabled scaler makes this clip (if asked) and step.
  */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- any optimizer, whatever its options type
 export function scaledStep(scaler: GradScaler, optimizer: Optimizer<any>, params: Tensor[], maxGradNorm: number | null): boolean {
   if (maxGradNorm !== null) {
     scaler.unscale(optimizer);

@@ -35,6 +35,7 @@ export class GradScaler {
   }
 
   /** Divides gradients by the scale in place and records whether any is inf/NaN. */
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- any optimizer, whatever its options type
   unscale(opt: Optimizer<never> | Optimizer<any>): void {
     if (!this.enabled || this.#unscaled) return;
     this.ensure(opt.groups[0]!.params[0]!.device);
@@ -55,6 +56,7 @@ export class GradScaler {
   }
 
   /** Unscales if needed, then steps unless a gradient overflowed. Returns whether it stepped. */
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- any optimizer, whatever its options type
   step(opt: Optimizer<any>): boolean {
     if (!this.enabled) { opt.step(); return true; }
     this.unscale(opt);
