@@ -24,11 +24,78 @@
 #include <torch/version.h>
 
 #include <atomic>
+#include <deque>
+#include <mutex>
 #include <cstring>
 #include <string>
 #include <vector>
 
 namespace {
+
+// ---- libtorch messages for people ----
+// libtorch's errors can run to fifty lines (the dispatcher lists every backend it knows);
+// users get the first paragraph, at most a few sentences, and the full text stays on the
+// error object (libtorchMessage) for KSHARE_DEBUG.
+std::string ShortTorchMessage(const std::string& full) {
+  std::string m = full.substr(0, full.find("\n\n"));
+  const std::string from = "with arguments from the '";
+  size_t at = m.find(from);
+  if (m.rfind("Could not run '", 0) == 0 && at != std::string::npos) {
+    size_t end = m.find('\'', at + from.size());
+    std::string backend = m.substr(at + from.size(), end - at - from.size());
+    const size_t start = std::strlen("Could not run '");
+    std::string op = m.substr(start, m.find('\'', start) - start);
+    return "'" + op + "' has no " + backend + " kernel in this libtorch build (it was built without " + backend + " support)";
+  }
+  for (char& c : m) if (c == '\n') c = ' ';
+  const size_t limit = 400;
+  if (m.size() > limit) {
+    size_t cut = m.rfind(". ", limit);
+    m = m.substr(0, cut == std::string::npos || cut < 80 ? limit : cut + 1) + " [...]";
+  }
+  return m;
+}
+
+Napi::Error TorchError(Napi::Env env, const std::string& where, const std::string& full) {
+  Napi::Error err = Napi::Error::New(env, where + ": " + ShortTorchMessage(full));
+  err.Value().Set("libtorchMessage", Napi::String::New(env, full));
+  return err;
+}
+
+// libtorch warnings (TORCH_WARN) are collected here instead of going to stderr, and handed to
+// the JavaScript handler set with setWarningHandler after the call that raised them returns,
+// so one place in src/tensor decides what a user sees.
+class CollectingWarningHandler : public c10::WarningHandler {
+ public:
+  void process(const c10::SourceLocation&, const std::string& msg, const bool) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (pending_.size() < 100) pending_.push_back(msg);
+  }
+  std::deque<std::string> take() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::deque<std::string> out;
+    out.swap(pending_);
+    return out;
+  }
+ private:
+  std::mutex mutex_;
+  std::deque<std::string> pending_;
+};
+
+CollectingWarningHandler g_warnings;
+Napi::FunctionReference g_warningCallback;
+
+void FlushWarnings(Napi::Env env) {
+  auto pending = g_warnings.take();
+  if (pending.empty() || g_warningCallback.IsEmpty()) return;
+  for (const auto& w : pending) {
+    try {
+      g_warningCallback.Call({Napi::String::New(env, ShortTorchMessage(w))});
+    } catch (const Napi::Error&) {
+      // A throwing handler must not replace the result (or error) of the call itself.
+    }
+  }
+}
 
 std::atomic<int64_t> g_live{0};
 
@@ -347,15 +414,15 @@ Napi::Value Call(const Napi::CallbackInfo& info) {
     try {
       stack.push_back(ToIValue(env, v, args[i].real_type(), args[i], opName));
     } catch (const c10::Error& e) {
-      throw Napi::Error::New(env, opName + ": argument '" + args[i].name() + "': " + e.what_without_backtrace());
+      throw TorchError(env, opName + ": argument '" + args[i].name() + "'", e.what_without_backtrace());
     }
   }
   try {
     op.callBoxed(&stack);
   } catch (const c10::Error& e) {
-    throw Napi::Error::New(env, opName + ": " + e.what_without_backtrace());
+    throw TorchError(env, opName, e.what_without_backtrace());
   } catch (const std::exception& e) {
-    throw Napi::Error::New(env, opName + ": " + e.what());
+    throw TorchError(env, opName, e.what());
   }
   if (stack.size() == 1) return FromIValue(env, stack[0]);
   auto arr = Napi::Array::New(env, stack.size());
@@ -371,9 +438,9 @@ Napi::Value Guard(Napi::Env env, const char* what, F&& f) {
   } catch (const Napi::Error&) {
     throw;
   } catch (const c10::Error& e) {
-    throw Napi::Error::New(env, std::string(what) + ": " + e.what_without_backtrace());
+    throw TorchError(env, what, e.what_without_backtrace());
   } catch (const std::exception& e) {
-    throw Napi::Error::New(env, std::string(what) + ": " + e.what());
+    throw TorchError(env, what, e.what());
   }
 }
 
@@ -637,11 +704,32 @@ Napi::Value CudaSynchronize(const Napi::CallbackInfo& info) {
   });
 }
 
+Napi::Value SetWarningHandler(const Napi::CallbackInfo& info) {
+  if (info[0].IsFunction()) {
+    g_warningCallback = Napi::Persistent(info[0].As<Napi::Function>());
+  } else {
+    g_warningCallback.Reset();
+  }
+  return info.Env().Undefined();
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  c10::Warning::set_warning_handler(&g_warnings);
   // Every entry point is guarded: an exception escaping into N-API would abort the process.
   auto fn = [&](const char* name, Napi::Value (*f)(const Napi::CallbackInfo&)) {
     exports.Set(name, Napi::Function::New(
-                          env, [f, name](const Napi::CallbackInfo& info) { return Guard(info.Env(), name, [&]() { return f(info); }); },
+                          env, [f, name](const Napi::CallbackInfo& info) -> Napi::Value {
+                            // Warnings raised during the call go to the JS handler once it has returned (or thrown).
+                            Napi::Value result;
+                            try {
+                              result = Guard(info.Env(), name, [&]() { return f(info); });
+                            } catch (...) {
+                              FlushWarnings(info.Env());
+                              throw;
+                            }
+                            FlushWarnings(info.Env());
+                            return result;
+                          },
                           name));
   };
   fn("opId", OpId);
@@ -675,6 +763,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   fn("setNumThreads", SetNumThreads);
   fn("setCudnnBenchmark", SetCudnnBenchmark);
   fn("cudaSynchronize", CudaSynchronize);
+  fn("setWarningHandler", SetWarningHandler);
   kshare::RegisterDistributed(env, exports);
   return exports;
 }

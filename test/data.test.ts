@@ -13,6 +13,7 @@ import path from 'node:path';
 import * as tar from 'tar';
 import jpeg from 'jpeg-js';
 import pngjs from 'pngjs';
+import { loadSplits } from '../src/train/datasets.js';
 import {
   CIFAR10_CLASSES,
   CIFAR100_CLASSES,
@@ -791,7 +792,14 @@ describe('loadDataset', () => {
     const logs: string[] = [];
     // The stand-in is not the published archive: refused unless the caller accepts that.
     await rejectsData(loadDataset('cifar10', { dataDir, split: 'train', searchDirs: [tmp('nothing'), shared] }), /cifar10-jpeg\.tar\.xz: SHA-256 is [0-9a-f]{64}, the published copy's is .*--allow-checksum-mismatch/);
-    const ds = await loadDataset('cifar10', { dataDir, split: 'train', searchDirs: [tmp('nothing'), shared], log: (m) => void logs.push(m), allowChecksumMismatch: true });
+    const progress: [number, number, string | undefined][] = [];
+    const ds = await loadDataset('cifar10', { dataDir, split: 'train', searchDirs: [tmp('nothing'), shared], log: (m) => void logs.push(m), allowChecksumMismatch: true, onProgress: (d, n, st) => void progress.push([d, n, st]) });
+    // Extraction reports the archive entries as they come out (the real archive has 60,023).
+    const extract = progress.filter(([, , st]) => st === 'extract');
+    const entries = String(spawnSync('tar', ['-tJf', path.join(shared, 'cifar10-jpeg.tar.xz')]).stdout).trim().split('\n').length;
+    assert.ok(extract.length > 0, 'extraction progress reported');
+    assert.equal(extract[extract.length - 1]![0], entries);
+    assert.equal(extract[0]![1], 60023);
     assert.equal(ds.name, CIFAR10_JPEG_NAME);
     assert.equal(ds.name, 'CIFAR-10 (JPEG copy)');
     assert.equal(ds.count, 5);
@@ -805,6 +813,10 @@ describe('loadDataset', () => {
     assert.equal(again.name, CIFAR10_JPEG_NAME);
     assert.equal(again.split, 'test');
     assert.equal(again.count, 5);
+    // A run loads both splits from the same place and says where once.
+    const splitLogs: string[] = [];
+    await loadSplits('cifar10', { dataDir, log: (l) => void splitLogs.push(l) });
+    assert.equal(splitLogs.filter((l) => l.startsWith('CIFAR-10 (JPEG copy): image folder')).length, 1, splitLogs.join('\n'));
     // the folder given by path gets the same name
     const byPath = await loadDataset(path.join(dataDir, 'cifar10-jpeg'), { split: 'test' });
     assert.equal(byPath.name, 'CIFAR-10 (JPEG copy)');

@@ -81,8 +81,8 @@ test('two kshare train processes started together on one --out: one runs, the ot
   while (!existsSync(ckpt) && Date.now() < deadline && winner.child.exitCode === null) await new Promise((r) => setTimeout(r, 100));
   winner.child.kill('SIGINT'); // Ctrl-C: checkpoint after this step and stop
   const win = await winner.done;
-  assert.equal(win.code, 0, win.err);
-  assert.match(win.out, /interrupted: .* after (\d+)\/500 epochs/);
+  assert.equal(win.code, 130, win.err); // Ctrl-C's exit code, as Unix tools give
+  assert.match(win.out, /interrupted .*; resume with: .* after (\d+)\/500 epochs/);
   const n = Number(/after (\d+)\/500 epochs/.exec(win.out)![1]);
   assert.ok(n >= 1, 'at least one epoch done');
   assert.deepEqual(epochsOf(out), Array.from({ length: n }, (_, i) => i + 1), 'one run\'s epochs, not 1,1,2,2,...');
@@ -126,7 +126,7 @@ test('a killed run: a second process is refused while it lives; after kill -9 th
   assert.match(c.out, new RegExp(`note: removed \\.checkpoint\\.safetensors\\.${pid}\\.deadbeef\\.tmp \\(1000 bytes\\), a temp file left by process ${pid}`));
   assert.match(c.out, new RegExp(`note: removed log\\.jsonl\\.${pid}\\.tmp \\(0 bytes\\)`));
   const left = readdirSync(out).sort();
-  assert.deepEqual(left, [`.summary.json.${process.pid}.tmp`, 'checkpoint.safetensors', 'log.jsonl', 'summary.json'], 'a live process\'s temp file stays');
+  assert.deepEqual(left, [`.summary.json.${process.pid}.tmp`, 'checkpoint.safetensors', 'log.jsonl', 'steps.jsonl', 'summary.json'], 'a live process\'s temp file stays');
 });
 
 test('the run lock in one process: held, refused, released; a stale lock is taken over', () => {

@@ -141,7 +141,10 @@ test('nn ops match PyTorch: forward values and gradients', () => {
   let compared = 0;
   cases.forEach((c, i) => {
     const r = ref[i]!;
-    const { y, grads } = runKshare(c);
+    // libtorch warns that an even kernel with 'same' padding copies the input: expected here.
+    const { result: { y, grads }, warnings } = t.collectWarnings(() => runKshare(c));
+    if (/'same' even kernel/.test(c.name)) assert.match(warnings.join('\n'), /padding='same' with even kernel lengths/, c.name);
+    else assert.deepEqual(warnings, [], c.name);
     assert.deepEqual(y.shape, r.y.shape, `${c.name}: output shape`);
     const ey = maxRelError(y.toFloat32Array(), decodeF32(r.y));
     assert.ok(ey <= TOL, `${c.name}: output differs from PyTorch by ${ey}`);

@@ -40,6 +40,18 @@ test('train, stop after an epoch, resume with the same flags, eval and report', 
     for (const k of ['lr', 'trainLoss', 'trainAcc', 'testAcc', 'bestAcc', 'seconds', 'imgPerSec']) assert.equal(typeof l[k], 'number', k);
     assert.equal(l.dataset, 'shapes');
   }
+  // steps.jsonl: one line per logging interval (10 steps per epoch: one per step), in order, no duplicates after the resume.
+  const steps = readFileSync(path.join(out, 'steps.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, number>);
+  assert.equal(steps.length, 30);
+  assert.deepEqual(Object.keys(steps[0]!), ['epoch', 'step', 'steps', 'progress', 'trainLoss', 'trainAcc', 'lr', 'imgPerSec', 'elapsedS']);
+  steps.forEach((l, i) => {
+    assert.equal(l.epoch, Math.floor(i / 10) + 1);
+    assert.equal(l.step, (i % 10) + 1);
+    assert.equal(l.steps, 10);
+    assert.ok(Math.abs(l.progress! - (i + 1) / 10) < 1e-12);
+    assert.ok(l.trainAcc! >= 0 && l.trainAcc! <= 1 && Number.isFinite(l.trainLoss) && l.lr! > 0 && l.imgPerSec! > 0);
+    if (i) assert.ok(l.elapsedS! > steps[i - 1]!.elapsedS!, 'elapsed time grows across the resume');
+  });
   const summary = JSON.parse(readFileSync(path.join(out, 'summary.json'), 'utf8'));
   assert.equal(summary.status, 'completed');
   assert.equal(summary.bestAcc, Math.max(...log.map((l) => l.testAcc as number)));
@@ -75,12 +87,15 @@ test('Ctrl-C checkpoints mid-run and --resume finishes it', async () => {
     if (!sent && /epoch 1\/40/.test(stdout)) { sent = true; child.kill('SIGINT'); }
   });
   const code = await new Promise<number>((resolve) => child.on('close', (c) => resolve(c ?? -1)));
-  assert.equal(code, 0, stdout);
-  assert.match(stdout, /interrupted at epoch \d+, step \d+\/10: checkpoint written/);
+  assert.equal(code, 130, `Ctrl-C exits with 130 like other Unix tools\n${stdout}`);
+  assert.match(stdout, /interrupted in epoch \d+ at step \d+\/10: checkpoint written/);
+  assert.match(stdout, new RegExp(`interrupted in epoch \\d+ at step \\d+/10; resume with: kshare train --resume --out ${out.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`));
+  assert.doesNotMatch(stdout, /best test accuracy 0\.00% after 0/);
   assert.ok(existsSync(path.join(out, 'checkpoint.safetensors')));
   const s = JSON.parse(readFileSync(path.join(out, 'summary.json'), 'utf8'));
   assert.equal(s.status, 'interrupted');
-  const done = kshare(['train', ...common, '--out', out, '--resume', '--epochs', String(s.epochsDone + 1)]);
+  // The dataset comes from the checkpoint when --dataset is not given.
+  const done = kshare(['train', '--out', out, '--resume', '--epochs', String(s.epochsDone + 1), '--threads', '1', '--no-progress']);
   assert.equal(done.code, 0, done.err);
   assert.match(done.out, /completed: .* after \d+\/\d+ epochs/);
 });
@@ -119,6 +134,8 @@ test('bad input gives one clear line and exit code 1', () => {
     [['train', '--recipe', 'convmixer', ...common, '--out', path.join(root, 'run'), '--resume', '--lr', '0.5'], /changes .*optimizer.lr \(only --epochs may change\)/],
     [['train', '--recipe', 'convmixer', ...common, '--out', path.join(root, 'run')], /already holds a run \(checkpoint.safetensors\): continue it with --resume/],
     [['eval', '--checkpoint', path.join(root, 'missing.safetensors')], /does not exist/],
+    [['train', ...common, '--out', path.join(root, 'run'), '--resume', '--epochs', '5'], /finished run of 3 epoch\(s\) whose cosine schedule ended at lr [\d.e-]+; --epochs 5 would train 2 more at that rate\. Start a new run/],
+    [['train', '--recipe', 'convmixer', '--out', path.join(root, 'x')], /required option '--dataset <spec>' not specified/],
     [['report', path.join(root, 'empty-dir-that-is-missing')], /does not exist/],
   ];
   for (const [args, re] of cases) {

@@ -16,7 +16,7 @@ import { exportOnnx } from '../src/export/export-onnx.js';
 import { prepareImage } from '../src/export/image-input.js';
 import { recommendedSessionOptions } from '../src/export/ort-session.js';
 import { writeWebBundle } from '../src/export/web-bundle.js';
-import { repoRoot, startStaticServer, type StaticServer } from '../src/export/static-server.js';
+import { repoPageFiles, repoRoot, startStaticServer, type StaticServer } from '../src/export/static-server.js';
 import { maxRelError } from './helpers/python.js';
 import { skipUnless } from './helpers/prerequisites.js';
 import { preparedModel } from './export-fixtures.js';
@@ -29,18 +29,36 @@ const skip = skipUnless(existsSync(CHROMIUM), CHROMIUM, "install Debian's chromi
 
 interface DemoResult { label: string; input: number[]; logits: number[]; top: { label: string; probability: number }[]; resizedFrom: { width: number; height: number } | null }
 
-async function waitForResult(page: Page, label: string): Promise<DemoResult> {
-  await page.waitForFunction((l) => {
+async function waitForResult(page: Page, label: string, staleError: string | null = null): Promise<DemoResult> {
+  // An error still shown from an earlier action (a sample click fetches the image before the
+  // page clears it) is not this action's outcome: wait for the result or a different error.
+  await page.waitForFunction(([l, stale]) => {
     const d = (window as unknown as { kshareDemo: { last: { label: string } | null; error: string | null } }).kshareDemo;
-    return d.last?.label === l || d.error !== null;
-  }, label, { timeout: 60_000 });
+    return d.last?.label === l || (d.error !== null && d.error !== stale);
+  }, [label, staleError] as const, { timeout: 60_000 });
   const { last, error } = await page.evaluate(() => (window as unknown as { kshareDemo: { last: DemoResult; error: string | null } }).kshareDemo);
   assert.equal(error, null, `page error: ${error}`);
   return last;
 }
 
-async function waitForError(page: Page): Promise<string> {
-  await page.waitForFunction(() => (window as unknown as { kshareDemo: { error: string | null } }).kshareDemo.error !== null, null, { timeout: 30_000 });
+/** WCAG contrast ratio of two 'rgb(r, g, b)' colours. */
+function contrast(a: string, b: string): number {
+  const lum = (c: string) => {
+    const [r, g, bl] = c.match(/\d+(\.\d+)?/g)!.slice(0, 3).map((v) => {
+      const s = Number(v) / 255;
+      return s <= 0.03928 ? s / 12.92 : ((s + 0.055) / 1.055) ** 2.4;
+    });
+    return 0.2126 * r! + 0.7152 * g! + 0.0722 * bl!;
+  };
+  const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p);
+  return (x! + 0.05) / (y! + 0.05);
+}
+
+async function waitForError(page: Page, staleError: string | null = null): Promise<string> {
+  await page.waitForFunction((stale) => {
+    const error = (window as unknown as { kshareDemo: { error: string | null } }).kshareDemo.error;
+    return error !== null && error !== stale;
+  }, staleError, { timeout: 30_000 });
   const text = await page.textContent('#error');
   assert.ok(await page.isVisible('#error'), 'the error is shown on the page');
   return text ?? '';
@@ -55,7 +73,7 @@ test('web page: classifies a sample in Chromium like onnxruntime-node, and expla
     const { bytes } = exportOnnx(src.model, { ...src.info, source: 'test weights' });
     const modelFile = path.join(dir, 'model.onnx');
     writeFileSync(modelFile, bytes);
-    server = await startStaticServer({ root: repoRoot(), files: { '/web/model.onnx': modelFile } });
+    server = await startStaticServer({ root: repoRoot(), files: repoPageFiles(modelFile) });
     const { chromium } = await import('playwright-core');
     browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
     const page = await browser.newPage();
@@ -65,6 +83,8 @@ test('web page: classifies a sample in Chromium like onnxruntime-node, and expla
     // Only the local server is ever contacted (the page works offline).
     const foreign: string[] = [];
     page.on('request', (r) => { if (!r.url().startsWith(server!.url) && !r.url().startsWith('data:')) foreign.push(r.url()); });
+    const missing: string[] = [];
+    page.on('response', (r) => { if (r.status() >= 400) missing.push(`${r.status()} ${r.url()}`); });
 
     await page.goto(`${server.url}/web/`);
     await page.waitForFunction(() => document.body.dataset.state === 'ready' || (window as unknown as { kshareDemo: { error: string | null } }).kshareDemo.error, null, { timeout: 120_000 });
@@ -81,6 +101,13 @@ test('web page: classifies a sample in Chromium like onnxruntime-node, and expla
     assert.equal(cat.resizedFrom, null);
     assert.equal(await page.locator('#result li').count(), 5);
     assert.equal(await page.getAttribute('#result li:first-child', 'data-class'), cat.top[0]!.label);
+    // The bars stand out from their track and the panel (WCAG's 3:1 for graphics).
+    const colours = await page.evaluate(() => {
+      const bar = document.querySelector('#result li:first-child .bar')!;
+      return { bar: getComputedStyle(bar).backgroundColor, track: getComputedStyle(bar.parentElement!).backgroundColor, width: bar.getBoundingClientRect().width };
+    });
+    assert.ok(contrast(colours.bar, colours.track) >= 3 && contrast(colours.bar, 'rgb(255, 255, 255)') >= 3, `bar ${colours.bar} on ${colours.track}`);
+    assert.ok(colours.width > 0);
 
     // onnxruntime-node on the very input the page built gives the page's logits.
     const session = await ort.InferenceSession.create(bytes, recommendedSessionOptions(2, { threads: 1 }));
@@ -117,18 +144,21 @@ test('web page: classifies a sample in Chromium like onnxruntime-node, and expla
     const textFile = path.join(dir, 'notes.txt');
     writeFileSync(textFile, 'this is not an image');
     await page.setInputFiles('#image-file', textFile);
-    assert.match(await waitForError(page), /notes\.txt is not an image this browser can decode/);
+    const imageError = await waitForError(page);
+    assert.match(imageError, /notes\.txt is not an image this browser can decode/);
 
     // A corrupt model file: a clear message, and the loaded model keeps working.
     const corrupt = path.join(dir, 'broken.onnx');
     writeFileSync(corrupt, bytes.subarray(0, 5000));
     await page.setInputFiles('#model-file', corrupt);
-    assert.match(await waitForError(page), /broken\.onnx is not a valid ONNX model|cannot load broken\.onnx/);
+    const modelError = await waitForError(page, imageError);
+    assert.match(modelError, /broken\.onnx is not a valid ONNX model|cannot load broken\.onnx/);
     await page.click('button[data-sample=ship]');
-    await waitForResult(page, 'sample ship.jpg');
+    await waitForResult(page, 'sample ship.jpg', modelError);
 
     assert.deepEqual(pageErrors, []);
     assert.deepEqual(foreign, [], 'no request leaves the local server');
+    assert.deepEqual(missing, [], 'served from the repository, every file the page asks for exists');
 
     // The deployable bundle (`kshare export --web`): served on its own, without node_modules.
     const bundle = path.join(dir, 'site');
@@ -153,5 +183,40 @@ test('web page: classifies a sample in Chromium like onnxruntime-node, and expla
     await server?.close();
     src.model.dispose();
     rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('web page: without a model it says what to do next; opened as file:// it says how to serve it', { skip, timeout: 180_000 }, async () => {
+  let server: StaticServer | null = null;
+  let browser: Browser | null = null;
+  try {
+    server = await startStaticServer({ root: repoRoot(), files: repoPageFiles() });
+    const { chromium } = await import('playwright-core');
+    browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+    const page = await browser.newPage();
+    const missing: string[] = [];
+    page.on('response', (r) => { if (r.status() >= 400) missing.push(new URL(r.url()).pathname); });
+    await page.goto(`${server.url}/web/`);
+    await page.waitForFunction(() => document.body.dataset.state !== 'loading', null, { timeout: 120_000 });
+    const noModel = await page.evaluate(() => (window as unknown as { kshareDemo: { state: string; error: string | null; notice: string | null } }).kshareDemo);
+    assert.equal(noModel.state, 'no-model');
+    assert.equal(noModel.error, null);
+    assert.equal(await page.textContent('#model-name'), 'no model loaded');
+    assert.ok(await page.isVisible('#notice'));
+    assert.match(noModel.notice ?? '', /Open a \.onnx model.*kshare export --checkpoint .* --out model\.onnx.*static-server\.js --model model\.onnx/);
+    assert.deepEqual(missing, ['/web/model.onnx'], 'the only missing file is the model itself');
+    // Classifying without a model says what to do.
+    await page.click('button[data-sample=cat]');
+    assert.match(await waitForError(page), /no model loaded: open a \.onnx model first/);
+
+    const file = await browser.newPage();
+    await file.goto(`file://${path.join(repoRoot(), 'web', 'index.html')}`);
+    await file.waitForFunction(() => document.body.dataset.state === 'file', null, { timeout: 30_000 });
+    assert.notEqual(await file.textContent('#model-name'), 'loading…');
+    assert.ok(await file.isVisible('#notice'));
+    assert.match((await file.textContent('#notice'))!, /opened as a file \(file:\/\/\).*node dist\/src\/export\/static-server\.js --model model\.onnx.*http:\/\/127\.0\.0\.1:8080\/web\//);
+  } finally {
+    await browser?.close();
+    await server?.close();
   }
 });

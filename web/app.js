@@ -13,7 +13,7 @@ const PROTO_FILES = ['./vendor/onnx.proto', '../src/export/onnx.proto'];
 const $ = (id) => document.getElementById(id);
 
 /** What the page did last; the end-to-end test reads it (window.kshareDemo). */
-const demo = { state: 'loading', model: null, last: null, error: null };
+const demo = { state: 'loading', model: null, last: null, error: null, notice: null };
 window.kshareDemo = demo;
 
 function setState(state) {
@@ -25,6 +25,23 @@ function showError(message) {
   demo.error = message;
   $('error').textContent = message;
   $('error').hidden = false;
+}
+
+/** A next step for the user (not an error): shown above the panels. */
+function showNotice(parts) {
+  demo.notice = parts.map((p) => (typeof p === 'string' ? p : p.code)).join('');
+  $('notice').replaceChildren(...parts.map((p) => {
+    if (typeof p === 'string') return document.createTextNode(p);
+    const c = document.createElement('code');
+    c.textContent = p.code;
+    return c;
+  }));
+  $('notice').hidden = false;
+}
+
+function clearNotice() {
+  demo.notice = null;
+  $('notice').hidden = true;
 }
 
 function clearError() {
@@ -144,8 +161,10 @@ async function loadModel(bytes, label) {
   $('model-shared').textContent = shared.length ? `${shared.length}, used by ${demo.model.sharedUses} convolutions` : 'none';
   $('model-classes').textContent = `${meta.classes.length}: ${meta.classes.slice(0, 10).join(', ')}${meta.classes.length > 10 ? ', …' : ''}`;
   $('model-input').textContent = `${meta.input.width}x${meta.input.height} RGB`;
+  $('model-button').textContent = 'Open another .onnx model';
   $('result').replaceChildren();
   $('result-note').textContent = '';
+  clearNotice();
   setState('ready');
 }
 
@@ -184,7 +203,7 @@ async function toModelPixels(blob, label, spec) {
 
 async function classify(blob, label) {
   const m = demo.model;
-  if (!m) throw new Error('no model loaded');
+  if (!m) throw new Error('no model loaded: open a .onnx model first (the button in the Model panel)');
   setState('busy');
   clearError();
   try {
@@ -218,7 +237,7 @@ function renderResult(top, label, resizedFrom, spec) {
     li.dataset.class = t.label;
     li.dataset.probability = String(t.probability);
     const pct = (t.probability * 100).toFixed(1);
-    li.innerHTML = `<span class="prob">${pct}%</span><span class="name"></span><span class="bar" style="width:${Math.max(1, t.probability * 100)}%"></span>`;
+    li.innerHTML = `<span class="prob">${pct}%</span><span class="name"></span><span class="track"><span class="bar" style="width:${Math.max(1, t.probability * 100)}%"></span></span>`;
     li.querySelector('.name').textContent = t.label;
     return li;
   }));
@@ -267,6 +286,7 @@ function setUpInputs() {
 }
 
 async function main() {
+  if (location.protocol === 'file:') return; // index.html's inline script explains how to serve the page
   setUpInputs();
   await loadRuntime();
   // model.onnx next to the page (a `kshare export --web` bundle, or web/model.onnx in the repository).
@@ -276,7 +296,14 @@ async function main() {
     bytes = new Uint8Array(await fetchOk(url));
   } catch (err) {
     setState('no-model');
-    throw new Error(`could not download the model ${url} (${err.message}); open a .onnx file with the button, or serve one (see docs/deployment.md)`);
+    $('model-name').textContent = 'no model loaded';
+    $('model-button').textContent = 'Open a .onnx model';
+    showNotice([
+      `No model yet (${url}: ${err.message}). Open an ONNX export with the "Open a .onnx model" button, or export one and serve it with the page: `,
+      { code: 'npx kshare export --checkpoint runs/<run>/checkpoint.safetensors --out model.onnx' }, ' then ',
+      { code: 'node dist/src/export/static-server.js --model model.onnx' }, '.',
+    ]);
+    return;
   }
   await loadModel(bytes, url.split('/').pop());
 }

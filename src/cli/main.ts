@@ -30,6 +30,10 @@ program.parseAsync(process.argv).catch((err: unknown) => {
   // Expected failures (bad input, missing files) print one clear line, not a stack trace.
   const msg = err instanceof Error ? err.message : String(err);
   process.stderr.write(`kshare: ${msg}\n`);
-  if (process.env.KSHARE_DEBUG && err instanceof Error) process.stderr.write(`${err.stack}\n`);
+  if (process.env.KSHARE_DEBUG && err instanceof Error) {
+    process.stderr.write(`${err.stack}\n`);
+    const full = (err as { libtorchMessage?: string }).libtorchMessage;
+    if (full) process.stderr.write(`libtorch's full message:\n${full}\n`);
+  }
   process.exit(1);
 });

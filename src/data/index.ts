@@ -98,6 +98,9 @@ async function sha256File(file: string): Promise<string> {
   return h.digest('hex');
 }
 
+/** Entries (files and folders) of cifar10-jpeg.tar.xz, for extraction progress. */
+const CIFAR10_JPEG_ENTRIES = 60023;
+
 /**
  * Extracts `cifar10-jpeg.tar.xz` into `<destDir>/cifar10-jpeg` (through a staging folder, so the
  * folder appears complete or not at all). The archive named like the published copy must match
@@ -105,7 +108,7 @@ async function sha256File(file: string): Promise<string> {
  * with a name inside the target (links, devices, `..` and absolute names refuse the archive, as
  * for the CIFAR download). `xz` decompresses, node-tar unpacks. Returns the folder.
  */
-export async function extractJpegCopy(archive: string, destDir: string, log: (m: string) => void = () => {}, o: { allowChecksumMismatch?: boolean } = {}): Promise<string> {
+export async function extractJpegCopy(archive: string, destDir: string, log: (m: string) => void = () => {}, o: { allowChecksumMismatch?: boolean; onProgress?: ProgressFn } = {}): Promise<string> {
   const final = path.join(destDir, CIFAR10_JPEG_FOLDER);
   if ((await isDir(path.join(final, 'train'))) && (await isDir(path.join(final, 'test')))) return final;
   if (path.basename(archive) === CIFAR10_JPEG_ARCHIVE) {
@@ -122,6 +125,7 @@ export async function extractJpegCopy(archive: string, destDir: string, log: (m:
   log(`extracting ${archive} into ${destDir}`);
   try {
     const problems: string[] = [];
+    let entries = 0;
     const xz = spawn('xz', ['-dc', '--', path.resolve(archive)], { stdio: ['ignore', 'pipe', 'pipe'] });
     let xzErr = '';
     xz.stderr.on('data', (d: Buffer) => { xzErr += d.toString(); });
@@ -134,6 +138,8 @@ export async function extractJpegCopy(archive: string, destDir: string, log: (m:
         cwd: staging, strict: true, preservePaths: false, preserveOwner: false,
         filter: (p, e) => {
           const entry = e as tar.ReadEntry;
+          // Progress counts members as node-tar reads them (extraction takes a minute or more).
+          o.onProgress?.(Math.min(++entries, CIFAR10_JPEG_ENTRIES), CIFAR10_JPEG_ENTRIES, 'extract');
           const why = unsafeMemberReason(p);
           if (why) problems.push(`unsafe member '${p}' (${why})`);
           else if (entry.type === 'SymbolicLink' || entry.type === 'Link') problems.push(`member '${p}' is a ${entry.type === 'Link' ? 'hard' : 'symbolic'} link${entry.linkpath ? ` to '${entry.linkpath}'` : ''} (links are not allowed)`);
@@ -203,9 +209,7 @@ async function loadCifar(kind: CifarKind, opts: LoadOptions): Promise<ImageDatas
     for (const dir of dirs) {
       const archive = path.join(dir, CIFAR10_JPEG_ARCHIVE);
       if (existsSync(archive)) {
-        opts.onProgress?.(0, 1, 'extract');
-        const folder = await extractJpegCopy(archive, primary, log, { allowChecksumMismatch: opts.allowChecksumMismatch });
-        opts.onProgress?.(1, 1, 'extract');
+        const folder = await extractJpegCopy(archive, primary, log, { allowChecksumMismatch: opts.allowChecksumMismatch, onProgress: opts.onProgress });
         log(`${CIFAR10_JPEG_NAME}: image folder ${folder}`);
         return readImageFolder(folder, opts.split, folderOpts);
       }

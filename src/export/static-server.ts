@@ -3,13 +3,15 @@
 //
 //   node dist/src/export/static-server.js [--port 8080] [--model path/to/model.onnx]
 //
-// serves the repository root (the page loads onnxruntime-web and protobufjs from node_modules)
-// and, with --model, that file at /web/model.onnx, which the page opens by default.
+// serves the repository root, the page's vendor/ files (onnxruntime-web, protobufjs, the ONNX
+// schema) at /web/vendor/ from node_modules, and, with --model, that file at /web/model.onnx,
+// which the page opens by default.
 import { createReadStream, existsSync, statSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { vendorFiles } from './web-bundle.js';
 
 const MIME: Record<string, string> = {
   '.html': 'text/html; charset=utf-8', '.js': 'text/javascript; charset=utf-8', '.mjs': 'text/javascript; charset=utf-8',
@@ -91,17 +93,54 @@ export function repoRoot(): string {
   throw new Error('cannot find the kshare repository root (with package.json and web/)');
 }
 
-if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
-  const args = process.argv.slice(2);
-  const opt = (name: string) => {
-    const i = args.indexOf(name);
-    return i >= 0 ? args[i + 1] : undefined;
-  };
-  const model = opt('--model');
-  if (model && !existsSync(model)) {
-    process.stderr.write(`static-server: no such model file ${model}\n`);
+/** URL paths the repository's page needs beyond the repository itself: vendor/ and, optionally, a model. */
+export function repoPageFiles(model?: string): Record<string, string> {
+  const files: Record<string, string> = {};
+  for (const [name, file] of Object.entries(vendorFiles())) files[`/web/vendor/${name}`] = file;
+  if (model) files['/web/model.onnx'] = path.resolve(model);
+  return files;
+}
+
+const USAGE = `usage: node dist/src/export/static-server.js [--port 8080] [--host 127.0.0.1] [--model model.onnx]
+
+Serves the web demo (web/) from this repository at http://127.0.0.1:8080/web/ (local use only).
+  --port <n>      port to listen on (default 8080; 0 picks a free one)
+  --host <addr>   address to listen on (default 127.0.0.1)
+  --model <file>  an ONNX export (kshare export) the page opens; without it, open one in the page
+`;
+
+async function main(args: string[]): Promise<void> {
+  const fail = (msg: string): never => {
+    process.stderr.write(`static-server: ${msg}\n`);
     process.exit(1);
+  };
+  const opts: Record<string, string> = {};
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    if (a === '--help' || a === '-h') {
+      process.stdout.write(USAGE);
+      return;
+    }
+    if (!['--port', '--host', '--model'].includes(a)) fail(`unknown argument '${a}' (see --help)`);
+    if (args[i + 1] === undefined) fail(`${a} needs a value (see --help)`);
+    opts[a.slice(2)] = args[++i]!;
   }
-  const s = await startStaticServer({ root: repoRoot(), port: Number(opt('--port') ?? 8080), files: model ? { '/web/model.onnx': path.resolve(model) } : {} });
-  console.log(`serving ${repoRoot()} at ${s.url}; open ${s.url}/web/`);
+  const port = Number(opts.port ?? 8080);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) fail(`--port must be a port number (0-65535), got '${opts.port}'`);
+  if (opts.model && !existsSync(opts.model)) fail(`no such model file ${opts.model}`);
+  const host = opts.host ?? '127.0.0.1';
+  let s: StaticServer;
+  try {
+    s = await startStaticServer({ root: repoRoot(), port, host, files: repoPageFiles(opts.model) });
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'EADDRINUSE') fail(`port ${port} on ${host} is already in use (another server, or an earlier static-server still running): pick another with --port, e.g. --port ${port === 8080 ? 8081 : 8080}`);
+    if (code === 'EACCES') fail(`no permission to listen on port ${port}: use a port above 1023`);
+    throw e;
+  }
+  console.log(`serving ${repoRoot()} at ${s!.url}; open ${s!.url}/web/${opts.model ? '' : ' (no --model: open a .onnx file in the page)'}`);
+}
+
+if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  await main(process.argv.slice(2));
 }

@@ -16,11 +16,20 @@ function packageDir(pkg: string, entryToDir: (entry: string) => string): string 
   return entryToDir(require.resolve(pkg));
 }
 
+/** The page's vendor/ folder: file name -> where it comes from (node_modules and the ONNX schema). */
+export function vendorFiles(): Record<string, string> {
+  const ortDist = packageDir('onnxruntime-web', (e) => path.dirname(e));
+  const protobufMin = path.join(packageDir('protobufjs', (e) => path.dirname(e)), 'dist', 'protobuf.min.js');
+  return {
+    ...Object.fromEntries(ORT_FILES.map((f) => [f, path.join(ortDist, f)])),
+    'protobuf.min.js': protobufMin,
+    'onnx.proto': ONNX_PROTO_PATH,
+  };
+}
+
 /** Writes the bundle into `outDir` (created if needed) and returns the files written. */
 export function writeWebBundle(outDir: string, modelBytes: Uint8Array): string[] {
   const web = path.join(repoRoot(), 'web');
-  const ortDist = packageDir('onnxruntime-web', (e) => path.dirname(e));
-  const protobufMin = path.join(packageDir('protobufjs', (e) => path.dirname(e)), 'dist', 'protobuf.min.js');
   const written: string[] = [];
   const copy = (from: string, to: string) => {
     mkdirSync(path.dirname(to), { recursive: true });
@@ -29,9 +38,7 @@ export function writeWebBundle(outDir: string, modelBytes: Uint8Array): string[]
   };
   for (const f of PAGE_FILES) copy(path.join(web, f), path.join(outDir, f));
   for (const f of readdirSync(path.join(web, 'samples'))) copy(path.join(web, 'samples', f), path.join(outDir, 'samples', f));
-  for (const f of ORT_FILES) copy(path.join(ortDist, f), path.join(outDir, 'vendor', f));
-  copy(protobufMin, path.join(outDir, 'vendor', 'protobuf.min.js'));
-  copy(ONNX_PROTO_PATH, path.join(outDir, 'vendor', 'onnx.proto'));
+  for (const [f, from] of Object.entries(vendorFiles())) copy(from, path.join(outDir, 'vendor', f));
   writeFileSync(path.join(outDir, 'model.onnx'), modelBytes);
   written.push('model.onnx');
   return written;

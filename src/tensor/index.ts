@@ -16,6 +16,7 @@ export * from './ops/activation.js';
 export * from './ops/loss.js';
 export * from './ops/sampling.js';
 export * from './runtime.js';
+export { setWarningHandler, collectWarnings, type WarningHandler } from './warnings.js';
 export { kernelSchema, KERNELS, type KernelName } from './kernels.js';
 export type { Handle, KernelArg } from './native.js';
 export { isTracing, withTracer, isHandle, handleShape, handleDtype, borrowHandle, type TracedOp, type TraceHook } from './trace.js';

@@ -89,7 +89,9 @@ export function runKernel(opName: string, kernel: KernelName, args: KernelArg[])
     out = native.call(id, args);
   } catch (e) {
     const msg = e instanceof Error ? e.message : String(e);
-    throw new Error(`${opName}: ${msg}`);
+    // The addon shortens libtorch's message; the full text rides along for KSHARE_DEBUG.
+    const full = (e as { libtorchMessage?: string }).libtorchMessage;
+    throw Object.assign(new Error(`${opName}: ${msg}`), full ? { libtorchMessage: full } : {});
   }
   recordCall(opName, kernel, args, out);
   return out;

@@ -88,6 +88,8 @@ export interface NativeBinding extends Partial<DistributedBinding> {
   setNumThreads(n: number): void;
   setCudnnBenchmark(on: boolean): void;
   cudaSynchronize(): void;
+  /** Receives libtorch's warnings (shortened), each after the call that raised it; null: collect silently. */
+  setWarningHandler(fn: ((message: string) => void) | null): void;
 }
 
 function locateAddon(): string {

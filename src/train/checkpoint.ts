@@ -55,6 +55,8 @@ export interface CheckpointMeta {
   partial: { lossSum: number; correct: number; seen: number; seconds: number } | null;
   bestAcc: number;
   history: EpochRecord[];
+  /** Seconds of training and evaluation up to this checkpoint (absent in older checkpoints). */
+  elapsedS?: number;
   optimizer: Omit<OptimizerState, 'tensors'>;
   scaler: { scale: number; growthTracker: number } | null;
   reason: 'epoch' | 'interrupt';

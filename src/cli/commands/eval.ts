@@ -1,5 +1,6 @@
 // `kshare eval`: test accuracy and parameter counts of a trained model.
 import type { Command } from 'commander';
+import { parseDevice, requireDevice } from '../device.js';
 import * as t from '../../tensor/index.js';
 import type { Module } from '../../nn/index.js';
 import { loadWeights, loadModelConfigFile, modelRecipe } from '../../models/index.js';
@@ -52,7 +53,7 @@ export function register(program: Command): void {
     .requiredOption('--checkpoint <file>', 'a training checkpoint (<run>/checkpoint.safetensors) or a weights .safetensors file')
     .option('--dataset <spec>', 'cifar10, cifar100 or an image folder (default: the one the checkpoint was trained on)')
     .option('--data-dir <dir>', 'where datasets are looked for')
-    .option('--device <device>', 'cpu or cuda', 'cpu')
+    .option('--device <device>', 'cpu, cuda or cuda:N', parseDevice, 'cpu')
     .option('--batch-size <n>', "evaluation batch size (default: the recipe's)")
     .option('--json', 'print one JSON object')
     .option('--model <name>', 'model of a plain weights file')
@@ -64,6 +65,7 @@ export function register(program: Command): void {
     .option('--allow-checksum-mismatch', 'use a dataset archive whose SHA-256 differs from the published one')
     .option('--max-image-pixels <n>', `refuse image files with more pixels than this before decoding them (default ${DEFAULT_MAX_IMAGE_PIXELS})`)
     .action(async (o: EvalCliOptions) => {
+      requireDevice(o.device);
       for (const f of o.config ?? []) loadModelConfigFile(f);
       if (o.threads !== undefined) t.setNumThreads(positiveInt('--threads', o.threads));
       if (o.maxImagePixels !== undefined) setMaxImagePixels(positiveInt('--max-image-pixels', o.maxImagePixels));

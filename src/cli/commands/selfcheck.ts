@@ -1,13 +1,15 @@
 // `kshare selfcheck`: proves the native engine works on this machine (build, ops, autograd).
 import type { Command } from 'commander';
+import { parseDevice, requireDevice } from '../device.js';
 import * as t from '../../tensor/index.js';
 
 export function register(program: Command): void {
   program
     .command('selfcheck')
     .description('check that libtorch is reachable and a tiny training step works')
-    .option('--device <device>', 'cpu or cuda', 'cpu')
+    .option('--device <device>', 'cpu, cuda or cuda:N', parseDevice, 'cpu')
     .action((o: { device: string }) => {
+      requireDevice(o.device);
       const info = t.runtimeInfo();
       console.log(`libtorch ${info.torchVersion}, CUDA ${info.cudaAvailable ? `available (${info.cudaDeviceCount} device(s))` : 'not available'}, ${info.numThreads} CPU thread(s)`);
       t.manualSeed(0);

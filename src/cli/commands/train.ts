@@ -1,11 +1,12 @@
 // `kshare train`: trains a model with a recipe; every recipe field can be overridden.
 import type { Command } from 'commander';
+import { parseDevice, requireDevice } from '../device.js';
 import path from 'node:path';
 import * as t from '../../tensor/index.js';
 import { createModel, modelConfig, loadModelConfigFile, buildFromConfig, type ModelConfig } from '../../models/index.js';
 import { loadRecipe, applyOverrides, parseOverride, listRecipes, type Recipe } from '../../train/recipe.js';
 import { readCheckpointMeta } from '../../train/checkpoint.js';
-import { train, type TrainOptions, type TrainSummary } from '../../train/trainer.js';
+import { train, checkExtension, type TrainOptions, type TrainSummary } from '../../train/trainer.js';
 import { loadSplits } from '../../train/datasets.js';
 import { CHECKPOINT_FILE } from '../../train/run-log.js';
 import { DEFAULT_MAX_IMAGE_PIXELS, setMaxImagePixels } from '../../data/image-header.js';
@@ -16,7 +17,7 @@ import { runDistributedWorker, launchFromCli } from '../../distributed/cli.js';
 export interface TrainCliOptions {
   recipe?: string;
   model?: string;
-  dataset: string;
+  dataset?: string;
   dataDir?: string;
   out: string;
   epochs?: string;
@@ -93,6 +94,27 @@ export function buildModel(name: string, classes: number, stored: unknown = null
   return () => (config ? buildFromConfig(config, classes) : createModel(name, { classes }));
 }
 
+/** The command that continues a run folder (what an interrupted run tells the user). */
+export function resumeCommand(o: { out: string; dataset?: string; dataDir?: string; device?: string; channelsLast?: boolean; maxImagePixels?: string; allowChecksumMismatch?: boolean }): string {
+  const q = (v: string) => (/^[\w./:@=-]+$/.test(v) ? v : `'${v.replace(/'/g, `'\\''`)}'`);
+  return ['kshare train --resume --out', q(o.out),
+    ...(o.dataset ? ['--dataset', q(o.dataset)] : []),
+    ...(o.dataDir ? ['--data-dir', q(o.dataDir)] : []),
+    ...(o.device && o.device !== 'cpu' ? ['--device', q(o.device)] : []),
+    ...(o.channelsLast ? ['--channels-last'] : []),
+    // The data is loaded again on resume: the flags that let it load the first time.
+    ...(o.maxImagePixels !== undefined ? ['--max-image-pixels', q(o.maxImagePixels)] : []),
+    ...(o.allowChecksumMismatch ? ['--allow-checksum-mismatch'] : [])].join(' ');
+}
+
+/** The last line of an interrupted run; also sets the exit code Unix tools use after Ctrl-C (130). */
+export function reportInterrupted(s: TrainSummary, resume: string, log: (l: string) => void): void {
+  const at = s.interruptedAt;
+  log(`interrupted ${at ? `in epoch ${at.epoch} at step ${at.step}/${at.steps}` : `after epoch ${s.epochsDone}`}; resume with: ${resume}` +
+    (s.epochsDone ? ` (best test accuracy so far ${(100 * s.bestAcc).toFixed(2)}% after ${s.epochsDone}/${s.epochs} epochs)` : ''));
+  process.exitCode = 130;
+}
+
 /** Ctrl-C: the first asks the run to checkpoint and stop after the current step; the second quits. */
 export function stopOnInterrupt(log: (l: string) => void): { signal: AbortSignal; release(): void } {
   const ctrl = new AbortController();
@@ -114,14 +136,14 @@ export function register(program: Command): void {
     .description('train a model with a recipe (recipes/*.json); writes <out>/log.jsonl, summary.json and checkpoint.safetensors')
     .option('--recipe <name|file>', `recipe name (${listRecipes().join(', ') || 'see recipes/'}) or a .json file`)
     .option('--model <name>', "model name (see `kshare models`); default: the recipe's")
-    .requiredOption('--dataset <spec>', 'cifar10, cifar100, or an image folder <root>/{train,test}/<class>/*')
+    .option('--dataset <spec>', 'cifar10, cifar100, or an image folder <root>/{train,test}/<class>/* (default with --resume: the run\'s)')
     .option('--data-dir <dir>', 'where datasets are looked for and extracted (default ./data, then ../shared/data)')
     .requiredOption('--out <dir>', 'run folder for the log, summary and checkpoint')
     .option('--epochs <n>', 'override the recipe\'s epochs')
     .option('--batch-size <n>', 'override the recipe\'s batch size')
     .option('--lr <x>', 'override the recipe\'s learning rate')
     .option('--seed <n>', 'override the recipe\'s seed')
-    .option('--device <device>', 'cpu or cuda', 'cpu')
+    .option('--device <device>', 'cpu, cuda or cuda:N', parseDevice, 'cpu')
     .option('--amp', 'mixed precision on CUDA (default: the recipe\'s)')
     .option('--no-amp', 'no mixed precision')
     .option('--resume [checkpoint]', `continue a run exactly where it stopped (default <out>/${CHECKPOINT_FILE})`)
@@ -140,6 +162,7 @@ export function register(program: Command): void {
     .option('--dist-timeout <seconds>', 'data-parallel: a rendezvous or gradient exchange that takes longer fails, naming the rank at fault', '120')
     .option('--bucket-cap-mb <mb>', 'data-parallel: gradient bucket size (smaller buckets start communicating earlier during backward)', '25')
     .action(async (o: TrainCliOptions) => {
+      requireDevice(o.device);
       if (o.nproc !== undefined) {
         process.exitCode = await launchFromCli(positiveInt('--nproc', o.nproc));
         return;
@@ -152,6 +175,7 @@ export function register(program: Command): void {
       let modelName: string;
       let resume: string | null = null;
       let stored: unknown = null;
+      let dataset = o.dataset;
       if (o.resume) {
         resume = typeof o.resume === 'string' ? o.resume : path.join(o.out, CHECKPOINT_FILE);
         // The metadata alone (header only): the trainer loads the tensors once, later.
@@ -166,25 +190,29 @@ export function register(program: Command): void {
         const diff = recipeDifferences(ck.meta.recipe, asked).filter((f) => f !== 'epochs');
         if (diff.length) throw new Error(`--resume continues the run as it was, but the command line changes ${diff.join(', ')} (only --epochs may change)`);
         if (o.model && o.model !== ck.meta.modelName) throw new Error(`${resume} was trained as model '${ck.meta.modelName}', not '${o.model}'`);
+        checkExtension(resume, ck.meta, asked.epochs);
         recipe = { ...ck.meta.recipe, epochs: asked.epochs };
         modelName = ck.meta.modelName;
         stored = ck.meta.modelConfig;
+        dataset ??= ck.meta.datasetSpec ?? undefined;
+        if (!dataset) throw new Error(`${resume} does not record its dataset: give --dataset`);
       } else {
+        if (!dataset) throw new Error("required option '--dataset <spec>' not specified");
         if (!o.recipe) throw new Error(`--recipe is required (one of ${listRecipes().join(', ')}, or a .json file)`);
         recipe = recipeFromFlags(loadRecipe(o.recipe), o);
         modelName = o.model ?? recipe.model;
       }
       const progress = o.progress && !!process.stderr.isTTY;
-      const { train: trainSet, test: testSet } = await loadSplits(o.dataset, { dataDir: o.dataDir, download: o.download, log, progress, allowChecksumMismatch: o.allowChecksumMismatch });
+      const { train: trainSet, test: testSet } = await loadSplits(dataset, { dataDir: o.dataDir, download: o.download, log, progress, progressLines: o.progress && !process.stdout.isTTY, allowChecksumMismatch: o.allowChecksumMismatch });
       const classes = trainSet.classes.length;
       const build = buildModel(modelName, classes, stored);
       let config: unknown = stored;
       try { config = modelConfig(modelName) ?? stored; } catch { /* stored config or factory model */ }
       const options: TrainOptions = {
         recipe, buildModel: build, modelName, modelConfig: config, train: trainSet, test: testSet,
-        outDir: o.out, device: o.device, resume, progress, log, channelsLast: !!o.channelsLast,
+        outDir: o.out, device: o.device, resume, progress, progressLines: o.progress && !process.stdout.isTTY, log, channelsLast: !!o.channelsLast,
         stopAfterEpochs: o.stopAfterEpochs === undefined ? undefined : positiveInt('--stop-after-epochs', o.stopAfterEpochs),
-        datasetSpec: o.dataset,
+        datasetSpec: dataset,
       };
       const done = (s: TrainSummary) => `${s.status}: ${s.model} on ${s.dataset}, best test accuracy ${(100 * s.bestAcc).toFixed(2)}% after ${s.epochsDone}/${s.epochs} epochs; ` +
         `${s.trainableParams.toLocaleString('en-US')} trainable parameters (${s.unsharedParams.toLocaleString('en-US')} without sharing); run folder ${o.out}`;
@@ -200,7 +228,12 @@ export function register(program: Command): void {
       if (resume) checkResumeWorldSize(path.dirname(resume), 1);
       const stop = stopOnInterrupt(log);
       try {
-        log(done(await train({ ...options, stop: stop.signal })));
+        const s = await train({ ...options, stop: stop.signal });
+        if (s.status === 'interrupted') {
+          reportInterrupted(s, resumeCommand({ out: o.out, dataDir: o.dataDir, device: o.device, channelsLast: o.channelsLast, maxImagePixels: o.maxImagePixels, allowChecksumMismatch: o.allowChecksumMismatch }), log);
+          return;
+        }
+        log(done(s));
       } finally {
         stop.release();
       }
