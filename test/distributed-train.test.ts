@@ -148,6 +148,7 @@ test('Ctrl-C on the launcher: every worker stops at the same step, rank 0 checkp
   const done = closed(run.child);
   run.child.kill('SIGINT');
   assert.equal(await done, 130, run.output());
-  assert.match(run.output(), /interrupted at epoch \d+, step \d+\/10: checkpoint written/);
+  assert.match(run.output(), /interrupted in epoch \d+ at step \d+\/10: checkpoint written/);
+  assert.match(run.output(), /resume with: kshare train --resume --out \S+ with the same world size \(--nproc 2/);
   assert.ok(!run.workers.some(alive), 'no worker left behind');
 });

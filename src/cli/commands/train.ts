@@ -222,7 +222,10 @@ export function register(program: Command): void {
           timeoutSeconds: positiveNumber('--dist-timeout', o.distTimeout ?? '120'),
           bucketCapMB: positiveNumber('--bucket-cap-mb', o.bucketCapMb ?? '25'),
         });
-        if (s) log(done(s));
+        if (s?.status === 'interrupted') {
+          const resumeFlags = { out: o.out, dataDir: o.dataDir, device: o.device, channelsLast: o.channelsLast, maxImagePixels: o.maxImagePixels, allowChecksumMismatch: o.allowChecksumMismatch };
+          reportInterrupted(s, `${resumeCommand(resumeFlags)} with the same world size (--nproc ${denv.worldSize}, or the same launcher)`, log);
+        } else if (s) log(done(s));
         return;
       }
       if (resume) checkResumeWorldSize(path.dirname(resume), 1);
