@@ -22,7 +22,10 @@ fi
 
 # python3-torchvision: the ResNet and MobileNetV2 parity tests compare against torchvision 0.14.
 # libgloo-dev: the Gloo headers c10d's ProcessGroupGloo needs (native/distributed.cc).
-apt_packages=(libtorch-dev libgloo-dev python3-torch python3-torchvision chromium xz-utils)
+# libopenblas0-openmp: libtorch (BLAS_INFO=generic) and python3-torch call whatever libblas.so.3
+# is; the reference BLAS runs a 1024x256x256 matmul ~15x slower (bench/cpu-kernels-notes.md).
+# The OpenMP build shares libtorch's OpenMP threads instead of starting a pool of its own.
+apt_packages=(libtorch-dev libgloo-dev python3-torch python3-torchvision chromium xz-utils libopenblas0-openmp)
 missing=()
 for p in "${apt_packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -41,7 +44,8 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
   ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund
 fi
 
-if [ ! -f native/build/kshare.node ] || [ -n "$(find native -maxdepth 1 \( -name "*.cc" -o -name "*.h" -o -name build.sh \) -newer native/build/kshare.node)" ]; then
+# Rebuild when any native source (native/*.cc, *.inc, *.h, build.sh) is newer than the addon.
+if [ ! -f native/build/kshare.node ] || [ -n "$(find native -maxdepth 1 -type f \( -name '*.cc' -o -name '*.inc' -o -name '*.h' -o -name build.sh \) -newer native/build/kshare.node)" ]; then
   echo "setup: building the native addon against libtorch"
   bash native/build.sh
 fi

@@ -1,5 +1,6 @@
 // 2-D convolution.
 import { runKernel } from '../kernels.js';
+import { autocastActive, nativeKernelsEnabled } from '../runtime.js';
 import { Tensor, wrap } from '../tensor.js';
 import { tensorArg, optTensorArg, rankArg, floatArg, sameDevice, pairArg, intArg, ShapeError, describe, optionsArg } from '../validate.js';
 
@@ -47,11 +48,34 @@ export function conv2d(x: Tensor, weight: Tensor, bias: Tensor | null = null, o:
   if (padding === 'same' || padding === 'valid') {
     if (padding === 'same' && (stride[0] !== 1 || stride[1] !== 1)) throw new ShapeError(`${op}: padding 'same' needs stride 1, got [${stride}]`);
     if (padding === 'valid') { convOutputSize(op, h, kh, stride[0], 0, dilation[0]); convOutputSize(op, w, kw, stride[1], 0, dilation[1]); }
+    if (padding === 'same' && useNativeDepthwise(x, weight, bias, groups, stride, null, dilation)) return depthwise(x, weight, bias, dilation);
     return wrap(runKernel(op, 'conv2dPadding', [x.handle, weight.handle, bias?.handle ?? null, stride, padding, dilation, groups]));
   }
   if (typeof padding === 'string') throw new TypeError(`${op}: padding must be a number, a pair, 'same' or 'valid', got ${describe(padding)}`);
   const pad = pairArg(op, 'padding', padding, 0);
   convOutputSize(op, h, kh, stride[0], pad[0], dilation[0]);
   convOutputSize(op, w, kw, stride[1], pad[1], dilation[1]);
+  if (useNativeDepthwise(x, weight, bias, groups, stride, pad, dilation)) return depthwise(x, weight, bias, dilation);
   return wrap(runKernel(op, 'conv2d', [x.handle, weight.handle, bias?.handle ?? null, stride, pad, dilation, groups]));
+}
+
+/**
+ * Whether a convolution runs as kshare's depthwise kernel (native/depthwise_conv.cc, an
+ * autograd operator): CPU float32 outside autocast, one filter per channel (groups = in =
+ * out channels, weight [C, 1, kh, kw]) of odd size, stride 1, "same" padding (`pad` null
+ * means 'same'). Everything else, and everything with KSHARE_NATIVE_KERNELS=0, goes to
+ * libtorch's conv2d.
+ */
+function useNativeDepthwise(x: Tensor, weight: Tensor, bias: Tensor | null, groups: number, stride: [number, number],
+  pad: [number, number] | null, dilation: [number, number]): boolean {
+  if (!nativeKernelsEnabled() || x.device !== 'cpu' || autocastActive('cpu')) return false;
+  if (x.dtype !== 'float32' || weight.dtype !== 'float32' || (bias && bias.dtype !== 'float32')) return false;
+  const c = x.shape[1]!;
+  const [oc, icg, kh, kw] = weight.shape as [number, number, number, number];
+  if (groups !== c || oc !== c || icg !== 1 || kh % 2 === 0 || kw % 2 === 0 || stride[0] !== 1 || stride[1] !== 1) return false;
+  return pad === null || (pad[0] === dilation[0] * (kh - 1) / 2 && pad[1] === dilation[1] * (kw - 1) / 2);
+}
+
+function depthwise(x: Tensor, weight: Tensor, bias: Tensor | null, dilation: [number, number]): Tensor {
+  return wrap(runKernel('conv2d', 'depthwiseConv2d', [x.handle, weight.handle, bias?.handle ?? null, dilation]));
 }

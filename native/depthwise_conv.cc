@@ -1,0 +1,411 @@
+// Depthwise k x k convolution for float32 CPU tensors, registered as libtorch operators
+// (kshare::depthwise_conv2d with autograd, kshare::depthwise_conv2d_backward), so that the
+// addon's schema-driven `call` reaches them like any ATen operator.
+//
+// Scope: weight [C, 1, kh, kw] with odd kh and kw, stride 1, "same" padding (dilation*(k-1)/2
+// a side), any dilation, NCHW or channels-last input (the output keeps the input's format).
+// Grad input is the forward pass with the kernel flipped (stride 1, symmetric padding); grad
+// weight correlates the padded input with grad output. Both run on dense zero-padded slices
+// (native/depthwise_conv_kernels.inc), vectorised 8 floats wide: AVX2/FMA where the CPU has
+// it (checked at run time), portable code otherwise. Work is split over batch x channels
+// (channels for the weight gradient, which sums over the batch) with at::parallel_for.
+//
+// Measured speed (bench/depthwise.ts, AMD EPYC 2 cores, AVX2/FMA; see bench/cpu-kernels-notes.md):
+//   filled in below once measured.
+//
+// Debugging switches (read at every call): KSHARE_NATIVE_POISON=1 fills outputs with NaN
+// before the kernels write them (an element left unwritten then fails the parity tests);
+// KSHARE_NATIVE_ISA=generic forces the portable kernels.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/autocast_mode.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/GradMode.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/library.h>
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace kshare_dw {
+
+// ---- the kernels, built twice ----
+// 32-byte vectors passed by value between inlined helpers: no ABI is crossed.
+#pragma GCC diagnostic ignored "-Wpsabi"
+namespace generic {
+typedef float V __attribute__((vector_size(32)));
+static inline V load(const float* p) {
+  V v;
+  __builtin_memcpy(&v, p, sizeof(V));
+  return v;
+}
+static inline void store(float* p, const V& v) { __builtin_memcpy(p, &v, sizeof(V)); }
+static inline V fma(const V& a, const V& b, const V& c) { return a * b + c; }
+static inline V vzero() { return V{0, 0, 0, 0, 0, 0, 0, 0}; }
+#include "depthwise_conv_kernels.inc"
+}  // namespace generic
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace avx2 {
+typedef __m256 V;
+static inline V load(const float* p) { return _mm256_loadu_ps(p); }
+static inline void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+static inline V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+static inline V vzero() { return _mm256_setzero_ps(); }
+#include "depthwise_conv_kernels.inc"
+}  // namespace avx2
+#pragma GCC pop_options
+
+struct Kernels {
+  void (*forward)(const float*, int64_t, float*, int64_t, int64_t, int64_t, int64_t, const float*, const float*, int, int,
+                  int64_t, int64_t);
+  void (*correlate)(const float*, int64_t, const float*, int64_t, int64_t, int64_t, int64_t, int, int, int64_t, int64_t,
+                    float*);
+};
+
+const Kernels& Pick() {
+  static const Kernels kGeneric{generic::Forward, generic::Correlate};
+  static const Kernels kAvx2{avx2::Forward, avx2::Correlate};
+  static const bool hasAvx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const char* isa = std::getenv("KSHARE_NATIVE_ISA");
+  if (isa && std::strcmp(isa, "generic") == 0) return kGeneric;
+  return hasAvx2 ? kAvx2 : kGeneric;
+}
+
+bool Poison() {
+  const char* p = std::getenv("KSHARE_NATIVE_POISON");
+  return p && p[0] == '1';
+}
+
+at::Tensor NewOutput(at::IntArrayRef sizes, const at::TensorOptions& opts, at::MemoryFormat fmt) {
+  at::Tensor t = at::empty(sizes, opts.memory_format(fmt));
+  if (Poison()) t.fill_(std::numeric_limits<float>::quiet_NaN());
+  return t;
+}
+
+constexpr int64_t kVec = 8;
+inline int64_t RoundUp(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+struct Geometry {
+  int64_t n, c, h, w;
+  int kh, kw;
+  int64_t dh, dw;
+  int64_t ph, pw;  // padding a side
+  bool channelsLast;
+};
+
+Geometry Check(const char* op, const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef dilation) {
+  TORCH_CHECK(input.dim() == 4, op, ": input must be 4-D (N, C, H, W), got ", input.dim(), "-D");
+  TORCH_CHECK(input.device().is_cpu() && weight.device().is_cpu(), op, ": input and weight must be CPU tensors");
+  TORCH_CHECK(input.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat, op,
+              ": input and weight must be float32, got ", input.scalar_type(), " and ", weight.scalar_type());
+  const int64_t c = input.size(1);
+  TORCH_CHECK(weight.dim() == 4 && weight.size(0) == c && weight.size(1) == 1, op, ": weight must be [", c,
+              ", 1, kh, kw] for an input with ", c, " channels, got ", weight.sizes());
+  TORCH_CHECK(weight.size(2) % 2 == 1 && weight.size(3) % 2 == 1, op, ": kernel size must be odd, got ",
+              weight.size(2), "x", weight.size(3));
+  TORCH_CHECK(dilation.size() == 2 && dilation[0] >= 1 && dilation[1] >= 1, op,
+              ": dilation must be two integers >= 1, got ", dilation);
+  Geometry g;
+  g.n = input.size(0);
+  g.c = c;
+  g.h = input.size(2);
+  g.w = input.size(3);
+  g.kh = static_cast<int>(weight.size(2));
+  g.kw = static_cast<int>(weight.size(3));
+  g.dh = dilation[0];
+  g.dw = dilation[1];
+  g.ph = g.dh * (g.kh - 1) / 2;
+  g.pw = g.dw * (g.kw - 1) / 2;
+  g.channelsLast = input.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+  return g;
+}
+
+at::MemoryFormat Format(const Geometry& g) {
+  return g.channelsLast ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+// out = depthwise correlation of `x` with `w` ([C][kh][kw], contiguous) plus bias (or none);
+// x and out are dense in g's format. Used for the forward pass and, with w flipped, grad input.
+void ConvolveInto(const Geometry& g, const float* x, const float* w, const float* bias, float* out) {
+  const Kernels& k = Pick();
+  const int64_t kk = static_cast<int64_t>(g.kh) * g.kw;
+  if (!g.channelsLast) {
+    // One task per (n, c) plane: pad it into [H + 2ph][roundup(W, 8) + 2pw] (zeros around and
+    // past the last vector), convolve, write rows straight out when W is a multiple of 8.
+    const int64_t wv = RoundUp(g.w, kVec), rowP = wv + 2 * g.pw, rowsP = g.h + 2 * g.ph;
+    at::parallel_for(0, g.n * g.c, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> pad(rowsP * rowP), wexp(kk * kVec), tmp(g.w == wv ? 0 : g.h * wv);
+      alignas(32) float b8[kVec];
+      for (int64_t t = begin; t < end; t++) {
+        const int64_t c = t % g.c;
+        const float* src = x + t * g.h * g.w;
+        std::fill(pad.begin(), pad.end(), 0.f);
+        for (int64_t y = 0; y < g.h; y++) std::memcpy(&pad[(y + g.ph) * rowP + g.pw], src + y * g.w, g.w * sizeof(float));
+        for (int64_t q = 0; q < kk; q++) std::fill_n(&wexp[q * kVec], kVec, w[c * kk + q]);
+        std::fill_n(b8, kVec, bias ? bias[c] : 0.f);
+        float* dst = out + t * g.h * g.w;
+        if (tmp.empty()) {
+          k.forward(pad.data(), rowP, dst, g.w, kVec, g.h, wv / kVec, wexp.data(), b8, g.kh, g.kw, g.dh * rowP, g.dw);
+        } else {
+          k.forward(pad.data(), rowP, tmp.data(), wv, kVec, g.h, wv / kVec, wexp.data(), b8, g.kh, g.kw, g.dh * rowP, g.dw);
+          for (int64_t y = 0; y < g.h; y++) std::memcpy(dst + y * g.w, &tmp[y * wv], g.w * sizeof(float));
+        }
+      }
+    });
+    return;
+  }
+  // Channels-last: one task per (n, block of 8 channels); the block is gathered into a padded
+  // [H + 2ph][W + 2pw][8] slice (lanes past C stay zero) and written back at pixel stride C.
+  const int64_t blocks = (g.c + kVec - 1) / kVec, rowP = (g.w + 2 * g.pw) * kVec, rowsP = g.h + 2 * g.ph;
+  at::parallel_for(0, g.n * blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> pad(rowsP * rowP), wexp(kk * kVec), tmp(g.h * g.w * kVec);
+    alignas(32) float b8[kVec];
+    for (int64_t t = begin; t < end; t++) {
+      const int64_t n = t / blocks, c0 = (t % blocks) * kVec, lanes = std::min(kVec, g.c - c0);
+      const float* src = x + n * g.h * g.w * g.c + c0;
+      std::fill(pad.begin(), pad.end(), 0.f);
+      for (int64_t y = 0; y < g.h; y++)
+        for (int64_t xx = 0; xx < g.w; xx++)
+          std::memcpy(&pad[(y + g.ph) * rowP + (xx + g.pw) * kVec], src + (y * g.w + xx) * g.c, lanes * sizeof(float));
+      std::fill(wexp.begin(), wexp.end(), 0.f);
+      for (int64_t l = 0; l < lanes; l++)
+        for (int64_t q = 0; q < kk; q++) wexp[q * kVec + l] = w[(c0 + l) * kk + q];
+      std::fill_n(b8, kVec, 0.f);
+      if (bias) for (int64_t l = 0; l < lanes; l++) b8[l] = bias[c0 + l];
+      float* dst = out + n * g.h * g.w * g.c + c0;
+      if (lanes == kVec) {
+        k.forward(pad.data(), rowP, dst, g.w * g.c, g.c, g.h, g.w, wexp.data(), b8, g.kh, g.kw, g.dh * rowP, g.dw * kVec);
+      } else {
+        k.forward(pad.data(), rowP, tmp.data(), g.w * kVec, kVec, g.h, g.w, wexp.data(), b8, g.kh, g.kw, g.dh * rowP, g.dw * kVec);
+        for (int64_t p = 0; p < g.h * g.w; p++) std::memcpy(dst + p * g.c, &tmp[p * kVec], lanes * sizeof(float));
+      }
+    }
+  });
+}
+
+// grad weight [C][kh][kw] (and grad bias [C] when gb != nullptr) from input x and grad output
+// gy, both dense in g's format.
+void WeightGradInto(const Geometry& g, const float* x, const float* gy, float* gw, float* gb) {
+  const Kernels& k = Pick();
+  const int64_t kk = static_cast<int64_t>(g.kh) * g.kw;
+  if (!g.channelsLast) {
+    // One task per channel, summing over the batch; grad output is copied to a [H][roundup(W, 8)]
+    // slice with zeros past W (unless W is a multiple of 8) so the padded lanes add nothing.
+    const int64_t wv = RoundUp(g.w, kVec), rowP = wv + 2 * g.pw, rowsP = g.h + 2 * g.ph;
+    at::parallel_for(0, g.c, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> pad(rowsP * rowP), acc(kk * kVec), gbuf(g.w == wv ? 0 : g.h * wv, 0.f);
+      for (int64_t c = begin; c < end; c++) {
+        std::fill(acc.begin(), acc.end(), 0.f);
+        double bsum = 0;
+        for (int64_t n = 0; n < g.n; n++) {
+          const float* src = x + (n * g.c + c) * g.h * g.w;
+          const float* gsrc = gy + (n * g.c + c) * g.h * g.w;
+          std::fill(pad.begin(), pad.end(), 0.f);
+          for (int64_t y = 0; y < g.h; y++) std::memcpy(&pad[(y + g.ph) * rowP + g.pw], src + y * g.w, g.w * sizeof(float));
+          const float* gp = gsrc;
+          int64_t gRow = g.w;
+          if (!gbuf.empty()) {
+            for (int64_t y = 0; y < g.h; y++) std::memcpy(&gbuf[y * wv], gsrc + y * g.w, g.w * sizeof(float));
+            gp = gbuf.data();
+            gRow = wv;
+          }
+          k.correlate(pad.data(), rowP, gp, gRow, kVec, g.h, wv / kVec, g.kh, g.kw, g.dh * rowP, g.dw, acc.data());
+          if (gb) {
+            float s = 0;
+            for (int64_t q = 0; q < g.h * g.w; q++) s += gsrc[q];
+            bsum += s;
+          }
+        }
+        for (int64_t q = 0; q < kk; q++) {
+          float s = 0;
+          for (int64_t l = 0; l < kVec; l++) s += acc[q * kVec + l];
+          gw[c * kk + q] = s;
+        }
+        if (gb) gb[c] = static_cast<float>(bsum);
+      }
+    });
+    return;
+  }
+  // Channels-last: one task per block of 8 channels, summing over the batch.
+  const int64_t blocks = (g.c + kVec - 1) / kVec, rowP = (g.w + 2 * g.pw) * kVec, rowsP = g.h + 2 * g.ph;
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> pad(rowsP * rowP), acc(kk * kVec), gbuf(g.h * g.w * kVec, 0.f);
+    for (int64_t b = begin; b < end; b++) {
+      const int64_t c0 = b * kVec, lanes = std::min(kVec, g.c - c0);
+      std::fill(acc.begin(), acc.end(), 0.f);
+      double bsum[kVec] = {0};
+      for (int64_t n = 0; n < g.n; n++) {
+        const float* src = x + n * g.h * g.w * g.c + c0;
+        const float* gsrc = gy + n * g.h * g.w * g.c + c0;
+        std::fill(pad.begin(), pad.end(), 0.f);
+        for (int64_t y = 0; y < g.h; y++)
+          for (int64_t xx = 0; xx < g.w; xx++)
+            std::memcpy(&pad[(y + g.ph) * rowP + (xx + g.pw) * kVec], src + (y * g.w + xx) * g.c, lanes * sizeof(float));
+        const float* gp = gsrc;
+        int64_t gRow = g.w * g.c, gVec = g.c;
+        if (lanes < kVec) {
+          for (int64_t p = 0; p < g.h * g.w; p++) std::memcpy(&gbuf[p * kVec], gsrc + p * g.c, lanes * sizeof(float));
+          gp = gbuf.data();
+          gRow = g.w * kVec;
+          gVec = kVec;
+        }
+        k.correlate(pad.data(), rowP, gp, gRow, gVec, g.h, g.w, g.kh, g.kw, g.dh * rowP, g.dw * kVec, acc.data());
+        if (gb) {
+          for (int64_t p = 0; p < g.h * g.w; p++)
+            for (int64_t l = 0; l < lanes; l++) bsum[l] += gsrc[p * g.c + l];
+        }
+      }
+      for (int64_t l = 0; l < lanes; l++) {
+        for (int64_t q = 0; q < kk; q++) gw[(c0 + l) * kk + q] = acc[q * kVec + l];
+        if (gb) gb[c0 + l] = static_cast<float>(bsum[l]);
+      }
+    }
+  });
+}
+
+// ---- operators ----
+
+at::Tensor ForwardCpu(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                      at::IntArrayRef dilation) {
+  const char* op = "kshare::depthwise_conv2d";
+  Geometry g = Check(op, input, weight, dilation);
+  const bool hasBias = bias.has_value() && bias->defined();
+  if (hasBias) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == g.c && bias->scalar_type() == at::kFloat && bias->device().is_cpu(),
+                op, ": bias must be a float32 CPU tensor of shape [", g.c, "], got ", bias->sizes());
+  }
+  at::Tensor x = input.contiguous(Format(g));
+  at::Tensor w = weight.contiguous();
+  at::Tensor b = hasBias ? bias->contiguous() : at::Tensor();
+  at::Tensor out = NewOutput(input.sizes(), input.options(), Format(g));
+  if (out.numel() > 0) ConvolveInto(g, x.data_ptr<float>(), w.data_ptr<float>(), hasBias ? b.data_ptr<float>() : nullptr, out.data_ptr<float>());
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> BackwardCpu(const at::Tensor& gradOutput, const at::Tensor& input,
+                                                           const at::Tensor& weight, at::IntArrayRef dilation,
+                                                           std::array<bool, 3> mask) {
+  const char* op = "kshare::depthwise_conv2d_backward";
+  Geometry g = Check(op, input, weight, dilation);
+  TORCH_CHECK(gradOutput.sizes() == input.sizes() && gradOutput.scalar_type() == at::kFloat && gradOutput.device().is_cpu(), op,
+              ": grad_output must be a float32 CPU tensor shaped like the input ", input.sizes(), ", got ", gradOutput.sizes());
+  at::Tensor x = input.contiguous(Format(g));
+  at::Tensor gy = gradOutput.contiguous(Format(g));
+  at::Tensor w = weight.contiguous();
+  at::Tensor gi, gw, gb;
+  if (mask[0]) {
+    // Stride 1 and symmetric padding: grad input is the forward pass of grad output with the
+    // kernel rotated by 180 degrees.
+    at::Tensor flipped = w.flip({2, 3}).contiguous();
+    gi = NewOutput(input.sizes(), input.options(), Format(g));
+    if (gi.numel() > 0) ConvolveInto(g, gy.data_ptr<float>(), flipped.data_ptr<float>(), nullptr, gi.data_ptr<float>());
+  }
+  if (mask[1] || mask[2]) {
+    gw = NewOutput(weight.sizes(), weight.options(), at::MemoryFormat::Contiguous);
+    if (mask[2]) gb = NewOutput({g.c}, weight.options(), at::MemoryFormat::Contiguous);
+    if (x.numel() > 0) {
+      WeightGradInto(g, x.data_ptr<float>(), gy.data_ptr<float>(), gw.data_ptr<float>(), mask[2] ? gb.data_ptr<float>() : nullptr);
+    } else {
+      gw.zero_();
+      if (mask[2]) gb.zero_();
+    }
+    if (!mask[1]) gw = at::Tensor();
+    // The weight's own memory format, as libtorch returns it.
+    else if (weight.suggest_memory_format() == at::MemoryFormat::ChannelsLast) gw = gw.contiguous(at::MemoryFormat::ChannelsLast);
+  }
+  return {gi, gw, gb};
+}
+
+at::Tensor CallForward(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                       at::IntArrayRef dilation) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("kshare::depthwise_conv2d", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&, at::IntArrayRef)>();
+  return op.call(input, weight, bias, dilation);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> CallBackward(const at::Tensor& gradOutput, const at::Tensor& input,
+                                                            const at::Tensor& weight, at::IntArrayRef dilation,
+                                                            std::array<bool, 3> mask) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("kshare::depthwise_conv2d_backward", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                                             at::IntArrayRef, std::array<bool, 3>)>();
+  return op.call(gradOutput, input, weight, dilation, mask);
+}
+
+class DepthwiseConv2dFunction : public torch::autograd::Function<DepthwiseConv2dFunction> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
+                            const c10::optional<at::Tensor>& bias, std::vector<int64_t> dilation) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    ctx->save_for_backward({input, weight});
+    ctx->saved_data["dilation"] = c10::IValue(dilation);
+    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
+    return CallForward(input, weight, bias, dilation);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const at::Tensor& input = saved[0];
+    const at::Tensor& weight = saved[1];
+    std::vector<int64_t> dilation = ctx->saved_data["dilation"].toIntVector();
+    const bool hasBias = ctx->saved_data["has_bias"].toBool();
+    std::array<bool, 3> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1), hasBias && ctx->needs_input_grad(2)};
+    at::Tensor grad = grads[0];
+    if (!grad.defined()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    at::Tensor gi, gw, gb;
+    if (c10::GradMode::is_enabled()) {
+      // create_graph: libtorch's differentiable convolution backward, so higher derivatives work.
+      const int64_t c = input.size(1);
+      std::vector<int64_t> pad{dilation[0] * (weight.size(2) - 1) / 2, dilation[1] * (weight.size(3) - 1) / 2};
+      std::tie(gi, gw, gb) = at::convolution_backward(grad, input, weight, c10::IntArrayRef{c}, {1, 1}, pad, dilation, false,
+                                                      {0, 0}, c, mask);
+    } else {
+      std::tie(gi, gw, gb) = CallBackward(grad, input, weight, dilation, mask);
+    }
+    return {gi, gw, gb, at::Tensor()};
+  }
+};
+
+at::Tensor ForwardAutograd(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                           at::IntArrayRef dilation) {
+  return DepthwiseConv2dFunction::apply(input, weight, bias, dilation.vec());
+}
+
+// Under CPU autocast the operator behaves like aten::conv2d does: bfloat16 through libtorch.
+at::Tensor ForwardAutocastCpu(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                              at::IntArrayRef dilation) {
+  c10::impl::ExcludeDispatchKeyGuard noAutocast(c10::DispatchKey::AutocastCPU);
+  const auto to = at::autocast::get_autocast_cpu_dtype();
+  auto cast = [&](const at::Tensor& t) { return at::autocast::cached_cast(to, t, c10::DeviceType::CPU); };
+  std::vector<int64_t> pad{dilation[0] * (weight.size(2) - 1) / 2, dilation[1] * (weight.size(3) - 1) / 2};
+  c10::optional<at::Tensor> b;
+  if (bias.has_value() && bias->defined()) b = cast(*bias);
+  return at::conv2d(cast(input), cast(weight), b, {1, 1}, pad, dilation, input.size(1));
+}
+
+}  // namespace kshare_dw
+
+TORCH_LIBRARY(kshare, m) {
+  m.def("depthwise_conv2d(Tensor input, Tensor weight, Tensor? bias=None, int[2] dilation=1) -> Tensor");
+  m.def("depthwise_conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] dilation, bool[3] output_mask) -> "
+        "(Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(kshare, CPU, m) {
+  m.impl("depthwise_conv2d", kshare_dw::ForwardCpu);
+  m.impl("depthwise_conv2d_backward", kshare_dw::BackwardCpu);
+}
+
+TORCH_LIBRARY_IMPL(kshare, Autograd, m) { m.impl("depthwise_conv2d", kshare_dw::ForwardAutograd); }
+
+TORCH_LIBRARY_IMPL(kshare, AutocastCPU, m) { m.impl("depthwise_conv2d", kshare_dw::ForwardAutocastCpu); }

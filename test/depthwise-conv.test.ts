@@ -1,0 +1,223 @@
+// kshare's depthwise convolution kernel (native/depthwise_conv.cc): forward, grad input, grad
+// weight and grad bias against libtorch's own conv2d in this process and against python3-torch,
+// on NCHW and channels-last inputs, both instruction sets, with outputs poisoned with NaN
+// before the kernels write them (KSHARE_NATIVE_POISON), so an element left unwritten fails.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as t from '../src/tensor/index.js';
+import type { Tensor } from '../src/tensor/index.js';
+import { runKernel } from '../src/tensor/kernels.js';
+import { wrap } from '../src/tensor/tensor.js';
+import { createModel } from '../src/models/registry.js';
+import { runPython, encode, decodeF32, maxRelError, type Encoded } from './helpers/python.js';
+
+const TOL = 1e-5;
+process.env.KSHARE_NATIVE_POISON = '1';
+
+interface Shape { n: number; c: number; h: number; w: number; k: number | [number, number]; d?: number | [number, number]; bias: boolean; cl: boolean }
+
+const SHAPES: Shape[] = [
+  { n: 2, c: 5, h: 9, w: 9, k: 3, bias: true, cl: false },
+  { n: 1, c: 3, h: 7, w: 13, k: 5, bias: true, cl: false },
+  { n: 1, c: 3, h: 7, w: 13, k: 5, bias: true, cl: true },
+  { n: 3, c: 8, h: 16, w: 16, k: 5, bias: false, cl: false },
+  { n: 3, c: 8, h: 16, w: 16, k: 5, bias: true, cl: true },
+  { n: 2, c: 11, h: 11, w: 17, k: 7, bias: true, cl: false },
+  { n: 2, c: 11, h: 11, w: 17, k: 7, bias: false, cl: true },
+  { n: 2, c: 16, h: 12, w: 10, k: 9, bias: true, cl: false },
+  { n: 2, c: 20, h: 12, w: 10, k: 9, bias: true, cl: true },
+  { n: 1, c: 4, h: 5, w: 3, k: 9, bias: true, cl: false }, // kernel larger than the image
+  { n: 1, c: 9, h: 15, w: 15, k: 15, bias: true, cl: false },
+  { n: 1, c: 9, h: 15, w: 15, k: 15, bias: false, cl: true },
+  { n: 2, c: 6, h: 13, w: 11, k: 3, d: 2, bias: true, cl: false },
+  { n: 2, c: 6, h: 13, w: 11, k: 5, d: [2, 3], bias: true, cl: true },
+  { n: 2, c: 4, h: 9, w: 8, k: [3, 7], bias: true, cl: false },
+  { n: 1, c: 1, h: 1, w: 1, k: 3, bias: true, cl: false },
+];
+
+const pair = (v: number | [number, number]): [number, number] => (typeof v === 'number' ? [v, v] : v);
+const label = (s: Shape) => `(${s.n},${s.c},${s.h},${s.w}) k${pair(s.k).join('x')} d${pair(s.d ?? 1).join('x')} ${s.cl ? 'channels-last' : 'NCHW'}${s.bias ? ' +bias' : ''}`;
+
+interface Data { x: Tensor; w: Tensor; b: Tensor | null; r: Tensor }
+
+function makeData(s: Shape, seed: number): Data {
+  const gen = new t.Generator(seed);
+  const [kh, kw] = pair(s.k);
+  let x = t.randn([s.n, s.c, s.h, s.w], { generator: gen });
+  let r = t.randn([s.n, s.c, s.h, s.w], { generator: gen });
+  if (s.cl) {
+    x = t.contiguous(x, 'channels_last');
+    r = t.contiguous(r, 'channels_last');
+  }
+  return { x, w: t.randn([s.c, 1, kh, kw], { generator: gen }), b: s.bias ? t.randn([s.c], { generator: gen }) : null, r };
+}
+
+interface Result { y: Float32Array; gx: Float32Array; gw: Float32Array; gb: Float32Array | null; yChannelsLast: boolean }
+
+/** conv2d (routed or not, per KSHARE_NATIVE_KERNELS), then the gradients of sum(y * r). */
+function run(s: Shape, data: Data, native: boolean, isa?: 'generic'): Result {
+  const env = { KSHARE_NATIVE_KERNELS: native ? '1' : '0', KSHARE_NATIVE_ISA: isa ?? '' };
+  const prev = { KSHARE_NATIVE_KERNELS: process.env.KSHARE_NATIVE_KERNELS, KSHARE_NATIVE_ISA: process.env.KSHARE_NATIVE_ISA };
+  Object.assign(process.env, env);
+  try {
+    return t.tidy(() => {
+      const x = data.x.detach(), w = data.w.detach(), b = data.b?.detach() ?? null;
+      for (const v of [x, w, b]) if (v) v.requiresGrad = true;
+      const d = pair(s.d ?? 1), [kh, kw] = pair(s.k);
+      const y = t.conv2d(x, w, b, { padding: [d[0] * (kh - 1) / 2, d[1] * (kw - 1) / 2], dilation: d, groups: s.c });
+      t.sum(t.mul(y, data.r)).backward();
+      const out = { y: y.toFloat32Array(), gx: x.grad!.toFloat32Array(), gw: w.grad!.toFloat32Array(), gb: b ? b.grad!.toFloat32Array() : null, yChannelsLast: t.isContiguous(y, 'channels_last') && !t.isContiguous(y) };
+      for (const v of [x, w, b]) v?.grad?.dispose();
+      return out;
+    });
+  } finally {
+    for (const [k, v] of Object.entries(prev)) if (v === undefined) delete process.env[k]; else process.env[k] = v;
+  }
+}
+
+function assertClose(what: string, got: Float32Array, want: Float32Array): void {
+  for (let i = 0; i < got.length; i++) if (Number.isNaN(got[i]!)) assert.fail(`${what}: element ${i} is NaN (left unwritten?)`);
+  const e = maxRelError(got, want);
+  assert.ok(e <= TOL, `${what}: relative error ${e.toExponential(2)} > ${TOL}`);
+}
+
+function compare(name: string, got: Result, want: Result): void {
+  assertClose(`${name} forward`, got.y, want.y);
+  assertClose(`${name} grad input`, got.gx, want.gx);
+  assertClose(`${name} grad weight`, got.gw, want.gw);
+  if (want.gb) assertClose(`${name} grad bias`, got.gb!, want.gb);
+}
+
+test('depthwise conv2d matches libtorch conv2d: forward and every gradient, AVX2 and portable kernels', () => {
+  SHAPES.forEach((s, i) => {
+    const data = makeData(s, 100 + i);
+    const ref = run(s, data, false);
+    const fast = run(s, data, true);
+    compare(label(s), fast, ref);
+    compare(`${label(s)} portable`, run(s, data, true, 'generic'), ref);
+    assert.equal(fast.yChannelsLast, s.cl && s.c > 1 && s.h * s.w > 1, `${label(s)}: output keeps the input's memory format`);
+    t.dispose(data);
+  });
+});
+
+const PY = `
+import torch.nn.functional as F
+res = []
+for c in inp['cases']:
+    x, w, r = dec(c['x']), dec(c['w']), dec(c['r'])
+    b = dec(c['b']) if 'b' in c else None
+    if c['cl']:
+        x, r = x.contiguous(memory_format=torch.channels_last), r.contiguous(memory_format=torch.channels_last)
+    for v in (x, w, b):
+        if v is not None: v.requires_grad_(True)
+    kh, kw = w.shape[2], w.shape[3]
+    d = c['d']
+    y = F.conv2d(x, w, b, padding=(d[0] * (kh - 1) // 2, d[1] * (kw - 1) // 2), dilation=d, groups=x.shape[1])
+    if c['twice']:
+        y = F.conv2d(y, w, b, padding=(d[0] * (kh - 1) // 2, d[1] * (kw - 1) // 2), dilation=d, groups=x.shape[1])
+    (y * r).sum().backward()
+    res.append({'y': enc(y), 'gx': enc(x.grad), 'gw': enc(w.grad), 'gb': enc(b.grad) if b is not None else None})
+print(json.dumps(res))
+`;
+
+const enc = (x: Tensor): Encoded => encode(x.toFloat32Array(), x.shape);
+
+test('depthwise conv2d matches python3-torch, including a kernel shared by two layers', () => {
+  const cases = SHAPES.map((s, i) => ({ s, data: makeData(s, 500 + i), twice: i % 3 === 0 }));
+  const payload = cases.map(({ s, data, twice }) => ({
+    x: enc(data.x), w: enc(data.w), r: enc(data.r), ...(data.b ? { b: enc(data.b) } : {}), cl: s.cl, d: pair(s.d ?? 1), twice,
+  }));
+  const ref = runPython<{ y: Encoded; gx: Encoded; gw: Encoded; gb: Encoded | null }[]>(PY, { cases: payload });
+  cases.forEach(({ s, data, twice }, i) => {
+    const name = `${label(s)}${twice ? ' used twice' : ''}`;
+    const got = t.tidy(() => {
+      const x = data.x.detach(), w = data.w.detach(), b = data.b?.detach() ?? null;
+      for (const v of [x, w, b]) if (v) v.requiresGrad = true;
+      const d = pair(s.d ?? 1), [kh, kw] = pair(s.k);
+      const o = { padding: [d[0] * (kh - 1) / 2, d[1] * (kw - 1) / 2] as [number, number], dilation: d, groups: s.c };
+      let y = t.conv2d(x, w, b, o);
+      if (twice) y = t.conv2d(y, w, b, o);
+      t.sum(t.mul(y, data.r)).backward();
+      const out = { y: y.toFloat32Array(), gx: x.grad!.toFloat32Array(), gw: w.grad!.toFloat32Array(), gb: b ? b.grad!.toFloat32Array() : null };
+      for (const v of [x, w, b]) v?.grad?.dispose();
+      return out;
+    });
+    const want = ref[i]!;
+    assertClose(`${name} forward`, got.y, decodeF32(want.y));
+    assertClose(`${name} grad input`, got.gx, decodeF32(want.gx));
+    assertClose(`${name} grad weight`, got.gw, decodeF32(want.gw));
+    if (want.gb) assertClose(`${name} grad bias`, got.gb!, decodeF32(want.gb));
+    t.dispose(data);
+  });
+});
+
+test('conv2d routes depthwise convolutions to the kshare kernel only where it applies', () => {
+  t.tidy(() => {
+    const x = t.randn([2, 6, 9, 9]), w = t.randn([6, 1, 5, 5]), b = t.randn([6]);
+    const direct = t.tidy(() => wrap(runKernel('test', 'depthwiseConv2d', [x.handle, w.handle, b.handle, [1, 1]])));
+    const same = (a: Tensor, c: Tensor) => assert.deepEqual(a.toFloat32Array(), c.toFloat32Array());
+    // Routed: bit-identical to the kshare operator.
+    same(t.conv2d(x, w, b, { padding: 2, groups: 6 }), direct);
+    same(t.conv2d(x, w, b, { padding: 'same', groups: 6 }), direct);
+    // Not routed: bit-identical to libtorch's conv2d (KSHARE_NATIVE_KERNELS=0).
+    const libtorch = (fn: () => Tensor) => {
+      process.env.KSHARE_NATIVE_KERNELS = '0';
+      try { return fn(); } finally { delete process.env.KSHARE_NATIVE_KERNELS; }
+    };
+    const cases: [string, () => Tensor][] = [
+      ['stride 2', () => t.conv2d(x, w, b, { padding: 2, groups: 6, stride: 2 })],
+      ['padding other than same', () => t.conv2d(x, w, b, { padding: 1, groups: 6 })],
+      ['even kernel', () => t.conv2d(x, t.randn([6, 1, 4, 4]), b, { padding: 'same', groups: 6 })],
+      ['channel multiplier 2', () => t.conv2d(x, t.randn([12, 1, 5, 5]), null, { padding: 2, groups: 6 })],
+      ['float64', () => t.conv2d(t.to(x, 'float64'), t.to(w, 'float64'), null, { padding: 2, groups: 6 })],
+    ];
+    for (const [name, fn] of cases) {
+      const gen = () => { t.manualSeed(7); return fn(); };
+      assert.deepEqual(t.to(gen(), 'float32').toFloat32Array(), t.to(libtorch(gen), 'float32').toFloat32Array(), name);
+    }
+    // Under CPU autocast the convolution runs in bfloat16 through libtorch, as before.
+    const ac = t.autocast({ device: 'cpu', dtype: 'bfloat16' }, () => t.conv2d(x, w, b, { padding: 2, groups: 6 }));
+    assert.equal(ac.dtype, 'bfloat16');
+    // Called directly under autocast, the operator does the same (its AutocastCPU kernel).
+    const acDirect = t.autocast({ device: 'cpu', dtype: 'bfloat16' }, () => wrap(runKernel('test', 'depthwiseConv2d', [x.handle, w.handle, b.handle, [1, 1]])));
+    assert.equal(acDirect.dtype, 'bfloat16');
+    same(t.to(acDirect, 'float32'), t.to(ac, 'float32'));
+  });
+});
+
+test('depthwise operator refuses what it does not support, with the reason', () => {
+  t.tidy(() => {
+    const call = (x: Tensor, w: Tensor, d: number[] = [1, 1]) => runKernel('test', 'depthwiseConv2d', [x.handle, w.handle, null, d]);
+    assert.throws(() => call(t.randn([1, 4, 5, 5]), t.randn([4, 1, 4, 4])), /kernel size must be odd, got 4x4/);
+    assert.throws(() => call(t.randn([1, 4, 5, 5]), t.randn([3, 1, 3, 3])), /weight must be \[4, 1, kh, kw\]/);
+    assert.throws(() => call(t.randn([4, 5, 5]), t.randn([4, 1, 3, 3])), /input must be 4-D/);
+    assert.throws(() => call(t.randn([1, 4, 5, 5]), t.randn([4, 1, 3, 3]), [0, 1]), /dilation must be two integers >= 1/);
+    assert.throws(() => call(t.to(t.randn([1, 4, 5, 5]), 'float64'), t.randn([4, 1, 3, 3])), /must be float32/);
+  });
+});
+
+test('ConvMixer (shared kernels) trains the same through the kshare kernel and through libtorch, without leaks', () => {
+  const train = (native: boolean) => {
+    process.env.KSHARE_NATIVE_KERNELS = native ? '1' : '0';
+    try {
+      t.manualSeed(3);
+      const m = createModel('convmixer_64_4_k5_p2_shared', { classes: 10 });
+      const x = t.randn([2, 3, 32, 32]);
+      const y = t.tensor(BigInt64Array.from([1, 7], BigInt), [2]);
+      const step = () => t.tidy(() => { const l = t.crossEntropy(m.train(true).forward(x), y); l.backward(); return l.item(); });
+      const loss = step();
+      const live = t.liveTensors();
+      step(); // gradients accumulate into the same tensors: nothing new stays alive
+      assert.equal(t.liveTensors(), live, 'a second step leaves no tensors behind');
+      const grads = m.parameters().map((p) => p.grad!.toFloat32Array());
+      m.dispose();
+      t.dispose([x, y]);
+      return { loss, grads };
+    } finally {
+      delete process.env.KSHARE_NATIVE_KERNELS;
+    }
+  };
+  const a = train(true), b = train(false);
+  assert.ok(Math.abs(a.loss - b.loss) <= 1e-5 * Math.abs(b.loss), `loss ${a.loss} vs ${b.loss}`);
+  a.grads.forEach((g, i) => assertClose(`parameter ${i} grad`, g, b.grads[i]!));
+});
