@@ -110,7 +110,8 @@ async function main(): Promise<void> {
   const out = {
     machine: `${os.cpus()[0]?.model ?? '?'} x${os.cpus().length}`, torch: torchVersion, blas,
     command: `node dist/bench/depthwise.js ${process.argv.slice(2).join(' ')}`.trim(),
-    method: `paired rounds (${opts.rounds} x ${opts.reps} calls a side), medians of wall-clock and process CPU time`,
+    method: `paired rounds (${opts.rounds} x ${opts.reps} calls a side), medians of wall-clock and process CPU time; ` +
+      'reference OMP_WAIT_POLICY unset at 1 thread, PASSIVE above (bench/paired.ts), kshare PASSIVE',
     rows,
   };
   mkdirSync(path.dirname(o.out), { recursive: true });

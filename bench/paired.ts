@@ -38,12 +38,19 @@ export class ReferenceServer {
     });
   }
 
-  /** Starts the server with `threads` intra-op threads (OMP_NUM_THREADS too, as for kshare). */
-  static async start(threads: number): Promise<ReferenceServer> {
-    // Not the OMP_WAIT_POLICY=PASSIVE that src/tensor/native.ts sets for kshare: with it, PyTorch's
-    // oneDNN 1x1 convolution ran 8 ms instead of 0.5 ms (1 thread) once the process had been idle.
+  /**
+   * Starts the server with `threads` intra-op threads (OMP_NUM_THREADS too, as for kshare).
+   * OMP_WAIT_POLICY is the reference's best on this kind of shared machine, not necessarily
+   * kshare's (src/tensor/native.ts sets PASSIVE): unset at 1 thread, where PASSIVE made
+   * PyTorch's oneDNN 1x1 convolution 8 ms instead of 0.5 ms once the process had been idle;
+   * PASSIVE with more threads, where spin-waiting collapses when other processes compete for
+   * the cores. `ompWaitPolicy` overrides ('' leaves it unset).
+   */
+  static async start(threads: number, ompWaitPolicy?: string): Promise<ReferenceServer> {
     const env: NodeJS.ProcessEnv = { ...process.env, OMP_NUM_THREADS: String(threads) };
-    delete env.OMP_WAIT_POLICY;
+    const policy = ompWaitPolicy ?? (threads > 1 ? 'PASSIVE' : '');
+    if (policy) env.OMP_WAIT_POLICY = policy;
+    else delete env.OMP_WAIT_POLICY;
     const child = spawn(PYTHON, [SERVER, String(threads)], { env, stdio: 'pipe' });
     const s = new ReferenceServer(child);
     await s.request({ op: 'info' });

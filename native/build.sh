@@ -58,7 +58,7 @@ fi
 mkdir -p "$here/build"
 out="$here/build/kshare.node"
 echo "build.sh: compiling against $inc (libs $lib)${defs[*]:+, ${defs[*]}}"
-g++ -std=c++17 -O2 -fPIC -shared -fvisibility=hidden -D_GLIBCXX_USE_CXX11_ABI=1 \
+g++ -std=c++17 -O2 -fopenmp -fPIC -shared -fvisibility=hidden -D_GLIBCXX_USE_CXX11_ABI=1 \
   -DNAPI_CPP_EXCEPTIONS -DNODE_ADDON_API_DISABLE_DEPRECATED \
   "${defs[@]}" -I"$NAPI_INCLUDE" -I"$addon_api" -I"$inc" -I"$inc/torch/csrc/api/include" "${dist_inc[@]}" \
   "$here"/*.cc -o "$out.tmp" \

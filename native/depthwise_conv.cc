@@ -84,6 +84,14 @@ bool Poison() {
   return p && p[0] == '1';
 }
 
+// Channels-last forward and grad input go to libtorch's convolution (oneDNN on CPU), which
+// measured faster than these kernels there (bench/cpu-kernels-notes.md); the weight gradient
+// stays here. KSHARE_NATIVE_DEPTHWISE_CL=kshare uses these kernels for all three (tests, benchmarks).
+bool OwnChannelsLastConvolution() {
+  const char* p = std::getenv("KSHARE_NATIVE_DEPTHWISE_CL");
+  return p && std::strcmp(p, "kshare") == 0;
+}
+
 at::Tensor NewOutput(at::IntArrayRef sizes, const at::TensorOptions& opts, at::MemoryFormat fmt) {
   at::Tensor t = at::empty(sizes, opts.memory_format(fmt));
   if (Poison()) t.fill_(std::numeric_limits<float>::quiet_NaN());
@@ -132,6 +140,21 @@ at::MemoryFormat Format(const Geometry& g) {
   return g.channelsLast ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }
 
+// Gathers channels [c0, c0 + lanes) of an (H, W, C) image into `dst`: pixel (y, x) at
+// y * dstRow + x * 8 (lanes past `lanes` are left alone). Full blocks are fixed 32-byte copies
+// that the compiler inlines; the vector of one pixel is 8 of its C channels.
+void GatherBlock(float* dst, int64_t dstRow, const float* src, int64_t h, int64_t w, int64_t c, int64_t lanes) {
+  for (int64_t y = 0; y < h; y++) {
+    float* d = dst + y * dstRow;
+    const float* s = src + y * w * c;
+    if (lanes == kVec) {
+      for (int64_t x = 0; x < w; x++) std::memcpy(d + x * kVec, s + x * c, kVec * sizeof(float));
+    } else {
+      for (int64_t x = 0; x < w; x++) std::memcpy(d + x * kVec, s + x * c, lanes * sizeof(float));
+    }
+  }
+}
+
 // out = depthwise correlation of `x` with `w` ([C][kh][kw], contiguous) plus bias (or none);
 // x and out are dense in g's format. Used for the forward pass and, with w flipped, grad input.
 void ConvolveInto(const Geometry& g, const float* x, const float* w, const float* bias, float* out) {
@@ -147,7 +170,7 @@ void ConvolveInto(const Geometry& g, const float* x, const float* w, const float
       for (int64_t t = begin; t < end; t++) {
         const int64_t c = t % g.c;
         const float* src = x + t * g.h * g.w;
-        std::fill(pad.begin(), pad.end(), 0.f);
+        // The border (and the tail past W) is zero from allocation; each task overwrites the interior.
         for (int64_t y = 0; y < g.h; y++) std::memcpy(&pad[(y + g.ph) * rowP + g.pw], src + y * g.w, g.w * sizeof(float));
         for (int64_t q = 0; q < kk; q++) std::fill_n(&wexp[q * kVec], kVec, w[c * kk + q]);
         std::fill_n(b8, kVec, bias ? bias[c] : 0.f);
@@ -171,10 +194,9 @@ void ConvolveInto(const Geometry& g, const float* x, const float* w, const float
     for (int64_t t = begin; t < end; t++) {
       const int64_t n = t / blocks, c0 = (t % blocks) * kVec, lanes = std::min(kVec, g.c - c0);
       const float* src = x + n * g.h * g.w * g.c + c0;
-      std::fill(pad.begin(), pad.end(), 0.f);
-      for (int64_t y = 0; y < g.h; y++)
-        for (int64_t xx = 0; xx < g.w; xx++)
-          std::memcpy(&pad[(y + g.ph) * rowP + (xx + g.pw) * kVec], src + (y * g.w + xx) * g.c, lanes * sizeof(float));
+      // Zero border from allocation; a partial block also needs its unused lanes zero.
+      if (lanes < kVec) std::fill(pad.begin(), pad.end(), 0.f);
+      GatherBlock(&pad[g.ph * rowP + g.pw * kVec], rowP, src, g.h, g.w, g.c, lanes);
       std::fill(wexp.begin(), wexp.end(), 0.f);
       for (int64_t l = 0; l < lanes; l++)
         for (int64_t q = 0; q < kk; q++) wexp[q * kVec + l] = w[(c0 + l) * kk + q];
@@ -208,7 +230,6 @@ void WeightGradInto(const Geometry& g, const float* x, const float* gy, float* g
         for (int64_t n = 0; n < g.n; n++) {
           const float* src = x + (n * g.c + c) * g.h * g.w;
           const float* gsrc = gy + (n * g.c + c) * g.h * g.w;
-          std::fill(pad.begin(), pad.end(), 0.f);
           for (int64_t y = 0; y < g.h; y++) std::memcpy(&pad[(y + g.ph) * rowP + g.pw], src + y * g.w, g.w * sizeof(float));
           const float* gp = gsrc;
           int64_t gRow = g.w;
@@ -245,22 +266,19 @@ void WeightGradInto(const Geometry& g, const float* x, const float* gy, float* g
       for (int64_t n = 0; n < g.n; n++) {
         const float* src = x + n * g.h * g.w * g.c + c0;
         const float* gsrc = gy + n * g.h * g.w * g.c + c0;
-        std::fill(pad.begin(), pad.end(), 0.f);
-        for (int64_t y = 0; y < g.h; y++)
-          for (int64_t xx = 0; xx < g.w; xx++)
-            std::memcpy(&pad[(y + g.ph) * rowP + (xx + g.pw) * kVec], src + (y * g.w + xx) * g.c, lanes * sizeof(float));
-        const float* gp = gsrc;
-        int64_t gRow = g.w * g.c, gVec = g.c;
         if (lanes < kVec) {
-          for (int64_t p = 0; p < g.h * g.w; p++) std::memcpy(&gbuf[p * kVec], gsrc + p * g.c, lanes * sizeof(float));
-          gp = gbuf.data();
-          gRow = g.w * kVec;
-          gVec = kVec;
+          std::fill(pad.begin(), pad.end(), 0.f);
+          std::fill(gbuf.begin(), gbuf.end(), 0.f);
         }
+        GatherBlock(&pad[g.ph * rowP + g.pw * kVec], rowP, src, g.h, g.w, g.c, lanes);
+        // Dense grad output: the correlation reads it once per two kernel rows and tap chunk.
+        GatherBlock(gbuf.data(), g.w * kVec, gsrc, g.h, g.w, g.c, lanes);
+        const float* gp = gbuf.data();
+        const int64_t gRow = g.w * kVec, gVec = kVec;
         k.correlate(pad.data(), rowP, gp, gRow, gVec, g.h, g.w, g.kh, g.kw, g.dh * rowP, g.dw * kVec, acc.data());
         if (gb) {
           for (int64_t p = 0; p < g.h * g.w; p++)
-            for (int64_t l = 0; l < lanes; l++) bsum[l] += gsrc[p * g.c + l];
+            for (int64_t l = 0; l < lanes; l++) bsum[l] += gp[p * kVec + l];
         }
       }
       for (int64_t l = 0; l < lanes; l++) {
@@ -285,6 +303,10 @@ at::Tensor ForwardCpu(const at::Tensor& input, const at::Tensor& weight, const c
   at::Tensor x = input.contiguous(Format(g));
   at::Tensor w = weight.contiguous();
   at::Tensor b = hasBias ? bias->contiguous() : at::Tensor();
+  if (g.channelsLast && !OwnChannelsLastConvolution()) {
+    return at::convolution(x, w, hasBias ? c10::optional<at::Tensor>(b) : c10::nullopt, {1, 1}, {g.ph, g.pw}, {g.dh, g.dw}, false,
+                           {0, 0}, g.c);
+  }
   at::Tensor out = NewOutput(input.sizes(), input.options(), Format(g));
   if (out.numel() > 0) ConvolveInto(g, x.data_ptr<float>(), w.data_ptr<float>(), hasBias ? b.data_ptr<float>() : nullptr, out.data_ptr<float>());
   return out;
@@ -301,7 +323,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> BackwardCpu(const at::Tensor& gra
   at::Tensor gy = gradOutput.contiguous(Format(g));
   at::Tensor w = weight.contiguous();
   at::Tensor gi, gw, gb;
-  if (mask[0]) {
+  if (mask[0] && g.channelsLast && !OwnChannelsLastConvolution()) {
+    gi = std::get<0>(at::convolution_backward(gy, x, w, c10::nullopt, {1, 1}, {g.ph, g.pw}, {g.dh, g.dw}, false, {0, 0}, g.c,
+                                              {true, false, false}));
+  } else if (mask[0]) {
     // Stride 1 and symmetric padding: grad input is the forward pass of grad output with the
     // kernel rotated by 180 degrees.
     at::Tensor flipped = w.flip({2, 3}).contiguous();

@@ -54,10 +54,13 @@ function makeData(s: Shape, seed: number): Data {
 
 interface Result { y: Float32Array; gx: Float32Array; gw: Float32Array; gb: Float32Array | null; yChannelsLast: boolean }
 
+/** Which kernels: the portable ones instead of AVX2; kshare's own channels-last forward and grad input instead of oneDNN's. */
+interface Variant { isa?: 'generic'; cl?: 'kshare' }
+
 /** conv2d (routed or not, per KSHARE_NATIVE_KERNELS), then the gradients of sum(y * r). */
-function run(s: Shape, data: Data, native: boolean, isa?: 'generic'): Result {
-  const env = { KSHARE_NATIVE_KERNELS: native ? '1' : '0', KSHARE_NATIVE_ISA: isa ?? '' };
-  const prev = { KSHARE_NATIVE_KERNELS: process.env.KSHARE_NATIVE_KERNELS, KSHARE_NATIVE_ISA: process.env.KSHARE_NATIVE_ISA };
+function run(s: Shape, data: Data, native: boolean, variant: Variant = {}): Result {
+  const env: Record<string, string> = { KSHARE_NATIVE_KERNELS: native ? '1' : '0', KSHARE_NATIVE_ISA: variant.isa ?? '', KSHARE_NATIVE_DEPTHWISE_CL: variant.cl ?? '' };
+  const prev = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]));
   Object.assign(process.env, env);
   try {
     return t.tidy(() => {
@@ -88,13 +91,17 @@ function compare(name: string, got: Result, want: Result): void {
   if (want.gb) assertClose(`${name} grad bias`, got.gb!, want.gb);
 }
 
-test('depthwise conv2d matches libtorch conv2d: forward and every gradient, AVX2 and portable kernels', () => {
+test('depthwise conv2d matches libtorch conv2d: forward and every gradient, every kernel variant', () => {
   SHAPES.forEach((s, i) => {
     const data = makeData(s, 100 + i);
     const ref = run(s, data, false);
     const fast = run(s, data, true);
     compare(label(s), fast, ref);
-    compare(`${label(s)} portable`, run(s, data, true, 'generic'), ref);
+    compare(`${label(s)} portable`, run(s, data, true, { isa: 'generic' }), ref);
+    if (s.cl) {
+      compare(`${label(s)} own channels-last kernels`, run(s, data, true, { cl: 'kshare' }), ref);
+      compare(`${label(s)} own channels-last kernels, portable`, run(s, data, true, { cl: 'kshare', isa: 'generic' }), ref);
+    }
     assert.equal(fast.yChannelsLast, s.cl && s.c > 1 && s.h * s.w > 1, `${label(s)}: output keeps the input's memory format`);
     t.dispose(data);
   });
