@@ -43,7 +43,8 @@ async function main(): Promise<void> {
     const info = await ref.info();
     for (const r of rows) {
       const gflops = r.name.startsWith('matmul') ? 2 * 1024 * 256 * 256 / 1e6 : 2 * 32 * 256 * 64 * 64 / 1e6;
-      console.log(`cpu ${r.kshareCpuMs}/${r.referenceCpuMs} ${r.name.padEnd(40)} kshare ${r.kshareMs.toFixed(3)} ms (${(gflops / r.kshareMs).toFixed(1)} GFLOP/s)  torch ${r.referenceMs.toFixed(3)} ms (${(gflops / r.referenceMs).toFixed(1)} GFLOP/s)`);
+      console.log(`${r.name.padEnd(40)} kshare ${r.kshareMs.toFixed(3)} ms (${(gflops / r.kshareMs).toFixed(1)} GFLOP/s, cpu ${r.kshareCpuMs.toFixed(3)} ms)  ` +
+        `torch ${r.referenceMs.toFixed(3)} ms (${(gflops / r.referenceMs).toFixed(1)} GFLOP/s, cpu ${r.referenceCpuMs.toFixed(3)} ms)`);
     }
     if (o.out) {
       const out = { machine: `${os.cpus()[0]?.model ?? '?'} x${os.cpus().length}`, torch: info.torch, threads, blas, rows };
