@@ -54,12 +54,12 @@ export const KERNELS = {
   scatterAdd: 'aten::scatter_add', indexCopy: 'aten::index_copy', standardGamma: 'aten::_standard_gamma',
   // nn
   conv2d: 'aten::conv2d', conv2dPadding: 'aten::conv2d.padding', batchNorm: 'aten::batch_norm', linear: 'aten::linear', matmul: 'aten::matmul',
+  // kshare's depthwise convolution (native/depthwise_conv.cc; conv2d routes to it where it applies)
+  depthwiseConv2d: 'kshare::depthwise_conv2d', depthwiseConv2dBackward: 'kshare::depthwise_conv2d_backward',
   adaptiveAvgPool2d: 'aten::adaptive_avg_pool2d', avgPool2d: 'aten::avg_pool2d', maxPool2d: 'aten::max_pool2d',
   dropout: 'aten::dropout', softmax: 'aten::softmax.int', logSoftmax: 'aten::log_softmax.int',
   nllLoss: 'aten::nll_loss', crossEntropy: 'aten::cross_entropy_loss', gridSampler2d: 'aten::grid_sampler',
   affineGrid: 'aten::affine_grid_generator', interpolateBilinear: 'aten::upsample_bilinear2d',
-  // kshare's own CPU kernels (native/*.cc, registered with libtorch's dispatcher)
-  depthwiseConv2d: 'kshare::depthwise_conv2d', depthwiseConv2dBackward: 'kshare::depthwise_conv2d_backward',
   // multi-tensor (optimizers)
   foreachMulScalar_: 'aten::_foreach_mul_.Scalar', foreachAddList_: 'aten::_foreach_add_.List',
   foreachAddScalar_: 'aten::_foreach_add_.Scalar', foreachAddcmulScalar_: 'aten::_foreach_addcmul_.Scalar',
