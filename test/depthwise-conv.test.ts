@@ -8,6 +8,7 @@ import * as t from '../src/tensor/index.js';
 import type { Tensor } from '../src/tensor/index.js';
 import { runKernel } from '../src/tensor/kernels.js';
 import { wrap } from '../src/tensor/tensor.js';
+import { withTracer } from '../src/tensor/trace.js';
 import { createModel } from '../src/models/registry.js';
 import { runPython, encode, decodeF32, maxRelError, type Encoded } from './helpers/python.js';
 
@@ -182,6 +183,10 @@ test('conv2d routes depthwise convolutions to the kshare kernel only where it ap
       const gen = () => { t.manualSeed(7); return fn(); };
       assert.deepEqual(t.to(gen(), 'float32').toFloat32Array(), t.to(libtorch(gen), 'float32').toFloat32Array(), name);
     }
+    // While tracing (ONNX export), libtorch's conv2d, which the exporter maps.
+    const traced: string[] = [];
+    withTracer((c) => traced.push(c.kernel), () => t.conv2d(x, w, b, { padding: 2, groups: 6 }));
+    assert.deepEqual(traced, ['conv2d']);
     // Under CPU autocast the convolution runs in bfloat16 through libtorch, as before.
     const ac = t.autocast({ device: 'cpu', dtype: 'bfloat16' }, () => t.conv2d(x, w, b, { padding: 2, groups: 6 }));
     assert.equal(ac.dtype, 'bfloat16');

@@ -1,6 +1,7 @@
 // 2-D convolution.
 import { runKernel } from '../kernels.js';
 import { autocastActive, nativeKernelsEnabled } from '../runtime.js';
+import { isTracing } from '../trace.js';
 import { Tensor, wrap } from '../tensor.js';
 import { tensorArg, optTensorArg, rankArg, floatArg, sameDevice, pairArg, intArg, ShapeError, describe, optionsArg } from '../validate.js';
 
@@ -63,12 +64,13 @@ export function conv2d(x: Tensor, weight: Tensor, bias: Tensor | null = null, o:
  * Whether a convolution runs as kshare's depthwise kernel (native/depthwise_conv.cc, an
  * autograd operator): CPU float32 outside autocast, one filter per channel (groups = in =
  * out channels, weight [C, 1, kh, kw]) of odd size, stride 1, "same" padding (`pad` null
- * means 'same'). Everything else, and everything with KSHARE_NATIVE_KERNELS=0, goes to
- * libtorch's conv2d.
+ * means 'same'), not while tracing. Everything else, and everything with
+ * KSHARE_NATIVE_KERNELS=0, goes to libtorch's conv2d.
  */
 function useNativeDepthwise(x: Tensor, weight: Tensor, bias: Tensor | null, groups: number, stride: [number, number],
   pad: [number, number] | null, dilation: [number, number]): boolean {
-  if (!nativeKernelsEnabled() || x.device !== 'cpu' || autocastActive('cpu')) return false;
+  // While tracing (ONNX export) the trace must show aten's conv2d, which the exporter maps.
+  if (!nativeKernelsEnabled() || x.device !== 'cpu' || autocastActive('cpu') || isTracing()) return false;
   if (x.dtype !== 'float32' || weight.dtype !== 'float32' || (bias && bias.dtype !== 'float32')) return false;
   const c = x.shape[1]!;
   const [oc, icg, kh, kw] = weight.shape as [number, number, number, number];
