@@ -27,7 +27,12 @@ const ROOT = (() => {
   throw new Error('depthwise: cannot find the repository root');
 })();
 
-interface Shape { n: number; c: number; hw: number; k: number }
+interface Shape {
+  n: number;
+  c: number;
+  hw: number;
+  k: number;
+}
 const SHAPES: { label: string; s: Shape }[] = [
   { label: '(32,64,16,16) k5', s: { n: 32, c: 64, hw: 16, k: 5 } },
   { label: '(8,256,32,32) k9', s: { n: 8, c: 256, hw: 32, k: 9 } },
@@ -35,7 +40,9 @@ const SHAPES: { label: string; s: Shape }[] = [
 type Kernel = 'forward' | 'grad input' | 'grad weight' | 'backward';
 const KERNELS: Kernel[] = ['forward', 'grad input', 'grad weight', 'backward'];
 const MASKS: Record<Exclude<Kernel, 'forward'>, [boolean, boolean, boolean]> = {
-  'grad input': [true, false, false], 'grad weight': [false, true, false], backward: [true, true, true],
+  'grad input': [true, false, false],
+  'grad weight': [false, true, false],
+  backward: [true, true, true],
 };
 
 /** The PyTorch side of one case: tensors made from the same seed there, run() times one call. */
@@ -61,10 +68,12 @@ function kshareCase(s: Shape, cl: boolean, kernel: Kernel): { run: () => void; d
   const fmt = (v: Tensor) => (cl ? t.contiguous(v, 'channels_last') : v);
   const x = t.tidy(() => fmt(t.randn([s.n, s.c, s.hw, s.hw])));
   const gy = t.tidy(() => fmt(t.randn([s.n, s.c, s.hw, s.hw])));
-  const w = t.randn([s.c, 1, s.k, s.k]), b = t.randn([s.c]);
-  const run = kernel === 'forward'
-    ? () => native.dispose(runKernel('bench', 'depthwiseConv2d', [x.handle, w.handle, b.handle, [1, 1]]) as never)
-    : () => runKernelInPlace('bench', 'depthwiseConv2dBackward', [gy.handle, x.handle, w.handle, [1, 1], MASKS[kernel]]);
+  const w = t.randn([s.c, 1, s.k, s.k]),
+    b = t.randn([s.c]);
+  const run =
+    kernel === 'forward'
+      ? () => native.dispose(runKernel('bench', 'depthwiseConv2d', [x.handle, w.handle, b.handle, [1, 1]]) as never)
+      : () => runKernelInPlace('bench', 'depthwiseConv2dBackward', [gy.handle, x.handle, w.handle, [1, 1], MASKS[kernel]]);
   return { run: () => t.noGrad(run), dispose: () => t.dispose([x, gy, w, b]) };
 }
 
@@ -77,7 +86,8 @@ async function main(): Promise<void> {
     .option('--reps <n>', 'timed calls per side and round', '10')
     .option('--only <text>', 'only cases whose name contains text')
     .option('--out <file>', 'where to write the JSON', path.join(ROOT, 'bench', 'results', 'depthwise.json'))
-    .parse().opts<{ threads: string; rounds: string; reps: string; only?: string; out: string }>();
+    .parse()
+    .opts<{ threads: string; rounds: string; reps: string; only?: string; out: string }>();
   const opts = { rounds: Number(o.rounds), reps: Number(o.reps), warmup: 3 };
   const rows: (PairedRow & { threads: number })[] = [];
   let torchVersion = '';
@@ -95,7 +105,9 @@ async function main(): Promise<void> {
             try {
               const row = await timePaired(ref, { name, kshare: k.run, reference: referenceCode(s, cl, kernel) }, opts);
               rows.push({ ...row, threads });
-              console.log(`${name.padEnd(62)} kshare ${row.kshareMs.toFixed(3).padStart(8)} ms  torch ${row.referenceMs.toFixed(3).padStart(8)} ms  x${row.ratio.toFixed(2).padStart(6)}   (cpu ${row.kshareCpuMs.toFixed(3)} / ${row.referenceCpuMs.toFixed(3)} ms)`);
+              console.log(
+                `${name.padEnd(62)} kshare ${row.kshareMs.toFixed(3).padStart(8)} ms  torch ${row.referenceMs.toFixed(3).padStart(8)} ms  x${row.ratio.toFixed(2).padStart(6)}   (cpu ${row.kshareCpuMs.toFixed(3)} / ${row.referenceCpuMs.toFixed(3)} ms)`,
+              );
             } finally {
               k.dispose();
             }
@@ -106,11 +118,20 @@ async function main(): Promise<void> {
       ref.close();
     }
   }
-  const blas = (() => { try { return realpathSync('/usr/lib/x86_64-linux-gnu/libblas.so.3'); } catch { return 'unknown'; } })();
+  const blas = (() => {
+    try {
+      return realpathSync('/usr/lib/x86_64-linux-gnu/libblas.so.3');
+    } catch {
+      return 'unknown';
+    }
+  })();
   const out = {
-    machine: `${os.cpus()[0]?.model ?? '?'} x${os.cpus().length}`, torch: torchVersion, blas,
+    machine: `${os.cpus()[0]?.model ?? '?'} x${os.cpus().length}`,
+    torch: torchVersion,
+    blas,
     command: `node dist/bench/depthwise.js ${process.argv.slice(2).join(' ')}`.trim(),
-    method: `paired rounds (${opts.rounds} x ${opts.reps} calls a side), medians of wall-clock and process CPU time; ` +
+    method:
+      `paired rounds (${opts.rounds} x ${opts.reps} calls a side), medians of wall-clock and process CPU time; ` +
       'reference OMP_WAIT_POLICY unset at 1 thread, PASSIVE above (bench/paired.ts), kshare PASSIVE',
     rows,
   };

@@ -22,7 +22,10 @@ const SERVER = (() => {
   throw new Error('paired: cannot find bench/reference_server.py');
 })();
 
-interface Timings { wallMs: number[]; cpuMs: number[] }
+interface Timings {
+  wallMs: number[];
+  cpuMs: number[];
+}
 
 /** The PyTorch side: a python3-torch process that defines and times workloads on request. */
 export class ReferenceServer {
@@ -31,7 +34,9 @@ export class ReferenceServer {
 
   private constructor(private readonly child: ChildProcessWithoutNullStreams) {
     createInterface({ input: child.stdout }).on('line', (line) => this.pending.shift()?.resolve(line));
-    child.stderr.on('data', (d: Buffer) => { this.stderr += d.toString(); });
+    child.stderr.on('data', (d: Buffer) => {
+      this.stderr += d.toString();
+    });
     child.on('exit', (code) => {
       const e = new Error(`paired: ${PYTHON} ${SERVER} exited (${code}):\n${this.stderr}`);
       for (const p of this.pending.splice(0)) p.reject(e);
@@ -124,21 +129,31 @@ function timeLocal(fn: () => void, reps: number): Timings {
 
 /** Times one case, alternating kshare and PyTorch; medians of all timed calls. */
 export async function timePaired(ref: ReferenceServer, c: PairedCase, o: PairedOptions = {}): Promise<PairedRow> {
-  const rounds = o.rounds ?? 5, reps = o.reps ?? 20, warmup = o.warmup ?? 3;
+  const rounds = o.rounds ?? 5,
+    reps = o.reps ?? 20,
+    warmup = o.warmup ?? 3;
   const id = `case${caseCount++}`;
   await ref.request({ op: 'define', name: id, code: c.reference });
   timeLocal(c.kshare, warmup);
   await ref.request({ op: 'time', name: id, reps: warmup });
-  const k: Timings = { wallMs: [], cpuMs: [] }, r: Timings = { wallMs: [], cpuMs: [] };
+  const k: Timings = { wallMs: [], cpuMs: [] },
+    r: Timings = { wallMs: [], cpuMs: [] };
   for (let i = 0; i < rounds; i++) {
     const a = timeLocal(c.kshare, reps);
     const b = await ref.request<Timings>({ op: 'time', name: id, reps });
-    k.wallMs.push(...a.wallMs); k.cpuMs.push(...a.cpuMs);
-    r.wallMs.push(...b.wallMs); r.cpuMs.push(...b.cpuMs);
+    k.wallMs.push(...a.wallMs);
+    k.cpuMs.push(...a.cpuMs);
+    r.wallMs.push(...b.wallMs);
+    r.cpuMs.push(...b.cpuMs);
   }
-  const kshareMs = median(k.wallMs), referenceMs = median(r.wallMs);
+  const kshareMs = median(k.wallMs),
+    referenceMs = median(r.wallMs);
   return {
-    name: c.name, kshareMs: round(kshareMs, 4), referenceMs: round(referenceMs, 4), ratio: round(referenceMs / kshareMs, 3),
-    kshareCpuMs: round(median(k.cpuMs), 4), referenceCpuMs: round(median(r.cpuMs), 4),
+    name: c.name,
+    kshareMs: round(kshareMs, 4),
+    referenceMs: round(referenceMs, 4),
+    ratio: round(referenceMs / kshareMs, 3),
+    kshareCpuMs: round(median(k.cpuMs), 4),
+    referenceCpuMs: round(median(r.cpuMs), 4),
   };
 }

@@ -6,7 +6,7 @@
 // a side), any dilation, NCHW or channels-last input (the output keeps the input's format).
 // Grad input is the forward pass with the kernel flipped (stride 1, symmetric padding); grad
 // weight correlates the padded input with grad output. Both run on dense zero-padded slices
-// (native/depthwise_conv_kernels.inc), vectorised 8 floats wide: AVX2/FMA where the CPU has
+// (native/depthwise_conv_kernels.h), vectorised 8 floats wide: AVX2/FMA where the CPU has
 // it (checked at run time), portable code otherwise. Work is split over batch x channels
 // (channels for the weight gradient, which sums over the batch) with at::parallel_for.
 // Channels-last forward and grad input go to libtorch's convolution (oneDNN), which measured
@@ -58,7 +58,7 @@ static inline V load(const float* p) {
 static inline void store(float* p, const V& v) { __builtin_memcpy(p, &v, sizeof(V)); }
 static inline V fma(const V& a, const V& b, const V& c) { return a * b + c; }
 static inline V vzero() { return V{0, 0, 0, 0, 0, 0, 0, 0}; }
-#include "depthwise_conv_kernels.inc"
+#include "depthwise_conv_kernels.h"
 }  // namespace generic
 
 #pragma GCC push_options
@@ -69,7 +69,7 @@ static inline V load(const float* p) { return _mm256_loadu_ps(p); }
 static inline void store(float* p, V v) { _mm256_storeu_ps(p, v); }
 static inline V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
 static inline V vzero() { return _mm256_setzero_ps(); }
-#include "depthwise_conv_kernels.inc"
+#include "depthwise_conv_kernels.h"
 }  // namespace avx2
 #pragma GCC pop_options
 

@@ -15,7 +15,16 @@ import { runPython, encode, decodeF32, maxRelError, type Encoded } from './helpe
 const TOL = 1e-5;
 process.env.KSHARE_NATIVE_POISON = '1';
 
-interface Shape { n: number; c: number; h: number; w: number; k: number | [number, number]; d?: number | [number, number]; bias: boolean; cl: boolean }
+interface Shape {
+  n: number;
+  c: number;
+  h: number;
+  w: number;
+  k: number | [number, number];
+  d?: number | [number, number];
+  bias: boolean;
+  cl: boolean;
+}
 
 const SHAPES: Shape[] = [
   { n: 2, c: 5, h: 9, w: 9, k: 3, bias: true, cl: false },
@@ -37,9 +46,15 @@ const SHAPES: Shape[] = [
 ];
 
 const pair = (v: number | [number, number]): [number, number] => (typeof v === 'number' ? [v, v] : v);
-const label = (s: Shape) => `(${s.n},${s.c},${s.h},${s.w}) k${pair(s.k).join('x')} d${pair(s.d ?? 1).join('x')} ${s.cl ? 'channels-last' : 'NCHW'}${s.bias ? ' +bias' : ''}`;
+const label = (s: Shape) =>
+  `(${s.n},${s.c},${s.h},${s.w}) k${pair(s.k).join('x')} d${pair(s.d ?? 1).join('x')} ${s.cl ? 'channels-last' : 'NCHW'}${s.bias ? ' +bias' : ''}`;
 
-interface Data { x: Tensor; w: Tensor; b: Tensor | null; r: Tensor }
+interface Data {
+  x: Tensor;
+  w: Tensor;
+  b: Tensor | null;
+  r: Tensor;
+}
 
 function makeData(s: Shape, seed: number): Data {
   const gen = new t.Generator(seed);
@@ -53,29 +68,53 @@ function makeData(s: Shape, seed: number): Data {
   return { x, w: t.randn([s.c, 1, kh, kw], { generator: gen }), b: s.bias ? t.randn([s.c], { generator: gen }) : null, r };
 }
 
-interface Result { y: Float32Array; gx: Float32Array; gw: Float32Array; gb: Float32Array | null; yChannelsLast: boolean }
+interface Result {
+  y: Float32Array;
+  gx: Float32Array;
+  gw: Float32Array;
+  gb: Float32Array | null;
+  yChannelsLast: boolean;
+}
 
 /** Which kernels: the portable ones instead of AVX2; kshare's own channels-last forward and grad input instead of oneDNN's. */
-interface Variant { isa?: 'generic'; cl?: 'kshare' }
+interface Variant {
+  isa?: 'generic';
+  cl?: 'kshare';
+}
 
 /** conv2d (routed or not, per KSHARE_NATIVE_KERNELS), then the gradients of sum(y * r). */
 function run(s: Shape, data: Data, native: boolean, variant: Variant = {}): Result {
-  const env: Record<string, string> = { KSHARE_NATIVE_KERNELS: native ? '1' : '0', KSHARE_NATIVE_ISA: variant.isa ?? '', KSHARE_NATIVE_DEPTHWISE_CL: variant.cl ?? '' };
+  const env: Record<string, string> = {
+    KSHARE_NATIVE_KERNELS: native ? '1' : '0',
+    KSHARE_NATIVE_ISA: variant.isa ?? '',
+    KSHARE_NATIVE_DEPTHWISE_CL: variant.cl ?? '',
+  };
   const prev = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]));
   Object.assign(process.env, env);
   try {
     return t.tidy(() => {
-      const x = data.x.detach(), w = data.w.detach(), b = data.b?.detach() ?? null;
+      const x = data.x.detach(),
+        w = data.w.detach(),
+        b = data.b?.detach() ?? null;
       for (const v of [x, w, b]) if (v) v.requiresGrad = true;
-      const d = pair(s.d ?? 1), [kh, kw] = pair(s.k);
-      const y = t.conv2d(x, w, b, { padding: [d[0] * (kh - 1) / 2, d[1] * (kw - 1) / 2], dilation: d, groups: s.c });
+      const d = pair(s.d ?? 1),
+        [kh, kw] = pair(s.k);
+      const y = t.conv2d(x, w, b, { padding: [(d[0] * (kh - 1)) / 2, (d[1] * (kw - 1)) / 2], dilation: d, groups: s.c });
       t.sum(t.mul(y, data.r)).backward();
-      const out = { y: y.toFloat32Array(), gx: x.grad!.toFloat32Array(), gw: w.grad!.toFloat32Array(), gb: b ? b.grad!.toFloat32Array() : null, yChannelsLast: t.isContiguous(y, 'channels_last') && !t.isContiguous(y) };
+      const out = {
+        y: y.toFloat32Array(),
+        gx: x.grad!.toFloat32Array(),
+        gw: w.grad!.toFloat32Array(),
+        gb: b ? b.grad!.toFloat32Array() : null,
+        yChannelsLast: t.isContiguous(y, 'channels_last') && !t.isContiguous(y),
+      };
       for (const v of [x, w, b]) v?.grad?.dispose();
       return out;
     });
   } finally {
-    for (const [k, v] of Object.entries(prev)) if (v === undefined) delete process.env[k]; else process.env[k] = v;
+    for (const [k, v] of Object.entries(prev))
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
   }
 }
 
@@ -133,16 +172,25 @@ const enc = (x: Tensor): Encoded => encode(x.toFloat32Array(), x.shape);
 test('depthwise conv2d matches python3-torch, including a kernel shared by two layers', () => {
   const cases = SHAPES.map((s, i) => ({ s, data: makeData(s, 500 + i), twice: i % 3 === 0 }));
   const payload = cases.map(({ s, data, twice }) => ({
-    x: enc(data.x), w: enc(data.w), r: enc(data.r), ...(data.b ? { b: enc(data.b) } : {}), cl: s.cl, d: pair(s.d ?? 1), twice,
+    x: enc(data.x),
+    w: enc(data.w),
+    r: enc(data.r),
+    ...(data.b ? { b: enc(data.b) } : {}),
+    cl: s.cl,
+    d: pair(s.d ?? 1),
+    twice,
   }));
   const ref = runPython<{ y: Encoded; gx: Encoded; gw: Encoded; gb: Encoded | null }[]>(PY, { cases: payload });
   cases.forEach(({ s, data, twice }, i) => {
     const name = `${label(s)}${twice ? ' used twice' : ''}`;
     const got = t.tidy(() => {
-      const x = data.x.detach(), w = data.w.detach(), b = data.b?.detach() ?? null;
+      const x = data.x.detach(),
+        w = data.w.detach(),
+        b = data.b?.detach() ?? null;
       for (const v of [x, w, b]) if (v) v.requiresGrad = true;
-      const d = pair(s.d ?? 1), [kh, kw] = pair(s.k);
-      const o = { padding: [d[0] * (kh - 1) / 2, d[1] * (kw - 1) / 2] as [number, number], dilation: d, groups: s.c };
+      const d = pair(s.d ?? 1),
+        [kh, kw] = pair(s.k);
+      const o = { padding: [(d[0] * (kh - 1)) / 2, (d[1] * (kw - 1)) / 2] as [number, number], dilation: d, groups: s.c };
       let y = t.conv2d(x, w, b, o);
       if (twice) y = t.conv2d(y, w, b, o);
       t.sum(t.mul(y, data.r)).backward();
@@ -161,7 +209,9 @@ test('depthwise conv2d matches python3-torch, including a kernel shared by two l
 
 test('conv2d routes depthwise convolutions to the kshare kernel only where it applies', () => {
   t.tidy(() => {
-    const x = t.randn([2, 6, 9, 9]), w = t.randn([6, 1, 5, 5]), b = t.randn([6]);
+    const x = t.randn([2, 6, 9, 9]),
+      w = t.randn([6, 1, 5, 5]),
+      b = t.randn([6]);
     const direct = t.tidy(() => wrap(runKernel('test', 'depthwiseConv2d', [x.handle, w.handle, b.handle, [1, 1]])));
     const same = (a: Tensor, c: Tensor) => assert.deepEqual(a.toFloat32Array(), c.toFloat32Array());
     // Routed: bit-identical to the kshare operator.
@@ -170,7 +220,11 @@ test('conv2d routes depthwise convolutions to the kshare kernel only where it ap
     // Not routed: bit-identical to libtorch's conv2d (KSHARE_NATIVE_KERNELS=0).
     const libtorch = (fn: () => Tensor) => {
       process.env.KSHARE_NATIVE_KERNELS = '0';
-      try { return fn(); } finally { delete process.env.KSHARE_NATIVE_KERNELS; }
+      try {
+        return fn();
+      } finally {
+        delete process.env.KSHARE_NATIVE_KERNELS;
+      }
     };
     const cases: [string, () => Tensor][] = [
       ['stride 2', () => t.conv2d(x, w, b, { padding: 2, groups: 6, stride: 2 })],
@@ -180,12 +234,18 @@ test('conv2d routes depthwise convolutions to the kshare kernel only where it ap
       ['float64', () => t.conv2d(t.to(x, 'float64'), t.to(w, 'float64'), null, { padding: 2, groups: 6 })],
     ];
     for (const [name, fn] of cases) {
-      const gen = () => { t.manualSeed(7); return fn(); };
+      const gen = () => {
+        t.manualSeed(7);
+        return fn();
+      };
       assert.deepEqual(t.to(gen(), 'float32').toFloat32Array(), t.to(libtorch(gen), 'float32').toFloat32Array(), name);
     }
     // While tracing (ONNX export), libtorch's conv2d, which the exporter maps.
     const traced: string[] = [];
-    withTracer((c) => traced.push(c.kernel), () => t.conv2d(x, w, b, { padding: 2, groups: 6 }));
+    withTracer(
+      (c) => traced.push(c.kernel),
+      () => t.conv2d(x, w, b, { padding: 2, groups: 6 }),
+    );
     assert.deepEqual(traced, ['conv2d']);
     // Under CPU autocast the convolution runs in bfloat16 through libtorch, as before.
     const ac = t.autocast({ device: 'cpu', dtype: 'bfloat16' }, () => t.conv2d(x, w, b, { padding: 2, groups: 6 }));
@@ -216,7 +276,12 @@ test('ConvMixer (shared kernels) trains the same through the kshare kernel and t
       const m = createModel('convmixer_64_4_k5_p2_shared', { classes: 10 });
       const x = t.randn([2, 3, 32, 32]);
       const y = t.tensor(BigInt64Array.from([1, 7], BigInt), [2]);
-      const step = () => t.tidy(() => { const l = t.crossEntropy(m.train(true).forward(x), y); l.backward(); return l.item(); });
+      const step = () =>
+        t.tidy(() => {
+          const l = t.crossEntropy(m.train(true).forward(x), y);
+          l.backward();
+          return l.item();
+        });
       const loss = step();
       const live = t.liveTensors();
       step(); // gradients accumulate into the same tensors: nothing new stays alive
@@ -229,7 +294,8 @@ test('ConvMixer (shared kernels) trains the same through the kshare kernel and t
       delete process.env.KSHARE_NATIVE_KERNELS;
     }
   };
-  const a = train(true), b = train(false);
+  const a = train(true),
+    b = train(false);
   assert.ok(Math.abs(a.loss - b.loss) <= 1e-5 * Math.abs(b.loss), `loss ${a.loss} vs ${b.loss}`);
   a.grads.forEach((g, i) => assertClose(`parameter ${i} grad`, g, b.grads[i]!));
 });

@@ -67,15 +67,22 @@ export function conv2d(x: Tensor, weight: Tensor, bias: Tensor | null = null, o:
  * means 'same'), not while tracing. Everything else, and everything with
  * KSHARE_NATIVE_KERNELS=0, goes to libtorch's conv2d.
  */
-function useNativeDepthwise(x: Tensor, weight: Tensor, bias: Tensor | null, groups: number, stride: [number, number],
-  pad: [number, number] | null, dilation: [number, number]): boolean {
+function useNativeDepthwise(
+  x: Tensor,
+  weight: Tensor,
+  bias: Tensor | null,
+  groups: number,
+  stride: [number, number],
+  pad: [number, number] | null,
+  dilation: [number, number],
+): boolean {
   // While tracing (ONNX export) the trace must show aten's conv2d, which the exporter maps.
   if (!nativeKernelsEnabled() || x.device !== 'cpu' || autocastActive('cpu') || isTracing()) return false;
   if (x.dtype !== 'float32' || weight.dtype !== 'float32' || (bias && bias.dtype !== 'float32')) return false;
   const c = x.shape[1]!;
   const [oc, icg, kh, kw] = weight.shape as [number, number, number, number];
   if (groups !== c || oc !== c || icg !== 1 || kh % 2 === 0 || kw % 2 === 0 || stride[0] !== 1 || stride[1] !== 1) return false;
-  return pad === null || (pad[0] === dilation[0] * (kh - 1) / 2 && pad[1] === dilation[1] * (kw - 1) / 2);
+  return pad === null || (pad[0] === (dilation[0] * (kh - 1)) / 2 && pad[1] === (dilation[1] * (kw - 1)) / 2);
 }
 
 function depthwise(x: Tensor, weight: Tensor, bias: Tensor | null, dilation: [number, number]): Tensor {

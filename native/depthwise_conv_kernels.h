@@ -1,6 +1,7 @@
 // Inner loops of the depthwise convolution (native/depthwise_conv.cc), included twice: once
 // for the portable build and once under `#pragma GCC target("avx2,fma")`. The includer
 // defines V (8 floats), load, store, fma and vzero for its instruction set.
+// No include guard: it is meant to be included twice.
 //
 // Both kernels work on dense, zero-padded slices prepared by the caller, so they need no
 // bounds checks: a slice is `rows` rows of vectors of 8 floats; "vector (y, v)" starts at
