@@ -55,9 +55,27 @@ export function autocast<T>(o: AutocastOptions, fn: () => T): T {
   if (o.device === 'cpu' && o.dtype !== 'bfloat16') throw new TypeError(`autocast: on CPU only bfloat16 is supported, got ${o.dtype}`);
   if (o.dtype !== 'float16' && o.dtype !== 'bfloat16') throw new TypeError(`autocast: dtype must be float16 or bfloat16, got ${o.dtype}`);
   const prev = native.setAutocast(o.device, true, dtypeCode(o.dtype));
+  autocastDepth[o.device]++;
   try {
     return fn();
   } finally {
+    autocastDepth[o.device]--;
     native.setAutocast(o.device, prev, dtypeCode(o.dtype));
   }
+}
+
+const autocastDepth = { cpu: 0, cuda: 0 };
+
+/** Whether `autocast` is active for the device (kshare's own kernels step aside then). */
+export function autocastActive(device: 'cpu' | 'cuda'): boolean {
+  return autocastDepth[device] > 0;
+}
+
+/**
+ * Whether kshare's own CPU kernels (native/, e.g. the fused bias + GELU + BatchNorm) may be
+ * used where they apply. `KSHARE_NATIVE_KERNELS=0` forces libtorch's ops everywhere (for
+ * comparisons and as an escape hatch); read on every call so it can be flipped at run time.
+ */
+export function nativeKernelsEnabled(): boolean {
+  return process.env.KSHARE_NATIVE_KERNELS !== '0';
 }
