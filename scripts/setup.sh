@@ -41,7 +41,8 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
   ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund
 fi
 
-if [ ! -f native/build/kshare.node ] || [ -n "$(find native -maxdepth 1 \( -name "*.cc" -o -name "*.h" -o -name build.sh \) -newer native/build/kshare.node)" ]; then
+# Rebuild when any native source (native/*.cc, *.inc, *.h, build.sh) is newer than the addon.
+if [ ! -f native/build/kshare.node ] || [ -n "$(find native -maxdepth 1 -type f \( -name '*.cc' -o -name '*.inc' -o -name '*.h' -o -name build.sh \) -newer native/build/kshare.node)" ]; then
   echo "setup: building the native addon against libtorch"
   bash native/build.sh
 fi
