@@ -297,22 +297,24 @@ Grads backwardImpl(const at::Tensor& dyIn, const at::Tensor& xIn, const at::Tens
     return {dx, dbias, dweight, dbnBias};
   }
 
-  // Training: pass 1 recomputes gelu (into dx) and gelu' (into scratch) and reduces sum(dy),
-  // sum(dy * xhat); pass 2 forms dx in place and reduces sum(dx).
-  at::Tensor scratch = at::empty_like(x, x.options().memory_format(g.fmt));
-  float* sp = scratch.data_ptr<float>();
+  // Training: pass 1 recomputes gelu and gelu' (kept for pass 2) and reduces sum(dy),
+  // sum(dy * xhat); pass 2 forms dx and reduces sum(dx).
   if (!g.cl) {
     at::parallel_for(0, C, 1, [&](int64_t b, int64_t e) {
+      // gelu and gelu' of one channel go to a contiguous buffer, not to tensors laid out like x:
+      // x's N planes of a channel are C * H * W floats apart, and 4 such streams alias in cache.
+      std::vector<float> buf(2 * M);
+      float *gb = buf.data(), *dgb = gb + M;
       for (int64_t c = b; c < e; c++) {
         double sdy = 0, sdyx = 0, sdz = 0;
         for (int64_t n = 0; n < N; n++) {
           int64_t o = (n * C + c) * HW;
-          K.bwdPass1.nchw(xp + o, dyp + o, dxp + o, sp + o, HW, bp + c, mp + c, isp + c, nullptr, &sdy, nullptr, &sdyx);
+          K.bwdPass1.nchw(xp + o, dyp + o, gb + n * HW, dgb + n * HW, HW, bp + c, mp + c, isp + c, nullptr, &sdy, nullptr, &sdyx);
         }
         float mdy = static_cast<float>(sdy / M), mdyx = static_cast<float>(sdyx / M);
         for (int64_t n = 0; n < N; n++) {
           int64_t o = (n * C + c) * HW;
-          K.bwdPass2.nchw(dyp + o, dxp + o, sp + o, dxp + o, HW, &k1[c], &mdy, &mdyx, mp + c, isp + c, nullptr, &sdz);
+          K.bwdPass2.nchw(dyp + o, gb + n * HW, dgb + n * HW, dxp + o, HW, &k1[c], &mdy, &mdyx, mp + c, isp + c, nullptr, &sdz);
         }
         dbbp[c] = static_cast<float>(sdy);
         dwp[c] = static_cast<float>(sdyx);
@@ -320,6 +322,8 @@ Grads backwardImpl(const at::Tensor& dyIn, const at::Tensor& xIn, const at::Tens
       }
     });
   } else {
+    at::Tensor scratch = at::empty_like(x, x.options().memory_format(g.fmt));
+    float* sp = scratch.data_ptr<float>();
     std::vector<float> acc(2 * nb * C, 0.0f), accDz(nb * C, 0.0f);
     at::parallel_for(0, nb, 1, [&](int64_t b, int64_t e) {
       for (int64_t k = b; k < e; k++) {
