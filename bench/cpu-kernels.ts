@@ -17,7 +17,9 @@
 // - ConvMixer-256/16 shared inference at batch 1 and 32 against onnxruntime-node (its default
 //   graph optimisations, the exported model, intra-op threads = --threads): referenceMs is ORT.
 // Every row runs for each of --threads (default "1,2"); kshare and the reference alternate
-// --rounds times and the medians of all timed iterations are reported.
+// --rounds times and the medians of all timed iterations are reported: wall-clock time
+// (kshareMs, referenceMs, ratio) and process CPU time (kshareCpuMs, referenceCpuMs, cpuRatio),
+// which is the steadier comparison on a machine shared with other work.
 import os from 'node:os';
 import path from 'node:path';
 import { mkdirSync, writeFileSync, renameSync } from 'node:fs';
@@ -99,23 +101,34 @@ function kshareKernel(row: KernelRow): { run: () => void; dispose: () => void } 
  * Backward rows: clearing the gradients is part of `run` but costs microseconds; PyTorch's
  * torch.autograd.grad does not accumulate, so both sides compute the same gradients.
  */
-function timeKshareKernels(rows: KernelRow[], warmup: number, iters: number): Map<string, number[]> {
-  const out = new Map<string, number[]>();
+function timeKshareKernels(rows: KernelRow[], warmup: number, iters: number): Map<string, Samples> {
+  const out = new Map<string, Samples>();
   for (const row of rows) {
     const k = kshareKernel(row);
-    const samples: number[] = [];
-    for (let i = 0; i < warmup + iters; i++) {
-      const t0 = performance.now();
-      k.run();
-      if (i >= warmup) samples.push(performance.now() - t0);
-    }
+    out.set(row.name, timed(k.run, warmup, iters));
     k.dispose();
-    out.set(row.name, samples);
   }
   return out;
 }
 
-async function timeKshareModel(row: ModelRow, warmup: number, iters: number): Promise<number[]> {
+interface Samples { wall: number[]; cpu: number[] }
+
+/** Wall-clock and process CPU time (ms) of each of `iters` calls after `warmup` untimed ones. */
+function timed(fn: () => void, warmup: number, iters: number): Samples {
+  const s: Samples = { wall: [], cpu: [] };
+  for (let i = 0; i < warmup + iters; i++) {
+    const t0 = performance.now(), c0 = process.cpuUsage();
+    fn();
+    const c = process.cpuUsage(c0);
+    if (i >= warmup) {
+      s.wall.push(performance.now() - t0);
+      s.cpu.push((c.user + c.system) / 1000);
+    }
+  }
+  return s;
+}
+
+function timeKshareModel(row: ModelRow, warmup: number, iters: number): Samples {
   const model = createModel(row.model, { classes: CLASSES });
   const gen = new t.Generator(1);
   const x = t.randn([row.batch, 3, 32, 32], { generator: gen });
@@ -125,13 +138,8 @@ async function timeKshareModel(row: ModelRow, warmup: number, iters: number): Pr
   const step = row.mode === 'step'
     ? () => { t.tidy(() => t.crossEntropy(model.forward(x), y).backward()); opt.step(); opt.zeroGrad(); }
     : () => t.noGrad(() => t.tidy(() => { model.forward(x); }));
-  const samples: number[] = [];
   const live = t.liveTensors();
-  for (let i = 0; i < warmup + iters; i++) {
-    const t0 = performance.now();
-    step();
-    if (i >= warmup) samples.push(performance.now() - t0);
-  }
+  const samples = timed(step, warmup, iters);
   if (row.mode === 'forward' && t.liveTensors() !== live) throw new Error(`cpu-kernels: ${row.name} leaked ${t.liveTensors() - live} tensors`);
   opt.dispose();
   model.dispose();
@@ -141,7 +149,7 @@ async function timeKshareModel(row: ModelRow, warmup: number, iters: number): Pr
 
 const ortSessions = new Map<string, ort.InferenceSession>();
 
-async function timeOrt(row: ModelRow, threads: number, warmup: number, iters: number): Promise<number[]> {
+async function timeOrt(row: ModelRow, threads: number, warmup: number, iters: number): Promise<Samples> {
   const key = `${row.model}/${threads}`;
   let s = ortSessions.get(key);
   if (!s) {
@@ -153,24 +161,31 @@ async function timeOrt(row: ModelRow, threads: number, warmup: number, iters: nu
     ortSessions.set(key, s);
   }
   const input = new ort.Tensor('float32', Float32Array.from({ length: row.batch * 3 * 32 * 32 }, (_, i) => Math.sin(i)), [row.batch, 3, 32, 32]);
-  const samples: number[] = [];
+  const samples: Samples = { wall: [], cpu: [] };
   for (let i = 0; i < warmup + iters; i++) {
-    const t0 = performance.now();
+    const t0 = performance.now(), c0 = process.cpuUsage();
     await s.run({ [s.inputNames[0]!]: input });
-    if (i >= warmup) samples.push(performance.now() - t0);
+    const c = process.cpuUsage(c0);
+    if (i >= warmup) {
+      samples.wall.push(performance.now() - t0);
+      samples.cpu.push((c.user + c.system) / 1000);
+    }
   }
   return samples;
 }
 
-interface StepReference { torch: string; threads: number; samplesMs: number[] }
-interface KernelReference { torch: string; threads: number; samplesMs: Record<string, number[]> }
+interface StepReference { torch: string; threads: number; samplesMs: number[]; cpuSamplesMs: number[] }
+interface KernelReference { torch: string; threads: number; samplesMs: Record<string, number[]>; cpuSamplesMs: Record<string, number[]> }
 
 function referenceModel(row: ModelRow, threads: number, warmup: number, iters: number): StepReference {
   return runReference<StepReference>('reference_step.py', ['--model', row.model, '--mode', row.mode, '--batch', String(row.batch),
     '--classes', String(CLASSES), '--threads', String(threads), '--warmup', String(warmup), '--steps', String(iters)], threads);
 }
 
-interface Row { name: string; threads: number; kshareMs: number; referenceMs: number; ratio: number; reference: string }
+interface Row {
+  name: string; threads: number; kshareMs: number; referenceMs: number; ratio: number;
+  kshareCpuMs: number; referenceCpuMs: number; cpuRatio: number; reference: string;
+}
 
 async function main(): Promise<void> {
   const program = new Command()
@@ -206,37 +221,41 @@ async function main(): Promise<void> {
   const f = (v: number) => v.toFixed(2).padStart(8);
   const report = (row: Row) => {
     rows.push(row);
-    console.log(`${row.threads}t ${row.name.padEnd(66)} kshare ${f(row.kshareMs)} ms, ${row.reference} ${f(row.referenceMs)} ms, ratio ${row.ratio.toFixed(2)}`);
+    console.log(`${row.threads}t ${row.name.padEnd(66)} wall: kshare ${f(row.kshareMs)} ms, ${row.reference} ${f(row.referenceMs)} ms, ratio ${row.ratio.toFixed(2)} | cpu: ${f(row.kshareCpuMs)} / ${f(row.referenceCpuMs)} ms, ratio ${row.cpuRatio.toFixed(2)}`);
   };
-  const makeRow = (name: string, threads: number, mine: number[], ref: number[], reference: string): Row => {
-    const [k, r] = [median(mine), median(ref)];
-    return { name, threads, kshareMs: round(k, 3), referenceMs: round(r, 3), ratio: round(r / k, 3), reference };
+  const makeRow = (name: string, threads: number, mine: Samples, ref: Samples, reference: string): Row => {
+    const [k, r, kc, rc] = [median(mine.wall), median(ref.wall), median(mine.cpu), median(ref.cpu)];
+    return {
+      name, threads, kshareMs: round(k, 3), referenceMs: round(r, 3), ratio: round(r / k, 3),
+      kshareCpuMs: round(kc, 3), referenceCpuMs: round(rc, 3), cpuRatio: round(rc / kc, 3), reference,
+    };
   };
+  const add = (to: Samples, from: Samples) => { to.wall.push(...from.wall); to.cpu.push(...from.cpu); };
   for (const threads of threadList) {
     t.setNumThreads(threads);
     if (kernelRows.length) {
-      const mine = new Map<string, number[]>(kernelRows.map((r) => [r.name, []]));
-      const ref = new Map<string, number[]>(kernelRows.map((r) => [r.name, []]));
+      const mine = new Map<string, Samples>(kernelRows.map((r) => [r.name, { wall: [], cpu: [] }]));
+      const ref = new Map<string, Samples>(kernelRows.map((r) => [r.name, { wall: [], cpu: [] }]));
       for (let r = 0; r < rounds; r++) {
-        for (const [k, v] of timeKshareKernels(kernelRows, warmup, 4 * iters)) mine.get(k)!.push(...v);
+        for (const [k, v] of timeKshareKernels(kernelRows, warmup, 4 * iters)) add(mine.get(k)!, v);
         const out = runReference<KernelReference>('reference_kernels.py', ['--threads', String(threads), '--warmup', String(warmup), '--iters', String(4 * iters)], threads, kernelRows);
         if (out.threads !== threads) throw new Error(`cpu-kernels: PyTorch ran with ${out.threads} threads, not ${threads}`);
         torchVersion = out.torch;
-        for (const [k, v] of Object.entries(out.samplesMs)) ref.get(k)!.push(...v);
+        for (const [k, v] of Object.entries(out.samplesMs)) add(ref.get(k)!, { wall: v, cpu: out.cpuSamplesMs[k]! });
       }
       for (const row of kernelRows) report(makeRow(row.name, threads, mine.get(row.name)!, ref.get(row.name)!, 'PyTorch'));
     }
     for (const row of modelRows) {
-      const mine: number[] = [], ref: number[] = [];
+      const mine: Samples = { wall: [], cpu: [] }, ref: Samples = { wall: [], cpu: [] };
       for (let r = 0; r < rounds; r++) {
-        mine.push(...await timeKshareModel(row, warmup, iters));
+        add(mine, timeKshareModel(row, warmup, iters));
         if (row.ort) {
-          ref.push(...await timeOrt(row, threads, warmup, iters));
+          add(ref, await timeOrt(row, threads, warmup, iters));
         } else {
           const out = referenceModel(row, threads, warmup, iters);
           if (out.threads !== threads) throw new Error(`cpu-kernels: PyTorch ran with ${out.threads} threads, not ${threads}`);
           torchVersion = out.torch;
-          ref.push(...out.samplesMs);
+          add(ref, { wall: out.samplesMs, cpu: out.cpuSamplesMs });
         }
       }
       report(makeRow(row.name, threads, mine, ref, row.ort ? 'onnxruntime-node' : 'PyTorch'));
@@ -252,7 +271,7 @@ async function main(): Promise<void> {
     method: `medians over ${rounds} rounds of ${iters} timed iterations (kernels ${4 * iters}) after ${warmup} warm-up ones, kshare and the reference alternating per round; ` +
       `both processes with ${Object.entries(MALLOC_ENV).map(([k, v]) => `${k}=${v}`).join(' ')}; timing from ${settleS} s after start; ` +
       'the reference is PyTorch (python3-torch, same libtorch and BLAS) unless the row says onnxruntime-node; ratio = referenceMs / kshareMs',
-    rows: rows.map(({ name, threads, kshareMs, referenceMs, ratio, reference }) => ({ name: `${name}, ${threads} thread${threads > 1 ? 's' : ''}`, kshareMs, referenceMs, ratio, threads, reference })),
+    rows: rows.map(({ name, threads, ...rest }) => ({ name: `${name}, ${threads} thread${threads > 1 ? 's' : ''}`, ...rest, threads })),
   };
   mkdirSync(path.dirname(o.out), { recursive: true });
   const tmp = `${o.out}.tmp-${process.pid}`;

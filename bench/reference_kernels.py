@@ -7,7 +7,8 @@ Run with Debian's /usr/bin/python3. Reads a JSON list of rows on stdin, each
   gbn_fwd_train, gbn_bwd_train,            batch_norm(gelu(x + bias)) (the ConvMixer layer kshare
   gbn_fwd_eval, gbn_bwd_eval               fuses): forward, and the backward for x, bias, BN weight, BN bias
 Backward rows time only the backward (the graph is kept between iterations).
-Prints one JSON line {"torch", "threads", "samplesMs": {name: [...]}}.
+Prints one JSON line {"torch", "threads", "samplesMs": {name: [...]}, "cpuSamplesMs": {name: [...]}}
+(wall-clock and process CPU time of each timed iteration).
 """
 import argparse
 import json
@@ -62,17 +63,19 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    out = {}
+    out, cpu_out = {}, {}
     for row in json.loads(sys.stdin.read()):
         fn = make(row)
-        samples = []
+        samples, cpu = [], []
         for i in range(a.warmup + a.iters):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
             if i >= a.warmup:
                 samples.append((time.perf_counter() - t0) * 1000)
+                cpu.append((time.process_time() - c0) * 1000)
         out[row['name']] = samples
-    print(json.dumps({'torch': torch.__version__, 'threads': torch.get_num_threads(), 'samplesMs': out}))
+        cpu_out[row['name']] = cpu
+    print(json.dumps({'torch': torch.__version__, 'threads': torch.get_num_threads(), 'samplesMs': out, 'cpuSamplesMs': cpu_out}))
 
 
 if __name__ == '__main__':
