@@ -16,6 +16,9 @@ import { BatchNorm2d } from './batchnorm.js';
  */
 export function convGeluBatchNorm(conv: Module, gelu: Module, bn: Module, x: Tensor): Tensor | null {
   if (!(conv instanceof Conv2d) || !(gelu instanceof GELU) || !(bn instanceof BatchNorm2d)) return null;
+  // A layer whose forward was replaced on the instance (shape tracing in models/summary.ts,
+  // a user's hook) must run as itself.
+  if ([conv, gelu, bn].some((m) => Object.prototype.hasOwnProperty.call(m, 'forward'))) return null;
   const bias = conv.bias, weight = bn.weight, bnBias = bn.bias, rm = bn.runningMean, rv = bn.runningVar;
   if (gelu.approximate !== 'none' || !bias || !weight || !bnBias || !rm || !rv) return null;
   if (!t.nativeKernelsEnabled() || t.autocastActive('cpu')) return null;
