@@ -30,7 +30,9 @@ export function reexecWithMallocEnv(script: string): void {
 /** Runs a Python reference script in bench/ and returns its last stdout line as JSON. */
 export function runReference<T>(script: string, args: string[], threads: number, input?: unknown): T {
   const r = spawnSync(PYTHON, [path.join(ROOT, 'bench', script), ...args], {
-    encoding: 'utf8', maxBuffer: 1 << 28, input: input === undefined ? undefined : JSON.stringify(input),
+    encoding: 'utf8',
+    maxBuffer: 1 << 28,
+    input: input === undefined ? undefined : JSON.stringify(input),
     env: { ...process.env, OMP_NUM_THREADS: String(threads) },
   });
   if (r.status !== 0) throw new Error(`bench: ${PYTHON} bench/${script} failed (${r.status ?? r.signal}):\n${r.stderr}`);

@@ -37,20 +37,35 @@ import { median, round } from './stats.js';
 import { MALLOC_ENV, ROOT, reexecWithMallocEnv, runReference } from './cpu-common.js';
 
 type KernelKind = 'dw_fwd' | 'dw_grad_input' | 'dw_grad_weight' | 'gbn_fwd_train' | 'gbn_bwd_train' | 'gbn_fwd_eval' | 'gbn_bwd_eval';
-interface KernelRow { name: string; kind: KernelKind; shape: [number, number, number, number]; k: number }
+interface KernelRow {
+  name: string;
+  kind: KernelKind;
+  shape: [number, number, number, number];
+  k: number;
+}
 
 const SHAPES: { label: string; shape: [number, number, number, number]; k: number }[] = [
   { label: 'demo (32,64,16,16) k5', shape: [32, 64, 16, 16], k: 5 },
   { label: 'paper (8,256,32,32) k9', shape: [8, 256, 32, 32], k: 9 },
 ];
 const KINDS: [KernelKind, string][] = [
-  ['dw_fwd', 'depthwise conv forward'], ['dw_grad_input', 'depthwise conv input gradient'], ['dw_grad_weight', 'depthwise conv weight gradient'],
-  ['gbn_fwd_train', 'bias+GELU+BN forward, train'], ['gbn_bwd_train', 'bias+GELU+BN backward, train'],
-  ['gbn_fwd_eval', 'bias+GELU+BN forward, eval'], ['gbn_bwd_eval', 'bias+GELU+BN backward, eval'],
+  ['dw_fwd', 'depthwise conv forward'],
+  ['dw_grad_input', 'depthwise conv input gradient'],
+  ['dw_grad_weight', 'depthwise conv weight gradient'],
+  ['gbn_fwd_train', 'bias+GELU+BN forward, train'],
+  ['gbn_bwd_train', 'bias+GELU+BN backward, train'],
+  ['gbn_fwd_eval', 'bias+GELU+BN forward, eval'],
+  ['gbn_bwd_eval', 'bias+GELU+BN backward, eval'],
 ];
 const KERNEL_ROWS: KernelRow[] = SHAPES.flatMap((s) => KINDS.map(([kind, what]): KernelRow => ({ name: `${what}, ${s.label}`, kind, shape: s.shape, k: s.k })));
 
-interface ModelRow { name: string; model: string; mode: 'step' | 'forward'; batch: number; ort?: boolean }
+interface ModelRow {
+  name: string;
+  model: string;
+  mode: 'step' | 'forward';
+  batch: number;
+  ort?: boolean;
+}
 const MODEL_ROWS: ModelRow[] = [
   { name: 'convmixer_64_4_k5_p2_shared training step, batch 32', model: 'convmixer_64_4_k5_p2_shared', mode: 'step', batch: 32 },
   { name: 'convmixer_64_4_k5_p2 training step, batch 32', model: 'convmixer_64_4_k5_p2', mode: 'step', batch: 32 },
@@ -76,25 +91,65 @@ function kshareKernel(row: KernelRow): { run: () => void; dispose: () => void } 
     const b = t.randn([c], { generator: gen });
     held.push(wt, b);
     const conv = () => t.conv2d(x, wt, b, { padding: row.k >> 1, groups: c });
-    if (row.kind === 'dw_fwd') return { run: () => t.noGrad(() => t.tidy(() => { conv(); })), dispose };
+    if (row.kind === 'dw_fwd')
+      return {
+        run: () =>
+          t.noGrad(() =>
+            t.tidy(() => {
+              conv();
+            }),
+          ),
+        dispose,
+      };
     const target = row.kind === 'dw_grad_input' ? x : wt;
     target.requiresGrad = true;
     const y = conv();
     held.push(y);
-    return { run: () => { y.backward(dy, { retainGraph: true }); target.grad = null; }, dispose };
+    return {
+      run: () => {
+        y.backward(dy, { retainGraph: true });
+        target.grad = null;
+      },
+      dispose,
+    };
   }
-  const b = t.randn([c], { generator: gen }), g = t.randn([c], { generator: gen }), beta = t.randn([c], { generator: gen });
-  const rm = t.zeros([c]), rv = t.ones([c]);
+  const b = t.randn([c], { generator: gen }),
+    g = t.randn([c], { generator: gen }),
+    beta = t.randn([c], { generator: gen });
+  const rm = t.zeros([c]),
+    rv = t.ones([c]);
   held.push(b, g, beta, rm, rv);
   const params = [x, b, g, beta];
   for (const p of params) p.requiresGrad = true;
   const training = row.kind.endsWith('_train');
   const fwd = () => t.biasGeluBatchNorm(x, b, { weight: g, bias: beta, runningMean: rm, runningVar: rv, training, momentum: 0.1, eps: 1e-5 });
-  if (row.kind === 'gbn_fwd_train') return { run: () => t.tidy(() => { fwd(); }), dispose };
-  if (row.kind === 'gbn_fwd_eval') return { run: () => t.noGrad(() => t.tidy(() => { fwd(); })), dispose };
+  if (row.kind === 'gbn_fwd_train')
+    return {
+      run: () =>
+        t.tidy(() => {
+          fwd();
+        }),
+      dispose,
+    };
+  if (row.kind === 'gbn_fwd_eval')
+    return {
+      run: () =>
+        t.noGrad(() =>
+          t.tidy(() => {
+            fwd();
+          }),
+        ),
+      dispose,
+    };
   const y = fwd();
   held.push(y);
-  return { run: () => { y.backward(dy, { retainGraph: true }); for (const p of params) p.grad = null; }, dispose };
+  return {
+    run: () => {
+      y.backward(dy, { retainGraph: true });
+      for (const p of params) p.grad = null;
+    },
+    dispose,
+  };
 }
 
 /**
@@ -111,13 +166,17 @@ function timeKshareKernels(rows: KernelRow[], warmup: number, iters: number): Ma
   return out;
 }
 
-interface Samples { wall: number[]; cpu: number[] }
+interface Samples {
+  wall: number[];
+  cpu: number[];
+}
 
 /** Wall-clock and process CPU time (ms) of each of `iters` calls after `warmup` untimed ones. */
 function timed(fn: () => void, warmup: number, iters: number): Samples {
   const s: Samples = { wall: [], cpu: [] };
   for (let i = 0; i < warmup + iters; i++) {
-    const t0 = performance.now(), c0 = process.cpuUsage();
+    const t0 = performance.now(),
+      c0 = process.cpuUsage();
     fn();
     const c = process.cpuUsage(c0);
     if (i >= warmup) {
@@ -135,9 +194,19 @@ function timeKshareModel(row: ModelRow, warmup: number, iters: number): Samples 
   const y = t.randint(0, CLASSES, [row.batch], { generator: gen });
   const opt = new AdamW(model.parameters(), { lr: 1e-3, weightDecay: 0.05 });
   model.train(row.mode === 'step');
-  const step = row.mode === 'step'
-    ? () => { t.tidy(() => t.crossEntropy(model.forward(x), y).backward()); opt.step(); opt.zeroGrad(); }
-    : () => t.noGrad(() => t.tidy(() => { model.forward(x); }));
+  const step =
+    row.mode === 'step'
+      ? () => {
+          t.tidy(() => t.crossEntropy(model.forward(x), y).backward());
+          opt.step();
+          opt.zeroGrad();
+        }
+      : () =>
+          t.noGrad(() =>
+            t.tidy(() => {
+              model.forward(x);
+            }),
+          );
   const live = t.liveTensors();
   const samples = timed(step, warmup, iters);
   if (row.mode === 'forward' && t.liveTensors() !== live) throw new Error(`cpu-kernels: ${row.name} leaked ${t.liveTensors() - live} tensors`);
@@ -160,10 +229,15 @@ async function timeOrt(row: ModelRow, threads: number, warmup: number, iters: nu
     s = await ort.InferenceSession.create(bytes, { intraOpNumThreads: threads, interOpNumThreads: 1, graphOptimizationLevel: 'all' });
     ortSessions.set(key, s);
   }
-  const input = new ort.Tensor('float32', Float32Array.from({ length: row.batch * 3 * 32 * 32 }, (_, i) => Math.sin(i)), [row.batch, 3, 32, 32]);
+  const input = new ort.Tensor(
+    'float32',
+    Float32Array.from({ length: row.batch * 3 * 32 * 32 }, (_, i) => Math.sin(i)),
+    [row.batch, 3, 32, 32],
+  );
   const samples: Samples = { wall: [], cpu: [] };
   for (let i = 0; i < warmup + iters; i++) {
-    const t0 = performance.now(), c0 = process.cpuUsage();
+    const t0 = performance.now(),
+      c0 = process.cpuUsage();
     await s.run({ [s.inputNames[0]!]: input });
     const c = process.cpuUsage(c0);
     if (i >= warmup) {
@@ -174,17 +248,52 @@ async function timeOrt(row: ModelRow, threads: number, warmup: number, iters: nu
   return samples;
 }
 
-interface StepReference { torch: string; threads: number; samplesMs: number[]; cpuSamplesMs: number[] }
-interface KernelReference { torch: string; threads: number; samplesMs: Record<string, number[]>; cpuSamplesMs: Record<string, number[]> }
+interface StepReference {
+  torch: string;
+  threads: number;
+  samplesMs: number[];
+  cpuSamplesMs: number[];
+}
+interface KernelReference {
+  torch: string;
+  threads: number;
+  samplesMs: Record<string, number[]>;
+  cpuSamplesMs: Record<string, number[]>;
+}
 
 function referenceModel(row: ModelRow, threads: number, warmup: number, iters: number): StepReference {
-  return runReference<StepReference>('reference_step.py', ['--model', row.model, '--mode', row.mode, '--batch', String(row.batch),
-    '--classes', String(CLASSES), '--threads', String(threads), '--warmup', String(warmup), '--steps', String(iters)], threads);
+  return runReference<StepReference>(
+    'reference_step.py',
+    [
+      '--model',
+      row.model,
+      '--mode',
+      row.mode,
+      '--batch',
+      String(row.batch),
+      '--classes',
+      String(CLASSES),
+      '--threads',
+      String(threads),
+      '--warmup',
+      String(warmup),
+      '--steps',
+      String(iters),
+    ],
+    threads,
+  );
 }
 
 interface Row {
-  name: string; threads: number; kshareMs: number; referenceMs: number; ratio: number;
-  kshareCpuMs: number; referenceCpuMs: number; cpuRatio: number; reference: string;
+  name: string;
+  threads: number;
+  kshareMs: number;
+  referenceMs: number;
+  ratio: number;
+  kshareCpuMs: number;
+  referenceCpuMs: number;
+  cpuRatio: number;
+  reference: string;
 }
 
 async function main(): Promise<void> {
@@ -207,30 +316,51 @@ async function main(): Promise<void> {
     return n;
   };
   const threadList = o.threads.split(',').map((v) => int('threads', v.trim(), 1));
-  const rounds = int('rounds', o.rounds, 1), warmup = int('warmup', o.warmup, 0), iters = int('iters', o.iters, 1), settleS = int('settle', o.settle, 0);
+  const rounds = int('rounds', o.rounds, 1),
+    warmup = int('warmup', o.warmup, 0),
+    iters = int('iters', o.iters, 1),
+    settleS = int('settle', o.settle, 0);
   const pick = <T extends { name: string }>(rows: T[]) => rows.filter((r) => !o.only || r.name.includes(o.only));
-  const kernelRows = pick(KERNEL_ROWS), modelRows = pick(MODEL_ROWS);
+  const kernelRows = pick(KERNEL_ROWS),
+    modelRows = pick(MODEL_ROWS);
   if (!kernelRows.length && !modelRows.length) program.error(`cpu-kernels: no row matches --only '${o.only}'`);
-  if (!t.nativeKernelsEnabled()) console.warn('cpu-kernels: KSHARE_NATIVE_KERNELS=0, so kshare runs libtorch\'s ops');
+  if (!t.nativeKernelsEnabled()) console.warn("cpu-kernels: KSHARE_NATIVE_KERNELS=0, so kshare runs libtorch's ops");
 
   // Untimed work until libtorch's start-up slowness (oneDNN GELU in the first seconds) is over.
-  while (process.uptime() < settleS) t.noGrad(() => t.tidy(() => { t.gelu(t.randn([32, 64, 16, 16])); }));
+  while (process.uptime() < settleS)
+    t.noGrad(() =>
+      t.tidy(() => {
+        t.gelu(t.randn([32, 64, 16, 16]));
+      }),
+    );
 
   const rows: Row[] = [];
   let torchVersion = '';
   const f = (v: number) => v.toFixed(2).padStart(8);
   const report = (row: Row) => {
     rows.push(row);
-    console.log(`${row.threads}t ${row.name.padEnd(66)} wall: kshare ${f(row.kshareMs)} ms, ${row.reference} ${f(row.referenceMs)} ms, ratio ${row.ratio.toFixed(2)} | cpu: ${f(row.kshareCpuMs)} / ${f(row.referenceCpuMs)} ms, ratio ${row.cpuRatio.toFixed(2)}`);
+    console.log(
+      `${row.threads}t ${row.name.padEnd(66)} wall: kshare ${f(row.kshareMs)} ms, ${row.reference} ${f(row.referenceMs)} ms, ratio ${row.ratio.toFixed(2)} | cpu: ${f(row.kshareCpuMs)} / ${f(row.referenceCpuMs)} ms, ratio ${row.cpuRatio.toFixed(2)}`,
+    );
   };
   const makeRow = (name: string, threads: number, mine: Samples, ref: Samples, reference: string): Row => {
     const [k, r, kc, rc] = [median(mine.wall), median(ref.wall), median(mine.cpu), median(ref.cpu)];
     return {
-      name, threads, kshareMs: round(k, 3), referenceMs: round(r, 3), ratio: round(r / k, 3),
-      kshareCpuMs: round(kc, 3), referenceCpuMs: round(rc, 3), cpuRatio: round(rc / kc, 3), reference,
+      name,
+      threads,
+      kshareMs: round(k, 3),
+      referenceMs: round(r, 3),
+      ratio: round(r / k, 3),
+      kshareCpuMs: round(kc, 3),
+      referenceCpuMs: round(rc, 3),
+      cpuRatio: round(rc / kc, 3),
+      reference,
     };
   };
-  const add = (to: Samples, from: Samples) => { to.wall.push(...from.wall); to.cpu.push(...from.cpu); };
+  const add = (to: Samples, from: Samples) => {
+    to.wall.push(...from.wall);
+    to.cpu.push(...from.cpu);
+  };
   for (const threads of threadList) {
     t.setNumThreads(threads);
     if (kernelRows.length) {
@@ -238,7 +368,12 @@ async function main(): Promise<void> {
       const ref = new Map<string, Samples>(kernelRows.map((r) => [r.name, { wall: [], cpu: [] }]));
       for (let r = 0; r < rounds; r++) {
         for (const [k, v] of timeKshareKernels(kernelRows, warmup, 4 * iters)) add(mine.get(k)!, v);
-        const out = runReference<KernelReference>('reference_kernels.py', ['--threads', String(threads), '--warmup', String(warmup), '--iters', String(4 * iters)], threads, kernelRows);
+        const out = runReference<KernelReference>(
+          'reference_kernels.py',
+          ['--threads', String(threads), '--warmup', String(warmup), '--iters', String(4 * iters)],
+          threads,
+          kernelRows,
+        );
         if (out.threads !== threads) throw new Error(`cpu-kernels: PyTorch ran with ${out.threads} threads, not ${threads}`);
         torchVersion = out.torch;
         for (const [k, v] of Object.entries(out.samplesMs)) add(ref.get(k)!, { wall: v, cpu: out.cpuSamplesMs[k]! });
@@ -246,7 +381,8 @@ async function main(): Promise<void> {
       for (const row of kernelRows) report(makeRow(row.name, threads, mine.get(row.name)!, ref.get(row.name)!, 'PyTorch'));
     }
     for (const row of modelRows) {
-      const mine: Samples = { wall: [], cpu: [] }, ref: Samples = { wall: [], cpu: [] };
+      const mine: Samples = { wall: [], cpu: [] },
+        ref: Samples = { wall: [], cpu: [] };
       for (let r = 0; r < rounds; r++) {
         add(mine, timeKshareModel(row, warmup, iters));
         if (row.ort) {
@@ -266,10 +402,15 @@ async function main(): Promise<void> {
   const cpus = os.cpus();
   const result = {
     machine: `${cpus[0]?.model.trim() ?? 'unknown CPU'}, ${cpus.length} cores`,
-    torch: torchVersion, libtorch: t.runtimeInfo().torchVersion, onnxruntime: ort.env.versions.node ?? 'unknown',
+    torch: torchVersion,
+    libtorch: t.runtimeInfo().torchVersion,
+    onnxruntime: ort.env.versions.node ?? 'unknown',
     nativeKernels: t.nativeKernelsEnabled(),
-    method: `medians over ${rounds} rounds of ${iters} timed iterations (kernels ${4 * iters}) after ${warmup} warm-up ones, kshare and the reference alternating per round; ` +
-      `both processes with ${Object.entries(MALLOC_ENV).map(([k, v]) => `${k}=${v}`).join(' ')}; timing from ${settleS} s after start; ` +
+    method:
+      `medians over ${rounds} rounds of ${iters} timed iterations (kernels ${4 * iters}) after ${warmup} warm-up ones, kshare and the reference alternating per round; ` +
+      `both processes with ${Object.entries(MALLOC_ENV)
+        .map(([k, v]) => `${k}=${v}`)
+        .join(' ')}; timing from ${settleS} s after start; ` +
       'the reference is PyTorch (python3-torch, same libtorch and BLAS) unless the row says onnxruntime-node; ratio = referenceMs / kshareMs',
     rows: rows.map(({ name, threads, ...rest }) => ({ name: `${name}, ${threads} thread${threads > 1 ? 's' : ''}`, ...rest, threads })),
   };

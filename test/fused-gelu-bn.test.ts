@@ -14,13 +14,18 @@ import { runPython, encode, decodeF32, maxRelError, type Encoded } from './helpe
 const TOL = 1e-5;
 const OUTPUTS = ['y', 'x.grad', 'bias.grad', 'weight.grad', 'bnBias.grad', 'runningMean', 'runningVar'] as const;
 
-interface Case { shape: [number, number, number, number]; channelsLast: boolean; training: boolean; momentum: number }
+interface Case {
+  shape: [number, number, number, number];
+  channelsLast: boolean;
+  training: boolean;
+  momentum: number;
+}
 
 const SHAPES: [number, number, number, number][] = [
-  [1, 5, 3, 7],     // batch 1, odd widths
+  [1, 5, 3, 7], // batch 1, odd widths
   [2, 8, 6, 6],
-  [3, 17, 5, 5],    // channels not a multiple of the vector width
-  [4, 9, 1, 1],     // 1x1 spatial (both layouts at once)
+  [3, 17, 5, 5], // channels not a multiple of the vector width
+  [4, 9, 1, 1], // 1x1 spatial (both layouts at once)
   [2, 64, 9, 11],
   [1, 3, 13, 1],
   [6, 33, 4, 3],
@@ -28,13 +33,23 @@ const SHAPES: [number, number, number, number][] = [
 
 function cases(): Case[] {
   const out: Case[] = [];
-  for (const shape of SHAPES) for (const channelsLast of [false, true]) for (const training of [true, false]) {
-    out.push({ shape, channelsLast, training, momentum: training ? 0.1 + 0.05 * (out.length % 4) : 0.1 });
-  }
+  for (const shape of SHAPES)
+    for (const channelsLast of [false, true])
+      for (const training of [true, false]) {
+        out.push({ shape, channelsLast, training, momentum: training ? 0.1 + 0.05 * (out.length % 4) : 0.1 });
+      }
   return out;
 }
 
-interface Inputs { x: Tensor; bias: Tensor; weight: Tensor; bnBias: Tensor; runningMean: Tensor; runningVar: Tensor; r: Tensor }
+interface Inputs {
+  x: Tensor;
+  bias: Tensor;
+  weight: Tensor;
+  bnBias: Tensor;
+  runningMean: Tensor;
+  runningVar: Tensor;
+  r: Tensor;
+}
 
 function inputs(c: Case, seed: number): Inputs {
   const gen = new t.Generator(seed);
@@ -68,10 +83,16 @@ function run(c: Case, inp: Inputs, fused: boolean): Float32Array[] {
   }));
   try {
     return t.tidy(() => {
-      const o = { weight: T.weight, bias: T.bnBias, runningMean: T.runningMean, runningVar: T.runningVar, training: c.training, momentum: c.momentum, eps: 1e-5 };
-      const y = fused
-        ? t.biasGeluBatchNorm(T.x, T.bias, o)
-        : t.batchNorm(t.gelu(t.add(T.x, t.reshape(T.bias, [1, c.shape[1], 1, 1]))), o);
+      const o = {
+        weight: T.weight,
+        bias: T.bnBias,
+        runningMean: T.runningMean,
+        runningVar: T.runningVar,
+        training: c.training,
+        momentum: c.momentum,
+        eps: 1e-5,
+      };
+      const y = fused ? t.biasGeluBatchNorm(T.x, T.bias, o) : t.batchNorm(t.gelu(t.add(T.x, t.reshape(T.bias, [1, c.shape[1], 1, 1]))), o);
       if (fused && c.channelsLast && c.shape[2] * c.shape[3] > 1) assert.ok(t.isContiguous(y, 'channels_last'), 'channels-last in, channels-last out');
       t.sum(t.mul(y, inp.r)).backward();
       return [y, T.x.grad!, T.bias.grad!, T.weight.grad!, T.bnBias.grad!, T.runningMean, T.runningVar].map((v) => v.toFloat32Array());
@@ -99,11 +120,15 @@ print(json.dumps(res))
 
 function withEnv<T>(vars: Record<string, string | undefined>, fn: () => T): T {
   const saved = Object.fromEntries(Object.keys(vars).map((k) => [k, process.env[k]]));
-  for (const [k, v] of Object.entries(vars)) if (v === undefined) delete process.env[k]; else process.env[k] = v;
+  for (const [k, v] of Object.entries(vars))
+    if (v === undefined) delete process.env[k];
+    else process.env[k] = v;
   try {
     return fn();
   } finally {
-    for (const [k, v] of Object.entries(saved)) if (v === undefined) delete process.env[k]; else process.env[k] = v;
+    for (const [k, v] of Object.entries(saved))
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
   }
 }
 
@@ -121,7 +146,9 @@ test('fused bias + GELU + BatchNorm matches libtorch and PyTorch: forward, every
   const ins = all.map((c, i) => inputs(c, 1000 + i));
   const ref = runPython<Encoded[][]>(PY, {
     cases: all.map((c, i) => ({
-      channels_last: c.channelsLast, training: c.training, momentum: c.momentum,
+      channels_last: c.channelsLast,
+      training: c.training,
+      momentum: c.momentum,
       tensors: Object.fromEntries(Object.entries(ins[i]!).map(([k, v]) => [k, enc(v)])),
     })),
   });
@@ -142,13 +169,17 @@ test('fused bias + GELU + BatchNorm matches libtorch and PyTorch: forward, every
 });
 
 test('fused kernel: the demo and paper shapes agree with libtorch (channels-last and NCHW, train and eval)', () => {
-  for (const shape of [[32, 64, 16, 16], [8, 256, 32, 32]] as [number, number, number, number][]) {
-    for (const channelsLast of [false, true]) for (const training of [true, false]) {
-      const c: Case = { shape, channelsLast, training, momentum: 0.1 };
-      const inp = inputs(c, 7);
-      withEnv({ KSHARE_POISON_OUTPUTS: '1' }, () => compare('large', run(c, inp, true), run(c, inp, false), c));
-      t.dispose(Object.values(inp));
-    }
+  for (const shape of [
+    [32, 64, 16, 16],
+    [8, 256, 32, 32],
+  ] as [number, number, number, number][]) {
+    for (const channelsLast of [false, true])
+      for (const training of [true, false]) {
+        const c: Case = { shape, channelsLast, training, momentum: 0.1 };
+        const inp = inputs(c, 7);
+        withEnv({ KSHARE_POISON_OUTPUTS: '1' }, () => compare('large', run(c, inp, true), run(c, inp, false), c));
+        t.dispose(Object.values(inp));
+      }
   }
 });
 
@@ -232,16 +263,18 @@ test('ConvMixer uses the fused kernel on CPU float32 and matches the libtorch pa
   assert.equal(t.liveTensors(), live, 'no tensor leaked');
 });
 
-test('ConvMixer under CPU autocast (bfloat16) takes libtorch\'s path unchanged', () => {
+test("ConvMixer under CPU autocast (bfloat16) takes libtorch's path unchanged", () => {
   const run = () => {
     t.manualSeed(2);
     const model = createModel('convmixer_64_4_k5_p2_shared', { classes: 10 });
     try {
-      return t.tidy(() => t.autocast({ device: 'cpu', dtype: 'bfloat16' }, () => {
-        const y = model.forward(t.randn([2, 3, 32, 32]));
-        t.sum(y).backward();
-        return [y.toFloat32Array(), model.namedParameters()[0]![1].grad!.toFloat32Array()];
-      }));
+      return t.tidy(() =>
+        t.autocast({ device: 'cpu', dtype: 'bfloat16' }, () => {
+          const y = model.forward(t.randn([2, 3, 32, 32]));
+          t.sum(y).backward();
+          return [y.toFloat32Array(), model.namedParameters()[0]![1].grad!.toFloat32Array()];
+        }),
+      );
     } finally {
       model.dispose();
     }

@@ -19,15 +19,20 @@ export function convGeluBatchNorm(conv: Module, gelu: Module, bn: Module, x: Ten
   // A layer whose forward was replaced on the instance (shape tracing in models/summary.ts,
   // a user's hook) must run as itself.
   if ([conv, gelu, bn].some((m) => Object.prototype.hasOwnProperty.call(m, 'forward'))) return null;
-  const bias = conv.bias, weight = bn.weight, bnBias = bn.bias, rm = bn.runningMean, rv = bn.runningVar;
+  const bias = conv.bias,
+    weight = bn.weight,
+    bnBias = bn.bias,
+    rm = bn.runningMean,
+    rv = bn.runningVar;
   if (gelu.approximate !== 'none' || !bias || !weight || !bnBias || !rm || !rv) return null;
-  if (!t.nativeKernelsEnabled() || t.autocastActive('cpu')) return null;
+  // ONNX export traces op fronts (src/tensor/trace.ts): it must see conv2d, gelu, batchNorm.
+  if (!t.nativeKernelsEnabled() || t.autocastActive('cpu') || t.isTracing()) return null;
   if (x.rank !== 4 || x.device !== 'cpu' || x.dtype !== 'float32' || conv.weight.dtype !== 'float32') return null;
   for (const p of [bias, weight, bnBias, rm, rv]) if (p.device !== 'cpu' || p.dtype !== 'float32') return null;
-  if (bn.numFeatures !== conv.outChannels) return null;  // let BatchNorm2d raise its own error
+  if (bn.numFeatures !== conv.outChannels) return null; // let BatchNorm2d raise its own error
   return t.tidy(() => {
     const z = conv.convolve(x, false);
-    if (bn.training && z.size / z.dim(1) <= 1) return null;  // BatchNorm2d raises its usual error
+    if (bn.training && z.size / z.dim(1) <= 1) return null; // BatchNorm2d raises its usual error
     const momentum = bn.countBatch();
     return t.biasGeluBatchNorm(z, bias, { weight, bias: bnBias, runningMean: rm, runningVar: rv, training: bn.training, momentum, eps: bn.eps });
   });
