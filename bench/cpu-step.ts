@@ -9,8 +9,7 @@
 // median process CPU time). ratio = referenceMs / kshareMs (above 1: kshare is faster).
 import os from 'node:os';
 import path from 'node:path';
-import { spawnSync } from 'node:child_process';
-import { mkdirSync, writeFileSync, renameSync, existsSync } from 'node:fs';
+import { mkdirSync, writeFileSync, renameSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
 import { Command } from 'commander';
@@ -20,21 +19,8 @@ import { AdamW } from '../src/train/optim/index.js';
 import { createModel } from '../src/models/registry.js';
 import type { Module } from '../src/nn/index.js';
 import { median, round } from './stats.js';
+import { MALLOC_ENV, ROOT, reexecWithMallocEnv, runReference } from './cpu-common.js';
 
-const PYTHON = process.env.KSHARE_TORCH_PYTHON ?? '/usr/bin/python3';
-const ROOT = (() => {
-  const here = path.dirname(fileURLToPath(import.meta.url));
-  for (const p of [path.resolve(here, '..'), path.resolve(here, '../..')]) if (existsSync(path.join(p, 'bench', 'reference_step.py'))) return p;
-  throw new Error('cpu-step: cannot find bench/reference_step.py');
-})();
-
-/**
- * glibc hands large freed blocks back to the OS and page-faults them in again on the next
- * allocation; how often depends on the process's allocation history, which made identical
- * steps differ by up to 2x in CPU time, in either process. Both run with the same fixed
- * thresholds instead (the bench re-executes itself with them) unless --system-malloc.
- */
-const MALLOC_ENV = { MALLOC_MMAP_THRESHOLD_: String(256 << 20), MALLOC_TRIM_THRESHOLD_: String(1 << 30) };
 
 interface Shape { dim: number; depth: number; kernel: number; patch: number; classes: number; batch: number; size: number }
 const SHAPE: Shape = { dim: 64, depth: 4, kernel: 5, patch: 2, classes: 10, batch: 32, size: 32 };
@@ -83,16 +69,21 @@ class OpsConvMixer {
    */
   forward(x: Tensor, training: boolean): Tensor {
     const norm = (h: Tensor, b: Bn) => t.batchNorm(h, { weight: b.w, bias: b.b, runningMean: b.rm, runningVar: b.rv, training });
+    // conv → GELU → BN: kshare's fused kernel where it applies, as the Module layer does (src/nn/fused.ts)
+    const fused = t.nativeKernelsEnabled() && x.dtype === 'float32' && x.device === 'cpu';
+    const convGeluBn = (v: Tensor, w: Tensor, bias: Tensor, b: Bn, o: t.Conv2dOptions) => fused
+      ? t.biasGeluBatchNorm(t.conv2d(v, w, null, o), bias, { weight: b.w, bias: b.b, runningMean: b.rm, runningVar: b.rv, training })
+      : norm(t.gelu(t.conv2d(v, w, bias, o)), b);
     const stage = (input: Tensor, fn: (h: Tensor) => Tensor): Tensor => {
       const out = t.tidy(() => fn(input));
       if (input !== x) input.dispose();
       return out;
     };
     const pad = Math.floor((this.s.kernel - 1) / 2);
-    let h = stage(x, (v) => norm(t.gelu(t.conv2d(v, this.stem.w, this.stem.b, { stride: this.s.patch })), this.stem.bn));
+    let h = stage(x, (v) => convGeluBn(v, this.stem.w, this.stem.b, this.stem.bn, { stride: this.s.patch }));
     for (const k of this.blocks) {
-      h = stage(h, (v) => t.add(norm(t.gelu(t.conv2d(v, k.dw.w, k.dw.b, { padding: pad, groups: this.s.dim })), k.bn1), v));
-      h = stage(h, (v) => norm(t.gelu(t.conv2d(v, k.pw.w, k.pw.b)), k.bn2));
+      h = stage(h, (v) => t.add(convGeluBn(v, k.dw.w, k.dw.b, k.bn1, { padding: pad, groups: this.s.dim }), v));
+      h = stage(h, (v) => convGeluBn(v, k.pw.w, k.pw.b, k.bn2, {}));
     }
     return stage(h, (v) => t.linear(t.flatten(t.adaptiveAvgPool2d(v, 1), 1), this.head.w, this.head.b));
   }
@@ -173,13 +164,10 @@ interface Reference { torch: string; threads: number; samplesMs: number[]; cpuSa
 
 function timeReference(mode: Mode, sharing: 'none' | 'both', threads: number, warmup: number, steps: number): Reference {
   const s = SHAPE;
-  const args = [path.join(ROOT, 'bench', 'reference_step.py'), '--mode', mode, '--sharing', sharing, '--threads', String(threads),
+  const args = ['--mode', mode, '--sharing', sharing, '--threads', String(threads),
     '--warmup', String(warmup), '--steps', String(steps), '--dim', String(s.dim), '--depth', String(s.depth), '--kernel', String(s.kernel),
     '--patch', String(s.patch), '--classes', String(s.classes), '--batch', String(s.batch), '--size', String(s.size)];
-  const r = spawnSync(PYTHON, args, { encoding: 'utf8', env: { ...process.env, OMP_NUM_THREADS: String(threads) } });
-  if (r.status !== 0) throw new Error(`cpu-step: ${PYTHON} bench/reference_step.py failed (${r.status ?? r.signal}):\n${r.stderr}`);
-  const lines = r.stdout.trim().split('\n');
-  return JSON.parse(lines[lines.length - 1]!) as Reference;
+  return runReference<Reference>('reference_step.py', args, threads);
 }
 
 
@@ -203,11 +191,8 @@ function main(): void {
     .option('--only <text>', 'run only the rows whose name contains text')
     .parse();
   const o = program.opts<{ threads: string; warmup: string; steps: string; rounds: string; out: string; settle: string; systemMalloc?: boolean; only?: string }>();
-  if (!o.systemMalloc && process.env.MALLOC_TRIM_THRESHOLD_ !== MALLOC_ENV.MALLOC_TRIM_THRESHOLD_) {
-    // malloc reads these at process start, so run again with them (PyTorch inherits them too)
-    const r = spawnSync(process.execPath, [...process.execArgv, fileURLToPath(import.meta.url), ...process.argv.slice(2)], { stdio: 'inherit', env: { ...process.env, ...MALLOC_ENV } });
-    process.exit(r.status ?? 1);
-  }
+  // malloc reads these at process start, so run again with them (PyTorch inherits them too)
+  if (!o.systemMalloc) reexecWithMallocEnv(fileURLToPath(import.meta.url));
   const int = (name: string, v: string, min: number) => {
     const n = Number(v);
     if (!Number.isInteger(n) || n < min) program.error(`cpu-step: --${name} must be an integer >= ${min}, got '${v}'`);

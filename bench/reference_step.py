@@ -7,10 +7,14 @@ process CPU time of each timed step.
 The model is built here with torch.nn (not imported from the tests): patch conv -> GELU -> BN,
 then `depth` blocks of Residual(depthwise conv -> GELU -> BN) -> pointwise conv -> GELU -> BN,
 then global average pool -> linear. With --sharing both, every block uses the same
-depthwise and pointwise kernels (the paper's inter-layer kernel sharing).
+depthwise and pointwise kernels (the paper's inter-layer kernel sharing). With --model NAME
+the model is the test suite's reference (test/fixtures/ref_models.py, e.g.
+se_resnet_d_2_full_shared or convmixer_256_16_shared) instead.
 """
 import argparse
 import json
+import os
+import sys
 import time
 
 import torch
@@ -54,6 +58,7 @@ def main():
     ap.add_argument('--batch', type=int, default=32)
     ap.add_argument('--size', type=int, default=32)
     ap.add_argument('--sharing', choices=['none', 'both'], default='none')
+    ap.add_argument('--model', default=None, help='a registry name built by test/fixtures/ref_models.py')
     ap.add_argument('--threads', type=int, default=1)
     ap.add_argument('--warmup', type=int, default=5)
     ap.add_argument('--steps', type=int, default=20)
@@ -61,7 +66,12 @@ def main():
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    model = conv_mixer(a.dim, a.depth, a.kernel, a.patch, a.classes, a.sharing)
+    if a.model:
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'test', 'fixtures'))
+        import ref_models
+        model = ref_models.build(a.model, classes=a.classes)
+    else:
+        model = conv_mixer(a.dim, a.depth, a.kernel, a.patch, a.classes, a.sharing)
     # parameters() lists a shared kernel once, so AdamW updates it once
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     x = torch.randn(a.batch, 3, a.size, a.size)

@@ -58,6 +58,8 @@ fi
 mkdir -p "$here/build"
 out="$here/build/kshare.node"
 echo "build.sh: compiling against $inc (libs $lib)${defs[*]:+, ${defs[*]}}"
+# Every native/*.cc is part of the addon (kshare.cc, distributed.cc, the CPU kernels);
+# -fopenmp so at::parallel_for in the kernels runs on libtorch's OpenMP threads.
 g++ -std=c++17 -O2 -fopenmp -fPIC -shared -fvisibility=hidden -D_GLIBCXX_USE_CXX11_ABI=1 \
   -DNAPI_CPP_EXCEPTIONS -DNODE_ADDON_API_DISABLE_DEPRECATED \
   "${defs[@]}" -I"$NAPI_INCLUDE" -I"$addon_api" -I"$inc" -I"$inc/torch/csrc/api/include" "${dist_inc[@]}" \

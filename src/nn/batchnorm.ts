@@ -44,12 +44,7 @@ export class BatchNorm2d extends Module {
   forward(x: Tensor): Tensor {
     if (x.rank !== 4) throw new Error(`BatchNorm2d: expected a 4-D input (N, C, H, W), got shape [${x.shape}]`);
     if (x.dim(1) !== this.numFeatures) throw new Error(`BatchNorm2d(${this.numFeatures}): input has ${x.dim(1)} channels`);
-    let momentum = this.momentum ?? 0;
-    const nbt = this.numBatchesTracked;
-    if (this.training && nbt) {
-      t.noGrad(() => t.add_(nbt, 1));
-      if (this.momentum === null) momentum = 1 / nbt.item();
-    }
+    const momentum = this.countBatch();
     const useBatchStats = this.training || !this.trackRunningStats;
     return t.batchNorm(x, {
       weight: this.weight, bias: this.bias,
@@ -58,6 +53,20 @@ export class BatchNorm2d extends Module {
       runningVar: this.training || this.trackRunningStats ? this.runningVar : null,
       training: useBatchStats, momentum, eps: this.eps,
     });
+  }
+
+  /**
+   * In training mode counts one more batch in num_batches_tracked; returns the running-stat
+   * momentum for this batch (the cumulative-average factor when momentum is null).
+   */
+  countBatch(): number {
+    let momentum = this.momentum ?? 0;
+    const nbt = this.numBatchesTracked;
+    if (this.training && nbt) {
+      t.noGrad(() => t.add_(nbt, 1));
+      if (this.momentum === null) momentum = 1 / nbt.item();
+    }
+    return momentum;
   }
 
   describe(): string {

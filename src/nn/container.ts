@@ -2,6 +2,7 @@
 import * as t from '../tensor/index.js';
 import type { Tensor } from '../tensor/index.js';
 import { Module } from './module.js';
+import { convGeluBatchNorm } from './fused.js';
 
 /** Applies its children in order; they are named '0', '1', ... as in PyTorch. */
 export class Sequential extends Module {
@@ -35,10 +36,15 @@ export class Sequential extends Module {
   forward(x: Tensor): Tensor {
     // Each intermediate handle is released as soon as the next layer has consumed it, so an
     // eval pass over a deep model holds one activation at a time (autograd keeps what it needs).
+    // Conv2d → GELU → BatchNorm2d runs as one fused kernel where it applies (./fused.ts).
     let y = x;
-    for (const m of this.#layers) {
+    const layers = this.#layers;
+    for (let i = 0; i < layers.length; i++) {
       const prev = y;
-      y = t.tidy(() => m.forward(prev));
+      const fused = i + 2 < layers.length ? convGeluBatchNorm(layers[i]!, layers[i + 1]!, layers[i + 2]!, prev) : null;
+      if (fused) i += 2;
+      const m = layers[i]!;
+      y = fused ?? t.tidy(() => m.forward(prev));
       if (prev !== x && prev !== y) prev.dispose();
     }
     return y;

@@ -133,7 +133,12 @@ export class Conv2d extends Module implements KernelSignature {
   }
 
   forward(x: Tensor): Tensor {
-    return t.conv2d(x, this.weight, this.bias, { stride: this.stride, padding: this.padding, dilation: this.dilation, groups: this.groups });
+    return this.convolve(x, true);
+  }
+
+  /** The convolution, with or without adding the bias (a fused kernel may add it later). */
+  convolve(x: Tensor, withBias: boolean): Tensor {
+    return t.conv2d(x, this.weight, withBias ? this.bias : null, { stride: this.stride, padding: this.padding, dilation: this.dilation, groups: this.groups });
   }
 
   describe(): string {

@@ -60,6 +60,8 @@ export const KERNELS = {
   dropout: 'aten::dropout', softmax: 'aten::softmax.int', logSoftmax: 'aten::log_softmax.int',
   nllLoss: 'aten::nll_loss', crossEntropy: 'aten::cross_entropy_loss', gridSampler2d: 'aten::grid_sampler',
   affineGrid: 'aten::affine_grid_generator', interpolateBilinear: 'aten::upsample_bilinear2d',
+  // kshare's own CPU kernels (native/*.cc, registered with libtorch's dispatcher)
+  biasGeluBatchNorm: 'kshare::bias_gelu_batch_norm',
   // multi-tensor (optimizers)
   foreachMulScalar_: 'aten::_foreach_mul_.Scalar', foreachAddList_: 'aten::_foreach_add_.List',
   foreachAddScalar_: 'aten::_foreach_add_.Scalar', foreachAddcmulScalar_: 'aten::_foreach_addcmul_.Scalar',

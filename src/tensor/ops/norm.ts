@@ -38,3 +38,44 @@ export function batchNorm(x: Tensor, o: BatchNormOptions): Tensor {
   const eps = numberArg(op, 'eps', o.eps ?? 1e-5);
   return wrap(runKernel(op, 'batchNorm', [x.handle, ...named.map(([, t]) => t?.handle ?? null), o.training, momentum, eps, true]));
 }
+
+export interface BiasGeluBatchNormOptions {
+  weight: Tensor;
+  bias: Tensor;
+  runningMean: Tensor;
+  runningVar: Tensor;
+  /** Training mode: batch statistics, and the running ones updated in place. */
+  training: boolean;
+  momentum?: number;
+  eps?: number;
+}
+
+/**
+ * batchNorm(gelu(x + convBias[c])) in one fused CPU kernel (native/fused_gelu_bn.cc): exact
+ * GELU, BatchNorm2d semantics (see batchNorm). x: float32 CPU (N, C, H, W), NCHW or
+ * channels-last; every other tensor float32 CPU [C]. Autograd gives gradients for x,
+ * convBias and the BN weight and bias.
+ */
+export function biasGeluBatchNorm(x: Tensor, convBias: Tensor, o: BiasGeluBatchNormOptions): Tensor {
+  const op = 'biasGeluBatchNorm';
+  if (o === null || typeof o !== 'object' || typeof o.training !== 'boolean') {
+    throw new TypeError(`${op}: options must be an object with a boolean 'training', got ${describe(o)}`);
+  }
+  tensorArg(op, 'input', x);
+  if (x.rank !== 4) throw new ShapeError(`${op}: input must be (N, C, H, W), got shape [${x.shape}]`);
+  const c = x.dim(1);
+  const named: [string, Tensor][] = [
+    ['convBias', convBias], ['weight', o.weight], ['bias', o.bias], ['runningMean', o.runningMean], ['runningVar', o.runningVar],
+  ];
+  for (const [name, t] of [['input', x] as [string, Tensor], ...named]) {
+    tensorArg(op, name, t);
+    if (t.dtype !== 'float32' || t.device !== 'cpu') {
+      throw new TypeError(`${op}: '${name}' must be a float32 CPU tensor, got ${t.dtype} on ${t.device} (use conv2d, gelu and batchNorm elsewhere)`);
+    }
+    if (t !== x && (t.rank !== 1 || t.dim(0) !== c)) throw new ShapeError(`${op}: '${name}' must have shape [${c}] for input [${x.shape}], got [${t.shape}]`);
+  }
+  if (o.training && x.size / c <= 1) throw new ShapeError(`${op}: expected more than 1 value per channel when training, got input [${x.shape}]`);
+  const momentum = numberArg(op, 'momentum', o.momentum ?? 0.1);
+  const eps = numberArg(op, 'eps', o.eps ?? 1e-5);
+  return wrap(runKernel(op, 'biasGeluBatchNorm', [x.handle, ...named.map(([, t]) => t.handle), o.training, momentum, eps]));
+}

@@ -1,0 +1,82 @@
+"""PyTorch reference for bench/cpu-kernels.ts: times single layers in torch.
+
+Run with Debian's /usr/bin/python3. Reads a JSON list of rows on stdin, each
+{"name", "kind", "shape": [N, C, H, W], "k"}; kinds:
+  dw_fwd, dw_grad_input, dw_grad_weight   depthwise k x k conv (bias, 'same' padding): forward
+                                           (no grad), and the backward for the input / the weight only
+  gbn_fwd_train, gbn_bwd_train,            batch_norm(gelu(x + bias)) (the ConvMixer layer kshare
+  gbn_fwd_eval, gbn_bwd_eval               fuses): forward, and the backward for x, bias, BN weight, BN bias
+Backward rows time only the backward (the graph is kept between iterations).
+Prints one JSON line {"torch", "threads", "samplesMs": {name: [...]}, "cpuSamplesMs": {name: [...]}}
+(wall-clock and process CPU time of each timed iteration).
+"""
+import argparse
+import json
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def make(row):
+    n, c, h, w = row['shape']
+    k = row.get('k', 1)
+    kind = row['kind']
+    x = torch.randn(n, c, h, w)
+    dy = torch.randn(n, c, h, w)
+    if kind.startswith('dw_'):
+        wt = torch.randn(c, 1, k, k) * 0.1
+        b = torch.randn(c)
+        if kind == 'dw_fwd':
+            def f():
+                with torch.no_grad():
+                    F.conv2d(x, wt, b, padding=k // 2, groups=c)
+            return f
+        target = x if kind == 'dw_grad_input' else wt
+        target.requires_grad_(True)
+        y = F.conv2d(x, wt, b, padding=k // 2, groups=c)
+        return lambda: torch.autograd.grad(y, [target], dy, retain_graph=True)
+    b, g, beta = torch.randn(c), torch.randn(c), torch.randn(c)
+    rm, rv = torch.zeros(c), torch.ones(c)
+    training = kind.endswith('_train')
+    fwd = lambda: F.batch_norm(F.gelu(x + b.view(1, -1, 1, 1)), rm, rv, g, beta, training=training, momentum=0.1, eps=1e-5)
+    params = [x, b, g, beta]
+    for p in params:
+        p.requires_grad_(True)
+    if kind == 'gbn_fwd_train':
+        return fwd
+    if kind == 'gbn_fwd_eval':
+        def f():
+            with torch.no_grad():
+                fwd()
+        return f
+    y = fwd()
+    return lambda: torch.autograd.grad(y, params, dy, retain_graph=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument('--threads', type=int, default=1)
+    ap.add_argument('--warmup', type=int, default=3)
+    ap.add_argument('--iters', type=int, default=10)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    out, cpu_out = {}, {}
+    for row in json.loads(sys.stdin.read()):
+        fn = make(row)
+        samples, cpu = [], []
+        for i in range(a.warmup + a.iters):
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            if i >= a.warmup:
+                samples.append((time.perf_counter() - t0) * 1000)
+                cpu.append((time.process_time() - c0) * 1000)
+        out[row['name']] = samples
+        cpu_out[row['name']] = cpu
+    print(json.dumps({'torch': torch.__version__, 'threads': torch.get_num_threads(), 'samplesMs': out, 'cpuSamplesMs': cpu_out}))
+
+
+if __name__ == '__main__':
+    main()
