@@ -21,8 +21,15 @@ import type { Module } from '../src/nn/index.js';
 import { median, round } from './stats.js';
 import { MALLOC_ENV, ROOT, reexecWithMallocEnv, runReference } from './cpu-common.js';
 
-
-interface Shape { dim: number; depth: number; kernel: number; patch: number; classes: number; batch: number; size: number }
+interface Shape {
+  dim: number;
+  depth: number;
+  kernel: number;
+  patch: number;
+  classes: number;
+  batch: number;
+  size: number;
+}
 const SHAPE: Shape = { dim: 64, depth: 4, kernel: 5, patch: 2, classes: 10, batch: 32, size: 32 };
 
 /** The small ConvMixer written directly with tensor ops: what the engine costs without the Module layer. */
@@ -30,7 +37,10 @@ class OpsConvMixer {
   readonly params: Tensor[] = [];
   readonly stats: Tensor[] = [];
 
-  constructor(private readonly s: Shape, gen: t.Generator) {
+  constructor(
+    private readonly s: Shape,
+    gen: t.Generator,
+  ) {
     const uniform = (shape: number[], fanIn: number) => {
       const b = 1 / Math.sqrt(fanIn);
       return this.param(t.uniform_(t.zeros(shape), -b, b, gen));
@@ -39,8 +49,10 @@ class OpsConvMixer {
     this.stem = { w: uniform([d, 3, s.patch, s.patch], 3 * s.patch * s.patch), b: uniform([d], 3 * s.patch * s.patch), bn: this.bn(d) };
     for (let i = 0; i < s.depth; i++) {
       this.blocks.push({
-        dw: { w: uniform([d, 1, s.kernel, s.kernel], s.kernel * s.kernel), b: uniform([d], s.kernel * s.kernel) }, bn1: this.bn(d),
-        pw: { w: uniform([d, d, 1, 1], d), b: uniform([d], d) }, bn2: this.bn(d),
+        dw: { w: uniform([d, 1, s.kernel, s.kernel], s.kernel * s.kernel), b: uniform([d], s.kernel * s.kernel) },
+        bn1: this.bn(d),
+        pw: { w: uniform([d, d, 1, 1], d), b: uniform([d], d) },
+        bn2: this.bn(d),
       });
     }
     this.head = { w: uniform([s.classes, d], d), b: uniform([s.classes], d) };
@@ -71,9 +83,10 @@ class OpsConvMixer {
     const norm = (h: Tensor, b: Bn) => t.batchNorm(h, { weight: b.w, bias: b.b, runningMean: b.rm, runningVar: b.rv, training });
     // conv → GELU → BN: kshare's fused kernel where it applies, as the Module layer does (src/nn/fused.ts)
     const fused = t.nativeKernelsEnabled() && x.dtype === 'float32' && x.device === 'cpu';
-    const convGeluBn = (v: Tensor, w: Tensor, bias: Tensor, b: Bn, o: t.Conv2dOptions) => fused
-      ? t.biasGeluBatchNorm(t.conv2d(v, w, null, o), bias, { weight: b.w, bias: b.b, runningMean: b.rm, runningVar: b.rv, training })
-      : norm(t.gelu(t.conv2d(v, w, bias, o)), b);
+    const convGeluBn = (v: Tensor, w: Tensor, bias: Tensor, b: Bn, o: t.Conv2dOptions) =>
+      fused
+        ? t.biasGeluBatchNorm(t.conv2d(v, w, null, o), bias, { weight: b.w, bias: b.b, runningMean: b.rm, runningVar: b.rv, training })
+        : norm(t.gelu(t.conv2d(v, w, bias, o)), b);
     const stage = (input: Tensor, fn: (h: Tensor) => Tensor): Tensor => {
       const out = t.tidy(() => fn(input));
       if (input !== x) input.dispose();
@@ -92,10 +105,19 @@ class OpsConvMixer {
     t.dispose([this.params, this.stats]);
   }
 }
-interface Bn { w: Tensor; b: Tensor; rm: Tensor; rv: Tensor }
+interface Bn {
+  w: Tensor;
+  b: Tensor;
+  rm: Tensor;
+  rv: Tensor;
+}
 
 /** A model as the bench needs it: a forward pass, its parameters, a train/eval switch. */
-interface Subject { forward(x: Tensor, training: boolean): Tensor; params: Tensor[]; dispose(): void }
+interface Subject {
+  forward(x: Tensor, training: boolean): Tensor;
+  params: Tensor[];
+  dispose(): void;
+}
 
 function opsSubject(): Subject {
   return new OpsConvMixer(SHAPE, new t.Generator(0));
@@ -120,12 +142,20 @@ type Mode = 'step' | 'forward';
 function settle(seconds: number): void {
   const subject = opsSubject();
   const x = t.randn([SHAPE.batch, 3, SHAPE.size, SHAPE.size]);
-  while (process.uptime() < seconds) t.noGrad(() => t.tidy(() => { subject.forward(x, false); }));
+  while (process.uptime() < seconds)
+    t.noGrad(() =>
+      t.tidy(() => {
+        subject.forward(x, false);
+      }),
+    );
   subject.dispose();
   x.dispose();
 }
 
-interface Samples { wall: number[]; cpu: number[] }
+interface Samples {
+  wall: number[];
+  cpu: number[];
+}
 
 function timeKshare(make: () => Subject, mode: Mode, warmup: number, steps: number): Samples {
   const subject = make();
@@ -138,7 +168,12 @@ function timeKshare(make: () => Subject, mode: Mode, warmup: number, steps: numb
     opt.step();
     opt.zeroGrad();
   };
-  const forward = () => t.noGrad(() => t.tidy(() => { subject.forward(x, false); }));
+  const forward = () =>
+    t.noGrad(() =>
+      t.tidy(() => {
+        subject.forward(x, false);
+      }),
+    );
   const fn = mode === 'step' ? step : forward;
   const samples: Samples = { wall: [], cpu: [] };
   const live = t.liveTensors();
@@ -160,21 +195,53 @@ function timeKshare(make: () => Subject, mode: Mode, warmup: number, steps: numb
   return samples;
 }
 
-interface Reference { torch: string; threads: number; samplesMs: number[]; cpuSamplesMs: number[] }
+interface Reference {
+  torch: string;
+  threads: number;
+  samplesMs: number[];
+  cpuSamplesMs: number[];
+}
 
 function timeReference(mode: Mode, sharing: 'none' | 'both', threads: number, warmup: number, steps: number): Reference {
   const s = SHAPE;
-  const args = ['--mode', mode, '--sharing', sharing, '--threads', String(threads),
-    '--warmup', String(warmup), '--steps', String(steps), '--dim', String(s.dim), '--depth', String(s.depth), '--kernel', String(s.kernel),
-    '--patch', String(s.patch), '--classes', String(s.classes), '--batch', String(s.batch), '--size', String(s.size)];
+  const args = [
+    '--mode',
+    mode,
+    '--sharing',
+    sharing,
+    '--threads',
+    String(threads),
+    '--warmup',
+    String(warmup),
+    '--steps',
+    String(steps),
+    '--dim',
+    String(s.dim),
+    '--depth',
+    String(s.depth),
+    '--kernel',
+    String(s.kernel),
+    '--patch',
+    String(s.patch),
+    '--classes',
+    String(s.classes),
+    '--batch',
+    String(s.batch),
+    '--size',
+    String(s.size),
+  ];
   return runReference<Reference>('reference_step.py', args, threads);
 }
 
-
 interface Row {
-  name: string; kshareMs: number; referenceMs: number; ratio: number;
+  name: string;
+  kshareMs: number;
+  referenceMs: number;
+  ratio: number;
   /** the same from process CPU time: steadier than wall time when other processes compete for the cores */
-  kshareCpuMs: number; referenceCpuMs: number; cpuRatio: number;
+  kshareCpuMs: number;
+  referenceCpuMs: number;
+  cpuRatio: number;
 }
 
 function main(): void {
@@ -190,7 +257,16 @@ function main(): void {
     .option('--system-malloc', "keep glibc's default malloc thresholds (noisier)")
     .option('--only <text>', 'run only the rows whose name contains text')
     .parse();
-  const o = program.opts<{ threads: string; warmup: string; steps: string; rounds: string; out: string; settle: string; systemMalloc?: boolean; only?: string }>();
+  const o = program.opts<{
+    threads: string;
+    warmup: string;
+    steps: string;
+    rounds: string;
+    out: string;
+    settle: string;
+    systemMalloc?: boolean;
+    only?: string;
+  }>();
   // malloc reads these at process start, so run again with them (PyTorch inherits them too)
   if (!o.systemMalloc) reexecWithMallocEnv(fileURLToPath(import.meta.url));
   const int = (name: string, v: string, min: number) => {
@@ -233,12 +309,19 @@ function main(): void {
     }
     const [kw, rw, kc, rc] = [median(mine.wall), median(ref.wall), median(mine.cpu), median(ref.cpu)];
     const row: Row = {
-      name: c.name, kshareMs: round(kw, 2), referenceMs: round(rw, 2), ratio: round(rw / kw, 3),
-      kshareCpuMs: round(kc, 2), referenceCpuMs: round(rc, 2), cpuRatio: round(rc / kc, 3),
+      name: c.name,
+      kshareMs: round(kw, 2),
+      referenceMs: round(rw, 2),
+      ratio: round(rw / kw, 3),
+      kshareCpuMs: round(kc, 2),
+      referenceCpuMs: round(rc, 2),
+      cpuRatio: round(rc / kc, 3),
     };
     rows.push(row);
     const f = (v: number) => v.toFixed(2).padStart(8);
-    console.log(`${row.name.padEnd(52)} wall: kshare ${f(kw)} ms, torch ${f(rw)} ms, ratio ${row.ratio.toFixed(3)} | cpu: ${f(kc)} / ${f(rc)} ms, ratio ${row.cpuRatio.toFixed(3)}`);
+    console.log(
+      `${row.name.padEnd(52)} wall: kshare ${f(kw)} ms, torch ${f(rw)} ms, ratio ${row.ratio.toFixed(3)} | cpu: ${f(kc)} / ${f(rc)} ms, ratio ${row.cpuRatio.toFixed(3)}`,
+    );
   }
   const cpus = os.cpus();
   const libtorch = t.runtimeInfo().torchVersion;
@@ -246,8 +329,14 @@ function main(): void {
     machine: `${cpus[0]?.model.trim() ?? 'unknown CPU'}, ${cpus.length} cores`,
     torch: libtorch === torchVersion ? torchVersion : `${torchVersion} (kshare's libtorch ${libtorch})`,
     threads,
-    method: `batch ${SHAPE.batch}, ${SHAPE.size}x${SHAPE.size}, ${SHAPE.classes} classes; AdamW, hard-label cross-entropy; median of ${rounds}x${steps} steps after ${warmup} warm-up steps per round, kshare and PyTorch alternating; ` +
-      (o.systemMalloc ? 'default glibc malloc' : `both processes with ${Object.entries(MALLOC_ENV).map(([k, v]) => `${k}=${v}`).join(' ')}`) + `; timing from ${settleS} s after start`,
+    method:
+      `batch ${SHAPE.batch}, ${SHAPE.size}x${SHAPE.size}, ${SHAPE.classes} classes; AdamW, hard-label cross-entropy; median of ${rounds}x${steps} steps after ${warmup} warm-up steps per round, kshare and PyTorch alternating; ` +
+      (o.systemMalloc
+        ? 'default glibc malloc'
+        : `both processes with ${Object.entries(MALLOC_ENV)
+            .map(([k, v]) => `${k}=${v}`)
+            .join(' ')}`) +
+      `; timing from ${settleS} s after start`,
     rows,
   };
   mkdirSync(path.dirname(o.out), { recursive: true });

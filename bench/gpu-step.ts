@@ -51,7 +51,10 @@ interface Setting {
 function parseSetting(spec: string): Setting {
   const s: Setting = { precision: 'fp32', scaler: false, channelsLast: false, cudnnBenchmark: false };
   let scaler: boolean | null = null;
-  for (const tok of spec.split(/[+,]/).map((x) => x.trim()).filter(Boolean)) {
+  for (const tok of spec
+    .split(/[+,]/)
+    .map((x) => x.trim())
+    .filter(Boolean)) {
     if (tok === 'fp32' || tok === 'fp16' || tok === 'bf16') s.precision = tok;
     else if (tok === 'cl' || tok === 'channels_last') s.channelsLast = true;
     else if (tok === 'bench' || tok === 'cudnn_benchmark') s.cudnnBenchmark = true;
@@ -64,11 +67,20 @@ function parseSetting(spec: string): Setting {
 }
 
 function settingName(s: Setting): string {
-  return [s.precision, ...(s.channelsLast ? ['cl'] : []), ...(s.cudnnBenchmark ? ['bench'] : []),
-    ...(s.scaler !== (s.precision === 'fp16') ? [s.scaler ? 'scaler' : 'noscaler'] : [])].join('+');
+  return [
+    s.precision,
+    ...(s.channelsLast ? ['cl'] : []),
+    ...(s.cudnnBenchmark ? ['bench'] : []),
+    ...(s.scaler !== (s.precision === 'fp16') ? [s.scaler ? 'scaler' : 'noscaler'] : []),
+  ].join('+');
 }
 
-interface Family { recipe: string; baseline: string; optimizer: OptimizerConfig; clip: number | null }
+interface Family {
+  recipe: string;
+  baseline: string;
+  optimizer: OptimizerConfig;
+  clip: number | null;
+}
 
 function family(model: string, recipes: Map<string, Family>): Family {
   const key = model.startsWith('convmixer_') ? 'convmixer' : model.startsWith('se_resnet_') ? 'seresnet' : null;
@@ -83,19 +95,39 @@ function family(model: string, recipes: Map<string, Family>): Family {
 }
 
 interface Case {
-  name: string; model: string; label: string; setting: Setting; fam: Family;
+  name: string;
+  model: string;
+  label: string;
+  setting: Setting;
+  fam: Family;
   /** what changed for validation on the CPU */
   note?: string;
 }
 
 /** The same job for both sides (the reference gets it as JSON). */
 interface Job {
-  model: string; classes: number; device: string; batch: number; size: number; warmup: number; steps: number;
-  precision: Precision; scaler: boolean; channelsLast: boolean; cudnnBenchmark: boolean;
-  optimizer: OptimizerConfig; clip: number | null; threads: number | null; seed: number;
+  model: string;
+  classes: number;
+  device: string;
+  batch: number;
+  size: number;
+  warmup: number;
+  steps: number;
+  precision: Precision;
+  scaler: boolean;
+  channelsLast: boolean;
+  cudnnBenchmark: boolean;
+  optimizer: OptimizerConfig;
+  clip: number | null;
+  threads: number | null;
+  seed: number;
 }
 
-interface Samples { samplesMs: number[]; blockMs: number; skipped: number }
+interface Samples {
+  samplesMs: number[];
+  blockMs: number;
+  skipped: number;
+}
 
 function timeKshare(job: Job): Samples {
   const { device } = job;
@@ -104,7 +136,7 @@ function timeKshare(job: Job): Samples {
   t.setCudnnBenchmark(job.cudnnBenchmark);
   t.manualSeed(job.seed);
   const model = createModel(job.model, { classes: job.classes });
-  const memoryFormat = job.channelsLast ? 'channels_last' as const : 'contiguous' as const;
+  const memoryFormat = job.channelsLast ? ('channels_last' as const) : ('contiguous' as const);
   model.to({ device, memoryFormat });
   model.train();
   const opt = buildOptimizer(model, job.optimizer);
@@ -117,21 +149,22 @@ function timeKshare(job: Job): Samples {
     return [xc.to({ device, memoryFormat }), yc.to(device)];
   });
   const amp = job.precision !== 'fp32';
-  const ampDtype = job.precision === 'bf16' ? 'bfloat16' as const : 'float16' as const;
-  const ampDevice = cuda ? 'cuda' as const : 'cpu' as const;
+  const ampDtype = job.precision === 'bf16' ? ('bfloat16' as const) : ('float16' as const);
+  const ampDevice = cuda ? ('cuda' as const) : ('cpu' as const);
   let stepped = true;
-  const step = () => t.tidy(() => {
-    const logits = t.autocast({ device: ampDevice, dtype: ampDtype, enabled: amp }, () => model.forward(x));
-    const loss = t.crossEntropy(logits.to('float32'), y);
-    scaler.scale(loss).backward();
-    if (job.clip !== null) {
-      scaler.unscale(opt);
-      clipGradNorm(params, job.clip);
-    }
-    stepped = scaler.step(opt);
-    scaler.update();
-    opt.zeroGrad();
-  });
+  const step = () =>
+    t.tidy(() => {
+      const logits = t.autocast({ device: ampDevice, dtype: ampDtype, enabled: amp }, () => model.forward(x));
+      const loss = t.crossEntropy(logits.to('float32'), y);
+      scaler.scale(loss).backward();
+      if (job.clip !== null) {
+        scaler.unscale(opt);
+        clipGradNorm(params, job.clip);
+      }
+      stepped = scaler.step(opt);
+      scaler.update();
+      opt.zeroGrad();
+    });
   const out: Samples = { samplesMs: [], blockMs: 0, skipped: 0 };
   try {
     for (let i = 0; i < job.warmup; i++) step();
@@ -151,7 +184,8 @@ function timeKshare(job: Job): Samples {
     t.synchronize();
     out.blockMs = (performance.now() - t0) / job.steps;
     // the optimizer state exists after the first step: from then on a step must not hold more tensors
-    if (job.warmup > 0 && t.liveTensors() !== live) throw new Error(`gpu-step: ${job.model} holds ${t.liveTensors() - live} more tensors after the timed steps (leak)`);
+    if (job.warmup > 0 && t.liveTensors() !== live)
+      throw new Error(`gpu-step: ${job.model} holds ${t.liveTensors() - live} more tensors after the timed steps (leak)`);
   } finally {
     scaler.dispose();
     opt.dispose();
@@ -162,7 +196,11 @@ function timeKshare(job: Job): Samples {
   return out;
 }
 
-interface Reference extends Samples { torch: string; device: string; scaler: boolean }
+interface Reference extends Samples {
+  torch: string;
+  device: string;
+  scaler: boolean;
+}
 
 function runPython(python: string, args: string[], what: string): string {
   const r = spawnSync(python, args, { encoding: 'utf8', maxBuffer: 64 << 20 });
@@ -173,10 +211,16 @@ function runPython(python: string, args: string[], what: string): string {
 }
 
 function timeReference(python: string, job: Job): Reference {
-  return JSON.parse(runPython(python, [path.join(ROOT, 'bench', 'reference_gpu_step.py'), '--job', JSON.stringify(job)], `bench/reference_gpu_step.py (${job.model})`)) as Reference;
+  return JSON.parse(
+    runPython(python, [path.join(ROOT, 'bench', 'reference_gpu_step.py'), '--job', JSON.stringify(job)], `bench/reference_gpu_step.py (${job.model})`),
+  ) as Reference;
 }
 
-interface Probe { torch: string; cuda: boolean; device: string }
+interface Probe {
+  torch: string;
+  cuda: boolean;
+  device: string;
+}
 
 /** The first interpreter that imports torch: --python, $KSHARE_TORCH_PYTHON, python3, /usr/bin/python3. */
 function findPython(explicit: string | undefined, device: string): { python: string; probe: Probe } {
@@ -193,18 +237,27 @@ function findPython(explicit: string | undefined, device: string): { python: str
   throw new Error(`gpu-step: no Python with torch found (set --python or KSHARE_TORCH_PYTHON):\n${errors.join('\n')}`);
 }
 
-
 interface Row {
-  name: string; kshareMs: number; referenceMs: number; ratio: number;
+  name: string;
+  kshareMs: number;
+  referenceMs: number;
+  ratio: number;
   /** mean ms per step over a block of --steps steps synchronised only at its ends */
-  kshareBlockMs: number; referenceBlockMs: number; blockRatio: number;
-  setting: string; optimizer: string;
+  kshareBlockMs: number;
+  referenceBlockMs: number;
+  blockRatio: number;
+  setting: string;
+  optimizer: string;
   /** timed steps that a GradScaler skipped (inf/NaN gradients) */
-  kshareSkipped: number; referenceSkipped: number;
+  kshareSkipped: number;
+  referenceSkipped: number;
   note?: string;
 }
 
-interface FailedRow { name: string; error: string }
+interface FailedRow {
+  name: string;
+  error: string;
+}
 
 function main(): void {
   const program = new Command()
@@ -228,8 +281,22 @@ function main(): void {
     .option('--out <file>', 'where to write the JSON', path.join(ROOT, 'bench', 'results', 'gpu-step.json'))
     .parse();
   const o = program.opts<{
-    device: string; batch: string; size: string; classes: string; warmup: string; steps: string; rounds: string; models?: string; only?: string;
-    bestConvmixer: string; bestSeresnet: string; variants?: string; best: boolean; threads?: string; python?: string; out: string;
+    device: string;
+    batch: string;
+    size: string;
+    classes: string;
+    warmup: string;
+    steps: string;
+    rounds: string;
+    models?: string;
+    only?: string;
+    bestConvmixer: string;
+    bestSeresnet: string;
+    variants?: string;
+    best: boolean;
+    threads?: string;
+    python?: string;
+    out: string;
   }>();
   const int = (name: string, v: string, min: number) => {
     const n = Number(v);
@@ -247,17 +314,33 @@ function main(): void {
   if (!cuda && device !== 'cpu') program.error(`gpu-step: --device must be cuda, cuda:N or cpu, got '${device}'`);
   const threads = o.threads !== undefined ? int('threads', o.threads, 1) : cuda ? null : 1;
   const info = t.runtimeInfo();
-  if (cuda && !info.cudaAvailable) program.error(`gpu-step: kshare's libtorch ${info.torchVersion} has no CUDA (build the addon against a CUDA libtorch: TORCH_DIR=... bash native/build.sh), or use --device cpu`);
+  if (cuda && !info.cudaAvailable)
+    program.error(
+      `gpu-step: kshare's libtorch ${info.torchVersion} has no CUDA (build the addon against a CUDA libtorch: TORCH_DIR=... bash native/build.sh), or use --device cpu`,
+    );
 
   const recipes = new Map<string, Family>();
-  const models = o.models ? o.models.split(',').map((m) => m.trim()).filter(Boolean) : cuda ? DEFAULT_MODELS : DEFAULT_CPU_MODELS;
+  const models = o.models
+    ? o.models
+        .split(',')
+        .map((m) => m.trim())
+        .filter(Boolean)
+    : cuda
+      ? DEFAULT_MODELS
+      : DEFAULT_CPU_MODELS;
   const cases: Case[] = [];
   for (const model of models) {
     createModel(model, { classes }).dispose(); // unknown names fail here, before anything is timed
     const fam = family(model, recipes);
     const specs: [string, string][] = [[fam.baseline, fam.baseline]];
     if (o.best) specs.push(['best', fam.recipe === 'convmixer' ? o.bestConvmixer : o.bestSeresnet]);
-    for (const v of o.variants ? o.variants.split(',').map((x) => x.trim()).filter(Boolean) : []) specs.push([settingName(parseSetting(v)), v]);
+    for (const v of o.variants
+      ? o.variants
+          .split(',')
+          .map((x) => x.trim())
+          .filter(Boolean)
+      : [])
+      specs.push([settingName(parseSetting(v)), v]);
     for (const [label, spec] of specs) {
       const setting = parseSetting(spec);
       const c: Case = { name: `${model}/${label}`, model, label, setting, fam };
@@ -276,7 +359,9 @@ function main(): void {
 
   const { python, probe } = findPython(o.python, device);
   if (cuda && !probe.cuda) throw new Error(`gpu-step: ${python}'s torch ${probe.torch} has no CUDA`);
-  console.log(`gpu-step: kshare libtorch ${info.torchVersion}, reference torch ${probe.torch} (${python}), device ${probe.device}; batch ${batch}, ${warmup} warm-up + ${steps} timed steps, ${rounds} round(s)`);
+  console.log(
+    `gpu-step: kshare libtorch ${info.torchVersion}, reference torch ${probe.torch} (${python}), device ${probe.device}; batch ${batch}, ${warmup} warm-up + ${steps} timed steps, ${rounds} round(s)`,
+  );
 
   const rows: (Row | FailedRow)[] = [];
   const cpus = os.cpus();
@@ -285,8 +370,14 @@ function main(): void {
     device,
     torch: probe.torch,
     kshareLibtorch: info.torchVersion,
-    batch, size, classes, warmup, steps, rounds,
-    method: `synthetic batch (randn images, random labels) resident on the device; hard-label cross-entropy on float32 logits; ` +
+    batch,
+    size,
+    classes,
+    warmup,
+    steps,
+    rounds,
+    method:
+      `synthetic batch (randn images, random labels) resident on the device; hard-label cross-entropy on float32 logits; ` +
       `per row kshare then PyTorch eager (bench/reference_gpu_step.py, models from test/fixtures/ref_models.py) in a child process, ${rounds} round(s); ` +
       `${warmup} untimed warm-up steps, then ${steps} steps each timed between two device synchronisations (kshareMs/referenceMs: median; ratio = referenceMs / kshareMs), ` +
       `then a block of ${steps} steps synchronised only at its ends (blockMs: mean per step). Recipe optimisers (recipes/convmixer.json, recipes/seresnet.json) through buildOptimizer / torch.optim with the same parameter groups; ` +
@@ -323,8 +414,18 @@ function main(): void {
 
   function timeRow(c: Case): Row {
     const job: Job = {
-      model: c.model, classes, device, batch, size, warmup, steps, ...c.setting,
-      optimizer: c.fam.optimizer, clip: c.fam.clip, threads, seed: 0,
+      model: c.model,
+      classes,
+      device,
+      batch,
+      size,
+      warmup,
+      steps,
+      ...c.setting,
+      optimizer: c.fam.optimizer,
+      clip: c.fam.clip,
+      threads,
+      seed: 0,
     };
     const mine: Samples = { samplesMs: [], blockMs: 0, skipped: 0 };
     const ref: Samples = { samplesMs: [], blockMs: 0, skipped: 0 };
@@ -341,19 +442,28 @@ function main(): void {
       refScaler = p.scaler;
     }
     const [km, rm] = [median(mine.samplesMs), median(ref.samplesMs)];
-    const opt = c.fam.optimizer.type === 'sgd'
-      ? `SGD lr ${c.fam.optimizer.lr} momentum ${c.fam.optimizer.momentum} wd ${c.fam.optimizer.weightDecay}`
-      : `AdamW lr ${c.fam.optimizer.lr} eps ${c.fam.optimizer.eps} wd ${c.fam.optimizer.weightDecay}${c.fam.optimizer.noDecayOnNormsAndBiases ? ' (none on norms/biases)' : ''}`;
+    const opt =
+      c.fam.optimizer.type === 'sgd'
+        ? `SGD lr ${c.fam.optimizer.lr} momentum ${c.fam.optimizer.momentum} wd ${c.fam.optimizer.weightDecay}`
+        : `AdamW lr ${c.fam.optimizer.lr} eps ${c.fam.optimizer.eps} wd ${c.fam.optimizer.weightDecay}${c.fam.optimizer.noDecayOnNormsAndBiases ? ' (none on norms/biases)' : ''}`;
     const row: Row = {
-      name: c.name, kshareMs: round(km, 3), referenceMs: round(rm, 3), ratio: round(rm / km, 3),
-      kshareBlockMs: round(mine.blockMs, 3), referenceBlockMs: round(ref.blockMs, 3), blockRatio: round(ref.blockMs / mine.blockMs, 3),
+      name: c.name,
+      kshareMs: round(km, 3),
+      referenceMs: round(rm, 3),
+      ratio: round(rm / km, 3),
+      kshareBlockMs: round(mine.blockMs, 3),
+      referenceBlockMs: round(ref.blockMs, 3),
+      blockRatio: round(ref.blockMs / mine.blockMs, 3),
       setting: settingName(c.setting) + (job.scaler ? ` (GradScaler${refScaler ? '' : '; PyTorch side without'})` : ''),
       optimizer: opt + (c.fam.clip !== null ? `, clip ${c.fam.clip}` : ''),
-      kshareSkipped: mine.skipped, referenceSkipped: ref.skipped,
+      kshareSkipped: mine.skipped,
+      referenceSkipped: ref.skipped,
       ...(c.note ? { note: c.note } : {}),
     };
     const f = (v: number) => v.toFixed(2).padStart(9);
-    console.log(`${row.name.padEnd(48)} kshare ${f(km)} ms, torch ${f(rm)} ms, ratio ${row.ratio.toFixed(3)} | block ${f(mine.blockMs)} / ${f(ref.blockMs)} ms, ratio ${row.blockRatio.toFixed(3)}  [${row.setting}]`);
+    console.log(
+      `${row.name.padEnd(48)} kshare ${f(km)} ms, torch ${f(rm)} ms, ratio ${row.ratio.toFixed(3)} | block ${f(mine.blockMs)} / ${f(ref.blockMs)} ms, ratio ${row.blockRatio.toFixed(3)}  [${row.setting}]`,
+    );
     return row;
   }
 }

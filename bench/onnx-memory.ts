@@ -34,7 +34,12 @@ function sessionOptions(config: ConfigName, sharedKernels: number): ort.Inferenc
   return { ...base, intraOpNumThreads: 1 };
 }
 
-interface ChildResult { rssBeforeMB: number; sessionMB: number; afterRunMB: number; latencyMs: number }
+interface ChildResult {
+  rssBeforeMB: number;
+  sessionMB: number;
+  afterRunMB: number;
+  latencyMs: number;
+}
 
 /** The child: one session, RSS deltas, a short latency measurement. */
 async function child(file: string, config: ConfigName, sharedKernels: number, optimizedOut: string): Promise<void> {
@@ -69,7 +74,8 @@ const round = (x: number, d = 2) => Math.round(x * 10 ** d) / 10 ** d;
 function runChild(file: string, config: ConfigName, sharedKernels: number, trimmed: boolean, optimizedOut = ''): ChildResult {
   const self = fileURLToPath(import.meta.url);
   const r = spawnSync(process.execPath, [self, '--child', file, config, String(sharedKernels), optimizedOut], {
-    encoding: 'utf8', env: { ...process.env, ...(trimmed ? TRIMMED_MALLOC : {}) },
+    encoding: 'utf8',
+    env: { ...process.env, ...(trimmed ? TRIMMED_MALLOC : {}) },
   });
   if (r.status !== 0) throw new Error(`child for ${file} / ${config} failed:\n${r.stderr}`);
   return JSON.parse(r.stdout.trim().split('\n').pop()!) as ChildResult;
@@ -100,7 +106,10 @@ async function main(): Promise<void> {
   try {
     const emptyFile = path.join(dir, 'empty.onnx');
     writeFileSync(emptyFile, await emptyModel());
-    const baseline = { glibc: median(Array.from({ length: repeats }, () => runChild(emptyFile, 'default (all)', 0, false).sessionMB)), trimmed: median(Array.from({ length: repeats }, () => runChild(emptyFile, 'default (all)', 0, true).sessionMB)) };
+    const baseline = {
+      glibc: median(Array.from({ length: repeats }, () => runChild(emptyFile, 'default (all)', 0, false).sessionMB)),
+      trimmed: median(Array.from({ length: repeats }, () => runChild(emptyFile, 'default (all)', 0, true).sessionMB)),
+    };
     const rows = [];
     for (const name of MODELS) {
       t.manualSeed(0);
@@ -116,28 +125,44 @@ async function main(): Promise<void> {
         const trimmed = Array.from({ length: repeats }, () => runChild(file, config, shared, true));
         const sessionGraph = decodeModel(readFileSync(optimized), optimized);
         const row = {
-          model: name, params: src.info.params, sharedKernels: shared, fileMB: round(stats.fileBytes / 1e6, 3), weightMB: round(stats.weightBytes / 1e6, 3), config,
+          model: name,
+          params: src.info.params,
+          sharedKernels: shared,
+          fileMB: round(stats.fileBytes / 1e6, 3),
+          weightMB: round(stats.weightBytes / 1e6, 3),
+          config,
           sessionWeightMB: round(sessionGraph.graph.initializer.reduce((s, i) => s + tensorBytes(i), 0) / 1e6, 3),
           sessionSharedKernels: sharedConvWeights(sessionGraph).length,
-          rssSessionMB: { glibc: round(median(glibc.map((r) => r.sessionMB)) - baseline.glibc), trimmed: round(median(trimmed.map((r) => r.sessionMB)) - baseline.trimmed) },
-          rssAfterRunMB: { glibc: round(median(glibc.map((r) => r.afterRunMB)) - baseline.glibc), trimmed: round(median(trimmed.map((r) => r.afterRunMB)) - baseline.trimmed) },
+          rssSessionMB: {
+            glibc: round(median(glibc.map((r) => r.sessionMB)) - baseline.glibc),
+            trimmed: round(median(trimmed.map((r) => r.sessionMB)) - baseline.trimmed),
+          },
+          rssAfterRunMB: {
+            glibc: round(median(glibc.map((r) => r.afterRunMB)) - baseline.glibc),
+            trimmed: round(median(trimmed.map((r) => r.afterRunMB)) - baseline.trimmed),
+          },
           latencyMs: round(Math.min(...[...glibc, ...trimmed].map((r) => r.latencyMs)), 1),
         };
         rows.push(row);
-        console.log(`${name.padEnd(26)} ${config.padEnd(22)} session weights ${row.sessionWeightMB.toFixed(2).padStart(6)} MB (shared kernels ${row.sessionSharedKernels}), RSS +${row.rssSessionMB.trimmed} MB trimmed / +${row.rssSessionMB.glibc} MB glibc, after run +${row.rssAfterRunMB.trimmed} / +${row.rssAfterRunMB.glibc} MB, ${row.latencyMs} ms`);
+        console.log(
+          `${name.padEnd(26)} ${config.padEnd(22)} session weights ${row.sessionWeightMB.toFixed(2).padStart(6)} MB (shared kernels ${row.sessionSharedKernels}), RSS +${row.rssSessionMB.trimmed} MB trimmed / +${row.rssSessionMB.glibc} MB glibc, after run +${row.rssAfterRunMB.trimmed} / +${row.rssAfterRunMB.glibc} MB, ${row.latencyMs} ms`,
+        );
       }
     }
     const result = {
-      description: 'ONNX Runtime (onnxruntime-node, CPU EP) session memory for kshare exports. RSS values are deltas over a weightless session (baselineMB), medians of `repeats` fresh processes; "trimmed" runs with MALLOC_MMAP_THRESHOLD_=65536 MALLOC_TRIM_THRESHOLD_=0 so freed temporaries do not count. sessionWeightMB: initializer bytes of the graph the session built (optimizedModelFilePath). latencyMs: fastest of 7 single-image inferences in each of the 2*repeats processes, 1 intra-op thread, on a machine shared with other work (indicative only).',
+      description:
+        'ONNX Runtime (onnxruntime-node, CPU EP) session memory for kshare exports. RSS values are deltas over a weightless session (baselineMB), medians of `repeats` fresh processes; "trimmed" runs with MALLOC_MMAP_THRESHOLD_=65536 MALLOC_TRIM_THRESHOLD_=0 so freed temporaries do not count. sessionWeightMB: initializer bytes of the graph the session built (optimizedModelFilePath). latencyMs: fastest of 7 single-image inferences in each of the 2*repeats processes, 1 intra-op thread, on a machine shared with other work (indicative only).',
       configs: {
         'default (all)': "graphOptimizationLevel 'all' (ONNX Runtime's default)",
         basic: "graphOptimizationLevel 'basic'",
         disabled: "graphOptimizationLevel 'disabled'",
-        recommended: "kshare's recommendedSessionOptions: 'all', plus optimization.disable_specified_optimizers = ConvBNFusion;ConvAddFusion;ConvMulFusion when the model has shared kernels",
+        recommended:
+          "kshare's recommendedSessionOptions: 'all', plus optimization.disable_specified_optimizers = ConvBNFusion;ConvAddFusion;ConvMulFusion when the model has shared kernels",
         'recommended (extended)': "the same at graphOptimizationLevel 'extended' (no NCHWc layout pass, whose temporary weight copies stay in glibc's heap)",
       },
       machine: { cpus: cpus().length, cpuModel: cpus()[0]?.model ?? 'unknown', node: process.version, onnxruntimeNode: ort.env.versions.node ?? 'unknown' },
-      repeats, baselineMB: { glibc: round(baseline.glibc), trimmed: round(baseline.trimmed) },
+      repeats,
+      baselineMB: { glibc: round(baseline.glibc), trimmed: round(baseline.trimmed) },
       date: new Date().toISOString().slice(0, 10),
       results: rows,
     };

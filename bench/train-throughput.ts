@@ -32,10 +32,24 @@ function randomImages(count: number): ImageDataset {
   const g = new t.Generator(1);
   const images = t.tidy(() => t.randint(0, 256, [count, 3, 32, 32], { dtype: 'uint8', generator: g }).dataSync() as Uint8Array);
   const labels = Int32Array.from({ length: count }, (_, i) => i % 10);
-  return { name: 'random uint8 images', split: 'train', images, labels, classes: Array.from({ length: 10 }, (_, i) => `c${i}`), count, channels: 3, height: 32, width: 32 };
+  return {
+    name: 'random uint8 images',
+    split: 'train',
+    images,
+    labels,
+    classes: Array.from({ length: 10 }, (_, i) => `c${i}`),
+    count,
+    channels: 3,
+    height: 32,
+    width: 32,
+  };
 }
 
-interface Timing { imgPerSec: number; msPerBatch: number; batches: number }
+interface Timing {
+  imgPerSec: number;
+  msPerBatch: number;
+  batches: number;
+}
 
 function timeLoop(batches: number, batchSize: number, step: (b: number) => void): Timing {
   step(0); // warm-up (allocations, operator lookup)
@@ -50,10 +64,12 @@ const order = t.keep(epochOrder(data.count, new t.Generator(2)));
 
 function pipelineOnly(recipe: Recipe): Timing {
   const aug = new TrainAugment(recipe.augment, 10, new t.Generator(3), new t.Generator(4));
-  return timeLoop(steps, recipe.batchSize, (b) => t.tidy(() => {
-    const { images, labels } = takeBatch(data, order, b, recipe.batchSize);
-    aug.apply(images, labels);
-  }));
+  return timeLoop(steps, recipe.batchSize, (b) =>
+    t.tidy(() => {
+      const { images, labels } = takeBatch(data, order, b, recipe.batchSize);
+      aug.apply(images, labels);
+    }),
+  );
 }
 
 function training(recipe: Recipe, modelName: string, channelsLast: boolean): Timing & { model: string; params: number } {
@@ -64,16 +80,18 @@ function training(recipe: Recipe, modelName: string, channelsLast: boolean): Tim
   const params = opt.groups.flatMap((g) => g.params);
   const aug = new TrainAugment(recipe.augment, 10, new t.Generator(3), new t.Generator(4));
   try {
-    const timing = timeLoop(steps, recipe.batchSize, (b) => t.tidy(() => {
-      const { images, labels } = takeBatch(data, order, b, recipe.batchSize);
-      const { x, target } = aug.apply(images, labels);
-      const loss = t.crossEntropy(model.forward(channelsLast ? x.contiguous('channels_last') : x), target);
-      loss.backward();
-      if (recipe.clipGradNorm) clipGradNorm(params, recipe.clipGradNorm);
-      opt.step();
-      opt.zeroGrad();
-      loss.item();
-    }));
+    const timing = timeLoop(steps, recipe.batchSize, (b) =>
+      t.tidy(() => {
+        const { images, labels } = takeBatch(data, order, b, recipe.batchSize);
+        const { x, target } = aug.apply(images, labels);
+        const loss = t.crossEntropy(model.forward(channelsLast ? x.contiguous('channels_last') : x), target);
+        loss.backward();
+        if (recipe.clipGradNorm) clipGradNorm(params, recipe.clipGradNorm);
+        opt.step();
+        opt.zeroGrad();
+        loss.item();
+      }),
+    );
     return { ...timing, model: modelName, params: model.numParameters() };
   } finally {
     opt.dispose();
@@ -99,7 +117,10 @@ const result = {
   batchSize: demo.batchSize,
   data: 'random uint8 3x32x32 images held as a device tensor; batches index_select-ed from it, as in training',
   pipeline: {
-    convmixerRecipe: { what: 'crop 32 pad 4 + flip + RandAugment rand-m9-mstd0.5-inc1 + normalise + random erasing 0.25 + Mixup/CutMix with smoothing', ...pipelineFull },
+    convmixerRecipe: {
+      what: 'crop 32 pad 4 + flip + RandAugment rand-m9-mstd0.5-inc1 + normalise + random erasing 0.25 + Mixup/CutMix with smoothing',
+      ...pipelineFull,
+    },
     demoRecipe: { what: 'crop 32 pad 4 + flip + normalise', ...pipelineDemo },
   },
   training: {
@@ -111,7 +132,9 @@ const result = {
 mkdirSync(path.dirname(outFile), { recursive: true });
 writeFileSync(outFile, JSON.stringify(result, null, 2) + '\n');
 console.log(`pipeline alone: ConvMixer recipe ${pipelineFull.imgPerSec.toFixed(0)} img/s, demo recipe ${pipelineDemo.imgPerSec.toFixed(0)} img/s`);
-console.log(`training ${trainDemo.model}: ${trainDemo.imgPerSec.toFixed(0)} img/s with the demo pipeline, ${trainFullAug.imgPerSec.toFixed(0)} img/s with the ConvMixer pipeline (${threads} threads, load ${loadBefore[0]!.toFixed(2)} → ${loadAfter[0]!.toFixed(2)})`);
+console.log(
+  `training ${trainDemo.model}: ${trainDemo.imgPerSec.toFixed(0)} img/s with the demo pipeline, ${trainFullAug.imgPerSec.toFixed(0)} img/s with the ConvMixer pipeline (${threads} threads, load ${loadBefore[0]!.toFixed(2)} → ${loadAfter[0]!.toFixed(2)})`,
+);
 console.log(`wrote ${outFile}`);
 order.dispose();
 data.dispose();

@@ -14,10 +14,15 @@ import { loadRecipe } from '../src/train/recipe.js';
 t.setNumThreads(1);
 const rng = (seed: number) => new HostRandom(new t.Generator(seed));
 const mean = (a: ArrayLike<number>) => Array.from(a).reduce((s, v) => s + v, 0) / a.length;
-const std = (a: ArrayLike<number>) => { const m = mean(a); return Math.sqrt(Array.from(a).reduce((s, v) => s + (v - m) ** 2, 0) / a.length); };
+const std = (a: ArrayLike<number>) => {
+  const m = mean(a);
+  return Math.sqrt(Array.from(a).reduce((s, v) => s + (v - m) ** 2, 0) / a.length);
+};
 
 test('random crop with padding 4 and flip: each output pixel is the input at the drawn offset, or 0 in the padding', () => {
-  const n = 64, size = 32, pad = 4;
+  const n = 64,
+    size = 32,
+    pad = 4;
   // Pixel value encodes its position: 1 + 32·y + x (0 is then unambiguous padding).
   const pos = Float32Array.from({ length: n * size * size }, (_, i) => 1 + (i % (size * size)));
   t.tidy(() => {
@@ -29,7 +34,8 @@ test('random crop with padding 4 and flip: each output pixel is the input at the
       for (let r = 0; r < size; r++) {
         for (let c = 0; c < size; c++) {
           const cc = p.flipped[i] ? size - 1 - c : c;
-          const sy = p.top[i]! + r - pad, sx = p.left[i]! + cc - pad;
+          const sy = p.top[i]! + r - pad,
+            sx = p.left[i]! + cc - pad;
           const want = sy >= 0 && sy < size && sx >= 0 && sx < size ? 1 + size * sy + sx : 0;
           assert.equal(out[i * size * size + r * size + c], want, `image ${i} pixel (${r}, ${c})`);
         }
@@ -88,7 +94,7 @@ function applyOp(x: t.Tensor, op: string, m: number, negate = false): Float32Arr
   return t.tidy(() => applyLayer(x, d, cfg).dataSync() as Float32Array);
 }
 
-test('colour ops give PIL\'s values on known pixels', () => {
+test("colour ops give PIL's values on known pixels", () => {
   const ramp = Float32Array.from({ length: 3 * 16 * 16 }, (_, i) => i % 256);
   t.tidy(() => {
     const x = t.tensor(ramp, [1, 3, 16, 16]);
@@ -104,14 +110,24 @@ test('colour ops give PIL\'s values on known pixels', () => {
     assert.ok(sa.every((v, i) => v === (ramp[i]! < 128 ? Math.min(255, ramp[i]! + 99) : ramp[i])));
     // BrightnessIncreasing at m 10, negated: factor max(0.1, 1 − 0.9) = 0.1, truncated.
     const br = applyOp(x, 'BrightnessIncreasing', 10, true);
-    assert.ok(br.every((v, i) => v === Math.floor(ramp[i]! * 0.1)), 'brightness');
+    assert.ok(
+      br.every((v, i) => v === Math.floor(ramp[i]! * 0.1)),
+      'brightness',
+    );
     // ContrastIncreasing at m 5: blend with the mean grey level (int(mean + 0.5)) by factor 1.45.
-    const grey = Math.floor(mean(Array.from({ length: 256 }, (_, i) => {
-      const p = (k: number) => ramp[k * 256 + i]!;
-      return Math.floor((19595 * p(0) + 38470 * p(1) + 7471 * p(2) + 32768) / 65536);
-    })) + 0.5);
+    const grey = Math.floor(
+      mean(
+        Array.from({ length: 256 }, (_, i) => {
+          const p = (k: number) => ramp[k * 256 + i]!;
+          return Math.floor((19595 * p(0) + 38470 * p(1) + 7471 * p(2) + 32768) / 65536);
+        }),
+      ) + 0.5,
+    );
     const ct = applyOp(x, 'ContrastIncreasing', 5);
-    assert.ok(ct.every((v, i) => v === Math.floor(Math.min(255, Math.max(0, grey + 1.45 * (ramp[i]! - grey))))), 'contrast');
+    assert.ok(
+      ct.every((v, i) => v === Math.floor(Math.min(255, Math.max(0, grey + 1.45 * (ramp[i]! - grey))))),
+      'contrast',
+    );
   });
   // AutoContrast stretches each channel's [min, max] to [0, 255].
   t.tidy(() => {
@@ -121,8 +137,10 @@ test('colour ops give PIL\'s values on known pixels', () => {
   });
 });
 
-test('Equalize matches PIL\'s LUT rule computed independently', () => {
-  const n = 3, c = 3, hw = 64;
+test("Equalize matches PIL's LUT rule computed independently", () => {
+  const n = 3,
+    c = 3,
+    hw = 64;
   const g = new t.Generator(7);
   const x = t.tidy(() => t.floor(t.mul(t.pow(t.rand([n, c, 8, 8], { generator: g }), 2), 200)));
   const got = applyOp(x, 'Equalize', 9);
@@ -138,7 +156,10 @@ test('Equalize matches PIL\'s LUT rule computed independently', () => {
     if (nonzero.length <= 1 || step === 0) for (let i = 0; i < 256; i++) lut.push(i);
     else {
       let acc = Math.floor(step / 2);
-      for (let i = 0; i < 256; i++) { lut.push(Math.min(255, Math.floor(acc / step))); acc += h[i]; }
+      for (let i = 0; i < 256; i++) {
+        lut.push(Math.min(255, Math.floor(acc / step)));
+        acc += h[i];
+      }
     }
     px.forEach((v, i) => assert.equal(got[ch * hw + i], lut[v], `channel ${ch} pixel ${i}`));
   }
@@ -180,7 +201,7 @@ test('geometric ops: integer translations are exact shifts with the fill colour,
   });
 });
 
-test('Rotate is counter-clockwise for positive degrees, as PIL\'s Image.rotate', () => {
+test("Rotate is counter-clockwise for positive degrees, as PIL's Image.rotate", () => {
   const size = 6;
   const vals = Float32Array.from({ length: size * size }, (_, i) => i + 1);
   t.tidy(() => {
@@ -198,7 +219,8 @@ test('RandAugment keeps every image at its index and pixel values integral in [0
     const x = t.floor(t.mul(t.rand([64, 3, 32, 32], { generator: new t.Generator(3) }), 256));
     const d = drawLayer(rng(5), 64, cfg);
     const out = applyLayer(x, d, cfg);
-    const a = out.dataSync() as Float32Array, b = x.dataSync() as Float32Array;
+    const a = out.dataSync() as Float32Array,
+      b = x.dataSync() as Float32Array;
     assert.ok(a.every((v) => Number.isInteger(v) && v >= 0 && v <= 255));
     for (let i = 0; i < 64; i++) {
       const same = a.subarray(i * 3072, (i + 1) * 3072).every((v, j) => v === b[i * 3072 + j]);
@@ -224,7 +246,10 @@ test('random erasing: p 0.25 of images, box area 2%–33% of the image, N(0, 1) 
     areas.push((b!.h[i]! * b!.w[i]!) / 1024);
   }
   // Rounded sides can leave the range a little; the bulk must be inside and the mean near the middle.
-  assert.ok(areas.every((a) => a > 0.005 && a < 0.45), `areas ${Math.min(...areas)}..${Math.max(...areas)}`);
+  assert.ok(
+    areas.every((a) => a > 0.005 && a < 0.45),
+    `areas ${Math.min(...areas)}..${Math.max(...areas)}`,
+  );
   assert.ok(Math.abs(mean(areas) - (0.02 + 1 / 3) / 2) < 0.03, `mean area ${mean(areas)}`);
   t.tidy(() => {
     const m = 200;
@@ -232,7 +257,8 @@ test('random erasing: p 0.25 of images, box area 2%–33% of the image, N(0, 1) 
     const x = t.full([m, 3, 32, 32], 5);
     const out = applyErasing(x, boxes, 'pixel', new t.Generator(1)).dataSync() as Float32Array;
     const inside: number[] = [];
-    let fives = 0, total = 0;
+    let fives = 0,
+      total = 0;
     const bb = boxes[0]!;
     for (let i = 0; i < m; i++) {
       for (let ch = 0; ch < 3; ch++) {
@@ -241,7 +267,10 @@ test('random erasing: p 0.25 of images, box area 2%–33% of the image, N(0, 1) 
             const v = out[((i * 3 + ch) * 32 + r) * 32 + c]!;
             const inBox = r >= bb.top[i]! && r < bb.top[i]! + bb.h[i]! && c >= bb.left[i]! && c < bb.left[i]! + bb.w[i]!;
             if (inBox) inside.push(v);
-            else { total++; if (v === 5) fives++; }
+            else {
+              total++;
+              if (v === 5) fives++;
+            }
           }
         }
       }
@@ -280,7 +309,8 @@ test('Mixup/CutMix: λ ~ Beta(0.5, 0.5), CutMix half the time, targets sum to 1 
     assert.ok(Math.abs(d.lam - (1 - ((y1 - y0) * (x1 - x0)) / 1024)) < 1e-12, 'λ corrected to the box area');
   }
   t.tidy(() => {
-    const n = 8, classes = 10;
+    const n = 8,
+      classes = 10;
     const labels = t.tensor([0, 1, 2, 3, 4, 5, 6, 7], [n], { dtype: 'int64' });
     // Image i is constant i, so the pasted area can be counted.
     const x = t.reshape(t.arange(0, n, 1, { dtype: 'float32' }), [n, 1, 1, 1]).mul(t.ones([1, 3, 32, 32]));
@@ -303,18 +333,21 @@ test('Mixup/CutMix: λ ~ Beta(0.5, 0.5), CutMix half the time, targets sum to 1 
   });
 });
 
-test('the recipes\' pipelines: shapes, normalisation, soft targets, determinism per seed, no leaks', () => {
+test("the recipes' pipelines: shapes, normalisation, soft targets, determinism per seed, no leaks", () => {
   const cm = loadRecipe('convmixer').augment;
   const se = loadRecipe('seresnet').augment;
   const images = t.keep(t.randint(0, 256, [32, 3, 32, 32], { dtype: 'uint8', generator: new t.Generator(1) }));
   const labels = t.keep(t.randint(0, 10, [32], { generator: new t.Generator(2) }));
   const live = t.liveTensors();
-  const run = (cfg: AugmentConfig, seed: number) => t.tidy(() => {
-    const aug = new TrainAugment(cfg, 10, new t.Generator(seed), new t.Generator(seed + 1));
-    const { x, target } = aug.apply(images, labels);
-    return { x: x.dataSync() as Float32Array, target: target.toArray(), shape: target.shape };
-  });
-  const a = run(cm, 5), b = run(cm, 5), c = run(cm, 6);
+  const run = (cfg: AugmentConfig, seed: number) =>
+    t.tidy(() => {
+      const aug = new TrainAugment(cfg, 10, new t.Generator(seed), new t.Generator(seed + 1));
+      const { x, target } = aug.apply(images, labels);
+      return { x: x.dataSync() as Float32Array, target: target.toArray(), shape: target.shape };
+    });
+  const a = run(cm, 5),
+    b = run(cm, 5),
+    c = run(cm, 6);
   assert.deepEqual(a.shape, [32, 10]);
   assert.ok(a.x.every(Number.isFinite));
   for (let i = 0; i < 32; i++) assert.ok(Math.abs(a.target.slice(i * 10, i * 10 + 10).reduce((s, v) => s + v, 0) - 1) < 1e-5);

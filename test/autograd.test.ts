@@ -49,7 +49,10 @@ test('backward of a non-scalar needs an explicit gradient; retainGraph allows a 
     y.backward(t.tensor([1, 1, 1], [3]));
     close(x.grad!.toArray(), [4, 4, 0]);
     // the graph is freed now
-    assert.throws(() => y.backward(t.tensor([1, 1, 1], [3])), (e: Error) => e instanceof Error && /backward/.test(e.message));
+    assert.throws(
+      () => y.backward(t.tensor([1, 1, 1], [3])),
+      (e: Error) => e instanceof Error && /backward/.test(e.message),
+    );
   });
 });
 
@@ -69,7 +72,13 @@ test('noGrad records no graph, enableGrad re-enables inside it, and detach cuts 
     const d = x.detach();
     assert.equal(d.requiresGrad, false);
     // noGrad restores the mode even when fn throws
-    assert.throws(() => t.noGrad(() => { throw new Error('boom'); }), /boom/);
+    assert.throws(
+      () =>
+        t.noGrad(() => {
+          throw new Error('boom');
+        }),
+      /boom/,
+    );
     assert.equal(t.isGradEnabled(), true);
     // x still gets a gradient only through the recorded path
     t.sum(t.add(t.mul(x, 5), y)).backward();
@@ -108,7 +117,8 @@ test('a weight used by 3 convolutions gets the sum of their gradients (vs separa
     const b = t.clone(b0).requiresGrad_();
     const yShared = chain(x, w, w, w, b);
     t.sum(t.mul(yShared, r)).backward();
-    const gShared = w.grad!, gbShared = b.grad!;
+    const gShared = w.grad!,
+      gbShared = b.grad!;
 
     // separate: three independent copies with equal values, gradients summed by hand
     const ws = [0, 1, 2].map(() => t.clone(w0).requiresGrad_());
@@ -123,7 +133,8 @@ test('a weight used by 3 convolutions gets the sum of their gradients (vs separa
     assert.ok(maxRelError(gShared.toFloat32Array(), gSum.toFloat32Array()) < 1e-5, 'shared grad != sum of separate grads');
     assert.ok(maxRelError(gbShared.toFloat32Array(), bs.grad!.toFloat32Array()) < 1e-5);
 
-    const ref = runPython<{ y: Encoded; gw: Encoded; gb: Encoded }>(`
+    const ref = runPython<{ y: Encoded; gw: Encoded; gb: Encoded }>(
+      `
 import torch.nn.functional as F
 x, r = dec(inp['x']), dec(inp['r'])
 w = dec(inp['w']).requires_grad_(True)
@@ -133,7 +144,9 @@ c = F.gelu(F.conv2d(a, w, b, padding=1))
 y = F.conv2d(c, w, b, padding=1)
 (y * r).sum().backward()
 print(json.dumps({'y': enc(y), 'gw': enc(w.grad), 'gb': enc(b.grad)}))
-`, { x: enc(x), w: enc(w0), b: enc(b0), r: enc(r) });
+`,
+      { x: enc(x), w: enc(w0), b: enc(b0), r: enc(r) },
+    );
     assert.ok(maxRelError(yShared.toFloat32Array(), decodeF32(ref.y)) < 1e-5);
     assert.ok(maxRelError(gShared.toFloat32Array(), decodeF32(ref.gw)) < 1e-5, 'shared weight grad differs from PyTorch');
     assert.ok(maxRelError(gbShared.toFloat32Array(), decodeF32(ref.gb)) < 1e-5, 'shared bias grad differs from PyTorch');
@@ -143,7 +156,9 @@ print(json.dumps({'y': enc(y), 'gw': enc(w.grad), 'gb': enc(b.grad)}))
 test('grad assignment rejects a gradient of the wrong shape', () => {
   t.tidy(() => {
     const p = t.zeros([2, 3], { requiresGrad: true });
-    assert.throws(() => { p.grad = t.zeros([3, 2]); }, /grad.*\[3,2\].*\[2,3\]/);
+    assert.throws(() => {
+      p.grad = t.zeros([3, 2]);
+    }, /grad.*\[3,2\].*\[2,3\]/);
     p.grad = t.ones([2, 3]);
     assert.deepEqual(p.grad!.toArray(), [1, 1, 1, 1, 1, 1]);
   });

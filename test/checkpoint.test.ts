@@ -37,11 +37,26 @@ const SLOTS = ['shuffle', 'params', 'noise'] as const;
 function parts({ model, opt, gens }: ReturnType<typeof trainedParts>): CheckpointParts {
   const global = t.getRngState();
   return {
-    model, optimizer: opt, scalerState: null,
+    model,
+    optimizer: opt,
+    scalerState: null,
     rng: { globalCpu: global.cpu, globalCuda: null, shuffle: gens.shuffle.getState(), params: gens.params.getState(), noise: gens.noise.getState() },
     meta: {
-      modelName: MODEL, modelConfig: null, classes: Array.from({ length: 10 }, (_, i) => `class ${i}`), dataset: 'test data', datasetSpec: null, recipe, seed: 3,
-      epoch: 2, stepInEpoch: 0, globalStep: 10, itersPerEpoch: 5, partial: null, bestAcc: 0.5, history: [], reason: 'epoch',
+      modelName: MODEL,
+      modelConfig: null,
+      classes: Array.from({ length: 10 }, (_, i) => `class ${i}`),
+      dataset: 'test data',
+      datasetSpec: null,
+      recipe,
+      seed: 3,
+      epoch: 2,
+      stepInEpoch: 0,
+      globalStep: 10,
+      itersPerEpoch: 5,
+      partial: null,
+      bestAcc: 0.5,
+      history: [],
+      reason: 'epoch',
     },
   };
 }
@@ -87,10 +102,12 @@ test('a checkpoint restores model, optimiser and generator state exactly; shared
   // Shared kernels are still one tensor after loading.
   const sd = b.model.stateDict();
   assert.ok(sd.get('3.0.fn.0.weight')!.isSameTensor(sd.get('4.0.fn.0.weight')!));
-  const sa = a.opt.stateDict(), sb = b.opt.stateDict();
+  const sa = a.opt.stateDict(),
+    sb = b.opt.stateDict();
   assert.equal(sb.step, sa.step);
   sa.tensors.forEach((rec, i) => {
-    for (const [k, v] of Object.entries(rec)) assert.deepEqual(Array.from(sb.tensors[i]![k]!.toFloat32Array()), Array.from(v.toFloat32Array()), `optimizer ${i} ${k}`);
+    for (const [k, v] of Object.entries(rec))
+      assert.deepEqual(Array.from(sb.tensors[i]![k]!.toFloat32Array()), Array.from(v.toFloat32Array()), `optimizer ${i} ${k}`);
   });
   for (const s of [sa, sb]) for (const rec of s.tensors) t.dispose(rec);
   const next = (g: t.Generator) => t.tidy(() => t.rand([3], { generator: g }).toArray());
@@ -105,7 +122,10 @@ test('writing is atomic: a failed save leaves the previous file intact and no te
   p.rng.noise.dispose(); // saving now fails half-way through collecting tensors
   assert.throws(() => saveCheckpoint(file, p), /disposed/);
   assert.ok(readFileSync(file).equals(before));
-  assert.deepEqual(readdirSync(dir).filter((f) => f.includes('atomic')), ['atomic.safetensors']);
+  assert.deepEqual(
+    readdirSync(dir).filter((f) => f.includes('atomic')),
+    ['atomic.safetensors'],
+  );
 });
 
 test('files that are not checkpoints, or are damaged, are refused with a clear message', () => {

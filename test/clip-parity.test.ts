@@ -25,7 +25,8 @@ function fixtures() {
   const gen = new t.Generator(31);
   const grads = SHAPES.map((s, i) => t.randn(s, { generator: gen }).mul(SCALES[i]!));
   const init = SHAPES.map((s) => t.randn(s, { generator: gen }));
-  const ref = runPython<{ total: number; grads: Encoded[]; params: Encoded[] }[]>(`
+  const ref = runPython<{ total: number; grads: Encoded[]; params: Encoded[] }[]>(
+    `
 out = []
 for max_norm in inp['maxNorms']:
     params = [dec(p).requires_grad_(True) for p in inp['init']]
@@ -36,7 +37,9 @@ for max_norm in inp['maxNorms']:
     torch.optim.SGD(params, lr=inp['lr']).step()
     out.append({'total': float(total), 'grads': [enc(p.grad) for p in params], 'params': [enc(p) for p in params]})
 print(json.dumps(out))
-`, { maxNorms: MAX_NORMS, init: init.map(enc), grads: grads.map(enc), lr: LR });
+`,
+    { maxNorms: MAX_NORMS, init: init.map(enc), grads: grads.map(enc), lr: LR },
+  );
   return { grads, init, ref };
 }
 
@@ -46,7 +49,9 @@ test('clipGradNorm matches torch.nn.utils.clip_grad_norm_: total norm, every cli
     const norms = grads.map((g) => t.norm(g).item());
     MAX_NORMS.forEach((maxNorm, k) => {
       const params = init.map((p) => t.clone(p).requiresGrad_());
-      params.forEach((p, i) => { p.grad = t.clone(grads[i]!); });
+      params.forEach((p, i) => {
+        p.grad = t.clone(grads[i]!);
+      });
       const unused = t.zeros([3], { requiresGrad: true });
       const total = clipGradNorm([...params, unused], maxNorm).item();
       const want = ref[k]!;
@@ -67,7 +72,7 @@ test('clipGradNorm matches torch.nn.utils.clip_grad_norm_: total norm, every cli
   });
 });
 
-test('scaledStep (the trainer\'s step) unscales before clipping: the step torch takes with the true gradients clipped', () => {
+test("scaledStep (the trainer's step) unscales before clipping: the step torch takes with the true gradients clipped", () => {
   t.tidy(() => {
     const { grads, init, ref } = fixtures();
     MAX_NORMS.forEach((maxNorm, k) => {
@@ -77,7 +82,11 @@ test('scaledStep (the trainer\'s step) unscales before clipping: the step torch 
       // d/dp sum(p * g) = g, so the backward pass gives exactly LOSS_SCALE * g.
       const loss = params.map((p, i) => t.sum(t.mul(p, grads[i]!))).reduce((a, b) => t.add(a, b));
       scaler.scale(loss).backward();
-      assert.deepEqual(params[1]!.grad!.toArray(), grads[1]!.toArray().map((v) => v * LOSS_SCALE), 'the backward pass saw the scaled loss');
+      assert.deepEqual(
+        params[1]!.grad!.toArray(),
+        grads[1]!.toArray().map((v) => v * LOSS_SCALE),
+        'the backward pass saw the scaled loss',
+      );
       assert.equal(scaledStep(scaler, opt, params, maxNorm), true);
       const want = ref[k]!;
       params.forEach((p, i) => {

@@ -76,7 +76,8 @@ function cifar100Record(b: number, r: number, fine = fine100(b, r), coarse = coa
 function makeCifar10Bin(parent: string, per = 4, testN = 3): string {
   const dir = path.join(parent, 'cifar-10-batches-bin');
   fs.mkdirSync(dir, { recursive: true });
-  for (let b = 1; b <= 5; b++) fs.writeFileSync(path.join(dir, `data_batch_${b}.bin`), Buffer.concat(Array.from({ length: per }, (_, r) => cifar10Record(b, r))));
+  for (let b = 1; b <= 5; b++)
+    fs.writeFileSync(path.join(dir, `data_batch_${b}.bin`), Buffer.concat(Array.from({ length: per }, (_, r) => cifar10Record(b, r))));
   fs.writeFileSync(path.join(dir, 'test_batch.bin'), Buffer.concat(Array.from({ length: testN }, (_, r) => cifar10Record(0, r))));
   fs.writeFileSync(path.join(dir, 'batches.meta.txt'), CIFAR10_CLASSES.join('\n') + '\n\n');
   return dir;
@@ -192,7 +193,10 @@ describe('CIFAR-10 binary', () => {
     const test = await readCifar10Binary(parent, 'test');
     assert.equal(test.count, 3);
     assert.equal(test.split, 'test');
-    assert.deepEqual([...test.labels], [0, 1, 2].map((r) => label10(0, r)));
+    assert.deepEqual(
+      [...test.labels],
+      [0, 1, 2].map((r) => label10(0, r)),
+    );
     checkRecordPixels(test, 2, 0, 2);
   });
 
@@ -243,13 +247,22 @@ describe('CIFAR-100 binary', () => {
     assert.equal(ds.classes.length, 100);
     assert.equal(ds.classes[4], 'beaver');
     assert.deepEqual(ds.coarseClasses, [...CIFAR100_COARSE_CLASSES]);
-    assert.deepEqual([...ds.labels], Array.from({ length: 20 }, (_, r) => fine100(1, r)));
-    assert.deepEqual([...ds.coarseLabels!], Array.from({ length: 20 }, (_, r) => coarse100(1, r)));
+    assert.deepEqual(
+      [...ds.labels],
+      Array.from({ length: 20 }, (_, r) => fine100(1, r)),
+    );
+    assert.deepEqual(
+      [...ds.coarseLabels!],
+      Array.from({ length: 20 }, (_, r) => coarse100(1, r)),
+    );
     checkRecordPixels(ds, 0, 1, 0);
     checkRecordPixels(ds, 13, 1, 13);
-    const t = await readCifar(  'cifar100', parent, 'test');
+    const t = await readCifar('cifar100', parent, 'test');
     assert.equal(t.count, 5);
-    assert.deepEqual([...t.labels], Array.from({ length: 5 }, (_, r) => fine100(0, r)));
+    assert.deepEqual(
+      [...t.labels],
+      Array.from({ length: 5 }, (_, r) => fine100(0, r)),
+    );
   });
 
   test('bad fine / coarse label, bad record size', async () => {
@@ -294,7 +307,10 @@ with open(os.path.join(out, 'batches.meta'), 'wb') as f: pickle.dump({b'label_na
     const ds = await readCifarPython('cifar10', parent, 'train');
     assert.equal(ds.count, 15);
     assert.deepEqual(ds.classes, [...CIFAR10_CLASSES]);
-    assert.deepEqual([...ds.labels], [1, 2, 3, 4, 5].flatMap((b) => [0, 1, 2].map((r) => label10(b, r))));
+    assert.deepEqual(
+      [...ds.labels],
+      [1, 2, 3, 4, 5].flatMap((b) => [0, 1, 2].map((r) => label10(b, r))),
+    );
     checkRecordPixels(ds, 0, 1, 0);
     checkRecordPixels(ds, 7, 3, 1);
     checkRecordPixels(ds, 14, 5, 2);
@@ -319,21 +335,40 @@ with open(os.path.join(out, 'batches.meta'), 'wb') as f: pickle.dump({b'label_na
     };
     const bytes = Buffer.concat([
       Buffer.from([0x80, 0x02, 0x7d, 0x71, 0x01, 0x28]), // PROTO 2, EMPTY_DICT, BINPUT 1, MARK
-      s('data'), Buffer.from([0x71, 0x02]),
+      s('data'),
+      Buffer.from([0x71, 0x02]),
       Buffer.from('cnumpy.core.multiarray\n_reconstruct\nq\x03cnumpy\nndarray\nq\x04K\x00\x85', 'latin1'),
-      s('b'), Buffer.from([0x87, 0x52, 0x71, 0x05, 0x28, 0x4b, 0x01, 0x4b, n, 0x4d, 0x00, 0x0c, 0x86]), // TUPLE3 REDUCE BINPUT MARK K1 (K n, M 3072) TUPLE2
-      Buffer.from('cnumpy\ndtype\nq\x06', 'latin1'), s('u1'), Buffer.from([0x4b, 0x00, 0x4b, 0x01, 0x87, 0x52, 0x71, 0x07, 0x28, 0x4b, 0x03]),
-      s('|'), Buffer.from([0x4e, 0x4e, 0x4e, 0x4a]), i32(-1), Buffer.from([0x4a]), i32(-1), Buffer.from([0x4b, 0x00, 0x74, 0x62]), // ...) BUILD dtype
-      Buffer.from([0x89, 0x54]), i32(data.length), data, Buffer.from([0x74, 0x62]), // False, BINSTRING data, TUPLE, BUILD
-      s('labels'), Buffer.from([0x71, 0x08, 0x5d, 0x71, 0x09, 0x28, 0x4b, 7, 0x4b, 2, 0x65]), // EMPTY_LIST, MARK, 7, 2, APPENDS
-      s('batch_label'), s('testing batch 1 of 1'),
+      s('b'),
+      Buffer.from([0x87, 0x52, 0x71, 0x05, 0x28, 0x4b, 0x01, 0x4b, n, 0x4d, 0x00, 0x0c, 0x86]), // TUPLE3 REDUCE BINPUT MARK K1 (K n, M 3072) TUPLE2
+      Buffer.from('cnumpy\ndtype\nq\x06', 'latin1'),
+      s('u1'),
+      Buffer.from([0x4b, 0x00, 0x4b, 0x01, 0x87, 0x52, 0x71, 0x07, 0x28, 0x4b, 0x03]),
+      s('|'),
+      Buffer.from([0x4e, 0x4e, 0x4e, 0x4a]),
+      i32(-1),
+      Buffer.from([0x4a]),
+      i32(-1),
+      Buffer.from([0x4b, 0x00, 0x74, 0x62]), // ...) BUILD dtype
+      Buffer.from([0x89, 0x54]),
+      i32(data.length),
+      data,
+      Buffer.from([0x74, 0x62]), // False, BINSTRING data, TUPLE, BUILD
+      s('labels'),
+      Buffer.from([0x71, 0x08, 0x5d, 0x71, 0x09, 0x28, 0x4b, 7, 0x4b, 2, 0x65]), // EMPTY_LIST, MARK, 7, 2, APPENDS
+      s('batch_label'),
+      s('testing batch 1 of 1'),
       Buffer.from([0x75, 0x2e]), // SETITEMS, STOP
     ]);
     if (!needPy) {
       // Python agrees this is a valid pickle with those contents.
       const f = path.join(tmp('py2'), 'p');
       fs.writeFileSync(f, bytes);
-      const out = JSON.parse(python(`import pickle, sys, json\nd = pickle.load(open(sys.argv[1], 'rb'), encoding='bytes')\nprint(json.dumps([list(d[b'data'].shape), str(d[b'data'].dtype), int(d[b'data'].astype('int64').sum()), d[b'labels']]))`, f));
+      const out = JSON.parse(
+        python(
+          `import pickle, sys, json\nd = pickle.load(open(sys.argv[1], 'rb'), encoding='bytes')\nprint(json.dumps([list(d[b'data'].shape), str(d[b'data'].dtype), int(d[b'data'].astype('int64').sum()), d[b'labels']]))`,
+          f,
+        ),
+      );
       assert.deepEqual(out, [[n, PIX], 'uint8', data.reduce((a, b) => a + b, 0), [7, 2]]);
     }
     const parent = tmp('c10py2');
@@ -368,15 +403,24 @@ pickle.dump({b'fine_label_names': [('F%d' % k).encode() for k in range(100)], b'
     assert.equal(ds.count, 6);
     assert.equal(ds.classes[42], 'F42');
     assert.equal(ds.coarseClasses![19], 'C19');
-    assert.deepEqual([...ds.labels], Array.from({ length: 6 }, (_, r) => fine100(2, r)));
-    assert.deepEqual([...ds.coarseLabels!], Array.from({ length: 6 }, (_, r) => coarse100(2, r)));
+    assert.deepEqual(
+      [...ds.labels],
+      Array.from({ length: 6 }, (_, r) => fine100(2, r)),
+    );
+    assert.deepEqual(
+      [...ds.coarseLabels!],
+      Array.from({ length: 6 }, (_, r) => coarse100(2, r)),
+    );
     checkRecordPixels(ds, 5, 2, 5);
     await rejectsData(readCifar('cifar100', parent, 'test'), /cifar-100-python[\\/]test: missing CIFAR-100 file/);
   });
 
   test('refuses pickles that would call anything else', () => {
-    const evil = Buffer.from("\x80\x02cos\nsystem\nq\x00U\x02lsq\x01\x85q\x02Rq\x03.", 'latin1');
-    assert.throws(() => readPickle(evil, 'evil.pkl'), (e: unknown) => e instanceof DataError && /evil\.pkl: unsupported pickle global os\.system/.test(e.message));
+    const evil = Buffer.from('\x80\x02cos\nsystem\nq\x00U\x02lsq\x01\x85q\x02Rq\x03.', 'latin1');
+    assert.throws(
+      () => readPickle(evil, 'evil.pkl'),
+      (e: unknown) => e instanceof DataError && /evil\.pkl: unsupported pickle global os\.system/.test(e.message),
+    );
     assert.throws(() => readPickle(Buffer.from([0x80, 0x02, 0xff]), 'x.pkl'), /x\.pkl: unsupported pickle opcode 0xff/);
   });
 });
@@ -454,18 +498,37 @@ describe('download and extraction', () => {
     assert.deepEqual(progress[progress.length - 1], [good.length, good.length]);
     assert.deepEqual(fs.readFileSync(path.join(dataDir, 'cifar-10-binary.tar.gz')), good);
     assert.deepEqual(fs.readdirSync(dataDir).sort(), ['cifar-10-batches-bin', 'cifar-10-binary.tar.gz']); // no temp files left
-    assert.deepEqual(fs.readdirSync(r.dir).sort(), ['batches.meta.txt', 'data_batch_1.bin', 'data_batch_2.bin', 'data_batch_3.bin', 'data_batch_4.bin', 'data_batch_5.bin', 'readme.html', 'test_batch.bin']);
+    assert.deepEqual(fs.readdirSync(r.dir).sort(), [
+      'batches.meta.txt',
+      'data_batch_1.bin',
+      'data_batch_2.bin',
+      'data_batch_3.bin',
+      'data_batch_4.bin',
+      'data_batch_5.bin',
+      'readme.html',
+      'test_batch.bin',
+    ]);
     const ds = await readCifar10Binary(r.dir, 'train');
     assert.equal(ds.count, 10);
     checkRecordPixels(ds, 5, 3, 1);
 
     const hits = server.hits.get('/cifar-10-binary.tar.gz');
-    const again = await downloadCifar('cifar10', dataDir, { url: server.url('/cifar-10-binary.tar.gz'), md5: md5(good), size: good.length, progressBar: false });
+    const again = await downloadCifar('cifar10', dataDir, {
+      url: server.url('/cifar-10-binary.tar.gz'),
+      md5: md5(good),
+      size: good.length,
+      progressBar: false,
+    });
     assert.equal(again.downloaded, false);
     assert.equal(again.extracted, false);
     // folder gone but verified archive present: re-extract without downloading
     fs.rmSync(r.dir, { recursive: true });
-    const third = await downloadCifar('cifar10', dataDir, { url: server.url('/cifar-10-binary.tar.gz'), md5: md5(good), size: good.length, progressBar: false });
+    const third = await downloadCifar('cifar10', dataDir, {
+      url: server.url('/cifar-10-binary.tar.gz'),
+      md5: md5(good),
+      size: good.length,
+      progressBar: false,
+    });
     assert.deepEqual([third.downloaded, third.extracted], [false, true]);
     assert.equal(server.hits.get('/cifar-10-binary.tar.gz'), hits);
     assert.equal((await readCifar10Binary(dataDir, 'test')).count, 2);
@@ -488,7 +551,10 @@ describe('download and extraction', () => {
       new RegExp(`announces ${good.length} bytes, expected ${good.length + 1}`),
     );
     await rejectsData(downloadCifar('cifar10', dataDir, { url: server.url('/gone'), progressBar: false }), /HTTP 404/);
-    await rejectsData(downloadCifar('cifar10', dataDir, { url: 'http://127.0.0.1:1/x.tar.gz', progressBar: false }), /download from http:\/\/127\.0\.0\.1:1\/x\.tar\.gz failed/);
+    await rejectsData(
+      downloadCifar('cifar10', dataDir, { url: 'http://127.0.0.1:1/x.tar.gz', progressBar: false }),
+      /download from http:\/\/127\.0\.0\.1:1\/x\.tar\.gz failed/,
+    );
     assert.deepEqual(fs.readdirSync(dataDir), []);
   });
 
@@ -503,18 +569,29 @@ describe('download and extraction', () => {
     });
     assert.equal(ds.name, 'CIFAR-100');
     assert.equal(ds.count, 4);
-    assert.deepEqual([...ds.coarseLabels!], [0, 1, 2, 3].map((r) => coarse100(1, r)));
+    assert.deepEqual(
+      [...ds.coarseLabels!],
+      [0, 1, 2, 3].map((r) => coarse100(1, r)),
+    );
     // an incomplete local folder is downloaded again (the old one is kept aside) when allowed
     fs.rmSync(path.join(dataDir, 'cifar-100-binary', 'test.bin'));
     fs.rmSync(path.join(dataDir, 'cifar-100-binary.tar.gz'));
     const hits = server.hits.get('/cifar-100-binary.tar.gz') ?? 0;
-    const opts = { dataDir, split: 'test' as const, searchDirs: [], downloadOptions: { url: server.url('/cifar-100-binary.tar.gz'), md5: md5(good100), size: good100.length, progressBar: false } };
+    const opts = {
+      dataDir,
+      split: 'test' as const,
+      searchDirs: [],
+      downloadOptions: { url: server.url('/cifar-100-binary.tar.gz'), md5: md5(good100), size: good100.length, progressBar: false },
+    };
     await rejectsData(loadDataset('cifar100', opts), /test\.bin: missing CIFAR-100 file/);
     assert.equal((await loadDataset('cifar100', { ...opts, download: true })).count, 2);
     assert.equal(server.hits.get('/cifar-100-binary.tar.gz'), hits + 1);
     assert.ok(fs.readdirSync(dataDir).some((f) => f.startsWith('cifar-100-binary.old-')));
     // without download permission and nothing local: a clear error
-    await rejectsData(loadDataset('cifar100', { dataDir: tmp('none'), split: 'train', searchDirs: [] }), /CIFAR-100 not found: looked for cifar-100-binary\/.*download/);
+    await rejectsData(
+      loadDataset('cifar100', { dataDir: tmp('none'), split: 'train', searchDirs: [] }),
+      /CIFAR-100 not found: looked for cifar-100-binary\/.*download/,
+    );
   });
 
   for (const [kind, re] of [
@@ -553,7 +630,10 @@ describe('download and extraction', () => {
     const dataDir = tmp('notar');
     const archive = path.join(dataDir, 'cifar-10-binary.tar.gz');
     fs.writeFileSync(archive, Buffer.from('this is not a tarball at all, not even gzip'.repeat(20)));
-    await rejectsData(extractCifarArchive('cifar10', archive, dataDir), /cifar-10-binary\.tar\.gz: (not a readable tar archive|refusing to extract|archive lacks)/);
+    await rejectsData(
+      extractCifarArchive('cifar10', archive, dataDir),
+      /cifar-10-binary\.tar\.gz: (not a readable tar archive|refusing to extract|archive lacks)/,
+    );
   });
 });
 
@@ -598,12 +678,21 @@ function makeImageFolder(root: string): void {
       return p;
     };
     // 'dog' before 'cat' on purpose: classes must come out sorted
-    fs.writeFileSync(path.join(d('dog'), 'b.png'), png(8, 8, (x, y) => [grad(x, y, 0), grad(x, y, 1), grad(x, y, 2), 255]));
-    fs.writeFileSync(path.join(d('dog'), 'a.png'), png(8, 8, (x) => [x * 30, x * 30, x * 30, 255], 0)); // greyscale PNG
+    fs.writeFileSync(
+      path.join(d('dog'), 'b.png'),
+      png(8, 8, (x, y) => [grad(x, y, 0), grad(x, y, 1), grad(x, y, 2), 255]),
+    );
+    fs.writeFileSync(
+      path.join(d('dog'), 'a.png'),
+      png(8, 8, (x) => [x * 30, x * 30, x * 30, 255], 0),
+    ); // greyscale PNG
     fs.writeFileSync(path.join(d('cat'), '1.jpg'), jpg(8, 8, [200, 40, 90]));
     fs.writeFileSync(path.join(d('cat'), '2.JPEG'), jpg(8, 8, [10, 220, 130]));
     fs.writeFileSync(path.join(d('cat'), 'notes.txt'), 'ignored');
-    fs.writeFileSync(path.join(d('zebra'), 'z.png'), png(8, 8, (x, y) => [y * 30, 7, 250, x * 30], 6)); // RGBA PNG
+    fs.writeFileSync(
+      path.join(d('zebra'), 'z.png'),
+      png(8, 8, (x, y) => [y * 30, 7, 250, x * 30], 6),
+    ); // RGBA PNG
   }
 }
 
@@ -620,8 +709,17 @@ describe('image folder', () => {
     assert.deepEqual([...ds.labels], [0, 0, 1, 1, 2]); // cat/1.jpg cat/2.JPEG dog/a.png dog/b.png zebra/z.png
     assert.equal(ds.name, path.basename(root));
     // JPEG: solid colours within a few levels
-    for (const [n, rgb] of [[0, [200, 40, 90]], [1, [10, 220, 130]]] as const)
-      for (let c = 0; c < 3; c++) for (const [y, x] of [[0, 0], [7, 7], [3, 5]]) assert.ok(Math.abs(px(ds, n, c, y!, x!) - rgb[c]!) <= 3, `jpeg ${n} c${c}`);
+    for (const [n, rgb] of [
+      [0, [200, 40, 90]],
+      [1, [10, 220, 130]],
+    ] as const)
+      for (let c = 0; c < 3; c++)
+        for (const [y, x] of [
+          [0, 0],
+          [7, 7],
+          [3, 5],
+        ])
+          assert.ok(Math.abs(px(ds, n, c, y!, x!) - rgb[c]!) <= 3, `jpeg ${n} c${c}`);
     // grey PNG: replicated to 3 equal channels
     for (let c = 0; c < 3; c++) for (let x = 0; x < 8; x++) assert.equal(px(ds, 2, c, 4, x), x * 30);
     // RGB PNG: exact, planar
@@ -687,7 +785,10 @@ describe('image folder', () => {
     fs.writeFileSync(victim, original);
 
     // A new file invalidates it too.
-    fs.writeFileSync(path.join(root, 'test', 'zebra', 'y.png'), png(8, 8, () => [1, 2, 3, 255]));
+    fs.writeFileSync(
+      path.join(root, 'test', 'zebra', 'y.png'),
+      png(8, 8, () => [1, 2, 3, 255]),
+    );
     const grown = await readImageFolder(root, 'test', opts);
     assert.equal(grown.count, 6);
     assert.equal(px(grown, 4, 2, 0, 0), 3); // zebra/y.png sorts before zebra/z.png
@@ -720,7 +821,10 @@ describe('image folder', () => {
   test('mixed sizes: error naming the file and its size, unless resize is given', async () => {
     const root = tmp('ifm');
     makeImageFolder(root);
-    fs.writeFileSync(path.join(root, 'train', 'dog', 'c.png'), png(16, 12, (x, y) => [x * 10, y * 10, 0, 255]));
+    fs.writeFileSync(
+      path.join(root, 'train', 'dog', 'c.png'),
+      png(16, 12, (x, y) => [x * 10, y * 10, 0, 255]),
+    );
     const e = await rejectsData(readImageFolder(root, 'train', { cache: false }), /dog[\\/]c\.png: size 16x12 differs from 8x8/);
     assert.equal(e.file, path.join(root, 'train', 'dog', 'c.png'));
     const ds = await readImageFolder(root, 'train', { cache: false, resize: { height: 4, width: 4, mode: 'nearest' } });
@@ -762,7 +866,10 @@ describe('image folder', () => {
 
 describe('loadDataset', () => {
   test('unknown spec lists the accepted values', async () => {
-    await rejectsData(loadDataset('imagenet', { split: 'train', searchDirs: [] }), /unknown dataset 'imagenet': expected one of 'cifar10', 'cifar100' or the path of an image folder/);
+    await rejectsData(
+      loadDataset('imagenet', { split: 'train', searchDirs: [] }),
+      /unknown dataset 'imagenet': expected one of 'cifar10', 'cifar100' or the path of an image folder/,
+    );
     await rejectsData(loadDataset('./no/such/folder', { split: 'train' }), /dataset folder not found/);
   });
 
@@ -780,7 +887,11 @@ describe('loadDataset', () => {
   });
 
   // The stand-in .tar.xz below is made with the system tar (and xz).
-  const needTar = skipUnless(['tar', 'xz'].every((p) => spawnSync(p, ['--version']).status === 0), 'tar and xz', 'install tar and xz-utils (scripts/setup.sh does)');
+  const needTar = skipUnless(
+    ['tar', 'xz'].every((p) => spawnSync(p, ['--version']).status === 0),
+    'tar and xz',
+    'install tar and xz-utils (scripts/setup.sh does)',
+  );
   test("'cifar10' falls back to the JPEG copy (folder, then .tar.xz extracted once) named CIFAR-10 (JPEG copy)", { skip: needTar }, async () => {
     // A tiny stand-in for ../shared/data/cifar10-jpeg.tar.xz
     const shared = tmp('shared');
@@ -791,12 +902,24 @@ describe('loadDataset', () => {
     const dataDir = tmp('ldj');
     const logs: string[] = [];
     // The stand-in is not the published archive: refused unless the caller accepts that.
-    await rejectsData(loadDataset('cifar10', { dataDir, split: 'train', searchDirs: [tmp('nothing'), shared] }), /cifar10-jpeg\.tar\.xz: SHA-256 is [0-9a-f]{64}, the published copy's is .*--allow-checksum-mismatch/);
+    await rejectsData(
+      loadDataset('cifar10', { dataDir, split: 'train', searchDirs: [tmp('nothing'), shared] }),
+      /cifar10-jpeg\.tar\.xz: SHA-256 is [0-9a-f]{64}, the published copy's is .*--allow-checksum-mismatch/,
+    );
     const progress: [number, number, string | undefined][] = [];
-    const ds = await loadDataset('cifar10', { dataDir, split: 'train', searchDirs: [tmp('nothing'), shared], log: (m) => void logs.push(m), allowChecksumMismatch: true, onProgress: (d, n, st) => void progress.push([d, n, st]) });
+    const ds = await loadDataset('cifar10', {
+      dataDir,
+      split: 'train',
+      searchDirs: [tmp('nothing'), shared],
+      log: (m) => void logs.push(m),
+      allowChecksumMismatch: true,
+      onProgress: (d, n, st) => void progress.push([d, n, st]),
+    });
     // Extraction reports the archive entries as they come out (the real archive has 60,023).
     const extract = progress.filter(([, , st]) => st === 'extract');
-    const entries = String(spawnSync('tar', ['-tJf', path.join(shared, 'cifar10-jpeg.tar.xz')]).stdout).trim().split('\n').length;
+    const entries = String(spawnSync('tar', ['-tJf', path.join(shared, 'cifar10-jpeg.tar.xz')]).stdout)
+      .trim()
+      .split('\n').length;
     assert.ok(extract.length > 0, 'extraction progress reported');
     assert.equal(extract[extract.length - 1]![0], entries);
     assert.equal(extract[0]![1], 60023);
@@ -806,7 +929,10 @@ describe('loadDataset', () => {
     assert.deepEqual(ds.classes, ['cat', 'dog', 'zebra']);
     assert.ok(fs.existsSync(path.join(dataDir, 'cifar10-jpeg', 'test', 'dog', 'b.png')), 'extracted into dataDir');
     assert.deepEqual(fs.readdirSync(dataDir), ['cifar10-jpeg']); // no staging left
-    assert.ok(logs.some((l) => /sha256 .*using it anyway, as asked/.test(l)), 'stand-in archive has another sha256: warned');
+    assert.ok(
+      logs.some((l) => /sha256 .*using it anyway, as asked/.test(l)),
+      'stand-in archive has another sha256: warned',
+    );
     // second time: the extracted folder is used (archive gone proves no re-extraction)
     fs.rmSync(path.join(shared, 'cifar10-jpeg.tar.xz'));
     const again = await loadDataset('cifar10', { dataDir, split: 'test', searchDirs: [shared] });

@@ -34,10 +34,26 @@ test('a training checkpoint exports with its classes and normalisation, and the 
   try {
     const ckpt = path.join(dir, 'checkpoint.safetensors');
     saveCheckpoint(ckpt, {
-      model: src.model, optimizer: opt, rng: rngSnap, scalerState: null,
+      model: src.model,
+      optimizer: opt,
+      rng: rngSnap,
+      scalerState: null,
       meta: {
-        modelName: name, modelConfig: null, classes, dataset: 'test', datasetSpec: null, recipe, seed: 6, epoch: 1, stepInEpoch: 0,
-        globalStep: 10, itersPerEpoch: 10, partial: null, bestAcc: 0.5, history: [], reason: 'epoch',
+        modelName: name,
+        modelConfig: null,
+        classes,
+        dataset: 'test',
+        datasetSpec: null,
+        recipe,
+        seed: 6,
+        epoch: 1,
+        stepInEpoch: 0,
+        globalStep: 10,
+        itersPerEpoch: 10,
+        partial: null,
+        bestAcc: 0.5,
+        history: [],
+        reason: 'epoch',
       },
     });
     const out = path.join(dir, 'model.onnx');

@@ -28,7 +28,9 @@ function exportByName(name: string, fp16 = false): { proto: ModelProto; bytes: U
     const { bytes } = exportOnnx(src.model, src.info, { fp16 });
     const mods = src.model.modules();
     return {
-      proto: decodeModel(bytes), bytes, params: src.info.params,
+      proto: decodeModel(bytes),
+      bytes,
+      params: src.info.params,
       bnCount: mods.filter((m) => m instanceof BatchNorm2d).length,
       convCount: mods.filter((m) => m instanceof Conv2d).length,
     };
@@ -45,16 +47,27 @@ test('a shared ConvMixer exports with one initializer per shared kernel, used by
   assert.equal(s.opCounts.Conv, convCount, 'one Conv node per Conv2d layer');
   assert.equal(s.opCounts.BatchNormalization, bnCount, 'every BatchNorm is its own node (not folded into a kernel)');
   // 4 blocks: the depthwise kernel and the pointwise kernel are each one initializer with 4 users.
-  assert.deepEqual(s.sharedKernels.map((k) => [k.initializer, k.nodes.length]), [['3.0.fn.0.weight', 4], ['3.1.weight', 4]]);
+  assert.deepEqual(
+    s.sharedKernels.map((k) => [k.initializer, k.nodes.length]),
+    [
+      ['3.0.fn.0.weight', 4],
+      ['3.1.weight', 4],
+    ],
+  );
   const names = proto.graph.initializer.map((i) => i.name);
   assert.equal(new Set(names).size, names.length, 'initializer names are unique');
   for (const alias of ['4.0.fn.0.weight', '5.1.weight', '6.0.fn.0.bias']) assert.ok(!names.includes(alias), `${alias} is not stored again`);
   // The shared biases are shared too: every depthwise Conv names the same bias.
-  const dwBiases = new Set(proto.graph.node.filter((n) => n.opType === 'Conv' && n.attribute!.some((a) => a.name === 'group' && a.i! > 1)).map((n) => n.input[2]));
+  const dwBiases = new Set(
+    proto.graph.node.filter((n) => n.opType === 'Conv' && n.attribute!.some((a) => a.name === 'group' && a.i! > 1)).map((n) => n.input[2]),
+  );
   assert.deepEqual([...dwBiases], ['3.0.fn.0.bias']);
   // Stored floats = trainable parameters: BN's running statistics are folded into its own scale/shift.
   const floats = proto.graph.initializer.filter((i) => i.dataType === OnnxDataType.FLOAT && i.dims.length > 0 && !/^(zeros|ones)_/.test(i.name));
-  assert.equal(floats.reduce((n, i) => n + i.dims.reduce((a, b) => a * b, 1), 0), params);
+  assert.equal(
+    floats.reduce((n, i) => n + i.dims.reduce((a, b) => a * b, 1), 0),
+    params,
+  );
   const info = infoFromModel(proto, 'test');
   assert.equal(info.model, 'convmixer_64_4_k5_p2_shared');
   assert.equal(info.params, params);
@@ -65,7 +78,14 @@ test('a shared ConvMixer exports with one initializer per shared kernel, used by
 test('SE-ResNet d=2 shared: each stage kernel is one initializer for 3 convs, each followed by its own BatchNorm', () => {
   const { proto } = exportByName('se_resnet_d_2_full_shared');
   const shared = sharedConvWeights(proto);
-  assert.deepEqual(shared.map((k) => [k.initializer, k.nodes.length]), [['layer1.0.conv2.weight', 3], ['layer2.0.conv2.weight', 3], ['layer3.0.conv2.weight', 3]]);
+  assert.deepEqual(
+    shared.map((k) => [k.initializer, k.nodes.length]),
+    [
+      ['layer1.0.conv2.weight', 3],
+      ['layer2.0.conv2.weight', 3],
+      ['layer3.0.conv2.weight', 3],
+    ],
+  );
   const consumers = (v: string) => proto.graph.node.filter((n) => n.input.includes(v));
   for (const k of shared) {
     for (const conv of proto.graph.node.filter((n) => n.opType === 'Conv' && n.input[1] === k.initializer)) {
@@ -86,16 +106,28 @@ test('file sizes: ConvMixer-256/16 shared is about its unique weight bytes (~0.4
   assert.equal(unshared.params, 1_409_034);
   const sharedWeightBytes = shared.params * 4;
   // Everything beyond the weights (graph structure, names, metadata) stays small.
-  assert.ok(shared.bytes.byteLength >= sharedWeightBytes && shared.bytes.byteLength < sharedWeightBytes * 1.08, `shared file ${shared.bytes.byteLength} B vs weights ${sharedWeightBytes} B`);
-  assert.ok(unshared.bytes.byteLength >= unshared.params * 4 && unshared.bytes.byteLength < unshared.params * 4 * 1.01, `unshared file ${unshared.bytes.byteLength} B`);
+  assert.ok(
+    shared.bytes.byteLength >= sharedWeightBytes && shared.bytes.byteLength < sharedWeightBytes * 1.08,
+    `shared file ${shared.bytes.byteLength} B vs weights ${sharedWeightBytes} B`,
+  );
+  assert.ok(
+    unshared.bytes.byteLength >= unshared.params * 4 && unshared.bytes.byteLength < unshared.params * 4 * 1.01,
+    `unshared file ${unshared.bytes.byteLength} B`,
+  );
   assert.ok(Math.abs(shared.bytes.byteLength / 1e6 - 0.45) < 0.03);
   assert.ok(Math.abs(unshared.bytes.byteLength / 1e6 - 5.65) < 0.1);
   // fp16 halves the weights; one Cast per stored tensor, not per use.
   const half = exportByName('convmixer_256_16_shared', true);
   const weights16 = half.proto.graph.initializer.filter((i) => i.dataType === OnnxDataType.FLOAT16);
-  assert.equal(weights16.reduce((n, i) => n + i.rawData!.length, 0), shared.params * 2);
+  assert.equal(
+    weights16.reduce((n, i) => n + i.rawData!.length, 0),
+    shared.params * 2,
+  );
   assert.equal(half.proto.graph.node.filter((n) => n.opType === 'Cast').length, weights16.length);
-  assert.deepEqual(sharedConvWeights(half.proto).map((k) => k.nodes.length), [16, 16]);
+  assert.deepEqual(
+    sharedConvWeights(half.proto).map((k) => k.nodes.length),
+    [16, 16],
+  );
   assert.ok(half.bytes.byteLength < shared.bytes.byteLength * 0.6);
 });
 
@@ -125,11 +157,16 @@ test('bad input: corrupt ONNX bytes, unknown layers and non-finite weights give 
   assert.throws(() => decodeModel(new Uint8Array(0), 'empty.onnx'), /empty\.onnx is not a valid ONNX file/);
 
   class Mystery extends Module {
-    forward(x: t.Tensor): t.Tensor { return t.cumsum(x, 1); }
+    forward(x: t.Tensor): t.Tensor {
+      return t.cumsum(x, 1);
+    }
   }
   const info = { model: 'm', classes: ['a', 'b'], params: 0, input: { channels: 3, height: 32, width: 32, mean: [0, 0, 0], std: [1, 1, 1] } };
   const mystery = new Sequential(new Conv2d(3, 2, 1), new Sequential(new Mystery()));
-  assert.throws(() => exportOnnx(mystery, info), /cannot export op 'cumsum' \(libtorch aten::cumsum\) in layer '1\.0' \(Mystery\): the ONNX exporter has no mapping for this op/);
+  assert.throws(
+    () => exportOnnx(mystery, info),
+    /cannot export op 'cumsum' \(libtorch aten::cumsum\) in layer '1\.0' \(Mystery\): the ONNX exporter has no mapping for this op/,
+  );
   // The failed trace leaves the model as it was: training flags back, forward methods its own.
   mystery.train();
   assert.throws(() => exportOnnx(mystery, info), /no mapping/);

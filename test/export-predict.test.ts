@@ -34,7 +34,11 @@ test('resizeToFit: same size passes through; area resampling averages; other asp
   for (let c = 0; c < 3; c++) for (let y = 0; y < 2; y++) wide.chw.set([0, 100, 100, 200], c * 8 + y * 4);
   assert.deepEqual(Array.from(resizeToFit(wide, 1, 1).chw), [100, 100, 100]);
   // Upscaling 1x1 → 3x3 replicates.
-  assert.deepEqual(Array.from(resizeToFit({ width: 1, height: 1, chw: Uint8Array.from([9, 8, 7]) }, 3, 3).chw), [...Array(9).fill(9), ...Array(9).fill(8), ...Array(9).fill(7)]);
+  assert.deepEqual(Array.from(resizeToFit({ width: 1, height: 1, chw: Uint8Array.from([9, 8, 7]) }, 3, 3).chw), [
+    ...Array(9).fill(9),
+    ...Array(9).fill(8),
+    ...Array(9).fill(7),
+  ]);
   // Non-integer factor (3x3 → 2x2): each output pixel covers 1.5 source pixels per axis.
   const rows = { width: 3, height: 3, chw: Uint8Array.from(Array.from({ length: 27 }, (_, i) => [0, 90, 180][i % 3]!)) };
   assert.deepEqual(Array.from(resizeToFit(rows, 2, 2).chw.subarray(0, 4)), [30, 150, 30, 150]);
@@ -42,12 +46,23 @@ test('resizeToFit: same size passes through; area resampling averages; other asp
 
 test('normalise and prepareImage: (v/255 - mean)/std in CHW, with the resize reported', () => {
   const x = normalise({ width: 1, height: 1, chw: Uint8Array.from([255, 0, 51]) }, SPEC);
-  assert.deepEqual(Array.from(x).map((v) => +v.toFixed(6)), [1, -1, 0.2]);
-  const exact = prepareImage(pngBytes(32, 32, () => [255, 0, 51]), SPEC, 'a.png');
+  assert.deepEqual(
+    Array.from(x).map((v) => +v.toFixed(6)),
+    [1, -1, 0.2],
+  );
+  const exact = prepareImage(
+    pngBytes(32, 32, () => [255, 0, 51]),
+    SPEC,
+    'a.png',
+  );
   assert.equal(exact.resizedFrom, undefined);
   assert.equal(exact.input.length, 3 * 32 * 32);
   assert.ok(Math.abs(exact.input[2048]! - 0.2) < 1e-6);
-  const big = prepareImage(pngBytes(96, 64, (px) => (px < 16 || px >= 80 ? [0, 0, 0] : [255, 255, 255])), SPEC, 'b.png');
+  const big = prepareImage(
+    pngBytes(96, 64, (px) => (px < 16 || px >= 80 ? [0, 0, 0] : [255, 255, 255])),
+    SPEC,
+    'b.png',
+  );
   assert.deepEqual(big.resizedFrom, { width: 96, height: 64 });
   // The centred 64x64 crop is columns 16..79: all white.
   assert.ok(big.input.subarray(0, 1024).every((v) => Math.abs(v - 1) < 1e-6));
@@ -61,7 +76,10 @@ test('softmax and topK: probabilities sum to 1, sorted, class names attached', (
   const p = softmax([1000, 1001, 999]);
   assert.ok(Math.abs(p.reduce((a, b) => a + b, 0) - 1) < 1e-12);
   assert.ok(Math.abs(p[1]! - Math.exp(1) / (1 + Math.exp(1) + Math.exp(-1))) < 1e-12);
-  assert.deepEqual(topK([0.1, 3, -2, 3], ['a', 'b', 'c', 'd'], 3).map((x) => x.label), ['b', 'd', 'a']);
+  assert.deepEqual(
+    topK([0.1, 3, -2, 3], ['a', 'b', 'c', 'd'], 3).map((x) => x.label),
+    ['b', 'd', 'a'],
+  );
   assert.throws(() => topK([1, 2], ['a'], 1), /gives 2 scores but names 1 classes/);
 });
 
@@ -77,24 +95,39 @@ test('kshare predict: a checkpoint and its ONNX export give the same top-5; bad 
     assert.match(exp.stdout, /exported convmixer_64_4_k5_p2_shared \(weights file model\.safetensors\)/);
 
     const images = ['cat.jpg', 'ship.jpg'].map((f) => path.join(SAMPLES, f));
-    const run = (model: string, files: string[], extra: string[] = []) => spawnSync(process.execPath, [CLI, 'predict', model, ...files, '--json', '--threads', '1', ...extra], { encoding: 'utf8' });
-    const parse = (out: string) => out.trim().split('\n').map((l) => JSON.parse(l) as { image: string; top: { class: string; probability: number }[]; error?: string });
+    const run = (model: string, files: string[], extra: string[] = []) =>
+      spawnSync(process.execPath, [CLI, 'predict', model, ...files, '--json', '--threads', '1', ...extra], { encoding: 'utf8' });
+    const parse = (out: string) =>
+      out
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l) as { image: string; top: { class: string; probability: number }[]; error?: string });
     const viaOnnx = run(onnx, images);
     const viaCkpt = run(ckpt, images);
     assert.equal(viaOnnx.status, 0, viaOnnx.stderr);
     assert.equal(viaCkpt.status, 0, viaCkpt.stderr);
-    const a = parse(viaOnnx.stdout), b = parse(viaCkpt.stdout);
+    const a = parse(viaOnnx.stdout),
+      b = parse(viaCkpt.stdout);
     assert.equal(a.length, 2);
     for (let i = 0; i < 2; i++) {
       assert.equal(a[i]!.top.length, 5);
-      assert.deepEqual(a[i]!.top.map((p) => p.class), b[i]!.top.map((p) => p.class));
+      assert.deepEqual(
+        a[i]!.top.map((p) => p.class),
+        b[i]!.top.map((p) => p.class),
+      );
       for (let k = 0; k < 5; k++) assert.ok(Math.abs(a[i]!.top[k]!.probability - b[i]!.top[k]!.probability) < 1e-5);
     }
-    assert.ok(Math.abs(a[0]!.top[0]!.probability - a[1]!.top[0]!.probability) > 1e-3 || a[0]!.top[0]!.class !== a[1]!.top[0]!.class, 'different images, different answers');
+    assert.ok(
+      Math.abs(a[0]!.top[0]!.probability - a[1]!.top[0]!.probability) > 1e-3 || a[0]!.top[0]!.class !== a[1]!.top[0]!.class,
+      'different images, different answers',
+    );
 
     // Table output, and a wrong-sized image is resized with a note.
     const wide = path.join(dir, 'wide.png');
-    writeFileSync(wide, pngBytes(64, 40, (x, y) => [x * 4, y * 6, 90]));
+    writeFileSync(
+      wide,
+      pngBytes(64, 40, (x, y) => [x * 4, y * 6, 90]),
+    );
     const table = spawnSync(process.execPath, [CLI, 'predict', onnx, wide, '--top', '3'], { encoding: 'utf8' });
     assert.equal(table.status, 0, table.stderr);
     assert.match(table.stdout, /wide\.png \(64x40, centre-cropped and resized to 32x32\)\n( {2}\S+ +\d+\.\d\d%\n){3}$/);

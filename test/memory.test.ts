@@ -30,11 +30,15 @@ test('tidy disposes what fn created except what it returns; nested scopes hand r
 
 test('tidy frees its tensors when fn throws, and rejects async functions', () => {
   const before = t.liveTensors();
-  assert.throws(() => t.tidy(() => {
-    t.zeros([4]);
-    t.ones([4]);
-    throw new Error('fail inside');
-  }), /fail inside/);
+  assert.throws(
+    () =>
+      t.tidy(() => {
+        t.zeros([4]);
+        t.ones([4]);
+        throw new Error('fail inside');
+      }),
+    /fail inside/,
+  );
   assert.equal(t.liveTensors(), before);
   assert.throws(() => t.tidy(() => Promise.resolve(1) as unknown as number), /synchronous/);
 });
@@ -62,7 +66,8 @@ test('gradients and views hold their own handles and are freed by tidy', () => {
   const before = t.liveTensors();
   t.tidy(() => {
     t.sum(t.mul(w, w)).backward();
-    const g1 = w.grad!, g2 = w.grad!; // each read is a new handle to the same gradient
+    const g1 = w.grad!,
+      g2 = w.grad!; // each read is a new handle to the same gradient
     assert.ok(g1.isSameTensor(g2));
     t.slice(w, 0, 0, 1);
   });

@@ -65,9 +65,10 @@ test('libtorch errors are shortened to a line; the full text stays on the error'
 });
 
 test('libtorch warnings: collected where expected, otherwise printed once, shortened', () => {
-  const sameEven = () => t.tidy(() => {
-    t.conv2d(t.zeros([1, 2, 7, 7]), t.zeros([3, 2, 4, 4]), null, { padding: 'same', dilation: [2, 1] });
-  });
+  const sameEven = () =>
+    t.tidy(() => {
+      t.conv2d(t.zeros([1, 2, 7, 7]), t.zeros([3, 2, 4, 4]), null, { padding: 'same', dilation: [2, 1] });
+    });
   const { warnings } = t.collectWarnings(sameEven);
   assert.equal(warnings.length, 1);
   assert.match(warnings[0]!, /^Using padding='same' with even kernel lengths/);

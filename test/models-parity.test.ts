@@ -90,12 +90,23 @@ function checkParity(name: string, o: { classes?: number; batch: number; preact?
       return y.toFloat32Array();
     });
     const sd = model.stateDict();
-    const grads = new Map(model.namedParameters().filter(([k]) => gradKeys.includes(k)).map(([k, p]) => [k, t.tidy(() => p.grad!.toFloat32Array())]));
+    const grads = new Map(
+      model
+        .namedParameters()
+        .filter(([k]) => gradKeys.includes(k))
+        .map(([k, p]) => [k, t.tidy(() => p.grad!.toFloat32Array())]),
+    );
     const stats = new Map(statKeys.map((k) => [k, sd.get(k)!.toFloat32Array()]));
     const py = runPython<PyOut>(PY, {
-      name, classes, preact: !!o.preact, init: initFile, weights: file,
-      x: encode(x.toFloat32Array(), x.shape), r: encode(r.toFloat32Array(), r.shape),
-      grad_keys: gradKeys, stat_keys: statKeys,
+      name,
+      classes,
+      preact: !!o.preact,
+      init: initFile,
+      weights: file,
+      x: encode(x.toFloat32Array(), x.shape),
+      r: encode(r.toFloat32Array(), r.shape),
+      grad_keys: gradKeys,
+      stat_keys: statKeys,
     });
     t.dispose([x, r]);
 

@@ -5,8 +5,20 @@ import assert from 'node:assert/strict';
 import * as t from '../src/tensor/index.js';
 import type { Tensor } from '../src/tensor/index.js';
 import {
-  Module, Conv2d, Linear, BatchNorm2d, GELU, ReLU, Sigmoid, Dropout, Flatten, AdaptiveAvgPool2d,
-  Sequential, Residual, SqueezeExcitation, SharedKernel,
+  Module,
+  Conv2d,
+  Linear,
+  BatchNorm2d,
+  GELU,
+  ReLU,
+  Sigmoid,
+  Dropout,
+  Flatten,
+  AdaptiveAvgPool2d,
+  Sequential,
+  Residual,
+  SqueezeExcitation,
+  SharedKernel,
 } from '../src/nn/index.js';
 
 /** Two convs sharing one kernel (and bias) plus a head: the smallest model with an alias. */
@@ -32,18 +44,39 @@ const values = (x: Tensor) => Array.from(x.toFloat32Array());
 
 test('parameters list a shared kernel once, under its first name, in PyTorch order', () => {
   const m = new Twin();
-  assert.deepEqual(m.namedParameters().map(([n]) => n), ['a.weight', 'a.bias', 'norm.weight', 'norm.bias', 'head.weight', 'head.bias']);
+  assert.deepEqual(
+    m.namedParameters().map(([n]) => n),
+    ['a.weight', 'a.bias', 'norm.weight', 'norm.bias', 'head.weight', 'head.bias'],
+  );
   assert.equal(m.parameters().length, 6);
   assert.equal(m.numParameters(), 4 * 4 * 9 + 4 + 4 + 4 + 12 + 3);
   const sd = m.stateDict();
-  assert.deepEqual([...sd.keys()], [
-    'a.weight', 'a.bias', 'b.weight', 'b.bias', 'norm.weight', 'norm.bias',
-    'norm.running_mean', 'norm.running_var', 'norm.num_batches_tracked', 'head.weight', 'head.bias',
-  ]);
+  assert.deepEqual(
+    [...sd.keys()],
+    [
+      'a.weight',
+      'a.bias',
+      'b.weight',
+      'b.bias',
+      'norm.weight',
+      'norm.bias',
+      'norm.running_mean',
+      'norm.running_var',
+      'norm.num_batches_tracked',
+      'head.weight',
+      'head.bias',
+    ],
+  );
   assert.equal(sd.get('a.weight'), sd.get('b.weight'), 'the alias is the same live tensor');
   assert.equal(sd.get('a.bias'), sd.get('b.bias'));
-  assert.deepEqual(m.namedBuffers().map(([n]) => n), ['norm.running_mean', 'norm.running_var', 'norm.num_batches_tracked']);
-  assert.deepEqual(m.namedModules().map(([n]) => n), ['', 'a', 'b', 'norm', 'head']);
+  assert.deepEqual(
+    m.namedBuffers().map(([n]) => n),
+    ['norm.running_mean', 'norm.running_var', 'norm.num_batches_tracked'],
+  );
+  assert.deepEqual(
+    m.namedModules().map(([n]) => n),
+    ['', 'a', 'b', 'norm', 'head'],
+  );
   m.dispose();
 });
 
@@ -54,7 +87,10 @@ test('Conv2d and Linear default init follow PyTorch bounds (1/sqrt(fan_in))', ()
   const bound = 1 / Math.sqrt(4 * 15);
   for (const x of [c.weight, c.bias!]) {
     const v = values(x);
-    assert.ok(v.every((e) => Math.abs(e) <= bound), 'within the bound');
+    assert.ok(
+      v.every((e) => Math.abs(e) <= bound),
+      'within the bound',
+    );
     assert.ok(Math.max(...v.map(Math.abs)) > 0.8 * bound, 'uses the range');
   }
   const l = new Linear(100, 7, { bias: false });
@@ -114,7 +150,10 @@ test('loadStateDict copies in place, keeps sharing, and reports every problem be
   const bad = t.zeros([3, 5]);
   wrong.set('head.weight', bad);
   // New values before and after the bad entry (state order: a, b, norm, head.weight, head.bias).
-  t.noGrad(() => { t.fill_(src.a.bias!, 7); t.fill_(src.head.bias!, 7); });
+  t.noGrad(() => {
+    t.fill_(src.a.bias!, 7);
+    t.fill_(src.head.bias!, 7);
+  });
   const beforeWrong = snapshot();
   assert.throws(() => m.loadStateDict(wrong), /'head.weight' has shape \[3,5\], the model expects \[3,4\]/);
   assert.deepEqual(snapshot(), beforeWrong, 'nothing written when a check fails');
@@ -172,11 +211,12 @@ test('train/eval reach every module; BatchNorm2d uses batch stats in training an
   const var0 = ch0.reduce((a, b) => a + (b - mean0) ** 2, 0) / 4;
   assert.ok(Math.abs(y[0]! - (1 - mean0) / Math.sqrt(var0 + 1e-5)) < 1e-5);
   assert.ok(Math.abs(values(bn.runningMean!)[0]! - 0.1 * mean0) < 1e-5, 'running mean updated with momentum 0.1');
-  assert.ok(Math.abs(values(bn.runningVar!)[0]! - (0.9 + 0.1 * var0 * 4 / 3)) < 1e-4, 'running var uses the unbiased variance');
+  assert.ok(Math.abs(values(bn.runningVar!)[0]! - (0.9 + (0.1 * var0 * 4) / 3)) < 1e-4, 'running var uses the unbiased variance');
   assert.equal(bn.numBatchesTracked!.item(), 1);
   seq.eval();
   const z = t.tidy(() => bn.forward(x).toFloat32Array());
-  const rm = values(bn.runningMean!)[0]!, rv = values(bn.runningVar!)[0]!;
+  const rm = values(bn.runningMean!)[0]!,
+    rv = values(bn.runningVar!)[0]!;
   assert.ok(Math.abs(z[0]! - (1 - rm) / Math.sqrt(rv + 1e-5)) < 1e-5);
   assert.equal(bn.numBatchesTracked!.item(), 1, 'eval does not count batches');
   x.dispose();
@@ -191,20 +231,22 @@ test('Residual, SqueezeExcitation, activations, Dropout, Flatten and pooling com
   const se = new SqueezeExcitation(16, 4);
   assert.deepEqual(se.stateDict().size, 2);
   assert.deepEqual([...se.stateDict().keys()], ['fc.0.weight', 'fc.2.weight']);
-  const diffs = t.noGrad(() => t.tidy(() => {
-    const d: number[] = [];
-    const rel = (a: Tensor, b: Tensor) => t.max(t.abs(t.sub(a, b))).item();
-    d.push(rel(res.forward(x), t.add(conv.forward(x), x)));
-    const s = t.sigmoid(t.linear(t.relu(t.linear(t.mean(x, [2, 3]), se.fc.at(0).getParameter('weight')!)), se.fc.at(2).getParameter('weight')!));
-    d.push(rel(se.forward(x), t.mul(x, s.view([2, 16, 1, 1]))));
-    d.push(rel(new GELU().forward(x), t.gelu(x)));
-    d.push(rel(new ReLU().forward(x), t.maximum(x, t.zerosLike(x))));
-    d.push(rel(new Sigmoid().forward(x), t.div(t.onesLike(x), t.add(t.exp(t.neg(x)), 1))));
-    const drop = new Dropout(0.5).eval();
-    d.push(rel(drop.forward(x), x));
-    d.push(rel(new AdaptiveAvgPool2d(1).forward(x).flatten(1), t.mean(x, [2, 3])));
-    return d;
-  }));
+  const diffs = t.noGrad(() =>
+    t.tidy(() => {
+      const d: number[] = [];
+      const rel = (a: Tensor, b: Tensor) => t.max(t.abs(t.sub(a, b))).item();
+      d.push(rel(res.forward(x), t.add(conv.forward(x), x)));
+      const s = t.sigmoid(t.linear(t.relu(t.linear(t.mean(x, [2, 3]), se.fc.at(0).getParameter('weight')!)), se.fc.at(2).getParameter('weight')!));
+      d.push(rel(se.forward(x), t.mul(x, s.view([2, 16, 1, 1]))));
+      d.push(rel(new GELU().forward(x), t.gelu(x)));
+      d.push(rel(new ReLU().forward(x), t.maximum(x, t.zerosLike(x))));
+      d.push(rel(new Sigmoid().forward(x), t.div(t.onesLike(x), t.add(t.exp(t.neg(x)), 1))));
+      const drop = new Dropout(0.5).eval();
+      d.push(rel(drop.forward(x), x));
+      d.push(rel(new AdaptiveAvgPool2d(1).forward(x).flatten(1), t.mean(x, [2, 3])));
+      return d;
+    }),
+  );
   for (const d of diffs) assert.ok(d < 1e-5, `difference ${d}`);
   const shape = t.tidy(() => new Flatten().forward(x).shape);
   assert.deepEqual(shape, [2, 256]);
@@ -222,7 +264,10 @@ test('a shared kernel must be isomorphic: the error names both layers and the mi
   const a = new Conv2d(8, 8, 3);
   const k = a.asSharedKernel('stage.0.conv2', false);
   const b = new Conv2d(4, 8, 3);
-  assert.throws(() => b.useKernel(k, 'stage.0.conv1'), /cannot share kernel 'stage.0.conv2' \(8->8, 3x3\) with layer 'stage.0.conv1' \(4->8, 3x3\): in channels 8 vs 4/);
+  assert.throws(
+    () => b.useKernel(k, 'stage.0.conv1'),
+    /cannot share kernel 'stage.0.conv2' \(8->8, 3x3\) with layer 'stage.0.conv1' \(4->8, 3x3\): in channels 8 vs 4/,
+  );
   assert.throws(() => new Conv2d(8, 8, 3, { groups: 2, kernel: k }), /groups 1 vs 2/);
   assert.throws(() => new Conv2d(8, 8, 5, { kernel: k }), /kernel size 3x3 vs 5x5/);
   assert.throws(() => new SharedKernel(a.weight, null, { inChannels: 8, outChannels: 4, kernelSize: [3, 3], groups: 1 }), /does not fit 8->4/);
@@ -237,16 +282,21 @@ test('a shared kernel must be isomorphic: the error names both layers and the mi
 test('Sequential releases intermediates: repeated training steps keep liveTensors flat', () => {
   t.manualSeed(0);
   const model = new Sequential(
-    new Conv2d(3, 8, 3, { padding: 1 }), new GELU(), new BatchNorm2d(8),
+    new Conv2d(3, 8, 3, { padding: 1 }),
+    new GELU(),
+    new BatchNorm2d(8),
     new Residual(new Sequential(new Conv2d(8, 8, 3, { padding: 1, groups: 8 }), new GELU(), new BatchNorm2d(8))),
-    new AdaptiveAvgPool2d(1), new Flatten(), new Linear(8, 4),
+    new AdaptiveAvgPool2d(1),
+    new Flatten(),
+    new Linear(8, 4),
   );
   const x = t.randn([4, 3, 8, 8]);
-  const step = () => t.tidy(() => {
-    const loss = t.mean(t.pow(model.forward(x), 2));
-    loss.backward();
-    return loss.item();
-  });
+  const step = () =>
+    t.tidy(() => {
+      const loss = t.mean(t.pow(model.forward(x), 2));
+      loss.backward();
+      return loss.item();
+    });
   step();
   model.zeroGrad();
   const live = t.liveTensors();

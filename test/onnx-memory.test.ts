@@ -33,7 +33,10 @@ test('ONNX Runtime keeps a shared kernel as one tensor only with the recommended
     const kept = await sessionGraph(bytes, recommendedSessionOptions(3, { level: 'extended' }), path.join(dir, 'kept.onnx'));
     // Default fusions: no kernel is used by more than one Conv any more (each got a folded copy).
     assert.deepEqual(fused.shared, []);
-    assert.deepEqual(kept.shared.map((k) => k.nodes.length), [3, 3, 3]);
+    assert.deepEqual(
+      kept.shared.map((k) => k.nodes.length),
+      [3, 3, 3],
+    );
     // The copies: 2 extra [C, C, 3, 3] kernels per stage, C = 64, 128, 256.
     const copies = 2 * 4 * 9 * (64 * 64 + 128 * 128 + 256 * 256);
     assert.ok(fused.weightBytes - kept.weightBytes > 0.9 * copies, `session weights ${fused.weightBytes} B vs ${kept.weightBytes} B`);

@@ -47,13 +47,23 @@ async function ortLogits(bytes: Uint8Array, input: Float32Array, n: number, opti
 // MobileNetV2 at width 1.0 measures 1.19e-5 (1.14e-5 with BatchNorm unfolded): float32 sums over
 // up to 960 channels through 53 layers, not the export; width 0.5 stays under TOL.
 const PARITY_MODELS: [string, number][] = [
-  ['convmixer_256_16_shared', 2], ['convmixer_256_16', 0], ['se_resnet_d_2_full_shared', 3], ['se_resnet_d_2', 0],
-  ['resnet18_cifar_shared', 4], ['resnet18', 0], ['resnet50_cifar_shared', 4], ['mobilenetv2_050_cifar_shared', 12], ['mobilenetv2_050_cifar', 0],
+  ['convmixer_256_16_shared', 2],
+  ['convmixer_256_16', 0],
+  ['se_resnet_d_2_full_shared', 3],
+  ['se_resnet_d_2', 0],
+  ['resnet18_cifar_shared', 4],
+  ['resnet18', 0],
+  ['resnet50_cifar_shared', 4],
+  ['mobilenetv2_050_cifar_shared', 12],
+  ['mobilenetv2_050_cifar', 0],
 ];
 
 test('the parity list covers every built-in architecture', () => {
   for (const spec of BUILTIN_ARCHITECTURES) {
-    assert.ok(PARITY_MODELS.some(([n]) => modelConfig(n)?.architecture === spec.architecture), `no ONNX parity test for architecture ${spec.architecture}`);
+    assert.ok(
+      PARITY_MODELS.some(([n]) => modelConfig(n)?.architecture === spec.architecture),
+      `no ONNX parity test for architecture ${spec.architecture}`,
+    );
   }
 });
 
@@ -108,14 +118,20 @@ test('float16 storage: the same predictions, logits within 1e-2 relative', async
   }
 });
 
-test('BatchNorm with running variances near its epsilon: the export keeps each layer\'s epsilon', async () => {
+test("BatchNorm with running variances near its epsilon: the export keeps each layer's epsilon", async () => {
   // A near-constant channel has a running variance of the order of epsilon, where leaving
   // epsilon out (or using the default one for a layer with another) changes the output a lot.
   t.manualSeed(12);
   const model = new Sequential(
-    new Conv2d(3, 8, 3, { padding: 1 }), new BatchNorm2d(8), new ReLU(),
-    new Conv2d(8, 8, 3, { padding: 1 }), new BatchNorm2d(8, { eps: 1e-3, affine: false }), new GELU(),
-    new AdaptiveAvgPool2d(1), new Flatten(), new Linear(8, 5),
+    new Conv2d(3, 8, 3, { padding: 1 }),
+    new BatchNorm2d(8),
+    new ReLU(),
+    new Conv2d(8, 8, 3, { padding: 1 }),
+    new BatchNorm2d(8, { eps: 1e-3, affine: false }),
+    new GELU(),
+    new AdaptiveAvgPool2d(1),
+    new Flatten(),
+    new Linear(8, 5),
   );
   const bns = model.modules().filter((m): m is BatchNorm2d => m instanceof BatchNorm2d);
   t.noGrad(() => {
@@ -127,7 +143,12 @@ test('BatchNorm with running variances near its epsilon: the export keeps each l
   });
   model.eval();
   try {
-    const info = { model: 'bn-eps', classes: ['a', 'b', 'c', 'd', 'e'], params: model.numParameters(), input: { channels: 3, height: 32, width: 32, mean: [0, 0, 0], std: [1, 1, 1] } };
+    const info = {
+      model: 'bn-eps',
+      classes: ['a', 'b', 'c', 'd', 'e'],
+      params: model.numParameters(),
+      input: { channels: 3, height: 32, width: 32, mean: [0, 0, 0], std: [1, 1, 1] },
+    };
     const { bytes } = exportOnnx(model, info);
     const input = randomInput(2, 13);
     const ref = kshareLogits(model, input, [2, 3, 32, 32]);
@@ -145,17 +166,35 @@ test('every layer kind the exporter knows, including a kernel shared between con
   const b = new Conv2d(8, 8, 3, { stride: 2, padding: 1, kernel: k });
   const bnPlain = new BatchNorm2d(8, { affine: false });
   const model = new Sequential(
-    new Conv2d(3, 8, 3, { padding: 1, bias: false }), new BatchNorm2d(8), new GELU('tanh'),
-    new Residual(new Sequential(a, bnPlain, new ReLU())), new Dropout(0.3), b, new GELU(),
-    new SqueezeExcitation(8, 4), new Conv2d(8, 8, 1, { groups: 4 }), new Sigmoid(),
-    new AdaptiveAvgPool2d(1), new Flatten(), new Linear(8, 5, { bias: false }),
+    new Conv2d(3, 8, 3, { padding: 1, bias: false }),
+    new BatchNorm2d(8),
+    new GELU('tanh'),
+    new Residual(new Sequential(a, bnPlain, new ReLU())),
+    new Dropout(0.3),
+    b,
+    new GELU(),
+    new SqueezeExcitation(8, 4),
+    new Conv2d(8, 8, 1, { groups: 4 }),
+    new Sigmoid(),
+    new AdaptiveAvgPool2d(1),
+    new Flatten(),
+    new Linear(8, 5, { bias: false }),
   );
   t.noGrad(() => {
-    for (const m of model.modules()) if (m instanceof BatchNorm2d) { t.normal_(m.runningMean!, 0, 0.3); t.uniform_(m.runningVar!, 0.3, 2); }
+    for (const m of model.modules())
+      if (m instanceof BatchNorm2d) {
+        t.normal_(m.runningMean!, 0, 0.3);
+        t.uniform_(m.runningVar!, 0.3, 2);
+      }
   });
   model.eval();
   try {
-    const info = { model: 'mix', classes: ['a', 'b', 'c', 'd', 'e'], params: model.numParameters(), input: { channels: 3, height: 32, width: 32, mean: [0, 0, 0], std: [1, 1, 1] } };
+    const info = {
+      model: 'mix',
+      classes: ['a', 'b', 'c', 'd', 'e'],
+      params: model.numParameters(),
+      input: { channels: 3, height: 32, width: 32, mean: [0, 0, 0], std: [1, 1, 1] },
+    };
     const { bytes, stats } = exportOnnx(model, info);
     assert.equal(stats.sharedWeights, 2, 'weight and bias of the shared kernel');
     const input = randomInput(2, 5);
@@ -193,11 +232,20 @@ test('a user model with its own forward (no Sequential chain), registered with a
   t.manualSeed(4);
   const model = createModel('two_path_probe', { classes: 4 });
   t.noGrad(() => {
-    for (const m of model.modules()) if (m instanceof BatchNorm2d) { t.normal_(m.runningMean!, 0, 0.3); t.uniform_(m.runningVar!, 0.3, 2); }
+    for (const m of model.modules())
+      if (m instanceof BatchNorm2d) {
+        t.normal_(m.runningMean!, 0, 0.3);
+        t.uniform_(m.runningVar!, 0.3, 2);
+      }
   });
   model.eval();
   try {
-    const info = { model: 'two_path_probe', classes: ['a', 'b', 'c', 'd'], params: model.numParameters(), input: { channels: 3, height: 32, width: 32, mean: [0, 0, 0], std: [1, 1, 1] } };
+    const info = {
+      model: 'two_path_probe',
+      classes: ['a', 'b', 'c', 'd'],
+      params: model.numParameters(),
+      input: { channels: 3, height: 32, width: 32, mean: [0, 0, 0], std: [1, 1, 1] },
+    };
     const { bytes, stats } = exportOnnx(model, info);
     assert.equal(stats.sharedWeights, 1, 'the kernel both branches use is one initializer');
     const input = randomInput(3, 8);

@@ -24,17 +24,35 @@ interface Config {
 const CONFIGS: Config[] = [
   { name: 'SGD plain', kind: 'SGD', groups: [{ idx: [0, 1, 2, 3], options: {} }], defaults: { lr: 0.1 } },
   { name: 'SGD momentum', kind: 'SGD', groups: [{ idx: [0, 1, 2, 3], options: {} }], defaults: { lr: 0.05, momentum: 0.9 } },
-  { name: 'SGD momentum + dampening + weight decay', kind: 'SGD', groups: [{ idx: [0, 1, 2, 3], options: {} }], defaults: { lr: 0.05, momentum: 0.8, dampening: 0.3, weightDecay: 0.01 } },
-  { name: 'SGD nesterov + weight decay', kind: 'SGD', groups: [{ idx: [0, 1, 2, 3], options: {} }], defaults: { lr: 0.05, momentum: 0.9, nesterov: true, weightDecay: 5e-4 } },
   {
-    name: 'SGD two groups (one without weight decay)', kind: 'SGD',
-    groups: [{ idx: [0, 2], options: {} }, { idx: [1, 3], options: { weightDecay: 0, lr: 0.2 } }],
+    name: 'SGD momentum + dampening + weight decay',
+    kind: 'SGD',
+    groups: [{ idx: [0, 1, 2, 3], options: {} }],
+    defaults: { lr: 0.05, momentum: 0.8, dampening: 0.3, weightDecay: 0.01 },
+  },
+  {
+    name: 'SGD nesterov + weight decay',
+    kind: 'SGD',
+    groups: [{ idx: [0, 1, 2, 3], options: {} }],
+    defaults: { lr: 0.05, momentum: 0.9, nesterov: true, weightDecay: 5e-4 },
+  },
+  {
+    name: 'SGD two groups (one without weight decay)',
+    kind: 'SGD',
+    groups: [
+      { idx: [0, 2], options: {} },
+      { idx: [1, 3], options: { weightDecay: 0, lr: 0.2 } },
+    ],
     defaults: { lr: 0.05, momentum: 0.9, weightDecay: 0.05 },
   },
   { name: 'AdamW defaults', kind: 'AdamW', groups: [{ idx: [0, 1, 2, 3], options: {} }], defaults: { lr: 0.01 } },
   {
-    name: 'AdamW betas, eps, weight decay, two groups (one at weightDecay 0)', kind: 'AdamW',
-    groups: [{ idx: [0, 2], options: {} }, { idx: [1, 3], options: { weightDecay: 0, lr: 0.003 } }],
+    name: 'AdamW betas, eps, weight decay, two groups (one at weightDecay 0)',
+    kind: 'AdamW',
+    groups: [
+      { idx: [0, 2], options: {} },
+      { idx: [1, 3], options: { weightDecay: 0, lr: 0.003 } },
+    ],
     defaults: { lr: 0.02, betas: [0.8, 0.95], eps: 1e-6, weightDecay: 0.1 },
   },
 ];
@@ -71,11 +89,14 @@ test('SGD and AdamW match torch.optim after 1 and 3 steps', () => {
   for (const [ci, c] of CONFIGS.entries()) {
     const params = init.map((p) => t.clone(p).requiresGrad_());
     const groups = c.groups.map((g) => ({ params: g.idx.map((i) => params[i]!), options: g.options }));
-    const opt = c.kind === 'SGD'
-      ? new SGD(groups as { params: Tensor[]; options: Partial<SGDOptions> }[], c.defaults as Partial<SGDOptions> & { lr: number })
-      : new AdamW(groups as { params: Tensor[]; options: Partial<AdamWOptions> }[], c.defaults as Partial<AdamWOptions>);
+    const opt =
+      c.kind === 'SGD'
+        ? new SGD(groups as { params: Tensor[]; options: Partial<SGDOptions> }[], c.defaults as Partial<SGDOptions> & { lr: number })
+        : new AdamW(groups as { params: Tensor[]; options: Partial<AdamWOptions> }[], c.defaults as Partial<AdamWOptions>);
     for (let s = 0; s < STEPS; s++) {
-      params.forEach((p, i) => { p.grad = t.clone(grads[s]![i]!); });
+      params.forEach((p, i) => {
+        p.grad = t.clone(grads[s]![i]!);
+      });
       opt.step();
       if (s !== 0 && s !== STEPS - 1) continue;
       params.forEach((p, i) => {

@@ -15,14 +15,19 @@ function makeGrads(seed: number, steps: number): Tensor[][] {
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any -- optimizers of every options type
 function applyStep(opt: Optimizer<any>, params: Tensor[], grads: Tensor[]): void {
-  params.forEach((p, i) => { p.grad = t.clone(grads[i]!); });
+  params.forEach((p, i) => {
+    p.grad = t.clone(grads[i]!);
+  });
   opt.step();
   opt.zeroGrad();
 }
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any -- optimizers of every options type
 const makers: [string, (ps: Tensor[]) => Optimizer<any>][] = [
-  ['AdamW', (ps) => new AdamW([{ params: [ps[0]!, ps[2]!] }, { params: [ps[1]!], options: { weightDecay: 0 } }], { lr: 0.01, betas: [0.8, 0.9], weightDecay: 0.1 })],
+  [
+    'AdamW',
+    (ps) => new AdamW([{ params: [ps[0]!, ps[2]!] }, { params: [ps[1]!], options: { weightDecay: 0 } }], { lr: 0.01, betas: [0.8, 0.9], weightDecay: 0.1 }),
+  ],
   ['SGD', (ps) => new SGD(ps, { lr: 0.05, momentum: 0.9, nesterov: true, weightDecay: 1e-3 })],
 ];
 
@@ -60,7 +65,10 @@ for (const [name, make] of makers) {
       assert.ok(differs, `${name}: a fresh optimizer gave the same result, so the state was not exercised`);
       // hyperparameters travel with the state
       const bLr = b.groups.map((g) => g.options.lr);
-      assert.deepEqual(bLr, a.groups.map((g) => g.options.lr));
+      assert.deepEqual(
+        bLr,
+        a.groups.map((g) => g.options.lr),
+      );
       [a, b, c].forEach((o) => o.dispose());
       t.dispose(sd.tensors);
     });
@@ -164,7 +172,8 @@ test("autocast({device: 'cpu', dtype: 'bfloat16'}): conv2d/linear in bfloat16, c
     assert.equal(out.logits.dtype, 'bfloat16');
     assert.equal(out.loss.dtype, 'float32');
     // bfloat16 keeps 8 significant bits: results agree with float32 to about 1%
-    const a = out.y.toFloat32Array(), b = ref32.toFloat32Array();
+    const a = out.y.toFloat32Array(),
+      b = ref32.toFloat32Array();
     const scale = Math.max(...Array.from(b, Math.abs));
     assert.ok(a.every((v, i) => Math.abs(v - b[i]!) < 0.02 * scale));
     // gradients reach the float32 weights as float32

@@ -24,8 +24,14 @@ const root = scratchDir('resume');
 
 function options(out: string, extra: Partial<TrainOptions> = {}): TrainOptions {
   return {
-    recipe, buildModel: () => createModel(MODEL, { classes: 10 }), modelName: MODEL,
-    train: trainSet, test: testSet, outDir: path.join(root, out), log: () => {}, ...extra,
+    recipe,
+    buildModel: () => createModel(MODEL, { classes: 10 }),
+    modelName: MODEL,
+    train: trainSet,
+    test: testSet,
+    outDir: path.join(root, out),
+    log: () => {},
+    ...extra,
   };
 }
 
@@ -44,7 +50,8 @@ function stateBytes(file: string): Map<string, Buffer> {
 }
 
 function assertSameState(a: string, b: string): void {
-  const sa = stateBytes(a), sb = stateBytes(b);
+  const sa = stateBytes(a),
+    sb = stateBytes(b);
   assert.deepEqual([...sa.keys()].sort(), [...sb.keys()].sort());
   assert.ok(sa.size > 10, `expected model and optimizer tensors, got ${sa.size}`);
   for (const [k, v] of sa) assert.ok(v.equals(sb.get(k)!), `tensor ${k} differs`);
@@ -52,10 +59,13 @@ function assertSameState(a: string, b: string): void {
 
 function logOf(out: string): unknown[] {
   // seconds and img/s are wall-clock measurements; everything else must match exactly.
-  return readFileSync(path.join(root, out, 'log.jsonl'), 'utf8').trim().split('\n').map((l) => {
-    const { seconds: _s, imgPerSec: _i, ...rest } = JSON.parse(l) as Record<string, unknown>;
-    return rest;
-  });
+  return readFileSync(path.join(root, out, 'log.jsonl'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => {
+      const { seconds: _s, imgPerSec: _i, ...rest } = JSON.parse(l) as Record<string, unknown>;
+      return rest;
+    });
 }
 
 test('2 epochs straight and 1 epoch + resume + 1 epoch give bit-identical weights', async () => {
@@ -84,10 +94,14 @@ test('2 epochs straight and 1 epoch + resume + 1 epoch give bit-identical weight
 
 test('an interruption in the middle of an epoch resumes exactly', async () => {
   const ctrl = new AbortController();
-  const cut = await train(options('interrupted', {
-    stop: ctrl.signal,
-    onStep: (s) => { if (s.epoch === 1 && s.step === 2) ctrl.abort(); },
-  }));
+  const cut = await train(
+    options('interrupted', {
+      stop: ctrl.signal,
+      onStep: (s) => {
+        if (s.epoch === 1 && s.step === 2) ctrl.abort();
+      },
+    }),
+  );
   assert.equal(cut.status, 'interrupted');
   assert.equal(cut.epochsDone, 1);
   const ckpt = path.join(root, 'interrupted', 'checkpoint.safetensors');
@@ -104,12 +118,18 @@ test('an interruption in the middle of an epoch resumes exactly', async () => {
 
 test('a different seed gives different weights (the comparison above can fail)', async () => {
   await train(options('other-seed', { recipe: applyOverrides(recipe, [parseOverride('seed=12')]) }));
-  assert.throws(() => assertSameState(path.join(root, 'straight', 'checkpoint.safetensors'), path.join(root, 'other-seed', 'checkpoint.safetensors')), /differs/);
+  assert.throws(
+    () => assertSameState(path.join(root, 'straight', 'checkpoint.safetensors'), path.join(root, 'other-seed', 'checkpoint.safetensors')),
+    /differs/,
+  );
 });
 
 test('resuming with another model or batch size is refused with a clear message', async () => {
   const ckpt = path.join(root, 'straight', 'checkpoint.safetensors');
-  await assert.rejects(train(options('wrong-model', { resume: ckpt, modelName: 'convmixer_16_2_k3_p4', buildModel: () => createModel('convmixer_16_2_k3_p4', { classes: 10 }) })), /trained as model 'convmixer_16_2_k3_p4_shared'/);
+  await assert.rejects(
+    train(options('wrong-model', { resume: ckpt, modelName: 'convmixer_16_2_k3_p4', buildModel: () => createModel('convmixer_16_2_k3_p4', { classes: 10 }) })),
+    /trained as model 'convmixer_16_2_k3_p4_shared'/,
+  );
   await assert.rejects(train(options('wrong-batch', { resume: ckpt, recipe: applyOverrides(recipe, [parseOverride('batchSize=16')]) })), /steps per epoch/);
   await assert.rejects(train(options('missing', { resume: path.join(root, 'nope.safetensors') })), /does not exist/);
 });

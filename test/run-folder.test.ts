@@ -21,7 +21,10 @@ after(() => rmSync(root, { recursive: true, force: true }));
 
 function writeImageFolder(): string {
   const dir = path.join(root, 'shapes');
-  for (const [split, count, seed] of [['train', 60, 1], ['test', 20, 2]] as const) {
+  for (const [split, count, seed] of [
+    ['train', 60, 1],
+    ['test', 20, 2],
+  ] as const) {
     const ds = syntheticDataset({ count, classes: 3, size: 16, seed, split });
     for (let i = 0; i < ds.count; i++) {
       const cls = path.join(dir, split, ds.classes[ds.labels[i]!]!);
@@ -37,7 +40,21 @@ function writeImageFolder(): string {
   return dir;
 }
 const data = writeImageFolder();
-const common = ['--recipe', 'convmixer', '--model', 'convmixer_16_2_k3_p4_shared', '--dataset', data, '--no-progress', '--seed', '1', '--set', 'batchSize=20', '--set', 'evalBatchSize=20'];
+const common = [
+  '--recipe',
+  'convmixer',
+  '--model',
+  'convmixer_16_2_k3_p4_shared',
+  '--dataset',
+  data,
+  '--no-progress',
+  '--seed',
+  '1',
+  '--set',
+  'batchSize=20',
+  '--set',
+  'evalBatchSize=20',
+];
 const env = { ...process.env, KSHARE_DEBUG: '' };
 
 function run(args: string[]): { code: number; out: string; err: string } {
@@ -47,14 +64,23 @@ function run(args: string[]): { code: number; out: string; err: string } {
 
 function start(args: string[]): { child: ChildProcess; done: Promise<{ code: number; out: string; err: string }> } {
   const child = spawn(process.execPath, [CLI, ...args], { env });
-  let out = '', err = '';
-  child.stdout!.on('data', (d: Buffer) => { out += d; });
-  child.stderr!.on('data', (d: Buffer) => { err += d; });
+  let out = '',
+    err = '';
+  child.stdout!.on('data', (d: Buffer) => {
+    out += d;
+  });
+  child.stderr!.on('data', (d: Buffer) => {
+    err += d;
+  });
   const done = new Promise<{ code: number; out: string; err: string }>((resolve) => child.on('close', (code) => resolve({ code: code ?? -1, out, err })));
   return { child, done };
 }
 
-const epochsOf = (out: string) => readFileSync(path.join(out, 'log.jsonl'), 'utf8').trim().split('\n').map((l) => (JSON.parse(l) as { epoch: number }).epoch);
+const epochsOf = (out: string) =>
+  readFileSync(path.join(out, 'log.jsonl'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => (JSON.parse(l) as { epoch: number }).epoch);
 
 test('two kshare train processes started together on one --out: one runs, the other is refused naming its PID', async () => {
   const out = path.join(root, 'together');
@@ -64,7 +90,9 @@ test('two kshare train processes started together on one --out: one runs, the ot
   const a = start(args);
   const b = start(args);
   let timer: NodeJS.Timeout | undefined;
-  const stuck = new Promise<null>((resolve) => { timer = setTimeout(() => resolve(null), 180_000); });
+  const stuck = new Promise<null>((resolve) => {
+    timer = setTimeout(() => resolve(null), 180_000);
+  });
   const first = await Promise.race([a.done.then((r) => ({ r, loser: a, winner: b })), b.done.then((r) => ({ r, loser: b, winner: a })), stuck]);
   clearTimeout(timer);
   if (!first) {
@@ -75,7 +103,11 @@ test('two kshare train processes started together on one --out: one runs, the ot
   }
   const { r: lose, winner } = first;
   assert.equal(lose.code, 1, `the first to exit should be the refused one:\n${lose.out}\n${lose.err}`);
-  assert.match(lose.err, new RegExp(`kshare: .*together is in use by process ${winner.child.pid} \\(started .*\\); two runs cannot share a run folder`), `the other process said:\n${lose.out}\n${lose.err}`);
+  assert.match(
+    lose.err,
+    new RegExp(`kshare: .*together is in use by process ${winner.child.pid} \\(started .*\\); two runs cannot share a run folder`),
+    `the other process said:\n${lose.out}\n${lose.err}`,
+  );
   const ckpt = path.join(out, 'checkpoint.safetensors');
   const deadline = Date.now() + 240_000;
   while (!existsSync(ckpt) && Date.now() < deadline && winner.child.exitCode === null) await new Promise((r) => setTimeout(r, 100));
@@ -85,16 +117,27 @@ test('two kshare train processes started together on one --out: one runs, the ot
   assert.match(win.out, /interrupted .*; resume with: .* after (\d+)\/500 epochs/);
   const n = Number(/after (\d+)\/500 epochs/.exec(win.out)![1]);
   assert.ok(n >= 1, 'at least one epoch done');
-  assert.deepEqual(epochsOf(out), Array.from({ length: n }, (_, i) => i + 1), 'one run\'s epochs, not 1,1,2,2,...');
+  assert.deepEqual(
+    epochsOf(out),
+    Array.from({ length: n }, (_, i) => i + 1),
+    "one run's epochs, not 1,1,2,2,...",
+  );
   assert.ok(!existsSync(path.join(out, LOCK_FILE)), 'the lock is released at the end');
 
   // Report after a kill right after the checkpoint rename: log and summary one epoch behind.
   const summary = JSON.parse(readFileSync(path.join(out, 'summary.json'), 'utf8')) as { epochsDone: number; status: string; history: unknown[] };
-  const lines = readFileSync(path.join(out, 'log.jsonl'), 'utf8').trim().split('\n').slice(0, n - 1);
+  const lines = readFileSync(path.join(out, 'log.jsonl'), 'utf8')
+    .trim()
+    .split('\n')
+    .slice(0, n - 1);
   writeFileSync(path.join(out, 'log.jsonl'), lines.map((l) => `${l}\n`).join(''));
   writeFileSync(path.join(out, 'summary.json'), JSON.stringify({ ...summary, epochsDone: n - 1, status: 'running', history: summary.history.slice(0, n - 1) }));
   const r = loadRun(out);
-  assert.deepEqual(r.history.map((h) => h.epoch), Array.from({ length: n }, (_, i) => i + 1), 'the checkpoint\'s history');
+  assert.deepEqual(
+    r.history.map((h) => h.epoch),
+    Array.from({ length: n }, (_, i) => i + 1),
+    "the checkpoint's history",
+  );
   assert.equal(r.status, 'interrupted');
 });
 
@@ -121,12 +164,21 @@ test('a killed run: a second process is refused while it lives; after kill -9 th
   writeFileSync(path.join(out, `.summary.json.${process.pid}.tmp`), '{}');
   const c = run(['train', ...common, '--threads', '2', '--out', out, '--resume', '--stop-after-epochs', '1']);
   assert.equal(c.code, 0, c.err);
-  assert.match(c.out, new RegExp(`warning: .*checkpoint\\.safetensors was written with 1 CPU thread\\(s\\), this process uses 2; the run continues, but not bit-exactly \\(pass --threads 1 for that\\)`));
+  assert.match(
+    c.out,
+    new RegExp(
+      `warning: .*checkpoint\\.safetensors was written with 1 CPU thread\\(s\\), this process uses 2; the run continues, but not bit-exactly \\(pass --threads 1 for that\\)`,
+    ),
+  );
   assert.match(c.out, new RegExp(`note: removed a stale lock of process ${pid} \\(started .*\\), which no longer runs`));
   assert.match(c.out, new RegExp(`note: removed \\.checkpoint\\.safetensors\\.${pid}\\.deadbeef\\.tmp \\(1000 bytes\\), a temp file left by process ${pid}`));
   assert.match(c.out, new RegExp(`note: removed log\\.jsonl\\.${pid}\\.tmp \\(0 bytes\\)`));
   const left = readdirSync(out).sort();
-  assert.deepEqual(left, [`.summary.json.${process.pid}.tmp`, 'checkpoint.safetensors', 'log.jsonl', 'steps.jsonl', 'summary.json'], 'a live process\'s temp file stays');
+  assert.deepEqual(
+    left,
+    [`.summary.json.${process.pid}.tmp`, 'checkpoint.safetensors', 'log.jsonl', 'steps.jsonl', 'summary.json'],
+    "a live process's temp file stays",
+  );
 });
 
 test('the run lock in one process: held, refused, released; a stale lock is taken over', () => {
@@ -134,7 +186,10 @@ test('the run lock in one process: held, refused, released; a stale lock is take
   mkdirSync(out, { recursive: true });
   const lock = acquireRunLock(out);
   assert.deepEqual(lock.notes, []);
-  assert.throws(() => acquireRunLock(out), (e: Error) => e instanceof RunLockedError && e.holderPid === process.pid && new RegExp(`in use by process ${process.pid}`).test(e.message));
+  assert.throws(
+    () => acquireRunLock(out),
+    (e: Error) => e instanceof RunLockedError && e.holderPid === process.pid && new RegExp(`in use by process ${process.pid}`).test(e.message),
+  );
   lock.release();
   lock.release();
   assert.ok(!existsSync(lock.file));

@@ -6,9 +6,7 @@ import { mkdtempSync, rmSync, readFileSync, writeFileSync, readdirSync, statSync
 import os from 'node:os';
 import path from 'node:path';
 import * as t from '../src/tensor/index.js';
-import {
-  saveSafetensors, loadSafetensors, readSafetensorsHeader, saveWeights, loadWeights, createModel, ALIASES_KEY,
-} from '../src/models/index.js';
+import { saveSafetensors, loadSafetensors, readSafetensorsHeader, saveWeights, loadWeights, createModel, ALIASES_KEY } from '../src/models/index.js';
 import { runPython } from './helpers/python.js';
 
 const dir = mkdtempSync(path.join(os.tmpdir(), 'kshare-st-'));
@@ -87,7 +85,10 @@ test('weights files store each shared tensor once, list aliases, and load back k
   assert.deepEqual(plain.stateDict().get('6.0.fn.0.weight')!.toArray(), shared.stateDict().get('3.0.fn.0.weight')!.toArray());
   const plain2 = createModel('convmixer_64_4_k5_p2');
   saveWeights(plain2, pp);
-  assert.throws(() => loadWeights(fresh, pp), /does not fit this model: .*'3.0.fn.0.weight' and '4.0.fn.0.weight' name one shared tensor of this model but hold different values/);
+  assert.throws(
+    () => loadWeights(fresh, pp),
+    /does not fit this model: .*'3.0.fn.0.weight' and '4.0.fn.0.weight' name one shared tensor of this model but hold different values/,
+  );
   assert.throws(() => saveWeights(shared, ps, { [ALIASES_KEY]: 'x' }), /reserved/);
   for (const m of [shared, plain, plain2, fresh]) m.dispose();
 });
@@ -97,7 +98,10 @@ test('files that do not fit the model are refused naming the file and the keys',
   const p = file('small.safetensors');
   saveWeights(small, p);
   const other = createModel('convmixer_64_4_k5_p2', { classes: 100 });
-  assert.throws(() => loadWeights(other, p), (e: Error) => e.message.includes(p) && /'9.weight' has shape \[10,64\], the model expects \[100,64\]/.test(e.message));
+  assert.throws(
+    () => loadWeights(other, p),
+    (e: Error) => e.message.includes(p) && /'9.weight' has shape \[10,64\], the model expects \[100,64\]/.test(e.message),
+  );
   const se = createModel('se_resnet_d_2_full_shared');
   assert.throws(() => loadWeights(se, p), /missing keys: 'conv1.weight'.*unexpected keys: '0.weight'/);
   for (const m of [small, other, se]) m.dispose();
@@ -106,11 +110,20 @@ test('files that do not fit the model are refused naming the file and the keys',
 test('truncated or malformed files fail with clear errors and never allocate beyond the file', () => {
   const x = t.randn([16, 16]);
   const good = file('good.safetensors');
-  saveSafetensors(good, new Map([['x', x], ['y', x]]));
+  saveSafetensors(
+    good,
+    new Map([
+      ['x', x],
+      ['y', x],
+    ]),
+  );
   const bytes = readFileSync(good);
   const cut = file('cut.safetensors');
   writeFileSync(cut, bytes.subarray(0, bytes.length - 10));
-  assert.throws(() => loadSafetensors(cut), /cut.safetensors: not a valid safetensors file: tensor 'y' ends at byte 2048 of the data section, which holds 2038 bytes \(truncated\?\)/);
+  assert.throws(
+    () => loadSafetensors(cut),
+    /cut.safetensors: not a valid safetensors file: tensor 'y' ends at byte 2048 of the data section, which holds 2038 bytes \(truncated\?\)/,
+  );
   writeFileSync(cut, bytes.subarray(0, 5));
   assert.throws(() => loadSafetensors(cut), /fewer than the 8-byte header length/);
   writeFileSync(cut, bytes.subarray(0, 40));
@@ -118,13 +131,32 @@ test('truncated or malformed files fail with clear errors and never allocate bey
   const data = new Uint8Array(16);
   assert.throws(() => loadSafetensors(rawFile('huge-len.safetensors', {}, data, 1n << 62n)), /header claims 4611686018427387904 bytes/);
   // A header claiming a gigantic tensor over 16 bytes: refused before any allocation.
-  assert.throws(() => loadSafetensors(rawFile('huge-shape.safetensors', { w: { dtype: 'F32', shape: [1e9, 1e9], data_offsets: [0, 16] } }, data)), /needs a different byte count than its offsets give \(16\)/);
-  assert.throws(() => loadSafetensors(rawFile('beyond.safetensors', { w: { dtype: 'F32', shape: [1e9], data_offsets: [0, 4e9] } }, data)), /ends at byte 4000000000 of the data section, which holds 16 bytes/);
+  assert.throws(
+    () => loadSafetensors(rawFile('huge-shape.safetensors', { w: { dtype: 'F32', shape: [1e9, 1e9], data_offsets: [0, 16] } }, data)),
+    /needs a different byte count than its offsets give \(16\)/,
+  );
+  assert.throws(
+    () => loadSafetensors(rawFile('beyond.safetensors', { w: { dtype: 'F32', shape: [1e9], data_offsets: [0, 4e9] } }, data)),
+    /ends at byte 4000000000 of the data section, which holds 16 bytes/,
+  );
   assert.throws(() => loadSafetensors(rawFile('dtype.safetensors', { w: { dtype: 'Q4', shape: [4], data_offsets: [0, 16] } }, data)), /unsupported dtype "Q4"/);
   assert.throws(() => loadSafetensors(rawFile('shape.safetensors', { w: { dtype: 'F32', shape: [-4], data_offsets: [0, 16] } }, data)), /bad shape \[-4\]/);
-  assert.throws(() => loadSafetensors(rawFile('overlap.safetensors', { a: { dtype: 'F32', shape: [4], data_offsets: [0, 16] }, b: { dtype: 'F32', shape: [2], data_offsets: [8, 16] } }, data)), /overlaps the previous one/);
+  assert.throws(
+    () =>
+      loadSafetensors(
+        rawFile(
+          'overlap.safetensors',
+          { a: { dtype: 'F32', shape: [4], data_offsets: [0, 16] }, b: { dtype: 'F32', shape: [2], data_offsets: [8, 16] } },
+          data,
+        ),
+      ),
+    /overlaps the previous one/,
+  );
   assert.throws(() => loadSafetensors(rawFile('gap.safetensors', { a: { dtype: 'F32', shape: [2], data_offsets: [8, 16] } }, data)), /gap before tensor 'a'/);
-  assert.throws(() => loadSafetensors(rawFile('trailing.safetensors', { a: { dtype: 'F32', shape: [2], data_offsets: [0, 8] } }, data)), /data section has 16 bytes but the tensors cover 8/);
+  assert.throws(
+    () => loadSafetensors(rawFile('trailing.safetensors', { a: { dtype: 'F32', shape: [2], data_offsets: [0, 8] } }, data)),
+    /data section has 16 bytes but the tensors cover 8/,
+  );
   assert.throws(() => loadSafetensors(rawFile('meta.safetensors', { __metadata__: { n: 3 } }, new Uint8Array(0))), /metadata 'n' is not a string/);
   const notJson = file('notjson.safetensors');
   const len = Buffer.alloc(8);
@@ -139,11 +171,27 @@ test('writes are atomic: no temporary file is left, a failed write leaves the ol
   const p = path.join(sub, 'w.safetensors');
   const a = t.ones([3]);
   saveSafetensors(p, new Map([['a', a]]));
-  saveSafetensors(p, new Map([['a', a], ['b', a]]));
+  saveSafetensors(
+    p,
+    new Map([
+      ['a', a],
+      ['b', a],
+    ]),
+  );
   assert.deepEqual(readdirSync(sub), ['w.safetensors']);
   const gone = t.zeros([2]);
   gone.dispose();
-  assert.throws(() => saveSafetensors(p, new Map([['a', a], ['gone', gone]])), /tensor 'gone' was disposed/);
+  assert.throws(
+    () =>
+      saveSafetensors(
+        p,
+        new Map([
+          ['a', a],
+          ['gone', gone],
+        ]),
+      ),
+    /tensor 'gone' was disposed/,
+  );
   assert.throws(() => saveSafetensors(path.join(sub, 'missing-dir', 'x.safetensors'), new Map([['a', a]])), /ENOENT/);
   assert.deepEqual(readdirSync(sub), ['w.safetensors']);
   const { tensors } = loadSafetensors(p);
@@ -158,7 +206,8 @@ test('PyTorch reads our files (aliases expanded) and we read files it writes', (
   const theirs = file('py.safetensors');
   saveWeights(model, ours);
   const half = t.tensor([0.25, -8, 3], [3], { dtype: 'bfloat16' });
-  const py = runPython<{ load: string; sums: Record<string, number>; same: boolean }>(`
+  const py = runPython<{ load: string; sums: Record<string, number>; same: boolean }>(
+    `
 import ref_models, safetensors_np as st
 m = ref_models.build('se_resnet_d_2_full_shared', 10)
 sd, meta = st.read_state_dict(inp['ours'])
@@ -168,12 +217,17 @@ sums = {k: float(v.double().sum()) for k, v in m.state_dict().items() if k in in
 st.write(inp['theirs'], {'w': m.layer3[1].conv2.weight, 'n': m.bn1.num_batches_tracked, 'h': torch.tensor([0.25, -8, 3], dtype=torch.bfloat16),
                          'b': torch.tensor([True, False])}, {'from': 'torch'})
 print(json.dumps({'load': 'ok', 'sums': sums, 'same': same}))
-`, { ours, theirs, keys: ['layer2.1.conv1.weight', 'fc.bias', 'bn1.running_var'] });
+`,
+    { ours, theirs, keys: ['layer2.1.conv1.weight', 'fc.bias', 'bn1.running_var'] },
+  );
   assert.equal(py.load, 'ok');
   assert.equal(py.same, true, 'the reference model still shares its kernel after loading');
   const sd = model.stateDict();
   for (const [k, s] of Object.entries(py.sums)) {
-    const mine = sd.get(k)!.toArray().reduce((a, b) => a + b, 0);
+    const mine = sd
+      .get(k)!
+      .toArray()
+      .reduce((a, b) => a + b, 0);
     assert.ok(Math.abs(mine - s) <= 1e-4 * Math.max(1, Math.abs(s)), `${k}: ${mine} vs ${s}`);
   }
   const { tensors, metadata } = loadSafetensors(theirs);

@@ -12,7 +12,9 @@ import semver from 'semver';
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const pkg = JSON.parse(readFileSync(path.join(repo, 'package.json'), 'utf8')) as { engines: { node: string } };
-const lock = JSON.parse(readFileSync(path.join(repo, 'package-lock.json'), 'utf8')) as { packages: Record<string, { version?: string; engines?: { node?: string }; dev?: boolean }> };
+const lock = JSON.parse(readFileSync(path.join(repo, 'package-lock.json'), 'utf8')) as {
+  packages: Record<string, { version?: string; engines?: { node?: string }; dev?: boolean }>;
+};
 
 test("every locked dependency's engines field accepts the oldest Node kshare supports", () => {
   const oldest = semver.minVersion(pkg.engines.node)!;
@@ -35,7 +37,10 @@ test('setup.sh stops at once with a clear message when node is too old', () => {
   const bin = mkdtempSync(path.join(tmpdir(), 'kshare-old-node-'));
   try {
     // A stand-in for Debian 12's node 18 (and an npm next to it).
-    writeFileSync(path.join(bin, 'node'), `#!/bin/sh\nexec ${JSON.stringify(process.execPath)} -e 'Object.defineProperty(process.versions, "node", { value: "18.19.0" }); const a = process.argv.slice(1); if (a[0] === "-p") console.log(eval(a[1])); else if (a[0] === "-e") eval(a[1]);' -- "$@"\n`);
+    writeFileSync(
+      path.join(bin, 'node'),
+      `#!/bin/sh\nexec ${JSON.stringify(process.execPath)} -e 'Object.defineProperty(process.versions, "node", { value: "18.19.0" }); const a = process.argv.slice(1); if (a[0] === "-p") console.log(eval(a[1])); else if (a[0] === "-e") eval(a[1]);' -- "$@"\n`,
+    );
     writeFileSync(path.join(bin, 'npm'), '#!/bin/sh\necho npm should not run >&2; exit 3\n');
     chmodSync(path.join(bin, 'node'), 0o755);
     chmodSync(path.join(bin, 'npm'), 0o755);

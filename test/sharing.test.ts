@@ -5,8 +5,19 @@ import assert from 'node:assert/strict';
 import * as t from '../src/tensor/index.js';
 import type { Tensor } from '../src/tensor/index.js';
 import {
-  Module, Conv2d, GELU, Sequential, AdaptiveAvgPool2d, Flatten, Linear,
-  analyzeSharing, applySharingPlan, parseSharingPlan, shareGroups, convolutions, type SharingPlan,
+  Module,
+  Conv2d,
+  GELU,
+  Sequential,
+  AdaptiveAvgPool2d,
+  Flatten,
+  Linear,
+  analyzeSharing,
+  applySharingPlan,
+  parseSharingPlan,
+  shareGroups,
+  convolutions,
+  type SharingPlan,
 } from '../src/nn/index.js';
 import { ConvMixer, SEResNet, createModel } from '../src/models/index.js';
 import { SGD, AdamW } from '../src/train/optim/index.js';
@@ -15,14 +26,22 @@ import { SGD, AdamW } from '../src/train/optim/index.js';
 function toyModel(): Sequential {
   t.manualSeed(5);
   return new Sequential(
-    new Conv2d(3, 8, 3, { padding: 1 }), new GELU(),
-    new Conv2d(8, 8, 3, { padding: 1 }), new GELU(),
-    new Conv2d(8, 8, 3, { padding: 2, dilation: 2 }), new GELU(),
-    new Conv2d(8, 8, 3, { padding: 1, stride: 2 }), new GELU(),
-    new Conv2d(8, 8, 3, { padding: 1 }), new GELU(),
-    new Conv2d(8, 8, 3, { padding: 1 }), new GELU(),
+    new Conv2d(3, 8, 3, { padding: 1 }),
+    new GELU(),
     new Conv2d(8, 8, 3, { padding: 1 }),
-    new AdaptiveAvgPool2d(1), new Flatten(), new Linear(8, 5),
+    new GELU(),
+    new Conv2d(8, 8, 3, { padding: 2, dilation: 2 }),
+    new GELU(),
+    new Conv2d(8, 8, 3, { padding: 1, stride: 2 }),
+    new GELU(),
+    new Conv2d(8, 8, 3, { padding: 1 }),
+    new GELU(),
+    new Conv2d(8, 8, 3, { padding: 1 }),
+    new GELU(),
+    new Conv2d(8, 8, 3, { padding: 1 }),
+    new AdaptiveAvgPool2d(1),
+    new Flatten(),
+    new Linear(8, 5),
   );
 }
 const ISO = ['2', '4', '6', '8', '10', '12'];
@@ -32,18 +51,55 @@ test('each plan kind makes the documented groups, and analyzeSharing predicts th
   const cases: [SharingPlan, string[][]][] = [
     [{ kind: 'none' }, []],
     [{ kind: 'isomorphic' }, [ISO]],
-    [{ kind: 'consecutive', size: 2 }, [['2', '4'], ['6', '8'], ['10', '12']]],
-    [{ kind: 'consecutive', size: 4 }, [['2', '4', '6', '8'], ['10', '12']]],
-    [{ kind: 'strided', kernels: 2 }, [['2', '6', '10'], ['4', '8', '12']]],
-    [{ kind: 'strided', kernels: 4 }, [['2', '10'], ['4', '12']]],
-    [{ kind: 'groups', groups: [['4', '12'], ['6', '8', '10']] }, [['4', '12'], ['6', '8', '10']]],
+    [
+      { kind: 'consecutive', size: 2 },
+      [
+        ['2', '4'],
+        ['6', '8'],
+        ['10', '12'],
+      ],
+    ],
+    [
+      { kind: 'consecutive', size: 4 },
+      [
+        ['2', '4', '6', '8'],
+        ['10', '12'],
+      ],
+    ],
+    [
+      { kind: 'strided', kernels: 2 },
+      [
+        ['2', '6', '10'],
+        ['4', '8', '12'],
+      ],
+    ],
+    [
+      { kind: 'strided', kernels: 4 },
+      [
+        ['2', '10'],
+        ['4', '12'],
+      ],
+    ],
+    [
+      {
+        kind: 'groups',
+        groups: [
+          ['4', '12'],
+          ['6', '8', '10'],
+        ],
+      },
+      [
+        ['4', '12'],
+        ['6', '8', '10'],
+      ],
+    ],
     [{ kind: 'isomorphic', include: ['1*'] }, [['10', '12']]],
     [{ kind: 'isomorphic', exclude: ['2', '4'] }, [['6', '8', '10', '12']]],
   ];
   const live = t.liveTensors();
   const model = toyModel();
   const unshared = model.numParameters();
-  assert.equal(unshared, (3 * 8 * 9 + 8) + 6 * (8 * 8 * 9 + 8) + 8 * 5 + 5);
+  assert.equal(unshared, 3 * 8 * 9 + 8 + 6 * (8 * 8 * 9 + 8) + 8 * 5 + 5);
   for (const [plan, expected] of cases) {
     const predicted = analyzeSharing(model, [{ name: 'p', plan }]).plans[0]!;
     applySharingPlan(model, plan);
@@ -58,7 +114,7 @@ test('each plan kind makes the documented groups, and analyzeSharing predicts th
   assert.equal(t.liveTensors(), live, 'rebinding frees the tensors no layer uses any more');
 });
 
-test('weights-only sharing keeps per-layer biases; the kernel takes the first member\'s values', () => {
+test("weights-only sharing keeps per-layer biases; the kernel takes the first member's values", () => {
   const model = toyModel();
   const first = Array.from((model.at(2) as Conv2d).weight.toFloat32Array());
   const biases = ISO.map((i) => Array.from((model.at(+i) as Conv2d).bias!.toFloat32Array()));
@@ -74,39 +130,66 @@ test('weights-only sharing keeps per-layer biases; the kernel takes the first me
 
 test('non-isomorphic or malformed plans are refused with errors naming the layers', () => {
   const model = toyModel();
-  assert.throws(() => applySharingPlan(model, { kind: 'groups', groups: [['0', '2']] }),
-    /cannot share a kernel between '0' \(3->8, 3x3\) and '2' \(8->8, 3x3\): in channels 3 vs 8/);
-  assert.throws(() => applySharingPlan(model, { kind: 'groups', groups: [['2', '4'], ['4', '6']] }), /layer '4' is in group 0 and group 1/);
+  assert.throws(
+    () => applySharingPlan(model, { kind: 'groups', groups: [['0', '2']] }),
+    /cannot share a kernel between '0' \(3->8, 3x3\) and '2' \(8->8, 3x3\): in channels 3 vs 8/,
+  );
+  assert.throws(
+    () =>
+      applySharingPlan(model, {
+        kind: 'groups',
+        groups: [
+          ['2', '4'],
+          ['4', '6'],
+        ],
+      }),
+    /layer '4' is in group 0 and group 1/,
+  );
   assert.throws(() => applySharingPlan(model, { kind: 'groups', groups: [['2', '5']] }), /'5', which is not a Conv2d of this model/);
   assert.throws(() => applySharingPlan(model, { kind: 'consecutive', size: 0 }), /size must be a positive integer/);
-  assert.throws(() => applySharingPlan(model, { kind: 'everything' } as unknown as SharingPlan), /'kind' must be one of none, isomorphic, groups, consecutive, strided/);
+  assert.throws(
+    () => applySharingPlan(model, { kind: 'everything' } as unknown as SharingPlan),
+    /'kind' must be one of none, isomorphic, groups, consecutive, strided/,
+  );
   assert.deepEqual(groupsOf(model), [], 'a refused plan changes nothing');
   model.dispose();
 });
 
-test('the isomorphic plan on the unshared paper models gives the paper\'s shared models', () => {
+test("the isomorphic plan on the unshared paper models gives the paper's shared models", () => {
   const cm = new ConvMixer({ dim: 256, depth: 16, kernelSize: 9, patchSize: 1, classes: 10 });
   applySharingPlan(cm, { kind: 'isomorphic' });
   assert.equal(cm.numParameters(), 107_274);
-  assert.deepEqual(shareGroups(cm).map((g) => [g.kernel, g.bias, g.layers.length]), [['3.0.fn.0.weight', '3.0.fn.0.bias', 16], ['3.1.weight', '3.1.bias', 16]]);
+  assert.deepEqual(
+    shareGroups(cm).map((g) => [g.kernel, g.bias, g.layers.length]),
+    [
+      ['3.0.fn.0.weight', '3.0.fn.0.bias', 16],
+      ['3.1.weight', '3.1.bias', 16],
+    ],
+  );
   cm.dispose();
   const se = new SEResNet({ depth: 2, classes: 10, share: [false, false, false] });
   const analysis = analyzeSharing(se);
   assert.equal(analysis.plans.find((p) => p.name === 'isomorphic')!.params, 1_223_002);
-  assert.deepEqual(analysis.classes.filter((c) => c.layers.length > 1).map((c) => c.layers), [
-    ['layer1.0.conv2', 'layer1.1.conv1', 'layer1.1.conv2'],
-    ['layer2.0.conv2', 'layer2.1.conv1', 'layer2.1.conv2'],
-    ['layer3.0.conv2', 'layer3.1.conv1', 'layer3.1.conv2'],
-  ]);
+  assert.deepEqual(
+    analysis.classes.filter((c) => c.layers.length > 1).map((c) => c.layers),
+    [
+      ['layer1.0.conv2', 'layer1.1.conv1', 'layer1.1.conv2'],
+      ['layer2.0.conv2', 'layer2.1.conv1', 'layer2.1.conv2'],
+      ['layer3.0.conv2', 'layer3.1.conv1', 'layer3.1.conv2'],
+    ],
+  );
   applySharingPlan(se, { kind: 'isomorphic', scopes: ['layer2', 'layer3'] });
   assert.equal(se.numParameters(), 1_296_730, 'stages 2 and 3 only: the older original');
   applySharingPlan(se, { kind: 'isomorphic' });
   assert.equal(se.numParameters(), 1_223_002);
-  assert.deepEqual(shareGroups(se).map((g) => g.kernel), ['layer1.0.conv2.weight', 'layer2.0.conv2.weight', 'layer3.0.conv2.weight']);
+  assert.deepEqual(
+    shareGroups(se).map((g) => g.kernel),
+    ['layer1.0.conv2.weight', 'layer2.0.conv2.weight', 'layer3.0.conv2.weight'],
+  );
   se.dispose();
 });
 
-test('a shared kernel\'s gradient is the sum of the gradients of its uses', () => {
+test("a shared kernel's gradient is the sum of the gradients of its uses", () => {
   const model = toyModel();
   applySharingPlan(model, { kind: 'strided', kernels: 2 });
   const x = t.randn([2, 3, 12, 12]);
@@ -132,7 +215,9 @@ test('a shared kernel\'s gradient is the sum of the gradients of its uses', () =
 function checkStillShared(model: Module): number {
   let groups = 0;
   for (const g of shareGroups(model)) {
-    const convs = convolutions(model).filter((e) => g.layers.includes(e.path)).map((e) => e.conv);
+    const convs = convolutions(model)
+      .filter((e) => g.layers.includes(e.path))
+      .map((e) => e.conv);
     const ref = Array.from(convs[0]!.weight.toFloat32Array());
     for (const c of convs) {
       assert.equal(c.weight, convs[0]!.weight);
@@ -169,7 +254,10 @@ test('after optimizer steps every layer of a share group still sees one, updated
     const distinct = new Set([...model.stateDict().values()].filter((v) => v.requiresGrad));
     const held = opt.groups.flatMap((g) => g.params);
     assert.equal(held.length, distinct.size, `${name}: the optimiser holds ${held.length} tensors, the model has ${distinct.size} trainable ones`);
-    assert.ok(held.every((p) => distinct.has(p)), `${name}: the optimiser holds a tensor that is not the model's`);
+    assert.ok(
+      held.every((p) => distinct.has(p)),
+      `${name}: the optimiser holds a tensor that is not the model's`,
+    );
     const now = model.parameters();
     assert.equal(now.length, params.length);
     now.forEach((p, i) => assert.equal(p, params[i], `${name}: parameter ${i} is another tensor after the steps`));
@@ -183,13 +271,23 @@ test('plans parse from short command-line text', () => {
   assert.deepEqual(parseSharingPlan('isomorphic/weights'), { kind: 'isomorphic', shareBias: false });
   assert.deepEqual(parseSharingPlan('consecutive:4'), { kind: 'consecutive', size: 4 });
   assert.deepEqual(parseSharingPlan('strided:2'), { kind: 'strided', kernels: 2 });
-  assert.deepEqual(parseSharingPlan('groups:2,4;6,8'), { kind: 'groups', groups: [['2', '4'], ['6', '8']] });
+  assert.deepEqual(parseSharingPlan('groups:2,4;6,8'), {
+    kind: 'groups',
+    groups: [
+      ['2', '4'],
+      ['6', '8'],
+    ],
+  });
   assert.deepEqual(parseSharingPlan('{"kind":"isomorphic","scopes":["layer2"]}'), { kind: 'isomorphic', scopes: ['layer2'] });
   assert.throws(() => parseSharingPlan('consecutive:0'), /needs a positive integer/);
   assert.throws(() => parseSharingPlan('random'), /expected none, isomorphic, consecutive:K/);
   assert.throws(() => parseSharingPlan('{"kind":"all"}'), /'kind' must be one of/);
   const model = toyModel();
   applySharingPlan(model, parseSharingPlan('strided:3'));
-  assert.deepEqual(groupsOf(model), [['2', '8'], ['4', '10'], ['6', '12']]);
+  assert.deepEqual(groupsOf(model), [
+    ['2', '8'],
+    ['4', '10'],
+    ['6', '12'],
+  ]);
   model.dispose();
 });

@@ -18,7 +18,10 @@ process.on('exit', () => rmSync(root, { recursive: true, force: true }));
 
 function writeImageFolder(): string {
   const dir = path.join(root, 'shapes');
-  for (const [split, count, seed] of [['train', 240, 1], ['test', 40, 2]] as const) {
+  for (const [split, count, seed] of [
+    ['train', 240, 1],
+    ['test', 40, 2],
+  ] as const) {
     const ds = syntheticDataset({ count, classes: 4, size: 16, seed, split });
     for (let i = 0; i < ds.count; i++) {
       const cls = path.join(dir, split, ds.classes[ds.labels[i]!]!);
@@ -49,8 +52,15 @@ function spec(name: string, fields: Record<string, unknown>): string {
 
 // Two epochs of 60 steps: long enough that Ctrl-C arrives while the first run trains.
 const GRID = {
-  name: 'tiny', recipe: 'demo', set: ['epochs=2', 'batchSize=4', 'evalBatchSize=20'],
-  model: 'convmixer_8_2_k3_p4', plans: ['none', 'both'], seeds: [3], dataset: 'shapes', threads: 1, out: 'sweep-out',
+  name: 'tiny',
+  recipe: 'demo',
+  set: ['epochs=2', 'batchSize=4', 'evalBatchSize=20'],
+  model: 'convmixer_8_2_k3_p4',
+  plans: ['none', 'both'],
+  seeds: [3],
+  dataset: 'shapes',
+  threads: 1,
+  out: 'sweep-out',
 };
 
 test('a sweep trains each run in its own folder; Ctrl-C checkpoints, the next sweep resumes, a finished sweep skips everything', async () => {
@@ -61,9 +71,14 @@ test('a sweep trains each run in its own folder; Ctrl-C checkpoints, the next sw
   let sent = false;
   child.stdout.on('data', (d: Buffer) => {
     stdout += d.toString();
-    if (!sent && /\[1\/2\] none-s3: training /.test(stdout)) { sent = true; child.kill('SIGINT'); }
+    if (!sent && /\[1\/2\] none-s3: training /.test(stdout)) {
+      sent = true;
+      child.kill('SIGINT');
+    }
   });
-  child.stderr.on('data', (d: Buffer) => { stdout += d.toString(); });
+  child.stderr.on('data', (d: Buffer) => {
+    stdout += d.toString();
+  });
   const code = await new Promise<number>((resolve) => child.on('close', (c) => resolve(c ?? -1)));
   assert.equal(code, 130, stdout);
   assert.match(stdout, /Ctrl-C: every running run finishes its step and writes a checkpoint/);
@@ -86,8 +101,15 @@ test('a sweep trains each run in its own folder; Ctrl-C checkpoints, the next sw
     const s = JSON.parse(readFileSync(path.join(dir, 'summary.json'), 'utf8'));
     assert.equal(s.status, 'completed', id);
     assert.equal(s.seed, 3);
-    const log = readFileSync(path.join(dir, 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
-    assert.deepEqual(log.map((l: { epoch: number }) => l.epoch), [1, 2], id);
+    const log = readFileSync(path.join(dir, 'log.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
+    assert.deepEqual(
+      log.map((l: { epoch: number }) => l.epoch),
+      [1, 2],
+      id,
+    );
     const rec = JSON.parse(readFileSync(path.join(dir, 'sweep-run.json'), 'utf8'));
     assert.equal(rec.config, id.slice(0, -3));
     assert.equal(rec.trainableParams, s.trainableParams, 'the sweep counted the parameters the trainer trained');
@@ -117,7 +139,10 @@ test('--jobs 2 trains two runs at once, each in its own folder', () => {
   assert.equal(r.code, 0, r.out + r.err);
   assert.match(r.out, /2 at a time, 1 thread\(s\) each/);
   const firstDone = r.out.indexOf(': done in ');
-  assert.ok(r.out.indexOf('[1/2] none-s5: starting') < firstDone && r.out.indexOf('[2/2] both-s5: starting') < firstDone, 'both runs started before either finished');
+  assert.ok(
+    r.out.indexOf('[1/2] none-s5: starting') < firstDone && r.out.indexOf('[2/2] both-s5: starting') < firstDone,
+    'both runs started before either finished',
+  );
   for (const id of ['none-s5', 'both-s5']) {
     const s = JSON.parse(readFileSync(path.join(root, 'jobs-out', 'runs', id, 'summary.json'), 'utf8'));
     assert.equal(s.status, 'completed', id);
@@ -154,7 +179,10 @@ test('a bad spec is one line naming the field, its value and a fix', () => {
     ['{ not json', /not valid JSON/],
     [{ ...GRID, seeds: [] }, /'seeds' is \[\]; give a non-empty list of non-negative integers/],
     [{ ...GRID, seeds: [1, 1] }, /'seeds' is \[1,1\]; list each seed once/],
-    [{ ...GRID, plans: ['none', 'bogus'] }, /'plans\[1\]' is "bogus", which is not a sharing plan for convmixer_8_2_k3_p4 .*use one of none, depthwise, pointwise, both, .*"strided 2"/],
+    [
+      { ...GRID, plans: ['none', 'bogus'] },
+      /'plans\[1\]' is "bogus", which is not a sharing plan for convmixer_8_2_k3_p4 .*use one of none, depthwise, pointwise, both, .*"strided 2"/,
+    ],
     [{ ...GRID, plans: ['both', 'both'] }, /'plans\[1\]' gives configuration 'both' a second time/],
     [{ ...GRID, model: 'convmixr_8_1' }, /'model' is "convmixr_8_1": unknown model/],
     [{ ...GRID, models: ['convmixer_8_2_k3_p4'] }, /'models' .*give either 'model' \(one model\) or 'models' \(a list\), not both/],

@@ -4,8 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as t from '../src/tensor/index.js';
 
-const approx = (a: number[], b: number[], tol = 1e-5) =>
-  assert.ok(a.length === b.length && a.every((v, i) => Math.abs(v - b[i]!) <= tol), `[${a}] != [${b}]`);
+const approx = (a: number[], b: number[], tol = 1e-5) => assert.ok(a.length === b.length && a.every((v, i) => Math.abs(v - b[i]!) <= tol), `[${a}] != [${b}]`);
 /** [[1,2,3],[4,5,6]] */
 const m23 = () => t.tensor([1, 2, 3, 4, 5, 6], [2, 3]);
 
@@ -74,7 +73,8 @@ test('shape ops: reshape, view, permute, transpose, flatten, squeeze, unsqueeze,
 
 test('cat and stack', () => {
   t.tidy(() => {
-    const a = t.tensor([1, 2], [1, 2]), b = t.tensor([3, 4, 5, 6], [2, 2]);
+    const a = t.tensor([1, 2], [1, 2]),
+      b = t.tensor([3, 4, 5, 6], [2, 2]);
     const c0 = t.cat([a, b], 0);
     assert.deepEqual(c0.shape, [3, 2]);
     assert.deepEqual(c0.toArray(), [1, 2, 3, 4, 5, 6]);
@@ -214,7 +214,8 @@ test('adaptive and fixed average pooling use PyTorch bin edges', () => {
 test('dropout: zero fraction near p, survivors scaled by 1/(1-p), identity in eval', () => {
   t.tidy(() => {
     t.manualSeed(11);
-    const n = 100000, p = 0.3;
+    const n = 100000,
+      p = 0.3;
     const y = t.dropout(t.ones([n]), p, true).toArray();
     const zeros = y.filter((v) => v === 0).length;
     assert.ok(Math.abs(zeros / n - p) < 0.01, `zero fraction ${zeros / n}`);
@@ -223,7 +224,12 @@ test('dropout: zero fraction near p, survivors scaled by 1/(1-p), identity in ev
     assert.ok(Math.abs(y.reduce((a, b) => a + b, 0) / n - 1) < 0.02);
     const x = t.tensor([1, 2, 3], [3]);
     assert.deepEqual(t.dropout(x, 0.9, false).toArray(), [1, 2, 3]);
-    assert.ok(t.dropout(t.ones([100]), 1, true).toArray().every((v) => v === 0));
+    assert.ok(
+      t
+        .dropout(t.ones([100]), 1, true)
+        .toArray()
+        .every((v) => v === 0),
+    );
     assert.deepEqual(t.dropout(x, 0, true).toArray(), [1, 2, 3]);
   });
 });

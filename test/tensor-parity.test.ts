@@ -19,7 +19,11 @@ interface Case {
   /** inputs whose value after the call is compared (running statistics) */
   after?: string[];
 }
-interface PyResult { y: Encoded; grads: Record<string, Encoded>; after: Record<string, Encoded> }
+interface PyResult {
+  y: Encoded;
+  grads: Record<string, Encoded>;
+  after: Record<string, Encoded>;
+}
 
 function enc(x: Tensor): Encoded {
   if (x.dtype === 'int64') return encode(x.dataSync() as BigInt64Array, x.shape);
@@ -57,10 +61,23 @@ function runKshare(c: Case): { y: Tensor; grads: Record<string, Tensor> } {
   let y: Tensor;
   switch (c.kind) {
     case 'conv2d':
-      y = t.conv2d(T.x!, T.w!, T.b ?? null, { stride: o.stride as [number, number], padding: o.padding as number, dilation: o.dilation as number, groups: o.groups as number });
+      y = t.conv2d(T.x!, T.w!, T.b ?? null, {
+        stride: o.stride as [number, number],
+        padding: o.padding as number,
+        dilation: o.dilation as number,
+        groups: o.groups as number,
+      });
       break;
     case 'batchNorm':
-      y = t.batchNorm(T.x!, { weight: T.w, bias: T.b, runningMean: T.rm, runningVar: T.rv, training: o.training as boolean, momentum: o.momentum as number, eps: o.eps as number });
+      y = t.batchNorm(T.x!, {
+        weight: T.w,
+        bias: T.b,
+        runningMean: T.rm,
+        runningVar: T.rv,
+        training: o.training as boolean,
+        momentum: o.momentum as number,
+        eps: o.eps as number,
+      });
       break;
     case 'gelu':
       y = t.gelu(T.x!, o.approximate as 'none' | 'tanh');
@@ -85,7 +102,13 @@ function buildCases(): Case[] {
   const conv = (name: string, x: number[], w: number[], bias: boolean, opts: Record<string, unknown>, out: number[]) => {
     const tensors: Record<string, Tensor> = { x: rn(x), w: rn(w), r: rn(out) };
     if (bias) tensors.b = rn([w[0]!]);
-    cases.push({ name, kind: 'conv2d', tensors, opts: { stride: [1, 1], padding: [0, 0], dilation: [1, 1], groups: 1, ...opts }, grad: bias ? ['x', 'w', 'b'] : ['x', 'w'] });
+    cases.push({
+      name,
+      kind: 'conv2d',
+      tensors,
+      opts: { stride: [1, 1], padding: [0, 0], dilation: [1, 1], groups: 1, ...opts },
+      grad: bias ? ['x', 'w', 'b'] : ['x', 'w'],
+    });
   };
   conv('conv2d plain, bias', [2, 3, 9, 9], [5, 3, 3, 3], true, { padding: [1, 1] }, [2, 5, 9, 9]);
   conv('conv2d plain, no bias', [2, 3, 9, 9], [5, 3, 3, 3], false, {}, [2, 5, 7, 7]);
@@ -99,24 +122,61 @@ function buildCases(): Case[] {
   conv("conv2d padding 'same' depthwise, no bias", [2, 4, 6, 6], [4, 1, 3, 3], false, { padding: 'same', groups: 4 }, [2, 4, 6, 6]);
 
   const bnTensors = () => ({
-    x: rn([4, 3, 5, 5]).mul(2).add(0.5), w: rn([3]), b: rn([3]), r: rn([4, 3, 5, 5]),
-    rm: rn([3]).mul(0.1), rv: t.rand([3], { generator: gen }).add(0.5),
+    x: rn([4, 3, 5, 5]).mul(2).add(0.5),
+    w: rn([3]),
+    b: rn([3]),
+    r: rn([4, 3, 5, 5]),
+    rm: rn([3]).mul(0.1),
+    rv: t.rand([3], { generator: gen }).add(0.5),
   });
-  cases.push({ name: 'batchNorm train', kind: 'batchNorm', tensors: bnTensors(), opts: { training: true, momentum: 0.3, eps: 1e-5 }, grad: ['x', 'w', 'b'], after: ['rm', 'rv'] });
-  cases.push({ name: 'batchNorm train, 2-D input, momentum 0.1', kind: 'batchNorm', tensors: { x: rn([6, 3]), w: rn([3]), b: rn([3]), r: rn([6, 3]), rm: t.zeros([3]), rv: t.ones([3]) }, opts: { training: true, momentum: 0.1, eps: 1e-3 }, grad: ['x', 'w', 'b'], after: ['rm', 'rv'] });
-  cases.push({ name: 'batchNorm eval', kind: 'batchNorm', tensors: bnTensors(), opts: { training: false, momentum: 0.1, eps: 1e-5 }, grad: ['x', 'w', 'b'], after: ['rm', 'rv'] });
+  cases.push({
+    name: 'batchNorm train',
+    kind: 'batchNorm',
+    tensors: bnTensors(),
+    opts: { training: true, momentum: 0.3, eps: 1e-5 },
+    grad: ['x', 'w', 'b'],
+    after: ['rm', 'rv'],
+  });
+  cases.push({
+    name: 'batchNorm train, 2-D input, momentum 0.1',
+    kind: 'batchNorm',
+    tensors: { x: rn([6, 3]), w: rn([3]), b: rn([3]), r: rn([6, 3]), rm: t.zeros([3]), rv: t.ones([3]) },
+    opts: { training: true, momentum: 0.1, eps: 1e-3 },
+    grad: ['x', 'w', 'b'],
+    after: ['rm', 'rv'],
+  });
+  cases.push({
+    name: 'batchNorm eval',
+    kind: 'batchNorm',
+    tensors: bnTensors(),
+    opts: { training: false, momentum: 0.1, eps: 1e-5 },
+    grad: ['x', 'w', 'b'],
+    after: ['rm', 'rv'],
+  });
 
   cases.push({ name: 'gelu exact', kind: 'gelu', tensors: { x: rn([3, 40]).mul(3), r: rn([3, 40]) }, opts: { approximate: 'none' }, grad: ['x'] });
   cases.push({ name: 'gelu tanh', kind: 'gelu', tensors: { x: rn([3, 40]).mul(3), r: rn([3, 40]) }, opts: { approximate: 'tanh' }, grad: ['x'] });
 
-  cases.push({ name: 'linear batched with bias', kind: 'linear', tensors: { x: rn([3, 5, 7]), w: rn([4, 7]), b: rn([4]), r: rn([3, 5, 4]) }, opts: {}, grad: ['x', 'w', 'b'] });
+  cases.push({
+    name: 'linear batched with bias',
+    kind: 'linear',
+    tensors: { x: rn([3, 5, 7]), w: rn([4, 7]), b: rn([4]), r: rn([3, 5, 4]) },
+    opts: {},
+    grad: ['x', 'w', 'b'],
+  });
   cases.push({ name: 'linear no bias', kind: 'linear', tensors: { x: rn([6, 7]), w: rn([2, 7]), r: rn([6, 2]) }, opts: {}, grad: ['x', 'w'] });
 
   const labels = t.tensor(BigInt64Array.from([0, 4, 2, 2, 1, 3], BigInt), [6]);
   const soft = () => t.softmax(rn([6, 5]).mul(2), 1);
   const ce = (name: string, target: Tensor, reduction: string, labelSmoothing: number) => {
     const r = reduction === 'none' ? rn([6]) : t.scalar(1.5);
-    cases.push({ name, kind: 'crossEntropy', tensors: { logits: rn([6, 5]).mul(2), target: target.clone(), r }, opts: { reduction, labelSmoothing }, grad: ['logits'] });
+    cases.push({
+      name,
+      kind: 'crossEntropy',
+      tensors: { logits: rn([6, 5]).mul(2), target: target.clone(), r },
+      opts: { reduction, labelSmoothing },
+      grad: ['logits'],
+    });
   };
   ce('crossEntropy hard labels, mean', labels, 'mean', 0);
   ce('crossEntropy hard labels, sum', labels, 'sum', 0);
@@ -133,7 +193,10 @@ test('nn ops match PyTorch: forward values and gradients', () => {
   const cases = t.tidy(buildCases);
   // Encode before running kshare: batch norm updates its running statistics in place.
   const payload = cases.map((c) => ({
-    kind: c.kind, opts: c.opts, grad: c.grad, after: c.after ?? [],
+    kind: c.kind,
+    opts: c.opts,
+    grad: c.grad,
+    after: c.after ?? [],
     tensors: Object.fromEntries(Object.entries(c.tensors).map(([k, v]) => [k, enc(v)])),
   }));
   const ref = runPython<PyResult[]>(PY, { cases: payload });
@@ -142,7 +205,10 @@ test('nn ops match PyTorch: forward values and gradients', () => {
   cases.forEach((c, i) => {
     const r = ref[i]!;
     // libtorch warns that an even kernel with 'same' padding copies the input: expected here.
-    const { result: { y, grads }, warnings } = t.collectWarnings(() => runKshare(c));
+    const {
+      result: { y, grads },
+      warnings,
+    } = t.collectWarnings(() => runKshare(c));
     if (/'same' even kernel/.test(c.name)) assert.match(warnings.join('\n'), /padding='same' with even kernel lengths/, c.name);
     else assert.deepEqual(warnings, [], c.name);
     assert.deepEqual(y.shape, r.y.shape, `${c.name}: output shape`);
@@ -171,7 +237,10 @@ test('batch norm train mode really updates the running statistics (momentum conv
     const rv = t.tensor([2, 4], [2]);
     t.batchNorm(x, { runningMean: rm, runningVar: rv, training: true, momentum: 0.25 });
     const mean = [(1 + 3 + 10 + 30) / 4, (2 + 5 + 20 + 40) / 4];
-    const varU = [[1, 3, 10, 30], [2, 5, 20, 40]].map((v, c) => v.reduce((a, b) => a + (b - mean[c]!) ** 2, 0) / 3);
+    const varU = [
+      [1, 3, 10, 30],
+      [2, 5, 20, 40],
+    ].map((v, c) => v.reduce((a, b) => a + (b - mean[c]!) ** 2, 0) / 3);
     const expRm = [0.75 * 1 + 0.25 * mean[0]!, 0.75 * -1 + 0.25 * mean[1]!];
     const expRv = [0.75 * 2 + 0.25 * varU[0]!, 0.75 * 4 + 0.25 * varU[1]!];
     rm.toArray().forEach((v, i) => assert.ok(Math.abs(v - expRm[i]!) < 1e-4, `running mean ${v} vs ${expRm[i]}`));

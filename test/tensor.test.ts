@@ -4,8 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as t from '../src/tensor/index.js';
 
-const approx = (a: number[], b: number[], tol = 1e-6) =>
-  assert.ok(a.length === b.length && a.every((v, i) => Math.abs(v - b[i]!) <= tol), `[${a}] != [${b}]`);
+const approx = (a: number[], b: number[], tol = 1e-6) => assert.ok(a.length === b.length && a.every((v, i) => Math.abs(v - b[i]!) <= tol), `[${a}] != [${b}]`);
 
 test('every dtype round-trips through host memory with the right typed array', () => {
   t.tidy(() => {
@@ -79,16 +78,26 @@ test('random values are reproducible with a seeded Generator and with manualSeed
   t.tidy(() => {
     const draw = (seed: number) => {
       const g = new t.Generator(seed);
-      return [t.randn([50], { generator: g }).toArray(), t.rand([50], { generator: g }).toArray(), t.randint(3, 9, [50], { generator: g }).toArray(), t.randperm(10, { generator: g }).toArray()];
+      return [
+        t.randn([50], { generator: g }).toArray(),
+        t.rand([50], { generator: g }).toArray(),
+        t.randint(3, 9, [50], { generator: g }).toArray(),
+        t.randperm(10, { generator: g }).toArray(),
+      ];
     };
-    const a = draw(123), b = draw(123), c = draw(124);
+    const a = draw(123),
+      b = draw(123),
+      c = draw(124);
     assert.deepEqual(a, b);
     assert.notDeepEqual(a[0], c[0]);
     const [, u, ri, perm] = a;
     assert.ok(u!.every((v) => v >= 0 && v < 1));
     assert.ok(ri!.every((v) => Number.isInteger(v) && v >= 3 && v < 9));
     assert.ok(new Set(ri).size > 3, 'randint should produce several values');
-    assert.deepEqual([...perm!].sort((x, y) => x - y), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    assert.deepEqual(
+      [...perm!].sort((x, y) => x - y),
+      [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+    );
 
     // generator state can be saved and restored
     const g = new t.Generator(1);
@@ -155,7 +164,10 @@ test('tensors from typed arrays and Node Buffers (including pooled Buffers with 
     const fp = t.tensor(pooled, [2], { dtype: 'float32' });
     assert.deepEqual(fp.toArray(), [1.25, -3.5]);
     // image bytes N×C×H×W as uint8, then to float in [0, 1]
-    const img = t.tensor(new Uint8Array([0, 51, 102, 255]), [1, 1, 2, 2]).to('float32').div(255);
+    const img = t
+      .tensor(new Uint8Array([0, 51, 102, 255]), [1, 1, 2, 2])
+      .to('float32')
+      .div(255);
     approx(img.toArray(), [0, 0.2, 0.4, 1]);
     assert.deepEqual(t.tensor([3, 4], [2], { dtype: 'int64' }).toArray(), [3, 4]);
     assert.throws(() => t.tensor(new Float32Array(5), [2, 3]), /tensor: shape \[2,3\] needs 6 elements/);
@@ -173,7 +185,13 @@ test('to() converts across dtypes with the usual rounding and truncation', () =>
     assert.deepEqual(i.toArray(), [0, 2, -2, 0]);
     assert.deepEqual(x.to('bool').toArray(), [1, 1, 1, 0]);
     assert.deepEqual(t.tensor([1, 0], [2], { dtype: 'bool' }).to('float32').toArray(), [1, 0]);
-    assert.deepEqual(t.tensor(new Uint8Array([200, 7])).to('float16').toArray(), [200, 7]);
+    assert.deepEqual(
+      t
+        .tensor(new Uint8Array([200, 7]))
+        .to('float16')
+        .toArray(),
+      [200, 7],
+    );
     assert.deepEqual(t.tensor([65504, 70000], [2]).to('float16').toArray(), [65504, Infinity]);
     assert.deepEqual(t.tensor([3.9], [1]).to({ dtype: 'uint8' }).toArray(), [3]);
     // a no-op conversion returns the same tensor; copy: true forces a new one
@@ -201,7 +219,8 @@ test('channels-last memory format: layout changes, values and conv results do no
     const w = t.randn([6, 3, 3, 3], { generator: g });
     const y1 = t.conv2d(x, w, null, { padding: 1 });
     const y2 = t.conv2d(cl, w.contiguous('channels_last'), null, { padding: 1 });
-    const a = y1.toFloat32Array(), b = y2.toFloat32Array();
+    const a = y1.toFloat32Array(),
+      b = y2.toFloat32Array();
     assert.ok(a.every((v, i) => Math.abs(v - b[i]!) < 1e-4));
   });
 });
@@ -218,7 +237,10 @@ test('tensor metadata, clone, copy_, fill_, zero_ and dispose', () => {
   t.fill_(c, 7);
   assert.deepEqual(x.toArray(), [1, 2, 3, 4, 5, 6]);
   assert.deepEqual(c.toArray(), [7, 7, 7, 7, 7, 7]);
-  t.copy_(c, t.tidy(() => t.tensor([1, 2, 3], [3])));
+  t.copy_(
+    c,
+    t.tidy(() => t.tensor([1, 2, 3], [3])),
+  );
   assert.deepEqual(c.toArray(), [1, 2, 3, 1, 2, 3]);
   t.zero_(c);
   assert.deepEqual(c.toArray(), [0, 0, 0, 0, 0, 0]);

@@ -34,14 +34,23 @@ test('train, stop after an epoch, resume with the same flags, eval and report', 
   assert.equal(again.code, 0, again.err);
   assert.match(again.out, /resuming convmixer_16_2_k3_p4_shared from .*: epoch 2\/3/);
   assert.match(again.out, /completed: .* after 3\/3 epochs/);
-  const log = readFileSync(path.join(out, 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, number | string>);
-  assert.deepEqual(log.map((l) => l.epoch), [1, 2, 3]);
+  const log = readFileSync(path.join(out, 'log.jsonl'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as Record<string, number | string>);
+  assert.deepEqual(
+    log.map((l) => l.epoch),
+    [1, 2, 3],
+  );
   for (const l of log) {
     for (const k of ['lr', 'trainLoss', 'trainAcc', 'testAcc', 'bestAcc', 'seconds', 'imgPerSec']) assert.equal(typeof l[k], 'number', k);
     assert.equal(l.dataset, 'shapes');
   }
   // steps.jsonl: one line per logging interval (10 steps per epoch: one per step), in order, no duplicates after the resume.
-  const steps = readFileSync(path.join(out, 'steps.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, number>);
+  const steps = readFileSync(path.join(out, 'steps.jsonl'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as Record<string, number>);
   assert.equal(steps.length, 30);
   assert.deepEqual(Object.keys(steps[0]!), ['epoch', 'step', 'steps', 'progress', 'trainLoss', 'trainAcc', 'lr', 'imgPerSec', 'elapsedS']);
   steps.forEach((l, i) => {
@@ -60,7 +69,7 @@ test('train, stop after an epoch, resume with the same flags, eval and report', 
   assert.equal(ev.code, 0, ev.err);
   const r = JSON.parse(ev.out);
   assert.equal(r.count, 50);
-  assert.equal(r.accuracy, log[2]!.testAcc, 'eval reproduces the last epoch\'s test accuracy');
+  assert.equal(r.accuracy, log[2]!.testAcc, "eval reproduces the last epoch's test accuracy");
   assert.ok(r.unsharedParams > r.trainableParams && r.trainableParams > 0);
   const human = kshare(['eval', '--checkpoint', path.join(out, 'checkpoint.safetensors'), '--threads', '1']);
   assert.match(human.out, /on shapes test: accuracy \d+\.\d\d% \(\d+\/50\)/);
@@ -84,12 +93,18 @@ test('Ctrl-C checkpoints mid-run and --resume finishes it', async () => {
   let sent = false;
   child.stdout.on('data', (d: Buffer) => {
     stdout += d.toString();
-    if (!sent && /epoch 1\/40/.test(stdout)) { sent = true; child.kill('SIGINT'); }
+    if (!sent && /epoch 1\/40/.test(stdout)) {
+      sent = true;
+      child.kill('SIGINT');
+    }
   });
   const code = await new Promise<number>((resolve) => child.on('close', (c) => resolve(c ?? -1)));
   assert.equal(code, 130, `Ctrl-C exits with 130 like other Unix tools\n${stdout}`);
   assert.match(stdout, /interrupted in epoch \d+ at step \d+\/10: checkpoint written/);
-  assert.match(stdout, new RegExp(`interrupted in epoch \\d+ at step \\d+/10; resume with: kshare train --resume --out ${out.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`));
+  assert.match(
+    stdout,
+    new RegExp(`interrupted in epoch \\d+ at step \\d+/10; resume with: kshare train --resume --out ${out.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`),
+  );
   assert.doesNotMatch(stdout, /best test accuracy 0\.00% after 0/);
   assert.ok(existsSync(path.join(out, 'checkpoint.safetensors')));
   const s = JSON.parse(readFileSync(path.join(out, 'summary.json'), 'utf8'));
@@ -103,12 +118,46 @@ test('Ctrl-C checkpoints mid-run and --resume finishes it', async () => {
 test('ResNet and MobileNetV2 (shared) train, export from the checkpoint and predict with ONNX Runtime', () => {
   // A narrow one-block-per-stage ResNet by config file, and MobileNetV2 x0.1 by registry name.
   const cfg = path.join(root, 'tiny-models.json');
-  writeFileSync(cfg, JSON.stringify({ name: 'resnet_tiny_shared', architecture: 'resnet', block: 'basic', layers: [2, 1, 1, 1], widths: [8, 8, 16, 16], stem: 'cifar', share: 'network' }));
+  writeFileSync(
+    cfg,
+    JSON.stringify({
+      name: 'resnet_tiny_shared',
+      architecture: 'resnet',
+      block: 'basic',
+      layers: [2, 1, 1, 1],
+      widths: [8, 8, 16, 16],
+      stem: 'cifar',
+      share: 'network',
+    }),
+  );
   const image = path.join(data, 'test', readdirSync(path.join(data, 'test'))[0]!);
   const png = path.join(image, readdirSync(image)[0]!);
   for (const model of ['resnet_tiny_shared', 'mobilenetv2_010_cifar_shared']) {
     const out = path.join(root, `run-${model}`);
-    const tr = kshare(['train', '--recipe', 'seresnet', '--config', cfg, '--model', model, '--dataset', data, '--threads', '1', '--no-progress', '--set', 'batchSize=20', '--set', 'evalBatchSize=25', '--epochs', '1', '--train-per-class', '10', '--out', out]);
+    const tr = kshare([
+      'train',
+      '--recipe',
+      'seresnet',
+      '--config',
+      cfg,
+      '--model',
+      model,
+      '--dataset',
+      data,
+      '--threads',
+      '1',
+      '--no-progress',
+      '--set',
+      'batchSize=20',
+      '--set',
+      'evalBatchSize=25',
+      '--epochs',
+      '1',
+      '--train-per-class',
+      '10',
+      '--out',
+      out,
+    ]);
     assert.equal(tr.code, 0, tr.err);
     assert.match(tr.out, new RegExp(`completed: ${model} on shapes`));
     const onnx = path.join(root, `${model}.onnx`);
@@ -131,10 +180,19 @@ test('bad input gives one clear line and exit code 1', () => {
     [['train', '--recipe', 'nope', ...common, '--out', path.join(root, 'x')], /unknown recipe 'nope' \(known: .*convmixer/],
     [['train', '--recipe', 'convmixer', ...common, '--out', path.join(root, 'x'), '--epochs', '0'], /--epochs must be a positive integer/],
     [['train', '--recipe', 'convmixer', ...common, '--out', path.join(root, 'x'), '--model', 'resnet51'], /unknown model 'resnet51'\. Did you mean 'resnet50'/],
-    [['train', '--recipe', 'convmixer', ...common, '--out', path.join(root, 'run'), '--resume', '--lr', '0.5'], /changes .*optimizer.lr \(only --epochs may change\)/],
-    [['train', '--recipe', 'convmixer', ...common, '--out', path.join(root, 'run')], /already holds a run \(checkpoint.safetensors\): continue it with --resume/],
+    [
+      ['train', '--recipe', 'convmixer', ...common, '--out', path.join(root, 'run'), '--resume', '--lr', '0.5'],
+      /changes .*optimizer.lr \(only --epochs may change\)/,
+    ],
+    [
+      ['train', '--recipe', 'convmixer', ...common, '--out', path.join(root, 'run')],
+      /already holds a run \(checkpoint.safetensors\): continue it with --resume/,
+    ],
     [['eval', '--checkpoint', path.join(root, 'missing.safetensors')], /does not exist/],
-    [['train', ...common, '--out', path.join(root, 'run'), '--resume', '--epochs', '5'], /finished run of 3 epoch\(s\) whose cosine schedule ended at lr [\d.e-]+; --epochs 5 would train 2 more at that rate\. Start a new run/],
+    [
+      ['train', ...common, '--out', path.join(root, 'run'), '--resume', '--epochs', '5'],
+      /finished run of 3 epoch\(s\) whose cosine schedule ended at lr [\d.e-]+; --epochs 5 would train 2 more at that rate\. Start a new run/,
+    ],
     [['train', '--recipe', 'convmixer', '--out', path.join(root, 'x')], /required option '--dataset <spec>' not specified/],
     [['report', path.join(root, 'empty-dir-that-is-missing')], /does not exist/],
   ];

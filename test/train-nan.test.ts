@@ -17,13 +17,18 @@ const root = scratchDir('nan');
 test('a NaN/inf loss stops the run with a clear message and the last good checkpoint intact', async () => {
   // SGD recipe whose learning rate jumps by 1e36 at epoch 2: epoch 1 trains normally, then
   // the weights overflow and the loss stops being finite.
-  const recipe = applyOverrides(loadRecipe('seresnet'), [
-    'epochs=3', 'batchSize=32', 'evalBatchSize=64', 'seed=4', 'schedule.milestones=[1]', 'schedule.gamma=1e36',
-  ].map(parseOverride));
+  const recipe = applyOverrides(
+    loadRecipe('seresnet'),
+    ['epochs=3', 'batchSize=32', 'evalBatchSize=64', 'seed=4', 'schedule.milestones=[1]', 'schedule.gamma=1e36'].map(parseOverride),
+  );
   const out = path.join(root, 'run');
   const base = {
-    recipe, buildModel: () => createModel('convmixer_16_2_k3_p4', { classes: 10 }), modelName: 'convmixer_16_2_k3_p4',
-    train: syntheticDataset({ count: 160 }), test: syntheticDataset({ count: 40, seed: 2, split: 'test' }), outDir: out,
+    recipe,
+    buildModel: () => createModel('convmixer_16_2_k3_p4', { classes: 10 }),
+    modelName: 'convmixer_16_2_k3_p4',
+    train: syntheticDataset({ count: 160 }),
+    test: syntheticDataset({ count: 40, seed: 2, split: 'test' }),
+    outDir: out,
   };
   const live = t.liveTensors();
   const steps: number[] = [];

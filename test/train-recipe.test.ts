@@ -33,7 +33,10 @@ test('seresnet.json is seresnet_cifar10_run.sh with Cifar.py', () => {
 
 test('overrides: any field by dotted path, values checked, unknown fields named', () => {
   const r = loadRecipe('convmixer');
-  const o = applyOverrides(r, ['optimizer.weightDecay=0.05', 'augment.mixup=null', 'schedule.warmupEpochs=5', 'augment.randAugment="rand-m7-mstd0.5-inc1"'].map(parseOverride));
+  const o = applyOverrides(
+    r,
+    ['optimizer.weightDecay=0.05', 'augment.mixup=null', 'schedule.warmupEpochs=5', 'augment.randAugment="rand-m7-mstd0.5-inc1"'].map(parseOverride),
+  );
   assert.equal(o.optimizer.weightDecay, 0.05);
   assert.equal(o.augment.mixup, null);
   assert.equal(o.augment.randAugment, 'rand-m7-mstd0.5-inc1');

@@ -27,19 +27,39 @@ process.on('exit', () => rmSync(root, { recursive: true, force: true }));
 
 function options(out: string, extra: Partial<TrainOptions> = {}): TrainOptions {
   return {
-    recipe, buildModel: () => createModel(MODEL, { classes: 10 }), modelName: MODEL,
-    train: trainSet, test: testSet, outDir: path.join(root, out), log: () => {}, logEvery: { steps: 2 }, ...extra,
+    recipe,
+    buildModel: () => createModel(MODEL, { classes: 10 }),
+    modelName: MODEL,
+    train: trainSet,
+    test: testSet,
+    outDir: path.join(root, out),
+    log: () => {},
+    logEvery: { steps: 2 },
+    ...extra,
   };
 }
 
 function stepsOf(out: string): StepRecord[] {
-  return readFileSync(path.join(root, out, 'steps.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as StepRecord);
+  return readFileSync(path.join(root, out, 'steps.jsonl'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as StepRecord);
 }
 
 test('steps.jsonl: one line per interval whose metrics add up to the epoch log', async () => {
   await train(options('straight'));
   const steps = stepsOf('straight');
-  assert.deepEqual(steps.map((r) => [r.epoch, r.step]), [[1, 2], [1, 4], [1, 6], [2, 2], [2, 4], [2, 6]]);
+  assert.deepEqual(
+    steps.map((r) => [r.epoch, r.step]),
+    [
+      [1, 2],
+      [1, 4],
+      [1, 6],
+      [2, 2],
+      [2, 4],
+      [2, 6],
+    ],
+  );
   for (const r of steps) {
     assert.deepEqual(Object.keys(r), ['epoch', 'step', 'steps', 'progress', 'trainLoss', 'trainAcc', 'lr', 'imgPerSec', 'elapsedS']);
     assert.equal(r.steps, 6);
@@ -48,7 +68,10 @@ test('steps.jsonl: one line per interval whose metrics add up to the epoch log',
     assert.ok(r.imgPerSec > 0 && r.elapsedS > 0 && r.lr > 0);
   }
   // Every interval holds 2 batches of 32: the epoch's loss and accuracy are the intervals' means.
-  const log = readFileSync(path.join(root, 'straight', 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { trainLoss: number; trainAcc: number; lr: number });
+  const log = readFileSync(path.join(root, 'straight', 'log.jsonl'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as { trainLoss: number; trainAcc: number; lr: number });
   for (const e of [1, 2]) {
     const of = steps.filter((r) => r.epoch === e);
     const mean = (k: 'trainLoss' | 'trainAcc') => of.reduce((a, r) => a + r[k], 0) / of.length;
@@ -64,11 +87,25 @@ test('a training step reads no scalar back from the device; the interval is read
   let count = 0;
   const orig = { toBuffer: native.toBuffer, dataView: native.dataView };
   const scalar = (h: Handle) => native.meta(h)[2].length === 0;
-  native.toBuffer = (h) => { if (scalar(h)) count++; return orig.toBuffer(h); };
-  native.dataView = (h) => { if (scalar(h)) count++; return orig.dataView(h); };
+  native.toBuffer = (h) => {
+    if (scalar(h)) count++;
+    return orig.toBuffer(h);
+  };
+  native.dataView = (h) => {
+    if (scalar(h)) count++;
+    return orig.dataView(h);
+  };
   try {
     let last = 0;
-    await train(options('reads', { logEvery: { steps: 3 }, onStep: () => { reads.push(count - last); last = count; } }));
+    await train(
+      options('reads', {
+        logEvery: { steps: 3 },
+        onStep: () => {
+          reads.push(count - last);
+          last = count;
+        },
+      }),
+    );
   } finally {
     Object.assign(native, orig);
   }
@@ -80,11 +117,27 @@ test('a training step reads no scalar back from the device; the interval is read
 
 test('an interrupted run, killed again after writing more lines, resumes with no duplicate or lost lines', async () => {
   const ctrl = new AbortController();
-  const cut = await train(options('cut', { stop: ctrl.signal, onStep: (s) => { if (s.epoch === 1 && s.step === 2) ctrl.abort(); } }));
+  const cut = await train(
+    options('cut', {
+      stop: ctrl.signal,
+      onStep: (s) => {
+        if (s.epoch === 1 && s.step === 2) ctrl.abort();
+      },
+    }),
+  );
   assert.equal(cut.status, 'interrupted');
   assert.deepEqual(cut.interruptedAt, { epoch: 2, step: 3, steps: 6 });
   // The interruption writes the partial interval (steps 3 of epoch 2) before its checkpoint.
-  assert.deepEqual(stepsOf('cut').map((r) => [r.epoch, r.step]), [[1, 2], [1, 4], [1, 6], [2, 2], [2, 3]]);
+  assert.deepEqual(
+    stepsOf('cut').map((r) => [r.epoch, r.step]),
+    [
+      [1, 2],
+      [1, 4],
+      [1, 6],
+      [2, 2],
+      [2, 3],
+    ],
+  );
   // Where the run stands, read without loading a tensor.
   const ckpt = path.join(root, 'cut', 'checkpoint.safetensors');
   const live = t.liveTensors();
@@ -99,7 +152,18 @@ test('an interrupted run, killed again after writing more lines, resumes with no
   appendFileSync(file, JSON.stringify({ ...stepsOf('cut')[4], step: 4, progress: 1 + 4 / 6 }) + '\n{"epoch": 2, "st');
   await train(options('cut', { resume: path.join(root, 'cut', 'checkpoint.safetensors') }));
   const steps = stepsOf('cut');
-  assert.deepEqual(steps.map((r) => [r.epoch, r.step]), [[1, 2], [1, 4], [1, 6], [2, 2], [2, 3], [2, 4], [2, 6]]);
+  assert.deepEqual(
+    steps.map((r) => [r.epoch, r.step]),
+    [
+      [1, 2],
+      [1, 4],
+      [1, 6],
+      [2, 2],
+      [2, 3],
+      [2, 4],
+      [2, 6],
+    ],
+  );
   // The resumed part continues the run's clock.
   for (let i = 1; i < steps.length; i++) assert.ok(steps[i]!.elapsedS > steps[i - 1]!.elapsedS, `elapsedS grows at line ${i + 1}`);
   // The intervals before the interruption are the straight run's.
@@ -125,17 +189,19 @@ test('without a terminal: a plain progress line per interval and a line before e
 test('hooks: a non-writing rank leaves no files, a shard sets the steps per epoch, after-backward sees every step', async () => {
   const out = path.join(root, 'rank1');
   let calls = 0;
-  const s = await train(options('rank1', {
-    hooks: {
-      writes: false,
-      shard: { size: (n) => Math.floor(n / 2), select: (order) => t.slice(order, 0, 0, Math.floor(order.dim(0) / 2)) },
-      afterBackward: (params, at) => {
-        assert.ok(params.length > 0 && params.every((p) => p.grad !== null), 'gradients are there');
-        assert.equal(at.globalStep, calls);
-        calls++;
+  const s = await train(
+    options('rank1', {
+      hooks: {
+        writes: false,
+        shard: { size: (n) => Math.floor(n / 2), select: (order) => t.slice(order, 0, 0, Math.floor(order.dim(0) / 2)) },
+        afterBackward: (params, at) => {
+          assert.ok(params.length > 0 && params.every((p) => p.grad !== null), 'gradients are there');
+          assert.equal(at.globalStep, calls);
+          calls++;
+        },
       },
-    },
-  }));
+    }),
+  );
   assert.equal(s.status, 'completed');
   assert.equal(calls, 2 * 3, '100 of 200 images per epoch: 3 steps of 32');
   assert.ok(!existsSync(out), 'nothing written');

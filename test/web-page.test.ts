@@ -22,20 +22,38 @@ import { skipUnless } from './helpers/prerequisites.js';
 import { preparedModel } from './export-fixtures.js';
 
 const CHROMIUM = process.env.KSHARE_CHROMIUM ?? '/usr/bin/chromium';
-const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-  '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+const CHROMIUM_ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+];
 const MODEL = 'convmixer_64_4_k5_p2_shared';
 const skip = skipUnless(existsSync(CHROMIUM), CHROMIUM, "install Debian's chromium package (scripts/setup.sh does) to run the browser test");
 
-interface DemoResult { label: string; input: number[]; logits: number[]; top: { label: string; probability: number }[]; resizedFrom: { width: number; height: number } | null }
+interface DemoResult {
+  label: string;
+  input: number[];
+  logits: number[];
+  top: { label: string; probability: number }[];
+  resizedFrom: { width: number; height: number } | null;
+}
 
 async function waitForResult(page: Page, label: string, staleError: string | null = null): Promise<DemoResult> {
   // An error still shown from an earlier action (a sample click fetches the image before the
   // page clears it) is not this action's outcome: wait for the result or a different error.
-  await page.waitForFunction(([l, stale]) => {
-    const d = (window as unknown as { kshareDemo: { last: { label: string } | null; error: string | null } }).kshareDemo;
-    return d.last?.label === l || (d.error !== null && d.error !== stale);
-  }, [label, staleError] as const, { timeout: 60_000 });
+  await page.waitForFunction(
+    ([l, stale]) => {
+      const d = (window as unknown as { kshareDemo: { last: { label: string } | null; error: string | null } }).kshareDemo;
+      return d.last?.label === l || (d.error !== null && d.error !== stale);
+    },
+    [label, staleError] as const,
+    { timeout: 60_000 },
+  );
   const { last, error } = await page.evaluate(() => (window as unknown as { kshareDemo: { last: DemoResult; error: string | null } }).kshareDemo);
   assert.equal(error, null, `page error: ${error}`);
   return last;
@@ -44,10 +62,13 @@ async function waitForResult(page: Page, label: string, staleError: string | nul
 /** WCAG contrast ratio of two 'rgb(r, g, b)' colours. */
 function contrast(a: string, b: string): number {
   const lum = (c: string) => {
-    const [r, g, bl] = c.match(/\d+(\.\d+)?/g)!.slice(0, 3).map((v) => {
-      const s = Number(v) / 255;
-      return s <= 0.03928 ? s / 12.92 : ((s + 0.055) / 1.055) ** 2.4;
-    });
+    const [r, g, bl] = c
+      .match(/\d+(\.\d+)?/g)!
+      .slice(0, 3)
+      .map((v) => {
+        const s = Number(v) / 255;
+        return s <= 0.03928 ? s / 12.92 : ((s + 0.055) / 1.055) ** 2.4;
+      });
     return 0.2126 * r! + 0.7152 * g! + 0.0722 * bl!;
   };
   const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p);
@@ -55,10 +76,14 @@ function contrast(a: string, b: string): number {
 }
 
 async function waitForError(page: Page, staleError: string | null = null): Promise<string> {
-  await page.waitForFunction((stale) => {
-    const error = (window as unknown as { kshareDemo: { error: string | null } }).kshareDemo.error;
-    return error !== null && error !== stale;
-  }, staleError, { timeout: 30_000 });
+  await page.waitForFunction(
+    (stale) => {
+      const error = (window as unknown as { kshareDemo: { error: string | null } }).kshareDemo.error;
+      return error !== null && error !== stale;
+    },
+    staleError,
+    { timeout: 30_000 },
+  );
   const text = await page.textContent('#error');
   assert.ok(await page.isVisible('#error'), 'the error is shown on the page');
   return text ?? '';
@@ -82,12 +107,20 @@ test('web page: classifies a sample in Chromium like onnxruntime-node, and expla
 
     // Only the local server is ever contacted (the page works offline).
     const foreign: string[] = [];
-    page.on('request', (r) => { if (!r.url().startsWith(server!.url) && !r.url().startsWith('data:')) foreign.push(r.url()); });
+    page.on('request', (r) => {
+      if (!r.url().startsWith(server!.url) && !r.url().startsWith('data:')) foreign.push(r.url());
+    });
     const missing: string[] = [];
-    page.on('response', (r) => { if (r.status() >= 400) missing.push(`${r.status()} ${r.url()}`); });
+    page.on('response', (r) => {
+      if (r.status() >= 400) missing.push(`${r.status()} ${r.url()}`);
+    });
 
     await page.goto(`${server.url}/web/`);
-    await page.waitForFunction(() => document.body.dataset.state === 'ready' || (window as unknown as { kshareDemo: { error: string | null } }).kshareDemo.error, null, { timeout: 120_000 });
+    await page.waitForFunction(
+      () => document.body.dataset.state === 'ready' || (window as unknown as { kshareDemo: { error: string | null } }).kshareDemo.error,
+      null,
+      { timeout: 120_000 },
+    );
     assert.equal(await page.evaluate(() => (window as unknown as { kshareDemo: { error: string | null } }).kshareDemo.error), null);
     assert.equal(await page.textContent('#model-name'), MODEL);
     assert.equal(await page.textContent('#model-params'), src.info.params.toLocaleString('en-US'));
@@ -104,7 +137,11 @@ test('web page: classifies a sample in Chromium like onnxruntime-node, and expla
     // The bars stand out from their track and the panel (WCAG's 3:1 for graphics).
     const colours = await page.evaluate(() => {
       const bar = document.querySelector('#result li:first-child .bar')!;
-      return { bar: getComputedStyle(bar).backgroundColor, track: getComputedStyle(bar.parentElement!).backgroundColor, width: bar.getBoundingClientRect().width };
+      return {
+        bar: getComputedStyle(bar).backgroundColor,
+        track: getComputedStyle(bar.parentElement!).backgroundColor,
+        width: bar.getBoundingClientRect().width,
+      };
     });
     assert.ok(contrast(colours.bar, colours.track) >= 3 && contrast(colours.bar, 'rgb(255, 255, 255)') >= 3, `bar ${colours.bar} on ${colours.track}`);
     assert.ok(colours.width > 0);
@@ -120,19 +157,25 @@ test('web page: classifies a sample in Chromium like onnxruntime-node, and expla
     // `kshare predict`'s own preprocessing of the same file (jpeg-js instead of Chromium's decoder).
     const nodeInput = prepareImage(readFileSync(path.join(repoRoot(), 'web/samples/cat.jpg')), src.info.input, 'cat.jpg').input;
     const diffs = Array.from(nodeInput, (v, i) => Math.abs(v - cat.input[i]!) * src.info.input.std[Math.floor(i / 1024)]! * 255);
-    const maxLevels = Math.max(...diffs), meanLevels = diffs.reduce((a, b) => a + b, 0) / diffs.length;
+    const maxLevels = Math.max(...diffs),
+      meanLevels = diffs.reduce((a, b) => a + b, 0) / diffs.length;
     ctx.diagnostic(`Chromium vs jpeg-js decoding of cat.jpg: mean difference ${meanLevels.toFixed(2)}, max ${maxLevels.toFixed(2)} of 255 levels`);
     // JPEG decoders may round the IDCT and upsample chroma differently: small, not equal.
     assert.ok(meanLevels < 2 && maxLevels <= 24, `decoders differ by ${meanLevels} levels on average, ${maxLevels} at most`);
     const nodeLogits = await run(nodeInput);
     const nodeTop = Array.from(nodeLogits).indexOf(Math.max(...nodeLogits));
     assert.equal(cat.top[0]!.label, src.info.classes[nodeTop], 'same top class as onnxruntime-node on the jpeg-js decoded file');
-    ctx.diagnostic(`page top-3: ${cat.top.slice(0, 3).map((p) => `${p.label} ${(p.probability * 100).toFixed(1)}%`).join(', ')}`);
+    ctx.diagnostic(
+      `page top-3: ${cat.top
+        .slice(0, 3)
+        .map((p) => `${p.label} ${(p.probability * 100).toFixed(1)}%`)
+        .join(', ')}`,
+    );
     await session.release();
 
     // A wrong-sized image is centre-cropped and resized, and the page says so.
     const png = new PNG({ width: 64, height: 48 });
-    for (let i = 0; i < png.data.length; i += 4) png.data.set([200, (i / 4) % 64 * 4, 50, 255], i);
+    for (let i = 0; i < png.data.length; i += 4) png.data.set([200, ((i / 4) % 64) * 4, 50, 255], i);
     const pngFile = path.join(dir, 'wide.png');
     writeFileSync(pngFile, PNG.sync.write(png));
     await page.setInputFiles('#image-file', pngFile);
@@ -173,7 +216,10 @@ test('web page: classifies a sample in Chromium like onnxruntime-node, and expla
       await site.click('button[data-sample=cat]');
       const again = await waitForResult(site, 'sample cat.jpg');
       assert.deepEqual(again.logits, cat.logits, 'the bundle computes what the repository page computed');
-      assert.ok(requested.every((u) => u.startsWith(siteServer.url) || u.startsWith('data:')), 'offline: every request goes to the bundle');
+      assert.ok(
+        requested.every((u) => u.startsWith(siteServer.url) || u.startsWith('data:')),
+        'offline: every request goes to the bundle',
+      );
       assert.ok(requested.some((u) => u.endsWith('/vendor/ort-wasm-simd-threaded.wasm')));
     } finally {
       await siteServer.close();
@@ -195,7 +241,9 @@ test('web page: without a model it says what to do next; opened as file:// it sa
     browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
     const page = await browser.newPage();
     const missing: string[] = [];
-    page.on('response', (r) => { if (r.status() >= 400) missing.push(new URL(r.url()).pathname); });
+    page.on('response', (r) => {
+      if (r.status() >= 400) missing.push(new URL(r.url()).pathname);
+    });
     await page.goto(`${server.url}/web/`);
     await page.waitForFunction(() => document.body.dataset.state !== 'loading', null, { timeout: 120_000 });
     const noModel = await page.evaluate(() => (window as unknown as { kshareDemo: { state: string; error: string | null; notice: string | null } }).kshareDemo);
@@ -214,7 +262,10 @@ test('web page: without a model it says what to do next; opened as file:// it sa
     await file.waitForFunction(() => document.body.dataset.state === 'file', null, { timeout: 30_000 });
     assert.notEqual(await file.textContent('#model-name'), 'loading…');
     assert.ok(await file.isVisible('#notice'));
-    assert.match((await file.textContent('#notice'))!, /opened as a file \(file:\/\/\).*node dist\/src\/export\/static-server\.js --model model\.onnx.*http:\/\/127\.0\.0\.1:8080\/web\//);
+    assert.match(
+      (await file.textContent('#notice'))!,
+      /opened as a file \(file:\/\/\).*node dist\/src\/export\/static-server\.js --model model\.onnx.*http:\/\/127\.0\.0\.1:8080\/web\//,
+    );
   } finally {
     await browser?.close();
     await server?.close();

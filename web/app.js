@@ -30,12 +30,14 @@ function showError(message) {
 /** A next step for the user (not an error): shown above the panels. */
 function showNotice(parts) {
   demo.notice = parts.map((p) => (typeof p === 'string' ? p : p.code)).join('');
-  $('notice').replaceChildren(...parts.map((p) => {
-    if (typeof p === 'string') return document.createTextNode(p);
-    const c = document.createElement('code');
-    c.textContent = p.code;
-    return c;
-  }));
+  $('notice').replaceChildren(
+    ...parts.map((p) => {
+      if (typeof p === 'string') return document.createTextNode(p);
+      const c = document.createElement('code');
+      c.textContent = p.code;
+      return c;
+    }),
+  );
   $('notice').hidden = false;
 }
 
@@ -102,7 +104,11 @@ function metadataOf(m) {
   const props = Object.fromEntries((m.metadataProps ?? []).map((p) => [p.key, p.value]));
   const json = (k) => {
     if (props[k] === undefined) return undefined;
-    try { return JSON.parse(props[k]); } catch { throw new Error(`metadata '${k}' is not valid JSON`); }
+    try {
+      return JSON.parse(props[k]);
+    } catch {
+      throw new Error(`metadata '${k}' is not valid JSON`);
+    }
   };
   const out = m.graph.output?.[0]?.type?.tensorType?.shape?.dim?.[1]?.dimValue;
   const classes = json('kshare.classes') ?? Array.from({ length: Number(out ?? 0) }, (_, i) => `class ${i}`);
@@ -187,7 +193,8 @@ async function toModelPixels(blob, label, spec) {
   }
   const { width: W, height: H } = spec;
   const scale = Math.min(bmp.width / W, bmp.height / H);
-  const sw = W * scale, sh = H * scale;
+  const sw = W * scale,
+    sh = H * scale;
   const canvas = $('preview');
   canvas.width = W;
   canvas.height = H;
@@ -217,8 +224,10 @@ async function classify(blob, label) {
     const logits = Array.from(out[m.session.outputNames[0]].data);
     if (logits.length !== m.classes.length) throw new Error(`the model gives ${logits.length} scores but names ${m.classes.length} classes`);
     const probs = softmax(logits);
-    const top = probs.map((p, i) => ({ index: i, label: m.classes[i], probability: p }))
-      .sort((a, b) => b.probability - a.probability || a.index - b.index).slice(0, 5);
+    const top = probs
+      .map((p, i) => ({ index: i, label: m.classes[i], probability: p }))
+      .sort((a, b) => b.probability - a.probability || a.index - b.index)
+      .slice(0, 5);
     demo.last = { label, input: Array.from(input), logits, top, resizedFrom };
     renderResult(top, label, resizedFrom, spec);
     setState('ready');
@@ -232,15 +241,17 @@ function renderResult(top, label, resizedFrom, spec) {
   $('result-note').textContent = resizedFrom
     ? `${label}: ${resizedFrom.width}x${resizedFrom.height}, centre-cropped and resized to ${spec.width}x${spec.height}`
     : label;
-  $('result').replaceChildren(...top.map((t) => {
-    const li = document.createElement('li');
-    li.dataset.class = t.label;
-    li.dataset.probability = String(t.probability);
-    const pct = (t.probability * 100).toFixed(1);
-    li.innerHTML = `<span class="prob">${pct}%</span><span class="name"></span><span class="track"><span class="bar" style="width:${Math.max(1, t.probability * 100)}%"></span></span>`;
-    li.querySelector('.name').textContent = t.label;
-    return li;
-  }));
+  $('result').replaceChildren(
+    ...top.map((t) => {
+      const li = document.createElement('li');
+      li.dataset.class = t.label;
+      li.dataset.probability = String(t.probability);
+      const pct = (t.probability * 100).toFixed(1);
+      li.innerHTML = `<span class="prob">${pct}%</span><span class="name"></span><span class="track"><span class="bar" style="width:${Math.max(1, t.probability * 100)}%"></span></span>`;
+      li.querySelector('.name').textContent = t.label;
+      return li;
+    }),
+  );
 }
 
 // ---- wiring ----
@@ -259,7 +270,12 @@ function setUpInputs() {
     b.type = 'button';
     b.dataset.sample = name;
     b.innerHTML = `<img src="samples/${name}.jpg" alt=""><span>${name}</span>`;
-    b.onclick = () => guard(fetch(`samples/${name}.jpg`).then((r) => r.blob()).then((blob) => classify(blob, `sample ${name}.jpg`)));
+    b.onclick = () =>
+      guard(
+        fetch(`samples/${name}.jpg`)
+          .then((r) => r.blob())
+          .then((blob) => classify(blob, `sample ${name}.jpg`)),
+      );
     samples.append(b);
   }
   $('image-file').onchange = (e) => {
@@ -273,7 +289,10 @@ function setUpInputs() {
     e.target.value = '';
   };
   const zone = $('drop-zone');
-  zone.ondragover = (e) => { e.preventDefault(); zone.classList.add('over'); };
+  zone.ondragover = (e) => {
+    e.preventDefault();
+    zone.classList.add('over');
+  };
   zone.ondragleave = () => zone.classList.remove('over');
   zone.ondrop = (e) => {
     e.preventDefault();
@@ -300,8 +319,10 @@ async function main() {
     $('model-button').textContent = 'Open a .onnx model';
     showNotice([
       `No model yet (${url}: ${err.message}). Open an ONNX export with the "Open a .onnx model" button, or export one and serve it with the page: `,
-      { code: 'npx kshare export --checkpoint runs/<run>/checkpoint.safetensors --out model.onnx' }, ' then ',
-      { code: 'node dist/src/export/static-server.js --model model.onnx' }, '.',
+      { code: 'npx kshare export --checkpoint runs/<run>/checkpoint.safetensors --out model.onnx' },
+      ' then ',
+      { code: 'node dist/src/export/static-server.js --model model.onnx' },
+      '.',
     ]);
     return;
   }

@@ -14,10 +14,15 @@ export function requireDevice(device: string): Device {
   if (d === 'cpu') return d;
   const info = t.runtimeInfo();
   if (!info.cudaAvailable) {
-    throw new Error(`--device ${d}: this libtorch (${info.torchVersion}) has no CUDA support, so kshare runs on the CPU only (--device cpu).\n` +
-      'To use a GPU, build the addon against a CUDA libtorch: see docs/gpu.md');
+    throw new Error(
+      `--device ${d}: this libtorch (${info.torchVersion}) has no CUDA support, so kshare runs on the CPU only (--device cpu).\n` +
+        'To use a GPU, build the addon against a CUDA libtorch: see docs/gpu.md',
+    );
   }
   const index = d === 'cuda' ? 0 : Number(d.slice(5));
-  if (index >= info.cudaDeviceCount) throw new Error(`--device ${d}: this machine has ${info.cudaDeviceCount} CUDA device(s) (cuda:0${info.cudaDeviceCount > 1 ? `..cuda:${info.cudaDeviceCount - 1}` : ''})`);
+  if (index >= info.cudaDeviceCount)
+    throw new Error(
+      `--device ${d}: this machine has ${info.cudaDeviceCount} CUDA device(s) (cuda:0${info.cudaDeviceCount > 1 ? `..cuda:${info.cudaDeviceCount - 1}` : ''})`,
+    );
   return d;
 }

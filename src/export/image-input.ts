@@ -11,14 +11,18 @@ import type { InputSpec } from './model-info.js';
 export function resizeToFit(img: DecodedImage, width: number, height: number): DecodedImage {
   if (img.width === width && img.height === height) return img;
   const scale = Math.min(img.width / width, img.height / height);
-  const x0 = (img.width - width * scale) / 2, y0 = (img.height - height * scale) / 2;
-  const inPlane = img.width * img.height, outPlane = width * height;
+  const x0 = (img.width - width * scale) / 2,
+    y0 = (img.height - height * scale) / 2;
+  const inPlane = img.width * img.height,
+    outPlane = width * height;
   const out = new Uint8Array(3 * outPlane);
   const acc = new Float64Array(3);
   for (let oy = 0; oy < height; oy++) {
-    const sy0 = y0 + oy * scale, sy1 = sy0 + scale;
+    const sy0 = y0 + oy * scale,
+      sy1 = sy0 + scale;
     for (let ox = 0; ox < width; ox++) {
-      const sx0 = x0 + ox * scale, sx1 = sx0 + scale;
+      const sx0 = x0 + ox * scale,
+        sx1 = sx0 + scale;
       acc.fill(0);
       let wsum = 0;
       for (let y = Math.floor(sy0); y < Math.min(Math.ceil(sy1), img.height); y++) {
@@ -42,7 +46,8 @@ export function normalise(img: DecodedImage, spec: InputSpec): Float32Array {
   const n = img.width * img.height;
   const out = new Float32Array(3 * n);
   for (let c = 0; c < 3; c++) {
-    const m = spec.mean[c]!, s = spec.std[c]!;
+    const m = spec.mean[c]!,
+      s = spec.std[c]!;
     for (let p = 0; p < n; p++) out[c * n + p] = (img.chw[c * n + p]! / 255 - m) / s;
   }
   return out;

@@ -34,19 +34,24 @@ export const MAX_CLASSES = 100_000;
  * channel. `where` names the file and key in the error.
  */
 export function validateInputSpec(raw: unknown, where: string): InputSpec {
-  if (!raw || typeof raw !== 'object' || Array.isArray(raw)) throw new Error(`${where} must be an object {channels, height, width, mean, std}, got ${JSON.stringify(raw)?.slice(0, 80)}`);
+  if (!raw || typeof raw !== 'object' || Array.isArray(raw))
+    throw new Error(`${where} must be an object {channels, height, width, mean, std}, got ${JSON.stringify(raw)?.slice(0, 80)}`);
   const s = raw as Partial<InputSpec>;
   const side = (k: 'height' | 'width') => {
     const v = s[k];
-    if (!(Number.isInteger(v) && (v as number) >= 1 && (v as number) <= MAX_INPUT_SIDE)) throw new Error(`${where}: '${k}' must be an integer from 1 to ${MAX_INPUT_SIDE}, got ${JSON.stringify(v)}`);
+    if (!(Number.isInteger(v) && (v as number) >= 1 && (v as number) <= MAX_INPUT_SIDE))
+      throw new Error(`${where}: '${k}' must be an integer from 1 to ${MAX_INPUT_SIDE}, got ${JSON.stringify(v)}`);
   };
-  if (!(Number.isInteger(s.channels) && s.channels! >= 1 && s.channels! <= 4)) throw new Error(`${where}: 'channels' must be an integer from 1 to 4, got ${JSON.stringify(s.channels)}`);
+  if (!(Number.isInteger(s.channels) && s.channels! >= 1 && s.channels! <= 4))
+    throw new Error(`${where}: 'channels' must be an integer from 1 to 4, got ${JSON.stringify(s.channels)}`);
   side('height');
   side('width');
   for (const k of ['mean', 'std'] as const) {
     const v = s[k];
     if (!Array.isArray(v) || v.length !== s.channels || !v.every((x) => typeof x === 'number' && Number.isFinite(x) && (k === 'mean' || x > 0))) {
-      throw new Error(`${where}: '${k}' must be ${s.channels} finite ${k === 'std' ? 'positive ' : ''}numbers (one per channel), got ${JSON.stringify(v)?.slice(0, 80)}`);
+      throw new Error(
+        `${where}: '${k}' must be ${s.channels} finite ${k === 'std' ? 'positive ' : ''}numbers (one per channel), got ${JSON.stringify(v)?.slice(0, 80)}`,
+      );
     }
   }
   return { channels: s.channels!, height: s.height!, width: s.width!, mean: [...s.mean!], std: [...s.std!] };
@@ -88,7 +93,12 @@ export function infoFromModel(m: ModelProto, label: string): ModelInfo {
   for (let i = 1; i < Math.min(dims.length, 4); i++) {
     const d = dims[i]?.dimValue;
     if (d !== undefined && d !== null && Number(d) > 0 && Number(d) !== claimed[i - 1]) {
-      throw new Error(`${label}: metadata '${META_KEYS.input}' claims input ${claimed.join('x')}, the graph's input is ${dims.slice(1).map((x) => x?.dimValue ?? '?').join('x')}`);
+      throw new Error(
+        `${label}: metadata '${META_KEYS.input}' claims input ${claimed.join('x')}, the graph's input is ${dims
+          .slice(1)
+          .map((x) => x?.dimValue ?? '?')
+          .join('x')}`,
+      );
     }
   }
   if (!Array.isArray(classes) || classes.length === 0 || !classes.every((c) => typeof c === 'string')) {

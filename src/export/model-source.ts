@@ -86,7 +86,9 @@ export function modelFromCheckpoint(file: string): ModelSource {
   }
   const name = meta[MODEL_KEY];
   if (!name) {
-    throw new Error(`${file} does not say which model it holds (neither a kshare training checkpoint nor a weights file with '${MODEL_KEY}' metadata); export a registered model with --model instead`);
+    throw new Error(
+      `${file} does not say which model it holds (neither a kshare training checkpoint nor a weights file with '${MODEL_KEY}' metadata); export a registered model with --model instead`,
+    );
   }
   let classNames = defaultClassNames(10);
   if (meta[CLASSES_KEY] !== undefined) {
@@ -95,7 +97,8 @@ export function modelFromCheckpoint(file: string): ModelSource {
     else if (Array.isArray(parsed) && parsed.length > 0 && parsed.every((c) => typeof c === 'string')) classNames = parsed as string[];
     else throw new Error(`${file}: metadata '${CLASSES_KEY}' must be a class count (at most ${STORED_CONFIG_BOUNDS.classes}) or a list of names`);
   }
-  const input = meta[INPUT_KEY] === undefined ? undefined : validateInputSpec(parseJson<unknown>(file, INPUT_KEY, meta[INPUT_KEY]), `${file}: metadata '${INPUT_KEY}'`);
+  const input =
+    meta[INPUT_KEY] === undefined ? undefined : validateInputSpec(parseJson<unknown>(file, INPUT_KEY, meta[INPUT_KEY]), `${file}: metadata '${INPUT_KEY}'`);
   // The name is data too (e.g. convmixer_40000_16): its config must fit the file's tensors before it is built.
   const config = modelConfig(name);
   if (config) checkStoredConfig(config, classNames.length, stateShapes(file, header), `${file}: model '${name}'`);

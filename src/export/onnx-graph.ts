@@ -39,7 +39,12 @@ export interface GraphStats {
   nodes: number;
 }
 
-interface WeightEntry { tensor: Tensor; name: string; value: string; uses: number }
+interface WeightEntry {
+  tensor: Tensor;
+  name: string;
+  value: string;
+  uses: number;
+}
 
 export class OnnxGraphBuilder {
   readonly #nodes: NodeProto[] = [];
@@ -157,7 +162,10 @@ export class OnnxGraphBuilder {
     const out = outputName ?? this.uniqueName(hint);
     if (outputName) this.#names.add(outputName);
     this.#nodes.push({
-      opType, input: inputs, output: [out], name: this.uniqueName(`node:${hint}`),
+      opType,
+      input: inputs,
+      output: [out],
+      name: this.uniqueName(`node:${hint}`),
       attribute: Object.entries(attrs).map(([k, v]) => toAttribute(k, v)),
     });
     return out;
@@ -236,6 +244,7 @@ function toHalfBits(values: Float32Array): Uint16Array {
 function checkHalfFinite(bits: Uint16Array, hint: string): void {
   for (let i = 0; i < bits.length; i++) {
     // Exponent all ones: the value overflowed float16 (|x| > 65504) or was already inf/NaN.
-    if ((bits[i]! & 0x7c00) === 0x7c00) throw new Error(`weight '${hint}' element ${i} does not fit float16 (|x| > 65504 or non-finite); export without --fp16`);
+    if ((bits[i]! & 0x7c00) === 0x7c00)
+      throw new Error(`weight '${hint}' element ${i} does not fit float16 (|x| > 65504 or non-finite); export without --fp16`);
   }
 }

@@ -2,7 +2,15 @@
 // bytes of weights it stores.
 import { OnnxDataType, type ModelProto, type TensorProto } from './onnx-schema.js';
 
-const ELEMENT_BYTES: Record<number, number> = { [OnnxDataType.FLOAT]: 4, [OnnxDataType.FLOAT16]: 2, [OnnxDataType.DOUBLE]: 8, [OnnxDataType.INT64]: 8, [OnnxDataType.INT32]: 4, [OnnxDataType.UINT8]: 1, [OnnxDataType.BOOL]: 1 };
+const ELEMENT_BYTES: Record<number, number> = {
+  [OnnxDataType.FLOAT]: 4,
+  [OnnxDataType.FLOAT16]: 2,
+  [OnnxDataType.DOUBLE]: 8,
+  [OnnxDataType.INT64]: 8,
+  [OnnxDataType.INT32]: 4,
+  [OnnxDataType.UINT8]: 1,
+  [OnnxDataType.BOOL]: 1,
+};
 
 export function tensorBytes(t: TensorProto): number {
   if (t.rawData && t.rawData.length) return t.rawData.length;

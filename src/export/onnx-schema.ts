@@ -46,7 +46,7 @@ export interface NodeProto {
 
 export interface ValueInfoProto {
   name: string;
-  type?: { tensorType?: { elemType: number; shape?: { dim: ({ dimValue?: number; dimParam?: string })[] } } };
+  type?: { tensorType?: { elemType: number; shape?: { dim: { dimValue?: number; dimParam?: string }[] } } };
 }
 
 export interface GraphProto {

@@ -22,7 +22,10 @@ export function topK(logits: ArrayLike<number>, classes: readonly string[], k = 
   if (classes.length !== logits.length) throw new Error(`the model gives ${logits.length} scores but names ${classes.length} classes`);
   for (let i = 0; i < logits.length; i++) {
     // A NaN score would print "NaN%": the weights or the input normalisation are broken.
-    if (!Number.isFinite(logits[i]!)) throw new Error(`the model's score for class ${i} ('${classes[i]}') is ${logits[i]}: its weights or its input normalisation are broken (NaN or infinite values)`);
+    if (!Number.isFinite(logits[i]!))
+      throw new Error(
+        `the model's score for class ${i} ('${classes[i]}') is ${logits[i]}: its weights or its input normalisation are broken (NaN or infinite values)`,
+      );
   }
   const p = softmax(logits);
   return Array.from(p, (probability, index) => ({ index, label: classes[index]!, probability }))

@@ -14,10 +14,21 @@ import { fileURLToPath } from 'node:url';
 import { vendorFiles } from './web-bundle.js';
 
 const MIME: Record<string, string> = {
-  '.html': 'text/html; charset=utf-8', '.js': 'text/javascript; charset=utf-8', '.mjs': 'text/javascript; charset=utf-8',
-  '.css': 'text/css; charset=utf-8', '.json': 'application/json', '.wasm': 'application/wasm', '.onnx': 'application/octet-stream',
-  '.proto': 'text/plain; charset=utf-8', '.jpg': 'image/jpeg', '.jpeg': 'image/jpeg', '.png': 'image/png', '.svg': 'image/svg+xml',
-  '.map': 'application/json', '.txt': 'text/plain; charset=utf-8', '.ico': 'image/x-icon',
+  '.html': 'text/html; charset=utf-8',
+  '.js': 'text/javascript; charset=utf-8',
+  '.mjs': 'text/javascript; charset=utf-8',
+  '.css': 'text/css; charset=utf-8',
+  '.json': 'application/json',
+  '.wasm': 'application/wasm',
+  '.onnx': 'application/octet-stream',
+  '.proto': 'text/plain; charset=utf-8',
+  '.jpg': 'image/jpeg',
+  '.jpeg': 'image/jpeg',
+  '.png': 'image/png',
+  '.svg': 'image/svg+xml',
+  '.map': 'application/json',
+  '.txt': 'text/plain; charset=utf-8',
+  '.ico': 'image/x-icon',
 };
 
 export interface StaticServerOptions {
@@ -74,10 +85,11 @@ export function startStaticServer(o: StaticServerOptions): Promise<StaticServer>
       const { address, port } = server.address() as AddressInfo;
       resolve({
         url: `http://${address}:${port}`,
-        close: () => new Promise<void>((done) => {
-          server.closeAllConnections();
-          server.close(() => done());
-        }),
+        close: () =>
+          new Promise<void>((done) => {
+            server.closeAllConnections();
+            server.close(() => done());
+          }),
       });
     });
   });
@@ -134,7 +146,10 @@ async function main(args: string[]): Promise<void> {
     s = await startStaticServer({ root: repoRoot(), port, host, files: repoPageFiles(opts.model) });
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'EADDRINUSE') fail(`port ${port} on ${host} is already in use (another server, or an earlier static-server still running): pick another with --port, e.g. --port ${port === 8080 ? 8081 : 8080}`);
+    if (code === 'EADDRINUSE')
+      fail(
+        `port ${port} on ${host} is already in use (another server, or an earlier static-server still running): pick another with --port, e.g. --port ${port === 8080 ? 8081 : 8080}`,
+      );
     if (code === 'EACCES') fail(`no permission to listen on port ${port}: use a port above 1023`);
     throw e;
   }

@@ -19,7 +19,11 @@ function packageDir(pkg: string, entryToDir: (entry: string) => string): string 
 /** The page's vendor/ folder: file name -> where it comes from (node_modules and the ONNX schema). */
 export function vendorFiles(): Record<string, string> {
   const ortDist = packageDir('onnxruntime-web', (e) => path.dirname(e));
-  const protobufMin = path.join(packageDir('protobufjs', (e) => path.dirname(e)), 'dist', 'protobuf.min.js');
+  const protobufMin = path.join(
+    packageDir('protobufjs', (e) => path.dirname(e)),
+    'dist',
+    'protobuf.min.js',
+  );
   return {
     ...Object.fromEntries(ORT_FILES.map((f) => [f, path.join(ortDist, f)])),
     'protobuf.min.js': protobufMin,

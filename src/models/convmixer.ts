@@ -43,7 +43,8 @@ export class ConvMixer extends Sequential {
     for (const [n, v] of Object.entries({ dim, depth, kernelSize: k, patchSize: p, classes, dilation })) {
       if (!Number.isInteger(v) || v < 1) throw new RangeError(`ConvMixer: ${n} must be a positive integer, got ${JSON.stringify(v)}`);
     }
-    if (!CONVMIXER_SHARING.includes(sharing)) throw new Error(`ConvMixer: sharing must be one of ${CONVMIXER_SHARING.join(', ')}, got ${JSON.stringify(sharing)}`);
+    if (!CONVMIXER_SHARING.includes(sharing))
+      throw new Error(`ConvMixer: sharing must be one of ${CONVMIXER_SHARING.join(', ')}, got ${JSON.stringify(sharing)}`);
     this.dim = dim;
     this.depth = depth;
     this.kernelSize = k;
@@ -58,7 +59,8 @@ export class ConvMixer extends Sequential {
     // so the random draw order, hence the initial weights for a seed, match it in every mode.
     const dwTemplate = depthwise();
     const pwTemplate = pointwise();
-    const sharedOf = (tpl: Conv2d, label: string) => new SharedKernel(t.keep(t.noGrad(() => tpl.weight.clone())).requiresGrad_(), t.keep(t.noGrad(() => tpl.bias!.clone())).requiresGrad_(), tpl, label);
+    const sharedOf = (tpl: Conv2d, label: string) =>
+      new SharedKernel(t.keep(t.noGrad(() => tpl.weight.clone())).requiresGrad_(), t.keep(t.noGrad(() => tpl.bias!.clone())).requiresGrad_(), tpl, label);
     const sharedDw = sharing === 'depthwise' || sharing === 'both' ? sharedOf(dwTemplate, '3.0.fn.0') : null;
     const sharedPw = sharing === 'pointwise' || sharing === 'both' ? sharedOf(pwTemplate, '3.1') : null;
     dwTemplate.dispose();
@@ -82,7 +84,12 @@ export type ConvMixerFields = Required<Omit<ConvMixerConfig, 'classes'>>;
 
 const CONVMIXER_NAME = /^convmixer_(\d+)_(\d+)(?:_k(\d+))?(?:_p(\d+))?(_shared(?:_dw|_pw)?)?$/;
 const SHARING_SUFFIX = { _shared: 'both', _shared_dw: 'depthwise', _shared_pw: 'pointwise' } as const;
-const SHARING_TEXT: Record<ConvMixerSharing, string> = { none: 'no sharing', both: 'depthwise+pointwise shared', depthwise: 'depthwise shared', pointwise: 'pointwise shared' };
+const SHARING_TEXT: Record<ConvMixerSharing, string> = {
+  none: 'no sharing',
+  both: 'depthwise+pointwise shared',
+  depthwise: 'depthwise shared',
+  pointwise: 'pointwise shared',
+};
 
 export const convmixerSpec = defineArchitecture<ConvMixerFields>({
   architecture: 'convmixer',

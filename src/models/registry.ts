@@ -100,7 +100,8 @@ export function createModel(name: string, opts: CreateModelOptions = {}): Module
   if (!Number.isInteger(classes) || classes < 1) throw new RangeError(`createModel: classes must be a positive integer, got ${classes}`);
   const e = entries.get(name);
   if (e?.factory) {
-    if (opts.overrides && Object.keys(opts.overrides).length) throw new Error(`createModel: '${name}' is registered with a factory; it takes no config overrides`);
+    if (opts.overrides && Object.keys(opts.overrides).length)
+      throw new Error(`createModel: '${name}' is registered with a factory; it takes no config overrides`);
     return e.factory({ classes });
   }
   let config = e?.config ?? configFromName(name);
@@ -120,7 +121,11 @@ export function loadModelConfigFile(file: string): string[] {
   } catch (e) {
     throw new Error(`model config ${file}: ${(e as Error).message}`);
   }
-  const list = Array.isArray(raw) ? raw : raw && typeof raw === 'object' && Array.isArray((raw as { models?: unknown }).models) ? (raw as { models: unknown[] }).models : [raw];
+  const list = Array.isArray(raw)
+    ? raw
+    : raw && typeof raw === 'object' && Array.isArray((raw as { models?: unknown }).models)
+      ? (raw as { models: unknown[] }).models
+      : [raw];
   const names: string[] = [];
   list.forEach((item, i) => {
     const where = `model config ${file}${list.length > 1 ? ` [${i}]` : ''}`;
@@ -142,7 +147,9 @@ export function modelInputSpec(name: string, config: unknown = null): InputSpec 
   let c: ModelConfig | null = null;
   try {
     c = entries.has(name) ? entries.get(name)!.config : configFromName(name);
-  } catch { /* fall through */ }
+  } catch {
+    /* fall through */
+  }
   c ??= config ? validateConfig(config, `model '${name}'`) : null;
   return c ? inputSpecOf(c) : cifarInput(IMAGENET_NORM);
 }

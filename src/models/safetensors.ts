@@ -8,7 +8,14 @@ import * as t from '../tensor/index.js';
 import type { Tensor, DType } from '../tensor/index.js';
 
 const TO_FILE: Record<DType, string> = {
-  float32: 'F32', float16: 'F16', bfloat16: 'BF16', float64: 'F64', int64: 'I64', int32: 'I32', uint8: 'U8', bool: 'BOOL',
+  float32: 'F32',
+  float16: 'F16',
+  bfloat16: 'BF16',
+  float64: 'F64',
+  int64: 'I64',
+  int32: 'I32',
+  uint8: 'U8',
+  bool: 'BOOL',
 };
 const FROM_FILE: Record<string, DType> = Object.fromEntries(Object.entries(TO_FILE).map(([k, v]) => [v, k as DType]));
 /**
@@ -56,7 +63,11 @@ export function writeFileAtomic(file: string, chunks: Uint8Array[]): void {
     }
     renameSync(tmp, file);
   } catch (e) {
-    try { unlinkSync(tmp); } catch { /* already gone */ }
+    try {
+      unlinkSync(tmp);
+    } catch {
+      /* already gone */
+    }
     throw e;
   }
 }
@@ -135,7 +146,8 @@ function parseHeader(file: string, fd: number): SafetensorsHeader {
   for (const [name, raw] of Object.entries(parsed as Record<string, unknown>)) {
     if (name === '__metadata__') {
       if (!raw || typeof raw !== 'object' || Array.isArray(raw)) fail(file, '__metadata__ must be an object of strings');
-      if (Object.keys(raw).length > MAX_METADATA_KEYS) fail(file, `__metadata__ has ${Object.keys(raw).length} keys, more than the ${MAX_METADATA_KEYS} allowed`);
+      if (Object.keys(raw).length > MAX_METADATA_KEYS)
+        fail(file, `__metadata__ has ${Object.keys(raw).length} keys, more than the ${MAX_METADATA_KEYS} allowed`);
       for (const [k, v] of Object.entries(raw as Record<string, unknown>)) {
         if (typeof v !== 'string') fail(file, `metadata '${k}' is not a string`);
         metadata[k] = v;
@@ -146,7 +158,8 @@ function parseHeader(file: string, fd: number): SafetensorsHeader {
     if (!e || typeof e !== 'object') fail(file, `entry '${name}' is not an object`);
     const dtype = typeof e.dtype === 'string' ? FROM_FILE[e.dtype] : undefined;
     if (!dtype) fail(file, `tensor '${name}' has unsupported dtype ${JSON.stringify(e.dtype)} (supported: ${Object.keys(FROM_FILE).join(', ')})`);
-    if (!Array.isArray(e.shape) || !e.shape.every((d) => Number.isSafeInteger(d) && d >= 0)) fail(file, `tensor '${name}' has a bad shape ${JSON.stringify(e.shape)}`);
+    if (!Array.isArray(e.shape) || !e.shape.every((d) => Number.isSafeInteger(d) && d >= 0))
+      fail(file, `tensor '${name}' has a bad shape ${JSON.stringify(e.shape)}`);
     const off = e.data_offsets;
     if (!Array.isArray(off) || off.length !== 2 || !off.every((d) => Number.isSafeInteger(d) && d >= 0) || off[0] > off[1]) {
       fail(file, `tensor '${name}' has bad data_offsets ${JSON.stringify(off)}`);
@@ -159,7 +172,8 @@ function parseHeader(file: string, fd: number): SafetensorsHeader {
       bytes *= d;
       if (bytes > end - begin) break;
     }
-    if (bytes !== end - begin) fail(file, `tensor '${name}' of shape [${e.shape}] and dtype ${dtype} needs a different byte count than its offsets give (${end - begin})`);
+    if (bytes !== end - begin)
+      fail(file, `tensor '${name}' of shape [${e.shape}] and dtype ${dtype} needs a different byte count than its offsets give (${end - begin})`);
     entries.push([name, { dtype, shape: e.shape as number[], begin, end }]);
   }
   entries.sort((a, b) => a[1].begin - b[1].begin || a[1].end - b[1].end);

@@ -32,7 +32,13 @@ export class SEBasicBlock extends Module {
   readonly se: SqueezeExcitation;
   readonly downsample: Sequential | null;
 
-  constructor(readonly inplanes: number, readonly planes: number, readonly stride = 1, o: SEBasicBlockOptions = {}, label = 'block') {
+  constructor(
+    readonly inplanes: number,
+    readonly planes: number,
+    readonly stride = 1,
+    o: SEBasicBlockOptions = {},
+    label = 'block',
+  ) {
     super();
     this.preact = o.preact ?? false;
     this.reduction = o.reduction ?? 16;
@@ -46,12 +52,13 @@ export class SEBasicBlock extends Module {
     this.conv2 = this.registerModule('conv2', conv2);
     this.bn2 = this.registerModule('bn2', new BatchNorm2d(planes, { momentum: BN_MOMENTUM }));
     this.se = this.registerModule('se', new SqueezeExcitation(planes, this.reduction));
-    this.downsample = inplanes !== planes
-      ? this.registerModule('downsample', new Sequential(
-        new Conv2d(inplanes, planes, 1, { stride, bias: false }),
-        new BatchNorm2d(planes, { momentum: BN_MOMENTUM }),
-      ))
-      : null;
+    this.downsample =
+      inplanes !== planes
+        ? this.registerModule(
+            'downsample',
+            new Sequential(new Conv2d(inplanes, planes, 1, { stride, bias: false }), new BatchNorm2d(planes, { momentum: BN_MOMENTUM })),
+          )
+        : null;
   }
 
   forward(x: Tensor): Tensor {
@@ -124,7 +131,12 @@ export class SEResNet extends Module {
     this.dropout = c.dropout ?? 0;
     this.reduction = c.reduction ?? 16;
     this.widths = c.widths ?? [64, 128, 256];
-    const sizes: [string, number][] = [['depth', this.depth], ['classes', this.classes], ['reduction', this.reduction], ...this.widths.map((w, i): [string, number] => [`widths[${i}]`, w])];
+    const sizes: [string, number][] = [
+      ['depth', this.depth],
+      ['classes', this.classes],
+      ['reduction', this.reduction],
+      ...this.widths.map((w, i): [string, number] => [`widths[${i}]`, w]),
+    ];
     for (const [n, v] of sizes) {
       if (!Number.isInteger(v) || v < 1) throw new RangeError(`SEResNet: ${n} must be a positive integer, got ${JSON.stringify(v)}`);
     }
@@ -182,7 +194,7 @@ const SERESNET_NAME = /^se_resnet_d_(\d+)(_full_shared|_unshared|_shared_([123]+
 
 export const seResnetSpec = defineArchitecture<SEResNetFields>({
   architecture: 'se_resnet',
-  about: 'SE-ResNet for CIFAR (the paper\'s CifarNet): three stages of SE basic blocks, one 3x3 kernel per shared stage',
+  about: "SE-ResNet for CIFAR (the paper's CifarNet): three stages of SE basic blocks, one 3x3 kernel per shared stage",
   fields: {
     depth: field.int(1, 256),
     share: field.bools<[boolean, boolean, boolean]>(3, 'one per stage', [true, true, true]),
@@ -192,7 +204,10 @@ export const seResnetSpec = defineArchitecture<SEResNetFields>({
     reduction: field.int(1, 1024, 16),
     widths: field.ints<[number, number, number]>(3, 1, 8192, 'stage widths', [64, 128, 256]),
   },
-  crossCheck: (c) => (c.widths.some((w) => Math.floor(w / c.reduction) < 1) ? `reduction ${c.reduction} leaves no hidden units in the squeeze-excitation of a stage ${c.widths.join('/')} wide` : null),
+  crossCheck: (c) =>
+    c.widths.some((w) => Math.floor(w / c.reduction) < 1)
+      ? `reduction ${c.reduction} leaves no hidden units in the squeeze-excitation of a stage ${c.widths.join('/')} wide`
+      : null,
   build: (c, classes) => new SEResNet({ ...c, classes }),
   storedTensors: ({ depth, widths: w }, classes) => ({
     expect: [

@@ -28,7 +28,9 @@ export function stateShapes(file: string, header: SafetensorsHeader, prefix = ''
  */
 export function checkStoredConfig(config: ModelConfig, classes: number, shapes: ReadonlyMap<string, readonly number[]>, where: string): void {
   if (classes > STORED_CONFIG_BOUNDS.classes) {
-    throw new Error(`${where}: classes ${classes} is above the ${STORED_CONFIG_BOUNDS.classes} a stored model may have (the file is damaged or not from kshare)`);
+    throw new Error(
+      `${where}: classes ${classes} is above the ${STORED_CONFIG_BOUNDS.classes} a stored model may have (the file is damaged or not from kshare)`,
+    );
   }
   validateConfig(config, where);
   const resolved = resolveConfig(config);

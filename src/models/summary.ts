@@ -61,7 +61,8 @@ export function traceShapes(model: Module, inputShape: number[]): Map<Module, { 
     const orig = m.forward;
     // An own-property wrapper shadows the prototype's forward just for this pass.
     Object.defineProperty(m, 'forward', {
-      configurable: true, writable: true,
+      configurable: true,
+      writable: true,
       value: (x: Tensor): Tensor => {
         const y = orig.call(m, x);
         if (!seen.has(m)) seen.set(m, { output: y.shape, macs: layerMacs(m, x.shape, y.shape) });
@@ -72,13 +73,17 @@ export function traceShapes(model: Module, inputShape: number[]): Map<Module, { 
   }
   try {
     model.eval();
-    t.noGrad(() => t.tidy(() => {
-      const p = model.parameters()[0];
-      model.forward(t.zeros([1, ...inputShape], { device: p?.device ?? 'cpu', dtype: p?.dtype ?? 'float32' }));
-    }));
+    t.noGrad(() =>
+      t.tidy(() => {
+        const p = model.parameters()[0];
+        model.forward(t.zeros([1, ...inputShape], { device: p?.device ?? 'cpu', dtype: p?.dtype ?? 'float32' }));
+      }),
+    );
   } finally {
     for (const m of patched) delete (m as unknown as Record<string, unknown>).forward;
-    model.modules().forEach((m, i) => { m.training = wasTraining[i]!; });
+    model.modules().forEach((m, i) => {
+      m.training = wasTraining[i]!;
+    });
   }
   return seen;
 }
@@ -107,18 +112,32 @@ export function modelSummary(model: Module, name: string, classes: number, opts:
     const group = w ? groups.find((g) => g.layers.includes(path)) : undefined;
     const tr = trace.get(m);
     layers.push({
-      name: path, type: m.typeName, config: m.describe(), outputShape: tr?.output ?? null, params,
-      sharedKernel: group ? group.kernel : null, macs: tr?.macs ?? 0, depth: path.split('.').length - 1,
+      name: path,
+      type: m.typeName,
+      config: m.describe(),
+      outputShape: tr?.output ?? null,
+      params,
+      sharedKernel: group ? group.kernel : null,
+      macs: tr?.macs ?? 0,
+      depth: path.split('.').length - 1,
     });
   }
   let bufferBytes = 0;
   for (const b of model.buffers()) if (t.isFloating(b.dtype)) bufferBytes += 4 * b.size;
   const params = model.numParameters();
   return {
-    model: name, classes, inputShape, params, paramsUnshared: unshared,
-    weightBytes: 4 * params, weightBytesUnshared: 4 * unshared, bufferBytes,
+    model: name,
+    classes,
+    inputShape,
+    params,
+    paramsUnshared: unshared,
+    weightBytes: 4 * params,
+    weightBytesUnshared: 4 * unshared,
+    bufferBytes,
     macs: layers.reduce((a, l) => a + l.macs, 0),
-    shareGroups: groups, sharingPlans: analysis.plans, layers,
+    shareGroups: groups,
+    sharingPlans: analysis.plans,
+    layers,
   };
 }
 
@@ -127,12 +146,20 @@ export function formatSummary(s: ModelSummary, opts: { maxDepth?: number } = {})
   const rows = s.layers.filter((l) => opts.maxDepth === undefined || l.depth <= opts.maxDepth);
   const head = ['layer', 'type', 'config', 'output', 'params', 'MACs', 'kernel'];
   const body = rows.map((l) => [
-    '  '.repeat(l.depth) + l.name, l.type, l.config, l.outputShape ? `[${l.outputShape.slice(1).join(', ')}]` : '',
-    l.params ? l.params.toLocaleString('en-US') : '', l.macs ? l.macs.toLocaleString('en-US') : '',
+    '  '.repeat(l.depth) + l.name,
+    l.type,
+    l.config,
+    l.outputShape ? `[${l.outputShape.slice(1).join(', ')}]` : '',
+    l.params ? l.params.toLocaleString('en-US') : '',
+    l.macs ? l.macs.toLocaleString('en-US') : '',
     l.sharedKernel ? `shared: ${l.sharedKernel}` : '',
   ]);
   const widths = head.map((h, i) => Math.max(h.length, ...body.map((r) => r[i]!.length)));
-  const line = (r: string[]) => r.map((c, i) => (i === 4 || i === 5 ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join('  ').trimEnd();
+  const line = (r: string[]) =>
+    r
+      .map((c, i) => (i === 4 || i === 5 ? c.padStart(widths[i]!) : c.padEnd(widths[i]!)))
+      .join('  ')
+      .trimEnd();
   const n = (x: number) => x.toLocaleString('en-US');
   const out = [line(head), line(widths.map((w) => '-'.repeat(w))), ...body.map(line), ''];
   out.push(`model ${s.model}, ${s.classes} classes, input [${s.inputShape.join(', ')}]`);
@@ -141,7 +168,10 @@ export function formatSummary(s: ModelSummary, opts: { maxDepth?: number } = {})
   out.push(`MACs per image: ${n(s.macs)}`);
   if (s.shareGroups.length) {
     out.push('share groups:');
-    for (const g of s.shareGroups) out.push(`  ${g.kernel}${g.bias ? ` + ${g.bias}` : ''} [${g.shape.join(', ')}] (${g.signature}): ${g.layers.length} layers, ${n(g.params)} params: ${g.layers.join(', ')}`);
+    for (const g of s.shareGroups)
+      out.push(
+        `  ${g.kernel}${g.bias ? ` + ${g.bias}` : ''} [${g.shape.join(', ')}] (${g.signature}): ${g.layers.length} layers, ${n(g.params)} params: ${g.layers.join(', ')}`,
+      );
   } else {
     out.push('share groups: none');
   }

@@ -21,7 +21,10 @@ export class BatchNorm2d extends Module {
   readonly affine: boolean;
   readonly trackRunningStats: boolean;
 
-  constructor(readonly numFeatures: number, o: BatchNormOptions = {}) {
+  constructor(
+    readonly numFeatures: number,
+    o: BatchNormOptions = {},
+  ) {
     super();
     if (!Number.isInteger(numFeatures) || numFeatures < 1) throw new RangeError(`BatchNorm2d: numFeatures must be a positive integer, got ${numFeatures}`);
     this.eps = o.eps ?? 1e-5;
@@ -35,11 +38,21 @@ export class BatchNorm2d extends Module {
     this.registerBuffer('num_batches_tracked', this.trackRunningStats ? t.zeros([], { dtype: 'int64' }) : null);
   }
 
-  get weight(): Tensor | null { return this.getParameter('weight'); }
-  get bias(): Tensor | null { return this.getParameter('bias'); }
-  get runningMean(): Tensor | null { return this.getBuffer('running_mean'); }
-  get runningVar(): Tensor | null { return this.getBuffer('running_var'); }
-  get numBatchesTracked(): Tensor | null { return this.getBuffer('num_batches_tracked'); }
+  get weight(): Tensor | null {
+    return this.getParameter('weight');
+  }
+  get bias(): Tensor | null {
+    return this.getParameter('bias');
+  }
+  get runningMean(): Tensor | null {
+    return this.getBuffer('running_mean');
+  }
+  get runningVar(): Tensor | null {
+    return this.getBuffer('running_var');
+  }
+  get numBatchesTracked(): Tensor | null {
+    return this.getBuffer('num_batches_tracked');
+  }
 
   forward(x: Tensor): Tensor {
     if (x.rank !== 4) throw new Error(`BatchNorm2d: expected a 4-D input (N, C, H, W), got shape [${x.shape}]`);
@@ -47,11 +60,14 @@ export class BatchNorm2d extends Module {
     const momentum = this.countBatch();
     const useBatchStats = this.training || !this.trackRunningStats;
     return t.batchNorm(x, {
-      weight: this.weight, bias: this.bias,
+      weight: this.weight,
+      bias: this.bias,
       // Eval without running stats normalises with batch statistics, as PyTorch does.
       runningMean: this.training || this.trackRunningStats ? this.runningMean : null,
       runningVar: this.training || this.trackRunningStats ? this.runningVar : null,
-      training: useBatchStats, momentum, eps: this.eps,
+      training: useBatchStats,
+      momentum,
+      eps: this.eps,
     });
   }
 

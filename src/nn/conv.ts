@@ -36,7 +36,10 @@ export class Conv2d extends Module implements KernelSignature {
 
   constructor(inChannels: number, outChannels: number, kernelSize: number | [number, number], o: Conv2dOptions = {}) {
     super();
-    for (const [n, v] of [['inChannels', inChannels], ['outChannels', outChannels]] as const) {
+    for (const [n, v] of [
+      ['inChannels', inChannels],
+      ['outChannels', outChannels],
+    ] as const) {
       if (!Number.isInteger(v) || v < 1) throw new RangeError(`Conv2d: ${n} must be a positive integer, got ${v}`);
     }
     this.inChannels = inChannels;
@@ -98,7 +101,8 @@ export class Conv2d extends Module implements KernelSignature {
     const oldW = this.rebindParameter('weight', k.weight);
     if (oldW && oldW !== k.weight) replaced.push(oldW);
     if (k.bias) {
-      if (this.bias === null) throw new Error(`cannot share kernel '${k.label}' with layer '${label ?? 'Conv2d'}': the kernel has a bias and the layer has none`);
+      if (this.bias === null)
+        throw new Error(`cannot share kernel '${k.label}' with layer '${label ?? 'Conv2d'}': the kernel has a bias and the layer has none`);
       const oldB = this.rebindParameter('bias', k.bias);
       if (oldB && oldB !== k.bias) replaced.push(oldB);
     }

@@ -9,6 +9,20 @@ export { SqueezeExcitation } from './squeeze-excitation.js';
 export { SharedKernel, signatureMismatch, signatureText, type KernelSignature } from './shared-kernel.js';
 export * as init from './init.js';
 export {
-  analyzeSharing, applySharingPlan, parseSharingPlan, planGroups, shareGroups, convolutions, candidatePlans, matchesAny, PLAN_KINDS,
-  type SharingPlan, type ShareGroup, type SharingAnalysis, type PlanCost, type IsomorphismClass, type ConvEntry, type LayerFilter,
+  analyzeSharing,
+  applySharingPlan,
+  parseSharingPlan,
+  planGroups,
+  shareGroups,
+  convolutions,
+  candidatePlans,
+  matchesAny,
+  PLAN_KINDS,
+  type SharingPlan,
+  type ShareGroup,
+  type SharingAnalysis,
+  type PlanCost,
+  type IsomorphismClass,
+  type ConvEntry,
+  type LayerFilter,
 } from './sharing.js';

@@ -6,9 +6,16 @@ import { kaimingUniform_, defaultBias_, parameter } from './init.js';
 
 /** y = x Wᵀ + b with weight [out, in]; PyTorch's default init. */
 export class Linear extends Module {
-  constructor(readonly inFeatures: number, readonly outFeatures: number, o: { bias?: boolean } = {}) {
+  constructor(
+    readonly inFeatures: number,
+    readonly outFeatures: number,
+    o: { bias?: boolean } = {},
+  ) {
     super();
-    for (const [n, v] of [['inFeatures', inFeatures], ['outFeatures', outFeatures]] as const) {
+    for (const [n, v] of [
+      ['inFeatures', inFeatures],
+      ['outFeatures', outFeatures],
+    ] as const) {
       if (!Number.isInteger(v) || v < 1) throw new RangeError(`Linear: ${n} must be a positive integer, got ${v}`);
     }
     const w = parameter([outFeatures, inFeatures]);

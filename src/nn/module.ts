@@ -23,7 +23,10 @@ export interface ToTarget {
 
 /** At most n names, then "and k more": keeps error messages readable on big models. */
 export function listNames(names: string[], n = 8): string {
-  const shown = names.slice(0, n).map((s) => `'${s}'`).join(', ');
+  const shown = names
+    .slice(0, n)
+    .map((s) => `'${s}'`)
+    .join(', ');
   return names.length > n ? `${shown} and ${names.length - n} more` : shown;
 }
 
@@ -49,7 +52,8 @@ export abstract class Module {
 
   protected registerParameter(name: string, p: Tensor | null): Tensor | null {
     checkName(name, this);
-    if (this.#buffers.has(name) || this.#children.has(name)) throw new Error(`${this.typeName}: '${name}' is already registered as something other than a parameter`);
+    if (this.#buffers.has(name) || this.#children.has(name))
+      throw new Error(`${this.typeName}: '${name}' is already registered as something other than a parameter`);
     if (p) t.keep(p);
     this.#params.set(name, p);
     return p;
@@ -57,7 +61,8 @@ export abstract class Module {
 
   protected registerBuffer(name: string, b: Tensor | null): Tensor | null {
     checkName(name, this);
-    if (this.#params.has(name) || this.#children.has(name)) throw new Error(`${this.typeName}: '${name}' is already registered as something other than a buffer`);
+    if (this.#params.has(name) || this.#children.has(name))
+      throw new Error(`${this.typeName}: '${name}' is already registered as something other than a buffer`);
     if (b) t.keep(b);
     this.#buffers.set(name, b);
     return b;
@@ -223,8 +228,14 @@ export abstract class Module {
       }
       for (const n of given) {
         const v = src.get(n)!;
-        if (!(v instanceof Tensor)) { problems.push(`'${n}' is not a Tensor`); continue; }
-        if (v.isDisposed) { problems.push(`'${n}' was disposed`); continue; }
+        if (!(v instanceof Tensor)) {
+          problems.push(`'${n}' is not a Tensor`);
+          continue;
+        }
+        if (v.isDisposed) {
+          problems.push(`'${n}' was disposed`);
+          continue;
+        }
         if (!sameShape(v.shape, target.shape)) problems.push(`'${n}' has shape [${v.shape}], the model expects [${target.shape}]`);
       }
       if (problems.length) continue;

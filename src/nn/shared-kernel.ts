@@ -40,7 +40,12 @@ export class SharedKernel implements KernelSignature {
    * @param bias [out] or null when each user keeps its own bias (or has none)
    * @param label names the kernel in error messages and tables (e.g. its first user's path)
    */
-  constructor(readonly weight: Tensor, readonly bias: Tensor | null, sig: KernelSignature, readonly label = 'shared kernel') {
+  constructor(
+    readonly weight: Tensor,
+    readonly bias: Tensor | null,
+    sig: KernelSignature,
+    readonly label = 'shared kernel',
+  ) {
     const [o, ig, kh, kw] = weight.shape;
     if (weight.rank !== 4 || o !== sig.outChannels || ig! * sig.groups !== sig.inChannels || kh !== sig.kernelSize[0] || kw !== sig.kernelSize[1]) {
       throw new Error(`SharedKernel '${label}': weight [${weight.shape}] does not fit ${signatureText(sig)}`);

@@ -41,7 +41,10 @@ export interface ConvEntry {
 
 /** Every Conv2d of the model with its path, in module order (each module once). */
 export function convolutions(model: Module): ConvEntry[] {
-  return model.namedModules().filter(([, m]) => m instanceof Conv2d).map(([path, m]) => ({ path, conv: m as Conv2d }));
+  return model
+    .namedModules()
+    .filter(([, m]) => m instanceof Conv2d)
+    .map(([path, m]) => ({ path, conv: m as Conv2d }));
 }
 
 export function signatureKey(s: KernelSignature): string {
@@ -52,8 +55,10 @@ function globToRegExp(glob: string): RegExp {
   let re = '';
   for (let i = 0; i < glob.length; i++) {
     const c = glob[i]!;
-    if (c === '*' && glob[i + 1] === '*') { re += '.*'; i++; }
-    else if (c === '*') re += '[^.]*';
+    if (c === '*' && glob[i + 1] === '*') {
+      re += '.*';
+      i++;
+    } else if (c === '*') re += '[^.]*';
     else re += c.replace(/[\\^$+?.()|[\]{}]/g, '\\$&');
   }
   // A pattern names a layer or a subtree: "layer2" matches "layer2.0.conv1".
@@ -89,8 +94,10 @@ function checkPlan(plan: SharingPlan): void {
   if (!plan || typeof plan !== 'object' || !(PLAN_KINDS as readonly string[]).includes((plan as { kind: string }).kind)) {
     throw new Error(`sharing plan: 'kind' must be one of ${PLAN_KINDS.join(', ')}, got ${JSON.stringify((plan as { kind?: unknown } | null)?.kind)}`);
   }
-  if (plan.kind === 'consecutive' && !(Number.isInteger(plan.size) && plan.size >= 1)) throw new Error(`sharing plan 'consecutive': size must be a positive integer, got ${JSON.stringify(plan.size)}`);
-  if (plan.kind === 'strided' && !(Number.isInteger(plan.kernels) && plan.kernels >= 1)) throw new Error(`sharing plan 'strided': kernels must be a positive integer, got ${JSON.stringify(plan.kernels)}`);
+  if (plan.kind === 'consecutive' && !(Number.isInteger(plan.size) && plan.size >= 1))
+    throw new Error(`sharing plan 'consecutive': size must be a positive integer, got ${JSON.stringify(plan.size)}`);
+  if (plan.kind === 'strided' && !(Number.isInteger(plan.kernels) && plan.kernels >= 1))
+    throw new Error(`sharing plan 'strided': kernels must be a positive integer, got ${JSON.stringify(plan.kernels)}`);
   if (plan.kind === 'groups' && !(Array.isArray(plan.groups) && plan.groups.every((g) => Array.isArray(g) && g.every((p) => typeof p === 'string')))) {
     throw new Error("sharing plan 'groups': groups must be an array of arrays of layer paths");
   }
@@ -124,16 +131,23 @@ export function planGroups(model: Module, plan: SharingPlan, convs = convolution
     case 'groups': {
       const byPath = new Map(convs.map((e) => [e.path, e]));
       const used = new Map<string, number>();
-      groups = plan.groups.map((g, gi) => g.map((p) => {
-        const e = byPath.get(p);
-        if (!e) {
-          const near = convs.map((c) => c.path).filter((c) => c.includes(p) || p.includes(c)).slice(0, 5);
-          throw new Error(`sharing plan: group ${gi} names '${p}', which is not a Conv2d of this model${near.length ? ` (did you mean ${near.map((n) => `'${n}'`).join(', ')}?)` : ''}`);
-        }
-        if (used.has(p)) throw new Error(`sharing plan: layer '${p}' is in group ${used.get(p)} and group ${gi}`);
-        used.set(p, gi);
-        return e;
-      }));
+      groups = plan.groups.map((g, gi) =>
+        g.map((p) => {
+          const e = byPath.get(p);
+          if (!e) {
+            const near = convs
+              .map((c) => c.path)
+              .filter((c) => c.includes(p) || p.includes(c))
+              .slice(0, 5);
+            throw new Error(
+              `sharing plan: group ${gi} names '${p}', which is not a Conv2d of this model${near.length ? ` (did you mean ${near.map((n) => `'${n}'`).join(', ')}?)` : ''}`,
+            );
+          }
+          if (used.has(p)) throw new Error(`sharing plan: layer '${p}' is in group ${used.get(p)} and group ${gi}`);
+          used.set(p, gi);
+          return e;
+        }),
+      );
       break;
     }
   }
@@ -151,7 +165,7 @@ export function planGroups(model: Module, plan: SharingPlan, convs = convolution
 }
 
 function groupSharesBias(g: ConvEntry[], plan: SharingPlan): boolean {
-  const want = plan.kind === 'none' ? false : plan.shareBias ?? true;
+  const want = plan.kind === 'none' ? false : (plan.shareBias ?? true);
   return want && g.every((e) => e.conv.bias !== null);
 }
 
@@ -252,7 +266,8 @@ export interface SharingAnalysis {
 /** Parameters of the conv layers under a partition into groups (the rest of the model is unchanged). */
 function convParamsUnder(convs: ConvEntry[], groups: ConvEntry[][], plan: SharingPlan): { params: number; kernels: number } {
   const grouped = new Set<Conv2d>();
-  let params = 0, kernels = 0;
+  let params = 0,
+    kernels = 0;
   for (const g of groups) {
     const c = g[0]!.conv;
     const wSize = (c.inChannels / c.groups) * c.outChannels * c.kernelSize[0] * c.kernelSize[1];

@@ -16,15 +16,18 @@ export class SqueezeExcitation extends Module {
   readonly avgPool: AdaptiveAvgPool2d;
   readonly fc: Sequential;
 
-  constructor(readonly channels: number, readonly reduction = 16) {
+  constructor(
+    readonly channels: number,
+    readonly reduction = 16,
+  ) {
     super();
     this.hidden = Math.floor(channels / reduction);
     if (this.hidden < 1) throw new RangeError(`SqueezeExcitation: ${channels} channels / reduction ${reduction} leaves no hidden units`);
     this.avgPool = this.registerModule('avg_pool', new AdaptiveAvgPool2d(1));
-    this.fc = this.registerModule('fc', new Sequential(
-      new Linear(channels, this.hidden, { bias: false }), new ReLU(),
-      new Linear(this.hidden, channels, { bias: false }), new Sigmoid(),
-    ));
+    this.fc = this.registerModule(
+      'fc',
+      new Sequential(new Linear(channels, this.hidden, { bias: false }), new ReLU(), new Linear(this.hidden, channels, { bias: false }), new Sigmoid()),
+    );
   }
 
   forward(x: Tensor): Tensor {

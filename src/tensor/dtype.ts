@@ -26,21 +26,33 @@ export function elementBytes(d: DType): number {
   return { float32: 4, float16: 2, bfloat16: 2, int64: 8, uint8: 1, bool: 1, int32: 4, float64: 8 }[d];
 }
 
-export type TypedArrayFor<D extends DType> = D extends 'float32' ? Float32Array
-  : D extends 'float64' ? Float64Array
-  : D extends 'int64' ? BigInt64Array
-  : D extends 'int32' ? Int32Array
-  : D extends 'uint8' | 'bool' ? Uint8Array
-  : Uint16Array; // float16 / bfloat16 raw bits
+export type TypedArrayFor<D extends DType> = D extends 'float32'
+  ? Float32Array
+  : D extends 'float64'
+    ? Float64Array
+    : D extends 'int64'
+      ? BigInt64Array
+      : D extends 'int32'
+        ? Int32Array
+        : D extends 'uint8' | 'bool'
+          ? Uint8Array
+          : Uint16Array; // float16 / bfloat16 raw bits
 
 export function typedArrayFor(d: DType, buf: ArrayBuffer): ArrayBufferView {
   switch (d) {
-    case 'float32': return new Float32Array(buf);
-    case 'float64': return new Float64Array(buf);
-    case 'int64': return new BigInt64Array(buf);
-    case 'int32': return new Int32Array(buf);
-    case 'uint8': case 'bool': return new Uint8Array(buf);
-    default: return new Uint16Array(buf);
+    case 'float32':
+      return new Float32Array(buf);
+    case 'float64':
+      return new Float64Array(buf);
+    case 'int64':
+      return new BigInt64Array(buf);
+    case 'int32':
+      return new Int32Array(buf);
+    case 'uint8':
+    case 'bool':
+      return new Uint8Array(buf);
+    default:
+      return new Uint16Array(buf);
   }
 }
 

@@ -10,8 +10,7 @@ export type Handle = { readonly __handle: unique symbol };
 export type GeneratorHandle = { readonly __generator: unique symbol };
 /** Argument values the addon converts according to the operator's schema. */
 export type KernelArg =
-  | Handle | GeneratorHandle | number | boolean | string | null | undefined
-  | readonly number[] | readonly boolean[] | readonly (Handle | null)[];
+  Handle | GeneratorHandle | number | boolean | string | null | undefined | readonly number[] | readonly boolean[] | readonly (Handle | null)[];
 
 export interface RuntimeInfo {
   torchVersion: string;
@@ -27,8 +26,12 @@ export type WorkHandle = { readonly __work: unique symbol };
 export type BucketerHandle = { readonly __bucketer: unique symbol };
 
 export interface DistInitOptions {
-  host: string; port: number; rank: number; worldSize: number;
-  timeoutMs: number; heartbeatMs: number;
+  host: string;
+  port: number;
+  rank: number;
+  worldSize: number;
+  timeoutMs: number;
+  heartbeatMs: number;
   /** Address the Gloo transport binds to (default: this host's name). */
   deviceHost?: string;
   /** Network interface for Gloo (GLOO_SOCKET_IFNAME). */

@@ -27,7 +27,10 @@ export function synchronize(): void {
 }
 
 /** Snapshot of the global random streams (CPU, and CUDA device 0 when present). */
-export interface RngState { cpu: Tensor; cuda: Tensor | null }
+export interface RngState {
+  cpu: Tensor;
+  cuda: Tensor | null;
+}
 
 export function getRngState(): RngState {
   return { cpu: wrap(native.getRngState()), cuda: cudaAvailable() ? wrap(native.getCudaRngState(0)) : null };

@@ -35,11 +35,21 @@ export class Tensor {
     return this.#meta;
   }
 
-  get shape(): number[] { return this.meta[2].slice(); }
-  get rank(): number { return this.meta[2].length; }
-  get dtype(): DType { return dtypeFromCode(this.meta[0]); }
-  get device(): Device { return this.meta[1]; }
-  get size(): number { return this.meta[2].reduce((a, b) => a * b, 1); }
+  get shape(): number[] {
+    return this.meta[2].slice();
+  }
+  get rank(): number {
+    return this.meta[2].length;
+  }
+  get dtype(): DType {
+    return dtypeFromCode(this.meta[0]);
+  }
+  get device(): Device {
+    return this.meta[1];
+  }
+  get size(): number {
+    return this.meta[2].reduce((a, b) => a * b, 1);
+  }
   dim(i: number): number {
     const s = this.meta[2];
     const d = s[i < 0 ? s.length + i : i];
@@ -54,13 +64,24 @@ export class Tensor {
       this.#meta = null; // so metadata reads of a disposed tensor throw too
     }
   }
-  [Symbol.dispose](): void { this.dispose(); }
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
 
   // ---- autograd ----
-  get requiresGrad(): boolean { return native.requiresGrad(this.handle); }
-  set requiresGrad(v: boolean) { native.setRequiresGrad(this.handle, v); }
-  requiresGrad_(v = true): this { native.setRequiresGrad(this.handle, v); return this; }
-  get isLeaf(): boolean { return native.isLeaf(this.handle); }
+  get requiresGrad(): boolean {
+    return native.requiresGrad(this.handle);
+  }
+  set requiresGrad(v: boolean) {
+    native.setRequiresGrad(this.handle, v);
+  }
+  requiresGrad_(v = true): this {
+    native.setRequiresGrad(this.handle, v);
+    return this;
+  }
+  get isLeaf(): boolean {
+    return native.isLeaf(this.handle);
+  }
   /** The accumulated gradient (a new handle each call: dispose it or read it inside tidy). */
   get grad(): Tensor | null {
     const g = native.grad(this.handle);
@@ -69,7 +90,8 @@ export class Tensor {
   set grad(g: Tensor | null) {
     // The addon assigns without checks; a mismatched grad would only fail (or broadcast) later.
     if (g) {
-      const [gd, gdev, gs] = native.meta(g.handle), [d, dev, s] = native.meta(this.handle);
+      const [gd, gdev, gs] = native.meta(g.handle),
+        [d, dev, s] = native.meta(this.handle);
       if (gd !== d || gdev !== dev || gs.join(',') !== s.join(',')) {
         throw new Error(`grad: assigned gradient ${g} does not match tensor ${this} (shape [${gs}] vs [${s}])`);
       }
@@ -91,11 +113,15 @@ export class Tensor {
     return this;
   }
   /** True when both tensors are the very same libtorch tensor (not a copy). */
-  isSameTensor(other: Tensor): boolean { return native.sameTensor(this.handle, other.handle); }
+  isSameTensor(other: Tensor): boolean {
+    return native.sameTensor(this.handle, other.handle);
+  }
 
   // ---- data out ----
   /** Copies the values into a typed array (float16/bfloat16 as raw uint16 bits). */
-  dataSync(): ArrayBufferView { return typedArrayFor(this.dtype, native.toBuffer(this.handle)); }
+  dataSync(): ArrayBufferView {
+    return typedArrayFor(this.dtype, native.toBuffer(this.handle));
+  }
   /**
    * A zero-copy typed-array view of a contiguous CPU tensor's memory (float16/bfloat16 as raw
    * uint16 bits). The view keeps the memory alive by itself; writes go straight to the tensor.
@@ -108,7 +134,11 @@ export class Tensor {
   toFloat32Array(): Float32Array {
     if (this.dtype === 'float32') return this.dataSync() as Float32Array;
     const f = cv.to(this, { dtype: 'float32' });
-    try { return f.dataSync() as Float32Array; } finally { f.dispose(); }
+    try {
+      return f.dataSync() as Float32Array;
+    } finally {
+      f.dispose();
+    }
   }
   /** Values as plain numbers. */
   toArray(): number[] {
@@ -120,29 +150,65 @@ export class Tensor {
     if (this.size !== 1) throw new Error(`item: tensor has ${this.size} elements, not 1`);
     return this.toArray()[0]!;
   }
-  toString(): string { return `Tensor(shape=[${this.shape}], dtype=${this.dtype}, device=${this.device})`; }
+  toString(): string {
+    return `Tensor(shape=[${this.shape}], dtype=${this.dtype}, device=${this.device})`;
+  }
 
   // ---- conveniences (see ops/*) ----
-  add(o: Tensor | number): Tensor { return ew.add(this, o); }
-  sub(o: Tensor | number): Tensor { return ew.sub(this, o); }
-  mul(o: Tensor | number): Tensor { return ew.mul(this, o); }
-  div(o: Tensor | number): Tensor { return ew.div(this, o); }
-  neg(): Tensor { return ew.neg(this); }
-  pow(exponent: number): Tensor { return ew.pow(this, exponent); }
-  sum(dims?: number | number[], keepDim = false): Tensor { return red.sum(this, dims, keepDim); }
-  mean(dims?: number | number[], keepDim = false): Tensor { return red.mean(this, dims, keepDim); }
-  max(): Tensor { return red.max(this); }
-  argmax(dim: number, keepDim = false): Tensor { return red.argmax(this, dim, keepDim); }
-  reshape(shape: number[]): Tensor { return shp.reshape(this, shape); }
-  view(shape: number[]): Tensor { return shp.view(this, shape); }
-  permute(dims: number[]): Tensor { return shp.permute(this, dims); }
-  flatten(start = 0, end = -1): Tensor { return shp.flatten(this, start, end); }
+  add(o: Tensor | number): Tensor {
+    return ew.add(this, o);
+  }
+  sub(o: Tensor | number): Tensor {
+    return ew.sub(this, o);
+  }
+  mul(o: Tensor | number): Tensor {
+    return ew.mul(this, o);
+  }
+  div(o: Tensor | number): Tensor {
+    return ew.div(this, o);
+  }
+  neg(): Tensor {
+    return ew.neg(this);
+  }
+  pow(exponent: number): Tensor {
+    return ew.pow(this, exponent);
+  }
+  sum(dims?: number | number[], keepDim = false): Tensor {
+    return red.sum(this, dims, keepDim);
+  }
+  mean(dims?: number | number[], keepDim = false): Tensor {
+    return red.mean(this, dims, keepDim);
+  }
+  max(): Tensor {
+    return red.max(this);
+  }
+  argmax(dim: number, keepDim = false): Tensor {
+    return red.argmax(this, dim, keepDim);
+  }
+  reshape(shape: number[]): Tensor {
+    return shp.reshape(this, shape);
+  }
+  view(shape: number[]): Tensor {
+    return shp.view(this, shape);
+  }
+  permute(dims: number[]): Tensor {
+    return shp.permute(this, dims);
+  }
+  flatten(start = 0, end = -1): Tensor {
+    return shp.flatten(this, start, end);
+  }
   to(target: Device | DType | cv.ToOptions): Tensor {
     return cv.to(this, target);
   }
-  contiguous(format: cv.MemoryFormat = 'contiguous'): Tensor { return cv.contiguous(this, format); }
-  clone(): Tensor { return cv.clone(this); }
-  detach(): Tensor { return cv.detach(this); }
+  contiguous(format: cv.MemoryFormat = 'contiguous'): Tensor {
+    return cv.contiguous(this, format);
+  }
+  clone(): Tensor {
+    return cv.clone(this);
+  }
+  detach(): Tensor {
+    return cv.detach(this);
+  }
 }
 
 export function isTensor(x: unknown): x is Tensor {

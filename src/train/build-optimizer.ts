@@ -16,10 +16,17 @@ export function buildOptimizer(model: Module, cfg: OptimizerConfig): AnyOptimize
   const named = model.namedParameters().filter(([, p]) => p.requiresGrad);
   if (!named.length) throw new Error('the model has no trainable parameters');
   if (cfg.type === 'sgd') {
-    return new SGD(named.map(([, p]) => p), { lr: cfg.lr, momentum: cfg.momentum, weightDecay: cfg.weightDecay, nesterov: cfg.nesterov, dampening: cfg.dampening });
+    return new SGD(
+      named.map(([, p]) => p),
+      { lr: cfg.lr, momentum: cfg.momentum, weightDecay: cfg.weightDecay, nesterov: cfg.nesterov, dampening: cfg.dampening },
+    );
   }
   const opts = { lr: cfg.lr, betas: [...cfg.betas], eps: cfg.eps, weightDecay: cfg.weightDecay };
-  if (!cfg.noDecayOnNormsAndBiases) return new AdamW(named.map(([, p]) => p), opts);
+  if (!cfg.noDecayOnNormsAndBiases)
+    return new AdamW(
+      named.map(([, p]) => p),
+      opts,
+    );
   const decay = named.filter(([n, p]) => !isNoDecay(n, p)).map(([, p]) => p);
   const noDecay = named.filter(([n, p]) => isNoDecay(n, p)).map(([, p]) => p);
   const groups = [{ params: decay }, { params: noDecay, options: { weightDecay: 0 } }].filter((g) => g.params.length > 0);

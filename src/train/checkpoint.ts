@@ -91,14 +91,18 @@ export function saveCheckpoint(file: string, p: CheckpointParts): void {
   for (const [k, v] of modelTensors) tensors.set(MODEL + k, v);
   const opt = p.optimizer.stateDict();
   try {
-    opt.tensors.forEach((rec, i) => { for (const [k, v] of Object.entries(rec)) tensors.set(`${OPTIM}${i}/${k}`, v); });
+    opt.tensors.forEach((rec, i) => {
+      for (const [k, v] of Object.entries(rec)) tensors.set(`${OPTIM}${i}/${k}`, v);
+    });
     tensors.set(`${RNG}global_cpu`, p.rng.globalCpu);
     if (p.rng.globalCuda) tensors.set(`${RNG}global_cuda`, p.rng.globalCuda);
     tensors.set(`${RNG}shuffle`, p.rng.shuffle);
     tensors.set(`${RNG}params`, p.rng.params);
     tensors.set(`${RNG}noise`, p.rng.noise);
     const meta: CheckpointMeta = {
-      format: 1, ...p.meta, scaler: p.scalerState,
+      format: 1,
+      ...p.meta,
+      scaler: p.scalerState,
       optimizer: { kind: opt.kind, step: opt.step, groups: opt.groups },
       savedAt: new Date().toISOString(),
       threads: t.runtimeInfo().numThreads,
@@ -131,7 +135,10 @@ export function readCheckpointMeta(file: string): { meta: CheckpointMeta; header
   if (!existsSync(file)) throw new Error(`checkpoint ${file} does not exist`);
   const header = readSafetensorsHeader(file);
   const raw = header.metadata[CHECKPOINT_KEY];
-  if (raw === undefined) throw new Error(`${file} is a safetensors file but not a kshare training checkpoint (no '${CHECKPOINT_KEY}' metadata; a plain weights file cannot be resumed)`);
+  if (raw === undefined)
+    throw new Error(
+      `${file} is a safetensors file but not a kshare training checkpoint (no '${CHECKPOINT_KEY}' metadata; a plain weights file cannot be resumed)`,
+    );
   let parsed: unknown;
   try {
     parsed = JSON.parse(raw);
@@ -143,7 +150,8 @@ export function readCheckpointMeta(file: string): { meta: CheckpointMeta; header
 
 /** The config a checkpoint's model is built from: the stored one, else the registry's (null for factory models). */
 export function storedModelConfig(meta: Pick<CheckpointMeta, 'modelName' | 'modelConfig'>, file: string): ModelConfig | null {
-  if (meta.modelConfig !== null && meta.modelConfig !== undefined) return validateConfig(meta.modelConfig, `${file}: model '${meta.modelName}' recorded in the checkpoint`);
+  if (meta.modelConfig !== null && meta.modelConfig !== undefined)
+    return validateConfig(meta.modelConfig, `${file}: model '${meta.modelName}' recorded in the checkpoint`);
   try {
     return modelConfig(meta.modelName);
   } catch {
@@ -164,7 +172,12 @@ function validateCheckpointMeta(raw: unknown, file: string, header: SafetensorsH
   const count = (v: unknown) => Number.isSafeInteger(v) && (v as number) >= 0;
   if (typeof meta.modelName !== 'string' || !meta.modelName) bad('modelName', 'a model name', meta.modelName);
   for (const k of ['epoch', 'stepInEpoch', 'globalStep', 'itersPerEpoch', 'seed'] as const) if (!count(meta[k])) bad(k, 'a non-negative integer', meta[k]);
-  if (!Array.isArray(meta.classes) || meta.classes.length < 1 || meta.classes.length > STORED_CONFIG_BOUNDS.classes || !meta.classes.every((c) => typeof c === 'string')) {
+  if (
+    !Array.isArray(meta.classes) ||
+    meta.classes.length < 1 ||
+    meta.classes.length > STORED_CONFIG_BOUNDS.classes ||
+    !meta.classes.every((c) => typeof c === 'string')
+  ) {
     bad('classes', `a list of 1 to ${STORED_CONFIG_BOUNDS.classes} class names`, Array.isArray(meta.classes) ? `${meta.classes.length} entries` : meta.classes);
   }
   if (!Array.isArray(meta.history)) bad('history', 'a list of epoch records', meta.history);
@@ -184,7 +197,10 @@ export function assertFinite(file: string, tensors: Map<string, Tensor>): void {
     if (v.dtype !== 'float32' && v.dtype !== 'float16' && v.dtype !== 'bfloat16' && v.dtype !== 'float64') continue;
     if (v.size === 0) continue;
     const ok = t.tidy(() => t.all(t.isfinite(v)).item());
-    if (!ok) throw new Error(`${file}: tensor '${name}' holds NaN or infinite values; the file is damaged (or the run diverged before it was written) and cannot be used`);
+    if (!ok)
+      throw new Error(
+        `${file}: tensor '${name}' holds NaN or infinite values; the file is damaged (or the run diverged before it was written) and cannot be used`,
+      );
   }
 }
 
@@ -216,10 +232,14 @@ export function readCheckpoint(file: string): LoadedCheckpoint {
     // Parameters without optimiser state (never stepped) have no entries: fill the gaps.
     for (let i = 0; i < optTensors.length; i++) optTensors[i] ??= {};
     return {
-      file, meta, model: modelState,
+      file,
+      meta,
+      model: modelState,
       optimizer: { ...meta.optimizer, tensors: optTensors },
       rng: { globalCpu: rng.global_cpu!, globalCuda: rng.global_cuda ?? null, shuffle: rng.shuffle!, params: rng.params!, noise: rng.noise! },
-      dispose() { t.dispose(all); },
+      dispose() {
+        t.dispose(all);
+      },
     };
   } catch (e) {
     t.dispose(all);

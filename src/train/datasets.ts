@@ -25,7 +25,10 @@ export async function loadSplit(spec: string, split: Split, o: LoadSplitsOptions
   let lineAt = performance.now();
   try {
     return await loadDataset(spec, {
-      split, download: o.download ?? false, log, allowChecksumMismatch: !!o.allowChecksumMismatch,
+      split,
+      download: o.download ?? false,
+      log,
+      allowChecksumMismatch: !!o.allowChecksumMismatch,
       ...(o.dataDir ? { dataDir: o.dataDir } : {}),
       onProgress: (done, total, st) => {
         // Scanning folders and reading the decoded cache take a second or two: no bar for those.
@@ -34,14 +37,19 @@ export async function loadSplit(spec: string, split: Split, o: LoadSplitsOptions
           const now = performance.now();
           if (o.progressLines && done < total && now - lineAt >= every * 1000) {
             lineAt = now;
-            log(`${spec} ${split}: ${STAGE_WORDS[st ?? ''] ?? st ?? 'loading'} ${Math.floor((100 * done) / total)}% (${done.toLocaleString('en-US')}/${total.toLocaleString('en-US')})`);
+            log(
+              `${spec} ${split}: ${STAGE_WORDS[st ?? ''] ?? st ?? 'loading'} ${Math.floor((100 * done) / total)}% (${done.toLocaleString('en-US')}/${total.toLocaleString('en-US')})`,
+            );
           }
           return;
         }
         if (st !== stage || !bar) {
           bar?.stop();
           stage = st ?? '';
-          bar = new cliProgress.SingleBar({ format: `${spec} ${split}: ${stage || 'loading'} |{bar}| {percentage}% | ETA {eta_formatted}`, clearOnComplete: true, hideCursor: true, fps: 5 }, cliProgress.Presets.shades_classic);
+          bar = new cliProgress.SingleBar(
+            { format: `${spec} ${split}: ${stage || 'loading'} |{bar}| {percentage}% | ETA {eta_formatted}`, clearOnComplete: true, hideCursor: true, fps: 5 },
+            cliProgress.Presets.shades_classic,
+          );
           bar.start(total, done);
         }
         bar.update(done);
@@ -56,11 +64,22 @@ export async function loadSplits(spec: string, o: LoadSplitsOptions = {}): Promi
   // Both splits come from the same place: say where once.
   const said = new Set<string>();
   const log = o.log ?? ((l: string) => console.log(l));
-  const once = { ...o, log: (l: string) => { if (!said.has(l)) { said.add(l); log(l); } } };
+  const once = {
+    ...o,
+    log: (l: string) => {
+      if (!said.has(l)) {
+        said.add(l);
+        log(l);
+      }
+    },
+  };
   const train = await loadSplit(spec, 'train', once);
   const test = await loadSplit(spec, 'test', once);
   if (train.classes.join('\n') !== test.classes.join('\n')) throw new Error(`${spec}: the train and test splits list different classes`);
   // A one-class "classifier" reaches 100% without learning anything.
-  if (train.classes.length < 2) throw new Error(`${spec}: a classifier needs at least two classes, the training split has ${train.classes.length} ('${train.classes.join("', '")}'); add a folder per class`);
+  if (train.classes.length < 2)
+    throw new Error(
+      `${spec}: a classifier needs at least two classes, the training split has ${train.classes.length} ('${train.classes.join("', '")}'); add a folder per class`,
+    );
   return { train, test };
 }

@@ -34,14 +34,16 @@ export function evaluate(model: Module, ds: DeviceDataset, o: EvalOptions): Eval
   try {
     const batches = Math.ceil(ds.count / o.batchSize);
     for (let b = 0; b < batches; b++) {
-      t.noGrad(() => t.tidy(() => {
-        const { images, labels } = sequentialBatch(ds, b, o.batchSize);
-        const normalized = normalize(images, o.mean, o.std);
-        const x = o.channelsLast ? normalized.contiguous('channels_last') : normalized;
-        const logits = t.autocast({ device: 'cuda', dtype: 'float16', enabled: useAmp }, () => model.forward(x)).to('float32');
-        t.add_(t.select(sums, 0, 0), t.sum(t.eq(t.argmax(logits, 1), labels)));
-        t.add_(t.select(sums, 0, 1), t.crossEntropy(logits, labels, { reduction: 'sum' }));
-      }));
+      t.noGrad(() =>
+        t.tidy(() => {
+          const { images, labels } = sequentialBatch(ds, b, o.batchSize);
+          const normalized = normalize(images, o.mean, o.std);
+          const x = o.channelsLast ? normalized.contiguous('channels_last') : normalized;
+          const logits = t.autocast({ device: 'cuda', dtype: 'float16', enabled: useAmp }, () => model.forward(x)).to('float32');
+          t.add_(t.select(sums, 0, 0), t.sum(t.eq(t.argmax(logits, 1), labels)));
+          t.add_(t.select(sums, 0, 1), t.crossEntropy(logits, labels, { reduction: 'sum' }));
+        }),
+      );
       o.onProgress?.(Math.min((b + 1) * o.batchSize, ds.count), ds.count);
     }
     [correct, lossSum] = sums.toArray() as [number, number];

@@ -9,22 +9,22 @@ import { validateAugment, type AugmentConfig } from './augment/pipeline.js';
 
 export type OptimizerConfig =
   | {
-    type: 'adamw';
-    lr: number;
-    betas: [number, number];
-    eps: number;
-    weightDecay: number;
-    /** ConvNeXt's parameter groups: 1-D tensors and biases get no weight decay. */
-    noDecayOnNormsAndBiases: boolean;
-  }
+      type: 'adamw';
+      lr: number;
+      betas: [number, number];
+      eps: number;
+      weightDecay: number;
+      /** ConvNeXt's parameter groups: 1-D tensors and biases get no weight decay. */
+      noDecayOnNormsAndBiases: boolean;
+    }
   | {
-    type: 'sgd';
-    lr: number;
-    momentum: number;
-    weightDecay: number;
-    nesterov: boolean;
-    dampening: number;
-  };
+      type: 'sgd';
+      lr: number;
+      momentum: number;
+      weightDecay: number;
+      nesterov: boolean;
+      dampening: number;
+    };
 
 export interface Recipe {
   name: string;
@@ -57,7 +57,10 @@ export function recipesDir(): string {
 
 export function listRecipes(): string[] {
   try {
-    return readdirSync(recipesDir()).filter((f) => f.endsWith('.json')).map((f) => f.slice(0, -5)).sort();
+    return readdirSync(recipesDir())
+      .filter((f) => f.endsWith('.json'))
+      .map((f) => f.slice(0, -5))
+      .sort();
   } catch {
     return [];
   }
@@ -69,7 +72,9 @@ export function loadRecipe(nameOrFile: string): Recipe {
   const file = isFile ? path.resolve(nameOrFile) : path.join(recipesDir(), `${nameOrFile}.json`);
   if (!existsSync(file)) {
     const known = listRecipes();
-    throw new Error(isFile ? `recipe file ${file} does not exist` : `unknown recipe '${nameOrFile}' (known: ${known.join(', ') || 'none'}; or give a path to a .json file)`);
+    throw new Error(
+      isFile ? `recipe file ${file} does not exist` : `unknown recipe '${nameOrFile}' (known: ${known.join(', ') || 'none'}; or give a path to a .json file)`,
+    );
   }
   let raw: unknown;
   try {
@@ -88,7 +93,11 @@ export function parseOverride(spec: string): [string[], unknown] {
   if (keys.some((k) => !k)) throw new Error(`override '${spec}' has an empty field name`);
   const text = spec.slice(eq + 1).trim();
   let value: unknown = text;
-  try { value = JSON.parse(text); } catch { /* a bare string */ }
+  try {
+    value = JSON.parse(text);
+  } catch {
+    /* a bare string */
+  }
   return [keys, value];
 }
 
@@ -112,10 +121,32 @@ export function applyOverrides(recipe: Recipe, overrides: [string[], unknown][])
   return validateRecipe(copy, `recipe '${recipe.name}' with overrides`);
 }
 
-const TOP_KEYS = ['name', 'description', 'model', 'epochs', 'batchSize', 'evalBatchSize', 'seed', 'optimizer', 'schedule', 'clipGradNorm', 'amp', 'augment', 'trainPerClass', 'testPerClass'];
+const TOP_KEYS = [
+  'name',
+  'description',
+  'model',
+  'epochs',
+  'batchSize',
+  'evalBatchSize',
+  'seed',
+  'optimizer',
+  'schedule',
+  'clipGradNorm',
+  'amp',
+  'augment',
+  'trainPerClass',
+  'testPerClass',
+];
 const AUG_KEYS = ['crop', 'cropPadding', 'hflip', 'randAugment', 'mean', 'std', 'randomErasing', 'cutout', 'mixup', 'labelSmoothing'];
-const OPT_KEYS = { adamw: ['type', 'lr', 'betas', 'eps', 'weightDecay', 'noDecayOnNormsAndBiases'], sgd: ['type', 'lr', 'momentum', 'weightDecay', 'nesterov', 'dampening'] };
-const SCHED_KEYS = { cosine: ['type', 'minLr', 'warmupEpochs', 'warmupSteps', 'warmupStartLr'], multistep: ['type', 'milestones', 'gamma'], constant: ['type'] };
+const OPT_KEYS = {
+  adamw: ['type', 'lr', 'betas', 'eps', 'weightDecay', 'noDecayOnNormsAndBiases'],
+  sgd: ['type', 'lr', 'momentum', 'weightDecay', 'nesterov', 'dampening'],
+};
+const SCHED_KEYS = {
+  cosine: ['type', 'minLr', 'warmupEpochs', 'warmupSteps', 'warmupStartLr'],
+  multistep: ['type', 'milestones', 'gamma'],
+  constant: ['type'],
+};
 const ERASE_KEYS = ['prob', 'minArea', 'maxArea', 'minAspect', 'maxAspect', 'mode', 'count'];
 const MIX_KEYS = ['mixupAlpha', 'cutmixAlpha', 'prob', 'switchProb', 'correctLam'];
 
@@ -156,7 +187,12 @@ export function validateRecipe(raw: unknown, where: string): Recipe {
   need(num(opt.lr) && opt.lr >= 0, 'optimizer.lr', 'a number >= 0', opt.lr);
   need(num(opt.weightDecay) && opt.weightDecay >= 0, 'optimizer.weightDecay', 'a number >= 0', opt.weightDecay);
   if (opt.type === 'adamw') {
-    need(Array.isArray(opt.betas) && opt.betas.length === 2 && opt.betas.every((b) => num(b) && b >= 0 && b < 1), 'optimizer.betas', 'two numbers in [0, 1)', opt.betas);
+    need(
+      Array.isArray(opt.betas) && opt.betas.length === 2 && opt.betas.every((b) => num(b) && b >= 0 && b < 1),
+      'optimizer.betas',
+      'two numbers in [0, 1)',
+      opt.betas,
+    );
     need(num(opt.eps) && opt.eps >= 0, 'optimizer.eps', 'a number >= 0', opt.eps);
     need(typeof opt.noDecayOnNormsAndBiases === 'boolean', 'optimizer.noDecayOnNormsAndBiases', 'true or false', opt.noDecayOnNormsAndBiases);
   } else {

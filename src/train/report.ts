@@ -66,13 +66,16 @@ export interface RunData {
 
 function readJsonl<T>(file: string): T[] {
   if (!existsSync(file)) return [];
-  return readFileSync(file, 'utf8').split('\n').filter((l) => l.trim()).map((l, i) => {
-    try {
-      return JSON.parse(l) as T;
-    } catch {
-      throw new Error(`${file}: line ${i + 1} is not valid JSON`);
-    }
-  });
+  return readFileSync(file, 'utf8')
+    .split('\n')
+    .filter((l) => l.trim())
+    .map((l, i) => {
+      try {
+        return JSON.parse(l) as T;
+      } catch {
+        throw new Error(`${file}: line ${i + 1} is not valid JSON`);
+      }
+    });
 }
 
 /** steps.jsonl, checked field by field; a resumed run may repeat points, the last one wins. */
@@ -81,7 +84,8 @@ export function readSteps(dir: string): StepRecord[] {
   const byProgress = new Map<string, StepRecord>();
   readJsonl<StepRecord>(file).forEach((s, i) => {
     for (const k of ['epoch', 'step', 'steps', 'progress', 'trainLoss', 'trainAcc'] as const) {
-      if (typeof s[k] !== 'number' || !Number.isFinite(s[k])) throw new Error(`${file}: line ${i + 1}: '${k}' must be a finite number, got ${JSON.stringify(s[k])}`);
+      if (typeof s[k] !== 'number' || !Number.isFinite(s[k]))
+        throw new Error(`${file}: line ${i + 1}: '${k}' must be a finite number, got ${JSON.stringify(s[k])}`);
     }
     byProgress.set(s.progress.toFixed(6), s);
   });
@@ -137,8 +141,9 @@ export function loadRun(dir: string): RunData {
     const stale = summary.epochsDone !== undefined && summary.epochsDone < meta.history.length;
     if (stale && summary.model) summary = { ...summary, status: 'interrupted', epochsDone: meta.history.length, bestAcc: meta.bestAcc };
   }
-  if (!history.length && !summary.model) throw new Error(`${dir} holds no ${SUMMARY_FILE} and no log.jsonl lines: not a kshare run folder (or no epoch has finished yet)`);
-  const best = history.length ? Math.max(...history.map((h) => h.testAcc)) : summary.bestAcc ?? null;
+  if (!history.length && !summary.model)
+    throw new Error(`${dir} holds no ${SUMMARY_FILE} and no log.jsonl lines: not a kshare run folder (or no epoch has finished yet)`);
+  const best = history.length ? Math.max(...history.map((h) => h.testAcc)) : (summary.bestAcc ?? null);
   let sweep: SweepRunRecord | null = null;
   const sweepFile = path.join(dir, SWEEP_RUN_FILE);
   if (existsSync(sweepFile)) {
@@ -166,7 +171,7 @@ export function loadRun(dir: string): RunData {
     trainableParams: trainable,
     unsharedParams: summary.unsharedParams ?? sweep?.unsharedParams ?? null,
     bestAcc: best,
-    finalAcc: history.length ? history[history.length - 1]!.testAcc : summary.finalAcc ?? null,
+    finalAcc: history.length ? history[history.length - 1]!.testAcc : (summary.finalAcc ?? null),
     history,
     steps: readSteps(dir),
     config: sweep?.config ?? label,
@@ -196,7 +201,10 @@ export function expandRunDirs(dirs: string[]): { runs: string[]; notes: string[]
     }
     if (!Array.isArray(sweep.runs)) throw new Error(`${file} lists no runs: not a sweep folder written by \`kshare sweep\``);
     const withData = sweep.runs.map((r) => path.join(d, r.dir)).filter((r) => existsSync(path.join(r, SUMMARY_FILE)) || readLog(r).length > 0);
-    if (withData.length < sweep.runs.length) notes.push(`${sweep.runs.length - withData.length} of the ${sweep.runs.length} runs of sweep ${sweep.spec?.name ?? d} have no results yet and are left out.`);
+    if (withData.length < sweep.runs.length)
+      notes.push(
+        `${sweep.runs.length - withData.length} of the ${sweep.runs.length} runs of sweep ${sweep.spec?.name ?? d} have no results yet and are left out.`,
+      );
     if (!withData.length) throw new Error(`sweep folder ${d}: none of its ${sweep.runs.length} runs has finished an epoch yet`);
     runs.push(...withData);
   }
@@ -260,18 +268,30 @@ export function aggregate(runs: RunData[]): ConfigRow[] {
     const last = (r: RunData) => r.history[r.history.length - 1];
     const gaps = rs.map((r) => (last(r) ? last(r)!.trainAcc - last(r)!.testAcc : null));
     // Plain run folders: folder (model); sweep runs: the plan, with the model when models differ.
-    const label = first.plan === null
-      ? first.config === first.label && first.label !== first.model ? `${first.label} (${first.model})` : first.model
-      : models.size > 1 ? `${first.baseModel} ${first.plan}` : first.plan;
+    const label =
+      first.plan === null
+        ? first.config === first.label && first.label !== first.model
+          ? `${first.label} (${first.model})`
+          : first.model
+        : models.size > 1
+          ? `${first.baseModel} ${first.plan}`
+          : first.plan;
     return {
-      config, label, model: first.baseModel, plan: first.plan, runs: rs,
+      config,
+      label,
+      model: first.baseModel,
+      plan: first.plan,
+      runs: rs,
       unfinished: rs.filter((r) => r.status !== 'completed').length,
       best: stat(finite(rs.map((r) => r.bestAcc))),
       final: stat(finite(rs.map((r) => r.finalAcc))),
       train: stat(finite(rs.map((r) => last(r)?.trainAcc))),
       gap: stat(finite(gaps)),
       seconds: stat(rs.map((r) => r.history.reduce((s, e) => s + e.seconds, 0))),
-      trainableParams: first.trainableParams, unsharedParams: first.unsharedParams, weightBytes: first.weightBytes, macs: first.macs,
+      trainableParams: first.trainableParams,
+      unsharedParams: first.unsharedParams,
+      weightBytes: first.weightBytes,
+      macs: first.macs,
     };
   });
 }
@@ -299,12 +319,14 @@ export function sharingFindings(rows: ConfigRow[]): string[] {
     if (!ref) continue;
     for (const r of members) {
       if (r === ref || r.trainableParams! >= r.unsharedParams!) continue;
-      const a = ref.final!, b = r.final!;
+      const a = ref.final!,
+        b = r.final!;
       const cost = a.mean - b.mean;
       const both = a.n > 1 && b.n > 1;
       const spread = Math.max(spreadOf(a), spreadOf(b));
       const seeds = `${b.n} and ${a.n} seed${a.n + b.n > 2 ? 's' : ''}`;
-      let s = `**${r.label}** against **${ref.label}**: ${(ref.trainableParams! / r.trainableParams!).toFixed(2)}x fewer trainable parameters ` +
+      let s =
+        `**${r.label}** against **${ref.label}**: ${(ref.trainableParams! / r.trainableParams!).toFixed(2)}x fewer trainable parameters ` +
         `(${r.trainableParams!.toLocaleString('en-US')} vs ${ref.trainableParams!.toLocaleString('en-US')}). Final test accuracy ${pctStat(b)} vs ${pctStat(a)} (${seeds}): ` +
         (Math.abs(cost) < 5e-5 ? 'no difference' : cost > 0 ? `sharing costs ${pp(cost)} percentage points` : `sharing gains ${pp(-cost)} percentage points`);
       s += both
@@ -315,9 +337,18 @@ export function sharingFindings(rows: ConfigRow[]): string[] {
       if (ref.gap && r.gap) {
         const d = ref.gap.mean - r.gap.mean;
         const gSpread = Math.max(spreadOf(ref.gap), spreadOf(r.gap));
-        s += ` Train-test gap (final training accuracy minus final test accuracy) ${pp(r.gap.mean)} vs ${pp(ref.gap.mean)} points: ` +
-          (Math.abs(d) < 5e-5 ? 'the same with and without sharing' : d > 0 ? `smaller with sharing by ${pp(d)} points` : `larger with sharing by ${pp(-d)} points`) +
-          (ref.gap.n > 1 && r.gap.n > 1 ? (Math.abs(d) <= gSpread ? `, within the seeds' spread (${pp(gSpread)} points).` : `, more than the seeds' spread (${pp(gSpread)} points).`) : ' (one seed on one side: spread unknown).');
+        s +=
+          ` Train-test gap (final training accuracy minus final test accuracy) ${pp(r.gap.mean)} vs ${pp(ref.gap.mean)} points: ` +
+          (Math.abs(d) < 5e-5
+            ? 'the same with and without sharing'
+            : d > 0
+              ? `smaller with sharing by ${pp(d)} points`
+              : `larger with sharing by ${pp(-d)} points`) +
+          (ref.gap.n > 1 && r.gap.n > 1
+            ? Math.abs(d) <= gSpread
+              ? `, within the seeds' spread (${pp(gSpread)} points).`
+              : `, more than the seeds' spread (${pp(gSpread)} points).`
+            : ' (one seed on one side: spread unknown).');
       }
       out.push(s);
     }
@@ -340,8 +371,10 @@ function runsTable(runs: RunData[]): string[] {
     const ips = h.length ? h.reduce((s, e) => s + e.imgPerSec, 0) / h.length : null;
     const secs = h.reduce((s, e) => s + e.seconds, 0);
     const reduction = r.trainableParams && r.unsharedParams ? `${(r.unsharedParams / r.trainableParams).toFixed(2)}x` : '?';
-    lines.push(`| ${r.label} | ${r.model} | ${r.dataset} | ${r.recipe} | ${h.length}${r.epochs ? `/${r.epochs}` : ''}${r.status === 'completed' ? '' : ` (${r.status})`} | ` +
-      `${pct(r.bestAcc)} | ${pct(r.finalAcc)} | ${int(r.trainableParams)} | ${int(r.unsharedParams)} | ${reduction} | ${ips === null ? '?' : ips.toFixed(0)} | ${formatDuration(secs)} |`);
+    lines.push(
+      `| ${r.label} | ${r.model} | ${r.dataset} | ${r.recipe} | ${h.length}${r.epochs ? `/${r.epochs}` : ''}${r.status === 'completed' ? '' : ` (${r.status})`} | ` +
+        `${pct(r.bestAcc)} | ${pct(r.finalAcc)} | ${int(r.trainableParams)} | ${int(r.unsharedParams)} | ${reduction} | ${ips === null ? '?' : ips.toFixed(0)} | ${formatDuration(secs)} |`,
+    );
   }
   return lines;
 }
@@ -359,15 +392,28 @@ export function markdownReport(runs: RunData[], rows: ConfigRow[], notes: string
   if (findings.length) {
     lines.push('## What sharing costs', '');
     for (const f of findings) lines.push(`- ${f}`);
-    lines.push('', "\"Within the seeds' spread\" means the difference is no larger than the larger of the two configurations' seed-to-seed ranges (max - min over seeds).", '');
+    lines.push(
+      '',
+      '"Within the seeds\' spread" means the difference is no larger than the larger of the two configurations\' seed-to-seed ranges (max - min over seeds).',
+      '',
+    );
   }
-  lines.push('## Configurations', '', 'Mean ± sample standard deviation over seeds (no ± with one seed). Training accuracy is the running accuracy over the final epoch\'s augmented batches in training mode; the gap is that minus the final test accuracy. Weight bytes: float32 trainable parameters; MACs per 32x32 image.', '');
-  lines.push('| configuration | model | seeds | best test acc | final test acc | final train acc | train-test gap | trainable params | unshared params | weight bytes | MACs/image | time per run |');
+  lines.push(
+    '## Configurations',
+    '',
+    "Mean ± sample standard deviation over seeds (no ± with one seed). Training accuracy is the running accuracy over the final epoch's augmented batches in training mode; the gap is that minus the final test accuracy. Weight bytes: float32 trainable parameters; MACs per 32x32 image.",
+    '',
+  );
+  lines.push(
+    '| configuration | model | seeds | best test acc | final test acc | final train acc | train-test gap | trainable params | unshared params | weight bytes | MACs/image | time per run |',
+  );
   lines.push('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
   for (const r of rows) {
     const gap = r.gap ? (r.gap.sd === null ? `${pp(r.gap.mean)} pt` : `${pp(r.gap.mean)} ± ${pp(r.gap.sd)} pt`) : '?';
-    lines.push(`| ${r.label} | ${r.model} | ${r.runs.length}${r.unfinished ? ` (${r.unfinished} unfinished)` : ''} | ${pctStat(r.best)} | ${pctStat(r.final)} | ${pctStat(r.train)} | ${gap} | ` +
-      `${int(r.trainableParams)} | ${int(r.unsharedParams)} | ${int(r.weightBytes)} | ${int(r.macs)} | ${timeStat(r.seconds)} |`);
+    lines.push(
+      `| ${r.label} | ${r.model} | ${r.runs.length}${r.unfinished ? ` (${r.unfinished} unfinished)` : ''} | ${pctStat(r.best)} | ${pctStat(r.final)} | ${pctStat(r.train)} | ${gap} | ` +
+        `${int(r.trainableParams)} | ${int(r.unsharedParams)} | ${int(r.weightBytes)} | ${int(r.macs)} | ${timeStat(r.seconds)} |`,
+    );
   }
   lines.push('', '## Runs', '', ...runsTable(runs));
   lines.push('', 'Figures: [training curves](curves.svg), [final test accuracy against trainable parameters](accuracy-vs-params.svg).', '');
@@ -392,21 +438,40 @@ function curvesSpec(runs: RunData[], rows: ConfigRow[]): TopLevelSpec {
     const config = labelOf.get(r.config)!;
     if (r.steps.length) {
       intra = true;
-      for (const s of r.steps) train.push({ config, run: r.label, progress: +s.progress.toFixed(4), trainLoss: s.trainLoss, trainAcc: 100 * s.trainAcc, lr: s.lr });
+      for (const s of r.steps)
+        train.push({ config, run: r.label, progress: +s.progress.toFixed(4), trainLoss: s.trainLoss, trainAcc: 100 * s.trainAcc, lr: s.lr });
     } else {
       for (const h of r.history) train.push({ config, run: r.label, progress: h.epoch, trainLoss: h.trainLoss, trainAcc: 100 * h.trainAcc, lr: h.lr });
     }
     for (const h of r.history) test.push({ config, run: r.label, progress: h.epoch, testAcc: 100 * h.testAcc });
   }
   const seeds = rows.some((r) => r.runs.length > 1);
-  const color = { field: 'config', type: 'nominal' as const, title: 'configuration', sort: rows.map((r) => r.label), legend: { labelLimit: 0, orient: 'bottom' as const, columns: 3 } };
+  const color = {
+    field: 'config',
+    type: 'nominal' as const,
+    title: 'configuration',
+    sort: rows.map((r) => r.label),
+    legend: { labelLimit: 0, orient: 'bottom' as const, columns: 3 },
+  };
   // Epochs start the axis at 0 and tick as integers, so a short run still gets a readable axis.
   const x = { field: 'progress', type: 'quantitative' as const, title: 'epoch', scale: { domainMin: 0 }, axis: { tickMinStep: 1, format: 'd' } };
   const panel = (values: Record<string, unknown>[], field: string, title: string, format: string, scale: object, points: boolean) => ({
-    width: 340, height: 220, data: { values },
+    width: 340,
+    height: 220,
+    data: { values },
     layer: [
-      ...(seeds ? [{ mark: { type: 'errorband' as const, extent: 'stdev' as const, opacity: 0.2, clip: true }, encoding: { x, y: { field, type: 'quantitative' as const, title, scale }, color } }] : []),
-      { mark: { type: 'line' as const, point: points, clip: true }, encoding: { x, y: { aggregate: 'mean' as const, field, type: 'quantitative' as const, title, scale, axis: { format } }, color } },
+      ...(seeds
+        ? [
+            {
+              mark: { type: 'errorband' as const, extent: 'stdev' as const, opacity: 0.2, clip: true },
+              encoding: { x, y: { field, type: 'quantitative' as const, title, scale }, color },
+            },
+          ]
+        : []),
+      {
+        mark: { type: 'line' as const, point: points, clip: true },
+        encoding: { x, y: { aggregate: 'mean' as const, field, type: 'quantitative' as const, title, scale, axis: { format } }, color },
+      },
     ],
   });
   const pointsTrain = !intra;
@@ -417,8 +482,18 @@ function curvesSpec(runs: RunData[], rows: ConfigRow[]): TopLevelSpec {
       subtitle: `data: ${[...new Set(runs.map((r) => r.dataset))].join(', ')}; ${intra ? 'training loss and accuracy at every logging interval' : 'one point per epoch'}${seeds ? '; lines: mean over seeds, bands: ± one standard deviation' : ''}`,
     },
     vconcat: [
-      { hconcat: [panel(train, 'trainLoss', 'training loss', '.2f', { zero: true }, pointsTrain), panel(train, 'trainAcc', 'training accuracy (%)', '.0f', { domain: [0, 100] }, pointsTrain)] },
-      { hconcat: [panel(test, 'testAcc', 'test accuracy (%)', '.0f', { domain: [0, 100] }, true), panel(train, 'lr', 'learning rate', '.0e', { type: 'log' }, pointsTrain)] },
+      {
+        hconcat: [
+          panel(train, 'trainLoss', 'training loss', '.2f', { zero: true }, pointsTrain),
+          panel(train, 'trainAcc', 'training accuracy (%)', '.0f', { domain: [0, 100] }, pointsTrain),
+        ],
+      },
+      {
+        hconcat: [
+          panel(test, 'testAcc', 'test accuracy (%)', '.0f', { domain: [0, 100] }, true),
+          panel(train, 'lr', 'learning rate', '.0e', { type: 'log' }, pointsTrain),
+        ],
+      },
     ],
     config: { legend: { labelFontSize: 11, symbolOpacity: 1 } },
   } as TopLevelSpec;
@@ -429,14 +504,27 @@ function textWidth(text: string, size: number): number {
   return text.length * size * 0.6;
 }
 
-export interface LabelPlacement { label: string; params: number; acc: number; labelAcc: number; align: 'left' | 'right' }
+export interface LabelPlacement {
+  label: string;
+  params: number;
+  acc: number;
+  labelAcc: number;
+  align: 'left' | 'right';
+}
 
 /**
  * Places one label beside each point so that none leaves the plot and none overlaps another:
  * labels that would run past the right edge go to the left of their point, and a label that
  * would cover an earlier one moves down (or up) a line at a time.
  */
-export function placeLabels(points: { label: string; params: number; acc: number }[], xDomain: [number, number], yDomain: [number, number], width: number, height: number, fontSize: number): LabelPlacement[] {
+export function placeLabels(
+  points: { label: string; params: number; acc: number }[],
+  xDomain: [number, number],
+  yDomain: [number, number],
+  width: number,
+  height: number,
+  fontSize: number,
+): LabelPlacement[] {
   const lx = (v: number) => (width * (Math.log(v) - Math.log(xDomain[0]))) / (Math.log(xDomain[1]) - Math.log(xDomain[0]));
   const ly = (v: number) => height * (1 - (v - yDomain[0]) / (yDomain[1] - yDomain[0]));
   const line = fontSize + 3;
@@ -461,25 +549,45 @@ export function placeLabels(points: { label: string; params: number; acc: number
 }
 
 function paramsSpec(rows: ConfigRow[]): TopLevelSpec {
-  const pts = rows.filter((r) => r.trainableParams !== null && r.final).map((r) => ({
-    label: r.label, params: r.trainableParams!, acc: 100 * r.final!.mean,
-    lo: Math.max(0, 100 * (r.final!.mean - (r.final!.sd ?? 0))), hi: Math.min(100, 100 * (r.final!.mean + (r.final!.sd ?? 0))), n: r.final!.n, best: 100 * (r.best?.mean ?? 0),
-  }));
+  const pts = rows
+    .filter((r) => r.trainableParams !== null && r.final)
+    .map((r) => ({
+      label: r.label,
+      params: r.trainableParams!,
+      acc: 100 * r.final!.mean,
+      lo: Math.max(0, 100 * (r.final!.mean - (r.final!.sd ?? 0))),
+      hi: Math.min(100, 100 * (r.final!.mean + (r.final!.sd ?? 0))),
+      n: r.final!.n,
+      best: 100 * (r.best?.mean ?? 0),
+    }));
   const fontSize = 11;
   const longest = Math.max(0, ...pts.map((p) => textWidth(p.label, fontSize)));
   const width = Math.max(600, Math.ceil(2 * longest + 160));
   const height = 360;
   const ps = pts.map((p) => p.params);
   const xDomain: [number, number] = ps.length ? [Math.min(...ps) / 1.5, Math.max(...ps) * 1.5] : [1, 10];
-  const lo = Math.min(...pts.map((p) => p.lo)), hi = Math.max(...pts.map((p) => p.hi));
+  const lo = Math.min(...pts.map((p) => p.lo)),
+    hi = Math.max(...pts.map((p) => p.hi));
   const pad = Math.max(1, 0.15 * (hi - lo));
   const yDomain: [number, number] = pts.length ? [Math.max(0, Math.floor(lo - pad)), Math.min(100, Math.ceil(hi + pad))] : [0, 100];
   if (yDomain[1] <= yDomain[0]) yDomain[1] = yDomain[0] + 1;
   const labels = placeLabels(pts, xDomain, yDomain, width, height, fontSize);
   // The Pareto front: configurations no other beats with fewer or equally many parameters.
   const front = [...pts].sort((a, b) => a.params - b.params || b.acc - a.acc).filter((p, i, s) => s.slice(0, i).every((q) => q.acc < p.acc));
-  const x = { field: 'params', type: 'quantitative' as const, title: 'trainable parameters (log scale; a shared kernel counts once)', scale: { type: 'log' as const, domain: xDomain, nice: false }, axis: { format: '~s' } };
-  const y = { field: 'acc', type: 'quantitative' as const, title: 'final test accuracy (%)', scale: { domain: yDomain, zero: false, nice: false }, axis: { format: '.1f' } };
+  const x = {
+    field: 'params',
+    type: 'quantitative' as const,
+    title: 'trainable parameters (log scale; a shared kernel counts once)',
+    scale: { type: 'log' as const, domain: xDomain, nice: false },
+    axis: { format: '~s' },
+  };
+  const y = {
+    field: 'acc',
+    type: 'quantitative' as const,
+    title: 'final test accuracy (%)',
+    scale: { domain: yDomain, zero: false, nice: false },
+    axis: { format: '.1f' },
+  };
   const text = (align: 'left' | 'right') => ({
     data: { values: labels.filter((l) => l.align === align) },
     mark: { type: 'text' as const, align, baseline: 'middle' as const, dx: align === 'left' ? 8 : -8, fontSize, limit: 0, color: '#222' },
@@ -487,12 +595,34 @@ function paramsSpec(rows: ConfigRow[]): TopLevelSpec {
   });
   return {
     $schema: SCHEMA,
-    title: { text: 'Final test accuracy against trainable parameters', subtitle: `mean over seeds${pts.some((p) => p.n > 1) ? ', bars: ± one standard deviation' : ''}; dashed: the Pareto front` },
-    width, height,
+    title: {
+      text: 'Final test accuracy against trainable parameters',
+      subtitle: `mean over seeds${pts.some((p) => p.n > 1) ? ', bars: ± one standard deviation' : ''}; dashed: the Pareto front`,
+    },
+    width,
+    height,
     layer: [
       { data: { values: front }, mark: { type: 'line' as const, strokeDash: [4, 3], color: '#888' }, encoding: { x, y } },
-      { data: { values: pts.filter((p) => p.n > 1) }, mark: { type: 'rule' as const, color: '#4c78a8' }, encoding: { x, y: { ...y, field: 'lo' }, y2: { field: 'hi' } } },
-      { data: { values: pts }, mark: { type: 'point' as const, filled: true, size: 80, color: '#4c78a8' }, encoding: { x, y, tooltip: [{ field: 'label' }, { field: 'params' }, { field: 'acc', format: '.2f' }, { field: 'best', title: 'best acc', format: '.2f' }, { field: 'n', title: 'seeds' }] } },
+      {
+        data: { values: pts.filter((p) => p.n > 1) },
+        mark: { type: 'rule' as const, color: '#4c78a8' },
+        encoding: { x, y: { ...y, field: 'lo' }, y2: { field: 'hi' } },
+      },
+      {
+        data: { values: pts },
+        mark: { type: 'point' as const, filled: true, size: 80, color: '#4c78a8' },
+        encoding: {
+          x,
+          y,
+          tooltip: [
+            { field: 'label' },
+            { field: 'params' },
+            { field: 'acc', format: '.2f' },
+            { field: 'best', title: 'best acc', format: '.2f' },
+            { field: 'n', title: 'seeds' },
+          ],
+        },
+      },
       text('left'),
       text('right'),
     ],
@@ -508,7 +638,11 @@ export async function renderSvg(spec: TopLevelSpec): Promise<string> {
   }
 }
 
-export interface ReportFiles { markdown: string; curves: string; params: string }
+export interface ReportFiles {
+  markdown: string;
+  curves: string;
+  params: string;
+}
 
 /** The default output folder: a single sweep folder gets its report inside; anything else ./report. */
 export function defaultReportDir(inputs: string[]): string {
@@ -532,13 +666,15 @@ export async function writeReport(inputs: string[], outDir: string): Promise<Rep
     }
   }
   const rows = aggregate(runs);
-  const sweeps = inputs.filter((d) => existsSync(path.join(d, SWEEP_FILE))).map((d) => {
-    try {
-      return (JSON.parse(readFileSync(path.join(d, SWEEP_FILE), 'utf8')) as { spec?: { name?: string } }).spec?.name ?? path.basename(d);
-    } catch {
-      return path.basename(d);
-    }
-  });
+  const sweeps = inputs
+    .filter((d) => existsSync(path.join(d, SWEEP_FILE)))
+    .map((d) => {
+      try {
+        return (JSON.parse(readFileSync(path.join(d, SWEEP_FILE), 'utf8')) as { spec?: { name?: string } }).spec?.name ?? path.basename(d);
+      } catch {
+        return path.basename(d);
+      }
+    });
   mkdirSync(outDir, { recursive: true });
   const files = { markdown: path.join(outDir, 'report.md'), curves: path.join(outDir, 'curves.svg'), params: path.join(outDir, 'accuracy-vs-params.svg') };
   writeFileSync(files.markdown, markdownReport(runs, rows, notes, sweeps.length ? `Sweep report: ${sweeps.join(', ')}` : 'Training report'));

@@ -14,7 +14,12 @@ import path from 'node:path';
 
 export const LOCK_FILE = '.kshare-run.lock';
 
-interface LockRecord { pid: number; host: string; started: string; command: string }
+interface LockRecord {
+  pid: number;
+  host: string;
+  started: string;
+  command: string;
+}
 
 export interface RunLock {
   file: string;
@@ -25,7 +30,10 @@ export interface RunLock {
 }
 
 export class RunLockedError extends Error {
-  constructor(message: string, readonly holderPid: number) {
+  constructor(
+    message: string,
+    readonly holderPid: number,
+  ) {
     super(message);
   }
 }
@@ -58,7 +66,12 @@ function readRecord(file: string): LockRecord | null {
 export function acquireRunLock(outDir: string): RunLock {
   const file = path.join(outDir, LOCK_FILE);
   const notes: string[] = [];
-  const record: LockRecord = { pid: process.pid, host: os.hostname(), started: new Date().toISOString(), command: process.argv.slice(1).join(' ').slice(0, 300) };
+  const record: LockRecord = {
+    pid: process.pid,
+    host: os.hostname(),
+    started: new Date().toISOString(),
+    command: process.argv.slice(1).join(' ').slice(0, 300),
+  };
   // The record is written to a private file first and hard-linked into place: link() fails
   // if the lock exists, and a lock that exists is never empty (no half-written window).
   const mine = `${file}.${process.pid}.tmp`;
@@ -66,7 +79,11 @@ export function acquireRunLock(outDir: string): RunLock {
   try {
     takeLock(file, mine, record, outDir, notes);
   } finally {
-    try { unlinkSync(mine); } catch { /* gone */ }
+    try {
+      unlinkSync(mine);
+    } catch {
+      /* gone */
+    }
   }
   let held = true;
   const release = () => {
@@ -75,7 +92,11 @@ export function acquireRunLock(outDir: string): RunLock {
     process.off('exit', release);
     // Only our own lock: never remove one another process took over.
     if (readRecord(file)?.pid === process.pid) {
-      try { unlinkSync(file); } catch { /* already gone */ }
+      try {
+        unlinkSync(file);
+      } catch {
+        /* already gone */
+      }
     }
   };
   // Exit (also after an uncaught error or process.exit on a second Ctrl-C) releases it; a
@@ -100,17 +121,24 @@ function takeLock(file: string, mine: string, record: LockRecord, outDir: string
         continue; // released meanwhile: try again
       }
       if (held && held.host !== record.host) {
-        throw new RunLockedError(`${outDir} is in use by process ${held.pid} on host ${held.host} (since ${held.started}); if that run is gone, delete ${file}`, held.pid);
+        throw new RunLockedError(
+          `${outDir} is in use by process ${held.pid} on host ${held.host} (since ${held.started}); if that run is gone, delete ${file}`,
+          held.pid,
+        );
       }
       if (held && processAlive(held.pid)) {
         throw new RunLockedError(
           `${outDir} is in use by process ${held.pid} (started ${held.started}${held.command ? `: ${held.command}` : ''}); two runs cannot share a run folder: ` +
-          `wait for it to finish, stop it, or choose another --out (if no kshare run is using it, delete ${file})`, held.pid);
+            `wait for it to finish, stop it, or choose another --out (if no kshare run is using it, delete ${file})`,
+          held.pid,
+        );
       }
       // Stale: remove it only if it is still the file we looked at, then race for a new one.
       try {
         if (statSync(file).ino === ino) unlinkSync(file);
-      } catch { /* someone else removed it */ }
+      } catch {
+        /* someone else removed it */
+      }
       notes.push(held ? `removed a stale lock of process ${held.pid} (started ${held.started}), which no longer runs` : `removed a damaged lock file ${file}`);
     }
   }
@@ -140,7 +168,9 @@ export function removeStaleTemps(outDir: string): string[] {
       const size = statSync(path.join(outDir, name)).size;
       unlinkSync(path.join(outDir, name));
       notes.push(`removed ${name} (${size} bytes), a temp file left by process ${pid}, which no longer runs`);
-    } catch { /* gone meanwhile */ }
+    } catch {
+      /* gone meanwhile */
+    }
   }
   return notes;
 }

@@ -53,7 +53,9 @@ export function truncateSteps(outDir: string, position: number): void {
       try {
         const r = JSON.parse(line) as StepRecord;
         if ((r.epoch - 1) * r.steps + r.step <= position) kept.push(line + '\n');
-      } catch { /* a partial line from a kill */ }
+      } catch {
+        /* a partial line from a kill */
+      }
     }
   }
   const tmp = `${file}.${process.pid}.tmp`;
@@ -65,19 +67,24 @@ export function truncateSteps(outDir: string, position: number): void {
 export function readLog(outDir: string): EpochRecord[] {
   const file = path.join(outDir, LOG_FILE);
   if (!existsSync(file)) return [];
-  return readFileSync(file, 'utf8').split('\n').filter((l) => l.trim()).map((l, i) => {
-    try {
-      return JSON.parse(l) as EpochRecord;
-    } catch {
-      throw new Error(`${file}: line ${i + 1} is not valid JSON`);
-    }
-  });
+  return readFileSync(file, 'utf8')
+    .split('\n')
+    .filter((l) => l.trim())
+    .map((l, i) => {
+      try {
+        return JSON.parse(l) as EpochRecord;
+      } catch {
+        throw new Error(`${file}: line ${i + 1} is not valid JSON`);
+      }
+    });
 }
 
 export function formatDuration(seconds: number): string {
   if (!Number.isFinite(seconds) || seconds < 0) return '?';
   const s = Math.round(seconds);
-  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), r = s % 60;
+  const h = Math.floor(s / 3600),
+    m = Math.floor((s % 3600) / 60),
+    r = s % 60;
   return h ? `${h}h${String(m).padStart(2, '0')}m` : m ? `${m}m${String(r).padStart(2, '0')}s` : `${r}s`;
 }
 
@@ -88,10 +95,17 @@ export class EpochProgress {
 
   start(epoch: number, epochs: number, total: number, done: number): void {
     if (!this.enabled) return;
-    this.#bar = new cliProgress.SingleBar({
-      format: `epoch ${epoch}/${epochs} |{bar}| {value}/{total} | loss {loss} | {ips} img/s | ETA {eta_formatted}`,
-      barsize: 24, hideCursor: true, clearOnComplete: true, etaBuffer: 50, fps: 5,
-    }, cliProgress.Presets.shades_classic);
+    this.#bar = new cliProgress.SingleBar(
+      {
+        format: `epoch ${epoch}/${epochs} |{bar}| {value}/{total} | loss {loss} | {ips} img/s | ETA {eta_formatted}`,
+        barsize: 24,
+        hideCursor: true,
+        clearOnComplete: true,
+        etaBuffer: 50,
+        fps: 5,
+      },
+      cliProgress.Presets.shades_classic,
+    );
     this.#bar.start(total, done, { loss: '-', ips: '-' });
   }
 

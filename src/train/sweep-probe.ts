@@ -72,19 +72,35 @@ export async function probeSweep(plan: SweepPlan, o: { steps?: number; log?: (l:
     try {
       await train({
         recipe: { ...run.recipe, epochs: 1, trainPerClass: null, testPerClass: null },
-        buildModel: () => buildFromConfig(run.modelConfig, run.classes), modelName: run.modelName, modelConfig: run.modelConfig,
-        train: head(trainSet, steps * recipe.batchSize), test: probeTest, outDir: dir, device: plan.device,
-        channelsLast: plan.channelsLast, log: () => {}, onStep: () => { stamps.push(performance.now()); },
+        buildModel: () => buildFromConfig(run.modelConfig, run.classes),
+        modelName: run.modelName,
+        modelConfig: run.modelConfig,
+        train: head(trainSet, steps * recipe.batchSize),
+        test: probeTest,
+        outDir: dir,
+        device: plan.device,
+        channelsLast: plan.channelsLast,
+        log: () => {},
+        onStep: () => {
+          stamps.push(performance.now());
+        },
       });
       const end = performance.now();
-      const diffs = stamps.slice(1).map((s, i) => (s - stamps[i]!) / 1000).slice(1);
+      const diffs = stamps
+        .slice(1)
+        .map((s, i) => (s - stamps[i]!) / 1000)
+        .slice(1);
       const timing = {
-        config: run.config, stepSeconds: median(diffs.length ? diffs : [(stamps[1]! - stamps[0]!) / 1000]),
-        evalSecondsPerImage: (end - stamps[stamps.length - 1]!) / 1000 / probeTest.count, stepsTimed: diffs.length,
+        config: run.config,
+        stepSeconds: median(diffs.length ? diffs : [(stamps[1]! - stamps[0]!) / 1000]),
+        evalSecondsPerImage: (end - stamps[stamps.length - 1]!) / 1000 / probeTest.count,
+        stepsTimed: diffs.length,
       };
       configs.set(run.config, timing);
-      log(`probe ${run.config}: ${(1000 * timing.stepSeconds).toFixed(0)} ms per step of ${recipe.batchSize} (median of ${timing.stepsTimed}), ` +
-        `evaluation ${(1e3 * timing.evalSecondsPerImage * recipe.evalBatchSize).toFixed(0)} ms per ${recipe.evalBatchSize} images`);
+      log(
+        `probe ${run.config}: ${(1000 * timing.stepSeconds).toFixed(0)} ms per step of ${recipe.batchSize} (median of ${timing.stepsTimed}), ` +
+          `evaluation ${(1e3 * timing.evalSecondsPerImage * recipe.evalBatchSize).toFixed(0)} ms per ${recipe.evalBatchSize} images`,
+      );
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -100,9 +100,26 @@ const MODEL_FILE = 'model.json';
 const RECIPE_FILE = 'recipe.json';
 const OUTPUT_FILE = 'train.log';
 
-const SPEC_KEYS = ['name', 'description', 'recipe', 'set', 'model', 'models', 'plans', 'seeds', 'dataset', 'dataDir', 'device', 'threads', 'channelsLast', 'out', '$comment'];
+const SPEC_KEYS = [
+  'name',
+  'description',
+  'recipe',
+  'set',
+  'model',
+  'models',
+  'plans',
+  'seeds',
+  'dataset',
+  'dataDir',
+  'device',
+  'threads',
+  'channelsLast',
+  'out',
+  '$comment',
+];
 
-const EXAMPLE = '{ "name": "plans", "recipe": "demo", "set": ["epochs=3"], "model": "convmixer_64_4_k5_p2", "plans": ["none", "both", "consecutive:2"], "seeds": [0, 1], "dataset": "cifar10", "out": "runs/plans" }';
+const EXAMPLE =
+  '{ "name": "plans", "recipe": "demo", "set": ["epochs=3"], "model": "convmixer_64_4_k5_p2", "plans": ["none", "both", "consecutive:2"], "seeds": [0, 1], "dataset": "cifar10", "out": "runs/plans" }';
 
 class SpecError extends Error {}
 
@@ -127,19 +144,26 @@ export function validateSweepSpec(raw: unknown, where: string): SweepSpec {
     throw new SpecError(`${where}: '${field}' ${value === undefined ? 'is missing' : `is ${JSON.stringify(value)}`}; ${fix}`);
   };
   if (!isObj(raw)) throw new SpecError(`${where}: a sweep spec must be a JSON object, e.g. ${EXAMPLE}`);
-  for (const k of Object.keys(raw)) if (!SPEC_KEYS.includes(k)) fail(k, raw[k], `unknown field (known: ${SPEC_KEYS.filter((x) => x !== '$comment').join(', ')})`);
+  for (const k of Object.keys(raw))
+    if (!SPEC_KEYS.includes(k)) fail(k, raw[k], `unknown field (known: ${SPEC_KEYS.filter((x) => x !== '$comment').join(', ')})`);
   const s = raw as unknown as SweepSpec;
   const seedList = (v: unknown, field: string) => {
-    if (!Array.isArray(v) || !v.length || !v.every((x) => Number.isInteger(x) && x >= 0 && x < 2 ** 31)) fail(field, v, 'give a non-empty list of non-negative integers, e.g. [0, 1]');
+    if (!Array.isArray(v) || !v.length || !v.every((x) => Number.isInteger(x) && x >= 0 && x < 2 ** 31))
+      fail(field, v, 'give a non-empty list of non-negative integers, e.g. [0, 1]');
     if (new Set(v as number[]).size !== (v as number[]).length) fail(field, v, 'list each seed once');
   };
-  if (typeof s.name !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(s.name)) fail('name', s.name, 'give a short name of letters, digits, _ . - (it labels the report)');
+  if (typeof s.name !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(s.name))
+    fail('name', s.name, 'give a short name of letters, digits, _ . - (it labels the report)');
   if (s.description !== undefined && typeof s.description !== 'string') fail('description', s.description, 'give a string or leave it out');
-  if (typeof s.recipe !== 'string' || !s.recipe) fail('recipe', s.recipe, 'give a recipe name (demo, convmixer, seresnet) or a .json path relative to the spec');
-  if (s.set !== undefined && !(Array.isArray(s.set) && s.set.every((x) => typeof x === 'string')) && !isObj(s.set)) fail('set', s.set, 'give a list like ["epochs=3", "optimizer.lr=0.005"] or an object like {"epochs": 3}');
-  if ((s.model === undefined) === (s.models === undefined)) fail(s.model === undefined ? 'model' : 'models', s.model ?? s.models, "give either 'model' (one model) or 'models' (a list), not both");
+  if (typeof s.recipe !== 'string' || !s.recipe)
+    fail('recipe', s.recipe, 'give a recipe name (demo, convmixer, seresnet) or a .json path relative to the spec');
+  if (s.set !== undefined && !(Array.isArray(s.set) && s.set.every((x) => typeof x === 'string')) && !isObj(s.set))
+    fail('set', s.set, 'give a list like ["epochs=3", "optimizer.lr=0.005"] or an object like {"epochs": 3}');
+  if ((s.model === undefined) === (s.models === undefined))
+    fail(s.model === undefined ? 'model' : 'models', s.model ?? s.models, "give either 'model' (one model) or 'models' (a list), not both");
   const models = s.models ?? [s.model!];
-  if (s.models !== undefined && (!Array.isArray(s.models) || !s.models.length)) fail('models', s.models, 'give a non-empty list of model names (see `kshare models`)');
+  if (s.models !== undefined && (!Array.isArray(s.models) || !s.models.length))
+    fail('models', s.models, 'give a non-empty list of model names (see `kshare models`)');
   models.forEach((m, i) => {
     const f = s.models ? `models[${i}]` : 'model';
     if (typeof m === 'string') {
@@ -151,11 +175,14 @@ export function validateSweepSpec(raw: unknown, where: string): SweepSpec {
     }
   });
   if (s.plans !== undefined) {
-    if (!Array.isArray(s.plans) || !s.plans.length) fail('plans', s.plans, 'give a non-empty list such as ["none", "depthwise", "pointwise", "both", "consecutive:2"], or leave it out');
+    if (!Array.isArray(s.plans) || !s.plans.length)
+      fail('plans', s.plans, 'give a non-empty list such as ["none", "depthwise", "pointwise", "both", "consecutive:2"], or leave it out');
     s.plans.forEach((p, i) => {
       if (typeof p === 'string') return;
-      if (!isObj(p) || (typeof p.plan !== 'string' && !isObj(p.plan))) fail(`plans[${i}]`, p, 'give a plan text ("both", "strided:2") or {"plan": ..., "seeds": [...]}');
-      for (const k of Object.keys(p)) if (!['plan', 'name', 'seeds'].includes(k)) fail(`plans[${i}].${k}`, (p as Record<string, unknown>)[k], 'unknown field (known: plan, name, seeds)');
+      if (!isObj(p) || (typeof p.plan !== 'string' && !isObj(p.plan)))
+        fail(`plans[${i}]`, p, 'give a plan text ("both", "strided:2") or {"plan": ..., "seeds": [...]}');
+      for (const k of Object.keys(p))
+        if (!['plan', 'name', 'seeds'].includes(k)) fail(`plans[${i}].${k}`, (p as Record<string, unknown>)[k], 'unknown field (known: plan, name, seeds)');
       if (p.name !== undefined && (typeof p.name !== 'string' || !p.name)) fail(`plans[${i}].name`, p.name, 'give a non-empty label or leave it out');
       if (p.seeds !== undefined) seedList(p.seeds, `plans[${i}].seeds`);
     });
@@ -172,7 +199,12 @@ export function validateSweepSpec(raw: unknown, where: string): SweepSpec {
 
 /** A file-system-friendly key for a plan or model label. */
 export function slug(text: string): string {
-  return text.trim().replace(/[^A-Za-z0-9_.-]+/g, '-').replace(/^-+|-+$/g, '') || 'x';
+  return (
+    text
+      .trim()
+      .replace(/[^A-Za-z0-9_.-]+/g, '-')
+      .replace(/^-+|-+$/g, '') || 'x'
+  );
 }
 
 function overridesOf(set: SweepSpec['set']): [string[], unknown][] {
@@ -186,7 +218,8 @@ export function datasetClasses(dataset: string): number {
   if (dataset === 'cifar10') return 10;
   if (dataset === 'cifar100') return 100;
   const train = path.join(dataset, 'train');
-  if (!existsSync(train) || !statSync(train).isDirectory()) throw new SpecError(`sweep spec: 'dataset' is ${JSON.stringify(dataset)}, which is neither cifar10, cifar100 nor a folder with a train/ subfolder`);
+  if (!existsSync(train) || !statSync(train).isDirectory())
+    throw new SpecError(`sweep spec: 'dataset' is ${JSON.stringify(dataset)}, which is neither cifar10, cifar100 nor a folder with a train/ subfolder`);
   const n = readdirSync(train, { withFileTypes: true }).filter((d) => d.isDirectory()).length;
   if (n < 1) throw new SpecError(`sweep spec: dataset folder ${train} has no class folders`);
   return n;
@@ -220,7 +253,9 @@ function configWithPlan(base: ModelConfig, baseName: string, plan: string | Shar
   }
   if (!parsed) {
     const modes = base.architecture === 'convmixer' ? `${CONVMIXER_SHARING.join(', ')}, ` : '';
-    throw new SpecError(`sweep spec: '${field}' is ${JSON.stringify(plan)}, which is not a sharing plan for ${baseName} (${why}); use one of ${modes}isomorphic, consecutive:K, strided:M, groups:a,b;c,d[/weights], a plan object, or a name from \`kshare info ${baseName} --plans\`${known.length ? ` (${known.map((k) => `"${k}"`).join(', ')})` : ''}`);
+    throw new SpecError(
+      `sweep spec: '${field}' is ${JSON.stringify(plan)}, which is not a sharing plan for ${baseName} (${why}); use one of ${modes}isomorphic, consecutive:K, strided:M, groups:a,b;c,d[/weights], a plan object, or a name from \`kshare info ${baseName} --plans\`${known.length ? ` (${known.map((k) => `"${k}"`).join(', ')})` : ''}`,
+    );
   }
   // A ConvMixer built unshared, then the plan: applySharingPlan unshares before it shares anyway.
   return (base.architecture === 'convmixer' ? { ...rest, sharing: 'none', plan: parsed } : { ...rest, plan: parsed }) as ModelConfig;
@@ -257,7 +292,10 @@ export function planSweep(spec: SweepSpec, specFile: string, opts: { out?: strin
       } catch (e) {
         throw new SpecError(`sweep spec: '${mField}' is ${JSON.stringify(m)}: ${(e as Error).message}`);
       }
-      if (!base) throw new SpecError(`sweep spec: '${mField}' is ${JSON.stringify(m)}, a model registered in code with a factory; a sweep trains in child processes and needs a config model (give an inline config with "name" and "architecture")`);
+      if (!base)
+        throw new SpecError(
+          `sweep spec: '${mField}' is ${JSON.stringify(m)}, a model registered in code with a factory; a sweep trains in child processes and needs a config model (give an inline config with "name" and "architecture")`,
+        );
     } else {
       baseName = m.name;
       modelSeeds = m.seeds;
@@ -276,7 +314,10 @@ export function planSweep(spec: SweepSpec, specFile: string, opts: { out?: strin
       const config = planValue === null ? base! : configWithPlan(base!, baseName, planValue, pField, classes);
       const key = models.length > 1 && planLabel ? `${baseName}.${slug(planLabel)}` : planLabel ? slug(planLabel) : slug(baseName);
       const where = planValue === null ? mField : models.length > 1 ? `${mField} with ${pField}` : pField;
-      if (configs.has(key)) throw new SpecError(`sweep spec: '${where}' gives configuration '${key}' a second time (first from '${configs.get(key)}'); list each model and plan once, or give plans a distinct "name"`);
+      if (configs.has(key))
+        throw new SpecError(
+          `sweep spec: '${where}' gives configuration '${key}' a second time (first from '${configs.get(key)}'); list each model and plan once, or give plans a distinct "name"`,
+        );
       configs.set(key, where);
       const modelName = planValue === null ? baseName : `${slug(baseName)}.${slug(planLabel!)}`;
       let counts: { trainable: number; unshared: number; bytes: number; macs: number };
@@ -295,24 +336,38 @@ export function planSweep(spec: SweepSpec, specFile: string, opts: { out?: strin
       for (const seed of seeds) {
         const id = `${key}-s${seed}`;
         runs.push({
-          id, config: key, model: baseName, plan: planLabel, modelName, modelConfig: config, seed,
-          recipe: { ...recipe, model: modelName, seed }, dir: path.join(out, RUNS_DIR, id), classes,
-          trainableParams: counts.trainable, unsharedParams: counts.unshared, weightBytes: counts.bytes, macs: counts.macs,
+          id,
+          config: key,
+          model: baseName,
+          plan: planLabel,
+          modelName,
+          modelConfig: config,
+          seed,
+          recipe: { ...recipe, model: modelName, seed },
+          dir: path.join(out, RUNS_DIR, id),
+          classes,
+          trainableParams: counts.trainable,
+          unsharedParams: counts.unshared,
+          weightBytes: counts.bytes,
+          macs: counts.macs,
         });
       }
     });
   });
   return {
-    spec, specFile: path.resolve(specFile), out, runs, dataset,
-    dataDir: spec.dataDir ? rel(spec.dataDir) : null, device: spec.device ?? 'cpu',
-    threads: spec.threads ?? null, channelsLast: spec.channelsLast ?? (spec.device ?? 'cpu') === 'cpu',
+    spec,
+    specFile: path.resolve(specFile),
+    out,
+    runs,
+    dataset,
+    dataDir: spec.dataDir ? rel(spec.dataDir) : null,
+    device: spec.device ?? 'cpu',
+    threads: spec.threads ?? null,
+    channelsLast: spec.channelsLast ?? (spec.device ?? 'cpu') === 'cpu',
   };
 }
 
-export type RunState =
-  | { kind: 'new' }
-  | { kind: 'resume'; epochsDone: number }
-  | { kind: 'done'; summary: TrainSummary };
+export type RunState = { kind: 'new' } | { kind: 'resume'; epochsDone: number } | { kind: 'done'; summary: TrainSummary };
 
 function readJson<T>(file: string): T | null {
   if (!existsSync(file)) return null;
@@ -342,12 +397,16 @@ export function runState(run: SweepRun): RunState {
   const stored = readJson<Recipe>(recipeFile);
   if (stored) {
     const diff = differences(stored, run.recipe);
-    if (diff.length) throw new Error(`run folder ${run.dir} was made with a different recipe (${diff.join(', ')} differ): restore the spec, or move that folder away to start the run again`);
+    if (diff.length)
+      throw new Error(
+        `run folder ${run.dir} was made with a different recipe (${diff.join(', ')} differ): restore the spec, or move that folder away to start the run again`,
+      );
   }
   const storedModel = readJson<Record<string, unknown>>(modelFile);
   if (storedModel) {
     const diff = differences(storedModel, { name: run.modelName, ...run.modelConfig });
-    if (diff.length) throw new Error(`run folder ${run.dir} was made with a different model config (${diff.join(', ')} differ): restore the spec, or move that folder away`);
+    if (diff.length)
+      throw new Error(`run folder ${run.dir} was made with a different model config (${diff.join(', ')} differ): restore the spec, or move that folder away`);
   }
   const summary = readJson<TrainSummary>(path.join(run.dir, SUMMARY_FILE));
   if (summary && summary.status === 'completed' && summary.epochsDone >= run.recipe.epochs) return { kind: 'done', summary };
@@ -357,8 +416,18 @@ export function runState(run: SweepRun): RunState {
 
 export function runRecord(plan: SweepPlan, r: SweepRun): SweepRunRecord {
   return {
-    sweep: plan.spec.name, id: r.id, config: r.config, model: r.model, plan: r.plan, modelName: r.modelName, seed: r.seed,
-    classes: r.classes, trainableParams: r.trainableParams, unsharedParams: r.unsharedParams, weightBytes: r.weightBytes, macs: r.macs,
+    sweep: plan.spec.name,
+    id: r.id,
+    config: r.config,
+    model: r.model,
+    plan: r.plan,
+    modelName: r.modelName,
+    seed: r.seed,
+    classes: r.classes,
+    trainableParams: r.trainableParams,
+    unsharedParams: r.unsharedParams,
+    weightBytes: r.weightBytes,
+    macs: r.macs,
   };
 }
 
@@ -366,15 +435,31 @@ export function runRecord(plan: SweepPlan, r: SweepRun): SweepRunRecord {
 export function writeSweepFile(plan: SweepPlan): void {
   mkdirSync(plan.out, { recursive: true });
   writeJsonAtomic(path.join(plan.out, SWEEP_FILE), {
-    spec: plan.spec, specFile: plan.specFile, dataset: plan.dataset,
+    spec: plan.spec,
+    specFile: plan.specFile,
+    dataset: plan.dataset,
     runs: plan.runs.map((r) => ({ ...runRecord(plan, r), dir: path.relative(plan.out, r.dir) })),
   });
 }
 
 /** The command line that trains one run (child process). */
 export function trainArgs(plan: SweepPlan, run: SweepRun, resume: boolean, threads: number | null): string[] {
-  const args = ['train', '--recipe', path.join(run.dir, RECIPE_FILE), '--model', run.modelName, '--config', path.join(run.dir, MODEL_FILE),
-    '--dataset', plan.dataset, '--out', run.dir, '--device', plan.device, '--no-progress'];
+  const args = [
+    'train',
+    '--recipe',
+    path.join(run.dir, RECIPE_FILE),
+    '--model',
+    run.modelName,
+    '--config',
+    path.join(run.dir, MODEL_FILE),
+    '--dataset',
+    plan.dataset,
+    '--out',
+    run.dir,
+    '--device',
+    plan.device,
+    '--no-progress',
+  ];
   if (plan.dataDir) args.push('--data-dir', plan.dataDir);
   if (threads) args.push('--threads', String(threads));
   if (plan.channelsLast) args.push('--channels-last');
@@ -409,7 +494,8 @@ export interface SweepResult {
 
 /** Seconds per epoch per MAC, from every epoch logged so far by the sweep's runs (null before the first). */
 function secondsPerEpochMac(runs: SweepRun[]): number | null {
-  let secs = 0, cost = 0;
+  let secs = 0,
+    cost = 0;
   for (const r of runs) {
     for (const e of readLog(r.dir)) {
       if (!(e.seconds > 0)) continue;
@@ -455,17 +541,24 @@ export async function runSweep(plan: SweepPlan, o: SweepOptions = {}): Promise<S
   }
   const pending = new Set(queue.map((q) => q.run));
   const children = new Set<ChildProcess>();
-  let overheadSum = 0, overheadCount = 0;
+  let overheadSum = 0,
+    overheadCount = 0;
   const leftText = () => {
     const s = estimateLeft(plan.runs, [...pending], overheadCount ? overheadSum / overheadCount : 0);
     const runsLeft = `${pending.size} run${pending.size === 1 ? '' : 's'} left`;
-    return s === null ? `${runsLeft} (time left known after the first epoch)` : `${runsLeft}, about ${formatDuration(jobs > 1 ? s / Math.min(jobs, pending.size || 1) : s)} left`;
+    return s === null
+      ? `${runsLeft} (time left known after the first epoch)`
+      : `${runsLeft}, about ${formatDuration(jobs > 1 ? s / Math.min(jobs, pending.size || 1) : s)} left`;
   };
-  const onStop = () => { for (const c of children) signalChild(c, 'SIGINT'); };
+  const onStop = () => {
+    for (const c of children) signalChild(c, 'SIGINT');
+  };
   o.stop?.addEventListener('abort', onStop);
   o.hardStop?.addEventListener('abort', onStop);
-  log(`sweep ${plan.spec.name}: ${n} runs (${result.skipped.length} finished, ${queue.filter((q) => q.resume).length} to resume, ${queue.filter((q) => !q.resume).length} new), ` +
-    `${jobs} at a time${threads ? `, ${threads} thread(s) each` : ''}; run folders under ${path.join(plan.out, RUNS_DIR)}`);
+  log(
+    `sweep ${plan.spec.name}: ${n} runs (${result.skipped.length} finished, ${queue.filter((q) => q.resume).length} to resume, ${queue.filter((q) => !q.resume).length} new), ` +
+      `${jobs} at a time${threads ? `, ${threads} thread(s) each` : ''}; run folders under ${path.join(plan.out, RUNS_DIR)}`,
+  );
 
   const runOne = async (q: { run: SweepRun; index: number; resume: boolean }) => {
     const { run } = q;
@@ -475,7 +568,9 @@ export async function runSweep(plan: SweepPlan, o: SweepOptions = {}): Promise<S
     writeJsonAtomic(path.join(run.dir, MODEL_FILE), { name: run.modelName, ...run.modelConfig });
     writeJsonAtomic(path.join(run.dir, SWEEP_RUN_FILE), runRecord(plan, run));
     const before = readLog(run.dir).length;
-    log(`${tag}: ${q.resume ? `resuming after epoch ${before}/${run.recipe.epochs}` : 'starting'} (${run.trainableParams.toLocaleString('en-US')} trainable parameters, seed ${run.seed}); ${leftText()}`);
+    log(
+      `${tag}: ${q.resume ? `resuming after epoch ${before}/${run.recipe.epochs}` : 'starting'} (${run.trainableParams.toLocaleString('en-US')} trainable parameters, seed ${run.seed}); ${leftText()}`,
+    );
     const t0 = performance.now();
     const outFile = path.join(run.dir, OUTPUT_FILE);
     appendFileSync(outFile, `\n# ${new Date().toISOString()} kshare ${trainArgs(plan, run, q.resume, threads).join(' ')}\n`);
@@ -492,12 +587,17 @@ export async function runSweep(plan: SweepPlan, o: SweepOptions = {}): Promise<S
     createInterface({ input: child.stdout! }).on('line', onLine);
     createInterface({ input: child.stderr! }).on('line', onLine);
     const code = await new Promise<number | null>((resolve) => {
-      child.on('error', (e) => { onLine(`could not start: ${e.message}`); resolve(-1); });
+      child.on('error', (e) => {
+        onLine(`could not start: ${e.message}`);
+        resolve(-1);
+      });
       child.on('close', (c) => resolve(c));
     });
     children.delete(child);
     const secs = (performance.now() - t0) / 1000;
-    const epochSecs = readLog(run.dir).slice(before).reduce((s, e) => s + e.seconds, 0);
+    const epochSecs = readLog(run.dir)
+      .slice(before)
+      .reduce((s, e) => s + e.seconds, 0);
     const st = runState(run);
     if (st.kind === 'done') {
       overheadSum += Math.max(0, secs - epochSecs);
@@ -507,11 +607,15 @@ export async function runSweep(plan: SweepPlan, o: SweepOptions = {}): Promise<S
       log(`${tag}: done in ${formatDuration(secs)}: best test accuracy ${pct(st.summary.bestAcc)}, final ${pct(st.summary.finalAcc)}; ${leftText()}`);
     } else if (o.stop?.aborted) {
       result.interrupted.push(run.id);
-      log(`${tag}: interrupted after ${formatDuration(secs)}${st.kind === 'resume' ? ' (checkpoint kept; the next `kshare sweep` resumes it)' : ' before its first checkpoint (it restarts next time)'}`);
+      log(
+        `${tag}: interrupted after ${formatDuration(secs)}${st.kind === 'resume' ? ' (checkpoint kept; the next `kshare sweep` resumes it)' : ' before its first checkpoint (it restarts next time)'}`,
+      );
     } else {
       pending.delete(run);
       result.failed.push({ id: run.id, code, tail });
-      log(`${tag}: FAILED (exit code ${code}) after ${formatDuration(secs)}; its output is in ${outFile}${st.kind === 'resume' ? ' (its last checkpoint is kept: the next sweep resumes it)' : ''}; ${leftText()}`);
+      log(
+        `${tag}: FAILED (exit code ${code}) after ${formatDuration(secs)}; its output is in ${outFile}${st.kind === 'resume' ? ' (its last checkpoint is kept: the next sweep resumes it)' : ''}; ${leftText()}`,
+      );
     }
   };
 
@@ -530,8 +634,14 @@ export async function runSweep(plan: SweepPlan, o: SweepOptions = {}): Promise<S
   result.seconds = (performance.now() - start) / 1000;
   result.status = o.stop?.aborted ? 'interrupted' : result.failed.length ? 'failed' : 'completed';
   const rel = path.relative(process.cwd(), plan.specFile) || plan.specFile;
-  if (result.status === 'interrupted') log(`sweep interrupted after ${formatDuration(result.seconds)}: ${result.done.length} run(s) finished this time; \`kshare sweep ${rel}\` continues where it stopped`);
-  else log(`sweep ${plan.spec.name} ${result.status === 'completed' ? 'finished' : 'finished with failures'} in ${formatDuration(result.seconds)}: ${result.done.length} trained, ${result.skipped.length} already done${result.failed.length ? `, ${result.failed.length} failed (${result.failed.map((f) => f.id).join(', ')})` : ''}; \`kshare report ${path.relative(process.cwd(), plan.out) || '.'}\` summarises them`);
+  if (result.status === 'interrupted')
+    log(
+      `sweep interrupted after ${formatDuration(result.seconds)}: ${result.done.length} run(s) finished this time; \`kshare sweep ${rel}\` continues where it stopped`,
+    );
+  else
+    log(
+      `sweep ${plan.spec.name} ${result.status === 'completed' ? 'finished' : 'finished with failures'} in ${formatDuration(result.seconds)}: ${result.done.length} trained, ${result.skipped.length} already done${result.failed.length ? `, ${result.failed.length} failed (${result.failed.map((f) => f.id).join(', ')})` : ''}; \`kshare report ${path.relative(process.cwd(), plan.out) || '.'}\` summarises them`,
+    );
   return result;
 }
 

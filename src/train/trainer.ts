@@ -21,10 +21,7 @@ import { learningRate, type ScheduleContext } from './schedule.js';
 import { buildOptimizer, type AnyOptimizer } from './build-optimizer.js';
 import { evaluate } from './evaluate.js';
 import { saveCheckpoint, readCheckpoint, readCheckpointMeta, restoreModel, restoreOptimizer, type EpochRecord, type CheckpointMeta } from './checkpoint.js';
-import {
-  EpochProgress, appendLog, rewriteLog, appendSteps, truncateSteps, writeJsonAtomic, formatDuration,
-  CHECKPOINT_FILE, SUMMARY_FILE,
-} from './run-log.js';
+import { EpochProgress, appendLog, rewriteLog, appendSteps, truncateSteps, writeJsonAtomic, formatDuration, CHECKPOINT_FILE, SUMMARY_FILE } from './run-log.js';
 import type { Recipe } from './recipe.js';
 import type { StepRecord } from './report.js';
 import { acquireRunLock } from './run-lock.js';
@@ -194,9 +191,11 @@ export async function train(o: TrainOptions): Promise<TrainSummary> {
   try {
     const s = setUp(o, owned);
     const state = s.o.resume ? restore(s, s.o.resume) : fresh(s);
-    s.log(`training ${o.modelName} on ${s.trainSet.name} (${s.trainSet.count} train / ${s.testSet.count} test images, ${s.classes} classes) on ${s.device}: ` +
-      `${s.counts.trainable.toLocaleString('en-US')} trainable parameters (${s.counts.unshared.toLocaleString('en-US')} unshared), recipe ${s.recipe.name}, seed ${s.seed}, ${s.itersPerEpoch} steps/epoch` +
-      `${s.recipe.amp && !s.amp ? ' (mixed precision is CUDA-only: float32 on CPU)' : ''}`);
+    s.log(
+      `training ${o.modelName} on ${s.trainSet.name} (${s.trainSet.count} train / ${s.testSet.count} test images, ${s.classes} classes) on ${s.device}: ` +
+        `${s.counts.trainable.toLocaleString('en-US')} trainable parameters (${s.counts.unshared.toLocaleString('en-US')} unshared), recipe ${s.recipe.name}, seed ${s.seed}, ${s.itersPerEpoch} steps/epoch` +
+        `${s.recipe.amp && !s.amp ? ' (mixed precision is CUDA-only: float32 on CPU)' : ''}`,
+    );
     const lastEpoch = o.stopAfterEpochs ? Math.min(s.recipe.epochs, state.epoch + o.stopAfterEpochs) : s.recipe.epochs;
     while (state.epoch < lastEpoch) {
       if (o.stop?.aborted) {
@@ -224,12 +223,15 @@ function setUp(o: TrainOptions, owned: { dispose(): void }[]): Session {
   const log = o.log ?? ((l: string) => console.log(l));
   const device = o.device ?? 'cpu';
   const cuda = device.startsWith('cuda');
-  if (cuda && !t.cudaAvailable()) throw new Error(`device '${device}' requested but this libtorch build has no CUDA device (kshare selfcheck --device cuda tells more)`);
+  if (cuda && !t.cudaAvailable())
+    throw new Error(`device '${device}' requested but this libtorch build has no CUDA device (kshare selfcheck --device cuda tells more)`);
   const recipe = o.recipe;
   const writes = o.hooks?.writes ?? true;
   const ckptFile = path.join(o.outDir, CHECKPOINT_FILE);
   if (recipe.augment.mean.length !== o.train.channels) {
-    throw new Error(`recipe '${recipe.name}' normalises ${recipe.augment.mean.length} channels but ${o.train.name} images have ${o.train.channels}; set augment.mean and augment.std (e.g. --set augment.mean=[0.5] --set augment.std=[0.25])`);
+    throw new Error(
+      `recipe '${recipe.name}' normalises ${recipe.augment.mean.length} channels but ${o.train.name} images have ${o.train.channels}; set augment.mean and augment.std (e.g. --set augment.mean=[0.5] --set augment.std=[0.25])`,
+    );
   }
   // One run, one folder: the writing process holds the folder's lock from here until `train`
   // returns (released with the rest of `owned`), so the checks below and every write after them
@@ -258,7 +260,8 @@ function setUp(o: TrainOptions, owned: { dispose(): void }[]): Session {
   owned.push(trainSet);
   const testSet = toDevice(recipe.testPerClass ? balancedSubset(o.test, recipe.testPerClass) : o.test, device);
   owned.push(testSet);
-  if (testSet.classes.length !== trainSet.classes.length) throw new Error(`train and test sets have ${trainSet.classes.length} and ${testSet.classes.length} classes`);
+  if (testSet.classes.length !== trainSet.classes.length)
+    throw new Error(`train and test sets have ${trainSet.classes.length} and ${testSet.classes.length} classes`);
   const classes = trainSet.classes.length;
   const samplesPerEpoch = o.hooks?.shard ? o.hooks.shard.size(trainSet.count) : trainSet.count;
   const itersPerEpoch = batchCount(samplesPerEpoch, recipe.batchSize, true);
@@ -275,13 +278,34 @@ function setUp(o: TrainOptions, owned: { dispose(): void }[]): Session {
   const augParams = new t.Generator(seed + 1);
   const noise = new t.Generator(seed + 2, device);
   return {
-    o, recipe, log, device, amp, writes, seed, model, optimizer, scaler, trainSet, testSet, classes, samplesPerEpoch, itersPerEpoch,
+    o,
+    recipe,
+    log,
+    device,
+    amp,
+    writes,
+    seed,
+    model,
+    optimizer,
+    scaler,
+    trainSet,
+    testSet,
+    classes,
+    samplesPerEpoch,
+    itersPerEpoch,
     params: optimizer.groups.flatMap((g) => g.params),
     counts: countParameters(model),
     schedule: { baseLr: recipe.optimizer.lr, epochs: recipe.epochs, itersPerEpoch },
-    shuffle, augParams, noise,
+    shuffle,
+    augParams,
+    noise,
     augment: new TrainAugment(recipe.augment, classes, augParams, noise),
-    ckptFile, progress: new EpochProgress(!!o.progress), started: performance.now(), trainedImages: 0, trainSeconds: 0, owned,
+    ckptFile,
+    progress: new EpochProgress(!!o.progress),
+    started: performance.now(),
+    trainedImages: 0,
+    trainSeconds: 0,
+    owned,
   };
 }
 
@@ -298,7 +322,8 @@ function restore(s: Session, file: string): RunState {
   const ck = readCheckpoint(file);
   try {
     const m = ck.meta;
-    if (m.itersPerEpoch !== s.itersPerEpoch) throw new Error(`${file}: it ran ${m.itersPerEpoch} steps per epoch, this run would run ${s.itersPerEpoch} (batch size or data changed)`);
+    if (m.itersPerEpoch !== s.itersPerEpoch)
+      throw new Error(`${file}: it ran ${m.itersPerEpoch} steps per epoch, this run would run ${s.itersPerEpoch} (batch size or data changed)`);
     checkExtension(file, m, s.recipe.epochs);
     restoreModel(s.model, ck);
     restoreOptimizer(s.optimizer, ck);
@@ -314,17 +339,26 @@ function restore(s: Session, file: string): RunState {
     if (m.recipe.epochs !== s.recipe.epochs && s.recipe.schedule.type === 'cosine' && m.epoch < m.recipe.epochs) {
       const before = learningRate(m.recipe.schedule, { ...s.schedule, epochs: m.recipe.epochs }, m.globalStep);
       const after = learningRate(s.recipe.schedule, s.schedule, m.globalStep);
-      s.log(`note: the cosine schedule now spans ${s.recipe.epochs} epochs instead of ${m.recipe.epochs}: the learning rate continues at ${after.toPrecision(3)} (was ${before.toPrecision(3)})`);
+      s.log(
+        `note: the cosine schedule now spans ${s.recipe.epochs} epochs instead of ${m.recipe.epochs}: the learning rate continues at ${after.toPrecision(3)} (was ${before.toPrecision(3)})`,
+      );
     }
     const state: RunState = {
-      epoch: m.epoch, stepInEpoch: m.stepInEpoch, globalStep: m.globalStep, bestAcc: m.bestAcc,
-      history: m.history, partial: m.partial, elapsedS: m.elapsedS ?? 0,
+      epoch: m.epoch,
+      stepInEpoch: m.stepInEpoch,
+      globalStep: m.globalStep,
+      bestAcc: m.bestAcc,
+      history: m.history,
+      partial: m.partial,
+      elapsedS: m.elapsedS ?? 0,
     };
     if (s.writes) {
       rewriteLog(s.o.outDir, state.history);
       truncateSteps(s.o.outDir, state.epoch * s.itersPerEpoch + state.stepInEpoch);
     }
-    s.log(`resuming ${s.o.modelName} from ${file}: epoch ${state.epoch + 1}/${s.recipe.epochs}${state.stepInEpoch ? `, step ${state.stepInEpoch}/${s.itersPerEpoch}` : ''}, best ${pct(state.bestAcc)}`);
+    s.log(
+      `resuming ${s.o.modelName} from ${file}: epoch ${state.epoch + 1}/${s.recipe.epochs}${state.stepInEpoch ? `, step ${state.stepInEpoch}/${s.itersPerEpoch}` : ''}, best ${pct(state.bestAcc)}`,
+    );
     return state;
   } finally {
     ck.dispose();
@@ -339,8 +373,10 @@ function restore(s: Session, file: string): RunState {
 export function checkExtension(file: string, m: Pick<CheckpointMeta, 'epoch' | 'recipe' | 'globalStep' | 'itersPerEpoch'>, epochs: number): void {
   if (m.epoch < m.recipe.epochs || epochs <= m.recipe.epochs || m.recipe.schedule.type !== 'cosine') return;
   const endLr = learningRate(m.recipe.schedule, { baseLr: m.recipe.optimizer.lr, epochs: m.recipe.epochs, itersPerEpoch: m.itersPerEpoch }, m.globalStep - 1);
-  throw new Error(`${file} is a finished run of ${m.recipe.epochs} epoch(s) whose cosine schedule ended at lr ${endLr.toPrecision(2)}; ` +
-    `--epochs ${epochs} would train ${epochs - m.recipe.epochs} more at that rate. Start a new run (another --out) with --epochs ${epochs} instead`);
+  throw new Error(
+    `${file} is a finished run of ${m.recipe.epochs} epoch(s) whose cosine schedule ended at lr ${endLr.toPrecision(2)}; ` +
+      `--epochs ${epochs} would train ${epochs - m.recipe.epochs} more at that rate. Start a new run (another --out) with --epochs ${epochs} instead`,
+  );
 }
 
 /**
@@ -406,21 +442,28 @@ async function trainEpoch(s: Session, state: RunState): Promise<'done' | 'interr
   const trainStart = performance.now();
   let read = state.stepInEpoch;
   let readAt = trainStart;
-  let lastLoss = NaN, lastIps = NaN;
+  let lastLoss = NaN,
+    lastIps = NaN;
 
   /** Reads the steps since the last read into the epoch's sums; writes steps.jsonl and the progress line. */
   const flush = (): void => {
     const upTo = state.stepInEpoch;
     if (upTo === read) return;
     const { loss, hits } = meter.read(read, upTo);
-    let lossSum = 0, correct = 0, seen = 0;
+    let lossSum = 0,
+      correct = 0,
+      seen = 0;
     for (let i = 0; i < upTo - read; i++) {
       const step = read + i;
       const value = loss[i]!;
       if (!Number.isFinite(value)) {
-        throw new NonFiniteLossError(`training stopped: the loss is ${value} at epoch ${e}, step ${step + 1}/${n} (global step ${state.globalStep - upTo + step + 1}, lr ${meter.lrs[step]!.toPrecision(3)}). ` +
-          (state.history.length ? `The last good checkpoint (end of epoch ${state.history.length}, best test accuracy ${pct(state.bestAcc)}) is intact at ${s.ckptFile}` : 'No epoch had completed, so no checkpoint was written') +
-          '; a lower learning rate or gradient clipping may help.');
+        throw new NonFiniteLossError(
+          `training stopped: the loss is ${value} at epoch ${e}, step ${step + 1}/${n} (global step ${state.globalStep - upTo + step + 1}, lr ${meter.lrs[step]!.toPrecision(3)}). ` +
+            (state.history.length
+              ? `The last good checkpoint (end of epoch ${state.history.length}, best test accuracy ${pct(state.bestAcc)}) is intact at ${s.ckptFile}`
+              : 'No epoch had completed, so no checkpoint was written') +
+            '; a lower learning rate or gradient clipping may help.',
+        );
       }
       const size = meter.sizes[step]!;
       sums.lossSum += value * size;
@@ -435,8 +478,15 @@ async function trainEpoch(s: Session, state: RunState): Promise<'done' | 'interr
     lastLoss = lossSum / seen;
     lastIps = seen / Math.max(seconds, 1e-9);
     const rec: StepRecord = {
-      epoch: e, step: upTo, steps: n, progress: state.epoch + upTo / n, trainLoss: lastLoss, trainAcc: correct / seen,
-      lr: meter.lrs[upTo - 1]!, imgPerSec: lastIps, elapsedS: state.elapsedS + (now - s.started) / 1000,
+      epoch: e,
+      step: upTo,
+      steps: n,
+      progress: state.epoch + upTo / n,
+      trainLoss: lastLoss,
+      trainAcc: correct / seen,
+      lr: meter.lrs[upTo - 1]!,
+      imgPerSec: lastIps,
+      elapsedS: state.elapsedS + (now - s.started) / 1000,
     };
     if (s.writes) appendSteps(o.outDir, rec);
     o.onInterval?.(rec);
@@ -454,7 +504,15 @@ async function trainEpoch(s: Session, state: RunState): Promise<'done' | 'interr
       const step = state.stepInEpoch;
       trainStep(s, state, meter, order);
       const onStep = o.onStep;
-      if (onStep) onStep({ epoch: state.epoch, step, globalStep: state.globalStep, get loss() { return meter.lossAt(step); } });
+      if (onStep)
+        onStep({
+          epoch: state.epoch,
+          step,
+          globalStep: state.globalStep,
+          get loss() {
+            return meter.lossAt(step);
+          },
+        });
       const now = performance.now();
       if (state.stepInEpoch % everySteps === 0 || state.stepInEpoch === n || now - readAt >= everySeconds * 1000) flush();
       s.progress.update(state.stepInEpoch, lastLoss, lastIps);
@@ -478,18 +536,32 @@ async function trainEpoch(s: Session, state: RunState): Promise<'done' | 'interr
     if (o.progressLines) s.log(`evaluating on ${s.testSet.count.toLocaleString('en-US')} test images ...`);
     let evalLineAt = performance.now();
     const ev = evaluate(s.model, s.testSet, {
-      batchSize: recipe.evalBatchSize, mean: recipe.augment.mean, std: recipe.augment.std, amp: s.amp, channelsLast: o.channelsLast,
-      onProgress: o.progressLines ? (done, total) => {
-        if (done < total && performance.now() - evalLineAt >= everySeconds * 1000) {
-          evalLineAt = performance.now();
-          s.log(`evaluating: ${done.toLocaleString('en-US')}/${total.toLocaleString('en-US')} test images`);
-        }
-      } : undefined,
+      batchSize: recipe.evalBatchSize,
+      mean: recipe.augment.mean,
+      std: recipe.augment.std,
+      amp: s.amp,
+      channelsLast: o.channelsLast,
+      onProgress: o.progressLines
+        ? (done, total) => {
+            if (done < total && performance.now() - evalLineAt >= everySeconds * 1000) {
+              evalLineAt = performance.now();
+              s.log(`evaluating: ${done.toLocaleString('en-US')}/${total.toLocaleString('en-US')} test images`);
+            }
+          }
+        : undefined,
     });
     state.bestAcc = Math.max(state.bestAcc, ev.accuracy);
     const rec: EpochRecord = {
-      epoch: e, lr: meter.lrs[n - 1]!, trainLoss: sums.lossSum / sums.seen, trainAcc: sums.correct / sums.seen, testLoss: ev.loss, testAcc: ev.accuracy, bestAcc: state.bestAcc,
-      seconds: carried + (performance.now() - epochStart) / 1000, imgPerSec: imagesNow / Math.max(trainTime, 1e-9), dataset: s.trainSet.name,
+      epoch: e,
+      lr: meter.lrs[n - 1]!,
+      trainLoss: sums.lossSum / sums.seen,
+      trainAcc: sums.correct / sums.seen,
+      testLoss: ev.loss,
+      testAcc: ev.accuracy,
+      bestAcc: state.bestAcc,
+      seconds: carried + (performance.now() - epochStart) / 1000,
+      imgPerSec: imagesNow / Math.max(trainTime, 1e-9),
+      dataset: s.trainSet.name,
     };
     state.history.push(rec);
     state.epoch = e;
@@ -507,8 +579,10 @@ async function trainEpoch(s: Session, state: RunState): Promise<'done' | 'interr
       writeJsonAtomic(path.join(o.outDir, SUMMARY_FILE), summarize(s, state, e < recipe.epochs ? 'running' : 'completed'));
     }
     const left = (recipe.epochs - e) * rec.seconds;
-    s.log(`epoch ${e}/${recipe.epochs}: train loss ${rec.trainLoss.toFixed(4)}, train acc ${pct(rec.trainAcc)}, test acc ${pct(rec.testAcc)} (best ${pct(state.bestAcc)}), ` +
-      `lr ${rec.lr.toPrecision(3)}, ${rec.imgPerSec.toFixed(0)} img/s, ${formatDuration(rec.seconds)}${left > 0 ? `, about ${formatDuration(left)} left` : ''}`);
+    s.log(
+      `epoch ${e}/${recipe.epochs}: train loss ${rec.trainLoss.toFixed(4)}, train acc ${pct(rec.trainAcc)}, test acc ${pct(rec.testAcc)} (best ${pct(state.bestAcc)}), ` +
+        `lr ${rec.lr.toPrecision(3)}, ${rec.imgPerSec.toFixed(0)} img/s, ${formatDuration(rec.seconds)}${left > 0 ? `, about ${formatDuration(left)} left` : ''}`,
+    );
     return 'done';
   } finally {
     s.progress.stop();
@@ -552,12 +626,26 @@ function checkpoint(s: Session, state: RunState, reason: 'epoch' | 'interrupt', 
   const noiseState = s.noise.getState();
   try {
     saveCheckpoint(s.ckptFile, {
-      model: s.model, optimizer: s.optimizer, scalerState: s.amp ? s.scaler.stateDict() : null,
+      model: s.model,
+      optimizer: s.optimizer,
+      scalerState: s.amp ? s.scaler.stateDict() : null,
       rng: { globalCpu: rngGlobal.cpu, globalCuda: rngGlobal.cuda, shuffle: shuffleState, params, noise: noiseState },
       meta: {
-        modelName: s.o.modelName, modelConfig: s.o.modelConfig ?? null, classes: s.trainSet.classes, dataset: s.trainSet.name, datasetSpec: s.o.datasetSpec ?? null,
-        recipe: s.recipe, seed: s.seed, itersPerEpoch: s.itersPerEpoch, reason,
-        epoch: state.epoch, stepInEpoch: state.stepInEpoch, globalStep: state.globalStep, partial: state.partial, bestAcc: state.bestAcc, history: state.history,
+        modelName: s.o.modelName,
+        modelConfig: s.o.modelConfig ?? null,
+        classes: s.trainSet.classes,
+        dataset: s.trainSet.name,
+        datasetSpec: s.o.datasetSpec ?? null,
+        recipe: s.recipe,
+        seed: s.seed,
+        itersPerEpoch: s.itersPerEpoch,
+        reason,
+        epoch: state.epoch,
+        stepInEpoch: state.stepInEpoch,
+        globalStep: state.globalStep,
+        partial: state.partial,
+        bestAcc: state.bestAcc,
+        history: state.history,
         elapsedS: state.elapsedS + (performance.now() - s.started) / 1000,
       },
     });
@@ -568,14 +656,25 @@ function checkpoint(s: Session, state: RunState, reason: 'epoch' | 'interrupt', 
 
 function summarize(s: Session, state: RunState, status: TrainSummary['status']): TrainSummary {
   return {
-    status, model: s.o.modelName, dataset: s.trainSet.name, recipe: s.recipe.name, seed: s.seed, device: s.device,
-    epochs: s.recipe.epochs, epochsDone: state.history.length,
+    status,
+    model: s.o.modelName,
+    dataset: s.trainSet.name,
+    recipe: s.recipe.name,
+    seed: s.seed,
+    device: s.device,
+    epochs: s.recipe.epochs,
+    epochsDone: state.history.length,
     ...(status === 'interrupted' ? { interruptedAt: { epoch: state.epoch + 1, step: state.stepInEpoch, steps: s.itersPerEpoch } } : {}),
-    bestAcc: state.bestAcc, finalAcc: state.history[state.history.length - 1]?.testAcc ?? 0,
-    trainableParams: s.counts.trainable, unsharedParams: s.counts.unshared,
-    trainImages: s.trainSet.count, testImages: s.testSet.count,
-    seconds: (performance.now() - s.started) / 1000, imgPerSec: s.trainedImages / Math.max(s.trainSeconds, 1e-9),
-    checkpoint: s.ckptFile, history: state.history,
+    bestAcc: state.bestAcc,
+    finalAcc: state.history[state.history.length - 1]?.testAcc ?? 0,
+    trainableParams: s.counts.trainable,
+    unsharedParams: s.counts.unshared,
+    trainImages: s.trainSet.count,
+    testImages: s.testSet.count,
+    seconds: (performance.now() - s.started) / 1000,
+    imgPerSec: s.trainedImages / Math.max(s.trainSeconds, 1e-9),
+    checkpoint: s.ckptFile,
+    history: state.history,
   };
 }
 

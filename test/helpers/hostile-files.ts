@@ -18,7 +18,11 @@ function chunk(type: string, data: Uint8Array): Buffer {
  * only `rows` rows (all of them when rows is undefined: then it is a valid image). `truncate`
  * cuts the file to that many bytes (no IEND).
  */
-export function pngClaiming(width: number, height: number, o: { rows?: number; alpha?: boolean; truncate?: number; fill?: number; interlace?: boolean } = {}): Buffer {
+export function pngClaiming(
+  width: number,
+  height: number,
+  o: { rows?: number; alpha?: boolean; truncate?: number; fill?: number; interlace?: boolean } = {},
+): Buffer {
   const ch = o.alpha ? 4 : 3;
   const ihdr = Buffer.alloc(13);
   ihdr.writeUInt32BE(width, 0);
@@ -28,15 +32,28 @@ export function pngClaiming(width: number, height: number, o: { rows?: number; a
   ihdr[12] = o.interlace ? 1 : 0;
   // Row widths: one pass of `height` rows, or Adam7's seven passes.
   const passes = o.interlace
-    ? [[0, 0, 8, 8], [4, 0, 8, 8], [0, 4, 4, 8], [2, 0, 4, 4], [0, 2, 2, 4], [1, 0, 2, 2], [0, 1, 1, 2]].map(([x0, y0, dx, dy]) => [Math.ceil((width - x0!) / dx!), Math.ceil((height - y0!) / dy!)] as const)
+    ? [
+        [0, 0, 8, 8],
+        [4, 0, 8, 8],
+        [0, 4, 4, 8],
+        [2, 0, 4, 4],
+        [0, 2, 2, 4],
+        [1, 0, 2, 2],
+        [0, 1, 1, 2],
+      ].map(([x0, y0, dx, dy]) => [Math.ceil((width - x0!) / dx!), Math.ceil((height - y0!) / dy!)] as const)
     : [[width, height] as const];
   const rowWidths = passes.filter(([w, h]) => w > 0 && h > 0).flatMap(([w, h]) => Array<number>(h).fill(w));
   const rows = rowWidths.slice(0, o.rows ?? rowWidths.length);
-  const raw = Buffer.alloc(rows.reduce((a, w) => a + 1 + ch * w, 0), o.fill ?? 0x80);
+  const raw = Buffer.alloc(
+    rows.reduce((a, w) => a + 1 + ch * w, 0),
+    o.fill ?? 0x80,
+  );
   for (let r = 0, at = 0; r < rows.length; at += 1 + ch * rows[r]!, r++) raw[at] = 0; // filter type None
   const file = Buffer.concat([
     Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
-    chunk('IHDR', ihdr), chunk('IDAT', zlib.deflateSync(raw)), chunk('IEND', new Uint8Array(0)),
+    chunk('IHDR', ihdr),
+    chunk('IDAT', zlib.deflateSync(raw)),
+    chunk('IEND', new Uint8Array(0)),
   ]);
   return o.truncate === undefined ? file : file.subarray(0, o.truncate);
 }

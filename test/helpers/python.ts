@@ -35,7 +35,11 @@ export function runPython<T = Record<string, unknown>>(script: string, input: un
   return JSON.parse(lines[lines.length - 1]!) as T;
 }
 
-export interface Encoded { shape: number[]; dtype: string; b64: string }
+export interface Encoded {
+  shape: number[];
+  dtype: string;
+  b64: string;
+}
 
 export function encode(data: Float32Array | Int32Array | BigInt64Array | Uint8Array, shape: number[]): Encoded {
   const dtype = data instanceof Float32Array ? 'float32' : data instanceof Int32Array ? 'int32' : data instanceof BigInt64Array ? 'int64' : 'uint8';
@@ -51,7 +55,11 @@ export function decodeF32(e: Encoded): Float32Array {
 /** max |a-b| / max(|b|, tiny) over elements: relative error against the reference. */
 export function maxRelError(a: ArrayLike<number>, ref: ArrayLike<number>): number {
   if (a.length !== ref.length) throw new Error(`length ${a.length} != ${ref.length}`);
-  let scale = 0, err = 0;
-  for (let i = 0; i < ref.length; i++) { scale = Math.max(scale, Math.abs(ref[i]!)); err = Math.max(err, Math.abs(a[i]! - ref[i]!)); }
+  let scale = 0,
+    err = 0;
+  for (let i = 0; i < ref.length; i++) {
+    scale = Math.max(scale, Math.abs(ref[i]!));
+    err = Math.max(err, Math.abs(a[i]! - ref[i]!));
+  }
   return err / Math.max(scale, 1e-12);
 }

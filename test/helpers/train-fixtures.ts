@@ -38,14 +38,24 @@ export function syntheticDataset(o: { count: number; classes?: number; size?: nu
     }
   }
   return {
-    name: o.name ?? 'synthetic gradients', split: o.split ?? 'train', images, labels,
-    classes: Array.from({ length: classes }, (_, k) => `class${k}`), count: o.count, channels: 3, height: size, width: size,
+    name: o.name ?? 'synthetic gradients',
+    split: o.split ?? 'train',
+    images,
+    labels,
+    classes: Array.from({ length: classes }, (_, k) => `class${k}`),
+    count: o.count,
+    channels: 3,
+    height: size,
+    width: size,
   };
 }
 
 /** <dir>/{train,test}/<class>/<i>.png: 200 + 50 synthetic 16x16 images of 4 classes (for CLI tests). */
 export function writeImageFolder(dir: string): string {
-  for (const [split, count, seed] of [['train', 200, 1], ['test', 50, 2]] as const) {
+  for (const [split, count, seed] of [
+    ['train', 200, 1],
+    ['test', 50, 2],
+  ] as const) {
     const ds = syntheticDataset({ count, classes: 4, size: 16, seed, split });
     for (let i = 0; i < ds.count; i++) {
       const cls = path.join(dir, split, ds.classes[ds.labels[i]!]!);

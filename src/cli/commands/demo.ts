@@ -31,7 +31,7 @@ export function register(program: Command): void {
     .option('--out <dir>', 'run folder (default runs/demo-<date>-<time>)')
     .option('--data-dir <dir>', 'where CIFAR-10 is looked for / extracted (default ./data, then ../shared/data)')
     .option('--device <device>', 'cpu, cuda or cuda:N', parseDevice, 'cpu')
-    .option('--threads <n>', 'CPU threads for libtorch (default: libtorch\'s own choice)')
+    .option('--threads <n>', "CPU threads for libtorch (default: libtorch's own choice)")
     .option('--epochs <n>', "override the demo recipe's epochs")
     .option('--train-per-class <n>', "training images per class (default: the demo recipe's)")
     .option('--test-per-class <n>', 'test images per class (default: all 1,000)')
@@ -51,13 +51,28 @@ export function register(program: Command): void {
       const data = await loadSplits('cifar10', { dataDir: o.dataDir, download: o.download, log, progress, progressLines: o.progress && !process.stdout.isTTY });
       const dataSeconds = (performance.now() - start) / 1000;
       let config: unknown = null;
-      try { config = modelConfig(modelName); } catch { /* createModel reports unknown names */ }
+      try {
+        config = modelConfig(modelName);
+      } catch {
+        /* createModel reports unknown names */
+      }
       const stop = stopOnInterrupt(log);
       try {
         const s = await train({
-          recipe, buildModel: buildModel(modelName, data.train.classes.length), modelName, modelConfig: config,
-          train: data.train, test: data.test, datasetSpec: 'cifar10', outDir: out, device: o.device,
-          channelsLast: !o.device.startsWith('cuda'), progress, progressLines: o.progress && !process.stdout.isTTY, log, stop: stop.signal,
+          recipe,
+          buildModel: buildModel(modelName, data.train.classes.length),
+          modelName,
+          modelConfig: config,
+          train: data.train,
+          test: data.test,
+          datasetSpec: 'cifar10',
+          outDir: out,
+          device: o.device,
+          channelsLast: !o.device.startsWith('cuda'),
+          progress,
+          progressLines: o.progress && !process.stdout.isTTY,
+          log,
+          stop: stop.signal,
         });
         if (s.status === 'interrupted') {
           reportInterrupted(s, resumeCommand({ out, dataDir: o.dataDir, device: o.device, channelsLast: !o.device.startsWith('cuda') }), log);
@@ -66,11 +81,19 @@ export function register(program: Command): void {
         const wall = (performance.now() - start) / 1000;
         const info = t.runtimeInfo();
         console.log('');
-        console.log(`Demo ${s.status === 'completed' ? 'result' : `(${s.status})`} on ${s.dataset}: test accuracy ${(100 * s.finalAcc).toFixed(2)}% on ${s.testImages.toLocaleString('en-US')} test images ` +
-          `(best ${(100 * s.bestAcc).toFixed(2)}%) after ${s.epochsDone} epoch(s) on ${s.trainImages.toLocaleString('en-US')} training images`);
-        console.log(`Model ${s.model}: ${s.trainableParams.toLocaleString('en-US')} trainable parameters; ${s.unsharedParams.toLocaleString('en-US')} without kernel sharing (${(s.unsharedParams / s.trainableParams).toFixed(2)}x more)`);
-        console.log(`Wall time ${formatDuration(wall)} (data ${formatDuration(dataSeconds)}, training and evaluation ${formatDuration(s.seconds)}, ${s.imgPerSec.toFixed(0)} training img/s) on ${o.device}, ${info.numThreads} thread(s)`);
-        console.log(`Run folder ${out} (log.jsonl, steps.jsonl, summary.json, checkpoint.safetensors): \`kshare report ${out}\` draws it, \`kshare eval --checkpoint ${path.join(out, 'checkpoint.safetensors')}\` re-evaluates it.`);
+        console.log(
+          `Demo ${s.status === 'completed' ? 'result' : `(${s.status})`} on ${s.dataset}: test accuracy ${(100 * s.finalAcc).toFixed(2)}% on ${s.testImages.toLocaleString('en-US')} test images ` +
+            `(best ${(100 * s.bestAcc).toFixed(2)}%) after ${s.epochsDone} epoch(s) on ${s.trainImages.toLocaleString('en-US')} training images`,
+        );
+        console.log(
+          `Model ${s.model}: ${s.trainableParams.toLocaleString('en-US')} trainable parameters; ${s.unsharedParams.toLocaleString('en-US')} without kernel sharing (${(s.unsharedParams / s.trainableParams).toFixed(2)}x more)`,
+        );
+        console.log(
+          `Wall time ${formatDuration(wall)} (data ${formatDuration(dataSeconds)}, training and evaluation ${formatDuration(s.seconds)}, ${s.imgPerSec.toFixed(0)} training img/s) on ${o.device}, ${info.numThreads} thread(s)`,
+        );
+        console.log(
+          `Run folder ${out} (log.jsonl, steps.jsonl, summary.json, checkpoint.safetensors): \`kshare report ${out}\` draws it, \`kshare eval --checkpoint ${path.join(out, 'checkpoint.safetensors')}\` re-evaluates it.`,
+        );
       } finally {
         stop.release();
       }

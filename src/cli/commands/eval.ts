@@ -74,7 +74,8 @@ export function register(program: Command): void {
       let modelName: string;
       let spec: string | undefined = o.dataset;
       let restore: (m: Module) => void;
-      let epoch: number | null = null, epochs: number | null = null;
+      let epoch: number | null = null,
+        epochs: number | null = null;
       let classNames: string[] | null = null;
       let stored: unknown = null;
       let isCheckpoint = true;
@@ -108,9 +109,17 @@ export function register(program: Command): void {
         };
       }
       if (!spec) throw new Error('--dataset is required (the checkpoint does not record its dataset)');
-      const test = await loadSplit(spec, 'test', { dataDir: o.dataDir, download: o.download, log, progress: !o.json && !!process.stderr.isTTY, allowChecksumMismatch: o.allowChecksumMismatch });
+      const test = await loadSplit(spec, 'test', {
+        dataDir: o.dataDir,
+        download: o.download,
+        log,
+        progress: !o.json && !!process.stderr.isTTY,
+        allowChecksumMismatch: o.allowChecksumMismatch,
+      });
       if (classNames && classNames.join('\n') !== test.classes.join('\n')) {
-        throw new Error(`${o.checkpoint} was trained on ${classNames.length} classes (${classNames.slice(0, 3).join(', ')}...), ${spec} has ${test.classes.length} (${test.classes.slice(0, 3).join(', ')}...)`);
+        throw new Error(
+          `${o.checkpoint} was trained on ${classNames.length} classes (${classNames.slice(0, 3).join(', ')}...), ${spec} has ${test.classes.length} (${test.classes.slice(0, 3).join(', ')}...)`,
+        );
       }
       const model = buildModel(modelName, test.classes.length, stored)();
       const ds = toDevice(o.testPerClass ? balancedSubset(test, positiveInt('--test-per-class', o.testPerClass)) : test, o.device);
@@ -120,17 +129,32 @@ export function register(program: Command): void {
         const counts = countParameters(model);
         const batchSize = o.batchSize ? positiveInt('--batch-size', o.batchSize) : recipe.evalBatchSize;
         const r = evaluate(model, ds, { batchSize, mean: recipe.augment.mean, std: recipe.augment.std, amp: recipe.amp });
-        if (!Number.isFinite(r.loss)) throw new Error(`${o.checkpoint}: the model's outputs on ${ds.name} are not finite (loss ${r.loss}); its weights are broken`);
+        if (!Number.isFinite(r.loss))
+          throw new Error(`${o.checkpoint}: the model's outputs on ${ds.name} are not finite (loss ${r.loss}); its weights are broken`);
         const report: EvalReport = {
-          checkpoint: o.checkpoint, model: modelName, dataset: ds.name, split: 'test', accuracy: r.accuracy, correct: r.correct, count: r.count, loss: r.loss,
-          trainableParams: counts.trainable, unsharedParams: counts.unshared, epoch, epochs,
+          checkpoint: o.checkpoint,
+          model: modelName,
+          dataset: ds.name,
+          split: 'test',
+          accuracy: r.accuracy,
+          correct: r.correct,
+          count: r.count,
+          loss: r.loss,
+          trainableParams: counts.trainable,
+          unsharedParams: counts.unshared,
+          epoch,
+          epochs,
         };
         if (o.json) {
           console.log(JSON.stringify(report));
           return;
         }
-        console.log(`${modelName}${isCheckpoint ? ` (epoch ${epoch}/${epochs})` : ''} on ${ds.name} test: accuracy ${(100 * r.accuracy).toFixed(2)}% (${r.correct}/${r.count}), loss ${r.loss.toFixed(4)}`);
-        console.log(`parameters: ${counts.trainable.toLocaleString('en-US')} trainable (${counts.unshared.toLocaleString('en-US')} without kernel sharing, ${(counts.unshared / counts.trainable).toFixed(2)}x)`);
+        console.log(
+          `${modelName}${isCheckpoint ? ` (epoch ${epoch}/${epochs})` : ''} on ${ds.name} test: accuracy ${(100 * r.accuracy).toFixed(2)}% (${r.correct}/${r.count}), loss ${r.loss.toFixed(4)}`,
+        );
+        console.log(
+          `parameters: ${counts.trainable.toLocaleString('en-US')} trainable (${counts.unshared.toLocaleString('en-US')} without kernel sharing, ${(counts.unshared / counts.trainable).toFixed(2)}x)`,
+        );
       } finally {
         ds.dispose();
         model.dispose();

@@ -44,7 +44,10 @@ export function register(program: Command): void {
     .option('--web <dir>', 'also write a self-contained copy of the web demo with this model into <dir> (serve it with any static server)')
     .option('--classes <n>', 'classes of a --model export (default 10)', positiveInt)
     .option('--seed <n>', 'random seed for a --model export', positiveIntOrZero, 0)
-    .addHelpText('after', '\nExamples:\n  kshare export --model convmixer_256_16_shared --out model.onnx\n  kshare export --checkpoint runs/c10/checkpoint.safetensors --out model.onnx --fp16 --web site/')
+    .addHelpText(
+      'after',
+      '\nExamples:\n  kshare export --model convmixer_256_16_shared --out model.onnx\n  kshare export --checkpoint runs/c10/checkpoint.safetensors --out model.onnx --fp16 --web site/',
+    )
     .action((o: ExportCliOptions) => {
       if (!o.checkpoint === !o.model) throw new Error('export: give exactly one of --checkpoint <file> or --model <name>');
       if (o.checkpoint && o.classes !== undefined) throw new Error('export: --classes applies to --model only (a checkpoint knows its classes)');
@@ -57,9 +60,13 @@ export function register(program: Command): void {
         writeOnnxFile(o.out, bytes);
         console.log(`exported ${src.info.model} (${src.info.source}) to ${o.out}`);
         console.log(`  trainable parameters  ${src.info.params.toLocaleString('en-US')}`);
-        console.log(`  weights               ${stats.initializers} tensors, ${mb(stats.weightBytes)} (${o.fp16 ? 'float16' : 'float32'})${stats.sharedWeights ? `; ${stats.sharedWeights} of them shared, used ${stats.sharedUses} times` : ', none shared'}`);
+        console.log(
+          `  weights               ${stats.initializers} tensors, ${mb(stats.weightBytes)} (${o.fp16 ? 'float16' : 'float32'})${stats.sharedWeights ? `; ${stats.sharedWeights} of them shared, used ${stats.sharedUses} times` : ', none shared'}`,
+        );
         console.log(`  file                  ${mb(stats.fileBytes)}, ${stats.nodes} nodes, opset ${OPSET}`);
-        console.log(`  input                 float32 [batch, ${src.info.input.channels}, ${src.info.input.height}, ${src.info.input.width}], normalised with mean ${JSON.stringify(src.info.input.mean)} std ${JSON.stringify(src.info.input.std)}`);
+        console.log(
+          `  input                 float32 [batch, ${src.info.input.channels}, ${src.info.input.height}, ${src.info.input.width}], normalised with mean ${JSON.stringify(src.info.input.mean)} std ${JSON.stringify(src.info.input.std)}`,
+        );
         if (o.web) {
           const files = writeWebBundle(o.web, bytes);
           console.log(`  web demo              ${o.web}/ (${files.length} files; serve the folder and open index.html)`);

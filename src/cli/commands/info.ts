@@ -3,7 +3,15 @@ import type { Command } from 'commander';
 import { createModel, loadModelConfigFile, modelSummary, formatSummary, loadWeights } from '../../models/index.js';
 import { applySharingPlan, parseSharingPlan } from '../../nn/index.js';
 
-interface InfoOptions { classes: string; json?: boolean; config?: string[]; weights?: string; depth?: string; plans?: boolean; plan?: string }
+interface InfoOptions {
+  classes: string;
+  json?: boolean;
+  config?: string[];
+  weights?: string;
+  depth?: string;
+  plans?: boolean;
+  plan?: string;
+}
 
 export function register(program: Command): void {
   program
@@ -31,13 +39,16 @@ export function register(program: Command): void {
           return;
         }
         const maxDepth = o.depth === undefined ? undefined : Number(o.depth);
-        if (maxDepth !== undefined && !(Number.isInteger(maxDepth) && maxDepth >= 0)) throw new Error(`--depth must be a non-negative integer, got '${o.depth}'`);
+        if (maxDepth !== undefined && !(Number.isInteger(maxDepth) && maxDepth >= 0))
+          throw new Error(`--depth must be a non-negative integer, got '${o.depth}'`);
         console.log(formatSummary(s, { maxDepth }));
         if (o.weights) console.log(`weights ${o.weights}: loaded, every tensor fits`);
         if (o.plans) {
           console.log('sharing plans (params for the whole model; saved vs. no sharing):');
           for (const p of s.sharingPlans) {
-            console.log(`  ${p.name.padEnd(32)} kernels ${String(p.kernels).padStart(4)}  params ${p.params.toLocaleString('en-US').padStart(11)}  saved ${p.savedParams.toLocaleString('en-US').padStart(11)} (${p.savedBytes.toLocaleString('en-US')} bytes)`);
+            console.log(
+              `  ${p.name.padEnd(32)} kernels ${String(p.kernels).padStart(4)}  params ${p.params.toLocaleString('en-US').padStart(11)}  saved ${p.savedParams.toLocaleString('en-US').padStart(11)} (${p.savedBytes.toLocaleString('en-US')} bytes)`,
+            );
           }
         }
       } finally {

@@ -58,7 +58,7 @@ export function register(program: Command): void {
     .command('predict')
     .description('classify PNG/JPEG images with an exported .onnx model or a .safetensors checkpoint')
     .argument('<model>', 'model.onnx (run with ONNX Runtime) or a checkpoint .safetensors (run with libtorch)')
-    .argument('<images...>', 'PNG or JPEG files; other sizes than the model\'s are centre-cropped and resized')
+    .argument('<images...>', "PNG or JPEG files; other sizes than the model's are centre-cropped and resized")
     .option('--top <k>', 'how many classes to show', positiveInt, 5)
     .option('--json', 'print one JSON object per image instead of a table')
     .option('--threads <n>', 'ONNX Runtime intra-op threads (default: all cores)', positiveInt)
@@ -87,7 +87,13 @@ export function register(program: Command): void {
             continue;
           }
           if (o.json) {
-            console.log(JSON.stringify({ image: file, ...(note ? { resized: true } : {}), top: preds.map((p) => ({ class: p.label, index: p.index, probability: p.probability })) }));
+            console.log(
+              JSON.stringify({
+                image: file,
+                ...(note ? { resized: true } : {}),
+                top: preds.map((p) => ({ class: p.label, index: p.index, probability: p.probability })),
+              }),
+            );
           } else {
             console.log(`${file}${note}`);
             const w = Math.max(...preds.map((p) => p.label.length));

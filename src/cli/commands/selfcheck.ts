@@ -11,7 +11,9 @@ export function register(program: Command): void {
     .action((o: { device: string }) => {
       requireDevice(o.device);
       const info = t.runtimeInfo();
-      console.log(`libtorch ${info.torchVersion}, CUDA ${info.cudaAvailable ? `available (${info.cudaDeviceCount} device(s))` : 'not available'}, ${info.numThreads} CPU thread(s)`);
+      console.log(
+        `libtorch ${info.torchVersion}, CUDA ${info.cudaAvailable ? `available (${info.cudaDeviceCount} device(s))` : 'not available'}, ${info.numThreads} CPU thread(s)`,
+      );
       t.manualSeed(0);
       const before = t.liveTensors();
       const w = t.randn([8, 3, 3, 3], { device: o.device, requiresGrad: true });

@@ -7,7 +7,14 @@ import { probeSweep } from '../../train/sweep-probe.js';
 import { formatDuration } from '../../train/run-log.js';
 import { positiveInt } from './train.js';
 
-interface SweepCliOptions { dryRun?: boolean; jobs: string; threads?: string; out?: string; probe: boolean; probeSteps: string }
+interface SweepCliOptions {
+  dryRun?: boolean;
+  jobs: string;
+  threads?: string;
+  out?: string;
+  probe: boolean;
+  probeSteps: string;
+}
 
 const SPEC_HELP = `
 Spec file (JSON; paths are relative to the spec file):
@@ -41,8 +48,8 @@ export function register(program: Command): void {
     .argument('<spec>', 'sweep spec (.json), see below')
     .option('--dry-run', 'list the runs with parameter counts and an estimated time (from a short timing probe); train nothing')
     .option('--jobs <n>', 'runs trained at the same time, each in its own process and folder', '1')
-    .option('--threads <n>', 'libtorch threads per run (default: the spec\'s; with --jobs > 1, cores / jobs)')
-    .option('--out <dir>', "output folder (default: the spec's \"out\")")
+    .option('--threads <n>', "libtorch threads per run (default: the spec's; with --jobs > 1, cores / jobs)")
+    .option('--out <dir>', 'output folder (default: the spec\'s "out")')
     .option('--no-probe', 'with --dry-run: skip the timing probe')
     .option('--probe-steps <n>', 'training steps timed per configuration by the probe', '6')
     .addHelpText('after', SPEC_HELP)
@@ -74,7 +81,9 @@ export function register(program: Command): void {
         const r = await runSweep(plan, { jobs, threads, log, stop: stop.signal, hardStop: hard.signal });
         if (r.status === 'interrupted') process.exitCode = 130;
         else if (r.status === 'failed') {
-          throw new Error(`${r.failed.length} run(s) failed: ${r.failed.map((f) => `${f.id} (exit ${f.code}: ${f.tail.filter((l) => l.trim()).slice(-1)[0] ?? 'no output'})`).join('; ')}`);
+          throw new Error(
+            `${r.failed.length} run(s) failed: ${r.failed.map((f) => `${f.id} (exit ${f.code}: ${f.tail.filter((l) => l.trim()).slice(-1)[0] ?? 'no output'})`).join('; ')}`,
+          );
         }
       } finally {
         for (const sig of signals) process.off(sig, onInt);
@@ -82,10 +91,15 @@ export function register(program: Command): void {
     });
 }
 
-async function dryRun(plan: ReturnType<typeof planSweep>, o: { jobs: number; threads?: number; probe: boolean; probeSteps: number; log: (l: string) => void }): Promise<void> {
+async function dryRun(
+  plan: ReturnType<typeof planSweep>,
+  o: { jobs: number; threads?: number; probe: boolean; probeSteps: number; log: (l: string) => void },
+): Promise<void> {
   const { log } = o;
   const recipe = plan.runs[0]!.recipe;
-  log(`sweep ${plan.spec.name}: ${plan.runs.length} runs, recipe ${recipe.name} (${recipe.epochs} epoch(s), batch ${recipe.batchSize}, lr ${recipe.optimizer.lr}), dataset ${plan.spec.dataset}, device ${plan.device}; output ${path.join(plan.out, RUNS_DIR)}`);
+  log(
+    `sweep ${plan.spec.name}: ${plan.runs.length} runs, recipe ${recipe.name} (${recipe.epochs} epoch(s), batch ${recipe.batchSize}, lr ${recipe.optimizer.lr}), dataset ${plan.spec.dataset}, device ${plan.device}; output ${path.join(plan.out, RUNS_DIR)}`,
+  );
   const states = plan.runs.map((r) => runState(r));
   const timing = o.probe && states.some((s) => s.kind !== 'done') ? await probeSweep(plan, { steps: o.probeSteps, log, threads: o.threads }) : null;
   const n = (x: number) => x.toLocaleString('en-US');
@@ -94,15 +108,28 @@ async function dryRun(plan: ReturnType<typeof planSweep>, o: { jobs: number; thr
     const est = timing?.runSeconds.get(r.id);
     const left = st.kind === 'done' ? 0 : est === undefined ? null : st.kind === 'resume' ? est * Math.max(0, 1 - st.epochsDone / r.recipe.epochs) : est;
     return {
-      cells: [r.id, r.model, r.plan ?? '-', String(r.seed), n(r.trainableParams), n(r.unsharedParams), n(r.macs),
-        st.kind === 'done' ? 'finished' : st.kind === 'resume' ? `resume after epoch ${st.epochsDone}` : 'new', left === null ? '?' : formatDuration(left)],
+      cells: [
+        r.id,
+        r.model,
+        r.plan ?? '-',
+        String(r.seed),
+        n(r.trainableParams),
+        n(r.unsharedParams),
+        n(r.macs),
+        st.kind === 'done' ? 'finished' : st.kind === 'resume' ? `resume after epoch ${st.epochsDone}` : 'new',
+        left === null ? '?' : formatDuration(left),
+      ],
       left,
     };
   });
   const head = ['run', 'model', 'plan', 'seed', 'trainable', 'unshared', 'MACs/image', 'state', 'est. time'];
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r.cells[i]!.length)));
   const right = new Set([3, 4, 5, 6, 8]);
-  const line = (c: string[]) => c.map((x, i) => (right.has(i) ? x.padStart(widths[i]!) : x.padEnd(widths[i]!))).join('  ').trimEnd();
+  const line = (c: string[]) =>
+    c
+      .map((x, i) => (right.has(i) ? x.padStart(widths[i]!) : x.padEnd(widths[i]!)))
+      .join('  ')
+      .trimEnd();
   log('');
   log(line(head));
   log(line(widths.map((w) => '-'.repeat(w))));
@@ -110,9 +137,11 @@ async function dryRun(plan: ReturnType<typeof planSweep>, o: { jobs: number; thr
   log('');
   if (timing) {
     const total = rows.reduce((s, r) => s + (r.left ?? 0), 0);
-    log(`estimate: ${formatDuration(total)} for the runs left, one after another (${n(timing.trainImages)} training images, ${timing.itersPerEpoch} steps per epoch, ` +
-      `${n(timing.testImages)} test images; start-up and data loading ${formatDuration(timing.startupSeconds + timing.dataSeconds)} per run)` +
-      (o.jobs > 1 ? `; with --jobs ${o.jobs} at best ${formatDuration(total / o.jobs)} if the jobs do not compete for cores` : ''));
+    log(
+      `estimate: ${formatDuration(total)} for the runs left, one after another (${n(timing.trainImages)} training images, ${timing.itersPerEpoch} steps per epoch, ` +
+        `${n(timing.testImages)} test images; start-up and data loading ${formatDuration(timing.startupSeconds + timing.dataSeconds)} per run)` +
+        (o.jobs > 1 ? `; with --jobs ${o.jobs} at best ${formatDuration(total / o.jobs)} if the jobs do not compete for cores` : ''),
+    );
   } else if (!o.probe) {
     log('no timing probe (--no-probe): times unknown');
   } else {

@@ -56,7 +56,10 @@ export function positiveNumber(flag: string, v: string): number {
 }
 
 /** The recipe after the command line's shorthand flags and --set overrides. */
-export function recipeFromFlags(base: Recipe, o: Pick<TrainCliOptions, 'epochs' | 'batchSize' | 'lr' | 'seed' | 'amp' | 'set' | 'trainPerClass' | 'testPerClass'>): Recipe {
+export function recipeFromFlags(
+  base: Recipe,
+  o: Pick<TrainCliOptions, 'epochs' | 'batchSize' | 'lr' | 'seed' | 'amp' | 'set' | 'trainPerClass' | 'testPerClass'>,
+): Recipe {
   const overrides: [string[], unknown][] = [];
   if (o.epochs !== undefined) overrides.push([['epochs'], positiveInt('--epochs', o.epochs)]);
   if (o.batchSize !== undefined) overrides.push([['batchSize'], positiveInt('--batch-size', o.batchSize)]);
@@ -95,23 +98,36 @@ export function buildModel(name: string, classes: number, stored: unknown = null
 }
 
 /** The command that continues a run folder (what an interrupted run tells the user). */
-export function resumeCommand(o: { out: string; dataset?: string; dataDir?: string; device?: string; channelsLast?: boolean; maxImagePixels?: string; allowChecksumMismatch?: boolean }): string {
+export function resumeCommand(o: {
+  out: string;
+  dataset?: string;
+  dataDir?: string;
+  device?: string;
+  channelsLast?: boolean;
+  maxImagePixels?: string;
+  allowChecksumMismatch?: boolean;
+}): string {
   const q = (v: string) => (/^[\w./:@=-]+$/.test(v) ? v : `'${v.replace(/'/g, `'\\''`)}'`);
-  return ['kshare train --resume --out', q(o.out),
+  return [
+    'kshare train --resume --out',
+    q(o.out),
     ...(o.dataset ? ['--dataset', q(o.dataset)] : []),
     ...(o.dataDir ? ['--data-dir', q(o.dataDir)] : []),
     ...(o.device && o.device !== 'cpu' ? ['--device', q(o.device)] : []),
     ...(o.channelsLast ? ['--channels-last'] : []),
     // The data is loaded again on resume: the flags that let it load the first time.
     ...(o.maxImagePixels !== undefined ? ['--max-image-pixels', q(o.maxImagePixels)] : []),
-    ...(o.allowChecksumMismatch ? ['--allow-checksum-mismatch'] : [])].join(' ');
+    ...(o.allowChecksumMismatch ? ['--allow-checksum-mismatch'] : []),
+  ].join(' ');
 }
 
 /** The last line of an interrupted run; also sets the exit code Unix tools use after Ctrl-C (130). */
 export function reportInterrupted(s: TrainSummary, resume: string, log: (l: string) => void): void {
   const at = s.interruptedAt;
-  log(`interrupted ${at ? `in epoch ${at.epoch} at step ${at.step}/${at.steps}` : `after epoch ${s.epochsDone}`}; resume with: ${resume}` +
-    (s.epochsDone ? ` (best test accuracy so far ${(100 * s.bestAcc).toFixed(2)}% after ${s.epochsDone}/${s.epochs} epochs)` : ''));
+  log(
+    `interrupted ${at ? `in epoch ${at.epoch} at step ${at.step}/${at.steps}` : `after epoch ${s.epochsDone}`}; resume with: ${resume}` +
+      (s.epochsDone ? ` (best test accuracy so far ${(100 * s.bestAcc).toFixed(2)}% after ${s.epochsDone}/${s.epochs} epochs)` : ''),
+  );
   process.exitCode = 130;
 }
 
@@ -136,19 +152,24 @@ export function register(program: Command): void {
     .description('train a model with a recipe (recipes/*.json); writes <out>/log.jsonl, summary.json and checkpoint.safetensors')
     .option('--recipe <name|file>', `recipe name (${listRecipes().join(', ') || 'see recipes/'}) or a .json file`)
     .option('--model <name>', "model name (see `kshare models`); default: the recipe's")
-    .option('--dataset <spec>', 'cifar10, cifar100, or an image folder <root>/{train,test}/<class>/* (default with --resume: the run\'s)')
+    .option('--dataset <spec>', "cifar10, cifar100, or an image folder <root>/{train,test}/<class>/* (default with --resume: the run's)")
     .option('--data-dir <dir>', 'where datasets are looked for and extracted (default ./data, then ../shared/data)')
     .requiredOption('--out <dir>', 'run folder for the log, summary and checkpoint')
-    .option('--epochs <n>', 'override the recipe\'s epochs')
-    .option('--batch-size <n>', 'override the recipe\'s batch size')
-    .option('--lr <x>', 'override the recipe\'s learning rate')
-    .option('--seed <n>', 'override the recipe\'s seed')
+    .option('--epochs <n>', "override the recipe's epochs")
+    .option('--batch-size <n>', "override the recipe's batch size")
+    .option('--lr <x>', "override the recipe's learning rate")
+    .option('--seed <n>', "override the recipe's seed")
     .option('--device <device>', 'cpu, cuda or cuda:N', parseDevice, 'cpu')
-    .option('--amp', 'mixed precision on CUDA (default: the recipe\'s)')
+    .option('--amp', "mixed precision on CUDA (default: the recipe's)")
     .option('--no-amp', 'no mixed precision')
     .option('--resume [checkpoint]', `continue a run exactly where it stopped (default <out>/${CHECKPOINT_FILE})`)
-    .option('--set <field=value>', 'override any recipe field, e.g. --set optimizer.weightDecay=0.05 (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
-    .option('--threads <n>', 'CPU threads for libtorch (default: libtorch\'s own choice)')
+    .option(
+      '--set <field=value>',
+      'override any recipe field, e.g. --set optimizer.weightDecay=0.05 (repeatable)',
+      (v: string, acc: string[]) => [...acc, v],
+      [] as string[],
+    )
+    .option('--threads <n>', "CPU threads for libtorch (default: libtorch's own choice)")
     .option('--download', 'download the official dataset when it is not found locally')
     .option('--stop-after-epochs <n>', 'stop (with a checkpoint) after this many epochs; --resume continues')
     .option('--train-per-class <n>', 'use only the first n training images of each class')
@@ -158,7 +179,10 @@ export function register(program: Command): void {
     .option('--max-image-pixels <n>', `refuse image files with more pixels than this before decoding them (default ${DEFAULT_MAX_IMAGE_PIXELS})`)
     .option('--no-progress', 'no progress bar')
     .option('--config <file...>', 'JSON model config file(s) to register first')
-    .option('--nproc <n>', 'data-parallel: start n worker processes on this machine (the recipe\'s batch size is per process); without it, MASTER_ADDR/MASTER_PORT/WORLD_SIZE/RANK make this process one member of a larger job (docs/distributed.md)')
+    .option(
+      '--nproc <n>',
+      "data-parallel: start n worker processes on this machine (the recipe's batch size is per process); without it, MASTER_ADDR/MASTER_PORT/WORLD_SIZE/RANK make this process one member of a larger job (docs/distributed.md)",
+    )
     .option('--dist-timeout <seconds>', 'data-parallel: a rendezvous or gradient exchange that takes longer fails, naming the rank at fault', '120')
     .option('--bucket-cap-mb <mb>', 'data-parallel: gradient bucket size (smaller buckets start communicating earlier during backward)', '25')
     .action(async (o: TrainCliOptions) => {
@@ -182,7 +206,9 @@ export function register(program: Command): void {
         const ck = readCheckpointMeta(resume);
         const threads = t.runtimeInfo().numThreads;
         if (ck.meta.threads !== undefined && ck.meta.threads !== threads) {
-          log(`warning: ${resume} was written with ${ck.meta.threads} CPU thread(s), this process uses ${threads}; the run continues, but not bit-exactly (pass --threads ${ck.meta.threads} for that)`);
+          log(
+            `warning: ${resume} was written with ${ck.meta.threads} CPU thread(s), this process uses ${threads}; the run continues, but not bit-exactly (pass --threads ${ck.meta.threads} for that)`,
+          );
         }
         // A resumed run keeps its recipe and model; only its length may change. Flags that
         // repeat the run's own settings (as the run scripts do) are fine.
@@ -203,18 +229,41 @@ export function register(program: Command): void {
         modelName = o.model ?? recipe.model;
       }
       const progress = o.progress && !!process.stderr.isTTY;
-      const { train: trainSet, test: testSet } = await loadSplits(dataset, { dataDir: o.dataDir, download: o.download, log, progress, progressLines: o.progress && !process.stdout.isTTY, allowChecksumMismatch: o.allowChecksumMismatch });
+      const { train: trainSet, test: testSet } = await loadSplits(dataset, {
+        dataDir: o.dataDir,
+        download: o.download,
+        log,
+        progress,
+        progressLines: o.progress && !process.stdout.isTTY,
+        allowChecksumMismatch: o.allowChecksumMismatch,
+      });
       const classes = trainSet.classes.length;
       const build = buildModel(modelName, classes, stored);
       let config: unknown = stored;
-      try { config = modelConfig(modelName) ?? stored; } catch { /* stored config or factory model */ }
+      try {
+        config = modelConfig(modelName) ?? stored;
+      } catch {
+        /* stored config or factory model */
+      }
       const options: TrainOptions = {
-        recipe, buildModel: build, modelName, modelConfig: config, train: trainSet, test: testSet,
-        outDir: o.out, device: o.device, resume, progress, progressLines: o.progress && !process.stdout.isTTY, log, channelsLast: !!o.channelsLast,
+        recipe,
+        buildModel: build,
+        modelName,
+        modelConfig: config,
+        train: trainSet,
+        test: testSet,
+        outDir: o.out,
+        device: o.device,
+        resume,
+        progress,
+        progressLines: o.progress && !process.stdout.isTTY,
+        log,
+        channelsLast: !!o.channelsLast,
         stopAfterEpochs: o.stopAfterEpochs === undefined ? undefined : positiveInt('--stop-after-epochs', o.stopAfterEpochs),
         datasetSpec: dataset,
       };
-      const done = (s: TrainSummary) => `${s.status}: ${s.model} on ${s.dataset}, best test accuracy ${(100 * s.bestAcc).toFixed(2)}% after ${s.epochsDone}/${s.epochs} epochs; ` +
+      const done = (s: TrainSummary) =>
+        `${s.status}: ${s.model} on ${s.dataset}, best test accuracy ${(100 * s.bestAcc).toFixed(2)}% after ${s.epochsDone}/${s.epochs} epochs; ` +
         `${s.trainableParams.toLocaleString('en-US')} trainable parameters (${s.unsharedParams.toLocaleString('en-US')} without sharing); run folder ${o.out}`;
       const denv = distributedEnv();
       if (denv) {
@@ -223,7 +272,14 @@ export function register(program: Command): void {
           bucketCapMB: positiveNumber('--bucket-cap-mb', o.bucketCapMb ?? '25'),
         });
         if (s?.status === 'interrupted') {
-          const resumeFlags = { out: o.out, dataDir: o.dataDir, device: o.device, channelsLast: o.channelsLast, maxImagePixels: o.maxImagePixels, allowChecksumMismatch: o.allowChecksumMismatch };
+          const resumeFlags = {
+            out: o.out,
+            dataDir: o.dataDir,
+            device: o.device,
+            channelsLast: o.channelsLast,
+            maxImagePixels: o.maxImagePixels,
+            allowChecksumMismatch: o.allowChecksumMismatch,
+          };
           reportInterrupted(s, `${resumeCommand(resumeFlags)} with the same world size (--nproc ${denv.worldSize}, or the same launcher)`, log);
         } else if (s) log(done(s));
         return;
@@ -233,7 +289,18 @@ export function register(program: Command): void {
       try {
         const s = await train({ ...options, stop: stop.signal });
         if (s.status === 'interrupted') {
-          reportInterrupted(s, resumeCommand({ out: o.out, dataDir: o.dataDir, device: o.device, channelsLast: o.channelsLast, maxImagePixels: o.maxImagePixels, allowChecksumMismatch: o.allowChecksumMismatch }), log);
+          reportInterrupted(
+            s,
+            resumeCommand({
+              out: o.out,
+              dataDir: o.dataDir,
+              device: o.device,
+              channelsLast: o.channelsLast,
+              maxImagePixels: o.maxImagePixels,
+              allowChecksumMismatch: o.allowChecksumMismatch,
+            }),
+            log,
+          );
           return;
         }
         log(done(s));

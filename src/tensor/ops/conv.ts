@@ -48,7 +48,10 @@ export function conv2d(x: Tensor, weight: Tensor, bias: Tensor | null = null, o:
   const padding = o.padding ?? 0;
   if (padding === 'same' || padding === 'valid') {
     if (padding === 'same' && (stride[0] !== 1 || stride[1] !== 1)) throw new ShapeError(`${op}: padding 'same' needs stride 1, got [${stride}]`);
-    if (padding === 'valid') { convOutputSize(op, h, kh, stride[0], 0, dilation[0]); convOutputSize(op, w, kw, stride[1], 0, dilation[1]); }
+    if (padding === 'valid') {
+      convOutputSize(op, h, kh, stride[0], 0, dilation[0]);
+      convOutputSize(op, w, kw, stride[1], 0, dilation[1]);
+    }
     if (padding === 'same' && useNativeDepthwise(x, weight, bias, groups, stride, null, dilation)) return depthwise(x, weight, bias, dilation);
     return wrap(runKernel(op, 'conv2dPadding', [x.handle, weight.handle, bias?.handle ?? null, stride, padding, dilation, groups]));
   }

@@ -7,7 +7,12 @@ import { tensorArg, optionsArg, describe } from '../validate.js';
 export type MemoryFormat = 'contiguous' | 'channels_last' | 'preserve';
 const FORMATS: MemoryFormat[] = ['contiguous', 'channels_last', 'preserve'];
 
-export interface ToOptions { device?: Device; dtype?: DType; memoryFormat?: MemoryFormat; copy?: boolean }
+export interface ToOptions {
+  device?: Device;
+  dtype?: DType;
+  memoryFormat?: MemoryFormat;
+  copy?: boolean;
+}
 
 /** Moves/casts a tensor. Returns a new handle (to the same tensor when nothing changes). */
 export function to(x: Tensor, target: Device | DType | ToOptions): Tensor {
@@ -25,14 +30,16 @@ export function to(x: Tensor, target: Device | DType | ToOptions): Tensor {
 
 export function contiguous(x: Tensor, format: MemoryFormat = 'contiguous'): Tensor {
   tensorArg('contiguous', 'x', x);
-  if (!FORMATS.includes(format) || format === 'preserve') throw new TypeError(`contiguous: memory format must be 'contiguous' or 'channels_last', got '${format}'`);
+  if (!FORMATS.includes(format) || format === 'preserve')
+    throw new TypeError(`contiguous: memory format must be 'contiguous' or 'channels_last', got '${format}'`);
   return wrap(runKernel('contiguous', 'contiguous', [x.handle, format]));
 }
 
 /** Whether x's strides are dense in the given order, by libtorch's rules (size-1 dims are free). */
 export function isContiguous(x: Tensor, format: MemoryFormat = 'contiguous'): boolean {
   tensorArg('isContiguous', 'x', x);
-  if (format !== 'contiguous' && format !== 'channels_last') throw new TypeError(`isContiguous: memory format must be 'contiguous' or 'channels_last', got '${format}'`);
+  if (format !== 'contiguous' && format !== 'channels_last')
+    throw new TypeError(`isContiguous: memory format must be 'contiguous' or 'channels_last', got '${format}'`);
   const shape = x.shape;
   if (format === 'contiguous' && shape.includes(0)) return true;
   if (format === 'channels_last' && shape.length !== 4) return false;

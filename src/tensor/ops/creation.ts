@@ -5,7 +5,11 @@ import { Tensor, wrap } from '../tensor.js';
 import { dtypeCode, dtypeOfTypedArray, elementBytes, normalizeDevice, type DType, type Device } from '../dtype.js';
 import { shapeArg, intArg, numberArg, tensorArg, optionsArg, describe } from '../validate.js';
 
-export interface CreateOptions { dtype?: DType; device?: Device; requiresGrad?: boolean }
+export interface CreateOptions {
+  dtype?: DType;
+  device?: Device;
+  requiresGrad?: boolean;
+}
 
 function finish(t: Tensor, o: CreateOptions): Tensor {
   if (o.requiresGrad) t.requiresGrad = true;
@@ -66,16 +70,25 @@ export function arange(start: number, end?: number, step = 1, o: CreateOptions =
 /** A seedable random stream, independent of the global one. */
 export class Generator {
   readonly handle: GeneratorHandle;
-  constructor(seed: number, readonly device: Device = 'cpu') {
+  constructor(
+    seed: number,
+    readonly device: Device = 'cpu',
+  ) {
     intArg('Generator', 'seed', seed, 0);
     this.handle = native.newGenerator(normalizeDevice(device, 'Generator'), seed);
   }
   /** The generator's state as a uint8 tensor (for checkpoints). */
-  getState(): Tensor { return wrap(native.generatorState(this.handle)); }
-  setState(state: Tensor): void { native.generatorState(this.handle, state.handle); }
+  getState(): Tensor {
+    return wrap(native.generatorState(this.handle));
+  }
+  setState(state: Tensor): void {
+    native.generatorState(this.handle, state.handle);
+  }
 }
 
-export interface RandomOptions extends CreateOptions { generator?: Generator }
+export interface RandomOptions extends CreateOptions {
+  generator?: Generator;
+}
 
 export function randn(shape: number[], o: RandomOptions = {}): Tensor {
   shapeArg('randn', shape);
@@ -145,7 +158,8 @@ export function manualSeed(seed: number): void {
  * a Node Buffer, or a number array. Default shape: 1-D of data's length.
  */
 export function tensor(data: ArrayBufferView | readonly number[], shape?: number[], o: CreateOptions = {}): Tensor {
-  if (!Array.isArray(data) && !ArrayBuffer.isView(data)) throw new TypeError(`tensor: data must be a typed array, a Buffer or an array of numbers, got ${describe(data)}`);
+  if (!Array.isArray(data) && !ArrayBuffer.isView(data))
+    throw new TypeError(`tensor: data must be a typed array, a Buffer or an array of numbers, got ${describe(data)}`);
   if (optionsArg('tensor', o).dtype !== undefined) dtypeCode(o.dtype!, 'tensor');
   if (o.device !== undefined) normalizeDevice(o.device, 'tensor');
   let view: ArrayBufferView;
@@ -157,14 +171,22 @@ export function tensor(data: ArrayBufferView | readonly number[], shape?: number
     if (bad >= 0) throw new TypeError(`tensor: element ${bad} (${describe(data[bad])}) is not a ${integral ? 'finite ' : ''}number for dtype ${dtype}`);
     const n = data.length;
     view =
-      dtype === 'int64' ? BigInt64Array.from(data as number[], (v) => BigInt(Math.trunc(v)))
-      : dtype === 'int32' ? Int32Array.from(data as number[])
-      : dtype === 'float64' ? Float64Array.from(data as number[])
-      : dtype === 'uint8' || dtype === 'bool' ? Uint8Array.from(data as number[])
-      : Float32Array.from(data as number[]);
+      dtype === 'int64'
+        ? BigInt64Array.from(data as number[], (v) => BigInt(Math.trunc(v)))
+        : dtype === 'int32'
+          ? Int32Array.from(data as number[])
+          : dtype === 'float64'
+            ? Float64Array.from(data as number[])
+            : dtype === 'uint8' || dtype === 'bool'
+              ? Uint8Array.from(data as number[])
+              : Float32Array.from(data as number[]);
     if (dtype === 'float16' || dtype === 'bfloat16') {
       const t = tensor(view, shape ?? [n], { device: 'cpu' });
-      try { return finish(t.to({ dtype, device: o.device }), o); } finally { t.dispose(); }
+      try {
+        return finish(t.to({ dtype, device: o.device }), o);
+      } finally {
+        t.dispose();
+      }
     }
   } else {
     view = data as ArrayBufferView;

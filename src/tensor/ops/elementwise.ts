@@ -29,7 +29,8 @@ function binary(op: string, tk: KernelName, sk: KernelName, a: Tensor, b: Operan
 export function add(a: Tensor, b: Operand, alpha = 1): Tensor {
   if (alpha !== 1) {
     if (typeof b === 'number') return binary('add', 'add', 'addScalar', a, b * alpha);
-    tensorArg('add', 'a', a); tensorArg('add', 'b', b);
+    tensorArg('add', 'a', a);
+    tensorArg('add', 'b', b);
     broadcastShape('add', a.shape, b.shape);
     if (b.rank > 0 && a.rank > 0) sameDevice('add', ['a', a], ['b', b]);
     return wrap(runKernel('add', 'add', [a.handle, b.handle, alpha]));
@@ -47,13 +48,15 @@ export const gt = (a: Tensor, b: Operand): Tensor => binary('gt', 'gt', 'gtScala
 export const ge = (a: Tensor, b: Operand): Tensor => binary('ge', 'ge', 'geScalar', a, b);
 
 export function maximum(a: Tensor, b: Tensor): Tensor {
-  tensorArg('maximum', 'a', a); tensorArg('maximum', 'b', b);
+  tensorArg('maximum', 'a', a);
+  tensorArg('maximum', 'b', b);
   broadcastShape('maximum', a.shape, b.shape);
   if (b.rank > 0 && a.rank > 0) sameDevice('maximum', ['a', a], ['b', b]);
   return wrap(runKernel('maximum', 'maximum', [a.handle, b.handle]));
 }
 export function minimum(a: Tensor, b: Tensor): Tensor {
-  tensorArg('minimum', 'a', a); tensorArg('minimum', 'b', b);
+  tensorArg('minimum', 'a', a);
+  tensorArg('minimum', 'b', b);
   broadcastShape('minimum', a.shape, b.shape);
   if (b.rank > 0 && a.rank > 0) sameDevice('minimum', ['a', a], ['b', b]);
   return wrap(runKernel('minimum', 'minimum', [a.handle, b.handle]));
@@ -116,7 +119,8 @@ export function where(cond: Tensor, a: Tensor, b: Tensor | number): Tensor {
 }
 
 export function maskedFill(x: Tensor, mask: Tensor, value: number): Tensor {
-  tensorArg('maskedFill', 'x', x); tensorArg('maskedFill', 'mask', mask);
+  tensorArg('maskedFill', 'x', x);
+  tensorArg('maskedFill', 'mask', mask);
   if (mask.dtype !== 'bool') throw new TypeError(`maskedFill: 'mask' must be a bool tensor, got ${mask.dtype}`);
   return wrap(runKernel('maskedFill', 'maskedFill', [x.handle, mask.handle, value]));
 }
@@ -141,11 +145,21 @@ export function div_(a: Tensor, b: Operand): Tensor {
   return a;
 }
 export function addcmul_(a: Tensor, t1: Tensor, t2: Tensor, value = 1): Tensor {
-  runKernelInPlace('addcmul_', 'addcmul_', [tensorArg('addcmul_', 'a', a).handle, tensorArg('addcmul_', 't1', t1).handle, tensorArg('addcmul_', 't2', t2).handle, value]);
+  runKernelInPlace('addcmul_', 'addcmul_', [
+    tensorArg('addcmul_', 'a', a).handle,
+    tensorArg('addcmul_', 't1', t1).handle,
+    tensorArg('addcmul_', 't2', t2).handle,
+    value,
+  ]);
   return a;
 }
 export function addcdiv_(a: Tensor, t1: Tensor, t2: Tensor, value = 1): Tensor {
-  runKernelInPlace('addcdiv_', 'addcdiv_', [tensorArg('addcdiv_', 'a', a).handle, tensorArg('addcdiv_', 't1', t1).handle, tensorArg('addcdiv_', 't2', t2).handle, value]);
+  runKernelInPlace('addcdiv_', 'addcdiv_', [
+    tensorArg('addcdiv_', 'a', a).handle,
+    tensorArg('addcdiv_', 't1', t1).handle,
+    tensorArg('addcdiv_', 't2', t2).handle,
+    value,
+  ]);
   return a;
 }
 export function lerp_(a: Tensor, end: Tensor, weight: number): Tensor {

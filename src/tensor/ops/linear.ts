@@ -22,7 +22,8 @@ export function matmul(a: Tensor, b: Tensor): Tensor {
   tensorArg('matmul', 'a', a);
   tensorArg('matmul', 'b', b);
   if (a.rank === 0 || b.rank === 0) throw new ShapeError('matmul: both operands need at least one dimension');
-  const k1 = a.dim(-1), k2 = b.rank === 1 ? b.dim(0) : b.dim(-2);
+  const k1 = a.dim(-1),
+    k2 = b.rank === 1 ? b.dim(0) : b.dim(-2);
   if (k1 !== k2) throw new ShapeError(`matmul: shapes [${a.shape}] and [${b.shape}] are not aligned (${k1} != ${k2})`);
   sameDevice('matmul', ['a', a], ['b', b]);
   return wrap(runKernel('matmul', 'matmul', [a.handle, b.handle]));

@@ -45,6 +45,7 @@ export function mseLoss(a: Tensor, b: Tensor): Tensor {
   const d = a.sub(b);
   const sq = d.mul(d);
   const m = sq.mean();
-  d.dispose(); sq.dispose();
+  d.dispose();
+  sq.dispose();
   return m;
 }

@@ -26,8 +26,10 @@ export function batchNorm(x: Tensor, o: BatchNormOptions): Tensor {
   if (x.rank < 2) throw new ShapeError(`${op}: input must be (N, C, ...), got shape [${x.shape}]`);
   const c = x.dim(1);
   const named: [string, Tensor | null][] = [
-    ['weight', optTensorArg(op, 'weight', o.weight)], ['bias', optTensorArg(op, 'bias', o.bias)],
-    ['runningMean', optTensorArg(op, 'runningMean', o.runningMean)], ['runningVar', optTensorArg(op, 'runningVar', o.runningVar)],
+    ['weight', optTensorArg(op, 'weight', o.weight)],
+    ['bias', optTensorArg(op, 'bias', o.bias)],
+    ['runningMean', optTensorArg(op, 'runningMean', o.runningMean)],
+    ['runningVar', optTensorArg(op, 'runningVar', o.runningVar)],
   ];
   for (const [name, t] of named) {
     if (t && (t.rank !== 1 || t.dim(0) !== c)) throw new ShapeError(`${op}: '${name}' must have shape [${c}] for input [${x.shape}], got [${t.shape}]`);
@@ -65,7 +67,11 @@ export function biasGeluBatchNorm(x: Tensor, convBias: Tensor, o: BiasGeluBatchN
   if (x.rank !== 4) throw new ShapeError(`${op}: input must be (N, C, H, W), got shape [${x.shape}]`);
   const c = x.dim(1);
   const named: [string, Tensor][] = [
-    ['convBias', convBias], ['weight', o.weight], ['bias', o.bias], ['runningMean', o.runningMean], ['runningVar', o.runningVar],
+    ['convBias', convBias],
+    ['weight', o.weight],
+    ['bias', o.bias],
+    ['runningMean', o.runningMean],
+    ['runningVar', o.runningVar],
   ];
   for (const [name, t] of [['input', x] as [string, Tensor], ...named]) {
     tensorArg(op, name, t);

@@ -9,7 +9,8 @@ export function affineGrid(theta: Tensor, size: [number, number, number, number]
   tensorArg('affineGrid', 'theta', theta);
   floatArg('affineGrid', 'theta', theta);
   if (theta.rank !== 3 || theta.dim(1) !== 2 || theta.dim(2) !== 3) throw new ShapeError(`affineGrid: theta must have shape [N, 2, 3], got [${theta.shape}]`);
-  if (!Array.isArray(size) || size.length !== 4 || size.some((d) => !Number.isInteger(d) || d < 1)) throw new ShapeError(`affineGrid: size must be [N, C, H, W] of positive integers, got ${describe(size)}`);
+  if (!Array.isArray(size) || size.length !== 4 || size.some((d) => !Number.isInteger(d) || d < 1))
+    throw new ShapeError(`affineGrid: size must be [N, C, H, W] of positive integers, got ${describe(size)}`);
   if (size[0] !== theta.dim(0)) throw new ShapeError(`affineGrid: size has batch ${size[0]} but theta has ${theta.dim(0)} matrices`);
   return wrap(runKernel('affineGrid', 'affineGrid', [theta.handle, size, alignCorners]));
 }
@@ -19,7 +20,11 @@ export type GridPadding = 'zeros' | 'border' | 'reflection';
 const MODES: Record<GridMode, number> = { bilinear: 0, nearest: 1, bicubic: 2 };
 const PADDINGS: Record<GridPadding, number> = { zeros: 0, border: 1, reflection: 2 };
 
-export interface GridSampleOptions { mode?: GridMode; paddingMode?: GridPadding; alignCorners?: boolean }
+export interface GridSampleOptions {
+  mode?: GridMode;
+  paddingMode?: GridPadding;
+  alignCorners?: boolean;
+}
 
 /** Samples x (N, C, H, W) at grid (N, Ho, Wo, 2) points, giving (N, C, Ho, Wo). */
 export function gridSample(x: Tensor, grid: Tensor, o: GridSampleOptions = {}): Tensor {
@@ -27,7 +32,8 @@ export function gridSample(x: Tensor, grid: Tensor, o: GridSampleOptions = {}): 
   tensorArg('gridSample', 'grid', grid);
   rankArg('gridSample', 'input', x, 4);
   floatArg('gridSample', 'input', x);
-  if (grid.rank !== 4 || grid.dim(3) !== 2 || grid.dim(0) !== x.dim(0)) throw new ShapeError(`gridSample: grid must have shape [${x.dim(0)}, H, W, 2], got [${grid.shape}]`);
+  if (grid.rank !== 4 || grid.dim(3) !== 2 || grid.dim(0) !== x.dim(0))
+    throw new ShapeError(`gridSample: grid must have shape [${x.dim(0)}, H, W, 2], got [${grid.shape}]`);
   if (grid.dtype !== x.dtype) throw new TypeError(`gridSample: grid is ${grid.dtype} but input is ${x.dtype}`);
   sameDevice('gridSample', ['input', x], ['grid', grid]);
   const mode = o.mode ?? 'bilinear';

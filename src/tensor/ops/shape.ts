@@ -41,7 +41,8 @@ export function transpose(x: Tensor, d0: number, d1: number): Tensor {
 export function flatten(x: Tensor, start = 0, end = -1): Tensor {
   tensorArg('flatten', 'x', x);
   if (x.rank === 0) return reshape(x, [1]);
-  const s = dimArg('flatten', x, start), e = dimArg('flatten', x, end);
+  const s = dimArg('flatten', x, start),
+    e = dimArg('flatten', x, end);
   if (s > e) throw new Error(`flatten: start dim ${start} comes after end dim ${end}`);
   return wrap(runKernel('flatten', 'flatten', [x.handle, s, e]));
 }
@@ -151,14 +152,16 @@ export function pad(x: Tensor, pads: number[], mode: PadMode = 'constant', value
 }
 
 export function indexSelect(x: Tensor, dim: number, index: Tensor): Tensor {
-  tensorArg('indexSelect', 'x', x); tensorArg('indexSelect', 'index', index);
+  tensorArg('indexSelect', 'x', x);
+  tensorArg('indexSelect', 'index', index);
   if (index.dtype !== 'int64' && index.dtype !== 'int32') throw new TypeError(`indexSelect: 'index' must be an integer tensor, got ${index.dtype}`);
   if (index.rank !== 1) throw new Error(`indexSelect: 'index' must be 1-D, got shape [${index.shape}]`);
   return wrap(runKernel('indexSelect', 'indexSelect', [x.handle, dimArg('indexSelect', x, dim), index.handle]));
 }
 
 export function gather(x: Tensor, dim: number, index: Tensor): Tensor {
-  tensorArg('gather', 'x', x); tensorArg('gather', 'index', index);
+  tensorArg('gather', 'x', x);
+  tensorArg('gather', 'index', index);
   if (index.dtype !== 'int64') throw new TypeError(`gather: 'index' must be int64, got ${index.dtype}`);
   if (index.rank !== x.rank) throw new Error(`gather: 'index' rank ${index.rank} differs from input rank ${x.rank}`);
   return wrap(runKernel('gather', 'gather', [x.handle, dimArg('gather', x, dim), index.handle]));
@@ -166,7 +169,8 @@ export function gather(x: Tensor, dim: number, index: Tensor): Tensor {
 
 /** out = x with out[...index[i]...] = src[i] along dim. */
 export function scatter(x: Tensor, dim: number, index: Tensor, src: Tensor | number): Tensor {
-  tensorArg('scatter', 'x', x); tensorArg('scatter', 'index', index);
+  tensorArg('scatter', 'x', x);
+  tensorArg('scatter', 'index', index);
   if (index.dtype !== 'int64') throw new TypeError(`scatter: 'index' must be int64, got ${index.dtype}`);
   const d = dimArg('scatter', x, dim);
   if (typeof src === 'number') return wrap(runKernel('scatter', 'scatterValue', [x.handle, d, index.handle, src]));
@@ -190,16 +194,21 @@ export function oneHot(labels: Tensor, numClasses: number): Tensor {
 
 /** out = x with out[...index[i]...] += src[i] along dim (histograms, counts). */
 export function scatterAdd(x: Tensor, dim: number, index: Tensor, src: Tensor): Tensor {
-  tensorArg('scatterAdd', 'x', x); tensorArg('scatterAdd', 'index', index); tensorArg('scatterAdd', 'src', src);
+  tensorArg('scatterAdd', 'x', x);
+  tensorArg('scatterAdd', 'index', index);
+  tensorArg('scatterAdd', 'src', src);
   if (index.dtype !== 'int64') throw new TypeError(`scatterAdd: 'index' must be int64, got ${index.dtype}`);
-  if (index.rank !== x.rank || src.rank !== x.rank) throw new Error(`scatterAdd: 'index' [${index.shape}] and 'src' [${src.shape}] must have the rank of x [${x.shape}]`);
+  if (index.rank !== x.rank || src.rank !== x.rank)
+    throw new Error(`scatterAdd: 'index' [${index.shape}] and 'src' [${src.shape}] must have the rank of x [${x.shape}]`);
   if (src.dtype !== x.dtype) throw new TypeError(`scatterAdd: 'src' is ${src.dtype} but x is ${x.dtype}`);
   return wrap(runKernel('scatterAdd', 'scatterAdd', [x.handle, dimArg('scatterAdd', x, dim), index.handle, src.handle]));
 }
 
 /** out = x with the slices at `index` along dim replaced by the slices of src (index_copy). */
 export function indexCopy(x: Tensor, dim: number, index: Tensor, src: Tensor): Tensor {
-  tensorArg('indexCopy', 'x', x); tensorArg('indexCopy', 'index', index); tensorArg('indexCopy', 'src', src);
+  tensorArg('indexCopy', 'x', x);
+  tensorArg('indexCopy', 'index', index);
+  tensorArg('indexCopy', 'src', src);
   if (index.dtype !== 'int64') throw new TypeError(`indexCopy: 'index' must be int64, got ${index.dtype}`);
   if (index.rank !== 1) throw new Error(`indexCopy: 'index' must be 1-D, got shape [${index.shape}]`);
   const d = dimArg('indexCopy', x, dim);

@@ -8,15 +8,23 @@ import type { Tensor } from '../../tensor/index.js';
 /** PIL affine data (a, b, c, d, e, f): input = (a·x + b·y + c, d·x + e·y + f). */
 export type PilAffine = [number, number, number, number, number, number];
 
-export function shearX(f: number): PilAffine { return [1, f, 0, 0, 1, 0]; }
-export function shearY(f: number): PilAffine { return [1, 0, 0, f, 1, 0]; }
-export function translate(dx: number, dy: number): PilAffine { return [1, 0, dx, 0, 1, dy]; }
+export function shearX(f: number): PilAffine {
+  return [1, f, 0, 0, 1, 0];
+}
+export function shearY(f: number): PilAffine {
+  return [1, 0, 0, f, 1, 0];
+}
+export function translate(dx: number, dy: number): PilAffine {
+  return [1, 0, dx, 0, 1, dy];
+}
 
 /** Image.rotate(degrees) about the image centre (counter-clockwise for positive degrees). */
 export function rotate(degrees: number, w: number, h: number): PilAffine {
-  const a = -degrees * Math.PI / 180;
-  const cos = Math.cos(a), sin = Math.sin(a);
-  const cx = w / 2, cy = h / 2;
+  const a = (-degrees * Math.PI) / 180;
+  const cos = Math.cos(a),
+    sin = Math.sin(a);
+  const cx = w / 2,
+    cy = h / 2;
   return [cos, sin, -cos * cx - sin * cy + cx, -sin, cos, sin * cx - cos * cy + cy];
 }
 
@@ -26,8 +34,11 @@ export function rotate(degrees: number, w: number, h: number): PilAffine {
  */
 export function toTheta(m: PilAffine, w: number, h: number): number[] {
   const [a, b, c, d, e, f] = m;
-  const t00 = a, t01 = b * h / w, t10 = d * w / h, t11 = e;
-  return [t00, t01, t00 + t01 + 2 * c / w - 1, t10, t11, t10 + t11 + 2 * f / h - 1];
+  const t00 = a,
+    t01 = (b * h) / w,
+    t10 = (d * w) / h,
+    t11 = e;
+  return [t00, t01, t00 + t01 + (2 * c) / w - 1, t10, t11, t10 + t11 + (2 * f) / h - 1];
 }
 
 /**

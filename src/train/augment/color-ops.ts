@@ -12,7 +12,16 @@ export function autoContrast(x: Tensor): Tensor {
     const hi = t.amax(x, [2, 3], true);
     const range = hi.sub(lo);
     const flat = t.le(range, 0);
-    const stretched = t.clamp(t.floor(x.sub(lo).mul(255).div(t.where(flat, t.onesLike(range), range))), 0, 255);
+    const stretched = t.clamp(
+      t.floor(
+        x
+          .sub(lo)
+          .mul(255)
+          .div(t.where(flat, t.onesLike(range), range)),
+      ),
+      0,
+      255,
+    );
     return t.where(flat, x, stretched);
   });
 }
@@ -96,7 +105,11 @@ export function sharpness(x: Tensor, factor: Tensor): Tensor {
   const [, c, h, w] = x.shape as [number, number, number, number];
   if (h < 3 || w < 3) return x.clone();
   return t.tidy(() => {
-    const k = t.tensor(Float32Array.from([1, 1, 1, 1, 5, 1, 1, 1, 1], (v) => v / 13), [1, 1, 3, 3], { device: x.device });
+    const k = t.tensor(
+      Float32Array.from([1, 1, 1, 1, 5, 1, 1, 1, 1], (v) => v / 13),
+      [1, 1, 3, 3],
+      { device: x.device },
+    );
     const smooth = t.floor(t.conv2d(x, t.expand(k, [c, 1, 3, 3]), null, { groups: c }).add(0.5));
     const padded = t.pad(smooth, [1, 1, 1, 1]);
     const inside = new Uint8Array(h * w);

@@ -37,19 +37,27 @@ export function applyCropFlip(x: Tensor, p: CropFlipParams, o: CropFlipOptions):
   const [n, c, h, w] = x.shape as [number, number, number, number];
   const size = o.size ?? h;
   const pad = o.padding;
-  const hp = h + 2 * pad, wp = w + 2 * pad;
+  const hp = h + 2 * pad,
+    wp = w + 2 * pad;
   const dev = x.device;
   return t.tidy(() => {
     // One gather from the flattened padded image: source index (top + i)·Wp + left + j',
     // where j' = size − 1 − j for flipped images.
     const padded = pad > 0 ? t.pad(x, [pad, pad, pad, pad]) : x;
     const perImage = (a: ArrayLike<number>) => t.tensor(Float32Array.from(a), [n, 1, 1], { device: dev });
-    const top = perImage(p.top), left = perImage(p.left);
+    const top = perImage(p.top),
+      left = perImage(p.left);
     const flip = perImage(p.flipped);
     const i = t.arange(0, size, 1, { dtype: 'float32', device: dev }).reshape([1, size, 1]);
     const j = t.arange(0, size, 1, { dtype: 'float32', device: dev }).reshape([1, 1, size]);
     const col = j.add(flip.mul(j.mul(-2).add(size - 1)));
-    const flat = top.add(i).mul(wp).add(left).add(col).to('int64').reshape([n, 1, size * size]);
+    const flat = top
+      .add(i)
+      .mul(wp)
+      .add(left)
+      .add(col)
+      .to('int64')
+      .reshape([n, 1, size * size]);
     const out = t.gather(padded.reshape([n, c, hp * wp]), 2, t.expand(flat, [n, c, size * size]));
     return out.reshape([n, c, size, size]);
   });

@@ -45,7 +45,7 @@ export function drawErasing(rng: HostRandom, n: number, height: number, width: n
     for (let b = 0; b < count; b++) {
       const u = rng.uniform(4 * ATTEMPTS);
       for (let a = 0; a < ATTEMPTS; a++) {
-        const target = (o.minArea + (o.maxArea - o.minArea) * u[4 * a]!) * area / count;
+        const target = ((o.minArea + (o.maxArea - o.minArea) * u[4 * a]!) * area) / count;
         const aspect = Math.exp(logLo + (logHi - logLo) * u[4 * a + 1]!);
         const h = roundHalfEven(Math.sqrt(target * aspect));
         const w = roundHalfEven(Math.sqrt(target / aspect));
@@ -69,7 +69,8 @@ export function boxMask(b: Boxes, height: number, width: number, device: string)
   return t.tidy(() => {
     const rows = t.arange(0, height, 1, { dtype: 'float32', device }).reshape([1, 1, height, 1]);
     const cols = t.arange(0, width, 1, { dtype: 'float32', device }).reshape([1, 1, 1, width]);
-    const top = per(b.top), left = per(b.left);
+    const top = per(b.top),
+      left = per(b.left);
     const inRows = t.logicalAnd(t.ge(rows, top), t.lt(rows, top.add(per(b.h))));
     const inCols = t.logicalAnd(t.ge(cols, left), t.lt(cols, left.add(per(b.w))));
     return t.logicalAnd(inRows, inCols);
@@ -84,9 +85,12 @@ export function applyErasing(x: Tensor, boxes: Boxes[], mode: RandomErasingOptio
     if (!b.h.some((v) => v > 0)) continue;
     const next = t.tidy(() => {
       const mask = boxMask(b, h, w, x.device);
-      const fill = mode === 'pixel' ? t.randn([n, c, h, w], { generator: noise, device: x.device, dtype: x.dtype })
-        : mode === 'rand' ? t.expand(t.randn([n, c, 1, 1], { generator: noise, device: x.device, dtype: x.dtype }), [n, c, h, w])
-        : t.zerosLike(x);
+      const fill =
+        mode === 'pixel'
+          ? t.randn([n, c, h, w], { generator: noise, device: x.device, dtype: x.dtype })
+          : mode === 'rand'
+            ? t.expand(t.randn([n, c, 1, 1], { generator: noise, device: x.device, dtype: x.dtype }), [n, c, h, w])
+            : t.zerosLike(x);
       return t.where(mask, fill, y);
     });
     y.dispose();
@@ -105,10 +109,14 @@ export function drawCutout(rng: HostRandom, n: number, height: number, width: nu
   const half = Math.floor(size / 2);
   const b: Boxes = { top: new Int32Array(n), left: new Int32Array(n), h: new Int32Array(n), w: new Int32Array(n) };
   for (let i = 0; i < n; i++) {
-    const x0 = Math.max(0, cx[i]! - half), x1 = Math.min(width - 1, cx[i]! + half);
-    const y0 = Math.max(0, cy[i]! - half), y1 = Math.min(height - 1, cy[i]! + half);
-    b.left[i] = x0; b.w[i] = Math.max(0, x1 - x0);
-    b.top[i] = y0; b.h[i] = Math.max(0, y1 - y0);
+    const x0 = Math.max(0, cx[i]! - half),
+      x1 = Math.min(width - 1, cx[i]! + half);
+    const y0 = Math.max(0, cy[i]! - half),
+      y1 = Math.min(height - 1, cy[i]! + half);
+    b.left[i] = x0;
+    b.w[i] = Math.max(0, x1 - x0);
+    b.top[i] = y0;
+    b.h[i] = Math.max(0, y1 - y0);
   }
   return b;
 }

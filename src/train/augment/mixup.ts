@@ -37,13 +37,16 @@ export function drawMix(rng: HostRandom, height: number, width: number, o: Mixup
   if (!cutmix) return { kind: 'mixup', lam };
   // timm's rand_bbox: cut sides int(S·√(1−λ)), centre uniform over pixels, box clipped.
   const ratio = Math.sqrt(1 - lam);
-  const cutH = Math.trunc(height * ratio), cutW = Math.trunc(width * ratio);
+  const cutH = Math.trunc(height * ratio),
+    cutW = Math.trunc(width * ratio);
   const c = rng.uniform(2);
   const cy = Math.min(height - 1, Math.floor(c[0]! * height));
   const cx = Math.min(width - 1, Math.floor(c[1]! * width));
   const clip = (v: number, hi: number) => Math.max(0, Math.min(hi, v));
-  const y0 = clip(cy - Math.floor(cutH / 2), height), y1 = clip(cy + Math.floor(cutH / 2), height);
-  const x0 = clip(cx - Math.floor(cutW / 2), width), x1 = clip(cx + Math.floor(cutW / 2), width);
+  const y0 = clip(cy - Math.floor(cutH / 2), height),
+    y1 = clip(cy + Math.floor(cutH / 2), height);
+  const x0 = clip(cx - Math.floor(cutW / 2), width),
+    x1 = clip(cx + Math.floor(cutW / 2), width);
   if (o.correctLam) lam = 1 - ((y1 - y0) * (x1 - x0)) / (height * width);
   return { kind: 'cutmix', lam, box: [y0, y1, x0, x1] };
 }
@@ -52,7 +55,13 @@ export function drawMix(rng: HostRandom, height: number, width: number, o: Mixup
 export function smoothOneHot(labels: Tensor, classes: number, smoothing: number): Tensor {
   const off = smoothing / classes;
   const on = 1 - smoothing + off;
-  return t.tidy(() => t.oneHot(labels, classes).to('float32').mul(on - off).add(off));
+  return t.tidy(() =>
+    t
+      .oneHot(labels, classes)
+      .to('float32')
+      .mul(on - off)
+      .add(off),
+  );
 }
 
 /** Mixes images x (n, C, H, W) and returns soft targets (n, classes). */

@@ -32,8 +32,16 @@ export function normalize(images: Tensor, mean: number[], std: number[]): Tensor
   const c = images.dim(1);
   if (mean.length !== c || std.length !== c) throw new Error(`normalize: mean/std have ${mean.length}/${std.length} values for ${c} channels`);
   return t.tidy(() => {
-    const scale = t.tensor(Float32Array.from(std, (s) => 1 / (255 * s)), [1, c, 1, 1], { device: images.device });
-    const shift = t.tensor(Float32Array.from(mean, (m, i) => m / std[i]!), [1, c, 1, 1], { device: images.device });
+    const scale = t.tensor(
+      Float32Array.from(std, (s) => 1 / (255 * s)),
+      [1, c, 1, 1],
+      { device: images.device },
+    );
+    const shift = t.tensor(
+      Float32Array.from(mean, (m, i) => m / std[i]!),
+      [1, c, 1, 1],
+      { device: images.device },
+    );
     return images.to('float32').mul(scale).sub(shift);
   });
 }
@@ -52,7 +60,12 @@ export class TrainAugment {
    * @param params draws crop corners, op choices, boxes and λ (a CPU generator)
    * @param noise draws per-pixel erasing noise on the training device
    */
-  constructor(readonly cfg: AugmentConfig, readonly classes: number, params: Generator, readonly noise: Generator) {
+  constructor(
+    readonly cfg: AugmentConfig,
+    readonly classes: number,
+    params: Generator,
+    readonly noise: Generator,
+  ) {
     validateAugment(cfg);
     this.host = new HostRandom(params);
     const fill = cfg.mean.map((m) => Math.min(255, Math.round(255 * m)));
@@ -111,17 +124,21 @@ function singleThreaded<T>(fn: () => T): T {
 }
 
 export function validateAugment(c: AugmentConfig): void {
-  const bad = (msg: string) => { throw new Error(`augment: ${msg}`); };
+  const bad = (msg: string) => {
+    throw new Error(`augment: ${msg}`);
+  };
   if (!Number.isInteger(c.cropPadding) || c.cropPadding < 0) bad(`cropPadding must be a non-negative integer, got ${c.cropPadding}`);
   if (!(c.hflip >= 0 && c.hflip <= 1)) bad(`hflip must be a probability, got ${c.hflip}`);
-  if (!Array.isArray(c.mean) || !Array.isArray(c.std) || c.mean.length !== c.std.length || c.mean.length < 1) bad('mean and std must be lists of one value per channel');
+  if (!Array.isArray(c.mean) || !Array.isArray(c.std) || c.mean.length !== c.std.length || c.mean.length < 1)
+    bad('mean and std must be lists of one value per channel');
   if (c.std.some((s) => !(s > 0))) bad(`std values must be > 0, got [${c.std}]`);
   if (!(c.labelSmoothing >= 0 && c.labelSmoothing < 1)) bad(`labelSmoothing must be in [0, 1), got ${c.labelSmoothing}`);
   if (!Number.isInteger(c.cutout) || c.cutout < 0) bad(`cutout must be a non-negative integer, got ${c.cutout}`);
   const e = c.randomErasing;
   if (e) {
     if (!(e.prob >= 0 && e.prob <= 1)) bad(`randomErasing.prob must be a probability, got ${e.prob}`);
-    if (!(e.minArea > 0 && e.minArea <= e.maxArea && e.maxArea < 1)) bad(`randomErasing areas must satisfy 0 < minArea <= maxArea < 1, got ${e.minArea}, ${e.maxArea}`);
+    if (!(e.minArea > 0 && e.minArea <= e.maxArea && e.maxArea < 1))
+      bad(`randomErasing areas must satisfy 0 < minArea <= maxArea < 1, got ${e.minArea}, ${e.maxArea}`);
     if (!(e.minAspect > 0)) bad(`randomErasing.minAspect must be > 0, got ${e.minAspect}`);
     if (!['pixel', 'const', 'rand'].includes(e.mode)) bad(`randomErasing.mode must be pixel, const or rand, got ${JSON.stringify(e.mode)}`);
     if (e.count !== undefined && (!Number.isInteger(e.count) || e.count < 1)) bad(`randomErasing.count must be a positive integer, got ${e.count}`);
@@ -132,5 +149,9 @@ export function validateAugment(c: AugmentConfig): void {
     if (!(m.prob >= 0 && m.prob <= 1) || !(m.switchProb >= 0 && m.switchProb <= 1)) bad('mixup prob and switchProb must be probabilities');
   }
   if (c.randAugment !== null && typeof c.randAugment !== 'string') bad('randAugment must be a config string such as "rand-m9-mstd0.5-inc1" or null');
-  if (c.randAugment) parseRandAugment(c.randAugment, c.mean.map(() => 0));
+  if (c.randAugment)
+    parseRandAugment(
+      c.randAugment,
+      c.mean.map(() => 0),
+    );
 }

@@ -11,14 +11,39 @@ import { warpAffine, rotate, shearX, shearY, translate, type PilAffine } from '.
 
 /** timm's _RAND_INCREASING_TRANSFORMS, in timm's order. */
 export const RAND_INCREASING_OPS = [
-  'AutoContrast', 'Equalize', 'Invert', 'Rotate', 'PosterizeIncreasing', 'SolarizeIncreasing', 'SolarizeAdd',
-  'ColorIncreasing', 'ContrastIncreasing', 'BrightnessIncreasing', 'SharpnessIncreasing',
-  'ShearX', 'ShearY', 'TranslateXRel', 'TranslateYRel',
+  'AutoContrast',
+  'Equalize',
+  'Invert',
+  'Rotate',
+  'PosterizeIncreasing',
+  'SolarizeIncreasing',
+  'SolarizeAdd',
+  'ColorIncreasing',
+  'ContrastIncreasing',
+  'BrightnessIncreasing',
+  'SharpnessIncreasing',
+  'ShearX',
+  'ShearY',
+  'TranslateXRel',
+  'TranslateYRel',
 ] as const;
 /** timm's _RAND_TRANSFORMS (the non-increasing variants), for `inc0`. */
 export const RAND_OPS = [
-  'AutoContrast', 'Equalize', 'Invert', 'Rotate', 'Posterize', 'Solarize', 'SolarizeAdd',
-  'Color', 'Contrast', 'Brightness', 'Sharpness', 'ShearX', 'ShearY', 'TranslateXRel', 'TranslateYRel',
+  'AutoContrast',
+  'Equalize',
+  'Invert',
+  'Rotate',
+  'Posterize',
+  'Solarize',
+  'SolarizeAdd',
+  'Color',
+  'Contrast',
+  'Brightness',
+  'Sharpness',
+  'ShearX',
+  'ShearY',
+  'TranslateXRel',
+  'TranslateYRel',
 ] as const;
 export type RandOp = (typeof RAND_INCREASING_OPS)[number] | (typeof RAND_OPS)[number];
 
@@ -53,7 +78,8 @@ export function parseRandAugment(spec: string, fill: number[]): RandAugmentConfi
     if (!Number.isFinite(val)) throw new Error(`RandAugment: '${part}' in '${spec}' has a non-numeric value`);
     if (key === 'm') cfg.magnitude = val;
     else if (key === 'n') cfg.layers = val;
-    else if (key === 'mstd') cfg.magnitudeStd = val > 100 ? Infinity : val; // timm: mstd > 100 means uniform in [0, m]
+    else if (key === 'mstd')
+      cfg.magnitudeStd = val > 100 ? Infinity : val; // timm: mstd > 100 means uniform in [0, m]
     else if (key === 'inc') cfg.ops = val ? RAND_INCREASING_OPS : RAND_OPS;
     else if (key === 'p') cfg.prob = val;
     else throw new Error(`RandAugment: unknown section '${key}' in '${spec}' (known: m, n, mstd, inc, p)`);
@@ -93,51 +119,95 @@ export function drawLayer(rng: HostRandom, n: number, cfg: RandAugmentConfig): L
 export function opArgument(op: RandOp, level: number, negate: boolean, w: number, h: number, translatePct: number): number {
   const sign = negate ? -1 : 1;
   switch (op) {
-    case 'Rotate': return sign * (level / MAX_LEVEL) * 30;
-    case 'ShearX': case 'ShearY': return sign * (level / MAX_LEVEL) * 0.3;
-    case 'TranslateXRel': return sign * (level / MAX_LEVEL) * translatePct * w;
-    case 'TranslateYRel': return sign * (level / MAX_LEVEL) * translatePct * h;
-    case 'Posterize': return Math.trunc((level / MAX_LEVEL) * 4);
-    case 'PosterizeIncreasing': return 4 - Math.trunc((level / MAX_LEVEL) * 4);
-    case 'Solarize': return Math.trunc((level / MAX_LEVEL) * 256);
-    case 'SolarizeIncreasing': return 256 - Math.trunc((level / MAX_LEVEL) * 256);
-    case 'SolarizeAdd': return Math.trunc((level / MAX_LEVEL) * 110);
-    case 'Color': case 'Contrast': case 'Brightness': case 'Sharpness': return (level / MAX_LEVEL) * 1.8 + 0.1;
-    case 'ColorIncreasing': case 'ContrastIncreasing': case 'BrightnessIncreasing': case 'SharpnessIncreasing':
+    case 'Rotate':
+      return sign * (level / MAX_LEVEL) * 30;
+    case 'ShearX':
+    case 'ShearY':
+      return sign * (level / MAX_LEVEL) * 0.3;
+    case 'TranslateXRel':
+      return sign * (level / MAX_LEVEL) * translatePct * w;
+    case 'TranslateYRel':
+      return sign * (level / MAX_LEVEL) * translatePct * h;
+    case 'Posterize':
+      return Math.trunc((level / MAX_LEVEL) * 4);
+    case 'PosterizeIncreasing':
+      return 4 - Math.trunc((level / MAX_LEVEL) * 4);
+    case 'Solarize':
+      return Math.trunc((level / MAX_LEVEL) * 256);
+    case 'SolarizeIncreasing':
+      return 256 - Math.trunc((level / MAX_LEVEL) * 256);
+    case 'SolarizeAdd':
+      return Math.trunc((level / MAX_LEVEL) * 110);
+    case 'Color':
+    case 'Contrast':
+    case 'Brightness':
+    case 'Sharpness':
+      return (level / MAX_LEVEL) * 1.8 + 0.1;
+    case 'ColorIncreasing':
+    case 'ContrastIncreasing':
+    case 'BrightnessIncreasing':
+    case 'SharpnessIncreasing':
       return Math.max(0.1, 1 + sign * (level / MAX_LEVEL) * 0.9);
-    default: return 0; // AutoContrast, Equalize, Invert take no argument
+    default:
+      return 0; // AutoContrast, Equalize, Invert take no argument
   }
 }
 
 function affineFor(op: RandOp, arg: number, w: number, h: number): PilAffine {
   switch (op) {
-    case 'Rotate': return rotate(arg, w, h);
-    case 'ShearX': return shearX(arg);
-    case 'ShearY': return shearY(arg);
-    case 'TranslateXRel': return translate(arg, 0);
-    case 'TranslateYRel': return translate(0, arg);
-    default: throw new Error(`affineFor: ${op} is not geometric`);
+    case 'Rotate':
+      return rotate(arg, w, h);
+    case 'ShearX':
+      return shearX(arg);
+    case 'ShearY':
+      return shearY(arg);
+    case 'TranslateXRel':
+      return translate(arg, 0);
+    case 'TranslateYRel':
+      return translate(0, arg);
+    default:
+      throw new Error(`affineFor: ${op} is not geometric`);
   }
 }
 
 function applyColorOp(op: RandOp, x: Tensor, args: number[]): Tensor {
   const perImage = () => t.tensor(Float32Array.from(args), [args.length, 1, 1, 1], { device: x.device });
   switch (op) {
-    case 'AutoContrast': return C.autoContrast(x);
-    case 'Equalize': return C.equalize(x);
-    case 'Invert': return C.invert(x);
-    case 'Posterize': case 'PosterizeIncreasing': {
+    case 'AutoContrast':
+      return C.autoContrast(x);
+    case 'Equalize':
+      return C.equalize(x);
+    case 'Invert':
+      return C.invert(x);
+    case 'Posterize':
+    case 'PosterizeIncreasing': {
       // bits >= 8 leaves the image unchanged (quantum 1); 0 bits gives black (quantum 256).
-      const q = t.tensor(Float32Array.from(args, (b) => 2 ** (8 - Math.min(8, b))), [args.length, 1, 1, 1], { device: x.device });
+      const q = t.tensor(
+        Float32Array.from(args, (b) => 2 ** (8 - Math.min(8, b))),
+        [args.length, 1, 1, 1],
+        { device: x.device },
+      );
       return t.tidy(() => C.posterize(x, q));
     }
-    case 'Solarize': case 'SolarizeIncreasing': return t.tidy(() => C.solarize(x, perImage()));
-    case 'SolarizeAdd': return t.tidy(() => C.solarizeAdd(x, perImage()));
-    case 'Color': case 'ColorIncreasing': return t.tidy(() => C.color(x, perImage()));
-    case 'Contrast': case 'ContrastIncreasing': return t.tidy(() => C.contrast(x, perImage()));
-    case 'Brightness': case 'BrightnessIncreasing': return t.tidy(() => C.brightness(x, perImage()));
-    case 'Sharpness': case 'SharpnessIncreasing': return t.tidy(() => C.sharpness(x, perImage()));
-    default: throw new Error(`RandAugment: no colour op '${op}'`);
+    case 'Solarize':
+    case 'SolarizeIncreasing':
+      return t.tidy(() => C.solarize(x, perImage()));
+    case 'SolarizeAdd':
+      return t.tidy(() => C.solarizeAdd(x, perImage()));
+    case 'Color':
+    case 'ColorIncreasing':
+      return t.tidy(() => C.color(x, perImage()));
+    case 'Contrast':
+    case 'ContrastIncreasing':
+      return t.tidy(() => C.contrast(x, perImage()));
+    case 'Brightness':
+    case 'BrightnessIncreasing':
+      return t.tidy(() => C.brightness(x, perImage()));
+    case 'Sharpness':
+    case 'SharpnessIncreasing':
+      return t.tidy(() => C.sharpness(x, perImage()));
+    default:
+      throw new Error(`RandAugment: no colour op '${op}'`);
   }
 }
 
@@ -151,11 +221,15 @@ export function applyLayer(x: Tensor, d: LayerDraw, cfg: RandAugmentConfig): Ten
   const untouched: number[] = [];
   for (let i = 0; i < n; i++) {
     const k = d.op[i]!;
-    if (k < 0) { untouched.push(i); continue; }
+    if (k < 0) {
+      untouched.push(i);
+      continue;
+    }
     const op = cfg.ops[k]!;
     const key = GEOMETRIC.has(op) ? 'geometric' : op;
     const g = groups.get(key);
-    if (g) g.push(i); else groups.set(key, [i]);
+    if (g) g.push(i);
+    else groups.set(key, [i]);
   }
   if (groups.size === 0) return x.clone();
   return t.tidy(() => {
@@ -173,10 +247,15 @@ export function applyLayer(x: Tensor, d: LayerDraw, cfg: RandAugmentConfig): Ten
       }
       order.push(...idx);
     }
-    if (untouched.length) { parts.push(pick(untouched)); order.push(...untouched); }
+    if (untouched.length) {
+      parts.push(pick(untouched));
+      order.push(...untouched);
+    }
     // Row j of the concatenation holds image order[j]; invert that permutation.
     const inverse = new BigInt64Array(n);
-    order.forEach((img, j) => { inverse[img] = BigInt(j); });
+    order.forEach((img, j) => {
+      inverse[img] = BigInt(j);
+    });
     return t.indexSelect(t.cat(parts, 0), 0, t.tensor(inverse, [n], { device: x.device }));
   });
 }

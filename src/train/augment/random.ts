@@ -41,14 +41,18 @@ export class HostRandom {
     if (!(a > 0) || !(b > 0)) throw new RangeError(`beta: parameters must be > 0, got ${a}, ${b}`);
     if (n === 0) return new Float64Array(0);
     const g = t.tidy(() => {
-      const alpha = t.tensor(Float64Array.from({ length: 2 * n }, (_, i) => (i < n ? a : b)), [2 * n]);
+      const alpha = t.tensor(
+        Float64Array.from({ length: 2 * n }, (_, i) => (i < n ? a : b)),
+        [2 * n],
+      );
       return t.standardGamma(alpha, this.generator).dataSync() as Float64Array;
     });
     const out = new Float64Array(n);
     for (let i = 0; i < n; i++) {
-      const x = g[i]!, y = g[n + i]!;
+      const x = g[i]!,
+        y = g[n + i]!;
       // Both gammas can underflow to 0 for tiny alphas; the limit law puts the mass at 0 or 1.
-      out[i] = x + y > 0 ? x / (x + y) : (x >= y ? 1 : 0);
+      out[i] = x + y > 0 ? x / (x + y) : x >= y ? 1 : 0;
     }
     return out;
   }

@@ -20,7 +20,8 @@ export class AdamW extends Optimizer<AdamWOptions> {
     if (!(h.lr >= 0)) throw new RangeError(`AdamW: lr must be >= 0, got ${h.lr}`);
     if (!(h.eps >= 0)) throw new RangeError(`AdamW: eps must be >= 0, got ${h.eps}`);
     const [b1, b2] = h.betas;
-    if (h.betas.length !== 2 || !(b1! >= 0 && b1! < 1) || !(b2! >= 0 && b2! < 1)) throw new RangeError(`AdamW: betas must be two numbers in [0, 1), got [${h.betas}]`);
+    if (h.betas.length !== 2 || !(b1! >= 0 && b1! < 1) || !(b2! >= 0 && b2! < 1))
+      throw new RangeError(`AdamW: betas must be two numbers in [0, 1), got [${h.betas}]`);
     if (!(h.weightDecay >= 0)) throw new RangeError(`AdamW: weightDecay must be >= 0, got ${h.weightDecay}`);
   }
 

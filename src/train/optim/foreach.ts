@@ -6,17 +6,31 @@ import { wrapList } from '../../tensor/tensor.js';
 const h = (xs: Tensor[]) => xs.map((t) => t.handle);
 
 export const foreach = {
-  mulScalar_(xs: Tensor[], s: number): void { runKernelInPlace('foreach.mul_', 'foreachMulScalar_', [h(xs), s]); },
-  mulList_(xs: Tensor[], ys: Tensor[]): void { runKernelInPlace('foreach.mul_', 'foreachMulList_', [h(xs), h(ys)]); },
-  addScalar_(xs: Tensor[], s: number): void { runKernelInPlace('foreach.add_', 'foreachAddScalar_', [h(xs), s]); },
-  addList_(xs: Tensor[], ys: Tensor[], alpha = 1): void { runKernelInPlace('foreach.add_', 'foreachAddList_', [h(xs), h(ys), alpha]); },
+  mulScalar_(xs: Tensor[], s: number): void {
+    runKernelInPlace('foreach.mul_', 'foreachMulScalar_', [h(xs), s]);
+  },
+  mulList_(xs: Tensor[], ys: Tensor[]): void {
+    runKernelInPlace('foreach.mul_', 'foreachMulList_', [h(xs), h(ys)]);
+  },
+  addScalar_(xs: Tensor[], s: number): void {
+    runKernelInPlace('foreach.add_', 'foreachAddScalar_', [h(xs), s]);
+  },
+  addList_(xs: Tensor[], ys: Tensor[], alpha = 1): void {
+    runKernelInPlace('foreach.add_', 'foreachAddList_', [h(xs), h(ys), alpha]);
+  },
   addcmul_(xs: Tensor[], a: Tensor[], b: Tensor[], value: number): void {
     runKernelInPlace('foreach.addcmul_', 'foreachAddcmulScalar_', [h(xs), h(a), h(b), value]);
   },
   addcdiv_(xs: Tensor[], a: Tensor[], b: Tensor[], value: number): void {
     runKernelInPlace('foreach.addcdiv_', 'foreachAddcdivScalar_', [h(xs), h(a), h(b), value]);
   },
-  divScalar_(xs: Tensor[], s: number): void { runKernelInPlace('foreach.div_', 'foreachDivScalar_', [h(xs), s]); },
-  sqrt(xs: Tensor[]): Tensor[] { return wrapList(runKernel('foreach.sqrt', 'foreachSqrt', [h(xs)])); },
-  norm(xs: Tensor[], p = 2): Tensor[] { return wrapList(runKernel('foreach.norm', 'foreachNorm', [h(xs), p])); },
+  divScalar_(xs: Tensor[], s: number): void {
+    runKernelInPlace('foreach.div_', 'foreachDivScalar_', [h(xs), s]);
+  },
+  sqrt(xs: Tensor[]): Tensor[] {
+    return wrapList(runKernel('foreach.sqrt', 'foreachSqrt', [h(xs)]));
+  },
+  norm(xs: Tensor[], p = 2): Tensor[] {
+    return wrapList(runKernel('foreach.norm', 'foreachNorm', [h(xs), p]));
+  },
 };

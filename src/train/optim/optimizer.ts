@@ -24,10 +24,15 @@ export abstract class Optimizer<H extends Record<string, number | boolean | numb
   stepCount = 0;
   protected state = new Map<Tensor, Record<string, Tensor>>();
 
-  constructor(params: ParamGroupInput<H>, defaults: H, readonly kind: string) {
-    const list = Array.isArray(params) && params.every((p) => p instanceof Tensor)
-      ? [{ params: params as Tensor[], options: {} }]
-      : (params as { params: Tensor[]; options?: Partial<H> }[]);
+  constructor(
+    params: ParamGroupInput<H>,
+    defaults: H,
+    readonly kind: string,
+  ) {
+    const list =
+      Array.isArray(params) && params.every((p) => p instanceof Tensor)
+        ? [{ params: params as Tensor[], options: {} }]
+        : (params as { params: Tensor[]; options?: Partial<H> }[]);
     const seen = new Set<Tensor>();
     this.groups = list.map((g, gi) => {
       for (const p of g.params) {
@@ -47,17 +52,22 @@ export abstract class Optimizer<H extends Record<string, number | boolean | numb
   /** Applies one update from the accumulated gradients; parameters without a grad are skipped. */
   step(): void {
     this.stepCount++;
-    noGrad(() => tidy(() => {
-      for (const g of this.groups) {
-        const params: Tensor[] = [];
-        const grads: Tensor[] = [];
-        for (const p of g.params) {
-          const gr = p.grad;
-          if (gr) { params.push(p); grads.push(gr); }
+    noGrad(() =>
+      tidy(() => {
+        for (const g of this.groups) {
+          const params: Tensor[] = [];
+          const grads: Tensor[] = [];
+          for (const p of g.params) {
+            const gr = p.grad;
+            if (gr) {
+              params.push(p);
+              grads.push(gr);
+            }
+          }
+          if (params.length) this.updateGroup(g, params, grads);
         }
-        if (params.length) this.updateGroup(g, params, grads);
-      }
-    }));
+      }),
+    );
   }
 
   /** Drops all gradients (sets them to none, as PyTorch's set_to_none=True). */
@@ -76,7 +86,9 @@ export abstract class Optimizer<H extends Record<string, number | boolean | numb
     return s;
   }
 
-  get lr(): number { return this.groups[0]!.options.lr as number; }
+  get lr(): number {
+    return this.groups[0]!.options.lr as number;
+  }
   /** Sets the learning rate of every group (schedulers call this each iteration). */
   setLr(lr: number): void {
     for (const g of this.groups) (g.options as Record<string, unknown>).lr = lr;
@@ -98,7 +110,8 @@ export abstract class Optimizer<H extends Record<string, number | boolean | numb
 
   loadStateDict(sd: OptimizerState): void {
     if (sd.kind !== this.kind) throw new Error(`${this.kind}: cannot load state of a ${sd.kind} optimizer`);
-    if (sd.groups.length !== this.groups.length) throw new Error(`${this.kind}: state has ${sd.groups.length} parameter groups, optimizer has ${this.groups.length}`);
+    if (sd.groups.length !== this.groups.length)
+      throw new Error(`${this.kind}: state has ${sd.groups.length} parameter groups, optimizer has ${this.groups.length}`);
     const params = this.groups.flatMap((g) => g.params);
     if (sd.tensors.length !== params.length) throw new Error(`${this.kind}: state has ${sd.tensors.length} parameters, optimizer has ${params.length}`);
     this.groups.forEach((g, i) => Object.assign(g.options, sd.groups[i]));

@@ -5,7 +5,13 @@ import { runKernel, runKernelInPlace } from '../../tensor/kernels.js';
 import { wrap } from '../../tensor/tensor.js';
 import type { Optimizer } from './optimizer.js';
 
-export interface GradScalerOptions { initScale?: number; growthFactor?: number; backoffFactor?: number; growthInterval?: number; enabled?: boolean }
+export interface GradScalerOptions {
+  initScale?: number;
+  growthFactor?: number;
+  backoffFactor?: number;
+  growthInterval?: number;
+  enabled?: boolean;
+}
 
 export class GradScaler {
   readonly enabled: boolean;
@@ -39,26 +45,34 @@ export class GradScaler {
   unscale(opt: Optimizer<never> | Optimizer<any>): void {
     if (!this.enabled || this.#unscaled) return;
     this.ensure(opt.groups[0]!.params[0]!.device);
-    noGrad(() => tidy(() => {
-      const grads = opt.groups.flatMap((g) => g.params).map((p) => p.grad).filter((g): g is Tensor => g !== null);
-      if (this.#scale!.device === 'cpu') {
-        // libtorch 1.13 has the fused AMP kernels for CUDA only; on CPU the same logic as plain ops.
-        const finite = grads.every((g) => all(isfinite(g)).item() !== 0);
-        fill_(this.#foundInf!, finite ? 0 : 1);
-        if (grads.length) foreach.mulScalar_(grads, 1 / this.#scale!.item());
-        return;
-      }
-      const inv = this.#scale!.pow(-1);
-      fill_(this.#foundInf!, 0);
-      runKernelInPlace('GradScaler.unscale', 'ampUnscale_', [grads.map((g) => g.handle), this.#foundInf!.handle, inv.handle]);
-    }));
+    noGrad(() =>
+      tidy(() => {
+        const grads = opt.groups
+          .flatMap((g) => g.params)
+          .map((p) => p.grad)
+          .filter((g): g is Tensor => g !== null);
+        if (this.#scale!.device === 'cpu') {
+          // libtorch 1.13 has the fused AMP kernels for CUDA only; on CPU the same logic as plain ops.
+          const finite = grads.every((g) => all(isfinite(g)).item() !== 0);
+          fill_(this.#foundInf!, finite ? 0 : 1);
+          if (grads.length) foreach.mulScalar_(grads, 1 / this.#scale!.item());
+          return;
+        }
+        const inv = this.#scale!.pow(-1);
+        fill_(this.#foundInf!, 0);
+        runKernelInPlace('GradScaler.unscale', 'ampUnscale_', [grads.map((g) => g.handle), this.#foundInf!.handle, inv.handle]);
+      }),
+    );
     this.#unscaled = true;
   }
 
   /** Unscales if needed, then steps unless a gradient overflowed. Returns whether it stepped. */
   // eslint-disable-next-line @typescript-eslint/no-explicit-any -- any optimizer, whatever its options type
   step(opt: Optimizer<any>): boolean {
-    if (!this.enabled) { opt.step(); return true; }
+    if (!this.enabled) {
+      opt.step();
+      return true;
+    }
     this.unscale(opt);
     const overflow = this.#foundInf!.item() !== 0; // one sync per step, as PyTorch's scaler
     if (!overflow) opt.step();
@@ -73,7 +87,14 @@ export class GradScaler {
       this.#unscaled = false;
       return;
     }
-    const out = runKernel('GradScaler.update', 'ampUpdateScale_', [this.#scale.handle, this.#growth!.handle, this.#foundInf!.handle, this.o.growthFactor, this.o.backoffFactor, this.o.growthInterval]);
+    const out = runKernel('GradScaler.update', 'ampUpdateScale_', [
+      this.#scale.handle,
+      this.#growth!.handle,
+      this.#foundInf!.handle,
+      this.o.growthFactor,
+      this.o.backoffFactor,
+      this.o.growthInterval,
+    ]);
     wrap(out).dispose();
     this.#unscaled = false;
   }
@@ -95,7 +116,9 @@ export class GradScaler {
     }
   }
 
-  getScale(): number { return this.#scale ? this.#scale.item() : this.o.initScale; }
+  getScale(): number {
+    return this.#scale ? this.#scale.item() : this.o.initScale;
+  }
 
   stateDict(): { scale: number; growthTracker: number } {
     return { scale: this.getScale(), growthTracker: this.#growth ? this.#growth.item() : 0 };

@@ -35,7 +35,10 @@ export class SGD extends Optimizer<SGDOptions> {
       const fresh: boolean[] = [];
       params.forEach((p, i) => {
         let isNew = false;
-        const s = this.stateOf(p, () => { isNew = true; return { momentumBuffer: detach(clone(d[i]!)) }; });
+        const s = this.stateOf(p, () => {
+          isNew = true;
+          return { momentumBuffer: detach(clone(d[i]!)) };
+        });
         bufs.push(s.momentumBuffer!);
         fresh.push(isNew);
       });
