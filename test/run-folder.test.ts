@@ -9,8 +9,7 @@ import { mkdtempSync, mkdirSync, rmSync, writeFileSync, readFileSync, existsSync
 import { tmpdir, hostname } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { PNG } from 'pngjs';
-import { syntheticDataset } from './helpers/train-fixtures.js';
+import { writeImageFolder } from './helpers/train-fixtures.js';
 import { acquireRunLock, removeStaleTemps, LOCK_FILE, RunLockedError } from '../src/train/run-lock.js';
 import { loadRun } from '../src/train/report.js';
 
@@ -19,27 +18,7 @@ const CLI = path.resolve(here, '../src/cli/main.js');
 const root = mkdtempSync(path.join(tmpdir(), 'kshare-runfolder-'));
 after(() => rmSync(root, { recursive: true, force: true }));
 
-function writeImageFolder(): string {
-  const dir = path.join(root, 'shapes');
-  for (const [split, count, seed] of [
-    ['train', 60, 1],
-    ['test', 20, 2],
-  ] as const) {
-    const ds = syntheticDataset({ count, classes: 3, size: 16, seed, split });
-    for (let i = 0; i < ds.count; i++) {
-      const cls = path.join(dir, split, ds.classes[ds.labels[i]!]!);
-      mkdirSync(cls, { recursive: true });
-      const png = new PNG({ width: 16, height: 16 });
-      for (let p = 0; p < 256; p++) {
-        for (let c = 0; c < 3; c++) png.data[p * 4 + c] = ds.images[i * 768 + c * 256 + p]!;
-        png.data[p * 4 + 3] = 255;
-      }
-      writeFileSync(path.join(cls, `${i}.png`), PNG.sync.write(png));
-    }
-  }
-  return dir;
-}
-const data = writeImageFolder();
+const data = writeImageFolder(path.join(root, 'shapes'), { train: 60, test: 20, classes: 3 });
 const common = [
   '--recipe',
   'convmixer',

@@ -4,39 +4,18 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, mkdirSync, rmSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { PNG } from 'pngjs';
-import { syntheticDataset } from './helpers/train-fixtures.js';
+import { writeImageFolder } from './helpers/train-fixtures.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const CLI = path.resolve(here, '../src/cli/main.js');
 const root = mkdtempSync(path.join(tmpdir(), 'kshare-sweep-'));
 process.on('exit', () => rmSync(root, { recursive: true, force: true }));
 
-function writeImageFolder(): string {
-  const dir = path.join(root, 'shapes');
-  for (const [split, count, seed] of [
-    ['train', 240, 1],
-    ['test', 40, 2],
-  ] as const) {
-    const ds = syntheticDataset({ count, classes: 4, size: 16, seed, split });
-    for (let i = 0; i < ds.count; i++) {
-      const cls = path.join(dir, split, ds.classes[ds.labels[i]!]!);
-      mkdirSync(cls, { recursive: true });
-      const png = new PNG({ width: 16, height: 16 });
-      for (let p = 0; p < 256; p++) {
-        for (let c = 0; c < 3; c++) png.data[p * 4 + c] = ds.images[i * 768 + c * 256 + p]!;
-        png.data[p * 4 + 3] = 255;
-      }
-      writeFileSync(path.join(cls, `${i}.png`), PNG.sync.write(png));
-    }
-  }
-  return dir;
-}
-writeImageFolder();
+writeImageFolder(path.join(root, 'shapes'), { train: 240, test: 40 });
 
 function kshare(args: string[]): { code: number; out: string; err: string } {
   const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', cwd: root, env: { ...process.env, KSHARE_DEBUG: '' } });

@@ -50,13 +50,13 @@ export function syntheticDataset(o: { count: number; classes?: number; size?: nu
   };
 }
 
-/** <dir>/{train,test}/<class>/<i>.png: 200 + 50 synthetic 16x16 images of 4 classes (for CLI tests). */
-export function writeImageFolder(dir: string): string {
+/** <dir>/{train,test}/<class>/<i>.png: synthetic 16x16 images (default 200 + 50 of 4 classes) for CLI tests. */
+export function writeImageFolder(dir: string, { train = 200, test = 50, classes = 4 } = {}): string {
   for (const [split, count, seed] of [
-    ['train', 200, 1],
-    ['test', 50, 2],
+    ['train', train, 1],
+    ['test', test, 2],
   ] as const) {
-    const ds = syntheticDataset({ count, classes: 4, size: 16, seed, split });
+    const ds = syntheticDataset({ count, classes, size: 16, seed, split });
     for (let i = 0; i < ds.count; i++) {
       const cls = path.join(dir, split, ds.classes[ds.labels[i]!]!);
       mkdirSync(cls, { recursive: true });
