@@ -11,7 +11,7 @@ import * as vl from 'vega-lite';
 import type { TopLevelSpec } from 'vega-lite';
 import type { EpochRecord } from './checkpoint.js';
 import { readCheckpointMeta, storedModelConfig } from './checkpoint.js';
-import { readLog, formatDuration, SUMMARY_FILE, CHECKPOINT_FILE } from './run-log.js';
+import { readJsonl, readLog, formatDuration, SUMMARY_FILE, CHECKPOINT_FILE } from './run-log.js';
 import type { TrainSummary } from './trainer.js';
 import { SWEEP_FILE, SWEEP_RUN_FILE, type SweepRunRecord } from './sweep.js';
 import { buildFromConfig, modelSummary, type ModelConfig } from '../models/index.js';
@@ -62,20 +62,6 @@ export interface RunData {
   weightBytes: number | null;
   /** Multiply-accumulates per 32x32 image, or null when the model cannot be rebuilt here. */
   macs: number | null;
-}
-
-function readJsonl<T>(file: string): T[] {
-  if (!existsSync(file)) return [];
-  return readFileSync(file, 'utf8')
-    .split('\n')
-    .filter((l) => l.trim())
-    .map((l, i) => {
-      try {
-        return JSON.parse(l) as T;
-      } catch {
-        throw new Error(`${file}: line ${i + 1} is not valid JSON`);
-      }
-    });
 }
 
 /** steps.jsonl, checked field by field; a resumed run may repeat points, the last one wins. */

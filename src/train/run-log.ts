@@ -63,20 +63,24 @@ export function truncateSteps(outDir: string, position: number): void {
   renameSync(tmp, file);
 }
 
-/** Reads a run's log.jsonl (a missing file gives an empty list; a bad line is an error naming it). */
-export function readLog(outDir: string): EpochRecord[] {
-  const file = path.join(outDir, LOG_FILE);
+/** Reads a JSON-lines file (a missing file gives an empty list; a bad line is an error naming it). */
+export function readJsonl<T>(file: string): T[] {
   if (!existsSync(file)) return [];
   return readFileSync(file, 'utf8')
     .split('\n')
     .filter((l) => l.trim())
     .map((l, i) => {
       try {
-        return JSON.parse(l) as EpochRecord;
+        return JSON.parse(l) as T;
       } catch {
         throw new Error(`${file}: line ${i + 1} is not valid JSON`);
       }
     });
+}
+
+/** Reads a run's log.jsonl. */
+export function readLog(outDir: string): EpochRecord[] {
+  return readJsonl<EpochRecord>(path.join(outDir, LOG_FILE));
 }
 
 export function formatDuration(seconds: number): string {
