@@ -25,8 +25,7 @@ export function convGeluBatchNorm(conv: Module, gelu: Module, bn: Module, x: Ten
     rm = bn.runningMean,
     rv = bn.runningVar;
   if (gelu.approximate !== 'none' || !bias || !weight || !bnBias || !rm || !rv) return null;
-  // ONNX export traces op fronts (src/tensor/trace.ts): it must see conv2d, gelu, batchNorm.
-  if (!t.nativeKernelsEnabled() || t.autocastActive('cpu') || t.isTracing()) return null;
+  if (!t.cpuKernelsAllowed()) return null;
   if (x.rank !== 4 || x.device !== 'cpu' || x.dtype !== 'float32' || conv.weight.dtype !== 'float32') return null;
   for (const p of [bias, weight, bnBias, rm, rv]) if (p.device !== 'cpu' || p.dtype !== 'float32') return null;
   if (bn.numFeatures !== conv.outChannels) return null; // let BatchNorm2d raise its own error

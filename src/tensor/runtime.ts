@@ -2,6 +2,7 @@
 import { native, type RuntimeInfo } from './native.js';
 import { dtypeCode, type DType } from './dtype.js';
 import { Tensor, wrap } from './tensor.js';
+import { isTracing } from './trace.js';
 
 export function runtimeInfo(): RuntimeInfo {
   return native.runtimeInfo();
@@ -81,4 +82,13 @@ export function autocastActive(device: 'cpu' | 'cuda'): boolean {
  */
 export function nativeKernelsEnabled(): boolean {
   return process.env.KSHARE_NATIVE_KERNELS !== '0';
+}
+
+/**
+ * Whether kshare's CPU kernels may replace libtorch's ops right now: enabled, no CPU autocast
+ * (they are float32 only), and no ONNX trace running (the exporter maps libtorch's op fronts).
+ * Each kernel's front adds its own shape and dtype conditions.
+ */
+export function cpuKernelsAllowed(): boolean {
+  return nativeKernelsEnabled() && !autocastActive('cpu') && !isTracing();
 }

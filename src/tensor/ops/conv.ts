@@ -1,7 +1,6 @@
 // 2-D convolution.
 import { runKernel } from '../kernels.js';
-import { autocastActive, nativeKernelsEnabled } from '../runtime.js';
-import { isTracing } from '../trace.js';
+import { cpuKernelsAllowed } from '../runtime.js';
 import { Tensor, wrap } from '../tensor.js';
 import { tensorArg, optTensorArg, rankArg, floatArg, sameDevice, pairArg, intArg, ShapeError, describe, optionsArg } from '../validate.js';
 
@@ -79,8 +78,7 @@ function useNativeDepthwise(
   pad: [number, number] | null,
   dilation: [number, number],
 ): boolean {
-  // While tracing (ONNX export) the trace must show aten's conv2d, which the exporter maps.
-  if (!nativeKernelsEnabled() || x.device !== 'cpu' || autocastActive('cpu') || isTracing()) return false;
+  if (!cpuKernelsAllowed() || x.device !== 'cpu') return false;
   if (x.dtype !== 'float32' || weight.dtype !== 'float32' || (bias && bias.dtype !== 'float32')) return false;
   const c = x.shape[1]!;
   const [oc, icg, kh, kw] = weight.shape as [number, number, number, number];
