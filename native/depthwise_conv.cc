@@ -9,23 +9,22 @@
 // (native/depthwise_conv_kernels.h), vectorised 8 floats wide: AVX2/FMA where the CPU has
 // it (checked at run time), portable code otherwise. Work is split over batch x channels
 // (channels for the weight gradient, which sums over the batch) with at::parallel_for.
-// Channels-last forward and grad input go to libtorch's convolution (oneDNN), which measured
-// faster there; the channels-last weight gradient is ours.
+// The forward and grad input go to libtorch's convolution (oneDNN), which measured faster in
+// both memory formats up to k9 (these kernels reach ~60% of the FMA ceiling, oneDNN's ~80%);
+// NCHW kernels wider than 9 stay here (oneDNN's slow path there). The weight gradient is ours:
+// libtorch 1.13 computes it in a slow per-channel loop.
 //
-// Measured speed (bench/depthwise.ts, 2-core AMD EPYC with AVX2/FMA, 1 thread, process CPU
-// time, against python3-torch 1.13 in the same run; bench/cpu-kernels-notes.md has all rows):
-//   (32,64,16,16) k5 NCHW:          forward 0.65 ms (6.5x), grad input 0.70 ms (5.7x),
-//                                   grad weight 1.26 ms (9.8x), backward 1.75 ms (9.2x)
-//   (8,256,32,32) k9 NCHW:          forward 5.9 ms (3.1x), grad input 6.9 ms (2.7x),
-//                                   grad weight 8.2 ms (23.5x), backward 15.1 ms (9.9x)
-//   channels-last grad weight:      k5 0.71 ms (4.2x), k9 6.4 ms (5.3x); forward and grad
-//                                   input are oneDNN's (0.9-1.0x)
-// The k9 forward runs at ~60% of the FMA ceiling (2 x 8-wide FMAs a cycle).
+// Measured speed (bench/cpu-kernels.ts, 2-core AMD EPYC with AVX2/FMA, 1 thread, quiet machine,
+// against python3-torch 1.13 in the same run; bench/cpu-kernels-notes.md has every version):
+//   weight gradient (32,64,16,16) k5 NCHW 0.64 ms (18.2x), (8,256,32,32) k9 NCHW 7.4 ms (16.9x)
+//   forward / grad input of these kernels, NCHW: (32,64,16,16) k5 0.60 / 0.60 ms against
+//   oneDNN's 0.39 / 0.42; (4,64,31,17) k15 1.4 / 1.4 ms against 13.2 / 1.7 (a loaded machine,
+//   process CPU time, v5 in the notes)
 //
 // Debugging switches (read at every call): KSHARE_NATIVE_POISON=1 fills outputs with NaN
 // before the kernels write them (an element left unwritten then fails the parity tests);
-// KSHARE_NATIVE_ISA=generic forces the portable kernels; KSHARE_NATIVE_DEPTHWISE_CL=kshare
-// uses these kernels instead of oneDNN for the channels-last forward and grad input.
+// KSHARE_NATIVE_ISA=generic forces the portable kernels; KSHARE_NATIVE_DEPTHWISE_FORWARD=kshare
+// uses these kernels instead of oneDNN for the forward and grad input.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -94,11 +93,13 @@ bool Poison() {
   return p && p[0] == '1';
 }
 
-// Channels-last forward and grad input go to libtorch's convolution (oneDNN on CPU), which
-// measured faster than these kernels there (bench/cpu-kernels-notes.md); the weight gradient
-// stays here. KSHARE_NATIVE_DEPTHWISE_CL=kshare uses these kernels for all three (tests, benchmarks).
-bool OwnChannelsLastConvolution() {
-  const char* p = std::getenv("KSHARE_NATIVE_DEPTHWISE_CL");
+// The forward and grad input go to libtorch's convolution (oneDNN on CPU), which measured
+// faster than these kernels (bench/cpu-kernels-notes.md, v3 and v5), except for NCHW kernels
+// wider than 9, where oneDNN falls back to a slow path ((4,64,31,17) k15: 13 ms against 1.4 ms
+// here). The weight gradient is always ours. KSHARE_NATIVE_DEPTHWISE_FORWARD=kshare uses
+// these kernels for all three (tests, benchmarks).
+bool OwnForwardKernels() {
+  const char* p = std::getenv("KSHARE_NATIVE_DEPTHWISE_FORWARD");
   return p && std::strcmp(p, "kshare") == 0;
 }
 
@@ -299,6 +300,11 @@ void WeightGradInto(const Geometry& g, const float* x, const float* gy, float* g
   });
 }
 
+bool LibtorchForward(const Geometry& g) {
+  if (OwnForwardKernels()) return false;
+  return g.channelsLast || std::max(g.kh, g.kw) <= 9;
+}
+
 // ---- operators ----
 
 at::Tensor ForwardCpu(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
@@ -313,7 +319,7 @@ at::Tensor ForwardCpu(const at::Tensor& input, const at::Tensor& weight, const c
   at::Tensor x = input.contiguous(Format(g));
   at::Tensor w = weight.contiguous();
   at::Tensor b = hasBias ? bias->contiguous() : at::Tensor();
-  if (g.channelsLast && !OwnChannelsLastConvolution()) {
+  if (LibtorchForward(g)) {
     return at::convolution(x, w, hasBias ? c10::optional<at::Tensor>(b) : c10::nullopt, {1, 1}, {g.ph, g.pw}, {g.dh, g.dw}, false,
                            {0, 0}, g.c);
   }
@@ -333,7 +339,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> BackwardCpu(const at::Tensor& gra
   at::Tensor gy = gradOutput.contiguous(Format(g));
   at::Tensor w = weight.contiguous();
   at::Tensor gi, gw, gb;
-  if (mask[0] && g.channelsLast && !OwnChannelsLastConvolution()) {
+  if (mask[0] && LibtorchForward(g)) {
     gi = std::get<0>(at::convolution_backward(gy, x, w, c10::nullopt, {1, 1}, {g.ph, g.pw}, {g.dh, g.dw}, false, {0, 0}, g.c,
                                               {true, false, false}));
   } else if (mask[0]) {

@@ -76,10 +76,10 @@ interface Result {
   yChannelsLast: boolean;
 }
 
-/** Which kernels: the portable ones instead of AVX2; kshare's own channels-last forward and grad input instead of oneDNN's. */
+/** Which kernels: the portable ones instead of AVX2; kshare's own forward and grad input instead of oneDNN's (the default up to k9). */
 interface Variant {
   isa?: 'generic';
-  cl?: 'kshare';
+  own?: 'kshare';
 }
 
 /** conv2d (routed or not, per KSHARE_NATIVE_KERNELS), then the gradients of sum(y * r). */
@@ -87,7 +87,7 @@ function run(s: Shape, data: Data, native: boolean, variant: Variant = {}): Resu
   const env: Record<string, string> = {
     KSHARE_NATIVE_KERNELS: native ? '1' : '0',
     KSHARE_NATIVE_ISA: variant.isa ?? '',
-    KSHARE_NATIVE_DEPTHWISE_CL: variant.cl ?? '',
+    KSHARE_NATIVE_DEPTHWISE_FORWARD: variant.own ?? '',
   };
   const prev = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]));
   Object.assign(process.env, env);
@@ -138,10 +138,8 @@ test('depthwise conv2d matches libtorch conv2d: forward and every gradient, ever
     const fast = run(s, data, true);
     compare(label(s), fast, ref);
     compare(`${label(s)} portable`, run(s, data, true, { isa: 'generic' }), ref);
-    if (s.cl) {
-      compare(`${label(s)} own channels-last kernels`, run(s, data, true, { cl: 'kshare' }), ref);
-      compare(`${label(s)} own channels-last kernels, portable`, run(s, data, true, { cl: 'kshare', isa: 'generic' }), ref);
-    }
+    compare(`${label(s)} own forward kernels`, run(s, data, true, { own: 'kshare' }), ref);
+    compare(`${label(s)} own forward kernels, portable`, run(s, data, true, { own: 'kshare', isa: 'generic' }), ref);
     assert.equal(fast.yChannelsLast, s.cl && s.c > 1 && s.h * s.w > 1, `${label(s)}: output keeps the input's memory format`);
     t.dispose(data);
   });
