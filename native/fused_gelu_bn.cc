@@ -23,7 +23,7 @@
 // The portable path is about 25x slower than the AVX2 one (scalar std::erfc / std::exp).
 //
 // Vectorised with AVX2/FMA when the CPU has them (checked once at run time), otherwise a
-// portable one-float-at-a-time path; KSHARE_NO_AVX2=1 forces the portable path (tests).
+// portable one-float-at-a-time path; KSHARE_NATIVE_ISA=generic forces the portable path (tests).
 // Channels are processed in parallel with at::parallel_for (libtorch's intra-op threads).
 // Results do not depend on the thread count: every reduction has a fixed order.
 #include <ATen/ATen.h>
@@ -85,14 +85,14 @@ namespace avx2 {
 const Kernels& kernels() {
   static const Kernels fast = avx2::table(), portable = generic::table();
   static const bool hasAvx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  const char* off = std::getenv("KSHARE_NO_AVX2");
-  return hasAvx2 && !(off && *off && std::strcmp(off, "0") != 0) ? fast : portable;
+  const char* isa = std::getenv("KSHARE_NATIVE_ISA");
+  return hasAvx2 && !(isa && std::strcmp(isa, "generic") == 0) ? fast : portable;
 }
 
-// Test hook: KSHARE_POISON_OUTPUTS=1 fills every output with NaN before the kernel writes it,
+// Test hook (as in depthwise_conv.cc): KSHARE_NATIVE_POISON=1 fills every output with NaN before the kernel writes it,
 // so an element the kernel fails to write shows up in the parity tests.
 bool poison() {
-  const char* p = std::getenv("KSHARE_POISON_OUTPUTS");
+  const char* p = std::getenv("KSHARE_NATIVE_POISON");
   return p && *p && std::strcmp(p, "0") != 0;
 }
 

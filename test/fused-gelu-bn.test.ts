@@ -2,7 +2,7 @@
 // libtorch's own ops in this process and against python3-torch: forward, the gradients of the
 // input, the conv bias and the BN weight and bias, and the running statistics afterwards, on
 // NCHW and channels-last inputs, training and eval, both the AVX2 and the portable code path.
-// Outputs are poisoned with NaN before the kernel writes them (KSHARE_POISON_OUTPUTS), so an
+// Outputs are poisoned with NaN before the kernel writes them (KSHARE_NATIVE_POISON), so an
 // element it leaves unwritten fails the comparison.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -154,7 +154,7 @@ test('fused bias + GELU + BatchNorm matches libtorch and PyTorch: forward, every
   });
   let compared = 0;
   for (const isa of ['avx2', 'portable']) {
-    withEnv({ KSHARE_POISON_OUTPUTS: '1', KSHARE_NO_AVX2: isa === 'portable' ? '1' : undefined }, () => {
+    withEnv({ KSHARE_NATIVE_POISON: '1', KSHARE_NATIVE_ISA: isa === 'portable' ? 'generic' : undefined }, () => {
       all.forEach((c, i) => {
         const got = run(c, ins[i]!, true);
         compare(`${isa} vs libtorch`, got, run(c, ins[i]!, false), c);
@@ -177,7 +177,7 @@ test('fused kernel: the demo and paper shapes agree with libtorch (channels-last
       for (const training of [true, false]) {
         const c: Case = { shape, channelsLast, training, momentum: 0.1 };
         const inp = inputs(c, 7);
-        withEnv({ KSHARE_POISON_OUTPUTS: '1' }, () => compare('large', run(c, inp, true), run(c, inp, false), c));
+        withEnv({ KSHARE_NATIVE_POISON: '1' }, () => compare('large', run(c, inp, true), run(c, inp, false), c));
         t.dispose(Object.values(inp));
       }
   }

@@ -5,6 +5,8 @@ import assert from 'node:assert/strict';
 import * as t from '../src/tensor/index.js';
 import type { Tensor } from '../src/tensor/index.js';
 import { AdamW, clipGradNorm } from '../src/train/optim/index.js';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 
 test('tidy disposes what fn created except what it returns; nested scopes hand results up', () => {
   const before = t.liveTensors();
@@ -125,4 +127,35 @@ test('1,000 training steps keep liveTensors() flat (conv + BN + GELU + pool + li
   opt.dispose();
   t.dispose([params, runningMean, runningVar, x, y]);
   assert.equal(t.liveTensors(), before);
+});
+
+test('retainFreedMemory stops training steps from page-faulting their activations back in; MALLOC_* settings win', () => {
+  const tensorIndex = fileURLToPath(new URL('../src/tensor/index.js', import.meta.url));
+  const registry = fileURLToPath(new URL('../src/models/registry.js', import.meta.url));
+  // A fresh process each, since the setting is process-wide and cannot be undone.
+  const script = `
+    const t = await import(${JSON.stringify(tensorIndex)});
+    const { createModel } = await import(${JSON.stringify(registry)});
+    const tuned = t.retainFreedMemory();
+    const m = createModel('convmixer_64_4_k5_p2', { classes: 10 });
+    const x = t.randn([16, 3, 32, 32]), y = t.randint(0, 10, [16]);
+    const step = () => t.tidy(() => t.crossEntropy(m.forward(x), y).backward());
+    for (let i = 0; i < 3; i++) step();
+    const f0 = process.resourceUsage().minorPageFault;
+    for (let i = 0; i < 10; i++) step();
+    console.log(JSON.stringify({ tuned, faults: process.resourceUsage().minorPageFault - f0 }));`;
+  const run = (env: Record<string, string>) => {
+    const clean = { ...process.env };
+    for (const k of ['MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_', 'KSHARE_MALLOC_TUNING']) delete clean[k];
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { env: { ...clean, ...env }, encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    return JSON.parse(r.stdout.trim().split('\n').at(-1)!) as { tuned: boolean; faults: number };
+  };
+  const tuned = run({}),
+    off = run({ KSHARE_MALLOC_TUNING: '0' });
+  assert.equal(tuned.tuned, true);
+  assert.equal(off.tuned, false);
+  assert.equal(run({ MALLOC_TRIM_THRESHOLD_: String(1 << 30) }).tuned, false, "the user's MALLOC_* setting wins");
+  // Measured: ~2,300 faults against ~20,500 over these 10 steps.
+  assert.ok(tuned.faults * 3 < off.faults, `page faults over 10 steps: ${tuned.faults} retained vs ${off.faults} default`);
 });

@@ -14,6 +14,7 @@ import * as exporter from './commands/export.js';
 import * as predict from './commands/predict.js';
 import * as selfcheck from './commands/selfcheck.js';
 import * as sweep from './commands/sweep.js';
+import { retainFreedMemory } from '../tensor/index.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const pkg = JSON.parse(readFileSync(path.resolve(here, '../../../package.json'), 'utf8')) as { version: string };
@@ -23,6 +24,9 @@ const program = new Command()
   .description('Deep CNNs with inter-layer kernel-sharing: define, train, measure and export')
   .version(pkg.version)
   .showHelpAfterError();
+
+// Training and evaluation reallocate every activation each step: keep freed memory for reuse.
+retainFreedMemory();
 
 for (const cmd of [models, info, train, evaluate, sweep, report, demo, exporter, predict, selfcheck]) cmd.register(program);
 

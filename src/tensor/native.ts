@@ -90,6 +90,7 @@ export interface NativeBinding extends Partial<DistributedBinding> {
   runtimeInfo(): RuntimeInfo;
   setNumThreads(n: number): void;
   setCudnnBenchmark(on: boolean): void;
+  setMallocThresholds(mmapBytes: number, trimBytes: number): boolean;
   cudaSynchronize(): void;
   /** Receives libtorch's warnings (shortened), each after the call that raised it; null: collect silently. */
   setWarningHandler(fn: ((message: string) => void) | null): void;

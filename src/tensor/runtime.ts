@@ -17,6 +17,20 @@ export function setNumThreads(n: number): void {
   native.setNumThreads(n);
 }
 
+/**
+ * Keeps freed activation memory in the process heap instead of returning it to the kernel
+ * (glibc malloc's mmap threshold 256 MiB, trim threshold 1 GiB): a training step frees and
+ * reallocates every activation, and without this each step page-faults them back in (~15% of
+ * a small ConvMixer's step on CPU). Process-wide, so the CLI calls it, not the library. Does
+ * nothing, and returns false, when MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_ is set
+ * (the user's choice wins), KSHARE_MALLOC_TUNING=0, or the allocator is not glibc's.
+ */
+export function retainFreedMemory(): boolean {
+  const env = process.env;
+  if (env.MALLOC_MMAP_THRESHOLD_ !== undefined || env.MALLOC_TRIM_THRESHOLD_ !== undefined || env.KSHARE_MALLOC_TUNING === '0') return false;
+  return native.setMallocThresholds(256 << 20, 1 << 30);
+}
+
 /** cuDNN autotuning: picks the fastest convolution algorithm per shape. */
 export function setCudnnBenchmark(on: boolean): void {
   native.setCudnnBenchmark(on);
