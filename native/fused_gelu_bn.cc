@@ -8,18 +8,19 @@
 //
 // Why fused: in libtorch 1.13 the three ops are separate passes over the activation, and GELU
 // on a channels-last tensor and its backward take the slow scalar path. Here each channel's
-// data (or a block of channels-last rows) is processed while it is in cache, one erf/exp per
-// element per direction: the forward writes gelu(u) and normalises it in place, the backward
-// recomputes gelu and gelu' from the saved input instead of saving them (less memory than
-// libtorch, which keeps the GELU input and the BN input).
+// data (or a block of channels-last rows) is processed while it is in cache, with one erf/exp
+// per element: the training forward computes gelu(u) and gelu'(u) together and keeps both for
+// the backward (as much memory as libtorch, which keeps the GELU input and the BN input), so
+// the backward is two passes over memory with no erf; eval recomputes them from the input.
 //
-// Measured speed (2-core AMD EPYC, AVX2, 1 thread, float32, minimum of 100 calls on a loaded
-// machine; history in bench/cpu-kernels-notes.md, rerun with bench/cpu-kernels.ts), in ms,
-// fused / libtorch's bias add + GELU + batch_norm:
-//   (32, 64, 16, 16) NCHW          train fwd 0.43 / 1.03, bwd 0.60 / 1.68; eval fwd 0.32 / 0.29
-//   (32, 64, 16, 16) channels-last train fwd 0.48 / 2.03, bwd 0.60 / 2.53; eval fwd 0.34 / 2.00
-//   (8, 256, 32, 32) NCHW          train fwd 2.13 / 10.3, bwd 5.70 / 15.7; eval fwd 1.29 / 2.20
-//   (8, 256, 32, 32) channels-last train fwd 2.04 / 25.3, bwd 2.73 / 36.0; eval fwd 1.38 / 48.6
+// Measured speed (2-core AMD EPYC, AVX2, 1 thread, float32; bench/cpu-kernels.ts against
+// python3-torch in the same run, process CPU time, the machine busy with two training runs;
+// history in bench/cpu-kernels-notes.md), in ms, fused / libtorch's bias add + GELU + batch_norm:
+//   (32, 64, 16, 16) NCHW  train fwd 0.58 / 1.12, bwd 0.27 / 0.98; eval fwd 0.36 / 0.29, bwd 0.53 / 0.97
+//   (8, 256, 32, 32) NCHW  train fwd 2.81 / 5.04, bwd 2.44 / 4.75; eval fwd 1.41 / 2.07, bwd 2.58 / 4.64
+// Before the training forward kept gelu' (recomputing it in the backward): train bwd 1.09 /
+// 1.05 and 3.68 / 6.47 (quiet machine). Channels-last, earlier versions: libtorch's GELU takes
+// its scalar path there (train fwd 2.0 ms, eval fwd 2.0 ms at the demo shape; this kernel ~0.5).
 // The portable path is about 25x slower than the AVX2 one (scalar std::erfc / std::exp).
 //
 // Vectorised with AVX2/FMA when the CPU has them (checked once at run time), otherwise a
@@ -28,6 +29,7 @@
 // Results do not depend on the thread count: every reduction has a fixed order.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <c10/core/GradMode.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
@@ -47,12 +49,11 @@ template <class F>
 struct Pair {
   F nchw, cl;
 };
-using FwdGelu = void (*)(const float*, float*, int64_t, const float*, float*, double*);
+using FwdGelu = void (*)(const float*, float*, float*, int64_t, const float*, float*, double*);
 using SqDev = void (*)(const float*, int64_t, const float*, float*, double*);
-using Affine = void (*)(float*, int64_t, const float*, const float*);
+using Affine = void (*)(const float*, float*, int64_t, const float*, const float*);
 using FwdEval = void (*)(const float*, float*, int64_t, const float*, const float*, const float*);
-using BwdPass1 = void (*)(const float*, const float*, float*, float*, int64_t, const float*, const float*, const float*, float*,
-                          double*, float*, double*);
+using BwdSums = void (*)(const float*, const float*, int64_t, const float*, const float*, float*, double*, float*, double*);
 using BwdPass2 = void (*)(const float*, const float*, const float*, float*, int64_t, const float*, const float*, const float*,
                           const float*, const float*, float*, double*);
 using BwdEval = void (*)(const float*, const float*, float*, int64_t, const float*, const float*, const float*, const float*,
@@ -62,7 +63,7 @@ struct Kernels {
   Pair<SqDev> sqDev;
   Pair<Affine> affine;
   Pair<FwdEval> fwdEval;
-  Pair<BwdPass1> bwdPass1;
+  Pair<BwdSums> bwdSums;
   Pair<BwdPass2> bwdPass2;
   Pair<BwdEval> bwdEval;
 };
@@ -140,10 +141,11 @@ void checkArgs(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& we
 
 struct Forward {
   at::Tensor y, mean, invstd;  // mean / invstd: what normalised y (batch stats or running stats)
+  at::Tensor g, dg;            // training with keep: gelu(u) and gelu'(u), for the backward
 };
 
 Forward forwardImpl(const at::Tensor& xIn, const at::Tensor& biasIn, const at::Tensor& weightIn, const at::Tensor& bnBiasIn,
-                    const at::Tensor& rm, const at::Tensor& rv, bool training, double momentum, double eps) {
+                    const at::Tensor& rm, const at::Tensor& rv, bool training, double momentum, double eps, bool keep) {
   checkArgs(xIn, biasIn, weightIn, bnBiasIn, rm, rv);
   const Geom g = geomOf(xIn);
   TORCH_CHECK(!training || g.M > 1, "bias_gelu_batch_norm: expected more than 1 value per channel when training, got input ",
@@ -194,22 +196,31 @@ Forward forwardImpl(const at::Tensor& xIn, const at::Tensor& biasIn, const at::T
           for (int64_t r = k * rb; r < std::min(R, (k + 1) * rb); r++) K.fwdEval.cl(xp + r * C, yp + r * C, C, bp, scp, shp);
       });
     }
-    return {y, mean, invstd};
+    return {y, mean, invstd, {}, {}};
   }
 
+  // With keep, gelu(u) and gelu'(u) go to tensors of their own for the backward (as libtorch
+  // keeps the GELU and BatchNorm inputs), which then needs no erf; otherwise g is written to y
+  // and normalised in place.
+  at::Tensor gKept = keep ? newOutput(x, g.fmt) : at::Tensor(), dgKept = keep ? newOutput(x, g.fmt) : at::Tensor();
+  float* gp = keep ? gKept.data_ptr<float>() : yp;
+  float* dgp = keep ? dgKept.data_ptr<float>() : nullptr;
   if (!g.cl) {
     // One channel at a time: its N planes (M floats) stay in cache across the three passes.
     at::parallel_for(0, C, 1, [&](int64_t b, int64_t e) {
       for (int64_t c = b; c < e; c++) {
         double sum = 0, sq = 0;
-        for (int64_t n = 0; n < N; n++) K.fwdGelu.nchw(xp + (n * C + c) * HW, yp + (n * C + c) * HW, HW, bp + c, nullptr, &sum);
+        for (int64_t n = 0; n < N; n++) {
+          const int64_t o = (n * C + c) * HW;
+          K.fwdGelu.nchw(xp + o, gp + o, dgp ? dgp + o : nullptr, HW, bp + c, nullptr, &sum);
+        }
         double mu = sum / M;
         float muf = static_cast<float>(mu);
-        for (int64_t n = 0; n < N; n++) K.sqDev.nchw(yp + (n * C + c) * HW, HW, &muf, nullptr, &sq);
+        for (int64_t n = 0; n < N; n++) K.sqDev.nchw(gp + (n * C + c) * HW, HW, &muf, nullptr, &sq);
         // sum((g - muf)^2) = M var + M (mu - muf)^2: correct for the rounding of muf.
         double var = sq / M - (mu - muf) * (mu - muf);
         finish(c, mu, var);
-        for (int64_t n = 0; n < N; n++) K.affine.nchw(yp + (n * C + c) * HW, HW, scp + c, shp + c);
+        for (int64_t n = 0; n < N; n++) K.affine.nchw(gp + (n * C + c) * HW, yp + (n * C + c) * HW, HW, scp + c, shp + c);
       }
     });
   } else {
@@ -221,9 +232,9 @@ Forward forwardImpl(const at::Tensor& xIn, const at::Tensor& biasIn, const at::T
       for (int64_t k = b; k < e; k++) {
         const int64_t r0 = k * rb, r1 = std::min(R, r0 + rb);
         float *s = &bsum[k * C], *q = &bsq[k * C], *bm = &bmean[k * C];
-        for (int64_t r = r0; r < r1; r++) K.fwdGelu.cl(xp + r * C, yp + r * C, C, bp, s, nullptr);
+        for (int64_t r = r0; r < r1; r++) K.fwdGelu.cl(xp + r * C, gp + r * C, dgp ? dgp + r * C : nullptr, C, bp, s, nullptr);
         for (int64_t c = 0; c < C; c++) bm[c] = s[c] / static_cast<float>(r1 - r0);
-        for (int64_t r = r0; r < r1; r++) K.sqDev.cl(yp + r * C, C, bm, q, nullptr);
+        for (int64_t r = r0; r < r1; r++) K.sqDev.cl(gp + r * C, C, bm, q, nullptr);
       }
     });
     for (int64_t c = 0; c < C; c++) {
@@ -240,18 +251,22 @@ Forward forwardImpl(const at::Tensor& xIn, const at::Tensor& biasIn, const at::T
     }
     at::parallel_for(0, nb, 1, [&](int64_t b, int64_t e) {
       for (int64_t k = b; k < e; k++)
-        for (int64_t r = k * rb; r < std::min(R, (k + 1) * rb); r++) K.affine.cl(yp + r * C, C, scp, shp);
+        for (int64_t r = k * rb; r < std::min(R, (k + 1) * rb); r++) K.affine.cl(gp + r * C, yp + r * C, C, scp, shp);
     });
   }
-  return {y, mean, invstd};
+  return {y, mean, invstd, gKept, dgKept};
 }
 
 struct Grads {
   at::Tensor dx, dbias, dweight, dbnBias;
 };
 
+// Eval mode: x (the conv output) and bias; training: gKept and dgKept from the forward.
 Grads backwardImpl(const at::Tensor& dyIn, const at::Tensor& xIn, const at::Tensor& bias, const at::Tensor& weight,
-                   const at::Tensor& mean, const at::Tensor& invstd, bool training) {
+                   const at::Tensor& mean, const at::Tensor& invstd, bool training, const at::Tensor& gKept,
+                   const at::Tensor& dgKept) {
+  TORCH_CHECK(!training || (gKept.defined() && dgKept.defined()),
+              "bias_gelu_batch_norm: the training-mode backward needs the activations its forward keeps under grad mode");
   const Geom g = geomOf(xIn);
   const at::Tensor x = xIn.contiguous(g.fmt), dy = dyIn.to(at::kFloat).contiguous(g.fmt);
   at::Tensor dx = newOutput(x, g.fmt);
@@ -259,7 +274,8 @@ Grads backwardImpl(const at::Tensor& dyIn, const at::Tensor& xIn, const at::Tens
   auto opts = x.options();
   at::Tensor dbias = at::empty({C}, opts), dweight = at::empty({C}, opts), dbnBias = at::empty({C}, opts);
   if (poison()) for (auto* t : {&dbias, &dweight, &dbnBias}) t->fill_(std::numeric_limits<float>::quiet_NaN());
-  const float *xp = x.data_ptr<float>(), *dyp = dy.data_ptr<float>(), *bp = bias.data_ptr<float>(), *wp = weight.data_ptr<float>();
+  const float *xp = x.data_ptr<float>(), *dyp = dy.data_ptr<float>(), *wp = weight.data_ptr<float>();
+  const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;  // eval only
   const float *mp = mean.data_ptr<float>(), *isp = invstd.data_ptr<float>();
   float *dxp = dx.data_ptr<float>(), *dbp = dbias.data_ptr<float>(), *dwp = dweight.data_ptr<float>(), *dbbp = dbnBias.data_ptr<float>();
   const Kernels& K = kernels();
@@ -302,24 +318,22 @@ Grads backwardImpl(const at::Tensor& dyIn, const at::Tensor& xIn, const at::Tens
     return {dx, dbias, dweight, dbnBias};
   }
 
-  // Training: pass 1 recomputes gelu and gelu' (kept for pass 2) and reduces sum(dy),
-  // sum(dy * xhat); pass 2 forms dx and reduces sum(dx).
+  // Training: pass 1 reduces sum(dy) and sum(dy * xhat) from the kept g; pass 2 forms dx from
+  // dy, g and gelu' and reduces sum(dx).
+  const at::Tensor gk = gKept.contiguous(g.fmt), dgk = dgKept.contiguous(g.fmt);
+  const float *gp = gk.data_ptr<float>(), *dgp = dgk.data_ptr<float>();
   if (!g.cl) {
     at::parallel_for(0, C, 1, [&](int64_t b, int64_t e) {
-      // gelu and gelu' of one channel go to a contiguous buffer, not to tensors laid out like x:
-      // x's N planes of a channel are C * H * W floats apart, and 4 such streams alias in cache.
-      std::vector<float> buf(2 * M);
-      float *gb = buf.data(), *dgb = gb + M;
       for (int64_t c = b; c < e; c++) {
         double sdy = 0, sdyx = 0, sdz = 0;
         for (int64_t n = 0; n < N; n++) {
           int64_t o = (n * C + c) * HW;
-          K.bwdPass1.nchw(xp + o, dyp + o, gb + n * HW, dgb + n * HW, HW, bp + c, mp + c, isp + c, nullptr, &sdy, nullptr, &sdyx);
+          K.bwdSums.nchw(gp + o, dyp + o, HW, mp + c, isp + c, nullptr, &sdy, nullptr, &sdyx);
         }
         float mdy = static_cast<float>(sdy / M), mdyx = static_cast<float>(sdyx / M);
         for (int64_t n = 0; n < N; n++) {
           int64_t o = (n * C + c) * HW;
-          K.bwdPass2.nchw(dyp + o, gb + n * HW, dgb + n * HW, dxp + o, HW, &k1[c], &mdy, &mdyx, mp + c, isp + c, nullptr, &sdz);
+          K.bwdPass2.nchw(dyp + o, gp + o, dgp + o, dxp + o, HW, &k1[c], &mdy, &mdyx, mp + c, isp + c, nullptr, &sdz);
         }
         dbbp[c] = static_cast<float>(sdy);
         dwp[c] = static_cast<float>(sdyx);
@@ -327,14 +341,12 @@ Grads backwardImpl(const at::Tensor& dyIn, const at::Tensor& xIn, const at::Tens
       }
     });
   } else {
-    at::Tensor scratch = at::empty_like(x, x.options().memory_format(g.fmt));
-    float* sp = scratch.data_ptr<float>();
     std::vector<float> acc(2 * nb * C, 0.0f), accDz(nb * C, 0.0f);
     at::parallel_for(0, nb, 1, [&](int64_t b, int64_t e) {
       for (int64_t k = b; k < e; k++) {
         float *a0 = &acc[(2 * k) * C], *a1 = a0 + C;
         for (int64_t r = k * rb; r < std::min(R, (k + 1) * rb); r++)
-          K.bwdPass1.cl(xp + r * C, dyp + r * C, dxp + r * C, sp + r * C, C, bp, mp, isp, a0, nullptr, a1, nullptr);
+          K.bwdSums.cl(gp + r * C, dyp + r * C, C, mp, isp, a0, nullptr, a1, nullptr);
       }
     });
     std::vector<float> mdy(C), mdyx(C);
@@ -352,9 +364,9 @@ Grads backwardImpl(const at::Tensor& dyIn, const at::Tensor& xIn, const at::Tens
     at::parallel_for(0, nb, 1, [&](int64_t b, int64_t e) {
       for (int64_t k = b; k < e; k++)
         for (int64_t r = k * rb; r < std::min(R, (k + 1) * rb); r++)
-          K.bwdPass2.cl(dyp + r * C, dxp + r * C, sp + r * C, dxp + r * C, C, k1.data(), mdy.data(), mdyx.data(), mp, isp,
+          K.bwdPass2.cl(dyp + r * C, gp + r * C, dgp + r * C, dxp + r * C, C, k1.data(), mdy.data(), mdyx.data(), mp, isp,
                         &accDz[k * C], nullptr);
-      });
+    });
     for (int64_t c = 0; c < C; c++) {
       double s = 0;
       for (int64_t k = 0; k < nb; k++) s += accDz[k * C + c];
@@ -368,16 +380,21 @@ Grads backwardImpl(const at::Tensor& dyIn, const at::Tensor& xIn, const at::Tens
 struct BiasGeluBatchNorm : public torch::autograd::Function<BiasGeluBatchNorm> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& bias,
                             const at::Tensor& weight, const at::Tensor& bnBias, const at::Tensor& rm, const at::Tensor& rv,
-                            bool training, double momentum, double eps) {
-    Forward f = forwardImpl(x, bias, weight, bnBias, rm, rv, training, momentum, eps);
-    ctx->save_for_backward({x, bias, weight, f.mean, f.invstd});
+                            bool training, double momentum, double eps, bool keep) {
+    Forward f = forwardImpl(x, bias, weight, bnBias, rm, rv, training, momentum, eps, keep);
+    // Training keeps gelu and gelu' (f.g, f.dg), eval recomputes them from x.
+    if (training) ctx->save_for_backward({f.g, f.dg, weight, f.mean, f.invstd});
+    else ctx->save_for_backward({x, bias, weight, f.mean, f.invstd});
     ctx->saved_data["training"] = training;
     return f.y;
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads) {
     auto s = ctx->get_saved_variables();
-    Grads gr = backwardImpl(grads[0], s[0], s[1], s[2], s[3], s[4], ctx->saved_data["training"].toBool());
-    return {gr.dx, gr.dbias, gr.dweight, gr.dbnBias, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    const bool training = ctx->saved_data["training"].toBool();
+    Grads gr = training ? backwardImpl(grads[0], s[0], at::Tensor(), s[2], s[3], s[4], true, s[0], s[1])
+                        : backwardImpl(grads[0], s[0], s[1], s[2], s[3], s[4], false, at::Tensor(), at::Tensor());
+    return {gr.dx,        gr.dbias,     gr.dweight,   gr.dbnBias,  at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -385,12 +402,15 @@ at::Tensor biasGeluBatchNormAutograd(const at::Tensor& x, const at::Tensor& bias
                                      const at::Tensor& rm, const at::Tensor& rv, bool training, double momentum, double eps) {
   // The running stats are updated in place but never differentiated: keep them out of the
   // autograd inputs (they are plain buffers).
-  return BiasGeluBatchNorm::apply(x, bias, weight, bnBias, rm.detach(), rv.detach(), training, momentum, eps);
+  // gelu and gelu' are kept only when a backward can follow.
+  const bool keep = training && at::GradMode::is_enabled() &&
+                    (x.requires_grad() || bias.requires_grad() || weight.requires_grad() || bnBias.requires_grad());
+  return BiasGeluBatchNorm::apply(x, bias, weight, bnBias, rm.detach(), rv.detach(), training, momentum, eps, keep);
 }
 
 at::Tensor biasGeluBatchNormCpu(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& weight, const at::Tensor& bnBias,
                                 const at::Tensor& rm, const at::Tensor& rv, bool training, double momentum, double eps) {
-  return forwardImpl(x, bias, weight, bnBias, rm, rv, training, momentum, eps).y;
+  return forwardImpl(x, bias, weight, bnBias, rm, rv, training, momentum, eps, false).y;
 }
 
 }  // namespace
