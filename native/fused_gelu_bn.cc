@@ -206,22 +206,40 @@ Forward forwardImpl(const at::Tensor& xIn, const at::Tensor& biasIn, const at::T
   float* gp = keep ? gKept.data_ptr<float>() : yp;
   float* dgp = keep ? dgKept.data_ptr<float>() : nullptr;
   if (!g.cl) {
-    // One channel at a time: its N planes (M floats) stay in cache across the three passes.
-    at::parallel_for(0, C, 1, [&](int64_t b, int64_t e) {
-      for (int64_t c = b; c < e; c++) {
+    // Rows (one (n, c) plane each) in memory order, so the passes stream: per row, gelu and its
+    // sum, then the squared deviations from the row's own mean while the row is in L1; rows are
+    // combined per channel in a fixed order (Chan et al.), whatever the thread count. (Walking
+    // one channel's N planes instead, C * H * W floats apart, measured slower: the planes
+    // conflict in cache and defeat the prefetcher.)
+    const int64_t rows = N * C;
+    std::vector<double> rsum(rows), rsq(rows);
+    std::vector<float> rmean(rows);
+    at::parallel_for(0, rows, 16, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; r++) {
+        const int64_t c = r % C, o = r * HW;
         double sum = 0, sq = 0;
-        for (int64_t n = 0; n < N; n++) {
-          const int64_t o = (n * C + c) * HW;
-          K.fwdGelu.nchw(xp + o, gp + o, dgp ? dgp + o : nullptr, HW, bp + c, nullptr, &sum);
-        }
-        double mu = sum / M;
-        float muf = static_cast<float>(mu);
-        for (int64_t n = 0; n < N; n++) K.sqDev.nchw(gp + (n * C + c) * HW, HW, &muf, nullptr, &sq);
-        // sum((g - muf)^2) = M var + M (mu - muf)^2: correct for the rounding of muf.
-        double var = sq / M - (mu - muf) * (mu - muf);
-        finish(c, mu, var);
-        for (int64_t n = 0; n < N; n++) K.affine.nchw(gp + (n * C + c) * HW, yp + (n * C + c) * HW, HW, scp + c, shp + c);
+        K.fwdGelu.nchw(xp + o, gp + o, dgp ? dgp + o : nullptr, HW, bp + c, nullptr, &sum);
+        const float rm = static_cast<float>(sum / HW);
+        K.sqDev.nchw(gp + o, HW, &rm, nullptr, &sq);
+        rsum[r] = sum;
+        rsq[r] = sq;
+        rmean[r] = rm;
       }
+    });
+    for (int64_t c = 0; c < C; c++) {
+      double sum = 0;
+      for (int64_t n = 0; n < N; n++) sum += rsum[n * C + c];
+      double mu = sum / M, m2 = 0;
+      for (int64_t n = 0; n < N; n++) {
+        const int64_t r = n * C + c;
+        // rsq is taken around the rounded row mean rmean; shift it to the exact one.
+        double bmu = rsum[r] / HW, corr = bmu - rmean[r], d = bmu - mu;
+        m2 += rsq[r] - HW * corr * corr + HW * d * d;
+      }
+      finish(c, mu, m2 / M);
+    }
+    at::parallel_for(0, rows, 16, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; r++) K.affine.nchw(gp + r * HW, yp + r * HW, HW, scp + r % C, shp + r % C);
     });
   } else {
     // Blocks of rows: gelu + block sums, then the block's squared deviations from its own mean
@@ -323,23 +341,43 @@ Grads backwardImpl(const at::Tensor& dyIn, const at::Tensor& xIn, const at::Tens
   const at::Tensor gk = gKept.contiguous(g.fmt), dgk = dgKept.contiguous(g.fmt);
   const float *gp = gk.data_ptr<float>(), *dgp = dgk.data_ptr<float>();
   if (!g.cl) {
-    at::parallel_for(0, C, 1, [&](int64_t b, int64_t e) {
-      for (int64_t c = b; c < e; c++) {
-        double sdy = 0, sdyx = 0, sdz = 0;
-        for (int64_t n = 0; n < N; n++) {
-          int64_t o = (n * C + c) * HW;
-          K.bwdSums.nchw(gp + o, dyp + o, HW, mp + c, isp + c, nullptr, &sdy, nullptr, &sdyx);
-        }
-        float mdy = static_cast<float>(sdy / M), mdyx = static_cast<float>(sdyx / M);
-        for (int64_t n = 0; n < N; n++) {
-          int64_t o = (n * C + c) * HW;
-          K.bwdPass2.nchw(dyp + o, gp + o, dgp + o, dxp + o, HW, &k1[c], &mdy, &mdyx, mp + c, isp + c, nullptr, &sdz);
-        }
-        dbbp[c] = static_cast<float>(sdy);
-        dwp[c] = static_cast<float>(sdyx);
-        dbp[c] = static_cast<float>(sdz);
+    // Rows in memory order, per-row sums combined per channel in a fixed order (as the forward).
+    const int64_t rows = N * C;
+    std::vector<double> rdy(rows), rdyx(rows), rdz(rows);
+    at::parallel_for(0, rows, 16, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; r++) {
+        const int64_t c = r % C, o = r * HW;
+        double sdy = 0, sdyx = 0;
+        K.bwdSums.nchw(gp + o, dyp + o, HW, mp + c, isp + c, nullptr, &sdy, nullptr, &sdyx);
+        rdy[r] = sdy;
+        rdyx[r] = sdyx;
       }
     });
+    std::vector<float> mdy(C), mdyx(C);
+    for (int64_t c = 0; c < C; c++) {
+      double s0 = 0, s1 = 0;
+      for (int64_t n = 0; n < N; n++) {
+        s0 += rdy[n * C + c];
+        s1 += rdyx[n * C + c];
+      }
+      dbbp[c] = static_cast<float>(s0);
+      dwp[c] = static_cast<float>(s1);
+      mdy[c] = static_cast<float>(s0 / M);
+      mdyx[c] = static_cast<float>(s1 / M);
+    }
+    at::parallel_for(0, rows, 16, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; r++) {
+        const int64_t c = r % C, o = r * HW;
+        double sdz = 0;
+        K.bwdPass2.nchw(dyp + o, gp + o, dgp + o, dxp + o, HW, &k1[c], &mdy[c], &mdyx[c], mp + c, isp + c, nullptr, &sdz);
+        rdz[r] = sdz;
+      }
+    });
+    for (int64_t c = 0; c < C; c++) {
+      double s = 0;
+      for (int64_t n = 0; n < N; n++) s += rdz[n * C + c];
+      dbp[c] = static_cast<float>(s);
+    }
   } else {
     std::vector<float> acc(2 * nb * C, 0.0f), accDz(nb * C, 0.0f);
     at::parallel_for(0, nb, 1, [&](int64_t b, int64_t e) {
