@@ -6,7 +6,8 @@
 //
 // Rows (ratio = referenceMs / kshareMs; above 1: kshare is faster):
 // - single layers at the demo shape (32, 64, 16, 16) k5 and the paper's (8, 256, 32, 32) k9:
-//   depthwise conv forward / input gradient / weight gradient (through kshare's conv2d front,
+//   depthwise conv forward / input gradient / weight gradient / all three gradients (the
+//   backward a training step runs) (through kshare's conv2d front,
 //   so whichever kernel it routes to), and bias + GELU + BatchNorm forward / backward in training
 //   and eval mode (kshare: the fused kernel; PyTorch: its three ops). Reference:
 //   bench/reference_kernels.py.
@@ -36,7 +37,7 @@ import { modelFromRegistry } from '../src/export/model-source.js';
 import { median, round } from './stats.js';
 import { MALLOC_ENV, ROOT, reexecWithMallocEnv, runReference } from './cpu-common.js';
 
-type KernelKind = 'dw_fwd' | 'dw_grad_input' | 'dw_grad_weight' | 'gbn_fwd_train' | 'gbn_bwd_train' | 'gbn_fwd_eval' | 'gbn_bwd_eval';
+type KernelKind = 'dw_fwd' | 'dw_grad_input' | 'dw_grad_weight' | 'dw_backward' | 'gbn_fwd_train' | 'gbn_bwd_train' | 'gbn_fwd_eval' | 'gbn_bwd_eval';
 interface KernelRow {
   name: string;
   kind: KernelKind;
@@ -52,6 +53,7 @@ const KINDS: [KernelKind, string][] = [
   ['dw_fwd', 'depthwise conv forward'],
   ['dw_grad_input', 'depthwise conv input gradient'],
   ['dw_grad_weight', 'depthwise conv weight gradient'],
+  ['dw_backward', 'depthwise conv backward (input, weight and bias gradients)'],
   ['gbn_fwd_train', 'bias+GELU+BN forward, train'],
   ['gbn_bwd_train', 'bias+GELU+BN backward, train'],
   ['gbn_fwd_eval', 'bias+GELU+BN forward, eval'],
@@ -101,14 +103,14 @@ function kshareKernel(row: KernelRow): { run: () => void; dispose: () => void } 
           ),
         dispose,
       };
-    const target = row.kind === 'dw_grad_input' ? x : wt;
-    target.requiresGrad = true;
+    const targets = row.kind === 'dw_grad_input' ? [x] : row.kind === 'dw_grad_weight' ? [wt] : [x, wt, b];
+    for (const v of targets) v.requiresGrad = true;
     const y = conv();
     held.push(y);
     return {
       run: () => {
         y.backward(dy, { retainGraph: true });
-        target.grad = null;
+        for (const v of targets) v.grad = null;
       },
       dispose,
     };

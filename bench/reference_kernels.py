@@ -2,8 +2,9 @@
 
 Run with Debian's /usr/bin/python3. Reads a JSON list of rows on stdin, each
 {"name", "kind", "shape": [N, C, H, W], "k"}; kinds:
-  dw_fwd, dw_grad_input, dw_grad_weight   depthwise k x k conv (bias, 'same' padding): forward
-                                           (no grad), and the backward for the input / the weight only
+  dw_fwd, dw_grad_input, dw_grad_weight,  depthwise k x k conv (bias, 'same' padding): forward
+  dw_backward                              (no grad), the backward for the input / the weight only,
+                                           and for input, weight and bias together (a training step's)
   gbn_fwd_train, gbn_bwd_train,            batch_norm(gelu(x + bias)) (the ConvMixer layer kshare
   gbn_fwd_eval, gbn_bwd_eval               fuses): forward, and the backward for x, bias, BN weight, BN bias
 Backward rows time only the backward (the graph is kept between iterations).
@@ -33,10 +34,11 @@ def make(row):
                 with torch.no_grad():
                     F.conv2d(x, wt, b, padding=k // 2, groups=c)
             return f
-        target = x if kind == 'dw_grad_input' else wt
-        target.requires_grad_(True)
+        targets = {'dw_grad_input': [x], 'dw_grad_weight': [wt], 'dw_backward': [x, wt, b]}[kind]
+        for v in targets:
+            v.requires_grad_(True)
         y = F.conv2d(x, wt, b, padding=k // 2, groups=c)
-        return lambda: torch.autograd.grad(y, [target], dy, retain_graph=True)
+        return lambda: torch.autograd.grad(y, targets, dy, retain_graph=True)
     b, g, beta = torch.randn(c), torch.randn(c), torch.randn(c)
     rm, rv = torch.zeros(c), torch.ones(c)
     training = kind.endswith('_train')
