@@ -1,7 +1,8 @@
 // kshare's depthwise convolution kernel (native/depthwise_conv.cc): forward, grad input, grad
 // weight and grad bias against libtorch's own conv2d in this process and against python3-torch,
 // on NCHW and channels-last inputs, both instruction sets, with outputs poisoned with NaN
-// before the kernels write them (KSHARE_NATIVE_POISON), so an element left unwritten fails.
+// before the kernels write them (KSHARE_NATIVE_POISON), so an element left unwritten fails;
+// and conv2d's routing of convolutions to kshare's kernel and of small-batch 1x1 ones to oneDNN.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as t from '../src/tensor/index.js';
@@ -296,4 +297,35 @@ test('ConvMixer (shared kernels) trains the same through the kshare kernel and t
     b = train(false);
   assert.ok(Math.abs(a.loss - b.loss) <= 1e-5 * Math.abs(b.loss), `loss ${a.loss} vs ${b.loss}`);
   a.grads.forEach((g, i) => assertClose(`parameter ${i} grad`, g, b.grads[i]!));
+});
+
+test('1x1 convolutions at small batch go to oneDNN for inference only, matching libtorch conv2d', () => {
+  t.tidy(() => {
+    const x = t.randn([2, 64, 32, 32]), // 12.6M multiply-adds: above the threshold
+      w = t.randn([96, 64, 1, 1]),
+      b = t.randn([96]);
+    const direct = wrap(runKernel('test', 'mkldnnConv2d', [x.handle, w.handle, b.handle, [0, 0], [1, 1], [1, 1], 1]));
+    const libtorch = (fn: () => Tensor) => {
+      process.env.KSHARE_NATIVE_KERNELS = '0';
+      try {
+        return fn();
+      } finally {
+        delete process.env.KSHARE_NATIVE_KERNELS;
+      }
+    };
+    const ref = libtorch(() => t.noGrad(() => t.conv2d(x, w, b)));
+    // Routed: bit-identical to the direct oneDNN call, and within float32 rounding of libtorch's choice.
+    const routed = t.noGrad(() => t.conv2d(x, w, b));
+    assert.deepEqual(routed.toFloat32Array(), direct.toFloat32Array());
+    assertClose('oneDNN 1x1 vs libtorch conv2d', routed.toFloat32Array(), ref.toFloat32Array());
+    // Recording gradients, batch 16 or more, or too small a problem: libtorch's own conv2d.
+    const wg = w.detach();
+    wg.requiresGrad = true;
+    assert.deepEqual(t.conv2d(x, wg, b).toFloat32Array(), libtorch(() => t.conv2d(x, wg, b)).toFloat32Array(), 'with gradients');
+    const big = t.randn([16, 64, 16, 32]);
+    assert.deepEqual(t.noGrad(() => t.conv2d(big, w, b)).toFloat32Array(), libtorch(() => t.noGrad(() => t.conv2d(big, w, b))).toFloat32Array(), 'batch 16');
+    const small = t.randn([1, 8, 4, 4]),
+      ws = t.randn([8, 8, 1, 1]);
+    assert.deepEqual(t.noGrad(() => t.conv2d(small, ws)).toFloat32Array(), libtorch(() => t.noGrad(() => t.conv2d(small, ws))).toFloat32Array(), 'small');
+  });
 });

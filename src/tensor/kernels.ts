@@ -151,6 +151,8 @@ export const KERNELS = {
   batchNorm: 'aten::batch_norm',
   linear: 'aten::linear',
   matmul: 'aten::matmul',
+  // oneDNN's convolution called directly: 1x1 convolutions at small batch (see ops/conv.ts)
+  mkldnnConv2d: 'aten::mkldnn_convolution',
   // kshare's depthwise convolution (native/depthwise_conv.cc; conv2d routes to it where it applies)
   depthwiseConv2d: 'kshare::depthwise_conv2d',
   depthwiseConv2dBackward: 'kshare::depthwise_conv2d_backward',

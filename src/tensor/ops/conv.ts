@@ -1,6 +1,7 @@
 // 2-D convolution.
 import { runKernel } from '../kernels.js';
 import { cpuKernelsAllowed } from '../runtime.js';
+import { isGradEnabled } from '../engine.js';
 import { Tensor, wrap } from '../tensor.js';
 import { tensorArg, optTensorArg, rankArg, floatArg, sameDevice, pairArg, intArg, ShapeError, describe, optionsArg } from '../validate.js';
 
@@ -59,6 +60,8 @@ export function conv2d(x: Tensor, weight: Tensor, bias: Tensor | null = null, o:
   convOutputSize(op, h, kh, stride[0], pad[0], dilation[0]);
   convOutputSize(op, w, kw, stride[1], pad[1], dilation[1]);
   if (useNativeDepthwise(x, weight, bias, groups, stride, pad, dilation)) return depthwise(x, weight, bias, dilation);
+  if (useOneDnnPointwise(x, weight, bias, groups, stride, pad))
+    return wrap(runKernel(op, 'mkldnnConv2d', [x.handle, weight.handle, bias?.handle ?? null, pad, stride, dilation, groups]));
   return wrap(runKernel(op, 'conv2d', [x.handle, weight.handle, bias?.handle ?? null, stride, pad, dilation, groups]));
 }
 
@@ -88,4 +91,25 @@ function useNativeDepthwise(
 
 function depthwise(x: Tensor, weight: Tensor, bias: Tensor | null, dilation: [number, number]): Tensor {
   return wrap(runKernel('conv2d', 'depthwiseConv2d', [x.handle, weight.handle, bias?.handle ?? null, dilation]));
+}
+
+/** Below this many multiply-adds a 1x1 convolution stays on libtorch's choice (BLAS measured as fast). */
+const POINTWISE_ONEDNN_MIN_MACS = 8 << 20;
+
+/**
+ * Whether a 1x1 convolution goes straight to oneDNN (aten::mkldnn_convolution) instead of
+ * libtorch 1.13's choice: for a batch under 16 on one thread libtorch picks its BLAS path,
+ * which measured 1.7x slower here at ConvMixer-256's (1, 256, 32, 32) (1.26 ms against
+ * 0.73 ms: OpenBLAS runs its AVX2 kernels, oneDNN AVX-512 where the CPU has it). Inference
+ * only (no gradient recorded), CPU float32, groups 1, stride 1, no padding, and kshare's CPU
+ * kernels allowed (not while tracing, under autocast or with KSHARE_NATIVE_KERNELS=0).
+ */
+function useOneDnnPointwise(x: Tensor, weight: Tensor, bias: Tensor | null, groups: number, stride: [number, number], pad: [number, number]): boolean {
+  if (!cpuKernelsAllowed() || x.device !== 'cpu') return false;
+  if (x.dtype !== 'float32' || weight.dtype !== 'float32' || (bias && bias.dtype !== 'float32')) return false;
+  const [n, c, h, w] = x.shape as [number, number, number, number];
+  const [oc, , kh, kw] = weight.shape as [number, number, number, number];
+  if (kh !== 1 || kw !== 1 || groups !== 1 || stride[0] !== 1 || stride[1] !== 1 || pad[0] !== 0 || pad[1] !== 0) return false;
+  if (n >= 16 || n * h * w * c * oc < POINTWISE_ONEDNN_MIN_MACS) return false;
+  return !isGradEnabled() || !(x.requiresGrad || weight.requiresGrad || (bias?.requiresGrad ?? false));
 }
