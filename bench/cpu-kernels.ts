@@ -23,7 +23,7 @@
 // which is the steadier comparison on a machine shared with other work.
 import os from 'node:os';
 import path from 'node:path';
-import { mkdirSync, writeFileSync, renameSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync, renameSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
 import { Command } from 'commander';
@@ -218,6 +218,31 @@ function timeKshareModel(row: ModelRow, warmup: number, iters: number): Samples 
   return samples;
 }
 
+/**
+ * Which vector code ran where: kshare's fused GELU/BN kernel takes the widest of AVX-512, AVX2
+ * and portable (capped by KSHARE_NATIVE_ISA), its depthwise weight gradient AVX2 or portable;
+ * libtorch's ATen kernels report their own capability, OpenBLAS follows OPENBLAS_CORETYPE, and
+ * oneDNN and onnxruntime pick the widest the CPU has.
+ */
+function instructionSets(): Record<string, string> {
+  let flags = '';
+  try {
+    flags = readFileSync('/proc/cpuinfo', 'utf8').match(/^flags\s*:(.*)$/m)?.[1] ?? '';
+  } catch {
+    // not Linux: flags unknown
+  }
+  const has = (f: string) => flags.split(' ').includes(f);
+  const cap = process.env.KSHARE_NATIVE_ISA;
+  const avx2 = has('avx2') && has('fma');
+  const widest = has('avx512f') && has('avx512dq') && avx2 ? 'avx512' : avx2 ? 'avx2' : 'generic';
+  return {
+    cpuFlags: ['avx2', 'fma', 'avx512f', 'avx512dq'].filter(has).join(' ') || 'unknown',
+    kshareFusedGeluBatchNorm: cap === 'generic' ? 'generic' : cap === 'avx2' && widest === 'avx512' ? 'avx2' : widest,
+    kshareDepthwise: cap === 'generic' || !avx2 ? 'generic' : 'avx2',
+    openblasCoretype: process.env.OPENBLAS_CORETYPE ?? '(auto)',
+  };
+}
+
 const ortSessions = new Map<string, ort.InferenceSession>();
 
 async function timeOrt(row: ModelRow, threads: number, warmup: number, iters: number): Promise<Samples> {
@@ -408,6 +433,7 @@ async function main(): Promise<void> {
     libtorch: t.runtimeInfo().torchVersion,
     onnxruntime: ort.env.versions.node ?? 'unknown',
     nativeKernels: t.nativeKernelsEnabled(),
+    isa: instructionSets(),
     method:
       `medians over ${rounds} rounds of ${iters} timed iterations (kernels ${4 * iters}) after ${warmup} warm-up ones, kshare and the reference alternating per round; ` +
       `both processes with ${Object.entries(MALLOC_ENV)

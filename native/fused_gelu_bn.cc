@@ -83,11 +83,24 @@ namespace avx2 {
 }  // namespace avx2
 #pragma GCC pop_options
 
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512dq,avx2,fma")
+namespace avx512 {
+#define KS_SIMD 2
+#include "fused_gelu_bn_simd.inc"
+#undef KS_SIMD
+}  // namespace avx512
+#pragma GCC pop_options
+
+// The widest instruction set the CPU has, capped by KSHARE_NATIVE_ISA (avx2 or generic).
 const Kernels& kernels() {
-  static const Kernels fast = avx2::table(), portable = generic::table();
+  static const Kernels wide = avx512::table(), fast = avx2::table(), portable = generic::table();
   static const bool hasAvx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool hasAvx512 = hasAvx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
   const char* isa = std::getenv("KSHARE_NATIVE_ISA");
-  return hasAvx2 && !(isa && std::strcmp(isa, "generic") == 0) ? fast : portable;
+  if (isa && std::strcmp(isa, "generic") == 0) return portable;
+  if (isa && std::strcmp(isa, "avx2") == 0) return hasAvx2 ? fast : portable;
+  return hasAvx512 ? wide : hasAvx2 ? fast : portable;
 }
 
 // Test hook (as in depthwise_conv.cc): KSHARE_NATIVE_POISON=1 fills every output with NaN before the kernel writes it,
