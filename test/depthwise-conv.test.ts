@@ -14,6 +14,7 @@ import { createModel } from '../src/models/registry.js';
 import { runPython, encode, decodeF32, maxRelError, type Encoded } from './helpers/python.js';
 
 const TOL = 1e-5;
+const MODEL_TOL = 1e-4;
 process.env.KSHARE_NATIVE_POISON = '1';
 
 interface Shape {
@@ -296,7 +297,13 @@ test('ConvMixer (shared kernels) trains the same through the kshare kernel and t
   const a = train(true),
     b = train(false);
   assert.ok(Math.abs(a.loss - b.loss) <= 1e-5 * Math.abs(b.loss), `loss ${a.loss} vs ${b.loss}`);
-  a.grads.forEach((g, i) => assertClose(`parameter ${i} grad`, g, b.grads[i]!));
+  // A whole model compounds each kernel's float32 rounding over its layers (every kernel is held
+  // to 1e-5 above), so the model-level tolerance applies, as in the model parity tests.
+  a.grads.forEach((g, i) => {
+    for (let j = 0; j < g.length; j++) if (Number.isNaN(g[j]!)) assert.fail(`parameter ${i} grad: element ${j} is NaN`);
+    const e = maxRelError(g, b.grads[i]!);
+    assert.ok(e <= MODEL_TOL, `parameter ${i} grad: relative error ${e.toExponential(2)} > ${MODEL_TOL}`);
+  });
 });
 
 test('1x1 convolutions at small batch go to oneDNN for inference only, matching libtorch conv2d', () => {
