@@ -113,7 +113,12 @@ function locateAddon(): string {
 
 // libgomp reads this when the addon loads. Its default (spin-waiting) makes libtorch's thread
 // pool collapse when any other process competes for the cores: measured 76-108 img/s with
-// 2 threads against 214-243 with PASSIVE on the 2-core development machine.
-process.env.OMP_WAIT_POLICY ??= 'PASSIVE';
+// 2 threads against 214-243 with PASSIVE on the 2-core development machine. On a quiet machine
+// spinning is faster for a bare training step (ConvMixer-64/4 shared, batch 32, 2 threads:
+// 15 ms ACTIVE, 17-18 ms with GOMP_SPINCOUNT 1e4-3e5, 26 ms PASSIVE) but lost with one competing
+// process (58-63 ms against 51), and the demo's 2-thread training (with its data pipeline)
+// measured the same either way, so PASSIVE stays the default. Setting OMP_WAIT_POLICY or
+// GOMP_SPINCOUNT overrides it.
+if (process.env.OMP_WAIT_POLICY === undefined && process.env.GOMP_SPINCOUNT === undefined) process.env.OMP_WAIT_POLICY = 'PASSIVE';
 
 export const native: NativeBinding = createRequire(import.meta.url)(locateAddon()) as NativeBinding;
