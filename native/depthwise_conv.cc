@@ -14,12 +14,14 @@
 // NCHW kernels wider than 9 stay here (oneDNN's slow path there). The weight gradient is ours:
 // libtorch 1.13 computes it in a slow per-channel loop.
 //
-// Measured speed (bench/cpu-kernels.ts, 2-core AMD EPYC with AVX2/FMA, 1 thread, quiet machine,
-// against python3-torch 1.13 in the same run; bench/cpu-kernels-notes.md has every version):
-//   weight gradient (32,64,16,16) k5 NCHW 0.64 ms (18.2x), (8,256,32,32) k9 NCHW 7.4 ms (16.9x)
-//   forward / grad input of these kernels, NCHW: (32,64,16,16) k5 0.60 / 0.60 ms against
-//   oneDNN's 0.39 / 0.42; (4,64,31,17) k15 1.4 / 1.4 ms against 13.2 / 1.7 (a loaded machine,
-//   process CPU time, v5 in the notes)
+// Measured speed (bench/cpu-kernels.ts, 2-core AMD EPYC, 1 thread, quiet machine, against
+// python3-torch 1.13 in the same run; bench/cpu-kernels-notes.md has every version):
+//   weight gradient (32,64,16,16) k5 NCHW 0.50 ms (22x), (8,256,32,32) k9 NCHW 6.4 ms (17.7x)
+//   the backward a training step runs (input gradient by oneDNN + this weight gradient + bias):
+//   1.13 ms (11.9x) and 12.6 ms (9.6x)
+//   this file's forward / grad input, NCHW (v5 in the notes, a loaded machine, CPU time):
+//   (32,64,16,16) k5 0.60 / 0.60 ms against oneDNN's 0.39 / 0.42 (oneDNN runs AVX-512 here);
+//   (4,64,31,17) k15 1.4 / 1.4 ms against 13.2 / 1.7
 //
 // Debugging switches (read at every call): KSHARE_NATIVE_POISON=1 fills outputs with NaN
 // before the kernels write them (an element left unwritten then fails the parity tests);

@@ -13,18 +13,20 @@
 // the backward (as much memory as libtorch, which keeps the GELU input and the BN input), so
 // the backward is two passes over memory with no erf; eval recomputes them from the input.
 //
-// Measured speed (2-core AMD EPYC, AVX2, 1 thread, float32; bench/cpu-kernels.ts against
-// python3-torch in the same run, process CPU time, the machine busy with two training runs;
-// history in bench/cpu-kernels-notes.md), in ms, fused / libtorch's bias add + GELU + batch_norm:
-//   (32, 64, 16, 16) NCHW  train fwd 0.58 / 1.12, bwd 0.27 / 0.98; eval fwd 0.36 / 0.29, bwd 0.53 / 0.97
-//   (8, 256, 32, 32) NCHW  train fwd 2.81 / 5.04, bwd 2.44 / 4.75; eval fwd 1.41 / 2.07, bwd 2.58 / 4.64
-// Before the training forward kept gelu' (recomputing it in the backward): train bwd 1.09 /
-// 1.05 and 3.68 / 6.47 (quiet machine). Channels-last, earlier versions: libtorch's GELU takes
-// its scalar path there (train fwd 2.0 ms, eval fwd 2.0 ms at the demo shape; this kernel ~0.5).
+// Measured speed (bench/cpu-kernels.ts, 2-core AMD EPYC, 1 thread, float32, quiet machine,
+// against python3-torch 1.13 in the same run, process CPU time; history in
+// bench/cpu-kernels-notes.md), in ms, fused / libtorch's bias add + GELU + batch_norm, NCHW:
+//   AVX-512  (32,64,16,16)  train fwd 0.34 / 0.96, bwd 0.17 / 0.52; eval fwd 0.19 / 0.29, bwd 0.28 / 0.48
+//            (8,256,32,32)  train fwd 1.35 / 4.83, bwd 1.15 / 3.90; eval fwd 0.69 / 1.40, bwd 1.53 / 4.11
+//   AVX2     (32,64,16,16)  train fwd 0.53 / 0.94, bwd 0.26 / 0.45; eval fwd 0.34 / 0.28, bwd 0.51 / 0.43
+//            (8,256,32,32)  train fwd 2.09 / 4.55, bwd 1.15 / 3.53; eval fwd 1.35 / 1.44, bwd 2.15 / 3.71
+// Channels-last: libtorch's GELU takes its scalar path there (2.0 ms train or eval forward at
+// the demo shape); this kernel ran at ~0.5 ms in earlier versions (not rerun).
 // The portable path is about 25x slower than the AVX2 one (scalar std::erfc / std::exp).
 //
-// Vectorised with AVX2/FMA when the CPU has them (checked once at run time), otherwise a
-// portable one-float-at-a-time path; KSHARE_NATIVE_ISA=generic forces the portable path (tests).
+// Vectorised with AVX-512 (avx512f + avx512dq) or AVX2/FMA, the widest the CPU has (checked
+// once at run time), otherwise a portable one-float-at-a-time path; KSHARE_NATIVE_ISA=avx2
+// caps it at AVX2 and KSHARE_NATIVE_ISA=generic forces the portable path (tests, benchmarks).
 // Channels are processed in parallel with at::parallel_for (libtorch's intra-op threads).
 // Results do not depend on the thread count: every reduction has a fixed order.
 #include <ATen/ATen.h>
