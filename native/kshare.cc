@@ -686,6 +686,8 @@ Napi::Value RuntimeInfo(const Napi::CallbackInfo& info) {
   o.Set("cudaDeviceCount", static_cast<double>(torch::cuda::device_count()));
   o.Set("numThreads", static_cast<double>(at::get_num_threads()));
   o.Set("cudnnBenchmark", at::globalContext().benchmarkCuDNN());
+  // oneDNN (MKLDNN) compiled in and enabled: conv2d may then call it directly (ops/conv.ts).
+  o.Set("mkldnn", at::hasMKLDNN() && at::globalContext().userEnabledMkldnn());
   return o;
 }
 

@@ -18,6 +18,8 @@ export interface RuntimeInfo {
   cudaDeviceCount: number;
   numThreads: number;
   cudnnBenchmark: boolean;
+  /** oneDNN (MKLDNN) compiled into this libtorch and enabled. */
+  mkldnn: boolean;
 }
 
 /** Opaque handles of the c10d bindings (native/distributed.cc). */

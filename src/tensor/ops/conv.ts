@@ -1,6 +1,6 @@
 // 2-D convolution.
 import { runKernel } from '../kernels.js';
-import { cpuKernelsAllowed } from '../runtime.js';
+import { cpuKernelsAllowed, runtimeInfo } from '../runtime.js';
 import { isGradEnabled } from '../engine.js';
 import { Tensor, wrap } from '../tensor.js';
 import { tensorArg, optTensorArg, rankArg, floatArg, sameDevice, pairArg, intArg, ShapeError, describe, optionsArg } from '../validate.js';
@@ -93,6 +93,12 @@ function depthwise(x: Tensor, weight: Tensor, bias: Tensor | null, dilation: [nu
   return wrap(runKernel('conv2d', 'depthwiseConv2d', [x.handle, weight.handle, bias?.handle ?? null, dilation]));
 }
 
+let mkldnnAvailable: boolean | undefined;
+/** Whether this libtorch has oneDNN (asked once: not every build, e.g. on other CPUs, has it). */
+function hasMkldnn(): boolean {
+  return (mkldnnAvailable ??= runtimeInfo().mkldnn);
+}
+
 /** Below this many multiply-adds a 1x1 convolution stays on libtorch's choice (BLAS measured as fast). */
 const POINTWISE_ONEDNN_MIN_MACS = 8 << 20;
 
@@ -105,7 +111,7 @@ const POINTWISE_ONEDNN_MIN_MACS = 8 << 20;
  * kernels allowed (not while tracing, under autocast or with KSHARE_NATIVE_KERNELS=0).
  */
 function useOneDnnPointwise(x: Tensor, weight: Tensor, bias: Tensor | null, groups: number, stride: [number, number], pad: [number, number]): boolean {
-  if (!cpuKernelsAllowed() || x.device !== 'cpu') return false;
+  if (!cpuKernelsAllowed() || x.device !== 'cpu' || !hasMkldnn()) return false;
   if (x.dtype !== 'float32' || weight.dtype !== 'float32' || (bias && bias.dtype !== 'float32')) return false;
   const [n, c, h, w] = x.shape as [number, number, number, number];
   const [oc, , kh, kw] = weight.shape as [number, number, number, number];
