@@ -17,6 +17,8 @@
 //   bench/reference_step.py (--model: test/fixtures/ref_models.py).
 // - ConvMixer-256/16 shared inference at batch 1 and 32 against onnxruntime-node (its default
 //   graph optimisations, the exported model, intra-op threads = --threads): referenceMs is ORT.
+// - the same steps and batch-1 inference with model and input in channels_last on both sides
+//   (how `kshare train` and the demo run on CPU); ORT still gets NCHW input.
 // Every row runs for each of --threads (default "1,2"); kshare and the reference alternate
 // --rounds times and the medians of all timed iterations are reported: wall-clock time
 // (kshareMs, referenceMs, ratio) and process CPU time (kshareCpuMs, referenceCpuMs, cpuRatio),
@@ -67,6 +69,8 @@ interface ModelRow {
   mode: 'step' | 'forward';
   batch: number;
   ort?: boolean;
+  /** Model and input in channels_last on both sides (kshare train's CPU default); ORT gets NCHW. */
+  channelsLast?: boolean;
 }
 const MODEL_ROWS: ModelRow[] = [
   { name: 'convmixer_64_4_k5_p2_shared training step, batch 32', model: 'convmixer_64_4_k5_p2_shared', mode: 'step', batch: 32 },
@@ -77,6 +81,29 @@ const MODEL_ROWS: ModelRow[] = [
   { name: 'convmixer_256_16_shared inference, batch 32', model: 'convmixer_256_16_shared', mode: 'forward', batch: 32 },
   { name: 'convmixer_256_16_shared inference vs onnxruntime-node, batch 1', model: 'convmixer_256_16_shared', mode: 'forward', batch: 1, ort: true },
   { name: 'convmixer_256_16_shared inference vs onnxruntime-node, batch 32', model: 'convmixer_256_16_shared', mode: 'forward', batch: 32, ort: true },
+  {
+    name: 'convmixer_64_4_k5_p2_shared training step, batch 32, channels-last',
+    model: 'convmixer_64_4_k5_p2_shared',
+    mode: 'step',
+    batch: 32,
+    channelsLast: true,
+  },
+  {
+    name: 'convmixer_256_8_k5_p2_shared training step, batch 32, channels-last',
+    model: 'convmixer_256_8_k5_p2_shared',
+    mode: 'step',
+    batch: 32,
+    channelsLast: true,
+  },
+  { name: 'convmixer_256_16_shared inference, batch 1, channels-last', model: 'convmixer_256_16_shared', mode: 'forward', batch: 1, channelsLast: true },
+  {
+    name: 'convmixer_256_16_shared inference vs onnxruntime-node, batch 1, kshare channels-last',
+    model: 'convmixer_256_16_shared',
+    mode: 'forward',
+    batch: 1,
+    ort: true,
+    channelsLast: true,
+  },
 ];
 const CLASSES = 10;
 
@@ -192,7 +219,13 @@ function timed(fn: () => void, warmup: number, iters: number): Samples {
 function timeKshareModel(row: ModelRow, warmup: number, iters: number): Samples {
   const model = createModel(row.model, { classes: CLASSES });
   const gen = new t.Generator(1);
-  const x = t.randn([row.batch, 3, 32, 32], { generator: gen });
+  let x = t.randn([row.batch, 3, 32, 32], { generator: gen });
+  if (row.channelsLast) {
+    model.to({ device: 'cpu', memoryFormat: 'channels_last' });
+    const cl = t.contiguous(x, 'channels_last');
+    x.dispose();
+    x = cl;
+  }
   const y = t.randint(0, CLASSES, [row.batch], { generator: gen });
   const opt = new AdamW(model.parameters(), { lr: 1e-3, weightDecay: 0.05 });
   model.train(row.mode === 'step');
@@ -306,6 +339,7 @@ function referenceModel(row: ModelRow, threads: number, warmup: number, iters: n
       String(warmup),
       '--steps',
       String(iters),
+      ...(row.channelsLast ? ['--channels-last'] : []),
     ],
     threads,
   );

