@@ -65,11 +65,11 @@ export class SEBasicBlock extends Module {
     return t.tidy(() => {
       const shortcut = this.downsample ? this.downsample.forward(x) : x;
       if (this.preact) {
-        const h = this.conv1.forward(t.relu(this.bn1.forward(x)));
-        const out = this.conv2.forward(t.relu(this.bn2.forward(h)));
+        const h = this.conv1.forward(this.bn1.forwardRelu(x));
+        const out = this.conv2.forward(this.bn2.forwardRelu(h));
         return t.add(this.se.forward(out), shortcut);
       }
-      const h = t.relu(this.bn1.forward(this.conv1.forward(x)));
+      const h = this.bn1.forwardRelu(this.conv1.forward(x));
       const out = this.bn2.forward(this.conv2.forward(h));
       return t.relu(t.add(this.se.forward(out), shortcut));
     });
@@ -178,7 +178,7 @@ export class SEResNet extends Module {
 
   forward(x: Tensor): Tensor {
     return t.tidy(() => {
-      let h = t.relu(this.bn1.forward(this.conv1.forward(x)));
+      let h = this.bn1.forwardRelu(this.conv1.forward(x));
       h = this.layer3.forward(this.layer2.forward(this.layer1.forward(h)));
       h = t.flatten(this.avgpool.forward(h), 1);
       if (this.dropoutLayer) h = this.dropoutLayer.forward(h);

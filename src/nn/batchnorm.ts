@@ -55,11 +55,21 @@ export class BatchNorm2d extends Module {
   }
 
   forward(x: Tensor): Tensor {
+    return t.batchNorm(x, this.normOptions(x));
+  }
+
+  /** relu(forward(x)), fused on CPU where t.batchNormRelu applies (SE-ResNet's BN -> ReLU). */
+  forwardRelu(x: Tensor): Tensor {
+    return t.batchNormRelu(x, this.normOptions(x));
+  }
+
+  /** Checks x, counts the batch, and gives the batchNorm options for this mode. */
+  private normOptions(x: Tensor): t.BatchNormOptions {
     if (x.rank !== 4) throw new Error(`BatchNorm2d: expected a 4-D input (N, C, H, W), got shape [${x.shape}]`);
     if (x.dim(1) !== this.numFeatures) throw new Error(`BatchNorm2d(${this.numFeatures}): input has ${x.dim(1)} channels`);
     const momentum = this.countBatch();
     const useBatchStats = this.training || !this.trackRunningStats;
-    return t.batchNorm(x, {
+    return {
       weight: this.weight,
       bias: this.bias,
       // Eval without running stats normalises with batch statistics, as PyTorch does.
@@ -68,7 +78,7 @@ export class BatchNorm2d extends Module {
       training: useBatchStats,
       momentum,
       eps: this.eps,
-    });
+    };
   }
 
   /**

@@ -169,6 +169,7 @@ export const KERNELS = {
   interpolateBilinear: 'aten::upsample_bilinear2d',
   // kshare's own CPU kernels (native/*.cc, registered with libtorch's dispatcher)
   biasGeluBatchNorm: 'kshare::bias_gelu_batch_norm',
+  batchNormRelu: 'kshare::batch_norm_relu',
   // multi-tensor (optimizers)
   foreachMulScalar_: 'aten::_foreach_mul_.Scalar',
   foreachAddList_: 'aten::_foreach_add_.List',

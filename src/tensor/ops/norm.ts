@@ -2,6 +2,9 @@
 import { runKernel } from '../kernels.js';
 import { Tensor, wrap } from '../tensor.js';
 import { tensorArg, optTensorArg, floatArg, ShapeError, numberArg, describe } from '../validate.js';
+import { cpuKernelsAllowed } from '../runtime.js';
+import { isContiguous } from './convert.js';
+import { relu } from './elementwise.js';
 
 export interface BatchNormOptions {
   weight?: Tensor | null;
@@ -39,6 +42,34 @@ export function batchNorm(x: Tensor, o: BatchNormOptions): Tensor {
   const momentum = numberArg(op, 'momentum', o.momentum ?? 0.1);
   const eps = numberArg(op, 'eps', o.eps ?? 1e-5);
   return wrap(runKernel(op, 'batchNorm', [x.handle, ...named.map(([, t]) => t?.handle ?? null), o.training, momentum, eps, true]));
+}
+
+/**
+ * relu(batchNorm(x, o)), in one fused CPU kernel (native/batch_norm_relu.cc) where it applies:
+ * kshare's CPU kernels allowed, a contiguous (NCHW) float32 CPU input of rank 4, and float32
+ * CPU weight, bias and running stats. Otherwise (CUDA, channels-last, no affine or running
+ * stats, autocast, tracing) exactly relu(batchNorm(x, o)). Same arguments and checks as batchNorm.
+ */
+export function batchNormRelu(x: Tensor, o: BatchNormOptions): Tensor {
+  const { weight, bias, runningMean, runningVar } = o;
+  const fused =
+    cpuKernelsAllowed() &&
+    x instanceof Tensor &&
+    !x.isDisposed &&
+    x.rank === 4 &&
+    x.device === 'cpu' &&
+    x.dtype === 'float32' &&
+    isContiguous(x) &&
+    [weight, bias, runningMean, runningVar].every(
+      (p) => p instanceof Tensor && !p.isDisposed && p.device === 'cpu' && p.dtype === 'float32' && p.rank === 1 && p.dim(0) === x.dim(1) && isContiguous(p),
+    );
+  if (!fused) return relu(batchNorm(x, o));
+  if (o.training && x.size / x.dim(1) <= 1) throw new ShapeError(`batchNorm: expected more than 1 value per channel when training, got input [${x.shape}]`);
+  const momentum = numberArg('batchNorm', 'momentum', o.momentum ?? 0.1);
+  const eps = numberArg('batchNorm', 'eps', o.eps ?? 1e-5);
+  return wrap(
+    runKernel('batchNorm', 'batchNormRelu', [x.handle, weight!.handle, bias!.handle, runningMean!.handle, runningVar!.handle, o.training, momentum, eps]),
+  );
 }
 
 export interface BiasGeluBatchNormOptions {
