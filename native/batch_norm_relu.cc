@@ -31,6 +31,8 @@
 #include <limits>
 #include <vector>
 
+#include "cpu_kernel_common.h"
+
 // The forward's passes are plain loops for the compiler to vectorise (baseline SSE2 is enough
 // for memory-bound passes); -O2 leaves them scalar, so this file's code is built at -O3.
 #pragma GCC optimize("O3")
@@ -56,16 +58,7 @@ inline V4 WherePositive(V4 g, V4 y) {
 }
 inline V4 Splat(float v) { return V4{v, v, v, v}; }
 
-bool Poison() {
-  const char* p = std::getenv("KSHARE_NATIVE_POISON");
-  return p && p[0] == '1';
-}
-
-at::Tensor NewLike(const at::Tensor& x) {
-  at::Tensor t = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
-  if (Poison()) t.fill_(std::numeric_limits<float>::quiet_NaN());
-  return t;
-}
+at::Tensor NewLike(const at::Tensor& x) { return kshare::NewOutput(x.sizes(), x.options(), at::MemoryFormat::Contiguous); }
 
 void Check(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& rm, const at::Tensor& rv) {
   const char* op = "kshare::batch_norm_relu";
@@ -138,17 +131,10 @@ Forward ForwardImpl(const at::Tensor& x, const at::Tensor& w, const at::Tensor& 
       }
     });
     for (int64_t c = 0; c < C; c++) {
-      double sum = 0;
-      for (int64_t n = 0; n < N; n++) sum += rsum[n * C + c];
-      const double mu = sum / M;
-      double m2 = 0;
-      for (int64_t n = 0; n < N; n++) {
-        const int64_t r = n * C + c;
-        // rsq is taken around the rounded row mean; shift it to the exact row mean, then to mu.
-        const double bmu = rsum[r] / HW, corr = bmu - rmean[r], d = bmu - mu;
-        m2 += rsq[r] - HW * corr * corr + HW * d * d;
-      }
-      const double var = m2 / M;
+      double mu, var;
+      kshare::ChannelMoments(
+          N, M, [&](int64_t n) { const int64_t r = n * C + c; return kshare::PartMoments{double(HW), rsum[r], rsq[r], rmean[r]}; },
+          &mu, &var);
       mp[c] = static_cast<float>(mu);
       ip[c] = static_cast<float>(1.0 / std::sqrt(var + eps));
       rmp[c] = static_cast<float>(momentum * mu + (1 - momentum) * rmp[c]);

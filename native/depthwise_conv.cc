@@ -38,6 +38,8 @@
 
 #include <immintrin.h>
 
+#include "cpu_kernel_common.h"
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -90,11 +92,6 @@ const Kernels& Pick() {
   return hasAvx2 ? kAvx2 : kGeneric;
 }
 
-bool Poison() {
-  const char* p = std::getenv("KSHARE_NATIVE_POISON");
-  return p && p[0] == '1';
-}
-
 // The forward and grad input go to libtorch's convolution (oneDNN on CPU), which measured
 // faster than these kernels (bench/cpu-kernels-notes.md, v3 and v5), except for NCHW kernels
 // wider than 9, where oneDNN falls back to a slow path ((4,64,31,17) k15: 13 ms against 1.4 ms
@@ -105,11 +102,7 @@ bool OwnForwardKernels() {
   return p && std::strcmp(p, "kshare") == 0;
 }
 
-at::Tensor NewOutput(at::IntArrayRef sizes, const at::TensorOptions& opts, at::MemoryFormat fmt) {
-  at::Tensor t = at::empty(sizes, opts.memory_format(fmt));
-  if (Poison()) t.fill_(std::numeric_limits<float>::quiet_NaN());
-  return t;
-}
+using kshare::NewOutput;
 
 constexpr int64_t kVec = 8;
 inline int64_t RoundUp(int64_t v, int64_t m) { return (v + m - 1) / m * m; }

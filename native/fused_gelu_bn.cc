@@ -37,6 +37,8 @@
 
 #include <immintrin.h>
 
+#include "cpu_kernel_common.h"
+
 #include <array>
 #include <cmath>
 #include <cstdint>
@@ -105,18 +107,7 @@ const Kernels& kernels() {
   return hasAvx512 ? wide : hasAvx2 ? fast : portable;
 }
 
-// Test hook (as in depthwise_conv.cc): KSHARE_NATIVE_POISON=1 fills every output with NaN before the kernel writes it,
-// so an element the kernel fails to write shows up in the parity tests.
-bool poison() {
-  const char* p = std::getenv("KSHARE_NATIVE_POISON");
-  return p && *p && std::strcmp(p, "0") != 0;
-}
-
-at::Tensor newOutput(const at::Tensor& like, at::MemoryFormat fmt) {
-  at::Tensor out = at::empty(like.sizes(), like.options().memory_format(fmt));
-  if (poison()) out.fill_(std::numeric_limits<float>::quiet_NaN());
-  return out;
-}
+at::Tensor newOutput(const at::Tensor& like, at::MemoryFormat fmt) { return kshare::NewOutput(like.sizes(), like.options(), fmt); }
 
 // Geometry of an (N, C, H, W) float32 tensor in one of the two layouts the kernels handle.
 struct Geom {
@@ -242,16 +233,11 @@ Forward forwardImpl(const at::Tensor& xIn, const at::Tensor& biasIn, const at::T
       }
     });
     for (int64_t c = 0; c < C; c++) {
-      double sum = 0;
-      for (int64_t n = 0; n < N; n++) sum += rsum[n * C + c];
-      double mu = sum / M, m2 = 0;
-      for (int64_t n = 0; n < N; n++) {
-        const int64_t r = n * C + c;
-        // rsq is taken around the rounded row mean rmean; shift it to the exact one.
-        double bmu = rsum[r] / HW, corr = bmu - rmean[r], d = bmu - mu;
-        m2 += rsq[r] - HW * corr * corr + HW * d * d;
-      }
-      finish(c, mu, m2 / M);
+      double mu, var;
+      kshare::ChannelMoments(
+          N, M, [&](int64_t n) { const int64_t r = n * C + c; return kshare::PartMoments{double(HW), rsum[r], rsq[r], rmean[r]}; },
+          &mu, &var);
+      finish(c, mu, var);
     }
     at::parallel_for(0, rows, 16, [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; r++) K.affine.nchw(gp + r * HW, yp + r * HW, HW, scp + r % C, shp + r % C);
@@ -271,16 +257,15 @@ Forward forwardImpl(const at::Tensor& xIn, const at::Tensor& biasIn, const at::T
       }
     });
     for (int64_t c = 0; c < C; c++) {
-      double sum = 0;
-      for (int64_t k = 0; k < nb; k++) sum += bsum[k * C + c];
-      double mu = sum / M, m2 = 0;
-      for (int64_t k = 0; k < nb; k++) {
-        double cnt = static_cast<double>(std::min(R, (k + 1) * rb) - k * rb);
-        // bsq is taken around the rounded block mean bmean; shift it to the exact one.
-        double bmu = bsum[k * C + c] / cnt, corr = bmu - bmean[k * C + c], d = bmu - mu;
-        m2 += bsq[k * C + c] - cnt * corr * corr + cnt * d * d;
-      }
-      finish(c, mu, m2 / M);
+      double mu, var;
+      kshare::ChannelMoments(
+          nb, M,
+          [&](int64_t k) {
+            const double cnt = static_cast<double>(std::min(R, (k + 1) * rb) - k * rb);
+            return kshare::PartMoments{cnt, bsum[k * C + c], bsq[k * C + c], bmean[k * C + c]};
+          },
+          &mu, &var);
+      finish(c, mu, var);
     }
     at::parallel_for(0, nb, 1, [&](int64_t b, int64_t e) {
       for (int64_t k = b; k < e; k++)
@@ -306,7 +291,7 @@ Grads backwardImpl(const at::Tensor& dyIn, const at::Tensor& xIn, const at::Tens
   const int64_t N = g.N, C = g.C, HW = g.HW, M = g.M;
   auto opts = x.options();
   at::Tensor dbias = at::empty({C}, opts), dweight = at::empty({C}, opts), dbnBias = at::empty({C}, opts);
-  if (poison()) for (auto* t : {&dbias, &dweight, &dbnBias}) t->fill_(std::numeric_limits<float>::quiet_NaN());
+  if (kshare::PoisonOutputs()) for (auto* t : {&dbias, &dweight, &dbnBias}) t->fill_(std::numeric_limits<float>::quiet_NaN());
   const float *xp = x.data_ptr<float>(), *dyp = dy.data_ptr<float>(), *wp = weight.data_ptr<float>();
   const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;  // eval only
   const float *mp = mean.data_ptr<float>(), *isp = invstd.data_ptr<float>();

@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import * as t from '../src/tensor/index.js';
 import type { Tensor } from '../src/tensor/index.js';
 import { maxRelError } from './helpers/python.js';
+import { withEnv } from './helpers/env.js';
 
 const TOL = 1e-5;
 const OUTPUTS = ['y', 'x.grad', 'weight.grad', 'bias.grad', 'runningMean', 'runningVar'] as const;
@@ -19,18 +20,6 @@ const SHAPES: [number, number, number, number][] = [
   [2, 64, 9, 11],
   [8, 16, 32, 32], // a whole SE-ResNet-sized plane
 ];
-
-function withEnv<T>(env: Record<string, string>, fn: () => T): T {
-  const prev = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]));
-  Object.assign(process.env, env);
-  try {
-    return fn();
-  } finally {
-    for (const [k, v] of Object.entries(prev))
-      if (v === undefined) delete process.env[k];
-      else process.env[k] = v;
-  }
-}
 
 interface Inputs {
   x: Tensor;

@@ -12,6 +12,7 @@ import { wrap } from '../src/tensor/tensor.js';
 import { withTracer } from '../src/tensor/trace.js';
 import { createModel } from '../src/models/registry.js';
 import { runPython, encode, decodeF32, maxRelError, type Encoded } from './helpers/python.js';
+import { withEnv, withLibtorchOps } from './helpers/env.js';
 
 const TOL = 1e-5;
 const MODEL_TOL = 1e-4;
@@ -86,15 +87,13 @@ interface Variant {
 
 /** conv2d (routed or not, per KSHARE_NATIVE_KERNELS), then the gradients of sum(y * r). */
 function run(s: Shape, data: Data, native: boolean, variant: Variant = {}): Result {
-  const env: Record<string, string> = {
+  const env = {
     KSHARE_NATIVE_KERNELS: native ? '1' : '0',
     KSHARE_NATIVE_ISA: variant.isa ?? '',
     KSHARE_NATIVE_DEPTHWISE_FORWARD: variant.own ?? '',
   };
-  const prev = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]));
-  Object.assign(process.env, env);
-  try {
-    return t.tidy(() => {
+  return withEnv(env, () =>
+    t.tidy(() => {
       const x = data.x.detach(),
         w = data.w.detach(),
         b = data.b?.detach() ?? null;
@@ -112,12 +111,8 @@ function run(s: Shape, data: Data, native: boolean, variant: Variant = {}): Resu
       };
       for (const v of [x, w, b]) v?.grad?.dispose();
       return out;
-    });
-  } finally {
-    for (const [k, v] of Object.entries(prev))
-      if (v === undefined) delete process.env[k];
-      else process.env[k] = v;
-  }
+    }),
+  );
 }
 
 function assertClose(what: string, got: Float32Array, want: Float32Array): void {
@@ -218,14 +213,7 @@ test('conv2d routes depthwise convolutions to the kshare kernel only where it ap
     same(t.conv2d(x, w, b, { padding: 2, groups: 6 }), direct);
     same(t.conv2d(x, w, b, { padding: 'same', groups: 6 }), direct);
     // Not routed: bit-identical to libtorch's conv2d (KSHARE_NATIVE_KERNELS=0).
-    const libtorch = (fn: () => Tensor) => {
-      process.env.KSHARE_NATIVE_KERNELS = '0';
-      try {
-        return fn();
-      } finally {
-        delete process.env.KSHARE_NATIVE_KERNELS;
-      }
-    };
+    const libtorch = withLibtorchOps<Tensor>;
     const cases: [string, () => Tensor][] = [
       ['stride 2', () => t.conv2d(x, w, b, { padding: 2, groups: 6, stride: 2 })],
       ['padding other than same', () => t.conv2d(x, w, b, { padding: 1, groups: 6 })],
@@ -269,9 +257,8 @@ test('depthwise operator refuses what it does not support, with the reason', () 
 });
 
 test('ConvMixer (shared kernels) trains the same through the kshare kernel and through libtorch, without leaks', () => {
-  const train = (native: boolean) => {
-    process.env.KSHARE_NATIVE_KERNELS = native ? '1' : '0';
-    try {
+  const train = (native: boolean) =>
+    withEnv({ KSHARE_NATIVE_KERNELS: native ? '1' : '0' }, () => {
       t.manualSeed(3);
       const m = createModel('convmixer_64_4_k5_p2_shared', { classes: 10 });
       const x = t.randn([2, 3, 32, 32]);
@@ -290,10 +277,7 @@ test('ConvMixer (shared kernels) trains the same through the kshare kernel and t
       m.dispose();
       t.dispose([x, y]);
       return { loss, grads };
-    } finally {
-      delete process.env.KSHARE_NATIVE_KERNELS;
-    }
-  };
+    });
   const a = train(true),
     b = train(false);
   assert.ok(Math.abs(a.loss - b.loss) <= 1e-5 * Math.abs(b.loss), `loss ${a.loss} vs ${b.loss}`);
@@ -312,14 +296,7 @@ test('1x1 convolutions at small batch go to oneDNN for inference only, matching 
       w = t.randn([96, 64, 1, 1]),
       b = t.randn([96]);
     const direct = wrap(runKernel('test', 'mkldnnConv2d', [x.handle, w.handle, b.handle, [0, 0], [1, 1], [1, 1], 1]));
-    const libtorch = (fn: () => Tensor) => {
-      process.env.KSHARE_NATIVE_KERNELS = '0';
-      try {
-        return fn();
-      } finally {
-        delete process.env.KSHARE_NATIVE_KERNELS;
-      }
-    };
+    const libtorch = withLibtorchOps<Tensor>;
     const ref = libtorch(() => t.noGrad(() => t.conv2d(x, w, b)));
     // Routed: bit-identical to the direct oneDNN call, and within float32 rounding of libtorch's choice.
     const routed = t.noGrad(() => t.conv2d(x, w, b));

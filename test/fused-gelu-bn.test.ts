@@ -10,6 +10,7 @@ import * as t from '../src/tensor/index.js';
 import type { Tensor } from '../src/tensor/index.js';
 import { createModel } from '../src/models/index.js';
 import { runPython, encode, decodeF32, maxRelError, type Encoded } from './helpers/python.js';
+import { withEnv } from './helpers/env.js';
 
 const TOL = 1e-5;
 const OUTPUTS = ['y', 'x.grad', 'bias.grad', 'weight.grad', 'bnBias.grad', 'runningMean', 'runningVar'] as const;
@@ -117,20 +118,6 @@ for c in inp['cases']:
     res.append([enc(v) for v in [y, T['x'].grad, T['bias'].grad, T['weight'].grad, T['bnBias'].grad, T['runningMean'], T['runningVar']]])
 print(json.dumps(res))
 `;
-
-function withEnv<T>(vars: Record<string, string | undefined>, fn: () => T): T {
-  const saved = Object.fromEntries(Object.keys(vars).map((k) => [k, process.env[k]]));
-  for (const [k, v] of Object.entries(vars))
-    if (v === undefined) delete process.env[k];
-    else process.env[k] = v;
-  try {
-    return fn();
-  } finally {
-    for (const [k, v] of Object.entries(saved))
-      if (v === undefined) delete process.env[k];
-      else process.env[k] = v;
-  }
-}
 
 function compare(label: string, got: Float32Array[], ref: Float32Array[], c: Case): void {
   OUTPUTS.forEach((name, i) => {

@@ -1,0 +1,51 @@
+// Pieces kshare's CPU kernels (depthwise_conv.cc, fused_gelu_bn.cc, batch_norm_relu.cc) share.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+
+namespace kshare {
+
+// Test hook: KSHARE_NATIVE_POISON=1 fills every output with NaN before a kernel writes it, so an
+// element a kernel leaves unwritten shows up in the parity tests. Read at every call.
+inline bool PoisonOutputs() {
+  const char* p = std::getenv("KSHARE_NATIVE_POISON");
+  return p && *p && std::strcmp(p, "0") != 0;
+}
+
+// An uninitialised output (NaN-filled under KSHARE_NATIVE_POISON).
+inline at::Tensor NewOutput(at::IntArrayRef sizes, const at::TensorOptions& opts, at::MemoryFormat fmt) {
+  at::Tensor t = at::empty(sizes, opts.memory_format(fmt));
+  if (PoisonOutputs()) t.fill_(std::numeric_limits<float>::quiet_NaN());
+  return t;
+}
+
+// One part (a row or a block of rows) of a channel's values: how many, their sum, and their
+// squared deviations around `centre`, the part's mean rounded to float.
+struct PartMoments {
+  double count, sum, sq, centre;
+};
+
+// A channel's mean and biased variance over `total` values from its parts, part(i) for i in
+// [0, parts), combined in part order (Chan et al.'s pairwise formula), so the result does not
+// depend on how the parts were computed in parallel.
+template <class Part>
+inline void ChannelMoments(int64_t parts, double total, Part part, double* mean, double* var) {
+  double sum = 0;
+  for (int64_t i = 0; i < parts; i++) sum += part(i).sum;
+  const double mu = sum / total;
+  double m2 = 0;
+  for (int64_t i = 0; i < parts; i++) {
+    const PartMoments p = part(i);
+    // p.sq is taken around the rounded part mean; shift it to the exact part mean, then to mu.
+    const double pmu = p.sum / p.count, corr = pmu - p.centre, d = pmu - mu;
+    m2 += p.sq - p.count * corr * corr + p.count * d * d;
+  }
+  *mean = mu;
+  *var = m2 / total;
+}
+
+}  // namespace kshare

@@ -1,0 +1,20 @@
+// Environment variables set for the length of a call (kshare's kernels read theirs at every call).
+
+/** Runs fn with `vars` set (undefined: unset), then restores what was there before. */
+export function withEnv<T>(vars: Record<string, string | undefined>, fn: () => T): T {
+  const saved = Object.fromEntries(Object.keys(vars).map((k) => [k, process.env[k]]));
+  const apply = (v: Record<string, string | undefined>) => {
+    for (const [k, x] of Object.entries(v))
+      if (x === undefined) delete process.env[k];
+      else process.env[k] = x;
+  };
+  apply(vars);
+  try {
+    return fn();
+  } finally {
+    apply(saved);
+  }
+}
+
+/** fn with libtorch's own ops everywhere (KSHARE_NATIVE_KERNELS=0). */
+export const withLibtorchOps = <T>(fn: () => T): T => withEnv({ KSHARE_NATIVE_KERNELS: '0' }, fn);
