@@ -65,6 +65,12 @@ export function conv2d(x: Tensor, weight: Tensor, bias: Tensor | null = null, o:
   return wrap(runKernel(op, 'conv2d', [x.handle, weight.handle, bias?.handle ?? null, stride, pad, dilation, groups]));
 }
 
+/** kshare's CPU kernels allowed now, and every operand a float32 CPU tensor. */
+function cpuFloat32(x: Tensor, weight: Tensor, bias: Tensor | null): boolean {
+  if (!cpuKernelsAllowed() || x.device !== 'cpu') return false;
+  return x.dtype === 'float32' && weight.dtype === 'float32' && (!bias || bias.dtype === 'float32');
+}
+
 /**
  * Whether a convolution runs as kshare's depthwise kernel (native/depthwise_conv.cc, an
  * autograd operator): CPU float32 outside autocast, one filter per channel (groups = in =
@@ -81,8 +87,7 @@ function useNativeDepthwise(
   pad: [number, number] | null,
   dilation: [number, number],
 ): boolean {
-  if (!cpuKernelsAllowed() || x.device !== 'cpu') return false;
-  if (x.dtype !== 'float32' || weight.dtype !== 'float32' || (bias && bias.dtype !== 'float32')) return false;
+  if (!cpuFloat32(x, weight, bias)) return false;
   const c = x.shape[1]!;
   const [oc, icg, kh, kw] = weight.shape as [number, number, number, number];
   if (groups !== c || oc !== c || icg !== 1 || kh % 2 === 0 || kw % 2 === 0 || stride[0] !== 1 || stride[1] !== 1) return false;
@@ -111,8 +116,7 @@ const POINTWISE_ONEDNN_MIN_MACS = 8 << 20;
  * kernels allowed (not while tracing, under autocast or with KSHARE_NATIVE_KERNELS=0).
  */
 function useOneDnnPointwise(x: Tensor, weight: Tensor, bias: Tensor | null, groups: number, stride: [number, number], pad: [number, number]): boolean {
-  if (!cpuKernelsAllowed() || x.device !== 'cpu' || !hasMkldnn()) return false;
-  if (x.dtype !== 'float32' || weight.dtype !== 'float32' || (bias && bias.dtype !== 'float32')) return false;
+  if (!cpuFloat32(x, weight, bias) || !hasMkldnn()) return false;
   const [n, c, h, w] = x.shape as [number, number, number, number];
   const [oc, , kh, kw] = weight.shape as [number, number, number, number];
   if (kh !== 1 || kw !== 1 || groups !== 1 || stride[0] !== 1 || stride[1] !== 1 || pad[0] !== 0 || pad[1] !== 0) return false;
