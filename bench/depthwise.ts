@@ -5,8 +5,10 @@
 // (8, 256, 32, 32) k9, NCHW and channels-last, 1 and 2 threads.
 //
 //   node dist/bench/depthwise.js [--threads 1,2] [--rounds 5] [--reps 10] [--only text]
-//                                [--out bench/results/depthwise.json]
+//                                [--isa default,avx2] [--out bench/results/depthwise.json]
 //
+// --isa times kshare's kernels once per listed instruction-set cap (KSHARE_NATIVE_ISA: default =
+// the widest the CPU has, avx2, generic), each paired with PyTorch again, so tiers compare in one run.
 // ratio = referenceMs / kshareMs (medians of wall-clock time; above 1: kshare is faster).
 // PyTorch's side is F.conv2d (groups = C) and aten::convolution_backward with the same
 // output mask, i.e. what its autograd runs for a depthwise nn.Conv2d.
@@ -85,11 +87,14 @@ async function main(): Promise<void> {
     .option('--rounds <n>', 'alternations of kshare and PyTorch per case', '5')
     .option('--reps <n>', 'timed calls per side and round', '10')
     .option('--only <text>', 'only cases whose name contains text')
+    .option('--isa <list>', 'comma-separated KSHARE_NATIVE_ISA caps for kshare: default, avx2, generic', 'default')
     .option('--out <file>', 'where to write the JSON', path.join(ROOT, 'bench', 'results', 'depthwise.json'))
     .parse()
-    .opts<{ threads: string; rounds: string; reps: string; only?: string; out: string }>();
+    .opts<{ threads: string; rounds: string; reps: string; only?: string; isa: string; out: string }>();
+  const isas = o.isa.split(',').map((v) => v.trim());
+  for (const isa of isas) if (!['default', 'avx2', 'generic'].includes(isa)) throw new Error(`depthwise: --isa takes default, avx2 or generic, got '${isa}'`);
   const opts = { rounds: Number(o.rounds), reps: Number(o.reps), warmup: 3 };
-  const rows: (PairedRow & { threads: number })[] = [];
+  const rows: (PairedRow & { threads: number; isa: string })[] = [];
   let torchVersion = '';
   for (const threads of o.threads.split(',').map(Number)) {
     t.setNumThreads(threads);
@@ -99,17 +104,22 @@ async function main(): Promise<void> {
       for (const { label, s } of SHAPES) {
         for (const cl of [false, true]) {
           for (const kernel of KERNELS) {
-            const name = `depthwise ${kernel} ${label} ${cl ? 'channels-last' : 'NCHW'} ${threads}t`;
-            if (o.only && !name.includes(o.only)) continue;
-            const k = kshareCase(s, cl, kernel);
-            try {
-              const row = await timePaired(ref, { name, kshare: k.run, reference: referenceCode(s, cl, kernel) }, opts);
-              rows.push({ ...row, threads });
-              console.log(
-                `${name.padEnd(62)} kshare ${row.kshareMs.toFixed(3).padStart(8)} ms  torch ${row.referenceMs.toFixed(3).padStart(8)} ms  x${row.ratio.toFixed(2).padStart(6)}   (cpu ${row.kshareCpuMs.toFixed(3)} / ${row.referenceCpuMs.toFixed(3)} ms)`,
-              );
-            } finally {
-              k.dispose();
+            for (const isa of isas) {
+              const name = `depthwise ${kernel} ${label} ${cl ? 'channels-last' : 'NCHW'} ${threads}t${isa === 'default' ? '' : ` [${isa}]`}`;
+              if (o.only && !name.includes(o.only)) continue;
+              if (isa === 'default') delete process.env.KSHARE_NATIVE_ISA;
+              else process.env.KSHARE_NATIVE_ISA = isa;
+              const k = kshareCase(s, cl, kernel);
+              try {
+                const row = await timePaired(ref, { name, kshare: k.run, reference: referenceCode(s, cl, kernel) }, opts);
+                rows.push({ ...row, threads, isa });
+                console.log(
+                  `${name.padEnd(70)} kshare ${row.kshareMs.toFixed(3).padStart(8)} ms  torch ${row.referenceMs.toFixed(3).padStart(8)} ms  x${row.ratio.toFixed(2).padStart(6)}   (cpu ${row.kshareCpuMs.toFixed(3)} / ${row.referenceCpuMs.toFixed(3)} ms)`,
+                );
+              } finally {
+                k.dispose();
+                delete process.env.KSHARE_NATIVE_ISA;
+              }
             }
           }
         }

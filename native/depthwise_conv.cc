@@ -7,18 +7,22 @@
 // Grad input is the forward pass with the kernel flipped (stride 1, symmetric padding); grad
 // weight correlates the padded input with grad output. Both run on dense zero-padded slices
 // (native/depthwise_conv_kernels.h), vectorised 8 floats wide: AVX2/FMA where the CPU has
-// it (checked at run time), portable code otherwise. Work is split over batch x channels
+// it (checked at run time), portable code otherwise; the weight gradient 16 wide with AVX-512
+// where the CPU has that (KSHARE_NATIVE_ISA=avx2 caps it). Work is split over batch x channels
 // (channels for the weight gradient, which sums over the batch) with at::parallel_for.
 // The forward and grad input go to libtorch's convolution (oneDNN), which measured faster in
 // both memory formats up to k9 (these kernels reach ~60% of the FMA ceiling, oneDNN's ~80%);
 // NCHW kernels wider than 9 stay here (oneDNN's slow path there). The weight gradient is ours:
 // libtorch 1.13 computes it in a slow per-channel loop.
 //
-// Measured speed (bench/cpu-kernels.ts, 2-core AMD EPYC, 1 thread, quiet machine, against
-// python3-torch 1.13 in the same run; bench/cpu-kernels-notes.md has every version):
-//   weight gradient (32,64,16,16) k5 NCHW 0.50 ms (22x), (8,256,32,32) k9 NCHW 6.4 ms (17.7x)
-//   the backward a training step runs (input gradient by oneDNN + this weight gradient + bias):
-//   1.13 ms (11.9x) and 12.6 ms (9.6x)
+// Measured speed (2-core AMD EPYC, 1 thread, against python3-torch 1.13 in the same run;
+// bench/cpu-kernels-notes.md has every version):
+//   weight gradient, AVX-512 (v6, `node dist/bench/depthwise.js --only "grad weight" --isa
+//   default,avx2`, bench/results/depthwise-isa.json): (32,64,16,16) k5 NCHW 0.50 ms,
+//   channels-last 0.46 ms; (8,256,32,32) k9 NCHW 5.4 ms, channels-last 5.8 ms; the AVX2 tier
+//   in the same run 0.71, 0.71, 7.7, 6.8 ms; PyTorch 2.8-135 ms
+//   the backward a training step runs (input gradient by oneDNN + this weight gradient + bias),
+//   v5: 1.13 ms (11.9x) and 12.6 ms (9.6x)
 //   this file's forward / grad input, NCHW (v5 in the notes, a loaded machine, CPU time):
 //   (32,64,16,16) k5 0.60 / 0.60 ms against oneDNN's 0.39 / 0.42 (oneDNN runs AVX-512 here);
 //   (4,64,31,17) k15 1.4 / 1.4 ms against 13.2 / 1.7
@@ -48,10 +52,11 @@
 
 namespace kshare_dw {
 
-// ---- the kernels, built twice ----
-// 32-byte vectors passed by value between inlined helpers: no ABI is crossed.
+// ---- the kernels, built once per instruction set ----
+// Vectors passed by value between inlined helpers: no ABI is crossed.
 #pragma GCC diagnostic ignored "-Wpsabi"
 namespace generic {
+constexpr int kLanes = 8, kMaxAcc = 12;
 typedef float V __attribute__((vector_size(32)));
 static inline V load(const float* p) {
   V v;
@@ -59,6 +64,7 @@ static inline V load(const float* p) {
   return v;
 }
 static inline void store(float* p, const V& v) { __builtin_memcpy(p, &v, sizeof(V)); }
+static inline V add(const V& a, const V& b) { return a + b; }
 static inline V fma(const V& a, const V& b, const V& c) { return a * b + c; }
 static inline V vzero() { return V{0, 0, 0, 0, 0, 0, 0, 0}; }
 #include "depthwise_conv_kernels.h"
@@ -67,29 +73,58 @@ static inline V vzero() { return V{0, 0, 0, 0, 0, 0, 0, 0}; }
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 namespace avx2 {
+constexpr int kLanes = 8, kMaxAcc = 12;
 typedef __m256 V;
 static inline V load(const float* p) { return _mm256_loadu_ps(p); }
 static inline void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+static inline V add(V a, V b) { return _mm256_add_ps(a, b); }
 static inline V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
 static inline V vzero() { return _mm256_setzero_ps(); }
 #include "depthwise_conv_kernels.h"
 }  // namespace avx2
 #pragma GCC pop_options
 
+// AVX-512 for the weight gradient only (the forward and grad input go to oneDNN): 16 lanes and
+// 32 registers, so a k5 pass keeps all 25 taps in registers and reads grad output once.
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx2,fma")
+namespace avx512 {
+constexpr int kLanes = 16, kMaxAcc = 25;
+typedef __m512 V;
+static inline V load(const float* p) { return _mm512_loadu_ps(p); }
+static inline void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+static inline V add(V a, V b) { return _mm512_add_ps(a, b); }
+static inline V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+static inline V vzero() { return _mm512_setzero_ps(); }
+#define KSHARE_DW_CORRELATE_ONLY
+#include "depthwise_conv_kernels.h"
+#undef KSHARE_DW_CORRELATE_ONLY
+}  // namespace avx512
+#pragma GCC pop_options
+
 struct Kernels {
+  // 8 lanes (the forward's slices are laid out 8 floats a vector).
   void (*forward)(const float*, int64_t, float*, int64_t, int64_t, int64_t, int64_t, const float*, const float*, int, int,
                   int64_t, int64_t);
+  // correlateLanes floats a vector.
   void (*correlate)(const float*, int64_t, const float*, int64_t, int64_t, int64_t, int64_t, int, int, int64_t, int64_t,
-                    float*);
+                    float*, float*);
+  int64_t correlateLanes;
+  int (*correlatePasses)(int kh, int kw);
 };
 
+// The widest instruction set the CPU has, capped by KSHARE_NATIVE_ISA (avx2 or generic; read at
+// every call, for tests and benchmarks).
 const Kernels& Pick() {
-  static const Kernels kGeneric{generic::Forward, generic::Correlate};
-  static const Kernels kAvx2{avx2::Forward, avx2::Correlate};
+  static const Kernels kGeneric{generic::Forward, generic::Correlate, generic::kLanes, generic::CorrelatePasses};
+  static const Kernels kAvx2{avx2::Forward, avx2::Correlate, avx2::kLanes, avx2::CorrelatePasses};
+  static const Kernels kAvx512{avx2::Forward, avx512::Correlate, avx512::kLanes, avx512::CorrelatePasses};
   static const bool hasAvx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool hasAvx512 = hasAvx2 && __builtin_cpu_supports("avx512f");
   const char* isa = std::getenv("KSHARE_NATIVE_ISA");
   if (isa && std::strcmp(isa, "generic") == 0) return kGeneric;
-  return hasAvx2 ? kAvx2 : kGeneric;
+  if (isa && std::strcmp(isa, "avx2") == 0) return hasAvx2 ? kAvx2 : kGeneric;
+  return hasAvx512 ? kAvx512 : hasAvx2 ? kAvx2 : kGeneric;
 }
 
 // The forward and grad input go to libtorch's convolution (oneDNN on CPU), which measured
@@ -114,6 +149,14 @@ inline void CopyRow(float* dst, const float* src, int64_t n) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) __builtin_memcpy(dst + i, src + i, 8 * sizeof(float));
   for (; i < n; i++) dst[i] = src[i];
+}
+
+// Prefetches `count` floats from each of a and b into the cache.
+inline void PrefetchPlanes(const float* a, const float* b, int64_t count) {
+  for (int64_t i = 0; i < count; i += 16) {
+    __builtin_prefetch(a + i);
+    __builtin_prefetch(b + i);
+  }
 }
 
 struct Geometry {
@@ -156,16 +199,18 @@ at::MemoryFormat Format(const Geometry& g) {
 }
 
 // Gathers channels [c0, c0 + lanes) of an (H, W, C) image into `dst`: pixel (y, x) at
-// y * dstRow + x * 8 (lanes past `lanes` are left alone). Full blocks are fixed 32-byte copies
-// that the compiler inlines; the vector of one pixel is 8 of its C channels.
-void GatherBlock(float* dst, int64_t dstRow, const float* src, int64_t h, int64_t w, int64_t c, int64_t lanes) {
+// y * dstRow + x * vec (lanes past `lanes` are left alone). Full blocks are fixed-size copies
+// that the compiler inlines; the vector of one pixel is `vec` of its C channels.
+void GatherBlock(float* dst, int64_t dstRow, int64_t vec, const float* src, int64_t h, int64_t w, int64_t c, int64_t lanes) {
   for (int64_t y = 0; y < h; y++) {
     float* d = dst + y * dstRow;
     const float* s = src + y * w * c;
-    if (lanes == kVec) {
-      for (int64_t x = 0; x < w; x++) std::memcpy(d + x * kVec, s + x * c, kVec * sizeof(float));
+    if (lanes == 16 && vec == 16) {
+      for (int64_t x = 0; x < w; x++) std::memcpy(d + x * 16, s + x * c, 16 * sizeof(float));
+    } else if (lanes == 8 && vec == 8) {
+      for (int64_t x = 0; x < w; x++) std::memcpy(d + x * 8, s + x * c, 8 * sizeof(float));
     } else {
-      for (int64_t x = 0; x < w; x++) std::memcpy(d + x * kVec, s + x * c, lanes * sizeof(float));
+      for (int64_t x = 0; x < w; x++) std::memcpy(d + x * vec, s + x * c, lanes * sizeof(float));
     }
   }
 }
@@ -211,7 +256,7 @@ void ConvolveInto(const Geometry& g, const float* x, const float* w, const float
       const float* src = x + n * g.h * g.w * g.c + c0;
       // Zero border from allocation; a partial block also needs its unused lanes zero.
       if (lanes < kVec) std::fill(pad.begin(), pad.end(), 0.f);
-      GatherBlock(&pad[g.ph * rowP + g.pw * kVec], rowP, src, g.h, g.w, g.c, lanes);
+      GatherBlock(&pad[g.ph * rowP + g.pw * kVec], rowP, kVec, src, g.h, g.w, g.c, lanes);
       std::fill(wexp.begin(), wexp.end(), 0.f);
       for (int64_t l = 0; l < lanes; l++)
         for (int64_t q = 0; q < kk; q++) wexp[q * kVec + l] = w[(c0 + l) * kk + q];
@@ -229,22 +274,28 @@ void ConvolveInto(const Geometry& g, const float* x, const float* w, const float
 }
 
 // grad weight [C][kh][kw] (and grad bias [C] when gb != nullptr) from input x and grad output
-// gy, both dense in g's format.
+// gy, both dense in g's format. The bias gradient is summed by the correlation pass, in float
+// per image and vector lane, then in double over lanes and images.
 void WeightGradInto(const Geometry& g, const float* x, const float* gy, float* gw, float* gb) {
   const Kernels& k = Pick();
+  const int64_t L = k.correlateLanes;
   const int64_t kk = static_cast<int64_t>(g.kh) * g.kw;
   if (!g.channelsLast) {
-    // One task per channel, summing over the batch; grad output is copied to a [H][roundup(W, 8)]
-    // slice with zeros past W (unless W is a multiple of 8) so the padded lanes add nothing.
-    const int64_t wv = RoundUp(g.w, kVec), rowP = wv + 2 * g.pw, rowsP = g.h + 2 * g.ph;
+    // One task per channel, summing over the batch; grad output is copied to a [H][roundup(W, L)]
+    // slice with zeros past W (unless W is a multiple of L) so the padded lanes add nothing.
+    const int64_t wv = RoundUp(g.w, L), rowP = wv + 2 * g.pw, rowsP = g.h + 2 * g.ph;
     at::parallel_for(0, g.c, 1, [&](int64_t begin, int64_t end) {
-      std::vector<float> pad(rowsP * rowP), acc(kk * kVec), gbuf(g.w == wv ? 0 : g.h * wv, 0.f);
+      std::vector<float> pad(rowsP * rowP), acc(kk * L), gbuf(g.w == wv ? 0 : g.h * wv, 0.f), gsum(L);
       for (int64_t c = begin; c < end; c++) {
         std::fill(acc.begin(), acc.end(), 0.f);
         double bsum = 0;
         for (int64_t n = 0; n < g.n; n++) {
           const float* src = x + (n * g.c + c) * g.h * g.w;
           const float* gsrc = gy + (n * g.c + c) * g.h * g.w;
+          // The next image's planes are a whole channel stride away, where the hardware prefetcher
+          // does not look: fetch them while this one is correlated (perf: the first load of each
+          // grad output line stalled for ~60% of the kernel's time at (8,256,32,32) k9).
+          if (n + 1 < g.n) PrefetchPlanes(src + g.c * g.h * g.w, gsrc + g.c * g.h * g.w, g.h * g.w);
           for (int64_t y = 0; y < g.h; y++) CopyRow(&pad[(y + g.ph) * rowP + g.pw], src + y * g.w, g.w);
           const float* gp = gsrc;
           int64_t gRow = g.w;
@@ -253,16 +304,14 @@ void WeightGradInto(const Geometry& g, const float* x, const float* gy, float* g
             gp = gbuf.data();
             gRow = wv;
           }
-          k.correlate(pad.data(), rowP, gp, gRow, kVec, g.h, wv / kVec, g.kh, g.kw, g.dh * rowP, g.dw, acc.data());
-          if (gb) {
-            float s = 0;
-            for (int64_t q = 0; q < g.h * g.w; q++) s += gsrc[q];
-            bsum += s;
-          }
+          std::fill(gsum.begin(), gsum.end(), 0.f);
+          k.correlate(pad.data(), rowP, gp, gRow, L, g.h, wv / L, g.kh, g.kw, g.dh * rowP, g.dw, acc.data(),
+                      gb ? gsum.data() : nullptr);
+          if (gb) for (int64_t l = 0; l < L; l++) bsum += gsum[l];
         }
         for (int64_t q = 0; q < kk; q++) {
           float s = 0;
-          for (int64_t l = 0; l < kVec; l++) s += acc[q * kVec + l];
+          for (int64_t l = 0; l < L; l++) s += acc[q * L + l];
           gw[c * kk + q] = s;
         }
         if (gb) gb[c] = static_cast<float>(bsum);
@@ -270,35 +319,46 @@ void WeightGradInto(const Geometry& g, const float* x, const float* gy, float* g
     });
     return;
   }
-  // Channels-last: one task per block of 8 channels, summing over the batch.
-  const int64_t blocks = (g.c + kVec - 1) / kVec, rowP = (g.w + 2 * g.pw) * kVec, rowsP = g.h + 2 * g.ph;
+  // Channels-last: each task takes a range of blocks of L channels (with AVX-512 one 64-byte
+  // cache line of each pixel) and walks the batch once, image by image, so neighbouring blocks'
+  // lines are read one after another. Input is gathered into a zero-padded slice; grad output is
+  // read in place (pixel stride C) when the correlation reads it once, and gathered into a dense
+  // slice when it reads it several times (strided re-reads measured up to 1.6x slower) or the
+  // block is partial.
+  const int64_t blocks = (g.c + L - 1) / L, rowP = (g.w + 2 * g.pw) * L, rowsP = g.h + 2 * g.ph;
+  const bool gatherGrad = k.correlatePasses(g.kh, g.kw) > 1;
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> pad(rowsP * rowP), acc(kk * kVec), gbuf(g.h * g.w * kVec, 0.f);
-    for (int64_t b = begin; b < end; b++) {
-      const int64_t c0 = b * kVec, lanes = std::min(kVec, g.c - c0);
-      std::fill(acc.begin(), acc.end(), 0.f);
-      double bsum[kVec] = {0};
-      for (int64_t n = 0; n < g.n; n++) {
+    const int64_t nb = end - begin;
+    std::vector<float> pad(rowsP * rowP), acc(nb * kk * L, 0.f), gbuf(g.h * g.w * L, 0.f), gsum(L);
+    std::vector<double> bsum(nb * L, 0.0);
+    for (int64_t n = 0; n < g.n; n++) {
+      for (int64_t b = begin; b < end; b++) {
+        const int64_t c0 = b * L, lanes = std::min(L, g.c - c0);
         const float* src = x + n * g.h * g.w * g.c + c0;
         const float* gsrc = gy + n * g.h * g.w * g.c + c0;
-        if (lanes < kVec) {
-          std::fill(pad.begin(), pad.end(), 0.f);
-          std::fill(gbuf.begin(), gbuf.end(), 0.f);
+        // Lanes past C must be zero in both slices (a partial block is always the last one).
+        if (lanes < L) std::fill(pad.begin(), pad.end(), 0.f);
+        GatherBlock(&pad[g.ph * rowP + g.pw * L], rowP, L, src, g.h, g.w, g.c, lanes);
+        const float* gp = gsrc;
+        int64_t gRow = g.w * g.c, gVec = g.c;
+        if (lanes < L || gatherGrad) {
+          GatherBlock(gbuf.data(), g.w * L, L, gsrc, g.h, g.w, g.c, lanes);
+          gp = gbuf.data();
+          gRow = g.w * L;
+          gVec = L;
         }
-        GatherBlock(&pad[g.ph * rowP + g.pw * kVec], rowP, src, g.h, g.w, g.c, lanes);
-        // Dense grad output: the correlation reads it once per two kernel rows and tap chunk.
-        GatherBlock(gbuf.data(), g.w * kVec, gsrc, g.h, g.w, g.c, lanes);
-        const float* gp = gbuf.data();
-        const int64_t gRow = g.w * kVec, gVec = kVec;
-        k.correlate(pad.data(), rowP, gp, gRow, gVec, g.h, g.w, g.kh, g.kw, g.dh * rowP, g.dw * kVec, acc.data());
-        if (gb) {
-          for (int64_t p = 0; p < g.h * g.w; p++)
-            for (int64_t l = 0; l < lanes; l++) bsum[l] += gp[p * kVec + l];
-        }
+        std::fill(gsum.begin(), gsum.end(), 0.f);
+        k.correlate(pad.data(), rowP, gp, gRow, gVec, g.h, g.w, g.kh, g.kw, g.dh * rowP, g.dw * L, &acc[(b - begin) * kk * L],
+                    gb ? gsum.data() : nullptr);
+        if (gb) for (int64_t l = 0; l < lanes; l++) bsum[(b - begin) * L + l] += gsum[l];
       }
+    }
+    for (int64_t b = begin; b < end; b++) {
+      const int64_t c0 = b * L, lanes = std::min(L, g.c - c0);
+      const float* ab = &acc[(b - begin) * kk * L];
       for (int64_t l = 0; l < lanes; l++) {
-        for (int64_t q = 0; q < kk; q++) gw[(c0 + l) * kk + q] = acc[q * kVec + l];
-        if (gb) gb[c0 + l] = static_cast<float>(bsum[l]);
+        for (int64_t q = 0; q < kk; q++) gw[(c0 + l) * kk + q] = ab[q * L + l];
+        if (gb) gb[c0 + l] = static_cast<float>(bsum[(b - begin) * L + l]);
       }
     }
   });

@@ -1,15 +1,19 @@
-// Inner loops of the depthwise convolution (native/depthwise_conv.cc), included twice: once
-// for the portable build and once under `#pragma GCC target("avx2,fma")`. The includer
-// defines V (8 floats), load, store, fma and vzero for its instruction set.
-// No include guard: it is meant to be included twice.
+// Inner loops of the depthwise convolution (native/depthwise_conv.cc), included once per
+// instruction set: portable, AVX2/FMA and AVX-512. The includer defines V (a vector of kLanes
+// floats: 8, or 16 for AVX-512), kLanes, kMaxAcc (how many accumulators a weight-gradient pass
+// may keep in registers: 12 of AVX2's 16, 25 of AVX-512's 32), load, store, add, fma and vzero;
+// KSHARE_DW_CORRELATE_ONLY leaves out the forward (the AVX-512 build only correlates).
+// No include guard: it is meant to be included several times.
 //
 // Both kernels work on dense, zero-padded slices prepared by the caller, so they need no
-// bounds checks: a slice is `rows` rows of vectors of 8 floats; "vector (y, v)" starts at
-// y * rowStride + v * vecStride. For NCHW a vector is 8 neighbouring pixels of one channel
-// (vecStride 8 in the slice, stepping one pixel along a row is 1 float); for channels-last it
-// is one pixel's 8 channels (stepping one pixel is 8 floats). `tap` is the distance between
-// horizontal taps (dilation x pixel step), `tapRow` between vertical taps (dilation x row stride).
+// bounds checks: a slice is `rows` rows of vectors of kLanes floats; "vector (y, v)" starts at
+// y * rowStride + v * vecStride. For NCHW a vector is kLanes neighbouring pixels of one channel
+// (vecStride kLanes in the slice, stepping one pixel along a row is 1 float); for channels-last
+// it is one pixel's kLanes channels (stepping one pixel is kLanes floats). `tap` is the distance
+// between horizontal taps (dilation x pixel step), `tapRow` between vertical taps (dilation x
+// row stride).
 
+#ifndef KSHARE_DW_CORRELATE_ONLY
 // Forward block: XB output vectors at once (independent FMA chains; each input load feeds one
 // FMA and each weight load XB of them).
 template <int XB>
@@ -20,19 +24,19 @@ static inline void ForwardBlock(const float* in, const int64_t* inOff, float* ou
   for (int b = 0; b < XB; b++) acc[b] = bias;
   for (int i = 0; i < kh; i++) {
     const float* row = in + i * tapRow;
-    const float* wr = w + static_cast<int64_t>(i) * kw * 8;
+    const float* wr = w + static_cast<int64_t>(i) * kw * kLanes;
     for (int j = 0; j < kw; j++) {
-      const V wv = load(wr + j * 8);
+      const V wv = load(wr + j * kLanes);
       const float* p = row + j * tap;
-    #pragma GCC unroll 8
-  for (int b = 0; b < XB; b++) acc[b] = fma(wv, load(p + inOff[b]), acc[b]);
+#pragma GCC unroll 8
+      for (int b = 0; b < XB; b++) acc[b] = fma(wv, load(p + inOff[b]), acc[b]);
     }
   }
 #pragma GCC unroll 8
   for (int b = 0; b < XB; b++) store(out + outOff[b], acc[b]);
 }
 
-// out(y, v) = bias + sum_{i,j} w[i][j] * in(y + i*dh, v shifted by j*dw); w is [kh][kw][8].
+// out(y, v) = bias + sum_{i,j} w[i][j] * in(y + i*dh, v shifted by j*dw); w is [kh][kw][kLanes].
 static void Forward(const float* in, int64_t inRow, float* out, int64_t outRow, int64_t outVec, int64_t rows,
                     int64_t vecsPerRow, const float* w, const float* bias8, int kh, int kw, int64_t tapRow, int64_t tap) {
   constexpr int kBlock = 8;
@@ -56,70 +60,111 @@ static void Forward(const float* in, int64_t inRow, float* out, int64_t outRow, 
   // Blocks run across row ends, so narrow planes (16 pixels = 2 vectors a row) still fill them.
   for (int64_t y = 0; y < rows; y++) {
     for (int64_t v = 0; v < vecsPerRow; v++) {
-      inOff[n] = y * inRow + v * 8;
+      inOff[n] = y * inRow + v * kLanes;
       outOff[n] = y * outRow + v * outVec;
       if (++n == kBlock) flush();
     }
   }
   flush();
 }
+#endif  // KSHARE_DW_CORRELATE_ONLY
 
-// NI kernel rows x NJ horizontal taps at once (up to 12 independent FMA chains, each grad
-// output load feeding NI * NJ FMAs): acc[ii][jj] += sum over the slice of
-// g(y, v) * in(y + ii*dh, v + jj*dw).
-template <int NI, int NJ>
+// NI kernel rows x NJ horizontal taps at once (NI * NJ <= kMaxAcc independent FMA chains, each
+// grad output load feeding all of them): acc[ii][jj] += sum over the slice of
+// g(y, v) * in(y + ii*dh, v + jj*dw). With `gsum`, also gsum[lane] += the sum of g's vectors
+// (the bias gradient, at no extra load). TAP > 0 is the tap distance known at compile time
+// (dilation 1), so each load addresses one of NI row pointers plus a constant: with 25 taps a
+// runtime distance needs more offset registers than x86 has, and the spills cost ~2x.
+template <int NI, int NJ, int TAP>
 static inline void CorrelateTaps(const float* in, int64_t inRow, const float* g, int64_t gRow, int64_t gVec, int64_t rows,
-                                 int64_t vecsPerRow, int64_t tapRow, int64_t tap, float* acc, int64_t accRow) {
+                                 int64_t vecsPerRow, int64_t tapRow, int64_t tapRuntime, float* acc, int64_t accRow,
+                                 float* gsum) {
+  const int64_t tap = TAP > 0 ? TAP : tapRuntime;
   V a[NI][NJ];
-#pragma GCC unroll 2
+  V gs = vzero();
+#pragma GCC unroll 8
   for (int ii = 0; ii < NI; ii++)
 #pragma GCC unroll 8
     for (int jj = 0; jj < NJ; jj++) a[ii][jj] = vzero();
   for (int64_t y = 0; y < rows; y++) {
-    const float* r = in + y * inRow;
+    const float* rp[NI];
+#pragma GCC unroll 8
+    for (int ii = 0; ii < NI; ii++) rp[ii] = in + y * inRow + ii * tapRow;
     const float* gr = g + y * gRow;
     for (int64_t v = 0; v < vecsPerRow; v++) {
       const V gv = load(gr + v * gVec);
-      const float* p = r + v * 8;
-#pragma GCC unroll 2
+      if (gsum) gs = add(gs, gv);
+#pragma GCC unroll 8
       for (int ii = 0; ii < NI; ii++)
 #pragma GCC unroll 8
-        for (int jj = 0; jj < NJ; jj++) a[ii][jj] = fma(gv, load(p + ii * tapRow + jj * tap), a[ii][jj]);
+        for (int jj = 0; jj < NJ; jj++) a[ii][jj] = fma(gv, load(rp[ii] + v * kLanes + jj * tap), a[ii][jj]);
     }
   }
-#pragma GCC unroll 2
+#pragma GCC unroll 8
   for (int ii = 0; ii < NI; ii++)
 #pragma GCC unroll 8
-    for (int jj = 0; jj < NJ; jj++) store(acc + ii * accRow + jj * 8, load(acc + ii * accRow + jj * 8) + a[ii][jj]);
+    for (int jj = 0; jj < NJ; jj++) store(acc + ii * accRow + jj * kLanes, add(load(acc + ii * accRow + jj * kLanes), a[ii][jj]));
+  if (gsum) store(gsum, add(load(gsum), gs));
+}
+
+template <int NI, int NJ>
+static inline void CorrelateTapsAnyTap(const float* in, int64_t inRow, const float* g, int64_t gRow, int64_t gVec, int64_t rows,
+                                       int64_t vecsPerRow, int64_t tapRow, int64_t tap, float* acc, int64_t accRow, float* gsum) {
+  // Dilation 1: NCHW taps are 1 float apart, channels-last taps one pixel (kLanes floats). Not
+  // the latter for AVX2: GCC then turns the taps of neighbouring pixels into a sliding window of
+  // registers that spills with 16 of them (k9 channels-last 1.5x slower, perf annotate).
+  if (tap == 1) CorrelateTaps<NI, NJ, 1>(in, inRow, g, gRow, gVec, rows, vecsPerRow, tapRow, tap, acc, accRow, gsum);
+  else if (tap == kLanes && kLanes == 16) CorrelateTaps<NI, NJ, kLanes>(in, inRow, g, gRow, gVec, rows, vecsPerRow, tapRow, tap, acc, accRow, gsum);
+  else CorrelateTaps<NI, NJ, 0>(in, inRow, g, gRow, gVec, rows, vecsPerRow, tapRow, tap, acc, accRow, gsum);
 }
 
 template <int NI>
 static inline void CorrelateRows(int nj, const float* in, int64_t inRow, const float* g, int64_t gRow, int64_t gVec, int64_t rows,
-                                 int64_t vecsPerRow, int64_t tapRow, int64_t tap, float* acc, int64_t accRow) {
+                                 int64_t vecsPerRow, int64_t tapRow, int64_t tap, float* acc, int64_t accRow, float* gsum) {
   switch (nj) {
-    case 6: CorrelateTaps<NI, 6>(in, inRow, g, gRow, gVec, rows, vecsPerRow, tapRow, tap, acc, accRow); break;
-    case 5: CorrelateTaps<NI, 5>(in, inRow, g, gRow, gVec, rows, vecsPerRow, tapRow, tap, acc, accRow); break;
-    case 4: CorrelateTaps<NI, 4>(in, inRow, g, gRow, gVec, rows, vecsPerRow, tapRow, tap, acc, accRow); break;
-    case 3: CorrelateTaps<NI, 3>(in, inRow, g, gRow, gVec, rows, vecsPerRow, tapRow, tap, acc, accRow); break;
-    case 2: CorrelateTaps<NI, 2>(in, inRow, g, gRow, gVec, rows, vecsPerRow, tapRow, tap, acc, accRow); break;
-    default: CorrelateTaps<NI, 1>(in, inRow, g, gRow, gVec, rows, vecsPerRow, tapRow, tap, acc, accRow); break;
+    case 6: CorrelateTapsAnyTap<NI, 6>(in, inRow, g, gRow, gVec, rows, vecsPerRow, tapRow, tap, acc, accRow, gsum); break;
+    case 5: CorrelateTapsAnyTap<NI, 5>(in, inRow, g, gRow, gVec, rows, vecsPerRow, tapRow, tap, acc, accRow, gsum); break;
+    case 4: CorrelateTapsAnyTap<NI, 4>(in, inRow, g, gRow, gVec, rows, vecsPerRow, tapRow, tap, acc, accRow, gsum); break;
+    case 3: CorrelateTapsAnyTap<NI, 3>(in, inRow, g, gRow, gVec, rows, vecsPerRow, tapRow, tap, acc, accRow, gsum); break;
+    case 2: CorrelateTapsAnyTap<NI, 2>(in, inRow, g, gRow, gVec, rows, vecsPerRow, tapRow, tap, acc, accRow, gsum); break;
+    default: CorrelateTapsAnyTap<NI, 1>(in, inRow, g, gRow, gVec, rows, vecsPerRow, tapRow, tap, acc, accRow, gsum); break;
   }
 }
 
-// Weight-gradient correlation: acc[i][j][8] += sum_{y,v} g(y, v) * in(y + i*dh, v shifted by j*dw).
+static inline int CorrelateChunks(int kw) { return (kw + 5) / 6; }
+static inline int CorrelateRowsPerPass(int kw) {
+  const int chunks = CorrelateChunks(kw), per = (kw + chunks - 1) / chunks;
+  return std::max(1, std::min(5, kMaxAcc / per));
+}
+// How many times Correlate reads grad output.
+static int CorrelatePasses(int kh, int kw) {
+  const int r = CorrelateRowsPerPass(kw);
+  return (kh + r - 1) / r * CorrelateChunks(kw);
+}
+
+// Weight-gradient correlation: acc[i][j][kLanes] += sum_{y,v} g(y, v) * in(y + i*dh, v shifted
+// by j*dw), and gsum[kLanes] += sum_{y,v} g(y, v) when gsum is not null.
 static void Correlate(const float* in, int64_t inRow, const float* g, int64_t gRow, int64_t gVec, int64_t rows,
-                      int64_t vecsPerRow, int kh, int kw, int64_t tapRow, int64_t tap, float* acc) {
-  // Two kernel rows at a time, taps in balanced chunks of at most 6 (k = 9 -> 5 + 4, k = 15 -> 5 + 5 + 5).
-  const int chunks = (kw + 5) / 6;
-  const int per = (kw + chunks - 1) / chunks;
-  const int64_t accRow = static_cast<int64_t>(kw) * 8;
-  for (int i = 0; i < kh; i += 2) {
+                      int64_t vecsPerRow, int kh, int kw, int64_t tapRow, int64_t tap, float* acc, float* gsum) {
+  // Taps in balanced chunks of at most 6 (k = 9 -> 5 + 4, k = 15 -> 5 + 5 + 5), and as many
+  // kernel rows a pass as the registers hold (AVX2, k5: 2 rows; AVX-512, k5: all 5), so grad
+  // output is read once per pass.
+  const int chunks = CorrelateChunks(kw), per = (kw + chunks - 1) / chunks, rowsPerPass = CorrelateRowsPerPass(kw);
+  const int64_t accRow = static_cast<int64_t>(kw) * kLanes;
+  for (int i = 0; i < kh; i += rowsPerPass) {
+    const int ni = std::min(rowsPerPass, kh - i);
     for (int j0 = 0; j0 < kw; j0 += per) {
       const int nj = kw - j0 < per ? kw - j0 : per;
       const float* base = in + i * tapRow + j0 * tap;
-      float* ac = acc + (static_cast<int64_t>(i) * kw + j0) * 8;
-      if (i + 1 < kh) CorrelateRows<2>(nj, base, inRow, g, gRow, gVec, rows, vecsPerRow, tapRow, tap, ac, accRow);
-      else CorrelateRows<1>(nj, base, inRow, g, gRow, gVec, rows, vecsPerRow, tapRow, tap, ac, accRow);
+      float* ac = acc + (static_cast<int64_t>(i) * kw + j0) * kLanes;
+      float* gs = i == 0 && j0 == 0 ? gsum : nullptr;
+      switch (ni) {
+        case 5: CorrelateRows<5>(nj, base, inRow, g, gRow, gVec, rows, vecsPerRow, tapRow, tap, ac, accRow, gs); break;
+        case 4: CorrelateRows<4>(nj, base, inRow, g, gRow, gVec, rows, vecsPerRow, tapRow, tap, ac, accRow, gs); break;
+        case 3: CorrelateRows<3>(nj, base, inRow, g, gRow, gVec, rows, vecsPerRow, tapRow, tap, ac, accRow, gs); break;
+        case 2: CorrelateRows<2>(nj, base, inRow, g, gRow, gVec, rows, vecsPerRow, tapRow, tap, ac, accRow, gs); break;
+        default: CorrelateRows<1>(nj, base, inRow, g, gRow, gVec, rows, vecsPerRow, tapRow, tap, ac, accRow, gs); break;
+      }
     }
   }
 }

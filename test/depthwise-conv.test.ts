@@ -46,6 +46,9 @@ const SHAPES: Shape[] = [
   { n: 2, c: 6, h: 13, w: 11, k: 5, d: [2, 3], bias: true, cl: true },
   { n: 2, c: 4, h: 9, w: 8, k: [3, 7], bias: true, cl: false },
   { n: 1, c: 1, h: 1, w: 1, k: 3, bias: true, cl: false },
+  // Whole 16-lane vectors (the AVX-512 weight gradient): two per row, and three channel blocks.
+  { n: 3, c: 4, h: 6, w: 32, k: 5, bias: true, cl: false },
+  { n: 2, c: 48, h: 5, w: 6, k: 3, bias: true, cl: true },
 ];
 
 const pair = (v: number | [number, number]): [number, number] => (typeof v === 'number' ? [v, v] : v);
@@ -79,9 +82,12 @@ interface Result {
   yChannelsLast: boolean;
 }
 
-/** Which kernels: the portable ones instead of AVX2; kshare's own forward and grad input instead of oneDNN's (the default up to k9). */
+/**
+ * Which kernels: the portable ones, or AVX2 where the CPU has AVX-512 (the default takes the
+ * widest); kshare's own forward and grad input instead of oneDNN's (the default up to k9).
+ */
 interface Variant {
-  isa?: 'generic';
+  isa?: 'generic' | 'avx2';
   own?: 'kshare';
 }
 
@@ -135,6 +141,7 @@ test('depthwise conv2d matches libtorch conv2d: forward and every gradient, ever
     const fast = run(s, data, true);
     compare(label(s), fast, ref);
     compare(`${label(s)} portable`, run(s, data, true, { isa: 'generic' }), ref);
+    compare(`${label(s)} AVX2`, run(s, data, true, { isa: 'avx2' }), ref);
     compare(`${label(s)} own forward kernels`, run(s, data, true, { own: 'kshare' }), ref);
     compare(`${label(s)} own forward kernels, portable`, run(s, data, true, { own: 'kshare', isa: 'generic' }), ref);
     assert.equal(fast.yChannelsLast, s.cl && s.c > 1 && s.h * s.w > 1, `${label(s)}: output keeps the input's memory format`);
