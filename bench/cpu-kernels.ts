@@ -253,7 +253,8 @@ function timeKshareModel(row: ModelRow, warmup: number, iters: number): Samples 
 
 /**
  * Which vector code ran where: kshare's fused GELU/BN kernel takes the widest of AVX-512, AVX2
- * and portable (capped by KSHARE_NATIVE_ISA), its depthwise weight gradient AVX2 or portable;
+ * and portable (capped by KSHARE_NATIVE_ISA), its depthwise weight gradient likewise (AVX-512
+ * needs only avx512f there) and its own depthwise forward AVX2 or portable;
  * libtorch's ATen kernels report their own capability, OpenBLAS follows OPENBLAS_CORETYPE, and
  * oneDNN and onnxruntime pick the widest the CPU has.
  */
@@ -271,7 +272,7 @@ function instructionSets(): Record<string, string> {
   return {
     cpuFlags: ['avx2', 'fma', 'avx512f', 'avx512dq'].filter(has).join(' ') || 'unknown',
     kshareFusedGeluBatchNorm: cap === 'generic' ? 'generic' : cap === 'avx2' && widest === 'avx512' ? 'avx2' : widest,
-    kshareDepthwise: cap === 'generic' || !avx2 ? 'generic' : 'avx2',
+    kshareDepthwiseWeightGradient: cap === 'generic' || !avx2 ? 'generic' : cap !== 'avx2' && has('avx512f') ? 'avx512' : 'avx2',
     openblasCoretype: process.env.OPENBLAS_CORETYPE ?? '(auto)',
   };
 }

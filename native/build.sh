@@ -55,6 +55,14 @@ if [ -f "$lib/libtorch_cuda.so" ] && [ ${#defs[@]} -gt 0 ]; then
     echo "build.sh: CUDA libtorch without nccl.h/cuda_runtime_api.h (set NCCL_INCLUDE, CUDA_HOME): CUDA tensors go through Gloo" >&2
   fi
 fi
+# oneDNN's sgemm for kshare's 1x1 convolution (native/pointwise_conv.cc): Debian's libdnnl-dev,
+# the same libdnnl.so.2 libtorch links. Without it the operator is left out.
+if [ -f "$inc/dnnl.h" ] && [ -e "$lib/libdnnl.so" ]; then
+  defs+=(-DKSHARE_HAVE_DNNL)
+  libs+=(-ldnnl)
+else
+  echo "build.sh: no oneDNN headers in $inc (Debian: apt-get install libdnnl-dev): 1x1 convolutions stay on libtorch's" >&2
+fi
 mkdir -p "$here/build"
 out="$here/build/kshare.node"
 echo "build.sh: compiling against $inc (libs $lib)${defs[*]:+, ${defs[*]}}"

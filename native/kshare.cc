@@ -688,6 +688,8 @@ Napi::Value RuntimeInfo(const Napi::CallbackInfo& info) {
   o.Set("cudnnBenchmark", at::globalContext().benchmarkCuDNN());
   // oneDNN (MKLDNN) compiled in and enabled: conv2d may then call it directly (ops/conv.ts).
   o.Set("mkldnn", at::hasMKLDNN() && at::globalContext().userEnabledMkldnn());
+  // kshare::pointwise_conv2d is built only against oneDNN's headers (native/pointwise_conv.cc).
+  o.Set("pointwiseKernel", c10::Dispatcher::singleton().findSchema({"kshare::pointwise_conv2d", ""}).has_value());
   return o;
 }
 

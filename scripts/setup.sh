@@ -22,10 +22,11 @@ fi
 
 # python3-torchvision: the ResNet and MobileNetV2 parity tests compare against torchvision 0.14.
 # libgloo-dev: the Gloo headers c10d's ProcessGroupGloo needs (native/distributed.cc).
+# libdnnl-dev: oneDNN's headers, for kshare's 1x1 convolution on oneDNN's sgemm (native/pointwise_conv.cc).
 # libopenblas0-openmp: libtorch (BLAS_INFO=generic) and python3-torch call whatever libblas.so.3
 # is; the reference BLAS runs a 1024x256x256 matmul ~15x slower (bench/cpu-kernels-notes.md).
 # The OpenMP build shares libtorch's OpenMP threads instead of starting a pool of its own.
-apt_packages=(libtorch-dev libgloo-dev python3-torch python3-torchvision chromium xz-utils libopenblas0-openmp)
+apt_packages=(libtorch-dev libgloo-dev libdnnl-dev python3-torch python3-torchvision chromium xz-utils libopenblas0-openmp)
 missing=()
 for p in "${apt_packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

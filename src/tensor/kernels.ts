@@ -156,6 +156,8 @@ export const KERNELS = {
   // kshare's depthwise convolution (native/depthwise_conv.cc; conv2d routes to it where it applies)
   depthwiseConv2d: 'kshare::depthwise_conv2d',
   depthwiseConv2dBackward: 'kshare::depthwise_conv2d_backward',
+  pointwiseConv2d: 'kshare::pointwise_conv2d',
+  pointwiseConv2dBackward: 'kshare::pointwise_conv2d_backward',
   adaptiveAvgPool2d: 'aten::adaptive_avg_pool2d',
   avgPool2d: 'aten::avg_pool2d',
   maxPool2d: 'aten::max_pool2d',

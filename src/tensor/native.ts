@@ -20,6 +20,8 @@ export interface RuntimeInfo {
   cudnnBenchmark: boolean;
   /** oneDNN (MKLDNN) compiled into this libtorch and enabled. */
   mkldnn: boolean;
+  /** kshare's 1x1 convolution operator (native/pointwise_conv.cc) is built in (needs oneDNN's headers). */
+  pointwiseKernel: boolean;
 }
 
 /** Opaque handles of the c10d bindings (native/distributed.cc). */

@@ -60,6 +60,7 @@ export function conv2d(x: Tensor, weight: Tensor, bias: Tensor | null = null, o:
   convOutputSize(op, h, kh, stride[0], pad[0], dilation[0]);
   convOutputSize(op, w, kw, stride[1], pad[1], dilation[1]);
   if (useNativeDepthwise(x, weight, bias, groups, stride, pad, dilation)) return depthwise(x, weight, bias, dilation);
+  if (usePointwiseKernel(x, weight, bias, groups, stride, pad)) return wrap(runKernel(op, 'pointwiseConv2d', [x.handle, weight.handle, bias?.handle ?? null]));
   if (useOneDnnPointwise(x, weight, bias, groups, stride, pad))
     return wrap(runKernel(op, 'mkldnnConv2d', [x.handle, weight.handle, bias?.handle ?? null, pad, stride, dilation, groups]));
   return wrap(runKernel(op, 'conv2d', [x.handle, weight.handle, bias?.handle ?? null, stride, pad, dilation, groups]));
@@ -104,6 +105,28 @@ function hasMkldnn(): boolean {
   return (mkldnnAvailable ??= runtimeInfo().mkldnn);
 }
 
+let pointwiseAvailable: boolean | undefined;
+/** Whether the addon was built with kshare's 1x1 convolution (needs oneDNN's headers; asked once). */
+function hasPointwiseKernel(): boolean {
+  return (pointwiseAvailable ??= runtimeInfo().pointwiseKernel);
+}
+
+/** A 1x1 convolution: groups 1, stride 1, no padding (dilation does not matter). */
+function isPointwise(weight: Tensor, groups: number, stride: [number, number], pad: [number, number]): boolean {
+  const [, , kh, kw] = weight.shape as [number, number, number, number];
+  return kh === 1 && kw === 1 && groups === 1 && stride[0] === 1 && stride[1] === 1 && pad[0] === 0 && pad[1] === 0;
+}
+
+/**
+ * Whether a 1x1 convolution runs as kshare's operator (native/pointwise_conv.cc: matrix products
+ * in oneDNN's sgemm on the tensors as they lie, with autograd), instead of libtorch 1.13's
+ * convolution, which reorders NCHW input, output and grad output to oneDNN's blocked layout on
+ * every call. CPU float32, kshare's CPU kernels allowed, the operator built in.
+ */
+function usePointwiseKernel(x: Tensor, weight: Tensor, bias: Tensor | null, groups: number, stride: [number, number], pad: [number, number]): boolean {
+  return cpuFloat32(x, weight, bias) && isPointwise(weight, groups, stride, pad) && hasPointwiseKernel();
+}
+
 /** Below this many multiply-adds a 1x1 convolution stays on libtorch's choice (BLAS measured as fast). */
 const POINTWISE_ONEDNN_MIN_MACS = 8 << 20;
 
@@ -118,8 +141,8 @@ const POINTWISE_ONEDNN_MIN_MACS = 8 << 20;
 function useOneDnnPointwise(x: Tensor, weight: Tensor, bias: Tensor | null, groups: number, stride: [number, number], pad: [number, number]): boolean {
   if (!cpuFloat32(x, weight, bias) || !hasMkldnn()) return false;
   const [n, c, h, w] = x.shape as [number, number, number, number];
-  const [oc, , kh, kw] = weight.shape as [number, number, number, number];
-  if (kh !== 1 || kw !== 1 || groups !== 1 || stride[0] !== 1 || stride[1] !== 1 || pad[0] !== 0 || pad[1] !== 0) return false;
+  const [oc] = weight.shape as [number, number, number, number];
+  if (!isPointwise(weight, groups, stride, pad)) return false;
   if (n >= 16 || n * h * w * c * oc < POINTWISE_ONEDNN_MIN_MACS) return false;
   return !isGradEnabled() || !(x.requiresGrad || weight.requiresGrad || (bias?.requiresGrad ?? false));
 }

@@ -1,0 +1,237 @@
+// Pointwise (1x1, stride 1, no padding, groups 1) convolution for float32 CPU tensors as
+// matrix products in oneDNN's sgemm, registered as libtorch operators
+// (kshare::pointwise_conv2d with autograd, kshare::pointwise_conv2d_backward), so that the
+// addon's schema-driven `call` reaches them like any ATen operator.
+//
+// Why: libtorch 1.13 runs an NCHW 1x1 convolution through oneDNN's blocked layout, reordering
+// input and output (and, in the backward, grad output) on every call: at ConvMixer-256/8's
+// (32, 256, 16, 16) ~0.6 ms a reorder, 61 ms of reorders in one training step (ONEDNN_VERBOSE).
+// A 1x1 convolution needs no reorder: in NCHW each image is a (C, H*W) matrix, in channels-last
+// the batch is one (N*H*W, C) matrix, so forward, grad input and grad weight are sgemm calls on
+// the tensors as they lie. oneDNN's sgemm is AVX-512 where the CPU has it (libtorch's BLAS path,
+// OpenBLAS here, is pinned to AVX2 by OPENBLAS_CORETYPE).
+//
+// Measured speed (2-core AMD EPYC, 1 thread; bench/cpu-kernels-notes.md has the versions):
+// see the notes' "Pointwise v1" section.
+//
+// Built only where oneDNN's headers are found (Debian: libdnnl-dev; native/build.sh defines
+// KSHARE_HAVE_DNNL); without them the operators are not registered and conv2d keeps
+// libtorch's convolution.
+#ifdef KSHARE_HAVE_DNNL
+
+#include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/GradMode.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/library.h>
+
+#include <dnnl.h>
+
+#include "cpu_kernel_common.h"
+
+#include <vector>
+
+namespace kshare_pw {
+
+using kshare::NewOutput;
+
+struct Geometry {
+  int64_t n, cin, cout, hw;
+  bool channelsLast;
+};
+
+Geometry Check(const char* op, const at::Tensor& input, const at::Tensor& weight) {
+  TORCH_CHECK(input.dim() == 4, op, ": input must be 4-D (N, C, H, W), got ", input.dim(), "-D");
+  TORCH_CHECK(input.device().is_cpu() && weight.device().is_cpu(), op, ": input and weight must be CPU tensors");
+  TORCH_CHECK(input.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat, op,
+              ": input and weight must be float32, got ", input.scalar_type(), " and ", weight.scalar_type());
+  TORCH_CHECK(weight.dim() == 4 && weight.size(1) == input.size(1) && weight.size(2) == 1 && weight.size(3) == 1, op,
+              ": weight must be [out, ", input.size(1), ", 1, 1] for an input with ", input.size(1), " channels, got ",
+              weight.sizes());
+  Geometry g;
+  g.n = input.size(0);
+  g.cin = input.size(1);
+  g.cout = weight.size(0);
+  g.hw = input.size(2) * input.size(3);
+  g.channelsLast = input.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+  return g;
+}
+
+at::MemoryFormat Format(const Geometry& g) {
+  return g.channelsLast ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+// C = alpha op(A) op(B) + beta C, row-major; oneDNN reports bad arguments as a status.
+void Sgemm(char ta, char tb, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
+           float beta, float* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  const dnnl_status_t s = dnnl_sgemm(ta, tb, m, n, k, 1.f, a, lda, b, ldb, beta, c, ldc);
+  TORCH_CHECK(s == dnnl_success, "kshare::pointwise_conv2d: oneDNN sgemm failed with status ", static_cast<int>(s), " (m ", m,
+              ", n ", n, ", k ", k, ")");
+}
+
+at::Tensor ForwardCpu(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+  const char* op = "kshare::pointwise_conv2d";
+  const Geometry g = Check(op, input, weight);
+  const bool hasBias = bias.has_value() && bias->defined();
+  if (hasBias) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == g.cout && bias->scalar_type() == at::kFloat && bias->device().is_cpu(), op,
+                ": bias must be a float32 CPU tensor of shape [", g.cout, "], got ", bias->sizes());
+  }
+  const at::Tensor x = input.contiguous(Format(g));
+  const at::Tensor w = weight.contiguous();  // [out][in]
+  at::Tensor out = NewOutput({g.n, g.cout, input.size(2), input.size(3)}, input.options(), Format(g));
+  if (out.numel() == 0) return out;
+  const float* xp = x.data_ptr<float>();
+  const float* wp = w.data_ptr<float>();
+  float* yp = out.data_ptr<float>();
+  const at::Tensor b = hasBias ? bias->contiguous() : at::Tensor();
+  const float* bp = hasBias ? b.data_ptr<float>() : nullptr;
+  if (g.channelsLast) {
+    // Y (NHW x out) = X (NHW x in) W^T; the bias is written first and accumulated onto (beta 1).
+    const int64_t rows = g.n * g.hw;
+    if (bp) {
+      for (int64_t r = 0; r < rows; r++) std::copy(bp, bp + g.cout, yp + r * g.cout);
+    }
+    Sgemm('N', 'T', rows, g.cout, g.cin, xp, g.cin, wp, g.cin, bp ? 1.f : 0.f, yp, g.cout);
+    return out;
+  }
+  // NCHW: Y[n] (out x HW) = W (out x in) X[n] (in x HW), image by image.
+  for (int64_t n = 0; n < g.n; n++) {
+    float* yn = yp + n * g.cout * g.hw;
+    if (bp) {
+      for (int64_t o = 0; o < g.cout; o++) std::fill_n(yn + o * g.hw, g.hw, bp[o]);
+    }
+    Sgemm('N', 'N', g.cout, g.hw, g.cin, wp, g.cin, xp + n * g.cin * g.hw, g.hw, bp ? 1.f : 0.f, yn, g.hw);
+  }
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> BackwardCpu(const at::Tensor& gradOutput, const at::Tensor& input,
+                                                           const at::Tensor& weight, std::array<bool, 3> mask) {
+  const char* op = "kshare::pointwise_conv2d_backward";
+  const Geometry g = Check(op, input, weight);
+  TORCH_CHECK(gradOutput.dim() == 4 && gradOutput.size(0) == g.n && gradOutput.size(1) == g.cout &&
+                  gradOutput.size(2) == input.size(2) && gradOutput.size(3) == input.size(3) &&
+                  gradOutput.scalar_type() == at::kFloat && gradOutput.device().is_cpu(),
+              op, ": grad_output must be a float32 CPU tensor of shape [", g.n, ", ", g.cout, ", ", input.size(2), ", ",
+              input.size(3), "], got ", gradOutput.sizes());
+  const at::Tensor x = input.contiguous(Format(g));
+  const at::Tensor gy = gradOutput.contiguous(Format(g));
+  const at::Tensor w = weight.contiguous();
+  const float* xp = x.data_ptr<float>();
+  const float* gp = gy.data_ptr<float>();
+  const float* wp = w.data_ptr<float>();
+  at::Tensor gi, gw, gb;
+  if (mask[0]) {
+    gi = NewOutput(input.sizes(), input.options(), Format(g));
+    float* gip = gi.data_ptr<float>();
+    if (g.channelsLast) {
+      // gX (NHW x in) = gY (NHW x out) W (out x in)
+      Sgemm('N', 'N', g.n * g.hw, g.cin, g.cout, gp, g.cout, wp, g.cin, 0.f, gip, g.cin);
+    } else {
+      // gX[n] (in x HW) = W^T (in x out) gY[n] (out x HW)
+      for (int64_t n = 0; n < g.n; n++)
+        Sgemm('T', 'N', g.cin, g.hw, g.cout, wp, g.cin, gp + n * g.cout * g.hw, g.hw, 0.f, gip + n * g.cin * g.hw, g.hw);
+    }
+  }
+  if (mask[1]) {
+    gw = NewOutput({g.cout, g.cin, 1, 1}, weight.options(), at::MemoryFormat::Contiguous);
+    float* gwp = gw.data_ptr<float>();
+    if (g.n * g.hw == 0) {
+      gw.zero_();
+    } else if (g.channelsLast) {
+      // gW (out x in) = gY^T (out x NHW) X (NHW x in)
+      Sgemm('T', 'N', g.cout, g.cin, g.n * g.hw, gp, g.cout, xp, g.cin, 0.f, gwp, g.cin);
+    } else {
+      // gW = sum_n gY[n] (out x HW) X[n]^T (HW x in), accumulated image by image (beta 1 after the first).
+      for (int64_t n = 0; n < g.n; n++)
+        Sgemm('N', 'T', g.cout, g.cin, g.hw, gp + n * g.cout * g.hw, g.hw, xp + n * g.cin * g.hw, g.hw, n == 0 ? 0.f : 1.f, gwp,
+              g.cin);
+    }
+    // The weight's own memory format, as libtorch returns it.
+    if (weight.suggest_memory_format() == at::MemoryFormat::ChannelsLast) gw = gw.contiguous(at::MemoryFormat::ChannelsLast);
+  }
+  if (mask[2]) gb = gy.sum({0, 2, 3});
+  return {gi, gw, gb};
+}
+
+at::Tensor CallForward(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("kshare::pointwise_conv2d", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&)>();
+  return op.call(input, weight, bias);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> CallBackward(const at::Tensor& gradOutput, const at::Tensor& input,
+                                                            const at::Tensor& weight, std::array<bool, 3> mask) {
+  static auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("kshare::pointwise_conv2d_backward", "")
+          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                                std::array<bool, 3>)>();
+  return op.call(gradOutput, input, weight, mask);
+}
+
+class PointwiseConv2dFunction : public torch::autograd::Function<PointwiseConv2dFunction> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
+                            const c10::optional<at::Tensor>& bias) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    ctx->save_for_backward({input, weight});
+    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
+    return CallForward(input, weight, bias);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const at::Tensor& input = saved[0];
+    const at::Tensor& weight = saved[1];
+    const bool hasBias = ctx->saved_data["has_bias"].toBool();
+    std::array<bool, 3> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1), hasBias && ctx->needs_input_grad(2)};
+    const at::Tensor& grad = grads[0];
+    if (!grad.defined()) return {at::Tensor(), at::Tensor(), at::Tensor()};
+    at::Tensor gi, gw, gb;
+    if (c10::GradMode::is_enabled()) {
+      // create_graph: libtorch's differentiable convolution backward, so higher derivatives work.
+      std::tie(gi, gw, gb) = at::convolution_backward(grad, input, weight, c10::IntArrayRef{weight.size(0)}, {1, 1}, {0, 0},
+                                                      {1, 1}, false, {0, 0}, 1, mask);
+    } else {
+      std::tie(gi, gw, gb) = CallBackward(grad, input, weight, mask);
+    }
+    return {gi, gw, gb};
+  }
+};
+
+at::Tensor ForwardAutograd(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+  return PointwiseConv2dFunction::apply(input, weight, bias);
+}
+
+// Under CPU autocast the operator behaves like aten::conv2d does: bfloat16 through libtorch.
+at::Tensor ForwardAutocastCpu(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+  c10::impl::ExcludeDispatchKeyGuard noAutocast(c10::DispatchKey::AutocastCPU);
+  const auto to = at::autocast::get_autocast_cpu_dtype();
+  auto cast = [&](const at::Tensor& t) { return at::autocast::cached_cast(to, t, c10::DeviceType::CPU); };
+  c10::optional<at::Tensor> b;
+  if (bias.has_value() && bias->defined()) b = cast(*bias);
+  return at::conv2d(cast(input), cast(weight), b);
+}
+
+}  // namespace kshare_pw
+
+TORCH_LIBRARY_FRAGMENT(kshare, m) {
+  m.def("pointwise_conv2d(Tensor input, Tensor weight, Tensor? bias=None) -> Tensor");
+  m.def("pointwise_conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(kshare, CPU, m) {
+  m.impl("pointwise_conv2d", kshare_pw::ForwardCpu);
+  m.impl("pointwise_conv2d_backward", kshare_pw::BackwardCpu);
+}
+
+TORCH_LIBRARY_IMPL(kshare, Autograd, m) { m.impl("pointwise_conv2d", kshare_pw::ForwardAutograd); }
+
+TORCH_LIBRARY_IMPL(kshare, AutocastCPU, m) { m.impl("pointwise_conv2d", kshare_pw::ForwardAutocastCpu); }
+
+#endif  // KSHARE_HAVE_DNNL

@@ -1,0 +1,209 @@
+// kshare's 1x1 convolution (native/pointwise_conv.cc, oneDNN's sgemm): forward, grad input,
+// grad weight and grad bias against libtorch's conv2d in this process and against python3-torch,
+// NCHW and channels-last, with outputs poisoned with NaN before the kernel writes them
+// (KSHARE_NATIVE_POISON), so an element left unwritten fails; and conv2d's routing of 1x1
+// convolutions to it.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as t from '../src/tensor/index.js';
+import type { Tensor } from '../src/tensor/index.js';
+import { runKernel } from '../src/tensor/kernels.js';
+import { wrap } from '../src/tensor/tensor.js';
+import { runPython, encode, decodeF32, maxRelError, type Encoded } from './helpers/python.js';
+import { withEnv, withLibtorchOps } from './helpers/env.js';
+
+const TOL = 1e-5;
+process.env.KSHARE_NATIVE_POISON = '1';
+const built = t.runtimeInfo().pointwiseKernel;
+const skip = built ? false : 'the addon was built without oneDNN headers (libdnnl-dev): no pointwise operator';
+
+interface Shape {
+  n: number;
+  c: number;
+  out: number;
+  h: number;
+  w: number;
+  bias: boolean;
+  cl: boolean;
+}
+
+const SHAPES: Shape[] = [
+  { n: 2, c: 5, out: 3, h: 7, w: 9, bias: true, cl: false },
+  { n: 2, c: 5, out: 3, h: 7, w: 9, bias: true, cl: true },
+  { n: 1, c: 64, out: 96, h: 8, w: 8, bias: true, cl: false }, // batch 1
+  { n: 3, c: 16, out: 8, h: 1, w: 1, bias: false, cl: false }, // 1x1 images (both formats alike)
+  { n: 4, c: 8, out: 24, h: 5, w: 6, bias: false, cl: true },
+  { n: 32, c: 64, out: 64, h: 16, w: 16, bias: true, cl: false }, // the demo's ConvMixer block
+  { n: 32, c: 64, out: 64, h: 16, w: 16, bias: true, cl: true },
+  { n: 2, c: 3, out: 7, h: 13, w: 11, bias: true, cl: true },
+];
+
+const label = (s: Shape) => `(${s.n},${s.c},${s.h},${s.w}) -> ${s.out} ${s.cl ? 'channels-last' : 'NCHW'}${s.bias ? ' +bias' : ''}`;
+
+interface Data {
+  x: Tensor;
+  w: Tensor;
+  b: Tensor | null;
+  r: Tensor;
+}
+
+function makeData(s: Shape, seed: number): Data {
+  const gen = new t.Generator(seed);
+  let x = t.randn([s.n, s.c, s.h, s.w], { generator: gen });
+  let r = t.randn([s.n, s.out, s.h, s.w], { generator: gen });
+  if (s.cl) {
+    x = t.contiguous(x, 'channels_last');
+    r = t.contiguous(r, 'channels_last');
+  }
+  return { x, w: t.randn([s.out, s.c, 1, 1], { generator: gen }), b: s.bias ? t.randn([s.out], { generator: gen }) : null, r };
+}
+
+interface Result {
+  y: Float32Array;
+  gx: Float32Array;
+  gw: Float32Array;
+  gb: Float32Array | null;
+  yChannelsLast: boolean;
+}
+
+/** conv2d (kshare's operator or libtorch's, per KSHARE_NATIVE_KERNELS), then the gradients of sum(y * r). */
+function run(data: Data, native: boolean): Result {
+  return withEnv({ KSHARE_NATIVE_KERNELS: native ? '1' : '0' }, () =>
+    t.tidy(() => {
+      const x = data.x.detach(),
+        w = data.w.detach(),
+        b = data.b?.detach() ?? null;
+      for (const v of [x, w, b]) if (v) v.requiresGrad = true;
+      const y = t.conv2d(x, w, b);
+      t.sum(t.mul(y, data.r)).backward();
+      const out = {
+        y: y.toFloat32Array(),
+        gx: x.grad!.toFloat32Array(),
+        gw: w.grad!.toFloat32Array(),
+        gb: b ? b.grad!.toFloat32Array() : null,
+        yChannelsLast: t.isContiguous(y, 'channels_last') && !t.isContiguous(y),
+      };
+      for (const v of [x, w, b]) v?.grad?.dispose();
+      return out;
+    }),
+  );
+}
+
+function assertClose(what: string, got: Float32Array, want: Float32Array): void {
+  assert.equal(got.length, want.length, `${what}: length`);
+  for (let i = 0; i < got.length; i++) if (Number.isNaN(got[i]!)) assert.fail(`${what}: element ${i} is NaN (left unwritten?)`);
+  const e = maxRelError(got, want);
+  assert.ok(e <= TOL, `${what}: relative error ${e.toExponential(2)} > ${TOL}`);
+}
+
+function compare(name: string, got: Result, want: Pick<Result, 'y' | 'gx' | 'gw' | 'gb'>): void {
+  assertClose(`${name} forward`, got.y, want.y);
+  assertClose(`${name} grad input`, got.gx, want.gx);
+  assertClose(`${name} grad weight`, got.gw, want.gw);
+  if (want.gb) assertClose(`${name} grad bias`, got.gb!, want.gb);
+}
+
+test('pointwise conv2d matches libtorch conv2d: forward and every gradient, both memory formats', { skip }, () => {
+  SHAPES.forEach((s, i) => {
+    const data = makeData(s, 700 + i);
+    const fast = run(data, true);
+    compare(label(s), fast, run(data, false));
+    assert.equal(fast.yChannelsLast, s.cl && s.out > 1 && s.h * s.w > 1, `${label(s)}: output keeps the input's memory format`);
+    // Same answer at 2 threads (oneDNN's sgemm splits the work differently).
+    const before = t.runtimeInfo().numThreads;
+    t.setNumThreads(2);
+    try {
+      compare(`${label(s)} 2 threads`, run(data, true), fast);
+    } finally {
+      t.setNumThreads(before);
+    }
+    t.dispose(data);
+  });
+});
+
+const PY = `
+import torch.nn.functional as F
+res = []
+for c in inp['cases']:
+    x, w, r = dec(c['x']), dec(c['w']), dec(c['r'])
+    b = dec(c['b']) if 'b' in c else None
+    if c['cl']:
+        x, r = x.contiguous(memory_format=torch.channels_last), r.contiguous(memory_format=torch.channels_last)
+    for v in (x, w, b):
+        if v is not None: v.requires_grad_(True)
+    y = F.conv2d(x, w, b)
+    (y * r).sum().backward()
+    res.append({'y': enc(y), 'gx': enc(x.grad), 'gw': enc(w.grad), 'gb': enc(b.grad) if b is not None else None})
+print(json.dumps(res))
+`;
+
+const enc = (x: Tensor): Encoded => encode(x.toFloat32Array(), x.shape);
+
+test('pointwise conv2d matches python3-torch', { skip }, () => {
+  const cases = SHAPES.map((s, i) => ({ s, data: makeData(s, 900 + i) }));
+  const payload = cases.map(({ s, data }) => ({ x: enc(data.x), w: enc(data.w), r: enc(data.r), ...(data.b ? { b: enc(data.b) } : {}), cl: s.cl }));
+  const ref = runPython<{ y: Encoded; gx: Encoded; gw: Encoded; gb: Encoded | null }[]>(PY, { cases: payload });
+  cases.forEach(({ s, data }, i) => {
+    const want = ref[i]!;
+    compare(`${label(s)} vs python3-torch`, run(data, true), {
+      y: decodeF32(want.y),
+      gx: decodeF32(want.gx),
+      gw: decodeF32(want.gw),
+      gb: want.gb ? decodeF32(want.gb) : null,
+    });
+    t.dispose(data);
+  });
+});
+
+test('conv2d routes 1x1 convolutions to the pointwise operator only where it applies', { skip }, () => {
+  t.tidy(() => {
+    const x = t.randn([2, 16, 6, 6]),
+      w = t.randn([8, 16, 1, 1]),
+      b = t.randn([8]);
+    const direct = wrap(runKernel('test', 'pointwiseConv2d', [x.handle, w.handle, b.handle]));
+    assert.deepEqual(t.conv2d(x, w, b).toFloat32Array(), direct.toFloat32Array(), 'routed = the operator, bit for bit');
+    const libtorch = (fn: () => Tensor) => withLibtorchOps(fn).toFloat32Array();
+    assertClose(
+      'KSHARE_NATIVE_KERNELS=0: libtorch',
+      libtorch(() => t.conv2d(x, w, b)),
+      direct.toFloat32Array(),
+    );
+    // Not a 1x1 stride-1 unpadded convolution: libtorch's own conv2d, bit for bit.
+    for (const [what, o] of [
+      ['stride 2', { stride: 2 }],
+      ['padding 1', { padding: 1 }],
+    ] as const) {
+      assert.deepEqual(
+        t.conv2d(x, w, b, o).toFloat32Array(),
+        libtorch(() => t.conv2d(x, w, b, o)),
+        what,
+      );
+    }
+    const wg = t.randn([16, 8, 1, 1]); // groups 2
+    assert.deepEqual(
+      t.conv2d(x, wg, null, { groups: 2 }).toFloat32Array(),
+      libtorch(() => t.conv2d(x, wg, null, { groups: 2 })),
+      'groups 2',
+    );
+    const w3 = t.randn([8, 16, 3, 3]);
+    assert.deepEqual(
+      t.conv2d(x, w3, b, { padding: 1 }).toFloat32Array(),
+      libtorch(() => t.conv2d(x, w3, b, { padding: 1 })),
+      '3x3',
+    );
+    // Under CPU autocast: bfloat16 through libtorch, like conv2d.
+    const ac = t.autocast({ device: 'cpu', dtype: 'bfloat16' }, () => t.conv2d(x, w, b));
+    assert.equal(ac.dtype, 'bfloat16');
+  });
+});
+
+test('pointwise operator refuses what it does not support, with the reason', { skip }, () => {
+  t.tidy(() => {
+    const call = (x: Tensor, w: Tensor, b: Tensor | null = null) => runKernel('test', 'pointwiseConv2d', [x.handle, w.handle, b?.handle ?? null]);
+    assert.throws(() => call(t.randn([2, 4, 3, 3]), t.randn([5, 4, 3, 3])), /weight must be \[out, 4, 1, 1\]/);
+    assert.throws(() => call(t.randn([2, 4, 3, 3]), t.randn([5, 3, 1, 1])), /weight must be \[out, 4, 1, 1\]/);
+    assert.throws(() => call(t.randn([2, 4, 3]), t.randn([5, 4, 1, 1])), /input must be 4-D/);
+    assert.throws(() => call(t.randn([2, 4, 3, 3]), t.randn([5, 4, 1, 1]), t.randn([4])), /bias must be a float32 CPU tensor of shape \[5\]/);
+    assert.throws(() => call(t.randn([2, 4, 3, 3]).to({ dtype: 'float64' }), t.randn([5, 4, 1, 1]).to({ dtype: 'float64' })), /must be float32/);
+  });
+});
