@@ -13,6 +13,7 @@ import { withTracer } from '../src/tensor/trace.js';
 import { createModel } from '../src/models/registry.js';
 import { runPython, encode, decodeF32, maxRelError, type Encoded } from './helpers/python.js';
 import { withEnv, withLibtorchOps } from './helpers/env.js';
+import { convGradients, compareConv, assertClose as assertCloseTo, type ConvData, type ConvResult } from './helpers/conv-parity.js';
 
 const TOL = 1e-5;
 const MODEL_TOL = 1e-4;
@@ -55,12 +56,7 @@ const pair = (v: number | [number, number]): [number, number] => (typeof v === '
 const label = (s: Shape) =>
   `(${s.n},${s.c},${s.h},${s.w}) k${pair(s.k).join('x')} d${pair(s.d ?? 1).join('x')} ${s.cl ? 'channels-last' : 'NCHW'}${s.bias ? ' +bias' : ''}`;
 
-interface Data {
-  x: Tensor;
-  w: Tensor;
-  b: Tensor | null;
-  r: Tensor;
-}
+type Data = ConvData;
 
 function makeData(s: Shape, seed: number): Data {
   const gen = new t.Generator(seed);
@@ -74,14 +70,6 @@ function makeData(s: Shape, seed: number): Data {
   return { x, w: t.randn([s.c, 1, kh, kw], { generator: gen }), b: s.bias ? t.randn([s.c], { generator: gen }) : null, r };
 }
 
-interface Result {
-  y: Float32Array;
-  gx: Float32Array;
-  gw: Float32Array;
-  gb: Float32Array | null;
-  yChannelsLast: boolean;
-}
-
 /**
  * Which kernels: the portable ones, or AVX2 where the CPU has AVX-512 (the default takes the
  * widest); kshare's own forward and grad input instead of oneDNN's (the default up to k9).
@@ -92,47 +80,21 @@ interface Variant {
 }
 
 /** conv2d (routed or not, per KSHARE_NATIVE_KERNELS), then the gradients of sum(y * r). */
-function run(s: Shape, data: Data, native: boolean, variant: Variant = {}): Result {
+function run(s: Shape, data: Data, native: boolean, variant: Variant = {}): ConvResult {
   const env = {
     KSHARE_NATIVE_KERNELS: native ? '1' : '0',
     KSHARE_NATIVE_ISA: variant.isa ?? '',
     KSHARE_NATIVE_DEPTHWISE_FORWARD: variant.own ?? '',
   };
+  const d = pair(s.d ?? 1),
+    [kh, kw] = pair(s.k);
   return withEnv(env, () =>
-    t.tidy(() => {
-      const x = data.x.detach(),
-        w = data.w.detach(),
-        b = data.b?.detach() ?? null;
-      for (const v of [x, w, b]) if (v) v.requiresGrad = true;
-      const d = pair(s.d ?? 1),
-        [kh, kw] = pair(s.k);
-      const y = t.conv2d(x, w, b, { padding: [(d[0] * (kh - 1)) / 2, (d[1] * (kw - 1)) / 2], dilation: d, groups: s.c });
-      t.sum(t.mul(y, data.r)).backward();
-      const out = {
-        y: y.toFloat32Array(),
-        gx: x.grad!.toFloat32Array(),
-        gw: w.grad!.toFloat32Array(),
-        gb: b ? b.grad!.toFloat32Array() : null,
-        yChannelsLast: t.isContiguous(y, 'channels_last') && !t.isContiguous(y),
-      };
-      for (const v of [x, w, b]) v?.grad?.dispose();
-      return out;
-    }),
+    convGradients(data, (x, w, b) => t.conv2d(x, w, b, { padding: [(d[0] * (kh - 1)) / 2, (d[1] * (kw - 1)) / 2], dilation: d, groups: s.c })),
   );
 }
 
-function assertClose(what: string, got: Float32Array, want: Float32Array): void {
-  for (let i = 0; i < got.length; i++) if (Number.isNaN(got[i]!)) assert.fail(`${what}: element ${i} is NaN (left unwritten?)`);
-  const e = maxRelError(got, want);
-  assert.ok(e <= TOL, `${what}: relative error ${e.toExponential(2)} > ${TOL}`);
-}
-
-function compare(name: string, got: Result, want: Result): void {
-  assertClose(`${name} forward`, got.y, want.y);
-  assertClose(`${name} grad input`, got.gx, want.gx);
-  assertClose(`${name} grad weight`, got.gw, want.gw);
-  if (want.gb) assertClose(`${name} grad bias`, got.gb!, want.gb);
-}
+const assertClose = (what: string, got: Float32Array, want: Float32Array) => assertCloseTo(what, got, want, TOL);
+const compare = (name: string, got: ConvResult, want: ConvResult) => compareConv(name, got, want, TOL);
 
 test('depthwise conv2d matches libtorch conv2d: forward and every gradient, every kernel variant', () => {
   SHAPES.forEach((s, i) => {

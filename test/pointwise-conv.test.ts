@@ -9,7 +9,8 @@ import * as t from '../src/tensor/index.js';
 import type { Tensor } from '../src/tensor/index.js';
 import { runKernel } from '../src/tensor/kernels.js';
 import { wrap } from '../src/tensor/tensor.js';
-import { runPython, encode, decodeF32, maxRelError, type Encoded } from './helpers/python.js';
+import { runPython, encode, decodeF32, type Encoded } from './helpers/python.js';
+import { convGradients, compareConv, assertClose as assertCloseTo, type ConvData, type ConvResult } from './helpers/conv-parity.js';
 import { withEnv, withLibtorchOps } from './helpers/env.js';
 
 const TOL = 1e-5;
@@ -40,14 +41,7 @@ const SHAPES: Shape[] = [
 
 const label = (s: Shape) => `(${s.n},${s.c},${s.h},${s.w}) -> ${s.out} ${s.cl ? 'channels-last' : 'NCHW'}${s.bias ? ' +bias' : ''}`;
 
-interface Data {
-  x: Tensor;
-  w: Tensor;
-  b: Tensor | null;
-  r: Tensor;
-}
-
-function makeData(s: Shape, seed: number): Data {
+function makeData(s: Shape, seed: number): ConvData {
   const gen = new t.Generator(seed);
   let x = t.randn([s.n, s.c, s.h, s.w], { generator: gen });
   let r = t.randn([s.n, s.out, s.h, s.w], { generator: gen });
@@ -58,50 +52,13 @@ function makeData(s: Shape, seed: number): Data {
   return { x, w: t.randn([s.out, s.c, 1, 1], { generator: gen }), b: s.bias ? t.randn([s.out], { generator: gen }) : null, r };
 }
 
-interface Result {
-  y: Float32Array;
-  gx: Float32Array;
-  gw: Float32Array;
-  gb: Float32Array | null;
-  yChannelsLast: boolean;
-}
-
 /** conv2d (kshare's operator or libtorch's, per KSHARE_NATIVE_KERNELS), then the gradients of sum(y * r). */
-function run(data: Data, native: boolean): Result {
-  return withEnv({ KSHARE_NATIVE_KERNELS: native ? '1' : '0' }, () =>
-    t.tidy(() => {
-      const x = data.x.detach(),
-        w = data.w.detach(),
-        b = data.b?.detach() ?? null;
-      for (const v of [x, w, b]) if (v) v.requiresGrad = true;
-      const y = t.conv2d(x, w, b);
-      t.sum(t.mul(y, data.r)).backward();
-      const out = {
-        y: y.toFloat32Array(),
-        gx: x.grad!.toFloat32Array(),
-        gw: w.grad!.toFloat32Array(),
-        gb: b ? b.grad!.toFloat32Array() : null,
-        yChannelsLast: t.isContiguous(y, 'channels_last') && !t.isContiguous(y),
-      };
-      for (const v of [x, w, b]) v?.grad?.dispose();
-      return out;
-    }),
-  );
+function run(data: ConvData, native: boolean): ConvResult {
+  return withEnv({ KSHARE_NATIVE_KERNELS: native ? '1' : '0' }, () => convGradients(data, (x, w, b) => t.conv2d(x, w, b)));
 }
 
-function assertClose(what: string, got: Float32Array, want: Float32Array): void {
-  assert.equal(got.length, want.length, `${what}: length`);
-  for (let i = 0; i < got.length; i++) if (Number.isNaN(got[i]!)) assert.fail(`${what}: element ${i} is NaN (left unwritten?)`);
-  const e = maxRelError(got, want);
-  assert.ok(e <= TOL, `${what}: relative error ${e.toExponential(2)} > ${TOL}`);
-}
-
-function compare(name: string, got: Result, want: Pick<Result, 'y' | 'gx' | 'gw' | 'gb'>): void {
-  assertClose(`${name} forward`, got.y, want.y);
-  assertClose(`${name} grad input`, got.gx, want.gx);
-  assertClose(`${name} grad weight`, got.gw, want.gw);
-  if (want.gb) assertClose(`${name} grad bias`, got.gb!, want.gb);
-}
+const assertClose = (what: string, got: Float32Array, want: Float32Array) => assertCloseTo(what, got, want, TOL);
+const compare = (name: string, got: ConvResult, want: Pick<ConvResult, 'y' | 'gx' | 'gw' | 'gb'>) => compareConv(name, got, want, TOL);
 
 test('pointwise conv2d matches libtorch conv2d: forward and every gradient, both memory formats', { skip }, () => {
   SHAPES.forEach((s, i) => {
