@@ -8,7 +8,7 @@
 // - single layers at the demo shape (32, 64, 16, 16) k5 and the paper's (8, 256, 32, 32) k9:
 //   depthwise conv forward / input gradient / weight gradient / all three gradients (the
 //   backward a training step runs) (through kshare's conv2d front,
-//   so whichever kernel it routes to), and bias + GELU + BatchNorm forward / backward in training
+//   so whichever kernel it routes to), a C -> C 1x1 conv forward and backward, and bias + GELU + BatchNorm forward / backward in training
 //   and eval mode (kshare: the fused kernel; PyTorch: its three ops). Reference:
 //   bench/reference_kernels.py.
 // - full training steps (forward, cross-entropy, backward, AdamW, zero grad) at batch 32 of
@@ -39,7 +39,17 @@ import { modelFromRegistry } from '../src/export/model-source.js';
 import { median, round } from './stats.js';
 import { MALLOC_ENV, ROOT, reexecWithMallocEnv, runReference } from './cpu-common.js';
 
-type KernelKind = 'dw_fwd' | 'dw_grad_input' | 'dw_grad_weight' | 'dw_backward' | 'gbn_fwd_train' | 'gbn_bwd_train' | 'gbn_fwd_eval' | 'gbn_bwd_eval';
+type KernelKind =
+  | 'dw_fwd'
+  | 'dw_grad_input'
+  | 'dw_grad_weight'
+  | 'dw_backward'
+  | 'pw_fwd'
+  | 'pw_backward'
+  | 'gbn_fwd_train'
+  | 'gbn_bwd_train'
+  | 'gbn_fwd_eval'
+  | 'gbn_bwd_eval';
 interface KernelRow {
   name: string;
   kind: KernelKind;
@@ -56,6 +66,8 @@ const KINDS: [KernelKind, string][] = [
   ['dw_grad_input', 'depthwise conv input gradient'],
   ['dw_grad_weight', 'depthwise conv weight gradient'],
   ['dw_backward', 'depthwise conv backward (input, weight and bias gradients)'],
+  ['pw_fwd', '1x1 conv forward'],
+  ['pw_backward', '1x1 conv backward (input, weight and bias gradients)'],
   ['gbn_fwd_train', 'bias+GELU+BN forward, train'],
   ['gbn_bwd_train', 'bias+GELU+BN backward, train'],
   ['gbn_fwd_eval', 'bias+GELU+BN forward, eval'],
@@ -115,6 +127,33 @@ function kshareKernel(row: KernelRow): { run: () => void; dispose: () => void } 
   const dy = t.randn([n, c, h, w], { generator: gen });
   const held: Tensor[] = [x, dy];
   const dispose = () => t.dispose(held);
+  if (row.kind.startsWith('pw_')) {
+    // C -> C 1x1 with bias, as in a ConvMixer block (kshare: native/pointwise_conv.cc where built).
+    const wt = t.randn([c, c, 1, 1], { generator: gen }).mul(0.1);
+    const b = t.randn([c], { generator: gen });
+    held.push(wt, b);
+    if (row.kind === 'pw_fwd')
+      return {
+        run: () =>
+          t.noGrad(() =>
+            t.tidy(() => {
+              t.conv2d(x, wt, b);
+            }),
+          ),
+        dispose,
+      };
+    const targets = [x, wt, b];
+    for (const v of targets) v.requiresGrad = true;
+    const y = t.conv2d(x, wt, b);
+    held.push(y);
+    return {
+      run: () => {
+        y.backward(dy, { retainGraph: true });
+        for (const v of targets) v.grad = null;
+      },
+      dispose,
+    };
+  }
   if (row.kind.startsWith('dw_')) {
     const wt = t.randn([c, 1, row.k, row.k], { generator: gen }).mul(0.1);
     const b = t.randn([c], { generator: gen });

@@ -5,6 +5,8 @@ Run with Debian's /usr/bin/python3. Reads a JSON list of rows on stdin, each
   dw_fwd, dw_grad_input, dw_grad_weight,  depthwise k x k conv (bias, 'same' padding): forward
   dw_backward                              (no grad), the backward for the input / the weight only,
                                            and for input, weight and bias together (a training step's)
+  pw_fwd, pw_backward                      C -> C 1x1 conv with bias: forward (no grad), and the
+                                           backward for input, weight and bias
   gbn_fwd_train, gbn_bwd_train,            batch_norm(gelu(x + bias)) (the ConvMixer layer kshare
   gbn_fwd_eval, gbn_bwd_eval               fuses): forward, and the backward for x, bias, BN weight, BN bias
 Backward rows time only the backward (the graph is kept between iterations).
@@ -26,6 +28,19 @@ def make(row):
     kind = row['kind']
     x = torch.randn(n, c, h, w)
     dy = torch.randn(n, c, h, w)
+    if kind.startswith('pw_'):
+        wt = torch.randn(c, c, 1, 1) * 0.1
+        b = torch.randn(c)
+        if kind == 'pw_fwd':
+            def f():
+                with torch.no_grad():
+                    F.conv2d(x, wt, b)
+            return f
+        targets = [x, wt, b]
+        for v in targets:
+            v.requires_grad_(True)
+        y = F.conv2d(x, wt, b)
+        return lambda: torch.autograd.grad(y, targets, dy, retain_graph=True)
     if kind.startswith('dw_'):
         wt = torch.randn(c, 1, k, k) * 0.1
         b = torch.randn(c)
