@@ -265,6 +265,15 @@ export function register(program: Command): void {
       const done = (s: TrainSummary) =>
         `${s.status}: ${s.model} on ${s.dataset}, best test accuracy ${(100 * s.bestAcc).toFixed(2)}% after ${s.epochsDone}/${s.epochs} epochs; ` +
         `${s.trainableParams.toLocaleString('en-US')} trainable parameters (${s.unsharedParams.toLocaleString('en-US')} without sharing); run folder ${o.out}`;
+      // What `kshare train --resume` needs to continue an interrupted run (distributed or not).
+      const resumeFlags = {
+        out: o.out,
+        dataDir: o.dataDir,
+        device: o.device,
+        channelsLast: o.channelsLast,
+        maxImagePixels: o.maxImagePixels,
+        allowChecksumMismatch: o.allowChecksumMismatch,
+      };
       const denv = distributedEnv();
       if (denv) {
         const s = await runDistributedWorker(denv, options, {
@@ -272,14 +281,6 @@ export function register(program: Command): void {
           bucketCapMB: positiveNumber('--bucket-cap-mb', o.bucketCapMb ?? '25'),
         });
         if (s?.status === 'interrupted') {
-          const resumeFlags = {
-            out: o.out,
-            dataDir: o.dataDir,
-            device: o.device,
-            channelsLast: o.channelsLast,
-            maxImagePixels: o.maxImagePixels,
-            allowChecksumMismatch: o.allowChecksumMismatch,
-          };
           reportInterrupted(s, `${resumeCommand(resumeFlags)} with the same world size (--nproc ${denv.worldSize}, or the same launcher)`, log);
         } else if (s) log(done(s));
         return;
@@ -289,18 +290,7 @@ export function register(program: Command): void {
       try {
         const s = await train({ ...options, stop: stop.signal });
         if (s.status === 'interrupted') {
-          reportInterrupted(
-            s,
-            resumeCommand({
-              out: o.out,
-              dataDir: o.dataDir,
-              device: o.device,
-              channelsLast: o.channelsLast,
-              maxImagePixels: o.maxImagePixels,
-              allowChecksumMismatch: o.allowChecksumMismatch,
-            }),
-            log,
-          );
+          reportInterrupted(s, resumeCommand(resumeFlags), log);
           return;
         }
         log(done(s));
