@@ -151,11 +151,12 @@ export const KERNELS = {
   batchNorm: 'aten::batch_norm',
   linear: 'aten::linear',
   matmul: 'aten::matmul',
-  // oneDNN's convolution called directly: 1x1 convolutions at small batch (see ops/conv.ts)
+  // oneDNN's convolution called directly: 1x1 convolutions at small batch where kshare's 1x1 operator is not built (see ops/conv.ts)
   mkldnnConv2d: 'aten::mkldnn_convolution',
   // kshare's depthwise convolution (native/depthwise_conv.cc; conv2d routes to it where it applies)
   depthwiseConv2d: 'kshare::depthwise_conv2d',
   depthwiseConv2dBackward: 'kshare::depthwise_conv2d_backward',
+  // kshare's 1x1 convolution on oneDNN's sgemm (native/pointwise_conv.cc, where built; conv2d routes to it)
   pointwiseConv2d: 'kshare::pointwise_conv2d',
   pointwiseConv2dBackward: 'kshare::pointwise_conv2d_backward',
   adaptiveAvgPool2d: 'aten::adaptive_avg_pool2d',
