@@ -127,24 +127,19 @@ function kshareKernel(row: KernelRow): { run: () => void; dispose: () => void } 
   const dy = t.randn([n, c, h, w], { generator: gen });
   const held: Tensor[] = [x, dy];
   const dispose = () => t.dispose(held);
-  if (row.kind.startsWith('pw_')) {
-    // C -> C 1x1 with bias, as in a ConvMixer block (kshare: native/pointwise_conv.cc where built).
-    const wt = t.randn([c, c, 1, 1], { generator: gen }).mul(0.1);
-    const b = t.randn([c], { generator: gen });
-    held.push(wt, b);
-    if (row.kind === 'pw_fwd')
-      return {
-        run: () =>
-          t.noGrad(() =>
-            t.tidy(() => {
-              t.conv2d(x, wt, b);
-            }),
-          ),
-        dispose,
-      };
-    const targets = [x, wt, b];
+  // A forward row: fn under tidy (and noGrad unless it records a graph, as training BN does).
+  const forwardRow = (fn: () => Tensor, grad = false) => ({
+    run: () => {
+      const once = () => t.tidy(() => void fn());
+      if (grad) once();
+      else t.noGrad(once);
+    },
+    dispose,
+  });
+  // A backward row: the graph of fn() is built once and kept; each run backpropagates dy into `targets`.
+  const backwardRow = (fn: () => Tensor, targets: Tensor[]) => {
     for (const v of targets) v.requiresGrad = true;
-    const y = t.conv2d(x, wt, b);
+    const y = fn();
     held.push(y);
     return {
       run: () => {
@@ -153,33 +148,22 @@ function kshareKernel(row: KernelRow): { run: () => void; dispose: () => void } 
       },
       dispose,
     };
+  };
+  if (row.kind.startsWith('pw_')) {
+    // C -> C 1x1 with bias, as in a ConvMixer block (kshare: native/pointwise_conv.cc where built).
+    const wt = t.randn([c, c, 1, 1], { generator: gen }).mul(0.1);
+    const b = t.randn([c], { generator: gen });
+    held.push(wt, b);
+    const conv = () => t.conv2d(x, wt, b);
+    return row.kind === 'pw_fwd' ? forwardRow(conv) : backwardRow(conv, [x, wt, b]);
   }
   if (row.kind.startsWith('dw_')) {
     const wt = t.randn([c, 1, row.k, row.k], { generator: gen }).mul(0.1);
     const b = t.randn([c], { generator: gen });
     held.push(wt, b);
     const conv = () => t.conv2d(x, wt, b, { padding: row.k >> 1, groups: c });
-    if (row.kind === 'dw_fwd')
-      return {
-        run: () =>
-          t.noGrad(() =>
-            t.tidy(() => {
-              conv();
-            }),
-          ),
-        dispose,
-      };
-    const targets = row.kind === 'dw_grad_input' ? [x] : row.kind === 'dw_grad_weight' ? [wt] : [x, wt, b];
-    for (const v of targets) v.requiresGrad = true;
-    const y = conv();
-    held.push(y);
-    return {
-      run: () => {
-        y.backward(dy, { retainGraph: true });
-        for (const v of targets) v.grad = null;
-      },
-      dispose,
-    };
+    if (row.kind === 'dw_fwd') return forwardRow(conv);
+    return backwardRow(conv, row.kind === 'dw_grad_input' ? [x] : row.kind === 'dw_grad_weight' ? [wt] : [x, wt, b]);
   }
   const b = t.randn([c], { generator: gen }),
     g = t.randn([c], { generator: gen }),
@@ -187,37 +171,14 @@ function kshareKernel(row: KernelRow): { run: () => void; dispose: () => void } 
   const rm = t.zeros([c]),
     rv = t.ones([c]);
   held.push(b, g, beta, rm, rv);
+  // Parameters record gradients in every BN row, so the training forward keeps what its backward needs.
   const params = [x, b, g, beta];
   for (const p of params) p.requiresGrad = true;
   const training = row.kind.endsWith('_train');
   const fwd = () => t.biasGeluBatchNorm(x, b, { weight: g, bias: beta, runningMean: rm, runningVar: rv, training, momentum: 0.1, eps: 1e-5 });
-  if (row.kind === 'gbn_fwd_train')
-    return {
-      run: () =>
-        t.tidy(() => {
-          fwd();
-        }),
-      dispose,
-    };
-  if (row.kind === 'gbn_fwd_eval')
-    return {
-      run: () =>
-        t.noGrad(() =>
-          t.tidy(() => {
-            fwd();
-          }),
-        ),
-      dispose,
-    };
-  const y = fwd();
-  held.push(y);
-  return {
-    run: () => {
-      y.backward(dy, { retainGraph: true });
-      for (const p of params) p.grad = null;
-    },
-    dispose,
-  };
+  if (row.kind === 'gbn_fwd_train') return forwardRow(fwd, true);
+  if (row.kind === 'gbn_fwd_eval') return forwardRow(fwd);
+  return backwardRow(fwd, params);
 }
 
 /**

@@ -28,32 +28,30 @@ def make(row):
     kind = row['kind']
     x = torch.randn(n, c, h, w)
     dy = torch.randn(n, c, h, w)
+    def forward_only(fn):
+        def f():
+            with torch.no_grad():
+                fn()
+        return f
+
+    def backward_of(fn, targets):
+        for v in targets:
+            v.requires_grad_(True)
+        y = fn()
+        return lambda: torch.autograd.grad(y, targets, dy, retain_graph=True)
+
     if kind.startswith('pw_'):
         wt = torch.randn(c, c, 1, 1) * 0.1
         b = torch.randn(c)
-        if kind == 'pw_fwd':
-            def f():
-                with torch.no_grad():
-                    F.conv2d(x, wt, b)
-            return f
-        targets = [x, wt, b]
-        for v in targets:
-            v.requires_grad_(True)
-        y = F.conv2d(x, wt, b)
-        return lambda: torch.autograd.grad(y, targets, dy, retain_graph=True)
+        conv = lambda: F.conv2d(x, wt, b)
+        return forward_only(conv) if kind == 'pw_fwd' else backward_of(conv, [x, wt, b])
     if kind.startswith('dw_'):
         wt = torch.randn(c, 1, k, k) * 0.1
         b = torch.randn(c)
+        conv = lambda: F.conv2d(x, wt, b, padding=k // 2, groups=c)
         if kind == 'dw_fwd':
-            def f():
-                with torch.no_grad():
-                    F.conv2d(x, wt, b, padding=k // 2, groups=c)
-            return f
-        targets = {'dw_grad_input': [x], 'dw_grad_weight': [wt], 'dw_backward': [x, wt, b]}[kind]
-        for v in targets:
-            v.requires_grad_(True)
-        y = F.conv2d(x, wt, b, padding=k // 2, groups=c)
-        return lambda: torch.autograd.grad(y, targets, dy, retain_graph=True)
+            return forward_only(conv)
+        return backward_of(conv, {'dw_grad_input': [x], 'dw_grad_weight': [wt], 'dw_backward': [x, wt, b]}[kind])
     b, g, beta = torch.randn(c), torch.randn(c), torch.randn(c)
     rm, rv = torch.zeros(c), torch.ones(c)
     training = kind.endswith('_train')
@@ -64,12 +62,8 @@ def make(row):
     if kind == 'gbn_fwd_train':
         return fwd
     if kind == 'gbn_fwd_eval':
-        def f():
-            with torch.no_grad():
-                fwd()
-        return f
-    y = fwd()
-    return lambda: torch.autograd.grad(y, params, dy, retain_graph=True)
+        return forward_only(fwd)
+    return backward_of(fwd, params)
 
 
 def main():

@@ -11,9 +11,18 @@ import { runKernel } from '../src/tensor/kernels.js';
 import { wrap } from '../src/tensor/tensor.js';
 import { withTracer } from '../src/tensor/trace.js';
 import { createModel } from '../src/models/registry.js';
-import { runPython, encode, decodeF32, maxRelError, type Encoded } from './helpers/python.js';
+import { maxRelError } from './helpers/python.js';
 import { withEnv, withLibtorchOps } from './helpers/env.js';
-import { convGradients, compareConv, assertClose as assertCloseTo, type ConvData, type ConvResult } from './helpers/conv-parity.js';
+import {
+  convGradients,
+  conv2dCall,
+  compareConv,
+  torchConvGradients,
+  assertClose as assertCloseTo,
+  type ConvCall,
+  type ConvData,
+  type ConvResult,
+} from './helpers/conv-parity.js';
 
 const TOL = 1e-5;
 const MODEL_TOL = 1e-4;
@@ -86,15 +95,11 @@ function run(s: Shape, data: Data, native: boolean, variant: Variant = {}): Conv
     KSHARE_NATIVE_ISA: variant.isa ?? '',
     KSHARE_NATIVE_DEPTHWISE_FORWARD: variant.own ?? '',
   };
-  const d = pair(s.d ?? 1),
-    [kh, kw] = pair(s.k);
-  return withEnv(env, () =>
-    convGradients(data, (x, w, b) => t.conv2d(x, w, b, { padding: [(d[0] * (kh - 1)) / 2, (d[1] * (kw - 1)) / 2], dilation: d, groups: s.c })),
-  );
+  return withEnv(env, () => convGradients(data, conv2dCall(call(s))));
 }
 
 const assertClose = (what: string, got: Float32Array, want: Float32Array) => assertCloseTo(what, got, want, TOL);
-const compare = (name: string, got: ConvResult, want: ConvResult) => compareConv(name, got, want, TOL);
+const compare = (name: string, got: ConvResult, want: Pick<ConvResult, 'y' | 'gx' | 'gw' | 'gb'>) => compareConv(name, got, want, TOL);
 
 test('depthwise conv2d matches libtorch conv2d: forward and every gradient, every kernel variant', () => {
   SHAPES.forEach((s, i) => {
@@ -111,62 +116,19 @@ test('depthwise conv2d matches libtorch conv2d: forward and every gradient, ever
   });
 });
 
-const PY = `
-import torch.nn.functional as F
-res = []
-for c in inp['cases']:
-    x, w, r = dec(c['x']), dec(c['w']), dec(c['r'])
-    b = dec(c['b']) if 'b' in c else None
-    if c['cl']:
-        x, r = x.contiguous(memory_format=torch.channels_last), r.contiguous(memory_format=torch.channels_last)
-    for v in (x, w, b):
-        if v is not None: v.requires_grad_(True)
-    kh, kw = w.shape[2], w.shape[3]
-    d = c['d']
-    y = F.conv2d(x, w, b, padding=(d[0] * (kh - 1) // 2, d[1] * (kw - 1) // 2), dilation=d, groups=x.shape[1])
-    if c['twice']:
-        y = F.conv2d(y, w, b, padding=(d[0] * (kh - 1) // 2, d[1] * (kw - 1) // 2), dilation=d, groups=x.shape[1])
-    (y * r).sum().backward()
-    res.append({'y': enc(y), 'gx': enc(x.grad), 'gw': enc(w.grad), 'gb': enc(b.grad) if b is not None else None})
-print(json.dumps(res))
-`;
-
-const enc = (x: Tensor): Encoded => encode(x.toFloat32Array(), x.shape);
+/** conv2d's options for a shape: "same" padding for its kernel and dilation, one group per channel. */
+function call(s: Shape, twice = false): ConvCall {
+  const d = pair(s.d ?? 1),
+    [kh, kw] = pair(s.k);
+  return { padding: [(d[0] * (kh - 1)) / 2, (d[1] * (kw - 1)) / 2], dilation: d, groups: s.c, twice };
+}
 
 test('depthwise conv2d matches python3-torch, including a kernel shared by two layers', () => {
-  const cases = SHAPES.map((s, i) => ({ s, data: makeData(s, 500 + i), twice: i % 3 === 0 }));
-  const payload = cases.map(({ s, data, twice }) => ({
-    x: enc(data.x),
-    w: enc(data.w),
-    r: enc(data.r),
-    ...(data.b ? { b: enc(data.b) } : {}),
-    cl: s.cl,
-    d: pair(s.d ?? 1),
-    twice,
-  }));
-  const ref = runPython<{ y: Encoded; gx: Encoded; gw: Encoded; gb: Encoded | null }[]>(PY, { cases: payload });
-  cases.forEach(({ s, data, twice }, i) => {
-    const name = `${label(s)}${twice ? ' used twice' : ''}`;
-    const got = t.tidy(() => {
-      const x = data.x.detach(),
-        w = data.w.detach(),
-        b = data.b?.detach() ?? null;
-      for (const v of [x, w, b]) if (v) v.requiresGrad = true;
-      const d = pair(s.d ?? 1),
-        [kh, kw] = pair(s.k);
-      const o = { padding: [(d[0] * (kh - 1)) / 2, (d[1] * (kw - 1)) / 2] as [number, number], dilation: d, groups: s.c };
-      let y = t.conv2d(x, w, b, o);
-      if (twice) y = t.conv2d(y, w, b, o);
-      t.sum(t.mul(y, data.r)).backward();
-      const out = { y: y.toFloat32Array(), gx: x.grad!.toFloat32Array(), gw: w.grad!.toFloat32Array(), gb: b ? b.grad!.toFloat32Array() : null };
-      for (const v of [x, w, b]) v?.grad?.dispose();
-      return out;
-    });
-    const want = ref[i]!;
-    assertClose(`${name} forward`, got.y, decodeF32(want.y));
-    assertClose(`${name} grad input`, got.gx, decodeF32(want.gx));
-    assertClose(`${name} grad weight`, got.gw, decodeF32(want.gw));
-    if (want.gb) assertClose(`${name} grad bias`, got.gb!, decodeF32(want.gb));
+  const cases = SHAPES.map((s, i) => ({ s, data: makeData(s, 500 + i), channelsLast: s.cl, call: call(s, i % 3 === 0) }));
+  const ref = torchConvGradients(cases);
+  cases.forEach(({ s, data, call: c }, i) => {
+    const name = `${label(s)}${c.twice ? ' used twice' : ''}`;
+    compare(name, convGradients(data, conv2dCall(c)), ref[i]!);
     t.dispose(data);
   });
 });

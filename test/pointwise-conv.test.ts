@@ -9,8 +9,15 @@ import * as t from '../src/tensor/index.js';
 import type { Tensor } from '../src/tensor/index.js';
 import { runKernel } from '../src/tensor/kernels.js';
 import { wrap } from '../src/tensor/tensor.js';
-import { runPython, encode, decodeF32, type Encoded } from './helpers/python.js';
-import { convGradients, compareConv, assertClose as assertCloseTo, type ConvData, type ConvResult } from './helpers/conv-parity.js';
+import {
+  convGradients,
+  compareConv,
+  torchConvGradients,
+  assertClose as assertCloseTo,
+  type ConvCall,
+  type ConvData,
+  type ConvResult,
+} from './helpers/conv-parity.js';
 import { withEnv, withLibtorchOps } from './helpers/env.js';
 
 const TOL = 1e-5;
@@ -78,36 +85,16 @@ test('pointwise conv2d matches libtorch conv2d: forward and every gradient, both
   });
 });
 
-const PY = `
-import torch.nn.functional as F
-res = []
-for c in inp['cases']:
-    x, w, r = dec(c['x']), dec(c['w']), dec(c['r'])
-    b = dec(c['b']) if 'b' in c else None
-    if c['cl']:
-        x, r = x.contiguous(memory_format=torch.channels_last), r.contiguous(memory_format=torch.channels_last)
-    for v in (x, w, b):
-        if v is not None: v.requires_grad_(True)
-    y = F.conv2d(x, w, b)
-    (y * r).sum().backward()
-    res.append({'y': enc(y), 'gx': enc(x.grad), 'gw': enc(w.grad), 'gb': enc(b.grad) if b is not None else None})
-print(json.dumps(res))
-`;
-
-const enc = (x: Tensor): Encoded => encode(x.toFloat32Array(), x.shape);
-
 test('pointwise conv2d matches python3-torch', { skip }, () => {
-  const cases = SHAPES.map((s, i) => ({ s, data: makeData(s, 900 + i) }));
-  const payload = cases.map(({ s, data }) => ({ x: enc(data.x), w: enc(data.w), r: enc(data.r), ...(data.b ? { b: enc(data.b) } : {}), cl: s.cl }));
-  const ref = runPython<{ y: Encoded; gx: Encoded; gw: Encoded; gb: Encoded | null }[]>(PY, { cases: payload });
+  const cases = SHAPES.map((s, i) => ({
+    s,
+    data: makeData(s, 900 + i),
+    channelsLast: s.cl,
+    call: { padding: [0, 0], dilation: [1, 1], groups: 1 } as ConvCall,
+  }));
+  const ref = torchConvGradients(cases);
   cases.forEach(({ s, data }, i) => {
-    const want = ref[i]!;
-    compare(`${label(s)} vs python3-torch`, run(data, true), {
-      y: decodeF32(want.y),
-      gx: decodeF32(want.gx),
-      gw: decodeF32(want.gw),
-      gb: want.gb ? decodeF32(want.gb) : null,
-    });
+    compare(`${label(s)} vs python3-torch`, run(data, true), ref[i]!);
     t.dispose(data);
   });
 });

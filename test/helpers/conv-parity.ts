@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import * as t from '../../src/tensor/index.js';
 import type { Tensor } from '../../src/tensor/index.js';
-import { maxRelError } from './python.js';
+import { maxRelError, runPython, encode, decodeF32, type Encoded } from './python.js';
 
 /** Input, weight, optional bias, and the tensor r whose product with the output is summed. */
 export interface ConvData {
@@ -63,4 +63,58 @@ export function compareConv(
   assertClose(`${name} grad input`, got.gx, want.gx, tol);
   assertClose(`${name} grad weight`, got.gw, want.gw, tol);
   if (want.gb) assertClose(`${name} grad bias`, got.gb!, want.gb, tol);
+}
+
+/** How a case is convolved: conv2d's options, applied twice (same weights) when `twice`. */
+export interface ConvCall {
+  padding: [number, number];
+  dilation: [number, number];
+  groups: number;
+  twice?: boolean;
+}
+
+/** y = conv(x), or conv(conv(x)) for a kernel used by two layers, with kshare's conv2d. */
+export function conv2dCall(call: ConvCall): (x: Tensor, w: Tensor, b: Tensor | null) => Tensor {
+  const o = { padding: call.padding, dilation: call.dilation, groups: call.groups };
+  return (x, w, b) => {
+    const y = t.conv2d(x, w, b, o);
+    return call.twice ? t.conv2d(y, w, b, o) : y;
+  };
+}
+
+const TORCH_CONV = `
+import torch.nn.functional as F
+res = []
+for c in inp['cases']:
+    x, w, r = dec(c['x']), dec(c['w']), dec(c['r'])
+    b = dec(c['b']) if 'b' in c else None
+    if c['cl']:
+        x, r = x.contiguous(memory_format=torch.channels_last), r.contiguous(memory_format=torch.channels_last)
+    for v in (x, w, b):
+        if v is not None: v.requires_grad_(True)
+    conv = lambda v: F.conv2d(v, w, b, padding=c['padding'], dilation=c['dilation'], groups=c['groups'])
+    y = conv(x)
+    if c['twice']:
+        y = conv(y)
+    (y * r).sum().backward()
+    res.append({'y': enc(y), 'gx': enc(x.grad), 'gw': enc(w.grad), 'gb': enc(b.grad) if b is not None else None})
+print(json.dumps(res))
+`;
+
+/** The same gradients from python3-torch's F.conv2d, one result per case, in one Python run. */
+export function torchConvGradients(cases: { data: ConvData; channelsLast: boolean; call: ConvCall }[]): Pick<ConvResult, 'y' | 'gx' | 'gw' | 'gb'>[] {
+  const enc = (v: Tensor): Encoded => encode(v.toFloat32Array(), v.shape);
+  const payload = cases.map(({ data, channelsLast, call }) => ({
+    x: enc(data.x),
+    w: enc(data.w),
+    r: enc(data.r),
+    ...(data.b ? { b: enc(data.b) } : {}),
+    cl: channelsLast,
+    padding: call.padding,
+    dilation: call.dilation,
+    groups: call.groups,
+    twice: !!call.twice,
+  }));
+  const out = runPython<{ y: Encoded; gx: Encoded; gw: Encoded; gb: Encoded | null }[]>(TORCH_CONV, { cases: payload });
+  return out.map((r) => ({ y: decodeF32(r.y), gx: decodeF32(r.gx), gw: decodeF32(r.gw), gb: r.gb ? decodeF32(r.gb) : null }));
 }

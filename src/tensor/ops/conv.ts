@@ -52,43 +52,48 @@ export function conv2d(x: Tensor, weight: Tensor, bias: Tensor | null = null, o:
       convOutputSize(op, h, kh, stride[0], 0, dilation[0]);
       convOutputSize(op, w, kw, stride[1], 0, dilation[1]);
     }
-    if (padding === 'same' && useNativeDepthwise(x, weight, bias, groups, stride, null, dilation)) return depthwise(x, weight, bias, dilation);
+    if (padding === 'same' && cpuFloat32(x, weight, bias) && fitsDepthwiseKernel(x, weight, groups, stride, null, dilation))
+      return depthwise(x, weight, bias, dilation);
     return wrap(runKernel(op, 'conv2dPadding', [x.handle, weight.handle, bias?.handle ?? null, stride, padding, dilation, groups]));
   }
   if (typeof padding === 'string') throw new TypeError(`${op}: padding must be a number, a pair, 'same' or 'valid', got ${describe(padding)}`);
   const pad = pairArg(op, 'padding', padding, 0);
   convOutputSize(op, h, kh, stride[0], pad[0], dilation[0]);
   convOutputSize(op, w, kw, stride[1], pad[1], dilation[1]);
-  if (useNativeDepthwise(x, weight, bias, groups, stride, pad, dilation)) return depthwise(x, weight, bias, dilation);
-  if (usePointwiseKernel(x, weight, bias, groups, stride, pad)) return wrap(runKernel(op, 'pointwiseConv2d', [x.handle, weight.handle, bias?.handle ?? null]));
-  if (useOneDnnPointwise(x, weight, bias, groups, stride, pad))
-    return wrap(runKernel(op, 'mkldnnConv2d', [x.handle, weight.handle, bias?.handle ?? null, pad, stride, dilation, groups]));
+  if (cpuFloat32(x, weight, bias)) {
+    if (fitsDepthwiseKernel(x, weight, groups, stride, pad, dilation)) return depthwise(x, weight, bias, dilation);
+    if (isPointwise(weight, groups, stride, pad)) {
+      if (buildInfo().pointwiseKernel) return wrap(runKernel(op, 'pointwiseConv2d', [x.handle, weight.handle, bias?.handle ?? null]));
+      if (oneDnnPointwiseApplies(x, weight, bias))
+        return wrap(runKernel(op, 'mkldnnConv2d', [x.handle, weight.handle, bias?.handle ?? null, pad, stride, dilation, groups]));
+    }
+  }
   return wrap(runKernel(op, 'conv2d', [x.handle, weight.handle, bias?.handle ?? null, stride, pad, dilation, groups]));
 }
 
-/** kshare's CPU kernels allowed now, and every operand a float32 CPU tensor. */
+/**
+ * kshare's CPU kernels allowed now (enabled, not under autocast, not while tracing), and every
+ * operand a float32 CPU tensor: the condition for every route below. Everything else, and
+ * everything with KSHARE_NATIVE_KERNELS=0, goes to libtorch's conv2d.
+ */
 function cpuFloat32(x: Tensor, weight: Tensor, bias: Tensor | null): boolean {
   if (!cpuKernelsAllowed() || x.device !== 'cpu') return false;
   return x.dtype === 'float32' && weight.dtype === 'float32' && (!bias || bias.dtype === 'float32');
 }
 
 /**
- * Whether a convolution runs as kshare's depthwise kernel (native/depthwise_conv.cc, an
- * autograd operator): CPU float32 outside autocast, one filter per channel (groups = in =
- * out channels, weight [C, 1, kh, kw]) of odd size, stride 1, "same" padding (`pad` null
- * means 'same'), not while tracing. Everything else, and everything with
- * KSHARE_NATIVE_KERNELS=0, goes to libtorch's conv2d.
+ * Whether a convolution fits kshare's depthwise kernel (native/depthwise_conv.cc, an autograd
+ * operator): one filter per channel (groups = in = out channels, weight [C, 1, kh, kw]) of odd
+ * size, stride 1, "same" padding (`pad` null means 'same').
  */
-function useNativeDepthwise(
+function fitsDepthwiseKernel(
   x: Tensor,
   weight: Tensor,
-  bias: Tensor | null,
   groups: number,
   stride: [number, number],
   pad: [number, number] | null,
   dilation: [number, number],
 ): boolean {
-  if (!cpuFloat32(x, weight, bias)) return false;
   const c = x.shape[1]!;
   const [oc, icg, kh, kw] = weight.shape as [number, number, number, number];
   if (groups !== c || oc !== c || icg !== 1 || kh % 2 === 0 || kw % 2 === 0 || stride[0] !== 1 || stride[1] !== 1) return false;
@@ -99,16 +104,20 @@ function depthwise(x: Tensor, weight: Tensor, bias: Tensor | null, dilation: [nu
   return wrap(runKernel('conv2d', 'depthwiseConv2d', [x.handle, weight.handle, bias?.handle ?? null, dilation]));
 }
 
-let mkldnnAvailable: boolean | undefined;
-/** Whether this libtorch has oneDNN (asked once: not every build, e.g. on other CPUs, has it). */
-function hasMkldnn(): boolean {
-  return (mkldnnAvailable ??= runtimeInfo().mkldnn);
-}
-
-let pointwiseAvailable: boolean | undefined;
-/** Whether the addon was built with kshare's 1x1 convolution (needs oneDNN's headers; asked once). */
-function hasPointwiseKernel(): boolean {
-  return (pointwiseAvailable ??= runtimeInfo().pointwiseKernel);
+let built: { mkldnn: boolean; pointwiseKernel: boolean } | undefined;
+/**
+ * What this build has, asked once: oneDNN in libtorch (not every build has it), and kshare's 1x1
+ * operator (native/pointwise_conv.cc: matrix products in oneDNN's sgemm on the tensors as they
+ * lie, with autograd; built only against oneDNN's headers). 1x1 convolutions go to that operator
+ * where it is built, instead of libtorch 1.13's convolution, which reorders NCHW input, output and
+ * grad output to oneDNN's blocked layout on every call.
+ */
+function buildInfo(): { mkldnn: boolean; pointwiseKernel: boolean } {
+  if (!built) {
+    const info = runtimeInfo();
+    built = { mkldnn: info.mkldnn, pointwiseKernel: info.pointwiseKernel };
+  }
+  return built;
 }
 
 /** A 1x1 convolution: groups 1, stride 1, no padding (dilation does not matter). */
@@ -117,32 +126,20 @@ function isPointwise(weight: Tensor, groups: number, stride: [number, number], p
   return kh === 1 && kw === 1 && groups === 1 && stride[0] === 1 && stride[1] === 1 && pad[0] === 0 && pad[1] === 0;
 }
 
-/**
- * Whether a 1x1 convolution runs as kshare's operator (native/pointwise_conv.cc: matrix products
- * in oneDNN's sgemm on the tensors as they lie, with autograd), instead of libtorch 1.13's
- * convolution, which reorders NCHW input, output and grad output to oneDNN's blocked layout on
- * every call. CPU float32, kshare's CPU kernels allowed, the operator built in.
- */
-function usePointwiseKernel(x: Tensor, weight: Tensor, bias: Tensor | null, groups: number, stride: [number, number], pad: [number, number]): boolean {
-  return cpuFloat32(x, weight, bias) && isPointwise(weight, groups, stride, pad) && hasPointwiseKernel();
-}
-
 /** Below this many multiply-adds a 1x1 convolution stays on libtorch's choice (BLAS measured as fast). */
 const POINTWISE_ONEDNN_MIN_MACS = 8 << 20;
 
 /**
- * Whether a 1x1 convolution goes straight to oneDNN (aten::mkldnn_convolution) instead of
- * libtorch 1.13's choice: for a batch under 16 on one thread libtorch picks its BLAS path,
- * which measured 1.7x slower here at ConvMixer-256's (1, 256, 32, 32) (1.26 ms against
- * 0.73 ms: OpenBLAS runs its AVX2 kernels, oneDNN AVX-512 where the CPU has it). Inference
- * only (no gradient recorded), CPU float32, groups 1, stride 1, no padding, and kshare's CPU
- * kernels allowed (not while tracing, under autocast or with KSHARE_NATIVE_KERNELS=0).
+ * Where kshare's 1x1 operator is not built: whether a 1x1 convolution goes straight to oneDNN
+ * (aten::mkldnn_convolution) instead of libtorch 1.13's choice. For a batch under 16 on one
+ * thread libtorch picks its BLAS path, which measured 1.7x slower here at ConvMixer-256's
+ * (1, 256, 32, 32) (1.26 ms against 0.73 ms: OpenBLAS runs its AVX2 kernels, oneDNN AVX-512
+ * where the CPU has it). Inference only (no gradient recorded), oneDNN present.
  */
-function useOneDnnPointwise(x: Tensor, weight: Tensor, bias: Tensor | null, groups: number, stride: [number, number], pad: [number, number]): boolean {
-  if (!cpuFloat32(x, weight, bias) || !hasMkldnn()) return false;
+function oneDnnPointwiseApplies(x: Tensor, weight: Tensor, bias: Tensor | null): boolean {
+  if (!buildInfo().mkldnn) return false;
   const [n, c, h, w] = x.shape as [number, number, number, number];
-  const [oc] = weight.shape as [number, number, number, number];
-  if (!isPointwise(weight, groups, stride, pad)) return false;
+  const oc = weight.shape[0]!;
   if (n >= 16 || n * h * w * c * oc < POINTWISE_ONEDNN_MIN_MACS) return false;
   return !isGradEnabled() || !(x.requiresGrad || weight.requiresGrad || (bias?.requiresGrad ?? false));
 }
