@@ -222,12 +222,10 @@ test('ConvMixer (shared kernels) trains the same through the kshare kernel and t
 });
 
 // Where kshare's own 1x1 operator is built (native/pointwise_conv.cc, oneDNN headers), it takes
-// every 1x1 convolution instead (test/pointwise-conv.test.ts); this route is the fallback.
-const pointwiseBuilt = t.runtimeInfo().pointwiseKernel;
-test(
-  '1x1 convolutions at small batch go to oneDNN for inference only, matching libtorch conv2d',
-  { skip: pointwiseBuilt ? "kshare's pointwise operator takes 1x1 convolutions in this build" : false },
-  () => {
+// every 1x1 convolution (test/pointwise-conv.test.ts); this route is the fallback for builds
+// without it, which KSHARE_NATIVE_POINTWISE=0 selects here.
+test('1x1 convolutions at small batch go to oneDNN for inference only, matching libtorch conv2d', () => {
+  withEnv({ KSHARE_NATIVE_POINTWISE: '0' }, () => {
     t.tidy(() => {
       const x = t.randn([2, 64, 32, 32]), // 12.6M multiply-adds: above the threshold
         w = t.randn([96, 64, 1, 1]),
@@ -249,5 +247,5 @@ test(
         ws = t.randn([8, 8, 1, 1]);
       assert.deepEqual(t.noGrad(() => t.conv2d(small, ws)).toFloat32Array(), libtorch(() => t.noGrad(() => t.conv2d(small, ws))).toFloat32Array(), 'small');
     });
-  },
-);
+  });
+});

@@ -63,7 +63,8 @@ export function conv2d(x: Tensor, weight: Tensor, bias: Tensor | null = null, o:
   if (cpuFloat32(x, weight, bias)) {
     if (fitsDepthwiseKernel(x, weight, groups, stride, pad, dilation)) return depthwise(x, weight, bias, dilation);
     if (isPointwise(weight, groups, stride, pad)) {
-      if (buildInfo().pointwiseKernel) return wrap(runKernel(op, 'pointwiseConv2d', [x.handle, weight.handle, bias?.handle ?? null]));
+      if (buildInfo().pointwiseKernel && process.env.KSHARE_NATIVE_POINTWISE !== '0')
+        return wrap(runKernel(op, 'pointwiseConv2d', [x.handle, weight.handle, bias?.handle ?? null]));
       if (oneDnnPointwiseApplies(x, weight, bias))
         return wrap(runKernel(op, 'mkldnnConv2d', [x.handle, weight.handle, bias?.handle ?? null, pad, stride, dilation, groups]));
     }
@@ -110,7 +111,8 @@ let built: { mkldnn: boolean; pointwiseKernel: boolean } | undefined;
  * operator (native/pointwise_conv.cc: matrix products in oneDNN's sgemm on the tensors as they
  * lie, with autograd; built only against oneDNN's headers). 1x1 convolutions go to that operator
  * where it is built, instead of libtorch 1.13's convolution, which reorders NCHW input, output and
- * grad output to oneDNN's blocked layout on every call.
+ * grad output to oneDNN's blocked layout on every call. KSHARE_NATIVE_POINTWISE=0 (read at every
+ * call) takes the route a build without it takes, for tests and comparisons.
  */
 function buildInfo(): { mkldnn: boolean; pointwiseKernel: boolean } {
   if (!built) {
