@@ -15,10 +15,10 @@
 // `node dist/bench/cpu-kernels.js --only 1x1`; bench/cpu-kernels-notes.md has the versions):
 //   C -> C with bias, NCHW: (32,64,16,16) forward 0.58 ms (PyTorch 0.47: slower here, 32 small
 //   products), backward 1.01 ms (1.07); (8,256,32,32) forward 7.7 ms (10.3), backward 11.6 ms
-//   (21.9). In-process against libtorch's conv2d (a throwaway script, channels-last too): the
-//   backward 8-30% faster on every shape tried, the forward equal or faster except small
-//   channels-last ones (~10% slower at 64-128 channels). ConvMixer-256/8 training step, NCHW,
-//   1 thread: 2.37-2.41x PyTorch before, 2.86-3.03x with it.
+//   (21.9). In-process against libtorch's conv2d (`node dist/bench/route-ab.js`,
+//   bench/results/route-ab.json, NCHW and channels-last): forward + backward 1.09-2.03x faster on
+//   all ten shapes; the forward alone 0.92-0.94x at 64-128 channels except NCHW 128 (1.07), 0.99-1.92x
+//   above. ConvMixer-256/8 training step, NCHW, 1 thread: 2.37-2.41x PyTorch before, 2.60-3.03x with it.
 //
 // Built only where oneDNN's headers are found (Debian: libdnnl-dev; native/build.sh defines
 // KSHARE_HAVE_DNNL); without them the operators are not registered and conv2d keeps

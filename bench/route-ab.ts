@@ -1,0 +1,158 @@
+// In-process A/B of conv2d's routing choices on the CPU: the same call through kshare's route and
+// through the alternative, the environment switch flipped per call (both are read at every call),
+// alternating `--rounds` times; reports the best of the rounds' medians. Run on purpose:
+//
+//   node dist/bench/route-ab.js [--threads 1] [--rounds 3] [--out bench/results/route-ab.json]
+//
+// Rows:
+// - 1x1 convolution (C -> C with bias), forward without gradients and backward (input, weight and
+//   bias gradients): kshare's operator (native/pointwise_conv.cc) against libtorch's conv2d
+//   (KSHARE_NATIVE_KERNELS=0), NCHW and channels-last.
+// - depthwise forward and input gradient: oneDNN through libtorch (kshare's route up to k9)
+//   against kshare's own kernels (KSHARE_NATIVE_DEPTHWISE_FORWARD=kshare).
+// ms are medians of wall-clock time; `ratio` = alternative / kshare's route (above 1: the route
+// kshare takes is faster).
+import os from 'node:os';
+import path from 'node:path';
+import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { performance } from 'node:perf_hooks';
+import { Command } from 'commander';
+import * as t from '../src/tensor/index.js';
+import type { Tensor } from '../src/tensor/index.js';
+import { median, round } from './stats.js';
+import { ROOT, reexecWithMallocEnv } from './cpu-common.js';
+
+interface Row {
+  name: string;
+  routeMs: number;
+  alternativeMs: number;
+  ratio: number;
+}
+
+function medianMs(fn: () => void, reps: number): number {
+  for (let i = 0; i < 5; i++) fn();
+  const ts: number[] = [];
+  for (let i = 0; i < reps; i++) {
+    const t0 = performance.now();
+    fn();
+    ts.push(performance.now() - t0);
+  }
+  return median(ts);
+}
+
+/** Best of `rounds` medians on each side, alternating; `env` switches to the alternative. */
+function ab(fn: () => void, env: Record<string, string>, rounds: number, reps: number): [number, number] {
+  let route = Infinity,
+    alt = Infinity;
+  for (let r = 0; r < rounds; r++) {
+    route = Math.min(route, medianMs(fn, reps));
+    Object.assign(process.env, env);
+    try {
+      alt = Math.min(alt, medianMs(fn, reps));
+    } finally {
+      for (const k of Object.keys(env)) delete process.env[k];
+    }
+  }
+  return [route, alt];
+}
+
+function main(): void {
+  reexecWithMallocEnv(fileURLToPath(import.meta.url));
+  const o = new Command()
+    .name('route-ab')
+    .description("Time conv2d's CPU routes against their alternatives in one process")
+    .option('--threads <n>', 'intra-op threads', '1')
+    .option('--rounds <n>', 'alternations per row', '3')
+    .option('--out <file>', 'where to write the JSON', path.join(ROOT, 'bench', 'results', 'route-ab.json'))
+    .parse()
+    .opts<{ threads: string; rounds: string; out: string }>();
+  const threads = Number(o.threads),
+    rounds = Number(o.rounds);
+  if (!Number.isInteger(threads) || threads < 1 || !Number.isInteger(rounds) || rounds < 1)
+    throw new Error(`route-ab: --threads and --rounds must be integers >= 1, got '${o.threads}' and '${o.rounds}'`);
+  t.setNumThreads(threads);
+  const rows: Row[] = [];
+  const add = (name: string, [routeMs, alternativeMs]: [number, number]) => {
+    const row = { name, routeMs: round(routeMs, 3), alternativeMs: round(alternativeMs, 3), ratio: round(alternativeMs / routeMs, 3) };
+    rows.push(row);
+    console.log(
+      `${name.padEnd(58)} route ${routeMs.toFixed(3).padStart(8)} ms  alternative ${alternativeMs.toFixed(3).padStart(8)} ms  x${row.ratio.toFixed(2)}`,
+    );
+  };
+  const repsFor = (elements: number) => Math.max(20, Math.min(200, Math.round(4e7 / elements)));
+  const make = (shape: number[], cl: boolean): Tensor => {
+    const v = t.randn(shape);
+    if (!cl) return v;
+    const c = t.contiguous(v, 'channels_last');
+    v.dispose();
+    return c;
+  };
+
+  for (const [n, c, hw] of [
+    [32, 64, 16],
+    [32, 128, 16],
+    [32, 256, 16],
+    [8, 256, 32],
+    [1, 256, 32],
+  ] as const) {
+    for (const cl of [false, true]) {
+      const label = `(${n},${c},${hw},${hw}) ${cl ? 'channels-last' : 'NCHW'}`;
+      const x = make([n, c, hw, hw], cl),
+        dy = make([n, c, hw, hw], cl);
+      const w = t.randn([c, c, 1, 1]),
+        b = t.randn([c]);
+      const reps = repsFor(n * c * hw * hw);
+      const libtorch = { KSHARE_NATIVE_KERNELS: '0' };
+      add(
+        `1x1 forward ${label}`,
+        ab(() => t.noGrad(() => t.tidy(() => void t.conv2d(x, w, b))), libtorch, rounds, reps),
+      );
+      // The graph is built per call, so each side runs its own backward.
+      const backward = () =>
+        t.tidy(() => {
+          const [xg, wg, bg] = [x, w, b].map((v) => v.detach());
+          for (const v of [xg!, wg!, bg!]) v.requiresGrad = true;
+          t.conv2d(xg!, wg!, bg!).backward(dy);
+          for (const v of [xg!, wg!, bg!]) v.grad?.dispose();
+        });
+      add(`1x1 forward + backward ${label}`, ab(backward, libtorch, rounds, Math.max(10, reps >> 1)));
+      t.dispose([x, dy, w, b]);
+    }
+  }
+
+  for (const [n, c, hw, k] of [
+    [32, 64, 16, 5],
+    [32, 256, 16, 5],
+    [8, 256, 32, 9],
+    [1, 256, 32, 9],
+  ] as const) {
+    for (const cl of [false, true]) {
+      const label = `(${n},${c},${hw},${hw}) k${k} ${cl ? 'channels-last' : 'NCHW'}`;
+      const x = make([n, c, hw, hw], cl);
+      const w = t.randn([c, 1, k, k]),
+        b = t.randn([c]);
+      const reps = repsFor(n * c * hw * hw);
+      const own = { KSHARE_NATIVE_DEPTHWISE_FORWARD: 'kshare' };
+      add(
+        `depthwise forward ${label}`,
+        ab(() => t.noGrad(() => t.tidy(() => void t.conv2d(x, w, b, { padding: k >> 1, groups: c }))), own, rounds, reps),
+      );
+      t.dispose([x, w, b]);
+    }
+  }
+
+  const result = {
+    machine: `${os.cpus()[0]?.model.trim() ?? 'unknown CPU'}, ${os.cpus().length} cores`,
+    threads,
+    command: `node dist/bench/route-ab.js ${process.argv.slice(2).join(' ')}`.trim(),
+    method: `best of ${rounds} alternating medians per side, in one process; ratio = alternativeMs / routeMs`,
+    rows,
+  };
+  mkdirSync(path.dirname(o.out), { recursive: true });
+  writeFileSync(o.out + '.tmp', JSON.stringify(result, null, 2) + '\n');
+  renameSync(o.out + '.tmp', o.out);
+  console.log(`wrote ${o.out}`);
+}
+
+main();
