@@ -5,7 +5,8 @@
 //
 // Why: libtorch 1.13 runs an NCHW 1x1 convolution through oneDNN's blocked layout, reordering
 // input and output (and, in the backward, grad output) on every call: at ConvMixer-256/8's
-// (32, 256, 16, 16) ~0.6 ms a reorder, 61 ms of reorders in one training step (ONEDNN_VERBOSE).
+// (32, 256, 16, 16) ~0.6 ms a reorder, 59 ms of reorders in one training step
+// (`KSHARE_NATIVE_POINTWISE=0 node dist/bench/onednn-breakdown.js`; 29.5 ms with this operator).
 // A 1x1 convolution needs no reorder: in NCHW each image is a (C, H*W) matrix, in channels-last
 // the batch is one (N*H*W, C) matrix, so forward, grad input and grad weight are sgemm calls on
 // the tensors as they lie. oneDNN's sgemm is AVX-512 where the CPU has it (libtorch's BLAS path,
