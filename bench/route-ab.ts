@@ -8,8 +8,9 @@
 // - 1x1 convolution (C -> C with bias), forward without gradients and backward (input, weight and
 //   bias gradients): kshare's operator (native/pointwise_conv.cc) against libtorch's conv2d
 //   (KSHARE_NATIVE_KERNELS=0), NCHW and channels-last.
-// - depthwise forward and input gradient: oneDNN through libtorch (kshare's route up to k9)
-//   against kshare's own kernels (KSHARE_NATIVE_DEPTHWISE_FORWARD=kshare).
+// - depthwise forward, and forward + input gradient: kshare's plane kernel against oneDNN through
+//   libtorch (KSHARE_NATIVE_DEPTHWISE_FORWARD=onednn) in NCHW; in channels-last oneDNN (the route
+//   there) against kshare's own kernels (=kshare).
 // ms are medians of wall-clock time; `ratio` = alternative / kshare's route (above 1: the route
 // kshare takes is faster).
 import os from 'node:os';
@@ -129,15 +130,30 @@ function main(): void {
   ] as const) {
     for (const cl of [false, true]) {
       const label = `(${n},${c},${hw},${hw}) k${k} ${cl ? 'channels-last' : 'NCHW'}`;
-      const x = make([n, c, hw, hw], cl);
+      const x = make([n, c, hw, hw], cl),
+        dy = make([n, c, hw, hw], cl);
       const w = t.randn([c, 1, k, k]),
         b = t.randn([c]);
       const reps = repsFor(n * c * hw * hw);
-      const own = { KSHARE_NATIVE_DEPTHWISE_FORWARD: 'kshare' };
+      // kshare's route: its own plane kernel in NCHW, oneDNN in channels-last.
+      const [route, alternative] = cl ? ['oneDNN', 'kshare'] : ['kshare', 'oneDNN'];
+      const other = { KSHARE_NATIVE_DEPTHWISE_FORWARD: cl ? 'kshare' : 'onednn' };
+      const conv = (v: Tensor) => t.conv2d(v, w, b, { padding: k >> 1, groups: c });
       add(
-        `depthwise forward ${label}`,
-        ab(() => t.noGrad(() => t.tidy(() => void t.conv2d(x, w, b, { padding: k >> 1, groups: c }))), own, rounds, reps),
+        `depthwise forward ${label} (${route} vs ${alternative})`,
+        ab(() => t.noGrad(() => t.tidy(() => void conv(x))), other, rounds, reps),
       );
+      // Forward + the input gradient only (weight and bias need none): the weight gradient is
+      // kshare's on both sides.
+      const inputGrad = () =>
+        t.tidy(() => {
+          const xg = x.detach();
+          xg.requiresGrad = true;
+          conv(xg).backward(dy);
+          xg.grad?.dispose();
+        });
+      add(`depthwise forward + input gradient ${label} (${route} vs ${alternative})`, ab(inputGrad, other, rounds, Math.max(10, reps >> 1)));
+      t.dispose([dy]);
       t.dispose([x, w, b]);
     }
   }

@@ -67,6 +67,7 @@ static inline void store(float* p, const V& v) { __builtin_memcpy(p, &v, sizeof(
 static inline V add(const V& a, const V& b) { return a + b; }
 static inline V fma(const V& a, const V& b, const V& c) { return a * b + c; }
 static inline V vzero() { return V{0, 0, 0, 0, 0, 0, 0, 0}; }
+static inline V bcast(float f) { return V{f, f, f, f, f, f, f, f}; }
 #include "depthwise_conv_kernels.h"
 }  // namespace generic
 
@@ -80,6 +81,7 @@ static inline void store(float* p, V v) { _mm256_storeu_ps(p, v); }
 static inline V add(V a, V b) { return _mm256_add_ps(a, b); }
 static inline V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
 static inline V vzero() { return _mm256_setzero_ps(); }
+static inline V bcast(float f) { return _mm256_set1_ps(f); }
 #include "depthwise_conv_kernels.h"
 }  // namespace avx2
 #pragma GCC pop_options
@@ -96,6 +98,7 @@ static inline void store(float* p, V v) { _mm512_storeu_ps(p, v); }
 static inline V add(V a, V b) { return _mm512_add_ps(a, b); }
 static inline V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
 static inline V vzero() { return _mm512_setzero_ps(); }
+static inline V bcast(float f) { return _mm512_set1_ps(f); }
 #define KSHARE_DW_CORRELATE_ONLY
 #include "depthwise_conv_kernels.h"
 #undef KSHARE_DW_CORRELATE_ONLY
@@ -111,14 +114,23 @@ struct Kernels {
                     float*, float*);
   int64_t correlateLanes;
   int (*correlatePasses)(int kh, int kw);
+  // NCHW forward of one plane for a square kernel at dilation 1 (nullptr for other sizes), and
+  // its vector width and rows a block.
+  void (*(*planeForward)(int k))(const float*, int64_t, float*, int64_t, int64_t, int64_t, const float*, float);
+  int64_t planeLanes;
+  int (*planeRows)(int k);
 };
 
 // The widest instruction set the CPU has, capped by KSHARE_NATIVE_ISA (avx2 or generic; read at
 // every call, for tests and benchmarks).
 const Kernels& Pick() {
-  static const Kernels kGeneric{generic::Forward, generic::Correlate, generic::kLanes, generic::CorrelatePasses};
-  static const Kernels kAvx2{avx2::Forward, avx2::Correlate, avx2::kLanes, avx2::CorrelatePasses};
-  static const Kernels kAvx512{avx2::Forward, avx512::Correlate, avx512::kLanes, avx512::CorrelatePasses};
+  static const Kernels kGeneric{generic::Forward,      generic::Correlate,    generic::kLanes,
+                                generic::CorrelatePasses, generic::PlaneForward, generic::kLanes,
+                                generic::PlaneForwardRows};
+  static const Kernels kAvx2{avx2::Forward,      avx2::Correlate,    avx2::kLanes, avx2::CorrelatePasses,
+                             avx2::PlaneForward, avx2::kLanes,       avx2::PlaneForwardRows};
+  static const Kernels kAvx512{avx2::Forward,        avx512::Correlate,  avx512::kLanes, avx512::CorrelatePasses,
+                               avx512::PlaneForward, avx512::kLanes,     avx512::PlaneForwardRows};
   static const bool hasAvx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   static const bool hasAvx512 = hasAvx2 && __builtin_cpu_supports("avx512f");
   const char* isa = std::getenv("KSHARE_NATIVE_ISA");
@@ -127,14 +139,15 @@ const Kernels& Pick() {
   return hasAvx512 ? kAvx512 : hasAvx2 ? kAvx2 : kGeneric;
 }
 
-// The forward and grad input go to libtorch's convolution (oneDNN on CPU), which measured
-// faster than these kernels (bench/cpu-kernels-notes.md, v3 and v5), except for NCHW kernels
-// wider than 9, where oneDNN falls back to a slow path ((4,64,31,17) k15: 13 ms against 1.4 ms
-// here). The weight gradient is always ours. KSHARE_NATIVE_DEPTHWISE_FORWARD=kshare uses
-// these kernels for all three (tests, benchmarks).
-bool OwnForwardKernels() {
+// Who runs the forward and grad input. KSHARE_NATIVE_DEPTHWISE_FORWARD=kshare forces these
+// kernels and =onednn libtorch's convolution (tests, benchmarks: bench/route-ab.ts); unset, the
+// choice below.
+enum class ForwardRoute { kChoose, kOwn, kLibtorch };
+ForwardRoute ForcedForwardRoute() {
   const char* p = std::getenv("KSHARE_NATIVE_DEPTHWISE_FORWARD");
-  return p && std::strcmp(p, "kshare") == 0;
+  if (p && std::strcmp(p, "kshare") == 0) return ForwardRoute::kOwn;
+  if (p && std::strcmp(p, "onednn") == 0) return ForwardRoute::kLibtorch;
+  return ForwardRoute::kChoose;
 }
 
 using kshare::NewOutput;
@@ -220,6 +233,30 @@ void GatherBlock(float* dst, int64_t dstRow, int64_t vec, const float* src, int6
 void ConvolveInto(const Geometry& g, const float* x, const float* w, const float* bias, float* out) {
   const Kernels& k = Pick();
   const int64_t kk = static_cast<int64_t>(g.kh) * g.kw;
+  const auto plane = !g.channelsLast && g.kh == g.kw && g.dh == 1 && g.dw == 1 ? k.planeForward(g.kh) : nullptr;
+  if (plane) {
+    // One task per (n, c) plane, padded into [roundup(H, R) + K - 1][roundup(W, L) + K - 1]
+    // (zeros around, past W and below the last row block; each task overwrites the interior).
+    const int64_t L = k.planeLanes, R = k.planeRows(g.kh);
+    const int64_t wv = RoundUp(g.w, L), rowP = wv + 2 * g.pw, rowsP = RoundUp(g.h, R) + 2 * g.ph;
+    at::parallel_for(0, g.n * g.c, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> pad(rowsP * rowP), tmp(g.w == wv ? 0 : g.h * wv);
+      for (int64_t t = begin; t < end; t++) {
+        const int64_t c = t % g.c;
+        const float* src = x + t * g.h * g.w;
+        for (int64_t y = 0; y < g.h; y++) CopyRow(&pad[(y + g.ph) * rowP + g.pw], src + y * g.w, g.w);
+        const float b = bias ? bias[c] : 0.f;
+        float* dst = out + t * g.h * g.w;
+        if (tmp.empty()) {
+          plane(pad.data(), rowP, dst, g.w, g.h, wv / L, w + c * kk, b);
+        } else {
+          plane(pad.data(), rowP, tmp.data(), wv, g.h, wv / L, w + c * kk, b);
+          for (int64_t y = 0; y < g.h; y++) CopyRow(dst + y * g.w, &tmp[y * wv], g.w);
+        }
+      }
+    });
+    return;
+  }
   if (!g.channelsLast) {
     // One task per (n, c) plane: pad it into [H + 2ph][roundup(W, 8) + 2pw] (zeros around and
     // past the last vector), convolve, write rows straight out when W is a multiple of 8.
@@ -364,9 +401,21 @@ void WeightGradInto(const Geometry& g, const float* x, const float* gy, float* g
   });
 }
 
+// NCHW with a square kernel at dilation 1 runs the plane kernel: faster than oneDNN, which
+// reorders every NCHW input and output to its blocked layout (bench/route-ab.json: forward and
+// grad input at (32,256,16,16) k5 1.8x, at (8,256,32,32) k9 1.4x; with both capped at AVX2
+// 1.0-1.3x). Channels-last goes to oneDNN (no reorders there; faster than the generic kernels),
+// and so do other NCHW kernels up to 9 wide; wider ones stay here (oneDNN's slow path:
+// (4,64,31,17) k15 13 ms against 1.4 ms).
 bool LibtorchForward(const Geometry& g) {
-  if (OwnForwardKernels()) return false;
-  return g.channelsLast || std::max(g.kh, g.kw) <= 9;
+  switch (ForcedForwardRoute()) {
+    case ForwardRoute::kOwn: return false;
+    case ForwardRoute::kLibtorch: return true;
+    case ForwardRoute::kChoose: break;
+  }
+  if (g.channelsLast) return true;
+  if (g.kh == g.kw && g.dh == 1 && g.dw == 1 && Pick().planeForward(g.kh)) return false;
+  return std::max(g.kh, g.kw) <= 9;
 }
 
 // ---- operators ----

@@ -81,11 +81,12 @@ function makeData(s: Shape, seed: number): Data {
 
 /**
  * Which kernels: the portable ones, or AVX2 where the CPU has AVX-512 (the default takes the
- * widest); kshare's own forward and grad input instead of oneDNN's (the default up to k9).
+ * widest); the forward and grad input forced to kshare's own kernels or to oneDNN (by default
+ * NCHW square kernels at dilation 1 take kshare's plane kernel, the rest oneDNN up to k9).
  */
 interface Variant {
   isa?: 'generic' | 'avx2';
-  own?: 'kshare';
+  own?: 'kshare' | 'onednn';
 }
 
 /** conv2d (routed or not, per KSHARE_NATIVE_KERNELS), then the gradients of sum(y * r). */
@@ -111,6 +112,8 @@ test('depthwise conv2d matches libtorch conv2d: forward and every gradient, ever
     compare(`${label(s)} AVX2`, run(s, data, true, { isa: 'avx2' }), ref);
     compare(`${label(s)} own forward kernels`, run(s, data, true, { own: 'kshare' }), ref);
     compare(`${label(s)} own forward kernels, portable`, run(s, data, true, { own: 'kshare', isa: 'generic' }), ref);
+    compare(`${label(s)} own forward kernels, AVX2`, run(s, data, true, { own: 'kshare', isa: 'avx2' }), ref);
+    compare(`${label(s)} forward and grad input by oneDNN`, run(s, data, true, { own: 'onednn' }), ref);
     assert.equal(fast.yChannelsLast, s.cl && s.c > 1 && s.h * s.w > 1, `${label(s)}: output keeps the input's memory format`);
     t.dispose(data);
   });
