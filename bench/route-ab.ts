@@ -3,6 +3,7 @@
 // alternating `--rounds` times; reports the best of the rounds' medians. Run on purpose:
 //
 //   node dist/bench/route-ab.js [--threads 1] [--rounds 3] [--out bench/results/route-ab.json]
+//   KSHARE_NATIVE_ISA=avx2 ONEDNN_MAX_CPU_ISA=AVX2 node dist/bench/route-ab.js --out bench/results/route-ab-avx2.json
 //
 // Rows:
 // - 1x1 convolution (C -> C with bias), forward without gradients and backward (input, weight and
@@ -23,6 +24,8 @@ import * as t from '../src/tensor/index.js';
 import type { Tensor } from '../src/tensor/index.js';
 import { median, round } from './stats.js';
 import { ROOT, reexecWithMallocEnv } from './cpu-common.js';
+
+const ISA_CAPS = ['KSHARE_NATIVE_ISA', 'ONEDNN_MAX_CPU_ISA'] as const;
 
 interface Row {
   name: string;
@@ -161,7 +164,9 @@ function main(): void {
   const result = {
     machine: `${os.cpus()[0]?.model.trim() ?? 'unknown CPU'}, ${os.cpus().length} cores`,
     threads,
-    command: `node dist/bench/route-ab.js ${process.argv.slice(2).join(' ')}`.trim(),
+    // Instruction-set caps change both sides (e.g. KSHARE_NATIVE_ISA=avx2 ONEDNN_MAX_CPU_ISA=AVX2
+    // for an AVX2-only machine's view); the command shows the ones that were set.
+    command: [...ISA_CAPS.filter((k) => process.env[k]).map((k) => `${k}=${process.env[k]}`), 'node dist/bench/route-ab.js', ...process.argv.slice(2)].join(' '),
     method: `best of ${rounds} alternating medians per side, in one process; ratio = alternativeMs / routeMs`,
     rows,
   };

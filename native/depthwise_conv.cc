@@ -5,15 +5,17 @@
 // Scope: weight [C, 1, kh, kw] with odd kh and kw, stride 1, "same" padding (dilation*(k-1)/2
 // a side), any dilation, NCHW or channels-last input (the output keeps the input's format).
 // Grad input is the forward pass with the kernel flipped (stride 1, symmetric padding); grad
-// weight correlates the padded input with grad output. Both run on dense zero-padded slices
-// (native/depthwise_conv_kernels.h), vectorised 8 floats wide: AVX2/FMA where the CPU has
-// it (checked at run time), portable code otherwise; the weight gradient 16 wide with AVX-512
-// where the CPU has that (KSHARE_NATIVE_ISA=avx2 caps it). Work is split over batch x channels
-// (channels for the weight gradient, which sums over the batch) with at::parallel_for.
-// The forward and grad input go to libtorch's convolution (oneDNN), which measured faster in
-// both memory formats up to k9 (these kernels reach ~60% of the FMA ceiling, oneDNN's ~80%);
-// NCHW kernels wider than 9 stay here (oneDNN's slow path there). The weight gradient is ours:
-// libtorch 1.13 computes it in a slow per-channel loop.
+// weight correlates the padded input with grad output. Both run on zero-padded copies of the
+// input (native/depthwise_conv_kernels.h), vectorised 16 floats wide with AVX-512, 8 with
+// AVX2/FMA (checked at run time; KSHARE_NATIVE_ISA=avx2 caps), portable code otherwise. Work is
+// split over batch x channels (channels for the weight gradient, which sums over the batch) with
+// at::parallel_for.
+// Routing of the forward and grad input (LibtorchForward): NCHW square kernels at dilation 1 run
+// the plane kernel here (R output rows a block, each input load feeding R accumulators); oneDNN
+// (through libtorch's convolution) reorders every NCHW input and output to its blocked layout
+// and measured slower. Channels-last goes to oneDNN, faster there than this file's generic
+// channels-last forward; other NCHW kernels up to 9 wide too, wider ones stay here (oneDNN's slow
+// path). The weight gradient is always ours: libtorch 1.13 computes it in a slow per-channel loop.
 //
 // Measured speed (2-core AMD EPYC, 1 thread, against python3-torch 1.13 in the same run;
 // bench/cpu-kernels-notes.md has every version):
@@ -23,14 +25,17 @@
 //   in the same run 0.71, 0.71, 7.7, 6.8 ms; PyTorch 2.8-135 ms
 //   the backward a training step runs (input gradient by oneDNN + this weight gradient + bias),
 //   v5: 1.13 ms (11.9x) and 12.6 ms (9.6x)
-//   this file's forward / grad input, NCHW (v5 in the notes, a loaded machine, CPU time):
-//   (32,64,16,16) k5 0.60 / 0.60 ms against oneDNN's 0.39 / 0.42 (oneDNN runs AVX-512 here);
-//   (4,64,31,17) k15 1.4 / 1.4 ms against 13.2 / 1.7
+//   forward / forward + grad input, NCHW plane kernel against oneDNN (v7, `node
+//   dist/bench/route-ab.js`, bench/results/route-ab.json, same process): (32,64,16,16) k5 0.25 /
+//   0.51 ms against 0.27 / 0.61; (32,256,16,16) k5 0.95 / 2.01 against 1.53 / 3.95;
+//   (8,256,32,32) k9 2.19 / 4.73 against 3.01 / 7.69; (1,256,32,32) k9 0.26 / 0.55 against
+//   0.35 / 0.80. With both capped at AVX2 (bench/results/route-ab-avx2.json, its command in
+//   the file; two runs): forward 0.96-2.1x oneDNN's time, forward + grad input 1.05-2.0x.
 //
 // Debugging switches (read at every call): KSHARE_NATIVE_POISON=1 fills outputs with NaN
 // before the kernels write them (an element left unwritten then fails the parity tests);
 // KSHARE_NATIVE_ISA=generic forces the portable kernels; KSHARE_NATIVE_DEPTHWISE_FORWARD=kshare
-// uses these kernels instead of oneDNN for the forward and grad input.
+// or =onednn forces the forward and grad input to these kernels or to oneDNN.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
