@@ -27,7 +27,13 @@ export function reexecWithMallocEnv(script: string): void {
   process.exit(r.status ?? 1);
 }
 
-/** Runs a Python reference script in bench/ and returns its last stdout line as JSON. */
+/** The OpenMP wait settings this process runs with (src/tensor/native.ts sets a default); the reference processes inherit them. */
+export function ompWaitSetting(): string {
+  const set = (['OMP_WAIT_POLICY', 'GOMP_SPINCOUNT'] as const).filter((k) => process.env[k] !== undefined).map((k) => `${k}=${process.env[k]}`);
+  return set.length ? set.join(' ') : 'libgomp defaults';
+}
+
+/** Runs a Python reference script in bench/ and returns its last stdout line as JSON (the reference inherits this process's environment, OpenMP wait settings included). */
 export function runReference<T>(script: string, args: string[], threads: number, input?: unknown): T {
   const r = spawnSync(PYTHON, [path.join(ROOT, 'bench', script), ...args], {
     encoding: 'utf8',

@@ -37,7 +37,7 @@ import { createModel } from '../src/models/registry.js';
 import { exportOnnx } from '../src/export/export-onnx.js';
 import { modelFromRegistry } from '../src/export/model-source.js';
 import { median, round } from './stats.js';
-import { MALLOC_ENV, ROOT, reexecWithMallocEnv, runReference } from './cpu-common.js';
+import { MALLOC_ENV, ROOT, ompWaitSetting, reexecWithMallocEnv, runReference } from './cpu-common.js';
 
 type KernelKind =
   | 'dw_fwd'
@@ -473,7 +473,7 @@ async function main(): Promise<void> {
       `medians over ${rounds} rounds of ${iters} timed iterations (kernels ${4 * iters}) after ${warmup} warm-up ones, kshare and the reference alternating per round; ` +
       `both processes with ${Object.entries(MALLOC_ENV)
         .map(([k, v]) => `${k}=${v}`)
-        .join(' ')}; timing from ${settleS} s after start; ` +
+        .join(' ')} and ${ompWaitSetting()}; timing from ${settleS} s after start; ` +
       'the reference is PyTorch (python3-torch, same libtorch and BLAS) unless the row says onnxruntime-node; ratio = referenceMs / kshareMs',
     rows: rows.map(({ name, threads, ...rest }) => ({ name: `${name}, ${threads} thread${threads > 1 ? 's' : ''}`, ...rest, threads })),
   };

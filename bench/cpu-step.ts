@@ -19,7 +19,7 @@ import { AdamW } from '../src/train/optim/index.js';
 import { createModel } from '../src/models/registry.js';
 import type { Module } from '../src/nn/index.js';
 import { median, round } from './stats.js';
-import { MALLOC_ENV, ROOT, reexecWithMallocEnv, runReference } from './cpu-common.js';
+import { MALLOC_ENV, ROOT, ompWaitSetting, reexecWithMallocEnv, runReference } from './cpu-common.js';
 
 interface Shape {
   dim: number;
@@ -336,7 +336,7 @@ function main(): void {
         : `both processes with ${Object.entries(MALLOC_ENV)
             .map(([k, v]) => `${k}=${v}`)
             .join(' ')}`) +
-      `; timing from ${settleS} s after start`,
+      `; ${ompWaitSetting()} on both sides; timing from ${settleS} s after start`,
     rows,
   };
   mkdirSync(path.dirname(o.out), { recursive: true });

@@ -22,6 +22,7 @@ import type { Tensor } from '../src/tensor/index.js';
 import { runKernel, runKernelInPlace } from '../src/tensor/kernels.js';
 import { native } from '../src/tensor/native.js';
 import { ReferenceServer, timePaired, type PairedRow } from './paired.js';
+import { ompWaitSetting } from './cpu-common.js';
 
 const ROOT = (() => {
   const here = path.dirname(fileURLToPath(import.meta.url));
@@ -142,7 +143,7 @@ async function main(): Promise<void> {
     command: `node dist/bench/depthwise.js ${process.argv.slice(2).join(' ')}`.trim(),
     method:
       `paired rounds (${opts.rounds} x ${opts.reps} calls a side), medians of wall-clock and process CPU time; ` +
-      'reference OMP_WAIT_POLICY unset at 1 thread, PASSIVE above (bench/paired.ts), kshare PASSIVE',
+      `OpenMP wait settings ${ompWaitSetting()} on both sides above 1 thread, unset for the reference at 1 (bench/paired.ts)`,
     rows,
   };
   mkdirSync(path.dirname(o.out), { recursive: true });

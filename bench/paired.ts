@@ -45,17 +45,22 @@ export class ReferenceServer {
 
   /**
    * Starts the server with `threads` intra-op threads (OMP_NUM_THREADS too, as for kshare).
-   * OMP_WAIT_POLICY is the reference's best on this kind of shared machine, not necessarily
-   * kshare's (src/tensor/native.ts sets PASSIVE): unset at 1 thread, where PASSIVE made
-   * PyTorch's oneDNN 1x1 convolution 8 ms instead of 0.5 ms once the process had been idle;
-   * PASSIVE with more threads, where spin-waiting collapses when other processes compete for
-   * the cores. `ompWaitPolicy` overrides ('' leaves it unset).
+   * The OpenMP wait settings: above 1 thread kshare's own (src/tensor/native.ts: a short spin,
+   * GOMP_SPINCOUNT=1000, unless the user set OMP_WAIT_POLICY or GOMP_SPINCOUNT), so both sides
+   * wait alike; at 1 thread (no workers to wait) both are unset, since OMP_WAIT_POLICY=PASSIVE
+   * once made PyTorch's oneDNN 1x1 convolution 8 ms instead of 0.5 ms after the process had been
+   * idle. `ompWaitPolicy` overrides ('' leaves OMP_WAIT_POLICY unset).
    */
   static async start(threads: number, ompWaitPolicy?: string): Promise<ReferenceServer> {
     const env: NodeJS.ProcessEnv = { ...process.env, OMP_NUM_THREADS: String(threads) };
-    const policy = ompWaitPolicy ?? (threads > 1 ? 'PASSIVE' : '');
-    if (policy) env.OMP_WAIT_POLICY = policy;
-    else delete env.OMP_WAIT_POLICY;
+    if (threads === 1) {
+      delete env.OMP_WAIT_POLICY;
+      delete env.GOMP_SPINCOUNT;
+    }
+    if (ompWaitPolicy !== undefined) {
+      if (ompWaitPolicy) env.OMP_WAIT_POLICY = ompWaitPolicy;
+      else delete env.OMP_WAIT_POLICY;
+    }
     const child = spawn(PYTHON, [SERVER, String(threads)], { env, stdio: 'pipe' });
     const s = new ReferenceServer(child);
     await s.request({ op: 'info' });

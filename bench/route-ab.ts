@@ -166,7 +166,9 @@ function main(): void {
     threads,
     // Instruction-set caps change both sides (e.g. KSHARE_NATIVE_ISA=avx2 ONEDNN_MAX_CPU_ISA=AVX2
     // for an AVX2-only machine's view); the command shows the ones that were set.
-    command: [...ISA_CAPS.filter((k) => process.env[k]).map((k) => `${k}=${process.env[k]}`), 'node dist/bench/route-ab.js', ...process.argv.slice(2)].join(' '),
+    command: [...ISA_CAPS.filter((k) => process.env[k]).map((k) => `${k}=${process.env[k]}`), 'node dist/bench/route-ab.js', ...process.argv.slice(2)].join(
+      ' ',
+    ),
     method: `best of ${rounds} alternating medians per side, in one process; ratio = alternativeMs / routeMs`,
     rows,
   };

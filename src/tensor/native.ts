@@ -115,14 +115,20 @@ function locateAddon(): string {
   );
 }
 
-// libgomp reads this when the addon loads. Its default (spin-waiting) makes libtorch's thread
-// pool collapse when any other process competes for the cores: measured 76-108 img/s with
-// 2 threads against 214-243 with PASSIVE on the 2-core development machine. On a quiet machine
-// spinning is faster for a bare training step (ConvMixer-64/4 shared, batch 32, 2 threads:
-// 15 ms ACTIVE, 17-18 ms with GOMP_SPINCOUNT 1e4-3e5, 26 ms PASSIVE) but lost with one competing
-// process (58-63 ms against 51), and the demo's 2-thread training (with its data pipeline)
-// measured the same either way, so PASSIVE stays the default. Setting OMP_WAIT_POLICY or
-// GOMP_SPINCOUNT overrides it.
-if (process.env.OMP_WAIT_POLICY === undefined && process.env.GOMP_SPINCOUNT === undefined) process.env.OMP_WAIT_POLICY = 'PASSIVE';
+// libgomp reads this when the addon loads: how long an idle OpenMP worker spins before it sleeps.
+// Every parallel region wakes the workers, and a training step runs ~150 of them, so a worker
+// that has gone to sleep (a futex wake: tens of microseconds on a VM) can cost more than the
+// region's work. libgomp's default (300,000 spins, about a millisecond) collapses when other
+// processes compete for the cores (76-108 against 214-243 img/s measured with 2 threads);
+// never spinning (PASSIVE, kshare's default before 2026-12-02) wastes the second thread. A short
+// spin sits between. `node dist/bench/wait-policy.js` (bench/results/wait-policy.json, 2-core
+// machine, 2 threads, medians of 3 alternating rounds), PASSIVE against this default:
+// ConvMixer-64/4 shared step quiet 17.5 / 13.6 ms, beside two busy processes 39.7 / 28.1, beside
+// one 24.1 / 28.0, two such jobs at once 24.0 / 28.1; batch-1 ConvMixer-256/16 inference quiet
+// 15.7 / 13.2, beside one busy process 19.7 / 24.8. So it is faster on a machine of one's own and
+// up to ~25% slower sharing cores with one other busy process: set OMP_WAIT_POLICY=PASSIVE there.
+// Setting OMP_WAIT_POLICY or GOMP_SPINCOUNT overrides it.
+export const DEFAULT_GOMP_SPINCOUNT = '1000';
+if (process.env.OMP_WAIT_POLICY === undefined && process.env.GOMP_SPINCOUNT === undefined) process.env.GOMP_SPINCOUNT = DEFAULT_GOMP_SPINCOUNT;
 
 export const native: NativeBinding = createRequire(import.meta.url)(locateAddon()) as NativeBinding;

@@ -1,0 +1,171 @@
+// How the OpenMP wait setting changes kshare's multi-threaded speed, quiet and with other work on
+// the cores: the default kshare sets (src/tensor/native.ts) against OMP_WAIT_POLICY=PASSIVE (the
+// default before 2026-12-02). Run on purpose:
+//
+//   node dist/bench/wait-policy.js [--threads 2] [--rounds 3] [--out bench/results/wait-policy.json]
+//
+// Each measurement is a fresh child process (libgomp reads the setting when it loads) timing the
+// median of a workload: a ConvMixer-64/4 shared training step at batch 32, or ConvMixer-256/16
+// shared inference at batch 1. Scenarios: quiet; beside one or two busy-looping processes; two
+// such jobs at once (their mean). The settings alternate `--rounds` times; rows report the
+// median over rounds and the range.
+import os from 'node:os';
+import path from 'node:path';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { performance } from 'node:perf_hooks';
+import { Command } from 'commander';
+import { median, round } from './stats.js';
+import { MALLOC_ENV, ROOT } from './cpu-common.js';
+
+const SCRIPT = fileURLToPath(import.meta.url);
+const WORKLOADS = {
+  step: 'convmixer_64_4_k5_p2_shared training step, batch 32',
+  infer: 'convmixer_256_16_shared inference, batch 1',
+} as const;
+type Workload = keyof typeof WORKLOADS;
+const SETTINGS: Record<string, Record<string, string>> = {
+  'OMP_WAIT_POLICY=PASSIVE': { OMP_WAIT_POLICY: 'PASSIVE' },
+  // Filled in main() from src/tensor/native.ts, so the row names kshare's actual default.
+};
+const SCENARIOS = ['quiet', 'one busy process', 'two busy processes', 'two jobs at once'] as const;
+type Scenario = (typeof SCENARIOS)[number];
+
+/** Child: times one workload and prints its median ms as the last line. */
+async function child(workload: Workload, threads: number): Promise<void> {
+  const t = await import('../src/tensor/index.js');
+  const { createModel } = await import('../src/models/registry.js');
+  const { AdamW } = await import('../src/train/optim/index.js');
+  t.setNumThreads(threads);
+  const times: number[] = [];
+  const timeIt = (fn: () => void, warmup: number, iters: number) => {
+    for (let i = 0; i < warmup + iters; i++) {
+      const s = performance.now();
+      fn();
+      if (i >= warmup) times.push(performance.now() - s);
+    }
+  };
+  const gen = new t.Generator(1);
+  if (workload === 'step') {
+    const model = createModel('convmixer_64_4_k5_p2_shared', { classes: 10 });
+    const x = t.randn([32, 3, 32, 32], { generator: gen }),
+      y = t.randint(0, 10, [32], { generator: gen });
+    const opt = new AdamW(model.parameters(), { lr: 1e-3, weightDecay: 0.05 });
+    timeIt(
+      () => {
+        t.tidy(() => t.crossEntropy(model.forward(x), y).backward());
+        opt.step();
+        opt.zeroGrad();
+      },
+      5,
+      40,
+    );
+  } else {
+    const model = createModel('convmixer_256_16_shared', { classes: 10 });
+    model.train(false);
+    const x = t.randn([1, 3, 32, 32], { generator: gen });
+    timeIt(() => t.noGrad(() => t.tidy(() => void model.forward(x))), 5, 60);
+  }
+  console.log(JSON.stringify({ ms: median(times) }));
+}
+
+function runChild(workload: Workload, threads: number, env: Record<string, string>): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const base: NodeJS.ProcessEnv = { ...process.env, ...MALLOC_ENV };
+    delete base.OMP_WAIT_POLICY;
+    delete base.GOMP_SPINCOUNT;
+    const c = spawn(process.execPath, [SCRIPT, '--child', workload, '--threads', String(threads)], {
+      env: { ...base, ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '',
+      err = '';
+    c.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    c.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    c.on('exit', (code) => {
+      const last = out.trim().split('\n').pop() ?? '';
+      if (code !== 0) return reject(new Error(`wait-policy: child ${workload} failed (${code}):\n${err}`));
+      resolve((JSON.parse(last) as { ms: number }).ms);
+    });
+  });
+}
+
+function busy(n: number): ChildProcess[] {
+  return Array.from({ length: n }, () => spawn(process.execPath, ['-e', 'for (;;) {}'], { stdio: 'ignore' }));
+}
+
+async function measure(scenario: Scenario, workload: Workload, threads: number, env: Record<string, string>): Promise<number> {
+  const loaders = busy(scenario === 'one busy process' ? 1 : scenario === 'two busy processes' ? 2 : 0);
+  try {
+    if (scenario === 'two jobs at once') {
+      const both = await Promise.all([runChild(workload, threads, env), runChild(workload, threads, env)]);
+      return (both[0]! + both[1]!) / 2;
+    }
+    return await runChild(workload, threads, env);
+  } finally {
+    for (const l of loaders) l.kill('SIGKILL');
+  }
+}
+
+async function main(): Promise<void> {
+  const o = new Command()
+    .name('wait-policy')
+    .description("Time kshare's default OpenMP wait setting against PASSIVE, quiet and with competing work")
+    .option('--threads <n>', 'intra-op threads', '2')
+    .option('--rounds <n>', 'alternations of the settings', '3')
+    .option('--child <workload>', '(internal) time one workload and print its median')
+    .option('--out <file>', 'where to write the JSON', path.join(ROOT, 'bench', 'results', 'wait-policy.json'))
+    .parse()
+    .opts<{ threads: string; rounds: string; child?: string; out: string }>();
+  const threads = Number(o.threads),
+    rounds = Number(o.rounds);
+  if (!Number.isInteger(threads) || threads < 1 || !Number.isInteger(rounds) || rounds < 1)
+    throw new Error(`wait-policy: --threads and --rounds must be integers >= 1, got '${o.threads}' and '${o.rounds}'`);
+  if (o.child !== undefined) {
+    if (!(o.child in WORKLOADS)) throw new Error(`wait-policy: --child must be one of ${Object.keys(WORKLOADS).join(', ')}, got '${o.child}'`);
+    return child(o.child as Workload, threads);
+  }
+  const { DEFAULT_GOMP_SPINCOUNT } = await import('../src/tensor/native.js');
+  SETTINGS[`GOMP_SPINCOUNT=${DEFAULT_GOMP_SPINCOUNT} (kshare's default)`] = { GOMP_SPINCOUNT: DEFAULT_GOMP_SPINCOUNT };
+  const rows: { workload: string; scenario: Scenario; setting: string; medianMs: number; minMs: number; maxMs: number }[] = [];
+  for (const workload of Object.keys(WORKLOADS) as Workload[]) {
+    for (const scenario of SCENARIOS) {
+      const samples: Record<string, number[]> = Object.fromEntries(Object.keys(SETTINGS).map((k) => [k, []]));
+      for (let r = 0; r < rounds; r++) {
+        for (const [name, env] of Object.entries(SETTINGS)) samples[name]!.push(await measure(scenario, workload, threads, env));
+      }
+      for (const [setting, ms] of Object.entries(samples)) {
+        const row = {
+          workload: WORKLOADS[workload],
+          scenario,
+          setting,
+          medianMs: round(median(ms), 2),
+          minMs: round(Math.min(...ms), 2),
+          maxMs: round(Math.max(...ms), 2),
+        };
+        rows.push(row);
+        console.log(
+          `${row.workload.padEnd(52)} ${scenario.padEnd(20)} ${setting.padEnd(38)} ${row.medianMs.toFixed(2).padStart(7)} ms (${row.minMs.toFixed(2)}-${row.maxMs.toFixed(2)})`,
+        );
+      }
+    }
+  }
+  const cpus = os.cpus();
+  const result = {
+    machine: `${cpus[0]?.model.trim() ?? 'unknown CPU'}, ${cpus.length} cores`,
+    threads,
+    command: `node dist/bench/wait-policy.js ${process.argv.slice(2).join(' ')}`.trim(),
+    method: `a fresh process per measurement (median of 40 steps or 60 forwards after 5 warm-up); settings alternating, ${rounds} rounds; busy processes are 'node -e "for (;;) {}"'; two jobs at once: the mean of their medians`,
+    rows,
+  };
+  mkdirSync(path.dirname(o.out), { recursive: true });
+  writeFileSync(o.out + '.tmp', JSON.stringify(result, null, 2) + '\n');
+  renameSync(o.out + '.tmp', o.out);
+  console.log(`wrote ${o.out}`);
+}
+
+main().catch((e: unknown) => {
+  console.error(e instanceof Error ? e.message : e);
+  process.exit(1);
+});
