@@ -11,7 +11,8 @@
 //   (KSHARE_NATIVE_KERNELS=0), NCHW and channels-last.
 // - depthwise forward, and forward + input gradient: kshare's plane kernel against oneDNN through
 //   libtorch (KSHARE_NATIVE_DEPTHWISE_FORWARD=onednn) in NCHW; in channels-last oneDNN (the route
-//   there) against kshare's own kernels (=kshare).
+//   there) against kshare's own kernels (=kshare); and whole ConvMixer training steps (batch 32,
+//   NCHW) with the depthwise forward and input gradient by kshare against oneDNN.
 // ms are medians of wall-clock time; `ratio` = alternative / kshare's route (above 1: the route
 // kshare takes is faster).
 import os from 'node:os';
@@ -22,6 +23,8 @@ import { performance } from 'node:perf_hooks';
 import { Command } from 'commander';
 import * as t from '../src/tensor/index.js';
 import type { Tensor } from '../src/tensor/index.js';
+import { createModel } from '../src/models/registry.js';
+import { AdamW } from '../src/train/optim/index.js';
 import { median, round } from './stats.js';
 import { ROOT, reexecWithMallocEnv } from './cpu-common.js';
 
@@ -159,6 +162,28 @@ function main(): void {
       t.dispose([dy]);
       t.dispose([x, w, b]);
     }
+  }
+
+  // Whole training steps (batch 32, NCHW): the depthwise forward and input gradient through
+  // kshare's plane kernel against oneDNN, everything else alike.
+  for (const [model, reps] of [
+    ['convmixer_64_4_k5_p2_shared', 30],
+    ['convmixer_256_8_k5_p2_shared', 8],
+  ] as const) {
+    const m = createModel(model, { classes: 10 });
+    const gen = new t.Generator(1);
+    const x = t.randn([32, 3, 32, 32], { generator: gen }),
+      y = t.randint(0, 10, [32], { generator: gen });
+    const opt = new AdamW(m.parameters(), { lr: 1e-3, weightDecay: 0.05 });
+    const step = () => {
+      t.tidy(() => t.crossEntropy(m.forward(x), y).backward());
+      opt.step();
+      opt.zeroGrad();
+    };
+    add(`${model} training step, batch 32, NCHW (depthwise: kshare vs oneDNN)`, ab(step, { KSHARE_NATIVE_DEPTHWISE_FORWARD: 'onednn' }, rounds, reps));
+    opt.dispose();
+    m.dispose();
+    t.dispose([x, y]);
   }
 
   const result = {

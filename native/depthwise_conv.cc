@@ -27,10 +27,12 @@
 //   v5: 1.13 ms (11.9x) and 12.6 ms (9.6x)
 //   forward / forward + grad input, NCHW plane kernel against oneDNN (v7, `node
 //   dist/bench/route-ab.js`, bench/results/route-ab.json, same process): (32,64,16,16) k5 0.25 /
-//   0.51 ms against 0.27 / 0.61; (32,256,16,16) k5 0.95 / 2.01 against 1.53 / 3.95;
-//   (8,256,32,32) k9 2.19 / 4.73 against 3.01 / 7.69; (1,256,32,32) k9 0.26 / 0.55 against
-//   0.35 / 0.80. With both capped at AVX2 (bench/results/route-ab-avx2.json, its command in
-//   the file; two runs): forward 0.96-2.1x oneDNN's time, forward + grad input 1.05-2.0x.
+//   0.51 ms against 0.28 / 0.67; (32,256,16,16) k5 1.02 / 2.14 against 2.36 / 4.76;
+//   (8,256,32,32) k9 2.35 / 5.19 against 3.54 / 8.87; (1,256,32,32) k9 0.29 / 0.62 against
+//   0.37 / 0.85; whole NCHW training steps at batch 32 1.09x (ConvMixer-64/4) and 1.13x
+//   (ConvMixer-256/8: 224.5 against 254.0 ms) faster. With both capped at AVX2
+//   (bench/results/route-ab-avx2.json, its command in the file; two runs) the plane kernel was
+//   0.96-2.1x as fast as oneDNN on the forward and 1.05-2.0x on forward + grad input.
 //
 // Debugging switches (read at every call): KSHARE_NATIVE_POISON=1 fills outputs with NaN
 // before the kernels write them (an element left unwritten then fails the parity tests);
