@@ -37,6 +37,7 @@ import { createModel } from '../src/models/registry.js';
 import { exportOnnx } from '../src/export/export-onnx.js';
 import { modelFromRegistry } from '../src/export/model-source.js';
 import { median, round } from './stats.js';
+import { intOption } from './options.js';
 import { MALLOC_ENV, ROOT, ompWaitSetting, reexecWithMallocEnv, runReference } from './cpu-common.js';
 
 type KernelKind =
@@ -372,11 +373,7 @@ async function main(): Promise<void> {
     .parse();
   const o = program.opts<{ threads: string; rounds: string; warmup: string; iters: string; settle: string; only?: string; out: string }>();
   reexecWithMallocEnv(fileURLToPath(import.meta.url));
-  const int = (name: string, v: string, min: number) => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < min) program.error(`cpu-kernels: --${name} must be an integer >= ${min}, got '${v}'`);
-    return n;
-  };
+  const int = intOption(program);
   const threadList = o.threads.split(',').map((v) => int('threads', v.trim(), 1));
   const rounds = int('rounds', o.rounds, 1),
     warmup = int('warmup', o.warmup, 0),

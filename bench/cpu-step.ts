@@ -19,6 +19,7 @@ import { AdamW } from '../src/train/optim/index.js';
 import { createModel } from '../src/models/registry.js';
 import type { Module } from '../src/nn/index.js';
 import { median, round } from './stats.js';
+import { intOption } from './options.js';
 import { MALLOC_ENV, ROOT, ompWaitSetting, reexecWithMallocEnv, runReference } from './cpu-common.js';
 
 interface Shape {
@@ -269,11 +270,7 @@ function main(): void {
   }>();
   // malloc reads these at process start, so run again with them (PyTorch inherits them too)
   if (!o.systemMalloc) reexecWithMallocEnv(fileURLToPath(import.meta.url));
-  const int = (name: string, v: string, min: number) => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < min) program.error(`cpu-step: --${name} must be an integer >= ${min}, got '${v}'`);
-    return n;
-  };
+  const int = intOption(program);
   const threads = int('threads', o.threads, 1);
   const warmup = int('warmup', o.warmup, 0);
   const steps = int('steps', o.steps, 1);

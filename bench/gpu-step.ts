@@ -25,6 +25,7 @@ import { buildOptimizer } from '../src/train/build-optimizer.js';
 import { loadRecipe, type OptimizerConfig } from '../src/train/recipe.js';
 import { createModel } from '../src/models/registry.js';
 import { median, round } from './stats.js';
+import { intOption } from './options.js';
 
 const ROOT = (() => {
   const here = path.dirname(fileURLToPath(import.meta.url));
@@ -298,11 +299,7 @@ function main(): void {
     python?: string;
     out: string;
   }>();
-  const int = (name: string, v: string, min: number) => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < min) program.error(`gpu-step: --${name} must be an integer >= ${min}, got '${v}'`);
-    return n;
-  };
+  const int = intOption(program);
   const batch = int('batch', o.batch, 1);
   const size = int('size', o.size, 8);
   const classes = int('classes', o.classes, 2);

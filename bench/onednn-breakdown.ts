@@ -14,6 +14,7 @@ import * as t from '../src/tensor/index.js';
 import { AdamW } from '../src/train/optim/index.js';
 import { createModel } from '../src/models/registry.js';
 import { MALLOC_ENV } from './cpu-common.js';
+import { intOption } from './options.js';
 
 const MARK = '=== timed step';
 
@@ -40,17 +41,16 @@ function child(model: string, batch: number, channelsLast: boolean): void {
 }
 
 function main(): void {
-  const o = new Command()
+  const program = new Command()
     .name('onednn-breakdown')
     .description("Sum oneDNN's verbose timings of one CPU training step per primitive")
     .option('--model <name>', 'registry model', 'convmixer_256_8_k5_p2_shared')
     .option('--batch <n>', 'batch size', '32')
     .option('--channels-last', 'model and input in channels_last')
     .option('--child', 'internal: run the step (with ONEDNN_VERBOSE set by the parent)')
-    .parse()
-    .opts<{ model: string; batch: string; channelsLast?: boolean; child?: boolean }>();
-  const batch = Number(o.batch);
-  if (!Number.isInteger(batch) || batch < 1) throw new Error(`onednn-breakdown: --batch must be an integer >= 1, got '${o.batch}'`);
+    .parse();
+  const o = program.opts<{ model: string; batch: string; channelsLast?: boolean; child?: boolean }>();
+  const batch = intOption(program)('batch', o.batch, 1);
   if (o.child) return child(o.model, batch, !!o.channelsLast);
   const args = [fileURLToPath(import.meta.url), '--child', '--model', o.model, '--batch', String(batch), ...(o.channelsLast ? ['--channels-last'] : [])];
   const r = spawnSync(process.execPath, args, { env: { ...process.env, ...MALLOC_ENV, ONEDNN_VERBOSE: '1' }, encoding: 'utf8', maxBuffer: 64 << 20 });

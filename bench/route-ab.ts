@@ -26,6 +26,7 @@ import type { Tensor } from '../src/tensor/index.js';
 import { createModel } from '../src/models/registry.js';
 import { AdamW } from '../src/train/optim/index.js';
 import { median, round } from './stats.js';
+import { intOption } from './options.js';
 import { ROOT, reexecWithMallocEnv } from './cpu-common.js';
 
 const ISA_CAPS = ['KSHARE_NATIVE_ISA', 'ONEDNN_MAX_CPU_ISA'] as const;
@@ -66,18 +67,17 @@ function ab(fn: () => void, env: Record<string, string>, rounds: number, reps: n
 
 function main(): void {
   reexecWithMallocEnv(fileURLToPath(import.meta.url));
-  const o = new Command()
+  const program = new Command()
     .name('route-ab')
     .description("Time conv2d's CPU routes against their alternatives in one process")
     .option('--threads <n>', 'intra-op threads', '1')
     .option('--rounds <n>', 'alternations per row', '3')
     .option('--out <file>', 'where to write the JSON', path.join(ROOT, 'bench', 'results', 'route-ab.json'))
-    .parse()
-    .opts<{ threads: string; rounds: string; out: string }>();
-  const threads = Number(o.threads),
-    rounds = Number(o.rounds);
-  if (!Number.isInteger(threads) || threads < 1 || !Number.isInteger(rounds) || rounds < 1)
-    throw new Error(`route-ab: --threads and --rounds must be integers >= 1, got '${o.threads}' and '${o.rounds}'`);
+    .parse();
+  const o = program.opts<{ threads: string; rounds: string; out: string }>();
+  const int = intOption(program);
+  const threads = int('threads', o.threads, 1),
+    rounds = int('rounds', o.rounds, 1);
   t.setNumThreads(threads);
   const rows: Row[] = [];
   const add = (name: string, [routeMs, alternativeMs]: [number, number]) => {

@@ -17,6 +17,7 @@ import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
 import { Command } from 'commander';
 import { median, round } from './stats.js';
+import { intOption } from './options.js';
 import { MALLOC_ENV, ROOT } from './cpu-common.js';
 
 const SCRIPT = fileURLToPath(import.meta.url);
@@ -109,21 +110,20 @@ async function measure(scenario: Scenario, workload: Workload, threads: number, 
 }
 
 async function main(): Promise<void> {
-  const o = new Command()
+  const program = new Command()
     .name('wait-policy')
     .description("Time kshare's default OpenMP wait setting against PASSIVE, quiet and with competing work")
     .option('--threads <n>', 'intra-op threads', '2')
     .option('--rounds <n>', 'alternations of the settings', '3')
     .option('--child <workload>', '(internal) time one workload and print its median')
     .option('--out <file>', 'where to write the JSON', path.join(ROOT, 'bench', 'results', 'wait-policy.json'))
-    .parse()
-    .opts<{ threads: string; rounds: string; child?: string; out: string }>();
-  const threads = Number(o.threads),
-    rounds = Number(o.rounds);
-  if (!Number.isInteger(threads) || threads < 1 || !Number.isInteger(rounds) || rounds < 1)
-    throw new Error(`wait-policy: --threads and --rounds must be integers >= 1, got '${o.threads}' and '${o.rounds}'`);
+    .parse();
+  const o = program.opts<{ threads: string; rounds: string; child?: string; out: string }>();
+  const int = intOption(program);
+  const threads = int('threads', o.threads, 1),
+    rounds = int('rounds', o.rounds, 1);
   if (o.child !== undefined) {
-    if (!(o.child in WORKLOADS)) throw new Error(`wait-policy: --child must be one of ${Object.keys(WORKLOADS).join(', ')}, got '${o.child}'`);
+    if (!(o.child in WORKLOADS)) program.error(`wait-policy: --child must be one of ${Object.keys(WORKLOADS).join(', ')}, got '${o.child}'`);
     return child(o.child as Workload, threads);
   }
   const { DEFAULT_GOMP_SPINCOUNT } = await import('../src/tensor/native.js');
