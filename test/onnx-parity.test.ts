@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as ort from 'onnxruntime-node';
-import { exportOnnx } from '../src/export/export-onnx.js';
+import { exportOnnx, type ExportResult } from '../src/export/export-onnx.js';
 import { recommendedSessionOptions } from '../src/export/ort-session.js';
 import { sharedConvWeights } from '../src/export/onnx-inspect.js';
 import { decodeModel } from '../src/export/onnx-schema.js';
@@ -40,6 +40,42 @@ async function ortLogits(bytes: Uint8Array, input: Float32Array, n: number, opti
     return out.logits!.data as Float32Array;
   } finally {
     await session.release();
+  }
+}
+
+/** Random running statistics for every BatchNorm2d (mean N(0, 0.3), variance U(0.3, 2)), so eval-mode normalisation matters. */
+function randomizeRunningStats(model: Module): void {
+  t.noGrad(() => {
+    for (const m of model.modules())
+      if (m instanceof BatchNorm2d) {
+        t.normal_(m.runningMean!, 0, 0.3);
+        t.uniform_(m.runningVar!, 0.3, 2);
+      }
+  });
+}
+
+/**
+ * Exports `model` in eval mode (a 32x32 RGB input, identity normalisation, `classes` labels) and
+ * checks ONNX Runtime's logits against kshare's on `batch` random images from `seed` within
+ * `tol`; disposes the model. Returns the export's stats.
+ */
+async function exportAndCompare(model: Module, name: string, classes: number, batch: number, seed: number, tol: number): Promise<ExportResult['stats']> {
+  model.eval();
+  try {
+    const info = {
+      model: name,
+      classes: Array.from({ length: classes }, (_, i) => String.fromCharCode(97 + i)),
+      params: model.numParameters(),
+      input: { channels: 3, height: 32, width: 32, mean: [0, 0, 0], std: [1, 1, 1] },
+    };
+    const { bytes, stats } = exportOnnx(model, info);
+    const input = randomInput(batch, seed);
+    const ref = kshareLogits(model, input, [batch, 3, 32, 32]);
+    const got = await ortLogits(bytes, input, batch, { intraOpNumThreads: 1 });
+    assert.ok(maxRelError(got, ref) < tol, `${name}: max relative error ${maxRelError(got, ref)}`);
+    return stats;
+  } finally {
+    model.dispose();
   }
 }
 
@@ -141,22 +177,7 @@ test("BatchNorm with running variances near its epsilon: the export keeps each l
     }
     t.uniform_(bns[0]!.weight!, 0.5, 1.5);
   });
-  model.eval();
-  try {
-    const info = {
-      model: 'bn-eps',
-      classes: ['a', 'b', 'c', 'd', 'e'],
-      params: model.numParameters(),
-      input: { channels: 3, height: 32, width: 32, mean: [0, 0, 0], std: [1, 1, 1] },
-    };
-    const { bytes } = exportOnnx(model, info);
-    const input = randomInput(2, 13);
-    const ref = kshareLogits(model, input, [2, 3, 32, 32]);
-    const got = await ortLogits(bytes, input, 2, { intraOpNumThreads: 1 });
-    assert.ok(maxRelError(got, ref) < SMALL_TOL, `max relative error ${maxRelError(got, ref)}`);
-  } finally {
-    model.dispose();
-  }
+  await exportAndCompare(model, 'bn-eps', 5, 2, 13, SMALL_TOL);
 });
 
 test('every layer kind the exporter knows, including a kernel shared between convs of different stride and padding', async () => {
@@ -180,32 +201,9 @@ test('every layer kind the exporter knows, including a kernel shared between con
     new Flatten(),
     new Linear(8, 5, { bias: false }),
   );
-  t.noGrad(() => {
-    for (const m of model.modules())
-      if (m instanceof BatchNorm2d) {
-        t.normal_(m.runningMean!, 0, 0.3);
-        t.uniform_(m.runningVar!, 0.3, 2);
-      }
-  });
-  model.eval();
-  try {
-    const info = {
-      model: 'mix',
-      classes: ['a', 'b', 'c', 'd', 'e'],
-      params: model.numParameters(),
-      input: { channels: 3, height: 32, width: 32, mean: [0, 0, 0], std: [1, 1, 1] },
-    };
-    const { bytes, stats } = exportOnnx(model, info);
-    assert.equal(stats.sharedWeights, 2, 'weight and bias of the shared kernel');
-    const input = randomInput(2, 5);
-    const ref = kshareLogits(model, input, [2, 3, 32, 32]);
-    const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 1 });
-    const got = (await session.run({ input: new ort.Tensor('float32', input, [2, 3, 32, 32]) })).logits!.data as Float32Array;
-    await session.release();
-    assert.ok(maxRelError(got, ref) < SMALL_TOL, `max relative error ${maxRelError(got, ref)}`);
-  } finally {
-    model.dispose();
-  }
+  randomizeRunningStats(model);
+  const stats = await exportAndCompare(model, 'mix', 5, 2, 5, SMALL_TOL);
+  assert.equal(stats.sharedWeights, 2, 'weight and bias of the shared kernel');
 });
 
 test('a user model with its own forward (no Sequential chain), registered with a factory, exports by tracing', async () => {
@@ -231,28 +229,7 @@ test('a user model with its own forward (no Sequential chain), registered with a
   registerModel('two_path_probe', () => new TwoPath(), 'a two-branch probe');
   t.manualSeed(4);
   const model = createModel('two_path_probe', { classes: 4 });
-  t.noGrad(() => {
-    for (const m of model.modules())
-      if (m instanceof BatchNorm2d) {
-        t.normal_(m.runningMean!, 0, 0.3);
-        t.uniform_(m.runningVar!, 0.3, 2);
-      }
-  });
-  model.eval();
-  try {
-    const info = {
-      model: 'two_path_probe',
-      classes: ['a', 'b', 'c', 'd'],
-      params: model.numParameters(),
-      input: { channels: 3, height: 32, width: 32, mean: [0, 0, 0], std: [1, 1, 1] },
-    };
-    const { bytes, stats } = exportOnnx(model, info);
-    assert.equal(stats.sharedWeights, 1, 'the kernel both branches use is one initializer');
-    const input = randomInput(3, 8);
-    const ref = kshareLogits(model, input, [3, 3, 32, 32]);
-    const got = await ortLogits(bytes, input, 3, { intraOpNumThreads: 1 });
-    assert.ok(maxRelError(got, ref) < TOL, `max relative error ${maxRelError(got, ref)}`);
-  } finally {
-    model.dispose();
-  }
+  randomizeRunningStats(model);
+  const stats = await exportAndCompare(model, 'two_path_probe', 4, 3, 8, TOL);
+  assert.equal(stats.sharedWeights, 1, 'the kernel both branches use is one initializer');
 });
