@@ -7,33 +7,13 @@ import path from 'node:path';
 import * as t from '../src/tensor/index.js';
 import { createModel } from '../src/models/index.js';
 import { loadSafetensors } from '../src/models/safetensors.js';
-import { train, type TrainOptions } from '../src/train/trainer.js';
+import { train } from '../src/train/trainer.js';
 import { readCheckpoint } from '../src/train/checkpoint.js';
-import { loadRecipe, applyOverrides, parseOverride } from '../src/train/recipe.js';
-import { syntheticDataset } from './helpers/train-fixtures.js';
-import { scratchDir } from './helpers/scratch-dir.js';
+import { applyOverrides, parseOverride } from '../src/train/recipe.js';
+import { smallRun } from './helpers/small-run.js';
 
 t.setNumThreads(1);
-const MODEL = 'convmixer_16_2_k3_p4_shared';
-// The full ConvMixer recipe (RandAugment, erasing, Mixup/CutMix, AdamW, cosine, clipping),
-// small enough to run in seconds: 6 steps per epoch.
-const recipe = applyOverrides(loadRecipe('convmixer'), ['epochs=2', 'batchSize=32', 'evalBatchSize=64', 'seed=11'].map(parseOverride));
-const trainSet = syntheticDataset({ count: 200 });
-const testSet = syntheticDataset({ count: 60, seed: 5, split: 'test' });
-const root = scratchDir('resume');
-
-function options(out: string, extra: Partial<TrainOptions> = {}): TrainOptions {
-  return {
-    recipe,
-    buildModel: () => createModel(MODEL, { classes: 10 }),
-    modelName: MODEL,
-    train: trainSet,
-    test: testSet,
-    outDir: path.join(root, out),
-    log: () => {},
-    ...extra,
-  };
-}
+const { recipe, root, options, interruptAt } = smallRun('resume', 11);
 
 /** Every model and optimiser tensor of a checkpoint, as raw bytes by name. */
 function stateBytes(file: string): Map<string, Buffer> {
@@ -93,15 +73,7 @@ test('2 epochs straight and 1 epoch + resume + 1 epoch give bit-identical weight
 });
 
 test('an interruption in the middle of an epoch resumes exactly', async () => {
-  const ctrl = new AbortController();
-  const cut = await train(
-    options('interrupted', {
-      stop: ctrl.signal,
-      onStep: (s) => {
-        if (s.epoch === 1 && s.step === 2) ctrl.abort();
-      },
-    }),
-  );
+  const cut = await interruptAt('interrupted', 1, 2);
   assert.equal(cut.status, 'interrupted');
   assert.equal(cut.epochsDone, 1);
   const ckpt = path.join(root, 'interrupted', 'checkpoint.safetensors');

@@ -4,40 +4,18 @@
 // and runs without a terminal get plain progress lines.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, readFileSync, appendFileSync, existsSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, appendFileSync, existsSync } from 'node:fs';
 import path from 'node:path';
 import * as t from '../src/tensor/index.js';
 import { native, type Handle } from '../src/tensor/native.js';
-import { createModel } from '../src/models/index.js';
-import { train, type TrainOptions } from '../src/train/trainer.js';
-import { loadRecipe, applyOverrides, parseOverride } from '../src/train/recipe.js';
+import { train } from '../src/train/trainer.js';
+import { applyOverrides, parseOverride } from '../src/train/recipe.js';
 import type { StepRecord } from '../src/train/report.js';
 import { readCheckpoint, readCheckpointMeta } from '../src/train/checkpoint.js';
-import { syntheticDataset } from './helpers/train-fixtures.js';
+import { smallRun } from './helpers/small-run.js';
 
 t.setNumThreads(1);
-const MODEL = 'convmixer_16_2_k3_p4_shared';
-// 6 steps per epoch.
-const recipe = applyOverrides(loadRecipe('convmixer'), ['epochs=2', 'batchSize=32', 'evalBatchSize=64', 'seed=3'].map(parseOverride));
-const trainSet = syntheticDataset({ count: 200 });
-const testSet = syntheticDataset({ count: 60, seed: 5, split: 'test' });
-const root = mkdtempSync(path.join(tmpdir(), 'kshare-steps-'));
-process.on('exit', () => rmSync(root, { recursive: true, force: true }));
-
-function options(out: string, extra: Partial<TrainOptions> = {}): TrainOptions {
-  return {
-    recipe,
-    buildModel: () => createModel(MODEL, { classes: 10 }),
-    modelName: MODEL,
-    train: trainSet,
-    test: testSet,
-    outDir: path.join(root, out),
-    log: () => {},
-    logEvery: { steps: 2 },
-    ...extra,
-  };
-}
+const { recipe, root, options, interruptAt } = smallRun('steps', 3, { logEvery: { steps: 2 } });
 
 function stepsOf(out: string): StepRecord[] {
   return readFileSync(path.join(root, out, 'steps.jsonl'), 'utf8')
@@ -116,15 +94,7 @@ test('a training step reads no scalar back from the device; the interval is read
 });
 
 test('an interrupted run, killed again after writing more lines, resumes with no duplicate or lost lines', async () => {
-  const ctrl = new AbortController();
-  const cut = await train(
-    options('cut', {
-      stop: ctrl.signal,
-      onStep: (s) => {
-        if (s.epoch === 1 && s.step === 2) ctrl.abort();
-      },
-    }),
-  );
+  const cut = await interruptAt('cut', 1, 2);
   assert.equal(cut.status, 'interrupted');
   assert.deepEqual(cut.interruptedAt, { epoch: 2, step: 3, steps: 6 });
   // The interruption writes the partial interval (steps 3 of epoch 2) before its checkpoint.
