@@ -1,8 +1,11 @@
 // Tensors themselves: dtypes, creation, seeded randomness, host data in and out, conversions
-// and memory formats. Expected values are computed by hand.
+// and memory formats, and the OpenMP wait default the library sets. Expected values are computed
+// by hand.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as t from '../src/tensor/index.js';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 
 const approx = (a: number[], b: number[], tol = 1e-6) => assert.ok(a.length === b.length && a.every((v, i) => Math.abs(v - b[i]!) <= tol), `[${a}] != [${b}]`);
 
@@ -264,4 +267,21 @@ test('cpuView is a zero-copy view that outlives the tensor handle', () => {
   const nc = t.tidy(() => t.transpose(t.zeros([2, 3]), 0, 1));
   assert.throws(() => nc.cpuView(), /contiguous CPU tensor/);
   nc.dispose();
+});
+
+test("OpenMP wait setting: kshare's short spin unless the user chose OMP_WAIT_POLICY or GOMP_SPINCOUNT", () => {
+  // libgomp reads these when it loads, so each case is a fresh process importing the library.
+  const index = fileURLToPath(new URL('../src/tensor/index.js', import.meta.url));
+  const script = `await import(${JSON.stringify(index)}); console.log(JSON.stringify([process.env.OMP_WAIT_POLICY ?? null, process.env.GOMP_SPINCOUNT ?? null]));`;
+  const run = (env: Record<string, string>) => {
+    const clean = { ...process.env };
+    delete clean.OMP_WAIT_POLICY;
+    delete clean.GOMP_SPINCOUNT;
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { env: { ...clean, ...env }, encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    return JSON.parse(r.stdout.trim().split('\n').at(-1)!) as [string | null, string | null];
+  };
+  assert.deepEqual(run({}), [null, '1000']);
+  assert.deepEqual(run({ OMP_WAIT_POLICY: 'PASSIVE' }), ['PASSIVE', null]);
+  assert.deepEqual(run({ GOMP_SPINCOUNT: '50' }), [null, '50']);
 });
