@@ -4,6 +4,7 @@
 //
 //   node dist/bench/route-ab.js [--threads 1] [--rounds 3] [--out bench/results/route-ab.json]
 //   KSHARE_NATIVE_ISA=avx2 ONEDNN_MAX_CPU_ISA=AVX2 node dist/bench/route-ab.js --out bench/results/route-ab-avx2.json
+//   node dist/bench/route-ab.js --threads 2 --out bench/results/route-ab-2t.json
 //
 // Rows:
 // - 1x1 convolution (C -> C with bias), forward without gradients and backward (input, weight and
@@ -12,7 +13,9 @@
 // - depthwise forward, and forward + input gradient: kshare's plane kernel against oneDNN through
 //   libtorch (KSHARE_NATIVE_DEPTHWISE_FORWARD=onednn) in NCHW; in channels-last oneDNN (the route
 //   there) against kshare's own kernels (=kshare); and whole ConvMixer training steps (batch 32,
-//   NCHW) with the depthwise forward and input gradient by kshare against oneDNN.
+//   NCHW) with the depthwise forward and input gradient by kshare against oneDNN. With
+//   --threads above 1, also the 1x1 operator's panels against oneDNN's own threading
+//   (KSHARE_NATIVE_POINTWISE_PANELS=0), and batch-1 ConvMixer-256/16 inference either way.
 // ms are medians of wall-clock time; `ratio` = alternative / kshare's route (above 1: the route
 // kshare takes is faster).
 import os from 'node:os';
@@ -162,6 +165,48 @@ function main(): void {
       t.dispose([dy]);
       t.dispose([x, w, b]);
     }
+  }
+
+  // With several threads, the 1x1 operator's panels (one single-threaded sgemm a thread in one
+  // parallel region) against oneDNN's own threading of each product (KSHARE_NATIVE_POINTWISE_PANELS=0).
+  if (threads > 1) {
+    for (const [n, c, hw] of [
+      [1, 256, 32],
+      [32, 64, 16],
+      [32, 256, 16],
+    ] as const) {
+      for (const cl of [false, true]) {
+        const label = `(${n},${c},${hw},${hw}) ${cl ? 'channels-last' : 'NCHW'}`;
+        const x = make([n, c, hw, hw], cl),
+          dy = make([n, c, hw, hw], cl);
+        const w = t.randn([c, c, 1, 1]),
+          b = t.randn([c]);
+        const reps = repsFor(n * c * hw * hw);
+        const whole = { KSHARE_NATIVE_POINTWISE_PANELS: '0' };
+        add(
+          `1x1 forward ${label} (panels vs oneDNN's threading)`,
+          ab(() => t.noGrad(() => t.tidy(() => void t.conv2d(x, w, b))), whole, rounds, reps),
+        );
+        const inputGrad = () =>
+          t.tidy(() => {
+            const xg = x.detach();
+            xg.requiresGrad = true;
+            t.conv2d(xg, w, b).backward(dy);
+            xg.grad?.dispose();
+          });
+        add(`1x1 forward + input gradient ${label} (panels vs oneDNN's threading)`, ab(inputGrad, whole, rounds, Math.max(10, reps >> 1)));
+        t.dispose([x, dy, w, b]);
+      }
+    }
+    const m = createModel('convmixer_256_16_shared', { classes: 10 });
+    m.train(false);
+    const x = t.randn([1, 3, 32, 32]);
+    add(
+      'convmixer_256_16_shared inference, batch 1 (1x1 panels vs oneDNN threading)',
+      ab(() => t.noGrad(() => t.tidy(() => void m.forward(x))), { KSHARE_NATIVE_POINTWISE_PANELS: '0' }, rounds, 40),
+    );
+    m.dispose();
+    x.dispose();
   }
 
   // Whole training steps (batch 32, NCHW): the depthwise forward and input gradient through

@@ -39,6 +39,8 @@
 #include "cpu_kernel_common.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
 namespace kshare_pw {
@@ -75,17 +77,52 @@ at::MemoryFormat Format(const Geometry& g) {
 // region (oneDNN's sgemm then runs single-threaded inside it): letting each small sgemm start its
 // own parallel region cost a wake-up of the sleeping worker per image (OMP_WAIT_POLICY=PASSIVE),
 // and measured 58.6 ms against 25.7 ms at 1 thread for a ConvMixer-64/4 step at 2 threads.
-// A single image (batch-1 inference) keeps oneDNN's own threading.
+// With fewer images than threads (batch-1 inference) each image's columns (pixels) are split
+// into one panel a thread instead, which beat oneDNN's own threading of the one sgemm at 2
+// threads (bench/route-ab.js --threads 2, "panels" rows; bench/results/route-ab-2t.json).
 int64_t ImageShares(int64_t images) { return std::max<int64_t>(1, std::min<int64_t>(images, at::get_num_threads())); }
 
+// Splitting into panels is on unless KSHARE_NATIVE_POINTWISE_PANELS=0 (read at every call; for
+// bench/route-ab.ts, which times it against oneDNN's own threading of one sgemm).
+bool PanelsEnabled() {
+  const char* p = std::getenv("KSHARE_NATIVE_POINTWISE_PANELS");
+  return !(p && std::strcmp(p, "0") == 0);
+}
+
+// f(n, c0, c1) for pixel columns [c0, c1) of image n, over all images and columns.
 template <class F>
-void ForEachImage(int64_t images, const F& f) {
-  if (ImageShares(images) == 1) {
-    for (int64_t n = 0; n < images; n++) f(n);
+void ForEachPanel(int64_t images, int64_t hw, const F& f) {
+  const int64_t threads = at::get_num_threads();
+  if (threads == 1) {
+    for (int64_t n = 0; n < images; n++) f(n, 0, hw);
     return;
   }
-  at::parallel_for(0, images, 1, [&](int64_t b, int64_t e) {
-    for (int64_t n = b; n < e; n++) f(n);
+  // Panels a multiple of 16 columns wide (whole cache lines), at most one a thread per image.
+  const int64_t split = images >= threads || !PanelsEnabled() ? 1 : (threads + images - 1) / images;
+  const int64_t width = std::max<int64_t>(16, (hw + split - 1) / split + 15) / 16 * 16;
+  const int64_t panels = (hw + width - 1) / width;
+  at::parallel_for(0, images * panels, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; i++) {
+      const int64_t n = i / panels, c0 = (i % panels) * width;
+      f(n, c0, std::min(hw, c0 + width));
+    }
+  });
+}
+
+// Channels-last: f(r0, r1) for row panels [r0, r1) of the (N*H*W)-row matrix, one a thread,
+// each a single-threaded sgemm in one parallel region: faster than oneDNN's own threading of
+// the whole product (see ForEachPanel).
+template <class F>
+void ForEachRowPanel(int64_t rows, const F& f) {
+  const int64_t threads = at::get_num_threads();
+  if (threads == 1 || !PanelsEnabled()) {
+    f(0, rows);
+    return;
+  }
+  const int64_t height = std::max<int64_t>(16, (rows + threads - 1) / threads);
+  const int64_t panels = (rows + height - 1) / height;
+  at::parallel_for(0, panels, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; i++) f(i * height, std::min(rows, (i + 1) * height));
   });
 }
 
@@ -116,21 +153,23 @@ at::Tensor ForwardCpu(const at::Tensor& input, const at::Tensor& weight, const c
   const at::Tensor b = hasBias ? bias->contiguous() : at::Tensor();
   const float* bp = hasBias ? b.data_ptr<float>() : nullptr;
   if (g.channelsLast) {
-    // Y (NHW x out) = X (NHW x in) W^T; the bias is written first and accumulated onto (beta 1).
-    const int64_t rows = g.n * g.hw;
-    if (bp) {
-      for (int64_t r = 0; r < rows; r++) std::copy(bp, bp + g.cout, yp + r * g.cout);
-    }
-    Sgemm('N', 'T', rows, g.cout, g.cin, xp, g.cin, wp, g.cin, bp ? 1.f : 0.f, yp, g.cout);
+    // Y (NHW x out) = X (NHW x in) W^T, in row panels; the bias is written first and accumulated
+    // onto (beta 1).
+    ForEachRowPanel(g.n * g.hw, [&](int64_t r0, int64_t r1) {
+      if (bp) {
+        for (int64_t r = r0; r < r1; r++) std::copy(bp, bp + g.cout, yp + r * g.cout);
+      }
+      Sgemm('N', 'T', r1 - r0, g.cout, g.cin, xp + r0 * g.cin, g.cin, wp, g.cin, bp ? 1.f : 0.f, yp + r0 * g.cout, g.cout);
+    });
     return out;
   }
-  // NCHW: Y[n] (out x HW) = W (out x in) X[n] (in x HW), image by image.
-  ForEachImage(g.n, [&](int64_t n) {
-    float* yn = yp + n * g.cout * g.hw;
+  // NCHW: Y[n] (out x HW) = W (out x in) X[n] (in x HW), image by image (or panel by panel).
+  ForEachPanel(g.n, g.hw, [&](int64_t n, int64_t c0, int64_t c1) {
+    float* yn = yp + n * g.cout * g.hw + c0;
     if (bp) {
-      for (int64_t o = 0; o < g.cout; o++) std::fill_n(yn + o * g.hw, g.hw, bp[o]);
+      for (int64_t o = 0; o < g.cout; o++) std::fill_n(yn + o * g.hw, c1 - c0, bp[o]);
     }
-    Sgemm('N', 'N', g.cout, g.hw, g.cin, wp, g.cin, xp + n * g.cin * g.hw, g.hw, bp ? 1.f : 0.f, yn, g.hw);
+    Sgemm('N', 'N', g.cout, c1 - c0, g.cin, wp, g.cin, xp + n * g.cin * g.hw + c0, g.hw, bp ? 1.f : 0.f, yn, g.hw);
   });
   return out;
 }
@@ -155,12 +194,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> BackwardCpu(const at::Tensor& gra
     gi = NewOutput(input.sizes(), input.options(), Format(g));
     float* gip = gi.data_ptr<float>();
     if (g.channelsLast) {
-      // gX (NHW x in) = gY (NHW x out) W (out x in)
-      Sgemm('N', 'N', g.n * g.hw, g.cin, g.cout, gp, g.cout, wp, g.cin, 0.f, gip, g.cin);
+      // gX (NHW x in) = gY (NHW x out) W (out x in), in row panels
+      ForEachRowPanel(g.n * g.hw, [&](int64_t r0, int64_t r1) {
+        Sgemm('N', 'N', r1 - r0, g.cin, g.cout, gp + r0 * g.cout, g.cout, wp, g.cin, 0.f, gip + r0 * g.cin, g.cin);
+      });
     } else {
       // gX[n] (in x HW) = W^T (in x out) gY[n] (out x HW)
-      ForEachImage(g.n, [&](int64_t n) {
-        Sgemm('T', 'N', g.cin, g.hw, g.cout, wp, g.cin, gp + n * g.cout * g.hw, g.hw, 0.f, gip + n * g.cin * g.hw, g.hw);
+      ForEachPanel(g.n, g.hw, [&](int64_t n, int64_t c0, int64_t c1) {
+        Sgemm('T', 'N', g.cin, c1 - c0, g.cout, wp, g.cin, gp + n * g.cout * g.hw + c0, g.hw, 0.f, gip + n * g.cin * g.hw + c0, g.hw);
       });
     }
   }

@@ -44,6 +44,9 @@ const SHAPES: Shape[] = [
   { n: 32, c: 64, out: 64, h: 16, w: 16, bias: true, cl: false }, // the demo's ConvMixer block
   { n: 32, c: 64, out: 64, h: 16, w: 16, bias: true, cl: true },
   { n: 2, c: 3, out: 7, h: 13, w: 11, bias: true, cl: true },
+  // Batch 1 with a pixel count no panel width divides (panels of 32 and 31 at 2 threads).
+  { n: 1, c: 5, out: 3, h: 7, w: 9, bias: true, cl: false },
+  { n: 1, c: 5, out: 3, h: 7, w: 9, bias: false, cl: true },
 ];
 
 const label = (s: Shape) => `(${s.n},${s.c},${s.h},${s.w}) -> ${s.out} ${s.cl ? 'channels-last' : 'NCHW'}${s.bias ? ' +bias' : ''}`;
@@ -73,11 +76,15 @@ test('pointwise conv2d matches libtorch conv2d: forward and every gradient, both
     const fast = run(data, true);
     compare(label(s), fast, run(data, false));
     assert.equal(fast.yChannelsLast, s.cl && s.out > 1 && s.h * s.w > 1, `${label(s)}: output keeps the input's memory format`);
-    // Same answer at 2 threads (oneDNN's sgemm splits the work differently).
+    // Same answer at 2 and 3 threads: the products are split into panels (per image, or per
+    // column or row block when there are fewer images than threads) and oneDNN's sgemm splits
+    // the work differently.
     const before = t.runtimeInfo().numThreads;
-    t.setNumThreads(2);
     try {
-      compare(`${label(s)} 2 threads`, run(data, true), fast);
+      for (const threads of [2, 3]) {
+        t.setNumThreads(threads);
+        compare(`${label(s)} ${threads} threads`, run(data, true), fast);
+      }
     } finally {
       t.setNumThreads(before);
     }
