@@ -78,8 +78,12 @@ at::MemoryFormat Format(const Geometry& g) {
 // own parallel region cost a wake-up of the sleeping worker per image (OMP_WAIT_POLICY=PASSIVE),
 // and measured 58.6 ms against 25.7 ms at 1 thread for a ConvMixer-64/4 step at 2 threads.
 // With fewer images than threads (batch-1 inference) each image's columns (pixels) are split
-// into one panel a thread instead, which beat oneDNN's own threading of the one sgemm at 2
-// threads (bench/route-ab.js --threads 2, "panels" rows; bench/results/route-ab-2t.json).
+// into one panel a thread instead. At 2 threads (`node dist/bench/route-ab.js --threads 2`,
+// bench/results/route-ab-2t.json, a quiet run): (1,256,32,32) forward 0.349 ms against 0.416
+// with oneDNN's own threading, forward + input gradient 0.671 against 0.736; channels-last
+// 1.04-1.16x on all six shapes; NCHW batch 32 unchanged (the same code); batch-1
+// ConvMixer-256/16 inference 10.29 against 10.15 ms (within noise; two earlier throwaway
+// alternations on a noisier machine gave 11.1-11.4 against 12.0-12.2).
 int64_t ImageShares(int64_t images) { return std::max<int64_t>(1, std::min<int64_t>(images, at::get_num_threads())); }
 
 // Splitting into panels is on unless KSHARE_NATIVE_POINTWISE_PANELS=0 (read at every call; for
