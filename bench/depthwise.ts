@@ -8,7 +8,8 @@
 //                                [--isa default,avx2] [--out bench/results/depthwise.json]
 //
 // --isa times kshare's kernels once per listed instruction-set cap (KSHARE_NATIVE_ISA: default =
-// the widest the CPU has, avx2, generic), each paired with PyTorch again, so tiers compare in one run.
+// the environment's own setting, i.e. the widest the CPU has unless KSHARE_NATIVE_ISA was
+// exported; avx2; generic), each paired with PyTorch again, so tiers compare in one run.
 // ratio = referenceMs / kshareMs (medians of wall-clock time; above 1: kshare is faster).
 // PyTorch's side is F.conv2d (groups = C) and aten::convolution_backward with the same
 // output mask, i.e. what its autograd runs for a depthwise nn.Conv2d.
@@ -96,6 +97,12 @@ async function main(): Promise<void> {
   for (const isa of isas) if (!['default', 'avx2', 'generic'].includes(isa)) throw new Error(`depthwise: --isa takes default, avx2 or generic, got '${isa}'`);
   const opts = { rounds: Number(o.rounds), reps: Number(o.reps), warmup: 3 };
   const rows: (PairedRow & { threads: number; isa: string })[] = [];
+  // "default" is the cap the user started with (none, or an exported KSHARE_NATIVE_ISA).
+  const userIsa = process.env.KSHARE_NATIVE_ISA;
+  const restoreIsa = () => {
+    if (userIsa === undefined) delete process.env.KSHARE_NATIVE_ISA;
+    else process.env.KSHARE_NATIVE_ISA = userIsa;
+  };
   let torchVersion = '';
   for (const threads of o.threads.split(',').map(Number)) {
     t.setNumThreads(threads);
@@ -108,18 +115,18 @@ async function main(): Promise<void> {
             for (const isa of isas) {
               const name = `depthwise ${kernel} ${label} ${cl ? 'channels-last' : 'NCHW'} ${threads}t${isa === 'default' ? '' : ` [${isa}]`}`;
               if (o.only && !name.includes(o.only)) continue;
-              if (isa === 'default') delete process.env.KSHARE_NATIVE_ISA;
+              if (isa === 'default') restoreIsa();
               else process.env.KSHARE_NATIVE_ISA = isa;
               const k = kshareCase(s, cl, kernel);
               try {
                 const row = await timePaired(ref, { name, kshare: k.run, reference: referenceCode(s, cl, kernel) }, opts);
-                rows.push({ ...row, threads, isa });
+                rows.push({ ...row, threads, isa: isa === 'default' ? (userIsa ?? 'default') : isa });
                 console.log(
                   `${name.padEnd(70)} kshare ${row.kshareMs.toFixed(3).padStart(8)} ms  torch ${row.referenceMs.toFixed(3).padStart(8)} ms  x${row.ratio.toFixed(2).padStart(6)}   (cpu ${row.kshareCpuMs.toFixed(3)} / ${row.referenceCpuMs.toFixed(3)} ms)`,
                 );
               } finally {
                 k.dispose();
-                delete process.env.KSHARE_NATIVE_ISA;
+                restoreIsa();
               }
             }
           }
