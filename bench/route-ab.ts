@@ -98,112 +98,117 @@ function main(): void {
     v.dispose();
     return c;
   };
-
-  for (const [n, c, hw] of [
+  /** body(x, dy, ...) for each (N, C, HW, HW) shape in NCHW and channels-last: an input and a grad output, disposed after. */
+  const eachInput = (
+    shapes: readonly (readonly [number, number, number])[],
+    body: (x: Tensor, dy: Tensor, s: { c: number; dims: string; format: string; cl: boolean; reps: number }) => void,
+  ) => {
+    for (const [n, c, hw] of shapes) {
+      for (const cl of [false, true]) {
+        const x = make([n, c, hw, hw], cl),
+          dy = make([n, c, hw, hw], cl);
+        try {
+          body(x, dy, { c, dims: `(${n},${c},${hw},${hw})`, format: cl ? 'channels-last' : 'NCHW', cl, reps: repsFor(n * c * hw * hw) });
+        } finally {
+          t.dispose([x, dy]);
+        }
+      }
+    }
+  };
+  /** Forward and the input gradient only, through `conv` (the graph is built per call, so each side runs its own backward). */
+  const inputGradient = (x: Tensor, dy: Tensor, conv: (v: Tensor) => Tensor) => () =>
+    t.tidy(() => {
+      const xg = x.detach();
+      xg.requiresGrad = true;
+      conv(xg).backward(dy);
+      xg.grad?.dispose();
+    });
+  const forward = (x: Tensor, conv: (v: Tensor) => Tensor) => () => t.noGrad(() => t.tidy(() => void conv(x)));
+  const pointwiseShapes = [
     [32, 64, 16],
     [32, 128, 16],
     [32, 256, 16],
     [8, 256, 32],
     [1, 256, 32],
-  ] as const) {
-    for (const cl of [false, true]) {
-      const label = `(${n},${c},${hw},${hw}) ${cl ? 'channels-last' : 'NCHW'}`;
-      const x = make([n, c, hw, hw], cl),
-        dy = make([n, c, hw, hw], cl);
-      const w = t.randn([c, c, 1, 1]),
-        b = t.randn([c]);
-      const reps = repsFor(n * c * hw * hw);
-      const libtorch = { KSHARE_NATIVE_KERNELS: '0' };
-      add(
-        `1x1 forward ${label}`,
-        ab(() => t.noGrad(() => t.tidy(() => void t.conv2d(x, w, b))), libtorch, rounds, reps),
-      );
-      // The graph is built per call, so each side runs its own backward.
-      const backward = () =>
-        t.tidy(() => {
-          const [xg, wg, bg] = [x, w, b].map((v) => v.detach());
-          for (const v of [xg!, wg!, bg!]) v.requiresGrad = true;
-          t.conv2d(xg!, wg!, bg!).backward(dy);
-          for (const v of [xg!, wg!, bg!]) v.grad?.dispose();
-        });
-      add(`1x1 forward + backward ${label}`, ab(backward, libtorch, rounds, Math.max(10, reps >> 1)));
-      t.dispose([x, dy, w, b]);
-    }
-  }
+  ] as const;
 
-  for (const [n, c, hw, k] of [
+  eachInput(pointwiseShapes, (x, dy, { c, dims, format, reps }) => {
+    const label = `${dims} ${format}`;
+    const w = t.randn([c, c, 1, 1]),
+      b = t.randn([c]);
+    const libtorch = { KSHARE_NATIVE_KERNELS: '0' };
+    add(
+      `1x1 forward ${label}`,
+      ab(
+        forward(x, (v) => t.conv2d(v, w, b)),
+        libtorch,
+        rounds,
+        reps,
+      ),
+    );
+    // All three gradients here; the graph is built per call, so each side runs its own backward.
+    const backward = () =>
+      t.tidy(() => {
+        const [xg, wg, bg] = [x, w, b].map((v) => v.detach());
+        for (const v of [xg!, wg!, bg!]) v.requiresGrad = true;
+        t.conv2d(xg!, wg!, bg!).backward(dy);
+        for (const v of [xg!, wg!, bg!]) v.grad?.dispose();
+      });
+    add(`1x1 forward + backward ${label}`, ab(backward, libtorch, rounds, Math.max(10, reps >> 1)));
+    t.dispose([w, b]);
+  });
+
+  const depthwiseShapes: [number, number, number, number][] = [
     [32, 64, 16, 5],
     [32, 256, 16, 5],
     [8, 256, 32, 9],
     [1, 256, 32, 9],
-  ] as const) {
-    for (const cl of [false, true]) {
-      const label = `(${n},${c},${hw},${hw}) k${k} ${cl ? 'channels-last' : 'NCHW'}`;
-      const x = make([n, c, hw, hw], cl),
-        dy = make([n, c, hw, hw], cl);
+  ];
+  for (const [n, c, hw, k] of depthwiseShapes) {
+    eachInput([[n, c, hw]], (x, dy, { dims, format, cl, reps }) => {
+      const label = `${dims} k${k} ${format}`;
       const w = t.randn([c, 1, k, k]),
         b = t.randn([c]);
-      const reps = repsFor(n * c * hw * hw);
       // kshare's route: its own plane kernel in NCHW, oneDNN in channels-last.
       const [route, alternative] = cl ? ['oneDNN', 'kshare'] : ['kshare', 'oneDNN'];
       const other = { KSHARE_NATIVE_DEPTHWISE_FORWARD: cl ? 'kshare' : 'onednn' };
       const conv = (v: Tensor) => t.conv2d(v, w, b, { padding: k >> 1, groups: c });
-      add(
-        `depthwise forward ${label} (${route} vs ${alternative})`,
-        ab(() => t.noGrad(() => t.tidy(() => void conv(x))), other, rounds, reps),
-      );
-      // Forward + the input gradient only (weight and bias need none): the weight gradient is
-      // kshare's on both sides.
-      const inputGrad = () =>
-        t.tidy(() => {
-          const xg = x.detach();
-          xg.requiresGrad = true;
-          conv(xg).backward(dy);
-          xg.grad?.dispose();
-        });
-      add(`depthwise forward + input gradient ${label} (${route} vs ${alternative})`, ab(inputGrad, other, rounds, Math.max(10, reps >> 1)));
-      t.dispose([dy]);
-      t.dispose([x, w, b]);
-    }
+      add(`depthwise forward ${label} (${route} vs ${alternative})`, ab(forward(x, conv), other, rounds, reps));
+      // The weight gradient is kshare's on both sides, so only the input gradient is asked for.
+      add(`depthwise forward + input gradient ${label} (${route} vs ${alternative})`, ab(inputGradient(x, dy, conv), other, rounds, Math.max(10, reps >> 1)));
+      t.dispose([w, b]);
+    });
   }
 
   // With several threads, the 1x1 operator's panels (one single-threaded sgemm a thread in one
   // parallel region) against oneDNN's own threading of each product (KSHARE_NATIVE_POINTWISE_PANELS=0).
   if (threads > 1) {
-    for (const [n, c, hw] of [
+    const whole = { KSHARE_NATIVE_POINTWISE_PANELS: '0' };
+    const panelShapes = [
       [1, 256, 32],
       [32, 64, 16],
       [32, 256, 16],
-    ] as const) {
-      for (const cl of [false, true]) {
-        const label = `(${n},${c},${hw},${hw}) ${cl ? 'channels-last' : 'NCHW'}`;
-        const x = make([n, c, hw, hw], cl),
-          dy = make([n, c, hw, hw], cl);
-        const w = t.randn([c, c, 1, 1]),
-          b = t.randn([c]);
-        const reps = repsFor(n * c * hw * hw);
-        const whole = { KSHARE_NATIVE_POINTWISE_PANELS: '0' };
-        add(
-          `1x1 forward ${label} (panels vs oneDNN's threading)`,
-          ab(() => t.noGrad(() => t.tidy(() => void t.conv2d(x, w, b))), whole, rounds, reps),
-        );
-        const inputGrad = () =>
-          t.tidy(() => {
-            const xg = x.detach();
-            xg.requiresGrad = true;
-            t.conv2d(xg, w, b).backward(dy);
-            xg.grad?.dispose();
-          });
-        add(`1x1 forward + input gradient ${label} (panels vs oneDNN's threading)`, ab(inputGrad, whole, rounds, Math.max(10, reps >> 1)));
-        t.dispose([x, dy, w, b]);
-      }
-    }
+    ] as const;
+    eachInput(panelShapes, (x, dy, { c, dims, format, reps }) => {
+      const label = `${dims} ${format}`;
+      const w = t.randn([c, c, 1, 1]),
+        b = t.randn([c]);
+      const conv = (v: Tensor) => t.conv2d(v, w, b);
+      add(`1x1 forward ${label} (panels vs oneDNN's threading)`, ab(forward(x, conv), whole, rounds, reps));
+      add(`1x1 forward + input gradient ${label} (panels vs oneDNN's threading)`, ab(inputGradient(x, dy, conv), whole, rounds, Math.max(10, reps >> 1)));
+      t.dispose([w, b]);
+    });
     const m = createModel('convmixer_256_16_shared', { classes: 10 });
     m.train(false);
     const x = t.randn([1, 3, 32, 32]);
     add(
       'convmixer_256_16_shared inference, batch 1 (1x1 panels vs oneDNN threading)',
-      ab(() => t.noGrad(() => t.tidy(() => void m.forward(x))), { KSHARE_NATIVE_POINTWISE_PANELS: '0' }, rounds, 40),
+      ab(
+        forward(x, (v) => m.forward(v)),
+        whole,
+        rounds,
+        40,
+      ),
     );
     m.dispose();
     x.dispose();

@@ -26,10 +26,6 @@ const WORKLOADS = {
   infer: 'convmixer_256_16_shared inference, batch 1',
 } as const;
 type Workload = keyof typeof WORKLOADS;
-const SETTINGS: Record<string, Record<string, string>> = {
-  'OMP_WAIT_POLICY=PASSIVE': { OMP_WAIT_POLICY: 'PASSIVE' },
-  // Filled in main() from src/tensor/native.ts, so the row names kshare's actual default.
-};
 const SCENARIOS = ['quiet', 'one busy process', 'two busy processes', 'two jobs at once'] as const;
 type Scenario = (typeof SCENARIOS)[number];
 
@@ -92,8 +88,19 @@ function runChild(workload: Workload, threads: number, env: Record<string, strin
   });
 }
 
+// Busy-looping processes alive now; killed when this process exits, even on Ctrl-C.
+const loaders = new Set<ChildProcess>();
+process.on('exit', () => loaders.forEach((l) => l.kill('SIGKILL')));
+process.on('SIGINT', () => process.exit(130));
+process.on('SIGTERM', () => process.exit(143));
+
 function busy(n: number): ChildProcess[] {
-  return Array.from({ length: n }, () => spawn(process.execPath, ['-e', 'for (;;) {}'], { stdio: 'ignore' }));
+  const started = Array.from({ length: n }, () => spawn(process.execPath, ['-e', 'for (;;) {}'], { stdio: 'ignore' }));
+  for (const l of started) {
+    loaders.add(l);
+    l.on('exit', () => loaders.delete(l));
+  }
+  return started;
 }
 
 async function measure(scenario: Scenario, workload: Workload, threads: number, env: Record<string, string>): Promise<number> {
@@ -127,13 +134,17 @@ async function main(): Promise<void> {
     return child(o.child as Workload, threads);
   }
   const { DEFAULT_GOMP_SPINCOUNT } = await import('../src/tensor/native.js');
-  SETTINGS[`GOMP_SPINCOUNT=${DEFAULT_GOMP_SPINCOUNT} (kshare's default)`] = { GOMP_SPINCOUNT: DEFAULT_GOMP_SPINCOUNT };
+  // The settings compared: PASSIVE (kshare's default before 2026-12-02) and kshare's default now.
+  const settings: Record<string, Record<string, string>> = {
+    'OMP_WAIT_POLICY=PASSIVE': { OMP_WAIT_POLICY: 'PASSIVE' },
+    [`GOMP_SPINCOUNT=${DEFAULT_GOMP_SPINCOUNT} (kshare's default)`]: { GOMP_SPINCOUNT: DEFAULT_GOMP_SPINCOUNT },
+  };
   const rows: { workload: string; scenario: Scenario; setting: string; medianMs: number; minMs: number; maxMs: number }[] = [];
   for (const workload of Object.keys(WORKLOADS) as Workload[]) {
     for (const scenario of SCENARIOS) {
-      const samples: Record<string, number[]> = Object.fromEntries(Object.keys(SETTINGS).map((k) => [k, []]));
+      const samples: Record<string, number[]> = Object.fromEntries(Object.keys(settings).map((k) => [k, []]));
       for (let r = 0; r < rounds; r++) {
-        for (const [name, env] of Object.entries(SETTINGS)) samples[name]!.push(await measure(scenario, workload, threads, env));
+        for (const [name, env] of Object.entries(settings)) samples[name]!.push(await measure(scenario, workload, threads, env));
       }
       for (const [setting, ms] of Object.entries(samples)) {
         const row = {
