@@ -737,6 +737,7 @@ Napi::Value SetWarningHandler(const Napi::CallbackInfo& info) {
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   c10::Warning::set_warning_handler(&g_warnings);
+  kshare::RegisterCpuAllocator(env, exports);  // before any tensor is allocated
   // Every entry point is guarded: an exception escaping into N-API would abort the process.
   auto fn = [&](const char* name, Napi::Value (*f)(const Napi::CallbackInfo&)) {
     exports.Set(name, Napi::Function::New(

@@ -14,4 +14,7 @@ const at::Tensor& UnwrapTensor(const Napi::Value& v, const char* what);
 // Process groups over c10d (defined in distributed.cc).
 void RegisterDistributed(Napi::Env env, Napi::Object exports);
 
+// The caching CPU allocator, installed into libtorch when the addon loads (cpu_allocator.cc).
+void RegisterCpuAllocator(Napi::Env env, Napi::Object exports);
+
 }  // namespace kshare

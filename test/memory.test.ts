@@ -147,7 +147,11 @@ test('retainFreedMemory stops training steps from page-faulting their activation
   const run = (env: Record<string, string>) => {
     const clean = { ...process.env };
     for (const k of ['MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_', 'KSHARE_MALLOC_TUNING']) delete clean[k];
-    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { env: { ...clean, ...env }, encoding: 'utf8' });
+    // libtorch's own allocator: kshare's caching one keeps large blocks out of malloc (test/cpu-allocator.test.ts)
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], {
+      env: { ...clean, KSHARE_CPU_ALLOCATOR: 'system', ...env },
+      encoding: 'utf8',
+    });
     assert.equal(r.status, 0, r.stderr);
     return JSON.parse(r.stdout.trim().split('\n').at(-1)!) as { tuned: boolean; faults: number };
   };

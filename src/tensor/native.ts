@@ -24,6 +24,23 @@ export interface RuntimeInfo {
   pointwiseKernel: boolean;
 }
 
+/** State of kshare's caching CPU allocator (native/cpu_allocator.cc). */
+export interface CpuAllocatorInfo {
+  /** false with KSHARE_CPU_ALLOCATOR=system: libtorch's own allocator is in use. */
+  installed: boolean;
+  /** Freed blocks kept for reuse. */
+  cachedBytes: number;
+  /** All blocks the cache has mapped: in use plus cached. */
+  mappedBytes: number;
+  /** Large requests served from the cache, and those that mapped new memory. */
+  hits: number;
+  misses: number;
+  /** Most bytes kept cached (KSHARE_CPU_CACHE_MB). */
+  capBytes: number;
+  /** Requests smaller than this go to malloc. */
+  minCachedBytes: number;
+}
+
 /** Opaque handles of the c10d bindings (native/distributed.cc). */
 export type GroupHandle = { readonly __group: unique symbol };
 export type WorkHandle = { readonly __work: unique symbol };
@@ -95,6 +112,8 @@ export interface NativeBinding extends Partial<DistributedBinding> {
   setNumThreads(n: number): void;
   setCudnnBenchmark(on: boolean): void;
   setMallocThresholds(mmapBytes: number, trimBytes: number): boolean;
+  cpuAllocatorInfo(): CpuAllocatorInfo;
+  emptyCpuCache(): void;
   cudaSynchronize(): void;
   /** Receives libtorch's warnings (shortened), each after the call that raised it; null: collect silently. */
   setWarningHandler(fn: ((message: string) => void) | null): void;
@@ -130,5 +149,13 @@ function locateAddon(): string {
 // Setting OMP_WAIT_POLICY or GOMP_SPINCOUNT overrides it.
 export const DEFAULT_GOMP_SPINCOUNT = '1000';
 if (process.env.OMP_WAIT_POLICY === undefined && process.env.GOMP_SPINCOUNT === undefined) process.env.GOMP_SPINCOUNT = DEFAULT_GOMP_SPINCOUNT;
+
+// Read by native/cpu_allocator.cc when the addon loads; checked here so a typo fails loudly.
+const allocatorMode = process.env.KSHARE_CPU_ALLOCATOR;
+if (allocatorMode !== undefined && allocatorMode !== 'kshare' && allocatorMode !== 'system')
+  throw new Error(`kshare: KSHARE_CPU_ALLOCATOR must be 'kshare' (the default) or 'system', got '${allocatorMode}'`);
+const cacheMb = process.env.KSHARE_CPU_CACHE_MB;
+if (cacheMb !== undefined && !/^\d{1,7}$/.test(cacheMb))
+  throw new Error(`kshare: KSHARE_CPU_CACHE_MB must be a whole number of MiB (0 to 9999999; default 1024), got '${cacheMb}'`);
 
 export const native: NativeBinding = createRequire(import.meta.url)(locateAddon()) as NativeBinding;

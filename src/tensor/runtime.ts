@@ -1,5 +1,5 @@
 // Process-wide settings of the compute runtime: threads, cuDNN, RNG state, mixed precision.
-import { native, type RuntimeInfo } from './native.js';
+import { native, type CpuAllocatorInfo, type RuntimeInfo } from './native.js';
 import { dtypeCode, type DType } from './dtype.js';
 import { Tensor, wrap } from './tensor.js';
 import { isTracing } from './trace.js';
@@ -21,7 +21,9 @@ export function setNumThreads(n: number): void {
  * Keeps freed activation memory in the process heap instead of returning it to the kernel
  * (glibc malloc's mmap threshold 256 MiB, trim threshold 1 GiB): a training step frees and
  * reallocates every activation, and without this each step page-faults them back in (~15% of
- * a small ConvMixer's step on CPU). Process-wide, so the CLI calls it, not the library. Does
+ * a small ConvMixer's step on CPU). Since kshare's caching CPU allocator (cpuAllocatorInfo)
+ * keeps tensor blocks of 256 KiB and more itself, this matters for smaller blocks, other native
+ * memory, and runs with KSHARE_CPU_ALLOCATOR=system. Process-wide, so the CLI calls it, not the library. Does
  * nothing, and returns false, when MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_ is set
  * (the user's choice wins), KSHARE_MALLOC_TUNING=0, or the allocator is not glibc's.
  */
@@ -29,6 +31,23 @@ export function retainFreedMemory(): boolean {
   const env = process.env;
   if (env.MALLOC_MMAP_THRESHOLD_ !== undefined || env.MALLOC_TRIM_THRESHOLD_ !== undefined || env.KSHARE_MALLOC_TUNING === '0') return false;
   return native.setMallocThresholds(256 << 20, 1 << 30);
+}
+
+export type { CpuAllocatorInfo };
+
+/**
+ * kshare's CPU allocator (native/cpu_allocator.cc), installed into libtorch when the addon loads:
+ * blocks of 256 KiB and more are kept for reuse when freed (up to KSHARE_CPU_CACHE_MB, default
+ * 1024 MiB), so training steps do not page-fault their activations back in. KSHARE_CPU_ALLOCATOR=
+ * system keeps libtorch's allocator.
+ */
+export function cpuAllocatorInfo(): CpuAllocatorInfo {
+  return native.cpuAllocatorInfo();
+}
+
+/** Returns the CPU allocator's cached free blocks to the operating system (tensors in use stay). */
+export function emptyCpuCache(): void {
+  native.emptyCpuCache();
 }
 
 /** cuDNN autotuning: picks the fastest convolution algorithm per shape. */

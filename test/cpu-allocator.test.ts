@@ -1,0 +1,112 @@
+// kshare's caching CPU allocator (native/cpu_allocator.cc): large blocks are reused, the cache
+// respects its cap and can be emptied, the environment switches are checked, and a training
+// loop stops page-faulting its activations back in without any malloc tuning.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import * as t from '../src/tensor/index.js';
+
+const tensorIndex = fileURLToPath(new URL('../src/tensor/index.js', import.meta.url));
+const registry = fileURLToPath(new URL('../src/models/registry.js', import.meta.url));
+const MiB = 1 << 20;
+
+/** Runs an ES module snippet in a fresh node process (the allocator is chosen when the addon loads). */
+function child<T>(script: string, env: Record<string, string>): { out: T | null; status: number | null; stderr: string } {
+  const clean = { ...process.env };
+  for (const k of ['KSHARE_CPU_ALLOCATOR', 'KSHARE_CPU_CACHE_MB', 'MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_']) delete clean[k];
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', `const t = await import(${JSON.stringify(tensorIndex)});\n${script}`], {
+    env: { ...clean, ...env },
+    encoding: 'utf8',
+  });
+  const last = r.stdout.trim().split('\n').at(-1);
+  return { out: r.status === 0 && last ? (JSON.parse(last) as T) : null, status: r.status, stderr: r.stderr };
+}
+
+test('a freed large block is reused for the next request of its size; small ones bypass the cache', () => {
+  const info0 = t.cpuAllocatorInfo();
+  assert.equal(info0.installed, true, 'the caching allocator is the default');
+  t.emptyCpuCache();
+  const a = t.ones([4, MiB / 4]); // 4 MiB of float32
+  const afterAlloc = t.cpuAllocatorInfo();
+  a.dispose();
+  const freed = t.cpuAllocatorInfo();
+  assert.ok(freed.cachedBytes >= 4 * MiB, `the freed 4 MiB block is cached (${freed.cachedBytes} bytes)`);
+  const b = t.full([4, MiB / 4], 2);
+  const reused = t.cpuAllocatorInfo();
+  assert.equal(reused.hits, freed.hits + 1, 'the second request is a cache hit');
+  assert.equal(reused.mappedBytes, afterAlloc.mappedBytes, 'no new memory was mapped');
+  // The reused block holds the new values, not the old ones.
+  assert.equal(t.sum(b).item(), 2 * MiB);
+  b.dispose();
+  const small = t.ones([1000]);
+  small.dispose();
+  assert.equal(t.cpuAllocatorInfo().hits, reused.hits, 'small tensors do not touch the cache');
+  t.emptyCpuCache();
+  const emptied = t.cpuAllocatorInfo();
+  assert.equal(emptied.cachedBytes, 0);
+  assert.ok(emptied.mappedBytes <= freed.mappedBytes - 4 * MiB, 'emptyCpuCache unmapped the cached blocks');
+});
+
+test('ops on cached blocks of different sizes give the same numbers as fresh memory', () => {
+  const g = new t.Generator(3);
+  const x = t.randn([16, 32, 24, 24], { generator: g });
+  const expected = t.tidy(() => t.sum(t.mul(t.add(x, 1), x)).item());
+  // Churn blocks of nearby sizes so later results land in reused, differently sized blocks.
+  for (let i = 0; i < 5; i++) t.tidy(() => [t.ones([16, 32, 24, 24 + i]), t.ones([16, 32, 24, 24 - i])]);
+  const again = t.tidy(() => t.sum(t.mul(t.add(x, 1), x)).item());
+  assert.equal(again, expected);
+  x.dispose();
+});
+
+test('KSHARE_CPU_CACHE_MB caps the cached bytes; 0 caches nothing', () => {
+  const script = `
+    const held = [];
+    for (let i = 0; i < 6; i++) held.push(t.ones([2, ${MiB}]));   // six 8 MiB blocks
+    t.dispose(held);
+    console.log(JSON.stringify(t.cpuAllocatorInfo()));`;
+  const capped = child<t.CpuAllocatorInfo>(script, { KSHARE_CPU_CACHE_MB: '20' });
+  assert.equal(capped.status, 0, capped.stderr);
+  assert.equal(capped.out!.capBytes, 20 * MiB);
+  assert.ok(capped.out!.cachedBytes > 0 && capped.out!.cachedBytes <= 20 * MiB, `cached ${capped.out!.cachedBytes} bytes under a 20 MiB cap`);
+  const none = child<t.CpuAllocatorInfo>(script, { KSHARE_CPU_CACHE_MB: '0' });
+  assert.equal(none.status, 0, none.stderr);
+  assert.equal(none.out!.cachedBytes, 0);
+  const free = child<t.CpuAllocatorInfo>(script, {});
+  assert.ok(free.out!.cachedBytes >= 6 * 8 * MiB, 'the default cap (1 GiB) keeps all six');
+});
+
+test("KSHARE_CPU_ALLOCATOR=system keeps libtorch's allocator; bad values fail at import with the fix", () => {
+  const system = child<t.CpuAllocatorInfo>(`t.tidy(() => t.ones([2, ${MiB}])); console.log(JSON.stringify(t.cpuAllocatorInfo()));`, {
+    KSHARE_CPU_ALLOCATOR: 'system',
+  });
+  assert.equal(system.status, 0, system.stderr);
+  assert.equal(system.out!.installed, false);
+  assert.equal(system.out!.misses + system.out!.hits, 0, 'nothing went through the cache');
+  const badMode = child('', { KSHARE_CPU_ALLOCATOR: 'glibc' });
+  assert.notEqual(badMode.status, 0);
+  assert.match(badMode.stderr, /KSHARE_CPU_ALLOCATOR must be 'kshare' \(the default\) or 'system', got 'glibc'/);
+  const badCap = child('', { KSHARE_CPU_CACHE_MB: '1.5' });
+  assert.notEqual(badCap.status, 0);
+  assert.match(badCap.stderr, /KSHARE_CPU_CACHE_MB must be a whole number of MiB .* got '1\.5'/);
+});
+
+test('training steps stop page-faulting their activations back in, with no malloc tuning', () => {
+  const script = `
+    const { createModel } = await import(${JSON.stringify(registry)});
+    const m = createModel('convmixer_64_4_k5_p2', { classes: 10 });
+    const x = t.randn([64, 3, 32, 32]), y = t.randint(0, 10, [64]);
+    const step = () => t.tidy(() => t.crossEntropy(m.forward(x), y).backward());
+    for (let i = 0; i < 3; i++) step();
+    const f0 = process.resourceUsage().minorPageFault;
+    for (let i = 0; i < 10; i++) step();
+    console.log(JSON.stringify({ faults: process.resourceUsage().minorPageFault - f0, info: t.cpuAllocatorInfo() }));`;
+  type Out = { faults: number; info: t.CpuAllocatorInfo };
+  const cached = child<Out>(script, {}),
+    system = child<Out>(script, { KSHARE_CPU_ALLOCATOR: 'system' });
+  assert.equal(cached.status, 0, cached.stderr);
+  assert.equal(system.status, 0, system.stderr);
+  assert.ok(cached.out!.info.hits > cached.out!.info.misses, `hits ${cached.out!.info.hits}, misses ${cached.out!.info.misses}`);
+  // Measured (2026-12-02, three runs each): 124-210 faults cached against 49,022-69,519 system.
+  assert.ok(cached.out!.faults * 3 < system.out!.faults, `page faults over 10 steps: ${cached.out!.faults} cached vs ${system.out!.faults} system`);
+});
