@@ -14,13 +14,22 @@
 // (32,256,16,16) took 3.5 ms instead of 0.3 ms in about one process start out of four.
 //
 // How: blocks of at least kMinCachedBytes are mapped with mmap, a 64-byte header in front of the
-// data (so data stays 64-byte aligned, as libtorch's kernels expect). A freed block goes to a
-// size-keyed free list; a request takes the smallest cached block that fits with at most 1/8
-// slack, else maps a new one. Free blocks beyond the cap (KSHARE_CPU_CACHE_MB, default 1024)
-// are unmapped, largest first. Smaller requests go to malloc (no memalign: the header carries
-// the alignment), so one deleter frees everything this allocator returns. KSHARE_CPU_ALLOCATOR
-// =system leaves libtorch's allocator in place. Tensors allocated before the switch keep their
-// own deleter. CUDA tensors are untouched.
+// data (so data stays 64-byte aligned, as libtorch's kernels expect); from 2 MiB on they are
+// whole, aligned huge pages marked MADV_HUGEPAGE (this kernel's THP mode is "madvise"), which
+// the memory-bound passes feel as fewer TLB misses; KSHARE_CPU_HUGEPAGES=0 maps 4 KiB pages. A
+// freed block goes to a size-keyed free list; a request takes the smallest cached block that
+// fits with at most 1/8 slack, else maps a new one. Free blocks beyond the cap
+// (KSHARE_CPU_CACHE_MB, default 1024) are unmapped, largest first. Smaller requests go to malloc
+// (no memalign: the header carries the alignment), so one deleter frees everything this
+// allocator returns. KSHARE_CPU_ALLOCATOR=system leaves libtorch's allocator in place. Tensors
+// allocated before the switch keep their own deleter. CUDA tensors are untouched.
+//
+// Measured, `node dist/bench/cpu-allocator.js --threads 1,2 --rounds 4`
+// (bench/results/cpu-allocator.json; fresh process per measurement, medians of 4 alternating
+// rounds; step ms at batch 32, NCHW, 1 thread / 2 threads): ConvMixer-64/4 shared: this
+// allocator 19.69 / 12.09, with 4 KiB pages 20.99 / 12.10, libtorch's 25.48 / 15.42, libtorch's
+// with the malloc tuning 21.19 / 14.37; ConvMixer-256/8 shared: 231.3 / 128.1, 237.3 / 131.9,
+// 257.0 / 150.8, 233.3 / 130.1. Page faults per step: 32-116 here against 1,413-18,732.
 #include <sys/mman.h>
 
 #include <algorithm>
@@ -51,6 +60,7 @@ constexpr size_t kAlign = 64;                // libtorch's gAlignment
 constexpr size_t kHeader = kAlign;           // header bytes in front of the data
 constexpr size_t kMinCachedBytes = 1 << 18;  // 256 KiB: smaller blocks are malloc's business
 constexpr size_t kPage = 4096;
+constexpr size_t kHugePage = size_t(2) << 20;
 constexpr uint32_t kMagic = 0x6b73616c;  // "ksal"
 
 enum class Kind : uint32_t { Malloc = 1, Mapped = 2 };
@@ -119,9 +129,10 @@ class CachingCpuAllocator final : public c10::Allocator {
     cachedBytes_ = 0;
   }
   size_t cap() const { return cap_; }
+  bool hugePages() const { return huge_; }
 
  private:
-  CachingCpuAllocator() : cap_(CapFromEnv()) {}
+  CachingCpuAllocator() : cap_(CapFromEnv()), huge_(!std::getenv("KSHARE_CPU_HUGEPAGES") || std::string(std::getenv("KSHARE_CPU_HUGEPAGES")) != "0") {}
 
   static void* FromMalloc(size_t n) {
     void* base = std::malloc(n + kHeader + kAlign);
@@ -134,7 +145,7 @@ class CachingCpuAllocator final : public c10::Allocator {
 
   void* FromCache(size_t n) {
     TORCH_CHECK(n <= SIZE_MAX / 2, "kshare CPU allocator: out of memory allocating ", n, " bytes (more than the address space)");
-    const size_t bytes = (n + kHeader + kPage - 1) & ~(kPage - 1);
+    const size_t bytes = BlockBytes(n);
     {
       std::lock_guard<std::mutex> lock(mu_);
       auto it = free_.lower_bound(bytes);
@@ -147,11 +158,11 @@ class CachingCpuAllocator final : public c10::Allocator {
       }
       misses_++;
     }
-    void* base = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (base == MAP_FAILED) {
+    void* base = Map(bytes);
+    if (!base) {
       EmptyCache();  // the cached blocks may be what stands in the way
-      base = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-      TORCH_CHECK(base != MAP_FAILED, "kshare CPU allocator: out of memory allocating ", n, " bytes (mmap: ", std::strerror(errno), ")");
+      base = Map(bytes);
+      TORCH_CHECK(base, "kshare CPU allocator: out of memory allocating ", n, " bytes (mmap: ", std::strerror(errno), ")");
     }
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -176,6 +187,28 @@ class CachingCpuAllocator final : public c10::Allocator {
     }
   }
 
+  // Mapping length for a request of n bytes: whole pages, whole huge pages from kHugePage on.
+  size_t BlockBytes(size_t n) const {
+    const size_t unit = huge_ && n + kHeader >= kHugePage ? kHugePage : kPage;
+    return (n + kHeader + unit - 1) & ~(unit - 1);
+  }
+
+  // A fresh anonymous mapping; from kHugePage on aligned to it and marked for transparent huge
+  // pages (the kernel's default here is "madvise"), so streaming kernels take fewer TLB misses.
+  void* Map(size_t bytes) const {
+    if (!huge_ || bytes < kHugePage) {
+      void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      return p == MAP_FAILED ? nullptr : p;
+    }
+    void* p = ::mmap(nullptr, bytes + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return nullptr;
+    const uintptr_t start = reinterpret_cast<uintptr_t>(p), aligned = (start + kHugePage - 1) & ~uintptr_t(kHugePage - 1);
+    if (aligned > start) ::munmap(p, aligned - start);
+    ::munmap(reinterpret_cast<void*>(aligned + bytes), start + kHugePage - aligned);
+    ::madvise(reinterpret_cast<void*>(aligned), bytes, MADV_HUGEPAGE);
+    return reinterpret_cast<void*>(aligned);
+  }
+
   // Called with mu_ held.
   void Unmap(void* base, size_t bytes) {
     static_cast<Header*>(base)->magic = 0;
@@ -187,6 +220,7 @@ class CachingCpuAllocator final : public c10::Allocator {
   std::multimap<size_t, void*> free_;  // mapping length -> mapping start
   size_t cachedBytes_ = 0, mappedBytes_ = 0, hits_ = 0, misses_ = 0;
   const size_t cap_;
+  const bool huge_;
 };
 
 bool g_installed = false;
@@ -203,6 +237,7 @@ Napi::Value CpuAllocatorInfo(const Napi::CallbackInfo& info) {
   o.Set("misses", static_cast<double>(s.misses));
   o.Set("capBytes", static_cast<double>(a.cap()));
   o.Set("minCachedBytes", static_cast<double>(kMinCachedBytes));
+  o.Set("hugePages", a.hugePages());
   return o;
 }
 

@@ -14,7 +14,7 @@ const MiB = 1 << 20;
 /** Runs an ES module snippet in a fresh node process (the allocator is chosen when the addon loads). */
 function child<T>(script: string, env: Record<string, string>): { out: T | null; status: number | null; stderr: string } {
   const clean = { ...process.env };
-  for (const k of ['KSHARE_CPU_ALLOCATOR', 'KSHARE_CPU_CACHE_MB', 'MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_']) delete clean[k];
+  for (const k of ['KSHARE_CPU_ALLOCATOR', 'KSHARE_CPU_CACHE_MB', 'KSHARE_CPU_HUGEPAGES', 'MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_']) delete clean[k];
   const r = spawnSync(process.execPath, ['--input-type=module', '-e', `const t = await import(${JSON.stringify(tensorIndex)});\n${script}`], {
     env: { ...clean, ...env },
     encoding: 'utf8',
@@ -59,6 +59,20 @@ test('ops on cached blocks of different sizes give the same numbers as fresh mem
   x.dispose();
 });
 
+test('blocks of 2 MiB and more are mapped in whole huge pages; KSHARE_CPU_HUGEPAGES=0 maps whole 4 KiB pages', () => {
+  const script = `
+    const i0 = t.cpuAllocatorInfo();
+    const a = t.ones([${(3 * MiB) / 4}]);          // 3 MiB of float32
+    const i1 = t.cpuAllocatorInfo();
+    console.log(JSON.stringify({ hugePages: i1.hugePages, mapped: i1.mappedBytes - i0.mappedBytes }));`;
+  const huge = child<{ hugePages: boolean; mapped: number }>(script, {});
+  assert.equal(huge.status, 0, huge.stderr);
+  assert.deepEqual(huge.out, { hugePages: true, mapped: 4 * MiB });
+  const small = child<{ hugePages: boolean; mapped: number }>(script, { KSHARE_CPU_HUGEPAGES: '0' });
+  assert.equal(small.status, 0, small.stderr);
+  assert.deepEqual(small.out, { hugePages: false, mapped: 3 * MiB + 4096 });
+});
+
 test('KSHARE_CPU_CACHE_MB caps the cached bytes; 0 caches nothing', () => {
   const script = `
     const held = [];
@@ -86,6 +100,9 @@ test("KSHARE_CPU_ALLOCATOR=system keeps libtorch's allocator; bad values fail at
   const badMode = child('', { KSHARE_CPU_ALLOCATOR: 'glibc' });
   assert.notEqual(badMode.status, 0);
   assert.match(badMode.stderr, /KSHARE_CPU_ALLOCATOR must be 'kshare' \(the default\) or 'system', got 'glibc'/);
+  const badHuge = child('', { KSHARE_CPU_HUGEPAGES: 'yes' });
+  assert.notEqual(badHuge.status, 0);
+  assert.match(badHuge.stderr, /KSHARE_CPU_HUGEPAGES must be '1' .* or '0', got 'yes'/);
   const badCap = child('', { KSHARE_CPU_CACHE_MB: '1.5' });
   assert.notEqual(badCap.status, 0);
   assert.match(badCap.stderr, /KSHARE_CPU_CACHE_MB must be a whole number of MiB .* got '1\.5'/);
