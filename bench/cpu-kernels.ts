@@ -22,7 +22,8 @@
 // Every row runs for each of --threads (default "1,2"); kshare and the reference alternate
 // --rounds times and the medians of all timed iterations are reported: wall-clock time
 // (kshareMs, referenceMs, ratio) and process CPU time (kshareCpuMs, referenceCpuMs, cpuRatio),
-// which is the steadier comparison on a machine shared with other work.
+// which is the steadier comparison on a machine shared with other work. Model rows warm kshare up
+// for at least --warmup-ms and give the reference the same number of warm-up iterations.
 import os from 'node:os';
 import path from 'node:path';
 import { mkdirSync, readFileSync, writeFileSync, renameSync } from 'node:fs';
@@ -199,25 +200,34 @@ function timeKshareKernels(rows: KernelRow[], warmup: number, iters: number): Ma
 interface Samples {
   wall: number[];
   cpu: number[];
+  /** Untimed iterations run first (model rows: at least the warm-up count and the warm-up time). */
+  warmedUp?: number;
 }
 
-/** Wall-clock and process CPU time (ms) of each of `iters` calls after `warmup` untimed ones. */
-function timed(fn: () => void, warmup: number, iters: number): Samples {
-  const s: Samples = { wall: [], cpu: [] };
-  for (let i = 0; i < warmup + iters; i++) {
+/**
+ * Wall-clock and process CPU time (ms) of each of `iters` calls after at least `warmup` untimed
+ * ones, and untimed ones until `warmupMs` have passed (the first ~0.3 s of 2-thread steps in a
+ * process ran up to 1.6x slower here, so a fixed count of a 12 ms step under-warms).
+ */
+function timed(fn: () => void, warmup: number, iters: number, warmupMs = 0): Samples {
+  const s: Samples = { wall: [], cpu: [], warmedUp: 0 };
+  const start = performance.now();
+  while (s.warmedUp! < warmup || performance.now() - start < warmupMs) {
+    fn();
+    s.warmedUp!++;
+  }
+  for (let i = 0; i < iters; i++) {
     const t0 = performance.now(),
       c0 = process.cpuUsage();
     fn();
     const c = process.cpuUsage(c0);
-    if (i >= warmup) {
-      s.wall.push(performance.now() - t0);
-      s.cpu.push((c.user + c.system) / 1000);
-    }
+    s.wall.push(performance.now() - t0);
+    s.cpu.push((c.user + c.system) / 1000);
   }
   return s;
 }
 
-function timeKshareModel(row: ModelRow, warmup: number, iters: number): Samples {
+function timeKshareModel(row: ModelRow, warmup: number, iters: number, warmupMs: number): Samples {
   const model = createModel(row.model, { classes: CLASSES });
   const gen = new t.Generator(1);
   let x = t.randn([row.batch, 3, 32, 32], { generator: gen });
@@ -244,7 +254,7 @@ function timeKshareModel(row: ModelRow, warmup: number, iters: number): Samples 
             }),
           );
   const live = t.liveTensors();
-  const samples = timed(step, warmup, iters);
+  const samples = timed(step, warmup, iters, warmupMs);
   if (row.mode === 'forward' && t.liveTensors() !== live) throw new Error(`cpu-kernels: ${row.name} leaked ${t.liveTensors() - live} tensors`);
   opt.dispose();
   model.dispose();
@@ -366,17 +376,19 @@ async function main(): Promise<void> {
     .option('--threads <list>', 'comma-separated intra-op thread counts, each a full pass over the rows', '1,2')
     .option('--rounds <n>', 'alternations of kshare and the reference per row', '3')
     .option('--warmup <n>', 'untimed iterations per round', '3')
+    .option('--warmup-ms <ms>', 'model rows: kshare also warms up until this much time has passed, and the reference gets as many warm-up iterations', '1000')
     .option('--iters <n>', 'timed iterations per round (kernels: 4x this)', '5')
     .option('--settle <s>', 'seconds after process start before timing begins (libtorch start-up effects)', '10')
     .option('--only <text>', 'run only the rows whose name contains text')
     .option('--out <file>', 'where to write the JSON', path.join(ROOT, 'bench', 'results', 'cpu-kernels.json'))
     .parse();
-  const o = program.opts<{ threads: string; rounds: string; warmup: string; iters: string; settle: string; only?: string; out: string }>();
+  const o = program.opts<{ threads: string; rounds: string; warmup: string; warmupMs: string; iters: string; settle: string; only?: string; out: string }>();
   reexecWithMallocEnv(fileURLToPath(import.meta.url));
   const int = intOption(program);
   const threadList = o.threads.split(',').map((v) => int('threads', v.trim(), 1));
   const rounds = int('rounds', o.rounds, 1),
     warmup = int('warmup', o.warmup, 0),
+    warmupMs = int('warmup-ms', o.warmupMs, 0),
     iters = int('iters', o.iters, 1),
     settleS = int('settle', o.settle, 0);
   const pick = <T extends { name: string }>(rows: T[]) => rows.filter((r) => !o.only || r.name.includes(o.only));
@@ -443,11 +455,13 @@ async function main(): Promise<void> {
       const mine: Samples = { wall: [], cpu: [] },
         ref: Samples = { wall: [], cpu: [] };
       for (let r = 0; r < rounds; r++) {
-        add(mine, timeKshareModel(row, warmup, iters));
+        // The reference gets as many warm-up iterations as kshare needed to fill --warmup-ms.
+        const m = timeKshareModel(row, warmup, iters, warmupMs);
+        add(mine, m);
         if (row.ort) {
-          add(ref, await timeOrt(row, threads, warmup, iters));
+          add(ref, await timeOrt(row, threads, m.warmedUp!, iters));
         } else {
-          const out = referenceModel(row, threads, warmup, iters);
+          const out = referenceModel(row, threads, m.warmedUp!, iters);
           if (out.threads !== threads) throw new Error(`cpu-kernels: PyTorch ran with ${out.threads} threads, not ${threads}`);
           torchVersion = out.torch;
           add(ref, { wall: out.samplesMs, cpu: out.cpuSamplesMs });
@@ -467,7 +481,7 @@ async function main(): Promise<void> {
     nativeKernels: t.nativeKernelsEnabled(),
     isa: instructionSets(),
     method:
-      `medians over ${rounds} rounds of ${iters} timed iterations (kernels ${4 * iters}) after ${warmup} warm-up ones, kshare and the reference alternating per round; ` +
+      `medians over ${rounds} rounds of ${iters} timed iterations (kernels ${4 * iters}) after at least ${warmup} warm-up ones (model rows: and kshare warming up for at least ${warmupMs} ms, the reference then getting as many warm-up iterations as kshare ran), kshare and the reference alternating per round; ` +
       `both processes with ${Object.entries(MALLOC_ENV)
         .map(([k, v]) => `${k}=${v}`)
         .join(' ')} and ${ompWaitSetting()}; timing from ${settleS} s after start; ` +
