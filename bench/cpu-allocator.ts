@@ -1,5 +1,5 @@
 // What kshare's caching CPU allocator (native/cpu_allocator.cc) buys a training step: the same
-// step with it (with transparent huge pages, its default, and with 4 KiB pages), with libtorch's
+// step with it (as it comes, and with KSHARE_CPU_HUGEPAGES=1), with libtorch's
 // allocator as it comes, and with libtorch's allocator plus the glibc malloc tuning the `kshare`
 // command applies (retainFreedMemory). Run on purpose:
 //
@@ -23,7 +23,7 @@ const SCRIPT = fileURLToPath(import.meta.url);
 const MODELS = ['convmixer_64_4_k5_p2_shared', 'convmixer_256_8_k5_p2_shared'] as const;
 const SETTINGS: Record<string, Record<string, string>> = {
   'kshare allocator': {},
-  'kshare allocator, 4 KiB pages': { KSHARE_CPU_HUGEPAGES: '0' },
+  'kshare allocator, huge pages': { KSHARE_CPU_HUGEPAGES: '1' },
   'libtorch allocator': { KSHARE_CPU_ALLOCATOR: 'system' },
   'libtorch allocator + malloc tuning': { KSHARE_CPU_ALLOCATOR: 'system', ...MALLOC_ENV },
 };

@@ -13,16 +13,21 @@
 // threads (the two threads' faults contend in the kernel); a bare out-of-place add at
 // (32,256,16,16) took 3.5 ms instead of 0.3 ms in about one process start out of four.
 //
-// How: blocks of at least kMinCachedBytes are mapped with mmap, a 64-byte header in front of the
-// data (so data stays 64-byte aligned, as libtorch's kernels expect); from 2 MiB on they are
-// whole, aligned huge pages marked MADV_HUGEPAGE (this kernel's THP mode is "madvise"), which
-// the memory-bound passes feel as fewer TLB misses; KSHARE_CPU_HUGEPAGES=0 maps 4 KiB pages. A
-// freed block goes to a size-keyed free list; a request takes the smallest cached block that
-// fits with at most 1/8 slack, else maps a new one. Free blocks beyond the cap
-// (KSHARE_CPU_CACHE_MB, default 1024) are unmapped, largest first. Smaller requests go to malloc
-// (no memalign: the header carries the alignment), so one deleter frees everything this
-// allocator returns. KSHARE_CPU_ALLOCATOR=system leaves libtorch's allocator in place. Tensors
-// allocated before the switch keep their own deleter. CUDA tensors are untouched.
+// How: blocks of at least kMinCachedBytes are whole pages mapped with mmap (page-aligned data; a
+// side table knows their lengths). A freed block goes to a size-keyed free list; a request takes
+// the smallest cached block that fits with at most 1/8 slack, else maps a new one. Free blocks
+// beyond the cap (KSHARE_CPU_CACHE_MB, default 1024) are unmapped, largest first. Smaller
+// requests go to malloc with a 64-byte header that carries the alignment (no memalign), so one
+// deleter frees everything this allocator returns. KSHARE_CPU_ALLOCATOR=system leaves
+// libtorch's allocator in place. Tensors allocated before the switch keep their own deleter.
+// CUDA tensors are untouched.
+//
+// KSHARE_CPU_HUGEPAGES=1 starts mappings of 2 MiB and more on a huge page and marks them
+// MADV_HUGEPAGE (the kernel's THP mode here is "madvise"). Off by default: steady-state steps
+// were 0-7 % faster with it, but on this VM each fresh huge page took ~10 ms to fault in (the
+// host backs guest memory lazily), ~3 s of CPU for the ~600 MB the demo maps, which cancelled
+// the gain in the 35 s demo. Long runs on such a machine, or machines whose memory is already
+// backed, are where it pays.
 //
 // Measured, `node dist/bench/cpu-allocator.js --threads 1,2 --rounds 4`
 // (bench/results/cpu-allocator.json; fresh process per measurement, medians of 4 alternating
@@ -37,10 +42,12 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstdlib>
+#include <cstdio>
 #include <cstring>
 #include <map>
 #include <mutex>
 #include <string>
+#include <unordered_map>
 
 #include <c10/core/CPUAllocator.h>
 #include <torch/version.h>
@@ -57,19 +64,15 @@ namespace {
 #endif
 
 constexpr size_t kAlign = 64;                // libtorch's gAlignment
-constexpr size_t kHeader = kAlign;           // header bytes in front of the data
+constexpr size_t kHeader = kAlign;           // header bytes in front of a malloc'd block's data
 constexpr size_t kMinCachedBytes = 1 << 18;  // 256 KiB: smaller blocks are malloc's business
 constexpr size_t kPage = 4096;
 constexpr size_t kHugePage = size_t(2) << 20;
 constexpr uint32_t kMagic = 0x6b73616c;  // "ksal"
 
-enum class Kind : uint32_t { Malloc = 1, Mapped = 2 };
-
-// Lives in the kHeader bytes before the data.
+// In the kHeader bytes before a malloc'd block's data.
 struct Header {
-  void* base;    // what malloc returned, or the mapping's start
-  size_t bytes;  // the mapping's length (Mapped)
-  Kind kind;
+  void* base;  // what malloc returned
   uint32_t magic;
 };
 static_assert(sizeof(Header) <= kHeader, "header must fit in front of the data");
@@ -98,15 +101,15 @@ class CachingCpuAllocator final : public c10::Allocator {
   void copy_data(void* dest, const void* src, std::size_t count) const { std::memcpy(dest, src, count); }
 
   static void Free(void* data) {
-    if (!data) return;
+    if (!data || Instance().Release(data)) return;
     Header* h = reinterpret_cast<Header*>(static_cast<char*>(data) - kHeader);
-    TORCH_CHECK(h->magic == kMagic, "kshare CPU allocator: freeing a block it did not allocate (corrupt header)");
-    if (h->kind == Kind::Malloc) {
-      h->magic = 0;
-      std::free(h->base);
-      return;
+    if (h->magic != kMagic) {
+      // A deleter cannot throw; a block this allocator did not hand out is memory corruption.
+      std::fprintf(stderr, "kshare CPU allocator: freeing %p, which it did not allocate\n", data);
+      std::abort();
     }
-    Instance().Release(h);
+    h->magic = 0;
+    std::free(h->base);
   }
 
   static CachingCpuAllocator& Instance() {
@@ -132,29 +135,32 @@ class CachingCpuAllocator final : public c10::Allocator {
   bool hugePages() const { return huge_; }
 
  private:
-  CachingCpuAllocator() : cap_(CapFromEnv()), huge_(!std::getenv("KSHARE_CPU_HUGEPAGES") || std::string(std::getenv("KSHARE_CPU_HUGEPAGES")) != "0") {}
+  CachingCpuAllocator() : cap_(CapFromEnv()), huge_(std::getenv("KSHARE_CPU_HUGEPAGES") && std::string(std::getenv("KSHARE_CPU_HUGEPAGES")) == "1") {}
 
+  // The header carries the alignment, so no memalign (whose fragmentation this file avoids).
   static void* FromMalloc(size_t n) {
     void* base = std::malloc(n + kHeader + kAlign);
     TORCH_CHECK(base, "kshare CPU allocator: out of memory allocating ", n, " bytes");
     const uintptr_t data = (reinterpret_cast<uintptr_t>(base) + kHeader + kAlign - 1) & ~uintptr_t(kAlign - 1);
     Header* h = reinterpret_cast<Header*>(data - kHeader);
-    *h = {base, 0, Kind::Malloc, kMagic};
+    *h = {base, kMagic};
     return reinterpret_cast<void*>(data);
   }
 
+  // A cached block (whole pages, page-aligned data) that fits n with at most 1/8 slack, or a new one.
   void* FromCache(size_t n) {
     TORCH_CHECK(n <= SIZE_MAX / 2, "kshare CPU allocator: out of memory allocating ", n, " bytes (more than the address space)");
-    const size_t bytes = BlockBytes(n);
+    const size_t bytes = (n + kPage - 1) & ~(kPage - 1);
     {
       std::lock_guard<std::mutex> lock(mu_);
       auto it = free_.lower_bound(bytes);
       if (it != free_.end() && it->first <= bytes + bytes / 8) {
         void* base = it->second;
         cachedBytes_ -= it->first;
+        inUse_.emplace(base, it->first);
         free_.erase(it);
         hits_++;
-        return static_cast<char*>(base) + kHeader;
+        return base;
       }
       misses_++;
     }
@@ -164,20 +170,20 @@ class CachingCpuAllocator final : public c10::Allocator {
       base = Map(bytes);
       TORCH_CHECK(base, "kshare CPU allocator: out of memory allocating ", n, " bytes (mmap: ", std::strerror(errno), ")");
     }
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      mappedBytes_ += bytes;
-    }
-    Header* h = static_cast<Header*>(base);
-    *h = {base, bytes, Kind::Mapped, kMagic};
-    return static_cast<char*>(base) + kHeader;
+    std::lock_guard<std::mutex> lock(mu_);
+    mappedBytes_ += bytes;
+    inUse_.emplace(base, bytes);
+    return base;
   }
 
-  void Release(Header* h) {
-    void* const base = h->base;
-    const size_t bytes = h->bytes;
+  // Back on the free list if data is one of this cache's blocks (false: a malloc'd one).
+  bool Release(void* data) {
     std::lock_guard<std::mutex> lock(mu_);
-    free_.emplace(bytes, base);
+    auto it = inUse_.find(data);
+    if (it == inUse_.end()) return false;
+    const size_t bytes = it->second;
+    inUse_.erase(it);
+    free_.emplace(bytes, data);
     cachedBytes_ += bytes;
     while (cachedBytes_ > cap_ && !free_.empty()) {
       auto last = std::prev(free_.end());
@@ -185,16 +191,12 @@ class CachingCpuAllocator final : public c10::Allocator {
       Unmap(last->second, last->first);
       free_.erase(last);
     }
+    return true;
   }
 
-  // Mapping length for a request of n bytes: whole pages, whole huge pages from kHugePage on.
-  size_t BlockBytes(size_t n) const {
-    const size_t unit = huge_ && n + kHeader >= kHugePage ? kHugePage : kPage;
-    return (n + kHeader + unit - 1) & ~(unit - 1);
-  }
-
-  // A fresh anonymous mapping; from kHugePage on aligned to it and marked for transparent huge
-  // pages (the kernel's default here is "madvise"), so streaming kernels take fewer TLB misses.
+  // A fresh anonymous mapping. From kHugePage on, its start is aligned to a huge page and it is
+  // marked for transparent huge pages (the kernel's mode here is "madvise"): the kernel backs its
+  // whole 2 MiB stretches with huge pages and the tail with small ones, so nothing is rounded up.
   void* Map(size_t bytes) const {
     if (!huge_ || bytes < kHugePage) {
       void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -211,13 +213,13 @@ class CachingCpuAllocator final : public c10::Allocator {
 
   // Called with mu_ held.
   void Unmap(void* base, size_t bytes) {
-    static_cast<Header*>(base)->magic = 0;
     ::munmap(base, bytes);
     mappedBytes_ -= bytes;
   }
 
   std::mutex mu_;
-  std::multimap<size_t, void*> free_;  // mapping length -> mapping start
+  std::multimap<size_t, void*> free_;          // mapping length -> mapping start
+  std::unordered_map<void*, size_t> inUse_;    // mapping start (the data) -> length
   size_t cachedBytes_ = 0, mappedBytes_ = 0, hits_ = 0, misses_ = 0;
   const size_t cap_;
   const bool huge_;

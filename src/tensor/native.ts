@@ -39,7 +39,7 @@ export interface CpuAllocatorInfo {
   capBytes: number;
   /** Requests smaller than this go to malloc. */
   minCachedBytes: number;
-  /** Blocks of 2 MiB and more are 2 MiB-aligned and marked for transparent huge pages (KSHARE_CPU_HUGEPAGES, default on). */
+  /** Blocks of 2 MiB and more start on a huge page and are marked for transparent huge pages (KSHARE_CPU_HUGEPAGES=1; off by default). */
   hugePages: boolean;
 }
 
@@ -158,7 +158,7 @@ if (allocatorMode !== undefined && allocatorMode !== 'kshare' && allocatorMode !
   throw new Error(`kshare: KSHARE_CPU_ALLOCATOR must be 'kshare' (the default) or 'system', got '${allocatorMode}'`);
 const hugePages = process.env.KSHARE_CPU_HUGEPAGES;
 if (hugePages !== undefined && hugePages !== '0' && hugePages !== '1')
-  throw new Error(`kshare: KSHARE_CPU_HUGEPAGES must be '1' (the default: large blocks on transparent huge pages) or '0', got '${hugePages}'`);
+  throw new Error(`kshare: KSHARE_CPU_HUGEPAGES must be '0' (the default) or '1' (large blocks on transparent huge pages), got '${hugePages}'`);
 const cacheMb = process.env.KSHARE_CPU_CACHE_MB;
 if (cacheMb !== undefined && !/^\d{1,7}$/.test(cacheMb))
   throw new Error(`kshare: KSHARE_CPU_CACHE_MB must be a whole number of MiB (0 to 9999999; default 1024), got '${cacheMb}'`);
