@@ -31,10 +31,12 @@
 //
 // Measured, `node dist/bench/cpu-allocator.js --threads 1,2 --rounds 4`
 // (bench/results/cpu-allocator.json; fresh process per measurement, medians of 4 alternating
-// rounds; step ms at batch 32, NCHW, 1 thread / 2 threads): ConvMixer-64/4 shared: this
-// allocator 19.69 / 12.09, with 4 KiB pages 20.99 / 12.10, libtorch's 25.48 / 15.42, libtorch's
-// with the malloc tuning 21.19 / 14.37; ConvMixer-256/8 shared: 231.3 / 128.1, 237.3 / 131.9,
-// 257.0 / 150.8, 233.3 / 130.1. Page faults per step: 32-116 here against 1,413-18,732.
+// rounds; step ms at batch 32, NCHW, 1 thread / 2 threads; this allocator, with huge pages,
+// libtorch's, libtorch's with the `kshare` command's malloc tuning): ConvMixer-64/4 shared
+// 19.39 / 12.95, 17.88 / 13.20, 26.05 / 18.48, 19.01 / 13.01; ConvMixer-256/8 shared
+// 226.7 / 142.8, 223.8 / 131.9, 257.2 / 164.2, 226.9 / 140.1. Page faults per step: 31-112
+// here against 180-24,266. So it matches the malloc tuning without touching malloc's settings,
+// which a library user's process does not have.
 #include <sys/mman.h>
 
 #include <algorithm>
