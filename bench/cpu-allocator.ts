@@ -31,19 +31,9 @@ const SETTINGS: Record<string, Record<string, string>> = {
 /** Child: times training steps of one model and prints {ms, faultsPerStep} as the last line. */
 async function child(model: string, threads: number, steps: number): Promise<void> {
   const t = await import('../src/tensor/index.js');
-  const { createModel } = await import('../src/models/registry.js');
-  const { AdamW } = await import('../src/train/optim/index.js');
+  const { trainingStep } = await import('./training-step.js');
   t.setNumThreads(threads);
-  const gen = new t.Generator(1);
-  const m = createModel(model, { classes: 10 });
-  const x = t.randn([32, 3, 32, 32], { generator: gen }),
-    y = t.randint(0, 10, [32], { generator: gen });
-  const opt = new AdamW(m.parameters(), { lr: 1e-3, weightDecay: 0.05 });
-  const step = () => {
-    t.tidy(() => t.crossEntropy(m.forward(x), y).backward());
-    opt.step();
-    opt.zeroGrad();
-  };
+  const { step } = trainingStep(model);
   for (let i = 0; i < 3; i++) step();
   const f0 = process.resourceUsage().minorPageFault;
   const times: number[] = [];

@@ -27,7 +27,7 @@ import { Command } from 'commander';
 import * as t from '../src/tensor/index.js';
 import type { Tensor } from '../src/tensor/index.js';
 import { createModel } from '../src/models/registry.js';
-import { AdamW } from '../src/train/optim/index.js';
+import { trainingStep } from './training-step.js';
 import { median, round } from './stats.js';
 import { intOption } from './options.js';
 import { ROOT, reexecWithMallocEnv } from './cpu-common.js';
@@ -220,20 +220,9 @@ function main(): void {
     ['convmixer_64_4_k5_p2_shared', 30],
     ['convmixer_256_8_k5_p2_shared', 8],
   ] as const) {
-    const m = createModel(model, { classes: 10 });
-    const gen = new t.Generator(1);
-    const x = t.randn([32, 3, 32, 32], { generator: gen }),
-      y = t.randint(0, 10, [32], { generator: gen });
-    const opt = new AdamW(m.parameters(), { lr: 1e-3, weightDecay: 0.05 });
-    const step = () => {
-      t.tidy(() => t.crossEntropy(m.forward(x), y).backward());
-      opt.step();
-      opt.zeroGrad();
-    };
+    const { step, dispose } = trainingStep(model);
     add(`${model} training step, batch 32, NCHW (depthwise: kshare vs oneDNN)`, ab(step, { KSHARE_NATIVE_DEPTHWISE_FORWARD: 'onednn' }, rounds, reps));
-    opt.dispose();
-    m.dispose();
-    t.dispose([x, y]);
+    dispose();
   }
 
   const result = {

@@ -33,7 +33,7 @@ type Scenario = (typeof SCENARIOS)[number];
 async function child(workload: Workload, threads: number): Promise<void> {
   const t = await import('../src/tensor/index.js');
   const { createModel } = await import('../src/models/registry.js');
-  const { AdamW } = await import('../src/train/optim/index.js');
+  const { trainingStep } = await import('./training-step.js');
   t.setNumThreads(threads);
   const times: number[] = [];
   const timeIt = (fn: () => void, warmup: number, iters: number) => {
@@ -45,19 +45,8 @@ async function child(workload: Workload, threads: number): Promise<void> {
   };
   const gen = new t.Generator(1);
   if (workload === 'step') {
-    const model = createModel('convmixer_64_4_k5_p2_shared', { classes: 10 });
-    const x = t.randn([32, 3, 32, 32], { generator: gen }),
-      y = t.randint(0, 10, [32], { generator: gen });
-    const opt = new AdamW(model.parameters(), { lr: 1e-3, weightDecay: 0.05 });
-    timeIt(
-      () => {
-        t.tidy(() => t.crossEntropy(model.forward(x), y).backward());
-        opt.step();
-        opt.zeroGrad();
-      },
-      5,
-      40,
-    );
+    const { step } = trainingStep('convmixer_64_4_k5_p2_shared');
+    timeIt(step, 5, 40);
   } else {
     const model = createModel('convmixer_256_16_shared', { classes: 10 });
     model.train(false);

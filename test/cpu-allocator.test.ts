@@ -7,9 +7,9 @@ import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { readFileSync } from 'node:fs';
 import * as t from '../src/tensor/index.js';
+import { trainingFaultsScript } from './helpers/training-faults.js';
 
 const tensorIndex = fileURLToPath(new URL('../src/tensor/index.js', import.meta.url));
-const registry = fileURLToPath(new URL('../src/models/registry.js', import.meta.url));
 const MiB = 1 << 20;
 
 /** Runs an ES module snippet in a fresh node process (the allocator is chosen when the addon loads). */
@@ -128,15 +128,7 @@ test("KSHARE_CPU_ALLOCATOR=system keeps libtorch's allocator; bad values fail at
 });
 
 test('training steps stop page-faulting their activations back in, with no malloc tuning', () => {
-  const script = `
-    const { createModel } = await import(${JSON.stringify(registry)});
-    const m = createModel('convmixer_64_4_k5_p2', { classes: 10 });
-    const x = t.randn([64, 3, 32, 32]), y = t.randint(0, 10, [64]);
-    const step = () => t.tidy(() => t.crossEntropy(m.forward(x), y).backward());
-    for (let i = 0; i < 3; i++) step();
-    const f0 = process.resourceUsage().minorPageFault;
-    for (let i = 0; i < 10; i++) step();
-    console.log(JSON.stringify({ faults: process.resourceUsage().minorPageFault - f0, info: t.cpuAllocatorInfo() }));`;
+  const script = trainingFaultsScript({ report: 'info: t.cpuAllocatorInfo()' });
   type Out = { faults: number; info: t.CpuAllocatorInfo };
   const cached = child<Out>(script, {}),
     system = child<Out>(script, { KSHARE_CPU_ALLOCATOR: 'system' });

@@ -7,6 +7,7 @@ import type { Tensor } from '../src/tensor/index.js';
 import { AdamW, clipGradNorm } from '../src/train/optim/index.js';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { trainingFaultsScript } from './helpers/training-faults.js';
 
 test('tidy disposes what fn created except what it returns; nested scopes hand results up', () => {
   const before = t.liveTensors();
@@ -131,19 +132,9 @@ test('1,000 training steps keep liveTensors() flat (conv + BN + GELU + pool + li
 
 test('retainFreedMemory stops training steps from page-faulting their activations back in; MALLOC_* settings win', () => {
   const tensorIndex = fileURLToPath(new URL('../src/tensor/index.js', import.meta.url));
-  const registry = fileURLToPath(new URL('../src/models/registry.js', import.meta.url));
   // A fresh process each, since the setting is process-wide and cannot be undone.
-  const script = `
-    const t = await import(${JSON.stringify(tensorIndex)});
-    const { createModel } = await import(${JSON.stringify(registry)});
-    const tuned = t.retainFreedMemory();
-    const m = createModel('convmixer_64_4_k5_p2', { classes: 10 });
-    const x = t.randn([64, 3, 32, 32]), y = t.randint(0, 10, [64]);
-    const step = () => t.tidy(() => t.crossEntropy(m.forward(x), y).backward());
-    for (let i = 0; i < 3; i++) step();
-    const f0 = process.resourceUsage().minorPageFault;
-    for (let i = 0; i < 10; i++) step();
-    console.log(JSON.stringify({ tuned, faults: process.resourceUsage().minorPageFault - f0 }));`;
+  const script =
+    `const t = await import(${JSON.stringify(tensorIndex)});` + trainingFaultsScript({ before: 'const tuned = t.retainFreedMemory();', report: 'tuned' });
   const run = (env: Record<string, string>) => {
     const clean = { ...process.env };
     for (const k of ['MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_', 'KSHARE_MALLOC_TUNING']) delete clean[k];
