@@ -31,9 +31,9 @@ const SETTINGS: Record<string, Record<string, string>> = {
 /** Child: times training steps of one model and prints {ms, faultsPerStep} as the last line. */
 async function child(model: string, threads: number, steps: number): Promise<void> {
   const t = await import('../src/tensor/index.js');
-  const { trainingStep } = await import('./training-step.js');
+  const { trainingStep } = await import('./model-workload.js');
   t.setNumThreads(threads);
-  const { step } = trainingStep(model);
+  const step = trainingStep(model).run;
   for (let i = 0; i < 3; i++) step();
   const f0 = process.resourceUsage().minorPageFault;
   const times: number[] = [];

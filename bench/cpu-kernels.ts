@@ -33,8 +33,7 @@ import { Command } from 'commander';
 import * as ort from 'onnxruntime-node';
 import * as t from '../src/tensor/index.js';
 import type { Tensor } from '../src/tensor/index.js';
-import { AdamW } from '../src/train/optim/index.js';
-import { createModel } from '../src/models/registry.js';
+import { inference, trainingStep } from './model-workload.js';
 import { exportOnnx } from '../src/export/export-onnx.js';
 import { modelFromRegistry } from '../src/export/model-source.js';
 import { median, round } from './stats.js';
@@ -200,21 +199,20 @@ function timeKshareKernels(rows: KernelRow[], warmup: number, iters: number): Ma
 interface Samples {
   wall: number[];
   cpu: number[];
-  /** Untimed iterations run first (model rows: at least the warm-up count and the warm-up time). */
-  warmedUp?: number;
 }
 
 /**
  * Wall-clock and process CPU time (ms) of each of `iters` calls after at least `warmup` untimed
  * ones, and untimed ones until `warmupMs` have passed (the first ~0.3 s of 2-thread steps in a
- * process ran up to 1.6x slower here, so a fixed count of a 12 ms step under-warms).
+ * process ran up to 1.6x slower here, so a fixed count of a 12 ms step under-warms); warmedUp
+ * says how many untimed calls ran.
  */
-function timed(fn: () => void, warmup: number, iters: number, warmupMs = 0): Samples {
-  const s: Samples = { wall: [], cpu: [], warmedUp: 0 };
+function timed(fn: () => void, warmup: number, iters: number, warmupMs = 0): Samples & { warmedUp: number } {
+  const s = { wall: [] as number[], cpu: [] as number[], warmedUp: 0 };
   const start = performance.now();
-  while (s.warmedUp! < warmup || performance.now() - start < warmupMs) {
+  while (s.warmedUp < warmup || performance.now() - start < warmupMs) {
     fn();
-    s.warmedUp!++;
+    s.warmedUp++;
   }
   for (let i = 0; i < iters; i++) {
     const t0 = performance.now(),
@@ -227,38 +225,13 @@ function timed(fn: () => void, warmup: number, iters: number, warmupMs = 0): Sam
   return s;
 }
 
-function timeKshareModel(row: ModelRow, warmup: number, iters: number, warmupMs: number): Samples {
-  const model = createModel(row.model, { classes: CLASSES });
-  const gen = new t.Generator(1);
-  let x = t.randn([row.batch, 3, 32, 32], { generator: gen });
-  if (row.channelsLast) {
-    model.to({ device: 'cpu', memoryFormat: 'channels_last' });
-    const cl = t.contiguous(x, 'channels_last');
-    x.dispose();
-    x = cl;
-  }
-  const y = t.randint(0, CLASSES, [row.batch], { generator: gen });
-  const opt = new AdamW(model.parameters(), { lr: 1e-3, weightDecay: 0.05 });
-  model.train(row.mode === 'step');
-  const step =
-    row.mode === 'step'
-      ? () => {
-          t.tidy(() => t.crossEntropy(model.forward(x), y).backward());
-          opt.step();
-          opt.zeroGrad();
-        }
-      : () =>
-          t.noGrad(() =>
-            t.tidy(() => {
-              model.forward(x);
-            }),
-          );
+function timeKshareModel(row: ModelRow, warmup: number, iters: number, warmupMs: number): Samples & { warmedUp: number } {
+  const o = { batch: row.batch, classes: CLASSES, channelsLast: row.channelsLast };
+  const w = row.mode === 'step' ? trainingStep(row.model, o) : inference(row.model, o);
   const live = t.liveTensors();
-  const samples = timed(step, warmup, iters, warmupMs);
+  const samples = timed(w.run, warmup, iters, warmupMs);
   if (row.mode === 'forward' && t.liveTensors() !== live) throw new Error(`cpu-kernels: ${row.name} leaked ${t.liveTensors() - live} tensors`);
-  opt.dispose();
-  model.dispose();
-  t.dispose([x, y]);
+  w.dispose();
   return samples;
 }
 
@@ -459,9 +432,9 @@ async function main(): Promise<void> {
         const m = timeKshareModel(row, warmup, iters, warmupMs);
         add(mine, m);
         if (row.ort) {
-          add(ref, await timeOrt(row, threads, m.warmedUp!, iters));
+          add(ref, await timeOrt(row, threads, m.warmedUp, iters));
         } else {
-          const out = referenceModel(row, threads, m.warmedUp!, iters);
+          const out = referenceModel(row, threads, m.warmedUp, iters);
           if (out.threads !== threads) throw new Error(`cpu-kernels: PyTorch ran with ${out.threads} threads, not ${threads}`);
           torchVersion = out.torch;
           add(ref, { wall: out.samplesMs, cpu: out.cpuSamplesMs });

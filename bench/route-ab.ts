@@ -26,8 +26,7 @@ import { performance } from 'node:perf_hooks';
 import { Command } from 'commander';
 import * as t from '../src/tensor/index.js';
 import type { Tensor } from '../src/tensor/index.js';
-import { createModel } from '../src/models/registry.js';
-import { trainingStep } from './training-step.js';
+import { inference, trainingStep } from './model-workload.js';
 import { median, round } from './stats.js';
 import { intOption } from './options.js';
 import { ROOT, reexecWithMallocEnv } from './cpu-common.js';
@@ -198,20 +197,9 @@ function main(): void {
       add(`1x1 forward + input gradient ${label} (panels vs oneDNN's threading)`, ab(inputGradient(x, dy, conv), whole, rounds, Math.max(10, reps >> 1)));
       t.dispose([w, b]);
     });
-    const m = createModel('convmixer_256_16_shared', { classes: 10 });
-    m.train(false);
-    const x = t.randn([1, 3, 32, 32]);
-    add(
-      'convmixer_256_16_shared inference, batch 1 (1x1 panels vs oneDNN threading)',
-      ab(
-        forward(x, (v) => m.forward(v)),
-        whole,
-        rounds,
-        40,
-      ),
-    );
-    m.dispose();
-    x.dispose();
+    const infer = inference('convmixer_256_16_shared', { batch: 1 });
+    add('convmixer_256_16_shared inference, batch 1 (1x1 panels vs oneDNN threading)', ab(infer.run, whole, rounds, 40));
+    infer.dispose();
   }
 
   // Whole training steps (batch 32, NCHW): the depthwise forward and input gradient through
@@ -220,9 +208,9 @@ function main(): void {
     ['convmixer_64_4_k5_p2_shared', 30],
     ['convmixer_256_8_k5_p2_shared', 8],
   ] as const) {
-    const { step, dispose } = trainingStep(model);
-    add(`${model} training step, batch 32, NCHW (depthwise: kshare vs oneDNN)`, ab(step, { KSHARE_NATIVE_DEPTHWISE_FORWARD: 'onednn' }, rounds, reps));
-    dispose();
+    const step = trainingStep(model);
+    add(`${model} training step, batch 32, NCHW (depthwise: kshare vs oneDNN)`, ab(step.run, { KSHARE_NATIVE_DEPTHWISE_FORWARD: 'onednn' }, rounds, reps));
+    step.dispose();
   }
 
   const result = {

@@ -32,8 +32,7 @@ type Scenario = (typeof SCENARIOS)[number];
 /** Child: times one workload and prints its median ms as the last line. */
 async function child(workload: Workload, threads: number): Promise<void> {
   const t = await import('../src/tensor/index.js');
-  const { createModel } = await import('../src/models/registry.js');
-  const { trainingStep } = await import('./training-step.js');
+  const { inference, trainingStep } = await import('./model-workload.js');
   t.setNumThreads(threads);
   const times: number[] = [];
   const timeIt = (fn: () => void, warmup: number, iters: number) => {
@@ -43,16 +42,8 @@ async function child(workload: Workload, threads: number): Promise<void> {
       if (i >= warmup) times.push(performance.now() - s);
     }
   };
-  const gen = new t.Generator(1);
-  if (workload === 'step') {
-    const { step } = trainingStep('convmixer_64_4_k5_p2_shared');
-    timeIt(step, 5, 40);
-  } else {
-    const model = createModel('convmixer_256_16_shared', { classes: 10 });
-    model.train(false);
-    const x = t.randn([1, 3, 32, 32], { generator: gen });
-    timeIt(() => t.noGrad(() => t.tidy(() => void model.forward(x))), 5, 60);
-  }
+  if (workload === 'step') timeIt(trainingStep('convmixer_64_4_k5_p2_shared').run, 5, 40);
+  else timeIt(inference('convmixer_256_16_shared', { batch: 1 }).run, 5, 60);
   console.log(JSON.stringify({ ms: median(times) }));
 }
 

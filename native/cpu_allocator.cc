@@ -24,10 +24,10 @@
 //
 // KSHARE_CPU_HUGEPAGES=1 starts mappings of 2 MiB and more on a huge page and marks them
 // MADV_HUGEPAGE (the kernel's THP mode here is "madvise"). Off by default: steady-state steps
-// were 0-7 % faster with it, but on this VM each fresh huge page took ~10 ms to fault in (the
-// host backs guest memory lazily), ~3 s of CPU for the ~600 MB the demo maps, which cancelled
-// the gain in the 35 s demo. Long runs on such a machine, or machines whose memory is already
-// backed, are where it pays.
+// were 1-8 % faster with it in three rows of bench/cpu-allocator.ts and 2 % slower in one, but
+// on this VM each fresh huge page took ~10 ms to fault in (the host backs guest memory lazily),
+// ~3 s of CPU for the ~600 MB the demo maps, which cancelled the gain in the 35 s demo. Long
+// runs on such a machine, or machines whose memory is already backed, are where it pays.
 //
 // Measured, `node dist/bench/cpu-allocator.js --threads 1,2 --rounds 4`
 // (bench/results/cpu-allocator.json; fresh process per measurement, medians of 4 alternating

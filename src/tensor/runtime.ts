@@ -23,9 +23,10 @@ export function setNumThreads(n: number): void {
  * reallocates every activation, and without this each step page-faults them back in (~15% of
  * a small ConvMixer's step on CPU). Since kshare's caching CPU allocator (cpuAllocatorInfo)
  * keeps tensor blocks of 256 KiB and more itself, this matters for smaller blocks, other native
- * memory, and runs with KSHARE_CPU_ALLOCATOR=system. Process-wide, so the CLI calls it, not the library. Does
- * nothing, and returns false, when MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_ is set
- * (the user's choice wins), KSHARE_MALLOC_TUNING=0, or the allocator is not glibc's.
+ * memory, and runs with KSHARE_CPU_ALLOCATOR=system. Process-wide, so the CLI calls it, not the
+ * library. Does nothing, and returns false, when MALLOC_MMAP_THRESHOLD_ or
+ * MALLOC_TRIM_THRESHOLD_ is set (the user's choice wins), KSHARE_MALLOC_TUNING=0, or the
+ * allocator is not glibc's.
  */
 export function retainFreedMemory(): boolean {
   const env = process.env;
