@@ -39,8 +39,7 @@
 // which a library user's process does not have.
 #include <sys/mman.h>
 
-#include <algorithm>
-#include <atomic>
+#include <iterator>
 #include <cerrno>
 #include <cstdint>
 #include <cstdlib>
