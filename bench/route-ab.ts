@@ -5,6 +5,7 @@
 //   node dist/bench/route-ab.js [--threads 1] [--rounds 3] [--out bench/results/route-ab.json]
 //   KSHARE_NATIVE_ISA=avx2 ONEDNN_MAX_CPU_ISA=AVX2 node dist/bench/route-ab.js --out bench/results/route-ab-avx2.json
 //   node dist/bench/route-ab.js --threads 2 --out bench/results/route-ab-2t.json
+//   node dist/bench/route-ab.js --only residual --threads 1,2 --rounds 5 --out bench/results/residual-ab.json
 //
 // Rows:
 // - 1x1 convolution (C -> C with bias), forward without gradients and backward (input, weight and
@@ -16,6 +17,11 @@
 //   NCHW) with the depthwise forward and input gradient by kshare against oneDNN. With
 //   --threads above 1, also the 1x1 operator's panels against oneDNN's own threading
 //   (KSHARE_NATIVE_POINTWISE_PANELS=0), and batch-1 ConvMixer-256/16 inference either way.
+// - residual: ConvMixer's x + BN(GELU(depthwise conv(x))) as one operator (native/depthwise_block.cc)
+//   against the three operators apart (KSHARE_NATIVE_RESIDUAL=0): training steps at batch 32 (NCHW
+//   and channels-last) and ConvMixer-256/16 inference at batch 1.
+// --only takes a comma-separated list of these sections (1x1, depthwise, panels, steps, residual);
+// --threads a comma-separated list of thread counts, each a set of rows.
 // ms are medians of wall-clock time; `ratio` = alternative / kshare's route (above 1: the route
 // kshare takes is faster).
 import os from 'node:os';
@@ -72,18 +78,23 @@ function main(): void {
   const program = new Command()
     .name('route-ab')
     .description("Time conv2d's CPU routes against their alternatives in one process")
-    .option('--threads <n>', 'intra-op threads', '1')
+    .option('--threads <list>', 'intra-op threads, comma-separated (each a set of rows)', '1')
     .option('--rounds <n>', 'alternations per row', '3')
+    .option('--only <sections>', 'comma-separated sections: 1x1, depthwise, panels, steps, residual (default: all)')
     .option('--out <file>', 'where to write the JSON', path.join(ROOT, 'bench', 'results', 'route-ab.json'))
     .parse();
-  const o = program.opts<{ threads: string; rounds: string; out: string }>();
+  const o = program.opts<{ threads: string; rounds: string; out: string; only?: string }>();
   const int = intOption(program);
-  const threads = int('threads', o.threads, 1),
+  const threadList = o.threads.split(',').map((v) => int('threads', v.trim(), 1)),
     rounds = int('rounds', o.rounds, 1);
-  t.setNumThreads(threads);
-  const rows: Row[] = [];
+  const SECTIONS = ['1x1', 'depthwise', 'panels', 'steps', 'residual'];
+  const only = o.only?.split(',').map((v) => v.trim());
+  for (const s of only ?? []) if (!SECTIONS.includes(s)) program.error(`--only: unknown section '${s}' (sections: ${SECTIONS.join(', ')})`);
+  const want = (section: string) => !only || only.includes(section);
+  const rows: (Row & { threads: number })[] = [];
+  let threads = 1;
   const add = (name: string, [routeMs, alternativeMs]: [number, number]) => {
-    const row = { name, routeMs: round(routeMs, 3), alternativeMs: round(alternativeMs, 3), ratio: round(alternativeMs / routeMs, 3) };
+    const row = { name, threads, routeMs: round(routeMs, 3), alternativeMs: round(alternativeMs, 3), ratio: round(alternativeMs / routeMs, 3) };
     rows.push(row);
     console.log(
       `${name.padEnd(58)} route ${routeMs.toFixed(3).padStart(8)} ms  alternative ${alternativeMs.toFixed(3).padStart(8)} ms  x${row.ratio.toFixed(2)}`,
@@ -114,108 +125,140 @@ function main(): void {
       }
     }
   };
-  /** Forward and the input gradient only, through `conv` (the graph is built per call, so each side runs its own backward). */
-  const inputGradient = (x: Tensor, dy: Tensor, conv: (v: Tensor) => Tensor) => () =>
-    t.tidy(() => {
-      const xg = x.detach();
-      xg.requiresGrad = true;
-      conv(xg).backward(dy);
-      xg.grad?.dispose();
-    });
-  const forward = (x: Tensor, conv: (v: Tensor) => Tensor) => () => t.noGrad(() => t.tidy(() => void conv(x)));
-  const pointwiseShapes = [
-    [32, 64, 16],
-    [32, 128, 16],
-    [32, 256, 16],
-    [8, 256, 32],
-    [1, 256, 32],
-  ] as const;
+  for (threads of threadList) {
+    t.setNumThreads(threads);
+    console.log(`-- ${threads} thread${threads > 1 ? 's' : ''}`);
+    runSections();
+  }
 
-  eachInput(pointwiseShapes, (x, dy, { c, dims, format, reps }) => {
-    const label = `${dims} ${format}`;
-    const w = t.randn([c, c, 1, 1]),
-      b = t.randn([c]);
-    const libtorch = { KSHARE_NATIVE_KERNELS: '0' };
-    add(
-      `1x1 forward ${label}`,
-      ab(
-        forward(x, (v) => t.conv2d(v, w, b)),
-        libtorch,
-        rounds,
-        reps,
-      ),
-    );
-    // All three gradients here; the graph is built per call, so each side runs its own backward.
-    const backward = () =>
+  function runSections(): void {
+    /** Forward and the input gradient only, through `conv` (the graph is built per call, so each side runs its own backward). */
+    const inputGradient = (x: Tensor, dy: Tensor, conv: (v: Tensor) => Tensor) => () =>
       t.tidy(() => {
-        const [xg, wg, bg] = [x, w, b].map((v) => v.detach());
-        for (const v of [xg!, wg!, bg!]) v.requiresGrad = true;
-        t.conv2d(xg!, wg!, bg!).backward(dy);
-        for (const v of [xg!, wg!, bg!]) v.grad?.dispose();
+        const xg = x.detach();
+        xg.requiresGrad = true;
+        conv(xg).backward(dy);
+        xg.grad?.dispose();
       });
-    add(`1x1 forward + backward ${label}`, ab(backward, libtorch, rounds, Math.max(10, reps >> 1)));
-    t.dispose([w, b]);
-  });
-
-  const depthwiseShapes: [number, number, number, number][] = [
-    [32, 64, 16, 5],
-    [32, 256, 16, 5],
-    [8, 256, 32, 9],
-    [1, 256, 32, 9],
-  ];
-  for (const [n, c, hw, k] of depthwiseShapes) {
-    eachInput([[n, c, hw]], (x, dy, { dims, format, cl, reps }) => {
-      const label = `${dims} k${k} ${format}`;
-      const w = t.randn([c, 1, k, k]),
-        b = t.randn([c]);
-      // kshare's route: its own plane kernel in NCHW, oneDNN in channels-last.
-      const [route, alternative] = cl ? ['oneDNN', 'kshare'] : ['kshare', 'oneDNN'];
-      const other = { KSHARE_NATIVE_DEPTHWISE_FORWARD: cl ? 'kshare' : 'onednn' };
-      const conv = (v: Tensor) => t.conv2d(v, w, b, { padding: k >> 1, groups: c });
-      add(`depthwise forward ${label} (${route} vs ${alternative})`, ab(forward(x, conv), other, rounds, reps));
-      // The weight gradient is kshare's on both sides, so only the input gradient is asked for.
-      add(`depthwise forward + input gradient ${label} (${route} vs ${alternative})`, ab(inputGradient(x, dy, conv), other, rounds, Math.max(10, reps >> 1)));
-      t.dispose([w, b]);
-    });
-  }
-
-  // With several threads, the 1x1 operator's panels (one single-threaded sgemm a thread in one
-  // parallel region) against oneDNN's own threading of each product (KSHARE_NATIVE_POINTWISE_PANELS=0).
-  if (threads > 1) {
-    const whole = { KSHARE_NATIVE_POINTWISE_PANELS: '0' };
-    const panelShapes = [
-      [1, 256, 32],
+    const forward = (x: Tensor, conv: (v: Tensor) => Tensor) => () => t.noGrad(() => t.tidy(() => void conv(x)));
+    const pointwiseShapes = [
       [32, 64, 16],
+      [32, 128, 16],
       [32, 256, 16],
+      [8, 256, 32],
+      [1, 256, 32],
     ] as const;
-    eachInput(panelShapes, (x, dy, { c, dims, format, reps }) => {
-      const label = `${dims} ${format}`;
-      const w = t.randn([c, c, 1, 1]),
-        b = t.randn([c]);
-      const conv = (v: Tensor) => t.conv2d(v, w, b);
-      add(`1x1 forward ${label} (panels vs oneDNN's threading)`, ab(forward(x, conv), whole, rounds, reps));
-      add(`1x1 forward + input gradient ${label} (panels vs oneDNN's threading)`, ab(inputGradient(x, dy, conv), whole, rounds, Math.max(10, reps >> 1)));
-      t.dispose([w, b]);
-    });
-    const infer = inference('convmixer_256_16_shared', { batch: 1 });
-    add('convmixer_256_16_shared inference, batch 1 (1x1 panels vs oneDNN threading)', ab(infer.run, whole, rounds, 40));
-    infer.dispose();
-  }
 
-  // Whole training steps (batch 32, NCHW): the depthwise forward and input gradient through
-  // kshare's plane kernel against oneDNN, everything else alike.
-  for (const [model, reps] of [
-    ['convmixer_64_4_k5_p2_shared', 30],
-    ['convmixer_256_8_k5_p2_shared', 8],
-  ] as const) {
-    const step = trainingStep(model);
-    add(`${model} training step, batch 32, NCHW (depthwise: kshare vs oneDNN)`, ab(step.run, { KSHARE_NATIVE_DEPTHWISE_FORWARD: 'onednn' }, rounds, reps));
-    step.dispose();
+    if (want('1x1'))
+      eachInput(pointwiseShapes, (x, dy, { c, dims, format, reps }) => {
+        const label = `${dims} ${format}`;
+        const w = t.randn([c, c, 1, 1]),
+          b = t.randn([c]);
+        const libtorch = { KSHARE_NATIVE_KERNELS: '0' };
+        add(
+          `1x1 forward ${label}`,
+          ab(
+            forward(x, (v) => t.conv2d(v, w, b)),
+            libtorch,
+            rounds,
+            reps,
+          ),
+        );
+        // All three gradients here; the graph is built per call, so each side runs its own backward.
+        const backward = () =>
+          t.tidy(() => {
+            const [xg, wg, bg] = [x, w, b].map((v) => v.detach());
+            for (const v of [xg!, wg!, bg!]) v.requiresGrad = true;
+            t.conv2d(xg!, wg!, bg!).backward(dy);
+            for (const v of [xg!, wg!, bg!]) v.grad?.dispose();
+          });
+        add(`1x1 forward + backward ${label}`, ab(backward, libtorch, rounds, Math.max(10, reps >> 1)));
+        t.dispose([w, b]);
+      });
+
+    const depthwiseShapes: [number, number, number, number][] = [
+      [32, 64, 16, 5],
+      [32, 256, 16, 5],
+      [8, 256, 32, 9],
+      [1, 256, 32, 9],
+    ];
+    if (want('depthwise'))
+      for (const [n, c, hw, k] of depthwiseShapes) {
+        eachInput([[n, c, hw]], (x, dy, { dims, format, cl, reps }) => {
+          const label = `${dims} k${k} ${format}`;
+          const w = t.randn([c, 1, k, k]),
+            b = t.randn([c]);
+          // kshare's route: its own plane kernel in NCHW, oneDNN in channels-last.
+          const [route, alternative] = cl ? ['oneDNN', 'kshare'] : ['kshare', 'oneDNN'];
+          const other = { KSHARE_NATIVE_DEPTHWISE_FORWARD: cl ? 'kshare' : 'onednn' };
+          const conv = (v: Tensor) => t.conv2d(v, w, b, { padding: k >> 1, groups: c });
+          add(`depthwise forward ${label} (${route} vs ${alternative})`, ab(forward(x, conv), other, rounds, reps));
+          // The weight gradient is kshare's on both sides, so only the input gradient is asked for.
+          add(
+            `depthwise forward + input gradient ${label} (${route} vs ${alternative})`,
+            ab(inputGradient(x, dy, conv), other, rounds, Math.max(10, reps >> 1)),
+          );
+          t.dispose([w, b]);
+        });
+      }
+
+    // With several threads, the 1x1 operator's panels (one single-threaded sgemm a thread in one
+    // parallel region) against oneDNN's own threading of each product (KSHARE_NATIVE_POINTWISE_PANELS=0).
+    if (threads > 1 && want('panels')) {
+      const whole = { KSHARE_NATIVE_POINTWISE_PANELS: '0' };
+      const panelShapes = [
+        [1, 256, 32],
+        [32, 64, 16],
+        [32, 256, 16],
+      ] as const;
+      eachInput(panelShapes, (x, dy, { c, dims, format, reps }) => {
+        const label = `${dims} ${format}`;
+        const w = t.randn([c, c, 1, 1]),
+          b = t.randn([c]);
+        const conv = (v: Tensor) => t.conv2d(v, w, b);
+        add(`1x1 forward ${label} (panels vs oneDNN's threading)`, ab(forward(x, conv), whole, rounds, reps));
+        add(`1x1 forward + input gradient ${label} (panels vs oneDNN's threading)`, ab(inputGradient(x, dy, conv), whole, rounds, Math.max(10, reps >> 1)));
+        t.dispose([w, b]);
+      });
+      const infer = inference('convmixer_256_16_shared', { batch: 1 });
+      add('convmixer_256_16_shared inference, batch 1 (1x1 panels vs oneDNN threading)', ab(infer.run, whole, rounds, 40));
+      infer.dispose();
+    }
+
+    // Whole training steps (batch 32, NCHW): the depthwise forward and input gradient through
+    // kshare's plane kernel against oneDNN, everything else alike.
+    if (want('steps'))
+      for (const [model, reps] of [
+        ['convmixer_64_4_k5_p2_shared', 30],
+        ['convmixer_256_8_k5_p2_shared', 8],
+      ] as const) {
+        const step = trainingStep(model);
+        add(`${model} training step, batch 32, NCHW (depthwise: kshare vs oneDNN)`, ab(step.run, { KSHARE_NATIVE_DEPTHWISE_FORWARD: 'onednn' }, rounds, reps));
+        step.dispose();
+      }
+
+    // The residual half of each ConvMixer block as one operator against the three apart.
+    if (want('residual')) {
+      const apart = { KSHARE_NATIVE_RESIDUAL: '0' };
+      for (const [model, reps] of [
+        ['convmixer_64_4_k5_p2_shared', 30],
+        ['convmixer_256_8_k5_p2_shared', 8],
+      ] as const) {
+        for (const channelsLast of [false, true]) {
+          const step = trainingStep(model, { channelsLast });
+          add(`${model} training step, batch 32, ${channelsLast ? 'channels-last' : 'NCHW'} (residual: fused vs apart)`, ab(step.run, apart, rounds, reps));
+          step.dispose();
+        }
+      }
+      const infer = inference('convmixer_256_16_shared', { batch: 1 });
+      add('convmixer_256_16_shared inference, batch 1, NCHW (residual: fused vs apart)', ab(infer.run, apart, rounds, 40));
+      infer.dispose();
+    }
   }
 
   const result = {
     machine: `${os.cpus()[0]?.model.trim() ?? 'unknown CPU'}, ${os.cpus().length} cores`,
-    threads,
+    threads: threadList,
     // Instruction-set caps change both sides (e.g. KSHARE_NATIVE_ISA=avx2 ONEDNN_MAX_CPU_ISA=AVX2
     // for an AVX2-only machine's view); the command shows the ones that were set.
     command: [...ISA_CAPS.filter((k) => process.env[k]).map((k) => `${k}=${process.env[k]}`), 'node dist/bench/route-ab.js', ...process.argv.slice(2)].join(

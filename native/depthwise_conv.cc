@@ -50,6 +50,7 @@
 #include <immintrin.h>
 
 #include "cpu_kernel_common.h"
+#include "depthwise_conv.h"
 
 #include <algorithm>
 #include <cstdlib>
@@ -126,6 +127,7 @@ struct Kernels {
   void (*(*planeForward)(int k))(const float*, int64_t, float*, int64_t, int64_t, int64_t, const float*, float);
   int64_t planeLanes;
   int (*planeRows)(int k);
+  void (*addInto)(float*, const float*, int64_t);
 };
 
 // The widest instruction set the CPU has, capped by KSHARE_NATIVE_ISA (avx2 or generic; read at
@@ -133,11 +135,11 @@ struct Kernels {
 const Kernels& Pick() {
   static const Kernels kGeneric{generic::Forward,      generic::Correlate,    generic::kLanes,
                                 generic::CorrelatePasses, generic::PlaneForward, generic::kLanes,
-                                generic::PlaneForwardRows};
+                                generic::PlaneForwardRows, generic::AddInto};
   static const Kernels kAvx2{avx2::Forward,      avx2::Correlate,    avx2::kLanes, avx2::CorrelatePasses,
-                             avx2::PlaneForward, avx2::kLanes,       avx2::PlaneForwardRows};
+                             avx2::PlaneForward, avx2::kLanes,       avx2::PlaneForwardRows, avx2::AddInto};
   static const Kernels kAvx512{avx2::Forward,        avx512::Correlate,  avx512::kLanes, avx512::CorrelatePasses,
-                               avx512::PlaneForward, avx512::kLanes,     avx512::PlaneForwardRows};
+                               avx512::PlaneForward, avx512::kLanes,     avx512::PlaneForwardRows, avx512::AddInto};
   static const bool hasAvx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   static const bool hasAvx512 = hasAvx2 && __builtin_cpu_supports("avx512f");
   const char* isa = std::getenv("KSHARE_NATIVE_ISA");
@@ -237,7 +239,9 @@ void GatherBlock(float* dst, int64_t dstRow, int64_t vec, const float* src, int6
 
 // out = depthwise correlation of `x` with `w` ([C][kh][kw], contiguous) plus bias (or none);
 // x and out are dense in g's format. Used for the forward pass and, with w flipped, grad input.
-void ConvolveInto(const Geometry& g, const float* x, const float* w, const float* bias, float* out) {
+// NCHW only: `addend` (or nullptr), dense like out, is added to each plane just written.
+void ConvolveInto(const Geometry& g, const float* x, const float* w, const float* bias, float* out,
+                  const float* addend = nullptr) {
   const Kernels& k = Pick();
   const int64_t kk = static_cast<int64_t>(g.kh) * g.kw;
   const auto plane = !g.channelsLast && g.kh == g.kw && g.dh == 1 && g.dw == 1 ? k.planeForward(g.kh) : nullptr;
@@ -260,6 +264,7 @@ void ConvolveInto(const Geometry& g, const float* x, const float* w, const float
           plane(pad.data(), rowP, tmp.data(), wv, g.h, wv / L, w + c * kk, b);
           for (int64_t y = 0; y < g.h; y++) CopyRow(dst + y * g.w, &tmp[y * wv], g.w);
         }
+        if (addend) k.addInto(dst, addend + t * g.h * g.w, g.h * g.w);
       }
     });
     return;
@@ -285,10 +290,12 @@ void ConvolveInto(const Geometry& g, const float* x, const float* w, const float
           k.forward(pad.data(), rowP, tmp.data(), wv, kVec, g.h, wv / kVec, wexp.data(), b8, g.kh, g.kw, g.dh * rowP, g.dw);
           for (int64_t y = 0; y < g.h; y++) CopyRow(dst + y * g.w, &tmp[y * wv], g.w);
         }
+        if (addend) k.addInto(dst, addend + t * g.h * g.w, g.h * g.w);
       }
     });
     return;
   }
+  TORCH_CHECK(!addend, "kshare::depthwise_conv2d: internal error: an addend with a channels-last grad input");
   // Channels-last: one task per (n, block of 8 channels); the block is gathered into a padded
   // [H + 2ph][W + 2pw][8] slice (lanes past C stay zero) and written back at pixel stride C.
   const int64_t blocks = (g.c + kVec - 1) / kVec, rowP = (g.w + 2 * g.pw) * kVec, rowsP = g.h + 2 * g.ph;
@@ -448,9 +455,9 @@ at::Tensor ForwardCpu(const at::Tensor& input, const at::Tensor& weight, const c
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> BackwardCpu(const at::Tensor& gradOutput, const at::Tensor& input,
-                                                           const at::Tensor& weight, at::IntArrayRef dilation,
-                                                           std::array<bool, 3> mask) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> BackwardCpuPlus(const at::Tensor& gradOutput, const at::Tensor& input,
+                                                               const at::Tensor& weight, at::IntArrayRef dilation,
+                                                               std::array<bool, 3> mask, const at::Tensor& gradInputAddend) {
   const char* op = "kshare::depthwise_conv2d_backward";
   Geometry g = Check(op, input, weight, dilation);
   TORCH_CHECK(gradOutput.sizes() == input.sizes() && gradOutput.scalar_type() == at::kFloat && gradOutput.device().is_cpu(), op,
@@ -458,16 +465,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> BackwardCpu(const at::Tensor& gra
   at::Tensor x = input.contiguous(Format(g));
   at::Tensor gy = gradOutput.contiguous(Format(g));
   at::Tensor w = weight.contiguous();
+  const bool plus = mask[0] && gradInputAddend.defined();
+  TORCH_CHECK(!plus || gradInputAddend.sizes() == input.sizes(), op, ": the grad input addend must be shaped like the input ",
+              input.sizes(), ", got ", gradInputAddend.sizes());
   at::Tensor gi, gw, gb;
   if (mask[0] && LibtorchForward(g)) {
     gi = std::get<0>(at::convolution_backward(gy, x, w, c10::nullopt, {1, 1}, {g.ph, g.pw}, {g.dh, g.dw}, false, {0, 0}, g.c,
                                               {true, false, false}));
+    if (plus) gi.add_(gradInputAddend);
   } else if (mask[0]) {
     // Stride 1 and symmetric padding: grad input is the forward pass of grad output with the
     // kernel rotated by 180 degrees.
     at::Tensor flipped = w.flip({2, 3}).contiguous();
     gi = NewOutput(input.sizes(), input.options(), Format(g));
-    if (gi.numel() > 0) ConvolveInto(g, gy.data_ptr<float>(), flipped.data_ptr<float>(), nullptr, gi.data_ptr<float>());
+    // NCHW adds the addend plane by plane as each is written; channels-last in a pass of its own.
+    at::Tensor addend = plus && !g.channelsLast ? gradInputAddend.contiguous(Format(g)) : at::Tensor();
+    if (gi.numel() > 0)
+      ConvolveInto(g, gy.data_ptr<float>(), flipped.data_ptr<float>(), nullptr, gi.data_ptr<float>(),
+                   addend.defined() ? addend.data_ptr<float>() : nullptr);
+    if (plus && g.channelsLast) gi.add_(gradInputAddend);
   }
   if (mask[1] || mask[2]) {
     gw = NewOutput(weight.sizes(), weight.options(), at::MemoryFormat::Contiguous);
@@ -483,6 +499,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> BackwardCpu(const at::Tensor& gra
     else if (weight.suggest_memory_format() == at::MemoryFormat::ChannelsLast) gw = gw.contiguous(at::MemoryFormat::ChannelsLast);
   }
   return {gi, gw, gb};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> BackwardCpu(const at::Tensor& gradOutput, const at::Tensor& input,
+                                                           const at::Tensor& weight, at::IntArrayRef dilation,
+                                                           std::array<bool, 3> mask) {
+  return BackwardCpuPlus(gradOutput, input, weight, dilation, mask, at::Tensor());
 }
 
 at::Tensor CallForward(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,

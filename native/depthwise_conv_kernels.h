@@ -14,6 +14,14 @@
 // between horizontal taps (dilation x pixel step), `tapRow` between vertical taps (dilation x
 // row stride).
 
+// dst[i] += a[i] for i < n: a gradient added into the grad input plane just written, while it
+// is in L1 (the ConvMixer residual's gradient, native/depthwise_block.cc).
+static inline void AddInto(float* dst, const float* a, int64_t n) {
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) store(dst + i, add(load(dst + i), load(a + i)));
+  for (; i < n; i++) dst[i] += a[i];
+}
+
 #ifndef KSHARE_DW_CORRELATE_ONLY
 // Forward block: XB output vectors at once (independent FMA chains; each input load feeds one
 // FMA and each weight load XB of them).

@@ -38,6 +38,7 @@
 #include <immintrin.h>
 
 #include "cpu_kernel_common.h"
+#include "fused_gelu_bn.h"
 
 #include <array>
 #include <cmath>
@@ -62,6 +63,8 @@ using BwdPass2 = void (*)(const float*, const float*, const float*, float*, int6
                           const float*, const float*, float*, double*);
 using BwdEval = void (*)(const float*, const float*, float*, int64_t, const float*, const float*, const float*, const float*,
                          float*, double*, float*, double*, float*, double*);
+using AffineAdd = void (*)(const float*, const float*, float*, int64_t, const float*, const float*);
+using FwdEvalAdd = void (*)(const float*, const float*, float*, int64_t, const float*, const float*, const float*);
 struct Kernels {
   Pair<FwdGelu> fwdGelu;
   Pair<SqDev> sqDev;
@@ -70,6 +73,8 @@ struct Kernels {
   Pair<BwdSums> bwdSums;
   Pair<BwdPass2> bwdPass2;
   Pair<BwdEval> bwdEval;
+  Pair<AffineAdd> affineAdd;
+  Pair<FwdEvalAdd> fwdEvalAdd;
 };
 
 namespace generic {
@@ -145,18 +150,22 @@ void checkArgs(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& we
   TORCH_CHECK(rm.is_contiguous() && rv.is_contiguous(), "bias_gelu_batch_norm: running stats must be contiguous");
 }
 
-struct Forward {
-  at::Tensor y, mean, invstd;  // mean / invstd: what normalised y (batch stats or running stats)
-  at::Tensor g, dg;            // training with keep: gelu(u) and gelu'(u), for the backward
-};
+using kshare_gbn::Forward;
+using kshare_gbn::Grads;
 
 Forward forwardImpl(const at::Tensor& xIn, const at::Tensor& biasIn, const at::Tensor& weightIn, const at::Tensor& bnBiasIn,
-                    const at::Tensor& rm, const at::Tensor& rv, bool training, double momentum, double eps, bool keep) {
+                    const at::Tensor& rm, const at::Tensor& rv, bool training, double momentum, double eps, bool keep,
+                    const at::Tensor& residualIn) {
   checkArgs(xIn, biasIn, weightIn, bnBiasIn, rm, rv);
   const Geom g = geomOf(xIn);
   TORCH_CHECK(!training || g.M > 1, "bias_gelu_batch_norm: expected more than 1 value per channel when training, got input ",
               xIn.sizes());
   const at::Tensor x = xIn.contiguous(g.fmt);
+  TORCH_CHECK(!residualIn.defined() || (residualIn.sizes() == xIn.sizes() && residualIn.scalar_type() == at::kFloat &&
+                                        residualIn.device().is_cpu()),
+              "bias_gelu_batch_norm: residual must be a float32 CPU tensor shaped like the input ", xIn.sizes());
+  const at::Tensor residual = residualIn.defined() ? residualIn.contiguous(g.fmt) : at::Tensor();
+  const float* resp = residual.defined() ? residual.data_ptr<float>() : nullptr;
   const at::Tensor bias = biasIn.contiguous(), weight = weightIn.contiguous(), bnBias = bnBiasIn.contiguous();
   at::Tensor y = newOutput(x, g.fmt);
   at::Tensor mean = at::empty({g.C}, x.options()), invstd = at::empty({g.C}, x.options());
@@ -192,14 +201,18 @@ Forward forwardImpl(const at::Tensor& xIn, const at::Tensor& biasIn, const at::T
       at::parallel_for(0, N * C, 1, [&](int64_t b, int64_t e) {
         for (int64_t nc = b; nc < e; nc++) {
           int64_t c = nc % C;
-          K.fwdEval.nchw(xp + nc * HW, yp + nc * HW, HW, bp + c, scp + c, shp + c);
+          if (resp) K.fwdEvalAdd.nchw(xp + nc * HW, resp + nc * HW, yp + nc * HW, HW, bp + c, scp + c, shp + c);
+          else K.fwdEval.nchw(xp + nc * HW, yp + nc * HW, HW, bp + c, scp + c, shp + c);
         }
       });
     } else {
       const int64_t R = N * HW, rb = rowsPerBlock(C);
       at::parallel_for(0, (R + rb - 1) / rb, 1, [&](int64_t b, int64_t e) {
         for (int64_t k = b; k < e; k++)
-          for (int64_t r = k * rb; r < std::min(R, (k + 1) * rb); r++) K.fwdEval.cl(xp + r * C, yp + r * C, C, bp, scp, shp);
+          for (int64_t r = k * rb; r < std::min(R, (k + 1) * rb); r++) {
+            if (resp) K.fwdEvalAdd.cl(xp + r * C, resp + r * C, yp + r * C, C, bp, scp, shp);
+            else K.fwdEval.cl(xp + r * C, yp + r * C, C, bp, scp, shp);
+          }
       });
     }
     return {y, mean, invstd, {}, {}};
@@ -240,7 +253,10 @@ Forward forwardImpl(const at::Tensor& xIn, const at::Tensor& biasIn, const at::T
       finish(c, mu, var);
     }
     at::parallel_for(0, rows, 16, [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; r++) K.affine.nchw(gp + r * HW, yp + r * HW, HW, scp + r % C, shp + r % C);
+      for (int64_t r = b; r < e; r++) {
+        if (resp) K.affineAdd.nchw(gp + r * HW, resp + r * HW, yp + r * HW, HW, scp + r % C, shp + r % C);
+        else K.affine.nchw(gp + r * HW, yp + r * HW, HW, scp + r % C, shp + r % C);
+      }
     });
   } else {
     // Blocks of rows: gelu + block sums, then the block's squared deviations from its own mean
@@ -269,15 +285,14 @@ Forward forwardImpl(const at::Tensor& xIn, const at::Tensor& biasIn, const at::T
     }
     at::parallel_for(0, nb, 1, [&](int64_t b, int64_t e) {
       for (int64_t k = b; k < e; k++)
-        for (int64_t r = k * rb; r < std::min(R, (k + 1) * rb); r++) K.affine.cl(gp + r * C, yp + r * C, C, scp, shp);
+        for (int64_t r = k * rb; r < std::min(R, (k + 1) * rb); r++) {
+          if (resp) K.affineAdd.cl(gp + r * C, resp + r * C, yp + r * C, C, scp, shp);
+          else K.affine.cl(gp + r * C, yp + r * C, C, scp, shp);
+        }
     });
   }
   return {y, mean, invstd, gKept, dgKept};
 }
-
-struct Grads {
-  at::Tensor dx, dbias, dweight, dbnBias;
-};
 
 // Eval mode: x (the conv output) and bias; training: gKept and dgKept from the forward.
 Grads backwardImpl(const at::Tensor& dyIn, const at::Tensor& xIn, const at::Tensor& bias, const at::Tensor& weight,
@@ -419,7 +434,7 @@ struct BiasGeluBatchNorm : public torch::autograd::Function<BiasGeluBatchNorm> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& bias,
                             const at::Tensor& weight, const at::Tensor& bnBias, const at::Tensor& rm, const at::Tensor& rv,
                             bool training, double momentum, double eps, bool keep) {
-    Forward f = forwardImpl(x, bias, weight, bnBias, rm, rv, training, momentum, eps, keep);
+    Forward f = forwardImpl(x, bias, weight, bnBias, rm, rv, training, momentum, eps, keep, at::Tensor());
     // Training keeps gelu and gelu' (f.g, f.dg), eval recomputes them from x.
     if (training) ctx->save_for_backward({f.g, f.dg, weight, f.mean, f.invstd});
     else ctx->save_for_backward({x, bias, weight, f.mean, f.invstd});
@@ -448,10 +463,26 @@ at::Tensor biasGeluBatchNormAutograd(const at::Tensor& x, const at::Tensor& bias
 
 at::Tensor biasGeluBatchNormCpu(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& weight, const at::Tensor& bnBias,
                                 const at::Tensor& rm, const at::Tensor& rv, bool training, double momentum, double eps) {
-  return forwardImpl(x, bias, weight, bnBias, rm, rv, training, momentum, eps, false).y;
+  return forwardImpl(x, bias, weight, bnBias, rm, rv, training, momentum, eps, false, at::Tensor()).y;
 }
 
 }  // namespace
+
+namespace kshare_gbn {
+
+Forward ForwardImpl(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& weight, const at::Tensor& bnBias,
+                    const at::Tensor& rm, const at::Tensor& rv, bool training, double momentum, double eps, bool keep,
+                    const at::Tensor& residual) {
+  return forwardImpl(x, bias, weight, bnBias, rm, rv, training, momentum, eps, keep, residual);
+}
+
+Grads BackwardImpl(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& bias, const at::Tensor& weight,
+                   const at::Tensor& mean, const at::Tensor& invstd, bool training, const at::Tensor& gKept,
+                   const at::Tensor& dgKept) {
+  return backwardImpl(dy, x, bias, weight, mean, invstd, training, gKept, dgKept);
+}
+
+}  // namespace kshare_gbn
 
 TORCH_LIBRARY_FRAGMENT(kshare, m) {
   m.def(

@@ -2,7 +2,7 @@
 import * as t from '../tensor/index.js';
 import type { Tensor } from '../tensor/index.js';
 import { Module } from './module.js';
-import { convGeluBatchNorm } from './fused.js';
+import { convGeluBatchNorm, depthwiseGeluBatchNormResidual } from './fused.js';
 
 /** Applies its children in order; they are named '0', '1', ... as in PyTorch. */
 export class Sequential extends Module {
@@ -59,6 +59,12 @@ export class Residual extends Module {
   }
 
   forward(x: Tensor): Tensor {
-    return t.tidy(() => t.add(this.fn.forward(x), x));
+    // fn = depthwise Conv2d → GELU → BatchNorm2d (ConvMixer) runs as one fused operator where it applies (./fused.ts).
+    const fn = this.fn;
+    if (fn instanceof Sequential && fn.length === 3 && !Object.prototype.hasOwnProperty.call(fn, 'forward')) {
+      const fused = depthwiseGeluBatchNormResidual(fn.at(0), fn.at(1), fn.at(2), x);
+      if (fused) return fused;
+    }
+    return t.tidy(() => t.add(fn.forward(x), x));
   }
 }

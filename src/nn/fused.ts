@@ -6,15 +6,20 @@ import { Conv2d } from './conv.js';
 import { GELU } from './activation.js';
 import { BatchNorm2d } from './batchnorm.js';
 
+interface FusableParts {
+  bias: Tensor;
+  weight: Tensor;
+  bnBias: Tensor;
+  rm: Tensor;
+  rv: Tensor;
+}
+
 /**
- * Conv2d (with bias) → exact GELU → BatchNorm2d, as ConvMixer uses it: the convolution without
- * its bias, then kshare's fused bias + GELU + BatchNorm kernel (native/fused_gelu_bn.cc), which
- * is several times faster than libtorch's three ops on the CPU. The parameters, buffers and
- * running-stat updates are exactly the layers' own. Returns null where the kernel does not apply
- * (not CPU float32, autocast, `KSHARE_NATIVE_KERNELS=0`, a layer configured differently), and
- * the caller then runs the layers one by one.
+ * The parameters of Conv2d (with bias) → exact GELU → BatchNorm2d when kshare's fused CPU
+ * kernels apply to them and input x: not CPU float32, autocast, `KSHARE_NATIVE_KERNELS=0`, or a
+ * layer configured differently give null, and the caller then runs the layers one by one.
  */
-export function convGeluBatchNorm(conv: Module, gelu: Module, bn: Module, x: Tensor): Tensor | null {
+function fusableParts(conv: Module, gelu: Module, bn: Module, x: Tensor): FusableParts | null {
   if (!(conv instanceof Conv2d) || !(gelu instanceof GELU) || !(bn instanceof BatchNorm2d)) return null;
   // A layer whose forward was replaced on the instance (shape tracing in models/summary.ts,
   // a user's hook) must run as itself.
@@ -29,10 +34,62 @@ export function convGeluBatchNorm(conv: Module, gelu: Module, bn: Module, x: Ten
   if (x.rank !== 4 || x.device !== 'cpu' || x.dtype !== 'float32' || conv.weight.dtype !== 'float32') return null;
   for (const p of [bias, weight, bnBias, rm, rv]) if (p.device !== 'cpu' || p.dtype !== 'float32') return null;
   if (bn.numFeatures !== conv.outChannels) return null; // let BatchNorm2d raise its own error
+  return { bias, weight, bnBias, rm, rv };
+}
+
+/**
+ * Conv2d (with bias) → exact GELU → BatchNorm2d, as ConvMixer uses it: the convolution without
+ * its bias, then kshare's fused bias + GELU + BatchNorm kernel (native/fused_gelu_bn.cc), which
+ * is several times faster than libtorch's three ops on the CPU. The parameters, buffers and
+ * running-stat updates are exactly the layers' own. Returns null where the kernel does not apply
+ * (see fusableParts), and the caller then runs the layers one by one.
+ */
+export function convGeluBatchNorm(conv: Module, gelu: Module, bn: Module, x: Tensor): Tensor | null {
+  const p = fusableParts(conv, gelu, bn, x);
+  if (!p || !(conv instanceof Conv2d) || !(bn instanceof BatchNorm2d)) return null;
   return t.tidy(() => {
     const z = conv.convolve(x, false);
     if (bn.training && z.size / z.dim(1) <= 1) return null; // BatchNorm2d raises its usual error
     const momentum = bn.countBatch();
-    return t.biasGeluBatchNorm(z, bias, { weight, bias: bnBias, runningMean: rm, runningVar: rv, training: bn.training, momentum, eps: bn.eps });
+    return t.biasGeluBatchNorm(z, p.bias, {
+      weight: p.weight,
+      bias: p.bnBias,
+      runningMean: p.rm,
+      runningVar: p.rv,
+      training: bn.training,
+      momentum,
+      eps: bn.eps,
+    });
+  });
+}
+
+/**
+ * x + BatchNorm2d(GELU(depthwise Conv2d(x))), the residual half of a ConvMixer block, in one
+ * operator (native/depthwise_block.cc) that adds the residual inside the kernels' own passes.
+ * Applies where convGeluBatchNorm does and the convolution is kshare's depthwise kernel's (one
+ * odd k x k filter per channel, stride 1, "same" padding) on input channels matching x; null
+ * otherwise.
+ */
+export function depthwiseGeluBatchNormResidual(conv: Module, gelu: Module, bn: Module, x: Tensor): Tensor | null {
+  // KSHARE_NATIVE_RESIDUAL=0 (read at every call) runs the three operators instead, for tests and comparisons.
+  if (process.env.KSHARE_NATIVE_RESIDUAL === '0') return null;
+  const p = fusableParts(conv, gelu, bn, x);
+  if (!p || !(conv instanceof Conv2d) || !(bn instanceof BatchNorm2d)) return null;
+  const c = x.dim(1);
+  const [kh, kw] = conv.kernelSize;
+  const depthwise = conv.groups === c && conv.inChannels === c && conv.outChannels === c && kh % 2 === 1 && kw % 2 === 1;
+  const same = conv.padding[0] === (conv.dilation[0] * (kh - 1)) / 2 && conv.padding[1] === (conv.dilation[1] * (kw - 1)) / 2;
+  if (!depthwise || !same || conv.stride[0] !== 1 || conv.stride[1] !== 1) return null;
+  if (bn.training && x.size / c <= 1) return null; // BatchNorm2d raises its usual error
+  const momentum = bn.countBatch();
+  return t.depthwiseGeluBatchNormResidual(x, conv.weight, p.bias, {
+    dilation: conv.dilation,
+    weight: p.weight,
+    bias: p.bnBias,
+    runningMean: p.rm,
+    runningVar: p.rv,
+    training: bn.training,
+    momentum,
+    eps: bn.eps,
   });
 }

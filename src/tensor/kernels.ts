@@ -172,6 +172,7 @@ export const KERNELS = {
   interpolateBilinear: 'aten::upsample_bilinear2d',
   // kshare's own CPU kernels (native/*.cc, registered with libtorch's dispatcher)
   biasGeluBatchNorm: 'kshare::bias_gelu_batch_norm',
+  depthwiseGeluBatchNormResidual: 'kshare::depthwise_gelu_bn_residual',
   batchNormRelu: 'kshare::batch_norm_relu',
   // multi-tensor (optimizers)
   foreachMulScalar_: 'aten::_foreach_mul_.Scalar',

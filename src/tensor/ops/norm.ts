@@ -116,3 +116,66 @@ export function biasGeluBatchNorm(x: Tensor, convBias: Tensor, o: BiasGeluBatchN
   const eps = numberArg(op, 'eps', o.eps ?? 1e-5);
   return wrap(runKernel(op, 'biasGeluBatchNorm', [x.handle, ...named.map(([, t]) => t.handle), o.training, momentum, eps]));
 }
+
+export interface DepthwiseGeluBatchNormResidualOptions extends BiasGeluBatchNormOptions {
+  /** The depthwise convolution's dilation (padding is "same": dilation·(k-1)/2 a side). */
+  dilation?: [number, number];
+}
+
+/**
+ * x + biasGeluBatchNorm(conv2d(x, dwWeight, no bias, "same" padding, groups C), convBias, o): the
+ * first half of a ConvMixer block in one CPU operator (native/depthwise_block.cc), which adds the
+ * residual inside the kernels' own passes instead of in passes of its own. dwWeight: float32 CPU
+ * [C, 1, kh, kw] with odd kh and kw; everything else as biasGeluBatchNorm.
+ */
+export function depthwiseGeluBatchNormResidual(x: Tensor, dwWeight: Tensor, convBias: Tensor, o: DepthwiseGeluBatchNormResidualOptions): Tensor {
+  const op = 'depthwiseGeluBatchNormResidual';
+  if (o === null || typeof o !== 'object' || typeof o.training !== 'boolean') {
+    throw new TypeError(`${op}: options must be an object with a boolean 'training', got ${describe(o)}`);
+  }
+  tensorArg(op, 'input', x);
+  tensorArg(op, 'dwWeight', dwWeight);
+  if (x.rank !== 4) throw new ShapeError(`${op}: input must be (N, C, H, W), got shape [${x.shape}]`);
+  const c = x.dim(1);
+  const [oc, icg, kh, kw] = dwWeight.shape;
+  if (dwWeight.rank !== 4 || oc !== c || icg !== 1 || kh! % 2 === 0 || kw! % 2 === 0) {
+    throw new ShapeError(`${op}: 'dwWeight' must be [${c}, 1, kh, kw] with odd kh and kw for input [${x.shape}], got [${dwWeight.shape}]`);
+  }
+  if (dwWeight.dtype !== 'float32' || dwWeight.device !== 'cpu') {
+    throw new TypeError(`${op}: 'dwWeight' must be a float32 CPU tensor, got ${dwWeight.dtype} on ${dwWeight.device}`);
+  }
+  const dilation = o.dilation ?? [1, 1];
+  if (!Array.isArray(dilation) || dilation.length !== 2 || !dilation.every((d) => Number.isInteger(d) && d >= 1)) {
+    throw new RangeError(`${op}: dilation must be two positive integers, got ${describe(dilation)}`);
+  }
+  // The rest (and the fused kernel's own checks) as biasGeluBatchNorm; this validates only.
+  const named: [string, Tensor][] = [
+    ['convBias', convBias],
+    ['weight', o.weight],
+    ['bias', o.bias],
+    ['runningMean', o.runningMean],
+    ['runningVar', o.runningVar],
+  ];
+  for (const [name, t] of [['input', x] as [string, Tensor], ...named]) {
+    tensorArg(op, name, t);
+    if (t.dtype !== 'float32' || t.device !== 'cpu') {
+      throw new TypeError(`${op}: '${name}' must be a float32 CPU tensor, got ${t.dtype} on ${t.device} (use conv2d, gelu, batchNorm and add elsewhere)`);
+    }
+    if (t !== x && (t.rank !== 1 || t.dim(0) !== c)) throw new ShapeError(`${op}: '${name}' must have shape [${c}] for input [${x.shape}], got [${t.shape}]`);
+  }
+  if (o.training && x.size / c <= 1) throw new ShapeError(`${op}: expected more than 1 value per channel when training, got input [${x.shape}]`);
+  const momentum = numberArg(op, 'momentum', o.momentum ?? 0.1);
+  const eps = numberArg(op, 'eps', o.eps ?? 1e-5);
+  return wrap(
+    runKernel(op, 'depthwiseGeluBatchNormResidual', [
+      x.handle,
+      dwWeight.handle,
+      convBias.handle,
+      dilation,
+      ...named.slice(1).map(([, t]) => t.handle),
+      o.training,
+      momentum,
+      eps,
+    ]),
+  );
+}

@@ -1,0 +1,21 @@
+// The depthwise convolution's CPU entry points (depthwise_conv.cc) for kernels built on it: the
+// ConvMixer residual block (depthwise_block.cc). Same scope and checks as the operators.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <array>
+#include <tuple>
+
+namespace kshare_dw {
+
+// kshare::depthwise_conv2d on CPU (no autograd).
+at::Tensor ForwardCpu(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                      at::IntArrayRef dilation);
+
+// kshare::depthwise_conv2d_backward on CPU, with gradInputAddend (when defined: shaped like the
+// input) added to the input gradient, in the pass that writes it where these kernels run.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> BackwardCpuPlus(const at::Tensor& gradOutput, const at::Tensor& input,
+                                                               const at::Tensor& weight, at::IntArrayRef dilation,
+                                                               std::array<bool, 3> mask, const at::Tensor& gradInputAddend);
+
+}  // namespace kshare_dw

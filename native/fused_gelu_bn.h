@@ -1,0 +1,29 @@
+// The fused bias + GELU + BatchNorm2d passes (fused_gelu_bn.cc) for other kernels that build on
+// them: the ConvMixer residual block (depthwise_block.cc).
+#pragma once
+#include <ATen/ATen.h>
+
+namespace kshare_gbn {
+
+struct Forward {
+  at::Tensor y, mean, invstd;  // mean / invstd: what normalised y (batch stats or running stats)
+  at::Tensor g, dg;            // training with keep: gelu(u) and gelu'(u), for the backward
+};
+
+// y = batch_norm(gelu(x + bias[c])) (+ residual, when defined: same shape, added in the pass
+// that writes y). Training updates running_mean / running_var in place; `keep` keeps g and dg.
+Forward ForwardImpl(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& weight, const at::Tensor& bnBias,
+                    const at::Tensor& rm, const at::Tensor& rv, bool training, double momentum, double eps, bool keep,
+                    const at::Tensor& residual);
+
+struct Grads {
+  at::Tensor dx, dbias, dweight, dbnBias;
+};
+
+// The backward without the residual (whose gradient is dy itself). Training: from ForwardImpl's
+// kept g and dg (x is not read); eval: recomputed from x (the GELU input before the bias) and bias.
+Grads BackwardImpl(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& bias, const at::Tensor& weight,
+                   const at::Tensor& mean, const at::Tensor& invstd, bool training, const at::Tensor& gKept,
+                   const at::Tensor& dgKept);
+
+}  // namespace kshare_gbn
