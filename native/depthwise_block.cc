@@ -10,8 +10,10 @@
 // the input in the pass that writes the BatchNorm output (fused_gelu_bn.cc's affine pass), and
 // the backward adds the output gradient to each NCHW grad input plane as the depthwise kernel
 // writes it (depthwise_conv.cc; channels-last input, which oneDNN's convolution serves, adds it
-// in a pass of its own as before). The kernels are the two operators' own, so the numbers are
-// theirs up to the order of one float addition.
+// in a pass of its own as before). In NCHW the convolution's output is not even stored: each
+// plane goes from the plane kernel, while in L1, into the fused kernel's first pass (GELU and
+// the row's statistics in training, the whole output in eval). The kernels are the two
+// operators' own, so the numbers are theirs bit for bit.
 //
 // Measured speed: see bench/cpu-kernels-notes.md ("Residual add fused").
 //
@@ -27,17 +29,28 @@
 #include "depthwise_conv.h"
 #include "fused_gelu_bn.h"
 
+#include <functional>
 #include <vector>
 
 namespace {
 
 constexpr const char* kOp = "kshare::depthwise_gelu_bn_residual";
 
+// needZ: keep the convolution's output in *z (an eval-mode backward recomputes GELU from it).
 kshare_gbn::Forward ForwardBoth(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, at::IntArrayRef dilation,
                                 const at::Tensor& bnWeight, const at::Tensor& bnBias, const at::Tensor& rm, const at::Tensor& rv,
-                                bool training, double momentum, double eps, bool keep, at::Tensor* z) {
+                                bool training, double momentum, double eps, bool keep, bool needZ, at::Tensor* z) {
   TORCH_CHECK(x.dim() == 4, kOp, ": input must be (N, C, H, W), got ", x.sizes());
   // The conv bias goes to the fused kernel (added before GELU there), not to the convolution.
+  if (!needZ && kshare_dw::PlanesApply(x, weight, dilation)) {
+    // NCHW plane kernel: each convolved plane goes straight from L1 into the fused kernel's
+    // first pass (GELU and the row's statistics, or the whole eval output), so the
+    // convolution's output is never written to memory.
+    const kshare_gbn::RowSource rows = [&](const std::function<void(int64_t, const float*)>& body) {
+      kshare_dw::ForwardPlanes(x, weight, dilation, body);
+    };
+    return kshare_gbn::ForwardImpl(x, bias, bnWeight, bnBias, rm, rv, training, momentum, eps, keep, x, &rows);
+  }
   *z = kshare_dw::ForwardCpu(x, weight, c10::nullopt, dilation);
   return kshare_gbn::ForwardImpl(*z, bias, bnWeight, bnBias, rm, rv, training, momentum, eps, keep, x);
 }
@@ -46,9 +59,10 @@ struct DepthwiseGeluBnResidual : public torch::autograd::Function<DepthwiseGeluB
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
                             const at::Tensor& bias, std::vector<int64_t> dilation, const at::Tensor& bnWeight,
                             const at::Tensor& bnBias, const at::Tensor& rm, const at::Tensor& rv, bool training, double momentum,
-                            double eps, bool keep) {
+                            double eps, bool keep, bool gradient) {
     at::Tensor z;
-    kshare_gbn::Forward f = ForwardBoth(x, weight, bias, dilation, bnWeight, bnBias, rm, rv, training, momentum, eps, keep, &z);
+    kshare_gbn::Forward f =
+        ForwardBoth(x, weight, bias, dilation, bnWeight, bnBias, rm, rv, training, momentum, eps, keep, !training && gradient, &z);
     // Training keeps gelu and gelu' (f.g, f.dg); eval recomputes them from z.
     if (training) ctx->save_for_backward({x, weight, f.g, f.dg, bnWeight, f.mean, f.invstd});
     else ctx->save_for_backward({x, weight, z, bias, bnWeight, f.mean, f.invstd});
@@ -59,7 +73,7 @@ struct DepthwiseGeluBnResidual : public torch::autograd::Function<DepthwiseGeluB
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads) {
     const at::Tensor& dy = grads[0];
-    torch::autograd::variable_list out(12);
+    torch::autograd::variable_list out(13);
     if (!dy.defined()) return out;
     TORCH_CHECK(!c10::GradMode::is_enabled(), kOp,
                 ": no second derivative (backward with create_graph); run with KSHARE_NATIVE_KERNELS=0 for higher derivatives");
@@ -89,18 +103,17 @@ at::Tensor Autograd(const at::Tensor& x, const at::Tensor& weight, const at::Ten
                     double momentum, double eps) {
   // gelu and gelu' are kept only when a backward can follow; the running stats are updated in
   // place but never differentiated, so they stay out of the autograd inputs.
-  const bool keep = training && at::GradMode::is_enabled() &&
-                    (x.requires_grad() || weight.requires_grad() || bias.requires_grad() || bnWeight.requires_grad() ||
-                     bnBias.requires_grad());
+  const bool gradient = at::GradMode::is_enabled() && (x.requires_grad() || weight.requires_grad() || bias.requires_grad() ||
+                                                       bnWeight.requires_grad() || bnBias.requires_grad());
   return DepthwiseGeluBnResidual::apply(x, weight, bias, dilation.vec(), bnWeight, bnBias, rm.detach(), rv.detach(), training,
-                                        momentum, eps, keep);
+                                        momentum, eps, training && gradient, gradient);
 }
 
 at::Tensor Cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, at::IntArrayRef dilation,
                const at::Tensor& bnWeight, const at::Tensor& bnBias, const at::Tensor& rm, const at::Tensor& rv, bool training,
                double momentum, double eps) {
   at::Tensor z;
-  return ForwardBoth(x, weight, bias, dilation, bnWeight, bnBias, rm, rv, training, momentum, eps, false, &z).y;
+  return ForwardBoth(x, weight, bias, dilation, bnWeight, bnBias, rm, rv, training, momentum, eps, false, false, &z).y;
 }
 
 }  // namespace

@@ -324,6 +324,33 @@ void ConvolveInto(const Geometry& g, const float* x, const float* w, const float
   });
 }
 
+// The NCHW plane path of ConvolveInto (square kernel, dilation 1, no bias) with each finished
+// plane, H * W contiguous floats in a per-thread buffer still in L1, handed to sink(n * C + c,
+// plane) instead of written out: a caller consuming the output plane by plane never makes it a
+// tensor (native/depthwise_block.cc). The caller checked that the plane kernel applies.
+void ConvolvePlanes(const Geometry& g, const float* x, const float* w, const PlaneSink& sink) {
+  const Kernels& k = Pick();
+  const int64_t kk = static_cast<int64_t>(g.kh) * g.kw;
+  const auto plane = k.planeForward(g.kh);
+  const int64_t L = k.planeLanes, R = k.planeRows(g.kh);
+  const int64_t wv = RoundUp(g.w, L), rowP = wv + 2 * g.pw, rowsP = RoundUp(g.h, R) + 2 * g.ph;
+  at::parallel_for(0, g.n * g.c, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> pad(rowsP * rowP), tmp(g.h * wv), dense(g.w == wv ? 0 : g.h * g.w);
+    for (int64_t t = begin; t < end; t++) {
+      const int64_t c = t % g.c;
+      const float* src = x + t * g.h * g.w;
+      for (int64_t y = 0; y < g.h; y++) CopyRow(&pad[(y + g.ph) * rowP + g.pw], src + y * g.w, g.w);
+      plane(pad.data(), rowP, tmp.data(), wv, g.h, wv / L, w + c * kk, 0.f);
+      const float* out = tmp.data();
+      if (!dense.empty()) {
+        for (int64_t y = 0; y < g.h; y++) CopyRow(&dense[y * g.w], &tmp[y * wv], g.w);
+        out = dense.data();
+      }
+      sink(t, out);
+    }
+  });
+}
+
 // grad weight [C][kh][kw] (and grad bias [C] when gb != nullptr) from input x and grad output
 // gy, both dense in g's format. The bias gradient is summed by the correlation pass, in float
 // per image and vector lane, then in double over lanes and images.
@@ -499,6 +526,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> BackwardCpuPlus(const at::Tensor&
     else if (weight.suggest_memory_format() == at::MemoryFormat::ChannelsLast) gw = gw.contiguous(at::MemoryFormat::ChannelsLast);
   }
   return {gi, gw, gb};
+}
+
+bool PlanesApply(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef dilation) {
+  const Geometry g = Check("kshare::depthwise_conv2d", input, weight, dilation);
+  return !g.channelsLast && input.is_contiguous() && g.kh == g.kw && g.dh == 1 && g.dw == 1 && Pick().planeForward(g.kh) &&
+         !LibtorchForward(g) && input.numel() > 0;
+}
+
+void ForwardPlanes(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef dilation, const PlaneSink& sink) {
+  TORCH_CHECK(PlanesApply(input, weight, dilation), "kshare::depthwise_conv2d: internal error: the plane kernel does not apply");
+  const Geometry g = Check("kshare::depthwise_conv2d", input, weight, dilation);
+  const at::Tensor w = weight.contiguous();
+  ConvolvePlanes(g, input.data_ptr<float>(), w.data_ptr<float>(), sink);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> BackwardCpu(const at::Tensor& gradOutput, const at::Tensor& input,

@@ -4,6 +4,8 @@
 #include <ATen/ATen.h>
 
 #include <array>
+#include <cstdint>
+#include <functional>
 #include <tuple>
 
 namespace kshare_dw {
@@ -17,5 +19,17 @@ at::Tensor ForwardCpu(const at::Tensor& input, const at::Tensor& weight, const c
 std::tuple<at::Tensor, at::Tensor, at::Tensor> BackwardCpuPlus(const at::Tensor& gradOutput, const at::Tensor& input,
                                                                const at::Tensor& weight, at::IntArrayRef dilation,
                                                                std::array<bool, 3> mask, const at::Tensor& gradInputAddend);
+
+// Receives one output plane (n, c) of the NCHW forward: index n * C + c and H * W contiguous
+// floats, valid during the call. Called from libtorch's intra-op threads, planes in any order.
+using PlaneSink = std::function<void(int64_t, const float*)>;
+
+// Whether ForwardPlanes runs for this convolution: NCHW contiguous input, a square kernel at
+// dilation 1 that the plane kernel covers, and that route chosen (not KSHARE_NATIVE_DEPTHWISE_FORWARD=onednn).
+bool PlanesApply(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef dilation);
+
+// The forward without bias, each output plane handed to `sink` while in cache and never
+// written out as a tensor.
+void ForwardPlanes(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef dilation, const PlaneSink& sink);
 
 }  // namespace kshare_dw

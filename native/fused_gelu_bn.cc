@@ -45,6 +45,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <vector>
 
@@ -155,12 +156,14 @@ using kshare_gbn::Grads;
 
 Forward forwardImpl(const at::Tensor& xIn, const at::Tensor& biasIn, const at::Tensor& weightIn, const at::Tensor& bnBiasIn,
                     const at::Tensor& rm, const at::Tensor& rv, bool training, double momentum, double eps, bool keep,
-                    const at::Tensor& residualIn) {
+                    const at::Tensor& residualIn, const kshare_gbn::RowSource* rows) {
   checkArgs(xIn, biasIn, weightIn, bnBiasIn, rm, rv);
   const Geom g = geomOf(xIn);
   TORCH_CHECK(!training || g.M > 1, "bias_gelu_batch_norm: expected more than 1 value per channel when training, got input ",
               xIn.sizes());
-  const at::Tensor x = xIn.contiguous(g.fmt);
+  TORCH_CHECK(!rows || !g.cl, "bias_gelu_batch_norm: internal error: a row source with a channels-last input");
+  // With a row source, xIn only gives the shape: its rows come from `rows`.
+  const at::Tensor x = rows ? xIn : xIn.contiguous(g.fmt);
   TORCH_CHECK(!residualIn.defined() || (residualIn.sizes() == xIn.sizes() && residualIn.scalar_type() == at::kFloat &&
                                         residualIn.device().is_cpu()),
               "bias_gelu_batch_norm: residual must be a float32 CPU tensor shaped like the input ", xIn.sizes());
@@ -170,12 +173,23 @@ Forward forwardImpl(const at::Tensor& xIn, const at::Tensor& biasIn, const at::T
   at::Tensor y = newOutput(x, g.fmt);
   at::Tensor mean = at::empty({g.C}, x.options()), invstd = at::empty({g.C}, x.options());
   at::Tensor scale = at::empty({g.C}, x.options()), shift = at::empty({g.C}, x.options());
-  const float *xp = x.data_ptr<float>(), *bp = bias.data_ptr<float>(), *wp = weight.data_ptr<float>(), *bbp = bnBias.data_ptr<float>();
+  const float *xp = rows ? nullptr : x.data_ptr<float>(), *bp = bias.data_ptr<float>(), *wp = weight.data_ptr<float>(),
+              *bbp = bnBias.data_ptr<float>();
   float *yp = y.data_ptr<float>(), *meanp = mean.data_ptr<float>(), *isp = invstd.data_ptr<float>();
   float *scp = scale.data_ptr<float>(), *shp = shift.data_ptr<float>();
   float *rmp = rm.data_ptr<float>(), *rvp = rv.data_ptr<float>();
   const Kernels& K = kernels();
   const int64_t N = g.N, C = g.C, HW = g.HW, M = g.M;
+  // NCHW: body(r, row) for every (n, c) row r in parallel, from x or from the row source.
+  auto forRows = [&](int64_t grain, const std::function<void(int64_t, const float*)>& body) {
+    if (rows) {
+      (*rows)(body);
+      return;
+    }
+    at::parallel_for(0, N * C, grain, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; r++) body(r, xp + r * HW);
+    });
+  };
 
   // Per channel: normalisation from mean / var, and the running-stat update (as libtorch: in
   // double, running_var with the unbiased variance).
@@ -198,12 +212,10 @@ Forward forwardImpl(const at::Tensor& xIn, const at::Tensor& biasIn, const at::T
       shp[c] = static_cast<float>(bbp[c] - rmp[c] * wp[c] * is);
     }
     if (!g.cl) {
-      at::parallel_for(0, N * C, 1, [&](int64_t b, int64_t e) {
-        for (int64_t nc = b; nc < e; nc++) {
-          int64_t c = nc % C;
-          if (resp) K.fwdEvalAdd.nchw(xp + nc * HW, resp + nc * HW, yp + nc * HW, HW, bp + c, scp + c, shp + c);
-          else K.fwdEval.nchw(xp + nc * HW, yp + nc * HW, HW, bp + c, scp + c, shp + c);
-        }
+      forRows(1, [&](int64_t nc, const float* z) {
+        const int64_t c = nc % C;
+        if (resp) K.fwdEvalAdd.nchw(z, resp + nc * HW, yp + nc * HW, HW, bp + c, scp + c, shp + c);
+        else K.fwdEval.nchw(z, yp + nc * HW, HW, bp + c, scp + c, shp + c);
       });
     } else {
       const int64_t R = N * HW, rb = rowsPerBlock(C);
@@ -230,20 +242,18 @@ Forward forwardImpl(const at::Tensor& xIn, const at::Tensor& biasIn, const at::T
     // combined per channel in a fixed order (Chan et al.), whatever the thread count. (Walking
     // one channel's N planes instead, C * H * W floats apart, measured slower: the planes
     // conflict in cache and defeat the prefetcher.)
-    const int64_t rows = N * C;
-    std::vector<double> rsum(rows), rsq(rows);
-    std::vector<float> rmean(rows);
-    at::parallel_for(0, rows, 16, [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; r++) {
-        const int64_t c = r % C, o = r * HW;
-        double sum = 0, sq = 0;
-        K.fwdGelu.nchw(xp + o, gp + o, dgp ? dgp + o : nullptr, HW, bp + c, nullptr, &sum);
-        const float rm = static_cast<float>(sum / HW);
-        K.sqDev.nchw(gp + o, HW, &rm, nullptr, &sq);
-        rsum[r] = sum;
-        rsq[r] = sq;
-        rmean[r] = rm;
-      }
+    const int64_t nRows = N * C;
+    std::vector<double> rsum(nRows), rsq(nRows);
+    std::vector<float> rmean(nRows);
+    forRows(16, [&](int64_t r, const float* z) {
+      const int64_t c = r % C, o = r * HW;
+      double sum = 0, sq = 0;
+      K.fwdGelu.nchw(z, gp + o, dgp ? dgp + o : nullptr, HW, bp + c, nullptr, &sum);
+      const float rm = static_cast<float>(sum / HW);
+      K.sqDev.nchw(gp + o, HW, &rm, nullptr, &sq);
+      rsum[r] = sum;
+      rsq[r] = sq;
+      rmean[r] = rm;
     });
     for (int64_t c = 0; c < C; c++) {
       double mu, var;
@@ -252,7 +262,7 @@ Forward forwardImpl(const at::Tensor& xIn, const at::Tensor& biasIn, const at::T
           &mu, &var);
       finish(c, mu, var);
     }
-    at::parallel_for(0, rows, 16, [&](int64_t b, int64_t e) {
+    at::parallel_for(0, nRows, 16, [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; r++) {
         if (resp) K.affineAdd.nchw(gp + r * HW, resp + r * HW, yp + r * HW, HW, scp + r % C, shp + r % C);
         else K.affine.nchw(gp + r * HW, yp + r * HW, HW, scp + r % C, shp + r % C);
@@ -434,7 +444,7 @@ struct BiasGeluBatchNorm : public torch::autograd::Function<BiasGeluBatchNorm> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& bias,
                             const at::Tensor& weight, const at::Tensor& bnBias, const at::Tensor& rm, const at::Tensor& rv,
                             bool training, double momentum, double eps, bool keep) {
-    Forward f = forwardImpl(x, bias, weight, bnBias, rm, rv, training, momentum, eps, keep, at::Tensor());
+    Forward f = forwardImpl(x, bias, weight, bnBias, rm, rv, training, momentum, eps, keep, at::Tensor(), nullptr);
     // Training keeps gelu and gelu' (f.g, f.dg), eval recomputes them from x.
     if (training) ctx->save_for_backward({f.g, f.dg, weight, f.mean, f.invstd});
     else ctx->save_for_backward({x, bias, weight, f.mean, f.invstd});
@@ -463,7 +473,7 @@ at::Tensor biasGeluBatchNormAutograd(const at::Tensor& x, const at::Tensor& bias
 
 at::Tensor biasGeluBatchNormCpu(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& weight, const at::Tensor& bnBias,
                                 const at::Tensor& rm, const at::Tensor& rv, bool training, double momentum, double eps) {
-  return forwardImpl(x, bias, weight, bnBias, rm, rv, training, momentum, eps, false, at::Tensor()).y;
+  return forwardImpl(x, bias, weight, bnBias, rm, rv, training, momentum, eps, false, at::Tensor(), nullptr).y;
 }
 
 }  // namespace
@@ -472,8 +482,8 @@ namespace kshare_gbn {
 
 Forward ForwardImpl(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& weight, const at::Tensor& bnBias,
                     const at::Tensor& rm, const at::Tensor& rv, bool training, double momentum, double eps, bool keep,
-                    const at::Tensor& residual) {
-  return forwardImpl(x, bias, weight, bnBias, rm, rv, training, momentum, eps, keep, residual);
+                    const at::Tensor& residual, const RowSource* rows) {
+  return forwardImpl(x, bias, weight, bnBias, rm, rv, training, momentum, eps, keep, residual, rows);
 }
 
 Grads BackwardImpl(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& bias, const at::Tensor& weight,

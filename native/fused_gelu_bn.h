@@ -3,6 +3,9 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <cstdint>
+#include <functional>
+
 namespace kshare_gbn {
 
 struct Forward {
@@ -10,11 +13,17 @@ struct Forward {
   at::Tensor g, dg;            // training with keep: gelu(u) and gelu'(u), for the backward
 };
 
+// Calls the function it is given with every NCHW row (n * C + c, H * W floats) of the input, in
+// parallel and in any order: input that is produced row by row and never stored as a tensor
+// (the depthwise plane kernel's output, native/depthwise_block.cc).
+using RowSource = std::function<void(const std::function<void(int64_t, const float*)>&)>;
+
 // y = batch_norm(gelu(x + bias[c])) (+ residual, when defined: same shape, added in the pass
 // that writes y). Training updates running_mean / running_var in place; `keep` keeps g and dg.
+// With `rows` (NCHW only), x gives only the shape and the rows come from `rows`.
 Forward ForwardImpl(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& weight, const at::Tensor& bnBias,
                     const at::Tensor& rm, const at::Tensor& rv, bool training, double momentum, double eps, bool keep,
-                    const at::Tensor& residual);
+                    const at::Tensor& residual, const RowSource* rows = nullptr);
 
 struct Grads {
   at::Tensor dx, dbias, dweight, dbnBias;
