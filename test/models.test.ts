@@ -27,6 +27,7 @@ import {
   buildFromConfig,
   modelInputSpec,
   modelRecipe,
+  modelCpuMemoryFormat,
   configFromName,
 } from '../src/models/index.js';
 
@@ -229,6 +230,10 @@ test('an architecture is one spec: fields with defaults and bounds, names, input
   assert.equal(modelRecipe('plain_4_2'), 'seresnet');
   assert.equal(modelRecipe('se_resnet_d_4'), 'seresnet');
   assert.equal(modelRecipe('convmixer_64_4_k5_p2'), 'convmixer');
+  // CPU inference format: the spec's choice (ConvMixer NCHW), channels_last where a spec is silent.
+  assert.equal(modelCpuMemoryFormat('convmixer_256_16_shared'), 'contiguous');
+  assert.equal(modelCpuMemoryFormat('se_resnet_d_2'), 'channels_last');
+  assert.equal(modelCpuMemoryFormat('plain_4_2'), 'channels_last');
   assert.deepEqual(modelInputSpec('se_resnet_d_2').mean, [0.4914, 0.4822, 0.4465]);
   registerModel('plain_default', { architecture: 'plain_stack', layers: 1 });
   assert.ok(listModels().some((e) => e.name === 'plain_default' && e.description === 'plain stack 8x1'));

@@ -2,7 +2,7 @@
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import type { Module } from '../nn/module.js';
-import { createModel, modelConfig } from '../models/registry.js';
+import { createModel, modelConfig, modelCpuMemoryFormat } from '../models/registry.js';
 import { buildFromConfig, validateConfig } from '../models/config.js';
 import { CHECKPOINT_KEY, assertFinite, readCheckpoint, restoreModel } from '../train/checkpoint.js';
 import { loadWeights } from '../models/weights.js';
@@ -14,6 +14,8 @@ import { defaultInputSpec, validateInputSpec, type ModelInfo } from './model-inf
 export interface ModelSource {
   model: Module;
   info: ModelInfo;
+  /** The memory format CPU inference runs this model in (its architecture's choice). */
+  cpuMemoryFormat: 'contiguous' | 'channels_last';
 }
 
 /** Class names for a class count: CIFAR-10's or CIFAR-100's when the count fits, numbered otherwise. */
@@ -29,7 +31,11 @@ export function modelFromRegistry(name: string, o: { classes?: number; className
   if (o.classes !== undefined && names.length !== o.classes) throw new Error(`${names.length} class names given for ${o.classes} classes`);
   const model = createModel(name, { classes: names.length });
   model.eval();
-  return { model, info: { model: name, classes: names, params: model.numParameters(), input: defaultInputSpec(name) } };
+  return {
+    model,
+    info: { model: name, classes: names, params: model.numParameters(), input: defaultInputSpec(name) },
+    cpuMemoryFormat: modelCpuMemoryFormat(name),
+  };
 }
 
 /** Metadata keys of a plain weights file (`saveWeights`) that names its model. */
@@ -79,7 +85,11 @@ export function modelFromCheckpoint(file: string): ModelSource {
         input.std = [...aug.std];
       }
       const source = `checkpoint ${path.basename(file)}: ${m.epoch} epoch(s) on ${m.dataset}, best test accuracy ${(m.bestAcc * 100).toFixed(2)}%`;
-      return { model, info: { model: m.modelName, classes: [...m.classes], params: model.numParameters(), input, source } };
+      return {
+        model,
+        info: { model: m.modelName, classes: [...m.classes], params: model.numParameters(), input, source },
+        cpuMemoryFormat: modelCpuMemoryFormat(m.modelName, m.modelConfig),
+      };
     } finally {
       ck.dispose();
     }

@@ -131,6 +131,11 @@ export function inputSpecOf(c: ModelConfig): InputSpec {
   return spec.input(resolveFields(spec, c));
 }
 
+/** The memory format CPU inference runs a config's architecture in (its spec's choice). */
+export function cpuMemoryFormatOf(c: ModelConfig): 'contiguous' | 'channels_last' {
+  return architectureSpec(c.architecture).cpuMemoryFormat ?? 'channels_last';
+}
+
 /** The default recipe name of a config's architecture. */
 export function recipeOf(c: ModelConfig): string {
   return architectureSpec(c.architecture).recipe;

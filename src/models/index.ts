@@ -37,6 +37,7 @@ export {
   namePatterns,
   modelInputSpec,
   modelRecipe,
+  modelCpuMemoryFormat,
   type ModelEntry,
   type ModelFactory,
   type CreateModelOptions,

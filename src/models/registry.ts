@@ -2,7 +2,7 @@
 // registration call or a JSON config file, and registry-style names parsed on demand.
 import { readFileSync } from 'node:fs';
 import type { Module } from '../nn/index.js';
-import { validateConfig, buildFromConfig, describeConfig, architectures, inputSpecOf, recipeOf, type ModelConfig } from './config.js';
+import { validateConfig, buildFromConfig, describeConfig, architectures, inputSpecOf, recipeOf, cpuMemoryFormatOf, type ModelConfig } from './config.js';
 import { cifarInput, IMAGENET_NORM, type InputSpec } from './spec.js';
 
 export type ModelFactory = (opts: { classes: number }) => Module;
@@ -152,6 +152,12 @@ export function modelInputSpec(name: string, config: unknown = null): InputSpec 
   }
   c ??= config ? validateConfig(config, `model '${name}'`) : null;
   return c ? inputSpecOf(c) : cifarInput(IMAGENET_NORM);
+}
+
+/** The memory format CPU inference runs a model in (its architecture's choice; channels_last for factory models). */
+export function modelCpuMemoryFormat(name: string, config: unknown = null): 'contiguous' | 'channels_last' {
+  const c = entries.get(name)?.config ?? configFromName(name) ?? (config ? validateConfig(config, `model '${name}'`) : null);
+  return c ? cpuMemoryFormatOf(c) : 'channels_last';
 }
 
 /** The recipe a model trains with when none is named (its architecture's; 'convmixer' for factory models). */

@@ -98,6 +98,12 @@ export interface ArchitectureSpec<C extends object = Record<string, unknown>> {
   input(c: C): InputSpec;
   /** Name of the recipe (recipes/<name>.json) used when a command needs one and none is given. */
   readonly recipe: string;
+  /**
+   * The memory format CPU inference (`kshare eval`, `kshare predict`) runs the model in; default
+   * 'channels_last' (oneDNN's convolutions without layout reorders). Measure before choosing:
+   * kshare's NCHW kernels make 'contiguous' the faster one for some architectures.
+   */
+  readonly cpuMemoryFormat?: 'contiguous' | 'channels_last';
   readonly names: {
     /** The name pattern in words, e.g. 'convmixer_<dim>_<depth>[_k<k>][_p<p>][_shared|_shared_dw|_shared_pw]'. */
     readonly pattern: string;

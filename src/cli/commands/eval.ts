@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import { parseDevice, requireDevice } from '../device.js';
 import * as t from '../../tensor/index.js';
 import type { Module } from '../../nn/index.js';
-import { loadWeights, loadModelConfigFile, modelRecipe } from '../../models/index.js';
+import { loadWeights, loadModelConfigFile, modelRecipe, modelCpuMemoryFormat } from '../../models/index.js';
 import { assertFinite, readCheckpoint, readCheckpointMeta, restoreModel } from '../../train/checkpoint.js';
 import { loadRecipe, type Recipe } from '../../train/recipe.js';
 import { countParameters } from '../../train/trainer.js';
@@ -125,9 +125,9 @@ export function register(program: Command): void {
       const ds = toDevice(o.testPerClass ? balancedSubset(test, positiveInt('--test-per-class', o.testPerClass)) : test, o.device);
       try {
         restore(model);
-        // channels_last on CPU, as training evaluates: oneDNN's convolutions run without layout
-        // reorders there (ConvMixer-256/16 inference measured ~10% faster).
-        const channelsLast = o.device === 'cpu';
+        // On CPU, the architecture's memory format (src/models/spec.ts): NCHW for ConvMixer
+        // (kshare's kernels), channels_last elsewhere (oneDNN's convolutions without reorders).
+        const channelsLast = o.device === 'cpu' && modelCpuMemoryFormat(modelName, stored) === 'channels_last';
         model.to({ device: o.device, memoryFormat: channelsLast ? 'channels_last' : 'contiguous' });
         const counts = countParameters(model);
         const batchSize = o.batchSize ? positiveInt('--batch-size', o.batchSize) : recipe.evalBatchSize;

@@ -32,14 +32,14 @@ async function openOnnx(file: string, threads?: number): Promise<Classifier> {
 async function openCheckpoint(file: string): Promise<Classifier> {
   const t = await import('../../tensor/index.js');
   const { modelFromCheckpoint } = await import('../../export/model-source.js');
-  const { model, info } = modelFromCheckpoint(file);
+  const { model, info, cpuMemoryFormat } = modelFromCheckpoint(file);
   const { channels, height, width } = info.input;
-  // channels_last: oneDNN's CPU convolutions skip their layout reorders (ConvMixer-256/16 at
-  // batch 1: ~10% faster, on par with ONNX Runtime on one thread).
-  model.to({ device: 'cpu', memoryFormat: 'channels_last' });
+  // The architecture's CPU memory format (src/models/spec.ts): NCHW for ConvMixer (kshare's
+  // kernels), channels_last elsewhere (oneDNN's convolutions without layout reorders).
+  model.to({ device: 'cpu', memoryFormat: cpuMemoryFormat });
   return {
     info,
-    logits: async (x) => t.tidy(() => t.noGrad(() => model.forward(t.contiguous(t.tensor(x, [1, channels, height, width]), 'channels_last')).toFloat32Array())),
+    logits: async (x) => t.tidy(() => t.noGrad(() => model.forward(t.contiguous(t.tensor(x, [1, channels, height, width]), cpuMemoryFormat)).toFloat32Array())),
     close: () => model.dispose(),
   };
 }

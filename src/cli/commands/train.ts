@@ -174,7 +174,10 @@ export function register(program: Command): void {
     .option('--stop-after-epochs <n>', 'stop (with a checkpoint) after this many epochs; --resume continues')
     .option('--train-per-class <n>', 'use only the first n training images of each class')
     .option('--test-per-class <n>', 'use only the first n test images of each class')
-    .option('--channels-last', 'channels_last memory format (faster depthwise convolutions on CPU)')
+    .option(
+      '--channels-last',
+      "channels_last memory format (default NCHW, where kshare's ConvMixer kernels run; models of 3x3 convolutions may gain from it, measure)",
+    )
     .option('--allow-checksum-mismatch', 'use a dataset archive whose SHA-256 differs from the published one')
     .option('--max-image-pixels <n>', `refuse image files with more pixels than this before decoding them (default ${DEFAULT_MAX_IMAGE_PIXELS})`)
     .option('--no-progress', 'no progress bar')
