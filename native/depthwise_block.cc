@@ -15,7 +15,12 @@
 // the row's statistics in training, the whole output in eval). The kernels are the two
 // operators' own, so the numbers are theirs bit for bit.
 //
-// Measured speed: see bench/cpu-kernels-notes.md ("Residual add fused").
+// Measured speed (2-core AMD EPYC, against the three operators apart in the same process, best of
+// 5 alternating medians, `node dist/bench/route-ab.js --only residual --threads 1,2 --rounds 5`,
+// bench/results/residual-ab.json; 1 thread / 2 threads): training steps at batch 32, ConvMixer-64/4
+// shared NCHW 1.05x / 1.13x, channels-last 1.06x / 1.03x; ConvMixer-256/8 shared NCHW 1.02x /
+// 1.23x, channels-last 1.03x / 1.04x; ConvMixer-256/16 shared inference at batch 1 1.04x / 0.98x.
+// History in bench/cpu-kernels-notes.md ("Session of 2026-12-02, fifth").
 //
 // Scope: what both operators accept (depthwise [C, 1, kh, kw] odd kernel, stride 1, "same"
 // padding, float32 CPU, NCHW or channels-last); src/nn/container.ts routes Residual(Sequential(
