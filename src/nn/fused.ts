@@ -7,17 +7,17 @@ import { GELU } from './activation.js';
 import { BatchNorm2d } from './batchnorm.js';
 
 interface FusableParts {
+  conv: Conv2d;
+  /** The conv bias (added by the fused kernel, not by the convolution). */
   bias: Tensor;
-  weight: Tensor;
-  bnBias: Tensor;
-  rm: Tensor;
-  rv: Tensor;
+  /** The BatchNorm's options for the fused kernel; counts the batch (call once, when fusing). */
+  bnOptions(): t.BiasGeluBatchNormOptions;
 }
 
 /**
- * The parameters of Conv2d (with bias) → exact GELU → BatchNorm2d when kshare's fused CPU
- * kernels apply to them and input x: not CPU float32, autocast, `KSHARE_NATIVE_KERNELS=0`, or a
- * layer configured differently give null, and the caller then runs the layers one by one.
+ * The parts of Conv2d (with bias) → exact GELU → BatchNorm2d when kshare's fused CPU kernels
+ * apply to them and input x: not CPU float32, autocast, `KSHARE_NATIVE_KERNELS=0`, or a layer
+ * configured differently give null, and the caller then runs the layers one by one.
  */
 function fusableParts(conv: Module, gelu: Module, bn: Module, x: Tensor): FusableParts | null {
   if (!(conv instanceof Conv2d) || !(gelu instanceof GELU) || !(bn instanceof BatchNorm2d)) return null;
@@ -27,14 +27,18 @@ function fusableParts(conv: Module, gelu: Module, bn: Module, x: Tensor): Fusabl
   const bias = conv.bias,
     weight = bn.weight,
     bnBias = bn.bias,
-    rm = bn.runningMean,
-    rv = bn.runningVar;
-  if (gelu.approximate !== 'none' || !bias || !weight || !bnBias || !rm || !rv) return null;
+    runningMean = bn.runningMean,
+    runningVar = bn.runningVar;
+  if (gelu.approximate !== 'none' || !bias || !weight || !bnBias || !runningMean || !runningVar) return null;
   if (!t.cpuKernelsAllowed()) return null;
   if (x.rank !== 4 || x.device !== 'cpu' || x.dtype !== 'float32' || conv.weight.dtype !== 'float32') return null;
-  for (const p of [bias, weight, bnBias, rm, rv]) if (p.device !== 'cpu' || p.dtype !== 'float32') return null;
+  for (const p of [bias, weight, bnBias, runningMean, runningVar]) if (p.device !== 'cpu' || p.dtype !== 'float32') return null;
   if (bn.numFeatures !== conv.outChannels) return null; // let BatchNorm2d raise its own error
-  return { bias, weight, bnBias, rm, rv };
+  return {
+    conv,
+    bias,
+    bnOptions: () => ({ weight, bias: bnBias, runningMean, runningVar, training: bn.training, momentum: bn.countBatch(), eps: bn.eps }),
+  };
 }
 
 /**
@@ -46,20 +50,11 @@ function fusableParts(conv: Module, gelu: Module, bn: Module, x: Tensor): Fusabl
  */
 export function convGeluBatchNorm(conv: Module, gelu: Module, bn: Module, x: Tensor): Tensor | null {
   const p = fusableParts(conv, gelu, bn, x);
-  if (!p || !(conv instanceof Conv2d) || !(bn instanceof BatchNorm2d)) return null;
+  if (!p) return null;
   return t.tidy(() => {
-    const z = conv.convolve(x, false);
-    if (bn.training && z.size / z.dim(1) <= 1) return null; // BatchNorm2d raises its usual error
-    const momentum = bn.countBatch();
-    return t.biasGeluBatchNorm(z, p.bias, {
-      weight: p.weight,
-      bias: p.bnBias,
-      runningMean: p.rm,
-      runningVar: p.rv,
-      training: bn.training,
-      momentum,
-      eps: bn.eps,
-    });
+    const z = p.conv.convolve(x, false);
+    if ((bn as BatchNorm2d).training && z.size / z.dim(1) <= 1) return null; // BatchNorm2d raises its usual error
+    return t.biasGeluBatchNorm(z, p.bias, p.bnOptions());
   });
 }
 
@@ -74,22 +69,13 @@ export function depthwiseGeluBatchNormResidual(conv: Module, gelu: Module, bn: M
   // KSHARE_NATIVE_RESIDUAL=0 (read at every call) runs the three operators instead, for tests and comparisons.
   if (process.env.KSHARE_NATIVE_RESIDUAL === '0') return null;
   const p = fusableParts(conv, gelu, bn, x);
-  if (!p || !(conv instanceof Conv2d) || !(bn instanceof BatchNorm2d)) return null;
-  const c = x.dim(1);
-  const [kh, kw] = conv.kernelSize;
-  const depthwise = conv.groups === c && conv.inChannels === c && conv.outChannels === c && kh % 2 === 1 && kw % 2 === 1;
-  const same = conv.padding[0] === (conv.dilation[0] * (kh - 1)) / 2 && conv.padding[1] === (conv.dilation[1] * (kw - 1)) / 2;
-  if (!depthwise || !same || conv.stride[0] !== 1 || conv.stride[1] !== 1) return null;
-  if (bn.training && x.size / c <= 1) return null; // BatchNorm2d raises its usual error
-  const momentum = bn.countBatch();
-  return t.depthwiseGeluBatchNormResidual(x, conv.weight, p.bias, {
-    dilation: conv.dilation,
-    weight: p.weight,
-    bias: p.bnBias,
-    runningMean: p.rm,
-    runningVar: p.rv,
-    training: bn.training,
-    momentum,
-    eps: bn.eps,
-  });
+  if (!p) return null;
+  const c = x.dim(1),
+    cv = p.conv;
+  const [kh, kw] = cv.kernelSize;
+  const depthwise = cv.groups === c && cv.inChannels === c && cv.outChannels === c && kh % 2 === 1 && kw % 2 === 1;
+  const same = cv.padding[0] === (cv.dilation[0] * (kh - 1)) / 2 && cv.padding[1] === (cv.dilation[1] * (kw - 1)) / 2;
+  if (!depthwise || !same || cv.stride[0] !== 1 || cv.stride[1] !== 1) return null;
+  if ((bn as BatchNorm2d).training && x.size / c <= 1) return null; // BatchNorm2d raises its usual error
+  return t.depthwiseGeluBatchNormResidual(x, cv.weight, p.bias, { ...p.bnOptions(), dilation: cv.dilation });
 }

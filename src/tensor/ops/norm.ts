@@ -84,13 +84,11 @@ export interface BiasGeluBatchNormOptions {
 }
 
 /**
- * batchNorm(gelu(x + convBias[c])) in one fused CPU kernel (native/fused_gelu_bn.cc): exact
- * GELU, BatchNorm2d semantics (see batchNorm). x: float32 CPU (N, C, H, W), NCHW or
- * channels-last; every other tensor float32 CPU [C]. Autograd gives gradients for x,
- * convBias and the BN weight and bias.
+ * Checks the arguments the fused GELU + BatchNorm kernels share (input, conv bias, BN options;
+ * `fallback` names the ops to use where they do not apply) and returns the BN tensors' handles in
+ * the kernels' order, with momentum and eps.
  */
-export function biasGeluBatchNorm(x: Tensor, convBias: Tensor, o: BiasGeluBatchNormOptions): Tensor {
-  const op = 'biasGeluBatchNorm';
+function geluBatchNormArgs(op: string, x: Tensor, convBias: Tensor, o: BiasGeluBatchNormOptions, fallback: string) {
   if (o === null || typeof o !== 'object' || typeof o.training !== 'boolean') {
     throw new TypeError(`${op}: options must be an object with a boolean 'training', got ${describe(o)}`);
   }
@@ -107,14 +105,25 @@ export function biasGeluBatchNorm(x: Tensor, convBias: Tensor, o: BiasGeluBatchN
   for (const [name, t] of [['input', x] as [string, Tensor], ...named]) {
     tensorArg(op, name, t);
     if (t.dtype !== 'float32' || t.device !== 'cpu') {
-      throw new TypeError(`${op}: '${name}' must be a float32 CPU tensor, got ${t.dtype} on ${t.device} (use conv2d, gelu and batchNorm elsewhere)`);
+      throw new TypeError(`${op}: '${name}' must be a float32 CPU tensor, got ${t.dtype} on ${t.device} (use ${fallback} elsewhere)`);
     }
     if (t !== x && (t.rank !== 1 || t.dim(0) !== c)) throw new ShapeError(`${op}: '${name}' must have shape [${c}] for input [${x.shape}], got [${t.shape}]`);
   }
   if (o.training && x.size / c <= 1) throw new ShapeError(`${op}: expected more than 1 value per channel when training, got input [${x.shape}]`);
-  const momentum = numberArg(op, 'momentum', o.momentum ?? 0.1);
-  const eps = numberArg(op, 'eps', o.eps ?? 1e-5);
-  return wrap(runKernel(op, 'biasGeluBatchNorm', [x.handle, ...named.map(([, t]) => t.handle), o.training, momentum, eps]));
+  const [convBiasHandle, ...bnHandles] = named.map(([, t]) => t.handle);
+  return { convBias: convBiasHandle!, bn: bnHandles, momentum: numberArg(op, 'momentum', o.momentum ?? 0.1), eps: numberArg(op, 'eps', o.eps ?? 1e-5) };
+}
+
+/**
+ * batchNorm(gelu(x + convBias[c])) in one fused CPU kernel (native/fused_gelu_bn.cc): exact
+ * GELU, BatchNorm2d semantics (see batchNorm). x: float32 CPU (N, C, H, W), NCHW or
+ * channels-last; every other tensor float32 CPU [C]. Autograd gives gradients for x,
+ * convBias and the BN weight and bias.
+ */
+export function biasGeluBatchNorm(x: Tensor, convBias: Tensor, o: BiasGeluBatchNormOptions): Tensor {
+  const op = 'biasGeluBatchNorm';
+  const a = geluBatchNormArgs(op, x, convBias, o, 'conv2d, gelu and batchNorm');
+  return wrap(runKernel(op, 'biasGeluBatchNorm', [x.handle, a.convBias, ...a.bn, o.training, a.momentum, a.eps]));
 }
 
 export interface DepthwiseGeluBatchNormResidualOptions extends BiasGeluBatchNormOptions {
@@ -130,12 +139,8 @@ export interface DepthwiseGeluBatchNormResidualOptions extends BiasGeluBatchNorm
  */
 export function depthwiseGeluBatchNormResidual(x: Tensor, dwWeight: Tensor, convBias: Tensor, o: DepthwiseGeluBatchNormResidualOptions): Tensor {
   const op = 'depthwiseGeluBatchNormResidual';
-  if (o === null || typeof o !== 'object' || typeof o.training !== 'boolean') {
-    throw new TypeError(`${op}: options must be an object with a boolean 'training', got ${describe(o)}`);
-  }
-  tensorArg(op, 'input', x);
+  const a = geluBatchNormArgs(op, x, convBias, o, 'conv2d, gelu, batchNorm and add');
   tensorArg(op, 'dwWeight', dwWeight);
-  if (x.rank !== 4) throw new ShapeError(`${op}: input must be (N, C, H, W), got shape [${x.shape}]`);
   const c = x.dim(1);
   const [oc, icg, kh, kw] = dwWeight.shape;
   if (dwWeight.rank !== 4 || oc !== c || icg !== 1 || kh! % 2 === 0 || kw! % 2 === 0) {
@@ -148,34 +153,5 @@ export function depthwiseGeluBatchNormResidual(x: Tensor, dwWeight: Tensor, conv
   if (!Array.isArray(dilation) || dilation.length !== 2 || !dilation.every((d) => Number.isInteger(d) && d >= 1)) {
     throw new RangeError(`${op}: dilation must be two positive integers, got ${describe(dilation)}`);
   }
-  // The rest (and the fused kernel's own checks) as biasGeluBatchNorm; this validates only.
-  const named: [string, Tensor][] = [
-    ['convBias', convBias],
-    ['weight', o.weight],
-    ['bias', o.bias],
-    ['runningMean', o.runningMean],
-    ['runningVar', o.runningVar],
-  ];
-  for (const [name, t] of [['input', x] as [string, Tensor], ...named]) {
-    tensorArg(op, name, t);
-    if (t.dtype !== 'float32' || t.device !== 'cpu') {
-      throw new TypeError(`${op}: '${name}' must be a float32 CPU tensor, got ${t.dtype} on ${t.device} (use conv2d, gelu, batchNorm and add elsewhere)`);
-    }
-    if (t !== x && (t.rank !== 1 || t.dim(0) !== c)) throw new ShapeError(`${op}: '${name}' must have shape [${c}] for input [${x.shape}], got [${t.shape}]`);
-  }
-  if (o.training && x.size / c <= 1) throw new ShapeError(`${op}: expected more than 1 value per channel when training, got input [${x.shape}]`);
-  const momentum = numberArg(op, 'momentum', o.momentum ?? 0.1);
-  const eps = numberArg(op, 'eps', o.eps ?? 1e-5);
-  return wrap(
-    runKernel(op, 'depthwiseGeluBatchNormResidual', [
-      x.handle,
-      dwWeight.handle,
-      convBias.handle,
-      dilation,
-      ...named.slice(1).map(([, t]) => t.handle),
-      o.training,
-      momentum,
-      eps,
-    ]),
-  );
+  return wrap(runKernel(op, 'depthwiseGeluBatchNormResidual', [x.handle, dwWeight.handle, a.convBias, dilation, ...a.bn, o.training, a.momentum, a.eps]));
 }
