@@ -5,7 +5,7 @@
 //   node dist/bench/route-ab.js [--threads 1] [--rounds 3] [--out bench/results/route-ab.json]
 //   KSHARE_NATIVE_ISA=avx2 ONEDNN_MAX_CPU_ISA=AVX2 node dist/bench/route-ab.js --out bench/results/route-ab-avx2.json
 //   node dist/bench/route-ab.js --threads 2 --out bench/results/route-ab-2t.json
-//   node dist/bench/route-ab.js --only residual --threads 1,2 --rounds 5 --out bench/results/residual-ab.json
+//   node dist/bench/route-ab.js --only blocks --threads 1,2 --rounds 5 --out bench/results/blocks-ab.json
 //
 // Rows:
 // - 1x1 convolution (C -> C with bias), forward without gradients and backward (input, weight and
@@ -17,10 +17,11 @@
 //   NCHW) with the depthwise forward and input gradient by kshare against oneDNN. With
 //   --threads above 1, also the 1x1 operator's panels against oneDNN's own threading
 //   (KSHARE_NATIVE_POINTWISE_PANELS=0), and batch-1 ConvMixer-256/16 inference either way.
-// - residual: ConvMixer's x + BN(GELU(depthwise conv(x))) as one operator (native/depthwise_block.cc)
-//   against the three operators apart (KSHARE_NATIVE_RESIDUAL=0): training steps at batch 32 (NCHW
-//   and channels-last) and ConvMixer-256/16 inference at batch 1.
-// --only takes a comma-separated list of these sections (1x1, depthwise, panels, steps, residual);
+// - blocks: ConvMixer's block halves, x + BN(GELU(depthwise conv(x))) and BN(GELU(1x1 conv(x))),
+//   each as one operator (native/conv_gelu_bn.cc) against the operators apart
+//   (KSHARE_NATIVE_BLOCKS=0): training steps at batch 32 (NCHW and channels-last) and
+//   ConvMixer-256/16 inference at batch 1 and 32.
+// --only takes a comma-separated list of these sections (1x1, depthwise, panels, steps, blocks);
 // --threads a comma-separated list of thread counts, each a set of rows.
 // ms are medians of wall-clock time; `ratio` = alternative / kshare's route (above 1: the route
 // kshare takes is faster).
@@ -80,14 +81,14 @@ function main(): void {
     .description("Time conv2d's CPU routes against their alternatives in one process")
     .option('--threads <list>', 'intra-op threads, comma-separated (each a set of rows)', '1')
     .option('--rounds <n>', 'alternations per row', '3')
-    .option('--only <sections>', 'comma-separated sections: 1x1, depthwise, panels, steps, residual (default: all)')
+    .option('--only <sections>', 'comma-separated sections: 1x1, depthwise, panels, steps, blocks (default: all)')
     .option('--out <file>', 'where to write the JSON', path.join(ROOT, 'bench', 'results', 'route-ab.json'))
     .parse();
   const o = program.opts<{ threads: string; rounds: string; out: string; only?: string }>();
   const int = intOption(program);
   const threadList = o.threads.split(',').map((v) => int('threads', v.trim(), 1)),
     rounds = int('rounds', o.rounds, 1);
-  const SECTIONS = ['1x1', 'depthwise', 'panels', 'steps', 'residual'];
+  const SECTIONS = ['1x1', 'depthwise', 'panels', 'steps', 'blocks'];
   const only = o.only?.split(',').map((v) => v.trim());
   for (const s of only ?? []) if (!SECTIONS.includes(s)) program.error(`--only: unknown section '${s}' (sections: ${SECTIONS.join(', ')})`);
   const want = (section: string) => !only || only.includes(section);
@@ -237,22 +238,27 @@ function main(): void {
         step.dispose();
       }
 
-    // The residual half of each ConvMixer block as one operator against the three apart.
-    if (want('residual')) {
-      const apart = { KSHARE_NATIVE_RESIDUAL: '0' };
+    // ConvMixer's block halves as one operator each against the operators apart.
+    if (want('blocks')) {
+      const apart = { KSHARE_NATIVE_BLOCKS: '0' };
       for (const [model, reps] of [
         ['convmixer_64_4_k5_p2_shared', 30],
         ['convmixer_256_8_k5_p2_shared', 8],
       ] as const) {
         for (const channelsLast of [false, true]) {
           const step = trainingStep(model, { channelsLast });
-          add(`${model} training step, batch 32, ${channelsLast ? 'channels-last' : 'NCHW'} (residual: fused vs apart)`, ab(step.run, apart, rounds, reps));
+          add(`${model} training step, batch 32, ${channelsLast ? 'channels-last' : 'NCHW'} (blocks: fused vs apart)`, ab(step.run, apart, rounds, reps));
           step.dispose();
         }
       }
-      const infer = inference('convmixer_256_16_shared', { batch: 1 });
-      add('convmixer_256_16_shared inference, batch 1, NCHW (residual: fused vs apart)', ab(infer.run, apart, rounds, 40));
-      infer.dispose();
+      for (const [batch, reps] of [
+        [1, 40],
+        [32, 3],
+      ] as const) {
+        const infer = inference('convmixer_256_16_shared', { batch });
+        add(`convmixer_256_16_shared inference, batch ${batch}, NCHW (blocks: fused vs apart)`, ab(infer.run, apart, rounds, reps));
+        infer.dispose();
+      }
     }
   }
 

@@ -327,7 +327,7 @@ void ConvolveInto(const Geometry& g, const float* x, const float* w, const float
 // The NCHW plane path of ConvolveInto (square kernel, dilation 1, no bias) with each finished
 // plane, H * W contiguous floats in a per-thread buffer still in L1, handed to sink(n * C + c,
 // plane) instead of written out: a caller consuming the output plane by plane never makes it a
-// tensor (native/depthwise_block.cc). The caller checked that the plane kernel applies.
+// tensor (native/conv_gelu_bn.cc). The caller checked that the plane kernel applies.
 void ConvolvePlanes(const Geometry& g, const float* x, const float* w, const PlaneSink& sink) {
   const Kernels& k = Pick();
   const int64_t kk = static_cast<int64_t>(g.kh) * g.kw;

@@ -1,5 +1,5 @@
 // The depthwise convolution's CPU entry points (depthwise_conv.cc) for kernels built on it: the
-// ConvMixer residual block (depthwise_block.cc). Same scope and checks as the operators.
+// ConvMixer residual block (conv_gelu_bn.cc). Same scope and checks as the operators.
 #pragma once
 #include <ATen/ATen.h>
 

@@ -15,7 +15,7 @@
 // row stride).
 
 // dst[i] += a[i] for i < n: a gradient added into the grad input plane just written, while it
-// is in L1 (the ConvMixer residual's gradient, native/depthwise_block.cc).
+// is in L1 (the ConvMixer residual's gradient, native/conv_gelu_bn.cc).
 static inline void AddInto(float* dst, const float* a, int64_t n) {
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) store(dst + i, add(load(dst + i), load(a + i)));

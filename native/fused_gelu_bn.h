@@ -1,5 +1,5 @@
 // The fused bias + GELU + BatchNorm2d passes (fused_gelu_bn.cc) for other kernels that build on
-// them: the ConvMixer residual block (depthwise_block.cc).
+// them: the ConvMixer residual block (conv_gelu_bn.cc).
 #pragma once
 #include <ATen/ATen.h>
 
@@ -15,8 +15,9 @@ struct Forward {
 
 // Calls the function it is given with every NCHW row (n * C + c, H * W floats) of the input, in
 // parallel and in any order: input that is produced row by row and never stored as a tensor
-// (the depthwise plane kernel's output, native/depthwise_block.cc).
-using RowSource = std::function<void(const std::function<void(int64_t, const float*)>&)>;
+// (the depthwise plane kernel's output, native/conv_gelu_bn.cc).
+using RowFn = std::function<void(int64_t, const float*)>;
+using RowSource = std::function<void(const RowFn&)>;
 
 // y = batch_norm(gelu(x + bias[c])) (+ residual, when defined: same shape, added in the pass
 // that writes y). Training updates running_mean / running_var in place; `keep` keeps g and dg.

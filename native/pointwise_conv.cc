@@ -37,10 +37,12 @@
 #include <dnnl.h>
 
 #include "cpu_kernel_common.h"
+#include "pointwise_conv.h"
 
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 namespace kshare_pw {
@@ -176,6 +178,29 @@ at::Tensor ForwardCpu(const at::Tensor& input, const at::Tensor& weight, const c
     Sgemm('N', 'N', g.cout, c1 - c0, g.cin, wp, g.cin, xp + n * g.cin * g.hw + c0, g.hw, bp ? 1.f : 0.f, yn, g.hw);
   });
   return out;
+}
+
+bool RowsApply(const at::Tensor& input, const at::Tensor& weight) {
+  const Geometry g = Check("kshare::pointwise_conv2d", input, weight);
+  const int64_t threads = at::get_num_threads();
+  return !g.channelsLast && input.is_contiguous() && g.n * g.hw * g.cout * g.cin > 0 && (threads == 1 || g.n >= threads);
+}
+
+void ForwardRows(const at::Tensor& input, const at::Tensor& weight, const RowSink& sink) {
+  const char* op = "kshare::pointwise_conv2d";
+  TORCH_CHECK(RowsApply(input, weight), op, ": internal error: row by row does not apply");
+  const Geometry g = Check(op, input, weight);
+  const at::Tensor w = weight.contiguous();
+  const float *xp = input.data_ptr<float>(), *wp = w.data_ptr<float>();
+  // One image a task, as ForwardCpu at batch >= threads; Y[n] (out x HW, e.g. 256 KiB at 256
+  // channels and 16x16) goes to a per-thread buffer that stays in L2 while its rows are consumed.
+  at::parallel_for(0, g.n, 1, [&](int64_t b, int64_t e) {
+    std::unique_ptr<float[]> y(new float[g.cout * g.hw]);
+    for (int64_t n = b; n < e; n++) {
+      Sgemm('N', 'N', g.cout, g.hw, g.cin, wp, g.cin, xp + n * g.cin * g.hw, g.hw, 0.f, y.get(), g.hw);
+      for (int64_t o = 0; o < g.cout; o++) sink(n * g.cout + o, y.get() + o * g.hw);
+    }
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> BackwardCpu(const at::Tensor& gradOutput, const at::Tensor& input,

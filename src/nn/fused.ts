@@ -6,6 +6,22 @@ import { Conv2d } from './conv.js';
 import { GELU } from './activation.js';
 import { BatchNorm2d } from './batchnorm.js';
 
+/**
+ * ConvMixer's block halves as one operator each (native/conv_gelu_bn.cc) unless
+ * KSHARE_NATIVE_BLOCKS=0 (read at every call: the convolution, the fused GELU/BN kernel and the
+ * residual add as separate operators, for tests and comparisons).
+ */
+function blocksEnabled(): boolean {
+  return process.env.KSHARE_NATIVE_BLOCKS !== '0';
+}
+
+let pointwiseBuilt: boolean | undefined;
+/** kshare::pointwise_gelu_bn is built where the 1x1 operator is (with oneDNN); asked once. */
+function pointwiseBlockBuilt(): boolean {
+  pointwiseBuilt ??= t.runtimeInfo().pointwiseKernel;
+  return pointwiseBuilt && process.env.KSHARE_NATIVE_POINTWISE !== '0';
+}
+
 interface FusableParts {
   conv: Conv2d;
   /** The conv bias (added by the fused kernel, not by the convolution). */
@@ -44,13 +60,21 @@ function fusableParts(conv: Module, gelu: Module, bn: Module, x: Tensor): Fusabl
 /**
  * Conv2d (with bias) → exact GELU → BatchNorm2d, as ConvMixer uses it: the convolution without
  * its bias, then kshare's fused bias + GELU + BatchNorm kernel (native/fused_gelu_bn.cc), which
- * is several times faster than libtorch's three ops on the CPU. The parameters, buffers and
- * running-stat updates are exactly the layers' own. Returns null where the kernel does not apply
- * (see fusableParts), and the caller then runs the layers one by one.
+ * is several times faster than libtorch's three ops on the CPU; a 1x1 convolution and the kernel
+ * run as one operator (native/conv_gelu_bn.cc) that hands the convolution's output to the kernel
+ * image by image instead of storing it. The parameters, buffers and running-stat updates are
+ * exactly the layers' own. Returns null where the kernel does not apply (see fusableParts), and
+ * the caller then runs the layers one by one.
  */
 export function convGeluBatchNorm(conv: Module, gelu: Module, bn: Module, x: Tensor): Tensor | null {
   const p = fusableParts(conv, gelu, bn, x);
   if (!p) return null;
+  const cv = p.conv;
+  const pointwise = cv.kernelSize[0] === 1 && cv.kernelSize[1] === 1 && cv.groups === 1 && cv.stride.every((s) => s === 1) && cv.padding.every((q) => q === 0);
+  if (pointwise && blocksEnabled() && pointwiseBlockBuilt() && cv.inChannels === x.dim(1)) {
+    if ((bn as BatchNorm2d).training && x.size / x.dim(1) <= 1) return null; // BatchNorm2d raises its usual error
+    return t.pointwiseGeluBatchNorm(x, cv.weight, p.bias, p.bnOptions());
+  }
   return t.tidy(() => {
     const z = p.conv.convolve(x, false);
     if ((bn as BatchNorm2d).training && z.size / z.dim(1) <= 1) return null; // BatchNorm2d raises its usual error
@@ -60,14 +84,13 @@ export function convGeluBatchNorm(conv: Module, gelu: Module, bn: Module, x: Ten
 
 /**
  * x + BatchNorm2d(GELU(depthwise Conv2d(x))), the residual half of a ConvMixer block, in one
- * operator (native/depthwise_block.cc) that adds the residual inside the kernels' own passes.
+ * operator (native/conv_gelu_bn.cc) that adds the residual inside the kernels' own passes.
  * Applies where convGeluBatchNorm does and the convolution is kshare's depthwise kernel's (one
  * odd k x k filter per channel, stride 1, "same" padding) on input channels matching x; null
  * otherwise.
  */
 export function depthwiseGeluBatchNormResidual(conv: Module, gelu: Module, bn: Module, x: Tensor): Tensor | null {
-  // KSHARE_NATIVE_RESIDUAL=0 (read at every call) runs the three operators instead, for tests and comparisons.
-  if (process.env.KSHARE_NATIVE_RESIDUAL === '0') return null;
+  if (!blocksEnabled()) return null;
   const p = fusableParts(conv, gelu, bn, x);
   if (!p) return null;
   const c = x.dim(1),

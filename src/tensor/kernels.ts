@@ -173,6 +173,7 @@ export const KERNELS = {
   // kshare's own CPU kernels (native/*.cc, registered with libtorch's dispatcher)
   biasGeluBatchNorm: 'kshare::bias_gelu_batch_norm',
   depthwiseGeluBatchNormResidual: 'kshare::depthwise_gelu_bn_residual',
+  pointwiseGeluBatchNorm: 'kshare::pointwise_gelu_bn',
   batchNormRelu: 'kshare::batch_norm_relu',
   // multi-tensor (optimizers)
   foreachMulScalar_: 'aten::_foreach_mul_.Scalar',

@@ -84,17 +84,14 @@ export interface BiasGeluBatchNormOptions {
 }
 
 /**
- * Checks the arguments the fused GELU + BatchNorm kernels share (input, conv bias, BN options;
- * `fallback` names the ops to use where they do not apply) and returns the BN tensors' handles in
- * the kernels' order, with momentum and eps.
+ * Checks the arguments the fused GELU + BatchNorm kernels share (input, conv bias and BN options
+ * for `c` channels after the convolution; `fallback` names the ops to use where they do not
+ * apply) and returns the BN tensors' handles in the kernels' order, with momentum and eps.
  */
-function geluBatchNormArgs(op: string, x: Tensor, convBias: Tensor, o: BiasGeluBatchNormOptions, fallback: string) {
+function geluBatchNormArgs(op: string, x: Tensor, c: number, convBias: Tensor, o: BiasGeluBatchNormOptions, fallback: string) {
   if (o === null || typeof o !== 'object' || typeof o.training !== 'boolean') {
     throw new TypeError(`${op}: options must be an object with a boolean 'training', got ${describe(o)}`);
   }
-  tensorArg(op, 'input', x);
-  if (x.rank !== 4) throw new ShapeError(`${op}: input must be (N, C, H, W), got shape [${x.shape}]`);
-  const c = x.dim(1);
   const named: [string, Tensor][] = [
     ['convBias', convBias],
     ['weight', o.weight],
@@ -109,9 +106,15 @@ function geluBatchNormArgs(op: string, x: Tensor, convBias: Tensor, o: BiasGeluB
     }
     if (t !== x && (t.rank !== 1 || t.dim(0) !== c)) throw new ShapeError(`${op}: '${name}' must have shape [${c}] for input [${x.shape}], got [${t.shape}]`);
   }
-  if (o.training && x.size / c <= 1) throw new ShapeError(`${op}: expected more than 1 value per channel when training, got input [${x.shape}]`);
+  if (o.training && x.size / x.dim(1) <= 1) throw new ShapeError(`${op}: expected more than 1 value per channel when training, got input [${x.shape}]`);
   const [convBiasHandle, ...bnHandles] = named.map(([, t]) => t.handle);
   return { convBias: convBiasHandle!, bn: bnHandles, momentum: numberArg(op, 'momentum', o.momentum ?? 0.1), eps: numberArg(op, 'eps', o.eps ?? 1e-5) };
+}
+
+/** x must be a 4-D tensor: (N, C, H, W). */
+function rank4(op: string, x: Tensor): void {
+  tensorArg(op, 'input', x);
+  if (x.rank !== 4) throw new ShapeError(`${op}: input must be (N, C, H, W), got shape [${x.shape}]`);
 }
 
 /**
@@ -122,7 +125,8 @@ function geluBatchNormArgs(op: string, x: Tensor, convBias: Tensor, o: BiasGeluB
  */
 export function biasGeluBatchNorm(x: Tensor, convBias: Tensor, o: BiasGeluBatchNormOptions): Tensor {
   const op = 'biasGeluBatchNorm';
-  const a = geluBatchNormArgs(op, x, convBias, o, 'conv2d, gelu and batchNorm');
+  rank4(op, x);
+  const a = geluBatchNormArgs(op, x, x.dim(1), convBias, o, 'conv2d, gelu and batchNorm');
   return wrap(runKernel(op, 'biasGeluBatchNorm', [x.handle, a.convBias, ...a.bn, o.training, a.momentum, a.eps]));
 }
 
@@ -133,15 +137,16 @@ export interface DepthwiseGeluBatchNormResidualOptions extends BiasGeluBatchNorm
 
 /**
  * x + biasGeluBatchNorm(conv2d(x, dwWeight, no bias, "same" padding, groups C), convBias, o): the
- * first half of a ConvMixer block in one CPU operator (native/depthwise_block.cc), which adds the
+ * first half of a ConvMixer block in one CPU operator (native/conv_gelu_bn.cc), which adds the
  * residual inside the kernels' own passes instead of in passes of its own. dwWeight: float32 CPU
  * [C, 1, kh, kw] with odd kh and kw; everything else as biasGeluBatchNorm.
  */
 export function depthwiseGeluBatchNormResidual(x: Tensor, dwWeight: Tensor, convBias: Tensor, o: DepthwiseGeluBatchNormResidualOptions): Tensor {
   const op = 'depthwiseGeluBatchNormResidual';
-  const a = geluBatchNormArgs(op, x, convBias, o, 'conv2d, gelu, batchNorm and add');
-  tensorArg(op, 'dwWeight', dwWeight);
+  rank4(op, x);
   const c = x.dim(1);
+  const a = geluBatchNormArgs(op, x, c, convBias, o, 'conv2d, gelu, batchNorm and add');
+  tensorArg(op, 'dwWeight', dwWeight);
   const [oc, icg, kh, kw] = dwWeight.shape;
   if (dwWeight.rank !== 4 || oc !== c || icg !== 1 || kh! % 2 === 0 || kw! % 2 === 0) {
     throw new ShapeError(`${op}: 'dwWeight' must be [${c}, 1, kh, kw] with odd kh and kw for input [${x.shape}], got [${dwWeight.shape}]`);
@@ -154,4 +159,25 @@ export function depthwiseGeluBatchNormResidual(x: Tensor, dwWeight: Tensor, conv
     throw new RangeError(`${op}: dilation must be two positive integers, got ${describe(dilation)}`);
   }
   return wrap(runKernel(op, 'depthwiseGeluBatchNormResidual', [x.handle, dwWeight.handle, a.convBias, dilation, ...a.bn, o.training, a.momentum, a.eps]));
+}
+
+/**
+ * biasGeluBatchNorm(conv2d(x, weight) with no bias, convBias, o) for a 1x1 convolution
+ * (weight float32 CPU [out, C, 1, 1]): the second half of a ConvMixer block in one CPU operator
+ * (native/conv_gelu_bn.cc; built with oneDNN only, as the 1x1 operator), which in NCHW hands each
+ * image's output rows to the fused kernel's first pass instead of storing them. Every BN tensor
+ * and convBias have shape [out]; everything else as biasGeluBatchNorm.
+ */
+export function pointwiseGeluBatchNorm(x: Tensor, weight: Tensor, convBias: Tensor, o: BiasGeluBatchNormOptions): Tensor {
+  const op = 'pointwiseGeluBatchNorm';
+  rank4(op, x);
+  tensorArg(op, 'weight', weight);
+  if (weight.rank !== 4 || weight.dim(1) !== x.dim(1) || weight.dim(2) !== 1 || weight.dim(3) !== 1) {
+    throw new ShapeError(`${op}: 'weight' must be [out, ${x.dim(1)}, 1, 1] for input [${x.shape}], got [${weight.shape}]`);
+  }
+  if (weight.dtype !== 'float32' || weight.device !== 'cpu') {
+    throw new TypeError(`${op}: 'weight' must be a float32 CPU tensor, got ${weight.dtype} on ${weight.device}`);
+  }
+  const a = geluBatchNormArgs(op, x, weight.dim(0), convBias, o, 'conv2d, gelu and batchNorm');
+  return wrap(runKernel(op, 'pointwiseGeluBatchNorm', [x.handle, weight.handle, a.convBias, ...a.bn, o.training, a.momentum, a.eps]));
 }

@@ -1,0 +1,230 @@
+// ConvMixer's two block halves as float32 CPU operators, a convolution and kshare's fused
+// bias + GELU + BatchNorm2d (fused_gelu_bn.cc) in one autograd node each:
+//   kshare::depthwise_gelu_bn_residual(input, weight, bias, dilation, bn_weight, bn_bias,
+//       running_mean, running_var, training, momentum, eps)
+//   = input + batch_norm(gelu(depthwise_conv2d(input, weight, bias, dilation)))
+//   kshare::pointwise_gelu_bn(input, weight, bias, bn_weight, bn_bias, running_mean, running_var,
+//       training, momentum, eps)      (built with oneDNN only, as the 1x1 operator)
+//   = batch_norm(gelu(pointwise_conv2d(input, weight, bias)))
+// with torch.nn.BatchNorm2d's semantics (as kshare::bias_gelu_batch_norm).
+//
+// Why: run apart, the residual costs two passes of their own over the activation (the add in the
+// forward, and in the backward the autograd engine's sum of the two gradients that reach the
+// block's input), and the convolution's output is written to memory and read back by the fused
+// kernel's first pass. Here the forward adds the input in the pass that writes the BatchNorm
+// output (fused_gelu_bn.cc's affine pass), and the backward adds the output gradient to each NCHW
+// grad input plane as the depthwise kernel writes it (depthwise_conv.cc; channels-last input,
+// which oneDNN's convolution serves, adds it in a pass of its own). In NCHW the convolution's
+// output is not stored at all: each plane (depthwise, from the plane kernel, in L1) or each
+// image's rows (1x1, one sgemm an image into an L2-sized buffer) go straight into the fused
+// kernel's first pass (GELU and the row's statistics in training, the whole output in eval). The
+// kernels are the operators' own, so the numbers are theirs bit for bit.
+//
+// Measured speed (2-core AMD EPYC, against the operators apart in the same process, best of 5
+// alternating medians, `node dist/bench/route-ab.js --only residual --threads 1,2 --rounds 5`,
+// bench/results/residual-ab.json; 1 thread / 2 threads), the residual half alone: training steps
+// at batch 32, ConvMixer-64/4 shared NCHW 1.05x / 1.13x, channels-last 1.06x / 1.03x;
+// ConvMixer-256/8 shared NCHW 1.02x / 1.23x, channels-last 1.03x / 1.04x; ConvMixer-256/16 shared
+// inference at batch 1 1.04x / 0.98x. History in bench/cpu-kernels-notes.md ("Session of
+// 2026-12-02, fifth").
+//
+// Scope: what the operators they are built from accept (depthwise [C, 1, kh, kw] odd kernel,
+// stride 1, "same" padding; 1x1 [out, in, 1, 1]; float32 CPU, NCHW or channels-last);
+// src/nn/fused.ts routes the layers here where its conditions hold. No second derivative: a
+// backward with create_graph fails with a message naming the fix.
+#include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/library.h>
+
+#include "depthwise_conv.h"
+#include "fused_gelu_bn.h"
+#include "pointwise_conv.h"
+
+#include <functional>
+#include <vector>
+
+namespace {
+
+// Which convolution runs before the fused kernel; a depthwise one also adds its input after it.
+enum class ConvKind : int64_t { kDepthwise = 0, kPointwise = 1 };
+
+const char* OpName(ConvKind k) {
+  return k == ConvKind::kDepthwise ? "kshare::depthwise_gelu_bn_residual" : "kshare::pointwise_gelu_bn";
+}
+
+// The convolution without bias (the fused kernel adds it before GELU): row by row into `sink`
+// where RowsApply, or as a tensor.
+bool RowsApply(ConvKind k, const at::Tensor& x, const at::Tensor& w, at::IntArrayRef dilation) {
+  if (k == ConvKind::kDepthwise) return kshare_dw::PlanesApply(x, w, dilation);
+#ifdef KSHARE_HAVE_DNNL
+  return kshare_pw::RowsApply(x, w);
+#else
+  return false;
+#endif
+}
+
+void ConvolveRows(ConvKind k, const at::Tensor& x, const at::Tensor& w, at::IntArrayRef dilation, const kshare_gbn::RowFn& sink) {
+  if (k == ConvKind::kDepthwise) return kshare_dw::ForwardPlanes(x, w, dilation, sink);
+#ifdef KSHARE_HAVE_DNNL
+  kshare_pw::ForwardRows(x, w, sink);
+#endif
+}
+
+at::Tensor Convolve(ConvKind k, const at::Tensor& x, const at::Tensor& w, at::IntArrayRef dilation) {
+  if (k == ConvKind::kDepthwise) return kshare_dw::ForwardCpu(x, w, c10::nullopt, dilation);
+#ifdef KSHARE_HAVE_DNNL
+  return kshare_pw::ForwardCpu(x, w, c10::nullopt);
+#else
+  TORCH_CHECK(false, OpName(k), ": not built (no oneDNN)");
+#endif
+}
+
+// Input and weight gradients of the convolution from dz; the depthwise one adds `addend` (the
+// residual's gradient) to the input gradient.
+std::tuple<at::Tensor, at::Tensor> ConvolveBackward(ConvKind k, const at::Tensor& dz, const at::Tensor& x, const at::Tensor& w,
+                                                    at::IntArrayRef dilation, bool needX, bool needW, const at::Tensor& addend) {
+  if (k == ConvKind::kDepthwise) {
+    auto [gi, gw, unused] = kshare_dw::BackwardCpuPlus(dz, x, w, dilation, {needX, needW, false}, addend);
+    return {gi, gw};
+  }
+#ifdef KSHARE_HAVE_DNNL
+  auto [gi, gw, unused] = kshare_pw::BackwardCpu(dz, x, w, {needX, needW, false});
+  return {gi, gw};
+#else
+  TORCH_CHECK(false, OpName(k), ": not built (no oneDNN)");
+#endif
+}
+
+// needZ: keep the convolution's output in *z (an eval-mode backward recomputes GELU from it).
+kshare_gbn::Forward ForwardBoth(ConvKind k, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                                at::IntArrayRef dilation, const at::Tensor& bnWeight, const at::Tensor& bnBias, const at::Tensor& rm,
+                                const at::Tensor& rv, bool training, double momentum, double eps, bool keep, bool needZ,
+                                at::Tensor* z) {
+  TORCH_CHECK(x.dim() == 4 && weight.dim() == 4, OpName(k), ": input and weight must be 4-D, got ", x.sizes(), " and ",
+              weight.sizes());
+  const at::Tensor residual = k == ConvKind::kDepthwise ? x : at::Tensor();
+  if (!needZ && RowsApply(k, x, weight, dilation)) {
+    // The fused kernel's rows straight from the convolution. `shape` only carries the output's
+    // NCHW shape (a stride-0 view of one float): with a row source its data is never read.
+    const at::Tensor shape = at::empty({1, 1, 1, 1}, x.options()).expand({x.size(0), weight.size(0), x.size(2), x.size(3)});
+    const kshare_gbn::RowSource rows = [&](const kshare_gbn::RowFn& body) { ConvolveRows(k, x, weight, dilation, body); };
+    return kshare_gbn::ForwardImpl(shape, bias, bnWeight, bnBias, rm, rv, training, momentum, eps, keep, residual, &rows);
+  }
+  *z = Convolve(k, x, weight, dilation);
+  return kshare_gbn::ForwardImpl(*z, bias, bnWeight, bnBias, rm, rv, training, momentum, eps, keep, residual);
+}
+
+struct ConvGeluBn : public torch::autograd::Function<ConvGeluBn> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, int64_t kind, const at::Tensor& x, const at::Tensor& weight,
+                            const at::Tensor& bias, std::vector<int64_t> dilation, const at::Tensor& bnWeight,
+                            const at::Tensor& bnBias, const at::Tensor& rm, const at::Tensor& rv, bool training, double momentum,
+                            double eps, bool keep, bool gradient) {
+    const ConvKind k = static_cast<ConvKind>(kind);
+    at::Tensor z;
+    kshare_gbn::Forward f =
+        ForwardBoth(k, x, weight, bias, dilation, bnWeight, bnBias, rm, rv, training, momentum, eps, keep, !training && gradient, &z);
+    // Training keeps gelu and gelu' (f.g, f.dg); eval recomputes them from z.
+    if (training) ctx->save_for_backward({x, weight, f.g, f.dg, bnWeight, f.mean, f.invstd});
+    else ctx->save_for_backward({x, weight, z, bias, bnWeight, f.mean, f.invstd});
+    ctx->saved_data["kind"] = kind;
+    ctx->saved_data["training"] = training;
+    ctx->saved_data["dilation"] = c10::IValue(dilation);
+    return f.y;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads) {
+    const at::Tensor& dy = grads[0];
+    torch::autograd::variable_list out(14);
+    if (!dy.defined()) return out;
+    const ConvKind k = static_cast<ConvKind>(ctx->saved_data["kind"].toInt());
+    TORCH_CHECK(!c10::GradMode::is_enabled(), OpName(k),
+                ": no second derivative (backward with create_graph); run with KSHARE_NATIVE_KERNELS=0 for higher derivatives");
+    auto s = ctx->get_saved_variables();
+    const bool training = ctx->saved_data["training"].toBool();
+    const std::vector<int64_t> dilation = ctx->saved_data["dilation"].toIntVector();
+    const at::Tensor &x = s[0], &weight = s[1], &bnWeight = s[4], &mean = s[5], &invstd = s[6];
+    kshare_gbn::Grads gr = training ? kshare_gbn::BackwardImpl(dy, s[2], at::Tensor(), bnWeight, mean, invstd, true, s[2], s[3])
+                                    : kshare_gbn::BackwardImpl(dy, s[2], s[3], bnWeight, mean, invstd, false, at::Tensor(), at::Tensor());
+    const bool needX = ctx->needs_input_grad(1), needW = ctx->needs_input_grad(2);
+    if (needX || needW) {
+      // The residual's gradient (dy itself) joins the depthwise input gradient as the kernel writes it.
+      const at::Tensor addend = k == ConvKind::kDepthwise && needX ? dy.to(at::kFloat) : at::Tensor();
+      std::tie(out[1], out[2]) = ConvolveBackward(k, gr.dx, x, weight, dilation, needX, needW, addend);
+    }
+    out[3] = gr.dbias;
+    out[5] = gr.dweight;
+    out[6] = gr.dbnBias;
+    return out;
+  }
+};
+
+at::Tensor Autograd(ConvKind k, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, at::IntArrayRef dilation,
+                    const at::Tensor& bnWeight, const at::Tensor& bnBias, const at::Tensor& rm, const at::Tensor& rv, bool training,
+                    double momentum, double eps) {
+  // gelu and gelu' are kept only when a backward can follow; the running stats are updated in
+  // place but never differentiated, so they stay out of the autograd inputs.
+  const bool gradient = at::GradMode::is_enabled() && (x.requires_grad() || weight.requires_grad() || bias.requires_grad() ||
+                                                       bnWeight.requires_grad() || bnBias.requires_grad());
+  return ConvGeluBn::apply(static_cast<int64_t>(k), x, weight, bias, dilation.vec(), bnWeight, bnBias, rm.detach(), rv.detach(),
+                           training, momentum, eps, training && gradient, gradient);
+}
+
+at::Tensor Cpu(ConvKind k, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, at::IntArrayRef dilation,
+               const at::Tensor& bnWeight, const at::Tensor& bnBias, const at::Tensor& rm, const at::Tensor& rv, bool training,
+               double momentum, double eps) {
+  at::Tensor z;
+  return ForwardBoth(k, x, weight, bias, dilation, bnWeight, bnBias, rm, rv, training, momentum, eps, false, false, &z).y;
+}
+
+at::Tensor DepthwiseAutograd(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, at::IntArrayRef dilation,
+                             const at::Tensor& bnWeight, const at::Tensor& bnBias, const at::Tensor& rm, const at::Tensor& rv,
+                             bool training, double momentum, double eps) {
+  return Autograd(ConvKind::kDepthwise, x, weight, bias, dilation, bnWeight, bnBias, rm, rv, training, momentum, eps);
+}
+
+at::Tensor DepthwiseCpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, at::IntArrayRef dilation,
+                        const at::Tensor& bnWeight, const at::Tensor& bnBias, const at::Tensor& rm, const at::Tensor& rv, bool training,
+                        double momentum, double eps) {
+  return Cpu(ConvKind::kDepthwise, x, weight, bias, dilation, bnWeight, bnBias, rm, rv, training, momentum, eps);
+}
+
+#ifdef KSHARE_HAVE_DNNL
+at::Tensor PointwiseAutograd(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& bnWeight,
+                             const at::Tensor& bnBias, const at::Tensor& rm, const at::Tensor& rv, bool training, double momentum,
+                             double eps) {
+  return Autograd(ConvKind::kPointwise, x, weight, bias, {1, 1}, bnWeight, bnBias, rm, rv, training, momentum, eps);
+}
+
+at::Tensor PointwiseCpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& bnWeight,
+                        const at::Tensor& bnBias, const at::Tensor& rm, const at::Tensor& rv, bool training, double momentum, double eps) {
+  return Cpu(ConvKind::kPointwise, x, weight, bias, {1, 1}, bnWeight, bnBias, rm, rv, training, momentum, eps);
+}
+#endif
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(kshare, m) {
+  m.def(
+      "depthwise_gelu_bn_residual(Tensor input, Tensor weight, Tensor bias, int[2] dilation, Tensor bn_weight, Tensor bn_bias, "
+      "Tensor(a!) running_mean, Tensor(b!) running_var, bool training, float momentum, float eps) -> Tensor");
+#ifdef KSHARE_HAVE_DNNL
+  m.def(
+      "pointwise_gelu_bn(Tensor input, Tensor weight, Tensor bias, Tensor bn_weight, Tensor bn_bias, Tensor(a!) running_mean, "
+      "Tensor(b!) running_var, bool training, float momentum, float eps) -> Tensor");
+#endif
+}
+
+TORCH_LIBRARY_IMPL(kshare, CPU, m) {
+  m.impl("depthwise_gelu_bn_residual", DepthwiseCpu);
+#ifdef KSHARE_HAVE_DNNL
+  m.impl("pointwise_gelu_bn", PointwiseCpu);
+#endif
+}
+
+TORCH_LIBRARY_IMPL(kshare, Autograd, m) {
+  m.impl("depthwise_gelu_bn_residual", DepthwiseAutograd);
+#ifdef KSHARE_HAVE_DNNL
+  m.impl("pointwise_gelu_bn", PointwiseAutograd);
+#endif
+}

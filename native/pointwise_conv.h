@@ -1,0 +1,32 @@
+// The 1x1 convolution's CPU entry points (pointwise_conv.cc, built with oneDNN only) for kernels
+// built on it: the ConvMixer block's second half (conv_gelu_bn.cc). Same scope and checks as the
+// operators.
+#pragma once
+#ifdef KSHARE_HAVE_DNNL
+#include <ATen/ATen.h>
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <tuple>
+
+namespace kshare_pw {
+
+// kshare::pointwise_conv2d and its backward on CPU (no autograd).
+at::Tensor ForwardCpu(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> BackwardCpu(const at::Tensor& gradOutput, const at::Tensor& input,
+                                                           const at::Tensor& weight, std::array<bool, 3> mask);
+
+// Receives one output row (n, o) of the NCHW forward: index n * out + o and H * W contiguous
+// floats, valid during the call. Called from libtorch's intra-op threads, rows in any order.
+using RowSink = std::function<void(int64_t, const float*)>;
+
+// Whether ForwardRows runs: NCHW contiguous input and a batch of at least one image a thread.
+bool RowsApply(const at::Tensor& input, const at::Tensor& weight);
+
+// The forward without bias, image by image into a per-thread buffer, each output row handed to
+// `sink` while in cache and never written out as a tensor.
+void ForwardRows(const at::Tensor& input, const at::Tensor& weight, const RowSink& sink);
+
+}  // namespace kshare_pw
+#endif  // KSHARE_HAVE_DNNL
