@@ -21,11 +21,12 @@
 // kernels are the operators' own, so the numbers are theirs bit for bit.
 //
 // Measured speed (2-core AMD EPYC, against the operators apart in the same process, best of 5
-// alternating medians, `node dist/bench/route-ab.js --only residual --threads 1,2 --rounds 5`,
-// bench/results/residual-ab.json; 1 thread / 2 threads), the residual half alone: training steps
-// at batch 32, ConvMixer-64/4 shared NCHW 1.05x / 1.13x, channels-last 1.06x / 1.03x;
-// ConvMixer-256/8 shared NCHW 1.02x / 1.23x, channels-last 1.03x / 1.04x; ConvMixer-256/16 shared
-// inference at batch 1 1.04x / 0.98x. History in bench/cpu-kernels-notes.md ("Session of
+// alternating medians, `node dist/bench/route-ab.js --only blocks --threads 1,2 --rounds 5`,
+// bench/results/blocks-ab.json; 1 thread / 2 threads): training steps at batch 32, ConvMixer-64/4
+// shared NCHW 0.99x / 1.04x, channels-last 1.03x / 1.02x; ConvMixer-256/8 shared NCHW 1.05x /
+// 1.00x, channels-last 1.03x / 1.01x; ConvMixer-256/16 shared inference at batch 1 1.04x / 1.05x,
+// batch 32 1.17x / 1.26x. The 1x1 half alone measured within noise (0.99-1.03x); the residual
+// half alone 1.02-1.07x at 1 thread. History in bench/cpu-kernels-notes.md ("Session of
 // 2026-12-02, fifth").
 //
 // Scope: what the operators they are built from accept (depthwise [C, 1, kh, kw] odd kernel,
