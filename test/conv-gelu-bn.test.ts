@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 import * as t from '../src/tensor/index.js';
 import type { Tensor } from '../src/tensor/index.js';
 import { createModel } from '../src/models/index.js';
-import { runPython, encode, decodeF32, maxRelError, type Encoded } from './helpers/python.js';
+import { runPython, encodeTensors, decodeF32, maxRelError, type Encoded } from './helpers/python.js';
 import { withEnv, withLibtorchOps } from './helpers/env.js';
 
 const TOL = 1e-5;
@@ -153,7 +153,7 @@ test('fused conv + GELU + BatchNorm (+ residual) matches the operators apart, li
       training: c.training,
       k: c.k,
       dilation: c.dilation,
-      tensors: Object.fromEntries(Object.entries(ins[i]!).map(([k, v]) => [k, encode(v.toFloat32Array(), v.shape)])),
+      tensors: encodeTensors(ins[i]!),
     })),
   });
   let compared = 0;

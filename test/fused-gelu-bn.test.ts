@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import * as t from '../src/tensor/index.js';
 import type { Tensor } from '../src/tensor/index.js';
 import { createModel } from '../src/models/index.js';
-import { runPython, encode, decodeF32, maxRelError, type Encoded } from './helpers/python.js';
+import { runPython, encodeTensors, decodeF32, maxRelError, type Encoded } from './helpers/python.js';
 import { withEnv } from './helpers/env.js';
 
 const TOL = 1e-5;
@@ -65,10 +65,6 @@ function inputs(c: Case, seed: number): Inputs {
     runningVar: t.keep(t.rand([ch], { generator: gen }).add(0.5)),
     r: t.keep(t.randn(c.shape, { generator: gen })),
   }));
-}
-
-function enc(x: Tensor): Encoded {
-  return encode(x.toFloat32Array(), x.shape);
 }
 
 /** Runs one case through the fused op (fused = true) or libtorch's ops; returns every output as floats. */
@@ -136,7 +132,7 @@ test('fused bias + GELU + BatchNorm matches libtorch and PyTorch: forward, every
       channels_last: c.channelsLast,
       training: c.training,
       momentum: c.momentum,
-      tensors: Object.fromEntries(Object.entries(ins[i]!).map(([k, v]) => [k, enc(v)])),
+      tensors: encodeTensors(ins[i]!),
     })),
   });
   let compared = 0;

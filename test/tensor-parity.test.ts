@@ -4,7 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as t from '../src/tensor/index.js';
 import type { Tensor } from '../src/tensor/index.js';
-import { runPython, encode, decodeF32, maxRelError, type Encoded } from './helpers/python.js';
+import { runPython, encodeTensors, decodeF32, maxRelError, type Encoded } from './helpers/python.js';
 
 const TOL = 1e-5;
 
@@ -23,11 +23,6 @@ interface PyResult {
   y: Encoded;
   grads: Record<string, Encoded>;
   after: Record<string, Encoded>;
-}
-
-function enc(x: Tensor): Encoded {
-  if (x.dtype === 'int64') return encode(x.dataSync() as BigInt64Array, x.shape);
-  return encode(x.toFloat32Array(), x.shape);
 }
 
 const PY = `
@@ -197,7 +192,7 @@ test('nn ops match PyTorch: forward values and gradients', () => {
     opts: c.opts,
     grad: c.grad,
     after: c.after ?? [],
-    tensors: Object.fromEntries(Object.entries(c.tensors).map(([k, v]) => [k, enc(v)])),
+    tensors: encodeTensors(c.tensors),
   }));
   const ref = runPython<PyResult[]>(PY, { cases: payload });
   assert.equal(ref.length, cases.length);

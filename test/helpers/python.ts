@@ -4,6 +4,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { Tensor } from '../../src/tensor/index.js';
 
 export const PYTHON = process.env.KSHARE_TORCH_PYTHON ?? '/usr/bin/python3';
 /** test/fixtures, where the Python reference code lives (works from test/ and dist/test/). */
@@ -44,6 +45,17 @@ export interface Encoded {
 export function encode(data: Float32Array | Int32Array | BigInt64Array | Uint8Array, shape: number[]): Encoded {
   const dtype = data instanceof Float32Array ? 'float32' : data instanceof Int32Array ? 'int32' : data instanceof BigInt64Array ? 'int64' : 'uint8';
   return { shape, dtype, b64: Buffer.from(data.buffer, data.byteOffset, data.byteLength).toString('base64') };
+}
+
+/** A tensor's values for the reference: int64 as int64, everything else as float32. */
+export function encodeTensor(x: Tensor): Encoded {
+  if (x.dtype === 'int64') return encode(x.dataSync() as BigInt64Array, x.shape);
+  return encode(x.toFloat32Array(), x.shape);
+}
+
+/** encodeTensor over an object of named tensors. */
+export function encodeTensors<T extends { [K in keyof T]: Tensor }>(tensors: T): Record<string, Encoded> {
+  return Object.fromEntries(Object.entries<Tensor>(tensors).map(([k, v]) => [k, encodeTensor(v)]));
 }
 
 export function decodeF32(e: Encoded): Float32Array {
