@@ -16,7 +16,8 @@
 // grad input plane as the depthwise kernel writes it (depthwise_conv.cc; channels-last input,
 // which oneDNN's convolution serves, adds it in a pass of its own). In NCHW the convolution's
 // output is not stored at all: each plane (depthwise, from the plane kernel, in L1) or each
-// image's rows (1x1, one sgemm an image into an L2-sized buffer) go straight into the fused
+// image's rows (1x1, one sgemm an image, or a block of output channels when there are fewer
+// images than threads, into an L2-sized buffer) go straight into the fused
 // kernel's first pass (GELU and the row's statistics in training, the whole output in eval). The
 // kernels are the operators' own, so the numbers are theirs bit for bit.
 //

@@ -182,8 +182,7 @@ at::Tensor ForwardCpu(const at::Tensor& input, const at::Tensor& weight, const c
 
 bool RowsApply(const at::Tensor& input, const at::Tensor& weight) {
   const Geometry g = Check("kshare::pointwise_conv2d", input, weight);
-  const int64_t threads = at::get_num_threads();
-  return !g.channelsLast && input.is_contiguous() && g.n * g.hw * g.cout * g.cin > 0 && (threads == 1 || g.n >= threads);
+  return !g.channelsLast && input.is_contiguous() && g.n * g.hw * g.cout * g.cin > 0;
 }
 
 void ForwardRows(const at::Tensor& input, const at::Tensor& weight, const RowSink& sink) {
@@ -192,13 +191,20 @@ void ForwardRows(const at::Tensor& input, const at::Tensor& weight, const RowSin
   const Geometry g = Check(op, input, weight);
   const at::Tensor w = weight.contiguous();
   const float *xp = input.data_ptr<float>(), *wp = w.data_ptr<float>();
-  // One image a task, as ForwardCpu at batch >= threads; Y[n] (out x HW, e.g. 256 KiB at 256
-  // channels and 16x16) goes to a per-thread buffer that stays in L2 while its rows are consumed.
-  at::parallel_for(0, g.n, 1, [&](int64_t b, int64_t e) {
-    std::unique_ptr<float[]> y(new float[g.cout * g.hw]);
-    for (int64_t n = b; n < e; n++) {
-      Sgemm('N', 'N', g.cout, g.hw, g.cin, wp, g.cin, xp + n * g.cin * g.hw, g.hw, 0.f, y.get(), g.hw);
-      for (int64_t o = 0; o < g.cout; o++) sink(n * g.cout + o, y.get() + o * g.hw);
+  // One image a task, as ForwardCpu at batch >= threads; with fewer images than threads (batch-1
+  // inference) each image's output channels are split instead (whole rows for the sink, where
+  // ForwardCpu splits pixel columns). Y[n] (out x HW, e.g. 256 KiB at 256 channels and 16x16)
+  // goes to a per-thread buffer that stays in L2 while its rows are consumed.
+  const int64_t threads = at::get_num_threads();
+  const int64_t split = g.n >= threads ? 1 : (threads + g.n - 1) / g.n;
+  const int64_t block = (g.cout + split - 1) / split;
+  const int64_t parts = (g.cout + block - 1) / block;
+  at::parallel_for(0, g.n * parts, 1, [&](int64_t b, int64_t e) {
+    std::unique_ptr<float[]> y(new float[block * g.hw]);
+    for (int64_t i = b; i < e; i++) {
+      const int64_t n = i / parts, o0 = (i % parts) * block, o1 = std::min(g.cout, o0 + block);
+      Sgemm('N', 'N', o1 - o0, g.hw, g.cin, wp + o0 * g.cin, g.cin, xp + n * g.cin * g.hw, g.hw, 0.f, y.get(), g.hw);
+      for (int64_t o = o0; o < o1; o++) sink(n * g.cout + o, y.get() + (o - o0) * g.hw);
     }
   });
 }

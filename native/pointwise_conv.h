@@ -21,11 +21,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> BackwardCpu(const at::Tensor& gra
 // floats, valid during the call. Called from libtorch's intra-op threads, rows in any order.
 using RowSink = std::function<void(int64_t, const float*)>;
 
-// Whether ForwardRows runs: NCHW contiguous input and a batch of at least one image a thread.
+// Whether ForwardRows runs: an NCHW contiguous, non-empty input.
 bool RowsApply(const at::Tensor& input, const at::Tensor& weight);
 
-// The forward without bias, image by image into a per-thread buffer, each output row handed to
-// `sink` while in cache and never written out as a tensor.
+// The forward without bias, image by image (or, with fewer images than threads, a block of output
+// channels at a time) into a per-thread buffer, each output row handed to `sink` while in cache
+// and never written out as a tensor.
 void ForwardRows(const at::Tensor& input, const at::Tensor& weight, const RowSink& sink);
 
 }  // namespace kshare_pw
