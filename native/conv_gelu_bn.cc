@@ -66,7 +66,7 @@ bool RowsApply(ConvKind k, const at::Tensor& x, const at::Tensor& w, at::IntArra
 #endif
 }
 
-void ConvolveRows(ConvKind k, const at::Tensor& x, const at::Tensor& w, at::IntArrayRef dilation, const kshare_gbn::RowFn& sink) {
+void ConvolveRows(ConvKind k, const at::Tensor& x, const at::Tensor& w, at::IntArrayRef dilation, const kshare::RowSink& sink) {
   if (k == ConvKind::kDepthwise) return kshare_dw::ForwardPlanes(x, w, dilation, sink);
 #ifdef KSHARE_HAVE_DNNL
   kshare_pw::ForwardRows(x, w, sink);
@@ -110,7 +110,7 @@ kshare_gbn::Forward ForwardBoth(ConvKind k, const at::Tensor& x, const at::Tenso
     // The fused kernel's rows straight from the convolution. `shape` only carries the output's
     // NCHW shape (a stride-0 view of one float): with a row source its data is never read.
     const at::Tensor shape = at::empty({1, 1, 1, 1}, x.options()).expand({x.size(0), weight.size(0), x.size(2), x.size(3)});
-    const kshare_gbn::RowSource rows = [&](const kshare_gbn::RowFn& body) { ConvolveRows(k, x, weight, dilation, body); };
+    const kshare_gbn::RowSource rows = [&](const kshare::RowSink& body) { ConvolveRows(k, x, weight, dilation, body); };
     return kshare_gbn::ForwardImpl(shape, bias, bnWeight, bnBias, rm, rv, training, momentum, eps, keep, residual, &rows);
   }
   *z = Convolve(k, x, weight, dilation);

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <limits>
 
 namespace kshare {
@@ -22,6 +23,12 @@ inline at::Tensor NewOutput(at::IntArrayRef sizes, const at::TensorOptions& opts
   if (PoisonOutputs()) t.fill_(std::numeric_limits<float>::quiet_NaN());
   return t;
 }
+
+// Receives one NCHW row (n, c) of a tensor that is produced row by row and never stored: index
+// n * C + c and H * W contiguous floats, valid during the call. Called from libtorch's intra-op
+// threads, rows in any order (the convolutions' outputs handed to the fused GELU/BN pass,
+// native/conv_gelu_bn.cc).
+using RowSink = std::function<void(int64_t, const float*)>;
 
 // One part (a row or a block of rows) of a channel's values: how many, their sum, and their
 // squared deviations around `centre`, the part's mean rounded to float.

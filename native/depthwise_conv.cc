@@ -328,7 +328,7 @@ void ConvolveInto(const Geometry& g, const float* x, const float* w, const float
 // plane, H * W contiguous floats in a per-thread buffer still in L1, handed to sink(n * C + c,
 // plane) instead of written out: a caller consuming the output plane by plane never makes it a
 // tensor (native/conv_gelu_bn.cc). The caller checked that the plane kernel applies.
-void ConvolvePlanes(const Geometry& g, const float* x, const float* w, const PlaneSink& sink) {
+void ConvolvePlanes(const Geometry& g, const float* x, const float* w, const kshare::RowSink& sink) {
   const Kernels& k = Pick();
   const int64_t kk = static_cast<int64_t>(g.kh) * g.kw;
   const auto plane = k.planeForward(g.kh);
@@ -528,15 +528,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> BackwardCpuPlus(const at::Tensor&
   return {gi, gw, gb};
 }
 
-bool PlanesApply(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef dilation) {
-  const Geometry g = Check("kshare::depthwise_conv2d", input, weight, dilation);
+bool PlanesApply(const Geometry& g, const at::Tensor& input) {
   return !g.channelsLast && input.is_contiguous() && g.kh == g.kw && g.dh == 1 && g.dw == 1 && Pick().planeForward(g.kh) &&
          !LibtorchForward(g) && input.numel() > 0;
 }
 
-void ForwardPlanes(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef dilation, const PlaneSink& sink) {
-  TORCH_CHECK(PlanesApply(input, weight, dilation), "kshare::depthwise_conv2d: internal error: the plane kernel does not apply");
+bool PlanesApply(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef dilation) {
+  return PlanesApply(Check("kshare::depthwise_conv2d", input, weight, dilation), input);
+}
+
+void ForwardPlanes(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef dilation, const kshare::RowSink& sink) {
   const Geometry g = Check("kshare::depthwise_conv2d", input, weight, dilation);
+  TORCH_CHECK(PlanesApply(g, input), "kshare::depthwise_conv2d: internal error: the plane kernel does not apply");
   const at::Tensor w = weight.contiguous();
   ConvolvePlanes(g, input.data_ptr<float>(), w.data_ptr<float>(), sink);
 }

@@ -3,9 +3,9 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include "cpu_kernel_common.h"
+
 #include <array>
-#include <cstdint>
-#include <functional>
 #include <tuple>
 
 namespace kshare_dw {
@@ -20,16 +20,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> BackwardCpuPlus(const at::Tensor&
                                                                const at::Tensor& weight, at::IntArrayRef dilation,
                                                                std::array<bool, 3> mask, const at::Tensor& gradInputAddend);
 
-// Receives one output plane (n, c) of the NCHW forward: index n * C + c and H * W contiguous
-// floats, valid during the call. Called from libtorch's intra-op threads, planes in any order.
-using PlaneSink = std::function<void(int64_t, const float*)>;
-
 // Whether ForwardPlanes runs for this convolution: NCHW contiguous input, a square kernel at
 // dilation 1 that the plane kernel covers, and that route chosen (not KSHARE_NATIVE_DEPTHWISE_FORWARD=onednn).
 bool PlanesApply(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef dilation);
 
 // The forward without bias, each output plane handed to `sink` while in cache and never
 // written out as a tensor.
-void ForwardPlanes(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef dilation, const PlaneSink& sink);
+void ForwardPlanes(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef dilation, const kshare::RowSink& sink);
 
 }  // namespace kshare_dw

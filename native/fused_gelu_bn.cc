@@ -180,10 +180,11 @@ Forward forwardImpl(const at::Tensor& xIn, const at::Tensor& biasIn, const at::T
   float *rmp = rm.data_ptr<float>(), *rvp = rv.data_ptr<float>();
   const Kernels& K = kernels();
   const int64_t N = g.N, C = g.C, HW = g.HW, M = g.M;
-  // NCHW: body(r, row) for every (n, c) row r in parallel, from x or from the row source.
-  auto forRows = [&](int64_t grain, const std::function<void(int64_t, const float*)>& body) {
+  // NCHW: body(r, row) for every (n, c) row r in parallel, from x or from the row source (only
+  // that path goes through a std::function).
+  auto forRows = [&](int64_t grain, const auto& body) {
     if (rows) {
-      (*rows)(body);
+      (*rows)(kshare::RowSink(body));
       return;
     }
     at::parallel_for(0, N * C, grain, [&](int64_t b, int64_t e) {

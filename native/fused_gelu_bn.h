@@ -3,7 +3,8 @@
 #pragma once
 #include <ATen/ATen.h>
 
-#include <cstdint>
+#include "cpu_kernel_common.h"
+
 #include <functional>
 
 namespace kshare_gbn {
@@ -16,8 +17,7 @@ struct Forward {
 // Calls the function it is given with every NCHW row (n * C + c, H * W floats) of the input, in
 // parallel and in any order: input that is produced row by row and never stored as a tensor
 // (the depthwise plane kernel's output, native/conv_gelu_bn.cc).
-using RowFn = std::function<void(int64_t, const float*)>;
-using RowSource = std::function<void(const RowFn&)>;
+using RowSource = std::function<void(const kshare::RowSink&)>;
 
 // y = batch_norm(gelu(x + bias[c])) (+ residual, when defined: same shape, added in the pass
 // that writes y). Training updates running_mean / running_var in place; `keep` keeps g and dg.

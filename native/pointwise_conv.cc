@@ -180,15 +180,18 @@ at::Tensor ForwardCpu(const at::Tensor& input, const at::Tensor& weight, const c
   return out;
 }
 
-bool RowsApply(const at::Tensor& input, const at::Tensor& weight) {
-  const Geometry g = Check("kshare::pointwise_conv2d", input, weight);
+bool RowsApply(const Geometry& g, const at::Tensor& input) {
   return !g.channelsLast && input.is_contiguous() && g.n * g.hw * g.cout * g.cin > 0;
 }
 
-void ForwardRows(const at::Tensor& input, const at::Tensor& weight, const RowSink& sink) {
+bool RowsApply(const at::Tensor& input, const at::Tensor& weight) {
+  return RowsApply(Check("kshare::pointwise_conv2d", input, weight), input);
+}
+
+void ForwardRows(const at::Tensor& input, const at::Tensor& weight, const kshare::RowSink& sink) {
   const char* op = "kshare::pointwise_conv2d";
-  TORCH_CHECK(RowsApply(input, weight), op, ": internal error: row by row does not apply");
   const Geometry g = Check(op, input, weight);
+  TORCH_CHECK(RowsApply(g, input), op, ": internal error: row by row does not apply");
   const at::Tensor w = weight.contiguous();
   const float *xp = input.data_ptr<float>(), *wp = w.data_ptr<float>();
   // One image a task, as ForwardCpu at batch >= threads; with fewer images than threads (batch-1

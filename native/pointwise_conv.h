@@ -5,9 +5,9 @@
 #ifdef KSHARE_HAVE_DNNL
 #include <ATen/ATen.h>
 
+#include "cpu_kernel_common.h"
+
 #include <array>
-#include <cstdint>
-#include <functional>
 #include <tuple>
 
 namespace kshare_pw {
@@ -17,17 +17,13 @@ at::Tensor ForwardCpu(const at::Tensor& input, const at::Tensor& weight, const c
 std::tuple<at::Tensor, at::Tensor, at::Tensor> BackwardCpu(const at::Tensor& gradOutput, const at::Tensor& input,
                                                            const at::Tensor& weight, std::array<bool, 3> mask);
 
-// Receives one output row (n, o) of the NCHW forward: index n * out + o and H * W contiguous
-// floats, valid during the call. Called from libtorch's intra-op threads, rows in any order.
-using RowSink = std::function<void(int64_t, const float*)>;
-
 // Whether ForwardRows runs: an NCHW contiguous, non-empty input.
 bool RowsApply(const at::Tensor& input, const at::Tensor& weight);
 
 // The forward without bias, image by image (or, with fewer images than threads, a block of output
 // channels at a time) into a per-thread buffer, each output row handed to `sink` while in cache
 // and never written out as a tensor.
-void ForwardRows(const at::Tensor& input, const at::Tensor& weight, const RowSink& sink);
+void ForwardRows(const at::Tensor& input, const at::Tensor& weight, const kshare::RowSink& sink);
 
 }  // namespace kshare_pw
 #endif  // KSHARE_HAVE_DNNL

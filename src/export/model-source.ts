@@ -3,6 +3,7 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import type { Module } from '../nn/module.js';
 import { createModel, modelConfig, modelCpuMemoryFormat } from '../models/registry.js';
+import type { CpuMemoryFormat } from '../models/spec.js';
 import { buildFromConfig, validateConfig } from '../models/config.js';
 import { CHECKPOINT_KEY, assertFinite, readCheckpoint, restoreModel } from '../train/checkpoint.js';
 import { loadWeights } from '../models/weights.js';
@@ -15,7 +16,7 @@ export interface ModelSource {
   model: Module;
   info: ModelInfo;
   /** The memory format CPU inference runs this model in (its architecture's choice). */
-  cpuMemoryFormat: 'contiguous' | 'channels_last';
+  cpuMemoryFormat: CpuMemoryFormat;
 }
 
 /** Class names for a class count: CIFAR-10's or CIFAR-100's when the count fits, numbered otherwise. */

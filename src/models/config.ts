@@ -3,7 +3,7 @@
 import type { Module } from '../nn/index.js';
 import { applySharingPlan, PLAN_KINDS, type SharingPlan } from '../nn/index.js';
 import { BUILTIN_ARCHITECTURES } from './architectures.js';
-import type { ArchitectureSpec, InputSpec } from './spec.js';
+import type { ArchitectureSpec, CpuMemoryFormat, InputSpec } from './spec.js';
 
 /** A config as written: the architecture, its fields (defaults may be left out), and two common fields. */
 export interface ModelConfig {
@@ -132,7 +132,7 @@ export function inputSpecOf(c: ModelConfig): InputSpec {
 }
 
 /** The memory format CPU inference runs a config's architecture in (its spec's choice). */
-export function cpuMemoryFormatOf(c: ModelConfig): 'contiguous' | 'channels_last' {
+export function cpuMemoryFormatOf(c: ModelConfig): CpuMemoryFormat {
   return architectureSpec(c.architecture).cpuMemoryFormat ?? 'channels_last';
 }
 

@@ -3,7 +3,7 @@
 import { readFileSync } from 'node:fs';
 import type { Module } from '../nn/index.js';
 import { validateConfig, buildFromConfig, describeConfig, architectures, inputSpecOf, recipeOf, cpuMemoryFormatOf, type ModelConfig } from './config.js';
-import { cifarInput, IMAGENET_NORM, type InputSpec } from './spec.js';
+import { cifarInput, IMAGENET_NORM, type CpuMemoryFormat, type InputSpec } from './spec.js';
 
 export type ModelFactory = (opts: { classes: number }) => Module;
 
@@ -154,15 +154,20 @@ export function modelInputSpec(name: string, config: unknown = null): InputSpec 
   return c ? inputSpecOf(c) : cifarInput(IMAGENET_NORM);
 }
 
+/** A model's config: registered, registry-style name, or the given (stored) one; null for factory models. */
+function configOf(name: string, config: unknown): ModelConfig | null {
+  return entries.get(name)?.config ?? configFromName(name) ?? (config ? validateConfig(config, `model '${name}'`) : null);
+}
+
 /** The memory format CPU inference runs a model in (its architecture's choice; channels_last for factory models). */
-export function modelCpuMemoryFormat(name: string, config: unknown = null): 'contiguous' | 'channels_last' {
-  const c = entries.get(name)?.config ?? configFromName(name) ?? (config ? validateConfig(config, `model '${name}'`) : null);
+export function modelCpuMemoryFormat(name: string, config: unknown = null): CpuMemoryFormat {
+  const c = configOf(name, config);
   return c ? cpuMemoryFormatOf(c) : 'channels_last';
 }
 
 /** The recipe a model trains with when none is named (its architecture's; 'convmixer' for factory models). */
 export function modelRecipe(name: string, config: unknown = null): string {
-  const c = entries.get(name)?.config ?? configFromName(name) ?? (config ? validateConfig(config, `model '${name}'`) : null);
+  const c = configOf(name, config);
   return c ? recipeOf(c) : 'convmixer';
 }
 

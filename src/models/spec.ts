@@ -3,6 +3,10 @@
 // The registry, config files, checkpoints, export and the CLI read these specs; none of them
 // names an architecture. docs/adding-an-architecture.md walks through a complete example.
 import type { Module } from '../nn/index.js';
+import type { MemoryFormat } from '../tensor/index.js';
+
+/** A memory format a model can run in (a layout, not 'preserve'). */
+export type CpuMemoryFormat = Exclude<MemoryFormat, 'preserve'>;
 
 /** What a deployed model expects as input: size and per-channel normalisation of [0, 1] pixels. */
 export interface InputSpec {
@@ -103,7 +107,7 @@ export interface ArchitectureSpec<C extends object = Record<string, unknown>> {
    * 'channels_last' (oneDNN's convolutions without layout reorders). Measure before choosing:
    * kshare's NCHW kernels make 'contiguous' the faster one for some architectures.
    */
-  readonly cpuMemoryFormat?: 'contiguous' | 'channels_last';
+  readonly cpuMemoryFormat?: CpuMemoryFormat;
   readonly names: {
     /** The name pattern in words, e.g. 'convmixer_<dim>_<depth>[_k<k>][_p<p>][_shared|_shared_dw|_shared_pw]'. */
     readonly pattern: string;

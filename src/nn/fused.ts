@@ -15,15 +15,11 @@ function blocksEnabled(): boolean {
   return process.env.KSHARE_NATIVE_BLOCKS !== '0';
 }
 
-let pointwiseBuilt: boolean | undefined;
-/** kshare::pointwise_gelu_bn is built where the 1x1 operator is (with oneDNN); asked once. */
-function pointwiseBlockBuilt(): boolean {
-  pointwiseBuilt ??= t.runtimeInfo().pointwiseKernel;
-  return pointwiseBuilt && process.env.KSHARE_NATIVE_POINTWISE !== '0';
-}
-
 interface FusableParts {
   conv: Conv2d;
+  bn: BatchNorm2d;
+  /** kshare's convolution kernel conv2d runs the layer's convolution on for x (t.conv2dKernel). */
+  kernel: 'depthwise' | 'pointwise' | null;
   /** The conv bias (added by the fused kernel, not by the convolution). */
   bias: Tensor;
   /** The BatchNorm's options for the fused kernel; counts the batch (call once, when fusing). */
@@ -52,6 +48,8 @@ function fusableParts(conv: Module, gelu: Module, bn: Module, x: Tensor): Fusabl
   if (bn.numFeatures !== conv.outChannels) return null; // let BatchNorm2d raise its own error
   return {
     conv,
+    bn,
+    kernel: t.conv2dKernel(x, conv.weight, bias, { groups: conv.groups, stride: conv.stride, padding: conv.padding, dilation: conv.dilation }),
     bias,
     bnOptions: () => ({ weight, bias: bnBias, runningMean, runningVar, training: bn.training, momentum: bn.countBatch(), eps: bn.eps }),
   };
@@ -69,15 +67,13 @@ function fusableParts(conv: Module, gelu: Module, bn: Module, x: Tensor): Fusabl
 export function convGeluBatchNorm(conv: Module, gelu: Module, bn: Module, x: Tensor): Tensor | null {
   const p = fusableParts(conv, gelu, bn, x);
   if (!p) return null;
-  const cv = p.conv;
-  const pointwise = cv.kernelSize[0] === 1 && cv.kernelSize[1] === 1 && cv.groups === 1 && cv.stride.every((s) => s === 1) && cv.padding.every((q) => q === 0);
-  if (pointwise && blocksEnabled() && pointwiseBlockBuilt() && cv.inChannels === x.dim(1)) {
-    if ((bn as BatchNorm2d).training && x.size / x.dim(1) <= 1) return null; // BatchNorm2d raises its usual error
-    return t.pointwiseGeluBatchNorm(x, cv.weight, p.bias, p.bnOptions());
+  if (p.kernel === 'pointwise' && blocksEnabled()) {
+    if (p.bn.training && x.size / x.dim(1) <= 1) return null; // BatchNorm2d raises its usual error
+    return t.pointwiseGeluBatchNorm(x, p.conv.weight, p.bias, p.bnOptions());
   }
   return t.tidy(() => {
     const z = p.conv.convolve(x, false);
-    if ((bn as BatchNorm2d).training && z.size / z.dim(1) <= 1) return null; // BatchNorm2d raises its usual error
+    if (p.bn.training && z.size / z.dim(1) <= 1) return null; // BatchNorm2d raises its usual error
     return t.biasGeluBatchNorm(z, p.bias, p.bnOptions());
   });
 }
@@ -85,20 +81,14 @@ export function convGeluBatchNorm(conv: Module, gelu: Module, bn: Module, x: Ten
 /**
  * x + BatchNorm2d(GELU(depthwise Conv2d(x))), the residual half of a ConvMixer block, in one
  * operator (native/conv_gelu_bn.cc) that adds the residual inside the kernels' own passes.
- * Applies where convGeluBatchNorm does and the convolution is kshare's depthwise kernel's (one
- * odd k x k filter per channel, stride 1, "same" padding) on input channels matching x; null
+ * Applies where convGeluBatchNorm does and conv2d would run the convolution on kshare's depthwise
+ * kernel (t.conv2dKernel: one odd k x k filter per channel, stride 1, "same" padding); null
  * otherwise.
  */
 export function depthwiseGeluBatchNormResidual(conv: Module, gelu: Module, bn: Module, x: Tensor): Tensor | null {
   if (!blocksEnabled()) return null;
   const p = fusableParts(conv, gelu, bn, x);
-  if (!p) return null;
-  const c = x.dim(1),
-    cv = p.conv;
-  const [kh, kw] = cv.kernelSize;
-  const depthwise = cv.groups === c && cv.inChannels === c && cv.outChannels === c && kh % 2 === 1 && kw % 2 === 1;
-  const same = cv.padding[0] === (cv.dilation[0] * (kh - 1)) / 2 && cv.padding[1] === (cv.dilation[1] * (kw - 1)) / 2;
-  if (!depthwise || !same || cv.stride[0] !== 1 || cv.stride[1] !== 1) return null;
-  if ((bn as BatchNorm2d).training && x.size / c <= 1) return null; // BatchNorm2d raises its usual error
-  return t.depthwiseGeluBatchNormResidual(x, cv.weight, p.bias, { ...p.bnOptions(), dilation: cv.dilation });
+  if (!p || p.kernel !== 'depthwise') return null;
+  if (p.bn.training && x.size / x.dim(1) <= 1) return null; // BatchNorm2d raises its usual error
+  return t.depthwiseGeluBatchNormResidual(x, p.conv.weight, p.bias, { ...p.bnOptions(), dilation: p.conv.dilation });
 }

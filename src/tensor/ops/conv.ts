@@ -60,16 +60,31 @@ export function conv2d(x: Tensor, weight: Tensor, bias: Tensor | null = null, o:
   const pad = pairArg(op, 'padding', padding, 0);
   convOutputSize(op, h, kh, stride[0], pad[0], dilation[0]);
   convOutputSize(op, w, kw, stride[1], pad[1], dilation[1]);
-  if (cpuFloat32(x, weight, bias)) {
-    if (fitsDepthwiseKernel(x, weight, groups, stride, pad, dilation)) return depthwise(x, weight, bias, dilation);
-    if (isPointwise(weight, groups, stride, pad)) {
-      if (buildInfo().pointwiseKernel && process.env.KSHARE_NATIVE_POINTWISE !== '0')
-        return wrap(runKernel(op, 'pointwiseConv2d', [x.handle, weight.handle, bias?.handle ?? null]));
-      if (oneDnnPointwiseApplies(x, weight, bias))
-        return wrap(runKernel(op, 'mkldnnConv2d', [x.handle, weight.handle, bias?.handle ?? null, pad, stride, dilation, groups]));
-    }
-  }
+  const kernel = conv2dKernel(x, weight, bias, { groups, stride, padding: pad, dilation });
+  if (kernel === 'depthwise') return depthwise(x, weight, bias, dilation);
+  if (kernel === 'pointwise') return wrap(runKernel(op, 'pointwiseConv2d', [x.handle, weight.handle, bias?.handle ?? null]));
+  if (cpuFloat32(x, weight, bias) && isPointwise(weight, groups, stride, pad) && oneDnnPointwiseApplies(x, weight, bias))
+    return wrap(runKernel(op, 'mkldnnConv2d', [x.handle, weight.handle, bias?.handle ?? null, pad, stride, dilation, groups]));
   return wrap(runKernel(op, 'conv2d', [x.handle, weight.handle, bias?.handle ?? null, stride, pad, dilation, groups]));
+}
+
+/**
+ * Which of kshare's CPU convolution kernels conv2d runs for these operands and (numeric)
+ * options: 'depthwise' (native/depthwise_conv.cc), 'pointwise' (the 1x1 operator,
+ * native/pointwise_conv.cc, where built and not KSHARE_NATIVE_POINTWISE=0), or null (libtorch's
+ * or oneDNN's convolution). Fused layers (src/nn/fused.ts) build on the same kernels, so they ask
+ * here rather than repeat the conditions.
+ */
+export function conv2dKernel(
+  x: Tensor,
+  weight: Tensor,
+  bias: Tensor | null,
+  o: { groups: number; stride: [number, number]; padding: [number, number]; dilation: [number, number] },
+): 'depthwise' | 'pointwise' | null {
+  if (x.rank !== 4 || weight.rank !== 4 || weight.dim(1) * o.groups !== x.dim(1) || !cpuFloat32(x, weight, bias)) return null;
+  if (fitsDepthwiseKernel(x, weight, o.groups, o.stride, o.padding, o.dilation)) return 'depthwise';
+  if (isPointwise(weight, o.groups, o.stride, o.padding) && buildInfo().pointwiseKernel && process.env.KSHARE_NATIVE_POINTWISE !== '0') return 'pointwise';
+  return null;
 }
 
 /**
