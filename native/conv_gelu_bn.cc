@@ -26,9 +26,8 @@
 // bench/results/blocks-ab.json; 1 thread / 2 threads): training steps at batch 32, ConvMixer-64/4
 // shared NCHW 0.99x / 1.04x, channels-last 1.03x / 1.02x; ConvMixer-256/8 shared NCHW 1.05x /
 // 1.00x, channels-last 1.03x / 1.01x; ConvMixer-256/16 shared inference at batch 1 1.04x / 1.05x,
-// batch 32 1.17x / 1.26x. The 1x1 half alone measured within noise (0.99-1.03x); the residual
-// half alone 1.02-1.07x at 1 thread. History in bench/cpu-kernels-notes.md ("Session of
-// 2026-12-02, fifth").
+// batch 32 1.17x / 1.26x. Each half's own share was measured only through throwaway switches
+// (bench/cpu-kernels-notes.md, "Session of 2026-12-02, fifth").
 //
 // Scope: what the operators they are built from accept (depthwise [C, 1, kh, kw] odd kernel,
 // stride 1, "same" padding; 1x1 [out, in, 1, 1]; float32 CPU, NCHW or channels-last);

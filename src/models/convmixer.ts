@@ -117,9 +117,9 @@ export const convmixerSpec = defineArchitecture<ConvMixerFields>({
   describe: (c) => `ConvMixer-${c.dim}/${c.depth}, kernel ${c.kernelSize}, patch ${c.patchSize}, ${SHARING_TEXT[c.sharing]}`,
   input: () => cifarInput(IMAGENET_NORM),
   recipe: 'convmixer',
-  // NCHW: the depthwise plane kernel and the fused residual half run there; ConvMixer-256/16
-  // shared inference, 1 thread, NCHW against channels-last: batch 1 20.1 / 22.1 ms, batch 64
-  // 1,181 / 1,277 ms (2026-12-02).
+  // NCHW: the depthwise plane kernel and the fused block halves run there; ConvMixer-256/16
+  // shared inference, 1 thread, NCHW against channels-last: batch 1 18.7 / 20.0 ms, batch 64
+  // 1,181 / 1,283 ms (`node dist/bench/memory-format.js`, bench/results/memory-format.json).
   cpuMemoryFormat: 'contiguous',
   names: {
     pattern: 'convmixer_<dim>_<depth>[_k<k>][_p<p>][_shared|_shared_dw|_shared_pw]',
