@@ -18,8 +18,11 @@
 // output is not stored at all: each plane (depthwise, from the plane kernel, in L1) or each
 // image's rows (1x1, one sgemm an image, or a block of output channels when there are fewer
 // images than threads, into an L2-sized buffer) go straight into the fused
-// kernel's first pass (GELU and the row's statistics in training, the whole output in eval). The
-// kernels are the operators' own, so the numbers are theirs bit for bit.
+// kernel's first pass (GELU and the row's statistics in training, the whole output in eval). In
+// the 1x1 half's NCHW training backward (with at least as many images as threads) the fused
+// kernel's second pass writes each image's gradient rows into an L2-sized buffer that both of the
+// 1x1's products (input and weight gradient) read at once, so that gradient is not stored either.
+// The kernels are the operators' own, so the numbers are theirs bit for bit.
 //
 // Measured speed (2-core AMD EPYC, against the operators apart in the same process, best of 5
 // alternating medians, `node dist/bench/route-ab.js --only blocks --threads 1,2 --rounds 5`,
@@ -145,9 +148,22 @@ struct ConvGeluBn : public torch::autograd::Function<ConvGeluBn> {
     const bool training = ctx->saved_data["training"].toBool();
     const std::vector<int64_t> dilation = ctx->saved_data["dilation"].toIntVector();
     const at::Tensor &x = s[0], &weight = s[1], &bnWeight = s[4], &mean = s[5], &invstd = s[6];
+    const bool needX = ctx->needs_input_grad(1), needW = ctx->needs_input_grad(2);
+#ifdef KSHARE_HAVE_DNNL
+    if (training && k == ConvKind::kPointwise && (needX || needW) && kshare_pw::BackwardRowsApply(x, weight)) {
+      // The fused kernel's grad rows straight into the 1x1 backward, image by image, never stored.
+      const kshare_gbn::RowDrain drain = [&](const kshare::RowProducer& rows) {
+        std::tie(out[1], out[2]) = kshare_pw::BackwardRows(rows, x, weight, needX, needW);
+      };
+      kshare_gbn::Grads gr = kshare_gbn::BackwardImpl(dy, s[2], at::Tensor(), bnWeight, mean, invstd, true, s[2], s[3], &drain);
+      out[3] = gr.dbias;
+      out[5] = gr.dweight;
+      out[6] = gr.dbnBias;
+      return out;
+    }
+#endif
     kshare_gbn::Grads gr = training ? kshare_gbn::BackwardImpl(dy, s[2], at::Tensor(), bnWeight, mean, invstd, true, s[2], s[3])
                                     : kshare_gbn::BackwardImpl(dy, s[2], s[3], bnWeight, mean, invstd, false, at::Tensor(), at::Tensor());
-    const bool needX = ctx->needs_input_grad(1), needW = ctx->needs_input_grad(2);
     if (needX || needW) {
       // The residual's gradient (dy itself) joins the depthwise input gradient as the kernel writes it.
       const at::Tensor addend = k == ConvKind::kDepthwise && needX ? dy.to(at::kFloat) : at::Tensor();

@@ -30,6 +30,12 @@ inline at::Tensor NewOutput(at::IntArrayRef sizes, const at::TensorOptions& opts
 // native/conv_gelu_bn.cc).
 using RowSink = std::function<void(int64_t, const float*)>;
 
+// The backward's counterpart: writes NCHW row (n, c) (index n * C + c, H * W floats) of a
+// gradient that is produced row by row into `out`, for a kernel that consumes it while in cache
+// (the fused GELU/BN backward's rows handed to the 1x1 convolution's backward,
+// native/conv_gelu_bn.cc). Called from libtorch's intra-op threads, rows in any order.
+using RowProducer = std::function<void(int64_t, float*)>;
+
 // One part (a row or a block of rows) of a channel's values: how many, their sum, and their
 // squared deviations around `centre`, the part's mean rounded to float.
 struct PartMoments {

@@ -308,12 +308,13 @@ Forward forwardImpl(const at::Tensor& xIn, const at::Tensor& biasIn, const at::T
 // Eval mode: x (the conv output) and bias; training: gKept and dgKept from the forward.
 Grads backwardImpl(const at::Tensor& dyIn, const at::Tensor& xIn, const at::Tensor& bias, const at::Tensor& weight,
                    const at::Tensor& mean, const at::Tensor& invstd, bool training, const at::Tensor& gKept,
-                   const at::Tensor& dgKept) {
+                   const at::Tensor& dgKept, const kshare_gbn::RowDrain* drain) {
   TORCH_CHECK(!training || (gKept.defined() && dgKept.defined()),
               "bias_gelu_batch_norm: the training-mode backward needs the activations its forward keeps under grad mode");
   const Geom g = geomOf(xIn);
+  TORCH_CHECK(!drain || (training && !g.cl), "bias_gelu_batch_norm: internal error: a row drain outside the NCHW training backward");
   const at::Tensor x = xIn.contiguous(g.fmt), dy = dyIn.to(at::kFloat).contiguous(g.fmt);
-  at::Tensor dx = newOutput(x, g.fmt);
+  at::Tensor dx = drain ? at::Tensor() : newOutput(x, g.fmt);
   const int64_t N = g.N, C = g.C, HW = g.HW, M = g.M;
   auto opts = x.options();
   at::Tensor dbias = at::empty({C}, opts), dweight = at::empty({C}, opts), dbnBias = at::empty({C}, opts);
@@ -321,7 +322,7 @@ Grads backwardImpl(const at::Tensor& dyIn, const at::Tensor& xIn, const at::Tens
   const float *xp = x.data_ptr<float>(), *dyp = dy.data_ptr<float>(), *wp = weight.data_ptr<float>();
   const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;  // eval only
   const float *mp = mean.data_ptr<float>(), *isp = invstd.data_ptr<float>();
-  float *dxp = dx.data_ptr<float>(), *dbp = dbias.data_ptr<float>(), *dwp = dweight.data_ptr<float>(), *dbbp = dbnBias.data_ptr<float>();
+  float *dxp = drain ? nullptr : dx.data_ptr<float>(), *dbp = dbias.data_ptr<float>(), *dwp = dweight.data_ptr<float>(), *dbbp = dbnBias.data_ptr<float>();
   const Kernels& K = kernels();
   std::vector<float> k1(C);
   for (int64_t c = 0; c < C; c++) k1[c] = wp[c] * isp[c];
@@ -391,14 +392,19 @@ Grads backwardImpl(const at::Tensor& dyIn, const at::Tensor& xIn, const at::Tens
       mdy[c] = static_cast<float>(s0 / M);
       mdyx[c] = static_cast<float>(s1 / M);
     }
-    at::parallel_for(0, rows, 16, [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; r++) {
-        const int64_t c = r % C, o = r * HW;
-        double sdz = 0;
-        K.bwdPass2.nchw(dyp + o, gp + o, dgp + o, dxp + o, HW, &k1[c], &mdy[c], &mdyx[c], mp + c, isp + c, nullptr, &sdz);
-        rdz[r] = sdz;
-      }
-    });
+    auto pass2 = [&](int64_t r, float* out) {
+      const int64_t c = r % C, o = r * HW;
+      double sdz = 0;
+      K.bwdPass2.nchw(dyp + o, gp + o, dgp + o, out, HW, &k1[c], &mdy[c], &mdyx[c], mp + c, isp + c, nullptr, &sdz);
+      rdz[r] = sdz;
+    };
+    if (drain) {
+      (*drain)(kshare::RowProducer(pass2));
+    } else {
+      at::parallel_for(0, rows, 16, [&](int64_t b, int64_t e) {
+        for (int64_t r = b; r < e; r++) pass2(r, dxp + r * HW);
+      });
+    }
     for (int64_t c = 0; c < C; c++) {
       double s = 0;
       for (int64_t n = 0; n < N; n++) s += rdz[n * C + c];
@@ -455,8 +461,8 @@ struct BiasGeluBatchNorm : public torch::autograd::Function<BiasGeluBatchNorm> {
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads) {
     auto s = ctx->get_saved_variables();
     const bool training = ctx->saved_data["training"].toBool();
-    Grads gr = training ? backwardImpl(grads[0], s[0], at::Tensor(), s[2], s[3], s[4], true, s[0], s[1])
-                        : backwardImpl(grads[0], s[0], s[1], s[2], s[3], s[4], false, at::Tensor(), at::Tensor());
+    Grads gr = training ? backwardImpl(grads[0], s[0], at::Tensor(), s[2], s[3], s[4], true, s[0], s[1], nullptr)
+                        : backwardImpl(grads[0], s[0], s[1], s[2], s[3], s[4], false, at::Tensor(), at::Tensor(), nullptr);
     return {gr.dx,        gr.dbias,     gr.dweight,   gr.dbnBias,  at::Tensor(),
             at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
@@ -489,8 +495,8 @@ Forward ForwardImpl(const at::Tensor& x, const at::Tensor& bias, const at::Tenso
 
 Grads BackwardImpl(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& bias, const at::Tensor& weight,
                    const at::Tensor& mean, const at::Tensor& invstd, bool training, const at::Tensor& gKept,
-                   const at::Tensor& dgKept) {
-  return backwardImpl(dy, x, bias, weight, mean, invstd, training, gKept, dgKept);
+                   const at::Tensor& dgKept, const RowDrain* drain) {
+  return backwardImpl(dy, x, bias, weight, mean, invstd, training, gKept, dgKept, drain);
 }
 
 }  // namespace kshare_gbn

@@ -30,10 +30,17 @@ struct Grads {
   at::Tensor dx, dbias, dweight, dbnBias;
 };
 
+// Calls the function it is given with a producer of the input gradient's NCHW rows, which it
+// calls for every row, in parallel and in any order, to consume each while in cache: a gradient
+// that is never stored as a tensor (the 1x1 convolution's backward, native/conv_gelu_bn.cc).
+using RowDrain = std::function<void(const kshare::RowProducer&)>;
+
 // The backward without the residual (whose gradient is dy itself). Training: from ForwardImpl's
 // kept g and dg (x is not read); eval: recomputed from x (the GELU input before the bias) and bias.
+// With `drain` (training, NCHW only) the input gradient's rows go to `drain` and Grads.dx is
+// left undefined.
 Grads BackwardImpl(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& bias, const at::Tensor& weight,
                    const at::Tensor& mean, const at::Tensor& invstd, bool training, const at::Tensor& gKept,
-                   const at::Tensor& dgKept);
+                   const at::Tensor& dgKept, const RowDrain* drain = nullptr);
 
 }  // namespace kshare_gbn

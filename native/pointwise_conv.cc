@@ -212,6 +212,37 @@ void ForwardRows(const at::Tensor& input, const at::Tensor& weight, const kshare
   });
 }
 
+// NCHW weight gradient: gW = sum_n gY[n] (out x HW) X[n]^T (HW x in), accumulated image by image
+// (beta 1 after the first) into one partial sum per thread's share of the batch, added up in
+// thread order, so the sum does not depend on which kernel produced gY. f(p, n, dst, beta) adds
+// image n's product into dst (p: the share, one a thread).
+template <class F>
+void ForEachImageShare(const Geometry& g, float* gwp, const F& f) {
+  const int64_t parts = ImageShares(g.n);
+  std::vector<float> partial(parts > 1 ? (parts - 1) * g.cout * g.cin : 0);
+  at::parallel_for(0, parts, 1, [&](int64_t b, int64_t e) {
+    for (int64_t p = b; p < e; p++) {
+      float* dst = p == 0 ? gwp : &partial[(p - 1) * g.cout * g.cin];
+      const int64_t n0 = p * g.n / parts, n1 = (p + 1) * g.n / parts;
+      for (int64_t n = n0; n < n1; n++) f(p, n, dst, n == n0 ? 0.f : 1.f);
+    }
+  });
+  for (int64_t p = 1; p < parts; p++) {
+    const float* src = &partial[(p - 1) * g.cout * g.cin];
+    for (int64_t i = 0; i < g.cout * g.cin; i++) gwp[i] += src[i];
+  }
+}
+
+// dst (out x in) = beta dst + gY[n] X[n]^T, with gyn image n's grad output (out x HW, rows HW apart).
+void AddGradWeight(const Geometry& g, const float* gyn, const float* xp, int64_t n, float* dst, float beta) {
+  Sgemm('N', 'T', g.cout, g.cin, g.hw, gyn, g.hw, xp + n * g.cin * g.hw, g.hw, beta, dst, g.cin);
+}
+
+// gX[n] (in x HW) = W^T (in x out) gY[n] (out x HW), pixel columns [c0, c1).
+void GradInputImage(const Geometry& g, const float* wp, const float* gyn, float* gin, int64_t c0, int64_t c1) {
+  Sgemm('T', 'N', g.cin, c1 - c0, g.cout, wp, g.cin, gyn + c0, g.hw, 0.f, gin + c0, g.hw);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> BackwardCpu(const at::Tensor& gradOutput, const at::Tensor& input,
                                                            const at::Tensor& weight, std::array<bool, 3> mask) {
   const char* op = "kshare::pointwise_conv2d_backward";
@@ -239,7 +270,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> BackwardCpu(const at::Tensor& gra
     } else {
       // gX[n] (in x HW) = W^T (in x out) gY[n] (out x HW)
       ForEachPanel(g.n, g.hw, [&](int64_t n, int64_t c0, int64_t c1) {
-        Sgemm('T', 'N', g.cin, c1 - c0, g.cout, wp, g.cin, gp + n * g.cout * g.hw + c0, g.hw, 0.f, gip + n * g.cin * g.hw + c0, g.hw);
+        GradInputImage(g, wp, gp + n * g.cout * g.hw, gip + n * g.cin * g.hw, c0, c1);
       });
     }
   }
@@ -252,29 +283,44 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> BackwardCpu(const at::Tensor& gra
       // gW (out x in) = gY^T (out x NHW) X (NHW x in)
       Sgemm('T', 'N', g.cout, g.cin, g.n * g.hw, gp, g.cout, xp, g.cin, 0.f, gwp, g.cin);
     } else {
-      // gW = sum_n gY[n] (out x HW) X[n]^T (HW x in), accumulated image by image (beta 1 after the
-      // first) into one partial sum per thread's share of the batch, added up in thread order.
-      const int64_t parts = ImageShares(g.n);
-      std::vector<float> partial(parts > 1 ? (parts - 1) * g.cout * g.cin : 0);
-      at::parallel_for(0, parts, 1, [&](int64_t b, int64_t e) {
-        for (int64_t p = b; p < e; p++) {
-          float* dst = p == 0 ? gwp : &partial[(p - 1) * g.cout * g.cin];
-          const int64_t n0 = p * g.n / parts, n1 = (p + 1) * g.n / parts;
-          for (int64_t n = n0; n < n1; n++)
-            Sgemm('N', 'T', g.cout, g.cin, g.hw, gp + n * g.cout * g.hw, g.hw, xp + n * g.cin * g.hw, g.hw, n == n0 ? 0.f : 1.f, dst,
-                  g.cin);
-        }
-      });
-      for (int64_t p = 1; p < parts; p++) {
-        const float* src = &partial[(p - 1) * g.cout * g.cin];
-        for (int64_t i = 0; i < g.cout * g.cin; i++) gwp[i] += src[i];
-      }
+      ForEachImageShare(g, gwp, [&](int64_t, int64_t n, float* dst, float beta) { AddGradWeight(g, gp + n * g.cout * g.hw, xp, n, dst, beta); });
     }
     // The weight's own memory format, as libtorch returns it.
     if (weight.suggest_memory_format() == at::MemoryFormat::ChannelsLast) gw = gw.contiguous(at::MemoryFormat::ChannelsLast);
   }
   if (mask[2]) gb = gy.sum({0, 2, 3});
   return {gi, gw, gb};
+}
+
+bool BackwardRowsApply(const at::Tensor& input, const at::Tensor& weight) {
+  const Geometry g = Check("kshare::pointwise_conv2d_backward", input, weight);
+  return !g.channelsLast && input.is_contiguous() && g.n * g.hw * g.cout * g.cin > 0 && g.n >= at::get_num_threads();
+}
+
+std::tuple<at::Tensor, at::Tensor> BackwardRows(const kshare::RowProducer& gradRows, const at::Tensor& input, const at::Tensor& weight,
+                                                bool needInput, bool needWeight) {
+  const char* op = "kshare::pointwise_conv2d_backward";
+  const Geometry g = Check(op, input, weight);
+  TORCH_CHECK(BackwardRowsApply(input, weight), op, ": internal error: row by row does not apply");
+  const at::Tensor w = weight.contiguous();
+  const float *xp = input.data_ptr<float>(), *wp = w.data_ptr<float>();
+  at::Tensor gi = needInput ? NewOutput(input.sizes(), input.options(), at::MemoryFormat::Contiguous) : at::Tensor();
+  at::Tensor gw = NewOutput({g.cout, g.cin, 1, 1}, weight.options(), at::MemoryFormat::Contiguous);
+  float* gip = needInput ? gi.data_ptr<float>() : nullptr;
+  // Each image's grad output (out x HW, e.g. 256 KiB at 256 channels and 16x16) is produced into a
+  // per-thread buffer and read from L2 by both products; the shares of the batch and the order of
+  // the sums are BackwardCpu's (with at least as many images as threads, one image a panel), so
+  // the numbers are the same bit for bit.
+  const at::Tensor bufs = at::empty({ImageShares(g.n), g.cout * g.hw}, input.options());
+  ForEachImageShare(g, gw.data_ptr<float>(), [&](int64_t p, int64_t n, float* dst, float beta) {
+    float* buf = bufs.data_ptr<float>() + p * g.cout * g.hw;
+    for (int64_t o = 0; o < g.cout; o++) gradRows(n * g.cout + o, buf + o * g.hw);
+    if (gip) GradInputImage(g, wp, buf, gip + n * g.cin * g.hw, 0, g.hw);
+    if (needWeight) AddGradWeight(g, buf, xp, n, dst, beta);
+  });
+  if (!needWeight) gw = at::Tensor();
+  else if (weight.suggest_memory_format() == at::MemoryFormat::ChannelsLast) gw = gw.contiguous(at::MemoryFormat::ChannelsLast);
+  return {gi, gw};
 }
 
 at::Tensor CallForward(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {

@@ -25,5 +25,14 @@ bool RowsApply(const at::Tensor& input, const at::Tensor& weight);
 // and never written out as a tensor.
 void ForwardRows(const at::Tensor& input, const at::Tensor& weight, const kshare::RowSink& sink);
 
+// Whether BackwardRows runs: an NCHW contiguous, non-empty input with at least as many images as
+// threads.
+bool BackwardRowsApply(const at::Tensor& input, const at::Tensor& weight);
+
+// Input and weight gradients (as BackwardCpu) from a grad output that is produced row by row by
+// `gradRows`, image by image into a per-thread buffer, and never written out as a tensor.
+std::tuple<at::Tensor, at::Tensor> BackwardRows(const kshare::RowProducer& gradRows, const at::Tensor& input, const at::Tensor& weight,
+                                                bool needInput, bool needWeight);
+
 }  // namespace kshare_pw
 #endif  // KSHARE_HAVE_DNNL
