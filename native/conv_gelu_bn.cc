@@ -30,7 +30,10 @@
 // shared NCHW 0.99x / 1.04x, channels-last 1.03x / 1.02x; ConvMixer-256/8 shared NCHW 1.05x /
 // 1.00x, channels-last 1.03x / 1.01x; ConvMixer-256/16 shared inference at batch 1 1.04x / 1.05x,
 // batch 32 1.17x / 1.26x. Each half's own share was measured only through throwaway switches
-// (bench/cpu-kernels-notes.md, "Session of 2026-12-02, fifth").
+// (bench/cpu-kernels-notes.md, "Session of 2026-12-02, fifth"). The 1x1 half's backward hand-off,
+// against the same code storing dz (2-core Intel Xeon, throwaway A/B of two builds, alternating
+// processes): ConvMixer-256/8 shared step 279.6-281.4 against 289.1-297.8 ms at 1 thread,
+// 155.1-159.6 against 161.0-164.8 at 2 ("Session of 2026-12-02, sixth").
 //
 // Scope: what the operators they are built from accept (depthwise [C, 1, kh, kw] odd kernel,
 // stride 1, "same" padding; 1x1 [out, in, 1, 1]; float32 CPU, NCHW or channels-last);
