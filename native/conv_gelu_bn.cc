@@ -103,6 +103,25 @@ std::tuple<at::Tensor, at::Tensor> ConvolveBackward(ConvKind k, const at::Tensor
 #endif
 }
 
+// Whether the training backward hands the fused kernel's grad rows to the convolution's backward
+// as they are produced: the 1x1 where kshare_pw::BackwardRowsApply (the depthwise half stores them:
+// its plane-by-plane version measured no faster, bench/cpu-kernels-notes.md).
+bool BackwardRowsApply(ConvKind k, const at::Tensor& x, const at::Tensor& w) {
+#ifdef KSHARE_HAVE_DNNL
+  return k == ConvKind::kPointwise && kshare_pw::BackwardRowsApply(x, w);
+#else
+  return false;
+#endif
+}
+
+std::tuple<at::Tensor, at::Tensor> ConvolveBackwardRows(ConvKind k, const kshare::RowProducer& rows, const at::Tensor& x,
+                                                        const at::Tensor& w, bool needX, bool needW) {
+#ifdef KSHARE_HAVE_DNNL
+  if (k == ConvKind::kPointwise) return kshare_pw::BackwardRows(rows, x, w, needX, needW);
+#endif
+  TORCH_CHECK(false, OpName(k), ": internal error: no row-by-row backward");
+}
+
 // needZ: keep the convolution's output in *z (an eval-mode backward recomputes GELU from it).
 kshare_gbn::Forward ForwardBoth(ConvKind k, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                                 at::IntArrayRef dilation, const at::Tensor& bnWeight, const at::Tensor& bnBias, const at::Tensor& rm,
@@ -152,22 +171,16 @@ struct ConvGeluBn : public torch::autograd::Function<ConvGeluBn> {
     const std::vector<int64_t> dilation = ctx->saved_data["dilation"].toIntVector();
     const at::Tensor &x = s[0], &weight = s[1], &bnWeight = s[4], &mean = s[5], &invstd = s[6];
     const bool needX = ctx->needs_input_grad(1), needW = ctx->needs_input_grad(2);
-#ifdef KSHARE_HAVE_DNNL
-    if (training && k == ConvKind::kPointwise && (needX || needW) && kshare_pw::BackwardRowsApply(x, weight)) {
-      // The fused kernel's grad rows straight into the 1x1 backward, image by image, never stored.
-      const kshare_gbn::RowDrain drain = [&](const kshare::RowProducer& rows) {
-        std::tie(out[1], out[2]) = kshare_pw::BackwardRows(rows, x, weight, needX, needW);
-      };
-      kshare_gbn::Grads gr = kshare_gbn::BackwardImpl(dy, s[2], at::Tensor(), bnWeight, mean, invstd, true, s[2], s[3], &drain);
-      out[3] = gr.dbias;
-      out[5] = gr.dweight;
-      out[6] = gr.dbnBias;
-      return out;
-    }
-#endif
-    kshare_gbn::Grads gr = training ? kshare_gbn::BackwardImpl(dy, s[2], at::Tensor(), bnWeight, mean, invstd, true, s[2], s[3])
-                                    : kshare_gbn::BackwardImpl(dy, s[2], s[3], bnWeight, mean, invstd, false, at::Tensor(), at::Tensor());
-    if (needX || needW) {
+    // Where it applies, the fused kernel's grad rows go straight into the convolution's backward
+    // (the drain fills out[1] and out[2]) and are never stored.
+    const bool drained = training && (needX || needW) && BackwardRowsApply(k, x, weight);
+    const kshare_gbn::RowDrain drain = [&](const kshare::RowProducer& rows) {
+      std::tie(out[1], out[2]) = ConvolveBackwardRows(k, rows, x, weight, needX, needW);
+    };
+    kshare_gbn::Grads gr =
+        training ? kshare_gbn::BackwardImpl(dy, s[2], at::Tensor(), bnWeight, mean, invstd, true, s[2], s[3], drained ? &drain : nullptr)
+                 : kshare_gbn::BackwardImpl(dy, s[2], s[3], bnWeight, mean, invstd, false, at::Tensor(), at::Tensor());
+    if (!drained && (needX || needW)) {
       // The residual's gradient (dy itself) joins the depthwise input gradient as the kernel writes it.
       const at::Tensor addend = k == ConvKind::kDepthwise && needX ? dy.to(at::kFloat) : at::Tensor();
       std::tie(out[1], out[2]) = ConvolveBackward(k, gr.dx, x, weight, dilation, needX, needW, addend);

@@ -292,16 +292,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> BackwardCpu(const at::Tensor& gra
   return {gi, gw, gb};
 }
 
+bool BackwardRowsApply(const Geometry& g, const at::Tensor& input) { return RowsApply(g, input) && g.n >= at::get_num_threads(); }
+
 bool BackwardRowsApply(const at::Tensor& input, const at::Tensor& weight) {
-  const Geometry g = Check("kshare::pointwise_conv2d_backward", input, weight);
-  return !g.channelsLast && input.is_contiguous() && g.n * g.hw * g.cout * g.cin > 0 && g.n >= at::get_num_threads();
+  return BackwardRowsApply(Check("kshare::pointwise_conv2d_backward", input, weight), input);
 }
 
 std::tuple<at::Tensor, at::Tensor> BackwardRows(const kshare::RowProducer& gradRows, const at::Tensor& input, const at::Tensor& weight,
                                                 bool needInput, bool needWeight) {
   const char* op = "kshare::pointwise_conv2d_backward";
   const Geometry g = Check(op, input, weight);
-  TORCH_CHECK(BackwardRowsApply(input, weight), op, ": internal error: row by row does not apply");
+  TORCH_CHECK(BackwardRowsApply(g, input), op, ": internal error: row by row does not apply");
   const at::Tensor w = weight.contiguous();
   const float *xp = input.data_ptr<float>(), *wp = w.data_ptr<float>();
   at::Tensor gi = needInput ? NewOutput(input.sizes(), input.options(), at::MemoryFormat::Contiguous) : at::Tensor();
