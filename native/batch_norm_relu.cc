@@ -1,9 +1,15 @@
-// Fused BatchNorm2d + ReLU for float32 NCHW (contiguous) CPU tensors, forward and backward, as
+// BatchNorm2d for float32 NCHW (contiguous) CPU tensors, forward and backward, in three forms:
 //   kshare::batch_norm_relu(Tensor input, Tensor weight, Tensor bias, Tensor(a!) running_mean,
 //       Tensor(b!) running_var, bool training, float momentum, float eps) -> Tensor
-// = relu(batch_norm(input, ...)) with torch.nn.BatchNorm2d's semantics: training normalises with
-// the batch statistics (biased variance) and updates the running stats in place with momentum
-// (unbiased variance); eval uses the running stats. The conv -> BN -> ReLU of the SE-ResNets.
+//   = relu(batch_norm(input, ...)) (the conv -> BN -> ReLU of the SE-ResNets);
+//   kshare::batch_norm(same arguments) -> Tensor = batch_norm(input, ...) (every other
+//   BatchNorm2d where it applies, see src/tensor/ops/norm.ts);
+//   kshare::batch_norm_pool(same arguments) -> (Tensor, Tensor) = (batch_norm(input, ...), its
+//   mean over each (n, c) plane as [N, C]) (an SE block's bn2 and the SE's pooling: the mean is
+//   summed as the output is written, and its gradient joins dy inside the backward's passes).
+// torch.nn.BatchNorm2d's semantics: training normalises with the batch statistics (biased
+// variance) and updates the running stats in place with momentum (unbiased variance); eval uses
+// the running stats.
 //
 // Why: libtorch 1.13's NCHW batch_norm forward takes ~1.6 ns an element here (a ConvMixer or
 // SE-ResNet activation of 2M floats: ~3 ms), and ReLU is another pass. Here the forward is two
@@ -11,14 +17,18 @@
 // dx). Rows are (n, c) planes in memory order; per-row partial sums are combined per channel
 // in a fixed order (Chan et al.), so results do not depend on the thread count. The loops are
 // portable C++ (plain loops over 8 lanes the compiler vectorises, and GCC 4-float vector
-// extensions for the backward's masked loops); the passes are memory-bound. Autograd keeps the input and the output (as libtorch keeps the BN input and
-// the ReLU output); ReLU's gradient passes where the output is > 0, as libtorch's.
+// extensions for the backward's masked loops); the passes are memory-bound. Autograd keeps the
+// input, and with the ReLU the output (as libtorch keeps the BN input and the ReLU output);
+// ReLU's gradient passes where the output is > 0, as libtorch's.
 //
 // Measured (1 thread, quiet machine, in-process against libtorch's batch_norm + relu, training,
 // median CPU ms): (32,64,32,32) forward 0.80 / 4.26, backward 1.89 / 2.78; (32,128,16,16)
 // 0.38 / 1.71 and 0.57 / 1.01; (32,256,8,8) 0.28 / 0.80 and 0.32 / 0.22 (slower there). On the
 // SE-ResNet d=2 step the difference was within this machine's run-to-run spread (with the
 // kernel 0.92 and 1.00 x PyTorch, without 0.98, one sitting; bench/cpu-kernels-notes.md).
+// With batch_norm and batch_norm_pool for bn2 and native/channel_scale_add.cc for the block's
+// tail, the step went from 497-502 to 482-488 ms (1 thread, alternating builds; notes, "Session
+// of 2026-12-02, seventh").
 // KSHARE_NATIVE_POISON=1 fills outputs with NaN before they are written (tests).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -29,6 +39,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <limits>
+#include <tuple>
 #include <vector>
 
 #include "cpu_kernel_common.h"
@@ -36,32 +47,28 @@
 // The forward's passes are plain loops for the compiler to vectorise (baseline SSE2 is enough
 // for memory-bound passes); -O2 leaves them scalar, so this file's code is built at -O3.
 #pragma GCC optimize("O3")
+#include "cpu_vec4.h"  // after the pragma, so its helpers are built at -O3 too
 
 namespace {
 
 constexpr int kLanes = 8;
 
-// 4-float vectors (GCC vector extensions: SSE2 on x86-64, NEON on arm64) for the backward's
-// masked loops, which GCC leaves scalar and branchy when written with a ?: or a bool cast.
-typedef float V4 __attribute__((vector_size(16)));
-typedef int I4 __attribute__((vector_size(16)));
-inline V4 Load4(const float* p) {
-  V4 v;
-  __builtin_memcpy(&v, p, sizeof v);
-  return v;
+using namespace kshare::vec4;
+
+// BN's output gradient dz from dy plus the row's share `off` of the pooled output's gradient
+// (0 without it): masked by ReLU (y > 0) after a fused ReLU; without the ReLU y is never read.
+template <bool kRelu>
+inline V4 Dz4(const float* g, const float* y, V4 off) {
+  return kRelu ? WherePositive(Load4(g) + off, Load4(y)) : Load4(g) + off;
 }
-inline void Store4(float* p, V4 v) { __builtin_memcpy(p, &v, sizeof v); }
-// g where y > 0, else 0 (ReLU's gradient mask).
-inline V4 WherePositive(V4 g, V4 y) {
-  const I4 m = y > V4{0, 0, 0, 0};
-  return reinterpret_cast<V4>(reinterpret_cast<I4>(g) & m);
+template <bool kRelu>
+inline float Dz(float g, float y, float off) {
+  return !kRelu || y > 0.0f ? g + off : 0.0f;
 }
-inline V4 Splat(float v) { return V4{v, v, v, v}; }
 
 at::Tensor NewLike(const at::Tensor& x) { return kshare::NewOutput(x.sizes(), x.options(), at::MemoryFormat::Contiguous); }
 
-void Check(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& rm, const at::Tensor& rv) {
-  const char* op = "kshare::batch_norm_relu";
+void Check(const char* op, const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& rm, const at::Tensor& rv) {
   TORCH_CHECK(x.dim() == 4, op, ": input must be (N, C, H, W), got ", x.sizes());
   TORCH_CHECK(x.scalar_type() == at::kFloat && x.device().is_cpu() && x.is_contiguous(), op,
               ": input must be a contiguous (NCHW) float32 CPU tensor");
@@ -106,14 +113,16 @@ inline double RowSqDev(const float* p, int64_t n, float m) {
 }
 
 struct Forward {
-  at::Tensor y, mean, invstd;
+  at::Tensor y, mean, invstd, pooled;  // pooled: y's mean over each (n, c) plane, [N, C], when asked
 };
 
+template <bool kRelu>
 Forward ForwardImpl(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& rm, const at::Tensor& rv,
-                    bool training, double momentum, double eps) {
-  Check(x, w, b, rm, rv);
+                    bool training, double momentum, double eps, bool pool = false) {
+  const char* op = kRelu ? "kshare::batch_norm_relu" : "kshare::batch_norm";
+  Check(op, x, w, b, rm, rv);
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), M = N * HW, rows = N * C;
-  TORCH_CHECK(!training || M > 1, "kshare::batch_norm_relu: expected more than 1 value per channel when training, got input ",
+  TORCH_CHECK(!training || M > 1, op, ": expected more than 1 value per channel when training, got input ",
               x.sizes());
   at::Tensor y = NewLike(x);
   at::Tensor mean = at::empty({C}, x.options()), invstd = at::empty({C}, x.options());
@@ -146,6 +155,8 @@ Forward ForwardImpl(const at::Tensor& x, const at::Tensor& w, const at::Tensor& 
       ip[c] = static_cast<float>(1.0 / std::sqrt(static_cast<double>(rvp[c]) + eps));
     }
   }
+  at::Tensor pooled = pool ? kshare::NewOutput({N, C}, x.options(), at::MemoryFormat::Contiguous) : at::Tensor();
+  float* pp = pool ? pooled.data_ptr<float>() : nullptr;
   std::vector<float> scale(C), shift(C);
   for (int64_t c = 0; c < C; c++) {
     scale[c] = wp[c] * ip[c];
@@ -156,24 +167,37 @@ Forward ForwardImpl(const at::Tensor& x, const at::Tensor& w, const at::Tensor& 
       const float k = scale[r % C], s = shift[r % C];
       const float* p = xp + r * HW;
       float* q = yp + r * HW;
-      for (int64_t i = 0; i < HW; i++) q[i] = std::max(p[i] * k + s, 0.0f);
+      if (kRelu)
+        for (int64_t i = 0; i < HW; i++) q[i] = std::max(p[i] * k + s, 0.0f);
+      else
+        for (int64_t i = 0; i < HW; i++) q[i] = p[i] * k + s;
+      if (pp) pp[r] = static_cast<float>(RowSum(q, HW) / HW);  // the row is still in L1
     }
   });
-  return {y, mean, invstd};
+  return {y, mean, invstd, pooled};
 }
 
 struct Grads {
   at::Tensor dx, dw, db;
 };
 
-// dz = dy where y > 0; training: dx = w * invstd * (dz - mean(dz) - xhat * mean(dz * xhat));
+// dz = dy (+ the pooled output's gradient / (H * W)) where y > 0 (everywhere without the ReLU); training: dx = w * invstd * (dz - mean(dz) - xhat * mean(dz * xhat));
 // eval: dx = dz * w * invstd. dw = sum(dz * xhat), db = sum(dz) in both.
+template <bool kRelu>
 Grads BackwardImpl(const at::Tensor& dyIn, const at::Tensor& x, const at::Tensor& y, const at::Tensor& w, const at::Tensor& mean,
-                   const at::Tensor& invstd, bool training) {
-  const at::Tensor dy = dyIn.to(at::kFloat).contiguous();
+                   const at::Tensor& invstd, bool training, const at::Tensor& dpooled = at::Tensor()) {
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), M = N * HW, rows = N * C;
+  // An output the loss does not use arrives undefined: its gradient is zero.
+  const at::Tensor dy = dyIn.defined() ? dyIn.to(at::kFloat).contiguous() : at::zeros_like(x);
+  std::vector<float> off(rows, 0.0f);  // each row's share of the pooled output's gradient
+  if (dpooled.defined()) {
+    const at::Tensor dp = dpooled.to(at::kFloat).contiguous();
+    const float* dpp = dp.data_ptr<float>();
+    for (int64_t r = 0; r < rows; r++) off[r] = static_cast<float>(dpp[r] / static_cast<double>(HW));
+  }
   at::Tensor dx = NewLike(x), dw = at::empty({C}, x.options()), db = at::empty({C}, x.options());
-  const float *xp = x.data_ptr<float>(), *yp = y.data_ptr<float>(), *gp = dy.data_ptr<float>(), *wp = w.data_ptr<float>();
+  const float *xp = x.data_ptr<float>(), *gp = dy.data_ptr<float>(), *wp = w.data_ptr<float>();
+  const float* yp = kRelu ? y.data_ptr<float>() : gp;  // not read without the ReLU
   const float *mp = mean.data_ptr<float>(), *ip = invstd.data_ptr<float>();
   float *dxp = dx.data_ptr<float>(), *dwp = dw.data_ptr<float>(), *dbp = db.data_ptr<float>();
   // Pass 1, per row: sum(dz) and sum(dz * (x - mean)).
@@ -183,10 +207,10 @@ Grads BackwardImpl(const at::Tensor& dyIn, const at::Tensor& x, const at::Tensor
       const float m = mp[r % C];
       const float *xr = xp + r * HW, *yr = yp + r * HW, *gr = gp + r * HW;
       V4 s0 = Splat(0), s1 = Splat(0), t0 = Splat(0), t1 = Splat(0);
-      const V4 mv = Splat(m);
+      const V4 mv = Splat(m), ov = Splat(off[r]);
       int64_t i = 0;
       for (; i + 8 <= HW; i += 8) {
-        const V4 d0 = WherePositive(Load4(gr + i), Load4(yr + i)), d1 = WherePositive(Load4(gr + i + 4), Load4(yr + i + 4));
+        const V4 d0 = Dz4<kRelu>(gr + i, yr + i, ov), d1 = Dz4<kRelu>(gr + i + 4, yr + i + 4, ov);
         s0 += d0;
         s1 += d1;
         t0 += d0 * (Load4(xr + i) - mv);
@@ -198,7 +222,7 @@ Grads BackwardImpl(const at::Tensor& dyIn, const at::Tensor& x, const at::Tensor
         c2 += t0[l] + t1[l];
       }
       for (; i < HW; i++) {
-        const float dz = yr[i] > 0.0f ? gr[i] : 0.0f;
+        const float dz = Dz<kRelu>(gr[i], yr[i], off[r]);
         a += dz;
         c2 += dz * (xr[i] - m);
       }
@@ -227,11 +251,11 @@ Grads BackwardImpl(const at::Tensor& dyIn, const at::Tensor& x, const at::Tensor
       const float a = k1[c], bb = k2[c], cc = k3[c], m = mp[c];
       const float *xr = xp + r * HW, *yr = yp + r * HW, *gr = gp + r * HW;
       float* out = dxp + r * HW;
-      const V4 av = Splat(a), bv = Splat(bb), cv = Splat(cc), mv = Splat(m);
+      const V4 av = Splat(a), bv = Splat(bb), cv = Splat(cc), mv = Splat(m), ov = Splat(off[r]);
       int64_t i = 0;
-      for (; i + 4 <= HW; i += 4) Store4(out + i, av * WherePositive(Load4(gr + i), Load4(yr + i)) - bv - cv * (Load4(xr + i) - mv));
+      for (; i + 4 <= HW; i += 4) Store4(out + i, av * Dz4<kRelu>(gr + i, yr + i, ov) - bv - cv * (Load4(xr + i) - mv));
       for (; i < HW; i++) {
-        const float dz = yr[i] > 0.0f ? gr[i] : 0.0f;
+        const float dz = Dz<kRelu>(gr[i], yr[i], off[r]);
         out[i] = a * dz - bb - cc * (xr[i] - m);
       }
     }
@@ -239,30 +263,68 @@ Grads BackwardImpl(const at::Tensor& dyIn, const at::Tensor& x, const at::Tensor
   return {dx, dw, db};
 }
 
-struct BatchNormRelu : public torch::autograd::Function<BatchNormRelu> {
+template <bool kRelu>
+struct BatchNormAct : public torch::autograd::Function<BatchNormAct<kRelu>> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
                             const at::Tensor& rm, const at::Tensor& rv, bool training, double momentum, double eps) {
-    Forward f = ForwardImpl(x, w, b, rm, rv, training, momentum, eps);
-    ctx->save_for_backward({x, f.y, w, f.mean, f.invstd});
+    Forward f = ForwardImpl<kRelu>(x, w, b, rm, rv, training, momentum, eps);
+    // Without the ReLU the backward never reads y: keep it out of the graph's memory.
+    ctx->save_for_backward({x, kRelu ? f.y : at::Tensor(), w, f.mean, f.invstd});
     ctx->saved_data["training"] = training;
     return f.y;
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads) {
     auto s = ctx->get_saved_variables();
-    Grads g = BackwardImpl(grads[0], s[0], s[1], s[2], s[3], s[4], ctx->saved_data["training"].toBool());
+    Grads g = BackwardImpl<kRelu>(grads[0], s[0], s[1], s[2], s[3], s[4], ctx->saved_data["training"].toBool());
     return {g.dx, g.dw, g.db, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
-at::Tensor BatchNormReluAutograd(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& rm,
-                                 const at::Tensor& rv, bool training, double momentum, double eps) {
-  // The running stats are updated in place, never differentiated.
-  return BatchNormRelu::apply(x, w, b, rm.detach(), rv.detach(), training, momentum, eps);
+// BatchNorm that also returns its output's mean over each (n, c) plane, [N, C] (a
+// squeeze-excitation block's pooling of bn2's output, summed in the same pass that writes it; in
+// the backward the pooled gradient joins dy inside the BN backward's passes instead of being
+// spread over a tensor and added to dy).
+struct BatchNormPool : public torch::autograd::Function<BatchNormPool> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w,
+                                                const at::Tensor& b, const at::Tensor& rm, const at::Tensor& rv, bool training,
+                                                double momentum, double eps) {
+    Forward f = ForwardImpl<false>(x, w, b, rm, rv, training, momentum, eps, /*pool=*/true);
+    ctx->save_for_backward({x, w, f.mean, f.invstd});
+    ctx->saved_data["training"] = training;
+    return {f.y, f.pooled};
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads) {
+    auto s = ctx->get_saved_variables();
+    Grads g = BackwardImpl<false>(grads[0], s[0], at::Tensor(), s[1], s[2], s[3], ctx->saved_data["training"].toBool(), grads[1]);
+    return {g.dx, g.dw, g.db, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> BatchNormPoolAutograd(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
+                                                         const at::Tensor& rm, const at::Tensor& rv, bool training, double momentum,
+                                                         double eps) {
+  auto out = BatchNormPool::apply(x, w, b, rm.detach(), rv.detach(), training, momentum, eps);
+  return {out[0], out[1]};
 }
 
-at::Tensor BatchNormReluCpu(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& rm,
-                            const at::Tensor& rv, bool training, double momentum, double eps) {
-  return ForwardImpl(x, w, b, rm, rv, training, momentum, eps).y;
+std::tuple<at::Tensor, at::Tensor> BatchNormPoolCpu(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
+                                                    const at::Tensor& rm, const at::Tensor& rv, bool training, double momentum,
+                                                    double eps) {
+  Forward f = ForwardImpl<false>(x, w, b, rm, rv, training, momentum, eps, /*pool=*/true);
+  return {f.y, f.pooled};
+}
+
+template <bool kRelu>
+at::Tensor BatchNormActAutograd(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& rm,
+                                const at::Tensor& rv, bool training, double momentum, double eps) {
+  // The running stats are updated in place, never differentiated.
+  return BatchNormAct<kRelu>::apply(x, w, b, rm.detach(), rv.detach(), training, momentum, eps);
+}
+
+template <bool kRelu>
+at::Tensor BatchNormActCpu(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& rm,
+                           const at::Tensor& rv, bool training, double momentum, double eps) {
+  return ForwardImpl<kRelu>(x, w, b, rm, rv, training, momentum, eps).y;
 }
 
 }  // namespace
@@ -271,7 +333,21 @@ TORCH_LIBRARY_FRAGMENT(kshare, m) {
   m.def(
       "batch_norm_relu(Tensor input, Tensor weight, Tensor bias, Tensor(a!) running_mean, Tensor(b!) running_var, "
       "bool training, float momentum, float eps) -> Tensor");
+  m.def(
+      "batch_norm(Tensor input, Tensor weight, Tensor bias, Tensor(a!) running_mean, Tensor(b!) running_var, "
+      "bool training, float momentum, float eps) -> Tensor");
+  m.def(
+      "batch_norm_pool(Tensor input, Tensor weight, Tensor bias, Tensor(a!) running_mean, Tensor(b!) running_var, "
+      "bool training, float momentum, float eps) -> (Tensor, Tensor)");
 }
 
-TORCH_LIBRARY_IMPL(kshare, CPU, m) { m.impl("batch_norm_relu", BatchNormReluCpu); }
-TORCH_LIBRARY_IMPL(kshare, Autograd, m) { m.impl("batch_norm_relu", BatchNormReluAutograd); }
+TORCH_LIBRARY_IMPL(kshare, CPU, m) {
+  m.impl("batch_norm_relu", BatchNormActCpu<true>);
+  m.impl("batch_norm", BatchNormActCpu<false>);
+  m.impl("batch_norm_pool", BatchNormPoolCpu);
+}
+TORCH_LIBRARY_IMPL(kshare, Autograd, m) {
+  m.impl("batch_norm_relu", BatchNormActAutograd<true>);
+  m.impl("batch_norm", BatchNormActAutograd<false>);
+  m.impl("batch_norm_pool", BatchNormPoolAutograd);
+}

@@ -1,5 +1,5 @@
-// The fused BatchNorm + ReLU kernel (native/batch_norm_relu.cc) against libtorch's batch_norm
-// and relu in this process: output, the gradients of the input, BN weight and BN bias, and the
+// kshare's BatchNorm kernels (native/batch_norm_relu.cc: BatchNorm + ReLU fused, and BatchNorm
+// alone) against libtorch's batch_norm (and relu) in this process: output, the gradients of the input, BN weight and BN bias, and the
 // running statistics afterwards, training and eval, with outputs poisoned with NaN before the
 // kernel writes them (KSHARE_NATIVE_POISON). SE-ResNet's parity with PyTorch (through this
 // kernel) is in models-parity.test.ts.
@@ -9,6 +9,8 @@ import * as t from '../src/tensor/index.js';
 import type { Tensor } from '../src/tensor/index.js';
 import { maxRelError } from './helpers/python.js';
 import { withEnv } from './helpers/env.js';
+import { runKernel } from '../src/tensor/kernels.js';
+import { wrap } from '../src/tensor/tensor.js';
 
 const TOL = 1e-5;
 const OUTPUTS = ['y', 'x.grad', 'weight.grad', 'bias.grad', 'runningMean', 'runningVar'] as const;
@@ -43,8 +45,8 @@ function inputs(shape: [number, number, number, number], seed: number): Inputs {
   }));
 }
 
-/** relu(batchNorm(x)) fused or through libtorch, then the gradients of sum(y * r). */
-function run(inp: Inputs, training: boolean, fused: boolean): Float32Array[] {
+/** relu(batchNorm(x)) (or batchNorm(x)) in kshare's kernel or libtorch's, then the gradients of sum(y * r). */
+function run(inp: Inputs, training: boolean, fused: boolean, relu = true): Float32Array[] {
   return withEnv({ KSHARE_NATIVE_KERNELS: fused ? '1' : '0', KSHARE_NATIVE_POISON: '1' }, () =>
     t.tidy(() => {
       const x = inp.x.detach(),
@@ -53,7 +55,8 @@ function run(inp: Inputs, training: boolean, fused: boolean): Float32Array[] {
       for (const v of [x, weight, bias]) v.requiresGrad = true;
       const runningMean = t.clone(inp.runningMean),
         runningVar = t.clone(inp.runningVar);
-      const y = t.batchNormRelu(x, { weight, bias, runningMean, runningVar, training, momentum: 0.1, eps: 1e-5 });
+      const o = { weight, bias, runningMean, runningVar, training, momentum: 0.1, eps: 1e-5 };
+      const y = relu ? t.batchNormRelu(x, o) : t.batchNorm(x, o);
       t.sum(t.mul(y, inp.r)).backward();
       const out = [y, x.grad!, weight.grad!, bias.grad!, runningMean, runningVar].map((v) => v.toFloat32Array());
       for (const v of [x, weight, bias]) v.grad!.dispose();
@@ -62,15 +65,20 @@ function run(inp: Inputs, training: boolean, fused: boolean): Float32Array[] {
   );
 }
 
-test('fused BatchNorm + ReLU matches libtorch: output, every gradient, running stats, training and eval', () => {
+test('BatchNorm (+ ReLU) kernels match libtorch: output, every gradient, running stats, training and eval', () => {
   const live = t.liveTensors();
   SHAPES.forEach((shape, i) => {
     const inp = inputs(shape, 100 + i);
-    for (const training of [true, false]) {
-      const got = run(inp, training, true),
-        want = run(inp, training, false);
+    for (const [training, relu] of [
+      [true, true],
+      [false, true],
+      [true, false],
+      [false, false],
+    ] as const) {
+      const got = run(inp, training, true, relu),
+        want = run(inp, training, false, relu);
       got.forEach((g, k) => {
-        const what = `[${shape}] ${training ? 'train' : 'eval'} ${OUTPUTS[k]}`;
+        const what = `[${shape}] ${training ? 'train' : 'eval'}${relu ? ' + ReLU' : ''} ${OUTPUTS[k]}`;
         for (let j = 0; j < g.length; j++) if (Number.isNaN(g[j]!)) assert.fail(`${what}: element ${j} is NaN (left unwritten?)`);
         const e = maxRelError(g, want[k]!);
         assert.ok(e <= TOL, `${what}: relative error ${e.toExponential(2)} > ${TOL}`);
@@ -81,15 +89,17 @@ test('fused BatchNorm + ReLU matches libtorch: output, every gradient, running s
   assert.equal(t.liveTensors(), live, 'no tensor leaked');
 });
 
-test('fused BatchNorm + ReLU: results do not depend on the thread count; other layouts take libtorch', () => {
+test('BatchNorm (+ ReLU) kernels: results do not depend on the thread count; other layouts take libtorch', () => {
   const inp = inputs([4, 24, 10, 10], 3);
   const before = t.runtimeInfo().numThreads;
   try {
-    t.setNumThreads(1);
-    const one = run(inp, true, true);
-    t.setNumThreads(2);
-    const two = run(inp, true, true);
-    one.forEach((v, i) => assert.deepEqual(two[i], v, `${OUTPUTS[i]} with 2 threads`));
+    for (const relu of [true, false]) {
+      t.setNumThreads(1);
+      const one = run(inp, true, true, relu);
+      t.setNumThreads(2);
+      const two = run(inp, true, true, relu);
+      one.forEach((v, i) => assert.deepEqual(two[i], v, `${OUTPUTS[i]} with 2 threads${relu ? ' (+ ReLU)' : ''}`));
+    }
   } finally {
     t.setNumThreads(before);
   }
@@ -109,4 +119,78 @@ test('fused BatchNorm + ReLU refuses one value per channel in training, as batch
     const o = { weight: t.ones([c]), bias: t.zeros([c]), runningMean: t.zeros([c]), runningVar: t.ones([c]), training: true };
     assert.throws(() => t.batchNormRelu(t.randn([1, c, 1, 1]), o), /more than 1 value per channel/);
   });
+});
+
+test('batchNormPool: the kernel matches batchNorm then adaptiveAvgPool2d, with either output or both in the loss', () => {
+  const live = t.liveTensors();
+  const OUT = ['y', 'pooled', 'x.grad', 'weight.grad', 'bias.grad', 'runningMean', 'runningVar'];
+  for (const [i, shape] of (
+    [
+      [2, 8, 6, 6],
+      [3, 17, 5, 7],
+      [8, 16, 32, 32],
+    ] as [number, number, number, number][]
+  ).entries()) {
+    const inp = inputs(shape, 300 + i);
+    const rp = t.randn([shape[0], shape[1]], { generator: new t.Generator(400 + i) });
+    for (const training of [true, false]) {
+      for (const use of ['both', 'y', 'pooled'] as const) {
+        const once = (native: boolean) =>
+          withEnv({ KSHARE_NATIVE_KERNELS: native ? '1' : '0', KSHARE_NATIVE_POISON: '1' }, () =>
+            t.tidy(() => {
+              const x = inp.x.detach(),
+                weight = inp.weight.detach(),
+                bias = inp.bias.detach();
+              for (const v of [x, weight, bias]) v.requiresGrad = true;
+              const runningMean = t.clone(inp.runningMean),
+                runningVar = t.clone(inp.runningVar);
+              const [y, pooled] = t.batchNormPool(x, { weight, bias, runningMean, runningVar, training, momentum: 0.1, eps: 1e-5 });
+              const ly = t.sum(t.mul(y, inp.r)),
+                lp = t.sum(t.mul(pooled, rp));
+              (use === 'both' ? t.add(ly, lp) : use === 'y' ? ly : lp).backward();
+              const out = [y, pooled, x.grad!, weight.grad!, bias.grad!, runningMean, runningVar].map((v) => v.toFloat32Array());
+              for (const v of [x, weight, bias]) v.grad!.dispose();
+              return out;
+            }),
+          );
+        const got = once(true),
+          want = once(false);
+        got.forEach((g, k) => {
+          const what = `[${shape}] ${training ? 'train' : 'eval'}, loss on ${use}: ${OUT[k]}`;
+          for (let j = 0; j < g.length; j++) if (Number.isNaN(g[j]!)) assert.fail(`${what}: element ${j} is NaN (left unwritten?)`);
+          const e = maxRelError(g, want[k]!);
+          assert.ok(e <= TOL, `${what}: relative error ${e.toExponential(2)} > ${TOL}`);
+        });
+      }
+    }
+    rp.dispose();
+    t.dispose(Object.values(inp));
+  }
+  assert.equal(t.liveTensors(), live, 'no tensor leaked');
+});
+
+test('batchNorm routes NCHW float32 CPU inputs to the kernel (bit for bit), others to libtorch', () => {
+  const inp = inputs([4, 24, 10, 10], 6);
+  t.tidy(() => {
+    const stats = () => ({ runningMean: t.clone(inp.runningMean), runningVar: t.clone(inp.runningVar) });
+    const o = () => ({ weight: inp.weight, bias: inp.bias, ...stats(), training: true, momentum: 0.1, eps: 1e-5 });
+    const s = stats();
+    const direct = wrap(
+      runKernel('test', 'batchNormNative', [inp.x.handle, inp.weight.handle, inp.bias.handle, s.runningMean.handle, s.runningVar.handle, true, 0.1, 1e-5]),
+    );
+    const routed = t.batchNorm(inp.x, o()).toFloat32Array();
+    assert.deepEqual(routed, direct.toFloat32Array(), 'routed: the kernel');
+    // libtorch's batch_norm rounds differently on this input: the comparison above can tell them apart.
+    const libtorch = withEnv({ KSHARE_NATIVE_KERNELS: '0' }, () => t.batchNorm(inp.x, o()).toFloat32Array());
+    assert.notDeepEqual(routed, libtorch, 'kernel and libtorch differ in the last bits here');
+    const [pooledY] = t.batchNormPool(inp.x, o());
+    assert.deepEqual(pooledY!.toFloat32Array(), routed, 'batchNormPool: the same output');
+    // Channels-last: libtorch's batch_norm, with or without the kernels.
+    const cl = t.contiguous(inp.x, 'channels_last');
+    assert.deepEqual(
+      t.batchNorm(cl, o()).toFloat32Array(),
+      withEnv({ KSHARE_NATIVE_KERNELS: '0' }, () => t.batchNorm(cl, o()).toFloat32Array()),
+    );
+  });
+  t.dispose(Object.values(inp));
 });

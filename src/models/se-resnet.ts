@@ -67,11 +67,12 @@ export class SEBasicBlock extends Module {
       if (this.preact) {
         const h = this.conv1.forward(this.bn1.forwardRelu(x));
         const out = this.conv2.forward(this.bn2.forwardRelu(h));
-        return t.add(this.se.forward(out), shortcut);
+        return this.se.forwardResidual(out, shortcut, false);
       }
       const h = this.bn1.forwardRelu(this.conv1.forward(x));
-      const out = this.bn2.forward(this.conv2.forward(h));
-      return t.relu(t.add(this.se.forward(out), shortcut));
+      // bn2 also gives its output's plane means: the SE's pooling, computed in the same pass
+      const [out, pooled] = this.bn2.forwardPooled(this.conv2.forward(h));
+      return this.se.forwardResidual(out, shortcut, true, pooled);
     });
   }
 

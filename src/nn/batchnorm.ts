@@ -63,6 +63,21 @@ export class BatchNorm2d extends Module {
     return t.batchNormRelu(x, this.normOptions(x));
   }
 
+  /**
+   * [forward(x), its mean over each (n, c) plane as [N, C]] (a squeeze-excitation block's
+   * BatchNorm and pooling), in one kernel where t.batchNormPool applies.
+   */
+  forwardPooled(x: Tensor): [Tensor, Tensor] {
+    // A forward replaced on the instance (shape tracing in models/summary.ts, a user's hook) runs as itself.
+    if (Object.prototype.hasOwnProperty.call(this, 'forward')) {
+      return t.tidy(() => {
+        const y = this.forward(x);
+        return [y, t.adaptiveAvgPool2d(y, 1).view([x.dim(0), x.dim(1)])];
+      });
+    }
+    return t.batchNormPool(x, this.normOptions(x));
+  }
+
   /** Checks x, counts the batch, and gives the batchNorm options for this mode. */
   private normOptions(x: Tensor): t.BatchNormOptions {
     if (x.rank !== 4) throw new Error(`BatchNorm2d: expected a 4-D input (N, C, H, W), got shape [${x.shape}]`);

@@ -31,11 +31,30 @@ export class SqueezeExcitation extends Module {
   }
 
   forward(x: Tensor): Tensor {
+    return t.tidy(() => t.mul(x, this.scale(x)));
+  }
+
+  /**
+   * [relu](forward(x) + residual) in one pass (t.channelScaleAdd): a residual block's tail,
+   * with `relu` for the post-activation form. `pooled`, when given, is x's mean over each (n, c)
+   * plane, [N, C], already computed (BatchNorm2d.forwardPooled), and stands in for the pooling.
+   */
+  forwardResidual(x: Tensor, residual: Tensor, relu: boolean, pooled?: Tensor): Tensor {
     return t.tidy(() => {
-      const [b, c] = [x.dim(0), x.dim(1)];
-      const s = this.fc.forward(this.avgPool.forward(x).view([b, c]));
-      return t.mul(x, s.view([b, c, 1, 1]));
+      // A forward replaced on the instance (shape tracing in models/summary.ts, a user's hook) runs as itself.
+      if (Object.prototype.hasOwnProperty.call(this, 'forward')) {
+        const y = t.add(this.forward(x), residual);
+        return relu ? t.relu(y) : y;
+      }
+      return t.channelScaleAdd(x, this.scale(x, pooled), residual, { relu });
     });
+  }
+
+  /** The per-(image, channel) scale, shape [N, C, 1, 1], from x's plane means (`pooled` if given). */
+  private scale(x: Tensor, pooled?: Tensor): Tensor {
+    const [b, c] = [x.dim(0), x.dim(1)];
+    if (pooled && pooled.shape.join() !== `${b},${c}`) throw new Error(`SqueezeExcitation: pooled must have shape [${b}, ${c}], got [${pooled.shape}]`);
+    return this.fc.forward(pooled ?? this.avgPool.forward(x).view([b, c])).view([b, c, 1, 1]);
   }
 
   describe(): string {

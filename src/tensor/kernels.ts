@@ -175,6 +175,9 @@ export const KERNELS = {
   depthwiseGeluBatchNormResidual: 'kshare::depthwise_gelu_bn_residual',
   pointwiseGeluBatchNorm: 'kshare::pointwise_gelu_bn',
   batchNormRelu: 'kshare::batch_norm_relu',
+  batchNormNative: 'kshare::batch_norm',
+  batchNormPool: 'kshare::batch_norm_pool',
+  channelScaleAdd: 'kshare::channel_scale_add',
   // multi-tensor (optimizers)
   foreachMulScalar_: 'aten::_foreach_mul_.Scalar',
   foreachAddList_: 'aten::_foreach_add_.List',

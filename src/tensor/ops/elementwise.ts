@@ -1,7 +1,9 @@
 // Elementwise arithmetic (with broadcasting), activations, comparisons and selection.
 import { runKernel, runKernelInPlace, type KernelName } from '../kernels.js';
 import { Tensor, wrap } from '../tensor.js';
-import { tensorArg, numberArg, sameDevice, describe } from '../validate.js';
+import { tensorArg, numberArg, sameDevice, describe, ShapeError } from '../validate.js';
+import { cpuKernelsAllowed } from '../runtime.js';
+import { isContiguous } from './convert.js';
 
 type Operand = Tensor | number;
 
@@ -165,4 +167,36 @@ export function addcdiv_(a: Tensor, t1: Tensor, t2: Tensor, value = 1): Tensor {
 export function lerp_(a: Tensor, end: Tensor, weight: number): Tensor {
   runKernelInPlace('lerp_', 'lerp_', [tensorArg('lerp_', 'a', a).handle, tensorArg('lerp_', 'end', end).handle, weight]);
   return a;
+}
+
+/**
+ * [relu](x * scale + residual) for an (N, C, H, W) input, a per-(image, channel) scale of shape
+ * [N, C, 1, 1] and a residual of the input's shape: the tail of a squeeze-excitation residual
+ * block. One pass each way in kshare's CPU kernel (native/channel_scale_add.cc) where it applies
+ * (kshare's CPU kernels allowed, all three contiguous float32 CPU tensors); exactly libtorch's
+ * mul, add and relu otherwise.
+ */
+export function channelScaleAdd(x: Tensor, scale: Tensor, residual: Tensor, o: { relu: boolean }): Tensor {
+  const op = 'channelScaleAdd';
+  tensorArg(op, 'input', x);
+  tensorArg(op, 'scale', scale);
+  tensorArg(op, 'residual', residual);
+  if (o === null || typeof o !== 'object' || typeof o.relu !== 'boolean')
+    throw new TypeError(`${op}: options must be an object with a boolean 'relu', got ${describe(o)}`);
+  if (x.rank !== 4) throw new ShapeError(`${op}: input must be (N, C, H, W), got shape [${x.shape}]`);
+  const [n, c] = x.shape as [number, number];
+  if (scale.rank !== 4 || scale.dim(0) !== n || scale.dim(1) !== c || scale.dim(2) !== 1 || scale.dim(3) !== 1) {
+    throw new ShapeError(`${op}: scale must have shape [${n}, ${c}, 1, 1] for input [${x.shape}], got [${scale.shape}]`);
+  }
+  if (residual.shape.join() !== x.shape.join()) throw new ShapeError(`${op}: residual must have the input's shape [${x.shape}], got [${residual.shape}]`);
+  sameDevice(op, ['input', x], ['scale', scale], ['residual', residual]);
+  const native = cpuKernelsAllowed() && [x, scale, residual].every((v) => v.device === 'cpu' && v.dtype === 'float32' && isContiguous(v));
+  if (native) return wrap(runKernel(op, 'channelScaleAdd', [x.handle, scale.handle, residual.handle, o.relu]));
+  const scaled = mul(x, scale);
+  const y = add(scaled, residual);
+  scaled.dispose();
+  if (!o.relu) return y;
+  const out = relu(y);
+  y.dispose();
+  return out;
 }

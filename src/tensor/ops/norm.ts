@@ -1,6 +1,7 @@
 // Batch normalisation.
 import { runKernel } from '../kernels.js';
-import { Tensor, wrap } from '../tensor.js';
+import { Tensor, wrap, wrapList } from '../tensor.js';
+import { adaptiveAvgPool2d } from './pool.js';
 import { tensorArg, optTensorArg, floatArg, ShapeError, numberArg, describe } from '../validate.js';
 import { cpuKernelsAllowed } from '../runtime.js';
 import { isContiguous } from './convert.js';
@@ -18,7 +19,31 @@ export interface BatchNormOptions {
   eps?: number;
 }
 
-/** Batch norm over dim 1 of an (N, C, ...) input. */
+/**
+ * Whether kshare's BatchNorm kernels (native/batch_norm_relu.cc) take this call: kshare's CPU
+ * kernels allowed, a contiguous (NCHW) float32 CPU input of rank 4, and float32 CPU weight, bias
+ * and running stats of shape [C]. Otherwise (CUDA, channels-last, no affine or running stats,
+ * autocast, tracing) libtorch's batch_norm runs.
+ */
+function nativeBatchNormApplies(x: Tensor, o: BatchNormOptions): boolean {
+  return (
+    cpuKernelsAllowed() &&
+    x instanceof Tensor &&
+    !x.isDisposed &&
+    x.rank === 4 &&
+    x.device === 'cpu' &&
+    x.dtype === 'float32' &&
+    isContiguous(x) &&
+    [o.weight, o.bias, o.runningMean, o.runningVar].every(
+      (p) => p instanceof Tensor && !p.isDisposed && p.device === 'cpu' && p.dtype === 'float32' && p.rank === 1 && p.dim(0) === x.dim(1) && isContiguous(p),
+    )
+  );
+}
+
+/**
+ * Batch norm over dim 1 of an (N, C, ...) input; in kshare's CPU kernel where it applies
+ * (nativeBatchNormApplies: libtorch 1.13's NCHW batch_norm makes several passes).
+ */
 export function batchNorm(x: Tensor, o: BatchNormOptions): Tensor {
   const op = 'batchNorm';
   if (o === null || typeof o !== 'object' || typeof o.training !== 'boolean') {
@@ -41,35 +66,61 @@ export function batchNorm(x: Tensor, o: BatchNormOptions): Tensor {
   if (o.training && x.size / c <= 1) throw new ShapeError(`${op}: expected more than 1 value per channel when training, got input [${x.shape}]`);
   const momentum = numberArg(op, 'momentum', o.momentum ?? 0.1);
   const eps = numberArg(op, 'eps', o.eps ?? 1e-5);
+  if (nativeBatchNormApplies(x, o)) {
+    return wrap(
+      runKernel(op, 'batchNormNative', [x.handle, o.weight!.handle, o.bias!.handle, o.runningMean!.handle, o.runningVar!.handle, o.training, momentum, eps]),
+    );
+  }
   return wrap(runKernel(op, 'batchNorm', [x.handle, ...named.map(([, t]) => t?.handle ?? null), o.training, momentum, eps, true]));
 }
 
 /**
- * relu(batchNorm(x, o)), in one fused CPU kernel (native/batch_norm_relu.cc) where it applies:
- * kshare's CPU kernels allowed, a contiguous (NCHW) float32 CPU input of rank 4, and float32
- * CPU weight, bias and running stats. Otherwise (CUDA, channels-last, no affine or running
- * stats, autocast, tracing) exactly relu(batchNorm(x, o)). Same arguments and checks as batchNorm.
+ * relu(batchNorm(x, o)), in one fused CPU kernel (native/batch_norm_relu.cc) where it applies
+ * (as batchNorm's kernel); otherwise exactly relu(batchNorm(x, o)). Same arguments and checks as
+ * batchNorm.
  */
 export function batchNormRelu(x: Tensor, o: BatchNormOptions): Tensor {
+  // batchNorm checks the options (and throws) where the kernel does not apply
+  if (o === null || typeof o !== 'object' || typeof o.training !== 'boolean' || !nativeBatchNormApplies(x, o)) return relu(batchNorm(x, o));
   const { weight, bias, runningMean, runningVar } = o;
-  const fused =
-    cpuKernelsAllowed() &&
-    x instanceof Tensor &&
-    !x.isDisposed &&
-    x.rank === 4 &&
-    x.device === 'cpu' &&
-    x.dtype === 'float32' &&
-    isContiguous(x) &&
-    [weight, bias, runningMean, runningVar].every(
-      (p) => p instanceof Tensor && !p.isDisposed && p.device === 'cpu' && p.dtype === 'float32' && p.rank === 1 && p.dim(0) === x.dim(1) && isContiguous(p),
-    );
-  if (!fused) return relu(batchNorm(x, o));
   if (o.training && x.size / x.dim(1) <= 1) throw new ShapeError(`batchNorm: expected more than 1 value per channel when training, got input [${x.shape}]`);
   const momentum = numberArg('batchNorm', 'momentum', o.momentum ?? 0.1);
   const eps = numberArg('batchNorm', 'eps', o.eps ?? 1e-5);
   return wrap(
     runKernel('batchNorm', 'batchNormRelu', [x.handle, weight!.handle, bias!.handle, runningMean!.handle, runningVar!.handle, o.training, momentum, eps]),
   );
+}
+
+/**
+ * [batchNorm(x, o), its mean over each (n, c) plane as [N, C]]: a squeeze-excitation block's
+ * BatchNorm and pooling. Where batchNorm's kernel applies, one kernel computes both
+ * (native/batch_norm_relu.cc: the mean summed as the output is written, and its gradient joined
+ * to the output's inside the BatchNorm backward); otherwise batchNorm then adaptiveAvgPool2d.
+ */
+export function batchNormPool(x: Tensor, o: BatchNormOptions): [Tensor, Tensor] {
+  if (o === null || typeof o !== 'object' || typeof o.training !== 'boolean' || !nativeBatchNormApplies(x, o)) {
+    const y = batchNorm(x, o);
+    const pooled4 = adaptiveAvgPool2d(y, 1);
+    const pooled = pooled4.view([x.dim(0), x.dim(1)]);
+    pooled4.dispose();
+    return [y, pooled];
+  }
+  if (o.training && x.size / x.dim(1) <= 1) throw new ShapeError(`batchNorm: expected more than 1 value per channel when training, got input [${x.shape}]`);
+  const momentum = numberArg('batchNorm', 'momentum', o.momentum ?? 0.1);
+  const eps = numberArg('batchNorm', 'eps', o.eps ?? 1e-5);
+  const [y, pooled] = wrapList(
+    runKernel('batchNorm', 'batchNormPool', [
+      x.handle,
+      o.weight!.handle,
+      o.bias!.handle,
+      o.runningMean!.handle,
+      o.runningVar!.handle,
+      o.training,
+      momentum,
+      eps,
+    ]),
+  );
+  return [y!, pooled!];
 }
 
 export interface BiasGeluBatchNormOptions {
