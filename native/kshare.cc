@@ -26,6 +26,8 @@
 #include <atomic>
 #if defined(__GLIBC__)
 #include <malloc.h>
+#include <pthread.h>
+#include <signal.h>
 #endif
 #include <deque>
 #include <mutex>
@@ -87,6 +89,37 @@ class CollectingWarningHandler : public c10::WarningHandler {
 
 CollectingWarningHandler g_warnings;
 Napi::FunctionReference g_warningCallback;
+
+// Asynchronous signals (Ctrl-C, SIGCHLD, a profiler's SIGPROF, ...) stay blocked on the calling
+// thread while an operator or a backward runs, and are delivered when it returns. Why: oneDNN
+// 2.6's JIT f32 GEMM kernels (Debian's libdnnl, behind native/pointwise_conv.cc and some of
+// libtorch's oneDNN paths) point the stack register into a heap workspace while they run, so a
+// signal handled on that thread writes its frame into the heap (oneDNN issue #4845, fixed in
+// 3.11.2): `node --cpu-prof` aborted a ConvMixer inference with "corrupted size vs. prev_size",
+// and signals sent to a 2-thread run did too (test/signals.test.ts). libtorch's OpenMP workers
+// are created inside operators, so they inherit the blocked mask and keep it; the process's
+// signals then go to Node's own threads. Faults (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP,
+// SIGSYS, SIGABRT) are never blocked. One block/restore pair took ~0.19 us here.
+const sigset_t& AsyncSignals() {
+  static const sigset_t set = [] {
+    sigset_t s;
+    sigfillset(&s);
+    for (int sig : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS, SIGABRT}) sigdelset(&s, sig);
+    return s;
+  }();
+  return set;
+}
+
+class AsyncSignalsBlocked {
+ public:
+  AsyncSignalsBlocked() { pthread_sigmask(SIG_BLOCK, &AsyncSignals(), &saved_); }
+  ~AsyncSignalsBlocked() { pthread_sigmask(SIG_SETMASK, &saved_, nullptr); }
+  AsyncSignalsBlocked(const AsyncSignalsBlocked&) = delete;
+  AsyncSignalsBlocked& operator=(const AsyncSignalsBlocked&) = delete;
+
+ private:
+  sigset_t saved_;
+};
 
 void FlushWarnings(Napi::Env env) {
   auto pending = g_warnings.take();
@@ -421,6 +454,7 @@ Napi::Value Call(const Napi::CallbackInfo& info) {
     }
   }
   try {
+    AsyncSignalsBlocked quiet;
     op.callBoxed(&stack);
   } catch (const c10::Error& e) {
     throw TorchError(env, opName, e.what_without_backtrace());
@@ -594,6 +628,7 @@ Napi::Value Backward(const Napi::CallbackInfo& info) {
       }
     }
     bool retain = info[2].IsBoolean() && info[2].As<Napi::Boolean>().Value();
+    AsyncSignalsBlocked quiet;
     torch::autograd::backward(tensors, grads, retain ? c10::optional<bool>(true) : c10::nullopt, false);
     return env.Undefined();
   });
@@ -729,6 +764,9 @@ Napi::Value CudaSynchronize(const Napi::CallbackInfo& info) {
 Napi::Value SetWarningHandler(const Napi::CallbackInfo& info) {
   if (info[0].IsFunction()) {
     g_warningCallback = Napi::Persistent(info[0].As<Napi::Function>());
+    // Never deleted by the global's destructor: that runs at process exit, after Node's
+    // environment is gone, and wrote to freed memory (valgrind).
+    g_warningCallback.SuppressDestruct();
   } else {
     g_warningCallback.Reset();
   }
