@@ -45,8 +45,14 @@ function inputs(shape: [number, number, number, number], seed: number): Inputs {
   }));
 }
 
-/** relu(batchNorm(x)) (or batchNorm(x)) in kshare's kernel or libtorch's, then the gradients of sum(y * r). */
-function run(inp: Inputs, training: boolean, fused: boolean, relu = true): Float32Array[] {
+/** Which op: BatchNorm + ReLU, BatchNorm alone, or batchNormPool with the loss on y, the pooled means or both. */
+type Form = 'relu' | 'plain' | { pooled: 'both' | 'y' | 'pooled'; r: Tensor };
+
+/**
+ * The op in kshare's kernel or libtorch's, then the gradients of sum(y * r) (+ sum(pooled * r')):
+ * [y, (pooled,) x.grad, weight.grad, bias.grad, runningMean, runningVar].
+ */
+function run(inp: Inputs, training: boolean, fused: boolean, form: Form = 'relu'): Float32Array[] {
   return withEnv({ KSHARE_NATIVE_KERNELS: fused ? '1' : '0', KSHARE_NATIVE_POISON: '1' }, () =>
     t.tidy(() => {
       const x = inp.x.detach(),
@@ -56,13 +62,34 @@ function run(inp: Inputs, training: boolean, fused: boolean, relu = true): Float
       const runningMean = t.clone(inp.runningMean),
         runningVar = t.clone(inp.runningVar);
       const o = { weight, bias, runningMean, runningVar, training, momentum: 0.1, eps: 1e-5 };
-      const y = relu ? t.batchNormRelu(x, o) : t.batchNorm(x, o);
-      t.sum(t.mul(y, inp.r)).backward();
-      const out = [y, x.grad!, weight.grad!, bias.grad!, runningMean, runningVar].map((v) => v.toFloat32Array());
+      let outputs: Tensor[], loss: Tensor;
+      if (typeof form === 'object') {
+        const [y, pooled] = t.batchNormPool(x, o);
+        const ly = t.sum(t.mul(y, inp.r)),
+          lp = t.sum(t.mul(pooled, form.r));
+        loss = form.pooled === 'both' ? t.add(ly, lp) : form.pooled === 'y' ? ly : lp;
+        outputs = [y, pooled];
+      } else {
+        const y = form === 'relu' ? t.batchNormRelu(x, o) : t.batchNorm(x, o);
+        loss = t.sum(t.mul(y, inp.r));
+        outputs = [y];
+      }
+      loss.backward();
+      const out = [...outputs, x.grad!, weight.grad!, bias.grad!, runningMean, runningVar].map((v) => v.toFloat32Array());
       for (const v of [x, weight, bias]) v.grad!.dispose();
       return out;
     }),
   );
+}
+
+/** Each output of the kernel (no NaN left from poisoning) within TOL of libtorch's. */
+function assertMatches(got: Float32Array[], want: Float32Array[], names: readonly string[], label: string): void {
+  got.forEach((g, k) => {
+    const what = `${label} ${names[k]}`;
+    for (let j = 0; j < g.length; j++) if (Number.isNaN(g[j]!)) assert.fail(`${what}: element ${j} is NaN (left unwritten?)`);
+    const e = maxRelError(g, want[k]!);
+    assert.ok(e <= TOL, `${what}: relative error ${e.toExponential(2)} > ${TOL}`);
+  });
 }
 
 test('BatchNorm (+ ReLU) kernels match libtorch: output, every gradient, running stats, training and eval', () => {
@@ -75,14 +102,13 @@ test('BatchNorm (+ ReLU) kernels match libtorch: output, every gradient, running
       [true, false],
       [false, false],
     ] as const) {
-      const got = run(inp, training, true, relu),
-        want = run(inp, training, false, relu);
-      got.forEach((g, k) => {
-        const what = `[${shape}] ${training ? 'train' : 'eval'}${relu ? ' + ReLU' : ''} ${OUTPUTS[k]}`;
-        for (let j = 0; j < g.length; j++) if (Number.isNaN(g[j]!)) assert.fail(`${what}: element ${j} is NaN (left unwritten?)`);
-        const e = maxRelError(g, want[k]!);
-        assert.ok(e <= TOL, `${what}: relative error ${e.toExponential(2)} > ${TOL}`);
-      });
+      const form = relu ? 'relu' : 'plain';
+      assertMatches(
+        run(inp, training, true, form),
+        run(inp, training, false, form),
+        OUTPUTS,
+        `[${shape}] ${training ? 'train' : 'eval'}${relu ? ' + ReLU' : ''}`,
+      );
     }
     t.dispose(Object.values(inp));
   });
@@ -95,9 +121,9 @@ test('BatchNorm (+ ReLU) kernels: results do not depend on the thread count; oth
   try {
     for (const relu of [true, false]) {
       t.setNumThreads(1);
-      const one = run(inp, true, true, relu);
+      const one = run(inp, true, true, relu ? 'relu' : 'plain');
       t.setNumThreads(2);
-      const two = run(inp, true, true, relu);
+      const two = run(inp, true, true, relu ? 'relu' : 'plain');
       one.forEach((v, i) => assert.deepEqual(two[i], v, `${OUTPUTS[i]} with 2 threads${relu ? ' (+ ReLU)' : ''}`));
     }
   } finally {
@@ -135,32 +161,8 @@ test('batchNormPool: the kernel matches batchNorm then adaptiveAvgPool2d, with e
     const rp = t.randn([shape[0], shape[1]], { generator: new t.Generator(400 + i) });
     for (const training of [true, false]) {
       for (const use of ['both', 'y', 'pooled'] as const) {
-        const once = (native: boolean) =>
-          withEnv({ KSHARE_NATIVE_KERNELS: native ? '1' : '0', KSHARE_NATIVE_POISON: '1' }, () =>
-            t.tidy(() => {
-              const x = inp.x.detach(),
-                weight = inp.weight.detach(),
-                bias = inp.bias.detach();
-              for (const v of [x, weight, bias]) v.requiresGrad = true;
-              const runningMean = t.clone(inp.runningMean),
-                runningVar = t.clone(inp.runningVar);
-              const [y, pooled] = t.batchNormPool(x, { weight, bias, runningMean, runningVar, training, momentum: 0.1, eps: 1e-5 });
-              const ly = t.sum(t.mul(y, inp.r)),
-                lp = t.sum(t.mul(pooled, rp));
-              (use === 'both' ? t.add(ly, lp) : use === 'y' ? ly : lp).backward();
-              const out = [y, pooled, x.grad!, weight.grad!, bias.grad!, runningMean, runningVar].map((v) => v.toFloat32Array());
-              for (const v of [x, weight, bias]) v.grad!.dispose();
-              return out;
-            }),
-          );
-        const got = once(true),
-          want = once(false);
-        got.forEach((g, k) => {
-          const what = `[${shape}] ${training ? 'train' : 'eval'}, loss on ${use}: ${OUT[k]}`;
-          for (let j = 0; j < g.length; j++) if (Number.isNaN(g[j]!)) assert.fail(`${what}: element ${j} is NaN (left unwritten?)`);
-          const e = maxRelError(g, want[k]!);
-          assert.ok(e <= TOL, `${what}: relative error ${e.toExponential(2)} > ${TOL}`);
-        });
+        const form = { pooled: use, r: rp };
+        assertMatches(run(inp, training, true, form), run(inp, training, false, form), OUT, `[${shape}] ${training ? 'train' : 'eval'}, loss on ${use}`);
       }
     }
     rp.dispose();
