@@ -196,3 +196,11 @@ test('batchNorm routes NCHW float32 CPU inputs to the kernel (bit for bit), othe
   });
   t.dispose(Object.values(inp));
 });
+
+test('batchNormPool names an input that is not (N, C, H, W)', () => {
+  t.tidy(() => {
+    const c = 3;
+    const o = { weight: t.ones([c]), bias: t.zeros([c]), runningMean: t.zeros([c]), runningVar: t.ones([c]), training: true };
+    assert.throws(() => t.batchNormPool(t.randn([2, c, 5]), o), /batchNormPool: input must be \(N, C, H, W\), got shape \[2,3,5\]/);
+  });
+});

@@ -98,6 +98,7 @@ export function batchNormRelu(x: Tensor, o: BatchNormOptions): Tensor {
  * to the output's inside the BatchNorm backward); otherwise batchNorm then adaptiveAvgPool2d.
  */
 export function batchNormPool(x: Tensor, o: BatchNormOptions): [Tensor, Tensor] {
+  rank4('batchNormPool', x);
   if (o === null || typeof o !== 'object' || typeof o.training !== 'boolean' || !nativeBatchNormApplies(x, o)) {
     const y = batchNorm(x, o);
     const pooled4 = adaptiveAvgPool2d(y, 1);
