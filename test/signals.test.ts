@@ -17,8 +17,11 @@ import * as t from '../src/tensor/index.js';
 const tensorIndex = fileURLToPath(new URL('../src/tensor/index.js', import.meta.url));
 const noSgemm = !t.runtimeInfo().pointwiseKernel && 'no oneDNN 1x1 operator in this build';
 
-/** A child that runs 1x1 convolutions (oneDNN's sgemm) at `threads` threads for `ms` milliseconds. */
-function convLoop(threads: number, ms: number): string {
+/**
+ * A child that runs 1x1 convolutions (oneDNN's sgemm) at `threads` threads for `ms` milliseconds,
+ * then (with `signalled`) waits up to 5 s for its SIGUSR2 handler to have run.
+ */
+function convLoop(threads: number, ms: number, signalled = false): string {
   return (
     `const t = await import(${JSON.stringify(tensorIndex)});` +
     `let signals = 0; process.on('SIGUSR2', () => { signals++; });` +
@@ -29,7 +32,9 @@ function convLoop(threads: number, ms: number): string {
     // The parent stops signalling once it reads 'stop'; the handlers run in the following turns
     // of the event loop (exiting earlier, with a signal in flight, would take its default
     // action, which terminates).
-    `console.log('stop'); await new Promise((r) => setTimeout(r, 300));` +
+    `console.log('stop'); const until = Date.now() + ${signalled ? 5000 : 0};` +
+    `while (signals === 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 10));` +
+    `await new Promise((r) => setTimeout(r, 300));` +
     `console.log(JSON.stringify({ n, signals }));`
   );
 }
@@ -48,7 +53,7 @@ test('a sampling profiler (node --cpu-prof, SIGPROF every 50 us) does not corrup
 });
 
 test('signals sent to the process while 2 threads run 1x1 convolutions are delivered, and memory stays intact', { skip: noSgemm }, async () => {
-  const child = spawn(process.execPath, ['--input-type=module', '-e', convLoop(2, 2500)], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, ['--input-type=module', '-e', convLoop(2, 2500, true)], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '',
     err = '';
   child.stdout.on('data', (d: Buffer) => (out += d.toString()));
