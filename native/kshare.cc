@@ -26,9 +26,9 @@
 #include <atomic>
 #if defined(__GLIBC__)
 #include <malloc.h>
+#endif
 #include <pthread.h>
 #include <signal.h>
-#endif
 #include <deque>
 #include <mutex>
 #include <cstring>

@@ -68,8 +68,7 @@ export class BatchNorm2d extends Module {
    * BatchNorm and pooling), in one kernel where t.batchNormPool applies.
    */
   forwardPooled(x: Tensor): [Tensor, Tensor] {
-    // A forward replaced on the instance (shape tracing in models/summary.ts, a user's hook) runs as itself.
-    if (Object.prototype.hasOwnProperty.call(this, 'forward')) {
+    if (this.forwardReplaced) {
       return t.tidy(() => {
         const y = this.forward(x);
         return [y, t.adaptiveAvgPool2d(y, 1).view([x.dim(0), x.dim(1)])];

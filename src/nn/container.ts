@@ -61,7 +61,7 @@ export class Residual extends Module {
   forward(x: Tensor): Tensor {
     // fn = depthwise Conv2d → GELU → BatchNorm2d (ConvMixer) runs as one fused operator where it applies (./fused.ts).
     const fn = this.fn;
-    if (fn instanceof Sequential && fn.length === 3 && !Object.prototype.hasOwnProperty.call(fn, 'forward')) {
+    if (fn instanceof Sequential && fn.length === 3 && !fn.forwardReplaced) {
       const fused = depthwiseGeluBatchNormResidual(fn.at(0), fn.at(1), fn.at(2), x);
       if (fused) return fused;
     }

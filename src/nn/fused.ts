@@ -35,7 +35,7 @@ function fusableParts(conv: Module, gelu: Module, bn: Module, x: Tensor): Fusabl
   if (!(conv instanceof Conv2d) || !(gelu instanceof GELU) || !(bn instanceof BatchNorm2d)) return null;
   // A layer whose forward was replaced on the instance (shape tracing in models/summary.ts,
   // a user's hook) must run as itself.
-  if ([conv, gelu, bn].some((m) => Object.prototype.hasOwnProperty.call(m, 'forward'))) return null;
+  if ([conv, gelu, bn].some((m) => m.forwardReplaced)) return null;
   const bias = conv.bias,
     weight = bn.weight,
     bnBias = bn.bias,

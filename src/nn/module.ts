@@ -38,6 +38,15 @@ export abstract class Module {
 
   abstract forward(x: Tensor): Tensor;
 
+  /**
+   * Whether forward was replaced on this instance (shape tracing in models/summary.ts, a user's
+   * hook): code that would run the layer through a fused kernel instead of its forward then runs
+   * the forward, so the replacement sees the call.
+   */
+  get forwardReplaced(): boolean {
+    return Object.prototype.hasOwnProperty.call(this, 'forward');
+  }
+
   /** A short description of the layer's configuration, for tables (PyTorch's extra_repr). */
   describe(): string {
     return '';

@@ -41,8 +41,7 @@ export class SqueezeExcitation extends Module {
    */
   forwardResidual(x: Tensor, residual: Tensor, relu: boolean, pooled?: Tensor): Tensor {
     return t.tidy(() => {
-      // A forward replaced on the instance (shape tracing in models/summary.ts, a user's hook) runs as itself.
-      if (Object.prototype.hasOwnProperty.call(this, 'forward')) {
+      if (this.forwardReplaced) {
         const y = t.add(this.forward(x), residual);
         return relu ? t.relu(y) : y;
       }

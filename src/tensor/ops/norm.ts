@@ -1,5 +1,6 @@
 // Batch normalisation.
 import { runKernel } from '../kernels.js';
+import type { KernelArg } from '../native.js';
 import { Tensor, wrap, wrapList } from '../tensor.js';
 import { adaptiveAvgPool2d } from './pool.js';
 import { tensorArg, optTensorArg, floatArg, ShapeError, numberArg, describe } from '../validate.js';
@@ -20,13 +21,17 @@ export interface BatchNormOptions {
 }
 
 /**
- * Whether kshare's BatchNorm kernels (native/batch_norm_relu.cc) take this call: kshare's CPU
- * kernels allowed, a contiguous (NCHW) float32 CPU input of rank 4, and float32 CPU weight, bias
- * and running stats of shape [C]. Otherwise (CUDA, channels-last, no affine or running stats,
- * autocast, tracing) libtorch's batch_norm runs.
+ * The arguments of kshare's BatchNorm kernels (native/batch_norm_relu.cc) where they take this
+ * call, else null: kshare's CPU kernels allowed, options with a boolean 'training', a contiguous
+ * (NCHW) float32 CPU input of rank 4, and float32 CPU weight, bias and running stats of shape
+ * [C]. Otherwise (CUDA, channels-last, no affine or running stats, autocast, tracing) libtorch's
+ * batch_norm runs, and batchNorm checks (and names) bad options.
  */
-function nativeBatchNormApplies(x: Tensor, o: BatchNormOptions): boolean {
-  return (
+function nativeBatchNormArgs(x: Tensor, o: BatchNormOptions): KernelArg[] | null {
+  const applies =
+    o !== null &&
+    typeof o === 'object' &&
+    typeof o.training === 'boolean' &&
     cpuKernelsAllowed() &&
     x instanceof Tensor &&
     !x.isDisposed &&
@@ -36,13 +41,17 @@ function nativeBatchNormApplies(x: Tensor, o: BatchNormOptions): boolean {
     isContiguous(x) &&
     [o.weight, o.bias, o.runningMean, o.runningVar].every(
       (p) => p instanceof Tensor && !p.isDisposed && p.device === 'cpu' && p.dtype === 'float32' && p.rank === 1 && p.dim(0) === x.dim(1) && isContiguous(p),
-    )
-  );
+    );
+  if (!applies) return null;
+  if (o.training && x.size / x.dim(1) <= 1) throw new ShapeError(`batchNorm: expected more than 1 value per channel when training, got input [${x.shape}]`);
+  const momentum = numberArg('batchNorm', 'momentum', o.momentum ?? 0.1);
+  const eps = numberArg('batchNorm', 'eps', o.eps ?? 1e-5);
+  return [x.handle, o.weight!.handle, o.bias!.handle, o.runningMean!.handle, o.runningVar!.handle, o.training, momentum, eps];
 }
 
 /**
  * Batch norm over dim 1 of an (N, C, ...) input; in kshare's CPU kernel where it applies
- * (nativeBatchNormApplies: libtorch 1.13's NCHW batch_norm makes several passes).
+ * (nativeBatchNormArgs: libtorch 1.13's NCHW batch_norm makes several passes).
  */
 export function batchNorm(x: Tensor, o: BatchNormOptions): Tensor {
   const op = 'batchNorm';
@@ -66,11 +75,8 @@ export function batchNorm(x: Tensor, o: BatchNormOptions): Tensor {
   if (o.training && x.size / c <= 1) throw new ShapeError(`${op}: expected more than 1 value per channel when training, got input [${x.shape}]`);
   const momentum = numberArg(op, 'momentum', o.momentum ?? 0.1);
   const eps = numberArg(op, 'eps', o.eps ?? 1e-5);
-  if (nativeBatchNormApplies(x, o)) {
-    return wrap(
-      runKernel(op, 'batchNormNative', [x.handle, o.weight!.handle, o.bias!.handle, o.runningMean!.handle, o.runningVar!.handle, o.training, momentum, eps]),
-    );
-  }
+  const native = nativeBatchNormArgs(x, o);
+  if (native) return wrap(runKernel(op, 'batchNormNative', native));
   return wrap(runKernel(op, 'batchNorm', [x.handle, ...named.map(([, t]) => t?.handle ?? null), o.training, momentum, eps, true]));
 }
 
@@ -80,15 +86,8 @@ export function batchNorm(x: Tensor, o: BatchNormOptions): Tensor {
  * batchNorm.
  */
 export function batchNormRelu(x: Tensor, o: BatchNormOptions): Tensor {
-  // batchNorm checks the options (and throws) where the kernel does not apply
-  if (o === null || typeof o !== 'object' || typeof o.training !== 'boolean' || !nativeBatchNormApplies(x, o)) return relu(batchNorm(x, o));
-  const { weight, bias, runningMean, runningVar } = o;
-  if (o.training && x.size / x.dim(1) <= 1) throw new ShapeError(`batchNorm: expected more than 1 value per channel when training, got input [${x.shape}]`);
-  const momentum = numberArg('batchNorm', 'momentum', o.momentum ?? 0.1);
-  const eps = numberArg('batchNorm', 'eps', o.eps ?? 1e-5);
-  return wrap(
-    runKernel('batchNorm', 'batchNormRelu', [x.handle, weight!.handle, bias!.handle, runningMean!.handle, runningVar!.handle, o.training, momentum, eps]),
-  );
+  const native = nativeBatchNormArgs(x, o);
+  return native ? wrap(runKernel('batchNorm', 'batchNormRelu', native)) : relu(batchNorm(x, o));
 }
 
 /**
@@ -99,29 +98,16 @@ export function batchNormRelu(x: Tensor, o: BatchNormOptions): Tensor {
  */
 export function batchNormPool(x: Tensor, o: BatchNormOptions): [Tensor, Tensor] {
   rank4('batchNormPool', x);
-  if (o === null || typeof o !== 'object' || typeof o.training !== 'boolean' || !nativeBatchNormApplies(x, o)) {
-    const y = batchNorm(x, o);
-    const pooled4 = adaptiveAvgPool2d(y, 1);
-    const pooled = pooled4.view([x.dim(0), x.dim(1)]);
-    pooled4.dispose();
-    return [y, pooled];
+  const native = nativeBatchNormArgs(x, o);
+  if (native) {
+    const [y, pooled] = wrapList(runKernel('batchNorm', 'batchNormPool', native));
+    return [y!, pooled!];
   }
-  if (o.training && x.size / x.dim(1) <= 1) throw new ShapeError(`batchNorm: expected more than 1 value per channel when training, got input [${x.shape}]`);
-  const momentum = numberArg('batchNorm', 'momentum', o.momentum ?? 0.1);
-  const eps = numberArg('batchNorm', 'eps', o.eps ?? 1e-5);
-  const [y, pooled] = wrapList(
-    runKernel('batchNorm', 'batchNormPool', [
-      x.handle,
-      o.weight!.handle,
-      o.bias!.handle,
-      o.runningMean!.handle,
-      o.runningVar!.handle,
-      o.training,
-      momentum,
-      eps,
-    ]),
-  );
-  return [y!, pooled!];
+  const y = batchNorm(x, o);
+  const pooled4 = adaptiveAvgPool2d(y, 1);
+  const pooled = pooled4.view([x.dim(0), x.dim(1)]);
+  pooled4.dispose();
+  return [y, pooled];
 }
 
 export interface BiasGeluBatchNormOptions {
