@@ -7,8 +7,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as t from '../src/tensor/index.js';
 import type { Tensor } from '../src/tensor/index.js';
-import { maxRelError } from './helpers/python.js';
-import { withEnv } from './helpers/env.js';
+import { assertClose } from './helpers/conv-parity.js';
+import { withEnv, withThreads } from './helpers/env.js';
 import { runKernel } from '../src/tensor/kernels.js';
 import { wrap } from '../src/tensor/tensor.js';
 
@@ -84,12 +84,7 @@ function run(inp: Inputs, training: boolean, fused: boolean, form: Form = 'relu'
 
 /** Each output of the kernel (no NaN left from poisoning) within TOL of libtorch's. */
 function assertMatches(got: Float32Array[], want: Float32Array[], names: readonly string[], label: string): void {
-  got.forEach((g, k) => {
-    const what = `${label} ${names[k]}`;
-    for (let j = 0; j < g.length; j++) if (Number.isNaN(g[j]!)) assert.fail(`${what}: element ${j} is NaN (left unwritten?)`);
-    const e = maxRelError(g, want[k]!);
-    assert.ok(e <= TOL, `${what}: relative error ${e.toExponential(2)} > ${TOL}`);
-  });
+  got.forEach((g, k) => assertClose(`${label} ${names[k]}`, g, want[k]!, TOL));
 }
 
 test('BatchNorm (+ ReLU) kernels match libtorch: output, every gradient, running stats, training and eval', () => {
@@ -117,17 +112,9 @@ test('BatchNorm (+ ReLU) kernels match libtorch: output, every gradient, running
 
 test('BatchNorm (+ ReLU) kernels: results do not depend on the thread count; other layouts take libtorch', () => {
   const inp = inputs([4, 24, 10, 10], 3);
-  const before = t.runtimeInfo().numThreads;
-  try {
-    for (const relu of [true, false]) {
-      t.setNumThreads(1);
-      const one = run(inp, true, true, relu ? 'relu' : 'plain');
-      t.setNumThreads(2);
-      const two = run(inp, true, true, relu ? 'relu' : 'plain');
-      one.forEach((v, i) => assert.deepEqual(two[i], v, `${OUTPUTS[i]} with 2 threads${relu ? ' (+ ReLU)' : ''}`));
-    }
-  } finally {
-    t.setNumThreads(before);
+  for (const relu of [true, false]) {
+    const [one, two] = [1, 2].map((n) => withThreads(n, () => run(inp, true, true, relu ? 'relu' : 'plain')));
+    one!.forEach((v, i) => assert.deepEqual(two![i], v, `${OUTPUTS[i]} with 2 threads${relu ? ' (+ ReLU)' : ''}`));
   }
   // Channels-last input: exactly relu(batchNorm(x)) (libtorch's ops), with or without the kernels.
   t.tidy(() => {

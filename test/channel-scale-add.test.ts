@@ -9,8 +9,8 @@ import * as t from '../src/tensor/index.js';
 import type { Tensor } from '../src/tensor/index.js';
 import { runKernel } from '../src/tensor/kernels.js';
 import { wrap } from '../src/tensor/tensor.js';
-import { maxRelError } from './helpers/python.js';
-import { withEnv } from './helpers/env.js';
+import { assertClose } from './helpers/conv-parity.js';
+import { withEnv, withThreads } from './helpers/env.js';
 
 const TOL = 1e-5;
 const OUTPUTS = ['y', 'x.grad', 'scale.grad', 'residual.grad'] as const;
@@ -62,12 +62,7 @@ test('channelScaleAdd kernel matches libtorch: output and every gradient, with a
     for (const relu of [true, false]) {
       const got = run(inp, relu, true),
         want = run(inp, relu, false);
-      got.forEach((g, k) => {
-        const what = `[${shape}]${relu ? ' relu' : ''} ${OUTPUTS[k]}`;
-        for (let j = 0; j < g.length; j++) if (Number.isNaN(g[j]!)) assert.fail(`${what}: element ${j} is NaN (left unwritten?)`);
-        const e = maxRelError(g, want[k]!);
-        assert.ok(e <= TOL, `${what}: relative error ${e.toExponential(2)} > ${TOL}`);
-      });
+      got.forEach((g, k) => assertClose(`[${shape}]${relu ? ' relu' : ''} ${OUTPUTS[k]}`, g, want[k]!, TOL));
     }
     t.dispose(Object.values(inp));
   });
@@ -76,17 +71,9 @@ test('channelScaleAdd kernel matches libtorch: output and every gradient, with a
 
 test('channelScaleAdd kernel: results do not depend on the thread count', () => {
   const inp = inputs([4, 24, 10, 10], 3);
-  const before = t.runtimeInfo().numThreads;
-  try {
-    for (const relu of [true, false]) {
-      t.setNumThreads(1);
-      const one = run(inp, relu, true);
-      t.setNumThreads(2);
-      const two = run(inp, relu, true);
-      one.forEach((v, i) => assert.deepEqual(two[i], v, `${OUTPUTS[i]} with 2 threads${relu ? ' (relu)' : ''}`));
-    }
-  } finally {
-    t.setNumThreads(before);
+  for (const relu of [true, false]) {
+    const [one, two] = [1, 2].map((n) => withThreads(n, () => run(inp, relu, true)));
+    one!.forEach((v, i) => assert.deepEqual(two![i], v, `${OUTPUTS[i]} with 2 threads${relu ? ' (relu)' : ''}`));
   }
   t.dispose(Object.values(inp));
 });

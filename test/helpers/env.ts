@@ -1,4 +1,6 @@
-// Environment variables set for the length of a call (kshare's kernels read theirs at every call).
+// Environment variables (kshare's kernels read theirs at every call) and the thread count, set for
+// the length of a call.
+import * as t from '../../src/tensor/index.js';
 
 /** Runs fn with `vars` set (undefined: unset), then restores what was there before. */
 export function withEnv<T>(vars: Record<string, string | undefined>, fn: () => T): T {
@@ -13,6 +15,17 @@ export function withEnv<T>(vars: Record<string, string | undefined>, fn: () => T
     return fn();
   } finally {
     apply(saved);
+  }
+}
+
+/** Runs fn with libtorch's intra-op thread count set to n, then restores the count before. */
+export function withThreads<T>(n: number, fn: () => T): T {
+  const before = t.runtimeInfo().numThreads;
+  t.setNumThreads(n);
+  try {
+    return fn();
+  } finally {
+    t.setNumThreads(before);
   }
 }
 
