@@ -328,27 +328,31 @@ void ConvolveInto(const Geometry& g, const float* x, const float* w, const float
 // plane, H * W contiguous floats in a per-thread buffer still in L1, handed to sink(n * C + c,
 // plane) instead of written out: a caller consuming the output plane by plane never makes it a
 // tensor (native/conv_gelu_bn.cc). The caller checked that the plane kernel applies.
-void ConvolvePlanes(const Geometry& g, const float* x, const float* w, const kshare::RowSink& sink) {
+// Planes [begin, end) (index n * C + c) convolved one at a time into L1-sized scratch, each
+// handed to `sink`.
+void ConvolvePlaneRange(const Geometry& g, const float* x, const float* w, int64_t begin, int64_t end, const kshare::RowSink& sink) {
   const Kernels& k = Pick();
   const int64_t kk = static_cast<int64_t>(g.kh) * g.kw;
   const auto plane = k.planeForward(g.kh);
   const int64_t L = k.planeLanes, R = k.planeRows(g.kh);
   const int64_t wv = RoundUp(g.w, L), rowP = wv + 2 * g.pw, rowsP = RoundUp(g.h, R) + 2 * g.ph;
-  at::parallel_for(0, g.n * g.c, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> pad(rowsP * rowP), tmp(g.h * wv), dense(g.w == wv ? 0 : g.h * g.w);
-    for (int64_t t = begin; t < end; t++) {
-      const int64_t c = t % g.c;
-      const float* src = x + t * g.h * g.w;
-      for (int64_t y = 0; y < g.h; y++) CopyRow(&pad[(y + g.ph) * rowP + g.pw], src + y * g.w, g.w);
-      plane(pad.data(), rowP, tmp.data(), wv, g.h, wv / L, w + c * kk, 0.f);
-      const float* out = tmp.data();
-      if (!dense.empty()) {
-        for (int64_t y = 0; y < g.h; y++) CopyRow(&dense[y * g.w], &tmp[y * wv], g.w);
-        out = dense.data();
-      }
-      sink(t, out);
+  std::vector<float> pad(rowsP * rowP), tmp(g.h * wv), dense(g.w == wv ? 0 : g.h * g.w);
+  for (int64_t t = begin; t < end; t++) {
+    const int64_t c = t % g.c;
+    const float* src = x + t * g.h * g.w;
+    for (int64_t y = 0; y < g.h; y++) CopyRow(&pad[(y + g.ph) * rowP + g.pw], src + y * g.w, g.w);
+    plane(pad.data(), rowP, tmp.data(), wv, g.h, wv / L, w + c * kk, 0.f);
+    const float* out = tmp.data();
+    if (!dense.empty()) {
+      for (int64_t y = 0; y < g.h; y++) CopyRow(&dense[y * g.w], &tmp[y * wv], g.w);
+      out = dense.data();
     }
-  });
+    sink(t, out);
+  }
+}
+
+void ConvolvePlanes(const Geometry& g, const float* x, const float* w, const kshare::RowSink& sink) {
+  at::parallel_for(0, g.n * g.c, 1, [&](int64_t begin, int64_t end) { ConvolvePlaneRange(g, x, w, begin, end, sink); });
 }
 
 // grad weight [C][kh][kw] (and grad bias [C] when gb != nullptr) from input x and grad output
@@ -542,6 +546,13 @@ void ForwardPlanes(const at::Tensor& input, const at::Tensor& weight, at::IntArr
   TORCH_CHECK(PlanesApply(g, input), "kshare::depthwise_conv2d: internal error: the plane kernel does not apply");
   const at::Tensor w = weight.contiguous();
   ConvolvePlanes(g, input.data_ptr<float>(), w.data_ptr<float>(), sink);
+}
+
+void ForwardPlaneRange(const at::Tensor& input, const at::Tensor& weight, int64_t begin, int64_t end, const kshare::RowSink& sink) {
+  const Geometry g = Check("kshare::depthwise_conv2d", input, weight, {1, 1});
+  TORCH_CHECK(PlanesApply(g, input) && weight.is_contiguous() && begin >= 0 && end <= g.n * g.c,
+              "kshare::depthwise_conv2d: internal error: a plane range the plane kernel does not cover");
+  ConvolvePlaneRange(g, input.data_ptr<float>(), weight.data_ptr<float>(), begin, end, sink);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> BackwardCpu(const at::Tensor& gradOutput, const at::Tensor& input,

@@ -28,4 +28,9 @@ bool PlanesApply(const at::Tensor& input, const at::Tensor& weight, at::IntArray
 // written out as a tensor.
 void ForwardPlanes(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef dilation, const kshare::RowSink& sink);
 
+// ForwardPlanes for planes [begin, end) only (index n * C + c), on the calling thread, for a
+// caller that shares the planes out itself (native/convmixer_blocks.cc). Dilation 1; weight
+// contiguous; the caller has checked PlanesApply.
+void ForwardPlaneRange(const at::Tensor& input, const at::Tensor& weight, int64_t begin, int64_t end, const kshare::RowSink& sink);
+
 }  // namespace kshare_dw

@@ -205,12 +205,10 @@ Forward forwardImpl(const at::Tensor& xIn, const at::Tensor& biasIn, const at::T
   };
 
   if (!training) {
+    kshare_gbn::EvalCoefficients(C, wp, bbp, rmp, rvp, eps, scp, shp);
     for (int64_t c = 0; c < C; c++) {
-      double is = 1.0 / std::sqrt(static_cast<double>(rvp[c]) + eps);
       meanp[c] = rmp[c];
-      isp[c] = static_cast<float>(is);
-      scp[c] = static_cast<float>(wp[c] * is);
-      shp[c] = static_cast<float>(bbp[c] - rmp[c] * wp[c] * is);
+      isp[c] = static_cast<float>(1.0 / std::sqrt(static_cast<double>(rvp[c]) + eps));
     }
     if (!g.cl) {
       forRows(1, [&](int64_t nc, const float* z) {
@@ -497,6 +495,20 @@ Grads BackwardImpl(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& 
                    const at::Tensor& mean, const at::Tensor& invstd, bool training, const at::Tensor& gKept,
                    const at::Tensor& dgKept, const RowDrain* drain) {
   return backwardImpl(dy, x, bias, weight, mean, invstd, training, gKept, dgKept, drain);
+}
+
+void EvalCoefficients(int64_t C, const float* weight, const float* bnBias, const float* rm, const float* rv, double eps, float* scale,
+                      float* shift) {
+  for (int64_t c = 0; c < C; c++) {
+    const double is = 1.0 / std::sqrt(static_cast<double>(rv[c]) + eps);
+    scale[c] = static_cast<float>(weight[c] * is);
+    shift[c] = static_cast<float>(bnBias[c] - rm[c] * weight[c] * is);
+  }
+}
+
+EvalRowKernels EvalRows() {
+  const Kernels& K = kernels();
+  return {K.fwdEval.nchw, K.fwdEvalAdd.nchw};
 }
 
 }  // namespace kshare_gbn

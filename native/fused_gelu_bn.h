@@ -43,4 +43,20 @@ Grads BackwardImpl(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& 
                    const at::Tensor& mean, const at::Tensor& invstd, bool training, const at::Tensor& gKept,
                    const at::Tensor& dgKept, const RowDrain* drain = nullptr);
 
+// Eval mode's per-channel coefficients, as ForwardImpl computes them (in double, rounded to
+// float): scale = weight / sqrt(rv + eps), shift = bnBias - rm * scale.
+void EvalCoefficients(int64_t C, const float* weight, const float* bnBias, const float* rm, const float* rv, double eps, float* scale,
+                      float* shift);
+
+// ForwardImpl's eval kernels for one NCHW row of HW floats (bias, scale and shift point at the
+// row's channel): plain(z, y, HW, bias, scale, shift) writes y = gelu(z + *bias) * *scale +
+// *shift, add(z, residual, y, ...) adds the residual's row too. The widest the CPU has, as
+// ForwardImpl picks them (fetch once per call, not per row: the choice reads the environment).
+struct EvalRowKernels {
+  void (*plain)(const float* z, float* y, int64_t HW, const float* bias, const float* scale, const float* shift);
+  void (*add)(const float* z, const float* residual, float* y, int64_t HW, const float* bias, const float* scale,
+              const float* shift);
+};
+EvalRowKernels EvalRows();
+
 }  // namespace kshare_gbn

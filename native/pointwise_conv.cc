@@ -188,27 +188,41 @@ bool RowsApply(const at::Tensor& input, const at::Tensor& weight) {
   return RowsApply(Check("kshare::pointwise_conv2d", input, weight), input);
 }
 
-void ForwardRows(const at::Tensor& input, const at::Tensor& weight, const kshare::RowSink& sink) {
-  const char* op = "kshare::pointwise_conv2d";
-  const Geometry g = Check(op, input, weight);
-  TORCH_CHECK(RowsApply(g, input), op, ": internal error: row by row does not apply");
-  const at::Tensor w = weight.contiguous();
-  const float *xp = input.data_ptr<float>(), *wp = w.data_ptr<float>();
+RowTasks ForwardRowTasks(const at::Tensor& input, const at::Tensor& weight, int64_t threads) {
+  const Geometry g = Check("kshare::pointwise_conv2d", input, weight);
   // One image a task, as ForwardCpu at batch >= threads; with fewer images than threads (batch-1
   // inference) each image's output channels are split instead (whole rows for the sink, where
-  // ForwardCpu splits pixel columns). Y[n] (out x HW, e.g. 256 KiB at 256 channels and 16x16)
-  // goes to a per-thread buffer that stays in L2 while its rows are consumed.
-  const int64_t threads = at::get_num_threads();
+  // ForwardCpu splits pixel columns).
   const int64_t split = g.n >= threads ? 1 : (threads + g.n - 1) / g.n;
-  const int64_t block = (g.cout + split - 1) / split;
-  const int64_t parts = (g.cout + block - 1) / block;
-  at::parallel_for(0, g.n * parts, 1, [&](int64_t b, int64_t e) {
-    std::unique_ptr<float[]> y(new float[block * g.hw]);
-    for (int64_t i = b; i < e; i++) {
-      const int64_t n = i / parts, o0 = (i % parts) * block, o1 = std::min(g.cout, o0 + block);
-      Sgemm('N', 'N', o1 - o0, g.hw, g.cin, wp + o0 * g.cin, g.cin, xp + n * g.cin * g.hw, g.hw, 0.f, y.get(), g.hw);
-      for (int64_t o = o0; o < o1; o++) sink(n * g.cout + o, y.get() + (o - o0) * g.hw);
-    }
+  RowTasks t;
+  t.block = (g.cout + split - 1) / split;
+  t.parts = (g.cout + t.block - 1) / t.block;
+  t.count = g.n * t.parts;
+  t.bufferFloats = t.block * g.hw;
+  return t;
+}
+
+void ForwardRowRange(const at::Tensor& input, const at::Tensor& weight, const RowTasks& tasks, int64_t begin, int64_t end,
+                     float* buffer, const kshare::RowSink& sink) {
+  const Geometry g = Check("kshare::pointwise_conv2d", input, weight);
+  const float *xp = input.data_ptr<float>(), *wp = weight.data_ptr<float>();
+  for (int64_t i = begin; i < end; i++) {
+    const int64_t n = i / tasks.parts, o0 = (i % tasks.parts) * tasks.block, o1 = std::min(g.cout, o0 + tasks.block);
+    Sgemm('N', 'N', o1 - o0, g.hw, g.cin, wp + o0 * g.cin, g.cin, xp + n * g.cin * g.hw, g.hw, 0.f, buffer, g.hw);
+    for (int64_t o = o0; o < o1; o++) sink(n * g.cout + o, buffer + (o - o0) * g.hw);
+  }
+}
+
+void ForwardRows(const at::Tensor& input, const at::Tensor& weight, const kshare::RowSink& sink) {
+  const char* op = "kshare::pointwise_conv2d";
+  TORCH_CHECK(RowsApply(Check(op, input, weight), input), op, ": internal error: row by row does not apply");
+  const at::Tensor w = weight.contiguous();
+  // Y[n] (out x HW, e.g. 256 KiB at 256 channels and 16x16) goes to a per-thread buffer that
+  // stays in L2 while its rows are consumed.
+  const RowTasks tasks = ForwardRowTasks(input, w, at::get_num_threads());
+  at::parallel_for(0, tasks.count, 1, [&](int64_t b, int64_t e) {
+    std::unique_ptr<float[]> y(new float[tasks.bufferFloats]);
+    ForwardRowRange(input, w, tasks, b, e, y.get(), sink);
   });
 }
 

@@ -25,6 +25,17 @@ bool RowsApply(const at::Tensor& input, const at::Tensor& weight);
 // and never written out as a tensor.
 void ForwardRows(const at::Tensor& input, const at::Tensor& weight, const kshare::RowSink& sink);
 
+// ForwardRows' tasks for `threads` threads (an image, or a block of an image's output channels,
+// each), for a caller that shares them out itself (native/convmixer_blocks.cc) with
+// ForwardRowRange: tasks [begin, end) on the calling thread, through `buffer` (bufferFloats
+// floats). The caller has checked RowsApply; weight contiguous.
+struct RowTasks {
+  int64_t count, block, parts, bufferFloats;
+};
+RowTasks ForwardRowTasks(const at::Tensor& input, const at::Tensor& weight, int64_t threads);
+void ForwardRowRange(const at::Tensor& input, const at::Tensor& weight, const RowTasks& tasks, int64_t begin, int64_t end,
+                     float* buffer, const kshare::RowSink& sink);
+
 // Whether BackwardRows runs: an NCHW contiguous, non-empty input with at least as many images as
 // threads.
 bool BackwardRowsApply(const at::Tensor& input, const at::Tensor& weight);

@@ -2,7 +2,7 @@
 import * as t from '../tensor/index.js';
 import type { Tensor } from '../tensor/index.js';
 import { Module } from './module.js';
-import { convGeluBatchNorm, depthwiseGeluBatchNormResidual } from './fused.js';
+import { convGeluBatchNorm, convMixerBlocks, depthwiseGeluBatchNormResidual } from './fused.js';
 
 /** Applies its children in order; they are named '0', '1', ... as in PyTorch. */
 export class Sequential extends Module {
@@ -36,19 +36,47 @@ export class Sequential extends Module {
   forward(x: Tensor): Tensor {
     // Each intermediate handle is released as soon as the next layer has consumed it, so an
     // eval pass over a deep model holds one activation at a time (autograd keeps what it needs).
-    // Conv2d → GELU → BatchNorm2d runs as one fused kernel where it applies (./fused.ts).
+    // Conv2d → GELU → BatchNorm2d runs as one fused kernel where it applies, and a run of
+    // ConvMixer blocks in inference as one operator (./fused.ts).
     let y = x;
     const layers = this.#layers;
     for (let i = 0; i < layers.length; i++) {
       const prev = y;
-      const fused = i + 2 < layers.length ? convGeluBatchNorm(layers[i]!, layers[i + 1]!, layers[i + 2]!, prev) : null;
-      if (fused) i += 2;
-      const m = layers[i]!;
-      y = fused ?? t.tidy(() => m.forward(prev));
+      const run = convMixerBlockRun(layers, i);
+      const blocks = run.length > 0 ? convMixerBlocks(run, prev) : null;
+      if (blocks) {
+        i += run.length - 1;
+        y = blocks;
+      } else {
+        const fused = i + 2 < layers.length ? convGeluBatchNorm(layers[i]!, layers[i + 1]!, layers[i + 2]!, prev) : null;
+        if (fused) i += 2;
+        const m = layers[i]!;
+        y = fused ?? t.tidy(() => m.forward(prev));
+      }
       if (prev !== x && prev !== y) prev.dispose();
     }
     return y;
   }
+}
+
+/**
+ * The layers of each ConvMixer block from layers[start] on, for as long as they are blocks:
+ * Sequential(Residual(Sequential(conv, gelu, bn)), conv, gelu, bn), none with a forward replaced
+ * on the instance, as [conv, gelu, bn, conv, gelu, bn]. Whether they can run fused is
+ * convMixerBlocks' (./fused.ts) to say.
+ */
+function convMixerBlockRun(layers: readonly Module[], start: number): Module[][] {
+  const run: Module[][] = [];
+  for (let i = start; i < layers.length; i++) {
+    const block = layers[i]!;
+    if (!(block instanceof Sequential) || block.length !== 4 || block.forwardReplaced) break;
+    const residual = block.at(0);
+    if (!(residual instanceof Residual) || residual.forwardReplaced) break;
+    const fn = residual.fn;
+    if (!(fn instanceof Sequential) || fn.length !== 3 || fn.forwardReplaced) break;
+    run.push([fn.at(0), fn.at(1), fn.at(2), block.at(1), block.at(2), block.at(3)]);
+  }
+  return run;
 }
 
 /** y = fn(x) + x; the wrapped module is the child 'fn'. */

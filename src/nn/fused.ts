@@ -92,3 +92,35 @@ export function depthwiseGeluBatchNormResidual(conv: Module, gelu: Module, bn: M
   if (p.bn.training && x.size / x.dim(1) <= 1) return null; // BatchNorm2d raises its usual error
   return t.depthwiseGeluBatchNormResidual(x, p.conv.weight, p.bias, { ...p.bnOptions(), dilation: p.conv.dilation });
 }
+
+/**
+ * A run of ConvMixer blocks for inference as one operator (native/convmixer_blocks.cc): each
+ * block's six layers [depthwise Conv2d, GELU, BatchNorm2d, 1x1 Conv2d, GELU, BatchNorm2d] (the
+ * Residual covering the first three), given by the caller. Applies where both halves would take
+ * their fused operators (depthwiseGeluBatchNormResidual, convGeluBatchNorm's pointwise route),
+ * with a square kernel at dilation 1, NCHW contiguous input, every BatchNorm in eval mode and no
+ * gradient to record (no grad mode, or nothing requiring grad); null otherwise, and the caller
+ * runs the blocks one by one. The numbers are those of the two operators a block, bit for bit;
+ * the gain is one parallel region for the whole run instead of two operator calls a block
+ * (batch-1 inference at 2 threads: bench/cpu-kernels-notes.md).
+ */
+export function convMixerBlocks(blocks: readonly (readonly Module[])[], x: Tensor): Tensor | null {
+  if (!blocksEnabled() || blocks.length === 0 || !t.cpuKernelsAllowed()) return null;
+  if (x.rank !== 4 || x.device !== 'cpu' || x.dtype !== 'float32' || !t.isContiguous(x)) return null;
+  const params: t.ConvMixerBlockParams[] = [];
+  for (const layers of blocks) {
+    if (layers.length !== 6) return null;
+    const dw = fusableParts(layers[0]!, layers[1]!, layers[2]!, x);
+    const pw = fusableParts(layers[3]!, layers[4]!, layers[5]!, x);
+    if (!dw || !pw || dw.kernel !== 'depthwise' || pw.kernel !== 'pointwise') return null;
+    if (dw.bn.training || pw.bn.training || pw.conv.outChannels !== x.dim(1)) return null;
+    const [, , kh, kw] = dw.conv.weight.shape;
+    if (kh !== kw || dw.conv.dilation[0] !== 1 || dw.conv.dilation[1] !== 1) return null;
+    params.push({ dwWeight: dw.conv.weight, dwBias: dw.bias, bn1: dw.bnOptions(), pwWeight: pw.conv.weight, pwBias: pw.bias, bn2: pw.bnOptions() });
+  }
+  if (t.isGradEnabled()) {
+    const all = params.flatMap((p) => [p.dwWeight, p.dwBias, p.pwWeight, p.pwBias, p.bn1.weight, p.bn1.bias, p.bn2.weight, p.bn2.bias]);
+    if (x.requiresGrad || all.some((p) => p.requiresGrad)) return null;
+  }
+  return t.convMixerBlocks(x, params);
+}

@@ -174,6 +174,7 @@ export const KERNELS = {
   biasGeluBatchNorm: 'kshare::bias_gelu_batch_norm',
   depthwiseGeluBatchNormResidual: 'kshare::depthwise_gelu_bn_residual',
   pointwiseGeluBatchNorm: 'kshare::pointwise_gelu_bn',
+  convMixerBlocks: 'kshare::convmixer_blocks',
   batchNormRelu: 'kshare::batch_norm_relu',
   batchNormNative: 'kshare::batch_norm',
   batchNormPool: 'kshare::batch_norm_pool',

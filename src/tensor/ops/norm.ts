@@ -1,6 +1,6 @@
 // Batch normalisation.
 import { runKernel } from '../kernels.js';
-import type { KernelArg } from '../native.js';
+import type { Handle, KernelArg } from '../native.js';
 import { Tensor, wrap, wrapList } from '../tensor.js';
 import { adaptiveAvgPool2d } from './pool.js';
 import { tensorArg, optTensorArg, floatArg, ShapeError, numberArg, describe } from '../validate.js';
@@ -218,4 +218,58 @@ export function pointwiseGeluBatchNorm(x: Tensor, weight: Tensor, convBias: Tens
   }
   const a = geluBatchNormArgs(op, x, weight.dim(0), convBias, o, 'conv2d, gelu and batchNorm');
   return wrap(runKernel(op, 'pointwiseGeluBatchNorm', [x.handle, weight.handle, a.convBias, ...a.bn, o.training, a.momentum, a.eps]));
+}
+
+/** One ConvMixer block's parameters for convMixerBlocks (each BatchNorm in eval mode). */
+export interface ConvMixerBlockParams {
+  /** The residual half: depthwise weight [C, 1, k, k] (odd k), its bias [C], then its BatchNorm. */
+  dwWeight: Tensor;
+  dwBias: Tensor;
+  bn1: BiasGeluBatchNormOptions;
+  /** The 1x1 half: weight [C, C, 1, 1], its bias [C], then its BatchNorm. */
+  pwWeight: Tensor;
+  pwBias: Tensor;
+  bn2: BiasGeluBatchNormOptions;
+}
+
+/**
+ * A run of ConvMixer blocks for inference in one CPU operator (native/convmixer_blocks.cc, built
+ * with oneDNN only): for each block, x = depthwiseGeluBatchNormResidual(x, ...) then x =
+ * pointwiseGeluBatchNorm(x, ...), the same numbers bit for bit, in one parallel region instead of
+ * two operator calls a block. x: float32 CPU (N, C, H, W), NCHW contiguous; every BatchNorm in
+ * eval mode (training false); no gradient flows through it (run under noGrad).
+ */
+export function convMixerBlocks(x: Tensor, blocks: readonly ConvMixerBlockParams[]): Tensor {
+  const op = 'convMixerBlocks';
+  rank4(op, x);
+  if (!Array.isArray(blocks) || blocks.length === 0) throw new TypeError(`${op}: blocks must be a non-empty array, got ${describe(blocks)}`);
+  if (!isContiguous(x)) throw new TypeError(`${op}: input must be NCHW contiguous, got a tensor of shape [${x.shape}] in another layout`);
+  const c = x.dim(1);
+  const handles: Handle[] = [];
+  const eps: number[] = [];
+  blocks.forEach((b, i) => {
+    const at = `${op} (block ${i})`;
+    if (b === null || typeof b !== 'object') throw new TypeError(`${at}: expected an object of block parameters, got ${describe(b)}`);
+    for (const [name, w, shape] of [
+      ['dwWeight', b.dwWeight, [c, 1]],
+      ['pwWeight', b.pwWeight, [c, c, 1, 1]],
+    ] as const) {
+      tensorArg(at, name, w);
+      const ok = w.rank === 4 && shape.every((d, j) => w.dim(j) === d) && (name === 'pwWeight' || (w.dim(2) === w.dim(3) && w.dim(2) % 2 === 1));
+      if (!ok) throw new ShapeError(`${at}: '${name}' must be ${name === 'dwWeight' ? `[${c}, 1, k, k] with odd k` : `[${c}, ${c}, 1, 1]`} for input [${x.shape}], got [${w.shape}]`);
+      if (w.dtype !== 'float32' || w.device !== 'cpu') throw new TypeError(`${at}: '${name}' must be a float32 CPU tensor, got ${w.dtype} on ${w.device}`);
+    }
+    const halves = [
+      [b.dwWeight, geluBatchNormArgs(`${at}, bn1`, x, c, b.dwBias, b.bn1, 'the layers one by one')],
+      [b.pwWeight, geluBatchNormArgs(`${at}, bn2`, x, c, b.pwBias, b.bn2, 'the layers one by one')],
+    ] as const;
+    for (const [bn, name] of [[b.bn1, 'bn1'], [b.bn2, 'bn2']] as const) {
+      if (bn.training) throw new TypeError(`${at}: '${name}' must be in eval mode (training false): convMixerBlocks is for inference`);
+    }
+    for (const [w, a] of halves) {
+      handles.push(w.handle, a.convBias, ...a.bn);
+      eps.push(a.eps);
+    }
+  });
+  return wrap(runKernel(op, 'convMixerBlocks', [x.handle, handles, eps]));
 }
