@@ -21,7 +21,11 @@
 //   each as one operator (native/conv_gelu_bn.cc) against the operators apart
 //   (KSHARE_NATIVE_BLOCKS=0): training steps at batch 32 (NCHW and channels-last) and
 //   ConvMixer-256/16 inference at batch 1 and 32.
-// --only takes a comma-separated list of these sections (1x1, depthwise, panels, steps, blocks);
+// - block-run: a run of ConvMixer blocks in inference as one operator (native/convmixer_blocks.cc)
+//   against two operators a block (KSHARE_NATIVE_BLOCK_RUN=0): ConvMixer-256/16 inference at
+//   batch 1 and 32, NCHW.
+// --only takes a comma-separated list of these sections (1x1, depthwise, panels, steps, blocks,
+// block-run);
 // --threads a comma-separated list of thread counts, each a set of rows.
 // ms are medians of wall-clock time; `ratio` = alternative / kshare's route (above 1: the route
 // kshare takes is faster).
@@ -88,7 +92,7 @@ function main(): void {
   const int = intOption(program);
   const threadList = o.threads.split(',').map((v) => int('threads', v.trim(), 1)),
     rounds = int('rounds', o.rounds, 1);
-  const SECTIONS = ['1x1', 'depthwise', 'panels', 'steps', 'blocks'];
+  const SECTIONS = ['1x1', 'depthwise', 'panels', 'steps', 'blocks', 'block-run'];
   const only = o.only?.split(',').map((v) => v.trim());
   for (const s of only ?? []) if (!SECTIONS.includes(s)) program.error(`--only: unknown section '${s}' (sections: ${SECTIONS.join(', ')})`);
   const want = (section: string) => !only || only.includes(section);
@@ -260,6 +264,17 @@ function main(): void {
         infer.dispose();
       }
     }
+
+    // A run of blocks in inference as one operator against two operators a block.
+    if (want('block-run'))
+      for (const [batch, reps] of [
+        [1, 40],
+        [32, 3],
+      ] as const) {
+        const infer = inference('convmixer_256_16_shared', { batch });
+        add(`convmixer_256_16_shared inference, batch ${batch}, NCHW (block run vs two operators a block)`, ab(infer.run, { KSHARE_NATIVE_BLOCK_RUN: '0' }, rounds, reps));
+        infer.dispose();
+      }
   }
 
   const result = {

@@ -13,14 +13,24 @@
 // Why: at batch 1 with 2 threads each block half is a parallel region of a few hundred
 // microseconds, and between two operator calls (~20 us of JavaScript and dispatch) libgomp's
 // worker stops spinning (GOMP_SPINCOUNT=1000 is ~9 us where PAUSE takes ~9 ns) and sleeps, so
-// every call paid ~70-85 us to wake it (bench/cpu-kernels-notes.md, seventh session); with
-// OMP_WAIT_POLICY=active the batch-1 inference ran in 11.6 ms instead of 14.8. Here the whole run
-// of blocks is one parallel region: the threads meet at a barrier between halves that spins
-// (for at most as long as the other thread still works on this call, giving the core away after
-// 200 us), and nothing runs between the halves.
+// every call paid ~70-85 us to wake it (bench/cpu-kernels-notes.md, seventh session; with
+// OMP_WAIT_POLICY=active the batch-1 inference ran in 11.6 ms instead of 14.8). Here the whole
+// run of blocks is one parallel region: the threads meet at a barrier between halves that spins
+// for up to 50 us before it sleeps, and nothing runs between the halves.
 //
-// Scope: NCHW contiguous input with at least one pixel; no autograd (the Autograd kernel refuses
-// inputs that require grad under grad mode: src/nn/fused.ts routes inference only).
+// Measured speed (2-core Intel Xeon with AVX-512, ConvMixer-256/16 shared inference, NCHW,
+// against two operators a block in the same process, best of 3 alternating medians, `node
+// dist/bench/route-ab.js --only block-run --threads 1,2 --rounds 3`,
+// bench/results/block-run-ab.json), 1 thread / 2 threads: batch 1 19.32 against 20.91 ms
+// (x1.08) / 10.68 against 14.00 ms (x1.31); batch 32 659.1 against 671.3 ms (x1.02) / 328.3
+// against 341.9 ms (x1.04). Beside one busy process (throwaway A/B, 2 threads, batch 1):
+// 21.6-21.8 against 22.4-23.3 ms.
+//
+// Scope: NCHW contiguous input with at least one pixel, square odd depthwise kernels. Where
+// kshare's plane kernel does not serve a block's depthwise convolution (a kernel size it lacks on
+// this CPU, KSHARE_NATIVE_DEPTHWISE_FORWARD=onednn) the blocks run as the two operators each. No
+// autograd: the Autograd kernel refuses inputs that require grad under grad mode
+// (src/nn/fused.ts routes inference only).
 #ifdef KSHARE_HAVE_DNNL
 
 #include <ATen/ATen.h>
@@ -38,6 +48,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <exception>
 #include <memory>
 #include <thread>
@@ -60,9 +72,9 @@ inline void CpuRelax() {
 #endif
 }
 
-// A barrier for the threads of one parallel region that spins rather than sleeping: the wait is
-// the other threads' remaining work on this call. After 200 us it yields the core at every
-// check (a busy machine: the thread it waits for may be waiting for this core).
+// A barrier for the threads of one parallel region that spins for a while before it sleeps:
+// libgomp's own barrier sleeps after GOMP_SPINCOUNT pauses (~9 us here), and waking a sleeping
+// thread costs more than the wait itself at most barriers of a call.
 class SpinBarrier {
  public:
   explicit SpinBarrier(int threads) : threads_(threads) {}
@@ -71,25 +83,39 @@ class SpinBarrier {
     const unsigned gen = generation_.load(std::memory_order_acquire);
     if (arrived_.fetch_add(1, std::memory_order_acq_rel) == threads_ - 1) {
       arrived_.store(0, std::memory_order_relaxed);
-      generation_.fetch_add(1, std::memory_order_release);
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        generation_.fetch_add(1, std::memory_order_release);
+      }
+      if (sleepers_.load(std::memory_order_acquire) > 0) wake_.notify_all();
       return;
     }
     const auto start = std::chrono::steady_clock::now();
-    bool yielding = false;
     for (unsigned i = 1; generation_.load(std::memory_order_acquire) == gen; i++) {
-      if (yielding) {
-        std::this_thread::yield();
-      } else {
-        CpuRelax();
-        if (i % 256 == 0) yielding = std::chrono::steady_clock::now() - start > std::chrono::microseconds(200);
+      CpuRelax();
+      if (i % 64 == 0 && std::chrono::steady_clock::now() - start > SpinLimit()) {
+        std::unique_lock<std::mutex> lock(mutex_);
+        sleepers_.fetch_add(1, std::memory_order_acq_rel);
+        wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != gen; });
+        sleepers_.fetch_sub(1, std::memory_order_acq_rel);
+        return;
       }
     }
   }
+
+  // Batch-1 ConvMixer-256/16 inference at 2 threads (2-core Intel Xeon, throwaway A/B against two
+  // operators a block, medians of 40, three rounds), ms for a limit of 0 / 10 / 50 / 200 us:
+  // quiet 11.6-12.2 / 11.8-12.2 / 10.6-10.9 / 11.2-11.5 (two operators a block 13.8-15.1); beside
+  // one busy process 19.9-20.1 / 20.4-20.7 / 21.6-21.8 / 26.4-26.7 (22.4-23.3).
+  static constexpr std::chrono::microseconds SpinLimit() { return std::chrono::microseconds(50); }
 
  private:
   const int threads_;
   std::atomic<int> arrived_{0};
   std::atomic<unsigned> generation_{0};
+  std::atomic<int> sleepers_{0};
+  std::mutex mutex_;
+  std::condition_variable wake_;
 };
 
 // [begin, end) of thread `tid`'s share of [0, total), as at::parallel_for shares a range.

@@ -15,6 +15,15 @@ function blocksEnabled(): boolean {
   return process.env.KSHARE_NATIVE_BLOCKS !== '0';
 }
 
+/**
+ * A run of ConvMixer blocks in inference as one operator (convMixerBlocks) unless
+ * KSHARE_NATIVE_BLOCK_RUN=0 (read at every call: each block's two halves as operators of their
+ * own, for tests and bench/route-ab.ts). KSHARE_NATIVE_BLOCKS=0 turns this off too.
+ */
+function blockRunEnabled(): boolean {
+  return blocksEnabled() && process.env.KSHARE_NATIVE_BLOCK_RUN !== '0';
+}
+
 interface FusableParts {
   conv: Conv2d;
   bn: BatchNorm2d;
@@ -105,7 +114,7 @@ export function depthwiseGeluBatchNormResidual(conv: Module, gelu: Module, bn: M
  * (batch-1 inference at 2 threads: bench/cpu-kernels-notes.md).
  */
 export function convMixerBlocks(blocks: readonly (readonly Module[])[], x: Tensor): Tensor | null {
-  if (!blocksEnabled() || blocks.length === 0 || !t.cpuKernelsAllowed()) return null;
+  if (!blockRunEnabled() || blocks.length === 0 || !t.cpuKernelsAllowed()) return null;
   if (x.rank !== 4 || x.device !== 'cpu' || x.dtype !== 'float32' || !t.isContiguous(x)) return null;
   const params: t.ConvMixerBlockParams[] = [];
   for (const layers of blocks) {

@@ -256,14 +256,20 @@ export function convMixerBlocks(x: Tensor, blocks: readonly ConvMixerBlockParams
     ] as const) {
       tensorArg(at, name, w);
       const ok = w.rank === 4 && shape.every((d, j) => w.dim(j) === d) && (name === 'pwWeight' || (w.dim(2) === w.dim(3) && w.dim(2) % 2 === 1));
-      if (!ok) throw new ShapeError(`${at}: '${name}' must be ${name === 'dwWeight' ? `[${c}, 1, k, k] with odd k` : `[${c}, ${c}, 1, 1]`} for input [${x.shape}], got [${w.shape}]`);
+      if (!ok)
+        throw new ShapeError(
+          `${at}: '${name}' must be ${name === 'dwWeight' ? `[${c}, 1, k, k] with odd k` : `[${c}, ${c}, 1, 1]`} for input [${x.shape}], got [${w.shape}]`,
+        );
       if (w.dtype !== 'float32' || w.device !== 'cpu') throw new TypeError(`${at}: '${name}' must be a float32 CPU tensor, got ${w.dtype} on ${w.device}`);
     }
     const halves = [
       [b.dwWeight, geluBatchNormArgs(`${at}, bn1`, x, c, b.dwBias, b.bn1, 'the layers one by one')],
       [b.pwWeight, geluBatchNormArgs(`${at}, bn2`, x, c, b.pwBias, b.bn2, 'the layers one by one')],
     ] as const;
-    for (const [bn, name] of [[b.bn1, 'bn1'], [b.bn2, 'bn2']] as const) {
+    for (const [bn, name] of [
+      [b.bn1, 'bn1'],
+      [b.bn2, 'bn2'],
+    ] as const) {
       if (bn.training) throw new TypeError(`${at}: '${name}' must be in eval mode (training false): convMixerBlocks is for inference`);
     }
     for (const [w, a] of halves) {
