@@ -272,7 +272,10 @@ function main(): void {
         [32, 3],
       ] as const) {
         const infer = inference('convmixer_256_16_shared', { batch });
-        add(`convmixer_256_16_shared inference, batch ${batch}, NCHW (block run vs two operators a block)`, ab(infer.run, { KSHARE_NATIVE_BLOCK_RUN: '0' }, rounds, reps));
+        add(
+          `convmixer_256_16_shared inference, batch ${batch}, NCHW (block run vs two operators a block)`,
+          ab(infer.run, { KSHARE_NATIVE_BLOCK_RUN: '0' }, rounds, reps),
+        );
         infer.dispose();
       }
   }

@@ -185,17 +185,16 @@ at::Tensor BlockByBlock(const at::Tensor& input, at::TensorList params, at::Arra
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("kshare::depthwise_gelu_bn_residual", "")
           .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, at::IntArrayRef, const at::Tensor&,
-                            const at::Tensor&, at::Tensor&, at::Tensor&, bool, double, double)>();
+                            const at::Tensor&, const at::Tensor&, const at::Tensor&, bool, double, double)>();
   static auto pointwiseHalf = c10::Dispatcher::singleton()
                                   .findSchemaOrThrow("kshare::pointwise_gelu_bn", "")
                                   .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                    const at::Tensor&, at::Tensor&, at::Tensor&, bool, double, double)>();
+                                                    const at::Tensor&, const at::Tensor&, const at::Tensor&, bool, double, double)>();
   at::Tensor x = input;
   for (size_t b = 0; b * kPerBlock < params.size(); b++) {
     const at::Tensor* p = &params[b * kPerBlock];
-    at::Tensor rm1 = p[4], rv1 = p[5], rm2 = p[10], rv2 = p[11];  // not written in eval
-    x = residualHalf.call(x, p[0], p[1], {1, 1}, p[2], p[3], rm1, rv1, false, 0.0, eps[2 * b]);
-    x = pointwiseHalf.call(x, p[6], p[7], p[8], p[9], rm2, rv2, false, 0.0, eps[2 * b + 1]);
+    x = residualHalf.call(x, p[0], p[1], {1, 1}, p[2], p[3], p[4], p[5], false, 0.0, eps[2 * b]);
+    x = pointwiseHalf.call(x, p[6], p[7], p[8], p[9], p[10], p[11], false, 0.0, eps[2 * b + 1]);
   }
   return x;
 }

@@ -258,7 +258,8 @@ test(
     const live = t.liveTensors();
     const results: Record<string, { out: Float32Array[]; allocations: number; backwardAllocations: number }> = {};
     for (const blocks of ['1', '0']) {
-      withEnv({ KSHARE_NATIVE_BLOCKS: blocks }, () => {
+      // The halves themselves: a run of blocks in inference as one operator is convmixer-blocks.test.ts's.
+      withEnv({ KSHARE_NATIVE_BLOCKS: blocks, KSHARE_NATIVE_BLOCK_RUN: '0' }, () => {
         t.manualSeed(4);
         const model = createModel('convmixer_64_4_k5_p2_shared', { classes: 10 });
         try {
