@@ -49,10 +49,9 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <mutex>
 #include <exception>
 #include <memory>
-#include <thread>
+#include <mutex>
 #include <vector>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -77,11 +76,13 @@ inline void CpuRelax() {
 // thread costs more than the wait itself at most barriers of a call.
 class SpinBarrier {
  public:
-  explicit SpinBarrier(int threads) : threads_(threads) {}
+  // Called by every thread of the team, with the team's size, before its first Wait (the same
+  // value from all: no ordering needed, and no libgomp barrier, which would sleep, to share it).
+  void Join(int threads) { threads_.store(threads, std::memory_order_relaxed); }
 
   void Wait() {
     const unsigned gen = generation_.load(std::memory_order_acquire);
-    if (arrived_.fetch_add(1, std::memory_order_acq_rel) == threads_ - 1) {
+    if (arrived_.fetch_add(1, std::memory_order_acq_rel) == threads_.load(std::memory_order_relaxed) - 1) {
       arrived_.store(0, std::memory_order_relaxed);
       {
         std::lock_guard<std::mutex> lock(mutex_);
@@ -110,7 +111,7 @@ class SpinBarrier {
   static constexpr std::chrono::microseconds SpinLimit() { return std::chrono::microseconds(50); }
 
  private:
-  const int threads_;
+  std::atomic<int> threads_{1};
   std::atomic<int> arrived_{0};
   std::atomic<unsigned> generation_{0};
   std::atomic<int> sleepers_{0};
@@ -219,12 +220,11 @@ at::Tensor ConvMixerBlocksCpu(const at::Tensor& input, at::TensorList params, at
 
   std::atomic<bool> failed{false};
   std::exception_ptr error;
-  std::unique_ptr<SpinBarrier> barrier;
+  SpinBarrier barrier;
 #pragma omp parallel num_threads(threads)
   {
     const int team = omp_get_num_threads(), tid = omp_get_thread_num();
-#pragma omp single
-    barrier = std::make_unique<SpinBarrier>(team);
+    barrier.Join(team);
     // A thread that fails stops working but keeps meeting the barrier, so no thread waits forever.
     auto guarded = [&](const auto& work) {
       if (failed.load(std::memory_order_relaxed)) return;
@@ -248,7 +248,7 @@ at::Tensor ConvMixerBlocksCpu(const at::Tensor& input, at::TensorList params, at
           rowKernels.add(z, x + row * hw, midp + row * hw, hw, bias + ch, scale + ch, shift + ch);
         });
       });
-      barrier->Wait();
+      barrier.Wait();
       guarded([&] {
         const float *bias = k.pwBias.data_ptr<float>(), *scale = k.scale2.data(), *shift = k.shift2.data();
         kshare_pw::ForwardRowRange(mid, k.pwWeight, tasks, rowTasks.first, rowTasks.second, buffer.get(), [&](int64_t row, const float* z) {
@@ -256,7 +256,7 @@ at::Tensor ConvMixerBlocksCpu(const at::Tensor& input, at::TensorList params, at
           rowKernels.plain(z, outp + row * hw, hw, bias + ch, scale + ch, shift + ch);
         });
       });
-      if (b + 1 < blocks.size()) barrier->Wait();  // the region's end joins after the last block
+      if (b + 1 < blocks.size()) barrier.Wait();  // the region's end joins after the last block
       x = outp;
       xTensor = &out;
     }

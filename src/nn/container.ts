@@ -40,10 +40,12 @@ export class Sequential extends Module {
     // ConvMixer blocks in inference as one operator (./fused.ts).
     let y = x;
     const layers = this.#layers;
+    let declinedUntil = 0; // a run of blocks convMixerBlocks declined: its blocks one by one
     for (let i = 0; i < layers.length; i++) {
       const prev = y;
-      const run = convMixerBlockRun(layers, i);
+      const run = i >= declinedUntil ? convMixerBlockRun(layers, i) : [];
       const blocks = run.length > 0 ? convMixerBlocks(run, prev) : null;
+      if (!blocks) declinedUntil = Math.max(declinedUntil, i + run.length);
       if (blocks) {
         i += run.length - 1;
         y = blocks;

@@ -114,15 +114,16 @@ export function depthwiseGeluBatchNormResidual(conv: Module, gelu: Module, bn: M
  * (batch-1 inference at 2 threads: bench/cpu-kernels-notes.md).
  */
 export function convMixerBlocks(blocks: readonly (readonly Module[])[], x: Tensor): Tensor | null {
-  if (!blockRunEnabled() || blocks.length === 0 || !t.cpuKernelsAllowed()) return null;
+  // Training (any BatchNorm) declines first: that is every training step's forward.
+  if (blocks.length === 0 || blocks.some((l) => l.length !== 6 || !isEvalBatchNorm(l[2]) || !isEvalBatchNorm(l[5]))) return null;
+  if (!blockRunEnabled() || !t.cpuKernelsAllowed()) return null;
   if (x.rank !== 4 || x.device !== 'cpu' || x.dtype !== 'float32' || !t.isContiguous(x)) return null;
   const params: t.ConvMixerBlockParams[] = [];
   for (const layers of blocks) {
-    if (layers.length !== 6) return null;
     const dw = fusableParts(layers[0]!, layers[1]!, layers[2]!, x);
     const pw = fusableParts(layers[3]!, layers[4]!, layers[5]!, x);
     if (!dw || !pw || dw.kernel !== 'depthwise' || pw.kernel !== 'pointwise') return null;
-    if (dw.bn.training || pw.bn.training || pw.conv.outChannels !== x.dim(1)) return null;
+    if (pw.conv.outChannels !== x.dim(1)) return null;
     const [, , kh, kw] = dw.conv.weight.shape;
     if (kh !== kw || dw.conv.dilation[0] !== 1 || dw.conv.dilation[1] !== 1) return null;
     params.push({ dwWeight: dw.conv.weight, dwBias: dw.bias, bn1: dw.bnOptions(), pwWeight: pw.conv.weight, pwBias: pw.bias, bn2: pw.bnOptions() });
@@ -132,4 +133,8 @@ export function convMixerBlocks(blocks: readonly (readonly Module[])[], x: Tenso
     if (x.requiresGrad || all.some((p) => p.requiresGrad)) return null;
   }
   return t.convMixerBlocks(x, params);
+}
+
+function isEvalBatchNorm(m: Module | undefined): boolean {
+  return m instanceof BatchNorm2d && !m.training;
 }
