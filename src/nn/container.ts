@@ -45,11 +45,11 @@ export class Sequential extends Module {
       const prev = y;
       const run = i >= declinedUntil ? convMixerBlockRun(layers, i) : [];
       const blocks = run.length > 0 ? convMixerBlocks(run, prev) : null;
-      if (!blocks) declinedUntil = Math.max(declinedUntil, i + run.length);
       if (blocks) {
         i += run.length - 1;
         y = blocks;
       } else {
+        declinedUntil = Math.max(declinedUntil, i + run.length);
         const fused = i + 2 < layers.length ? convGeluBatchNorm(layers[i]!, layers[i + 1]!, layers[i + 2]!, prev) : null;
         if (fused) i += 2;
         const m = layers[i]!;
