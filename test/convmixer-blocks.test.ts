@@ -1,9 +1,9 @@
 // A run of ConvMixer blocks in inference as one operator (native/convmixer_blocks.cc,
 // t.convMixerBlocks): bit for bit the two block-half operators a block (conv-gelu-bn.test.ts
 // checks those against libtorch and python3-torch), within 1e-5 of libtorch's own ops and of
-// python3-torch, at 1 and 2 threads, with outputs poisoned (KSHARE_NATIVE_POISON); the fall-back
-// where the plane kernel does not serve the depthwise convolution; Sequential's routing (eval and
-// no gradient only); and the errors for bad arguments.
+// python3-torch, at 1 and 2 threads and each instruction set, with outputs poisoned
+// (KSHARE_NATIVE_POISON); the fall-back where the plane kernel does not serve the depthwise
+// convolution; Sequential's routing (eval and no gradient only); and the errors for bad arguments.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as t from '../src/tensor/index.js';
@@ -135,23 +135,28 @@ test('convMixerBlocks: bit for bit the block halves, within 1e-5 of libtorch and
   GEOMETRIES.forEach((g, i) => {
     const what = `[${g.shape}] k${g.k}, ${g.blocks} blocks${g.shared ? ', shared kernels' : ''}`;
     const libtorch = forward(xs[i]!, ps[i]!, 'libtorch');
-    const runs: Float32Array[] = [];
-    for (const threads of [1, 2]) {
-      withThreads(threads, () =>
-        withEnv({ KSHARE_NATIVE_POISON: '1' }, () => {
-          const got = forward(xs[i]!, ps[i]!, 'run');
-          assert.deepEqual(got, forward(xs[i]!, ps[i]!, 'halves'), `${what}, ${threads} threads: differs from the block halves`);
-          assertClose(`${what}, ${threads} threads against libtorch`, got, libtorch, TOL);
-          const e = maxRelError(got, decodeF32(ref[i]!));
-          assert.ok(e <= TOL, `${what}, ${threads} threads: differs from PyTorch by ${e}`);
-          runs.push(got);
-          compared++;
-        }),
-      );
+    // The widest instruction set, AVX2 and the portable kernels (whose plane kernel may not
+    // serve every size: the operator then runs the halves itself), at 1 and 2 threads.
+    for (const isa of [undefined, 'avx2', 'generic']) {
+      const runs: Float32Array[] = [];
+      for (const threads of [1, 2]) {
+        const how = `${what}, ${isa ?? 'widest ISA'}, ${threads} threads`;
+        withThreads(threads, () =>
+          withEnv({ KSHARE_NATIVE_POISON: '1', KSHARE_NATIVE_ISA: isa }, () => {
+            const got = forward(xs[i]!, ps[i]!, 'run');
+            assert.deepEqual(got, forward(xs[i]!, ps[i]!, 'halves'), `${how}: differs from the block halves`);
+            assertClose(`${how} against libtorch`, got, libtorch, TOL);
+            const e = maxRelError(got, decodeF32(ref[i]!));
+            assert.ok(e <= TOL, `${how}: differs from PyTorch by ${e}`);
+            runs.push(got);
+            compared++;
+          }),
+        );
+      }
+      assert.deepEqual(runs[0], runs[1], `${what}, ${isa ?? 'widest ISA'}: 1 and 2 threads differ`);
     }
-    assert.deepEqual(runs[0], runs[1], `${what}: 1 and 2 threads differ`);
   });
-  assert.equal(compared, 2 * GEOMETRIES.length);
+  assert.equal(compared, 6 * GEOMETRIES.length);
   t.dispose(xs);
   ps.forEach(disposeParams);
   assert.equal(t.liveTensors(), live, 'no tensor leaked');
