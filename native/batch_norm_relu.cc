@@ -43,6 +43,7 @@
 #include <vector>
 
 #include "cpu_kernel_common.h"
+#include "cpu_thread_pool.h"
 
 // The forward's passes are plain loops for the compiler to vectorise (baseline SSE2 is enough
 // for memory-bound passes); -O2 leaves them scalar, so this file's code is built at -O3.
@@ -132,7 +133,7 @@ Forward ForwardImpl(const at::Tensor& x, const at::Tensor& w, const at::Tensor& 
   if (training) {
     std::vector<double> rsum(rows), rsq(rows);
     std::vector<float> rmean(rows);
-    at::parallel_for(0, rows, 16, [&](int64_t lo, int64_t hi) {
+    kshare::ParallelFor(0, rows, 16, [&](int64_t lo, int64_t hi) {
       for (int64_t r = lo; r < hi; r++) {
         rsum[r] = RowSum(xp + r * HW, HW);
         rmean[r] = static_cast<float>(rsum[r] / HW);
@@ -162,7 +163,7 @@ Forward ForwardImpl(const at::Tensor& x, const at::Tensor& w, const at::Tensor& 
     scale[c] = wp[c] * ip[c];
     shift[c] = bp[c] - mp[c] * scale[c];
   }
-  at::parallel_for(0, rows, 16, [&](int64_t lo, int64_t hi) {
+  kshare::ParallelFor(0, rows, 16, [&](int64_t lo, int64_t hi) {
     for (int64_t r = lo; r < hi; r++) {
       const float k = scale[r % C], s = shift[r % C];
       const float* p = xp + r * HW;
@@ -202,7 +203,7 @@ Grads BackwardImpl(const at::Tensor& dyIn, const at::Tensor& x, const at::Tensor
   float *dxp = dx.data_ptr<float>(), *dwp = dw.data_ptr<float>(), *dbp = db.data_ptr<float>();
   // Pass 1, per row: sum(dz) and sum(dz * (x - mean)).
   std::vector<double> rdz(rows), rdzx(rows);
-  at::parallel_for(0, rows, 16, [&](int64_t lo, int64_t hi) {
+  kshare::ParallelFor(0, rows, 16, [&](int64_t lo, int64_t hi) {
     for (int64_t r = lo; r < hi; r++) {
       const float m = mp[r % C];
       const float *xr = xp + r * HW, *yr = yp + r * HW, *gr = gp + r * HW;
@@ -245,7 +246,7 @@ Grads BackwardImpl(const at::Tensor& dyIn, const at::Tensor& x, const at::Tensor
     k2[c] = training ? static_cast<float>(wp[c] * is * sdz / M) : 0.0f;
     k3[c] = training ? static_cast<float>(wp[c] * is * is * is * sdzx / M) : 0.0f;
   }
-  at::parallel_for(0, rows, 16, [&](int64_t lo, int64_t hi) {
+  kshare::ParallelFor(0, rows, 16, [&](int64_t lo, int64_t hi) {
     for (int64_t r = lo; r < hi; r++) {
       const int64_t c = r % C;
       const float a = k1[c], bb = k2[c], cc = k3[c], m = mp[c];

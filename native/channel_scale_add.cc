@@ -23,6 +23,7 @@
 #include <algorithm>
 
 #include "cpu_kernel_common.h"
+#include "cpu_thread_pool.h"
 
 // Memory-bound passes for the compiler to vectorise; -O2 leaves them scalar.
 #pragma GCC optimize("O3")
@@ -51,7 +52,7 @@ at::Tensor Forward(const at::Tensor& x, const at::Tensor& s, const at::Tensor& r
   at::Tensor y = kshare::NewOutput(x.sizes(), x.options(), at::MemoryFormat::Contiguous);
   const float *xp = x.data_ptr<float>(), *sp = s.data_ptr<float>(), *rp = r.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  at::parallel_for(0, rows, 16, [&](int64_t lo, int64_t hi) {
+  kshare::ParallelFor(0, rows, 16, [&](int64_t lo, int64_t hi) {
     for (int64_t row = lo; row < hi; row++) {
       const float k = sp[row];
       const float *xr = xp + row * HW, *rr = rp + row * HW;
@@ -81,7 +82,7 @@ Grads Backward(const at::Tensor& dyIn, const at::Tensor& x, const at::Tensor& s,
   const float *gp = dy.data_ptr<float>(), *xp = x.data_ptr<float>(), *sp = s.data_ptr<float>();
   const float* yp = kRelu ? y.data_ptr<float>() : gp;  // not read without the ReLU
   float *dxp = dx.data_ptr<float>(), *dsp = ds.data_ptr<float>(), *drp = dr.data_ptr<float>();
-  at::parallel_for(0, rows, 16, [&](int64_t lo, int64_t hi) {
+  kshare::ParallelFor(0, rows, 16, [&](int64_t lo, int64_t hi) {
     for (int64_t row = lo; row < hi; row++) {
       const float k = sp[row];
       const V4 kv = Splat(k);

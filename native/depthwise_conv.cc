@@ -50,6 +50,7 @@
 #include <immintrin.h>
 
 #include "cpu_kernel_common.h"
+#include "cpu_thread_pool.h"
 #include "depthwise_conv.h"
 
 #include <algorithm>
@@ -250,7 +251,7 @@ void ConvolveInto(const Geometry& g, const float* x, const float* w, const float
     // (zeros around, past W and below the last row block; each task overwrites the interior).
     const int64_t L = k.planeLanes, R = k.planeRows(g.kh);
     const int64_t wv = RoundUp(g.w, L), rowP = wv + 2 * g.pw, rowsP = RoundUp(g.h, R) + 2 * g.ph;
-    at::parallel_for(0, g.n * g.c, 1, [&](int64_t begin, int64_t end) {
+    kshare::ParallelFor(0, g.n * g.c, 1, [&](int64_t begin, int64_t end) {
       std::vector<float> pad(rowsP * rowP), tmp(g.w == wv ? 0 : g.h * wv);
       for (int64_t t = begin; t < end; t++) {
         const int64_t c = t % g.c;
@@ -273,7 +274,7 @@ void ConvolveInto(const Geometry& g, const float* x, const float* w, const float
     // One task per (n, c) plane: pad it into [H + 2ph][roundup(W, 8) + 2pw] (zeros around and
     // past the last vector), convolve, write rows straight out when W is a multiple of 8.
     const int64_t wv = RoundUp(g.w, kVec), rowP = wv + 2 * g.pw, rowsP = g.h + 2 * g.ph;
-    at::parallel_for(0, g.n * g.c, 1, [&](int64_t begin, int64_t end) {
+    kshare::ParallelFor(0, g.n * g.c, 1, [&](int64_t begin, int64_t end) {
       std::vector<float> pad(rowsP * rowP), wexp(kk * kVec), tmp(g.w == wv ? 0 : g.h * wv);
       alignas(32) float b8[kVec];
       for (int64_t t = begin; t < end; t++) {
@@ -299,7 +300,7 @@ void ConvolveInto(const Geometry& g, const float* x, const float* w, const float
   // Channels-last: one task per (n, block of 8 channels); the block is gathered into a padded
   // [H + 2ph][W + 2pw][8] slice (lanes past C stay zero) and written back at pixel stride C.
   const int64_t blocks = (g.c + kVec - 1) / kVec, rowP = (g.w + 2 * g.pw) * kVec, rowsP = g.h + 2 * g.ph;
-  at::parallel_for(0, g.n * blocks, 1, [&](int64_t begin, int64_t end) {
+  kshare::ParallelFor(0, g.n * blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> pad(rowsP * rowP), wexp(kk * kVec), tmp(g.h * g.w * kVec);
     alignas(32) float b8[kVec];
     for (int64_t t = begin; t < end; t++) {
@@ -352,7 +353,7 @@ void ConvolvePlaneRange(const Geometry& g, const float* x, const float* w, int64
 }
 
 void ConvolvePlanes(const Geometry& g, const float* x, const float* w, const kshare::RowSink& sink) {
-  at::parallel_for(0, g.n * g.c, 1, [&](int64_t begin, int64_t end) { ConvolvePlaneRange(g, x, w, begin, end, sink); });
+  kshare::ParallelFor(0, g.n * g.c, 1, [&](int64_t begin, int64_t end) { ConvolvePlaneRange(g, x, w, begin, end, sink); });
 }
 
 // grad weight [C][kh][kw] (and grad bias [C] when gb != nullptr) from input x and grad output
@@ -366,7 +367,7 @@ void WeightGradInto(const Geometry& g, const float* x, const float* gy, float* g
     // One task per channel, summing over the batch; grad output is copied to a [H][roundup(W, L)]
     // slice with zeros past W (unless W is a multiple of L) so the padded lanes add nothing.
     const int64_t wv = RoundUp(g.w, L), rowP = wv + 2 * g.pw, rowsP = g.h + 2 * g.ph;
-    at::parallel_for(0, g.c, 1, [&](int64_t begin, int64_t end) {
+    kshare::ParallelFor(0, g.c, 1, [&](int64_t begin, int64_t end) {
       std::vector<float> pad(rowsP * rowP), acc(kk * L), gbuf(g.w == wv ? 0 : g.h * wv, 0.f), gsum(L);
       for (int64_t c = begin; c < end; c++) {
         std::fill(acc.begin(), acc.end(), 0.f);
@@ -409,7 +410,7 @@ void WeightGradInto(const Geometry& g, const float* x, const float* gy, float* g
   // block is partial.
   const int64_t blocks = (g.c + L - 1) / L, rowP = (g.w + 2 * g.pw) * L, rowsP = g.h + 2 * g.ph;
   const bool gatherGrad = k.correlatePasses(g.kh, g.kw) > 1;
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+  kshare::ParallelFor(0, blocks, 1, [&](int64_t begin, int64_t end) {
     const int64_t nb = end - begin;
     std::vector<float> pad(rowsP * rowP), acc(nb * kk * L, 0.f), gbuf(g.h * g.w * L, 0.f), gsum(L);
     std::vector<double> bsum(nb * L, 0.0);

@@ -38,6 +38,7 @@
 #include <immintrin.h>
 
 #include "cpu_kernel_common.h"
+#include "cpu_thread_pool.h"
 #include "fused_gelu_bn.h"
 
 #include <array>
@@ -187,7 +188,7 @@ Forward forwardImpl(const at::Tensor& xIn, const at::Tensor& biasIn, const at::T
       (*rows)(kshare::RowSink(body));
       return;
     }
-    at::parallel_for(0, N * C, grain, [&](int64_t b, int64_t e) {
+    kshare::ParallelFor(0, N * C, grain, [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; r++) body(r, xp + r * HW);
     });
   };
@@ -218,7 +219,7 @@ Forward forwardImpl(const at::Tensor& xIn, const at::Tensor& biasIn, const at::T
       });
     } else {
       const int64_t R = N * HW, rb = rowsPerBlock(C);
-      at::parallel_for(0, (R + rb - 1) / rb, 1, [&](int64_t b, int64_t e) {
+      kshare::ParallelFor(0, (R + rb - 1) / rb, 1, [&](int64_t b, int64_t e) {
         for (int64_t k = b; k < e; k++)
           for (int64_t r = k * rb; r < std::min(R, (k + 1) * rb); r++) {
             if (resp) K.fwdEvalAdd.cl(xp + r * C, resp + r * C, yp + r * C, C, bp, scp, shp);
@@ -261,7 +262,7 @@ Forward forwardImpl(const at::Tensor& xIn, const at::Tensor& biasIn, const at::T
           &mu, &var);
       finish(c, mu, var);
     }
-    at::parallel_for(0, nRows, 16, [&](int64_t b, int64_t e) {
+    kshare::ParallelFor(0, nRows, 16, [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; r++) {
         if (resp) K.affineAdd.nchw(gp + r * HW, resp + r * HW, yp + r * HW, HW, scp + r % C, shp + r % C);
         else K.affine.nchw(gp + r * HW, yp + r * HW, HW, scp + r % C, shp + r % C);
@@ -272,7 +273,7 @@ Forward forwardImpl(const at::Tensor& xIn, const at::Tensor& biasIn, const at::T
     // while it is in cache; blocks are combined with Chan et al.'s pairwise formula.
     const int64_t R = N * HW, rb = rowsPerBlock(C), nb = (R + rb - 1) / rb;
     std::vector<float> bsum(nb * C, 0.0f), bsq(nb * C, 0.0f), bmean(nb * C);
-    at::parallel_for(0, nb, 1, [&](int64_t b, int64_t e) {
+    kshare::ParallelFor(0, nb, 1, [&](int64_t b, int64_t e) {
       for (int64_t k = b; k < e; k++) {
         const int64_t r0 = k * rb, r1 = std::min(R, r0 + rb);
         float *s = &bsum[k * C], *q = &bsq[k * C], *bm = &bmean[k * C];
@@ -292,7 +293,7 @@ Forward forwardImpl(const at::Tensor& xIn, const at::Tensor& biasIn, const at::T
           &mu, &var);
       finish(c, mu, var);
     }
-    at::parallel_for(0, nb, 1, [&](int64_t b, int64_t e) {
+    kshare::ParallelFor(0, nb, 1, [&](int64_t b, int64_t e) {
       for (int64_t k = b; k < e; k++)
         for (int64_t r = k * rb; r < std::min(R, (k + 1) * rb); r++) {
           if (resp) K.affineAdd.cl(gp + r * C, resp + r * C, yp + r * C, C, scp, shp);
@@ -328,7 +329,7 @@ Grads backwardImpl(const at::Tensor& dyIn, const at::Tensor& xIn, const at::Tens
 
   if (!training) {
     if (!g.cl) {
-      at::parallel_for(0, C, 1, [&](int64_t b, int64_t e) {
+      kshare::ParallelFor(0, C, 1, [&](int64_t b, int64_t e) {
         for (int64_t c = b; c < e; c++) {
           double sdy = 0, sdyx = 0, sdz = 0;
           for (int64_t n = 0; n < N; n++) {
@@ -342,7 +343,7 @@ Grads backwardImpl(const at::Tensor& dyIn, const at::Tensor& xIn, const at::Tens
       });
     } else {
       std::vector<float> acc(3 * nb * C, 0.0f);
-      at::parallel_for(0, nb, 1, [&](int64_t b, int64_t e) {
+      kshare::ParallelFor(0, nb, 1, [&](int64_t b, int64_t e) {
         for (int64_t k = b; k < e; k++) {
           float *a0 = &acc[(3 * k) * C], *a1 = a0 + C, *a2 = a1 + C;
           for (int64_t r = k * rb; r < std::min(R, (k + 1) * rb); r++)
@@ -369,7 +370,7 @@ Grads backwardImpl(const at::Tensor& dyIn, const at::Tensor& xIn, const at::Tens
     // Rows in memory order, per-row sums combined per channel in a fixed order (as the forward).
     const int64_t rows = N * C;
     std::vector<double> rdy(rows), rdyx(rows), rdz(rows);
-    at::parallel_for(0, rows, 16, [&](int64_t b, int64_t e) {
+    kshare::ParallelFor(0, rows, 16, [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; r++) {
         const int64_t c = r % C, o = r * HW;
         double sdy = 0, sdyx = 0;
@@ -399,7 +400,7 @@ Grads backwardImpl(const at::Tensor& dyIn, const at::Tensor& xIn, const at::Tens
     if (drain) {
       (*drain)(kshare::RowProducer(pass2));
     } else {
-      at::parallel_for(0, rows, 16, [&](int64_t b, int64_t e) {
+      kshare::ParallelFor(0, rows, 16, [&](int64_t b, int64_t e) {
         for (int64_t r = b; r < e; r++) pass2(r, dxp + r * HW);
       });
     }
@@ -410,7 +411,7 @@ Grads backwardImpl(const at::Tensor& dyIn, const at::Tensor& xIn, const at::Tens
     }
   } else {
     std::vector<float> acc(2 * nb * C, 0.0f), accDz(nb * C, 0.0f);
-    at::parallel_for(0, nb, 1, [&](int64_t b, int64_t e) {
+    kshare::ParallelFor(0, nb, 1, [&](int64_t b, int64_t e) {
       for (int64_t k = b; k < e; k++) {
         float *a0 = &acc[(2 * k) * C], *a1 = a0 + C;
         for (int64_t r = k * rb; r < std::min(R, (k + 1) * rb); r++)
@@ -429,7 +430,7 @@ Grads backwardImpl(const at::Tensor& dyIn, const at::Tensor& xIn, const at::Tens
       mdy[c] = static_cast<float>(s0 / M);
       mdyx[c] = static_cast<float>(s1 / M);
     }
-    at::parallel_for(0, nb, 1, [&](int64_t b, int64_t e) {
+    kshare::ParallelFor(0, nb, 1, [&](int64_t b, int64_t e) {
       for (int64_t k = b; k < e; k++)
         for (int64_t r = k * rb; r < std::min(R, (k + 1) * rb); r++)
           K.bwdPass2.cl(dyp + r * C, gp + r * C, dgp + r * C, dxp + r * C, C, k1.data(), mdy.data(), mdyx.data(), mp, isp,

@@ -12,6 +12,7 @@
 // frees boxes that were dropped without dispose, as a backstop only.
 
 #include "kshare.h"
+#include "cpu_thread_pool.h"
 
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
@@ -725,6 +726,9 @@ Napi::Value RuntimeInfo(const Napi::CallbackInfo& info) {
   o.Set("mkldnn", at::hasMKLDNN() && at::globalContext().userEnabledMkldnn());
   // kshare::pointwise_conv2d is built only against oneDNN's headers (native/pointwise_conv.cc).
   o.Set("pointwiseKernel", c10::Dispatcher::singleton().findSchema({"kshare::pointwise_conv2d", ""}).has_value());
+  // kshare's own kernel threads (native/cpu_thread_pool.cc).
+  o.Set("cpuPoolWorkers", static_cast<double>(kshare::CpuPoolWorkers()));
+  o.Set("cpuPoolJobs", static_cast<double>(kshare::CpuPoolJobs()));
   return o;
 }
 

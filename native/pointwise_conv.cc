@@ -37,6 +37,7 @@
 #include <dnnl.h>
 
 #include "cpu_kernel_common.h"
+#include "cpu_thread_pool.h"
 #include "pointwise_conv.h"
 
 #include <algorithm>
@@ -107,7 +108,7 @@ void ForEachPanel(int64_t images, int64_t hw, const F& f) {
   const int64_t split = images >= threads || !PanelsEnabled() ? 1 : (threads + images - 1) / images;
   const int64_t width = std::max<int64_t>(16, (hw + split - 1) / split + 15) / 16 * 16;
   const int64_t panels = (hw + width - 1) / width;
-  at::parallel_for(0, images * panels, 1, [&](int64_t b, int64_t e) {
+  kshare::ParallelFor(0, images * panels, 1, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; i++) {
       const int64_t n = i / panels, c0 = (i % panels) * width;
       f(n, c0, std::min(hw, c0 + width));
@@ -127,7 +128,7 @@ void ForEachRowPanel(int64_t rows, const F& f) {
   }
   const int64_t height = std::max<int64_t>(16, (rows + threads - 1) / threads);
   const int64_t panels = (rows + height - 1) / height;
-  at::parallel_for(0, panels, 1, [&](int64_t b, int64_t e) {
+  kshare::ParallelFor(0, panels, 1, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; i++) f(i * height, std::min(rows, (i + 1) * height));
   });
 }
@@ -220,7 +221,7 @@ void ForwardRows(const at::Tensor& input, const at::Tensor& weight, const kshare
   // Y[n] (out x HW, e.g. 256 KiB at 256 channels and 16x16) goes to a per-thread buffer that
   // stays in L2 while its rows are consumed.
   const RowTasks tasks = ForwardRowTasks(input, w, at::get_num_threads());
-  at::parallel_for(0, tasks.count, 1, [&](int64_t b, int64_t e) {
+  kshare::ParallelFor(0, tasks.count, 1, [&](int64_t b, int64_t e) {
     std::unique_ptr<float[]> y(new float[tasks.bufferFloats]);
     ForwardRowRange(input, w, tasks, b, e, y.get(), sink);
   });
@@ -234,7 +235,7 @@ template <class F>
 void ForEachImageShare(const Geometry& g, float* gwp, const F& f) {
   const int64_t parts = ImageShares(g.n);
   std::vector<float> partial(parts > 1 ? (parts - 1) * g.cout * g.cin : 0);
-  at::parallel_for(0, parts, 1, [&](int64_t b, int64_t e) {
+  kshare::ParallelFor(0, parts, 1, [&](int64_t b, int64_t e) {
     for (int64_t p = b; p < e; p++) {
       float* dst = p == 0 ? gwp : &partial[(p - 1) * g.cout * g.cin];
       const int64_t n0 = p * g.n / parts, n1 = (p + 1) * g.n / parts;

@@ -22,6 +22,10 @@ export interface RuntimeInfo {
   mkldnn: boolean;
   /** kshare's 1x1 convolution operator (native/pointwise_conv.cc) is built in (needs oneDNN's headers). */
   pointwiseKernel: boolean;
+  /** Worker threads of kshare's own pool for its CPU kernels (native/cpu_thread_pool.cc): 0 before its first parallel call, then the thread count less one. */
+  cpuPoolWorkers: number;
+  /** Parallel kernel calls the pool has run (KSHARE_CPU_POOL=0 runs them on libgomp's threads instead). */
+  cpuPoolJobs: number;
 }
 
 /** State of kshare's caching CPU allocator (native/cpu_allocator.cc). */

@@ -1,0 +1,208 @@
+// kshare's own thread pool for its CPU kernels: see cpu_thread_pool.h.
+//
+// Why: libtorch's intra-op threads are libgomp's, and kshare sets GOMP_SPINCOUNT=1000 (a short
+// spin, measured to suit a busy machine). Where PAUSE takes ~9 ns that is ~9 us, shorter than the
+// JavaScript and dispatch between two operator calls, so the worker sleeps between calls and every
+// parallel loop of the next call first waits ~70-85 us for it to wake (bench/cpu-kernels-notes.md,
+// seventh and eighth sessions). Here the workers spin for up to 50 us of wall time after each
+// call (then sleep on a condition variable), so consecutive kernel calls find them awake, and
+// the thread that calls waits for the others the same way instead of sleeping at libgomp's
+// join. libtorch's own operators keep libgomp's threads.
+#include "cpu_thread_pool.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+namespace {
+
+thread_local bool t_inPool = false;  // inside a chunk: nested loops run on the calling thread
+
+constexpr std::chrono::microseconds kSpin{50};
+
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+// Calls done() until it returns true: spins for up to kSpin, then (yield = true) yields the core
+// at each check, or (yield = false) returns false for the caller to sleep.
+template <class Done>
+bool SpinUntil(const Done& done, bool yield) {
+  const auto start = std::chrono::steady_clock::now();
+  bool spinning = true;
+  for (unsigned i = 1; !done(); i++) {
+    if (spinning) {
+      CpuRelax();
+      if (i % 64 == 0 && std::chrono::steady_clock::now() - start > kSpin) {
+        if (!yield) return false;
+        spinning = false;
+      }
+    } else {
+      std::this_thread::yield();
+    }
+  }
+  return true;
+}
+
+class Pool {
+ public:
+  // Never destroyed: its workers sleep through process exit.
+  static Pool& Get() {
+    static Pool* pool = new Pool();
+    return *pool;
+  }
+
+  // Runs chunk t of f on worker t (the calling thread takes chunk 0). False when another thread
+  // is using the pool; the caller then runs the loop some other way.
+  bool Run(int threads, int64_t begin, int64_t end, int64_t chunk, int tasks, const std::function<void(int64_t, int64_t)>& f) {
+    std::unique_lock<std::mutex> job(jobMutex_, std::try_to_lock);
+    if (!job.owns_lock()) return false;
+    Resize(threads);
+    job_ = &f;
+    begin_ = begin;
+    end_ = end;
+    chunk_ = chunk;
+    tasks_ = tasks;
+    error_ = nullptr;
+    pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
+    Publish();
+    RunTask(0);
+    SpinUntil([&] { return pending_.load(std::memory_order_acquire) == 0; }, true);
+    job_ = nullptr;
+    jobs_.fetch_add(1, std::memory_order_relaxed);
+    if (error_) std::rethrow_exception(error_);
+    return true;
+  }
+
+  int64_t Workers() {
+    std::lock_guard<std::mutex> job(jobMutex_);
+    return static_cast<int64_t>(workers_.size());
+  }
+  int64_t Jobs() const { return jobs_.load(std::memory_order_relaxed); }
+
+ private:
+  // A new generation: every worker runs its chunk of the job (or, with stop_, exits).
+  void Publish() {
+    {
+      std::lock_guard<std::mutex> lock(sleepMutex_);
+      generation_.fetch_add(1, std::memory_order_release);
+    }
+    if (sleepers_.load(std::memory_order_acquire) > 0) wake_.notify_all();
+  }
+
+  void RunTask(int task) {
+    if (task >= tasks_) return;
+    const int64_t b = begin_ + task * chunk_, e = std::min(end_, b + chunk_);
+    if (b >= e) return;
+    try {
+      (*job_)(b, e);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(errorMutex_);
+      if (!error_) error_ = std::current_exception();
+    }
+  }
+
+  void WorkerLoop(int task, uint64_t seen) {
+    omp_set_num_threads(1);  // oneDNN's sgemm and at::parallel_for inside a chunk: this thread only
+    t_inPool = true;
+    for (;;) {
+      if (!SpinUntil([&] { return generation_.load(std::memory_order_acquire) != seen; }, false)) {
+        std::unique_lock<std::mutex> lock(sleepMutex_);
+        sleepers_.fetch_add(1, std::memory_order_acq_rel);
+        wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
+        sleepers_.fetch_sub(1, std::memory_order_acq_rel);
+      }
+      seen = generation_.load(std::memory_order_acquire);
+      const bool stop = stop_.load(std::memory_order_acquire);
+      if (!stop) RunTask(task);
+      pending_.fetch_sub(1, std::memory_order_acq_rel);
+      if (stop) return;
+    }
+  }
+
+  // threads - 1 workers (libtorch's thread count can change between calls).
+  void Resize(int threads) {
+    const size_t want = static_cast<size_t>(std::max(threads, 1) - 1);
+    if (workers_.size() == want) return;
+    if (!workers_.empty()) {
+      stop_.store(true, std::memory_order_release);
+      pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
+      Publish();
+      for (std::thread& w : workers_) w.join();
+      workers_.clear();
+      stop_.store(false, std::memory_order_release);
+    }
+    const uint64_t gen = generation_.load(std::memory_order_acquire);
+    for (size_t i = 1; i <= want; i++) workers_.emplace_back([this, i, gen] { WorkerLoop(static_cast<int>(i), gen); });
+  }
+
+  std::mutex jobMutex_;  // one job at a time
+  std::vector<std::thread> workers_;
+  const std::function<void(int64_t, int64_t)>* job_ = nullptr;
+  int64_t begin_ = 0, end_ = 0, chunk_ = 1;
+  int tasks_ = 0;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> pending_{0};
+  std::atomic<bool> stop_{false};
+  std::mutex errorMutex_;
+  std::exception_ptr error_;
+  std::mutex sleepMutex_;
+  std::condition_variable wake_;
+  std::atomic<int> sleepers_{0};
+  std::atomic<int64_t> jobs_{0};
+};
+
+bool PoolEnabled() {
+  const char* p = std::getenv("KSHARE_CPU_POOL");
+  return !(p && std::strcmp(p, "0") == 0);
+}
+
+}  // namespace
+
+namespace kshare {
+
+void ParallelFor(int64_t begin, int64_t end, int64_t grain, const std::function<void(int64_t, int64_t)>& f) {
+  if (begin >= end) return;
+  if (!PoolEnabled()) return at::parallel_for(begin, end, grain, f);
+  const int64_t n = end - begin, threads = at::get_num_threads();
+  if (t_inPool || threads <= 1 || n <= 1 || n <= grain || at::in_parallel_region()) return f(begin, end);
+  // As at::parallel_for splits it: min(threads, ceil(n / grain)) chunks of ceil(n / chunks).
+  const int64_t tasks = std::min(threads, (n + std::max<int64_t>(grain, 1) - 1) / std::max<int64_t>(grain, 1));
+  const int64_t chunk = (n + tasks - 1) / tasks;
+  const int callerThreads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  t_inPool = true;
+  bool ran = false;
+  try {
+    ran = Pool::Get().Run(static_cast<int>(threads), begin, end, chunk, static_cast<int>(tasks), f);
+  } catch (...) {
+    t_inPool = false;
+    omp_set_num_threads(callerThreads);
+    throw;
+  }
+  t_inPool = false;
+  omp_set_num_threads(callerThreads);
+  if (!ran) at::parallel_for(begin, end, grain, f);  // another thread has the pool: libgomp's threads
+}
+
+int64_t CpuPoolWorkers() { return Pool::Get().Workers(); }
+int64_t CpuPoolJobs() { return Pool::Get().Jobs(); }
+
+}  // namespace kshare

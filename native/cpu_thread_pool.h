@@ -1,0 +1,26 @@
+// kshare's own thread pool for its CPU kernels (cpu_thread_pool.cc): kshare::ParallelFor is
+// at::parallel_for's drop-in replacement (the same split of the range into one chunk a thread),
+// run on threads that spin for a while after each call instead of libgomp's, which sleep after
+// GOMP_SPINCOUNT pauses and cost a wake-up at every operator call.
+#pragma once
+#include <ATen/Parallel.h>
+
+#include <cstdint>
+#include <functional>
+
+namespace kshare {
+
+// f(b, e) over [begin, end) in chunks, as at::parallel_for(begin, end, grain, f) would run it
+// (at::get_num_threads() chunks at most, none smaller than grain). Inside a chunk,
+// at::get_num_threads() is 1, so nested parallel loops and oneDNN's sgemm run on the calling
+// thread. Runs on the calling thread alone where at::parallel_for would, inside another
+// ParallelFor or an OpenMP region, or while another thread uses the pool.
+// KSHARE_CPU_POOL=0 (read at every call) runs at::parallel_for instead.
+void ParallelFor(int64_t begin, int64_t end, int64_t grain, const std::function<void(int64_t, int64_t)>& f);
+
+// The pool's worker threads now (0 before its first parallel call; at::get_num_threads() - 1
+// after one), and the parallel calls it has run: for runtimeInfo() and the tests.
+int64_t CpuPoolWorkers();
+int64_t CpuPoolJobs();
+
+}  // namespace kshare

@@ -1,0 +1,54 @@
+// kshare's own thread pool for its CPU kernels (native/cpu_thread_pool.cc): the kernels' parallel
+// loops run on it (runtimeInfo's job count moves, and it has thread count - 1 workers), with the
+// same numbers bit for bit as on libgomp's threads (KSHARE_CPU_POOL=0) at the same thread count,
+// through changes of the thread count and back (the 1x1 weight gradient sums one partial a
+// thread, so other thread counts may differ in the last bits).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as t from '../src/tensor/index.js';
+import { createModel } from '../src/models/index.js';
+import { withEnv, withThreads } from './helpers/env.js';
+
+/** A ConvMixer-64/4 shared training step from a fixed seed: output, every gradient, the buffers. */
+function step(): Float32Array[] {
+  t.manualSeed(6);
+  const model = createModel('convmixer_64_4_k5_p2_shared', { classes: 10 });
+  try {
+    return t.tidy(() => {
+      const x = t.randn([4, 3, 32, 32], { generator: new t.Generator(3) });
+      model.train();
+      const y = model.forward(x);
+      t.sum(t.mul(y, y)).backward();
+      return [y, ...model.parameters().map((p) => p.grad!), ...model.buffers()].map((v) => v.toFloat32Array());
+    });
+  } finally {
+    model.zeroGrad();
+    model.dispose();
+  }
+}
+
+test('kshare kernels run their parallel loops on its own pool, with the numbers of libgomp', () => {
+  const live = t.liveTensors();
+  for (const threads of [2, 3, 2]) {
+    withThreads(threads, () => {
+      const before = t.runtimeInfo().cpuPoolJobs;
+      const pooled = step();
+      const info = t.runtimeInfo();
+      assert.ok(info.cpuPoolJobs > before, `${threads} threads: the step ran kernel loops on the pool`);
+      assert.equal(info.cpuPoolWorkers, threads - 1, `${threads} threads: ${threads - 1} workers`);
+      const jobs = info.cpuPoolJobs;
+      const libgomp = withEnv({ KSHARE_CPU_POOL: '0' }, step);
+      assert.equal(t.runtimeInfo().cpuPoolJobs, jobs, 'KSHARE_CPU_POOL=0: the pool is not used');
+      assert.deepEqual(pooled, libgomp, `${threads} threads: the pool and libgomp's threads give the same numbers`);
+    });
+  }
+  assert.equal(t.liveTensors(), live, 'no tensor leaked');
+});
+
+test('one thread runs the kernels on the calling thread, without the pool', () => {
+  withThreads(1, () => {
+    const before = t.runtimeInfo().cpuPoolJobs;
+    step();
+    assert.equal(t.runtimeInfo().cpuPoolJobs, before);
+  });
+});
