@@ -24,8 +24,12 @@
 // - block-run: a run of ConvMixer blocks in inference as one operator (native/convmixer_blocks.cc)
 //   against two operators a block (KSHARE_NATIVE_BLOCK_RUN=0): ConvMixer-256/16 inference at
 //   batch 1 and 32, NCHW.
+// - pool (threads above 1): kshare's kernels on its own thread pool (native/cpu_thread_pool.cc)
+//   against libgomp's threads (KSHARE_CPU_POOL=0): training steps at batch 32 of
+//   ConvMixer-64/4 shared, ConvMixer-256/8 shared and SE-ResNet d=2 shared, and ConvMixer-256/16
+//   shared inference at batch 1.
 // --only takes a comma-separated list of these sections (1x1, depthwise, panels, steps, blocks,
-// block-run);
+// block-run, pool);
 // --threads a comma-separated list of thread counts, each a set of rows.
 // ms are medians of wall-clock time; `ratio` = alternative / kshare's route (above 1: the route
 // kshare takes is faster).
@@ -92,7 +96,7 @@ function main(): void {
   const int = intOption(program);
   const threadList = o.threads.split(',').map((v) => int('threads', v.trim(), 1)),
     rounds = int('rounds', o.rounds, 1);
-  const SECTIONS = ['1x1', 'depthwise', 'panels', 'steps', 'blocks', 'block-run'];
+  const SECTIONS = ['1x1', 'depthwise', 'panels', 'steps', 'blocks', 'block-run', 'pool'];
   const only = o.only?.split(',').map((v) => v.trim());
   for (const s of only ?? []) if (!SECTIONS.includes(s)) program.error(`--only: unknown section '${s}' (sections: ${SECTIONS.join(', ')})`);
   const want = (section: string) => !only || only.includes(section);
@@ -263,6 +267,23 @@ function main(): void {
         add(`convmixer_256_16_shared inference, batch ${batch}, NCHW (blocks: fused vs apart)`, ab(infer.run, apart, rounds, reps));
         infer.dispose();
       }
+    }
+
+    // kshare's kernels on its own pool against libgomp's threads.
+    if (threads > 1 && want('pool')) {
+      const libgomp = { KSHARE_CPU_POOL: '0' };
+      for (const [model, reps] of [
+        ['convmixer_64_4_k5_p2_shared', 30],
+        ['convmixer_256_8_k5_p2_shared', 8],
+        ['se_resnet_d_2_full_shared', 5],
+      ] as const) {
+        const step = trainingStep(model);
+        add(`${model} training step, batch 32, NCHW (kshare's pool vs libgomp's threads)`, ab(step.run, libgomp, rounds, reps));
+        step.dispose();
+      }
+      const infer = inference('convmixer_256_16_shared', { batch: 1 });
+      add(`convmixer_256_16_shared inference, batch 1, NCHW (kshare's pool vs libgomp's threads)`, ab(infer.run, libgomp, rounds, 40));
+      infer.dispose();
     }
 
     // A run of blocks in inference as one operator against two operators a block.

@@ -1,6 +1,8 @@
-// How the OpenMP wait setting changes kshare's multi-threaded speed, quiet and with other work on
-// the cores: the default kshare sets (src/tensor/native.ts) against OMP_WAIT_POLICY=PASSIVE (the
-// default before 2026-12-02). Run on purpose:
+// How the OpenMP wait setting and kshare's own kernel thread pool change kshare's multi-threaded
+// speed, quiet and with other work on the cores: the defaults kshare sets (src/tensor/native.ts,
+// native/cpu_thread_pool.cc) against the same wait setting with kshare's kernels on libgomp's
+// threads (KSHARE_CPU_POOL=0, the default before 2026-12-03) and against OMP_WAIT_POLICY=PASSIVE
+// on libgomp's threads (the default before 2026-12-02). Run on purpose:
 //
 //   node dist/bench/wait-policy.js [--threads 2] [--rounds 3] [--out bench/results/wait-policy.json]
 //
@@ -52,6 +54,7 @@ function runChild(workload: Workload, threads: number, env: Record<string, strin
     const base: NodeJS.ProcessEnv = { ...process.env, ...MALLOC_ENV };
     delete base.OMP_WAIT_POLICY;
     delete base.GOMP_SPINCOUNT;
+    delete base.KSHARE_CPU_POOL;
     const c = spawn(process.execPath, [SCRIPT, '--child', workload, '--threads', String(threads)], {
       env: { ...base, ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -99,7 +102,7 @@ async function measure(scenario: Scenario, workload: Workload, threads: number, 
 async function main(): Promise<void> {
   const program = new Command()
     .name('wait-policy')
-    .description("Time kshare's default OpenMP wait setting against PASSIVE, quiet and with competing work")
+    .description("Time kshare's OpenMP wait setting and kernel thread pool against the earlier defaults, quiet and with competing work")
     .option('--threads <n>', 'intra-op threads', '2')
     .option('--rounds <n>', 'alternations of the settings', '3')
     .option('--child <workload>', '(internal) time one workload and print its median')
@@ -114,10 +117,12 @@ async function main(): Promise<void> {
     return child(o.child as Workload, threads);
   }
   const { DEFAULT_GOMP_SPINCOUNT } = await import('../src/tensor/native.js');
-  // The settings compared: PASSIVE (kshare's default before 2026-12-02) and kshare's default now.
+  // The settings compared: PASSIVE (kshare's default before 2026-12-02), the short spin without
+  // kshare's pool (the default before 2026-12-03), and kshare's defaults now.
   const settings: Record<string, Record<string, string>> = {
-    'OMP_WAIT_POLICY=PASSIVE': { OMP_WAIT_POLICY: 'PASSIVE' },
-    [`GOMP_SPINCOUNT=${DEFAULT_GOMP_SPINCOUNT} (kshare's default)`]: { GOMP_SPINCOUNT: DEFAULT_GOMP_SPINCOUNT },
+    'OMP_WAIT_POLICY=PASSIVE, KSHARE_CPU_POOL=0': { OMP_WAIT_POLICY: 'PASSIVE', KSHARE_CPU_POOL: '0' },
+    [`GOMP_SPINCOUNT=${DEFAULT_GOMP_SPINCOUNT}, KSHARE_CPU_POOL=0`]: { GOMP_SPINCOUNT: DEFAULT_GOMP_SPINCOUNT, KSHARE_CPU_POOL: '0' },
+    [`GOMP_SPINCOUNT=${DEFAULT_GOMP_SPINCOUNT} and the pool (kshare's defaults)`]: { GOMP_SPINCOUNT: DEFAULT_GOMP_SPINCOUNT },
   };
   const rows: { workload: string; scenario: Scenario; setting: string; medianMs: number; minMs: number; maxMs: number }[] = [];
   for (const workload of Object.keys(WORKLOADS) as Workload[]) {
@@ -137,7 +142,7 @@ async function main(): Promise<void> {
         };
         rows.push(row);
         console.log(
-          `${row.workload.padEnd(52)} ${scenario.padEnd(20)} ${setting.padEnd(38)} ${row.medianMs.toFixed(2).padStart(7)} ms (${row.minMs.toFixed(2)}-${row.maxMs.toFixed(2)})`,
+          `${row.workload.padEnd(52)} ${scenario.padEnd(20)} ${setting.padEnd(52)} ${row.medianMs.toFixed(2).padStart(7)} ms (${row.minMs.toFixed(2)}-${row.maxMs.toFixed(2)})`,
         );
       }
     }

@@ -31,6 +31,11 @@ namespace {
 
 thread_local bool t_inPool = false;  // inside a chunk: nested loops run on the calling thread
 
+// How long an idle worker (or the caller, waiting for the workers) spins before it sleeps.
+// `node dist/bench/wait-policy.js --rounds 2` (2 threads, the 64/4 training step, pool / libgomp's
+// threads, ms; throwaway builds for the other limits): 15 us quiet 14.25 / 16.17, two jobs at
+// once 31.46 / 29.00; 30 us 13.83 / 15.44, 31.98 / 29.58; 50 us 13.53 / 15.73, 32.00 / 28.02.
+// Beside one or two busy processes and for batch-1 inference, equal within noise at each limit.
 constexpr std::chrono::microseconds kSpin{50};
 
 inline void CpuRelax() {
@@ -84,7 +89,13 @@ class Pool {
     pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
     Publish();
     RunTask(0);
-    SpinUntil([&] { return pending_.load(std::memory_order_acquire) == 0; }, true);
+    // The workers' chunks: spin, then sleep until the last one finishes (yielding instead cost a
+    // scheduler tick at a time beside another job).
+    auto finished = [&] { return pending_.load(std::memory_order_acquire) == 0; };
+    if (!SpinUntil(finished, false)) {
+      std::unique_lock<std::mutex> lock(sleepMutex_);
+      done_.wait(lock, finished);
+    }
     job_ = nullptr;
     jobs_.fetch_add(1, std::memory_order_relaxed);
     if (error_) std::rethrow_exception(error_);
@@ -119,6 +130,14 @@ class Pool {
     }
   }
 
+  // A worker is done with the current generation; the last one wakes a sleeping caller.
+  void Finished() {
+    if (pending_.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+    // Under the lock: a caller between its last check and sleeping holds it (wait re-checks).
+    { std::lock_guard<std::mutex> lock(sleepMutex_); }
+    done_.notify_all();
+  }
+
   void WorkerLoop(int task, uint64_t seen) {
     omp_set_num_threads(1);  // oneDNN's sgemm and at::parallel_for inside a chunk: this thread only
     t_inPool = true;
@@ -132,7 +151,7 @@ class Pool {
       seen = generation_.load(std::memory_order_acquire);
       const bool stop = stop_.load(std::memory_order_acquire);
       if (!stop) RunTask(task);
-      pending_.fetch_sub(1, std::memory_order_acq_rel);
+      Finished();
       if (stop) return;
     }
   }
@@ -166,6 +185,7 @@ class Pool {
   std::mutex sleepMutex_;
   std::condition_variable wake_;
   std::atomic<int> sleepers_{0};
+  std::condition_variable done_;  // the caller waits here for the workers' chunks
   std::atomic<int64_t> jobs_{0};
 };
 
