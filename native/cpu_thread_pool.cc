@@ -55,22 +55,13 @@ inline void CpuRelax() {
 #endif
 }
 
-// Calls done() until it returns true: spins for up to kSpin, then (yield = true) yields the core
-// at each check, or (yield = false) returns false for the caller to sleep.
+// Spins until done() returns true (true), or for at most kSpin (false: the caller sleeps).
 template <class Done>
-bool SpinUntil(const Done& done, bool yield) {
+bool SpinUntil(const Done& done) {
   const auto start = std::chrono::steady_clock::now();
-  bool spinning = true;
   for (unsigned i = 1; !done(); i++) {
-    if (spinning) {
-      CpuRelax();
-      if (i % 64 == 0 && std::chrono::steady_clock::now() - start > kSpin) {
-        if (!yield) return false;
-        spinning = false;
-      }
-    } else {
-      std::this_thread::yield();
-    }
+    CpuRelax();
+    if (i % 64 == 0 && std::chrono::steady_clock::now() - start > kSpin) return false;
   }
   return true;
 }
@@ -101,7 +92,7 @@ class Pool {
     // The workers' chunks: spin, then sleep until the last one finishes (yielding instead cost a
     // scheduler tick at a time beside another job).
     auto finished = [&] { return pending_.load(std::memory_order_acquire) == 0; };
-    if (!SpinUntil(finished, false)) {
+    if (!SpinUntil(finished)) {
       std::unique_lock<std::mutex> lock(sleepMutex_);
       done_.wait(lock, finished);
     }
@@ -151,7 +142,7 @@ class Pool {
     omp_set_num_threads(1);  // oneDNN's sgemm and at::parallel_for inside a chunk: this thread only
     t_inPool = true;
     for (;;) {
-      if (!SpinUntil([&] { return generation_.load(std::memory_order_acquire) != seen; }, false)) {
+      if (!SpinUntil([&] { return generation_.load(std::memory_order_acquire) != seen; })) {
         std::unique_lock<std::mutex> lock(sleepMutex_);
         sleepers_.fetch_add(1, std::memory_order_acq_rel);
         wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
