@@ -42,6 +42,7 @@
 #include <omp.h>
 
 #include "cpu_kernel_common.h"
+#include "cpu_thread_pool.h"
 #include "depthwise_conv.h"
 #include "fused_gelu_bn.h"
 #include "pointwise_conv.h"
@@ -54,22 +55,11 @@
 #include <mutex>
 #include <vector>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#endif
 
 namespace {
 
 constexpr const char* kOp = "kshare::convmixer_blocks";
 constexpr int64_t kPerBlock = 12;
-
-inline void CpuRelax() {
-#if defined(__x86_64__) || defined(__i386__)
-  _mm_pause();
-#elif defined(__aarch64__)
-  asm volatile("yield");
-#endif
-}
 
 // A barrier for the threads of one parallel region that spins for a while before it sleeps:
 // libgomp's own barrier sleeps after GOMP_SPINCOUNT pauses (~9 us here), and waking a sleeping
@@ -93,7 +83,7 @@ class SpinBarrier {
     }
     const auto start = std::chrono::steady_clock::now();
     for (unsigned i = 1; generation_.load(std::memory_order_acquire) == gen; i++) {
-      CpuRelax();
+      kshare::CpuRelax();
       if (i % 64 == 0 && std::chrono::steady_clock::now() - start > SpinLimit()) {
         std::unique_lock<std::mutex> lock(mutex_);
         sleepers_.fetch_add(1, std::memory_order_acq_rel);

@@ -32,9 +32,6 @@
 #include <thread>
 #include <vector>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#endif
 
 namespace {
 
@@ -47,20 +44,13 @@ thread_local bool t_inPool = false;  // inside a chunk: nested loops run on the 
 // Beside one or two busy processes and for batch-1 inference, equal within noise at each limit.
 constexpr std::chrono::microseconds kSpin{50};
 
-inline void CpuRelax() {
-#if defined(__x86_64__) || defined(__i386__)
-  _mm_pause();
-#elif defined(__aarch64__)
-  asm volatile("yield");
-#endif
-}
 
 // Spins until done() returns true (true), or for at most kSpin (false: the caller sleeps).
 template <class Done>
 bool SpinUntil(const Done& done) {
   const auto start = std::chrono::steady_clock::now();
   for (unsigned i = 1; !done(); i++) {
-    CpuRelax();
+    kshare::CpuRelax();
     if (i % 64 == 0 && std::chrono::steady_clock::now() - start > kSpin) return false;
   }
   return true;

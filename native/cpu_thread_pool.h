@@ -8,7 +8,20 @@
 #include <cstdint>
 #include <functional>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
 namespace kshare {
+
+// One pause of a spin-wait loop (PAUSE on x86, YIELD on Arm).
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
 
 // f(b, e) over [begin, end) in chunks, as at::parallel_for(begin, end, grain, f) would run it
 // (at::get_num_threads() chunks at most, none smaller than grain). Inside a chunk,
