@@ -48,7 +48,6 @@
 #include "pointwise_conv.h"
 
 #include <atomic>
-#include <chrono>
 #include <condition_variable>
 #include <exception>
 #include <memory>
@@ -81,24 +80,18 @@ class SpinBarrier {
       if (sleepers_.load(std::memory_order_acquire) > 0) wake_.notify_all();
       return;
     }
-    const auto start = std::chrono::steady_clock::now();
-    for (unsigned i = 1; generation_.load(std::memory_order_acquire) == gen; i++) {
-      kshare::CpuRelax();
-      if (i % 64 == 0 && std::chrono::steady_clock::now() - start > SpinLimit()) {
-        std::unique_lock<std::mutex> lock(mutex_);
-        sleepers_.fetch_add(1, std::memory_order_acq_rel);
-        wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != gen; });
-        sleepers_.fetch_sub(1, std::memory_order_acq_rel);
-        return;
-      }
-    }
+    // kshare::kSpinLimit for this barrier: batch-1 ConvMixer-256/16 inference at 2 threads (2-core
+    // Intel Xeon, throwaway A/B against two operators a block, medians of 40, three rounds), ms
+    // for a limit of 0 / 10 / 50 / 200 us: quiet 11.6-12.2 / 11.8-12.2 / 10.6-10.9 / 11.2-11.5
+    // (two operators a block 13.8-15.1); beside one busy process 19.9-20.1 / 20.4-20.7 /
+    // 21.6-21.8 / 26.4-26.7 (22.4-23.3).
+    auto released = [&] { return generation_.load(std::memory_order_acquire) != gen; };
+    if (kshare::SpinUntil(released)) return;
+    std::unique_lock<std::mutex> lock(mutex_);
+    sleepers_.fetch_add(1, std::memory_order_acq_rel);
+    wake_.wait(lock, released);
+    sleepers_.fetch_sub(1, std::memory_order_acq_rel);
   }
-
-  // Batch-1 ConvMixer-256/16 inference at 2 threads (2-core Intel Xeon, throwaway A/B against two
-  // operators a block, medians of 40, three rounds), ms for a limit of 0 / 10 / 50 / 200 us:
-  // quiet 11.6-12.2 / 11.8-12.2 / 10.6-10.9 / 11.2-11.5 (two operators a block 13.8-15.1); beside
-  // one busy process 19.9-20.1 / 20.4-20.7 / 21.6-21.8 / 26.4-26.7 (22.4-23.3).
-  static constexpr std::chrono::microseconds SpinLimit() { return std::chrono::microseconds(50); }
 
  private:
   std::atomic<int> threads_{1};

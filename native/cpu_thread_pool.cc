@@ -37,24 +37,12 @@ namespace {
 
 thread_local bool t_inPool = false;  // inside a chunk: nested loops run on the calling thread
 
-// How long an idle worker (or the caller, waiting for the workers) spins before it sleeps.
-// `node dist/bench/wait-policy.js --rounds 2` (2 threads, the 64/4 training step, pool / libgomp's
-// threads, ms; throwaway builds for the other limits): 15 us quiet 14.25 / 16.17, two jobs at
-// once 31.46 / 29.00; 30 us 13.83 / 15.44, 31.98 / 29.58; 50 us 13.53 / 15.73, 32.00 / 28.02.
-// Beside one or two busy processes and for batch-1 inference, equal within noise at each limit.
-constexpr std::chrono::microseconds kSpin{50};
-
-
-// Spins until done() returns true (true), or for at most kSpin (false: the caller sleeps).
-template <class Done>
-bool SpinUntil(const Done& done) {
-  const auto start = std::chrono::steady_clock::now();
-  for (unsigned i = 1; !done(); i++) {
-    kshare::CpuRelax();
-    if (i % 64 == 0 && std::chrono::steady_clock::now() - start > kSpin) return false;
-  }
-  return true;
-}
+// kSpinLimit (cpu_thread_pool.h) for the pool: `node dist/bench/wait-policy.js --rounds 2` (2
+// threads, the 64/4 training step, pool / libgomp's threads, ms; throwaway builds for the other
+// limits): 15 us quiet 14.25 / 16.17, two jobs at once 31.46 / 29.00; 30 us 13.83 / 15.44,
+// 31.98 / 29.58; 50 us 13.53 / 15.73, 32.00 / 28.02. Beside one or two busy processes and for
+// batch-1 inference, equal within noise at each limit.
+using kshare::SpinUntil;
 
 class Pool {
  public:

@@ -5,6 +5,7 @@
 #pragma once
 #include <ATen/Parallel.h>
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 
@@ -21,6 +22,23 @@ inline void CpuRelax() {
 #elif defined(__aarch64__)
   asm volatile("yield");
 #endif
+}
+
+// How long kshare's threads spin for the next piece of work before they sleep: the pool's idle
+// workers and its caller (cpu_thread_pool.cc) and the block run's barrier (convmixer_blocks.cc),
+// each measured there.
+constexpr std::chrono::microseconds kSpinLimit{50};
+
+// Spins until done() returns true (true), or for at most kSpinLimit (false: the caller then
+// sleeps until it is woken).
+template <class Done>
+bool SpinUntil(const Done& done) {
+  const auto start = std::chrono::steady_clock::now();
+  for (unsigned i = 1; !done(); i++) {
+    CpuRelax();
+    if (i % 64 == 0 && std::chrono::steady_clock::now() - start > kSpinLimit) return false;
+  }
+  return true;
 }
 
 // f(b, e) over [begin, end) in chunks, as at::parallel_for(begin, end, grain, f) would run it

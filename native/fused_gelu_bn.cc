@@ -206,11 +206,8 @@ Forward forwardImpl(const at::Tensor& xIn, const at::Tensor& biasIn, const at::T
   };
 
   if (!training) {
-    kshare_gbn::EvalCoefficients(C, wp, bbp, rmp, rvp, eps, scp, shp);
-    for (int64_t c = 0; c < C; c++) {
-      meanp[c] = rmp[c];
-      isp[c] = static_cast<float>(1.0 / std::sqrt(static_cast<double>(rvp[c]) + eps));
-    }
+    kshare_gbn::EvalCoefficients(C, wp, bbp, rmp, rvp, eps, scp, shp, isp);
+    std::copy(rmp, rmp + C, meanp);
     if (!g.cl) {
       forRows(1, [&](int64_t nc, const float* z) {
         const int64_t c = nc % C;
@@ -499,11 +496,12 @@ Grads BackwardImpl(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& 
 }
 
 void EvalCoefficients(int64_t C, const float* weight, const float* bnBias, const float* rm, const float* rv, double eps, float* scale,
-                      float* shift) {
+                      float* shift, float* invstd) {
   for (int64_t c = 0; c < C; c++) {
     const double is = 1.0 / std::sqrt(static_cast<double>(rv[c]) + eps);
     scale[c] = static_cast<float>(weight[c] * is);
     shift[c] = static_cast<float>(bnBias[c] - rm[c] * weight[c] * is);
+    if (invstd) invstd[c] = static_cast<float>(is);
   }
 }
 

@@ -44,9 +44,10 @@ Grads BackwardImpl(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& 
                    const at::Tensor& dgKept, const RowDrain* drain = nullptr);
 
 // Eval mode's per-channel coefficients, as ForwardImpl computes them (in double, rounded to
-// float): scale = weight / sqrt(rv + eps), shift = bnBias - rm * scale.
+// float): scale = weight / sqrt(rv + eps), shift = bnBias - rm * scale, and 1 / sqrt(rv + eps)
+// into invstd unless it is null.
 void EvalCoefficients(int64_t C, const float* weight, const float* bnBias, const float* rm, const float* rv, double eps, float* scale,
-                      float* shift);
+                      float* shift, float* invstd = nullptr);
 
 // ForwardImpl's eval kernels for one NCHW row of HW floats (bias, scale and shift point at the
 // row's channel): plain(z, y, HW, bias, scale, shift) writes y = gelu(z + *bias) * *scale +

@@ -98,7 +98,8 @@ Napi::FunctionReference g_warningCallback;
 // signal handled on that thread writes its frame into the heap (oneDNN issue #4845, fixed in
 // 3.11.2): `node --cpu-prof` aborted a ConvMixer inference with "corrupted size vs. prev_size",
 // and signals sent to a 2-thread run did too (test/signals.test.ts). libtorch's OpenMP workers
-// are created inside operators, so they inherit the blocked mask and keep it; the process's
+// and kshare's own kernel threads (cpu_thread_pool.cc) are created inside operators, so they
+// inherit the blocked mask and keep it; the process's
 // signals then go to Node's own threads. Faults (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP,
 // SIGSYS, SIGABRT) are never blocked. One block/restore pair took ~0.19 us here.
 const sigset_t& AsyncSignals() {

@@ -128,10 +128,8 @@ export function convMixerBlocks(blocks: readonly (readonly Module[])[], x: Tenso
     if (kh !== kw || dw.conv.dilation[0] !== 1 || dw.conv.dilation[1] !== 1) return null;
     params.push({ dwWeight: dw.conv.weight, dwBias: dw.bias, bn1: dw.bnOptions(), pwWeight: pw.conv.weight, pwBias: pw.bias, bn2: pw.bnOptions() });
   }
-  if (t.isGradEnabled()) {
-    const all = params.flatMap((p) => [p.dwWeight, p.dwBias, p.pwWeight, p.pwBias, p.bn1.weight, p.bn1.bias, p.bn2.weight, p.bn2.bias]);
-    if (x.requiresGrad || all.some((p) => p.requiresGrad)) return null;
-  }
+  const inputs = params.flatMap((p) => [p.dwWeight, p.dwBias, p.pwWeight, p.pwBias, p.bn1.weight, p.bn1.bias, p.bn2.weight, p.bn2.bias]);
+  if (t.recordsGraph([x, ...inputs])) return null;
   return t.convMixerBlocks(x, params);
 }
 

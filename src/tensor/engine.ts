@@ -108,3 +108,11 @@ export function isGradEnabled(): boolean {
   native.setGradEnabled(prev);
   return prev;
 }
+
+/**
+ * Whether an op on these tensors would record an autograd graph: grad mode on and one of them
+ * requiring grad (null entries skipped). Inference-only fast paths ask this.
+ */
+export function recordsGraph(tensors: readonly ({ readonly requiresGrad: boolean } | null | undefined)[]): boolean {
+  return isGradEnabled() && tensors.some((x) => x?.requiresGrad ?? false);
+}

@@ -1,7 +1,7 @@
 // kshare's tensor library: libtorch tensors, ops, autograd and memory scopes.
 export { Tensor, isTensor } from './tensor.js';
 export { DTYPES, type DType, type Device, isFloating, elementBytes } from './dtype.js';
-export { tidy, keep, dispose, liveTensors, noGrad, enableGrad, isGradEnabled } from './engine.js';
+export { tidy, keep, dispose, liveTensors, noGrad, enableGrad, isGradEnabled, recordsGraph } from './engine.js';
 export { ShapeError } from './validate.js';
 export * from './ops/creation.js';
 export * from './ops/convert.js';

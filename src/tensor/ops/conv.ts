@@ -1,7 +1,7 @@
 // 2-D convolution.
 import { runKernel } from '../kernels.js';
 import { cpuKernelsAllowed, runtimeInfo } from '../runtime.js';
-import { isGradEnabled } from '../engine.js';
+import { recordsGraph } from '../engine.js';
 import { Tensor, wrap } from '../tensor.js';
 import { tensorArg, optTensorArg, rankArg, floatArg, sameDevice, pairArg, intArg, ShapeError, describe, optionsArg } from '../validate.js';
 
@@ -158,5 +158,5 @@ function oneDnnPointwiseApplies(x: Tensor, weight: Tensor, bias: Tensor | null):
   const [n, c, h, w] = x.shape as [number, number, number, number];
   const oc = weight.shape[0]!;
   if (n >= 16 || n * h * w * c * oc < POINTWISE_ONEDNN_MIN_MACS) return false;
-  return !isGradEnabled() || !(x.requiresGrad || weight.requiresGrad || (bias?.requiresGrad ?? false));
+  return !recordsGraph([x, weight, bias]);
 }
