@@ -21,10 +21,12 @@
 // Measured speed (2-core Intel Xeon with AVX-512, ConvMixer-256/16 shared inference, NCHW,
 // against two operators a block in the same process, best of 3 alternating medians, `node
 // dist/bench/route-ab.js --only block-run --threads 1,2 --rounds 3`,
-// bench/results/block-run-ab.json), 1 thread / 2 threads: batch 1 19.32 against 20.91 ms
-// (x1.08) / 10.68 against 14.00 ms (x1.31); batch 32 659.1 against 671.3 ms (x1.02) / 328.3
-// against 341.9 ms (x1.04). Beside one busy process (throwaway A/B, 2 threads, batch 1):
-// 21.6-21.8 against 22.4-23.3 ms.
+// bench/results/block-run-ab.json), 1 thread / 2 threads: batch 1 19.80 against 21.18 ms
+// (x1.07) / 10.76 against 11.74 ms (x1.09); batch 32 x1.02 / x1.02. That is with kshare's own
+// thread pool (cpu_thread_pool.cc), which spares the two operators a block most of their
+// wake-ups too; before it: batch 1 x1.08 / x1.31 (10.68 against 14.00 ms), batch 32 x1.02 /
+// x1.04, and beside one busy process (throwaway A/B, 2 threads, batch 1) 21.6-21.8 against
+// 22.4-23.3 ms.
 //
 // Scope: NCHW contiguous input with at least one pixel, square odd depthwise kernels. Where
 // kshare's plane kernel does not serve a block's depthwise convolution (a kernel size it lacks on
