@@ -201,6 +201,9 @@ at::Tensor ConvMixerBlocksCpu(const at::Tensor& input, at::TensorList params, at
   float *midp = mid.data_ptr<float>(), *outp = out.data_ptr<float>();
   const int threads = static_cast<int>(at::get_num_threads());
   const kshare_pw::RowTasks tasks = kshare_pw::ForwardRowTasks(mid, blocks[0].pwWeight, threads);
+  std::vector<std::shared_ptr<const kshare_amx::Packed>> packed(blocks.size());
+  if (tasks.amx)
+    for (size_t b = 0; b < blocks.size(); b++) packed[b] = kshare_pw::PackWeight(blocks[b].pwWeight);
   const kshare_gbn::EvalRowKernels rowKernels = kshare_gbn::EvalRows();
 
   std::atomic<bool> failed{false};
@@ -236,10 +239,13 @@ at::Tensor ConvMixerBlocksCpu(const at::Tensor& input, at::TensorList params, at
       barrier.Wait();
       guarded([&] {
         const float *bias = k.pwBias.data_ptr<float>(), *scale = k.scale2.data(), *shift = k.shift2.data();
-        kshare_pw::ForwardRowRange(mid, k.pwWeight, tasks, rowTasks.first, rowTasks.second, buffer.get(), [&](int64_t row, const float* z) {
-          const int64_t ch = row % c;
-          rowKernels.plain(z, outp + row * hw, hw, bias + ch, scale + ch, shift + ch);
-        });
+        kshare_pw::ForwardRowRange(
+            mid, k.pwWeight, tasks, rowTasks.first, rowTasks.second, buffer.get(),
+            [&](int64_t row, const float* z) {
+              const int64_t ch = row % c;
+              rowKernels.plain(z, outp + row * hw, hw, bias + ch, scale + ch, shift + ch);
+            },
+            packed[b].get());
       });
       if (b + 1 < blocks.size()) barrier.Wait();  // the region's end joins after the last block
       x = outp;

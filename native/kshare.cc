@@ -12,6 +12,7 @@
 // frees boxes that were dropped without dispose, as a backstop only.
 
 #include "kshare.h"
+#include "amx_gemm.h"
 #include "cpu_thread_pool.h"
 
 #include <ATen/ATen.h>
@@ -730,6 +731,9 @@ Napi::Value RuntimeInfo(const Napi::CallbackInfo& info) {
   // kshare's own kernel threads (native/cpu_thread_pool.cc).
   o.Set("cpuPoolWorkers", static_cast<double>(kshare::CpuPoolWorkers()));
   o.Set("cpuPoolJobs", static_cast<double>(kshare::CpuPoolJobs()));
+  // The 1x1 convolution's products on AMX tiles (native/amx_gemm.cc).
+  o.Set("amx", kshare_amx::Enabled());
+  o.Set("amxProducts", static_cast<double>(kshare_amx::Products()));
   return o;
 }
 

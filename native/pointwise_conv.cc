@@ -36,6 +36,7 @@
 
 #include <dnnl.h>
 
+#include "amx_gemm.h"
 #include "cpu_kernel_common.h"
 #include "cpu_thread_pool.h"
 #include "pointwise_conv.h"
@@ -142,6 +143,29 @@ void Sgemm(char ta, char tb, int64_t m, int64_t n, int64_t k, const float* a, in
               ", n ", n, ", k ", k, ")");
 }
 
+// NCHW products on AMX tiles (amx_gemm.cc) where kshare_amx::Enabled(): the weight side is packed
+// once a call, each image's activation or gradient per product, into a per-thread scratch.
+kshare_amx::Packed& Scratch(int which) {
+  thread_local kshare_amx::Packed scratch[2];
+  return scratch[which];
+}
+
+std::shared_ptr<const kshare_amx::Packed> PackWeight(const at::Tensor& weight) {
+  auto packed = std::make_shared<kshare_amx::Packed>();
+  const at::Tensor w = weight.contiguous();
+  kshare_amx::PackLeft(w.data_ptr<float>(), w.size(0), w.size(1), w.size(1), 1, packed.get());
+  return packed;
+}
+
+// W^T (in x out) for the input gradient, from W (out x in): transposed by ATen first, since the
+// packing reads rows fastest.
+std::shared_ptr<const kshare_amx::Packed> PackWeightTransposed(const at::Tensor& weight) {
+  auto packed = std::make_shared<kshare_amx::Packed>();
+  const at::Tensor wt = weight.reshape({weight.size(0), weight.size(1)}).t().contiguous();
+  kshare_amx::PackLeft(wt.data_ptr<float>(), wt.size(0), wt.size(1), wt.size(1), 1, packed.get());
+  return packed;
+}
+
 at::Tensor ForwardCpu(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
   const char* op = "kshare::pointwise_conv2d";
   const Geometry g = Check(op, input, weight);
@@ -171,12 +195,19 @@ at::Tensor ForwardCpu(const at::Tensor& input, const at::Tensor& weight, const c
     return out;
   }
   // NCHW: Y[n] (out x HW) = W (out x in) X[n] (in x HW), image by image (or panel by panel).
+  const std::shared_ptr<const kshare_amx::Packed> packed = kshare_amx::Enabled() ? PackWeight(w) : nullptr;
   ForEachPanel(g.n, g.hw, [&](int64_t n, int64_t c0, int64_t c1) {
     float* yn = yp + n * g.cout * g.hw + c0;
     if (bp) {
       for (int64_t o = 0; o < g.cout; o++) std::fill_n(yn + o * g.hw, c1 - c0, bp[o]);
     }
-    Sgemm('N', 'N', g.cout, c1 - c0, g.cin, wp, g.cin, xp + n * g.cin * g.hw + c0, g.hw, bp ? 1.f : 0.f, yn, g.hw);
+    const float* xn = xp + n * g.cin * g.hw + c0;
+    if (packed) {
+      kshare_amx::Packed& right = Scratch(0);
+      kshare_amx::PackRight(xn, g.cin, c1 - c0, g.hw, 1, &right);
+      if (packed->finite && right.finite) return kshare_amx::Gemm(*packed, right, yn, g.hw, bp ? 1.f : 0.f, 0, g.cout);
+    }
+    Sgemm('N', 'N', g.cout, c1 - c0, g.cin, wp, g.cin, xn, g.hw, bp ? 1.f : 0.f, yn, g.hw);
   });
   return out;
 }
@@ -196,7 +227,9 @@ RowTasks ForwardRowTasks(const at::Tensor& input, const at::Tensor& weight, int6
   // ForwardCpu splits pixel columns).
   const int64_t split = g.n >= threads ? 1 : (threads + g.n - 1) / g.n;
   RowTasks t;
+  t.amx = kshare_amx::Enabled();
   t.block = (g.cout + split - 1) / split;
+  if (t.amx) t.block = std::min(g.cout, (t.block + 31) / 32 * 32);  // AMX row ranges start at multiples of 32
   t.parts = (g.cout + t.block - 1) / t.block;
   t.count = g.n * t.parts;
   t.bufferFloats = t.block * g.hw;
@@ -204,12 +237,22 @@ RowTasks ForwardRowTasks(const at::Tensor& input, const at::Tensor& weight, int6
 }
 
 void ForwardRowRange(const at::Tensor& input, const at::Tensor& weight, const RowTasks& tasks, int64_t begin, int64_t end,
-                     float* buffer, const kshare::RowSink& sink) {
+                     float* buffer, const kshare::RowSink& sink, const kshare_amx::Packed* packed) {
   const Geometry g = Check("kshare::pointwise_conv2d", input, weight);
+  TORCH_CHECK(!tasks.amx || packed, "kshare::pointwise_conv2d: internal error: AMX tasks without a packed weight");
   const float *xp = input.data_ptr<float>(), *wp = weight.data_ptr<float>();
+  int64_t packedImage = -1;
   for (int64_t i = begin; i < end; i++) {
     const int64_t n = i / tasks.parts, o0 = (i % tasks.parts) * tasks.block, o1 = std::min(g.cout, o0 + tasks.block);
-    Sgemm('N', 'N', o1 - o0, g.hw, g.cin, wp + o0 * g.cin, g.cin, xp + n * g.cin * g.hw, g.hw, 0.f, buffer, g.hw);
+    kshare_amx::Packed& right = Scratch(0);
+    if (tasks.amx && packedImage != n) kshare_amx::PackRight(xp + n * g.cin * g.hw, g.cin, g.hw, g.hw, 1, &right);
+    packedImage = n;
+    if (tasks.amx && packed->finite && right.finite) {
+      // The buffer holds rows [o0, o1): Gemm writes row o at buffer + (o - o0) * hw.
+      kshare_amx::Gemm(*packed, right, buffer - o0 * g.hw, g.hw, 0.f, o0, o1);
+    } else {
+      Sgemm('N', 'N', o1 - o0, g.hw, g.cin, wp + o0 * g.cin, g.cin, xp + n * g.cin * g.hw, g.hw, 0.f, buffer, g.hw);
+    }
     for (int64_t o = o0; o < o1; o++) sink(n * g.cout + o, buffer + (o - o0) * g.hw);
   }
 }
@@ -221,9 +264,10 @@ void ForwardRows(const at::Tensor& input, const at::Tensor& weight, const kshare
   // Y[n] (out x HW, e.g. 256 KiB at 256 channels and 16x16) goes to a per-thread buffer that
   // stays in L2 while its rows are consumed.
   const RowTasks tasks = ForwardRowTasks(input, w, at::get_num_threads());
+  const std::shared_ptr<const kshare_amx::Packed> packed = tasks.amx ? PackWeight(w) : nullptr;
   kshare::ParallelFor(0, tasks.count, 1, [&](int64_t b, int64_t e) {
     std::unique_ptr<float[]> y(new float[tasks.bufferFloats]);
-    ForwardRowRange(input, w, tasks, b, e, y.get(), sink);
+    ForwardRowRange(input, w, tasks, b, e, y.get(), sink, packed.get());
   });
 }
 
@@ -249,12 +293,24 @@ void ForEachImageShare(const Geometry& g, float* gwp, const F& f) {
 }
 
 // dst (out x in) = beta dst + gY[n] X[n]^T, with gyn image n's grad output (out x HW, rows HW apart).
-void AddGradWeight(const Geometry& g, const float* gyn, const float* xp, int64_t n, float* dst, float beta) {
-  Sgemm('N', 'T', g.cout, g.cin, g.hw, gyn, g.hw, xp + n * g.cin * g.hw, g.hw, beta, dst, g.cin);
+void AddGradWeight(const Geometry& g, const float* gyn, const float* xp, int64_t n, float* dst, float beta, bool amx) {
+  const float* xn = xp + n * g.cin * g.hw;
+  if (!amx) return Sgemm('N', 'T', g.cout, g.cin, g.hw, gyn, g.hw, xn, g.hw, beta, dst, g.cin);
+  kshare_amx::Packed &left = Scratch(0), &right = Scratch(1);
+  kshare_amx::PackLeft(gyn, g.cout, g.hw, g.hw, 1, &left);
+  kshare_amx::PackRight(xn, g.hw, g.cin, 1, g.hw, &right);
+  if (left.finite && right.finite) return kshare_amx::Gemm(left, right, dst, g.cin, beta, 0, g.cout);
+  Sgemm('N', 'T', g.cout, g.cin, g.hw, gyn, g.hw, xn, g.hw, beta, dst, g.cin);
 }
 
-// gX[n] (in x HW) = W^T (in x out) gY[n] (out x HW), pixel columns [c0, c1).
-void GradInputImage(const Geometry& g, const float* wp, const float* gyn, float* gin, int64_t c0, int64_t c1) {
+// gX[n] (in x HW) = W^T (in x out) gY[n] (out x HW), pixel columns [c0, c1); packedT: W^T packed
+// (PackWeightTransposed) for AMX, or null.
+void GradInputImage(const Geometry& g, const float* wp, const float* gyn, float* gin, int64_t c0, int64_t c1,
+                    const kshare_amx::Packed* packedT) {
+  if (!packedT) return Sgemm('T', 'N', g.cin, c1 - c0, g.cout, wp, g.cin, gyn + c0, g.hw, 0.f, gin + c0, g.hw);
+  kshare_amx::Packed& right = Scratch(1);
+  kshare_amx::PackRight(gyn + c0, g.cout, c1 - c0, g.hw, 1, &right);
+  if (packedT->finite && right.finite) return kshare_amx::Gemm(*packedT, right, gin + c0, g.hw, 0.f, 0, g.cin);
   Sgemm('T', 'N', g.cin, c1 - c0, g.cout, wp, g.cin, gyn + c0, g.hw, 0.f, gin + c0, g.hw);
 }
 
@@ -284,8 +340,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> BackwardCpu(const at::Tensor& gra
       });
     } else {
       // gX[n] (in x HW) = W^T (in x out) gY[n] (out x HW)
+      const auto packedT = kshare_amx::Enabled() ? PackWeightTransposed(w) : nullptr;
       ForEachPanel(g.n, g.hw, [&](int64_t n, int64_t c0, int64_t c1) {
-        GradInputImage(g, wp, gp + n * g.cout * g.hw, gip + n * g.cin * g.hw, c0, c1);
+        GradInputImage(g, wp, gp + n * g.cout * g.hw, gip + n * g.cin * g.hw, c0, c1, packedT.get());
       });
     }
   }
@@ -298,7 +355,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> BackwardCpu(const at::Tensor& gra
       // gW (out x in) = gY^T (out x NHW) X (NHW x in)
       Sgemm('T', 'N', g.cout, g.cin, g.n * g.hw, gp, g.cout, xp, g.cin, 0.f, gwp, g.cin);
     } else {
-      ForEachImageShare(g, gwp, [&](int64_t, int64_t n, float* dst, float beta) { AddGradWeight(g, gp + n * g.cout * g.hw, xp, n, dst, beta); });
+      const bool amx = kshare_amx::Enabled();
+      ForEachImageShare(g, gwp, [&](int64_t, int64_t n, float* dst, float beta) {
+        AddGradWeight(g, gp + n * g.cout * g.hw, xp, n, dst, beta, amx);
+      });
     }
     // The weight's own memory format, as libtorch returns it.
     if (weight.suggest_memory_format() == at::MemoryFormat::ChannelsLast) gw = gw.contiguous(at::MemoryFormat::ChannelsLast);
@@ -328,11 +388,13 @@ std::tuple<at::Tensor, at::Tensor> BackwardRows(const kshare::RowProducer& gradR
   // the sums are BackwardCpu's (with at least as many images as threads, one image a panel), so
   // the numbers are the same bit for bit.
   const at::Tensor bufs = at::empty({ImageShares(g.n), g.cout * g.hw}, input.options());
+  const bool amx = kshare_amx::Enabled();
+  const auto packedT = amx && gip ? PackWeightTransposed(w) : nullptr;
   ForEachImageShare(g, gw.data_ptr<float>(), [&](int64_t p, int64_t n, float* dst, float beta) {
     float* buf = bufs.data_ptr<float>() + p * g.cout * g.hw;
     for (int64_t o = 0; o < g.cout; o++) gradRows(n * g.cout + o, buf + o * g.hw);
-    if (gip) GradInputImage(g, wp, buf, gip + n * g.cin * g.hw, 0, g.hw);
-    if (needWeight) AddGradWeight(g, buf, xp, n, dst, beta);
+    if (gip) GradInputImage(g, wp, buf, gip + n * g.cin * g.hw, 0, g.hw, packedT.get());
+    if (needWeight) AddGradWeight(g, buf, xp, n, dst, beta, amx);
   });
   if (!needWeight) gw = at::Tensor();
   else if (weight.suggest_memory_format() == at::MemoryFormat::ChannelsLast) gw = gw.contiguous(at::MemoryFormat::ChannelsLast);

@@ -5,9 +5,11 @@
 #ifdef KSHARE_HAVE_DNNL
 #include <ATen/ATen.h>
 
+#include "amx_gemm.h"
 #include "cpu_kernel_common.h"
 
 #include <array>
+#include <memory>
 #include <tuple>
 
 namespace kshare_pw {
@@ -29,12 +31,16 @@ void ForwardRows(const at::Tensor& input, const at::Tensor& weight, const kshare
 // each), for a caller that shares them out itself (native/convmixer_blocks.cc) with
 // ForwardRowRange: tasks [begin, end) on the calling thread, through `buffer` (bufferFloats
 // floats). The caller has checked RowsApply; weight contiguous.
+// With tasks.amx the products run on AMX tiles (amx_gemm.h) from `packed`, the weight as
+// PackWeight packs it (then the channel blocks are multiples of 32).
 struct RowTasks {
   int64_t count, block, parts, bufferFloats;
+  bool amx;
 };
 RowTasks ForwardRowTasks(const at::Tensor& input, const at::Tensor& weight, int64_t threads);
+std::shared_ptr<const kshare_amx::Packed> PackWeight(const at::Tensor& weight);
 void ForwardRowRange(const at::Tensor& input, const at::Tensor& weight, const RowTasks& tasks, int64_t begin, int64_t end,
-                     float* buffer, const kshare::RowSink& sink);
+                     float* buffer, const kshare::RowSink& sink, const kshare_amx::Packed* packed);
 
 // Whether BackwardRows runs: an NCHW contiguous, non-empty input with at least as many images as
 // threads.

@@ -1,4 +1,5 @@
-// kshare's 1x1 convolution (native/pointwise_conv.cc, oneDNN's sgemm): forward, grad input,
+// kshare's 1x1 convolution (native/pointwise_conv.cc: oneDNN's sgemm, or AMX tiles where the CPU
+// has them, native/amx_gemm.cc): forward, grad input,
 // grad weight and grad bias against libtorch's conv2d in this process and against python3-torch,
 // NCHW and channels-last, with outputs poisoned with NaN before the kernel writes them
 // (KSHARE_NATIVE_POISON), so an element left unwritten fails; and conv2d's routing of 1x1
@@ -89,6 +90,66 @@ test('pointwise conv2d matches libtorch conv2d: forward and every gradient, both
       t.setNumThreads(before);
     }
     t.dispose(data);
+  });
+});
+
+// Shapes whose sizes are not multiples of the AMX tiles (16 rows, 32 columns, 32-deep), so the
+// zero padding and the edge blocks run, besides the ConvMixer sizes.
+const AMX_SHAPES: Shape[] = [
+  ...SHAPES.filter((s) => !s.cl),
+  { n: 3, c: 37, out: 33, h: 17, w: 3, bias: true, cl: false },
+  { n: 2, c: 256, out: 256, h: 16, w: 16, bias: true, cl: false }, // ConvMixer-256's block
+  { n: 1, c: 256, out: 256, h: 32, w: 32, bias: true, cl: false }, // batch 1: split into channel blocks
+  { n: 2, c: 70, out: 130, h: 9, w: 15, bias: false, cl: false },
+];
+const amxSkip = skip || (t.runtimeInfo().amx ? false : 'this CPU (or OS) has no AMX-BF16: the products run on oneDNN sgemm only');
+
+test('on AMX, the 1x1 products match oneDNN sgemm and libtorch within 1e-5, at 1 and 2 threads', { skip: amxSkip }, () => {
+  AMX_SHAPES.forEach((s, i) => {
+    const data = makeData(s, 1300 + i);
+    const before = t.runtimeInfo().amxProducts;
+    const amx = run(data, true);
+    assert.ok(t.runtimeInfo().amxProducts > before, `${label(s)}: the products ran on AMX`);
+    const sgemm = withEnv({ KSHARE_NATIVE_AMX: '0' }, () => {
+      const mark = t.runtimeInfo().amxProducts;
+      const r = run(data, true);
+      assert.equal(t.runtimeInfo().amxProducts, mark, `${label(s)}: KSHARE_NATIVE_AMX=0 keeps them off AMX`);
+      return r;
+    });
+    compare(`${label(s)} AMX vs sgemm`, amx, sgemm);
+    compare(`${label(s)} AMX vs libtorch`, amx, run(data, false));
+    const before2 = t.runtimeInfo().numThreads;
+    try {
+      t.setNumThreads(2);
+      // Each output element is the same sum whatever the split, so the forward is bit for bit.
+      const two = run(data, true);
+      assert.deepEqual(two.y, amx.y, `${label(s)}: 2 threads, forward bit for bit`);
+      compare(`${label(s)} AMX at 2 threads`, two, amx);
+    } finally {
+      t.setNumThreads(before2);
+    }
+    t.dispose(data);
+  });
+});
+
+test('on AMX, infinities and NaNs come out where sgemm puts them', { skip: amxSkip }, () => {
+  t.tidy(() => {
+    const x = t.randn([2, 40, 6, 6]),
+      w = t.randn([48, 40, 1, 1]);
+    const v = x.toFloat32Array();
+    v[5] = Infinity; // image 0, channel 0: +-inf in every output channel at that pixel
+    v[40 * 36 + 7] = NaN; // image 1: NaN at that pixel
+    v[17] = 1e30; // large but finite: its pieces stay finite
+    const xs = t.tensor(v, [2, 40, 6, 6]);
+    const amx = t.conv2d(xs, w).toFloat32Array();
+    const sgemm = withEnv({ KSHARE_NATIVE_AMX: '0' }, () => t.conv2d(xs, w).toFloat32Array());
+    for (let i = 0; i < amx.length; i++) {
+      const a = amx[i]!,
+        b = sgemm[i]!;
+      if (!Number.isFinite(b)) assert.ok(Object.is(a, b) || (Number.isNaN(a) && Number.isNaN(b)), `element ${i}: ${a} against ${b}`);
+      else assert.ok(Math.abs(a - b) <= 1e-5 * Math.max(1, Math.abs(b)), `element ${i}: ${a} against ${b}`);
+    }
+    assert.ok(amx.some((a) => a === Infinity) && amx.some((a) => a === -Infinity) && amx.some(Number.isNaN), 'the case has all three');
   });
 });
 

@@ -1,0 +1,385 @@
+// Float32 matrix products on Intel AMX tiles, for kshare's 1x1 convolution (pointwise_conv.cc).
+//
+// Why: the 1x1 convolution's products are about 45 % of a ConvMixer-256/8 training step on CPU,
+// and oneDNN's AVX-512 sgemm already runs them near the FMA peak (~200-230 GFLOP/s a core on the
+// 2-core Intel Xeon of bench/cpu-kernels-notes.md). AMX's bfloat16 tile product is ~14x that
+// (3.4 TFLOP/s a core, a throwaway probe), but bfloat16 keeps 8 bits of a float32's 24. So each
+// operand is split into three bfloat16 pieces, x = hi + mid + lo (truncation: each piece is the
+// float32 remainder's top 16 bits, so the split is exact to float32), and the six products whose
+// size matters (hi*hi, hi*mid, mid*hi, mid*mid, hi*lo, lo*hi; the three dropped are below
+// 2^-24 of the value) are accumulated in the float32 tiles. Error against a double-precision
+// product, relative to the sum of |terms|, on a 256 x 256 x 256 product: 1.1e-7, oneDNN's sgemm
+// 2.1e-7 (throwaway C program).
+//
+// Measured speed (one thread, 256 x 256 x 256, operands packed): 83-91 us against oneDNN sgemm's
+// 147-167 us, ~400 GFLOP/s in float32 terms; packing an operand costs extra (see pointwise_conv.cc
+// for the operator-level figures and bench/cpu-kernels-notes.md for the history).
+//
+// Infinities and NaNs keep their value in the hi piece (mid and lo are zero there), but inf times
+// another operand's zero piece is NaN, so the pack marks such an operand (Packed::finite) and the
+// caller takes a float32 sgemm for it. Values so
+// small that a piece is a float32 subnormal lose that piece (AMX treats bfloat16 subnormals as
+// zero): below ~1e-33 the relative error grows toward 2^-8.
+#include "amx_gemm.h"
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+
+#if defined(__x86_64__)
+#include <cpuid.h>
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+#include <algorithm>
+#include <atomic>
+
+namespace kshare_amx {
+
+namespace {
+
+constexpr int64_t kPieces = 3;
+std::atomic<int64_t> products{0};
+
+int64_t RoundUp(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+#if defined(__x86_64__)
+// CPUID leaf 7: EDX bit 22 AMX-BF16, bit 24 AMX-TILE; then ask the kernel for the tile data
+// state (Linux 5.16+, arch_prctl ARCH_REQ_XCOMP_PERM), once for the process.
+bool Available() {
+  static const bool ok = [] {
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    if (!(d & (1u << 22)) || !(d & (1u << 24))) return false;
+    if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw")) return false;
+    constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return ok;
+}
+#else
+bool Available() { return false; }
+#endif
+
+}  // namespace
+
+bool Enabled() {
+  const char* flag = std::getenv("KSHARE_NATIVE_AMX");
+  if (flag && std::strcmp(flag, "0") == 0) return false;
+  const char* isa = std::getenv("KSHARE_NATIVE_ISA");
+  if (isa && (std::strcmp(isa, "avx2") == 0 || std::strcmp(isa, "generic") == 0)) return false;
+  return Available();
+}
+
+int64_t Products() { return products.load(std::memory_order_relaxed); }
+
+namespace {
+
+void Reserve(Packed* out, int64_t rows, int64_t cols, int64_t rowTiles, int64_t colTiles) {
+  out->rows = rows;
+  out->cols = cols;
+  out->rowTiles = rowTiles;
+  out->colTiles = colTiles;
+  out->pieceElems = rowTiles * colTiles * 512;
+  const int64_t need = kPieces * out->pieceElems + 32;  // + 64 bytes to align
+  if (need > out->capacity) {
+    out->storage.reset(new uint16_t[need]);
+    out->capacity = need;
+  }
+  out->base = reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(out->storage.get()) + 63) & ~uintptr_t(63));
+}
+
+// The three pieces of f as float32 bit patterns with the low 16 bits zero: the top 16 bits of f,
+// of f - hi and of f - hi - mid (each subtraction exact). Infinities and NaNs stay in hi (a NaN
+// keeps a mantissa bit, so it does not become an infinity) with mid and lo zero.
+inline void Split(float f, uint32_t* h, uint32_t* m, uint32_t* l) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7f800000u) == 0x7f800000u) {
+    *h = (u & 0xffff0000u) | ((u & 0x007fffffu) ? 0x00400000u : 0u);
+    *m = *l = 0;
+    return;
+  }
+  const uint32_t hu = u & 0xffff0000u;
+  float hf, r, mf;
+  std::memcpy(&hf, &hu, 4);
+  r = f - hf;
+  std::memcpy(&u, &r, 4);
+  const uint32_t mu = u & 0xffff0000u;
+  std::memcpy(&mf, &mu, 4);
+  r -= mf;
+  std::memcpy(&u, &r, 4);
+  *h = hu;
+  *m = mu;
+  *l = u & 0xffff0000u;
+}
+
+// Element offsets inside a piece.
+inline int64_t LeftAt(const Packed& p, int64_t i, int64_t j) {
+  return ((i / 16) * p.colTiles + j / 32) * 512 + (i % 16) * 32 + (j % 32);
+}
+inline int64_t RightAt(const Packed& p, int64_t i, int64_t j) {
+  return ((i / 32) * p.colTiles + j / 16) * 512 + ((i % 32) / 2) * 32 + (j % 16) * 2 + (i & 1);
+}
+
+template <class At>
+bool PackScalar(const float* src, int64_t rows, int64_t cols, int64_t rs, int64_t cs, const Packed& p, At at) {
+  uint16_t *h = p.base, *m = h + p.pieceElems, *l = m + p.pieceElems;
+  bool finite = true;
+  for (int64_t i = 0; i < rows; i++)
+    for (int64_t j = 0; j < cols; j++) {
+      uint32_t a, b, c;
+      finite = finite && std::isfinite(src[i * rs + j * cs]);
+      Split(src[i * rs + j * cs], &a, &b, &c);
+      const int64_t o = at(p, i, j);
+      h[o] = static_cast<uint16_t>(a >> 16);
+      m[o] = static_cast<uint16_t>(b >> 16);
+      l[o] = static_cast<uint16_t>(c >> 16);
+    }
+  return finite;
+}
+
+#if defined(__x86_64__)
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,amx-tile,amx-bf16")
+
+// Split for 16 floats at once; the same bits as Split.
+inline void Split16(__m512 f, __m512i* h, __m512i* m, __m512i* l, __mmask16* allFinite) {
+  const __m512i top = _mm512_set1_epi32(static_cast<int>(0xffff0000u)), expo = _mm512_set1_epi32(0x7f800000);
+  const __m512i u = _mm512_castps_si512(f);
+  const __mmask16 finite = _mm512_cmpneq_epi32_mask(_mm512_and_si512(u, expo), expo);
+  const __mmask16 nan = static_cast<__mmask16>(~finite) & _mm512_test_epi32_mask(u, _mm512_set1_epi32(0x007fffff));
+  __m512i hu = _mm512_and_si512(u, top);
+  hu = _mm512_mask_or_epi32(hu, nan, hu, _mm512_set1_epi32(0x00400000));
+  __m512 r = _mm512_sub_ps(f, _mm512_castsi512_ps(hu));
+  const __m512i mu = _mm512_and_si512(_mm512_castps_si512(r), top);
+  r = _mm512_sub_ps(r, _mm512_castsi512_ps(mu));
+  *allFinite &= finite;
+  *h = hu;
+  *m = _mm512_maskz_mov_epi32(finite, mu);
+  *l = _mm512_maskz_and_epi32(finite, _mm512_castps_si512(r), top);
+}
+
+// The high halves of 32 float32 bit patterns (a: 0-15, b: 16-31) as 32 bfloat16 in order.
+inline __m512i High16(__m512i a, __m512i b) {
+  static const __m512i odd = _mm512_set_epi16(63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33, 31, 29, 27, 25,
+                                              23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+  return _mm512_permutex2var_epi16(a, odd, b);
+}
+
+inline __mmask16 Tail(int64_t n) { return n >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << std::max<int64_t>(n, 0)) - 1); }
+
+// Left operand, rows contiguous (colStride 1): 32 floats of a row make one tile row.
+bool PackLeftRows(const float* src, int64_t rows, int64_t cols, int64_t rs, const Packed& p) {
+  uint16_t* piece[3] = {p.base, p.base + p.pieceElems, p.base + 2 * p.pieceElems};
+  const __m512i zero = _mm512_setzero_si512();
+  __mmask16 finite = 0xffff;
+  for (int64_t i = 0; i < p.rowTiles * 16; i++) {
+    const float* row = src + i * rs;
+    for (int64_t kt = 0; kt < p.colTiles; kt++) {
+      const int64_t j = kt * 32;
+      __m512i a[3] = {zero, zero, zero}, b[3] = {zero, zero, zero};
+      if (i < rows) {
+        Split16(_mm512_maskz_loadu_ps(Tail(cols - j), row + j), &a[0], &a[1], &a[2], &finite);
+        Split16(_mm512_maskz_loadu_ps(Tail(cols - j - 16), row + j + 16), &b[0], &b[1], &b[2], &finite);
+      }
+      const int64_t o = LeftAt(p, i, j);
+      for (int q = 0; q < 3; q++) _mm512_store_si512(piece[q] + o, High16(a[q], b[q]));
+    }
+  }
+  return finite == 0xffff;
+}
+
+// Right operand, rows contiguous (colStride 1): rows 2t and 2t + 1, 16 columns, make one VNNI
+// tile row (each 32-bit word: row 2t's value low, row 2t + 1's high).
+bool PackRightRows(const float* src, int64_t rows, int64_t cols, int64_t rs, const Packed& p) {
+  uint16_t* piece[3] = {p.base, p.base + p.pieceElems, p.base + 2 * p.pieceElems};
+  const __m512i zero = _mm512_setzero_si512();
+  __mmask16 finite = 0xffff;
+  for (int64_t i = 0; i < p.rowTiles * 32; i += 2) {
+    for (int64_t j = 0; j < p.colTiles * 16; j += 16) {
+      __m512i a[3] = {zero, zero, zero}, b[3] = {zero, zero, zero};
+      const __mmask16 t = Tail(cols - j);
+      if (i < rows) Split16(_mm512_maskz_loadu_ps(t, src + i * rs + j), &a[0], &a[1], &a[2], &finite);
+      if (i + 1 < rows) Split16(_mm512_maskz_loadu_ps(t, src + (i + 1) * rs + j), &b[0], &b[1], &b[2], &finite);
+      const int64_t o = RightAt(p, i, j);
+      for (int q = 0; q < 3; q++) _mm512_store_si512(piece[q] + o, _mm512_or_si512(b[q], _mm512_srli_epi32(a[q], 16)));
+    }
+  }
+  return finite == 0xffff;
+}
+
+// r[i] holds row i of a 16 x 16 matrix of 32-bit words; afterwards r[i] holds column i.
+inline void Transpose16(__m512i r[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 8; i++) {
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; i++) {
+    r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+    r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+  }
+  for (int i = 0; i < 2; i++)
+    for (int j = 0; j < 4; j++) {
+      t[8 * i + j] = _mm512_shuffle_i32x4(r[8 * i + j], r[8 * i + 4 + j], 0x88);
+      t[8 * i + 4 + j] = _mm512_shuffle_i32x4(r[8 * i + j], r[8 * i + 4 + j], 0xdd);
+    }
+  for (int j = 0; j < 8; j++) {
+    r[j] = _mm512_shuffle_i32x4(t[j], t[8 + j], 0x88);
+    r[8 + j] = _mm512_shuffle_i32x4(t[j], t[8 + j], 0xdd);
+  }
+}
+
+// Right operand, columns contiguous (rowStride 1, a transposed matrix): 32 values down a column
+// make 16 VNNI words for that column, one in each of the tile's 16 rows.
+bool PackRightColumns(const float* src, int64_t rows, int64_t cols, int64_t cs, const Packed& p) {
+  uint16_t* piece[3] = {p.base, p.base + p.pieceElems, p.base + 2 * p.pieceElems};
+  const __m512i zero = _mm512_setzero_si512();
+  __mmask16 finite = 0xffff;
+  alignas(64) uint32_t words[3][16][16];  // [piece][column][tile row]
+  for (int64_t i = 0; i < p.rowTiles * 32; i += 32) {
+    for (int64_t j0 = 0; j0 < p.colTiles * 16; j0 += 16) {
+      for (int64_t c = 0; c < 16; c++) {
+        const int64_t j = j0 + c;
+        __m512i a[3] = {zero, zero, zero}, b[3] = {zero, zero, zero};
+        if (j < cols) {
+          Split16(_mm512_maskz_loadu_ps(Tail(rows - i), src + j * cs + i), &a[0], &a[1], &a[2], &finite);
+          Split16(_mm512_maskz_loadu_ps(Tail(rows - i - 16), src + j * cs + i + 16), &b[0], &b[1], &b[2], &finite);
+        }
+        for (int q = 0; q < 3; q++) _mm512_store_si512(words[q][c], High16(a[q], b[q]));
+      }
+      const int64_t o = RightAt(p, i, j0);
+      for (int q = 0; q < 3; q++) {
+        __m512i r[16];
+        for (int c = 0; c < 16; c++) r[c] = _mm512_load_si512(words[q][c]);
+        Transpose16(r);
+        for (int t = 0; t < 16; t++) _mm512_store_si512(piece[q] + o + t * 32, r[t]);
+      }
+    }
+  }
+  return finite == 0xffff;
+}
+
+struct TileConfig {
+  uint8_t palette = 1, startRow = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Which pieces each of the six products multiplies (0 hi, 1 mid, 2 lo) is fixed by the order of
+// the loads in the loop below: hi*hi, hi*mid, mid*mid, mid*hi, lo*hi, hi*lo.
+void GemmTiles(const Packed& left, const Packed& right, float* c, int64_t ldc, float beta, int64_t rowBegin, int64_t rowEnd) {
+  TileConfig cfg;
+  for (int t = 0; t < 8; t++) {
+    cfg.colsb[t] = 64;
+    cfg.rows[t] = 16;
+  }
+  _tile_loadconfig(&cfg);
+  const int64_t n = right.cols, kTiles = left.colTiles, nTiles = right.colTiles;
+  const uint16_t *a[3] = {left.piece(0), left.piece(1), left.piece(2)}, *b[3] = {right.piece(0), right.piece(1), right.piece(2)};
+  alignas(64) float edge[32 * 32];
+  for (int64_t j = 0; j < nTiles * 16; j += 32) {
+    for (int64_t i = rowBegin; i < rowEnd; i += 32) {
+      const bool whole = i + 32 <= rowEnd && j + 32 <= n;
+      float* dst = whole ? c + i * ldc + j : edge;
+      const int64_t ld = whole ? ldc : 32;
+      const int64_t rowsHere = std::min<int64_t>(32, rowEnd - i), colsHere = std::min<int64_t>(32, n - j);
+      if (!whole) {
+        std::fill_n(edge, 32 * 32, 0.f);
+        if (beta != 0.f)
+          for (int64_t r = 0; r < rowsHere; r++) std::copy_n(c + (i + r) * ldc + j, colsHere, edge + r * 32);
+      }
+      if (beta != 0.f) {
+        _tile_loadd(0, dst, ld * 4);
+        _tile_loadd(1, dst + 16, ld * 4);
+        _tile_loadd(2, dst + 16 * ld, ld * 4);
+        _tile_loadd(3, dst + 16 * ld + 16, ld * 4);
+      } else {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+      }
+      const int64_t aRow = (i / 16) * kTiles * 512, aNext = kTiles * 512;
+      for (int64_t kt = 0; kt < kTiles; kt++) {
+        const int64_t oa = aRow + kt * 512, ob = (kt * nTiles + j / 16) * 512;
+#define KS_LOAD_LEFT(P) \
+  _tile_loadd(4, a[P] + oa, 64); \
+  _tile_loadd(5, a[P] + oa + aNext, 64);
+#define KS_LOAD_RIGHT(P) \
+  _tile_loadd(6, b[P] + ob, 64); \
+  _tile_loadd(7, b[P] + ob + 512, 64);
+#define KS_PRODUCTS \
+  _tile_dpbf16ps(0, 4, 6); \
+  _tile_dpbf16ps(1, 4, 7); \
+  _tile_dpbf16ps(2, 5, 6); \
+  _tile_dpbf16ps(3, 5, 7);
+        KS_LOAD_LEFT(0) KS_LOAD_RIGHT(0) KS_PRODUCTS  // hi * hi
+        KS_LOAD_RIGHT(1) KS_PRODUCTS                  // hi * mid
+        KS_LOAD_LEFT(1) KS_PRODUCTS                   // mid * mid
+        KS_LOAD_RIGHT(0) KS_PRODUCTS                  // mid * hi
+        KS_LOAD_LEFT(2) KS_PRODUCTS                   // lo * hi
+        KS_LOAD_LEFT(0) KS_LOAD_RIGHT(2) KS_PRODUCTS  // hi * lo
+#undef KS_LOAD_LEFT
+#undef KS_LOAD_RIGHT
+#undef KS_PRODUCTS
+      }
+      _tile_stored(0, dst, ld * 4);
+      _tile_stored(1, dst + 16, ld * 4);
+      _tile_stored(2, dst + 16 * ld, ld * 4);
+      _tile_stored(3, dst + 16 * ld + 16, ld * 4);
+      if (!whole)
+        for (int64_t r = 0; r < rowsHere; r++) std::copy_n(edge + r * 32, colsHere, c + (i + r) * ldc + j);
+    }
+  }
+  _tile_release();
+}
+
+#pragma GCC pop_options
+#endif  // __x86_64__
+
+}  // namespace
+
+void PackLeft(const float* src, int64_t rows, int64_t cols, int64_t rowStride, int64_t colStride, Packed* out) {
+  Reserve(out, rows, cols, RoundUp(rows, 32) / 16, RoundUp(cols, 32) / 32);
+#if defined(__x86_64__)
+  if (colStride == 1) {
+    out->finite = PackLeftRows(src, rows, cols, rowStride, *out);
+    return;
+  }
+#endif
+  std::fill_n(out->base, kPieces * out->pieceElems, uint16_t(0));
+  out->finite = PackScalar(src, rows, cols, rowStride, colStride, *out, LeftAt);
+}
+
+void PackRight(const float* src, int64_t rows, int64_t cols, int64_t rowStride, int64_t colStride, Packed* out) {
+  Reserve(out, rows, cols, RoundUp(rows, 32) / 32, RoundUp(cols, 32) / 16);
+#if defined(__x86_64__)
+  if (colStride == 1 || rowStride == 1) {
+    out->finite = colStride == 1 ? PackRightRows(src, rows, cols, rowStride, *out) : PackRightColumns(src, rows, cols, colStride, *out);
+    return;
+  }
+#endif
+  std::fill_n(out->base, kPieces * out->pieceElems, uint16_t(0));
+  out->finite = PackScalar(src, rows, cols, rowStride, colStride, *out, RightAt);
+}
+
+void Gemm(const Packed& left, const Packed& right, float* c, int64_t ldc, float beta, int64_t rowBegin, int64_t rowEnd) {
+  if (rowEnd <= rowBegin || right.cols == 0) return;
+  if (left.colTiles != right.rowTiles || rowBegin % 32 != 0 || rowEnd > left.rows) std::abort();  // callers' bug
+  products.fetch_add(1, std::memory_order_relaxed);
+#if defined(__x86_64__)
+  GemmTiles(left, right, c, ldc, beta, rowBegin, rowEnd);
+#else
+  (void)left, (void)right, (void)c, (void)ldc, (void)beta;
+  std::abort();  // Enabled() is false off x86-64
+#endif
+}
+
+}  // namespace kshare_amx

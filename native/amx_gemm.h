@@ -1,0 +1,43 @@
+// Float32 matrix products on Intel AMX (amx_gemm.cc): each float32 operand is split into three
+// bfloat16 pieces whose sum is the value, and the six piece products that matter are summed in
+// float32 tiles, so the result is as accurate as a float32 sgemm (bfloat16 alone would not be).
+// Used by kshare's 1x1 convolution (pointwise_conv.cc) where Enabled().
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+namespace kshare_amx {
+
+// The CPU has AMX-BF16, the kernel lets this process use the tile registers, and neither
+// KSHARE_NATIVE_AMX=0 nor a KSHARE_NATIVE_ISA cap (avx2, generic) turns it off (read at every call).
+bool Enabled();
+
+// Gemm calls so far in this process (tests check the route with it).
+int64_t Products();
+
+// A matrix in AMX tile layout, split into three bfloat16 pieces (hi, mid, lo). As the left
+// operand (m x k): 16 x 32 tiles, [row tile][k tile][16][32]; as the right operand (k x n): VNNI
+// tiles, [k tile][column tile][16 k pairs][16 columns][2]. Rows and columns are padded with
+// zeros to multiples of 32. Reused between calls: it grows, never shrinks.
+struct Packed {
+  int64_t rows = 0, cols = 0;        // logical size
+  int64_t rowTiles = 0, colTiles = 0;  // tiles: left, 16-row tiles by 32-column tiles; right, 32-row by 16-column
+  int64_t pieceElems = 0;              // bfloat16 elements in one piece
+  uint16_t* base = nullptr;            // 64-byte aligned, three pieces one after another
+  std::unique_ptr<uint16_t[]> storage;
+  int64_t capacity = 0;
+  bool finite = true;  // no infinity or NaN: otherwise Gemm would give NaN for inf * (a zero piece)
+  const uint16_t* piece(int p) const { return base + p * pieceElems; }
+};
+
+// a(i, j) = src[i * rowStride + j * colStride], i < rows, j < cols.
+void PackLeft(const float* src, int64_t rows, int64_t cols, int64_t rowStride, int64_t colStride, Packed* out);
+void PackRight(const float* src, int64_t rows, int64_t cols, int64_t rowStride, int64_t colStride, Packed* out);
+
+// Callers check both operands' `finite` and use a float32 sgemm where one is false.
+// Rows [rowBegin, rowEnd) of c (left.rows x right.cols, row stride ldc) = left * right + beta * c,
+// beta 0 or 1; rowBegin a multiple of 32. left.cols must equal right.rows.
+void Gemm(const Packed& left, const Packed& right, float* c, int64_t ldc, float beta, int64_t rowBegin, int64_t rowEnd);
+
+}  // namespace kshare_amx
