@@ -101,6 +101,8 @@ const AMX_SHAPES: Shape[] = [
   { n: 2, c: 256, out: 256, h: 16, w: 16, bias: true, cl: false }, // ConvMixer-256's block
   { n: 1, c: 256, out: 256, h: 32, w: 32, bias: true, cl: false }, // batch 1: split into channel blocks
   { n: 2, c: 70, out: 130, h: 9, w: 15, bias: false, cl: false },
+  // More pixels than one packed block (1024): the products go through in blocks of pixels.
+  { n: 2, c: 128, out: 130, h: 36, w: 33, bias: true, cl: false },
 ];
 const amxSkip = skip || (t.runtimeInfo().amx ? false : 'this CPU (or OS) has no AMX-BF16: the products run on oneDNN sgemm only');
 
