@@ -28,8 +28,12 @@
 //   against libgomp's threads (KSHARE_CPU_POOL=0): training steps at batch 32 of
 //   ConvMixer-64/4 shared, ConvMixer-256/8 shared and SE-ResNet d=2 shared, and ConvMixer-256/16
 //   shared inference at batch 1.
+// - amx (a CPU with AMX-BF16): the 1x1 convolution's NCHW products on AMX tiles
+//   (native/amx_gemm.cc) against oneDNN's sgemm (KSHARE_NATIVE_AMX=0): the 1x1 operator at
+//   (32,256,16,16), forward and backward; training steps at batch 32 of ConvMixer-64/4 shared and
+//   ConvMixer-256/8 shared; ConvMixer-256/16 shared inference at batch 1 and 32.
 // --only takes a comma-separated list of these sections (1x1, depthwise, panels, steps, blocks,
-// block-run, pool);
+// block-run, pool, amx);
 // --threads a comma-separated list of thread counts, each a set of rows.
 // ms are medians of wall-clock time; `ratio` = alternative / kshare's route (above 1: the route
 // kshare takes is faster).
@@ -96,7 +100,7 @@ function main(): void {
   const int = intOption(program);
   const threadList = o.threads.split(',').map((v) => int('threads', v.trim(), 1)),
     rounds = int('rounds', o.rounds, 1);
-  const SECTIONS = ['1x1', 'depthwise', 'panels', 'steps', 'blocks', 'block-run', 'pool'];
+  const SECTIONS = ['1x1', 'depthwise', 'panels', 'steps', 'blocks', 'block-run', 'pool', 'amx'];
   const only = o.only?.split(',').map((v) => v.trim());
   for (const s of only ?? []) if (!SECTIONS.includes(s)) program.error(`--only: unknown section '${s}' (sections: ${SECTIONS.join(', ')})`);
   const want = (section: string) => !only || only.includes(section);
@@ -284,6 +288,52 @@ function main(): void {
       const infer = inference('convmixer_256_16_shared', { batch: 1 });
       add(`convmixer_256_16_shared inference, batch 1, NCHW (kshare's pool vs libgomp's threads)`, ab(infer.run, libgomp, rounds, 40));
       infer.dispose();
+    }
+
+    // The 1x1 products on AMX tiles against oneDNN's sgemm.
+    if (want('amx')) {
+      if (!t.runtimeInfo().amx) console.log('amx: skipped (this CPU or OS has no AMX-BF16, or KSHARE_NATIVE_AMX=0 is set)');
+      else {
+        const sgemm = { KSHARE_NATIVE_AMX: '0' };
+        const x = t.randn([32, 256, 16, 16]),
+          w = t.randn([256, 256, 1, 1]),
+          b = t.randn([256]),
+          dy = t.randn([32, 256, 16, 16]);
+        add(
+          '1x1 conv forward (32,256,16,16), NCHW (AMX vs sgemm)',
+          ab(
+            forward(x, (v) => t.conv2d(v, w, b)),
+            sgemm,
+            rounds,
+            20,
+          ),
+        );
+        const backward = () =>
+          t.tidy(() => {
+            const [xg, wg, bg] = [x, w, b].map((v) => v.detach());
+            for (const v of [xg!, wg!, bg!]) v.requiresGrad = true;
+            t.conv2d(xg!, wg!, bg!).backward(dy);
+            for (const v of [xg!, wg!, bg!]) v.grad?.dispose();
+          });
+        add('1x1 conv forward + backward (32,256,16,16), NCHW (AMX vs sgemm)', ab(backward, sgemm, rounds, 10));
+        t.dispose([x, w, b, dy]);
+        for (const [model, reps] of [
+          ['convmixer_64_4_k5_p2_shared', 30],
+          ['convmixer_256_8_k5_p2_shared', 8],
+        ] as const) {
+          const step = trainingStep(model);
+          add(`${model} training step, batch 32, NCHW (AMX vs sgemm)`, ab(step.run, sgemm, rounds, reps));
+          step.dispose();
+        }
+        for (const [batch, reps] of [
+          [1, 40],
+          [32, 3],
+        ] as const) {
+          const infer = inference('convmixer_256_16_shared', { batch });
+          add(`convmixer_256_16_shared inference, batch ${batch}, NCHW (AMX vs sgemm)`, ab(infer.run, sgemm, rounds, reps));
+          infer.dispose();
+        }
+      }
     }
 
     // A run of blocks in inference as one operator against two operators a block.
