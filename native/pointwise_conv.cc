@@ -245,10 +245,10 @@ RowTasks ForwardRowTasks(const at::Tensor& input, const at::Tensor& weight, int6
   const int64_t split = g.n >= threads ? 1 : (threads + g.n - 1) / g.n;
   RowTasks t;
   t.block = (g.cout + split - 1) / split;
-  // AMX only with whole images a task: split into channel blocks, every thread would pack the same
-  // image (batch-1 ConvMixer-256/16 inference at 2 threads: 13.87 ms against sgemm's 13.32,
-  // `node dist/bench/route-ab.js --only amx`, before this rule).
-  t.amx = split == 1 && kshare_amx::Enabled();
+  // On AMX, channel blocks start at multiples of 32. Each thread then packs the whole image for its
+  // block; the result does not depend on the split, so it is the same at any thread count.
+  t.amx = kshare_amx::Enabled();
+  if (t.amx) t.block = std::min(g.cout, (t.block + 31) / 32 * 32);
   t.parts = (g.cout + t.block - 1) / t.block;
   t.count = g.n * t.parts;
   t.bufferFloats = t.block * g.hw;

@@ -32,7 +32,7 @@ void ForwardRows(const at::Tensor& input, const at::Tensor& weight, const kshare
 // ForwardRowRange: tasks [begin, end) on the calling thread, through `buffer` (bufferFloats
 // floats). The caller has checked RowsApply; weight contiguous.
 // With tasks.amx the products run on AMX tiles (amx_gemm.h) from `packed`, the weight as
-// PackWeight packs it (only with one task an image: a whole image a task).
+// PackWeight packs it (then the channel blocks are multiples of 32).
 struct RowTasks {
   int64_t count, block, parts, bufferFloats;
   bool amx;
