@@ -134,25 +134,39 @@ test('on AMX, the 1x1 products match oneDNN sgemm and libtorch within 1e-5, at 1
   });
 });
 
-test('on AMX, infinities and NaNs come out where sgemm puts them', { skip: amxSkip }, () => {
-  t.tidy(() => {
-    const x = t.randn([2, 40, 6, 6]),
-      w = t.randn([48, 40, 1, 1]);
-    const v = x.toFloat32Array();
-    v[5] = Infinity; // image 0, channel 0: +-inf in every output channel at that pixel
-    v[40 * 36 + 7] = NaN; // image 1: NaN at that pixel
-    v[17] = 1e30; // large but finite: its pieces stay finite
-    const xs = t.tensor(v, [2, 40, 6, 6]);
-    const amx = t.conv2d(xs, w).toFloat32Array();
-    const sgemm = withEnv({ KSHARE_NATIVE_AMX: '0' }, () => t.conv2d(xs, w).toFloat32Array());
-    for (let i = 0; i < amx.length; i++) {
-      const a = amx[i]!,
-        b = sgemm[i]!;
-      if (!Number.isFinite(b)) assert.ok(Object.is(a, b) || (Number.isNaN(a) && Number.isNaN(b)), `element ${i}: ${a} against ${b}`);
-      else assert.ok(Math.abs(a - b) <= 1e-5 * Math.max(1, Math.abs(b)), `element ${i}: ${a} against ${b}`);
+test('on AMX, infinities and NaNs come out where sgemm puts them, forward and gradients', { skip: amxSkip }, () => {
+  // Non-finite elements exactly; the others within 1e-5 of the largest finite magnitude (as maxRelError).
+  const same = (what: string, got: Float32Array, want: Float32Array) => {
+    const scale = want.reduce((m, b) => (Number.isFinite(b) ? Math.max(m, Math.abs(b)) : m), 1);
+    for (let i = 0; i < got.length; i++) {
+      const a = got[i]!,
+        b = want[i]!;
+      if (!Number.isFinite(b)) assert.ok(Object.is(a, b) || (Number.isNaN(a) && Number.isNaN(b)), `${what} element ${i}: ${a} against ${b}`);
+      else assert.ok(Math.abs(a - b) <= 1e-5 * scale, `${what} element ${i}: ${a} against ${b}`);
     }
-    assert.ok(amx.some((a) => a === Infinity) && amx.some((a) => a === -Infinity) && amx.some(Number.isNaN), 'the case has all three');
-  });
+  };
+  // 128 channels each way, so the weight gradient runs on AMX too; the second image is wider than
+  // one packed block of 1024 pixels, with the infinity in its second block only.
+  for (const [n, h, w, at] of [
+    [2, 6, 6, 5],
+    [1, 40, 30, 1100],
+  ] as const) {
+    const s: Shape = { n, c: 128, out: 130, h, w, bias: true, cl: false };
+    const data = makeData(s, 1500 + h);
+    const v = data.x.toFloat32Array();
+    v[at] = Infinity; // channel 0 of image 0: +-inf in every output channel at that pixel
+    v[n > 1 ? 128 * h * w + 7 : 7] = NaN; // a NaN at a pixel of the last image
+    v[17] = 1e30; // large but finite: its pieces stay finite
+    data.x.dispose();
+    data.x = t.tensor(v, [n, 128, h, w]);
+    const amx = run(data, true);
+    const sgemm = withEnv({ KSHARE_NATIVE_AMX: '0' }, () => run(data, true));
+    same(`${label(s)} forward`, amx.y, sgemm.y);
+    same(`${label(s)} grad input`, amx.gx, sgemm.gx);
+    same(`${label(s)} grad weight`, amx.gw, sgemm.gw);
+    assert.ok(amx.y.some((a) => a === Infinity) && amx.y.some((a) => a === -Infinity) && amx.y.some(Number.isNaN), 'the case has all three');
+    t.dispose(data);
+  }
 });
 
 test('pointwise conv2d matches python3-torch', { skip }, () => {
