@@ -143,8 +143,14 @@ void Sgemm(char ta, char tb, int64_t m, int64_t n, int64_t k, const float* a, in
               ", n ", n, ", k ", k, ")");
 }
 
-// NCHW products on AMX tiles (amx_gemm.cc) where kshare_amx::Enabled(): the weight side is packed
-// once a call, each image's activation or gradient per product, into a per-thread scratch.
+// NCHW products on AMX tiles (amx_gemm.cc) where kshare_amx::Enabled() and both channel counts are
+// at least 128: the weight side is packed once a call, each image's activation or gradient per
+// product, into a per-thread scratch. Below 128 channels the packing ate the gain: ConvMixer-64/4's
+// training step took x0.97-1.02 the sgemm's time (`node dist/bench/route-ab.js --only amx`), and
+// its weight gradient alone, packing + product, 19.4 us against sgemm's 13.6 (64 x 64 over 256
+// pixels, a throwaway C program; 256 x 256: 159 against 186).
+bool UseAmx(const Geometry& g) { return kshare_amx::Enabled() && std::min(g.cin, g.cout) >= 128; }
+
 kshare_amx::Packed& Scratch(int which) {
   thread_local kshare_amx::Packed scratch[2];
   return scratch[which];
@@ -214,7 +220,7 @@ at::Tensor ForwardCpu(const at::Tensor& input, const at::Tensor& weight, const c
     return out;
   }
   // NCHW: Y[n] (out x HW) = W (out x in) X[n] (in x HW), image by image (or panel by panel).
-  const std::shared_ptr<const kshare_amx::Packed> packed = kshare_amx::Enabled() ? PackWeight(w) : nullptr;
+  const std::shared_ptr<const kshare_amx::Packed> packed = UseAmx(g) ? PackWeight(w) : nullptr;
   ForEachPanel(g.n, g.hw, [&](int64_t n, int64_t c0, int64_t c1) {
     float* yn = yp + n * g.cout * g.hw + c0;
     if (bp) {
@@ -247,7 +253,7 @@ RowTasks ForwardRowTasks(const at::Tensor& input, const at::Tensor& weight, int6
   t.block = (g.cout + split - 1) / split;
   // On AMX, channel blocks start at multiples of 32. Each thread then packs the whole image for its
   // block; the result does not depend on the split, so it is the same at any thread count.
-  t.amx = kshare_amx::Enabled();
+  t.amx = UseAmx(g);
   if (t.amx) t.block = std::min(g.cout, (t.block + 31) / 32 * 32);
   t.parts = (g.cout + t.block - 1) / t.block;
   t.count = g.n * t.parts;
@@ -308,11 +314,6 @@ void ForEachImageShare(const Geometry& g, float* gwp, const F& f) {
   }
 }
 
-// The weight gradient's product packs both operands for every image, one of them transposed
-// (X[n]^T): on AMX that pays only with enough channels. 1 thread, operands in cache (throwaway
-// C program): 256 x 256 over 256 pixels, packing + product 159 us against sgemm's 186; 64 x 64,
-// 19.4 against 13.6.
-bool AmxGradWeight(const Geometry& g) { return kshare_amx::Enabled() && std::min(g.cin, g.cout) >= 128; }
 
 // dst (out x in) = beta dst + gY[n] X[n]^T, with gyn image n's grad output (out x HW, rows HW apart).
 void AddGradWeight(const Geometry& g, const float* gyn, const float* xp, int64_t n, float* dst, float beta, bool amx) {
@@ -367,7 +368,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> BackwardCpu(const at::Tensor& gra
       });
     } else {
       // gX[n] (in x HW) = W^T (in x out) gY[n] (out x HW)
-      const auto packedT = kshare_amx::Enabled() ? PackWeightTransposed(w) : nullptr;
+      const auto packedT = UseAmx(g) ? PackWeightTransposed(w) : nullptr;
       ForEachPanel(g.n, g.hw, [&](int64_t n, int64_t c0, int64_t c1) {
         GradInputImage(g, wp, gp + n * g.cout * g.hw, gip + n * g.cin * g.hw, c0, c1, packedT.get());
       });
@@ -382,7 +383,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> BackwardCpu(const at::Tensor& gra
       // gW (out x in) = gY^T (out x NHW) X (NHW x in)
       Sgemm('T', 'N', g.cout, g.cin, g.n * g.hw, gp, g.cout, xp, g.cin, 0.f, gwp, g.cin);
     } else {
-      const bool amx = AmxGradWeight(g);
+      const bool amx = UseAmx(g);
       ForEachImageShare(g, gwp, [&](int64_t, int64_t n, float* dst, float beta) {
         AddGradWeight(g, gp + n * g.cout * g.hw, xp, n, dst, beta, amx);
       });
@@ -415,8 +416,8 @@ std::tuple<at::Tensor, at::Tensor> BackwardRows(const kshare::RowProducer& gradR
   // the sums are BackwardCpu's (with at least as many images as threads, one image a panel), so
   // the numbers are the same bit for bit.
   const at::Tensor bufs = at::empty({ImageShares(g.n), g.cout * g.hw}, input.options());
-  const bool amx = AmxGradWeight(g);
-  const auto packedT = kshare_amx::Enabled() && gip ? PackWeightTransposed(w) : nullptr;
+  const bool amx = UseAmx(g);
+  const auto packedT = amx && gip ? PackWeightTransposed(w) : nullptr;
   ForEachImageShare(g, gw.data_ptr<float>(), [&](int64_t p, int64_t n, float* dst, float beta) {
     float* buf = bufs.data_ptr<float>() + p * g.cout * g.hw;
     for (int64_t o = 0; o < g.cout; o++) gradRows(n * g.cout + o, buf + o * g.hw);

@@ -93,14 +93,14 @@ test('pointwise conv2d matches libtorch conv2d: forward and every gradient, both
   });
 });
 
-// Shapes whose sizes are not multiples of the AMX tiles (16 rows, 32 columns, 32-deep), so the
-// zero padding and the edge blocks run, besides the ConvMixer sizes.
+// AMX runs where both channel counts are at least 128 (NCHW). Sizes that are not multiples of the
+// AMX tiles (16 rows, 32 columns, 32-deep) make the zero padding and the edge blocks run.
 const AMX_SHAPES: Shape[] = [
-  ...SHAPES.filter((s) => !s.cl),
-  { n: 3, c: 37, out: 33, h: 17, w: 3, bias: true, cl: false },
+  { n: 3, c: 131, out: 129, h: 17, w: 3, bias: true, cl: false },
   { n: 2, c: 256, out: 256, h: 16, w: 16, bias: true, cl: false }, // ConvMixer-256's block
   { n: 1, c: 256, out: 256, h: 32, w: 32, bias: true, cl: false }, // batch 1: split into channel blocks
-  { n: 2, c: 70, out: 130, h: 9, w: 15, bias: false, cl: false },
+  { n: 1, c: 160, out: 200, h: 7, w: 9, bias: false, cl: false }, // batch 1, 63 pixels
+  { n: 2, c: 140, out: 130, h: 9, w: 15, bias: false, cl: false },
   // More pixels than one packed block (1024): the products go through in blocks of pixels.
   { n: 2, c: 128, out: 130, h: 36, w: 33, bias: true, cl: false },
 ];
@@ -119,6 +119,20 @@ test('on AMX, the 1x1 products match oneDNN sgemm and libtorch within 1e-5, at 1
       return r;
     });
     compare(`${label(s)} AMX vs sgemm`, amx, sgemm);
+    if (i === 0) {
+      // Below 128 channels, and in channels-last, the products stay on sgemm.
+      for (const small of [
+        { ...s, c: 127 },
+        { ...s, out: 64 },
+        { ...s, cl: true },
+      ]) {
+        const d = makeData(small, 1400);
+        const mark = t.runtimeInfo().amxProducts;
+        run(d, true);
+        t.dispose(d);
+        assert.equal(t.runtimeInfo().amxProducts, mark, `${label(small)}: not on AMX`);
+      }
+    }
     compare(`${label(s)} AMX vs libtorch`, amx, run(data, false));
     const before2 = t.runtimeInfo().numThreads;
     try {
