@@ -251,9 +251,11 @@ RowTasks ForwardRowTasks(const at::Tensor& input, const at::Tensor& weight, int6
   const int64_t split = g.n >= threads ? 1 : (threads + g.n - 1) / g.n;
   RowTasks t;
   t.block = (g.cout + split - 1) / split;
-  // On AMX, channel blocks start at multiples of 32. Each thread then packs the whole image for its
-  // block; the result does not depend on the split, so it is the same at any thread count.
-  t.amx = UseAmx(g);
+  // On AMX, channel blocks start at multiples of 32, and each thread packs the whole image for its
+  // block. Not at batch 1: with 2 threads that doubled packing made ConvMixer-256/16 inference
+  // x0.95 the sgemm's time (`node dist/bench/route-ab.js --only amx`), and a batch-1 rule keeps the
+  // results the same at any thread count (AMX and sgemm differ in the last bits).
+  t.amx = UseAmx(g) && g.n >= 2;
   if (t.amx) t.block = std::min(g.cout, (t.block + 31) / 32 * 32);
   t.parts = (g.cout + t.block - 1) / t.block;
   t.count = g.n * t.parts;
