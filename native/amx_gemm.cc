@@ -11,9 +11,14 @@
 // product, relative to the sum of |terms|, on a 256 x 256 x 256 product: 1.1e-7, oneDNN's sgemm
 // 2.1e-7 (throwaway C program).
 //
-// Measured speed (one thread, 256 x 256 x 256, operands packed): 83-91 us against oneDNN sgemm's
-// 147-167 us, ~400 GFLOP/s in float32 terms; packing an operand costs extra (see pointwise_conv.cc
-// for the operator-level figures and bench/cpu-kernels-notes.md for the history).
+// Measured speed (2-core Intel Xeon, one thread; history in bench/cpu-kernels-notes.md, "Session
+// of 2026-12-03, ninth"): a 256 x 256 x 256 product with its operands packed, 83-108 us against
+// oneDNN sgemm's 147-188 (~400 GFLOP/s in float32 terms, ~60 % of the tile unit's 3.4 TFLOP/s,
+// limited by the 14 tile loads that feed 24 tile products); packing costs 18-35 us an operand in
+// cache and up to ~70 us for the transposed one read from memory. In the 1x1 operator, against
+// sgemm in one process (`node dist/bench/route-ab.js --only amx`, bench/results/amx-ab.json):
+// (32,256,16,16) forward x1.28-1.33, forward + backward x1.18-1.27; ConvMixer-256/8 training step
+// x1.05-1.11, ConvMixer-256/16 inference at batch 32 x1.12-1.18.
 //
 // Infinities and NaNs keep their value in the hi piece (mid and lo are zero there), but inf times
 // another operand's zero piece is NaN, so the pack marks such an operand (Packed::finite) and the

@@ -1,5 +1,6 @@
 // Pointwise (1x1, stride 1, no padding, groups 1) convolution for float32 CPU tensors as
-// matrix products in oneDNN's sgemm, registered as libtorch operators
+// matrix products in oneDNN's sgemm (or, in NCHW with at least 128 channels each way on a CPU with
+// AMX-BF16, on AMX tiles at float32 accuracy: amx_gemm.cc), registered as libtorch operators
 // (kshare::pointwise_conv2d with autograd, kshare::pointwise_conv2d_backward), so that the
 // addon's schema-driven `call` reaches them like any ATen operator.
 //
