@@ -161,6 +161,34 @@ function main(): void {
         xg.grad?.dispose();
       });
     const forward = (x: Tensor, conv: (v: Tensor) => Tensor) => () => t.noGrad(() => t.tidy(() => void conv(x)));
+    /** A 1x1 convolution's forward and all three gradients (the graph is built per call, so each side runs its own backward). */
+    const forwardBackward = (x: Tensor, w: Tensor, b: Tensor, dy: Tensor) => () =>
+      t.tidy(() => {
+        const [xg, wg, bg] = [x, w, b].map((v) => v.detach());
+        for (const v of [xg!, wg!, bg!]) v.requiresGrad = true;
+        t.conv2d(xg!, wg!, bg!).backward(dy);
+        for (const v of [xg!, wg!, bg!]) v.grad?.dispose();
+      });
+    /** Training steps at batch 32 (NCHW), route against `env`; `what` names the comparison. */
+    const stepRows = (models: readonly (readonly [string, number])[], env: Record<string, string>, what: string) => {
+      for (const [model, reps] of models) {
+        const step = trainingStep(model);
+        add(`${model} training step, batch 32, NCHW (${what})`, ab(step.run, env, rounds, reps));
+        step.dispose();
+      }
+    };
+    /** ConvMixer-256/16 shared inference (NCHW) at each [batch, reps], route against `env`. */
+    const inferenceRows = (batches: readonly (readonly [number, number])[], env: Record<string, string>, what: string) => {
+      for (const [batch, reps] of batches) {
+        const infer = inference('convmixer_256_16_shared', { batch });
+        add(`convmixer_256_16_shared inference, batch ${batch}, NCHW (${what})`, ab(infer.run, env, rounds, reps));
+        infer.dispose();
+      }
+    };
+    const batch1And32 = [
+      [1, 40],
+      [32, 3],
+    ] as const;
     const pointwiseShapes = [
       [32, 64, 16],
       [32, 128, 16],
@@ -184,15 +212,7 @@ function main(): void {
             reps,
           ),
         );
-        // All three gradients here; the graph is built per call, so each side runs its own backward.
-        const backward = () =>
-          t.tidy(() => {
-            const [xg, wg, bg] = [x, w, b].map((v) => v.detach());
-            for (const v of [xg!, wg!, bg!]) v.requiresGrad = true;
-            t.conv2d(xg!, wg!, bg!).backward(dy);
-            for (const v of [xg!, wg!, bg!]) v.grad?.dispose();
-          });
-        add(`1x1 forward + backward ${label}`, ab(backward, libtorch, rounds, Math.max(10, reps >> 1)));
+        add(`1x1 forward + backward ${label}`, ab(forwardBackward(x, w, b, dy), libtorch, rounds, Math.max(10, reps >> 1)));
         t.dispose([w, b]);
       });
 
@@ -270,31 +290,23 @@ function main(): void {
           step.dispose();
         }
       }
-      for (const [batch, reps] of [
-        [1, 40],
-        [32, 3],
-      ] as const) {
-        const infer = inference('convmixer_256_16_shared', { batch });
-        add(`convmixer_256_16_shared inference, batch ${batch}, NCHW (blocks: fused vs apart)`, ab(infer.run, apart, rounds, reps));
-        infer.dispose();
-      }
+      inferenceRows(batch1And32, apart, 'blocks: fused vs apart');
     }
 
     // kshare's kernels on its own pool against libgomp's threads.
     if (threads > 1 && want('pool')) {
       const libgomp = { KSHARE_CPU_POOL: '0' };
-      for (const [model, reps] of [
-        ['convmixer_64_4_k5_p2_shared', 30],
-        ['convmixer_256_8_k5_p2_shared', 8],
-        ['se_resnet_d_2_full_shared', 5],
-      ] as const) {
-        const step = trainingStep(model);
-        add(`${model} training step, batch 32, NCHW (kshare's pool vs libgomp's threads)`, ab(step.run, libgomp, rounds, reps));
-        step.dispose();
-      }
-      const infer = inference('convmixer_256_16_shared', { batch: 1 });
-      add(`convmixer_256_16_shared inference, batch 1, NCHW (kshare's pool vs libgomp's threads)`, ab(infer.run, libgomp, rounds, 40));
-      infer.dispose();
+      const what = "kshare's pool vs libgomp's threads";
+      stepRows(
+        [
+          ['convmixer_64_4_k5_p2_shared', 30],
+          ['convmixer_256_8_k5_p2_shared', 8],
+          ['se_resnet_d_2_full_shared', 5],
+        ],
+        libgomp,
+        what,
+      );
+      inferenceRows([[1, 40]], libgomp, what);
     }
 
     // The 1x1 products on AMX tiles against oneDNN's sgemm.
@@ -315,47 +327,22 @@ function main(): void {
             20,
           ),
         );
-        const backward = () =>
-          t.tidy(() => {
-            const [xg, wg, bg] = [x, w, b].map((v) => v.detach());
-            for (const v of [xg!, wg!, bg!]) v.requiresGrad = true;
-            t.conv2d(xg!, wg!, bg!).backward(dy);
-            for (const v of [xg!, wg!, bg!]) v.grad?.dispose();
-          });
-        add('1x1 conv forward + backward (32,256,16,16), NCHW (AMX vs sgemm)', ab(backward, sgemm, rounds, 10));
+        add('1x1 conv forward + backward (32,256,16,16), NCHW (AMX vs sgemm)', ab(forwardBackward(x, w, b, dy), sgemm, rounds, 10));
         t.dispose([x, w, b, dy]);
-        for (const [model, reps] of [
-          ['convmixer_64_4_k5_p2_shared', 30],
-          ['convmixer_256_8_k5_p2_shared', 8],
-        ] as const) {
-          const step = trainingStep(model);
-          add(`${model} training step, batch 32, NCHW (AMX vs sgemm)`, ab(step.run, sgemm, rounds, reps));
-          step.dispose();
-        }
-        for (const [batch, reps] of [
-          [1, 40],
-          [32, 3],
-        ] as const) {
-          const infer = inference('convmixer_256_16_shared', { batch });
-          add(`convmixer_256_16_shared inference, batch ${batch}, NCHW (AMX vs sgemm)`, ab(infer.run, sgemm, rounds, reps));
-          infer.dispose();
-        }
+        stepRows(
+          [
+            ['convmixer_64_4_k5_p2_shared', 30],
+            ['convmixer_256_8_k5_p2_shared', 8],
+          ],
+          sgemm,
+          'AMX vs sgemm',
+        );
+        inferenceRows(batch1And32, sgemm, 'AMX vs sgemm');
       }
     }
 
     // A run of blocks in inference as one operator against two operators a block.
-    if (want('block-run'))
-      for (const [batch, reps] of [
-        [1, 40],
-        [32, 3],
-      ] as const) {
-        const infer = inference('convmixer_256_16_shared', { batch });
-        add(
-          `convmixer_256_16_shared inference, batch ${batch}, NCHW (block run vs two operators a block)`,
-          ab(infer.run, { KSHARE_NATIVE_BLOCK_RUN: '0' }, rounds, reps),
-        );
-        infer.dispose();
-      }
+    if (want('block-run')) inferenceRows(batch1And32, { KSHARE_NATIVE_BLOCK_RUN: '0' }, 'block run vs two operators a block');
   }
 
   const result = {
