@@ -220,8 +220,9 @@ at::Tensor ForwardCpu(const at::Tensor& input, const at::Tensor& weight, const c
     });
     return out;
   }
-  // NCHW: Y[n] (out x HW) = W (out x in) X[n] (in x HW), image by image (or panel by panel).
-  const std::shared_ptr<const kshare_amx::Packed> packed = UseAmx(g) ? PackWeight(w) : nullptr;
+  // NCHW: Y[n] (out x HW) = W (out x in) X[n] (in x HW), image by image (or panel by panel). On
+  // AMX from batch 2, as ForwardRowTasks, so the fused operators' forward gives these numbers.
+  const std::shared_ptr<const kshare_amx::Packed> packed = UseAmx(g) && g.n >= 2 ? PackWeight(w) : nullptr;
   ForEachPanel(g.n, g.hw, [&](int64_t n, int64_t c0, int64_t c1) {
     float* yn = yp + n * g.cout * g.hw + c0;
     if (bp) {
@@ -255,7 +256,8 @@ RowTasks ForwardRowTasks(const at::Tensor& input, const at::Tensor& weight, int6
   // On AMX, channel blocks start at multiples of 32, and each thread packs the whole image for its
   // block. Not at batch 1: with 2 threads that doubled packing made ConvMixer-256/16 inference
   // x0.95 the sgemm's time (`node dist/bench/route-ab.js --only amx`), and a batch-1 rule keeps the
-  // results the same at any thread count (AMX and sgemm differ in the last bits).
+  // results the same at any thread count (AMX and sgemm differ in the last bits). ForwardCpu
+  // follows the same rule, so fused and unfused forwards agree bit for bit.
   t.amx = UseAmx(g) && g.n >= 2;
   if (t.amx) t.block = std::min(g.cout, (t.block + 31) / 32 * 32);
   t.parts = (g.cout + t.block - 1) / t.block;
@@ -316,7 +318,6 @@ void ForEachImageShare(const Geometry& g, float* gwp, const F& f) {
     for (int64_t i = 0; i < g.cout * g.cin; i++) gwp[i] += src[i];
   }
 }
-
 
 // dst (out x in) = beta dst + gY[n] X[n]^T, with gyn image n's grad output (out x HW, rows HW apart).
 void AddGradWeight(const Geometry& g, const float* gyn, const float* xp, int64_t n, float* dst, float beta, bool amx) {

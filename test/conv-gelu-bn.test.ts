@@ -190,10 +190,11 @@ test('fused conv + GELU + BatchNorm (+ residual) matches the operators apart, li
   assert.equal(t.liveTensors(), live, 'no tensor leaked');
 });
 
-test('fused halves: the demo shape (32,64,16,16) k5 and the paper shape (8,256,32,32) k9 agree with the operators apart', () => {
+test('fused halves: the demo shape (32,64,16,16) k5, the paper shape (8,256,32,32) k9 and batch 1 at 256 channels agree with the operators apart', () => {
   for (const [shape, k] of [
     [[32, 64, 16, 16], 5],
     [[8, 256, 32, 32], 9],
+    [[1, 256, 8, 8], 5], // batch 1: where AMX runs (native/pointwise_conv.cc), fused and apart take the same products
   ] as [[number, number, number, number], number][]) {
     for (const kind of POINTWISE_BUILT ? (['depthwise', 'pointwise'] as const) : (['depthwise'] as const)) {
       for (const channelsLast of [false, true]) {
