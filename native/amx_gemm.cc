@@ -20,12 +20,14 @@
 // (32,256,16,16) forward x1.28-1.33, forward + backward x1.18-1.27; ConvMixer-256/8 training step
 // x1.05-1.11, ConvMixer-256/16 inference at batch 32 x1.12-1.18.
 //
-// Infinities and NaNs keep their value in the hi piece (mid and lo are zero there), but inf times
-// another operand's zero piece is NaN, so the pack marks such an operand (Packed::finite) and the
-// caller takes a float32 sgemm for it. Values so
-// small that a piece is a float32 subnormal lose that piece (AMX treats bfloat16 subnormals as
+// Infinities and NaNs cannot be split (inf times another operand's zero piece would be NaN), so the
+// pack marks an operand holding one (Packed::finite) and the caller takes a float32 sgemm for it;
+// such an operand's pieces are never used. Values so small that a piece is a float32 subnormal
+// lose that piece (AMX treats bfloat16 subnormals as
 // zero): below ~1e-33 the relative error grows toward 2^-8.
 #include "amx_gemm.h"
+
+#include "cpu_kernel_common.h"
 
 #include <cmath>
 #include <cstdlib>
@@ -73,9 +75,7 @@ bool Available() { return false; }
 bool Enabled() {
   const char* flag = std::getenv("KSHARE_NATIVE_AMX");
   if (flag && std::strcmp(flag, "0") == 0) return false;
-  const char* isa = std::getenv("KSHARE_NATIVE_ISA");
-  if (isa && (std::strcmp(isa, "avx2") == 0 || std::strcmp(isa, "generic") == 0)) return false;
-  return Available();
+  return kshare::NativeIsaCap() == kshare::IsaCap::kNone && Available();
 }
 
 int64_t Products() { return products.load(std::memory_order_relaxed); }
@@ -96,17 +96,12 @@ void Reserve(Packed* out, int64_t rows, int64_t cols, int64_t rowTiles, int64_t 
   out->base = reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(out->storage.get()) + 63) & ~uintptr_t(63));
 }
 
-// The three pieces of f as float32 bit patterns with the low 16 bits zero: the top 16 bits of f,
-// of f - hi and of f - hi - mid (each subtraction exact). Infinities and NaNs stay in hi (a NaN
-// keeps a mantissa bit, so it does not become an infinity) with mid and lo zero.
+// The three pieces of a finite f as float32 bit patterns with the low 16 bits zero: the top 16
+// bits of f, of f - hi and of f - hi - mid (each subtraction exact). For an infinity or NaN they
+// are meaningless (the caller checks Packed::finite).
 inline void Split(float f, uint32_t* h, uint32_t* m, uint32_t* l) {
   uint32_t u;
   std::memcpy(&u, &f, 4);
-  if ((u & 0x7f800000u) == 0x7f800000u) {
-    *h = (u & 0xffff0000u) | ((u & 0x007fffffu) ? 0x00400000u : 0u);
-    *m = *l = 0;
-    return;
-  }
   const uint32_t hu = u & 0xffff0000u;
   float hf, r, mf;
   std::memcpy(&hf, &hu, 4);
@@ -135,9 +130,10 @@ bool PackScalar(const float* src, int64_t rows, int64_t cols, int64_t rs, int64_
   bool finite = true;
   for (int64_t i = 0; i < rows; i++)
     for (int64_t j = 0; j < cols; j++) {
+      const float v = src[i * rs + j * cs];
       uint32_t a, b, c;
-      finite = finite && std::isfinite(src[i * rs + j * cs]);
-      Split(src[i * rs + j * cs], &a, &b, &c);
+      finite = finite && std::isfinite(v);
+      Split(v, &a, &b, &c);
       const int64_t o = at(p, i, j);
       h[o] = static_cast<uint16_t>(a >> 16);
       m[o] = static_cast<uint16_t>(b >> 16);
@@ -150,21 +146,19 @@ bool PackScalar(const float* src, int64_t rows, int64_t cols, int64_t rs, int64_
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,amx-tile,amx-bf16")
 
-// Split for 16 floats at once; the same bits as Split.
+// Split for 16 floats at once (the same bits as Split); clears the lanes of *allFinite that hold
+// an infinity or NaN.
 inline void Split16(__m512 f, __m512i* h, __m512i* m, __m512i* l, __mmask16* allFinite) {
   const __m512i top = _mm512_set1_epi32(static_cast<int>(0xffff0000u)), expo = _mm512_set1_epi32(0x7f800000);
   const __m512i u = _mm512_castps_si512(f);
-  const __mmask16 finite = _mm512_cmpneq_epi32_mask(_mm512_and_si512(u, expo), expo);
-  const __mmask16 nan = static_cast<__mmask16>(~finite) & _mm512_test_epi32_mask(u, _mm512_set1_epi32(0x007fffff));
-  __m512i hu = _mm512_and_si512(u, top);
-  hu = _mm512_mask_or_epi32(hu, nan, hu, _mm512_set1_epi32(0x00400000));
+  *allFinite &= _mm512_cmpneq_epi32_mask(_mm512_and_si512(u, expo), expo);
+  const __m512i hu = _mm512_and_si512(u, top);
   __m512 r = _mm512_sub_ps(f, _mm512_castsi512_ps(hu));
   const __m512i mu = _mm512_and_si512(_mm512_castps_si512(r), top);
   r = _mm512_sub_ps(r, _mm512_castsi512_ps(mu));
-  *allFinite &= finite;
   *h = hu;
-  *m = _mm512_maskz_mov_epi32(finite, mu);
-  *l = _mm512_maskz_and_epi32(finite, _mm512_castps_si512(r), top);
+  *m = mu;
+  *l = _mm512_and_si512(_mm512_castps_si512(r), top);
 }
 
 // The high halves of 32 float32 bit patterns (a: 0-15, b: 16-31) as 32 bfloat16 in order.

@@ -202,8 +202,12 @@ at::Tensor ConvMixerBlocksCpu(const at::Tensor& input, at::TensorList params, at
   const int threads = static_cast<int>(at::get_num_threads());
   const kshare_pw::RowTasks tasks = kshare_pw::ForwardRowTasks(mid, blocks[0].pwWeight, threads);
   std::vector<std::shared_ptr<const kshare_amx::Packed>> packed(blocks.size());
-  if (tasks.amx)
-    for (size_t b = 0; b < blocks.size(); b++) packed[b] = kshare_pw::PackWeight(blocks[b].pwWeight);
+  // A 1x1 kernel shared between blocks (what kernel sharing is) is packed once.
+  for (size_t b = 0; tasks.amx && b < blocks.size(); b++) {
+    for (size_t e = 0; e < b && !packed[b]; e++)
+      if (blocks[e].pwWeight.is_same(blocks[b].pwWeight)) packed[b] = packed[e];
+    if (!packed[b]) packed[b] = kshare_pw::PackWeight(blocks[b].pwWeight);
+  }
   const kshare_gbn::EvalRowKernels rowKernels = kshare_gbn::EvalRows();
 
   std::atomic<bool> failed{false};

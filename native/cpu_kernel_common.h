@@ -17,6 +17,16 @@ inline bool PoisonOutputs() {
   return p && *p && std::strcmp(p, "0") != 0;
 }
 
+// The cap KSHARE_NATIVE_ISA puts on kshare's vector kernels (tests, benchmarks): avx2, generic (the
+// portable code), or none (the widest the CPU has). Read at every call.
+enum class IsaCap { kNone, kAvx2, kGeneric };
+inline IsaCap NativeIsaCap() {
+  const char* isa = std::getenv("KSHARE_NATIVE_ISA");
+  if (isa && std::strcmp(isa, "generic") == 0) return IsaCap::kGeneric;
+  if (isa && std::strcmp(isa, "avx2") == 0) return IsaCap::kAvx2;
+  return IsaCap::kNone;
+}
+
 // An uninitialised output (NaN-filled under KSHARE_NATIVE_POISON).
 inline at::Tensor NewOutput(at::IntArrayRef sizes, const at::TensorOptions& opts, at::MemoryFormat fmt) {
   at::Tensor t = at::empty(sizes, opts.memory_format(fmt));

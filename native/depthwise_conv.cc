@@ -143,9 +143,9 @@ const Kernels& Pick() {
                                avx512::PlaneForward, avx512::kLanes,     avx512::PlaneForwardRows, avx512::AddInto};
   static const bool hasAvx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   static const bool hasAvx512 = hasAvx2 && __builtin_cpu_supports("avx512f");
-  const char* isa = std::getenv("KSHARE_NATIVE_ISA");
-  if (isa && std::strcmp(isa, "generic") == 0) return kGeneric;
-  if (isa && std::strcmp(isa, "avx2") == 0) return hasAvx2 ? kAvx2 : kGeneric;
+  const kshare::IsaCap cap = kshare::NativeIsaCap();
+  if (cap == kshare::IsaCap::kGeneric) return kGeneric;
+  if (cap == kshare::IsaCap::kAvx2) return hasAvx2 ? kAvx2 : kGeneric;
   return hasAvx512 ? kAvx512 : hasAvx2 ? kAvx2 : kGeneric;
 }
 

@@ -108,9 +108,9 @@ const Kernels& kernels() {
   static const Kernels wide = avx512::table(), fast = avx2::table(), portable = generic::table();
   static const bool hasAvx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   static const bool hasAvx512 = hasAvx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
-  const char* isa = std::getenv("KSHARE_NATIVE_ISA");
-  if (isa && std::strcmp(isa, "generic") == 0) return portable;
-  if (isa && std::strcmp(isa, "avx2") == 0) return hasAvx2 ? fast : portable;
+  const kshare::IsaCap cap = kshare::NativeIsaCap();
+  if (cap == kshare::IsaCap::kGeneric) return portable;
+  if (cap == kshare::IsaCap::kAvx2) return hasAvx2 ? fast : portable;
   return hasAvx512 ? wide : hasAvx2 ? fast : portable;
 }
 

@@ -152,6 +152,13 @@ void Sgemm(char ta, char tb, int64_t m, int64_t n, int64_t k, const float* a, in
 // pixels, a throwaway C program; 256 x 256: 159 against 186).
 bool UseAmx(const Geometry& g) { return kshare_amx::Enabled() && std::min(g.cin, g.cout) >= 128; }
 
+// The forward (ForwardCpu and the row tasks alike, so fused and unfused give the same numbers) on
+// AMX from batch 2 only: at batch 1 the row tasks split an image into channel blocks and every
+// thread packed the whole image (ConvMixer-256/16 inference at 2 threads x0.95 against sgemm,
+// `node dist/bench/route-ab.js --only amx`); sgemm at batch 1 also keeps the results the same at any
+// thread count (AMX and sgemm differ in the last bits).
+bool UseAmxForward(const Geometry& g) { return UseAmx(g) && g.n >= 2; }
+
 kshare_amx::Packed& Scratch(int which) {
   thread_local kshare_amx::Packed scratch[2];
   return scratch[which];
@@ -220,9 +227,8 @@ at::Tensor ForwardCpu(const at::Tensor& input, const at::Tensor& weight, const c
     });
     return out;
   }
-  // NCHW: Y[n] (out x HW) = W (out x in) X[n] (in x HW), image by image (or panel by panel). On
-  // AMX from batch 2, as ForwardRowTasks, so the fused operators' forward gives these numbers.
-  const std::shared_ptr<const kshare_amx::Packed> packed = UseAmx(g) && g.n >= 2 ? PackWeight(w) : nullptr;
+  // NCHW: Y[n] (out x HW) = W (out x in) X[n] (in x HW), image by image (or panel by panel).
+  const std::shared_ptr<const kshare_amx::Packed> packed = UseAmxForward(g) ? PackWeight(w) : nullptr;
   ForEachPanel(g.n, g.hw, [&](int64_t n, int64_t c0, int64_t c1) {
     float* yn = yp + n * g.cout * g.hw + c0;
     if (bp) {
@@ -254,11 +260,8 @@ RowTasks ForwardRowTasks(const at::Tensor& input, const at::Tensor& weight, int6
   RowTasks t;
   t.block = (g.cout + split - 1) / split;
   // On AMX, channel blocks start at multiples of 32, and each thread packs the whole image for its
-  // block. Not at batch 1: with 2 threads that doubled packing made ConvMixer-256/16 inference
-  // x0.95 the sgemm's time (`node dist/bench/route-ab.js --only amx`), and a batch-1 rule keeps the
-  // results the same at any thread count (AMX and sgemm differ in the last bits). ForwardCpu
-  // follows the same rule, so fused and unfused forwards agree bit for bit.
-  t.amx = UseAmx(g) && g.n >= 2;
+  // block.
+  t.amx = UseAmxForward(g);
   if (t.amx) t.block = std::min(g.cout, (t.block + 31) / 32 * 32);
   t.parts = (g.cout + t.block - 1) / t.block;
   t.count = g.n * t.parts;

@@ -93,12 +93,13 @@ test('pointwise conv2d matches libtorch conv2d: forward and every gradient, both
   });
 });
 
-// AMX runs where both channel counts are at least 128 (NCHW). Sizes that are not multiples of the
-// AMX tiles (16 rows, 32 columns, 32-deep) make the zero padding and the edge blocks run.
+// AMX runs where both channel counts are at least 128 (NCHW), the forward from batch 2 (at batch 1
+// only the gradients). Sizes that are not multiples of the AMX tiles (16 rows, 32 columns,
+// 32-deep) make the zero padding and the edge blocks run.
 const AMX_SHAPES: Shape[] = [
   { n: 3, c: 131, out: 129, h: 17, w: 3, bias: true, cl: false },
   { n: 2, c: 256, out: 256, h: 16, w: 16, bias: true, cl: false }, // ConvMixer-256's block
-  { n: 1, c: 256, out: 256, h: 32, w: 32, bias: true, cl: false }, // batch 1: split into channel blocks
+  { n: 1, c: 256, out: 256, h: 32, w: 32, bias: true, cl: false }, // batch 1: gradients on AMX
   { n: 1, c: 160, out: 200, h: 7, w: 9, bias: false, cl: false }, // batch 1, 63 pixels
   { n: 2, c: 140, out: 130, h: 9, w: 15, bias: false, cl: false },
   // More pixels than one packed block (1024): the products go through in blocks of pixels.
@@ -137,7 +138,8 @@ test('on AMX, the 1x1 products match oneDNN sgemm and libtorch within 1e-5, at 1
     const before2 = t.runtimeInfo().numThreads;
     try {
       t.setNumThreads(2);
-      // Each output element is the same sum whatever the split, so the forward is bit for bit.
+      // Each output element is the same sum whatever the split of pixels or channels between
+      // threads, so the forward is bit for bit.
       const two = run(data, true);
       assert.deepEqual(two.y, amx.y, `${label(s)}: 2 threads, forward bit for bit`);
       compare(`${label(s)} AMX at 2 threads`, two, amx);
@@ -159,17 +161,18 @@ test('on AMX, infinities and NaNs come out where sgemm puts them, forward and gr
       else assert.ok(Math.abs(a - b) <= 1e-5 * scale, `${what} element ${i}: ${a} against ${b}`);
     }
   };
-  // 128 channels each way, so the weight gradient runs on AMX too; the second image is wider than
-  // one packed block of 1024 pixels, with the infinity in its second block only.
+  // 128 channels each way and batch 2, so all three products run on AMX; in the second case the
+  // images are wider than one packed block of 1024 pixels and the first image's infinity is in its
+  // second block only, so its first block stays on AMX beside a block that falls back.
   for (const [n, h, w, at] of [
     [2, 6, 6, 5],
-    [1, 40, 30, 1100],
+    [2, 40, 30, 1100],
   ] as const) {
     const s: Shape = { n, c: 128, out: 130, h, w, bias: true, cl: false };
     const data = makeData(s, 1500 + h);
     const v = data.x.toFloat32Array();
     v[at] = Infinity; // channel 0 of image 0: +-inf in every output channel at that pixel
-    v[n > 1 ? 128 * h * w + 7 : 7] = NaN; // a NaN at a pixel of the last image
+    v[128 * h * w + 7] = NaN; // a NaN at a pixel of image 1
     v[17] = 1e30; // large but finite: its pieces stay finite
     data.x.dispose();
     data.x = t.tensor(v, [n, 128, h, w]);
