@@ -18,7 +18,7 @@
 // - ConvMixer-256/16 shared inference at batch 1 and 32 against onnxruntime-node (its default
 //   graph optimisations, the exported model, intra-op threads = --threads): referenceMs is ORT.
 // - the same steps and batch-1 inference with model and input in channels_last on both sides
-//   (how `kshare train` and the demo run on CPU); ORT still gets NCHW input.
+//   (`--channels-last` in `kshare train` and the demo), SE-ResNet too; ORT still gets NCHW input.
 // Every row runs for each of --threads (default "1,2"); kshare and the reference alternate
 // --rounds times and the medians of all timed iterations are reported: wall-clock time
 // (kshareMs, referenceMs, ratio) and process CPU time (kshareCpuMs, referenceCpuMs, cpuRatio),
@@ -104,6 +104,13 @@ const MODEL_ROWS: ModelRow[] = [
   {
     name: 'convmixer_256_8_k5_p2_shared training step, batch 32, channels-last',
     model: 'convmixer_256_8_k5_p2_shared',
+    mode: 'step',
+    batch: 32,
+    channelsLast: true,
+  },
+  {
+    name: 'se_resnet_d_2_full_shared training step, batch 32, channels-last',
+    model: 'se_resnet_d_2_full_shared',
     mode: 'step',
     batch: 32,
     channelsLast: true,

@@ -1,4 +1,4 @@
-// BatchNorm2d for float32 NCHW (contiguous) CPU tensors, forward and backward, in three forms:
+// BatchNorm2d for float32 CPU tensors, NCHW or channels-last, forward and backward, in three forms:
 //   kshare::batch_norm_relu(Tensor input, Tensor weight, Tensor bias, Tensor(a!) running_mean,
 //       Tensor(b!) running_var, bool training, float momentum, float eps) -> Tensor
 //   = relu(batch_norm(input, ...)) (the conv -> BN -> ReLU of the SE-ResNets);
@@ -20,6 +20,12 @@
 // extensions for the backward's masked loops); the passes are memory-bound. Autograd keeps the
 // input, and with the ReLU the output (as libtorch keeps the BN input and the ReLU output);
 // ReLU's gradient passes where the output is > 0, as libtorch's.
+// Channels-last: rows are pixels (C floats each), cut into blocks of at most 64 rows whose
+// per-channel partial sums (float) are combined per channel in block order, in double; the output keeps the input's memory format. Why: with channels-last
+// activations oneDNN runs the SE-ResNets' convolutions without converting to and from its
+// blocked layout (88 reorders, 59 ms of a 1-thread d=2 step in NCHW; ONEDNN_VERBOSE=1), but
+// libtorch's channels-last batch_norm took that and more back (bench/cpu-kernels-notes.md,
+// "Session of 2026-12-03, tenth").
 //
 // Measured (1 thread, quiet machine, in-process against libtorch's batch_norm + relu, training,
 // median CPU ms): (32,64,32,32) forward 0.80 / 4.26, backward 1.89 / 2.78; (32,128,16,16)
@@ -67,12 +73,23 @@ inline float Dz(float g, float y, float off) {
   return !kRelu || y > 0.0f ? g + off : 0.0f;
 }
 
-at::Tensor NewLike(const at::Tensor& x) { return kshare::NewOutput(x.sizes(), x.options(), at::MemoryFormat::Contiguous); }
+// Channels-last (and not also NCHW-contiguous: C == 1 or H * W == 1 counts as NCHW).
+bool ChannelsLast(const at::Tensor& x) { return !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast); }
+
+at::MemoryFormat FormatOf(const at::Tensor& x) {
+  return ChannelsLast(x) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+at::Tensor NewLike(const at::Tensor& x) { return kshare::NewOutput(x.sizes(), x.options(), FormatOf(x)); }
+
+// Channels-last rows (pixels) are cut into blocks of at most 64 rows (and 16384 floats), whose
+// per-channel partial sums stay in cache.
+int64_t RowsPerBlock(int64_t C) { return std::max<int64_t>(1, std::min<int64_t>(64, 16384 / std::max<int64_t>(C, 1))); }
 
 void Check(const char* op, const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& rm, const at::Tensor& rv) {
   TORCH_CHECK(x.dim() == 4, op, ": input must be (N, C, H, W), got ", x.sizes());
-  TORCH_CHECK(x.scalar_type() == at::kFloat && x.device().is_cpu() && x.is_contiguous(), op,
-              ": input must be a contiguous (NCHW) float32 CPU tensor");
+  TORCH_CHECK(x.scalar_type() == at::kFloat && x.device().is_cpu() && (x.is_contiguous() || ChannelsLast(x)), op,
+              ": input must be a contiguous (NCHW or channels-last) float32 CPU tensor");
   const int64_t c = x.size(1);
   const std::pair<const char*, const at::Tensor*> params[] = {
       {"weight", &w}, {"bias", &b}, {"running_mean", &rm}, {"running_var", &rv}};
@@ -130,7 +147,43 @@ Forward ForwardImpl(const at::Tensor& x, const at::Tensor& w, const at::Tensor& 
   const float *xp = x.data_ptr<float>(), *wp = w.data_ptr<float>(), *bp = b.data_ptr<float>();
   float *yp = y.data_ptr<float>(), *mp = mean.data_ptr<float>(), *ip = invstd.data_ptr<float>();
   float *rmp = rm.data_ptr<float>(), *rvp = rv.data_ptr<float>();
-  if (training) {
+  const bool cl = ChannelsLast(x);
+  const int64_t R = N * HW, rb = RowsPerBlock(C), nb = (R + rb - 1) / rb;  // channels-last row blocks
+  if (training && cl) {
+    std::vector<float> bsum(nb * C, 0.0f), bsq(nb * C, 0.0f), bmean(nb * C);
+    kshare::ParallelFor(0, nb, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t k = lo; k < hi; k++) {
+        const int64_t r0 = k * rb, r1 = std::min(R, r0 + rb);
+        float *sum = &bsum[k * C], *sq = &bsq[k * C], *bm = &bmean[k * C];
+        for (int64_t r = r0; r < r1; r++) {
+          const float* p = xp + r * C;
+          for (int64_t c = 0; c < C; c++) sum[c] += p[c];
+        }
+        for (int64_t c = 0; c < C; c++) bm[c] = sum[c] / static_cast<float>(r1 - r0);
+        for (int64_t r = r0; r < r1; r++) {
+          const float* p = xp + r * C;
+          for (int64_t c = 0; c < C; c++) {
+            const float d = p[c] - bm[c];
+            sq[c] += d * d;
+          }
+        }
+      }
+    });
+    for (int64_t c = 0; c < C; c++) {
+      double mu, var;
+      kshare::ChannelMoments(
+          nb, M,
+          [&](int64_t k) {
+            const double cnt = static_cast<double>(std::min(R, (k + 1) * rb) - k * rb);
+            return kshare::PartMoments{cnt, bsum[k * C + c], bsq[k * C + c], bmean[k * C + c]};
+          },
+          &mu, &var);
+      mp[c] = static_cast<float>(mu);
+      ip[c] = static_cast<float>(1.0 / std::sqrt(var + eps));
+      rmp[c] = static_cast<float>(momentum * mu + (1 - momentum) * rmp[c]);
+      rvp[c] = static_cast<float>(momentum * var * M / (M - 1) + (1 - momentum) * rvp[c]);
+    }
+  } else if (training) {
     std::vector<double> rsum(rows), rsq(rows);
     std::vector<float> rmean(rows);
     kshare::ParallelFor(0, rows, 16, [&](int64_t lo, int64_t hi) {
@@ -163,6 +216,40 @@ Forward ForwardImpl(const at::Tensor& x, const at::Tensor& w, const at::Tensor& 
     scale[c] = wp[c] * ip[c];
     shift[c] = bp[c] - mp[c] * scale[c];
   }
+  if (cl) {
+    // y = x * scale + shift ([relu]) row by row; with the pool, image by image, each channel's
+    // sum over blocks of the image's pixels in float, the blocks' sums in double, in order.
+    const auto normalise = [&](const float* p, float* q) {
+      if (kRelu)
+        for (int64_t c = 0; c < C; c++) q[c] = std::max(p[c] * scale[c] + shift[c], 0.0f);
+      else
+        for (int64_t c = 0; c < C; c++) q[c] = p[c] * scale[c] + shift[c];
+    };
+    if (pp) {
+      kshare::ParallelFor(0, N, 1, [&](int64_t lo, int64_t hi) {
+        std::vector<double> acc(C);
+        std::vector<float> part(C);
+        for (int64_t n = lo; n < hi; n++) {
+          std::fill(acc.begin(), acc.end(), 0.0);
+          for (int64_t r0 = n * HW; r0 < (n + 1) * HW; r0 += rb) {
+            std::fill(part.begin(), part.end(), 0.0f);
+            for (int64_t r = r0; r < std::min((n + 1) * HW, r0 + rb); r++) {
+              float* q = yp + r * C;
+              normalise(xp + r * C, q);
+              for (int64_t c = 0; c < C; c++) part[c] += q[c];
+            }
+            for (int64_t c = 0; c < C; c++) acc[c] += part[c];
+          }
+          for (int64_t c = 0; c < C; c++) pp[n * C + c] = static_cast<float>(acc[c] / HW);
+        }
+      });
+    } else {
+      kshare::ParallelFor(0, nb, 1, [&](int64_t lo, int64_t hi) {
+        for (int64_t r = lo * rb; r < std::min(R, hi * rb); r++) normalise(xp + r * C, yp + r * C);
+      });
+    }
+    return {y, mean, invstd, pooled};
+  }
   kshare::ParallelFor(0, rows, 16, [&](int64_t lo, int64_t hi) {
     for (int64_t r = lo; r < hi; r++) {
       const float k = scale[r % C], s = shift[r % C];
@@ -182,6 +269,61 @@ struct Grads {
   at::Tensor dx, dw, db;
 };
 
+// BackwardImpl's channels-last passes (rows are pixels, C floats each; off: each (n, c)'s share
+// of the pooled output's gradient, [N, C]): per row block, float sums of dz and dz * (x - mean)
+// per channel, combined per channel in block order in double; then dx row by row.
+template <bool kRelu>
+void BackwardChannelsLast(int64_t N, int64_t C, int64_t HW, const float* xp, const float* yp, const float* gp, const float* wp,
+                          const float* mp, const float* ip, const float* off, bool training, float* dxp, float* dwp, float* dbp) {
+  const int64_t R = N * HW, M = R, rb = RowsPerBlock(C), nb = (R + rb - 1) / rb;
+  std::vector<float> bdz(nb * C, 0.0f), bdzx(nb * C, 0.0f);
+  kshare::ParallelFor(0, nb, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t k = lo; k < hi; k++) {
+      float *sdz = &bdz[k * C], *sdzx = &bdzx[k * C];
+      for (int64_t r = k * rb; r < std::min(R, (k + 1) * rb); r++) {
+        const float *xr = xp + r * C, *yr = yp + r * C, *gr = gp + r * C, *o = off + (r / HW) * C;
+        int64_t c = 0;
+        for (; c + 4 <= C; c += 4) {
+          const V4 d = kRelu ? WherePositive(Load4(gr + c) + Load4(o + c), Load4(yr + c)) : Load4(gr + c) + Load4(o + c);
+          Store4(sdz + c, Load4(sdz + c) + d);
+          Store4(sdzx + c, Load4(sdzx + c) + d * (Load4(xr + c) - Load4(mp + c)));
+        }
+        for (; c < C; c++) {
+          const float d = Dz<kRelu>(gr[c], yr[c], o[c]);
+          sdz[c] += d;
+          sdzx[c] += d * (xr[c] - mp[c]);
+        }
+      }
+    }
+  });
+  std::vector<float> k1(C), k2(C), k3(C);
+  for (int64_t c = 0; c < C; c++) {
+    double sdz = 0, sdzx = 0;
+    for (int64_t k = 0; k < nb; k++) {
+      sdz += bdz[k * C + c];
+      sdzx += bdzx[k * C + c];
+    }
+    const double is = ip[c];
+    dbp[c] = static_cast<float>(sdz);
+    dwp[c] = static_cast<float>(sdzx * is);
+    k1[c] = static_cast<float>(wp[c] * is);
+    k2[c] = training ? static_cast<float>(wp[c] * is * sdz / M) : 0.0f;
+    k3[c] = training ? static_cast<float>(wp[c] * is * is * is * sdzx / M) : 0.0f;
+  }
+  kshare::ParallelFor(0, nb, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo * rb; r < std::min(R, hi * rb); r++) {
+      const float *xr = xp + r * C, *yr = yp + r * C, *gr = gp + r * C, *o = off + (r / HW) * C;
+      float* out = dxp + r * C;
+      int64_t c = 0;
+      for (; c + 4 <= C; c += 4) {
+        const V4 d = kRelu ? WherePositive(Load4(gr + c) + Load4(o + c), Load4(yr + c)) : Load4(gr + c) + Load4(o + c);
+        Store4(out + c, Load4(k1.data() + c) * d - Load4(k2.data() + c) - Load4(k3.data() + c) * (Load4(xr + c) - Load4(mp + c)));
+      }
+      for (; c < C; c++) out[c] = k1[c] * Dz<kRelu>(gr[c], yr[c], o[c]) - k2[c] - k3[c] * (xr[c] - mp[c]);
+    }
+  });
+}
+
 // dz = dy (+ the pooled output's gradient / (H * W)) where y > 0 (everywhere without the ReLU); training: dx = w * invstd * (dz - mean(dz) - xhat * mean(dz * xhat));
 // eval: dx = dz * w * invstd. dw = sum(dz * xhat), db = sum(dz) in both.
 template <bool kRelu>
@@ -189,7 +331,8 @@ Grads BackwardImpl(const at::Tensor& dyIn, const at::Tensor& x, const at::Tensor
                    const at::Tensor& invstd, bool training, const at::Tensor& dpooled = at::Tensor()) {
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), M = N * HW, rows = N * C;
   // An output the loss does not use arrives undefined: its gradient is zero.
-  const at::Tensor dy = dyIn.defined() ? dyIn.to(at::kFloat).contiguous() : at::zeros_like(x);
+  const bool cl = ChannelsLast(x);
+  const at::Tensor dy = dyIn.defined() ? dyIn.to(at::kFloat).contiguous(FormatOf(x)) : at::zeros_like(x);
   std::vector<float> off(rows, 0.0f);  // each row's share of the pooled output's gradient
   if (dpooled.defined()) {
     const at::Tensor dp = dpooled.to(at::kFloat).contiguous();
@@ -201,6 +344,10 @@ Grads BackwardImpl(const at::Tensor& dyIn, const at::Tensor& x, const at::Tensor
   const float* yp = kRelu ? y.data_ptr<float>() : gp;  // not read without the ReLU
   const float *mp = mean.data_ptr<float>(), *ip = invstd.data_ptr<float>();
   float *dxp = dx.data_ptr<float>(), *dwp = dw.data_ptr<float>(), *dbp = db.data_ptr<float>();
+  if (cl) {
+    BackwardChannelsLast<kRelu>(N, C, HW, xp, yp, gp, wp, mp, ip, off.data(), training, dxp, dwp, dbp);
+    return {dx, dw, db};
+  }
   // Pass 1, per row: sum(dz) and sum(dz * (x - mean)).
   std::vector<double> rdz(rows), rdzx(rows);
   kshare::ParallelFor(0, rows, 16, [&](int64_t lo, int64_t hi) {

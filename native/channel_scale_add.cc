@@ -1,5 +1,5 @@
 // A per-(image, channel) scale, a residual add and an optional ReLU in one pass, for float32
-// NCHW (contiguous) CPU tensors, forward and backward, as
+// CPU tensors (input and residual both NCHW or both channels-last), forward and backward, as
 //   kshare::channel_scale_add(Tensor input, Tensor scale, Tensor residual, bool relu) -> Tensor
 // = [relu](input * scale + residual), scale of shape (N, C, 1, 1): the tail of a
 // squeeze-excitation residual block (SE-ResNet: relu(se(bn2(conv2 h)) + shortcut)).
@@ -13,7 +13,9 @@
 // Measured: with it and batch_norm_relu.cc's batch_norm / batch_norm_pool for bn2, the SE-ResNet
 // d=2 shared training step (batch 32, 1 thread) went from 497-502 to 482-488 ms, and the kernel
 // itself took ~1.5 % of the step's samples (perf) for its backward and ~1 % for its forward
-// (~17 GB/s); bench/cpu-kernels-notes.md, "Session of 2026-12-02, seventh".
+// (~17 GB/s); bench/cpu-kernels-notes.md, "Session of 2026-12-02, seventh". Channels-last
+// (rows are pixels, C floats each) since the tenth session, for the SE-ResNets in that layout
+// (batch_norm_relu.cc says why).
 // KSHARE_NATIVE_POISON=1 fills outputs with NaN before they are written (tests).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -21,6 +23,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "cpu_kernel_common.h"
 #include "cpu_thread_pool.h"
@@ -35,23 +38,43 @@ using namespace kshare::vec4;
 
 constexpr const char* kOp = "kshare::channel_scale_add";
 
+// Channels-last (and not also NCHW-contiguous: C == 1 or H * W == 1 counts as NCHW).
+bool ChannelsLast(const at::Tensor& x) { return !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast); }
+
+at::MemoryFormat FormatOf(const at::Tensor& x) {
+  return ChannelsLast(x) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
 void Check(const at::Tensor& x, const at::Tensor& s, const at::Tensor& r) {
-  const auto f32 = [](const at::Tensor& t) {
-    return t.defined() && t.scalar_type() == at::kFloat && t.device().is_cpu() && t.is_contiguous();
-  };
-  TORCH_CHECK(x.dim() == 4 && f32(x), kOp, ": input must be a contiguous (NCHW) float32 CPU tensor of rank 4, got ", x.sizes());
-  TORCH_CHECK(f32(s) && s.sizes() == at::IntArrayRef({x.size(0), x.size(1), 1, 1}), kOp,
+  const auto f32 = [](const at::Tensor& t) { return t.defined() && t.scalar_type() == at::kFloat && t.device().is_cpu(); };
+  TORCH_CHECK(x.dim() == 4 && f32(x) && (x.is_contiguous() || ChannelsLast(x)), kOp,
+              ": input must be a contiguous (NCHW or channels-last) float32 CPU tensor of rank 4, got ", x.sizes());
+  TORCH_CHECK(f32(s) && s.is_contiguous() && s.sizes() == at::IntArrayRef({x.size(0), x.size(1), 1, 1}), kOp,
               ": scale must be a contiguous float32 CPU tensor of shape [", x.size(0), ", ", x.size(1), ", 1, 1], got ", s.sizes());
-  TORCH_CHECK(f32(r) && r.sizes() == x.sizes(), kOp, ": residual must be a contiguous float32 CPU tensor of the input's shape ",
-              x.sizes(), ", got ", r.sizes());
+  TORCH_CHECK(f32(r) && r.sizes() == x.sizes() && r.is_contiguous(FormatOf(x)), kOp,
+              ": residual must be a float32 CPU tensor of the input's shape ", x.sizes(), " and memory format, got ", r.sizes());
 }
 
 at::Tensor Forward(const at::Tensor& x, const at::Tensor& s, const at::Tensor& r, bool relu) {
   Check(x, s, r);
-  const int64_t rows = x.size(0) * x.size(1), HW = x.size(2) * x.size(3);
-  at::Tensor y = kshare::NewOutput(x.sizes(), x.options(), at::MemoryFormat::Contiguous);
+  const int64_t N = x.size(0), C = x.size(1), rows = N * C, HW = x.size(2) * x.size(3);
+  at::Tensor y = kshare::NewOutput(x.sizes(), x.options(), FormatOf(x));
   const float *xp = x.data_ptr<float>(), *sp = s.data_ptr<float>(), *rp = r.data_ptr<float>();
   float* yp = y.data_ptr<float>();
+  if (ChannelsLast(x)) {
+    // Rows are pixels: pixel r of image r / HW takes that image's C scales.
+    kshare::ParallelFor(0, N * HW, 256, [&](int64_t lo, int64_t hi) {
+      for (int64_t r = lo; r < hi; r++) {
+        const float *k = sp + (r / HW) * C, *xr = xp + r * C, *rr = rp + r * C;
+        float* q = yp + r * C;
+        if (relu)
+          for (int64_t c = 0; c < C; c++) q[c] = std::max(xr[c] * k[c] + rr[c], 0.0f);
+        else
+          for (int64_t c = 0; c < C; c++) q[c] = xr[c] * k[c] + rr[c];
+      }
+    });
+    return y;
+  }
   kshare::ParallelFor(0, rows, 16, [&](int64_t lo, int64_t hi) {
     for (int64_t row = lo; row < hi; row++) {
       const float k = sp[row];
@@ -74,14 +97,54 @@ struct Grads {
 // g * x, dresidual = g (dy itself without the ReLU: no copy).
 template <bool kRelu>
 Grads Backward(const at::Tensor& dyIn, const at::Tensor& x, const at::Tensor& s, const at::Tensor& y) {
-  const at::Tensor dy = dyIn.to(at::kFloat).contiguous();
-  const int64_t rows = x.size(0) * x.size(1), HW = x.size(2) * x.size(3);
-  at::Tensor dx = kshare::NewOutput(x.sizes(), x.options(), at::MemoryFormat::Contiguous);
+  const at::MemoryFormat fmt = FormatOf(x);
+  const at::Tensor dy = dyIn.to(at::kFloat).contiguous(fmt);
+  const int64_t N = x.size(0), C = x.size(1), rows = N * C, HW = x.size(2) * x.size(3);
+  at::Tensor dx = kshare::NewOutput(x.sizes(), x.options(), fmt);
   at::Tensor ds = kshare::NewOutput(s.sizes(), s.options(), at::MemoryFormat::Contiguous);
-  at::Tensor dr = kRelu ? kshare::NewOutput(x.sizes(), x.options(), at::MemoryFormat::Contiguous) : dy;
+  at::Tensor dr = kRelu ? kshare::NewOutput(x.sizes(), x.options(), fmt) : dy;
   const float *gp = dy.data_ptr<float>(), *xp = x.data_ptr<float>(), *sp = s.data_ptr<float>();
   const float* yp = kRelu ? y.data_ptr<float>() : gp;  // not read without the ReLU
   float *dxp = dx.data_ptr<float>(), *dsp = ds.data_ptr<float>(), *drp = dr.data_ptr<float>();
+  if (fmt == at::MemoryFormat::ChannelsLast) {
+    // Image by image (rows are pixels): each channel's sum of g * x over blocks of 64 pixels in
+    // float, the blocks' sums in double, in pixel order.
+    constexpr int64_t kBlock = 64;
+    kshare::ParallelFor(0, N, 1, [&](int64_t lo, int64_t hi) {
+      std::vector<double> acc(C);
+      std::vector<float> part(C);
+      for (int64_t n = lo; n < hi; n++) {
+        std::fill(acc.begin(), acc.end(), 0.0);
+        const float* k = sp + n * C;
+        for (int64_t r0 = n * HW; r0 < (n + 1) * HW; r0 += kBlock) {
+          std::fill(part.begin(), part.end(), 0.0f);
+          for (int64_t r = r0; r < std::min((n + 1) * HW, r0 + kBlock); r++) {
+            const float *gr = gp + r * C, *xr = xp + r * C, *yr = yp + r * C;
+            float *dxr = dxp + r * C, *drr = drp + r * C, *pa = part.data();
+            int64_t c = 0;
+            for (; c + 4 <= C; c += 4) {
+              V4 g = Load4(gr + c);
+              if (kRelu) {
+                g = WherePositive(g, Load4(yr + c));
+                Store4(drr + c, g);
+              }
+              Store4(dxr + c, g * Load4(k + c));
+              Store4(pa + c, Load4(pa + c) + g * Load4(xr + c));
+            }
+            for (; c < C; c++) {
+              const float g = !kRelu || yr[c] > 0.0f ? gr[c] : 0.0f;
+              if (kRelu) drr[c] = g;
+              dxr[c] = g * k[c];
+              pa[c] += g * xr[c];
+            }
+          }
+          for (int64_t c = 0; c < C; c++) acc[c] += part[c];
+        }
+        for (int64_t c = 0; c < C; c++) dsp[n * C + c] = static_cast<float>(acc[c]);
+      }
+    });
+    return {dx, ds, dr};
+  }
   kshare::ParallelFor(0, rows, 16, [&](int64_t lo, int64_t hi) {
     for (int64_t row = lo; row < hi; row++) {
       const float k = sp[row];

@@ -1,5 +1,6 @@
 // kshare's squeeze-excitation tail kernel (native/channel_scale_add.cc: [relu](x * scale +
-// residual), scale per image and channel) against libtorch's mul, add and relu in this process:
+// residual), scale per image and channel; NCHW and channels-last) against libtorch's mul, add and
+// relu in this process:
 // the output and the gradients of the input, the scale and the residual, with outputs poisoned
 // with NaN before the kernel writes them (KSHARE_NATIVE_POISON). SE-ResNet's parity with PyTorch
 // (through this kernel) is in models-parity.test.ts.
@@ -41,10 +42,11 @@ function inputs(shape: [number, number, number, number], seed: number): Inputs {
 }
 
 /** channelScaleAdd in kshare's kernel or libtorch's ops, then the gradients of sum(y * r). */
-function run(inp: Inputs, relu: boolean, native: boolean): Float32Array[] {
+function run(inp: Inputs, relu: boolean, native: boolean, channelsLast = false): Float32Array[] {
   return withEnv({ KSHARE_NATIVE_KERNELS: native ? '1' : '0', KSHARE_NATIVE_POISON: '1' }, () =>
     t.tidy(() => {
-      const [x, scale, residual] = [inp.x, inp.scale, inp.residual].map((v) => v.detach()) as [Tensor, Tensor, Tensor];
+      const layout = (v: Tensor) => (channelsLast ? t.contiguous(v, 'channels_last') : v);
+      const [x, scale, residual] = [layout(inp.x), inp.scale, layout(inp.residual)].map((v) => v.detach()) as [Tensor, Tensor, Tensor];
       for (const v of [x, scale, residual]) v.requiresGrad = true;
       const y = t.channelScaleAdd(x, scale, residual, { relu });
       t.sum(t.mul(y, inp.r)).backward();
@@ -55,14 +57,16 @@ function run(inp: Inputs, relu: boolean, native: boolean): Float32Array[] {
   );
 }
 
-test('channelScaleAdd kernel matches libtorch: output and every gradient, with and without the ReLU', () => {
+test('channelScaleAdd kernel matches libtorch: output and every gradient, with and without the ReLU, NCHW and channels-last', () => {
   const live = t.liveTensors();
   SHAPES.forEach((shape, i) => {
     const inp = inputs(shape, 200 + i);
     for (const relu of [true, false]) {
-      const got = run(inp, relu, true),
-        want = run(inp, relu, false);
-      got.forEach((g, k) => assertClose(`[${shape}]${relu ? ' relu' : ''} ${OUTPUTS[k]}`, g, want[k]!, TOL));
+      for (const cl of [false, true]) {
+        const got = run(inp, relu, true, cl),
+          want = run(inp, relu, false, cl);
+        got.forEach((g, k) => assertClose(`[${shape}]${cl ? ' channels-last' : ''}${relu ? ' relu' : ''} ${OUTPUTS[k]}`, g, want[k]!, TOL));
+      }
     }
     t.dispose(Object.values(inp));
   });
@@ -72,8 +76,10 @@ test('channelScaleAdd kernel matches libtorch: output and every gradient, with a
 test('channelScaleAdd kernel: results do not depend on the thread count', () => {
   const inp = inputs([4, 24, 10, 10], 3);
   for (const relu of [true, false]) {
-    const [one, two] = [1, 2].map((n) => withThreads(n, () => run(inp, relu, true)));
-    one!.forEach((v, i) => assert.deepEqual(two![i], v, `${OUTPUTS[i]} with 2 threads${relu ? ' (relu)' : ''}`));
+    for (const cl of [false, true]) {
+      const [one, two] = [1, 2].map((n) => withThreads(n, () => run(inp, relu, true, cl)));
+      one!.forEach((v, i) => assert.deepEqual(two![i], v, `${OUTPUTS[i]} with 2 threads${relu ? ' (relu)' : ''}${cl ? ', channels-last' : ''}`));
+    }
   }
   t.dispose(Object.values(inp));
 });
@@ -86,9 +92,14 @@ test('channelScaleAdd takes the kernel only where it applies, and names bad argu
     const direct = wrap(runKernel('test', 'channelScaleAdd', [x.handle, scale.handle, residual.handle, true]));
     same(t.channelScaleAdd(x, scale, residual, { relu: true }), direct, 'routed: the kernel');
     const libtorch = (xx: Tensor, s: Tensor, r: Tensor) => t.relu(t.add(t.mul(xx, s), r));
-    // Channels-last input or float64: exactly libtorch's mul, add and relu.
-    const cl = t.contiguous(x, 'channels_last');
-    same(t.channelScaleAdd(cl, scale, residual, { relu: true }), libtorch(cl, scale, residual), 'channels-last');
+    // Input and residual both channels-last: the kernel too, its output channels-last.
+    const cl = t.contiguous(x, 'channels_last'),
+      rcl = t.contiguous(residual, 'channels_last');
+    const routedCl = t.channelScaleAdd(cl, scale, rcl, { relu: true });
+    assert.ok(t.isContiguous(routedCl, 'channels_last'), 'channels-last in, channels-last out');
+    same(routedCl, wrap(runKernel('test', 'channelScaleAdd', [cl.handle, scale.handle, rcl.handle, true])), 'channels-last routed: the kernel');
+    // Mixed layouts or float64: exactly libtorch's mul, add and relu.
+    same(t.channelScaleAdd(cl, scale, residual, { relu: true }), libtorch(cl, scale, residual), 'channels-last input, NCHW residual');
     const [x64, s64, r64] = [x, scale, residual].map((v) => t.to(v, 'float64')) as [Tensor, Tensor, Tensor];
     assert.deepEqual(t.channelScaleAdd(x64, s64, r64, { relu: true }).toArray(), libtorch(x64, s64, r64).toArray(), 'float64');
     assert.throws(() => t.channelScaleAdd(x, t.ones([2, 6]), residual, { relu: true }), /scale must have shape \[2, 6, 1, 1\].*got \[2,6\]/);

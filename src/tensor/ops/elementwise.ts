@@ -173,7 +173,8 @@ export function lerp_(a: Tensor, end: Tensor, weight: number): Tensor {
  * [relu](x * scale + residual) for an (N, C, H, W) input, a per-(image, channel) scale of shape
  * [N, C, 1, 1] and a residual of the input's shape: the tail of a squeeze-excitation residual
  * block. One pass each way in kshare's CPU kernel (native/channel_scale_add.cc) where it applies
- * (kshare's CPU kernels allowed, all three contiguous float32 CPU tensors); exactly libtorch's
+ * (kshare's CPU kernels allowed, float32 CPU tensors, input and residual both NCHW or both
+ * channels-last, a contiguous scale); exactly libtorch's
  * mul, add and relu otherwise.
  */
 export function channelScaleAdd(x: Tensor, scale: Tensor, residual: Tensor, o: { relu: boolean }): Tensor {
@@ -190,7 +191,9 @@ export function channelScaleAdd(x: Tensor, scale: Tensor, residual: Tensor, o: {
   }
   if (residual.shape.join() !== x.shape.join()) throw new ShapeError(`${op}: residual must have the input's shape [${x.shape}], got [${residual.shape}]`);
   sameDevice(op, ['input', x], ['scale', scale], ['residual', residual]);
-  const native = cpuKernelsAllowed() && [x, scale, residual].every((v) => v.device === 'cpu' && v.dtype === 'float32' && isContiguous(v));
+  // Input and residual both NCHW or both channels-last; the scale [N, C, 1, 1] is contiguous either way.
+  const sameLayout = (isContiguous(x) && isContiguous(residual)) || (isContiguous(x, 'channels_last') && isContiguous(residual, 'channels_last'));
+  const native = cpuKernelsAllowed() && sameLayout && isContiguous(scale) && [x, scale, residual].every((v) => v.device === 'cpu' && v.dtype === 'float32');
   if (native) return wrap(runKernel(op, 'channelScaleAdd', [x.handle, scale.handle, residual.handle, o.relu]));
   const scaled = mul(x, scale);
   const y = add(scaled, residual);

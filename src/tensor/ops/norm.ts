@@ -23,8 +23,8 @@ export interface BatchNormOptions {
 /**
  * The arguments of kshare's BatchNorm kernels (native/batch_norm_relu.cc) where they take this
  * call, else null: kshare's CPU kernels allowed, options with a boolean 'training', a contiguous
- * (NCHW) float32 CPU input of rank 4, and float32 CPU weight, bias and running stats of shape
- * [C]. Otherwise (CUDA, channels-last, no affine or running stats, autocast, tracing) libtorch's
+ * (NCHW or channels-last) float32 CPU input of rank 4, and float32 CPU weight, bias and running
+ * stats of shape [C]. Otherwise (CUDA, other strides, no affine or running stats, autocast, tracing) libtorch's
  * batch_norm runs, and batchNorm checks (and names) bad options.
  */
 function nativeBatchNormArgs(x: Tensor, o: BatchNormOptions): KernelArg[] | null {
@@ -38,7 +38,7 @@ function nativeBatchNormArgs(x: Tensor, o: BatchNormOptions): KernelArg[] | null
     x.rank === 4 &&
     x.device === 'cpu' &&
     x.dtype === 'float32' &&
-    isContiguous(x) &&
+    (isContiguous(x) || isContiguous(x, 'channels_last')) &&
     [o.weight, o.bias, o.runningMean, o.runningVar].every(
       (p) => p instanceof Tensor && !p.isDisposed && p.device === 'cpu' && p.dtype === 'float32' && p.rank === 1 && p.dim(0) === x.dim(1) && isContiguous(p),
     );
