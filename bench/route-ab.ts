@@ -33,8 +33,12 @@
 //   (native/amx_gemm.cc) against oneDNN's sgemm (KSHARE_NATIVE_AMX=0): the 1x1 operator at
 //   (32,256,16,16), forward and backward; training steps at batch 32 of ConvMixer-64/4 shared and
 //   ConvMixer-256/8 shared; ConvMixer-256/16 shared inference at batch 1 and 32.
+// - layout: the SE-ResNet d=2 shared training step (batch 32) with model and input in
+//   channels-last against NCHW, each with kshare's kernels (two workloads alternating, not an
+//   environment switch): channels-last lets oneDNN skip its layout conversions
+//   (bench/cpu-kernels-notes.md, tenth session).
 // --only takes a comma-separated list of these sections (1x1, depthwise, panels, steps, blocks,
-// block-run, pool, amx);
+// block-run, pool, amx, layout);
 // --threads a comma-separated list of thread counts, each a set of rows.
 // ms are medians of wall-clock time; `ratio` = alternative / kshare's route (above 1: the route
 // kshare takes is faster).
@@ -73,24 +77,30 @@ function medianMs(fn: () => void, reps: number): number {
 
 /** Best of `rounds` medians on each side, alternating; `env` switches to the alternative. */
 function ab(fn: () => void, env: Record<string, string>, rounds: number, reps: number): [number, number] {
-  let route = Infinity,
-    alt = Infinity;
-  const alternative = () => {
+  const withEnv = () => {
     Object.assign(process.env, env);
     try {
-      alt = Math.min(alt, medianMs(fn, reps));
+      fn();
     } finally {
       for (const k of Object.keys(env)) delete process.env[k];
     }
   };
+  return abPair(fn, withEnv, rounds, reps);
+}
+
+/** Best of `rounds` medians of `route` and of `alternative`, alternating. */
+function abPair(route: () => void, alternative: () => void, rounds: number, reps: number): [number, number] {
+  let routeMs = Infinity,
+    altMs = Infinity;
+  const alt = () => (altMs = Math.min(altMs, medianMs(alternative, reps)));
   // The order flips every round (route first, then alternative first), so neither side always
   // runs second: with the route always first, two identical sides measured x0.97-0.99 (2026-12-03).
   for (let r = 0; r < rounds; r++) {
-    if (r % 2 === 1) alternative();
-    route = Math.min(route, medianMs(fn, reps));
-    if (r % 2 === 0) alternative();
+    if (r % 2 === 1) alt();
+    routeMs = Math.min(routeMs, medianMs(route, reps));
+    if (r % 2 === 0) alt();
   }
-  return [route, alt];
+  return [routeMs, altMs];
 }
 
 function main(): void {
@@ -100,14 +110,14 @@ function main(): void {
     .description("Time conv2d's CPU routes against their alternatives in one process")
     .option('--threads <list>', 'intra-op threads, comma-separated (each a set of rows)', '1')
     .option('--rounds <n>', 'alternations per row', '3')
-    .option('--only <sections>', 'comma-separated sections: 1x1, depthwise, panels, steps, blocks (default: all)')
+    .option('--only <sections>', 'comma-separated sections: 1x1, depthwise, panels, steps, blocks, block-run, pool, amx, layout (default: all)')
     .option('--out <file>', 'where to write the JSON', path.join(ROOT, 'bench', 'results', 'route-ab.json'))
     .parse();
   const o = program.opts<{ threads: string; rounds: string; out: string; only?: string }>();
   const int = intOption(program);
   const threadList = o.threads.split(',').map((v) => int('threads', v.trim(), 1)),
     rounds = int('rounds', o.rounds, 1);
-  const SECTIONS = ['1x1', 'depthwise', 'panels', 'steps', 'blocks', 'block-run', 'pool', 'amx'];
+  const SECTIONS = ['1x1', 'depthwise', 'panels', 'steps', 'blocks', 'block-run', 'pool', 'amx', 'layout'];
   const only = o.only?.split(',').map((v) => v.trim());
   for (const s of only ?? []) if (!SECTIONS.includes(s)) program.error(`--only: unknown section '${s}' (sections: ${SECTIONS.join(', ')})`);
   const want = (section: string) => !only || only.includes(section);
@@ -339,6 +349,16 @@ function main(): void {
         );
         inferenceRows(batch1And32, sgemm, 'AMX vs sgemm');
       }
+    }
+
+    // SE-ResNet in channels-last against NCHW, both on kshare's kernels.
+    if (want('layout')) {
+      const model = 'se_resnet_d_2_full_shared';
+      const cl = trainingStep(model, { channelsLast: true }),
+        nchw = trainingStep(model);
+      add(`${model} training step, batch 32 (channels-last vs NCHW)`, abPair(cl.run, nchw.run, rounds, 4));
+      cl.dispose();
+      nchw.dispose();
     }
 
     // A run of blocks in inference as one operator against two operators a block.
