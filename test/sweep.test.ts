@@ -191,3 +191,32 @@ test('a run folder made with another recipe is never mixed into the sweep', () =
   assert.equal(r.code, 1, r.out);
   assert.match(r.err, /run folder .*none-s3 was made with a different recipe \(epochs differ\): restore the spec, or move that folder away/);
 });
+
+test("sweep runs take their model's CPU memory format unless the spec sets channelsLast", async () => {
+  const { validateSweepSpec, planSweep, trainArgs } = await import('../src/train/sweep.js');
+  const file = spec('layouts', {});
+  const flags = (extra: Record<string, unknown>) => {
+    const s = validateSweepSpec(
+      { name: 'layouts', recipe: 'demo', models: ['convmixer_8_2_k3_p4', 'se_resnet_d_2'], seeds: [0], dataset: 'cifar10', out: 'o', ...extra },
+      file,
+    );
+    return planSweep(s, file).runs.map((r) => [r.model, trainArgs(planSweep(s, file), r, false, null).includes('--channels-last')]);
+  };
+  // ConvMixer trains in NCHW on CPU (kshare's fused kernels), SE-ResNet in channels_last.
+  assert.deepEqual(flags({}), [
+    ['convmixer_8_2_k3_p4', false],
+    ['se_resnet_d_2', true],
+  ]);
+  assert.deepEqual(
+    flags({ channelsLast: true }).map(([, cl]) => cl),
+    [true, true],
+  );
+  assert.deepEqual(
+    flags({ channelsLast: false }).map(([, cl]) => cl),
+    [false, false],
+  );
+  assert.deepEqual(
+    flags({ device: 'cuda' }).map(([, cl]) => cl),
+    [false, false],
+  );
+});

@@ -38,6 +38,7 @@ export {
   modelInputSpec,
   modelRecipe,
   modelCpuMemoryFormat,
+  trainsChannelsLast,
   type ModelEntry,
   type ModelFactory,
   type CreateModelOptions,

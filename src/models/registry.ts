@@ -165,6 +165,16 @@ export function modelCpuMemoryFormat(name: string, config: unknown = null): CpuM
   return c ? cpuMemoryFormatOf(c) : 'channels_last';
 }
 
+/**
+ * Whether `kshare train` and sweeps train a model in channels_last when not told: on CPU where its
+ * architecture's CPU memory format is channels_last (NCHW for ConvMixer, where kshare's fused
+ * kernels run: its 256/8 step took 293.5 ms NCHW and 397.0 channels-last, bench/results/cpu-kernels.json;
+ * SE-ResNet d=2's step x1.09-1.10 faster in channels-last, bench/results/layout-ab.json), never on other devices.
+ */
+export function trainsChannelsLast(device: string, name: string, config: unknown = null): boolean {
+  return device === 'cpu' && modelCpuMemoryFormat(name, config) === 'channels_last';
+}
+
 /** The recipe a model trains with when none is named (its architecture's; 'convmixer' for factory models). */
 export function modelRecipe(name: string, config: unknown = null): string {
   const c = configOf(name, config);

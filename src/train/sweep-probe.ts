@@ -10,7 +10,7 @@ import { balancedSubset, batchCount } from '../data/tensors.js';
 import type { ImageDataset } from '../data/types.js';
 import { loadSplits } from './datasets.js';
 import { train } from './trainer.js';
-import type { SweepPlan, SweepRun } from './sweep.js';
+import { runChannelsLast, type SweepPlan, type SweepRun } from './sweep.js';
 
 export interface ConfigTiming {
   config: string;
@@ -79,7 +79,7 @@ export async function probeSweep(plan: SweepPlan, o: { steps?: number; log?: (l:
         test: probeTest,
         outDir: dir,
         device: plan.device,
-        channelsLast: plan.channelsLast,
+        channelsLast: runChannelsLast(plan, run),
         log: () => {},
         onStep: () => {
           stamps.push(performance.now());

@@ -8,7 +8,7 @@ import { createInterface } from 'node:readline';
 import { availableParallelism } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { modelConfig, buildFromConfig, modelSummary, validateConfig, CONVMIXER_SHARING, type ModelConfig } from '../models/index.js';
+import { modelConfig, buildFromConfig, modelSummary, validateConfig, trainsChannelsLast, CONVMIXER_SHARING, type ModelConfig } from '../models/index.js';
 import { parseSharingPlan, candidatePlans, type SharingPlan } from '../nn/index.js';
 import { loadRecipe, applyOverrides, parseOverride, type Recipe } from './recipe.js';
 import { readLog, writeJsonAtomic, formatDuration, CHECKPOINT_FILE, SUMMARY_FILE } from './run-log.js';
@@ -74,7 +74,8 @@ export interface SweepPlan {
   dataDir: string | null;
   device: string;
   threads: number | null;
-  channelsLast: boolean;
+  /** The spec's channelsLast, or null: each run then takes its model's CPU memory format (runChannelsLast). */
+  channelsLast: boolean | null;
 }
 
 /** What <run>/sweep-run.json records, so reports know the configuration without the spec. */
@@ -363,7 +364,7 @@ export function planSweep(spec: SweepSpec, specFile: string, opts: { out?: strin
     dataDir: spec.dataDir ? rel(spec.dataDir) : null,
     device: spec.device ?? 'cpu',
     threads: spec.threads ?? null,
-    channelsLast: spec.channelsLast ?? (spec.device ?? 'cpu') === 'cpu',
+    channelsLast: spec.channelsLast ?? null,
   };
 }
 
@@ -442,6 +443,11 @@ export function writeSweepFile(plan: SweepPlan): void {
   });
 }
 
+/** Whether a run trains in channels_last: the spec's channelsLast where given, otherwise its model's default (trainsChannelsLast). */
+export function runChannelsLast(plan: Pick<SweepPlan, 'channelsLast' | 'device'>, run: Pick<SweepRun, 'modelName' | 'modelConfig'>): boolean {
+  return plan.channelsLast ?? trainsChannelsLast(plan.device, run.modelName, run.modelConfig);
+}
+
 /** The command line that trains one run (child process). */
 export function trainArgs(plan: SweepPlan, run: SweepRun, resume: boolean, threads: number | null): string[] {
   const args = [
@@ -462,7 +468,7 @@ export function trainArgs(plan: SweepPlan, run: SweepRun, resume: boolean, threa
   ];
   if (plan.dataDir) args.push('--data-dir', plan.dataDir);
   if (threads) args.push('--threads', String(threads));
-  if (plan.channelsLast) args.push('--channels-last');
+  if (runChannelsLast(plan, run)) args.push('--channels-last');
   if (resume) args.push('--resume');
   return args;
 }

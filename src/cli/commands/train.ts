@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import { parseDevice, requireDevice } from '../device.js';
 import path from 'node:path';
 import * as t from '../../tensor/index.js';
-import { createModel, modelConfig, loadModelConfigFile, buildFromConfig, type ModelConfig } from '../../models/index.js';
+import { createModel, modelConfig, loadModelConfigFile, buildFromConfig, trainsChannelsLast, type ModelConfig } from '../../models/index.js';
 import { loadRecipe, applyOverrides, parseOverride, listRecipes, type Recipe } from '../../train/recipe.js';
 import { readCheckpointMeta } from '../../train/checkpoint.js';
 import { train, checkExtension, type TrainOptions, type TrainSummary } from '../../train/trainer.js';
@@ -114,7 +114,7 @@ export function resumeCommand(o: {
     ...(o.dataset ? ['--dataset', q(o.dataset)] : []),
     ...(o.dataDir ? ['--data-dir', q(o.dataDir)] : []),
     ...(o.device && o.device !== 'cpu' ? ['--device', q(o.device)] : []),
-    ...(o.channelsLast ? ['--channels-last'] : []),
+    ...(o.channelsLast ? ['--channels-last'] : o.channelsLast === false ? ['--no-channels-last'] : []),
     // The data is loaded again on resume: the flags that let it load the first time.
     ...(o.maxImagePixels !== undefined ? ['--max-image-pixels', q(o.maxImagePixels)] : []),
     ...(o.allowChecksumMismatch ? ['--allow-checksum-mismatch'] : []),
@@ -176,8 +176,9 @@ export function register(program: Command): void {
     .option('--test-per-class <n>', 'use only the first n test images of each class')
     .option(
       '--channels-last',
-      "channels_last memory format (default NCHW, where kshare's ConvMixer kernels run; models of 3x3 convolutions may gain from it, measure)",
+      "channels_last memory format (default on CPU: the model's own, NCHW for ConvMixer, where kshare's fused kernels run, channels_last for the others: SE-ResNet d=2 trains x1.09-1.10 faster in it)",
     )
+    .option('--no-channels-last', 'NCHW memory format whatever the model')
     .option('--allow-checksum-mismatch', 'use a dataset archive whose SHA-256 differs from the published one')
     .option('--max-image-pixels <n>', `refuse image files with more pixels than this before decoding them (default ${DEFAULT_MAX_IMAGE_PIXELS})`)
     .option('--no-progress', 'no progress bar')
@@ -261,7 +262,7 @@ export function register(program: Command): void {
         progress,
         progressLines: o.progress && !process.stdout.isTTY,
         log,
-        channelsLast: !!o.channelsLast,
+        channelsLast: o.channelsLast ?? trainsChannelsLast(o.device, modelName, config),
         stopAfterEpochs: o.stopAfterEpochs === undefined ? undefined : positiveInt('--stop-after-epochs', o.stopAfterEpochs),
         datasetSpec: dataset,
       };
