@@ -171,13 +171,7 @@ Forward ForwardImpl(const at::Tensor& x, const at::Tensor& w, const at::Tensor& 
     });
     for (int64_t c = 0; c < C; c++) {
       double mu, var;
-      kshare::ChannelMoments(
-          nb, M,
-          [&](int64_t k) {
-            const double cnt = static_cast<double>(std::min(R, (k + 1) * rb) - k * rb);
-            return kshare::PartMoments{cnt, bsum[k * C + c], bsq[k * C + c], bmean[k * C + c]};
-          },
-          &mu, &var);
+      kshare::RowBlockMoments(C, c, R, rb, M, bsum.data(), bsq.data(), bmean.data(), &mu, &var);
       mp[c] = static_cast<float>(mu);
       ip[c] = static_cast<float>(1.0 / std::sqrt(var + eps));
       rmp[c] = static_cast<float>(momentum * mu + (1 - momentum) * rmp[c]);
@@ -269,6 +263,32 @@ struct Grads {
   at::Tensor dx, dw, db;
 };
 
+// The backward's per-channel coefficients, dx = k1 * dz - k2 - k3 * (x - mean) in training and
+// k1 * dz in eval, from each part's sums of dz and dz * (x - mean) (arrays [part][C], added up per
+// channel in part order, in double); writes the BN bias and weight gradients.
+struct Coefficients {
+  std::vector<float> k1, k2, k3;
+};
+template <class T>
+Coefficients BackwardCoefficients(int64_t C, int64_t parts, const T* dz, const T* dzx, int64_t M, const float* wp, const float* ip,
+                                  bool training, float* dbp, float* dwp) {
+  Coefficients k{std::vector<float>(C), std::vector<float>(C), std::vector<float>(C)};
+  for (int64_t c = 0; c < C; c++) {
+    double sdz = 0, sdzx = 0;
+    for (int64_t p = 0; p < parts; p++) {
+      sdz += dz[p * C + c];
+      sdzx += dzx[p * C + c];
+    }
+    const double is = ip[c];
+    dbp[c] = static_cast<float>(sdz);
+    dwp[c] = static_cast<float>(sdzx * is);
+    k.k1[c] = static_cast<float>(wp[c] * is);
+    k.k2[c] = training ? static_cast<float>(wp[c] * is * sdz / M) : 0.0f;
+    k.k3[c] = training ? static_cast<float>(wp[c] * is * is * is * sdzx / M) : 0.0f;
+  }
+  return k;
+}
+
 // BackwardImpl's channels-last passes (rows are pixels, C floats each; off: each (n, c)'s share
 // of the pooled output's gradient, [N, C]): per row block, float sums of dz and dz * (x - mean)
 // per channel, combined per channel in block order in double; then dx row by row.
@@ -296,20 +316,8 @@ void BackwardChannelsLast(int64_t N, int64_t C, int64_t HW, const float* xp, con
       }
     }
   });
-  std::vector<float> k1(C), k2(C), k3(C);
-  for (int64_t c = 0; c < C; c++) {
-    double sdz = 0, sdzx = 0;
-    for (int64_t k = 0; k < nb; k++) {
-      sdz += bdz[k * C + c];
-      sdzx += bdzx[k * C + c];
-    }
-    const double is = ip[c];
-    dbp[c] = static_cast<float>(sdz);
-    dwp[c] = static_cast<float>(sdzx * is);
-    k1[c] = static_cast<float>(wp[c] * is);
-    k2[c] = training ? static_cast<float>(wp[c] * is * sdz / M) : 0.0f;
-    k3[c] = training ? static_cast<float>(wp[c] * is * is * is * sdzx / M) : 0.0f;
-  }
+  const Coefficients k = BackwardCoefficients(C, nb, bdz.data(), bdzx.data(), M, wp, ip, training, dbp, dwp);
+  const std::vector<float>&k1 = k.k1, &k2 = k.k2, &k3 = k.k3;
   kshare::ParallelFor(0, nb, 1, [&](int64_t lo, int64_t hi) {
     for (int64_t r = lo * rb; r < std::min(R, hi * rb); r++) {
       const float *xr = xp + r * C, *yr = yp + r * C, *gr = gp + r * C, *o = off + (r / HW) * C;
@@ -378,21 +386,8 @@ Grads BackwardImpl(const at::Tensor& dyIn, const at::Tensor& x, const at::Tensor
       rdzx[r] = c2;
     }
   });
-  std::vector<float> k1(C), k2(C), k3(C);
-  for (int64_t c = 0; c < C; c++) {
-    double sdz = 0, sdzx = 0;
-    for (int64_t n = 0; n < N; n++) {
-      sdz += rdz[n * C + c];
-      sdzx += rdzx[n * C + c];
-    }
-    const double is = ip[c];
-    dbp[c] = static_cast<float>(sdz);
-    dwp[c] = static_cast<float>(sdzx * is);
-    // dx = k1 * dz - k2 - k3 * (x - mean) (training); dx = k1 * dz (eval)
-    k1[c] = static_cast<float>(wp[c] * is);
-    k2[c] = training ? static_cast<float>(wp[c] * is * sdz / M) : 0.0f;
-    k3[c] = training ? static_cast<float>(wp[c] * is * is * is * sdzx / M) : 0.0f;
-  }
+  const Coefficients k = BackwardCoefficients(C, N, rdz.data(), rdzx.data(), M, wp, ip, training, dbp, dwp);
+  const std::vector<float>&k1 = k.k1, &k2 = k.k2, &k3 = k.k3;
   kshare::ParallelFor(0, rows, 16, [&](int64_t lo, int64_t hi) {
     for (int64_t r = lo; r < hi; r++) {
       const int64_t c = r % C;

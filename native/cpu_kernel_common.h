@@ -2,6 +2,7 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -69,6 +70,19 @@ inline void ChannelMoments(int64_t parts, double total, Part part, double* mean,
   }
   *mean = mu;
   *var = m2 / total;
+}
+
+// ChannelMoments over the row blocks of channels-last data: R rows (pixels) in blocks of rb,
+// each block's per-channel sum, squared deviations and centre in arrays [block][C]; channel c.
+inline void RowBlockMoments(int64_t C, int64_t c, int64_t R, int64_t rb, double total, const float* sum, const float* sq,
+                            const float* centre, double* mean, double* var) {
+  ChannelMoments(
+      (R + rb - 1) / rb, total,
+      [&](int64_t k) {
+        const double cnt = static_cast<double>(std::min(R, (k + 1) * rb) - k * rb);
+        return PartMoments{cnt, sum[k * C + c], sq[k * C + c], centre[k * C + c]};
+      },
+      mean, var);
 }
 
 }  // namespace kshare

@@ -281,13 +281,7 @@ Forward forwardImpl(const at::Tensor& xIn, const at::Tensor& biasIn, const at::T
     });
     for (int64_t c = 0; c < C; c++) {
       double mu, var;
-      kshare::ChannelMoments(
-          nb, M,
-          [&](int64_t k) {
-            const double cnt = static_cast<double>(std::min(R, (k + 1) * rb) - k * rb);
-            return kshare::PartMoments{cnt, bsum[k * C + c], bsq[k * C + c], bmean[k * C + c]};
-          },
-          &mu, &var);
+      kshare::RowBlockMoments(C, c, R, rb, M, bsum.data(), bsq.data(), bmean.data(), &mu, &var);
       finish(c, mu, var);
     }
     kshare::ParallelFor(0, nb, 1, [&](int64_t b, int64_t e) {
