@@ -192,7 +192,7 @@ export async function train(o: TrainOptions): Promise<TrainSummary> {
     const s = setUp(o, owned);
     const state = s.o.resume ? restore(s, s.o.resume) : fresh(s);
     s.log(
-      `training ${o.modelName} on ${s.trainSet.name} (${s.trainSet.count} train / ${s.testSet.count} test images, ${s.classes} classes) on ${s.device}: ` +
+      `training ${o.modelName} on ${s.trainSet.name} (${s.trainSet.count} train / ${s.testSet.count} test images, ${s.classes} classes) on ${s.device}${o.channelsLast ? ' (channels_last)' : ''}: ` +
         `${s.counts.trainable.toLocaleString('en-US')} trainable parameters (${s.counts.unshared.toLocaleString('en-US')} unshared), recipe ${s.recipe.name}, seed ${s.seed}, ${s.itersPerEpoch} steps/epoch` +
         `${s.recipe.amp && !s.amp ? ' (mixed precision is CUDA-only: float32 on CPU)' : ''}`,
     );
