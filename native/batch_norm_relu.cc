@@ -21,11 +21,11 @@
 // input, and with the ReLU the output (as libtorch keeps the BN input and the ReLU output);
 // ReLU's gradient passes where the output is > 0, as libtorch's.
 // Channels-last: rows are pixels (C floats each), cut into blocks of at most 64 rows whose
-// per-channel partial sums (float) are combined per channel in block order, in double; the output keeps the input's memory format. Why: with channels-last
-// activations oneDNN runs the SE-ResNets' convolutions without converting to and from its
-// blocked layout (88 reorders, 59 ms of a 1-thread d=2 step in NCHW; ONEDNN_VERBOSE=1), but
-// libtorch's channels-last batch_norm took that and more back (bench/cpu-kernels-notes.md,
-// "Session of 2026-12-03, tenth").
+// per-channel partial sums (float) are combined per channel in block order, in double; the
+// output keeps the input's memory format. Why: with channels-last activations oneDNN runs the
+// SE-ResNets' convolutions without converting to and from its blocked layout (88 reorders, 59 ms
+// of a 1-thread d=2 step in NCHW; ONEDNN_VERBOSE=1), but libtorch's channels-last batch_norm took
+// that and more back (bench/cpu-kernels-notes.md, "Session of 2026-12-03, tenth").
 //
 // Measured (1 thread, quiet machine, in-process against libtorch's batch_norm + relu, training,
 // median CPU ms): (32,64,32,32) forward 0.80 / 4.26, backward 1.89 / 2.78; (32,128,16,16)
@@ -73,14 +73,10 @@ inline float Dz(float g, float y, float off) {
   return !kRelu || y > 0.0f ? g + off : 0.0f;
 }
 
-// Channels-last (and not also NCHW-contiguous: C == 1 or H * W == 1 counts as NCHW).
-bool ChannelsLast(const at::Tensor& x) { return !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast); }
+using kshare::ChannelsLastOnly;
+using kshare::LayoutOf;
 
-at::MemoryFormat FormatOf(const at::Tensor& x) {
-  return ChannelsLast(x) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-}
-
-at::Tensor NewLike(const at::Tensor& x) { return kshare::NewOutput(x.sizes(), x.options(), FormatOf(x)); }
+at::Tensor NewLike(const at::Tensor& x) { return kshare::NewOutput(x.sizes(), x.options(), LayoutOf(x)); }
 
 // Channels-last rows (pixels) are cut into blocks of at most 64 rows (and 16384 floats), whose
 // per-channel partial sums stay in cache.
@@ -88,7 +84,7 @@ int64_t RowsPerBlock(int64_t C) { return std::max<int64_t>(1, std::min<int64_t>(
 
 void Check(const char* op, const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& rm, const at::Tensor& rv) {
   TORCH_CHECK(x.dim() == 4, op, ": input must be (N, C, H, W), got ", x.sizes());
-  TORCH_CHECK(x.scalar_type() == at::kFloat && x.device().is_cpu() && (x.is_contiguous() || ChannelsLast(x)), op,
+  TORCH_CHECK(x.scalar_type() == at::kFloat && x.device().is_cpu() && (x.is_contiguous() || ChannelsLastOnly(x)), op,
               ": input must be a contiguous (NCHW or channels-last) float32 CPU tensor");
   const int64_t c = x.size(1);
   const std::pair<const char*, const at::Tensor*> params[] = {
@@ -147,7 +143,7 @@ Forward ForwardImpl(const at::Tensor& x, const at::Tensor& w, const at::Tensor& 
   const float *xp = x.data_ptr<float>(), *wp = w.data_ptr<float>(), *bp = b.data_ptr<float>();
   float *yp = y.data_ptr<float>(), *mp = mean.data_ptr<float>(), *ip = invstd.data_ptr<float>();
   float *rmp = rm.data_ptr<float>(), *rvp = rv.data_ptr<float>();
-  const bool cl = ChannelsLast(x);
+  const bool cl = ChannelsLastOnly(x);
   const int64_t R = N * HW, rb = RowsPerBlock(C), nb = (R + rb - 1) / rb;  // channels-last row blocks
   if (training && cl) {
     std::vector<float> bsum(nb * C, 0.0f), bsq(nb * C, 0.0f), bmean(nb * C);
@@ -304,7 +300,7 @@ void BackwardChannelsLast(int64_t N, int64_t C, int64_t HW, const float* xp, con
         const float *xr = xp + r * C, *yr = yp + r * C, *gr = gp + r * C, *o = off + (r / HW) * C;
         int64_t c = 0;
         for (; c + 4 <= C; c += 4) {
-          const V4 d = kRelu ? WherePositive(Load4(gr + c) + Load4(o + c), Load4(yr + c)) : Load4(gr + c) + Load4(o + c);
+          const V4 d = Dz4<kRelu>(gr + c, yr + c, Load4(o + c));
           Store4(sdz + c, Load4(sdz + c) + d);
           Store4(sdzx + c, Load4(sdzx + c) + d * (Load4(xr + c) - Load4(mp + c)));
         }
@@ -324,7 +320,7 @@ void BackwardChannelsLast(int64_t N, int64_t C, int64_t HW, const float* xp, con
       float* out = dxp + r * C;
       int64_t c = 0;
       for (; c + 4 <= C; c += 4) {
-        const V4 d = kRelu ? WherePositive(Load4(gr + c) + Load4(o + c), Load4(yr + c)) : Load4(gr + c) + Load4(o + c);
+        const V4 d = Dz4<kRelu>(gr + c, yr + c, Load4(o + c));
         Store4(out + c, Load4(k1.data() + c) * d - Load4(k2.data() + c) - Load4(k3.data() + c) * (Load4(xr + c) - Load4(mp + c)));
       }
       for (; c < C; c++) out[c] = k1[c] * Dz<kRelu>(gr[c], yr[c], o[c]) - k2[c] - k3[c] * (xr[c] - mp[c]);
@@ -339,8 +335,8 @@ Grads BackwardImpl(const at::Tensor& dyIn, const at::Tensor& x, const at::Tensor
                    const at::Tensor& invstd, bool training, const at::Tensor& dpooled = at::Tensor()) {
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), M = N * HW, rows = N * C;
   // An output the loss does not use arrives undefined: its gradient is zero.
-  const bool cl = ChannelsLast(x);
-  const at::Tensor dy = dyIn.defined() ? dyIn.to(at::kFloat).contiguous(FormatOf(x)) : at::zeros_like(x);
+  const bool cl = ChannelsLastOnly(x);
+  const at::Tensor dy = dyIn.defined() ? dyIn.to(at::kFloat).contiguous(LayoutOf(x)) : at::zeros_like(x);
   std::vector<float> off(rows, 0.0f);  // each row's share of the pooled output's gradient
   if (dpooled.defined()) {
     const at::Tensor dp = dpooled.to(at::kFloat).contiguous();

@@ -38,30 +38,26 @@ using namespace kshare::vec4;
 
 constexpr const char* kOp = "kshare::channel_scale_add";
 
-// Channels-last (and not also NCHW-contiguous: C == 1 or H * W == 1 counts as NCHW).
-bool ChannelsLast(const at::Tensor& x) { return !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast); }
-
-at::MemoryFormat FormatOf(const at::Tensor& x) {
-  return ChannelsLast(x) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-}
+using kshare::ChannelsLastOnly;
+using kshare::LayoutOf;
 
 void Check(const at::Tensor& x, const at::Tensor& s, const at::Tensor& r) {
   const auto f32 = [](const at::Tensor& t) { return t.defined() && t.scalar_type() == at::kFloat && t.device().is_cpu(); };
-  TORCH_CHECK(x.dim() == 4 && f32(x) && (x.is_contiguous() || ChannelsLast(x)), kOp,
+  TORCH_CHECK(x.dim() == 4 && f32(x) && (x.is_contiguous() || ChannelsLastOnly(x)), kOp,
               ": input must be a contiguous (NCHW or channels-last) float32 CPU tensor of rank 4, got ", x.sizes());
   TORCH_CHECK(f32(s) && s.is_contiguous() && s.sizes() == at::IntArrayRef({x.size(0), x.size(1), 1, 1}), kOp,
               ": scale must be a contiguous float32 CPU tensor of shape [", x.size(0), ", ", x.size(1), ", 1, 1], got ", s.sizes());
-  TORCH_CHECK(f32(r) && r.sizes() == x.sizes() && r.is_contiguous(FormatOf(x)), kOp,
+  TORCH_CHECK(f32(r) && r.sizes() == x.sizes() && r.is_contiguous(LayoutOf(x)), kOp,
               ": residual must be a float32 CPU tensor of the input's shape ", x.sizes(), " and memory format, got ", r.sizes());
 }
 
 at::Tensor Forward(const at::Tensor& x, const at::Tensor& s, const at::Tensor& r, bool relu) {
   Check(x, s, r);
   const int64_t N = x.size(0), C = x.size(1), rows = N * C, HW = x.size(2) * x.size(3);
-  at::Tensor y = kshare::NewOutput(x.sizes(), x.options(), FormatOf(x));
+  at::Tensor y = kshare::NewOutput(x.sizes(), x.options(), LayoutOf(x));
   const float *xp = x.data_ptr<float>(), *sp = s.data_ptr<float>(), *rp = r.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  if (ChannelsLast(x)) {
+  if (ChannelsLastOnly(x)) {
     // Rows are pixels: pixel r of image r / HW takes that image's C scales.
     kshare::ParallelFor(0, N * HW, 256, [&](int64_t lo, int64_t hi) {
       for (int64_t r = lo; r < hi; r++) {
@@ -97,7 +93,7 @@ struct Grads {
 // g * x, dresidual = g (dy itself without the ReLU: no copy).
 template <bool kRelu>
 Grads Backward(const at::Tensor& dyIn, const at::Tensor& x, const at::Tensor& s, const at::Tensor& y) {
-  const at::MemoryFormat fmt = FormatOf(x);
+  const at::MemoryFormat fmt = LayoutOf(x);
   const at::Tensor dy = dyIn.to(at::kFloat).contiguous(fmt);
   const int64_t N = x.size(0), C = x.size(1), rows = N * C, HW = x.size(2) * x.size(3);
   at::Tensor dx = kshare::NewOutput(x.sizes(), x.options(), fmt);

@@ -28,6 +28,13 @@ inline IsaCap NativeIsaCap() {
   return IsaCap::kNone;
 }
 
+// The layout kshare's row kernels treat a 4-D tensor as: channels-last only where it is not also
+// NCHW-contiguous (C == 1 or H * W == 1 counts as NCHW).
+inline bool ChannelsLastOnly(const at::Tensor& x) { return !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast); }
+inline at::MemoryFormat LayoutOf(const at::Tensor& x) {
+  return ChannelsLastOnly(x) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
 // An uninitialised output (NaN-filled under KSHARE_NATIVE_POISON).
 inline at::Tensor NewOutput(at::IntArrayRef sizes, const at::TensorOptions& opts, at::MemoryFormat fmt) {
   at::Tensor t = at::empty(sizes, opts.memory_format(fmt));

@@ -126,8 +126,7 @@ struct Geom {
 Geom geomOf(const at::Tensor& x) {
   Geom g{x.size(0), x.size(1), x.size(2) * x.size(3), 0, false, at::MemoryFormat::Contiguous};
   g.M = g.N * g.HW;
-  // A tensor that is both (C == 1 or H * W == 1) is treated as NCHW.
-  if (!x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+  if (kshare::ChannelsLastOnly(x)) {
     g.cl = true;
     g.fmt = at::MemoryFormat::ChannelsLast;
   }
