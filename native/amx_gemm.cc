@@ -211,7 +211,7 @@ bool PackRightRows(const float* src, int64_t rows, int64_t cols, int64_t rs, con
 }
 
 // r[i] holds row i of a 16 x 16 matrix of 32-bit words; afterwards r[i] holds column i.
-inline void Transpose16(__m512i r[16]) {
+__attribute__((always_inline)) inline void Transpose16(__m512i r[16]) {
   __m512i t[16];
   for (int i = 0; i < 8; i++) {
     t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
@@ -340,10 +340,39 @@ void GemmTiles(const Packed& left, const Packed& right, float* c, int64_t ldc, f
   _tile_release();
 }
 
+// The 16 x 16 block of rows [r0, r0 + 16) and columns [c0, c0 + 16) (partial blocks masked),
+// summed over the parts in order and stored transposed.
+void TransposeSumBlock(const float* const* parts, int64_t count, int64_t rows, int64_t cols, float* dst, int64_t r0, int64_t c0) {
+  const __mmask16 colMask = Tail(cols - c0), rowMask = Tail(rows - r0);
+  __m512i r[16];
+  for (int i = 0; i < 16; i++) {
+    __m512 v = _mm512_setzero_ps();
+    if (r0 + i < rows) {
+      const int64_t at = (r0 + i) * cols + c0;
+      v = _mm512_maskz_loadu_ps(colMask, parts[0] + at);
+      for (int64_t p = 1; p < count; p++) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(colMask, parts[p] + at));
+    }
+    r[i] = _mm512_castps_si512(v);
+  }
+  Transpose16(r);
+  for (int j = 0; j < 16 && c0 + j < cols; j++) _mm512_mask_storeu_ps(dst + (c0 + j) * rows + r0, rowMask, _mm512_castsi512_ps(r[j]));
+}
+
 #pragma GCC pop_options
 #endif  // __x86_64__
 
 }  // namespace
+
+void TransposeSum(const float* const* parts, int64_t count, int64_t rows, int64_t cols, float* dst, int64_t rowBegin, int64_t rowEnd) {
+#if defined(__x86_64__)
+  if (rowBegin % 16 != 0 || count < 1) std::abort();  // callers' bug
+  for (int64_t r0 = rowBegin; r0 < std::min(rowEnd, rows); r0 += 16)
+    for (int64_t c0 = 0; c0 < cols; c0 += 16) TransposeSumBlock(parts, count, rows, cols, dst, r0, c0);
+#else
+  (void)parts, (void)count, (void)rows, (void)cols, (void)dst, (void)rowBegin, (void)rowEnd;
+  std::abort();  // Enabled() is false off x86-64
+#endif
+}
 
 void PackLeft(const float* src, int64_t rows, int64_t cols, int64_t rowStride, int64_t colStride, Packed* out) {
   Reserve(out, rows, cols, RoundUp(rows, 32) / 16, RoundUp(cols, 32) / 32);

@@ -40,4 +40,10 @@ void PackRight(const float* src, int64_t rows, int64_t cols, int64_t rowStride, 
 // beta 0 or 1; rowBegin a multiple of 32. left.cols must equal right.rows.
 void Gemm(const Packed& left, const Packed& right, float* c, int64_t ldc, float beta, int64_t rowBegin, int64_t rowEnd);
 
+// dst[c * rows + r] = parts[0][r * cols + c] + parts[1][r * cols + c] + ... (added in that order),
+// for rows [rowBegin, rowEnd) of the parts, rowBegin a multiple of 16: the transposed sum of
+// per-thread partial products (pointwise_conv.cc's weight gradient). Uses AVX-512 (every CPU
+// where Enabled() holds has it).
+void TransposeSum(const float* const* parts, int64_t count, int64_t rows, int64_t cols, float* dst, int64_t rowBegin, int64_t rowEnd);
+
 }  // namespace kshare_amx
