@@ -37,8 +37,13 @@
 //   channels-last against NCHW, each with kshare's kernels (two workloads alternating, not an
 //   environment switch): channels-last lets oneDNN skip its layout conversions
 //   (bench/cpu-kernels-notes.md, tenth session).
+// - stem: ConvMixer's patch-embedding convolution with its GELU and BatchNorm as the fused 1x1
+//   operator on pixelUnshuffle(x) (src/nn/fused.ts) against libtorch's strided convolution then
+//   the fused GELU/BN kernel (KSHARE_NATIVE_PATCH_STEM=0): training steps at batch 32 of
+//   ConvMixer-64/4 shared and ConvMixer-256/8 shared; ConvMixer-256/16 shared inference at batch
+//   1 and 32.
 // --only takes a comma-separated list of these sections (1x1, depthwise, panels, steps, blocks,
-// block-run, pool, amx, layout);
+// block-run, pool, amx, layout, stem);
 // --threads a comma-separated list of thread counts, each a set of rows.
 // ms are medians of wall-clock time; `ratio` = alternative / kshare's route (above 1: the route
 // kshare takes is faster).
@@ -110,14 +115,14 @@ function main(): void {
     .description("Time conv2d's CPU routes against their alternatives in one process")
     .option('--threads <list>', 'intra-op threads, comma-separated (each a set of rows)', '1')
     .option('--rounds <n>', 'alternations per row', '3')
-    .option('--only <sections>', 'comma-separated sections: 1x1, depthwise, panels, steps, blocks, block-run, pool, amx, layout (default: all)')
+    .option('--only <sections>', 'comma-separated sections: 1x1, depthwise, panels, steps, blocks, block-run, pool, amx, layout, stem (default: all)')
     .option('--out <file>', 'where to write the JSON', path.join(ROOT, 'bench', 'results', 'route-ab.json'))
     .parse();
   const o = program.opts<{ threads: string; rounds: string; out: string; only?: string }>();
   const int = intOption(program);
   const threadList = o.threads.split(',').map((v) => int('threads', v.trim(), 1)),
     rounds = int('rounds', o.rounds, 1);
-  const SECTIONS = ['1x1', 'depthwise', 'panels', 'steps', 'blocks', 'block-run', 'pool', 'amx', 'layout'];
+  const SECTIONS = ['1x1', 'depthwise', 'panels', 'steps', 'blocks', 'block-run', 'pool', 'amx', 'layout', 'stem'];
   const only = o.only?.split(',').map((v) => v.trim());
   for (const s of only ?? []) if (!SECTIONS.includes(s)) program.error(`--only: unknown section '${s}' (sections: ${SECTIONS.join(', ')})`);
   const want = (section: string) => !only || only.includes(section);
@@ -359,6 +364,20 @@ function main(): void {
       add(`${model} training step, batch 32 (channels-last vs NCHW)`, abPair(cl.run, nchw.run, rounds, 4));
       cl.dispose();
       nchw.dispose();
+    }
+
+    // The patch-embedding stem through the fused 1x1 operator against the strided convolution.
+    if (want('stem')) {
+      const strided = { KSHARE_NATIVE_PATCH_STEM: '0' };
+      stepRows(
+        [
+          ['convmixer_64_4_k5_p2_shared', 30],
+          ['convmixer_256_8_k5_p2_shared', 8],
+        ],
+        strided,
+        'stem as a 1x1 vs strided conv',
+      );
+      inferenceRows(batch1And32, strided, 'stem as a 1x1 vs strided conv');
     }
 
     // A run of blocks in inference as one operator against two operators a block.

@@ -259,8 +259,9 @@ test(
     const live = t.liveTensors();
     const results: Record<string, { out: Float32Array[]; allocations: number; backwardAllocations: number }> = {};
     for (const blocks of ['1', '0']) {
-      // The halves themselves: a run of blocks in inference as one operator is convmixer-blocks.test.ts's.
-      withEnv({ KSHARE_NATIVE_BLOCKS: blocks, KSHARE_NATIVE_BLOCK_RUN: '0' }, () => {
+      // The halves themselves: a run of blocks in inference as one operator is convmixer-blocks.test.ts's,
+      // the stem as a 1x1 the next test's.
+      withEnv({ KSHARE_NATIVE_BLOCKS: blocks, KSHARE_NATIVE_BLOCK_RUN: '0', KSHARE_NATIVE_PATCH_STEM: '0' }, () => {
         t.manualSeed(4);
         const model = createModel('convmixer_64_4_k5_p2_shared', { classes: 10 });
         try {
@@ -304,6 +305,82 @@ test(
       POINTWISE_BUILT ? 8 : 4,
       `training backward allocations: fused ${results['1']!.backwardAllocations}, apart ${results['0']!.backwardAllocations}`,
     );
+    assert.equal(t.liveTensors(), live, 'no tensor leaked');
+  },
+);
+
+test('pixelUnshuffle moves each r x r block into channels c·r² + i·r + j, as PyTorch', () => {
+  t.tidy(() => {
+    const [n, c, h, w, r] = [2, 3, 4, 6, 2];
+    const x = t.arange(0, n * c * h * w).reshape([n, c, h, w]);
+    const got = t.pixelUnshuffle(x, r);
+    assert.deepEqual(got.shape, [n, c * r * r, h / r, w / r]);
+    const v = got.toFloat32Array();
+    const [oh, ow] = [h / r, w / r];
+    for (let b = 0; b < n; b++)
+      for (let ch = 0; ch < c; ch++)
+        for (let i = 0; i < r; i++)
+          for (let j = 0; j < r; j++)
+            for (let y = 0; y < oh; y++)
+              for (let q = 0; q < ow; q++) {
+                const want = ((b * c + ch) * h + y * r + i) * w + q * r + j;
+                assert.equal(
+                  v[((b * c * r * r + ch * r * r + i * r + j) * oh + y) * ow + q],
+                  want,
+                  `image ${b} channel ${ch} offset (${i}, ${j}) at (${y}, ${q})`,
+                );
+              }
+    assert.throws(() => t.pixelUnshuffle(x, 4), /height 4 and width 6 must be multiples of the factor 4/);
+    assert.throws(() => t.pixelUnshuffle(x, 0), /'factor' must be an integer >= 1/);
+  });
+});
+
+test(
+  "ConvMixer's patch-embedding stem runs as the fused 1x1 operator on pixelUnshuffle(x): within 1e-5 of a float64 reference, its output never stored",
+  {
+    skip:
+      (!POINTWISE_BUILT && 'built without oneDNN: no 1x1 operator') || (!t.cpuAllocatorInfo().installed && 'KSHARE_CPU_ALLOCATOR=system: no allocation counts'),
+  },
+  () => {
+    const live = t.liveTensors();
+    // float32 through kshare's kernels with the stem as a 1x1 ('1') or as libtorch's strided
+    // convolution ('0'), and libtorch's ops in float64 (the reference: the two float32 routes
+    // round differently, 1.4e-5 apart on one gradient while each is within 8e-6 of float64).
+    const run = (stem: '1' | '0' | 'float64') =>
+      withEnv(
+        { KSHARE_NATIVE_PATCH_STEM: stem === '0' ? '0' : '1', KSHARE_NATIVE_BLOCK_RUN: '0', KSHARE_NATIVE_KERNELS: stem === 'float64' ? '0' : '1' },
+        () => {
+          t.manualSeed(5);
+          const model = createModel('convmixer_64_4_k5_p2_shared', { classes: 10 });
+          if (stem === 'float64') model.to({ dtype: 'float64' });
+          try {
+            return t.tidy(() => {
+              const x32 = t.randn([8, 3, 32, 32], { generator: new t.Generator(2) });
+              const x = stem === 'float64' ? t.to(x32, 'float64') : x32;
+              model.train();
+              const y = model.forward(x);
+              t.sum(t.mul(y, y)).backward();
+              const out = [y, ...model.parameters().map((p) => p.grad!), ...model.buffers().filter((b) => b.dtype !== 'int64')].map((v) => v.toFloat32Array());
+              model.eval();
+              const before = largeAllocations();
+              out.push(t.noGrad(() => model.forward(x)).toFloat32Array());
+              return { out, allocations: largeAllocations() - before };
+            });
+          } finally {
+            model.zeroGrad();
+            model.dispose();
+          }
+        },
+      );
+    const [fused, strided, ref] = [run('1'), run('0'), run('float64')];
+    assert.equal(fused.out.length, ref.out.length);
+    fused.out.forEach((g, i) => {
+      const err = maxRelError(g, ref.out[i]!);
+      assert.ok(err <= TOL, `output ${i} (y, the parameters' gradients, the running stats, the eval output): relative error ${err} against float64`);
+    });
+    // The strided convolution's (8, 64, 16, 16) output, 512 KiB, in oneDNN's blocked layout and
+    // converted back, is not allocated with the stem as a 1x1.
+    assert.equal(strided.allocations - fused.allocations, 2, `eval forward allocations: 1x1 ${fused.allocations}, strided ${strided.allocations}`);
     assert.equal(t.liveTensors(), live, 'no tensor leaked');
   },
 );

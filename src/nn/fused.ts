@@ -24,6 +24,15 @@ function blockRunEnabled(): boolean {
   return blocksEnabled() && process.env.KSHARE_NATIVE_BLOCK_RUN !== '0';
 }
 
+/**
+ * A patch-embedding convolution (ConvMixer's stem) with its GELU and BatchNorm through the fused
+ * 1x1 operator (patchAsPointwise) unless KSHARE_NATIVE_PATCH_STEM=0 (read at every call, for
+ * bench/route-ab.ts); KSHARE_NATIVE_BLOCKS=0 turns this off too.
+ */
+function patchStemEnabled(): boolean {
+  return blocksEnabled() && process.env.KSHARE_NATIVE_PATCH_STEM !== '0';
+}
+
 interface FusableParts {
   conv: Conv2d;
   bn: BatchNorm2d;
@@ -80,10 +89,36 @@ export function convGeluBatchNorm(conv: Module, gelu: Module, bn: Module, x: Ten
     if (p.bn.training && x.size / x.dim(1) <= 1) return null; // BatchNorm2d raises its usual error
     return t.pointwiseGeluBatchNorm(x, p.conv.weight, p.bias, p.bnOptions());
   }
+  const patch = patchStemEnabled() ? patchAsPointwise(p, x) : null;
+  if (patch) return patch;
   return t.tidy(() => {
     const z = p.conv.convolve(x, false);
     if (p.bn.training && z.size / z.dim(1) <= 1) return null; // BatchNorm2d raises its usual error
     return t.biasGeluBatchNorm(z, p.bias, p.bnOptions());
+  });
+}
+
+/**
+ * A patch embedding (ConvMixer's stem: kernel = stride = r, no padding, groups 1) is a 1x1
+ * convolution of pixelUnshuffle(x, r) with the weight viewed as [out, in·r², 1, 1] (the same
+ * channel order), so it runs through the fused 1x1 operator as well: its output is never stored
+ * and oneDNN's reorders around the strided convolution go. ConvMixer-256/8's stem and its
+ * GELU/BatchNorm took ~3.5 ms of a 1-thread training step as three operators. Null where that
+ * does not apply (the caller then takes the generic route).
+ */
+function patchAsPointwise(p: FusableParts, x: Tensor): Tensor | null {
+  const { conv } = p;
+  const [kh, kw] = conv.kernelSize;
+  const r = kh;
+  if (r < 2 || kw !== r || conv.stride[0] !== r || conv.stride[1] !== r || conv.groups !== 1) return null;
+  if (conv.padding[0] !== 0 || conv.padding[1] !== 0 || conv.dilation[0] !== 1 || conv.dilation[1] !== 1) return null;
+  if (x.dim(2) % r || x.dim(3) % r || !t.isContiguous(x)) return null;
+  if (p.bn.training && x.size / (x.dim(1) * r * r) <= 1) return null; // BatchNorm2d raises its usual error
+  return t.tidy(() => {
+    const xs = t.pixelUnshuffle(x, r);
+    const w = conv.weight.view([conv.outChannels, conv.inChannels * r * r, 1, 1]);
+    const route = t.conv2dKernel(xs, w, p.bias, { groups: 1, stride: [1, 1], padding: [0, 0], dilation: [1, 1] });
+    return route === 'pointwise' ? t.pointwiseGeluBatchNorm(xs, w, p.bias, p.bnOptions()) : null;
   });
 }
 

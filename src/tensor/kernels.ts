@@ -117,6 +117,7 @@ export const KERNELS = {
   // shape
   reshape: 'aten::reshape',
   view: 'aten::view',
+  pixelUnshuffle: 'aten::pixel_unshuffle',
   permute: 'aten::permute',
   transpose: 'aten::transpose.int',
   flatten: 'aten::flatten.using_ints',

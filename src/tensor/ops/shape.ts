@@ -25,6 +25,20 @@ export function view(x: Tensor, shape: number[]): Tensor {
   return wrap(runKernel('view', 'view', [x.handle, shape]));
 }
 
+/**
+ * (N, C, H·r, W·r) → (N, C·r², H, W), PyTorch's pixel_unshuffle: output channel c·r² + i·r + j
+ * holds pixel (i, j) of every r x r block of channel c.
+ */
+export function pixelUnshuffle(x: Tensor, factor: number): Tensor {
+  const op = 'pixelUnshuffle';
+  tensorArg(op, 'x', x);
+  intArg(op, 'factor', factor, 1);
+  if (x.rank < 3) throw new Error(`${op}: x must have at least 3 dimensions (…, C, H, W), got shape [${x.shape}]`);
+  const [h, w] = x.shape.slice(-2) as [number, number];
+  if (h % factor || w % factor) throw new Error(`${op}: height ${h} and width ${w} must be multiples of the factor ${factor}`);
+  return wrap(runKernel(op, 'pixelUnshuffle', [x.handle, factor]));
+}
+
 export function permute(x: Tensor, dims: number[]): Tensor {
   tensorArg('permute', 'x', x);
   if (!Array.isArray(dims) || dims.length !== x.rank) throw new Error(`permute: needs ${x.rank} dims for shape [${x.shape}], got ${describe(dims)}`);
