@@ -42,8 +42,12 @@
 //   the fused GELU/BN kernel (KSHARE_NATIVE_PATCH_STEM=0): training steps at batch 32 of
 //   ConvMixer-64/4 shared and ConvMixer-256/8 shared; ConvMixer-256/16 shared inference at batch
 //   1 and 32.
+// - block-node: each ConvMixer block in training as one operator (t.convMixerBlock,
+//   native/conv_gelu_bn.cc: the depthwise half's BatchNorm sums its output gradient inside the
+//   1x1 half's backward) against its two half operators (KSHARE_NATIVE_BLOCK_NODE=0): training
+//   steps at batch 32 of ConvMixer-64/4 shared and ConvMixer-256/8 shared.
 // --only takes a comma-separated list of these sections (1x1, depthwise, panels, steps, blocks,
-// block-run, pool, amx, layout, stem);
+// block-run, pool, amx, layout, stem, block-node);
 // --threads a comma-separated list of thread counts, each a set of rows.
 // ms are medians of wall-clock time; `ratio` = alternative / kshare's route (above 1: the route
 // kshare takes is faster).
@@ -115,14 +119,17 @@ function main(): void {
     .description("Time conv2d's CPU routes against their alternatives in one process")
     .option('--threads <list>', 'intra-op threads, comma-separated (each a set of rows)', '1')
     .option('--rounds <n>', 'alternations per row', '3')
-    .option('--only <sections>', 'comma-separated sections: 1x1, depthwise, panels, steps, blocks, block-run, pool, amx, layout, stem (default: all)')
+    .option(
+      '--only <sections>',
+      'comma-separated sections: 1x1, depthwise, panels, steps, blocks, block-run, pool, amx, layout, stem, block-node (default: all)',
+    )
     .option('--out <file>', 'where to write the JSON', path.join(ROOT, 'bench', 'results', 'route-ab.json'))
     .parse();
   const o = program.opts<{ threads: string; rounds: string; out: string; only?: string }>();
   const int = intOption(program);
   const threadList = o.threads.split(',').map((v) => int('threads', v.trim(), 1)),
     rounds = int('rounds', o.rounds, 1);
-  const SECTIONS = ['1x1', 'depthwise', 'panels', 'steps', 'blocks', 'block-run', 'pool', 'amx', 'layout', 'stem'];
+  const SECTIONS = ['1x1', 'depthwise', 'panels', 'steps', 'blocks', 'block-run', 'pool', 'amx', 'layout', 'stem', 'block-node'];
   const only = o.only?.split(',').map((v) => v.trim());
   for (const s of only ?? []) if (!SECTIONS.includes(s)) program.error(`--only: unknown section '${s}' (sections: ${SECTIONS.join(', ')})`);
   const want = (section: string) => !only || only.includes(section);
@@ -378,6 +385,18 @@ function main(): void {
         'stem as a 1x1 vs strided conv',
       );
       inferenceRows(batch1And32, strided, 'stem as a 1x1 vs strided conv');
+    }
+
+    // Each block in training as one operator against its two half operators.
+    if (want('block-node')) {
+      stepRows(
+        [
+          ['convmixer_64_4_k5_p2_shared', 30],
+          ['convmixer_256_8_k5_p2_shared', 8],
+        ],
+        { KSHARE_NATIVE_BLOCK_NODE: '0' },
+        'block as one operator vs two halves',
+      );
     }
 
     // A run of blocks in inference as one operator against two operators a block.

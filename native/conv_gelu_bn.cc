@@ -141,6 +141,82 @@ kshare_gbn::Forward ForwardBoth(ConvKind k, const at::Tensor& x, const at::Tenso
   return kshare_gbn::ForwardImpl(*z, bias, bnWeight, bnBias, rm, rv, training, momentum, eps, keep, residual);
 }
 
+// What one half's backward needs from its forward: training keeps gelu and gelu' (a, b = g, dg),
+// eval the convolution's output and bias (a, b = z, bias) to recompute them.
+struct HalfSaved {
+  ConvKind kind;
+  bool training;
+  std::vector<int64_t> dilation;
+  at::Tensor x, weight, a, b, bnWeight, mean, invstd;
+};
+
+HalfSaved SaveHalf(ConvKind k, bool training, const std::vector<int64_t>& dilation, const at::Tensor& x, const at::Tensor& weight,
+                   const at::Tensor& bias, const at::Tensor& bnWeight, const kshare_gbn::Forward& f, const at::Tensor& z) {
+  return {k, training, dilation, x, weight, training ? f.g : z, training ? f.dg : bias, bnWeight, f.mean, f.invstd};
+}
+
+struct HalfGrads {
+  at::Tensor dx, dweight, dbias, dbnWeight, dbnBias;
+};
+
+// Where the next half's training backward (the depthwise one of the same block) wants its first
+// pass done here: its kept g, mean and invstd, and where RowSums' per-row sums of the input
+// gradient go (2 * N * C doubles).
+struct NextRowSums {
+  at::Tensor g, mean, invstd;
+  double* out;
+};
+
+// One half's backward. `rowSums`: this half's first pass, done by the half after it (kshare_gbn's
+// BackwardImpl); `next`: do the next half's first pass on this half's input gradient, image by
+// image while it is in cache (only where the 1x1's row-by-row backward runs; false otherwise,
+// and the caller then leaves `rowSums` out of the next half's backward).
+HalfGrads HalfBackward(const HalfSaved& s, const at::Tensor& dy, bool needX, bool needW, const double* rowSums,
+                       const NextRowSums* next, bool* nextDone) {
+  if (nextDone) *nextDone = false;
+  HalfGrads out;
+  const ConvKind k = s.kind;
+  // Where it applies, the fused kernel's grad rows go straight into the convolution's backward
+  // (the drain fills dx and dweight) and are never stored.
+  const bool drained = s.training && (needX || needW) && BackwardRowsApply(k, s.x, s.weight);
+#ifdef KSHARE_HAVE_DNNL
+  const bool sumsHere = drained && needX && next;
+  const int64_t C = s.x.dim() == 4 ? s.x.size(1) : 0, HW = s.x.dim() == 4 ? s.x.size(2) * s.x.size(3) : 0;
+  const kshare_pw::ImageSink imageSums = [&](int64_t n, const float* gin) {
+    const float *gp = next->g.data_ptr<float>(), *mp = next->mean.data_ptr<float>(), *isp = next->invstd.data_ptr<float>();
+    const int64_t rows = s.x.size(0) * C;
+    for (int64_t c = 0; c < C; c++) {
+      const int64_t r = n * C + c;
+      kshare_gbn::RowSums(gp + r * HW, gin + c * HW, HW, mp + c, isp + c, next->out + r, next->out + rows + r);
+    }
+  };
+#endif
+  const kshare_gbn::RowDrain drain = [&](const kshare::RowProducer& rows) {
+#ifdef KSHARE_HAVE_DNNL
+    if (k == ConvKind::kPointwise) {
+      std::tie(out.dx, out.dweight) = kshare_pw::BackwardRows(rows, s.x, s.weight, needX, needW, sumsHere ? &imageSums : nullptr);
+      if (nextDone) *nextDone = sumsHere;
+      return;
+    }
+#endif
+    std::tie(out.dx, out.dweight) = ConvolveBackwardRows(k, rows, s.x, s.weight, needX, needW);
+  };
+  kshare_gbn::Grads gr = s.training ? kshare_gbn::BackwardImpl(dy, s.a, at::Tensor(), s.bnWeight, s.mean, s.invstd, true, s.a, s.b,
+                                                               drained ? &drain : nullptr, rowSums)
+                                    : kshare_gbn::BackwardImpl(dy, s.a, s.b, s.bnWeight, s.mean, s.invstd, false, at::Tensor(), at::Tensor());
+  if (!drained && (needX || needW)) {
+    // The residual's gradient (dy itself) joins the depthwise input gradient as the kernel writes it.
+    const at::Tensor addend = k == ConvKind::kDepthwise && needX ? dy.to(at::kFloat) : at::Tensor();
+    std::tie(out.dx, out.dweight) = ConvolveBackward(k, gr.dx, s.x, s.weight, s.dilation, needX, needW, addend);
+  }
+  out.dbias = gr.dbias;
+  out.dbnWeight = gr.dweight;
+  out.dbnBias = gr.dbnBias;
+  return out;
+}
+
+const char* kNoSecondDerivative = ": no second derivative (backward with create_graph); run with KSHARE_NATIVE_KERNELS=0 for higher derivatives";
+
 struct ConvGeluBn : public torch::autograd::Function<ConvGeluBn> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, int64_t kind, const at::Tensor& x, const at::Tensor& weight,
                             const at::Tensor& bias, std::vector<int64_t> dilation, const at::Tensor& bnWeight,
@@ -164,33 +240,116 @@ struct ConvGeluBn : public torch::autograd::Function<ConvGeluBn> {
     torch::autograd::variable_list out(14);
     if (!dy.defined()) return out;
     const ConvKind k = static_cast<ConvKind>(ctx->saved_data["kind"].toInt());
-    TORCH_CHECK(!c10::GradMode::is_enabled(), OpName(k),
-                ": no second derivative (backward with create_graph); run with KSHARE_NATIVE_KERNELS=0 for higher derivatives");
-    auto s = ctx->get_saved_variables();
-    const bool training = ctx->saved_data["training"].toBool();
-    const std::vector<int64_t> dilation = ctx->saved_data["dilation"].toIntVector();
-    const at::Tensor &x = s[0], &weight = s[1], &bnWeight = s[4], &mean = s[5], &invstd = s[6];
-    const bool needX = ctx->needs_input_grad(1), needW = ctx->needs_input_grad(2);
-    // Where it applies, the fused kernel's grad rows go straight into the convolution's backward
-    // (the drain fills out[1] and out[2]) and are never stored.
-    const bool drained = training && (needX || needW) && BackwardRowsApply(k, x, weight);
-    const kshare_gbn::RowDrain drain = [&](const kshare::RowProducer& rows) {
-      std::tie(out[1], out[2]) = ConvolveBackwardRows(k, rows, x, weight, needX, needW);
-    };
-    kshare_gbn::Grads gr =
-        training ? kshare_gbn::BackwardImpl(dy, s[2], at::Tensor(), bnWeight, mean, invstd, true, s[2], s[3], drained ? &drain : nullptr)
-                 : kshare_gbn::BackwardImpl(dy, s[2], s[3], bnWeight, mean, invstd, false, at::Tensor(), at::Tensor());
-    if (!drained && (needX || needW)) {
-      // The residual's gradient (dy itself) joins the depthwise input gradient as the kernel writes it.
-      const at::Tensor addend = k == ConvKind::kDepthwise && needX ? dy.to(at::kFloat) : at::Tensor();
-      std::tie(out[1], out[2]) = ConvolveBackward(k, gr.dx, x, weight, dilation, needX, needW, addend);
-    }
-    out[3] = gr.dbias;
-    out[5] = gr.dweight;
-    out[6] = gr.dbnBias;
+    TORCH_CHECK(!c10::GradMode::is_enabled(), OpName(k), kNoSecondDerivative);
+    auto v = ctx->get_saved_variables();
+    const HalfSaved s{k, ctx->saved_data["training"].toBool(), ctx->saved_data["dilation"].toIntVector(), v[0], v[1], v[2], v[3], v[4], v[5], v[6]};
+    HalfGrads g = HalfBackward(s, dy, ctx->needs_input_grad(1), ctx->needs_input_grad(2), nullptr, nullptr, nullptr);
+    out[1] = g.dx;
+    out[2] = g.dweight;
+    out[3] = g.dbias;
+    out[5] = g.dbnWeight;
+    out[6] = g.dbnBias;
     return out;
   }
 };
+
+#ifdef KSHARE_HAVE_DNNL
+// A whole ConvMixer block, both halves in one autograd node:
+//   kshare::convmixer_block(input, dw_weight, dw_bias, dilation, bn1 ..., pw_weight, pw_bias, bn2 ...)
+//   = pointwise_gelu_bn(depthwise_gelu_bn_residual(input, ...), ...)
+// with the same kernels, so the same numbers bit for bit. Why one node: in the NCHW training
+// backward, the 1x1 half's input gradient is the depthwise half's output gradient, and here its
+// rows are summed for the depthwise half's BatchNorm (RowSums) as the 1x1 backward writes them,
+// in cache, instead of in a pass of their own over memory (reading it and the kept GELU output:
+// 16 MiB at (32,256,16,16)). The half's output never leaves the node, so nothing else can add
+// to its gradient.
+struct ConvMixerBlock : public torch::autograd::Function<ConvMixerBlock> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& dwWeight,
+                            const at::Tensor& dwBias, std::vector<int64_t> dilation, const at::Tensor& bn1Weight,
+                            const at::Tensor& bn1Bias, const at::Tensor& rm1, const at::Tensor& rv1, const at::Tensor& pwWeight,
+                            const at::Tensor& pwBias, const at::Tensor& bn2Weight, const at::Tensor& bn2Bias, const at::Tensor& rm2,
+                            const at::Tensor& rv2, bool training, double momentum1, double momentum2, double eps1, double eps2,
+                            bool keep, bool gradient) {
+    at::Tensor z1, z2;
+    const bool needZ = !training && gradient;
+    kshare_gbn::Forward f1 = ForwardBoth(ConvKind::kDepthwise, x, dwWeight, dwBias, dilation, bn1Weight, bn1Bias, rm1, rv1, training,
+                                         momentum1, eps1, keep, needZ, &z1);
+    kshare_gbn::Forward f2 = ForwardBoth(ConvKind::kPointwise, f1.y, pwWeight, pwBias, {1, 1}, bn2Weight, bn2Bias, rm2, rv2, training,
+                                         momentum2, eps2, keep, needZ, &z2);
+    const HalfSaved h1 = SaveHalf(ConvKind::kDepthwise, training, dilation, x, dwWeight, dwBias, bn1Weight, f1, z1);
+    const HalfSaved h2 = SaveHalf(ConvKind::kPointwise, training, {1, 1}, f1.y, pwWeight, pwBias, bn2Weight, f2, z2);
+    ctx->save_for_backward({h1.x, h1.weight, h1.a, h1.b, h1.bnWeight, h1.mean, h1.invstd, h2.x, h2.weight, h2.a, h2.b, h2.bnWeight,
+                            h2.mean, h2.invstd});
+    ctx->saved_data["training"] = training;
+    ctx->saved_data["dilation"] = c10::IValue(dilation);
+    return f2.y;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads) {
+    const at::Tensor& dy = grads[0];
+    torch::autograd::variable_list out(21);
+    if (!dy.defined()) return out;
+    TORCH_CHECK(!c10::GradMode::is_enabled(), "kshare::convmixer_block", kNoSecondDerivative);
+    auto v = ctx->get_saved_variables();
+    const bool training = ctx->saved_data["training"].toBool();
+    const HalfSaved h1{ConvKind::kDepthwise, training, ctx->saved_data["dilation"].toIntVector(), v[0], v[1], v[2], v[3], v[4], v[5], v[6]};
+    const HalfSaved h2{ConvKind::kPointwise, training, {1, 1}, v[7], v[8], v[9], v[10], v[11], v[12], v[13]};
+    // Inputs: 0 x, 1 dw weight, 2 dw bias, 4 bn1 weight, 5 bn1 bias; 8 pw weight, 9 pw bias, 10 bn2 weight, 11 bn2 bias.
+    bool needFirst = false;
+    for (int i : {0, 1, 2, 4, 5}) needFirst = needFirst || ctx->needs_input_grad(i);
+    // The depthwise half's first pass, per NCHW row, from the 1x1 half's input gradient.
+    const bool rows = training && needFirst && h1.a.is_contiguous();
+    std::vector<double> sums(rows ? 2 * h1.x.size(0) * h1.x.size(1) : 0);
+    const NextRowSums next{h1.a, h1.mean, h1.invstd, sums.data()};
+    bool summed = false;
+    HalfGrads g2 = HalfBackward(h2, dy, needFirst, ctx->needs_input_grad(8), nullptr, rows ? &next : nullptr, &summed);
+    out[8] = g2.dweight;
+    out[9] = g2.dbias;
+    out[10] = g2.dbnWeight;
+    out[11] = g2.dbnBias;
+    if (!needFirst) return out;
+    HalfGrads g1 = HalfBackward(h1, g2.dx, ctx->needs_input_grad(0), ctx->needs_input_grad(1), summed ? sums.data() : nullptr, nullptr, nullptr);
+    out[0] = g1.dx;
+    out[1] = g1.dweight;
+    out[2] = g1.dbias;
+    out[4] = g1.dbnWeight;
+    out[5] = g1.dbnBias;
+    return out;
+  }
+};
+
+bool AnyRequiresGrad(std::initializer_list<const at::Tensor*> ts) {
+  for (const at::Tensor* t : ts)
+    if (t->requires_grad()) return true;
+  return false;
+}
+
+at::Tensor BlockAutograd(const at::Tensor& x, const at::Tensor& dwWeight, const at::Tensor& dwBias, at::IntArrayRef dilation,
+                         const at::Tensor& bn1Weight, const at::Tensor& bn1Bias, const at::Tensor& rm1, const at::Tensor& rv1,
+                         const at::Tensor& pwWeight, const at::Tensor& pwBias, const at::Tensor& bn2Weight, const at::Tensor& bn2Bias,
+                         const at::Tensor& rm2, const at::Tensor& rv2, bool training, double momentum1, double momentum2, double eps1,
+                         double eps2) {
+  const bool gradient = at::GradMode::is_enabled() &&
+                        AnyRequiresGrad({&x, &dwWeight, &dwBias, &bn1Weight, &bn1Bias, &pwWeight, &pwBias, &bn2Weight, &bn2Bias});
+  return ConvMixerBlock::apply(x, dwWeight, dwBias, dilation.vec(), bn1Weight, bn1Bias, rm1.detach(), rv1.detach(), pwWeight, pwBias,
+                               bn2Weight, bn2Bias, rm2.detach(), rv2.detach(), training, momentum1, momentum2, eps1, eps2,
+                               training && gradient, gradient);
+}
+
+at::Tensor BlockCpu(const at::Tensor& x, const at::Tensor& dwWeight, const at::Tensor& dwBias, at::IntArrayRef dilation,
+                    const at::Tensor& bn1Weight, const at::Tensor& bn1Bias, const at::Tensor& rm1, const at::Tensor& rv1,
+                    const at::Tensor& pwWeight, const at::Tensor& pwBias, const at::Tensor& bn2Weight, const at::Tensor& bn2Bias,
+                    const at::Tensor& rm2, const at::Tensor& rv2, bool training, double momentum1, double momentum2, double eps1,
+                    double eps2) {
+  at::Tensor z;
+  const at::Tensor y1 = ForwardBoth(ConvKind::kDepthwise, x, dwWeight, dwBias, dilation, bn1Weight, bn1Bias, rm1, rv1, training,
+                                    momentum1, eps1, false, false, &z)
+                            .y;
+  return ForwardBoth(ConvKind::kPointwise, y1, pwWeight, pwBias, {1, 1}, bn2Weight, bn2Bias, rm2, rv2, training, momentum2, eps2, false,
+                     false, &z)
+      .y;
+}
+#endif
 
 at::Tensor Autograd(ConvKind k, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, at::IntArrayRef dilation,
                     const at::Tensor& bnWeight, const at::Tensor& bnBias, const at::Tensor& rm, const at::Tensor& rv, bool training,
@@ -245,6 +404,11 @@ TORCH_LIBRARY_FRAGMENT(kshare, m) {
   m.def(
       "pointwise_gelu_bn(Tensor input, Tensor weight, Tensor bias, Tensor bn_weight, Tensor bn_bias, Tensor(a!) running_mean, "
       "Tensor(b!) running_var, bool training, float momentum, float eps) -> Tensor");
+  m.def(
+      "convmixer_block(Tensor input, Tensor dw_weight, Tensor dw_bias, int[2] dilation, Tensor bn1_weight, Tensor bn1_bias, "
+      "Tensor(a!) running_mean1, Tensor(b!) running_var1, Tensor pw_weight, Tensor pw_bias, Tensor bn2_weight, Tensor bn2_bias, "
+      "Tensor(c!) running_mean2, Tensor(d!) running_var2, bool training, float momentum1, float momentum2, float eps1, float eps2) "
+      "-> Tensor");
 #endif
 }
 
@@ -252,6 +416,7 @@ TORCH_LIBRARY_IMPL(kshare, CPU, m) {
   m.impl("depthwise_gelu_bn_residual", DepthwiseCpu);
 #ifdef KSHARE_HAVE_DNNL
   m.impl("pointwise_gelu_bn", PointwiseCpu);
+  m.impl("convmixer_block", BlockCpu);
 #endif
 }
 
@@ -259,5 +424,6 @@ TORCH_LIBRARY_IMPL(kshare, Autograd, m) {
   m.impl("depthwise_gelu_bn_residual", DepthwiseAutograd);
 #ifdef KSHARE_HAVE_DNNL
   m.impl("pointwise_gelu_bn", PointwiseAutograd);
+  m.impl("convmixer_block", BlockAutograd);
 #endif
 }

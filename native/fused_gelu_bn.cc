@@ -297,11 +297,12 @@ Forward forwardImpl(const at::Tensor& xIn, const at::Tensor& biasIn, const at::T
 // Eval mode: x (the conv output) and bias; training: gKept and dgKept from the forward.
 Grads backwardImpl(const at::Tensor& dyIn, const at::Tensor& xIn, const at::Tensor& bias, const at::Tensor& weight,
                    const at::Tensor& mean, const at::Tensor& invstd, bool training, const at::Tensor& gKept,
-                   const at::Tensor& dgKept, const kshare_gbn::RowDrain* drain) {
+                   const at::Tensor& dgKept, const kshare_gbn::RowDrain* drain, const double* rowSums = nullptr) {
   TORCH_CHECK(!training || (gKept.defined() && dgKept.defined()),
               "bias_gelu_batch_norm: the training-mode backward needs the activations its forward keeps under grad mode");
   const Geom g = geomOf(xIn);
   TORCH_CHECK(!drain || (training && !g.cl), "bias_gelu_batch_norm: internal error: a row drain outside the NCHW training backward");
+  TORCH_CHECK(!rowSums || (training && !g.cl), "bias_gelu_batch_norm: internal error: row sums outside the NCHW training backward");
   const at::Tensor x = xIn.contiguous(g.fmt), dy = dyIn.to(at::kFloat).contiguous(g.fmt);
   at::Tensor dx = drain ? at::Tensor() : newOutput(x, g.fmt);
   const int64_t N = g.N, C = g.C, HW = g.HW, M = g.M;
@@ -359,22 +360,22 @@ Grads backwardImpl(const at::Tensor& dyIn, const at::Tensor& xIn, const at::Tens
   if (!g.cl) {
     // Rows in memory order, per-row sums combined per channel in a fixed order (as the forward).
     const int64_t rows = N * C;
-    std::vector<double> rdy(rows), rdyx(rows), rdz(rows);
-    kshare::ParallelFor(0, rows, 16, [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; r++) {
-        const int64_t c = r % C, o = r * HW;
-        double sdy = 0, sdyx = 0;
-        K.bwdSums.nchw(gp + o, dyp + o, HW, mp + c, isp + c, nullptr, &sdy, nullptr, &sdyx);
-        rdy[r] = sdy;
-        rdyx[r] = sdyx;
-      }
-    });
+    std::vector<double> rdy(rowSums ? 0 : rows), rdyx(rowSums ? 0 : rows), rdz(rows);
+    if (!rowSums) {
+      kshare::ParallelFor(0, rows, 16, [&](int64_t b, int64_t e) {
+        for (int64_t r = b; r < e; r++) {
+          const int64_t c = r % C, o = r * HW;
+          K.bwdSums.nchw(gp + o, dyp + o, HW, mp + c, isp + c, nullptr, &rdy[r], nullptr, &rdyx[r]);
+        }
+      });
+    }
+    const double *sumDy = rowSums ? rowSums : rdy.data(), *sumDyx = rowSums ? rowSums + rows : rdyx.data();
     std::vector<float> mdy(C), mdyx(C);
     for (int64_t c = 0; c < C; c++) {
       double s0 = 0, s1 = 0;
       for (int64_t n = 0; n < N; n++) {
-        s0 += rdy[n * C + c];
-        s1 += rdyx[n * C + c];
+        s0 += sumDy[n * C + c];
+        s1 += sumDyx[n * C + c];
       }
       dbbp[c] = static_cast<float>(s0);
       dwp[c] = static_cast<float>(s1);
@@ -484,8 +485,14 @@ Forward ForwardImpl(const at::Tensor& x, const at::Tensor& bias, const at::Tenso
 
 Grads BackwardImpl(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& bias, const at::Tensor& weight,
                    const at::Tensor& mean, const at::Tensor& invstd, bool training, const at::Tensor& gKept,
-                   const at::Tensor& dgKept, const RowDrain* drain) {
-  return backwardImpl(dy, x, bias, weight, mean, invstd, training, gKept, dgKept, drain);
+                   const at::Tensor& dgKept, const RowDrain* drain, const double* rowSums) {
+  return backwardImpl(dy, x, bias, weight, mean, invstd, training, gKept, dgKept, drain, rowSums);
+}
+
+void RowSums(const float* g, const float* dy, int64_t HW, const float* mean, const float* invstd, double* sdy, double* sdyx) {
+  *sdy = 0;
+  *sdyx = 0;
+  kernels().bwdSums.nchw(g, dy, HW, mean, invstd, nullptr, sdy, nullptr, sdyx);
 }
 
 void EvalCoefficients(int64_t C, const float* weight, const float* bnBias, const float* rm, const float* rv, double eps, float* scale,

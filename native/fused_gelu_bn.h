@@ -39,9 +39,17 @@ using RowDrain = std::function<void(const kshare::RowProducer&)>;
 // kept g and dg (x is not read); eval: recomputed from x (the GELU input before the bias) and bias.
 // With `drain` (training, NCHW only) the input gradient's rows go to `drain` and Grads.dx is
 // left undefined.
+// With `rowSums` (training, NCHW only): its first N * C values are sum(dy) and its next N * C
+// sum(dy * xhat) over each NCHW row, as RowSums computes them, so the first pass over dy is
+// skipped (the caller produced dy and summed each row while it was in cache).
 Grads BackwardImpl(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& bias, const at::Tensor& weight,
                    const at::Tensor& mean, const at::Tensor& invstd, bool training, const at::Tensor& gKept,
-                   const at::Tensor& dgKept, const RowDrain* drain = nullptr);
+                   const at::Tensor& dgKept, const RowDrain* drain = nullptr, const double* rowSums = nullptr);
+
+// The training backward's first pass over one NCHW row of HW floats: *sdy = sum(dy) and *sdyx =
+// sum(dy * (g - *mean) * *invstd), g the row of the kept GELU output (mean and invstd point at
+// the row's channel). BackwardImpl combines the rows of a channel in image order.
+void RowSums(const float* g, const float* dy, int64_t HW, const float* mean, const float* invstd, double* sdy, double* sdyx);
 
 // Eval mode's per-channel coefficients, as ForwardImpl computes them (in double, rounded to
 // float): scale = weight / sqrt(rv + eps), shift = bnBias - rm * scale, and 1 / sqrt(rv + eps)

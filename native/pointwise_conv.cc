@@ -430,7 +430,7 @@ bool BackwardRowsApply(const at::Tensor& input, const at::Tensor& weight) {
 }
 
 std::tuple<at::Tensor, at::Tensor> BackwardRows(const kshare::RowProducer& gradRows, const at::Tensor& input, const at::Tensor& weight,
-                                                bool needInput, bool needWeight) {
+                                                bool needInput, bool needWeight, const ImageSink* inputGradImage) {
   const char* op = "kshare::pointwise_conv2d_backward";
   const Geometry g = Check(op, input, weight);
   TORCH_CHECK(BackwardRowsApply(g, input), op, ": internal error: row by row does not apply");
@@ -449,7 +449,10 @@ std::tuple<at::Tensor, at::Tensor> BackwardRows(const kshare::RowProducer& gradR
   ForEachImageShare(g, gw.data_ptr<float>(), amx && needWeight, [&](int64_t p, int64_t n, float* dst, float beta) {
     float* buf = bufs.data_ptr<float>() + p * g.cout * g.hw;
     for (int64_t o = 0; o < g.cout; o++) gradRows(n * g.cout + o, buf + o * g.hw);
-    if (gip) GradInputImage(g, wp, buf, gip + n * g.cin * g.hw, 0, g.hw, packedT.get());
+    if (gip) {
+      GradInputImage(g, wp, buf, gip + n * g.cin * g.hw, 0, g.hw, packedT.get());
+      if (inputGradImage) (*inputGradImage)(n, gip + n * g.cin * g.hw);
+    }
     if (needWeight) AddGradWeight(g, buf, xp, n, dst, beta, amx);
   });
   if (!needWeight) gw = at::Tensor();

@@ -9,6 +9,7 @@
 #include "cpu_kernel_common.h"
 
 #include <array>
+#include <functional>
 #include <memory>
 #include <tuple>
 
@@ -48,8 +49,11 @@ bool BackwardRowsApply(const at::Tensor& input, const at::Tensor& weight);
 
 // Input and weight gradients (as BackwardCpu) from a grad output that is produced row by row by
 // `gradRows`, image by image into a per-thread buffer, and never written out as a tensor.
+// With `inputGradImage` (and needInput), it is called with each image n's input gradient (in x HW
+// floats, in cache) as soon as it is written: in parallel, each image once.
+using ImageSink = std::function<void(int64_t, const float*)>;
 std::tuple<at::Tensor, at::Tensor> BackwardRows(const kshare::RowProducer& gradRows, const at::Tensor& input, const at::Tensor& weight,
-                                                bool needInput, bool needWeight);
+                                                bool needInput, bool needWeight, const ImageSink* inputGradImage = nullptr);
 
 }  // namespace kshare_pw
 #endif  // KSHARE_HAVE_DNNL

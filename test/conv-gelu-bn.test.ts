@@ -13,7 +13,7 @@ import * as t from '../src/tensor/index.js';
 import type { Tensor } from '../src/tensor/index.js';
 import { createModel } from '../src/models/index.js';
 import { runPython, encodeTensors, decodeF32, maxRelError, type Encoded } from './helpers/python.js';
-import { withEnv, withLibtorchOps } from './helpers/env.js';
+import { withEnv, withLibtorchOps, withThreads } from './helpers/env.js';
 
 const TOL = 1e-5;
 const OUTPUTS = ['y', 'x.grad', 'convWeight.grad', 'convBias.grad', 'bnWeight.grad', 'bnBias.grad', 'runningMean', 'runningVar'] as const;
@@ -384,3 +384,105 @@ test(
     assert.equal(t.liveTensors(), live, 'no tensor leaked');
   },
 );
+
+const BLOCK_OUTPUTS = [
+  'y',
+  'x.grad',
+  'dwWeight.grad',
+  'dwBias.grad',
+  'bn1.weight.grad',
+  'bn1.bias.grad',
+  'pwWeight.grad',
+  'pwBias.grad',
+  'bn2.weight.grad',
+  'bn2.bias.grad',
+  'bn1.runningMean',
+  'bn1.runningVar',
+  'bn2.runningMean',
+  'bn2.runningVar',
+] as const;
+
+/** A ConvMixer block through t.convMixerBlock ('block') or its two half operators in turn ('halves'). */
+function runBlock(
+  shape: [number, number, number, number],
+  k: number,
+  seed: number,
+  o: { route: 'block' | 'halves'; channelsLast: boolean; training: boolean },
+) {
+  const [n, c, h, w] = shape;
+  const gen = new t.Generator(seed);
+  return withEnv({ KSHARE_NATIVE_POISON: '1' }, () =>
+    t.tidy(() => {
+      const leaf = (v: Tensor) => v.detach().requiresGrad_();
+      const x0 = t.randn(shape, { generator: gen });
+      const x = leaf(o.channelsLast ? t.contiguous(x0, 'channels_last') : x0);
+      const p = {
+        dwWeight: leaf(t.randn([c, 1, k, k], { generator: gen }).mul(0.3)),
+        dwBias: leaf(t.randn([c], { generator: gen }).mul(0.5)),
+        pwWeight: leaf(t.randn([c, c, 1, 1], { generator: gen }).mul(0.2)),
+        pwBias: leaf(t.randn([c], { generator: gen }).mul(0.5)),
+      };
+      const bn = () => ({
+        weight: leaf(t.randn([c], { generator: gen })),
+        bias: leaf(t.randn([c], { generator: gen })),
+        runningMean: t.randn([c], { generator: gen }).mul(0.2),
+        runningVar: t.rand([c], { generator: gen }).add(0.5),
+        training: o.training,
+        momentum: 0.1,
+        eps: 1e-5,
+      });
+      const bn1 = bn(),
+        bn2 = bn();
+      const r = t.randn([n, c, h, w], { generator: gen });
+      const y =
+        o.route === 'block'
+          ? t.convMixerBlock(x, { ...p, bn1, bn2 })
+          : t.pointwiseGeluBatchNorm(t.depthwiseGeluBatchNormResidual(x, p.dwWeight, p.dwBias, bn1), p.pwWeight, p.pwBias, bn2);
+      t.sum(t.mul(y, r)).backward();
+      return [y, x, p.dwWeight, p.dwBias, bn1.weight, bn1.bias, p.pwWeight, p.pwBias, bn2.weight, bn2.bias]
+        .map((v, i) => (i === 0 ? v : v.grad!))
+        .concat([bn1.runningMean, bn1.runningVar, bn2.runningMean, bn2.runningVar])
+        .map((v) => v.toFloat32Array());
+    }),
+  );
+}
+
+test(
+  "convMixerBlock (a whole ConvMixer block as one operator) gives its two halves' numbers bit for bit: output, every gradient, the running stats",
+  { skip: !POINTWISE_BUILT && 'built without oneDNN: no 1x1 operator' },
+  () => {
+    const live = t.liveTensors();
+    const shapes: [[number, number, number, number], number][] = [
+      [[1, 5, 7, 9], 3], // batch 1: fewer images than threads, the 1x1's backward stores its rows
+      [[4, 12, 6, 5], 5],
+      [[3, 144, 4, 4], 3], // at least 128 channels: the 1x1 products on AMX where the CPU has it
+    ];
+    shapes.forEach(([shape, k], i) => {
+      for (const threads of [1, 2])
+        for (const channelsLast of [false, true])
+          for (const training of [true, false]) {
+            const what = `[${shape}] k${k}, ${threads} thread(s), ${channelsLast ? 'channels-last' : 'NCHW'}, ${training ? 'training' : 'eval'}`;
+            const [block, halves] = (['block', 'halves'] as const).map((route) =>
+              withThreads(threads, () => runBlock(shape, k, 40 + i, { route, channelsLast, training })),
+            );
+            block!.forEach((v, j) => assert.deepEqual(v, halves![j], `${what}: ${BLOCK_OUTPUTS[j]}`));
+          }
+    });
+    assert.equal(t.liveTensors(), live, 'no tensor leaked');
+  },
+);
+
+test('convMixerBlock names bad arguments', { skip: !POINTWISE_BUILT && 'built without oneDNN: no 1x1 operator' }, () => {
+  t.tidy(() => {
+    const x = t.randn([2, 4, 5, 5]);
+    const bn = (training: boolean) => ({ weight: t.ones([4]), bias: t.zeros([4]), runningMean: t.zeros([4]), runningVar: t.ones([4]), training });
+    const ok = { dwWeight: t.randn([4, 1, 3, 3]), dwBias: t.zeros([4]), pwWeight: t.randn([4, 4, 1, 1]), pwBias: t.zeros([4]), bn1: bn(true), bn2: bn(true) };
+    assert.equal(t.convMixerBlock(x, ok).shape.join(), '2,4,5,5');
+    assert.throws(() => t.convMixerBlock(x, { ...ok, dwWeight: t.randn([4, 1, 2, 2]) }), /'dwWeight' must be \[4, 1, kh, kw\] with odd kh and kw/);
+    assert.throws(() => t.convMixerBlock(x, { ...ok, pwWeight: t.randn([4, 3, 1, 1]) }), /'pwWeight' must be \[out, 4, 1, 1\]/);
+    assert.throws(() => t.convMixerBlock(x, { ...ok, pwBias: t.zeros([3]) }), /bn2: 'convBias' must have shape \[4\]/);
+    assert.throws(() => t.convMixerBlock(x, { ...ok, bn2: bn(false) }), /'bn1' and 'bn2' must both train or both evaluate/);
+    assert.throws(() => t.convMixerBlock(x, { ...ok, dilation: [0, 1] }), /dilation must be two positive integers/);
+    assert.throws(() => t.convMixerBlock(x, null as unknown as t.ConvMixerBlockOptions), /expected an object of block parameters/);
+  });
+});

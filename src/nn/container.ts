@@ -2,7 +2,7 @@
 import * as t from '../tensor/index.js';
 import type { Tensor } from '../tensor/index.js';
 import { Module } from './module.js';
-import { convGeluBatchNorm, convMixerBlocks, depthwiseGeluBatchNormResidual } from './fused.js';
+import { convGeluBatchNorm, convMixerBlock, convMixerBlocks, depthwiseGeluBatchNormResidual } from './fused.js';
 
 /** Applies its children in order; they are named '0', '1', ... as in PyTorch. */
 export class Sequential extends Module {
@@ -50,10 +50,12 @@ export class Sequential extends Module {
         y = blocks;
       } else {
         declinedUntil = Math.max(declinedUntil, i + run.length);
-        const fused = i + 2 < layers.length ? convGeluBatchNorm(layers[i]!, layers[i + 1]!, layers[i + 2]!, prev) : null;
+        const blockLayers = convMixerBlockLayers(layers[i]!);
+        const block = blockLayers ? convMixerBlock(blockLayers, prev) : null;
+        const fused = !block && i + 2 < layers.length ? convGeluBatchNorm(layers[i]!, layers[i + 1]!, layers[i + 2]!, prev) : null;
         if (fused) i += 2;
         const m = layers[i]!;
-        y = fused ?? t.tidy(() => m.forward(prev));
+        y = block ?? fused ?? t.tidy(() => m.forward(prev));
       }
       if (prev !== x && prev !== y) prev.dispose();
     }
@@ -70,15 +72,21 @@ export class Sequential extends Module {
 function convMixerBlockRun(layers: readonly Module[], start: number): Module[][] {
   const run: Module[][] = [];
   for (let i = start; i < layers.length; i++) {
-    const block = layers[i]!;
-    if (!(block instanceof Sequential) || block.length !== 4 || block.forwardReplaced) break;
-    const residual = block.at(0);
-    if (!(residual instanceof Residual) || residual.forwardReplaced) break;
-    const fn = residual.fn;
-    if (!(fn instanceof Sequential) || fn.length !== 3 || fn.forwardReplaced) break;
-    run.push([fn.at(0), fn.at(1), fn.at(2), block.at(1), block.at(2), block.at(3)]);
+    const block = convMixerBlockLayers(layers[i]!);
+    if (!block) break;
+    run.push(block);
   }
   return run;
+}
+
+/** A ConvMixer block's six layers, as convMixerBlockRun lists them, or null for another module. */
+function convMixerBlockLayers(block: Module): Module[] | null {
+  if (!(block instanceof Sequential) || block.length !== 4 || block.forwardReplaced) return null;
+  const residual = block.at(0);
+  if (!(residual instanceof Residual) || residual.forwardReplaced) return null;
+  const fn = residual.fn;
+  if (!(fn instanceof Sequential) || fn.length !== 3 || fn.forwardReplaced) return null;
+  return [fn.at(0), fn.at(1), fn.at(2), block.at(1), block.at(2), block.at(3)];
 }
 
 /** y = fn(x) + x; the wrapped module is the child 'fn'. */

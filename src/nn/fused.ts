@@ -168,6 +168,31 @@ export function convMixerBlocks(blocks: readonly (readonly Module[])[], x: Tenso
   return t.convMixerBlocks(x, params);
 }
 
+/**
+ * One ConvMixer block [depthwise Conv2d, GELU, BatchNorm2d, 1x1 Conv2d, GELU, BatchNorm2d] (the
+ * Residual covering the first three) as one operator with autograd (t.convMixerBlock,
+ * native/conv_gelu_bn.cc) unless KSHARE_NATIVE_BLOCK_NODE=0 (read at every call, for
+ * bench/route-ab.ts; KSHARE_NATIVE_BLOCKS=0 turns it off too). Applies where both halves would
+ * take their fused operators; the numbers are theirs bit for bit, and in the NCHW training
+ * backward one pass over memory a block goes. Null otherwise (the caller runs the block's layers).
+ */
+export function convMixerBlock(layers: readonly Module[], x: Tensor): Tensor | null {
+  if (!blocksEnabled() || process.env.KSHARE_NATIVE_BLOCK_NODE === '0' || layers.length !== 6) return null;
+  const dw = fusableParts(layers[0]!, layers[1]!, layers[2]!, x);
+  const pw = dw && dw.kernel === 'depthwise' ? fusableParts(layers[3]!, layers[4]!, layers[5]!, x) : null;
+  if (!dw || !pw || pw.kernel !== 'pointwise' || dw.bn.training !== pw.bn.training) return null;
+  if (dw.bn.training && x.size / x.dim(1) <= 1) return null; // BatchNorm2d raises its usual error
+  return t.convMixerBlock(x, {
+    dwWeight: dw.conv.weight,
+    dwBias: dw.bias,
+    dilation: dw.conv.dilation,
+    bn1: dw.bnOptions(),
+    pwWeight: pw.conv.weight,
+    pwBias: pw.bias,
+    bn2: pw.bnOptions(),
+  });
+}
+
 function isEvalBatchNorm(m: Module | undefined): boolean {
   return m instanceof BatchNorm2d && !m.training;
 }

@@ -176,6 +176,7 @@ export const KERNELS = {
   depthwiseGeluBatchNormResidual: 'kshare::depthwise_gelu_bn_residual',
   pointwiseGeluBatchNorm: 'kshare::pointwise_gelu_bn',
   convMixerBlocks: 'kshare::convmixer_blocks',
+  convMixerBlock: 'kshare::convmixer_block',
   batchNormRelu: 'kshare::batch_norm_relu',
   batchNormNative: 'kshare::batch_norm',
   batchNormPool: 'kshare::batch_norm_pool',

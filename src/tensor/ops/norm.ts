@@ -182,21 +182,41 @@ export interface DepthwiseGeluBatchNormResidualOptions extends BiasGeluBatchNorm
 export function depthwiseGeluBatchNormResidual(x: Tensor, dwWeight: Tensor, convBias: Tensor, o: DepthwiseGeluBatchNormResidualOptions): Tensor {
   const op = 'depthwiseGeluBatchNormResidual';
   rank4(op, x);
-  const c = x.dim(1);
-  const a = geluBatchNormArgs(op, x, c, convBias, o, 'conv2d, gelu, batchNorm and add');
+  const a = geluBatchNormArgs(op, x, x.dim(1), convBias, o, 'conv2d, gelu, batchNorm and add');
+  depthwiseWeightArg(op, x, dwWeight);
+  const dilation = dilationArg(op, o.dilation);
+  return wrap(runKernel(op, 'depthwiseGeluBatchNormResidual', [x.handle, dwWeight.handle, a.convBias, dilation, ...a.bn, o.training, a.momentum, a.eps]));
+}
+
+/** dwWeight: a float32 CPU [C, 1, kh, kw] with odd kh and kw for input x's C channels. */
+function depthwiseWeightArg(op: string, x: Tensor, dwWeight: Tensor): void {
   tensorArg(op, 'dwWeight', dwWeight);
   const [oc, icg, kh, kw] = dwWeight.shape;
-  if (dwWeight.rank !== 4 || oc !== c || icg !== 1 || kh! % 2 === 0 || kw! % 2 === 0) {
-    throw new ShapeError(`${op}: 'dwWeight' must be [${c}, 1, kh, kw] with odd kh and kw for input [${x.shape}], got [${dwWeight.shape}]`);
+  if (dwWeight.rank !== 4 || oc !== x.dim(1) || icg !== 1 || kh! % 2 === 0 || kw! % 2 === 0) {
+    throw new ShapeError(`${op}: 'dwWeight' must be [${x.dim(1)}, 1, kh, kw] with odd kh and kw for input [${x.shape}], got [${dwWeight.shape}]`);
   }
   if (dwWeight.dtype !== 'float32' || dwWeight.device !== 'cpu') {
     throw new TypeError(`${op}: 'dwWeight' must be a float32 CPU tensor, got ${dwWeight.dtype} on ${dwWeight.device}`);
   }
-  const dilation = o.dilation ?? [1, 1];
-  if (!Array.isArray(dilation) || dilation.length !== 2 || !dilation.every((d) => Number.isInteger(d) && d >= 1)) {
-    throw new RangeError(`${op}: dilation must be two positive integers, got ${describe(dilation)}`);
+}
+
+function dilationArg(op: string, dilation: [number, number] | undefined): [number, number] {
+  const d = dilation ?? [1, 1];
+  if (!Array.isArray(d) || d.length !== 2 || !d.every((v) => Number.isInteger(v) && v >= 1)) {
+    throw new RangeError(`${op}: dilation must be two positive integers, got ${describe(d)}`);
   }
-  return wrap(runKernel(op, 'depthwiseGeluBatchNormResidual', [x.handle, dwWeight.handle, a.convBias, dilation, ...a.bn, o.training, a.momentum, a.eps]));
+  return d;
+}
+
+/** weight: a float32 CPU 1x1 kernel [out, C, 1, 1] for input x's C channels. */
+function pointwiseWeightArg(op: string, x: Tensor, weight: Tensor, name = 'weight'): void {
+  tensorArg(op, name, weight);
+  if (weight.rank !== 4 || weight.dim(1) !== x.dim(1) || weight.dim(2) !== 1 || weight.dim(3) !== 1) {
+    throw new ShapeError(`${op}: '${name}' must be [out, ${x.dim(1)}, 1, 1] for input [${x.shape}], got [${weight.shape}]`);
+  }
+  if (weight.dtype !== 'float32' || weight.device !== 'cpu') {
+    throw new TypeError(`${op}: '${name}' must be a float32 CPU tensor, got ${weight.dtype} on ${weight.device}`);
+  }
 }
 
 /**
@@ -209,15 +229,50 @@ export function depthwiseGeluBatchNormResidual(x: Tensor, dwWeight: Tensor, conv
 export function pointwiseGeluBatchNorm(x: Tensor, weight: Tensor, convBias: Tensor, o: BiasGeluBatchNormOptions): Tensor {
   const op = 'pointwiseGeluBatchNorm';
   rank4(op, x);
-  tensorArg(op, 'weight', weight);
-  if (weight.rank !== 4 || weight.dim(1) !== x.dim(1) || weight.dim(2) !== 1 || weight.dim(3) !== 1) {
-    throw new ShapeError(`${op}: 'weight' must be [out, ${x.dim(1)}, 1, 1] for input [${x.shape}], got [${weight.shape}]`);
-  }
-  if (weight.dtype !== 'float32' || weight.device !== 'cpu') {
-    throw new TypeError(`${op}: 'weight' must be a float32 CPU tensor, got ${weight.dtype} on ${weight.device}`);
-  }
+  pointwiseWeightArg(op, x, weight);
   const a = geluBatchNormArgs(op, x, weight.dim(0), convBias, o, 'conv2d, gelu and batchNorm');
   return wrap(runKernel(op, 'pointwiseGeluBatchNorm', [x.handle, weight.handle, a.convBias, ...a.bn, o.training, a.momentum, a.eps]));
+}
+
+/** One ConvMixer block's parameters for convMixerBlock: the depthwise convolution's dilation too. */
+export interface ConvMixerBlockOptions extends ConvMixerBlockParams {
+  dilation?: [number, number];
+}
+
+/**
+ * pointwiseGeluBatchNorm(depthwiseGeluBatchNormResidual(x, dwWeight, dwBias, bn1), pwWeight,
+ * pwBias, bn2): a whole ConvMixer block as one CPU operator with autograd (native/conv_gelu_bn.cc,
+ * built with oneDNN only), the same numbers bit for bit. In the NCHW training backward the
+ * depthwise half's BatchNorm sums its output gradient as the 1x1 half's backward writes it,
+ * instead of in a pass of its own. Arguments as those two ops; both BatchNorms in the same mode.
+ */
+export function convMixerBlock(x: Tensor, b: ConvMixerBlockOptions): Tensor {
+  const op = 'convMixerBlock';
+  rank4(op, x);
+  if (b === null || typeof b !== 'object') throw new TypeError(`${op}: expected an object of block parameters, got ${describe(b)}`);
+  depthwiseWeightArg(op, x, b.dwWeight);
+  pointwiseWeightArg(op, x, b.pwWeight, 'pwWeight');
+  const a1 = geluBatchNormArgs(`${op}, bn1`, x, x.dim(1), b.dwBias, b.bn1, 'the layers one by one');
+  const a2 = geluBatchNormArgs(`${op}, bn2`, x, b.pwWeight.dim(0), b.pwBias, b.bn2, 'the layers one by one');
+  if (b.bn1.training !== b.bn2.training) throw new TypeError(`${op}: 'bn1' and 'bn2' must both train or both evaluate`);
+  const dilation = dilationArg(op, b.dilation);
+  return wrap(
+    runKernel(op, 'convMixerBlock', [
+      x.handle,
+      b.dwWeight.handle,
+      a1.convBias,
+      dilation,
+      ...a1.bn,
+      b.pwWeight.handle,
+      a2.convBias,
+      ...a2.bn,
+      b.bn1.training,
+      a1.momentum,
+      a2.momentum,
+      a1.eps,
+      a2.eps,
+    ]),
+  );
 }
 
 /** One ConvMixer block's parameters for convMixerBlocks (each BatchNorm in eval mode). */
