@@ -6,6 +6,9 @@
 //   kshare::pointwise_gelu_bn(input, weight, bias, bn_weight, bn_bias, running_mean, running_var,
 //       training, momentum, eps)      (built with oneDNN only, as the 1x1 operator)
 //   = batch_norm(gelu(pointwise_conv2d(input, weight, bias)))
+//   kshare::convmixer_block(input, dw_weight, dw_bias, dilation, bn1 ..., pw_weight, pw_bias,
+//       bn2 ...)     (built with oneDNN only)
+//   = pointwise_gelu_bn(depthwise_gelu_bn_residual(input, ...), ...), one autograd node a block
 // with torch.nn.BatchNorm2d's semantics (as kshare::bias_gelu_batch_norm).
 //
 // Why: run apart, the residual costs two passes of their own over the activation (the add in the
@@ -34,6 +37,11 @@
 // against the same code storing dz (2-core Intel Xeon, throwaway A/B of two builds, alternating
 // processes): ConvMixer-256/8 shared step 279.6-281.4 against 289.1-297.8 ms at 1 thread,
 // 155.1-159.6 against 161.0-164.8 at 2 ("Session of 2026-12-02, sixth").
+//
+// The whole block as one node (ConvMixerBlock below), against its two half operators in one
+// process (`node dist/bench/route-ab.js --only block-node --threads 1,2 --rounds 4`,
+// bench/results/block-node-ab.json, 2-core Intel Xeon; 1 thread / 2 threads): training steps
+// at batch 32, ConvMixer-64/4 shared x1.00 / x1.04, ConvMixer-256/8 shared x0.99 / x1.05.
 //
 // Scope: what the operators they are built from accept (depthwise [C, 1, kh, kw] odd kernel,
 // stride 1, "same" padding; 1x1 [out, in, 1, 1]; float32 CPU, NCHW or channels-last);
