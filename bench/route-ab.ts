@@ -66,6 +66,12 @@ import { ROOT, reexecWithMallocEnv } from './cpu-common.js';
 
 const ISA_CAPS = ['KSHARE_NATIVE_ISA', 'ONEDNN_MAX_CPU_ISA'] as const;
 
+/** The ConvMixer training steps most sections time: [model, steps a median]. */
+const CONVMIXER_STEPS = [
+  ['convmixer_64_4_k5_p2_shared', 30],
+  ['convmixer_256_8_k5_p2_shared', 8],
+] as const;
+
 interface Row {
   name: string;
   routeMs: number;
@@ -290,10 +296,7 @@ function main(): void {
     // Whole training steps (batch 32, NCHW): the depthwise forward and input gradient through
     // kshare's plane kernel against oneDNN, everything else alike.
     if (want('steps'))
-      for (const [model, reps] of [
-        ['convmixer_64_4_k5_p2_shared', 30],
-        ['convmixer_256_8_k5_p2_shared', 8],
-      ] as const) {
+      for (const [model, reps] of CONVMIXER_STEPS) {
         const step = trainingStep(model);
         add(`${model} training step, batch 32, NCHW (depthwise: kshare vs oneDNN)`, ab(step.run, { KSHARE_NATIVE_DEPTHWISE_FORWARD: 'onednn' }, rounds, reps));
         step.dispose();
@@ -302,10 +305,7 @@ function main(): void {
     // ConvMixer's block halves as one operator each against the operators apart.
     if (want('blocks')) {
       const apart = { KSHARE_NATIVE_BLOCKS: '0' };
-      for (const [model, reps] of [
-        ['convmixer_64_4_k5_p2_shared', 30],
-        ['convmixer_256_8_k5_p2_shared', 8],
-      ] as const) {
+      for (const [model, reps] of CONVMIXER_STEPS) {
         for (const channelsLast of [false, true]) {
           const step = trainingStep(model, { channelsLast });
           add(`${model} training step, batch 32, ${channelsLast ? 'channels-last' : 'NCHW'} (blocks: fused vs apart)`, ab(step.run, apart, rounds, reps));
@@ -351,14 +351,7 @@ function main(): void {
         );
         add('1x1 conv forward + backward (32,256,16,16), NCHW (AMX vs sgemm)', ab(forwardBackward(x, w, b, dy), sgemm, rounds, 10));
         t.dispose([x, w, b, dy]);
-        stepRows(
-          [
-            ['convmixer_64_4_k5_p2_shared', 30],
-            ['convmixer_256_8_k5_p2_shared', 8],
-          ],
-          sgemm,
-          'AMX vs sgemm',
-        );
+        stepRows(CONVMIXER_STEPS, sgemm, 'AMX vs sgemm');
         inferenceRows(batch1And32, sgemm, 'AMX vs sgemm');
       }
     }
@@ -376,27 +369,13 @@ function main(): void {
     // The patch-embedding stem through the fused 1x1 operator against the strided convolution.
     if (want('stem')) {
       const strided = { KSHARE_NATIVE_PATCH_STEM: '0' };
-      stepRows(
-        [
-          ['convmixer_64_4_k5_p2_shared', 30],
-          ['convmixer_256_8_k5_p2_shared', 8],
-        ],
-        strided,
-        'stem as a 1x1 vs strided conv',
-      );
+      stepRows(CONVMIXER_STEPS, strided, 'stem as a 1x1 vs strided conv');
       inferenceRows(batch1And32, strided, 'stem as a 1x1 vs strided conv');
     }
 
     // Each block in training as one operator against its two half operators.
     if (want('block-node')) {
-      stepRows(
-        [
-          ['convmixer_64_4_k5_p2_shared', 30],
-          ['convmixer_256_8_k5_p2_shared', 8],
-        ],
-        { KSHARE_NATIVE_BLOCK_NODE: '0' },
-        'block as one operator vs two halves',
-      );
+      stepRows(CONVMIXER_STEPS, { KSHARE_NATIVE_BLOCK_NODE: '0' }, 'block as one operator vs two halves');
     }
 
     // A run of blocks in inference as one operator against two operators a block.

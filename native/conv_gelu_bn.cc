@@ -163,6 +163,12 @@ HalfSaved SaveHalf(ConvKind k, bool training, const std::vector<int64_t>& dilati
   return {k, training, dilation, x, weight, training ? f.g : z, training ? f.dg : bias, bnWeight, f.mean, f.invstd};
 }
 
+// The saved tensors of one half, in save_for_backward's order, and back from them (at offset `at`).
+std::vector<at::Tensor> SavedList(const HalfSaved& h) { return {h.x, h.weight, h.a, h.b, h.bnWeight, h.mean, h.invstd}; }
+HalfSaved FromSaved(ConvKind k, bool training, const std::vector<int64_t>& dilation, const std::vector<at::Tensor>& v, size_t at) {
+  return {k, training, dilation, v[at], v[at + 1], v[at + 2], v[at + 3], v[at + 4], v[at + 5], v[at + 6]};
+}
+
 struct HalfGrads {
   at::Tensor dx, dweight, dbias, dbnWeight, dbnBias;
 };
@@ -211,7 +217,8 @@ HalfGrads HalfBackward(const HalfSaved& s, const at::Tensor& dy, bool needX, boo
   };
   kshare_gbn::Grads gr = s.training ? kshare_gbn::BackwardImpl(dy, s.a, at::Tensor(), s.bnWeight, s.mean, s.invstd, true, s.a, s.b,
                                                                drained ? &drain : nullptr, rowSums)
-                                    : kshare_gbn::BackwardImpl(dy, s.a, s.b, s.bnWeight, s.mean, s.invstd, false, at::Tensor(), at::Tensor());
+                                    : kshare_gbn::BackwardImpl(dy, s.a, s.b, s.bnWeight, s.mean, s.invstd, false, at::Tensor(),
+                                                               at::Tensor());
   if (!drained && (needX || needW)) {
     // The residual's gradient (dy itself) joins the depthwise input gradient as the kernel writes it.
     const at::Tensor addend = k == ConvKind::kDepthwise && needX ? dy.to(at::kFloat) : at::Tensor();
@@ -223,7 +230,8 @@ HalfGrads HalfBackward(const HalfSaved& s, const at::Tensor& dy, bool needX, boo
   return out;
 }
 
-const char* kNoSecondDerivative = ": no second derivative (backward with create_graph); run with KSHARE_NATIVE_KERNELS=0 for higher derivatives";
+const char* kNoSecondDerivative =
+    ": no second derivative (backward with create_graph); run with KSHARE_NATIVE_KERNELS=0 for higher derivatives";
 
 struct ConvGeluBn : public torch::autograd::Function<ConvGeluBn> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, int64_t kind, const at::Tensor& x, const at::Tensor& weight,
@@ -234,9 +242,7 @@ struct ConvGeluBn : public torch::autograd::Function<ConvGeluBn> {
     at::Tensor z;
     kshare_gbn::Forward f =
         ForwardBoth(k, x, weight, bias, dilation, bnWeight, bnBias, rm, rv, training, momentum, eps, keep, !training && gradient, &z);
-    // Training keeps gelu and gelu' (f.g, f.dg); eval recomputes them from z.
-    if (training) ctx->save_for_backward({x, weight, f.g, f.dg, bnWeight, f.mean, f.invstd});
-    else ctx->save_for_backward({x, weight, z, bias, bnWeight, f.mean, f.invstd});
+    ctx->save_for_backward(SavedList(SaveHalf(k, training, dilation, x, weight, bias, bnWeight, f, z)));
     ctx->saved_data["kind"] = kind;
     ctx->saved_data["training"] = training;
     ctx->saved_data["dilation"] = c10::IValue(dilation);
@@ -249,8 +255,8 @@ struct ConvGeluBn : public torch::autograd::Function<ConvGeluBn> {
     if (!dy.defined()) return out;
     const ConvKind k = static_cast<ConvKind>(ctx->saved_data["kind"].toInt());
     TORCH_CHECK(!c10::GradMode::is_enabled(), OpName(k), kNoSecondDerivative);
-    auto v = ctx->get_saved_variables();
-    const HalfSaved s{k, ctx->saved_data["training"].toBool(), ctx->saved_data["dilation"].toIntVector(), v[0], v[1], v[2], v[3], v[4], v[5], v[6]};
+    const HalfSaved s =
+        FromSaved(k, ctx->saved_data["training"].toBool(), ctx->saved_data["dilation"].toIntVector(), ctx->get_saved_variables(), 0);
     HalfGrads g = HalfBackward(s, dy, ctx->needs_input_grad(1), ctx->needs_input_grad(2), nullptr, nullptr, nullptr);
     out[1] = g.dx;
     out[2] = g.dweight;
@@ -286,8 +292,9 @@ struct ConvMixerBlock : public torch::autograd::Function<ConvMixerBlock> {
                                          momentum2, eps2, keep, needZ, &z2);
     const HalfSaved h1 = SaveHalf(ConvKind::kDepthwise, training, dilation, x, dwWeight, dwBias, bn1Weight, f1, z1);
     const HalfSaved h2 = SaveHalf(ConvKind::kPointwise, training, {1, 1}, f1.y, pwWeight, pwBias, bn2Weight, f2, z2);
-    ctx->save_for_backward({h1.x, h1.weight, h1.a, h1.b, h1.bnWeight, h1.mean, h1.invstd, h2.x, h2.weight, h2.a, h2.b, h2.bnWeight,
-                            h2.mean, h2.invstd});
+    std::vector<at::Tensor> saved = SavedList(h1);
+    for (const at::Tensor& t : SavedList(h2)) saved.push_back(t);
+    ctx->save_for_backward(saved);
     ctx->saved_data["training"] = training;
     ctx->saved_data["dilation"] = c10::IValue(dilation);
     return f2.y;
@@ -300,8 +307,8 @@ struct ConvMixerBlock : public torch::autograd::Function<ConvMixerBlock> {
     TORCH_CHECK(!c10::GradMode::is_enabled(), "kshare::convmixer_block", kNoSecondDerivative);
     auto v = ctx->get_saved_variables();
     const bool training = ctx->saved_data["training"].toBool();
-    const HalfSaved h1{ConvKind::kDepthwise, training, ctx->saved_data["dilation"].toIntVector(), v[0], v[1], v[2], v[3], v[4], v[5], v[6]};
-    const HalfSaved h2{ConvKind::kPointwise, training, {1, 1}, v[7], v[8], v[9], v[10], v[11], v[12], v[13]};
+    const HalfSaved h1 = FromSaved(ConvKind::kDepthwise, training, ctx->saved_data["dilation"].toIntVector(), v, 0);
+    const HalfSaved h2 = FromSaved(ConvKind::kPointwise, training, {1, 1}, v, 7);
     // Inputs: 0 x, 1 dw weight, 2 dw bias, 4 bn1 weight, 5 bn1 bias; 8 pw weight, 9 pw bias, 10 bn2 weight, 11 bn2 bias.
     bool needFirst = false;
     for (int i : {0, 1, 2, 4, 5}) needFirst = needFirst || ctx->needs_input_grad(i);
@@ -316,7 +323,8 @@ struct ConvMixerBlock : public torch::autograd::Function<ConvMixerBlock> {
     out[10] = g2.dbnWeight;
     out[11] = g2.dbnBias;
     if (!needFirst) return out;
-    HalfGrads g1 = HalfBackward(h1, g2.dx, ctx->needs_input_grad(0), ctx->needs_input_grad(1), summed ? sums.data() : nullptr, nullptr, nullptr);
+    HalfGrads g1 =
+        HalfBackward(h1, g2.dx, ctx->needs_input_grad(0), ctx->needs_input_grad(1), summed ? sums.data() : nullptr, nullptr, nullptr);
     out[0] = g1.dx;
     out[1] = g1.dweight;
     out[2] = g1.dbias;
