@@ -57,6 +57,7 @@
 #include "pointwise_conv.h"
 
 #include <functional>
+#include <initializer_list>
 #include <vector>
 
 namespace {
@@ -171,6 +172,7 @@ HalfSaved FromSaved(ConvKind k, bool training, const std::vector<int64_t>& dilat
 
 struct HalfGrads {
   at::Tensor dx, dweight, dbias, dbnWeight, dbnBias;
+  bool nextSummed = false;  // the next half's first pass was done here (HalfBackward's `next`)
 };
 
 // Where the next half's training backward (the depthwise one of the same block) wants its first
@@ -183,11 +185,10 @@ struct NextRowSums {
 
 // One half's backward. `rowSums`: this half's first pass, done by the half after it (kshare_gbn's
 // BackwardImpl); `next`: do the next half's first pass on this half's input gradient, image by
-// image while it is in cache (only where the 1x1's row-by-row backward runs; false otherwise,
-// and the caller then leaves `rowSums` out of the next half's backward).
+// image while it is in cache, where the 1x1's row-by-row backward runs (nextSummed says whether
+// it did; otherwise the caller leaves `rowSums` out of the next half's backward).
 HalfGrads HalfBackward(const HalfSaved& s, const at::Tensor& dy, bool needX, bool needW, const double* rowSums,
-                       const NextRowSums* next, bool* nextDone) {
-  if (nextDone) *nextDone = false;
+                       const NextRowSums* next) {
   HalfGrads out;
   const ConvKind k = s.kind;
   // Where it applies, the fused kernel's grad rows go straight into the convolution's backward
@@ -195,10 +196,9 @@ HalfGrads HalfBackward(const HalfSaved& s, const at::Tensor& dy, bool needX, boo
   const bool drained = s.training && (needX || needW) && BackwardRowsApply(k, s.x, s.weight);
 #ifdef KSHARE_HAVE_DNNL
   const bool sumsHere = drained && needX && next;
-  const int64_t C = s.x.dim() == 4 ? s.x.size(1) : 0, HW = s.x.dim() == 4 ? s.x.size(2) * s.x.size(3) : 0;
   const kshare_pw::ImageSink imageSums = [&](int64_t n, const float* gin) {
     const float *gp = next->g.data_ptr<float>(), *mp = next->mean.data_ptr<float>(), *isp = next->invstd.data_ptr<float>();
-    const int64_t rows = s.x.size(0) * C;
+    const int64_t C = s.x.size(1), HW = s.x.size(2) * s.x.size(3), rows = s.x.size(0) * C;
     for (int64_t c = 0; c < C; c++) {
       const int64_t r = n * C + c;
       kshare_gbn::RowSums(gp + r * HW, gin + c * HW, HW, mp + c, isp + c, next->out + r, next->out + rows + r);
@@ -209,7 +209,7 @@ HalfGrads HalfBackward(const HalfSaved& s, const at::Tensor& dy, bool needX, boo
 #ifdef KSHARE_HAVE_DNNL
     if (k == ConvKind::kPointwise) {
       std::tie(out.dx, out.dweight) = kshare_pw::BackwardRows(rows, s.x, s.weight, needX, needW, sumsHere ? &imageSums : nullptr);
-      if (nextDone) *nextDone = sumsHere;
+      out.nextSummed = sumsHere;
       return;
     }
 #endif
@@ -228,6 +228,12 @@ HalfGrads HalfBackward(const HalfSaved& s, const at::Tensor& dy, bool needX, boo
   out.dbnWeight = gr.dweight;
   out.dbnBias = gr.dbnBias;
   return out;
+}
+
+bool AnyRequiresGrad(std::initializer_list<const at::Tensor*> ts) {
+  for (const at::Tensor* t : ts)
+    if (t->requires_grad()) return true;
+  return false;
 }
 
 const char* kNoSecondDerivative =
@@ -257,7 +263,7 @@ struct ConvGeluBn : public torch::autograd::Function<ConvGeluBn> {
     TORCH_CHECK(!c10::GradMode::is_enabled(), OpName(k), kNoSecondDerivative);
     const HalfSaved s =
         FromSaved(k, ctx->saved_data["training"].toBool(), ctx->saved_data["dilation"].toIntVector(), ctx->get_saved_variables(), 0);
-    HalfGrads g = HalfBackward(s, dy, ctx->needs_input_grad(1), ctx->needs_input_grad(2), nullptr, nullptr, nullptr);
+    HalfGrads g = HalfBackward(s, dy, ctx->needs_input_grad(1), ctx->needs_input_grad(2), nullptr, nullptr);
     out[1] = g.dx;
     out[2] = g.dweight;
     out[3] = g.dbias;
@@ -316,15 +322,14 @@ struct ConvMixerBlock : public torch::autograd::Function<ConvMixerBlock> {
     const bool rows = training && needFirst && h1.a.is_contiguous();
     std::vector<double> sums(rows ? 2 * h1.x.size(0) * h1.x.size(1) : 0);
     const NextRowSums next{h1.a, h1.mean, h1.invstd, sums.data()};
-    bool summed = false;
-    HalfGrads g2 = HalfBackward(h2, dy, needFirst, ctx->needs_input_grad(8), nullptr, rows ? &next : nullptr, &summed);
+    HalfGrads g2 = HalfBackward(h2, dy, needFirst, ctx->needs_input_grad(8), nullptr, rows ? &next : nullptr);
     out[8] = g2.dweight;
     out[9] = g2.dbias;
     out[10] = g2.dbnWeight;
     out[11] = g2.dbnBias;
     if (!needFirst) return out;
-    HalfGrads g1 =
-        HalfBackward(h1, g2.dx, ctx->needs_input_grad(0), ctx->needs_input_grad(1), summed ? sums.data() : nullptr, nullptr, nullptr);
+    HalfGrads g1 = HalfBackward(h1, g2.dx, ctx->needs_input_grad(0), ctx->needs_input_grad(1), g2.nextSummed ? sums.data() : nullptr,
+                                nullptr);
     out[0] = g1.dx;
     out[1] = g1.dweight;
     out[2] = g1.dbias;
@@ -333,12 +338,6 @@ struct ConvMixerBlock : public torch::autograd::Function<ConvMixerBlock> {
     return out;
   }
 };
-
-bool AnyRequiresGrad(std::initializer_list<const at::Tensor*> ts) {
-  for (const at::Tensor* t : ts)
-    if (t->requires_grad()) return true;
-  return false;
-}
 
 at::Tensor BlockAutograd(const at::Tensor& x, const at::Tensor& dwWeight, const at::Tensor& dwBias, at::IntArrayRef dilation,
                          const at::Tensor& bn1Weight, const at::Tensor& bn1Bias, const at::Tensor& rm1, const at::Tensor& rv1,
@@ -372,8 +371,7 @@ at::Tensor Autograd(ConvKind k, const at::Tensor& x, const at::Tensor& weight, c
                     double momentum, double eps) {
   // gelu and gelu' are kept only when a backward can follow; the running stats are updated in
   // place but never differentiated, so they stay out of the autograd inputs.
-  const bool gradient = at::GradMode::is_enabled() && (x.requires_grad() || weight.requires_grad() || bias.requires_grad() ||
-                                                       bnWeight.requires_grad() || bnBias.requires_grad());
+  const bool gradient = at::GradMode::is_enabled() && AnyRequiresGrad({&x, &weight, &bias, &bnWeight, &bnBias});
   return ConvGeluBn::apply(static_cast<int64_t>(k), x, weight, bias, dilation.vec(), bnWeight, bnBias, rm.detach(), rv.detach(),
                            training, momentum, eps, training && gradient, gradient);
 }

@@ -179,6 +179,7 @@ export function convMixerBlocks(blocks: readonly (readonly Module[])[], x: Tenso
 export function convMixerBlock(layers: readonly Module[], x: Tensor): Tensor | null {
   if (!blocksEnabled() || process.env.KSHARE_NATIVE_BLOCK_NODE === '0' || layers.length !== 6) return null;
   const dw = fusableParts(layers[0]!, layers[1]!, layers[2]!, x);
+  // The 1x1 half's input has x's shape, dtype and device, all fusableParts looks at.
   const pw = dw && dw.kernel === 'depthwise' ? fusableParts(layers[3]!, layers[4]!, layers[5]!, x) : null;
   if (!dw || !pw || pw.kernel !== 'pointwise' || dw.bn.training !== pw.bn.training) return null;
   if (dw.bn.training && x.size / x.dim(1) <= 1) return null; // BatchNorm2d raises its usual error
