@@ -46,8 +46,10 @@
 //   native/conv_gelu_bn.cc: the depthwise half's BatchNorm sums its output gradient inside the
 //   1x1 half's backward) against its two half operators (KSHARE_NATIVE_BLOCK_NODE=0): training
 //   steps at batch 32 of ConvMixer-64/4 shared and ConvMixer-256/8 shared.
+// - adamw: the optimizer's AdamW step as one call and one pass (native/adamw.cc) against
+//   libtorch's ten multi-tensor ops (KSHARE_NATIVE_ADAMW=0), inside the same training steps.
 // --only takes a comma-separated list of these sections (1x1, depthwise, panels, steps, blocks,
-// block-run, pool, amx, layout, stem, block-node);
+// block-run, pool, amx, layout, stem, block-node, adamw);
 // --threads a comma-separated list of thread counts, each a set of rows.
 // ms are medians of wall-clock time; `ratio` = alternative / kshare's route (above 1: the route
 // kshare takes is faster).
@@ -127,7 +129,7 @@ function main(): void {
     .option('--rounds <n>', 'alternations per row', '3')
     .option(
       '--only <sections>',
-      'comma-separated sections: 1x1, depthwise, panels, steps, blocks, block-run, pool, amx, layout, stem, block-node (default: all)',
+      'comma-separated sections: 1x1, depthwise, panels, steps, blocks, block-run, pool, amx, layout, stem, block-node, adamw (default: all)',
     )
     .option('--out <file>', 'where to write the JSON', path.join(ROOT, 'bench', 'results', 'route-ab.json'))
     .parse();
@@ -135,7 +137,7 @@ function main(): void {
   const int = intOption(program);
   const threadList = o.threads.split(',').map((v) => int('threads', v.trim(), 1)),
     rounds = int('rounds', o.rounds, 1);
-  const SECTIONS = ['1x1', 'depthwise', 'panels', 'steps', 'blocks', 'block-run', 'pool', 'amx', 'layout', 'stem', 'block-node'];
+  const SECTIONS = ['1x1', 'depthwise', 'panels', 'steps', 'blocks', 'block-run', 'pool', 'amx', 'layout', 'stem', 'block-node', 'adamw'];
   const only = o.only?.split(',').map((v) => v.trim());
   for (const s of only ?? []) if (!SECTIONS.includes(s)) program.error(`--only: unknown section '${s}' (sections: ${SECTIONS.join(', ')})`);
   const want = (section: string) => !only || only.includes(section);
@@ -377,6 +379,9 @@ function main(): void {
     if (want('block-node')) {
       stepRows(CONVMIXER_STEPS, { KSHARE_NATIVE_BLOCK_NODE: '0' }, 'block as one operator vs two halves');
     }
+
+    // The AdamW step in one pass against libtorch's multi-tensor ops.
+    if (want('adamw')) stepRows(CONVMIXER_STEPS, { KSHARE_NATIVE_ADAMW: '0' }, 'AdamW in one pass vs multi-tensor ops');
 
     // A run of blocks in inference as one operator against two operators a block.
     if (want('block-run')) inferenceRows(batch1And32, { KSHARE_NATIVE_BLOCK_RUN: '0' }, 'block run vs two operators a block');

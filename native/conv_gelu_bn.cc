@@ -52,15 +52,19 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
+#include "conv_gelu_bn.h"
 #include "depthwise_conv.h"
 #include "fused_gelu_bn.h"
 #include "pointwise_conv.h"
 
+#include <atomic>
 #include <functional>
 #include <initializer_list>
 #include <vector>
 
 namespace {
+
+std::atomic<int64_t> rowSumHandOffs{0};
 
 // Which convolution runs before the fused kernel; a depthwise one also adds its input after it.
 enum class ConvKind : int64_t { kDepthwise = 0, kPointwise = 1 };
@@ -328,6 +332,7 @@ struct ConvMixerBlock : public torch::autograd::Function<ConvMixerBlock> {
     out[10] = g2.dbnWeight;
     out[11] = g2.dbnBias;
     if (!needFirst) return out;
+    if (g2.nextSummed) rowSumHandOffs.fetch_add(1, std::memory_order_relaxed);
     HalfGrads g1 = HalfBackward(h1, g2.dx, ctx->needs_input_grad(0), ctx->needs_input_grad(1), g2.nextSummed ? sums.data() : nullptr,
                                 nullptr);
     out[0] = g1.dx;
@@ -409,6 +414,8 @@ at::Tensor PointwiseCpu(const at::Tensor& x, const at::Tensor& weight, const at:
 #endif
 
 }  // namespace
+
+int64_t kshare_block::RowSumHandOffs() { return rowSumHandOffs.load(std::memory_order_relaxed); }
 
 TORCH_LIBRARY_FRAGMENT(kshare, m) {
   m.def(

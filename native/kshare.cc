@@ -13,6 +13,7 @@
 
 #include "kshare.h"
 #include "amx_gemm.h"
+#include "conv_gelu_bn.h"
 #include "cpu_thread_pool.h"
 
 #include <ATen/ATen.h>
@@ -734,6 +735,8 @@ Napi::Value RuntimeInfo(const Napi::CallbackInfo& info) {
   // The 1x1 convolution's products on AMX tiles (native/amx_gemm.cc).
   o.Set("amx", kshare_amx::Enabled());
   o.Set("amxProducts", static_cast<double>(kshare_amx::Products()));
+  // ConvMixer block backwards that took their row-sum hand-off (native/conv_gelu_bn.cc).
+  o.Set("blockRowSumHandOffs", static_cast<double>(kshare_block::RowSumHandOffs()));
   return o;
 }
 

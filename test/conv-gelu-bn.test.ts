@@ -462,10 +462,14 @@ test(
         for (const channelsLast of [false, true])
           for (const training of [true, false]) {
             const what = `[${shape}] k${k}, ${threads} thread(s), ${channelsLast ? 'channels-last' : 'NCHW'}, ${training ? 'training' : 'eval'}`;
-            const [block, halves] = (['block', 'halves'] as const).map((route) =>
-              withThreads(threads, () => runBlock(shape, k, 40 + i, { route, channelsLast, training })),
-            );
-            block!.forEach((v, j) => assert.deepEqual(v, halves![j], `${what}: ${BLOCK_OUTPUTS[j]}`));
+            const handOffs = t.runtimeInfo().blockRowSumHandOffs;
+            const block = withThreads(threads, () => runBlock(shape, k, 40 + i, { route: 'block', channelsLast, training }));
+            // The hand-off the block operator exists for (its numbers are the halves' either way):
+            // NCHW training with at least as many images as threads.
+            const handedOff = !channelsLast && training && shape[0] >= threads;
+            assert.equal(t.runtimeInfo().blockRowSumHandOffs - handOffs, handedOff ? 1 : 0, `${what}: row-sum hand-offs`);
+            const halves = withThreads(threads, () => runBlock(shape, k, 40 + i, { route: 'halves', channelsLast, training }));
+            block.forEach((v, j) => assert.deepEqual(v, halves[j], `${what}: ${BLOCK_OUTPUTS[j]}`));
           }
     });
     assert.equal(t.liveTensors(), live, 'no tensor leaked');

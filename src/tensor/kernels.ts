@@ -192,6 +192,7 @@ export const KERNELS = {
   foreachMulList_: 'aten::_foreach_mul_.List',
   foreachNorm: 'aten::_foreach_norm.Scalar',
   foreachZero_: 'aten::_foreach_zero_',
+  adamw_: 'kshare::adamw_',
   ampUnscale_: 'aten::_amp_foreach_non_finite_check_and_unscale_',
   ampUpdateScale_: 'aten::_amp_update_scale_',
 } as const;

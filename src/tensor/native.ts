@@ -30,6 +30,8 @@ export interface RuntimeInfo {
   amx: boolean;
   /** Matrix products run on AMX tiles so far in this process. */
   amxProducts: number;
+  /** ConvMixer block backwards (kshare::convmixer_block, NCHW training) whose 1x1 half summed the depthwise half's BatchNorm rows as it wrote them, so far in this process. */
+  blockRowSumHandOffs: number;
 }
 
 /** State of kshare's caching CPU allocator (native/cpu_allocator.cc). */

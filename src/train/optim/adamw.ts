@@ -1,5 +1,5 @@
 // AdamW (decoupled weight decay), as torch.optim.AdamW (amsgrad off).
-import { Tensor, zerosLike } from '../../tensor/index.js';
+import { Tensor, zerosLike, nativeKernelsEnabled } from '../../tensor/index.js';
 import { foreach } from './foreach.js';
 import { Optimizer, type ParamGroup, type ParamGroupInput } from './optimizer.js';
 
@@ -36,6 +36,10 @@ export class AdamW extends Optimizer<AdamWOptions> {
       m.push(s.expAvg!);
       v.push(s.expAvgSq!);
     }
+    if (fusedStepApplies([params, grads, m, v])) {
+      foreach.adamw_(params, grads, m, v, { lr, beta1, beta2, eps, weightDecay, step });
+      return;
+    }
     if (weightDecay !== 0) foreach.mulScalar_(params, 1 - lr * weightDecay);
     foreach.mulScalar_(m, beta1);
     foreach.addList_(m, grads, 1 - beta1);
@@ -49,4 +53,14 @@ export class AdamW extends Optimizer<AdamWOptions> {
     foreach.addScalar_(denom, eps);
     foreach.addcdiv_(params, m, denom, -stepSize);
   }
+}
+
+/**
+ * Whether kshare's one-pass AdamW step (native/adamw.cc) applies: kshare's kernels enabled, not
+ * switched off with KSHARE_NATIVE_ADAMW=0 (read at every step), and every tensor float32 on the
+ * CPU. Otherwise libtorch's multi-tensor ops run, ten dispatches a tensor.
+ */
+function fusedStepApplies(lists: Tensor[][]): boolean {
+  if (!nativeKernelsEnabled() || process.env.KSHARE_NATIVE_ADAMW === '0') return false;
+  return lists.every((l) => l.every((x) => x.device === 'cpu' && x.dtype === 'float32'));
 }

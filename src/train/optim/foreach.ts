@@ -3,6 +3,15 @@ import { Tensor } from '../../tensor/index.js';
 import { runKernel, runKernelInPlace } from '../../tensor/kernels.js';
 import { wrapList } from '../../tensor/tensor.js';
 
+export interface AdamWFactors {
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  step: number;
+}
+
 const h = (xs: Tensor[]) => xs.map((t) => t.handle);
 
 export const foreach = {
@@ -29,6 +38,14 @@ export const foreach = {
   },
   sqrt(xs: Tensor[]): Tensor[] {
     return wrapList(runKernel('foreach.sqrt', 'foreachSqrt', [h(xs)]));
+  },
+  /**
+   * One AdamW step over float32 CPU tensors in one call and one pass (native/adamw.cc), the same
+   * arithmetic as the multi-tensor ops `AdamW.updateGroup` runs otherwise; `step` counts from 1.
+   */
+  adamw_(params: Tensor[], grads: Tensor[], expAvg: Tensor[], expAvgSq: Tensor[], o: AdamWFactors): void {
+    const args = [h(params), h(grads), h(expAvg), h(expAvgSq), o.lr, o.beta1, o.beta2, o.eps, o.weightDecay, o.step];
+    runKernelInPlace('AdamW', 'adamw_', args);
   },
   norm(xs: Tensor[], p = 2): Tensor[] {
     return wrapList(runKernel('foreach.norm', 'foreachNorm', [h(xs), p]));
