@@ -19,7 +19,8 @@ function makeParams(): Tensor[] {
   const big = t.randn([3, 16385], { generator: gen }); // more than one parallel chunk
   const cl = t.contiguous(t.randn([5, 6, 3, 3], { generator: gen }), 'channels_last');
   const transposed = t.transpose(t.randn([4, 7], { generator: gen }), 0, 1); // dense, not contiguous
-  const ps = [plain, big, cl, transposed].map((p) => p.detach());
+  const strided = t.slice(t.randn([6, 10], { generator: gen }), 1, 1, 9, 2); // not dense: updated through a copy
+  const ps = [plain, big, cl, transposed, strided].map((p) => p.detach());
   for (const p of ps) p.requiresGrad_(true);
   return ps;
 }
@@ -49,11 +50,11 @@ function run(native: boolean, o: { weightDecay: number }): number[][] {
   });
 }
 
-test('the one-pass AdamW step gives the multi-tensor ops’ parameters and moments (4 layouts, 2 groups, 3 steps)', () => {
+test('the one-pass AdamW step gives the multi-tensor ops’ parameters and moments (5 layouts, 2 groups, 3 steps)', () => {
   for (const weightDecay of [0, 0.1]) {
     const fused = run(true, { weightDecay });
     const ops = run(false, { weightDecay });
-    assert.equal(fused.length, 12, 'four parameters and two moments each');
+    assert.equal(fused.length, 15, 'five parameters and two moments each');
     fused.forEach((xs, i) => {
       const ys = ops[i]!;
       assert.equal(xs.length, ys.length);
