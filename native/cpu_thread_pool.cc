@@ -19,6 +19,7 @@
 // of the spin when the machine is oversubscribed; KSHARE_CPU_POOL=0 avoids it).
 #include "cpu_thread_pool.h"
 
+#include <c10/util/Exception.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -172,12 +173,17 @@ bool PoolEnabled() {
   return !(p && std::strcmp(p, "0") == 0);
 }
 
-}  // namespace
+// Test hook: KSHARE_NATIVE_FAIL_JOBS=1 (read at every call) makes the chunk of every parallel loop
+// that holds its last index fail after running, on a worker thread where there are workers, so
+// the tests see an error raised inside a parallel region reach JavaScript and leave the pool
+// usable.
+bool FailJobs() {
+  const char* p = std::getenv("KSHARE_NATIVE_FAIL_JOBS");
+  return p && *p && std::strcmp(p, "0") != 0;
+}
 
-namespace kshare {
-
-void ParallelFor(int64_t begin, int64_t end, int64_t grain, const std::function<void(int64_t, int64_t)>& f) {
-  if (begin >= end) return;
+// kshare::ParallelFor without the test hook.
+void RunParallel(int64_t begin, int64_t end, int64_t grain, const std::function<void(int64_t, int64_t)>& f) {
   if (!PoolEnabled()) return at::parallel_for(begin, end, grain, f);
   const int64_t n = end - begin, threads = at::get_num_threads();
   if (t_inPool || threads <= 1 || n <= 1 || n <= grain || at::in_parallel_region()) return f(begin, end);
@@ -198,6 +204,19 @@ void ParallelFor(int64_t begin, int64_t end, int64_t grain, const std::function<
   t_inPool = false;
   omp_set_num_threads(callerThreads);
   if (!ran) at::parallel_for(begin, end, grain, f);  // another thread has the pool: libgomp's threads
+}
+
+}  // namespace
+
+namespace kshare {
+
+void ParallelFor(int64_t begin, int64_t end, int64_t grain, const std::function<void(int64_t, int64_t)>& f) {
+  if (begin >= end) return;
+  if (!FailJobs()) return RunParallel(begin, end, grain, f);
+  RunParallel(begin, end, grain, [&](int64_t b, int64_t e) {
+    f(b, e);
+    TORCH_CHECK(e < end, "kshare: a parallel loop failed on purpose (KSHARE_NATIVE_FAIL_JOBS=1, a test hook)");
+  });
 }
 
 int64_t CpuPoolWorkers() { return Pool::Get().Workers(); }

@@ -46,7 +46,9 @@ bool SpinUntil(const Done& done) {
 // at::get_num_threads() is 1, so nested parallel loops and oneDNN's sgemm run on the calling
 // thread. Runs on the calling thread alone where at::parallel_for would, inside another
 // ParallelFor or an OpenMP region, or while another thread uses the pool.
-// KSHARE_CPU_POOL=0 (read at every call) runs at::parallel_for instead.
+// KSHARE_CPU_POOL=0 (read at every call) runs at::parallel_for instead. An exception thrown in a
+// chunk is rethrown on the calling thread once every chunk is done (KSHARE_NATIVE_FAIL_JOBS=1, a
+// test hook, makes the last chunk of every loop throw).
 void ParallelFor(int64_t begin, int64_t end, int64_t grain, const std::function<void(int64_t, int64_t)>& f);
 
 // The pool's worker threads now (0 before its first parallel call; at::get_num_threads() - 1

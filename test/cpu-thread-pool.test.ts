@@ -52,3 +52,28 @@ test('one thread runs the kernels on the calling thread, without the pool', () =
     assert.equal(t.runtimeInfo().cpuPoolJobs, before);
   });
 });
+
+test('an error raised inside a parallel loop reaches JavaScript, leaks nothing, and leaves the pool usable', () => {
+  const live = t.liveTensors();
+  const expected = withThreads(2, step);
+  // 1 thread: the loop on the calling thread; 2: on the pool (its last chunk on a worker); 2 with
+  // KSHARE_CPU_POOL=0: on libgomp's threads inside at::parallel_for.
+  for (const [threads, pool] of [
+    [1, undefined],
+    [2, undefined],
+    [2, '0'],
+  ] as const) {
+    withThreads(threads, () =>
+      withEnv({ KSHARE_CPU_POOL: pool }, () => {
+        const what = `${threads} thread(s)${pool ? ', KSHARE_CPU_POOL=0' : ''}`;
+        assert.throws(() => withEnv({ KSHARE_NATIVE_FAIL_JOBS: '1' }, step), /a parallel loop failed on purpose/, what);
+        assert.equal(t.liveTensors(), live, `${what}: no tensor leaked by the failed step`);
+      }),
+    );
+  }
+  // The pool still runs jobs, with the same numbers.
+  const before = t.runtimeInfo().cpuPoolJobs;
+  assert.deepEqual(withThreads(2, step), expected, 'after the failures: the same numbers at 2 threads');
+  assert.ok(t.runtimeInfo().cpuPoolJobs > before, 'after the failures: the pool runs jobs');
+  assert.equal(t.liveTensors(), live, 'no tensor leaked');
+});
