@@ -168,6 +168,8 @@ class Pool {
   std::atomic<int64_t> jobs_{0};
 };
 
+std::atomic<int64_t> fallbacks{0};  // loops that found another thread running the pool
+
 bool PoolEnabled() {
   const char* p = std::getenv("KSHARE_CPU_POOL");
   return !(p && std::strcmp(p, "0") == 0);
@@ -203,7 +205,9 @@ void RunParallel(int64_t begin, int64_t end, int64_t grain, const std::function<
   }
   t_inPool = false;
   omp_set_num_threads(callerThreads);
-  if (!ran) at::parallel_for(begin, end, grain, f);  // another thread has the pool: libgomp's threads
+  if (ran) return;
+  fallbacks.fetch_add(1, std::memory_order_relaxed);
+  at::parallel_for(begin, end, grain, f);  // another thread has the pool: libgomp's threads
 }
 
 }  // namespace
@@ -221,5 +225,6 @@ void ParallelFor(int64_t begin, int64_t end, int64_t grain, const std::function<
 
 int64_t CpuPoolWorkers() { return Pool::Get().Workers(); }
 int64_t CpuPoolJobs() { return Pool::Get().Jobs(); }
+int64_t CpuPoolFallbacks() { return fallbacks.load(std::memory_order_relaxed); }
 
 }  // namespace kshare

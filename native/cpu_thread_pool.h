@@ -55,5 +55,8 @@ void ParallelFor(int64_t begin, int64_t end, int64_t grain, const std::function<
 // after one), and the parallel calls it has run: for runtimeInfo() and the tests.
 int64_t CpuPoolWorkers();
 int64_t CpuPoolJobs();
+// Parallel calls that found another thread using the pool and ran on libgomp's threads instead
+// (two JavaScript threads, e.g. worker_threads, running kernels at once).
+int64_t CpuPoolFallbacks();
 
 }  // namespace kshare

@@ -732,6 +732,7 @@ Napi::Value RuntimeInfo(const Napi::CallbackInfo& info) {
   // kshare's own kernel threads (native/cpu_thread_pool.cc).
   o.Set("cpuPoolWorkers", static_cast<double>(kshare::CpuPoolWorkers()));
   o.Set("cpuPoolJobs", static_cast<double>(kshare::CpuPoolJobs()));
+  o.Set("cpuPoolFallbacks", static_cast<double>(kshare::CpuPoolFallbacks()));
   // The 1x1 convolution's products on AMX tiles (native/amx_gemm.cc).
   o.Set("amx", kshare_amx::Enabled());
   o.Set("amxProducts", static_cast<double>(kshare_amx::Products()));

@@ -7,7 +7,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as t from '../src/tensor/index.js';
 import { createModel } from '../src/models/index.js';
+import { Worker } from 'node:worker_threads';
 import { withEnv, withThreads } from './helpers/env.js';
+import { isolatedStep } from './helpers/pool-worker.js';
 
 /** A ConvMixer-64/4 shared training step from a fixed seed: output, every gradient, the buffers. */
 function step(): Float32Array[] {
@@ -75,5 +77,39 @@ test('an error raised inside a parallel loop reaches JavaScript, leaks nothing, 
   const before = t.runtimeInfo().cpuPoolJobs;
   assert.deepEqual(withThreads(2, step), expected, 'after the failures: the same numbers at 2 threads');
   assert.ok(t.runtimeInfo().cpuPoolJobs > before, 'after the failures: the pool runs jobs');
+  assert.equal(t.liveTensors(), live, 'no tensor leaked');
+});
+
+test('two JavaScript threads running kernels at once: the one that finds the pool busy runs on libgomp, with the same numbers', async () => {
+  const live = t.liveTensors();
+  const expected = withThreads(2, isolatedStep);
+  const fallbacks = t.runtimeInfo().cpuPoolFallbacks;
+  const worker = new Worker(new URL('./helpers/pool-worker.js', import.meta.url), { workerData: { steps: 12, threads: 2 } });
+  let done = false;
+  const fromWorker = new Promise<number[][][]>((resolve, reject) => {
+    worker.once('message', (m: number[][][]) => {
+      done = true;
+      resolve(m);
+    });
+    worker.once('error', reject);
+  });
+  let mainSteps = 0;
+  const threadsBefore = t.runtimeInfo().numThreads;
+  t.setNumThreads(2);
+  try {
+    while (!done) {
+      assert.deepEqual(isolatedStep(), expected, `main thread, step ${mainSteps}: the numbers of a step run alone`);
+      mainSteps++;
+      await new Promise((r) => setImmediate(r)); // lets the worker's message in
+    }
+  } finally {
+    t.setNumThreads(threadsBefore);
+  }
+  const results = await fromWorker;
+  await worker.terminate();
+  assert.equal(results.length, 12);
+  results.forEach((r, i) => assert.deepEqual(r, expected, `worker, step ${i}: the numbers of a step run alone`));
+  assert.ok(mainSteps > 0, 'the main thread ran steps while the worker did');
+  assert.ok(t.runtimeInfo().cpuPoolFallbacks > fallbacks, 'some kernel loops found the pool busy and ran on libgomp');
   assert.equal(t.liveTensors(), live, 'no tensor leaked');
 });

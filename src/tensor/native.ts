@@ -26,6 +26,8 @@ export interface RuntimeInfo {
   cpuPoolWorkers: number;
   /** Parallel kernel calls the pool has run (KSHARE_CPU_POOL=0 runs them on libgomp's threads instead). */
   cpuPoolJobs: number;
+  /** Parallel kernel calls that found another JavaScript thread (a worker_threads Worker) using the pool and ran on libgomp's threads instead. */
+  cpuPoolFallbacks: number;
   /** The 1x1 convolution runs its NCHW products on AMX tiles (native/amx_gemm.cc): the CPU has AMX-BF16, the OS allows it, and neither KSHARE_NATIVE_AMX=0 nor a KSHARE_NATIVE_ISA cap turns it off. */
   amx: boolean;
   /** Matrix products run on AMX tiles so far in this process. */
