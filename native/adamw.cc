@@ -104,38 +104,25 @@ void AdamW(at::TensorList params, at::TensorList grads, at::TensorList expAvg, a
   // is updated through a contiguous copy that is written back (grads are only read).
   struct Item {
     at::Tensor p, g, m, v;  // what the kernel reads and writes
-    float *pp, *mp, *vp;
-    const float* gp;
-    int64_t numel;
   };
   std::vector<Item> items(n);
   for (size_t i = 0; i < n; i++) {
-    const at::Tensor& p = params[i];
-    const bool inPlace = p.is_non_overlapping_and_dense();
-    const at::Tensor pw = inPlace ? p : p.contiguous();
+    const at::Tensor pw = params[i].is_non_overlapping_and_dense() ? params[i] : params[i].contiguous();
     auto like = [&](const at::Tensor& t) { return SameDenseLayout(pw, t) ? t : at::empty_like(pw).copy_(t); };
-    Item& it = items[i];
-    it.p = pw;
-    it.g = like(grads[i]);
-    it.m = like(expAvg[i]);
-    it.v = like(expAvgSq[i]);
-    it.pp = it.p.data_ptr<float>();
-    it.gp = it.g.data_ptr<float>();
-    it.mp = it.m.data_ptr<float>();
-    it.vp = it.v.data_ptr<float>();
-    it.numel = p.numel();
+    items[i] = {pw, like(grads[i]), like(expAvg[i]), like(expAvgSq[i])};
   }
 
   // Chunks of at most kChunk values, each within one tensor, run in parallel.
   constexpr int64_t kChunk = 16384;
   std::vector<std::pair<size_t, int64_t>> chunks;  // (item, offset)
   for (size_t i = 0; i < n; i++)
-    for (int64_t o = 0; o < items[i].numel; o += kChunk) chunks.emplace_back(i, o);
+    for (int64_t o = 0; o < items[i].p.numel(); o += kChunk) chunks.emplace_back(i, o);
   kshare::ParallelFor(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t b, int64_t e) {
     for (int64_t c = b; c < e; c++) {
       const auto [i, o] = chunks[c];
       const Item& it = items[i];
-      UpdateRange(it.pp + o, it.gp + o, it.mp + o, it.vp + o, std::min(kChunk, it.numel - o), f);
+      UpdateRange(it.p.data_ptr<float>() + o, it.g.data_ptr<float>() + o, it.m.data_ptr<float>() + o, it.v.data_ptr<float>() + o,
+                  std::min(kChunk, it.p.numel() - o), f);
     }
   });
 
