@@ -29,6 +29,10 @@
 //   against libgomp's threads (KSHARE_CPU_POOL=0): training steps at batch 32 of
 //   ConvMixer-64/4 shared, ConvMixer-256/8 shared and SE-ResNet d=2 shared, and ConvMixer-256/16
 //   shared inference at batch 1.
+// - spin (threads above 1): the pool's threads spinning for the default KSHARE_CPU_SPIN_US
+//   (500 us) after each call against the 50 us they spun until 2026-12-03 (KSHARE_CPU_SPIN_US=50):
+//   training steps at batch 32 of ConvMixer-64/4 shared, ConvMixer-256/8 shared and SE-ResNet
+//   d=2 shared, and ConvMixer-256/16 shared inference at batch 1.
 // - amx (a CPU with AMX-BF16): the 1x1 convolution's NCHW products on AMX tiles
 //   (native/amx_gemm.cc) against oneDNN's sgemm (KSHARE_NATIVE_AMX=0): the 1x1 operator at
 //   (32,256,16,16), forward and backward; training steps at batch 32 of ConvMixer-64/4 shared and
@@ -49,7 +53,7 @@
 // - adamw: the optimizer's AdamW step as one call and one pass (native/adamw.cc) against
 //   libtorch's ten multi-tensor ops (KSHARE_NATIVE_ADAMW=0), inside the same training steps.
 // --only takes a comma-separated list of these sections (1x1, depthwise, panels, steps, blocks,
-// block-run, pool, amx, layout, stem, block-node, adamw);
+// block-run, pool, spin, amx, layout, stem, block-node, adamw);
 // --threads a comma-separated list of thread counts, each a set of rows.
 // ms are medians of wall-clock time; `ratio` = alternative / kshare's route (above 1: the route
 // kshare takes is faster).
@@ -129,7 +133,7 @@ function main(): void {
     .option('--rounds <n>', 'alternations per row', '3')
     .option(
       '--only <sections>',
-      'comma-separated sections: 1x1, depthwise, panels, steps, blocks, block-run, pool, amx, layout, stem, block-node, adamw (default: all)',
+      'comma-separated sections: 1x1, depthwise, panels, steps, blocks, block-run, pool, spin, amx, layout, stem, block-node, adamw (default: all)',
     )
     .option('--out <file>', 'where to write the JSON', path.join(ROOT, 'bench', 'results', 'route-ab.json'))
     .parse();
@@ -137,7 +141,7 @@ function main(): void {
   const int = intOption(program);
   const threadList = o.threads.split(',').map((v) => int('threads', v.trim(), 1)),
     rounds = int('rounds', o.rounds, 1);
-  const SECTIONS = ['1x1', 'depthwise', 'panels', 'steps', 'blocks', 'block-run', 'pool', 'amx', 'layout', 'stem', 'block-node', 'adamw'];
+  const SECTIONS = ['1x1', 'depthwise', 'panels', 'steps', 'blocks', 'block-run', 'pool', 'spin', 'amx', 'layout', 'stem', 'block-node', 'adamw'];
   const only = o.only?.split(',').map((v) => v.trim());
   for (const s of only ?? []) if (!SECTIONS.includes(s)) program.error(`--only: unknown section '${s}' (sections: ${SECTIONS.join(', ')})`);
   const want = (section: string) => !only || only.includes(section);
@@ -331,6 +335,22 @@ function main(): void {
         what,
       );
       inferenceRows([[1, 40]], libgomp, what);
+    }
+
+    // The pool's default spin against the 50 us it spun before.
+    if (threads > 1 && want('spin')) {
+      const shortSpin = { KSHARE_CPU_SPIN_US: '50' };
+      const what = 'pool spin: default vs 50 us';
+      stepRows(
+        [
+          ['convmixer_64_4_k5_p2_shared', 30],
+          ['convmixer_256_8_k5_p2_shared', 8],
+          ['se_resnet_d_2_full_shared', 5],
+        ],
+        shortSpin,
+        what,
+      );
+      inferenceRows([[1, 40]], shortSpin, what);
     }
 
     // The 1x1 products on AMX tiles against oneDNN's sgemm.

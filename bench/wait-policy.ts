@@ -1,14 +1,18 @@
 // How the OpenMP wait setting and kshare's own kernel thread pool change kshare's multi-threaded
 // speed, quiet and with other work on the cores: the defaults kshare sets (src/tensor/native.ts,
 // native/cpu_thread_pool.cc) against the same wait setting with kshare's kernels on libgomp's
-// threads (KSHARE_CPU_POOL=0, the default before 2026-12-03) and against OMP_WAIT_POLICY=PASSIVE
-// on libgomp's threads (the default before 2026-12-02). Run on purpose:
+// threads (KSHARE_CPU_POOL=0, the default before 2026-12-03), against the pool spinning a fixed
+// 50 us (KSHARE_CPU_SPIN_US=50, its default until the thirteenth session of 2026-12-03) or 500 us
+// (KSHARE_CPU_SPIN_US=500; the default now spins 500 us unless a spinning thread lost its core in
+// the last second) and against OMP_WAIT_POLICY=PASSIVE on libgomp's threads (the default before
+// 2026-12-02). Run on purpose:
 //
-//   node dist/bench/wait-policy.js [--threads 2] [--rounds 3] [--out bench/results/wait-policy.json]
+//   node dist/bench/wait-policy.js [--threads 2] [--rounds 3] [--only step,step256,infer]
+//       [--out bench/results/wait-policy.json]
 //
 // Each measurement is a fresh child process (libgomp reads the setting when it loads) timing the
-// median of a workload: a ConvMixer-64/4 shared training step at batch 32, or ConvMixer-256/16
-// shared inference at batch 1. Scenarios: quiet; beside one or two busy-looping processes; two
+// median of a workload: a ConvMixer-64/4 or ConvMixer-256/8 shared training step at batch 32, or
+// ConvMixer-256/16 shared inference at batch 1. Scenarios: quiet; beside one or two busy-looping processes; two
 // such jobs at once (their mean). The settings alternate `--rounds` times; rows report the
 // median over rounds and the range.
 import os from 'node:os';
@@ -25,6 +29,7 @@ import { MALLOC_ENV, ROOT } from './cpu-common.js';
 const SCRIPT = fileURLToPath(import.meta.url);
 const WORKLOADS = {
   step: 'convmixer_64_4_k5_p2_shared training step, batch 32',
+  step256: 'convmixer_256_8_k5_p2_shared training step, batch 32',
   infer: 'convmixer_256_16_shared inference, batch 1',
 } as const;
 type Workload = keyof typeof WORKLOADS;
@@ -45,6 +50,7 @@ async function child(workload: Workload, threads: number): Promise<void> {
     }
   };
   if (workload === 'step') timeIt(trainingStep('convmixer_64_4_k5_p2_shared').run, 5, 40);
+  else if (workload === 'step256') timeIt(trainingStep('convmixer_256_8_k5_p2_shared').run, 3, 12);
   else timeIt(inference('convmixer_256_16_shared', { batch: 1 }).run, 5, 60);
   console.log(JSON.stringify({ ms: median(times) }));
 }
@@ -55,6 +61,7 @@ function runChild(workload: Workload, threads: number, env: Record<string, strin
     delete base.OMP_WAIT_POLICY;
     delete base.GOMP_SPINCOUNT;
     delete base.KSHARE_CPU_POOL;
+    delete base.KSHARE_CPU_SPIN_US;
     const c = spawn(process.execPath, [SCRIPT, '--child', workload, '--threads', String(threads)], {
       env: { ...base, ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -105,10 +112,11 @@ async function main(): Promise<void> {
     .description("Time kshare's OpenMP wait setting and kernel thread pool against the earlier defaults, quiet and with competing work")
     .option('--threads <n>', 'intra-op threads', '2')
     .option('--rounds <n>', 'alternations of the settings', '3')
+    .option('--only <workloads>', `comma-separated workloads to time (${Object.keys(WORKLOADS).join(', ')}; default all)`)
     .option('--child <workload>', '(internal) time one workload and print its median')
     .option('--out <file>', 'where to write the JSON', path.join(ROOT, 'bench', 'results', 'wait-policy.json'))
     .parse();
-  const o = program.opts<{ threads: string; rounds: string; child?: string; out: string }>();
+  const o = program.opts<{ threads: string; rounds: string; only?: string; child?: string; out: string }>();
   const int = intOption(program);
   const threads = int('threads', o.threads, 1),
     rounds = int('rounds', o.rounds, 1);
@@ -116,16 +124,27 @@ async function main(): Promise<void> {
     if (!(o.child in WORKLOADS)) program.error(`wait-policy: --child must be one of ${Object.keys(WORKLOADS).join(', ')}, got '${o.child}'`);
     return child(o.child as Workload, threads);
   }
+  const workloads = (o.only ?? Object.keys(WORKLOADS).join(',')).split(',');
+  for (const w of workloads) if (!(w in WORKLOADS)) program.error(`wait-policy: --only takes workloads from ${Object.keys(WORKLOADS).join(', ')}, got '${w}'`);
   const { DEFAULT_GOMP_SPINCOUNT } = await import('../src/tensor/native.js');
   // The settings compared: PASSIVE (kshare's default before 2026-12-02), the short spin without
-  // kshare's pool (the default before 2026-12-03), and kshare's defaults now.
+  // kshare's pool (the default before 2026-12-03), the pool spinning a fixed 50 us (its default
+  // until the thirteenth session of 2026-12-03) or 500 us, and kshare's defaults now.
   const settings: Record<string, Record<string, string>> = {
     'OMP_WAIT_POLICY=PASSIVE, KSHARE_CPU_POOL=0': { OMP_WAIT_POLICY: 'PASSIVE', KSHARE_CPU_POOL: '0' },
     [`GOMP_SPINCOUNT=${DEFAULT_GOMP_SPINCOUNT}, KSHARE_CPU_POOL=0`]: { GOMP_SPINCOUNT: DEFAULT_GOMP_SPINCOUNT, KSHARE_CPU_POOL: '0' },
+    [`GOMP_SPINCOUNT=${DEFAULT_GOMP_SPINCOUNT}, the pool, KSHARE_CPU_SPIN_US=50`]: {
+      GOMP_SPINCOUNT: DEFAULT_GOMP_SPINCOUNT,
+      KSHARE_CPU_SPIN_US: '50',
+    },
+    [`GOMP_SPINCOUNT=${DEFAULT_GOMP_SPINCOUNT}, the pool, KSHARE_CPU_SPIN_US=500`]: {
+      GOMP_SPINCOUNT: DEFAULT_GOMP_SPINCOUNT,
+      KSHARE_CPU_SPIN_US: '500',
+    },
     [`GOMP_SPINCOUNT=${DEFAULT_GOMP_SPINCOUNT} and the pool (kshare's defaults)`]: { GOMP_SPINCOUNT: DEFAULT_GOMP_SPINCOUNT },
   };
   const rows: { workload: string; scenario: Scenario; setting: string; medianMs: number; minMs: number; maxMs: number }[] = [];
-  for (const workload of Object.keys(WORKLOADS) as Workload[]) {
+  for (const workload of workloads as Workload[]) {
     for (const scenario of SCENARIOS) {
       const samples: Record<string, number[]> = Object.fromEntries(Object.keys(settings).map((k) => [k, []]));
       for (let r = 0; r < rounds; r++) {
@@ -152,7 +171,7 @@ async function main(): Promise<void> {
     machine: `${cpus[0]?.model.trim() ?? 'unknown CPU'}, ${cpus.length} cores`,
     threads,
     command: `node dist/bench/wait-policy.js ${process.argv.slice(2).join(' ')}`.trim(),
-    method: `a fresh process per measurement (median of 40 steps or 60 forwards after 5 warm-up); settings alternating, ${rounds} rounds; busy processes are 'node -e "for (;;) {}"'; two jobs at once: the mean of their medians`,
+    method: `a fresh process per measurement (median of 40 ConvMixer-64/4 steps, 12 ConvMixer-256/8 steps or 60 forwards after 5, 3 and 5 warm-up); settings alternating, ${rounds} rounds; busy processes are 'node -e "for (;;) {}"'; two jobs at once: the mean of their medians`,
     rows,
   };
   mkdirSync(path.dirname(o.out), { recursive: true });

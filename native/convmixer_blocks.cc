@@ -82,13 +82,13 @@ class SpinBarrier {
       if (sleepers_.load(std::memory_order_acquire) > 0) wake_.notify_all();
       return;
     }
-    // kshare::kSpinLimit for this barrier: batch-1 ConvMixer-256/16 inference at 2 threads (2-core
+    // 50 us for this barrier: batch-1 ConvMixer-256/16 inference at 2 threads (2-core
     // Intel Xeon, throwaway A/B against two operators a block, medians of 40, three rounds), ms
     // for a limit of 0 / 10 / 50 / 200 us: quiet 11.6-12.2 / 11.8-12.2 / 10.6-10.9 / 11.2-11.5
     // (two operators a block 13.8-15.1); beside one busy process 19.9-20.1 / 20.4-20.7 /
     // 21.6-21.8 / 26.4-26.7 (22.4-23.3).
     auto released = [&] { return generation_.load(std::memory_order_acquire) != gen; };
-    if (kshare::SpinUntil(released)) return;
+    if (kshare::SpinUntil(released, std::chrono::microseconds(50))) return;
     std::unique_lock<std::mutex> lock(mutex_);
     sleepers_.fetch_add(1, std::memory_order_acq_rel);
     wake_.wait(lock, released);

@@ -59,6 +59,13 @@ class Pool {
     std::unique_lock<std::mutex> job(jobMutex_, std::try_to_lock);
     if (!job.owns_lock()) return false;
     Resize(threads);
+    // Read here, on the calling thread: a worker calling getenv could race a setenv from JavaScript.
+    const kshare::SpinSetting setting = kshare::PoolSpinSetting();
+    adaptive_.store(setting.adaptive, std::memory_order_relaxed);
+    const std::chrono::microseconds spin =
+        setting.adaptive && Now() < contendedUntil_.load(std::memory_order_relaxed) ? std::chrono::microseconds(kshare::kShortSpinUs)
+                                                                                    : setting.limit;
+    spinUs_.store(spin.count(), std::memory_order_relaxed);
     job_ = &f;
     begin_ = begin;
     end_ = end;
@@ -71,7 +78,9 @@ class Pool {
     // The workers' chunks: spin, then sleep until the last one finishes (yielding instead cost a
     // scheduler tick at a time beside another job).
     auto finished = [&] { return pending_.load(std::memory_order_acquire) == 0; };
-    if (!SpinUntil(finished)) {
+    bool preempted = false;
+    if (!SpinUntil(finished, spin, setting.adaptive ? &preempted : nullptr)) {
+      if (preempted) Contended();
       std::unique_lock<std::mutex> lock(sleepMutex_);
       done_.wait(lock, finished);
     }
@@ -86,15 +95,30 @@ class Pool {
     return static_cast<int64_t>(workers_.size());
   }
   int64_t Jobs() const { return jobs_.load(std::memory_order_relaxed); }
+  int64_t Wakes() const { return wakes_.load(std::memory_order_relaxed); }
+  int64_t Backoffs() const { return backoffs_.load(std::memory_order_relaxed); }
 
  private:
+  static int64_t Now() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  }
+
+  // A spinning thread lost its core: spin briefly for the next second of calls.
+  void Contended() {
+    contendedUntil_.store(Now() + 1000000000, std::memory_order_relaxed);
+    backoffs_.fetch_add(1, std::memory_order_relaxed);
+  }
+
   // A new generation: every worker runs its chunk of the job (or, with stop_, exits).
   void Publish() {
     {
       std::lock_guard<std::mutex> lock(sleepMutex_);
       generation_.fetch_add(1, std::memory_order_release);
     }
-    if (sleepers_.load(std::memory_order_acquire) > 0) wake_.notify_all();
+    if (sleepers_.load(std::memory_order_acquire) > 0) {
+      wakes_.fetch_add(1, std::memory_order_relaxed);
+      wake_.notify_all();
+    }
   }
 
   void RunTask(int task) {
@@ -121,7 +145,11 @@ class Pool {
     omp_set_num_threads(1);  // oneDNN's sgemm and at::parallel_for inside a chunk: this thread only
     t_inPool = true;
     for (;;) {
-      if (!SpinUntil([&] { return generation_.load(std::memory_order_acquire) != seen; })) {
+      const std::chrono::microseconds spin(spinUs_.load(std::memory_order_relaxed));
+      bool preempted = false;
+      if (!SpinUntil([&] { return generation_.load(std::memory_order_acquire) != seen; }, spin,
+                     adaptive_.load(std::memory_order_relaxed) ? &preempted : nullptr)) {
+        if (preempted) Contended();
         std::unique_lock<std::mutex> lock(sleepMutex_);
         sleepers_.fetch_add(1, std::memory_order_acq_rel);
         wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
@@ -166,6 +194,11 @@ class Pool {
   std::atomic<int> sleepers_{0};
   std::condition_variable done_;  // the caller waits here for the workers' chunks
   std::atomic<int64_t> jobs_{0};
+  std::atomic<int64_t> wakes_{0};  // jobs that found a worker asleep
+  std::atomic<int64_t> spinUs_{kshare::kShortSpinUs};  // the last call's spin limit, for the workers
+  std::atomic<bool> adaptive_{true};                  // the last call's PoolSpinSetting().adaptive
+  std::atomic<int64_t> contendedUntil_{0};            // Now() until which an adaptive spin stays short
+  std::atomic<int64_t> backoffs_{0};                  // spins that found their thread had lost its core
 };
 
 std::atomic<int64_t> fallbacks{0};  // loops that found another thread running the pool
@@ -223,8 +256,21 @@ void ParallelFor(int64_t begin, int64_t end, int64_t grain, const std::function<
   });
 }
 
+SpinSetting PoolSpinSetting() {
+  const SpinSetting adaptive{std::chrono::microseconds(kLongSpinUs), true};
+  const char* p = std::getenv("KSHARE_CPU_SPIN_US");
+  if (!p || !*p) return adaptive;
+  char* end = nullptr;
+  const long long v = std::strtoll(p, &end, 10);
+  // native.ts rejects anything else when kshare loads; a value set later counts as unset.
+  if (*end != '\0' || v < 0 || v > 9999999) return adaptive;
+  return {std::chrono::microseconds(v), false};
+}
+
 int64_t CpuPoolWorkers() { return Pool::Get().Workers(); }
 int64_t CpuPoolJobs() { return Pool::Get().Jobs(); }
+int64_t CpuPoolWakes() { return Pool::Get().Wakes(); }
+int64_t CpuPoolBackoffs() { return Pool::Get().Backoffs(); }
 int64_t CpuPoolFallbacks() { return fallbacks.load(std::memory_order_relaxed); }
 
 }  // namespace kshare

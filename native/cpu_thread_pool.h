@@ -24,19 +24,39 @@ inline void CpuRelax() {
 #endif
 }
 
-// How long kshare's threads spin for the next piece of work before they sleep: the pool's idle
-// workers and its caller (cpu_thread_pool.cc) and the block run's barrier (convmixer_blocks.cc),
-// each measured there.
-constexpr std::chrono::microseconds kSpinLimit{50};
+// How long the pool's idle workers and its caller (cpu_thread_pool.cc) spin for the next piece of
+// work before they sleep: KSHARE_CPU_SPIN_US (whole microseconds, read by the calling thread at
+// every parallel call, as KSHARE_CPU_POOL; src/tensor/native.ts checks it). Unset, the pool
+// spins kLongSpinUs, or kShortSpinUs for a while after a spinning thread found it had lost its
+// core (another process wants it); measured in cpu_thread_pool.cc.
+constexpr int64_t kLongSpinUs = 500, kShortSpinUs = 50;
+struct SpinSetting {
+  std::chrono::microseconds limit;
+  bool adaptive;  // KSHARE_CPU_SPIN_US unset
+};
+SpinSetting PoolSpinSetting();
 
-// Spins until done() returns true (true), or for at most kSpinLimit (false: the caller then
-// sleeps until it is woken).
+// Spins until done() returns true (true), or for at most `limit` (false: the caller then sleeps
+// until it is woken). With `preempted`, also stops (false) when two of its clock reads lie more
+// than kPreemptedUs apart, a sign that this thread lost its core to another one for that long,
+// and sets *preempted. (At 100 and 300 us this fired on the quiet 2-core VM of
+// bench/cpu-kernels-notes.md, thirteenth session: 2 of 3.3 s of ConvMixer-256/8 steps; at 1 ms,
+// never there, and within 2 s beside one busy process.)
+constexpr int64_t kPreemptedUs = 1000;
 template <class Done>
-bool SpinUntil(const Done& done) {
+bool SpinUntil(const Done& done, std::chrono::microseconds limit, bool* preempted = nullptr) {
   const auto start = std::chrono::steady_clock::now();
+  auto last = start;
   for (unsigned i = 1; !done(); i++) {
     CpuRelax();
-    if (i % 64 == 0 && std::chrono::steady_clock::now() - start > kSpinLimit) return false;
+    if (i % 64 != 0) continue;
+    const auto now = std::chrono::steady_clock::now();
+    if (preempted && now - last > std::chrono::microseconds(kPreemptedUs)) {
+      *preempted = true;
+      return false;
+    }
+    if (now - start > limit) return false;
+    last = now;
   }
   return true;
 }
@@ -55,6 +75,12 @@ void ParallelFor(int64_t begin, int64_t end, int64_t grain, const std::function<
 // after one), and the parallel calls it has run: for runtimeInfo() and the tests.
 int64_t CpuPoolWorkers();
 int64_t CpuPoolJobs();
+// Parallel calls that found a worker asleep (it had spun for PoolSpinLimit() since its last chunk)
+// and woke it.
+int64_t CpuPoolWakes();
+// Spins (KSHARE_CPU_SPIN_US unset) that found their thread had lost its core, each making the
+// pool's spins short for the next second.
+int64_t CpuPoolBackoffs();
 // Parallel calls that found another thread using the pool and ran on libgomp's threads instead
 // (two JavaScript threads, e.g. worker_threads, running kernels at once).
 int64_t CpuPoolFallbacks();
