@@ -1,11 +1,9 @@
 // How the OpenMP wait setting and kshare's own kernel thread pool change kshare's multi-threaded
 // speed, quiet and with other work on the cores: the defaults kshare sets (src/tensor/native.ts,
 // native/cpu_thread_pool.cc) against the same wait setting with kshare's kernels on libgomp's
-// threads (KSHARE_CPU_POOL=0, the default before 2026-12-03), against the pool spinning a fixed
-// 50 us (KSHARE_CPU_SPIN_US=50, its default until the thirteenth session of 2026-12-03) or 500 us
-// (KSHARE_CPU_SPIN_US=500; the default now spins 500 us unless a spinning thread lost its core in
-// the last second) and against OMP_WAIT_POLICY=PASSIVE on libgomp's threads (the default before
-// 2026-12-02). Run on purpose:
+// threads (KSHARE_CPU_POOL=0, the default before 2026-12-03), against the pool's threads spinning
+// 500 us instead of the default 50 (KSHARE_CPU_SPIN_US=500) and against OMP_WAIT_POLICY=PASSIVE
+// on libgomp's threads (the default before 2026-12-02). Run on purpose:
 //
 //   node dist/bench/wait-policy.js [--threads 2] [--rounds 3] [--only step,step256,infer]
 //       [--out bench/results/wait-policy.json]
@@ -128,20 +126,16 @@ async function main(): Promise<void> {
   for (const w of workloads) if (!(w in WORKLOADS)) program.error(`wait-policy: --only takes workloads from ${Object.keys(WORKLOADS).join(', ')}, got '${w}'`);
   const { DEFAULT_GOMP_SPINCOUNT } = await import('../src/tensor/native.js');
   // The settings compared: PASSIVE (kshare's default before 2026-12-02), the short spin without
-  // kshare's pool (the default before 2026-12-03), the pool spinning a fixed 50 us (its default
-  // until the thirteenth session of 2026-12-03) or 500 us, and kshare's defaults now.
+  // kshare's pool (the default before 2026-12-03), kshare's defaults now (the pool spinning
+  // 50 us), and the pool spinning 500 us.
   const settings: Record<string, Record<string, string>> = {
     'OMP_WAIT_POLICY=PASSIVE, KSHARE_CPU_POOL=0': { OMP_WAIT_POLICY: 'PASSIVE', KSHARE_CPU_POOL: '0' },
     [`GOMP_SPINCOUNT=${DEFAULT_GOMP_SPINCOUNT}, KSHARE_CPU_POOL=0`]: { GOMP_SPINCOUNT: DEFAULT_GOMP_SPINCOUNT, KSHARE_CPU_POOL: '0' },
-    [`GOMP_SPINCOUNT=${DEFAULT_GOMP_SPINCOUNT}, the pool, KSHARE_CPU_SPIN_US=50`]: {
-      GOMP_SPINCOUNT: DEFAULT_GOMP_SPINCOUNT,
-      KSHARE_CPU_SPIN_US: '50',
-    },
+    [`GOMP_SPINCOUNT=${DEFAULT_GOMP_SPINCOUNT} and the pool (kshare's defaults)`]: { GOMP_SPINCOUNT: DEFAULT_GOMP_SPINCOUNT },
     [`GOMP_SPINCOUNT=${DEFAULT_GOMP_SPINCOUNT}, the pool, KSHARE_CPU_SPIN_US=500`]: {
       GOMP_SPINCOUNT: DEFAULT_GOMP_SPINCOUNT,
       KSHARE_CPU_SPIN_US: '500',
     },
-    [`GOMP_SPINCOUNT=${DEFAULT_GOMP_SPINCOUNT} and the pool (kshare's defaults)`]: { GOMP_SPINCOUNT: DEFAULT_GOMP_SPINCOUNT },
   };
   const rows: { workload: string; scenario: Scenario; setting: string; medianMs: number; minMs: number; maxMs: number }[] = [];
   for (const workload of workloads as Workload[]) {

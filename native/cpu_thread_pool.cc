@@ -38,11 +38,16 @@ namespace {
 
 thread_local bool t_inPool = false;  // inside a chunk: nested loops run on the calling thread
 
-// kSpinLimit (cpu_thread_pool.h) for the pool: `node dist/bench/wait-policy.js --rounds 2` (2
+// kDefaultSpinUs (cpu_thread_pool.h) for the pool: `node dist/bench/wait-policy.js --rounds 2` (2
 // threads, the 64/4 training step, pool / libgomp's threads, ms; throwaway builds for the other
 // limits): 15 us quiet 14.25 / 16.17, two jobs at once 31.46 / 29.00; 30 us 13.83 / 15.44,
 // 31.98 / 29.58; 50 us 13.53 / 15.73, 32.00 / 28.02. Beside one or two busy processes and for
-// batch-1 inference, equal within noise at each limit.
+// batch-1 inference, equal within noise at each limit. Longer (KSHARE_CPU_SPIN_US=500, thirteenth
+// session, bench/cpu-kernels-notes.md): 2-thread steps 2-6 % faster on a quiet machine
+// (bench/results/spin-ab.json), but the 64/4 step twice as slow beside one busy process, since
+// a spinning worker takes the core the calling thread needs. Backing off when a spinning thread
+// found it had lost its core was tried and not kept: on this virtual machine such gaps also come
+// from the host, and the detection missed real contention or fired on a quiet machine.
 using kshare::SpinUntil;
 
 class Pool {
@@ -60,11 +65,7 @@ class Pool {
     if (!job.owns_lock()) return false;
     Resize(threads);
     // Read here, on the calling thread: a worker calling getenv could race a setenv from JavaScript.
-    const kshare::SpinSetting setting = kshare::PoolSpinSetting();
-    adaptive_.store(setting.adaptive, std::memory_order_relaxed);
-    const std::chrono::microseconds spin =
-        setting.adaptive && Now() < contendedUntil_.load(std::memory_order_relaxed) ? std::chrono::microseconds(kshare::kShortSpinUs)
-                                                                                    : setting.limit;
+    const std::chrono::microseconds spin = kshare::PoolSpinLimit();
     spinUs_.store(spin.count(), std::memory_order_relaxed);
     job_ = &f;
     begin_ = begin;
@@ -78,9 +79,7 @@ class Pool {
     // The workers' chunks: spin, then sleep until the last one finishes (yielding instead cost a
     // scheduler tick at a time beside another job).
     auto finished = [&] { return pending_.load(std::memory_order_acquire) == 0; };
-    bool preempted = false;
-    if (!SpinUntil(finished, spin, setting.adaptive ? &preempted : nullptr)) {
-      if (preempted) Contended();
+    if (!SpinUntil(finished, spin)) {
       std::unique_lock<std::mutex> lock(sleepMutex_);
       done_.wait(lock, finished);
     }
@@ -96,19 +95,8 @@ class Pool {
   }
   int64_t Jobs() const { return jobs_.load(std::memory_order_relaxed); }
   int64_t Wakes() const { return wakes_.load(std::memory_order_relaxed); }
-  int64_t Backoffs() const { return backoffs_.load(std::memory_order_relaxed); }
 
  private:
-  static int64_t Now() {
-    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
-  }
-
-  // A spinning thread lost its core: spin briefly for the next second of calls.
-  void Contended() {
-    contendedUntil_.store(Now() + 1000000000, std::memory_order_relaxed);
-    backoffs_.fetch_add(1, std::memory_order_relaxed);
-  }
-
   // A new generation: every worker runs its chunk of the job (or, with stop_, exits).
   void Publish() {
     {
@@ -146,10 +134,7 @@ class Pool {
     t_inPool = true;
     for (;;) {
       const std::chrono::microseconds spin(spinUs_.load(std::memory_order_relaxed));
-      bool preempted = false;
-      if (!SpinUntil([&] { return generation_.load(std::memory_order_acquire) != seen; }, spin,
-                     adaptive_.load(std::memory_order_relaxed) ? &preempted : nullptr)) {
-        if (preempted) Contended();
+      if (!SpinUntil([&] { return generation_.load(std::memory_order_acquire) != seen; }, spin)) {
         std::unique_lock<std::mutex> lock(sleepMutex_);
         sleepers_.fetch_add(1, std::memory_order_acq_rel);
         wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
@@ -195,10 +180,7 @@ class Pool {
   std::condition_variable done_;  // the caller waits here for the workers' chunks
   std::atomic<int64_t> jobs_{0};
   std::atomic<int64_t> wakes_{0};  // jobs that found a worker asleep
-  std::atomic<int64_t> spinUs_{kshare::kShortSpinUs};  // the last call's spin limit, for the workers
-  std::atomic<bool> adaptive_{true};                  // the last call's PoolSpinSetting().adaptive
-  std::atomic<int64_t> contendedUntil_{0};            // Now() until which an adaptive spin stays short
-  std::atomic<int64_t> backoffs_{0};                  // spins that found their thread had lost its core
+  std::atomic<int64_t> spinUs_{kshare::kDefaultSpinUs};  // the last call's spin limit, for the workers
 };
 
 std::atomic<int64_t> fallbacks{0};  // loops that found another thread running the pool
@@ -256,21 +238,19 @@ void ParallelFor(int64_t begin, int64_t end, int64_t grain, const std::function<
   });
 }
 
-SpinSetting PoolSpinSetting() {
-  const SpinSetting adaptive{std::chrono::microseconds(kLongSpinUs), true};
+std::chrono::microseconds PoolSpinLimit() {
   const char* p = std::getenv("KSHARE_CPU_SPIN_US");
-  if (!p || !*p) return adaptive;
+  if (!p || !*p) return std::chrono::microseconds(kDefaultSpinUs);
   char* end = nullptr;
   const long long v = std::strtoll(p, &end, 10);
-  // native.ts rejects anything else when kshare loads; a value set later counts as unset.
-  if (*end != '\0' || v < 0 || v > 9999999) return adaptive;
-  return {std::chrono::microseconds(v), false};
+  // native.ts rejects anything else when kshare loads; a bad value set later counts as unset.
+  if (*end != '\0' || v < 0 || v > 9999999) return std::chrono::microseconds(kDefaultSpinUs);
+  return std::chrono::microseconds(v);
 }
 
 int64_t CpuPoolWorkers() { return Pool::Get().Workers(); }
 int64_t CpuPoolJobs() { return Pool::Get().Jobs(); }
 int64_t CpuPoolWakes() { return Pool::Get().Wakes(); }
-int64_t CpuPoolBackoffs() { return Pool::Get().Backoffs(); }
 int64_t CpuPoolFallbacks() { return fallbacks.load(std::memory_order_relaxed); }
 
 }  // namespace kshare

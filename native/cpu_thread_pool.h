@@ -26,37 +26,19 @@ inline void CpuRelax() {
 
 // How long the pool's idle workers and its caller (cpu_thread_pool.cc) spin for the next piece of
 // work before they sleep: KSHARE_CPU_SPIN_US (whole microseconds, read by the calling thread at
-// every parallel call, as KSHARE_CPU_POOL; src/tensor/native.ts checks it). Unset, the pool
-// spins kLongSpinUs, or kShortSpinUs for a while after a spinning thread found it had lost its
-// core (another process wants it); measured in cpu_thread_pool.cc.
-constexpr int64_t kLongSpinUs = 500, kShortSpinUs = 50;
-struct SpinSetting {
-  std::chrono::microseconds limit;
-  bool adaptive;  // KSHARE_CPU_SPIN_US unset
-};
-SpinSetting PoolSpinSetting();
+// every parallel call, as KSHARE_CPU_POOL; src/tensor/native.ts checks it), default
+// kDefaultSpinUs, measured in cpu_thread_pool.cc.
+constexpr int64_t kDefaultSpinUs = 50;
+std::chrono::microseconds PoolSpinLimit();
 
 // Spins until done() returns true (true), or for at most `limit` (false: the caller then sleeps
-// until it is woken). With `preempted`, also stops (false) when two of its clock reads lie more
-// than kPreemptedUs apart, a sign that this thread lost its core to another one for that long,
-// and sets *preempted. (At 100 and 300 us this fired on the quiet 2-core VM of
-// bench/cpu-kernels-notes.md, thirteenth session: 2 of 3.3 s of ConvMixer-256/8 steps; at 1 ms,
-// never there, and within 2 s beside one busy process.)
-constexpr int64_t kPreemptedUs = 1000;
+// until it is woken).
 template <class Done>
-bool SpinUntil(const Done& done, std::chrono::microseconds limit, bool* preempted = nullptr) {
+bool SpinUntil(const Done& done, std::chrono::microseconds limit) {
   const auto start = std::chrono::steady_clock::now();
-  auto last = start;
   for (unsigned i = 1; !done(); i++) {
     CpuRelax();
-    if (i % 64 != 0) continue;
-    const auto now = std::chrono::steady_clock::now();
-    if (preempted && now - last > std::chrono::microseconds(kPreemptedUs)) {
-      *preempted = true;
-      return false;
-    }
-    if (now - start > limit) return false;
-    last = now;
+    if (i % 64 == 0 && std::chrono::steady_clock::now() - start > limit) return false;
   }
   return true;
 }
@@ -78,9 +60,6 @@ int64_t CpuPoolJobs();
 // Parallel calls that found a worker asleep (it had spun for PoolSpinLimit() since its last chunk)
 // and woke it.
 int64_t CpuPoolWakes();
-// Spins (KSHARE_CPU_SPIN_US unset) that found their thread had lost its core, each making the
-// pool's spins short for the next second.
-int64_t CpuPoolBackoffs();
 // Parallel calls that found another thread using the pool and ran on libgomp's threads instead
 // (two JavaScript threads, e.g. worker_threads, running kernels at once).
 int64_t CpuPoolFallbacks();

@@ -733,8 +733,7 @@ Napi::Value RuntimeInfo(const Napi::CallbackInfo& info) {
   o.Set("cpuPoolWorkers", static_cast<double>(kshare::CpuPoolWorkers()));
   o.Set("cpuPoolJobs", static_cast<double>(kshare::CpuPoolJobs()));
   o.Set("cpuPoolFallbacks", static_cast<double>(kshare::CpuPoolFallbacks()));
-  o.Set("cpuPoolSpinUs", static_cast<double>(kshare::PoolSpinSetting().limit.count()));
-  o.Set("cpuPoolBackoffs", static_cast<double>(kshare::CpuPoolBackoffs()));
+  o.Set("cpuPoolSpinUs", static_cast<double>(kshare::PoolSpinLimit().count()));
   o.Set("cpuPoolWakes", static_cast<double>(kshare::CpuPoolWakes()));
   // The 1x1 convolution's products on AMX tiles (native/amx_gemm.cc).
   o.Set("amx", kshare_amx::Enabled());

@@ -8,8 +8,7 @@ import assert from 'node:assert/strict';
 import * as t from '../src/tensor/index.js';
 import { createModel } from '../src/models/index.js';
 import { Worker } from 'node:worker_threads';
-import { spawn, spawnSync } from 'node:child_process';
-import os from 'node:os';
+import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { withEnv, withThreads } from './helpers/env.js';
 import { isolatedStep } from './helpers/pool-worker.js';
@@ -122,7 +121,7 @@ test('two JavaScript threads running kernels at once: the one that finds the poo
 test("the pool's workers spin KSHARE_CPU_SPIN_US microseconds for the next call before they sleep, with the same numbers; a bad value fails at import", () => {
   const live = t.liveTensors();
   withThreads(2, () => {
-    assert.equal(t.runtimeInfo().cpuPoolSpinUs, 500, 'unset: 500 us');
+    assert.equal(t.runtimeInfo().cpuPoolSpinUs, 50, 'unset: 50 us');
     const expected = step();
     /** A step's pool calls and the ones among them that had to wake a sleeping worker. */
     const stepWith = (spin: string) =>
@@ -132,7 +131,6 @@ test("the pool's workers spin KSHARE_CPU_SPIN_US microseconds for the next call 
         const before = t.runtimeInfo();
         assert.deepEqual(step(), expected, `KSHARE_CPU_SPIN_US=${spin}: the same numbers`);
         const after = t.runtimeInfo();
-        assert.equal(after.cpuPoolBackoffs, before.cpuPoolBackoffs, 'a set limit never backs off');
         return { jobs: after.cpuPoolJobs - before.cpuPoolJobs, wakes: after.cpuPoolWakes - before.cpuPoolWakes };
       });
     const never = stepWith('0');
@@ -148,25 +146,4 @@ test("the pool's workers spin KSHARE_CPU_SPIN_US microseconds for the next call 
   });
   assert.notEqual(bad.status, 0);
   assert.match(bad.stderr, /KSHARE_CPU_SPIN_US must be a whole number of microseconds .* got '1\.5'/);
-});
-
-test('unset, the spin backs off while other processes take the cores, with the same numbers', async (c) => {
-  const cores = os.cpus().length;
-  if (cores > 16) return c.skip(`${cores} cores: too many busy processes to start`);
-  const expected = withThreads(2, step);
-  const backoffs = t.runtimeInfo().cpuPoolBackoffs;
-  // One busy process a core, and two of our threads: a spinning pool thread soon loses its core.
-  const busy = Array.from({ length: cores }, () => spawn(process.execPath, ['-e', 'for (;;) {}'], { stdio: 'ignore' }));
-  try {
-    await new Promise((r) => setTimeout(r, 200));
-    const start = Date.now();
-    let steps = 0;
-    while (t.runtimeInfo().cpuPoolBackoffs === backoffs && Date.now() - start < 20000) {
-      assert.deepEqual(withThreads(2, step), expected, 'the same numbers beside busy processes');
-      steps++;
-    }
-    assert.ok(t.runtimeInfo().cpuPoolBackoffs > backoffs, `no spin backed off in ${steps} steps beside ${cores} busy processes`);
-  } finally {
-    for (const b of busy) b.kill('SIGKILL');
-  }
 });

@@ -28,10 +28,8 @@ export interface RuntimeInfo {
   cpuPoolJobs: number;
   /** Parallel kernel calls that found another JavaScript thread (a worker_threads Worker) using the pool and ran on libgomp's threads instead. */
   cpuPoolFallbacks: number;
-  /** How long the pool's idle threads spin for the next parallel call before they sleep, in microseconds: KSHARE_CPU_SPIN_US, or 500 when it is unset (then 50 for a second after a spinning thread found it had lost its core: see cpuPoolBackoffs). */
+  /** How long the pool's idle threads spin for the next parallel call before they sleep, in microseconds (KSHARE_CPU_SPIN_US; default 50). */
   cpuPoolSpinUs: number;
-  /** Spins (KSHARE_CPU_SPIN_US unset) that found their thread had lost its core to another process for over 1 ms, each making the pool spin 50 us for the next second. */
-  cpuPoolBackoffs: number;
   /** Parallel kernel calls that found a pool worker asleep (idle for longer than cpuPoolSpinUs) and had to wake it. */
   cpuPoolWakes: number;
   /** The 1x1 convolution runs its NCHW products on AMX tiles (native/amx_gemm.cc): the CPU has AMX-BF16, the OS allows it, and neither KSHARE_NATIVE_AMX=0 nor a KSHARE_NATIVE_ISA cap turns it off. */
@@ -180,7 +178,7 @@ if (hugePages !== undefined && hugePages !== '0' && hugePages !== '1')
 const spinUs = process.env.KSHARE_CPU_SPIN_US;
 if (spinUs !== undefined && !/^\d{1,7}$/.test(spinUs))
   throw new Error(
-    `kshare: KSHARE_CPU_SPIN_US must be a whole number of microseconds (0 to 9999999; unset: 500, or 50 while other processes want the cores) that kshare's kernel threads spin before they sleep, got '${spinUs}'`,
+    `kshare: KSHARE_CPU_SPIN_US must be a whole number of microseconds (0 to 9999999; default 50) that kshare's kernel threads spin before they sleep, got '${spinUs}'`,
   );
 const cacheMb = process.env.KSHARE_CPU_CACHE_MB;
 if (cacheMb !== undefined && !/^\d{1,7}$/.test(cacheMb))
