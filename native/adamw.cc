@@ -112,12 +112,20 @@ void AdamW(at::TensorList params, at::TensorList grads, at::TensorList expAvg, a
     items[i] = {pw, like(grads[i]), like(expAvg[i]), like(expAvgSq[i])};
   }
 
-  // Chunks of at most kChunk values, each within one tensor, run in parallel.
-  constexpr int64_t kChunk = 16384;
+  // Chunks of at most kChunk values, each within one tensor, run in parallel where there are at
+  // least kParallelValues values: below that, waking the pool's other threads costs more than
+  // they save (ConvMixer-256/8 shared, ~100k values: 0.13 ms a step at 1 thread, 0.41 at 2;
+  // bench/cpu-kernels-notes.md, thirteenth session). The chunks are independent, so the split
+  // does not change the numbers.
+  constexpr int64_t kChunk = 16384, kParallelValues = int64_t(1) << 20;
   std::vector<std::pair<size_t, int64_t>> chunks;  // (item, offset)
-  for (size_t i = 0; i < n; i++)
+  int64_t values = 0;
+  for (size_t i = 0; i < n; i++) {
+    values += items[i].p.numel();
     for (int64_t o = 0; o < items[i].p.numel(); o += kChunk) chunks.emplace_back(i, o);
-  kshare::ParallelFor(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t b, int64_t e) {
+  }
+  const int64_t count = static_cast<int64_t>(chunks.size());
+  kshare::ParallelFor(0, count, values < kParallelValues ? count : 1, [&](int64_t b, int64_t e) {
     for (int64_t c = b; c < e; c++) {
       const auto [i, o] = chunks[c];
       const Item& it = items[i];

@@ -8,7 +8,7 @@ import * as t from '../src/tensor/index.js';
 import type { Tensor } from '../src/tensor/index.js';
 import { AdamW } from '../src/train/optim/index.js';
 import { runKernelInPlace } from '../src/tensor/kernels.js';
-import { withEnv } from './helpers/env.js';
+import { withEnv, withThreads } from './helpers/env.js';
 
 const STEPS = 3;
 
@@ -93,4 +93,30 @@ test('kshare::adamw_ names the argument that does not fit', () => {
   assert.throws(call([a, a]), /expected as many grads \(2\)/);
   assert.throws(call([a], 0), /step counts from 1, got 0/);
   t.dispose([a, b]);
+});
+
+test('the one-pass AdamW step runs in parallel only from 2^20 values, with the numbers of one thread', () => {
+  /** Two AdamW steps over parameters of these shapes at `threads`: the parameters after, and the pool calls the steps made. */
+  const steps = (shapes: number[][], threads: number) =>
+    withThreads(threads, () => {
+      const gen = new t.Generator(5);
+      const ps = shapes.map((s) => t.randn(s, { generator: gen }).detach().requiresGrad_(true));
+      const opt = new AdamW(ps, { lr: 1e-2, weightDecay: 0.1 });
+      const jobs = t.runtimeInfo().cpuPoolJobs;
+      for (let s = 0; s < 2; s++) {
+        for (const p of ps) p.grad = t.randn(p.shape, { generator: gen });
+        opt.step();
+        opt.zeroGrad();
+      }
+      const out = { values: ps.map((p) => p.toFloat32Array()), jobs: t.runtimeInfo().cpuPoolJobs - jobs };
+      opt.dispose();
+      t.dispose(ps);
+      return out;
+    });
+  const large = [[1024, 1024], [17]]; // 2^20 + 17 values
+  const parallel = steps(large, 2);
+  assert.equal(parallel.jobs, 2, 'from 2^20 values: one pool call a step');
+  assert.deepEqual(parallel.values, steps(large, 1).values, 'the numbers of one thread');
+  const small = steps([[1023, 1024], [17]], 2);
+  assert.equal(small.jobs, 0, 'below 2^20 values: on the calling thread');
 });
