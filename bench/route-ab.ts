@@ -321,37 +321,20 @@ function main(): void {
       inferenceRows(batch1And32, apart, 'blocks: fused vs apart');
     }
 
+    /** The thread pool's comparisons (2 threads and more): three training steps and batch-1 inference, route against `env`. */
+    const poolRows = (env: Record<string, string>, what: string) => {
+      const models = [
+        ['convmixer_64_4_k5_p2_shared', 30],
+        ['convmixer_256_8_k5_p2_shared', 8],
+        ['se_resnet_d_2_full_shared', 5],
+      ] as const;
+      stepRows(models, env, what);
+      inferenceRows([[1, 40]], env, what);
+    };
     // kshare's kernels on its own pool against libgomp's threads.
-    if (threads > 1 && want('pool')) {
-      const libgomp = { KSHARE_CPU_POOL: '0' };
-      const what = "kshare's pool vs libgomp's threads";
-      stepRows(
-        [
-          ['convmixer_64_4_k5_p2_shared', 30],
-          ['convmixer_256_8_k5_p2_shared', 8],
-          ['se_resnet_d_2_full_shared', 5],
-        ],
-        libgomp,
-        what,
-      );
-      inferenceRows([[1, 40]], libgomp, what);
-    }
-
+    if (threads > 1 && want('pool')) poolRows({ KSHARE_CPU_POOL: '0' }, "kshare's pool vs libgomp's threads");
     // The pool's default spin (50 us) against a longer one.
-    if (threads > 1 && want('spin')) {
-      const longSpin = { KSHARE_CPU_SPIN_US: '500' };
-      const what = 'pool spin: default 50 us vs 500 us';
-      stepRows(
-        [
-          ['convmixer_64_4_k5_p2_shared', 30],
-          ['convmixer_256_8_k5_p2_shared', 8],
-          ['se_resnet_d_2_full_shared', 5],
-        ],
-        longSpin,
-        what,
-      );
-      inferenceRows([[1, 40]], longSpin, what);
-    }
+    if (threads > 1 && want('spin')) poolRows({ KSHARE_CPU_SPIN_US: '500' }, 'pool spin: default 50 us vs 500 us');
 
     // The 1x1 products on AMX tiles against oneDNN's sgemm.
     if (want('amx')) {
