@@ -203,10 +203,7 @@ HalfGrads HalfBackward(const HalfSaved& s, const at::Tensor& dy, bool needX, boo
   const kshare_pw::ImageSink imageSums = [&](int64_t n, const float* gin) {
     const float *gp = next->g.data_ptr<float>(), *mp = next->mean.data_ptr<float>(), *isp = next->invstd.data_ptr<float>();
     const int64_t C = s.x.size(1), HW = s.x.size(2) * s.x.size(3), rows = s.x.size(0) * C;
-    for (int64_t c = 0; c < C; c++) {
-      const int64_t r = n * C + c;
-      kshare_gbn::RowSums(gp + r * HW, gin + c * HW, HW, mp + c, isp + c, next->out + r, next->out + rows + r);
-    }
+    kshare_gbn::RowSums(gp + n * C * HW, gin, C, HW, mp, isp, next->out + n * C, next->out + rows + n * C);
   };
 #endif
   const kshare_gbn::RowDrain drain = [&](const kshare::RowProducer& rows) {

@@ -46,10 +46,11 @@ Grads BackwardImpl(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& 
                    const at::Tensor& mean, const at::Tensor& invstd, bool training, const at::Tensor& gKept,
                    const at::Tensor& dgKept, const RowDrain* drain = nullptr, const double* rowSums = nullptr);
 
-// The training backward's first pass over one NCHW row of HW floats: *sdy = sum(dy) and *sdyx =
-// sum(dy * (g - *mean) * *invstd), g the row of the kept GELU output (mean and invstd point at
-// the row's channel). BackwardImpl combines the rows of a channel in image order.
-void RowSums(const float* g, const float* dy, int64_t HW, const float* mean, const float* invstd, double* sdy, double* sdyx);
+// The training backward's first pass over `rows` consecutive NCHW rows of HW floats (one image's
+// channels): for each row r, sdy[r] = sum(dy) and sdyx[r] = sum(dy * (g - mean[r]) * invstd[r]),
+// g the rows of the kept GELU output. BackwardImpl combines the rows of a channel in image order.
+void RowSums(const float* g, const float* dy, int64_t rows, int64_t HW, const float* mean, const float* invstd, double* sdy,
+             double* sdyx);
 
 // Eval mode's per-channel coefficients, as ForwardImpl computes them (in double, rounded to
 // float): scale = weight / sqrt(rv + eps), shift = bnBias - rm * scale, and 1 / sqrt(rv + eps)
