@@ -4,8 +4,8 @@
 // spin, measured to suit a busy machine). Where PAUSE takes ~9 ns that is ~9 us, shorter than the
 // JavaScript and dispatch between two operator calls, so the worker sleeps between calls and every
 // parallel loop of the next call first waits ~70-85 us for it to wake (bench/cpu-kernels-notes.md,
-// seventh and eighth sessions). Here the workers spin for up to 50 us of wall time after each
-// call (then sleep on a condition variable), so consecutive kernel calls find them awake, and
+// seventh and eighth sessions). Here the workers spin for up to 50 us of wall time
+// (KSHARE_CPU_SPIN_US) after each call (then sleep on a condition variable), so consecutive kernel calls find them awake, and
 // the thread that calls waits for the others the same way instead of sleeping at libgomp's
 // join. libtorch's own operators keep libgomp's threads.
 //
