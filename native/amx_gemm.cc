@@ -73,9 +73,7 @@ bool Available() { return false; }
 }  // namespace
 
 bool Enabled() {
-  const char* flag = std::getenv("KSHARE_NATIVE_AMX");
-  if (flag && std::strcmp(flag, "0") == 0) return false;
-  return kshare::NativeIsaCap() == kshare::IsaCap::kNone && Available();
+  return kshare::EnvSwitchOn("KSHARE_NATIVE_AMX") && kshare::NativeIsaCap() == kshare::IsaCap::kNone && Available();
 }
 
 int64_t Products() { return products.load(std::memory_order_relaxed); }

@@ -11,12 +11,21 @@
 
 namespace kshare {
 
-// Test hook: KSHARE_NATIVE_POISON=1 fills every output with NaN before a kernel writes it, so an
-// element a kernel leaves unwritten shows up in the parity tests. Read at every call.
-inline bool PoisonOutputs() {
-  const char* p = std::getenv("KSHARE_NATIVE_POISON");
+// kshare's environment switches, read at every call so tests and benchmarks can flip them:
+// EnvSwitchOn is a path that is on unless the variable is "0" (KSHARE_NATIVE_AMX=0, say);
+// EnvFlagSet a hook that is off unless the variable is set to something other than "" or "0".
+inline bool EnvSwitchOn(const char* name) {
+  const char* p = std::getenv(name);
+  return !(p && std::strcmp(p, "0") == 0);
+}
+inline bool EnvFlagSet(const char* name) {
+  const char* p = std::getenv(name);
   return p && *p && std::strcmp(p, "0") != 0;
 }
+
+// Test hook: KSHARE_NATIVE_POISON=1 fills every output with NaN before a kernel writes it, so an
+// element a kernel leaves unwritten shows up in the parity tests. Read at every call.
+inline bool PoisonOutputs() { return EnvFlagSet("KSHARE_NATIVE_POISON"); }
 
 // The cap KSHARE_NATIVE_ISA puts on kshare's vector kernels (tests, benchmarks): avx2, generic (the
 // portable code), or none (the widest the CPU has). Read at every call.

@@ -5,9 +5,9 @@
 // JavaScript and dispatch between two operator calls, so the worker sleeps between calls and every
 // parallel loop of the next call first waits ~70-85 us for it to wake (bench/cpu-kernels-notes.md,
 // seventh and eighth sessions). Here the workers spin for up to 50 us of wall time
-// (KSHARE_CPU_SPIN_US) after each call (then sleep on a condition variable), so consecutive kernel calls find them awake, and
-// the thread that calls waits for the others the same way instead of sleeping at libgomp's
-// join. libtorch's own operators keep libgomp's threads.
+// (KSHARE_CPU_SPIN_US) after each call (then sleep on a condition variable), so consecutive
+// kernel calls find them awake, and the thread that calls waits for the others the same way
+// instead of sleeping at libgomp's join. libtorch's own operators keep libgomp's threads.
 //
 // Measured speed (2-core Intel Xeon, 2 threads, against the same kernels on libgomp's threads):
 // in one process (`node dist/bench/route-ab.js --only pool --threads 2 --rounds 3`,
@@ -18,6 +18,8 @@
 // process 28.02 against 28.01, two such jobs at once on the 2 cores 32.00 against 29.98 (the cost
 // of the spin when the machine is oversubscribed; KSHARE_CPU_POOL=0 avoids it).
 #include "cpu_thread_pool.h"
+
+#include "cpu_kernel_common.h"
 
 #include <c10/util/Exception.h>
 #include <omp.h>
@@ -185,19 +187,13 @@ class Pool {
 
 std::atomic<int64_t> fallbacks{0};  // loops that found another thread running the pool
 
-bool PoolEnabled() {
-  const char* p = std::getenv("KSHARE_CPU_POOL");
-  return !(p && std::strcmp(p, "0") == 0);
-}
+bool PoolEnabled() { return kshare::EnvSwitchOn("KSHARE_CPU_POOL"); }
 
 // Test hook: KSHARE_NATIVE_FAIL_JOBS=1 (read at every call) makes the chunk of every parallel loop
 // that holds its last index fail after running, on a worker thread where there are workers, so
 // the tests see an error raised inside a parallel region reach JavaScript and leave the pool
 // usable.
-bool FailJobs() {
-  const char* p = std::getenv("KSHARE_NATIVE_FAIL_JOBS");
-  return p && *p && std::strcmp(p, "0") != 0;
-}
+bool FailJobs() { return kshare::EnvFlagSet("KSHARE_NATIVE_FAIL_JOBS"); }
 
 // kshare::ParallelFor without the test hook.
 void RunParallel(int64_t begin, int64_t end, int64_t grain, const std::function<void(int64_t, int64_t)>& f) {

@@ -93,10 +93,7 @@ int64_t ImageShares(int64_t images) { return std::max<int64_t>(1, std::min<int64
 
 // Splitting into panels is on unless KSHARE_NATIVE_POINTWISE_PANELS=0 (read at every call; for
 // bench/route-ab.ts, which times it against oneDNN's own threading of one sgemm).
-bool PanelsEnabled() {
-  const char* p = std::getenv("KSHARE_NATIVE_POINTWISE_PANELS");
-  return !(p && std::strcmp(p, "0") == 0);
-}
+bool PanelsEnabled() { return kshare::EnvSwitchOn("KSHARE_NATIVE_POINTWISE_PANELS"); }
 
 // f(n, c0, c1) for pixel columns [c0, c1) of image n, over all images and columns.
 template <class F>

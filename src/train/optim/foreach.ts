@@ -3,7 +3,8 @@ import { Tensor } from '../../tensor/index.js';
 import { runKernel, runKernelInPlace } from '../../tensor/kernels.js';
 import { wrapList } from '../../tensor/tensor.js';
 
-export interface AdamWFactors {
+/** The hyperparameters and step count of one AdamW step (native/adamw.cc derives its factors from them). */
+export interface AdamWStepArgs {
   lr: number;
   beta1: number;
   beta2: number;
@@ -43,7 +44,7 @@ export const foreach = {
    * One AdamW step over float32 CPU tensors in one call and one pass (native/adamw.cc), the same
    * arithmetic as the multi-tensor ops `AdamW.updateGroup` runs otherwise; `step` counts from 1.
    */
-  adamw_(params: Tensor[], grads: Tensor[], expAvg: Tensor[], expAvgSq: Tensor[], o: AdamWFactors): void {
+  adamw_(params: Tensor[], grads: Tensor[], expAvg: Tensor[], expAvgSq: Tensor[], o: AdamWStepArgs): void {
     const args = [h(params), h(grads), h(expAvg), h(expAvgSq), o.lr, o.beta1, o.beta2, o.eps, o.weightDecay, o.step];
     runKernelInPlace('AdamW', 'adamw_', args);
   },
