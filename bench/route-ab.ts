@@ -50,10 +50,15 @@
 //   native/conv_gelu_bn.cc: the depthwise half's BatchNorm sums its output gradient inside the
 //   1x1 half's backward) against its two half operators (KSHARE_NATIVE_BLOCK_NODE=0): training
 //   steps at batch 32 of ConvMixer-64/4 shared and ConvMixer-256/8 shared.
+// - training-run: a model's run of ConvMixer blocks in training as one operator
+//   (t.convMixerTrainingBlocks, native/conv_gelu_bn.cc: no block output but the last stored, the
+//   1x1 BatchNorm's row sums taken from the next block's input gradient) against a block operator
+//   each (KSHARE_NATIVE_TRAINING_RUN=0): training steps at batch 32 of ConvMixer-64/4 shared and
+//   ConvMixer-256/8 shared.
 // - adamw: the optimizer's AdamW step as one call and one pass (native/adamw.cc) against
 //   libtorch's ten multi-tensor ops (KSHARE_NATIVE_ADAMW=0), inside the same training steps.
 // --only takes a comma-separated list of these sections (1x1, depthwise, panels, steps, blocks,
-// block-run, pool, spin, amx, layout, stem, block-node, adamw);
+// block-run, pool, spin, amx, layout, stem, block-node, training-run, adamw);
 // --threads a comma-separated list of thread counts, each a set of rows.
 // ms are medians of wall-clock time; `ratio` = alternative / kshare's route (above 1: the route
 // kshare takes is faster).
@@ -133,7 +138,7 @@ function main(): void {
     .option('--rounds <n>', 'alternations per row', '3')
     .option(
       '--only <sections>',
-      'comma-separated sections: 1x1, depthwise, panels, steps, blocks, block-run, pool, spin, amx, layout, stem, block-node, adamw (default: all)',
+      'comma-separated sections: 1x1, depthwise, panels, steps, blocks, block-run, pool, spin, amx, layout, stem, block-node, training-run, adamw (default: all)',
     )
     .option('--out <file>', 'where to write the JSON', path.join(ROOT, 'bench', 'results', 'route-ab.json'))
     .parse();
@@ -141,7 +146,22 @@ function main(): void {
   const int = intOption(program);
   const threadList = o.threads.split(',').map((v) => int('threads', v.trim(), 1)),
     rounds = int('rounds', o.rounds, 1);
-  const SECTIONS = ['1x1', 'depthwise', 'panels', 'steps', 'blocks', 'block-run', 'pool', 'spin', 'amx', 'layout', 'stem', 'block-node', 'adamw'];
+  const SECTIONS = [
+    '1x1',
+    'depthwise',
+    'panels',
+    'steps',
+    'blocks',
+    'block-run',
+    'pool',
+    'spin',
+    'amx',
+    'layout',
+    'stem',
+    'block-node',
+    'training-run',
+    'adamw',
+  ];
   const only = o.only?.split(',').map((v) => v.trim());
   for (const s of only ?? []) if (!SECTIONS.includes(s)) program.error(`--only: unknown section '${s}' (sections: ${SECTIONS.join(', ')})`);
   const want = (section: string) => !only || only.includes(section);
@@ -380,7 +400,17 @@ function main(): void {
 
     // Each block in training as one operator against its two half operators.
     if (want('block-node')) {
+      // Both sides without the training run (which needs the block operator).
+      const run = process.env.KSHARE_NATIVE_TRAINING_RUN;
+      process.env.KSHARE_NATIVE_TRAINING_RUN = '0';
       stepRows(CONVMIXER_STEPS, { KSHARE_NATIVE_BLOCK_NODE: '0' }, 'block as one operator vs two halves');
+      if (run === undefined) delete process.env.KSHARE_NATIVE_TRAINING_RUN;
+      else process.env.KSHARE_NATIVE_TRAINING_RUN = run;
+    }
+
+    // A model's run of blocks in training as one operator against a block operator each.
+    if (want('training-run')) {
+      stepRows(CONVMIXER_STEPS, { KSHARE_NATIVE_TRAINING_RUN: '0' }, 'training run as one operator vs one a block');
     }
 
     // The AdamW step in one pass against libtorch's multi-tensor ops.

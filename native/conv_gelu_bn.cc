@@ -64,7 +64,7 @@
 
 namespace {
 
-std::atomic<int64_t> rowSumHandOffs{0};
+std::atomic<int64_t> rowSumHandOffs{0}, runLazyInputs{0}, runRowSumHandOffs{0};
 
 // Which convolution runs before the fused kernel; a depthwise one also adds its input after it.
 enum class ConvKind : int64_t { kDepthwise = 0, kPointwise = 1 };
@@ -84,8 +84,9 @@ bool RowsApply(ConvKind k, const at::Tensor& x, const at::Tensor& w, at::IntArra
 #endif
 }
 
-void ConvolveRows(ConvKind k, const at::Tensor& x, const at::Tensor& w, at::IntArrayRef dilation, const kshare::RowSink& sink) {
-  if (k == ConvKind::kDepthwise) return kshare_dw::ForwardPlanes(x, w, dilation, sink);
+void ConvolveRows(ConvKind k, const at::Tensor& x, const at::Tensor& w, at::IntArrayRef dilation, const kshare::RowSink& sink,
+                  const kshare::ChannelAffine* inputAffine) {
+  if (k == ConvKind::kDepthwise) return kshare_dw::ForwardPlanes(x, w, dilation, sink, inputAffine);
 #ifdef KSHARE_HAVE_DNNL
   kshare_pw::ForwardRows(x, w, sink);
 #endif
@@ -100,14 +101,26 @@ at::Tensor Convolve(ConvKind k, const at::Tensor& x, const at::Tensor& w, at::In
 #endif
 }
 
+// What a depthwise half in a run of training blocks (ConvMixerTrainingRun) adds: its input held as
+// the previous block's BatchNorm output (kshare::ChannelAffine over the tensor it was given), and
+// a sink for its input gradient's planes as they are finished (*planesSent: whether they were).
+struct InputExtras {
+  const kshare::ChannelAffine* affine = nullptr;
+  const kshare::RowSink* gradPlanes = nullptr;
+  bool* planesSent = nullptr;
+};
+
 // Input and weight gradients of the convolution from dz; the depthwise one adds `addend` (the
 // residual's gradient) to the input gradient.
 std::tuple<at::Tensor, at::Tensor> ConvolveBackward(ConvKind k, const at::Tensor& dz, const at::Tensor& x, const at::Tensor& w,
-                                                    at::IntArrayRef dilation, bool needX, bool needW, const at::Tensor& addend) {
+                                                    at::IntArrayRef dilation, bool needX, bool needW, const at::Tensor& addend,
+                                                    const InputExtras& extras) {
   if (k == ConvKind::kDepthwise) {
-    auto [gi, gw, unused] = kshare_dw::BackwardCpuPlus(dz, x, w, dilation, {needX, needW, false}, addend);
+    auto [gi, gw, unused] = kshare_dw::BackwardCpuPlus(dz, x, w, dilation, {needX, needW, false}, addend, extras.affine,
+                                                       extras.gradPlanes, extras.planesSent);
     return {gi, gw};
   }
+  TORCH_CHECK(!extras.affine && !extras.gradPlanes, OpName(k), ": internal error: input extras for a 1x1 half");
 #ifdef KSHARE_HAVE_DNNL
   auto [gi, gw, unused] = kshare_pw::BackwardCpu(dz, x, w, {needX, needW, false});
   return {gi, gw};
@@ -139,7 +152,7 @@ std::tuple<at::Tensor, at::Tensor> ConvolveBackwardRows(ConvKind k, const kshare
 kshare_gbn::Forward ForwardBoth(ConvKind k, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                                 at::IntArrayRef dilation, const at::Tensor& bnWeight, const at::Tensor& bnBias, const at::Tensor& rm,
                                 const at::Tensor& rv, bool training, double momentum, double eps, bool keep, bool needZ,
-                                at::Tensor* z) {
+                                at::Tensor* z, const kshare::ChannelAffine* inputAffine = nullptr, bool lazyOutput = false) {
   TORCH_CHECK(x.dim() == 4 && weight.dim() == 4, OpName(k), ": input and weight must be 4-D, got ", x.sizes(), " and ",
               weight.sizes());
   const at::Tensor residual = k == ConvKind::kDepthwise ? x : at::Tensor();
@@ -147,9 +160,11 @@ kshare_gbn::Forward ForwardBoth(ConvKind k, const at::Tensor& x, const at::Tenso
     // The fused kernel's rows straight from the convolution. `shape` only carries the output's
     // NCHW shape (a stride-0 view of one float): with a row source its data is never read.
     const at::Tensor shape = at::empty({1, 1, 1, 1}, x.options()).expand({x.size(0), weight.size(0), x.size(2), x.size(3)});
-    const kshare_gbn::RowSource rows = [&](const kshare::RowSink& body) { ConvolveRows(k, x, weight, dilation, body); };
-    return kshare_gbn::ForwardImpl(shape, bias, bnWeight, bnBias, rm, rv, training, momentum, eps, keep, residual, &rows);
+    const kshare_gbn::RowSource rows = [&](const kshare::RowSink& body) { ConvolveRows(k, x, weight, dilation, body, inputAffine); };
+    return kshare_gbn::ForwardImpl(shape, bias, bnWeight, bnBias, rm, rv, training, momentum, eps, keep, residual, &rows, inputAffine,
+                                   lazyOutput);
   }
+  TORCH_CHECK(!inputAffine && !lazyOutput, OpName(k), ": internal error: a lazily held input or output without the row kernels");
   *z = Convolve(k, x, weight, dilation);
   return kshare_gbn::ForwardImpl(*z, bias, bnWeight, bnBias, rm, rv, training, momentum, eps, keep, residual);
 }
@@ -192,7 +207,7 @@ struct NextRowSums {
 // image while it is in cache, where the 1x1's row-by-row backward runs (nextSummed says whether
 // it did; otherwise the caller leaves `rowSums` out of the next half's backward).
 HalfGrads HalfBackward(const HalfSaved& s, const at::Tensor& dy, bool needX, bool needW, const double* rowSums,
-                       const NextRowSums* next) {
+                       const NextRowSums* next, const InputExtras& extras = {}) {
   HalfGrads out;
   const ConvKind k = s.kind;
   // Where it applies, the fused kernel's grad rows go straight into the convolution's backward
@@ -223,7 +238,7 @@ HalfGrads HalfBackward(const HalfSaved& s, const at::Tensor& dy, bool needX, boo
   if (!drained && (needX || needW)) {
     // The residual's gradient (dy itself) joins the depthwise input gradient as the kernel writes it.
     const at::Tensor addend = k == ConvKind::kDepthwise && needX ? dy.to(at::kFloat) : at::Tensor();
-    std::tie(out.dx, out.dweight) = ConvolveBackward(k, gr.dx, s.x, s.weight, s.dilation, needX, needW, addend);
+    std::tie(out.dx, out.dweight) = ConvolveBackward(k, gr.dx, s.x, s.weight, s.dilation, needX, needW, addend, extras);
   }
   out.dbias = gr.dbias;
   out.dbnWeight = gr.dweight;
@@ -366,6 +381,193 @@ at::Tensor BlockCpu(const at::Tensor& x, const at::Tensor& dwWeight, const at::T
                      false, &z)
       .y;
 }
+
+// A run of ConvMixer blocks in training, one autograd node for the run:
+//   kshare::convmixer_training_blocks(input, params, running_stats, dilation, momentum, eps)
+// params: 8 a block (dw weight, dw bias, bn1 weight, bn1 bias, pw weight, pw bias, bn2 weight,
+// bn2 bias); running_stats: 4 a block (bn1 mean, var, bn2 mean, var), updated in place;
+// momentum and eps: 2 a block. Each block is convmixer_block in training, with its kernels, so
+// the numbers are those of convmixer_block a block, bit for bit.
+//
+// Why: between two blocks of a run nothing else reads a block's output, so it need not be stored.
+// Each block's 1x1 half leaves its output as its kept GELU output g with the BatchNorm's scale and
+// shift (kshare::ChannelAffine), and the next block forms fma(g, scale, shift) where it reads its
+// input (the depthwise plane copy, the residual add, the depthwise weight gradient): the 1x1 half's
+// output pass over memory goes. In the backward, the next block's depthwise input gradient, which
+// is that BatchNorm's output gradient, is summed row by row for it as each plane is finished (in
+// L1), so that BatchNorm's first backward pass over memory goes too. Where the lazy input does not
+// apply (the portable row kernels, a depthwise kernel the plane kernel lacks) a block's output is
+// stored as convmixer_block stores it.
+constexpr int64_t kRunParams = 8, kRunStats = 4, kRunSaved = 16;
+
+// Whether block b's input can be held lazily: its depthwise half reads it through the plane
+// kernel, and the row kernels use fused multiply-adds as that reader does.
+bool RunLazyInput(const at::Tensor& x, const at::Tensor& dwWeight, at::IntArrayRef dilation) {
+  return kshare_gbn::AffineIsFma() && x.dim() == 4 && x.is_contiguous() && kshare_dw::PlanesApply(x, dwWeight, dilation);
+}
+
+void CheckRun(const char* op, const at::Tensor& x, at::TensorList params, at::TensorList stats, at::ArrayRef<double> momentum,
+              at::ArrayRef<double> eps) {
+  const int64_t blocks = static_cast<int64_t>(params.size()) / kRunParams;
+  TORCH_CHECK(blocks >= 1 && static_cast<int64_t>(params.size()) == blocks * kRunParams, op, ": params must hold ", kRunParams,
+              " tensors a block, got ", params.size());
+  TORCH_CHECK(static_cast<int64_t>(stats.size()) == blocks * kRunStats, op, ": running_stats must hold ", kRunStats,
+              " tensors a block (", blocks * kRunStats, "), got ", stats.size());
+  TORCH_CHECK(static_cast<int64_t>(momentum.size()) == 2 * blocks && static_cast<int64_t>(eps.size()) == 2 * blocks, op,
+              ": momentum and eps must hold 2 values a block (", 2 * blocks, "), got ", momentum.size(), " and ", eps.size());
+  TORCH_CHECK(x.dim() == 4, op, ": input must be (N, C, H, W), got ", x.sizes());
+  for (int64_t b = 0; b < blocks; b++) {
+    const at::Tensor& pw = params[b * kRunParams + 4];
+    TORCH_CHECK(pw.dim() == 4 && pw.size(0) == x.size(1) && pw.size(1) == x.size(1), op, ": block ", b,
+                "'s 1x1 weight must be [C, C, 1, 1] for input ", x.sizes(), ", got ", pw.sizes());
+  }
+}
+
+struct ConvMixerTrainingRun : public torch::autograd::Function<ConvMixerTrainingRun> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, at::TensorList params,
+                            std::vector<at::Tensor> stats, std::vector<int64_t> dilation, std::vector<double> momentum,
+                            std::vector<double> eps) {
+    const int64_t blocks = static_cast<int64_t>(params.size()) / kRunParams;
+    std::vector<bool> lazyIn(blocks, false);
+    for (int64_t b = 1; b < blocks; b++) lazyIn[b] = RunLazyInput(x, params[b * kRunParams], dilation);
+    std::vector<at::Tensor> saved;
+    saved.reserve(blocks * kRunSaved);
+    at::Tensor in = x, inScale, inShift;
+    for (int64_t b = 0; b < blocks; b++) {
+      const at::Tensor* p = &params[b * kRunParams];
+      const at::Tensor* st = &stats[b * kRunStats];
+      const kshare::ChannelAffine affine{lazyIn[b] ? inScale.data_ptr<float>() : nullptr, lazyIn[b] ? inShift.data_ptr<float>() : nullptr};
+      const bool lazyOut = b + 1 < blocks && lazyIn[b + 1];
+      at::Tensor z1, z2;
+      kshare_gbn::Forward f1 = ForwardBoth(ConvKind::kDepthwise, in, p[0], p[1], dilation, p[2], p[3], st[0], st[1], true,
+                                           momentum[2 * b], eps[2 * b], true, false, &z1, lazyIn[b] ? &affine : nullptr);
+      kshare_gbn::Forward f2 = ForwardBoth(ConvKind::kPointwise, f1.y, p[4], p[5], {1, 1}, p[6], p[7], st[2], st[3], true,
+                                           momentum[2 * b + 1], eps[2 * b + 1], true, false, &z2, nullptr, lazyOut);
+      for (const at::Tensor& t : SavedList(SaveHalf(ConvKind::kDepthwise, true, dilation, in, p[0], p[1], p[2], f1, z1))) saved.push_back(t);
+      for (const at::Tensor& t : SavedList(SaveHalf(ConvKind::kPointwise, true, {1, 1}, f1.y, p[4], p[5], p[6], f2, z2))) saved.push_back(t);
+      saved.push_back(lazyIn[b] ? inScale : at::Tensor());
+      saved.push_back(lazyIn[b] ? inShift : at::Tensor());
+      if (lazyIn[b]) runLazyInputs.fetch_add(1, std::memory_order_relaxed);
+      in = lazyOut ? f2.g : f2.y;
+      inScale = f2.scale;
+      inShift = f2.shift;
+    }
+    ctx->save_for_backward(saved);
+    ctx->saved_data["dilation"] = c10::IValue(dilation);
+    // A parameter given more than once (a kernel shared between blocks): the first position of
+    // each, so the backward can sum its gradients itself.
+    std::vector<int64_t> first(params.size());
+    for (size_t j = 0; j < params.size(); j++) {
+      first[j] = static_cast<int64_t>(j);
+      for (size_t i = 0; i < j; i++)
+        if (params[i].unsafeGetTensorImpl() == params[j].unsafeGetTensorImpl()) {
+          first[j] = static_cast<int64_t>(i);
+          break;
+        }
+    }
+    ctx->saved_data["first"] = c10::IValue(first);
+    return in;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads) {
+    const auto v = ctx->get_saved_variables();
+    const int64_t blocks = static_cast<int64_t>(v.size()) / kRunSaved, nParams = blocks * kRunParams;
+    // Inputs: input, the params one by one, then running_stats, dilation, momentum, eps.
+    torch::autograd::variable_list out(1 + nParams + 4);
+    at::Tensor dy = grads[0];
+    if (!dy.defined()) return out;
+    TORCH_CHECK(!c10::GradMode::is_enabled(), "kshare::convmixer_training_blocks", kNoSecondDerivative);
+    const std::vector<int64_t> dilation = ctx->saved_data["dilation"].toIntVector();
+    std::vector<at::Tensor> g(nParams);
+    std::vector<double> handed;  // this block's 1x1 BatchNorm row sums, from the next block's backward
+    bool haveHanded = false;
+    for (int64_t b = blocks - 1; b >= 0; b--) {
+      const HalfSaved h1 = FromSaved(ConvKind::kDepthwise, true, dilation, v, b * kRunSaved);
+      const HalfSaved h2 = FromSaved(ConvKind::kPointwise, true, {1, 1}, v, b * kRunSaved + 7);
+      const at::Tensor &inScale = v[b * kRunSaved + 14], &inShift = v[b * kRunSaved + 15];
+      const int64_t N = h1.x.size(0), C = h1.x.size(1), HW = h1.x.size(2) * h1.x.size(3), rows = N * C;
+      // The 1x1 half, summing the depthwise half's BatchNorm rows as convmixer_block does.
+      const bool rowsHere = h1.a.is_contiguous();
+      std::vector<double> sums(rowsHere ? 2 * rows : 0);
+      const NextRowSums next{h1.a, h1.mean, h1.invstd, sums.data()};
+      if (haveHanded) runRowSumHandOffs.fetch_add(1, std::memory_order_relaxed);
+      HalfGrads g2 = HalfBackward(h2, dy, true, true, haveHanded ? handed.data() : nullptr, rowsHere ? &next : nullptr);
+      // The depthwise half; with a lazily held input, its input gradient is the previous block's
+      // 1x1 BatchNorm output gradient, summed here plane by plane.
+      std::vector<double> prevSums;
+      bool sent = false;
+      kshare::ChannelAffine affine{nullptr, nullptr};
+      kshare::RowSink planeSums;
+      InputExtras extras;
+      if (inScale.defined()) {
+        const HalfSaved prev = FromSaved(ConvKind::kPointwise, true, {1, 1}, v, (b - 1) * kRunSaved + 7);
+        const float *gp = prev.a.data_ptr<float>(), *mp = prev.mean.data_ptr<float>(), *isp = prev.invstd.data_ptr<float>();
+        prevSums.resize(2 * rows);
+        const kshare_gbn::RowSummer summer = kshare_gbn::RowSumKernel();
+        planeSums = [&, gp, mp, isp, summer](int64_t r, const float* plane) {
+          const int64_t c = r % C;
+          summer(gp + r * HW, plane, HW, mp + c, isp + c, &prevSums[r], &prevSums[rows + r]);
+        };
+        affine = {inScale.data_ptr<float>(), inShift.data_ptr<float>()};
+        extras = {&affine, &planeSums, &sent};
+      }
+      const bool needX = b > 0 || ctx->needs_input_grad(0);
+      HalfGrads g1 = HalfBackward(h1, g2.dx, needX, true, g2.nextSummed ? sums.data() : nullptr, nullptr, extras);
+      at::Tensor* gb = &g[b * kRunParams];
+      gb[0] = g1.dweight;
+      gb[1] = g1.dbias;
+      gb[2] = g1.dbnWeight;
+      gb[3] = g1.dbnBias;
+      gb[4] = g2.dweight;
+      gb[5] = g2.dbias;
+      gb[6] = g2.dbnWeight;
+      gb[7] = g2.dbnBias;
+      dy = g1.dx;
+      handed = std::move(prevSums);
+      haveHanded = sent;
+    }
+    out[0] = dy;
+    // A parameter given more than once gets one gradient, summed here in the order the autograd
+    // engine adds the blocks' gradients when each block is a node of its own (the last block's
+    // first), so the numbers are those of convmixer_block a block.
+    const std::vector<int64_t> first = ctx->saved_data["first"].toIntVector();
+    for (int64_t f = 0; f < nParams; f++) {
+      if (first[f] != f) continue;
+      at::Tensor sum;
+      for (int64_t j = nParams - 1; j >= f; j--)
+        if (first[j] == f && g[j].defined()) sum = sum.defined() ? sum + g[j] : g[j];
+      out[1 + f] = sum;
+    }
+    return out;
+  }
+};
+
+at::Tensor TrainingRunCpu(const at::Tensor& x, at::TensorList params, at::TensorList stats, at::IntArrayRef dilation,
+                          at::ArrayRef<double> momentum, at::ArrayRef<double> eps) {
+  const char* op = "kshare::convmixer_training_blocks";
+  CheckRun(op, x, params, stats, momentum, eps);
+  at::Tensor y = x;
+  for (size_t b = 0; b * kRunParams < params.size(); b++) {
+    const at::Tensor* p = &params[b * kRunParams];
+    const at::Tensor* st = &stats[b * kRunStats];
+    y = BlockCpu(y, p[0], p[1], dilation, p[2], p[3], st[0], st[1], p[4], p[5], p[6], p[7], st[2], st[3], true, momentum[2 * b],
+                 momentum[2 * b + 1], eps[2 * b], eps[2 * b + 1]);
+  }
+  return y;
+}
+
+at::Tensor TrainingRunAutograd(const at::Tensor& x, at::TensorList params, at::TensorList stats, at::IntArrayRef dilation,
+                               at::ArrayRef<double> momentum, at::ArrayRef<double> eps) {
+  const char* op = "kshare::convmixer_training_blocks";
+  CheckRun(op, x, params, stats, momentum, eps);
+  bool gradient = at::GradMode::is_enabled() && x.requires_grad();
+  for (const at::Tensor& p : params) gradient = gradient || (at::GradMode::is_enabled() && p.requires_grad());
+  if (!gradient) return TrainingRunCpu(x, params, stats, dilation, momentum, eps);
+  // The running stats are updated in place but never differentiated: out of the autograd inputs.
+  std::vector<at::Tensor> detached;
+  for (const at::Tensor& t : stats) detached.push_back(t.detach());
+  return ConvMixerTrainingRun::apply(x, params, detached, dilation.vec(), momentum.vec(), eps.vec());
+}
 #endif
 
 at::Tensor Autograd(ConvKind k, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, at::IntArrayRef dilation,
@@ -413,6 +615,8 @@ at::Tensor PointwiseCpu(const at::Tensor& x, const at::Tensor& weight, const at:
 }  // namespace
 
 int64_t kshare_block::RowSumHandOffs() { return rowSumHandOffs.load(std::memory_order_relaxed); }
+int64_t kshare_block::RunLazyInputs() { return runLazyInputs.load(std::memory_order_relaxed); }
+int64_t kshare_block::RunRowSumHandOffs() { return runRowSumHandOffs.load(std::memory_order_relaxed); }
 
 TORCH_LIBRARY_FRAGMENT(kshare, m) {
   m.def(
@@ -427,6 +631,9 @@ TORCH_LIBRARY_FRAGMENT(kshare, m) {
       "Tensor(a!) running_mean1, Tensor(b!) running_var1, Tensor pw_weight, Tensor pw_bias, Tensor bn2_weight, Tensor bn2_bias, "
       "Tensor(c!) running_mean2, Tensor(d!) running_var2, bool training, float momentum1, float momentum2, float eps1, float eps2) "
       "-> Tensor");
+  m.def(
+      "convmixer_training_blocks(Tensor input, Tensor[] params, Tensor(a!)[] running_stats, int[2] dilation, float[] momentum, "
+      "float[] eps) -> Tensor");
 #endif
 }
 
@@ -435,6 +642,7 @@ TORCH_LIBRARY_IMPL(kshare, CPU, m) {
 #ifdef KSHARE_HAVE_DNNL
   m.impl("pointwise_gelu_bn", PointwiseCpu);
   m.impl("convmixer_block", BlockCpu);
+  m.impl("convmixer_training_blocks", TrainingRunCpu);
 #endif
 }
 
@@ -443,5 +651,6 @@ TORCH_LIBRARY_IMPL(kshare, Autograd, m) {
 #ifdef KSHARE_HAVE_DNNL
   m.impl("pointwise_gelu_bn", PointwiseAutograd);
   m.impl("convmixer_block", BlockAutograd);
+  m.impl("convmixer_training_blocks", TrainingRunAutograd);
 #endif
 }

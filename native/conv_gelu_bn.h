@@ -8,4 +8,10 @@ namespace kshare_block {
 // 1x1 half's backward (the hand-off the operator exists for) since the addon loaded: for the tests.
 int64_t RowSumHandOffs();
 
+// kshare::convmixer_training_blocks since the addon loaded: blocks whose forward read their input
+// as the previous block's kept GELU output and BatchNorm (the output never stored), and block
+// backwards whose 1x1 BatchNorm took its row sums from the next block's input gradient.
+int64_t RunLazyInputs();
+int64_t RunRowSumHandOffs();
+
 }  // namespace kshare_block

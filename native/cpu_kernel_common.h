@@ -51,6 +51,14 @@ inline at::Tensor NewOutput(at::IntArrayRef sizes, const at::TensorOptions& opts
   return t;
 }
 
+// A tensor held as its producer's BatchNorm output pass would write it, never stored: NCHW value
+// fma(g, scale[c], shift[c]) for the kept GELU output g, one fused multiply-add a value, as the
+// pass rounds it (native/conv_gelu_bn.cc's run of ConvMixer training blocks).
+struct ChannelAffine {
+  const float* scale;
+  const float* shift;
+};
+
 // Receives one NCHW row (n, c) of a tensor that is produced row by row and never stored: index
 // n * C + c and H * W contiguous floats, valid during the call. Called from libtorch's intra-op
 // threads, rows in any order (the convolutions' outputs handed to the fused GELU/BN pass,

@@ -174,6 +174,26 @@ inline void CopyRow(float* dst, const float* src, int64_t n) {
   for (; i < n; i++) dst[i] = src[i];
 }
 
+// CopyRow of a kshare::ChannelAffine input: dst = fma(src, scale, shift), one rounding, as the
+// BatchNorm pass that would have stored it (callers check kshare_gbn::AffineIsFma(); this CPU then
+// has FMA).
+__attribute__((target("avx2,fma"))) void CopyRowAffine(float* dst, const float* src, int64_t n, float scale, float shift) {
+  const __m256 s = _mm256_set1_ps(scale), t = _mm256_set1_ps(shift);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_fmadd_ps(_mm256_loadu_ps(src + i), s, t));
+  for (; i < n; i++) dst[i] = __builtin_fmaf(src[i], scale, shift);
+}
+
+// A plane of x (H rows of W floats from src) into the padded buffer's interior at dst (rows rowP
+// apart): copied, or formed from a kshare::ChannelAffine input's g for channel c.
+inline void CopyPlane(float* dst, int64_t rowP, const float* src, int64_t h, int64_t w, const kshare::ChannelAffine* affine, int64_t c) {
+  if (affine) {
+    for (int64_t y = 0; y < h; y++) CopyRowAffine(dst + y * rowP, src + y * w, w, affine->scale[c], affine->shift[c]);
+  } else {
+    for (int64_t y = 0; y < h; y++) CopyRow(dst + y * rowP, src + y * w, w);
+  }
+}
+
 // Prefetches `count` floats from each of a and b into the cache.
 inline void PrefetchPlanes(const float* a, const float* b, int64_t count) {
   for (int64_t i = 0; i < count; i += 16) {
@@ -241,8 +261,9 @@ void GatherBlock(float* dst, int64_t dstRow, int64_t vec, const float* src, int6
 // out = depthwise correlation of `x` with `w` ([C][kh][kw], contiguous) plus bias (or none);
 // x and out are dense in g's format. Used for the forward pass and, with w flipped, grad input.
 // NCHW only: `addend` (or nullptr), dense like out, is added to each plane just written.
+// planeSink (NCHW only) receives each finished plane (index n * C + c), addend included.
 void ConvolveInto(const Geometry& g, const float* x, const float* w, const float* bias, float* out,
-                  const float* addend = nullptr) {
+                  const float* addend = nullptr, const kshare::RowSink* planeSink = nullptr) {
   const Kernels& k = Pick();
   const int64_t kk = static_cast<int64_t>(g.kh) * g.kw;
   const auto plane = !g.channelsLast && g.kh == g.kw && g.dh == 1 && g.dw == 1 ? k.planeForward(g.kh) : nullptr;
@@ -266,6 +287,7 @@ void ConvolveInto(const Geometry& g, const float* x, const float* w, const float
           for (int64_t y = 0; y < g.h; y++) CopyRow(dst + y * g.w, &tmp[y * wv], g.w);
         }
         if (addend) k.addInto(dst, addend + t * g.h * g.w, g.h * g.w);
+        if (planeSink) (*planeSink)(t, dst);
       }
     });
     return;
@@ -292,11 +314,12 @@ void ConvolveInto(const Geometry& g, const float* x, const float* w, const float
           for (int64_t y = 0; y < g.h; y++) CopyRow(dst + y * g.w, &tmp[y * wv], g.w);
         }
         if (addend) k.addInto(dst, addend + t * g.h * g.w, g.h * g.w);
+        if (planeSink) (*planeSink)(t, dst);
       }
     });
     return;
   }
-  TORCH_CHECK(!addend, "kshare::depthwise_conv2d: internal error: an addend with a channels-last grad input");
+  TORCH_CHECK(!addend && !planeSink, "kshare::depthwise_conv2d: internal error: an addend or plane sink with a channels-last grad input");
   // Channels-last: one task per (n, block of 8 channels); the block is gathered into a padded
   // [H + 2ph][W + 2pw][8] slice (lanes past C stay zero) and written back at pixel stride C.
   const int64_t blocks = (g.c + kVec - 1) / kVec, rowP = (g.w + 2 * g.pw) * kVec, rowsP = g.h + 2 * g.ph;
@@ -331,7 +354,9 @@ void ConvolveInto(const Geometry& g, const float* x, const float* w, const float
 // tensor (native/conv_gelu_bn.cc). The caller checked that the plane kernel applies.
 // Planes [begin, end) (index n * C + c) convolved one at a time into L1-sized scratch, each
 // handed to `sink`.
-void ConvolvePlaneRange(const Geometry& g, const float* x, const float* w, int64_t begin, int64_t end, const kshare::RowSink& sink) {
+// With `affine`, x holds a kshare::ChannelAffine input's g.
+void ConvolvePlaneRange(const Geometry& g, const float* x, const float* w, int64_t begin, int64_t end, const kshare::RowSink& sink,
+                        const kshare::ChannelAffine* affine = nullptr) {
   const Kernels& k = Pick();
   const int64_t kk = static_cast<int64_t>(g.kh) * g.kw;
   const auto plane = k.planeForward(g.kh);
@@ -340,8 +365,7 @@ void ConvolvePlaneRange(const Geometry& g, const float* x, const float* w, int64
   std::vector<float> pad(rowsP * rowP), tmp(g.h * wv), dense(g.w == wv ? 0 : g.h * g.w);
   for (int64_t t = begin; t < end; t++) {
     const int64_t c = t % g.c;
-    const float* src = x + t * g.h * g.w;
-    for (int64_t y = 0; y < g.h; y++) CopyRow(&pad[(y + g.ph) * rowP + g.pw], src + y * g.w, g.w);
+    CopyPlane(&pad[g.ph * rowP + g.pw], rowP, x + t * g.h * g.w, g.h, g.w, affine, c);
     plane(pad.data(), rowP, tmp.data(), wv, g.h, wv / L, w + c * kk, 0.f);
     const float* out = tmp.data();
     if (!dense.empty()) {
@@ -352,14 +376,15 @@ void ConvolvePlaneRange(const Geometry& g, const float* x, const float* w, int64
   }
 }
 
-void ConvolvePlanes(const Geometry& g, const float* x, const float* w, const kshare::RowSink& sink) {
-  kshare::ParallelFor(0, g.n * g.c, 1, [&](int64_t begin, int64_t end) { ConvolvePlaneRange(g, x, w, begin, end, sink); });
+void ConvolvePlanes(const Geometry& g, const float* x, const float* w, const kshare::RowSink& sink, const kshare::ChannelAffine* affine) {
+  kshare::ParallelFor(0, g.n * g.c, 1, [&](int64_t begin, int64_t end) { ConvolvePlaneRange(g, x, w, begin, end, sink, affine); });
 }
 
 // grad weight [C][kh][kw] (and grad bias [C] when gb != nullptr) from input x and grad output
 // gy, both dense in g's format. The bias gradient is summed by the correlation pass, in float
 // per image and vector lane, then in double over lanes and images.
-void WeightGradInto(const Geometry& g, const float* x, const float* gy, float* gw, float* gb) {
+// With `affine` (NCHW only), x holds a kshare::ChannelAffine input's g.
+void WeightGradInto(const Geometry& g, const float* x, const float* gy, float* gw, float* gb, const kshare::ChannelAffine* affine = nullptr) {
   const Kernels& k = Pick();
   const int64_t L = k.correlateLanes;
   const int64_t kk = static_cast<int64_t>(g.kh) * g.kw;
@@ -379,7 +404,7 @@ void WeightGradInto(const Geometry& g, const float* x, const float* gy, float* g
           // does not look: fetch them while this one is correlated (perf: the first load of each
           // grad output line stalled for ~60% of the kernel's time at (8,256,32,32) k9).
           if (n + 1 < g.n) PrefetchPlanes(src + g.c * g.h * g.w, gsrc + g.c * g.h * g.w, g.h * g.w);
-          for (int64_t y = 0; y < g.h; y++) CopyRow(&pad[(y + g.ph) * rowP + g.pw], src + y * g.w, g.w);
+          CopyPlane(&pad[g.ph * rowP + g.pw], rowP, src, g.h, g.w, affine, c);
           const float* gp = gsrc;
           int64_t gRow = g.w;
           if (!gbuf.empty()) {
@@ -402,6 +427,7 @@ void WeightGradInto(const Geometry& g, const float* x, const float* gy, float* g
     });
     return;
   }
+  TORCH_CHECK(!affine, "kshare::depthwise_conv2d: internal error: a channel affine with a channels-last input");
   // Channels-last: each task takes a range of blocks of L channels (with AVX-512 one 64-byte
   // cache line of each pixel) and walks the batch once, image by image, so neighbouring blocks'
   // lines are read one after another. Input is gathered into a zero-padded slice; grad output is
@@ -489,9 +515,13 @@ at::Tensor ForwardCpu(const at::Tensor& input, const at::Tensor& weight, const c
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> BackwardCpuPlus(const at::Tensor& gradOutput, const at::Tensor& input,
                                                                const at::Tensor& weight, at::IntArrayRef dilation,
-                                                               std::array<bool, 3> mask, const at::Tensor& gradInputAddend) {
+                                                               std::array<bool, 3> mask, const at::Tensor& gradInputAddend,
+                                                               const kshare::ChannelAffine* inputAffine, const kshare::RowSink* gradInputPlanes,
+                                                               bool* gradInputPlanesSent) {
   const char* op = "kshare::depthwise_conv2d_backward";
   Geometry g = Check(op, input, weight, dilation);
+  if (gradInputPlanesSent) *gradInputPlanesSent = false;
+  TORCH_CHECK(!inputAffine || (!g.channelsLast && input.is_contiguous()), op, ": internal error: a channel affine input that is not NCHW");
   TORCH_CHECK(gradOutput.sizes() == input.sizes() && gradOutput.scalar_type() == at::kFloat && gradOutput.device().is_cpu(), op,
               ": grad_output must be a float32 CPU tensor shaped like the input ", input.sizes(), ", got ", gradOutput.sizes());
   at::Tensor x = input.contiguous(Format(g));
@@ -512,16 +542,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> BackwardCpuPlus(const at::Tensor&
     gi = NewOutput(input.sizes(), input.options(), Format(g));
     // NCHW adds the addend plane by plane as each is written; channels-last in a pass of its own.
     at::Tensor addend = plus && !g.channelsLast ? gradInputAddend.contiguous(Format(g)) : at::Tensor();
+    const kshare::RowSink* planes = g.channelsLast ? nullptr : gradInputPlanes;
     if (gi.numel() > 0)
       ConvolveInto(g, gy.data_ptr<float>(), flipped.data_ptr<float>(), nullptr, gi.data_ptr<float>(),
-                   addend.defined() ? addend.data_ptr<float>() : nullptr);
+                   addend.defined() ? addend.data_ptr<float>() : nullptr, planes);
+    if (gradInputPlanesSent) *gradInputPlanesSent = planes && gi.numel() > 0;
     if (plus && g.channelsLast) gi.add_(gradInputAddend);
   }
   if (mask[1] || mask[2]) {
     gw = NewOutput(weight.sizes(), weight.options(), at::MemoryFormat::Contiguous);
     if (mask[2]) gb = NewOutput({g.c}, weight.options(), at::MemoryFormat::Contiguous);
     if (x.numel() > 0) {
-      WeightGradInto(g, x.data_ptr<float>(), gy.data_ptr<float>(), gw.data_ptr<float>(), mask[2] ? gb.data_ptr<float>() : nullptr);
+      WeightGradInto(g, x.data_ptr<float>(), gy.data_ptr<float>(), gw.data_ptr<float>(), mask[2] ? gb.data_ptr<float>() : nullptr,
+                     inputAffine);
     } else {
       gw.zero_();
       if (mask[2]) gb.zero_();
@@ -542,11 +575,12 @@ bool PlanesApply(const at::Tensor& input, const at::Tensor& weight, at::IntArray
   return PlanesApply(Check("kshare::depthwise_conv2d", input, weight, dilation), input);
 }
 
-void ForwardPlanes(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef dilation, const kshare::RowSink& sink) {
+void ForwardPlanes(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef dilation, const kshare::RowSink& sink,
+                   const kshare::ChannelAffine* inputAffine) {
   const Geometry g = Check("kshare::depthwise_conv2d", input, weight, dilation);
   TORCH_CHECK(PlanesApply(g, input), "kshare::depthwise_conv2d: internal error: the plane kernel does not apply");
   const at::Tensor w = weight.contiguous();
-  ConvolvePlanes(g, input.data_ptr<float>(), w.data_ptr<float>(), sink);
+  ConvolvePlanes(g, input.data_ptr<float>(), w.data_ptr<float>(), sink, inputAffine);
 }
 
 void ForwardPlaneRange(const at::Tensor& input, const at::Tensor& weight, int64_t begin, int64_t end, const kshare::RowSink& sink) {

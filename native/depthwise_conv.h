@@ -16,9 +16,16 @@ at::Tensor ForwardCpu(const at::Tensor& input, const at::Tensor& weight, const c
 
 // kshare::depthwise_conv2d_backward on CPU, with gradInputAddend (when defined: shaped like the
 // input) added to the input gradient, in the pass that writes it where these kernels run.
+// inputAffine (NCHW contiguous input only): input holds a kshare::ChannelAffine tensor's g.
+// gradInputPlanes receives each NCHW plane of the input gradient as it is finished (addend
+// included, still in cache), where the NCHW kernels write it; *gradInputPlanesSent says whether
+// they did (not where oneDNN computes the input gradient).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> BackwardCpuPlus(const at::Tensor& gradOutput, const at::Tensor& input,
                                                                const at::Tensor& weight, at::IntArrayRef dilation,
-                                                               std::array<bool, 3> mask, const at::Tensor& gradInputAddend);
+                                                               std::array<bool, 3> mask, const at::Tensor& gradInputAddend,
+                                                               const kshare::ChannelAffine* inputAffine = nullptr,
+                                                               const kshare::RowSink* gradInputPlanes = nullptr,
+                                                               bool* gradInputPlanesSent = nullptr);
 
 // Whether ForwardPlanes runs for this convolution: NCHW contiguous input, a square kernel at
 // dilation 1 that the plane kernel covers, and that route chosen (not KSHARE_NATIVE_DEPTHWISE_FORWARD=onednn).
@@ -26,7 +33,9 @@ bool PlanesApply(const at::Tensor& input, const at::Tensor& weight, at::IntArray
 
 // The forward without bias, each output plane handed to `sink` while in cache and never
 // written out as a tensor.
-void ForwardPlanes(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef dilation, const kshare::RowSink& sink);
+// With inputAffine, input holds a kshare::ChannelAffine tensor's g.
+void ForwardPlanes(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef dilation, const kshare::RowSink& sink,
+                   const kshare::ChannelAffine* inputAffine = nullptr);
 
 // ForwardPlanes for planes [begin, end) only (index n * C + c), on the calling thread, for a
 // caller that shares the planes out itself (native/convmixer_blocks.cc). Dilation 1; weight

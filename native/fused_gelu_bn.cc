@@ -67,6 +67,7 @@ using BwdEval = void (*)(const float*, const float*, float*, int64_t, const floa
                          float*, double*, float*, double*, float*, double*);
 using AffineAdd = void (*)(const float*, const float*, float*, int64_t, const float*, const float*);
 using FwdEvalAdd = void (*)(const float*, const float*, float*, int64_t, const float*, const float*, const float*);
+using AffineAddAffine = void (*)(const float*, const float*, float*, int64_t, const float*, const float*, const float*, const float*);
 struct Kernels {
   Pair<FwdGelu> fwdGelu;
   Pair<SqDev> sqDev;
@@ -77,6 +78,7 @@ struct Kernels {
   Pair<BwdEval> bwdEval;
   Pair<AffineAdd> affineAdd;
   Pair<FwdEvalAdd> fwdEvalAdd;
+  Pair<AffineAddAffine> affineAddAffine;
 };
 
 namespace generic {
@@ -156,9 +158,13 @@ using kshare_gbn::Grads;
 
 Forward forwardImpl(const at::Tensor& xIn, const at::Tensor& biasIn, const at::Tensor& weightIn, const at::Tensor& bnBiasIn,
                     const at::Tensor& rm, const at::Tensor& rv, bool training, double momentum, double eps, bool keep,
-                    const at::Tensor& residualIn, const kshare_gbn::RowSource* rows) {
+                    const at::Tensor& residualIn, const kshare_gbn::RowSource* rows, const kshare::ChannelAffine* residualAffine,
+                    bool lazyOutput) {
   checkArgs(xIn, biasIn, weightIn, bnBiasIn, rm, rv);
   const Geom g = geomOf(xIn);
+  TORCH_CHECK((!residualAffine && !lazyOutput) || (training && keep && !g.cl && kshare_gbn::AffineIsFma()),
+              "bias_gelu_batch_norm: internal error: a lazily held residual or output outside the NCHW training forward");
+  TORCH_CHECK(!residualAffine || residualIn.defined(), "bias_gelu_batch_norm: internal error: a residual affine without a residual");
   TORCH_CHECK(!training || g.M > 1, "bias_gelu_batch_norm: expected more than 1 value per channel when training, got input ",
               xIn.sizes());
   TORCH_CHECK(!rows || !g.cl, "bias_gelu_batch_norm: internal error: a row source with a channels-last input");
@@ -170,12 +176,13 @@ Forward forwardImpl(const at::Tensor& xIn, const at::Tensor& biasIn, const at::T
   const at::Tensor residual = residualIn.defined() ? residualIn.contiguous(g.fmt) : at::Tensor();
   const float* resp = residual.defined() ? residual.data_ptr<float>() : nullptr;
   const at::Tensor bias = biasIn.contiguous(), weight = weightIn.contiguous(), bnBias = bnBiasIn.contiguous();
-  at::Tensor y = newOutput(x, g.fmt);
+  // lazyOutput: y is left to the caller as scale * g + shift (kshare::ChannelAffine) and not written.
+  at::Tensor y = lazyOutput ? at::Tensor() : newOutput(x, g.fmt);
   at::Tensor mean = at::empty({g.C}, x.options()), invstd = at::empty({g.C}, x.options());
   at::Tensor scale = at::empty({g.C}, x.options()), shift = at::empty({g.C}, x.options());
   const float *xp = rows ? nullptr : x.data_ptr<float>(), *bp = bias.data_ptr<float>(), *wp = weight.data_ptr<float>(),
               *bbp = bnBias.data_ptr<float>();
-  float *yp = y.data_ptr<float>(), *meanp = mean.data_ptr<float>(), *isp = invstd.data_ptr<float>();
+  float *yp = lazyOutput ? nullptr : y.data_ptr<float>(), *meanp = mean.data_ptr<float>(), *isp = invstd.data_ptr<float>();
   float *scp = scale.data_ptr<float>(), *shp = shift.data_ptr<float>();
   float *rmp = rm.data_ptr<float>(), *rvp = rv.data_ptr<float>();
   const Kernels& K = kernels();
@@ -223,7 +230,7 @@ Forward forwardImpl(const at::Tensor& xIn, const at::Tensor& biasIn, const at::T
           }
       });
     }
-    return {y, mean, invstd, {}, {}};
+    return {y, mean, invstd, {}, {}, scale, shift};
   }
 
   // With keep, gelu(u) and gelu'(u) go to tensors of their own for the backward (as libtorch
@@ -258,12 +265,17 @@ Forward forwardImpl(const at::Tensor& xIn, const at::Tensor& biasIn, const at::T
           &mu, &var);
       finish(c, mu, var);
     }
-    kshare::ParallelFor(0, nRows, 16, [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; r++) {
-        if (resp) K.affineAdd.nchw(gp + r * HW, resp + r * HW, yp + r * HW, HW, scp + r % C, shp + r % C);
-        else K.affine.nchw(gp + r * HW, yp + r * HW, HW, scp + r % C, shp + r % C);
-      }
-    });
+    if (!lazyOutput) {
+      kshare::ParallelFor(0, nRows, 16, [&](int64_t b, int64_t e) {
+        for (int64_t r = b; r < e; r++) {
+          const int64_t c = r % C, o = r * HW;
+          if (residualAffine)
+            K.affineAddAffine.nchw(gp + o, resp + o, yp + o, HW, scp + c, shp + c, residualAffine->scale + c, residualAffine->shift + c);
+          else if (resp) K.affineAdd.nchw(gp + o, resp + o, yp + o, HW, scp + c, shp + c);
+          else K.affine.nchw(gp + o, yp + o, HW, scp + c, shp + c);
+        }
+      });
+    }
   } else {
     // Blocks of rows: gelu + block sums, then the block's squared deviations from its own mean
     // while it is in cache; blocks are combined with Chan et al.'s pairwise formula.
@@ -291,7 +303,7 @@ Forward forwardImpl(const at::Tensor& xIn, const at::Tensor& biasIn, const at::T
         }
     });
   }
-  return {y, mean, invstd, gKept, dgKept};
+  return {y, mean, invstd, gKept, dgKept, scale, shift};
 }
 
 // Eval mode: x (the conv output) and bias; training: gKept and dgKept from the forward.
@@ -441,7 +453,7 @@ struct BiasGeluBatchNorm : public torch::autograd::Function<BiasGeluBatchNorm> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& bias,
                             const at::Tensor& weight, const at::Tensor& bnBias, const at::Tensor& rm, const at::Tensor& rv,
                             bool training, double momentum, double eps, bool keep) {
-    Forward f = forwardImpl(x, bias, weight, bnBias, rm, rv, training, momentum, eps, keep, at::Tensor(), nullptr);
+    Forward f = forwardImpl(x, bias, weight, bnBias, rm, rv, training, momentum, eps, keep, at::Tensor(), nullptr, nullptr, false);
     // Training keeps gelu and gelu' (f.g, f.dg), eval recomputes them from x.
     if (training) ctx->save_for_backward({f.g, f.dg, weight, f.mean, f.invstd});
     else ctx->save_for_backward({x, bias, weight, f.mean, f.invstd});
@@ -470,7 +482,7 @@ at::Tensor biasGeluBatchNormAutograd(const at::Tensor& x, const at::Tensor& bias
 
 at::Tensor biasGeluBatchNormCpu(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& weight, const at::Tensor& bnBias,
                                 const at::Tensor& rm, const at::Tensor& rv, bool training, double momentum, double eps) {
-  return forwardImpl(x, bias, weight, bnBias, rm, rv, training, momentum, eps, false, at::Tensor(), nullptr).y;
+  return forwardImpl(x, bias, weight, bnBias, rm, rv, training, momentum, eps, false, at::Tensor(), nullptr, nullptr, false).y;
 }
 
 }  // namespace
@@ -479,8 +491,9 @@ namespace kshare_gbn {
 
 Forward ForwardImpl(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& weight, const at::Tensor& bnBias,
                     const at::Tensor& rm, const at::Tensor& rv, bool training, double momentum, double eps, bool keep,
-                    const at::Tensor& residual, const RowSource* rows) {
-  return forwardImpl(x, bias, weight, bnBias, rm, rv, training, momentum, eps, keep, residual, rows);
+                    const at::Tensor& residual, const RowSource* rows, const kshare::ChannelAffine* residualAffine,
+                    bool lazyOutput) {
+  return forwardImpl(x, bias, weight, bnBias, rm, rv, training, momentum, eps, keep, residual, rows, residualAffine, lazyOutput);
 }
 
 Grads BackwardImpl(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& bias, const at::Tensor& weight,
@@ -500,6 +513,12 @@ void RowSums(const float* g, const float* dy, int64_t rows, int64_t HW, const fl
     sums(g + r * HW, dy + r * HW, HW, mean + r, invstd + r, nullptr, sdy + r, nullptr, sdyx + r);
   }
 }
+
+RowSummer RowSumKernel() { return RowSummer{kernels().bwdSums.nchw}; }
+
+// The portable rows compute a * b + c with two roundings; the vector ones with one (FMA), as
+// kshare::ChannelAffine's readers do.
+bool AffineIsFma() { return kernels().affine.nchw != &generic::affine<false>; }
 
 void EvalCoefficients(int64_t C, const float* weight, const float* bnBias, const float* rm, const float* rv, double eps, float* scale,
                       float* shift, float* invstd) {

@@ -12,6 +12,7 @@ namespace kshare_gbn {
 struct Forward {
   at::Tensor y, mean, invstd;  // mean / invstd: what normalised y (batch stats or running stats)
   at::Tensor g, dg;            // training with keep: gelu(u) and gelu'(u), for the backward
+  at::Tensor scale, shift;     // y = g * scale + shift per channel (training: g as kept)
 };
 
 // Calls the function it is given with every NCHW row (n * C + c, H * W floats) of the input, in
@@ -22,9 +23,18 @@ using RowSource = std::function<void(const kshare::RowSink&)>;
 // y = batch_norm(gelu(x + bias[c])) (+ residual, when defined: same shape, added in the pass
 // that writes y). Training updates running_mean / running_var in place; `keep` keeps g and dg.
 // With `rows` (NCHW only), x gives only the shape and the rows come from `rows`.
+// NCHW training with keep, where AffineIsFma(), also: `residualAffine` says the residual tensor
+// holds g of a BatchNorm whose output is the residual (kshare::ChannelAffine), and `lazyOutput`
+// leaves y undefined for the caller to form from g, scale and shift (the pass writing y is skipped).
 Forward ForwardImpl(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& weight, const at::Tensor& bnBias,
                     const at::Tensor& rm, const at::Tensor& rv, bool training, double momentum, double eps, bool keep,
-                    const at::Tensor& residual, const RowSource* rows = nullptr);
+                    const at::Tensor& residual, const RowSource* rows = nullptr,
+                    const kshare::ChannelAffine* residualAffine = nullptr, bool lazyOutput = false);
+
+// Whether this CPU's row kernels (KSHARE_NATIVE_ISA allowing) form g * scale + shift with one
+// rounding (FMA), so that a reader of a kshare::ChannelAffine tensor using FMA gets the numbers
+// of the stored tensor: the vector kernels do, the portable ones do not.
+bool AffineIsFma();
 
 struct Grads {
   at::Tensor dx, dbias, dweight, dbnBias;
@@ -51,6 +61,19 @@ Grads BackwardImpl(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& 
 // g the rows of the kept GELU output. BackwardImpl combines the rows of a channel in image order.
 void RowSums(const float* g, const float* dy, int64_t rows, int64_t HW, const float* mean, const float* invstd, double* sdy,
              double* sdyx);
+
+// RowSums for one row at a time, the kernel looked up once (when RowSumKernel is called):
+// sum(dy) and sum(dy * (g - *mean) * *invstd) over HW floats into *sdy and *sdyx, as RowSums.
+struct RowSummer {
+  void (*sums)(const float*, const float*, int64_t, const float*, const float*, float*, double*, float*, double*);
+  void operator()(const float* g, const float* dy, int64_t HW, const float* mean, const float* invstd, double* sdy,
+                  double* sdyx) const {
+    *sdy = 0;
+    *sdyx = 0;
+    sums(g, dy, HW, mean, invstd, nullptr, sdy, nullptr, sdyx);
+  }
+};
+RowSummer RowSumKernel();
 
 // Eval mode's per-channel coefficients, as ForwardImpl computes them (in double, rounded to
 // float): scale = weight / sqrt(rv + eps), shift = bnBias - rm * scale, and 1 / sqrt(rv + eps)

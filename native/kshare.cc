@@ -740,6 +740,8 @@ Napi::Value RuntimeInfo(const Napi::CallbackInfo& info) {
   o.Set("amxProducts", static_cast<double>(kshare_amx::Products()));
   // ConvMixer block backwards that took their row-sum hand-off (native/conv_gelu_bn.cc).
   o.Set("blockRowSumHandOffs", static_cast<double>(kshare_block::RowSumHandOffs()));
+  o.Set("blockRunLazyInputs", static_cast<double>(kshare_block::RunLazyInputs()));
+  o.Set("blockRunRowSumHandOffs", static_cast<double>(kshare_block::RunRowSumHandOffs()));
   return o;
 }
 

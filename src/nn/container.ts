@@ -2,7 +2,7 @@
 import * as t from '../tensor/index.js';
 import type { Tensor } from '../tensor/index.js';
 import { Module } from './module.js';
-import { convGeluBatchNorm, convMixerBlock, convMixerBlocks, depthwiseGeluBatchNormResidual } from './fused.js';
+import { convGeluBatchNorm, convMixerBlock, convMixerBlocks, convMixerTrainingRun, depthwiseGeluBatchNormResidual } from './fused.js';
 
 /** Applies its children in order; they are named '0', '1', ... as in PyTorch. */
 export class Sequential extends Module {
@@ -44,7 +44,7 @@ export class Sequential extends Module {
     for (let i = 0; i < layers.length; i++) {
       const prev = y;
       const run = i >= declinedUntil ? convMixerBlockRun(layers, i) : [];
-      const blocks = run.length > 0 ? convMixerBlocks(run, prev) : null;
+      const blocks = run.length > 0 ? (convMixerBlocks(run, prev) ?? convMixerTrainingRun(run, prev)) : null;
       if (blocks) {
         i += run.length - 1;
         y = blocks;

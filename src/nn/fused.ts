@@ -25,6 +25,15 @@ function blockRunEnabled(): boolean {
 }
 
 /**
+ * A run of ConvMixer blocks in training as one operator (convMixerTrainingRun) unless
+ * KSHARE_NATIVE_TRAINING_RUN=0 (read at every call: a block node each, for tests and
+ * bench/route-ab.ts). KSHARE_NATIVE_BLOCKS=0 and KSHARE_NATIVE_BLOCK_NODE=0 turn this off too.
+ */
+function trainingRunEnabled(): boolean {
+  return blocksEnabled() && process.env.KSHARE_NATIVE_BLOCK_NODE !== '0' && process.env.KSHARE_NATIVE_TRAINING_RUN !== '0';
+}
+
+/**
  * A patch-embedding convolution (ConvMixer's stem) with its GELU and BatchNorm through the fused
  * 1x1 operator (patchAsPointwise) unless KSHARE_NATIVE_PATCH_STEM=0 (read at every call, for
  * bench/route-ab.ts); KSHARE_NATIVE_BLOCKS=0 turns this off too.
@@ -169,6 +178,43 @@ export function convMixerBlocks(blocks: readonly (readonly Module[])[], x: Tenso
 }
 
 /**
+ * A run of two or more ConvMixer blocks in training as one operator with autograd
+ * (t.convMixerTrainingBlocks, native/conv_gelu_bn.cc): each block's layers as convMixerBlocks
+ * takes them. Applies where every block would take convMixerBlock, every BatchNorm trains, a
+ * gradient is recorded, x is NCHW contiguous and the blocks share one dilation; the numbers are
+ * convMixerBlock's bit for bit, and no block's output but the last is stored. Null otherwise (the
+ * caller runs the blocks one by one).
+ */
+export function convMixerTrainingRun(blocks: readonly (readonly Module[])[], x: Tensor): Tensor | null {
+  if (blocks.length < 2 || blocks.some((l) => l.length !== 6 || !isTrainingBatchNorm(l[2]) || !isTrainingBatchNorm(l[5]))) return null;
+  if (!trainingRunEnabled() || !t.cpuKernelsAllowed()) return null;
+  if (x.rank !== 4 || x.device !== 'cpu' || x.dtype !== 'float32' || !t.isContiguous(x) || x.size / x.dim(1) <= 1) return null;
+  const halves: [FusableParts, FusableParts][] = [];
+  for (const layers of blocks) {
+    const dw = fusableParts(layers[0]!, layers[1]!, layers[2]!, x);
+    const pw = fusableParts(layers[3]!, layers[4]!, layers[5]!, x);
+    if (!dw || !pw || dw.kernel !== 'depthwise' || pw.kernel !== 'pointwise' || pw.conv.outChannels !== x.dim(1)) return null;
+    const [d0, d1] = dw.conv.dilation;
+    const first = halves[0]?.[0].conv.dilation;
+    if (first && (first[0] !== d0 || first[1] !== d1)) return null;
+    halves.push([dw, pw]);
+  }
+  const differentiable = halves.flatMap(([dw, pw]) => [dw.conv.weight, dw.bias, dw.bn.weight, dw.bn.bias, pw.conv.weight, pw.bias, pw.bn.weight, pw.bn.bias]);
+  if (!t.recordsGraph([x, ...differentiable])) return null;
+  // bnOptions counts the batch: only once the run is sure to go ahead.
+  const params: t.ConvMixerBlockOptions[] = halves.map(([dw, pw]) => ({
+    dwWeight: dw.conv.weight,
+    dwBias: dw.bias,
+    dilation: dw.conv.dilation,
+    bn1: dw.bnOptions(),
+    pwWeight: pw.conv.weight,
+    pwBias: pw.bias,
+    bn2: pw.bnOptions(),
+  }));
+  return t.convMixerTrainingBlocks(x, params);
+}
+
+/**
  * One ConvMixer block [depthwise Conv2d, GELU, BatchNorm2d, 1x1 Conv2d, GELU, BatchNorm2d] (the
  * Residual covering the first three) as one operator with autograd (t.convMixerBlock,
  * native/conv_gelu_bn.cc) unless KSHARE_NATIVE_BLOCK_NODE=0 (read at every call, for
@@ -196,4 +242,8 @@ export function convMixerBlock(layers: readonly Module[], x: Tensor): Tensor | n
 
 function isEvalBatchNorm(m: Module | undefined): boolean {
   return m instanceof BatchNorm2d && !m.training;
+}
+
+function isTrainingBatchNorm(m: Module | undefined): boolean {
+  return m instanceof BatchNorm2d && m.training;
 }

@@ -177,6 +177,7 @@ export const KERNELS = {
   pointwiseGeluBatchNorm: 'kshare::pointwise_gelu_bn',
   convMixerBlocks: 'kshare::convmixer_blocks',
   convMixerBlock: 'kshare::convmixer_block',
+  convMixerTrainingBlocks: 'kshare::convmixer_training_blocks',
   batchNormRelu: 'kshare::batch_norm_relu',
   batchNormNative: 'kshare::batch_norm',
   batchNormPool: 'kshare::batch_norm_pool',

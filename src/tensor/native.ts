@@ -38,6 +38,10 @@ export interface RuntimeInfo {
   amxProducts: number;
   /** ConvMixer block backwards (kshare::convmixer_block, NCHW training) whose 1x1 half summed the depthwise half's BatchNorm rows as it wrote them, so far in this process. */
   blockRowSumHandOffs: number;
+  /** Blocks of a training run (kshare::convmixer_training_blocks) that read their input from the previous block's kept GELU output and BatchNorm coefficients, the input never stored, so far in this process. */
+  blockRunLazyInputs: number;
+  /** Block backwards of a training run whose 1x1 BatchNorm took its row sums from the next block's input gradient, summed as it was written, so far in this process. */
+  blockRunRowSumHandOffs: number;
 }
 
 /** State of kshare's caching CPU allocator (native/cpu_allocator.cc). */

@@ -275,6 +275,58 @@ export function convMixerBlock(x: Tensor, b: ConvMixerBlockOptions): Tensor {
   );
 }
 
+/**
+ * A run of ConvMixer blocks in training as one CPU operator with autograd
+ * (native/conv_gelu_bn.cc, built with oneDNN only): convMixerBlock block after block, the same
+ * numbers bit for bit, in one autograd node. Between two blocks of the run nothing else reads a
+ * block's output, so the operator does not store it: the next block forms it from the kept GELU
+ * output where it reads it, and sums the BatchNorm's backward rows as it writes its own input
+ * gradient. x: float32 CPU (N, C, H, W), NCHW contiguous; each block maps C channels to C (1x1
+ * weight [C, C, 1, 1]); every BatchNorm in training mode (its running stats updated in place).
+ * A tensor given to several blocks (a shared kernel) gets its gradients summed once.
+ */
+export function convMixerTrainingBlocks(x: Tensor, blocks: readonly ConvMixerBlockOptions[]): Tensor {
+  const op = 'convMixerTrainingBlocks';
+  rank4(op, x);
+  if (!Array.isArray(blocks) || blocks.length === 0) throw new TypeError(`${op}: blocks must be a non-empty array, got ${describe(blocks)}`);
+  if (!isContiguous(x)) throw new TypeError(`${op}: input must be NCHW contiguous, got a tensor of shape [${x.shape}] in another layout`);
+  const c = x.dim(1);
+  const params: Handle[] = [];
+  const stats: Handle[] = [];
+  const momentum: number[] = [];
+  const eps: number[] = [];
+  let dilation: [number, number] | undefined;
+  blocks.forEach((b, i) => {
+    const at = `${op} (block ${i})`;
+    if (b === null || typeof b !== 'object') throw new TypeError(`${at}: expected an object of block parameters, got ${describe(b)}`);
+    depthwiseWeightArg(at, x, b.dwWeight);
+    pointwiseWeightArg(at, x, b.pwWeight, 'pwWeight');
+    if (b.pwWeight.dim(0) !== c) throw new ShapeError(`${at}: 'pwWeight' must be [${c}, ${c}, 1, 1] for input [${x.shape}], got [${b.pwWeight.shape}]`);
+    const d = dilationArg(at, b.dilation);
+    if (dilation && (d[0] !== dilation[0] || d[1] !== dilation[1])) {
+      throw new RangeError(`${at}: every block of a run must have the same dilation, got [${d}] after [${dilation}] (use convMixerBlock a block)`);
+    }
+    dilation = d;
+    for (const [bn, name] of [
+      [b.bn1, 'bn1'],
+      [b.bn2, 'bn2'],
+    ] as const) {
+      if (bn === null || typeof bn !== 'object' || bn.training !== true) {
+        throw new TypeError(`${at}: '${name}' must be in training mode (training true): for inference use convMixerBlocks`);
+      }
+    }
+    const a1 = geluBatchNormArgs(`${at}, bn1`, x, c, b.dwBias, b.bn1, 'convMixerBlock a block');
+    const a2 = geluBatchNormArgs(`${at}, bn2`, x, c, b.pwBias, b.bn2, 'convMixerBlock a block');
+    const [w1, b1, rm1, rv1] = a1.bn;
+    const [w2, b2, rm2, rv2] = a2.bn;
+    params.push(b.dwWeight.handle, a1.convBias, w1!, b1!, b.pwWeight.handle, a2.convBias, w2!, b2!);
+    stats.push(rm1!, rv1!, rm2!, rv2!);
+    momentum.push(a1.momentum, a2.momentum);
+    eps.push(a1.eps, a2.eps);
+  });
+  return wrap(runKernel(op, 'convMixerTrainingBlocks', [x.handle, params, stats, dilation!, momentum, eps]));
+}
+
 /** One ConvMixer block's parameters for convMixerBlocks (each BatchNorm in eval mode). */
 export interface ConvMixerBlockParams {
   /** The residual half: depthwise weight [C, 1, k, k] (odd k), its bias [C], then its BatchNorm. */

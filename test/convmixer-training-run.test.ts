@@ -1,0 +1,180 @@
+// A run of ConvMixer blocks in training as one operator (native/conv_gelu_bn.cc,
+// t.convMixerTrainingBlocks, routed from Sequential): bit for bit the block operator a block
+// (convmixer_block, which fused-gelu-bn and conv-gelu-bn tests check against libtorch and
+// python3-torch) for the loss, every gradient and the running stats, at 1 and 2 threads, with
+// outputs poisoned, shared and separate kernels, odd shapes and batch 1; the lazily held block
+// outputs and the row-sum hand-offs counted (so a run that quietly stored its outputs fails);
+// the portable kernels' fall-back; and the errors for bad arguments.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as t from '../src/tensor/index.js';
+import { createModel } from '../src/models/index.js';
+import { withEnv, withThreads } from './helpers/env.js';
+
+const BUILT = t.runtimeInfo().pointwiseKernel; // built with oneDNN, as the 1x1 operator
+const skip = !BUILT && 'built without oneDNN: no 1x1 operator, no block run';
+
+interface StepResult {
+  loss: number;
+  grads: Map<string, Float32Array>;
+  stats: Map<string, Float32Array>;
+  lazy: number;
+  handOffs: number;
+}
+
+/** One training step of a fresh model (seeded), everything it produces read back. */
+function step(name: string, batch: number, hw: number): StepResult {
+  const live = t.liveTensors();
+  t.manualSeed(11);
+  const model = createModel(name, { classes: 10 });
+  const gen = new t.Generator(3);
+  const x = t.randn([batch, 3, hw, hw], { generator: gen });
+  const y = t.randint(0, 10, [batch], { generator: gen });
+  const before = t.runtimeInfo();
+  try {
+    model.train(true);
+    const loss = t.tidy(() => {
+      const l = t.crossEntropy(model.forward(x), y);
+      l.backward();
+      return l.item();
+    });
+    const after = t.runtimeInfo();
+    const grads = new Map<string, Float32Array>();
+    for (const [k, p] of model.namedParameters())
+      grads.set(
+        k,
+        t.tidy(() => p.grad!.toFloat32Array()),
+      );
+    const stats = new Map<string, Float32Array>();
+    for (const [k, b] of model.namedBuffers()) if (b.dtype === 'float32') stats.set(k, b.toFloat32Array());
+    return {
+      loss,
+      grads,
+      stats,
+      lazy: after.blockRunLazyInputs - before.blockRunLazyInputs,
+      handOffs: after.blockRunRowSumHandOffs - before.blockRunRowSumHandOffs,
+    };
+  } finally {
+    model.dispose();
+    x.dispose();
+    y.dispose();
+    assert.equal(t.liveTensors(), live, `${name}: no tensor leaked`);
+  }
+}
+
+function assertSame(label: string, got: StepResult, ref: StepResult): void {
+  assert.equal(got.loss, ref.loss, `${label}: loss`);
+  assert.deepEqual([...got.grads.keys()], [...ref.grads.keys()], `${label}: the same parameters`);
+  for (const [k, g] of ref.grads) assert.deepEqual(got.grads.get(k), g, `${label}: gradient of ${k}`);
+  for (const [k, s] of ref.stats) assert.deepEqual(got.stats.get(k), s, `${label}: buffer ${k}`);
+}
+
+// name, batch, image size: ConvMixer-<dim>/<depth> with kernel k and patch p.
+const MODELS: [string, number, number][] = [
+  ['convmixer_24_3_k5_p2_shared', 4, 16], // shared kernels: the run sums their gradients itself
+  ['convmixer_17_3_k3_p2', 3, 14], // separate kernels, 17 channels (not a vector width), 7x7 planes
+  ['convmixer_16_2_k7_p1_shared_dw', 2, 9], // only the depthwise kernel shared, odd planes
+  ['convmixer_32_4_k9_p4', 1, 20], // batch 1 (fewer images than threads: no in-block hand-off)
+];
+
+test("a training run of ConvMixer blocks gives the block operator's numbers bit for bit, outputs held lazily", { skip }, () => {
+  for (const [name, batch, hw] of MODELS) {
+    const depth = Number(name.split('_')[2]);
+    for (const threads of [1, 2]) {
+      withThreads(threads, () =>
+        withEnv({ KSHARE_NATIVE_POISON: '1' }, () => {
+          const blocks = withEnv({ KSHARE_NATIVE_TRAINING_RUN: '0' }, () => step(name, batch, hw));
+          const run = step(name, batch, hw);
+          const label = `${name} batch ${batch}, ${threads} thread(s)`;
+          assert.equal(blocks.lazy, 0, `${label}: no run with KSHARE_NATIVE_TRAINING_RUN=0`);
+          assertSame(label, run, blocks);
+          // Every block after the first reads its input lazily, and every block but the last
+          // hands its 1x1 BatchNorm's row sums to the block before.
+          assert.equal(run.lazy, depth - 1, `${label}: blocks with a lazily held input`);
+          assert.equal(run.handOffs, depth - 1, `${label}: row-sum hand-offs`);
+        }),
+      );
+    }
+  }
+});
+
+test('a training run on the portable kernels stores every block output and gives the same numbers', { skip }, () => {
+  withEnv({ KSHARE_NATIVE_ISA: 'generic' }, () => {
+    const blocks = withEnv({ KSHARE_NATIVE_TRAINING_RUN: '0' }, () => step('convmixer_16_3_k5_p2_shared', 2, 12));
+    const run = step('convmixer_16_3_k5_p2_shared', 2, 12);
+    assertSame('portable kernels', run, blocks);
+    assert.equal(run.lazy, 0, 'the portable rows round a * b + c twice: no lazily held input');
+    assert.equal(run.handOffs, 0);
+  });
+});
+
+test('a training run is not taken without gradients, in eval mode, or with KSHARE_NATIVE_BLOCK_NODE=0', { skip }, () => {
+  const live = t.liveTensors();
+  const model = createModel('convmixer_16_3_k5_p2_shared', { classes: 10 });
+  const x = t.randn([2, 3, 12, 12], { generator: new t.Generator(1) });
+  const lazy = (fn: () => void) => {
+    const before = t.runtimeInfo().blockRunLazyInputs;
+    t.tidy(fn);
+    return t.runtimeInfo().blockRunLazyInputs - before;
+  };
+  try {
+    model.train(true);
+    assert.equal(
+      lazy(() => t.sum(model.forward(x)).backward()),
+      2,
+      'training with gradients: the run',
+    );
+    assert.equal(
+      lazy(() => {
+        t.noGrad(() => model.forward(x));
+      }),
+      0,
+      'training without gradients: block by block',
+    );
+    assert.equal(
+      withEnv({ KSHARE_NATIVE_BLOCK_NODE: '0' }, () => lazy(() => t.sum(model.forward(x)).backward())),
+      0,
+      'KSHARE_NATIVE_BLOCK_NODE=0 compares the halves: no run either',
+    );
+    model.eval();
+    assert.equal(
+      lazy(() => t.sum(model.forward(x)).backward()),
+      0,
+      'eval mode: block by block',
+    );
+  } finally {
+    model.zeroGrad();
+    model.dispose();
+    x.dispose();
+  }
+  assert.equal(t.liveTensors(), live, 'no tensor leaked');
+});
+
+test('convMixerTrainingBlocks refuses bad arguments with errors that name them', { skip }, () => {
+  t.tidy(() => {
+    const c = 8;
+    const gen = new t.Generator(4);
+    const bn = () => ({ weight: t.ones([c]), bias: t.zeros([c]), runningMean: t.zeros([c]), runningVar: t.ones([c]), training: true });
+    const block = (): t.ConvMixerBlockOptions => ({
+      dwWeight: t.randn([c, 1, 3, 3], { generator: gen }),
+      dwBias: t.zeros([c]),
+      bn1: bn(),
+      pwWeight: t.randn([c, c, 1, 1], { generator: gen }),
+      pwBias: t.zeros([c]),
+      bn2: bn(),
+    });
+    const x = t.randn([2, c, 6, 6], { generator: gen });
+    const a = block(),
+      b = block();
+    assert.throws(() => t.convMixerTrainingBlocks(x, []), /blocks must be a non-empty array/);
+    assert.throws(() => t.convMixerTrainingBlocks(x, [a, { ...b, dilation: [2, 2] }]), /block 1.*same dilation/);
+    assert.throws(() => t.convMixerTrainingBlocks(x, [a, { ...b, bn2: { ...b.bn2, training: false } }]), /block 1.*'bn2' must be in training mode/);
+    assert.throws(() => t.convMixerTrainingBlocks(x, [a, { ...b, pwWeight: t.randn([c + 1, c, 1, 1]) }]), /block 1.*'pwWeight' must be \[8, 8, 1, 1\]/);
+    assert.throws(() => t.convMixerTrainingBlocks(x, [a, { ...b, dwWeight: t.randn([c, 1, 2, 2]) }]), /block 1.*'dwWeight' must be \[8, 1, kh, kw\] with odd/);
+    assert.throws(() => t.convMixerTrainingBlocks(t.contiguous(x, 'channels_last'), [a, b]), /NCHW contiguous/);
+    // What it computes: the two blocks one after the other.
+    const run = t.convMixerTrainingBlocks(x, [a, b]).toFloat32Array();
+    const ref = t.convMixerBlock(t.convMixerBlock(x, a), b).toFloat32Array();
+    assert.deepEqual(run, ref);
+  });
+});
