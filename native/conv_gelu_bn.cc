@@ -279,7 +279,8 @@ struct ConvGeluBn : public torch::autograd::Function<ConvGeluBn> {
     TORCH_CHECK(!c10::GradMode::is_enabled(), OpName(k), kNoSecondDerivative);
     const HalfSaved s =
         FromSaved(k, ctx->saved_data["training"].toBool(), ctx->saved_data["dilation"].toIntVector(), ctx->get_saved_variables(), 0);
-    HalfGrads g = HalfBackward(s, dy, ctx->needs_input_grad(1), ctx->needs_input_grad(2), nullptr, nullptr);
+    // needs_input_grad counts the tensor inputs only (x 0, weight 1, ...), not `kind`.
+    HalfGrads g = HalfBackward(s, dy, ctx->needs_input_grad(0), ctx->needs_input_grad(1), nullptr, nullptr);
     out[1] = g.dx;
     out[2] = g.dweight;
     out[3] = g.dbias;
@@ -331,14 +332,16 @@ struct ConvMixerBlock : public torch::autograd::Function<ConvMixerBlock> {
     const bool training = ctx->saved_data["training"].toBool();
     const HalfSaved h1 = FromSaved(ConvKind::kDepthwise, training, ctx->saved_data["dilation"].toIntVector(), v, 0);
     const HalfSaved h2 = FromSaved(ConvKind::kPointwise, training, {1, 1}, v, 7);
-    // Inputs: 0 x, 1 dw weight, 2 dw bias, 4 bn1 weight, 5 bn1 bias; 8 pw weight, 9 pw bias, 10 bn2 weight, 11 bn2 bias.
+    // `out` is indexed by argument: 0 x, 1 dw weight, 2 dw bias, 4 bn1 weight, 5 bn1 bias; 8 pw
+    // weight, 9 pw bias, 10 bn2 weight, 11 bn2 bias. needs_input_grad by tensor input (the
+    // dilation is not one): 0 x, 1 dw weight, 2 dw bias, 3 bn1 weight, 4 bn1 bias, 7 pw weight.
     bool needFirst = false;
-    for (int i : {0, 1, 2, 4, 5}) needFirst = needFirst || ctx->needs_input_grad(i);
+    for (int i : {0, 1, 2, 3, 4}) needFirst = needFirst || ctx->needs_input_grad(i);
     // The depthwise half's first pass, per NCHW row, from the 1x1 half's input gradient.
     const bool rows = training && needFirst && h1.a.is_contiguous();
     std::vector<double> sums(rows ? 2 * h1.x.size(0) * h1.x.size(1) : 0);
     const NextRowSums next{h1.a, h1.mean, h1.invstd, sums.data()};
-    HalfGrads g2 = HalfBackward(h2, dy, needFirst, ctx->needs_input_grad(8), nullptr, rows ? &next : nullptr);
+    HalfGrads g2 = HalfBackward(h2, dy, needFirst, ctx->needs_input_grad(7), nullptr, rows ? &next : nullptr);
     out[8] = g2.dweight;
     out[9] = g2.dbias;
     out[10] = g2.dbnWeight;

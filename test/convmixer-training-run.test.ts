@@ -4,12 +4,14 @@
 // python3-torch) for the loss, every gradient and the running stats, at 1 and 2 threads, with
 // outputs poisoned, shared and separate kernels, odd shapes and batch 1; the lazily held block
 // outputs and the row-sum hand-offs counted (so a run that quietly stored its outputs fails);
-// the portable kernels' fall-back; and the errors for bad arguments.
+// the portable kernels' fall-back; the errors for bad arguments; and, for every fused route,
+// the gradients of a model with some parameters frozen.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as t from '../src/tensor/index.js';
 import { createModel } from '../src/models/index.js';
-import { withEnv, withThreads } from './helpers/env.js';
+import { withEnv, withLibtorchOps, withThreads } from './helpers/env.js';
+import { maxRelError } from './helpers/python.js';
 
 const BUILT = t.runtimeInfo().pointwiseKernel; // built with oneDNN, as the 1x1 operator
 const skip = !BUILT && 'built without oneDNN: no 1x1 operator, no block run';
@@ -177,4 +179,59 @@ test('convMixerTrainingBlocks refuses bad arguments with errors that name them',
     const ref = t.convMixerBlock(t.convMixerBlock(x, a), b).toFloat32Array();
     assert.deepEqual(run, ref);
   });
+});
+
+// ---- partly frozen models: every route gives the gradients libtorch's ops give ----
+
+/** A training step with `frozen` parameters not requiring grad: each trainable parameter's gradient (null if none). */
+function frozenStep(frozen: readonly string[]): Map<string, Float32Array | null> {
+  const live = t.liveTensors();
+  t.manualSeed(21);
+  const model = createModel('convmixer_16_2_k3_p2_shared', { classes: 10 });
+  const gen = new t.Generator(8);
+  const x = t.randn([4, 3, 12, 12], { generator: gen });
+  const y = t.randint(0, 10, [4], { generator: gen });
+  try {
+    for (const [k, p] of model.namedParameters()) if (frozen.includes(k)) p.requiresGrad = false;
+    model.train(true);
+    t.tidy(() => t.crossEntropy(model.forward(x), y).backward());
+    const grads = new Map<string, Float32Array | null>();
+    for (const [k, p] of model.namedParameters())
+      grads.set(
+        k,
+        t.tidy(() => p.grad?.toFloat32Array() ?? null),
+      );
+    return grads;
+  } finally {
+    model.zeroGrad();
+    model.dispose();
+    x.dispose();
+    y.dispose();
+    assert.equal(t.liveTensors(), live, 'no tensor leaked');
+  }
+}
+
+test('with some parameters frozen, every fused route gives the gradients of the rest, as libtorch does', { skip }, () => {
+  const FROZEN: [string, string[]][] = [
+    ['the conv biases', ['0.bias', '3.0.fn.0.bias', '3.1.bias']],
+    ['the 1x1 weight', ['3.1.weight']],
+    ['the depthwise weight', ['3.0.fn.0.weight']],
+    ['the stem convolution', ['0.weight', '0.bias']],
+  ];
+  const ROUTES: [string, Record<string, string>][] = [
+    ['training run', {}],
+    ['block operators', { KSHARE_NATIVE_TRAINING_RUN: '0' }],
+    ['half operators', { KSHARE_NATIVE_BLOCK_NODE: '0' }],
+  ];
+  for (const [what, frozen] of FROZEN) {
+    const ref = withLibtorchOps(() => frozenStep(frozen));
+    for (const [route, env] of ROUTES) {
+      const got = withEnv(env, () => frozenStep(frozen));
+      for (const [k, r] of ref) {
+        const g = got.get(k)!;
+        assert.equal(g === null, r === null, `${what} frozen, ${route}: ${k} ${r === null ? 'has no' : 'has a'} gradient with libtorch's ops`);
+        if (g && r) assert.ok(maxRelError(g, r) < 1e-5, `${what} frozen, ${route}: gradient of ${k} off by ${maxRelError(g, r)}`);
+      }
+    }
+  }
 });
