@@ -426,6 +426,20 @@ void CheckRun(const char* op, const at::Tensor& x, at::TensorList params, at::Te
   }
 }
 
+// sum += g, element by element (the same float additions as at::add): a plain loop where both
+// are dense float32, since ATen's add of a 256 x 256 gradient wakes libgomp's threads at 2 threads.
+// sum is a gradient this backward made, not yet returned.
+void AddInto(at::Tensor& sum, const at::Tensor& g) {
+  if (sum.scalar_type() != at::kFloat || g.scalar_type() != at::kFloat || !sum.is_contiguous() || !g.is_contiguous() ||
+      sum.sizes() != g.sizes()) {
+    sum.add_(g);
+    return;
+  }
+  float* s = sum.data_ptr<float>();
+  const float* p = g.data_ptr<float>();
+  for (int64_t i = 0, n = sum.numel(); i < n; i++) s[i] += p[i];
+}
+
 struct ConvMixerTrainingRun : public torch::autograd::Function<ConvMixerTrainingRun> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, at::TensorList params,
                             std::vector<at::Tensor> stats, std::vector<int64_t> dilation, std::vector<double> momentum,
@@ -435,6 +449,7 @@ struct ConvMixerTrainingRun : public torch::autograd::Function<ConvMixerTraining
     for (int64_t b = 1; b < blocks; b++) lazyIn[b] = RunLazyInput(x, params[b * kRunParams], dilation);
     std::vector<at::Tensor> saved;
     saved.reserve(blocks * kRunSaved);
+    const kshare_pw::WeightPackScope packs;  // a shared 1x1 kernel packed once for the run
     at::Tensor in = x, inScale, inShift;
     for (int64_t b = 0; b < blocks; b++) {
       const at::Tensor* p = &params[b * kRunParams];
@@ -484,6 +499,7 @@ struct ConvMixerTrainingRun : public torch::autograd::Function<ConvMixerTraining
     std::vector<at::Tensor> g(nParams);
     std::vector<double> handed;  // this block's 1x1 BatchNorm row sums, from the next block's backward
     bool haveHanded = false;
+    const kshare_pw::WeightPackScope packs;
     for (int64_t b = blocks - 1; b >= 0; b--) {
       const HalfSaved h1 = FromSaved(ConvKind::kDepthwise, true, dilation, v, b * kRunSaved);
       const HalfSaved h2 = FromSaved(ConvKind::kPointwise, true, {1, 1}, v, b * kRunSaved + 7);
@@ -538,7 +554,10 @@ struct ConvMixerTrainingRun : public torch::autograd::Function<ConvMixerTraining
       if (first[f] != f) continue;
       at::Tensor sum;
       for (int64_t j = nParams - 1; j >= f; j--)
-        if (first[j] == f && g[j].defined()) sum = sum.defined() ? sum + g[j] : g[j];
+        if (first[j] == f && g[j].defined()) {
+          if (sum.defined()) AddInto(sum, g[j]);
+          else sum = g[j];
+        }
       out[1 + f] = sum;
     }
     return out;

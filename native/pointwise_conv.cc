@@ -37,6 +37,8 @@
 
 #include <dnnl.h>
 
+#include <map>
+
 #include "amx_gemm.h"
 #include "cpu_kernel_common.h"
 #include "cpu_thread_pool.h"
@@ -180,19 +182,48 @@ void AmxColumns(const kshare_amx::Packed& left, const float* b, int64_t k, int64
   }
 }
 
+// The packs a WeightPackScope keeps on this thread, by the weight's data (nullptr: no scope).
+struct PackCache {
+  std::map<const void*, std::shared_ptr<const kshare_amx::Packed>> plain, transposed;
+};
+thread_local PackCache* packCache = nullptr;
+
+// make() packed once per weight while a WeightPackScope is alive on this thread.
+template <class Make>
+std::shared_ptr<const kshare_amx::Packed> Cached(bool transposed, const at::Tensor& weight, const Make& make) {
+  if (!packCache) return make();
+  auto& slot = (transposed ? packCache->transposed : packCache->plain)[weight.data_ptr()];
+  if (!slot) slot = make();
+  return slot;
+}
+
+std::shared_ptr<const kshare_amx::Packed> PackWeightUncached(const at::Tensor& weight);
+std::shared_ptr<const kshare_amx::Packed> PackWeightTransposedUncached(const at::Tensor& weight);
 std::shared_ptr<const kshare_amx::Packed> PackWeight(const at::Tensor& weight) {
+  return Cached(false, weight, [&] { return PackWeightUncached(weight); });
+}
+std::shared_ptr<const kshare_amx::Packed> PackWeightTransposed(const at::Tensor& weight) {
+  return Cached(true, weight, [&] { return PackWeightTransposedUncached(weight); });
+}
+
+std::shared_ptr<const kshare_amx::Packed> PackWeightUncached(const at::Tensor& weight) {
   auto packed = std::make_shared<kshare_amx::Packed>();
   const at::Tensor w = weight.contiguous();
   kshare_amx::PackLeft(w.data_ptr<float>(), w.size(0), w.size(1), w.size(1), 1, packed.get());
   return packed;
 }
 
-// W^T (in x out) for the input gradient, from W (out x in): transposed by ATen first, since the
-// packing reads rows fastest.
-std::shared_ptr<const kshare_amx::Packed> PackWeightTransposed(const at::Tensor& weight) {
+// W^T (in x out) for the input gradient, from W (out x in): transposed first, since the packing
+// reads rows fastest, in 16 x 16 register blocks (ATen's strided copy took ~94 us at 256 x 256,
+// ~0.5 % of a 2-thread ConvMixer-256/8 step on the calling thread alone; perf).
+std::shared_ptr<const kshare_amx::Packed> PackWeightTransposedUncached(const at::Tensor& weight) {
   auto packed = std::make_shared<kshare_amx::Packed>();
-  const at::Tensor wt = weight.reshape({weight.size(0), weight.size(1)}).t().contiguous();
-  kshare_amx::PackLeft(wt.data_ptr<float>(), wt.size(0), wt.size(1), wt.size(1), 1, packed.get());
+  const at::Tensor w = weight.contiguous();
+  const int64_t out = w.size(0), in = w.size(1);
+  std::unique_ptr<float[]> wt(new float[std::max<int64_t>(in * out, 1)]);
+  const float* parts[1] = {w.data_ptr<float>()};
+  kshare_amx::TransposeSum(parts, 1, out, in, wt.get(), 0, out);
+  kshare_amx::PackLeft(wt.get(), in, out, out, 1, packed.get());
   return packed;
 }
 
@@ -455,6 +486,13 @@ std::tuple<at::Tensor, at::Tensor> BackwardRows(const kshare::RowProducer& gradR
   if (!needWeight) gw = at::Tensor();
   else if (weight.suggest_memory_format() == at::MemoryFormat::ChannelsLast) gw = gw.contiguous(at::MemoryFormat::ChannelsLast);
   return {gi, gw};
+}
+
+WeightPackScope::WeightPackScope() : previous_(packCache), cache_(new PackCache) { packCache = static_cast<PackCache*>(cache_); }
+
+WeightPackScope::~WeightPackScope() {
+  delete static_cast<PackCache*>(cache_);
+  packCache = static_cast<PackCache*>(previous_);
 }
 
 at::Tensor CallForward(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {

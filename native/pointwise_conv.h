@@ -15,6 +15,21 @@
 
 namespace kshare_pw {
 
+// While one is alive on the calling thread, the 1x1 operators pack each weight for AMX once (by
+// its data) and reuse the pack: for a caller whose weights cannot change while it runs and which
+// uses one several times (conv_gelu_bn.cc's run of training blocks with a shared 1x1 kernel).
+class WeightPackScope {
+ public:
+  WeightPackScope();
+  ~WeightPackScope();
+  WeightPackScope(const WeightPackScope&) = delete;
+  WeightPackScope& operator=(const WeightPackScope&) = delete;
+
+ private:
+  void* previous_;
+  void* cache_;
+};
+
 // kshare::pointwise_conv2d and its backward on CPU (no autograd).
 at::Tensor ForwardCpu(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias);
 std::tuple<at::Tensor, at::Tensor, at::Tensor> BackwardCpu(const at::Tensor& gradOutput, const at::Tensor& input,
