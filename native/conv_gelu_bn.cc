@@ -213,6 +213,10 @@ HalfGrads HalfBackward(const HalfSaved& s, const at::Tensor& dy, bool needX, boo
   // Where it applies, the fused kernel's grad rows go straight into the convolution's backward
   // (the drain fills dx and dweight) and are never stored.
   const bool drained = s.training && (needX || needW) && BackwardRowsApply(k, s.x, s.weight);
+  // The depthwise half's grad output planes go to the input gradient as they are produced
+  // (kshare_dw::BackwardFromPlanes): not read back from memory, nor is the residual's gradient.
+  const bool planesDrained =
+      s.training && needX && k == ConvKind::kDepthwise && !kshare::ChannelsLastOnly(s.a) && kshare_dw::PlanesApply(s.x, s.weight, s.dilation);
 #ifdef KSHARE_HAVE_DNNL
   const bool sumsHere = drained && needX && next;
   const kshare_pw::ImageSink imageSums = [&](int64_t n, const float* gin) {
@@ -222,6 +226,11 @@ HalfGrads HalfBackward(const HalfSaved& s, const at::Tensor& dy, bool needX, boo
   };
 #endif
   const kshare_gbn::RowDrain drain = [&](const kshare::RowProducer& rows) {
+    if (k == ConvKind::kDepthwise) {
+      std::tie(out.dx, out.dweight) = kshare_dw::BackwardFromPlanes(rows, s.x, s.weight, s.dilation, needX, needW, dy.to(at::kFloat),
+                                                                    extras.affine, extras.gradPlanes, extras.planesSent);
+      return;
+    }
 #ifdef KSHARE_HAVE_DNNL
     if (k == ConvKind::kPointwise) {
       std::tie(out.dx, out.dweight) = kshare_pw::BackwardRows(rows, s.x, s.weight, needX, needW, sumsHere ? &imageSums : nullptr);
@@ -232,10 +241,10 @@ HalfGrads HalfBackward(const HalfSaved& s, const at::Tensor& dy, bool needX, boo
     std::tie(out.dx, out.dweight) = ConvolveBackwardRows(k, rows, s.x, s.weight, needX, needW);
   };
   kshare_gbn::Grads gr = s.training ? kshare_gbn::BackwardImpl(dy, s.a, at::Tensor(), s.bnWeight, s.mean, s.invstd, true, s.a, s.b,
-                                                               drained ? &drain : nullptr, rowSums)
+                                                               drained || planesDrained ? &drain : nullptr, rowSums)
                                     : kshare_gbn::BackwardImpl(dy, s.a, s.b, s.bnWeight, s.mean, s.invstd, false, at::Tensor(),
                                                                at::Tensor());
-  if (!drained && (needX || needW)) {
+  if (!drained && !planesDrained && (needX || needW)) {
     // The residual's gradient (dy itself) joins the depthwise input gradient as the kernel writes it.
     const at::Tensor addend = k == ConvKind::kDepthwise && needX ? dy.to(at::kFloat) : at::Tensor();
     std::tie(out.dx, out.dweight) = ConvolveBackward(k, gr.dx, s.x, s.weight, s.dilation, needX, needW, addend, extras);

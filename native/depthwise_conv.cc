@@ -583,6 +583,66 @@ void ForwardPlanes(const at::Tensor& input, const at::Tensor& weight, at::IntArr
   ConvolvePlanes(g, input.data_ptr<float>(), w.data_ptr<float>(), sink, inputAffine);
 }
 
+std::tuple<at::Tensor, at::Tensor> BackwardFromPlanes(const kshare::RowProducer& gradPlanes, const at::Tensor& input,
+                                                      const at::Tensor& weight, at::IntArrayRef dilation, bool needInput,
+                                                      bool needWeight, const at::Tensor& gradInputAddend,
+                                                      const kshare::ChannelAffine* inputAffine, const kshare::RowSink* gradInputPlanes,
+                                                      bool* gradInputPlanesSent) {
+  const char* op = "kshare::depthwise_conv2d_backward";
+  const Geometry g = Check(op, input, weight, dilation);
+  TORCH_CHECK(PlanesApply(g, input), op, ": internal error: the plane kernel does not apply");
+  TORCH_CHECK(!gradInputAddend.defined() || gradInputAddend.sizes() == input.sizes(), op,
+              ": the grad input addend must be shaped like the input ", input.sizes(), ", got ", gradInputAddend.sizes());
+  if (gradInputPlanesSent) *gradInputPlanesSent = false;
+  const Kernels& k = Pick();
+  const int64_t kk = static_cast<int64_t>(g.kh) * g.kw, hw = g.h * g.w;
+  const at::Tensor w = weight.contiguous(), flipped = w.flip({2, 3}).contiguous();
+  const at::Tensor addend = needInput && gradInputAddend.defined() ? gradInputAddend.contiguous() : at::Tensor();
+  // The grad output is stored for the weight gradient's channel-by-channel walk; the input
+  // gradient reads each plane (and the addend's, which the producer has just read too) in cache.
+  at::Tensor gy = at::empty(input.sizes(), input.options());
+  at::Tensor gi = needInput ? NewOutput(input.sizes(), input.options(), at::MemoryFormat::Contiguous) : at::Tensor();
+  float* gyp = gy.data_ptr<float>();
+  if (needInput) {
+    // ConvolveInto's plane path with the kernel flipped: the same calls, so the same numbers.
+    const auto plane = k.planeForward(g.kh);
+    const int64_t L = k.planeLanes, R = k.planeRows(g.kh);
+    const int64_t wv = RoundUp(g.w, L), rowP = wv + 2 * g.pw, rowsP = RoundUp(g.h, R) + 2 * g.ph;
+    const float *fp = flipped.data_ptr<float>(), *ap = addend.defined() ? addend.data_ptr<float>() : nullptr;
+    float* gip = gi.data_ptr<float>();
+    kshare::ParallelFor(0, g.n * g.c, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> pad(rowsP * rowP), tmp(g.w == wv ? 0 : g.h * wv);
+      for (int64_t t = begin; t < end; t++) {
+        const int64_t c = t % g.c;
+        float* dz = gyp + t * hw;
+        gradPlanes(t, dz);
+        CopyPlane(&pad[g.ph * rowP + g.pw], rowP, dz, g.h, g.w, nullptr, c);
+        float* dst = gip + t * hw;
+        if (tmp.empty()) {
+          plane(pad.data(), rowP, dst, g.w, g.h, wv / L, fp + c * kk, 0.f);
+        } else {
+          plane(pad.data(), rowP, tmp.data(), wv, g.h, wv / L, fp + c * kk, 0.f);
+          for (int64_t y = 0; y < g.h; y++) CopyRow(dst + y * g.w, &tmp[y * wv], g.w);
+        }
+        if (ap) k.addInto(dst, ap + t * hw, hw);
+        if (gradInputPlanes) (*gradInputPlanes)(t, dst);
+      }
+    });
+    if (gradInputPlanesSent) *gradInputPlanesSent = gradInputPlanes != nullptr;
+  } else {
+    kshare::ParallelFor(0, g.n * g.c, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; t++) gradPlanes(t, gyp + t * hw);
+    });
+  }
+  at::Tensor gw;
+  if (needWeight) {
+    gw = NewOutput(weight.sizes(), weight.options(), at::MemoryFormat::Contiguous);
+    WeightGradInto(g, input.data_ptr<float>(), gyp, gw.data_ptr<float>(), nullptr, inputAffine);
+    if (weight.suggest_memory_format() == at::MemoryFormat::ChannelsLast) gw = gw.contiguous(at::MemoryFormat::ChannelsLast);
+  }
+  return {gi, gw};
+}
+
 void ForwardPlaneRange(const at::Tensor& input, const at::Tensor& weight, int64_t begin, int64_t end, const kshare::RowSink& sink) {
   const Geometry g = Check("kshare::depthwise_conv2d", input, weight, {1, 1});
   TORCH_CHECK(PlanesApply(g, input) && weight.is_contiguous() && begin >= 0 && end <= g.n * g.c,

@@ -37,6 +37,17 @@ bool PlanesApply(const at::Tensor& input, const at::Tensor& weight, at::IntArray
 void ForwardPlanes(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef dilation, const kshare::RowSink& sink,
                    const kshare::ChannelAffine* inputAffine = nullptr);
 
+// BackwardCpuPlus where PlanesApply, with the grad output produced plane by plane by `gradPlanes`
+// (index n * C + c, into the plane's place in a tensor this function holds for the weight
+// gradient): each plane goes on to the input gradient while it is in cache, with the addend's
+// plane, which the producer has just read too. The numbers are BackwardCpuPlus's bit for bit.
+std::tuple<at::Tensor, at::Tensor> BackwardFromPlanes(const kshare::RowProducer& gradPlanes, const at::Tensor& input,
+                                                      const at::Tensor& weight, at::IntArrayRef dilation, bool needInput,
+                                                      bool needWeight, const at::Tensor& gradInputAddend,
+                                                      const kshare::ChannelAffine* inputAffine = nullptr,
+                                                      const kshare::RowSink* gradInputPlanes = nullptr,
+                                                      bool* gradInputPlanesSent = nullptr);
+
 // ForwardPlanes for planes [begin, end) only (index n * C + c), on the calling thread, for a
 // caller that shares the planes out itself (native/convmixer_blocks.cc). Dilation 1; weight
 // contiguous; the caller has checked PlanesApply.
