@@ -410,6 +410,14 @@ at::Tensor BlockCpu(const at::Tensor& x, const at::Tensor& dwWeight, const at::T
 // L1), so that BatchNorm's first backward pass over memory goes too. Where the lazy input does not
 // apply (the portable row kernels, a depthwise kernel the plane kernel lacks) a block's output is
 // stored as convmixer_block stores it.
+//
+// Measured speed (2-core Intel Xeon, against convmixer_block a block in one process, `node
+// dist/bench/route-ab.js --only training-run --threads 1,2 --rounds 4`; 1 thread / 2 threads):
+// training steps at batch 32, ConvMixer-64/4 shared x1.06 / x1.06, ConvMixer-256/8 shared x1.07
+// (334.2 against 357.4 ms) / x1.06 (181.7 against 192.2). The bound measured before building it
+// (the two passes skipped outright, wrong numbers): ~6-7 % (bench/cpu-kernels-notes.md,
+// fourteenth session). The row sums still read the kept GELU output from memory, so the hand-off
+// saves the pass's read of the gradient only.
 constexpr int64_t kRunParams = 8, kRunStats = 4, kRunSaved = 16;
 
 // Whether block b's input can be held lazily: its depthwise half reads it through the plane
