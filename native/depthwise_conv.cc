@@ -380,18 +380,6 @@ void ConvolvePlanes(const Geometry& g, const float* x, const float* w, const ksh
   kshare::ParallelFor(0, g.n * g.c, 1, [&](int64_t begin, int64_t end) { ConvolvePlaneRange(g, x, w, begin, end, sink, affine); });
 }
 
-// One image's correlation sums (kk taps x L lanes, as the correlate kernels leave them) added to
-// a channel's running tap totals: the lanes summed in order first, then added, image after image.
-// Every NCHW weight gradient sums this way (WeightGradInto, BackwardFromPlanes), so they agree bit
-// for bit whichever walks the planes.
-inline void AddImageTaps(const float* acc, int64_t kk, int64_t lanes, float* total) {
-  for (int64_t q = 0; q < kk; q++) {
-    float s = 0;
-    for (int64_t l = 0; l < lanes; l++) s += acc[q * lanes + l];
-    total[q] += s;
-  }
-}
-
 // grad weight [C][kh][kw] (and grad bias [C] when gb != nullptr) from input x and grad output
 // gy, both dense in g's format. The bias gradient is summed by the correlation pass, in float
 // per image and vector lane, then in double over lanes and images.
@@ -405,12 +393,11 @@ void WeightGradInto(const Geometry& g, const float* x, const float* gy, float* g
     // slice with zeros past W (unless W is a multiple of L) so the padded lanes add nothing.
     const int64_t wv = RoundUp(g.w, L), rowP = wv + 2 * g.pw, rowsP = g.h + 2 * g.ph;
     kshare::ParallelFor(0, g.c, 1, [&](int64_t begin, int64_t end) {
-      std::vector<float> pad(rowsP * rowP), acc(kk * L), gbuf(g.w == wv ? 0 : g.h * wv, 0.f), gsum(L), total(kk);
+      std::vector<float> pad(rowsP * rowP), acc(kk * L), gbuf(g.w == wv ? 0 : g.h * wv, 0.f), gsum(L);
       for (int64_t c = begin; c < end; c++) {
-        std::fill(total.begin(), total.end(), 0.f);
+        std::fill(acc.begin(), acc.end(), 0.f);
         double bsum = 0;
         for (int64_t n = 0; n < g.n; n++) {
-          std::fill(acc.begin(), acc.end(), 0.f);
           const float* src = x + (n * g.c + c) * g.h * g.w;
           const float* gsrc = gy + (n * g.c + c) * g.h * g.w;
           // The next image's planes are a whole channel stride away, where the hardware prefetcher
@@ -429,9 +416,12 @@ void WeightGradInto(const Geometry& g, const float* x, const float* gy, float* g
           k.correlate(pad.data(), rowP, gp, gRow, L, g.h, wv / L, g.kh, g.kw, g.dh * rowP, g.dw, acc.data(),
                       gb ? gsum.data() : nullptr);
           if (gb) for (int64_t l = 0; l < L; l++) bsum += gsum[l];
-          AddImageTaps(acc.data(), kk, L, total.data());
         }
-        std::copy(total.begin(), total.end(), gw + c * kk);
+        for (int64_t q = 0; q < kk; q++) {
+          float s = 0;
+          for (int64_t l = 0; l < L; l++) s += acc[q * L + l];
+          gw[c * kk + q] = s;
+        }
         if (gb) gb[c] = static_cast<float>(bsum);
       }
     });
@@ -608,62 +598,46 @@ std::tuple<at::Tensor, at::Tensor> BackwardFromPlanes(const kshare::RowProducer&
   const int64_t kk = static_cast<int64_t>(g.kh) * g.kw, hw = g.h * g.w;
   const at::Tensor w = weight.contiguous(), flipped = w.flip({2, 3}).contiguous();
   const at::Tensor addend = needInput && gradInputAddend.defined() ? gradInputAddend.contiguous() : at::Tensor();
-  // Each grad output plane is produced into L1 and used there by both products: the input
-  // gradient (ConvolveInto's plane path with the kernel flipped: the same calls, so the same
-  // numbers; the addend's plane, which the producer has just read, added from cache) and the
-  // image's share of the weight gradient, whose per-plane tap sums are added up image after image
-  // at the end (AddImageTaps, as WeightGradInto adds them). The grad output is never stored.
+  // The grad output is stored for the weight gradient's channel-by-channel walk; the input
+  // gradient reads each plane (and the addend's, which the producer has just read too) in cache.
+  at::Tensor gy = at::empty(input.sizes(), input.options());
   at::Tensor gi = needInput ? NewOutput(input.sizes(), input.options(), at::MemoryFormat::Contiguous) : at::Tensor();
-  at::Tensor gw = needWeight ? NewOutput(weight.sizes(), weight.options(), at::MemoryFormat::Contiguous) : at::Tensor();
-  const auto plane = k.planeForward(g.kh);
-  const int64_t Lp = k.planeLanes, wvP = RoundUp(g.w, Lp), rowPP = wvP + 2 * g.pw, rowsPP = RoundUp(g.h, k.planeRows(g.kh)) + 2 * g.ph;
-  const int64_t Lc = k.correlateLanes, wvC = RoundUp(g.w, Lc), rowPC = wvC + 2 * g.pw, rowsPC = g.h + 2 * g.ph;
-  const float *fp = flipped.data_ptr<float>(), *ap = addend.defined() ? addend.data_ptr<float>() : nullptr, *xp = input.data_ptr<float>();
-  float* gip = needInput ? gi.data_ptr<float>() : nullptr;
-  std::vector<float> taps(needWeight ? g.n * g.c * kk : 0);  // per plane, its lanes summed
-  kshare::ParallelFor(0, g.n * g.c, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> dz(hw), padG(needInput ? rowsPP * rowPP : 0), tmp(needInput && g.w != wvP ? g.h * wvP : 0);
-    std::vector<float> padX(needWeight ? rowsPC * rowPC : 0), gbuf(needWeight && g.w != wvC ? g.h * wvC : 0, 0.f), acc(needWeight ? kk * Lc : 0);
-    for (int64_t t = begin; t < end; t++) {
-      const int64_t c = t % g.c;
-      gradPlanes(t, dz.data());
-      if (needInput) {
-        CopyPlane(&padG[g.ph * rowPP + g.pw], rowPP, dz.data(), g.h, g.w, nullptr, c);
+  float* gyp = gy.data_ptr<float>();
+  if (needInput) {
+    // ConvolveInto's plane path with the kernel flipped: the same calls, so the same numbers.
+    const auto plane = k.planeForward(g.kh);
+    const int64_t L = k.planeLanes, R = k.planeRows(g.kh);
+    const int64_t wv = RoundUp(g.w, L), rowP = wv + 2 * g.pw, rowsP = RoundUp(g.h, R) + 2 * g.ph;
+    const float *fp = flipped.data_ptr<float>(), *ap = addend.defined() ? addend.data_ptr<float>() : nullptr;
+    float* gip = gi.data_ptr<float>();
+    kshare::ParallelFor(0, g.n * g.c, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> pad(rowsP * rowP), tmp(g.w == wv ? 0 : g.h * wv);
+      for (int64_t t = begin; t < end; t++) {
+        const int64_t c = t % g.c;
+        float* dz = gyp + t * hw;
+        gradPlanes(t, dz);
+        CopyPlane(&pad[g.ph * rowP + g.pw], rowP, dz, g.h, g.w, nullptr, c);
         float* dst = gip + t * hw;
         if (tmp.empty()) {
-          plane(padG.data(), rowPP, dst, g.w, g.h, wvP / Lp, fp + c * kk, 0.f);
+          plane(pad.data(), rowP, dst, g.w, g.h, wv / L, fp + c * kk, 0.f);
         } else {
-          plane(padG.data(), rowPP, tmp.data(), wvP, g.h, wvP / Lp, fp + c * kk, 0.f);
-          for (int64_t y = 0; y < g.h; y++) CopyRow(dst + y * g.w, &tmp[y * wvP], g.w);
+          plane(pad.data(), rowP, tmp.data(), wv, g.h, wv / L, fp + c * kk, 0.f);
+          for (int64_t y = 0; y < g.h; y++) CopyRow(dst + y * g.w, &tmp[y * wv], g.w);
         }
         if (ap) k.addInto(dst, ap + t * hw, hw);
         if (gradInputPlanes) (*gradInputPlanes)(t, dst);
       }
-      if (needWeight) {
-        CopyPlane(&padX[g.ph * rowPC + g.pw], rowPC, xp + t * hw, g.h, g.w, inputAffine, c);
-        const float* gp = dz.data();
-        int64_t gRow = g.w;
-        if (!gbuf.empty()) {
-          for (int64_t y = 0; y < g.h; y++) CopyRow(&gbuf[y * wvC], &dz[y * g.w], g.w);
-          gp = gbuf.data();
-          gRow = wvC;
-        }
-        std::fill(acc.begin(), acc.end(), 0.f);
-        k.correlate(padX.data(), rowPC, gp, gRow, Lc, g.h, wvC / Lc, g.kh, g.kw, g.dh * rowPC, g.dw, acc.data(), nullptr);
-        std::fill_n(&taps[t * kk], kk, 0.f);
-        AddImageTaps(acc.data(), kk, Lc, &taps[t * kk]);
-      }
-    }
-  });
-  if (gradInputPlanesSent) *gradInputPlanesSent = needInput && gradInputPlanes != nullptr;
+    });
+    if (gradInputPlanesSent) *gradInputPlanesSent = gradInputPlanes != nullptr;
+  } else {
+    kshare::ParallelFor(0, g.n * g.c, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; t++) gradPlanes(t, gyp + t * hw);
+    });
+  }
+  at::Tensor gw;
   if (needWeight) {
-    float* gwp = gw.data_ptr<float>();
-    for (int64_t c = 0; c < g.c; c++)
-      for (int64_t q = 0; q < kk; q++) {
-        float total = 0;
-        for (int64_t n = 0; n < g.n; n++) total += taps[(n * g.c + c) * kk + q];
-        gwp[c * kk + q] = total;
-      }
+    gw = NewOutput(weight.sizes(), weight.options(), at::MemoryFormat::Contiguous);
+    WeightGradInto(g, input.data_ptr<float>(), gyp, gw.data_ptr<float>(), nullptr, inputAffine);
     if (weight.suggest_memory_format() == at::MemoryFormat::ChannelsLast) gw = gw.contiguous(at::MemoryFormat::ChannelsLast);
   }
   return {gi, gw};

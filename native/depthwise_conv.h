@@ -38,10 +38,9 @@ void ForwardPlanes(const at::Tensor& input, const at::Tensor& weight, at::IntArr
                    const kshare::ChannelAffine* inputAffine = nullptr);
 
 // BackwardCpuPlus where PlanesApply, with the grad output produced plane by plane by `gradPlanes`
-// (index n * C + c, into a per-thread buffer in L1) and never stored: each plane goes on to the
-// input gradient (with the addend's plane, which the producer has just read too) and to its
-// image's share of the weight gradient while it is in cache. The numbers are BackwardCpuPlus's
-// bit for bit (its weight gradient adds the images' shares in the same order).
+// (index n * C + c, into the plane's place in a tensor this function holds for the weight
+// gradient): each plane goes on to the input gradient while it is in cache, with the addend's
+// plane, which the producer has just read too. The numbers are BackwardCpuPlus's bit for bit.
 std::tuple<at::Tensor, at::Tensor> BackwardFromPlanes(const kshare::RowProducer& gradPlanes, const at::Tensor& input,
                                                       const at::Tensor& weight, at::IntArrayRef dilation, bool needInput,
                                                       bool needWeight, const at::Tensor& gradInputAddend,
