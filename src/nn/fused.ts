@@ -201,8 +201,16 @@ export function convMixerTrainingRun(blocks: readonly (readonly Module[])[], x: 
   }
   const differentiable = halves.flatMap(([dw, pw]) => [dw.conv.weight, dw.bias, dw.bn.weight, dw.bn.bias, pw.conv.weight, pw.bias, pw.bn.weight, pw.bn.bias]);
   if (!t.recordsGraph([x, ...differentiable])) return null;
-  // bnOptions counts the batch: only once the run is sure to go ahead.
-  const params: t.ConvMixerBlockOptions[] = halves.map(([dw, pw]) => ({
+  // blockOptions counts the batch: only once the run is sure to go ahead.
+  return t.convMixerTrainingBlocks(
+    x,
+    halves.map(([dw, pw]) => blockOptions(dw, pw)),
+  );
+}
+
+/** A block's operator options from its two halves' parts (counts each BatchNorm's batch: call once, when fusing). */
+function blockOptions(dw: FusableParts, pw: FusableParts): t.ConvMixerBlockOptions {
+  return {
     dwWeight: dw.conv.weight,
     dwBias: dw.bias,
     dilation: dw.conv.dilation,
@@ -210,8 +218,7 @@ export function convMixerTrainingRun(blocks: readonly (readonly Module[])[], x: 
     pwWeight: pw.conv.weight,
     pwBias: pw.bias,
     bn2: pw.bnOptions(),
-  }));
-  return t.convMixerTrainingBlocks(x, params);
+  };
 }
 
 /**
@@ -229,15 +236,7 @@ export function convMixerBlock(layers: readonly Module[], x: Tensor): Tensor | n
   const pw = dw && dw.kernel === 'depthwise' ? fusableParts(layers[3]!, layers[4]!, layers[5]!, x) : null;
   if (!dw || !pw || pw.kernel !== 'pointwise' || dw.bn.training !== pw.bn.training) return null;
   if (dw.bn.training && x.size / x.dim(1) <= 1) return null; // BatchNorm2d raises its usual error
-  return t.convMixerBlock(x, {
-    dwWeight: dw.conv.weight,
-    dwBias: dw.bias,
-    dilation: dw.conv.dilation,
-    bn1: dw.bnOptions(),
-    pwWeight: pw.conv.weight,
-    pwBias: pw.bias,
-    bn2: pw.bnOptions(),
-  });
+  return t.convMixerBlock(x, blockOptions(dw, pw));
 }
 
 function isEvalBatchNorm(m: Module | undefined): boolean {
