@@ -138,9 +138,13 @@ test('retainFreedMemory stops training steps from page-faulting their activation
   const run = (env: Record<string, string>) => {
     const clean = { ...process.env };
     for (const k of ['MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_', 'KSHARE_MALLOC_TUNING']) delete clean[k];
-    // libtorch's own allocator: kshare's caching one keeps large blocks out of malloc (test/cpu-allocator.test.ts)
+    // libtorch's own allocator: kshare's caching one keeps large blocks out of malloc (test/cpu-allocator.test.ts).
+    // One block operator each (KSHARE_NATIVE_TRAINING_RUN=0): the training run stores fewer
+    // activations, and with fewer large temporaries the default's faults came within 3x of the
+    // retained ones (15,538-21,650 against 2,292-7,383 over these steps, fourteenth session, against
+    // 42,964-64,513 and 5,315-7,366 block by block); this test is about malloc's settings.
     const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], {
-      env: { ...clean, KSHARE_CPU_ALLOCATOR: 'system', ...env },
+      env: { ...clean, KSHARE_CPU_ALLOCATOR: 'system', KSHARE_NATIVE_TRAINING_RUN: '0', ...env },
       encoding: 'utf8',
     });
     assert.equal(r.status, 0, r.stderr);
