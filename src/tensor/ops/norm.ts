@@ -287,9 +287,7 @@ export function convMixerBlock(x: Tensor, b: ConvMixerBlockOptions): Tensor {
  */
 export function convMixerTrainingBlocks(x: Tensor, blocks: readonly ConvMixerBlockOptions[]): Tensor {
   const op = 'convMixerTrainingBlocks';
-  rank4(op, x);
-  if (!Array.isArray(blocks) || blocks.length === 0) throw new TypeError(`${op}: blocks must be a non-empty array, got ${describe(blocks)}`);
-  if (!isContiguous(x)) throw new TypeError(`${op}: input must be NCHW contiguous, got a tensor of shape [${x.shape}] in another layout`);
+  checkBlockRun(op, x, blocks);
   const c = x.dim(1);
   const params: Handle[] = [];
   const stats: Handle[] = [];
@@ -327,6 +325,13 @@ export function convMixerTrainingBlocks(x: Tensor, blocks: readonly ConvMixerBlo
   return wrap(runKernel(op, 'convMixerTrainingBlocks', [x.handle, params, stats, dilation!, momentum, eps]));
 }
 
+/** The checks both runs of blocks share: a 4-D NCHW-contiguous input and a non-empty array of blocks. */
+function checkBlockRun(op: string, x: Tensor, blocks: unknown): void {
+  rank4(op, x);
+  if (!Array.isArray(blocks) || blocks.length === 0) throw new TypeError(`${op}: blocks must be a non-empty array, got ${describe(blocks)}`);
+  if (!isContiguous(x)) throw new TypeError(`${op}: input must be NCHW contiguous, got a tensor of shape [${x.shape}] in another layout`);
+}
+
 /** One ConvMixer block's parameters for convMixerBlocks (each BatchNorm in eval mode). */
 export interface ConvMixerBlockParams {
   /** The residual half: depthwise weight [C, 1, k, k] (odd k), its bias [C], then its BatchNorm. */
@@ -348,9 +353,7 @@ export interface ConvMixerBlockParams {
  */
 export function convMixerBlocks(x: Tensor, blocks: readonly ConvMixerBlockParams[]): Tensor {
   const op = 'convMixerBlocks';
-  rank4(op, x);
-  if (!Array.isArray(blocks) || blocks.length === 0) throw new TypeError(`${op}: blocks must be a non-empty array, got ${describe(blocks)}`);
-  if (!isContiguous(x)) throw new TypeError(`${op}: input must be NCHW contiguous, got a tensor of shape [${x.shape}] in another layout`);
+  checkBlockRun(op, x, blocks);
   const c = x.dim(1);
   const handles: Handle[] = [];
   const eps: number[] = [];
