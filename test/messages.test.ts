@@ -101,3 +101,15 @@ test('static-server.js: --help, and one clear line when the port is taken', asyn
   assert.equal(bad.status, 1);
   assert.match(bad.stderr, /unknown argument '--prot'/);
 });
+
+test('KSHARE_ADDON naming a file that does not exist fails at import, naming it, instead of loading the default build', () => {
+  const tensorIndex = path.resolve(here, '../src/tensor/index.js');
+  const missing = path.join(root, 'no-such-build', 'kshare.node');
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', `await import(${JSON.stringify(tensorIndex)});`], {
+    env: { ...process.env, KSHARE_ADDON: missing },
+    encoding: 'utf8',
+  });
+  assert.notEqual(r.status, 0);
+  assert.ok(r.stderr.includes(`KSHARE_ADDON is '${missing}', which does not exist`), r.stderr);
+  assert.ok(!existsSync(missing));
+});

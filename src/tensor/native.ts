@@ -143,12 +143,20 @@ export interface NativeBinding extends Partial<DistributedBinding> {
 
 function locateAddon(): string {
   const here = path.dirname(fileURLToPath(import.meta.url));
+  // An explicit build (e.g. an A/B of two builds) must never fall back silently to the default one.
+  const chosen = process.env.KSHARE_ADDON;
+  if (chosen !== undefined && chosen !== '') {
+    if (!existsSync(chosen))
+      throw new Error(
+        `kshare: KSHARE_ADDON is '${chosen}', which does not exist; point it at a built kshare.node (native/build/kshare.node after \`npm run build:native\`) or unset it`,
+      );
+    return chosen;
+  }
   const candidates = [
-    process.env.KSHARE_ADDON,
     // src/tensor -> repo root, and dist/src/tensor -> repo root
     path.resolve(here, '../../native/build/kshare.node'),
     path.resolve(here, '../../../native/build/kshare.node'),
-  ].filter((p): p is string => !!p);
+  ];
   for (const c of candidates) if (existsSync(c)) return c;
   throw new Error(
     `kshare: native addon not found (looked in ${candidates.join(', ')}). ` +
