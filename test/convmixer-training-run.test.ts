@@ -24,8 +24,8 @@ interface StepResult {
   handOffs: number;
 }
 
-/** One training step of a fresh model (seeded), everything it produces read back. */
-function step(name: string, batch: number, hw: number): StepResult {
+/** One training step of a fresh model (seeded), everything it produces read back; `backwardEnv` is set for the backward only. */
+function step(name: string, batch: number, hw: number, backwardEnv: Record<string, string> = {}): StepResult {
   const live = t.liveTensors();
   t.manualSeed(11);
   const model = createModel(name, { classes: 10 });
@@ -37,7 +37,7 @@ function step(name: string, batch: number, hw: number): StepResult {
     model.train(true);
     const loss = t.tidy(() => {
       const l = t.crossEntropy(model.forward(x), y);
-      l.backward();
+      withEnv(backwardEnv, () => l.backward());
       return l.item();
     });
     const after = t.runtimeInfo();
@@ -108,6 +108,38 @@ test('a training run on the portable kernels stores every block output and gives
     assert.equal(run.lazy, 0, 'the portable rows round a * b + c twice: no lazily held input');
     assert.equal(run.handOffs, 0);
   });
+});
+
+test("the depthwise route switched between a training run's forward and its backward: the block operators' numbers, and libtorch's", { skip }, () => {
+  // KSHARE_NATIVE_DEPTHWISE_FORWARD is read at every call. The forward decides which block inputs
+  // are held lazily; a backward on oneDNN's input gradient must still read them through their
+  // affine (and sum the row sums itself, since no planes come from the plane kernel); the row sums
+  // are handed over only from a lazily held input's planes.
+  const [name, batch, hw] = MODELS[0]!;
+  const depth = Number(name.split('_')[2]);
+  const CASES: [string, Record<string, string>, Record<string, string>, number, number][] = [
+    ['forward on the plane kernel, backward on oneDNN', {}, { KSHARE_NATIVE_DEPTHWISE_FORWARD: 'onednn' }, depth - 1, 0],
+    ['forward on oneDNN, backward on the plane kernel', { KSHARE_NATIVE_DEPTHWISE_FORWARD: 'onednn' }, { KSHARE_NATIVE_DEPTHWISE_FORWARD: 'kshare' }, 0, 0],
+  ];
+  for (const threads of [1, 2]) {
+    withThreads(threads, () => {
+      const ref = withLibtorchOps(() => step(name, batch, hw));
+      for (const [what, forwardEnv, backwardEnv, lazy, handOffs] of CASES) {
+        const label = `${what}, ${threads} thread(s)`;
+        withEnv({ ...forwardEnv, KSHARE_NATIVE_POISON: '1' }, () => {
+          const blocks = withEnv({ KSHARE_NATIVE_TRAINING_RUN: '0' }, () => step(name, batch, hw, backwardEnv));
+          const run = step(name, batch, hw, backwardEnv);
+          assertSame(label, run, blocks);
+          assert.equal(run.lazy, lazy, `${label}: blocks with a lazily held input`);
+          assert.equal(run.handOffs, handOffs, `${label}: row-sum hand-offs`);
+          for (const [k, r] of ref.grads) {
+            const err = maxRelError(run.grads.get(k)!, r);
+            assert.ok(err < 1e-5, `${label}: gradient of ${k} off libtorch's by ${err}`);
+          }
+        });
+      }
+    });
+  }
 });
 
 test('a training run is not taken without gradients, in eval mode, or with KSHARE_NATIVE_BLOCK_NODE=0', { skip }, () => {
