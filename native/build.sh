@@ -7,6 +7,8 @@
 #   c10d (native/distributed.cc): Gloo when gloo headers are found (Debian: libgloo-dev; a PyTorch
 #                       install ships its own), NCCL too for a CUDA libtorch when nccl.h is found
 #                       (NCCL_INCLUDE, or the pip package nvidia/nccl/include next to torch)
+#   KSHARE_BUILD_ONEDNN=0: without oneDNN (kshare's 1x1 operator and block runs left out), to test that build
+#   KSHARE_BUILD_OUT:   write the addon there instead of native/build/kshare.node (load it with KSHARE_ADDON)
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -57,14 +59,19 @@ if [ -f "$lib/libtorch_cuda.so" ] && [ ${#defs[@]} -gt 0 ]; then
 fi
 # oneDNN's sgemm for kshare's 1x1 convolution (native/pointwise_conv.cc): Debian's libdnnl-dev,
 # the same libdnnl.so.2 libtorch links. Without it the operator is left out.
-if [ -f "$inc/dnnl.h" ] && [ -e "$lib/libdnnl.so" ]; then
+# KSHARE_BUILD_ONEDNN=0 leaves it out on purpose (to test that build: .ci/run does).
+if [ "${KSHARE_BUILD_ONEDNN:-1}" = 0 ]; then
+  echo "build.sh: KSHARE_BUILD_ONEDNN=0: built without oneDNN, 1x1 convolutions stay on libtorch's" >&2
+elif [ -f "$inc/dnnl.h" ] && [ -e "$lib/libdnnl.so" ]; then
   defs+=(-DKSHARE_HAVE_DNNL)
   libs+=(-ldnnl)
 else
   echo "build.sh: no oneDNN headers in $inc (Debian: apt-get install libdnnl-dev): 1x1 convolutions stay on libtorch's" >&2
 fi
-mkdir -p "$here/build"
-out="$here/build/kshare.node"
+# KSHARE_BUILD_OUT: where to write the addon instead (a second build beside the default one,
+# loaded with KSHARE_ADDON).
+out=${KSHARE_BUILD_OUT:-$here/build/kshare.node}
+mkdir -p "$(dirname "$out")"
 echo "build.sh: compiling against $inc (libs $lib)${defs[*]:+, ${defs[*]}}"
 # Every native/*.cc is part of the addon (kshare.cc, distributed.cc, the CPU kernels);
 # -fopenmp so at::parallel_for in the kernels runs on libtorch's OpenMP threads.

@@ -184,6 +184,51 @@ test('a training run is not taken without gradients, in eval mode, or with KSHAR
   assert.equal(t.liveTensors(), live, 'no tensor leaked');
 });
 
+test(
+  'built without oneDNN, the block operators say what the build lacks, and a ConvMixer still trains (block halves)',
+  { skip: BUILT && 'built with oneDNN (`npm run test:no-onednn` runs this)' },
+  () => {
+    const live = t.liveTensors();
+    const c = 8;
+    t.tidy(() => {
+      const bn = () => ({ weight: t.ones([c]), bias: t.zeros([c]), runningMean: t.zeros([c]), runningVar: t.ones([c]), training: true });
+      const block = (): t.ConvMixerBlockOptions => ({
+        dwWeight: t.ones([c, 1, 3, 3]),
+        dwBias: t.zeros([c]),
+        bn1: bn(),
+        pwWeight: t.ones([c, c, 1, 1]),
+        pwBias: t.zeros([c]),
+        bn2: bn(),
+      });
+      const y = t.zeros([2, c, 4, 4]);
+      assert.throws(
+        () => t.convMixerTrainingBlocks(y, [block(), block()]),
+        /convMixerTrainingBlocks: kshare::convmixer_training_blocks is not in this build .*needs oneDNN/,
+      );
+      assert.throws(() => t.convMixerBlock(y, block()), /convMixerBlock: kshare::convmixer_block is not in this build .*libdnnl-dev/);
+    });
+    const model = createModel('convmixer_8_2_k3_p2_shared', { classes: 10 });
+    const gen = new t.Generator(5);
+    const x = t.randn([2, 3, 8, 8], { generator: gen });
+    const labels = t.randint(0, 10, [2], { generator: gen });
+    try {
+      model.train(true);
+      const loss = t.tidy(() => {
+        const l = t.crossEntropy(model.forward(x), labels);
+        l.backward();
+        return l.item();
+      });
+      assert.ok(Number.isFinite(loss), `loss ${loss}`);
+      for (const [k, p] of model.namedParameters()) t.tidy(() => assert.ok(p.grad, `${k} has a gradient`));
+    } finally {
+      model.zeroGrad();
+      model.dispose();
+      t.dispose([x, labels]);
+    }
+    assert.equal(t.liveTensors(), live, 'no tensor leaked');
+  },
+);
+
 test('convMixerTrainingBlocks refuses bad arguments with errors that name them', { skip }, () => {
   t.tidy(() => {
     const c = 8;

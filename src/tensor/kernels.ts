@@ -202,11 +202,29 @@ export type KernelName = keyof typeof KERNELS;
 
 const ids = new Map<KernelName, number>();
 
-function resolve(name: KernelName): number {
+/** kshare's operators that native/build.sh compiles only where it finds oneDNN (libdnnl-dev). */
+const NEED_ONEDNN: ReadonlySet<KernelName> = new Set([
+  'pointwiseConv2d',
+  'pointwiseConv2dBackward',
+  'pointwiseGeluBatchNorm',
+  'convMixerBlocks',
+  'convMixerBlock',
+  'convMixerTrainingBlocks',
+]);
+
+function resolve(opName: string, name: KernelName): number {
   let id = ids.get(name);
   if (id === undefined) {
     const [op, overload = ''] = KERNELS[name].split('.');
-    id = native.opId(op!, overload);
+    try {
+      id = native.opId(op!, overload);
+    } catch (e) {
+      if (!op!.startsWith('kshare::')) throw e;
+      const why = NEED_ONEDNN.has(name)
+        ? 'it needs oneDNN when the addon is built (Debian: apt-get install libdnnl-dev, then npm run build:native; runtimeInfo().pointwiseKernel tells whether a build has it)'
+        : 'rebuild the addon (npm run build:native)';
+      throw new Error(`${opName}: ${KERNELS[name]} is not in this build of kshare's addon: ${why}`);
+    }
     ids.set(name, id);
   }
   return id;
@@ -214,7 +232,7 @@ function resolve(name: KernelName): number {
 
 /** Calls a libtorch operator; libtorch errors become Errors naming our op and ATen's. */
 export function runKernel(opName: string, kernel: KernelName, args: KernelArg[]): unknown {
-  const id = resolve(kernel);
+  const id = resolve(opName, kernel);
   let out: unknown;
   try {
     out = native.call(id, args);
@@ -230,7 +248,7 @@ export function runKernel(opName: string, kernel: KernelName, args: KernelArg[])
 
 /** The schema libtorch reports for a kernel (for docs and debugging). */
 export function kernelSchema(kernel: KernelName): string {
-  return native.opSchema(resolve(kernel));
+  return native.opSchema(resolve(`kernelSchema(${kernel})`, kernel));
 }
 
 export type { Handle };
