@@ -10,6 +10,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as t from '../src/tensor/index.js';
 import { createModel } from '../src/models/index.js';
+import { applySharingPlan, Conv2d, Sequential } from '../src/nn/index.js';
 import { withEnv, withLibtorchOps, withThreads } from './helpers/env.js';
 import { maxRelError } from './helpers/python.js';
 
@@ -310,5 +311,58 @@ test('with some parameters frozen, every fused route gives the gradients of the 
         if (g && r) assert.ok(maxRelError(g, r) < 1e-5, `${what} frozen, ${route}: gradient of ${k} off by ${maxRelError(g, r)}`);
       }
     }
+  }
+});
+
+test('a kernel shared by the run and a layer after it gets both gradients, as libtorch sums them', { skip }, () => {
+  // The run sums its blocks' share of the gradient itself and autograd then adds the later
+  // layer's, so the association differs from a block node each (last bits), not the value.
+  const step = (): { grads: Map<string, Float32Array>; lazy: number } => {
+    const live = t.liveTensors();
+    t.manualSeed(31);
+    const base = createModel('convmixer_16_3_k3_p2', { classes: 10 }) as Sequential;
+    const layers = base.layers;
+    // stem (3 layers), 3 blocks, then a 1x1 convolution sharing the blocks' 1x1 kernel and bias, then the head.
+    const model = new Sequential(...layers.slice(0, 6), new Conv2d(16, 16, 1), ...layers.slice(6));
+    applySharingPlan(model, { kind: 'groups', groups: [['3.1', '4.1', '5.1', '6']] });
+    const gen = new t.Generator(9);
+    const x = t.randn([4, 3, 12, 12], { generator: gen });
+    const y = t.randint(0, 10, [4], { generator: gen });
+    const before = t.runtimeInfo().blockRunLazyInputs;
+    try {
+      model.train(true);
+      t.tidy(() => t.crossEntropy(model.forward(x), y).backward());
+      const grads = new Map<string, Float32Array>();
+      for (const [k, p] of model.namedParameters())
+        grads.set(
+          k,
+          t.tidy(() => p.grad!.toFloat32Array()),
+        );
+      return { grads, lazy: t.runtimeInfo().blockRunLazyInputs - before };
+    } finally {
+      model.zeroGrad();
+      model.dispose();
+      t.dispose([x, y]);
+      assert.equal(t.liveTensors(), live, 'no tensor leaked');
+    }
+  };
+  for (const threads of [1, 2]) {
+    withThreads(threads, () => {
+      const ref = withLibtorchOps(step);
+      const run = step();
+      const blocks = withEnv({ KSHARE_NATIVE_TRAINING_RUN: '0' }, step);
+      assert.equal(run.lazy, 2, `${threads} thread(s): the blocks ran as one training run`);
+      assert.equal(blocks.lazy, 0);
+      assert.ok(ref.grads.has('3.1.weight') && !ref.grads.has('6.weight'), `one shared kernel: ${[...ref.grads.keys()]}`);
+      for (const [k, r] of ref.grads) {
+        for (const [route, got] of [
+          ['training run', run],
+          ['block operators', blocks],
+        ] as const) {
+          const err = maxRelError(got.grads.get(k)!, r);
+          assert.ok(err < 1e-5, `${threads} thread(s), ${route}: gradient of ${k} off libtorch's by ${err}`);
+        }
+      }
+    });
   }
 });
