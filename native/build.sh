@@ -59,7 +59,6 @@ if [ -f "$lib/libtorch_cuda.so" ] && [ ${#defs[@]} -gt 0 ]; then
 fi
 # oneDNN's sgemm for kshare's 1x1 convolution (native/pointwise_conv.cc): Debian's libdnnl-dev,
 # the same libdnnl.so.2 libtorch links. Without it the operator is left out.
-# KSHARE_BUILD_ONEDNN=0 leaves it out on purpose (to test that build: .ci/run does).
 if [ "${KSHARE_BUILD_ONEDNN:-1}" = 0 ]; then
   echo "build.sh: KSHARE_BUILD_ONEDNN=0: built without oneDNN, 1x1 convolutions stay on libtorch's" >&2
 elif [ -f "$inc/dnnl.h" ] && [ -e "$lib/libdnnl.so" ]; then
@@ -68,8 +67,6 @@ elif [ -f "$inc/dnnl.h" ] && [ -e "$lib/libdnnl.so" ]; then
 else
   echo "build.sh: no oneDNN headers in $inc (Debian: apt-get install libdnnl-dev): 1x1 convolutions stay on libtorch's" >&2
 fi
-# KSHARE_BUILD_OUT: where to write the addon instead (a second build beside the default one,
-# loaded with KSHARE_ADDON).
 out=${KSHARE_BUILD_OUT:-$here/build/kshare.node}
 mkdir -p "$(dirname "$out")"
 echo "build.sh: compiling against $inc (libs $lib)${defs[*]:+, ${defs[*]}}"

@@ -10,7 +10,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as t from '../src/tensor/index.js';
 import { createModel } from '../src/models/index.js';
-import { applySharingPlan, Conv2d, Sequential } from '../src/nn/index.js';
+import { applySharingPlan, Conv2d, Sequential, type Module } from '../src/nn/index.js';
 import { withEnv, withLibtorchOps, withThreads } from './helpers/env.js';
 import { maxRelError } from './helpers/python.js';
 
@@ -19,34 +19,45 @@ const skip = !BUILT && 'built without oneDNN: no 1x1 operator, no block run';
 
 interface StepResult {
   loss: number;
-  grads: Map<string, Float32Array>;
+  /** Each parameter's gradient, null where it has none. */
+  grads: Map<string, Float32Array | null>;
   stats: Map<string, Float32Array>;
   lazy: number;
   handOffs: number;
 }
 
-/** One training step of a fresh model (seeded), everything it produces read back; `backwardEnv` is set for the backward only. */
-function step(name: string, batch: number, hw: number, backwardEnv: Record<string, string> = {}): StepResult {
+interface StepOptions {
+  /** t.manualSeed before `make` builds the model; the data's own generator seed. */
+  seed: number;
+  dataSeed: number;
+  batch: number;
+  hw: number;
+  /** Set for the backward only. */
+  backwardEnv?: Record<string, string>;
+}
+
+/** One training step (10 classes) of the model `make` builds, everything it produces read back. */
+function trainStep(make: () => Module, o: StepOptions): StepResult {
   const live = t.liveTensors();
-  t.manualSeed(11);
-  const model = createModel(name, { classes: 10 });
-  const gen = new t.Generator(3);
-  const x = t.randn([batch, 3, hw, hw], { generator: gen });
-  const y = t.randint(0, 10, [batch], { generator: gen });
+  t.manualSeed(o.seed);
+  const model = make();
+  const gen = new t.Generator(o.dataSeed);
+  const x = t.randn([o.batch, 3, o.hw, o.hw], { generator: gen });
+  const y = t.randint(0, 10, [o.batch], { generator: gen });
   const before = t.runtimeInfo();
   try {
     model.train(true);
     const loss = t.tidy(() => {
       const l = t.crossEntropy(model.forward(x), y);
-      withEnv(backwardEnv, () => l.backward());
+      withEnv(o.backwardEnv ?? {}, () => l.backward());
       return l.item();
     });
     const after = t.runtimeInfo();
-    const grads = new Map<string, Float32Array>();
+    const grads = new Map<string, Float32Array | null>();
     for (const [k, p] of model.namedParameters())
       grads.set(
         k,
-        t.tidy(() => p.grad!.toFloat32Array()),
+        t.tidy(() => p.grad?.toFloat32Array() ?? null),
       );
     const stats = new Map<string, Float32Array>();
     for (const [k, b] of model.namedBuffers()) if (b.dtype === 'float32') stats.set(k, b.toFloat32Array());
@@ -58,11 +69,22 @@ function step(name: string, batch: number, hw: number, backwardEnv: Record<strin
       handOffs: after.blockRunRowSumHandOffs - before.blockRunRowSumHandOffs,
     };
   } finally {
+    model.zeroGrad();
     model.dispose();
-    x.dispose();
-    y.dispose();
-    assert.equal(t.liveTensors(), live, `${name}: no tensor leaked`);
+    t.dispose([x, y]);
+    assert.equal(t.liveTensors(), live, 'no tensor leaked');
   }
+}
+
+/** A training step of the registry model `name`; `backwardEnv` is set for the backward only. */
+function step(name: string, batch: number, hw: number, backwardEnv: Record<string, string> = {}): StepResult {
+  return trainStep(() => createModel(name, { classes: 10 }), { seed: 11, dataSeed: 3, batch, hw, backwardEnv });
+}
+
+/** Options of one ConvMixer block of c channels (3x3 depthwise), its conv weights from `weight`, every BatchNorm training. */
+function blockOf(c: number, weight: (shape: number[]) => t.Tensor): t.ConvMixerBlockOptions {
+  const bn = () => ({ weight: t.ones([c]), bias: t.zeros([c]), runningMean: t.zeros([c]), runningVar: t.ones([c]), training: true });
+  return { dwWeight: weight([c, 1, 3, 3]), dwBias: t.zeros([c]), bn1: bn(), pwWeight: weight([c, c, 1, 1]), pwBias: t.zeros([c]), bn2: bn() };
 }
 
 function assertSame(label: string, got: StepResult, ref: StepResult): void {
@@ -134,7 +156,7 @@ test("the depthwise route switched between a training run's forward and its back
           assert.equal(run.lazy, lazy, `${label}: blocks with a lazily held input`);
           assert.equal(run.handOffs, handOffs, `${label}: row-sum hand-offs`);
           for (const [k, r] of ref.grads) {
-            const err = maxRelError(run.grads.get(k)!, r);
+            const err = maxRelError(run.grads.get(k)!, r!);
             assert.ok(err < 1e-5, `${label}: gradient of ${k} off libtorch's by ${err}`);
           }
         });
@@ -189,44 +211,19 @@ test(
   'built without oneDNN, the block operators say what the build lacks, and a ConvMixer still trains (block halves)',
   { skip: BUILT && 'built with oneDNN (`npm run test:no-onednn` runs this)' },
   () => {
-    const live = t.liveTensors();
-    const c = 8;
     t.tidy(() => {
-      const bn = () => ({ weight: t.ones([c]), bias: t.zeros([c]), runningMean: t.zeros([c]), runningVar: t.ones([c]), training: true });
-      const block = (): t.ConvMixerBlockOptions => ({
-        dwWeight: t.ones([c, 1, 3, 3]),
-        dwBias: t.zeros([c]),
-        bn1: bn(),
-        pwWeight: t.ones([c, c, 1, 1]),
-        pwBias: t.zeros([c]),
-        bn2: bn(),
-      });
+      const c = 8;
       const y = t.zeros([2, c, 4, 4]);
+      const block = () => blockOf(c, (shape) => t.ones(shape));
       assert.throws(
         () => t.convMixerTrainingBlocks(y, [block(), block()]),
         /convMixerTrainingBlocks: kshare::convmixer_training_blocks is not in this build .*needs oneDNN/,
       );
       assert.throws(() => t.convMixerBlock(y, block()), /convMixerBlock: kshare::convmixer_block is not in this build .*libdnnl-dev/);
     });
-    const model = createModel('convmixer_8_2_k3_p2_shared', { classes: 10 });
-    const gen = new t.Generator(5);
-    const x = t.randn([2, 3, 8, 8], { generator: gen });
-    const labels = t.randint(0, 10, [2], { generator: gen });
-    try {
-      model.train(true);
-      const loss = t.tidy(() => {
-        const l = t.crossEntropy(model.forward(x), labels);
-        l.backward();
-        return l.item();
-      });
-      assert.ok(Number.isFinite(loss), `loss ${loss}`);
-      for (const [k, p] of model.namedParameters()) t.tidy(() => assert.ok(p.grad, `${k} has a gradient`));
-    } finally {
-      model.zeroGrad();
-      model.dispose();
-      t.dispose([x, labels]);
-    }
-    assert.equal(t.liveTensors(), live, 'no tensor leaked');
+    const r = trainStep(() => createModel('convmixer_8_2_k3_p2_shared', { classes: 10 }), { seed: 5, dataSeed: 5, batch: 2, hw: 8 });
+    assert.ok(Number.isFinite(r.loss), `loss ${r.loss}`);
+    for (const [k, g] of r.grads) assert.ok(g, `${k} has a gradient`);
   },
 );
 
@@ -234,15 +231,7 @@ test('convMixerTrainingBlocks refuses bad arguments with errors that name them',
   t.tidy(() => {
     const c = 8;
     const gen = new t.Generator(4);
-    const bn = () => ({ weight: t.ones([c]), bias: t.zeros([c]), runningMean: t.zeros([c]), runningVar: t.ones([c]), training: true });
-    const block = (): t.ConvMixerBlockOptions => ({
-      dwWeight: t.randn([c, 1, 3, 3], { generator: gen }),
-      dwBias: t.zeros([c]),
-      bn1: bn(),
-      pwWeight: t.randn([c, c, 1, 1], { generator: gen }),
-      pwBias: t.zeros([c]),
-      bn2: bn(),
-    });
+    const block = () => blockOf(c, (shape) => t.randn(shape, { generator: gen }));
     const x = t.randn([2, c, 6, 6], { generator: gen });
     const a = block(),
       b = block();
@@ -263,30 +252,12 @@ test('convMixerTrainingBlocks refuses bad arguments with errors that name them',
 
 /** A training step with `frozen` parameters not requiring grad: each trainable parameter's gradient (null if none). */
 function frozenStep(frozen: readonly string[]): Map<string, Float32Array | null> {
-  const live = t.liveTensors();
-  t.manualSeed(21);
-  const model = createModel('convmixer_16_2_k3_p2_shared', { classes: 10 });
-  const gen = new t.Generator(8);
-  const x = t.randn([4, 3, 12, 12], { generator: gen });
-  const y = t.randint(0, 10, [4], { generator: gen });
-  try {
+  const make = () => {
+    const model = createModel('convmixer_16_2_k3_p2_shared', { classes: 10 });
     for (const [k, p] of model.namedParameters()) if (frozen.includes(k)) p.requiresGrad = false;
-    model.train(true);
-    t.tidy(() => t.crossEntropy(model.forward(x), y).backward());
-    const grads = new Map<string, Float32Array | null>();
-    for (const [k, p] of model.namedParameters())
-      grads.set(
-        k,
-        t.tidy(() => p.grad?.toFloat32Array() ?? null),
-      );
-    return grads;
-  } finally {
-    model.zeroGrad();
-    model.dispose();
-    x.dispose();
-    y.dispose();
-    assert.equal(t.liveTensors(), live, 'no tensor leaked');
-  }
+    return model;
+  };
+  return trainStep(make, { seed: 21, dataSeed: 8, batch: 4, hw: 12 }).grads;
 }
 
 test('with some parameters frozen, every fused route gives the gradients of the rest, as libtorch does', { skip }, () => {
@@ -317,35 +288,14 @@ test('with some parameters frozen, every fused route gives the gradients of the 
 test('a kernel shared by the run and a layer after it gets both gradients, as libtorch sums them', { skip }, () => {
   // The run sums its blocks' share of the gradient itself and autograd then adds the later
   // layer's, so the association differs from a block node each (last bits), not the value.
-  const step = (): { grads: Map<string, Float32Array>; lazy: number } => {
-    const live = t.liveTensors();
-    t.manualSeed(31);
-    const base = createModel('convmixer_16_3_k3_p2', { classes: 10 }) as Sequential;
-    const layers = base.layers;
+  const make = () => {
+    const layers = (createModel('convmixer_16_3_k3_p2', { classes: 10 }) as Sequential).layers;
     // stem (3 layers), 3 blocks, then a 1x1 convolution sharing the blocks' 1x1 kernel and bias, then the head.
     const model = new Sequential(...layers.slice(0, 6), new Conv2d(16, 16, 1), ...layers.slice(6));
     applySharingPlan(model, { kind: 'groups', groups: [['3.1', '4.1', '5.1', '6']] });
-    const gen = new t.Generator(9);
-    const x = t.randn([4, 3, 12, 12], { generator: gen });
-    const y = t.randint(0, 10, [4], { generator: gen });
-    const before = t.runtimeInfo().blockRunLazyInputs;
-    try {
-      model.train(true);
-      t.tidy(() => t.crossEntropy(model.forward(x), y).backward());
-      const grads = new Map<string, Float32Array>();
-      for (const [k, p] of model.namedParameters())
-        grads.set(
-          k,
-          t.tidy(() => p.grad!.toFloat32Array()),
-        );
-      return { grads, lazy: t.runtimeInfo().blockRunLazyInputs - before };
-    } finally {
-      model.zeroGrad();
-      model.dispose();
-      t.dispose([x, y]);
-      assert.equal(t.liveTensors(), live, 'no tensor leaked');
-    }
+    return model;
   };
+  const step = () => trainStep(make, { seed: 31, dataSeed: 9, batch: 4, hw: 12 });
   for (const threads of [1, 2]) {
     withThreads(threads, () => {
       const ref = withLibtorchOps(step);
@@ -359,7 +309,7 @@ test('a kernel shared by the run and a layer after it gets both gradients, as li
           ['training run', run],
           ['block operators', blocks],
         ] as const) {
-          const err = maxRelError(got.grads.get(k)!, r);
+          const err = maxRelError(got.grads.get(k)!, r!);
           assert.ok(err < 1e-5, `${threads} thread(s), ${route}: gradient of ${k} off libtorch's by ${err}`);
         }
       }

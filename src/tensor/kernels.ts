@@ -202,16 +202,6 @@ export type KernelName = keyof typeof KERNELS;
 
 const ids = new Map<KernelName, number>();
 
-/** kshare's operators that native/build.sh compiles only where it finds oneDNN (libdnnl-dev). */
-const NEED_ONEDNN: ReadonlySet<KernelName> = new Set([
-  'pointwiseConv2d',
-  'pointwiseConv2dBackward',
-  'pointwiseGeluBatchNorm',
-  'convMixerBlocks',
-  'convMixerBlock',
-  'convMixerTrainingBlocks',
-]);
-
 function resolve(opName: string, name: KernelName): number {
   let id = ids.get(name);
   if (id === undefined) {
@@ -220,8 +210,9 @@ function resolve(opName: string, name: KernelName): number {
       id = native.opId(op!, overload);
     } catch (e) {
       if (!op!.startsWith('kshare::')) throw e;
-      const why = NEED_ONEDNN.has(name)
-        ? 'it needs oneDNN when the addon is built (Debian: apt-get install libdnnl-dev, then npm run build:native; runtimeInfo().pointwiseKernel tells whether a build has it)'
+      // Only a build without oneDNN leaves kshare's operators out (its 1x1 and block operators).
+      const why = !native.runtimeInfo().pointwiseKernel
+        ? 'it needs oneDNN when the addon is built (Debian: apt-get install libdnnl-dev, then npm run build:native)'
         : 'rebuild the addon (npm run build:native)';
       throw new Error(`${opName}: ${KERNELS[name]} is not in this build of kshare's addon: ${why}`);
     }
