@@ -70,12 +70,16 @@ fi
 out=${KSHARE_BUILD_OUT:-$here/build/kshare.node}
 mkdir -p "$(dirname "$out")"
 echo "build.sh: compiling against $inc (libs $lib)${defs[*]:+, ${defs[*]}}"
-# Every native/*.cc is part of the addon (kshare.cc, distributed.cc, the CPU kernels);
+# Every native/*.cc is part of the addon (kshare.cc, distributed.cc, the CPU kernels), compiled
+# one process per core (on the 16-core GPU machine that is most of a device command's build time);
 # -fopenmp so at::parallel_for in the kernels runs on libtorch's OpenMP threads.
-g++ -std=c++17 -O2 -fopenmp -fPIC -shared -fvisibility=hidden -D_GLIBCXX_USE_CXX11_ABI=1 \
-  -DNAPI_CPP_EXCEPTIONS -DNODE_ADDON_API_DISABLE_DEPRECATED \
-  "${defs[@]}" -I"$NAPI_INCLUDE" -I"$addon_api" -I"$inc" -I"$inc/torch/csrc/api/include" "${dist_inc[@]}" \
-  "$here"/*.cc -o "$out.tmp" \
-  -L"$lib" -Wl,-rpath,"$lib" "${libs[@]}"
+cflags=(-std=c++17 -O2 -fopenmp -fPIC -fvisibility=hidden -D_GLIBCXX_USE_CXX11_ABI=1
+  -DNAPI_CPP_EXCEPTIONS -DNODE_ADDON_API_DISABLE_DEPRECATED
+  "${defs[@]}" -I"$NAPI_INCLUDE" -I"$addon_api" -I"$inc" -I"$inc/torch/csrc/api/include" "${dist_inc[@]}")
+objs=$(mktemp -d "${TMPDIR:-/tmp}/kshare-build.XXXXXX")
+trap 'rm -rf "$objs"' EXIT
+printf '%s\0' "$here"/*.cc | xargs -0 -P "${KSHARE_BUILD_JOBS:-$(nproc)}" -I{} \
+  sh -c 'src=$0 dir=$1; shift; g++ "$@" -c "$src" -o "$dir/$(basename "$src" .cc).o"' {} "$objs" "${cflags[@]}"
+g++ -shared -fopenmp "$objs"/*.o -o "$out.tmp" -L"$lib" -Wl,-rpath,"$lib" "${libs[@]}"
 mv "$out.tmp" "$out"
 echo "build.sh: wrote $out"

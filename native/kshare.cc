@@ -75,7 +75,12 @@ Napi::Error TorchError(Napi::Env env, const std::string& where, const std::strin
 // so one place in src/tensor decides what a user sees.
 class CollectingWarningHandler : public c10::WarningHandler {
  public:
-  void process(const c10::SourceLocation&, const std::string& msg, const bool) override {
+#if TORCH_VERSION_MAJOR >= 2  // 2.0 passes one c10::Warning
+  void process(const c10::Warning& warning) override { keep(warning.msg()); }
+#else
+  void process(const c10::SourceLocation&, const std::string& msg, const bool) override { keep(msg); }
+#endif
+  void keep(const std::string& msg) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (pending_.size() < 100) pending_.push_back(msg);
   }
@@ -225,7 +230,7 @@ Napi::Value NewGenerator(const Napi::CallbackInfo& info) {
   at::Generator gen;
   c10::Device device(dev);
   if (device.is_cuda()) {
-    gen = at::detail::getCUDAHooks().getDefaultCUDAGenerator(device.index() < 0 ? 0 : device.index()).clone();
+    gen = at::globalContext().defaultGenerator(c10::Device(c10::kCUDA, device.index() < 0 ? 0 : device.index())).clone();
   } else {
     gen = at::detail::createCPUGenerator();
   }
@@ -700,7 +705,8 @@ Napi::Value SetRngState(const Napi::CallbackInfo& info) {
 Napi::Value GetCudaRngState(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return Guard(env, "getCudaRngState", [&]() -> Napi::Value {
-    auto gen = at::detail::getCUDAHooks().getDefaultCUDAGenerator(info[0].As<Napi::Number>().Int32Value());
+    auto gen = at::globalContext().defaultGenerator(
+        c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(info[0].As<Napi::Number>().Int32Value())));
     std::lock_guard<std::mutex> lock(gen.mutex());
     return Wrap(env, gen.get_state());
   });
@@ -709,7 +715,8 @@ Napi::Value GetCudaRngState(const Napi::CallbackInfo& info) {
 Napi::Value SetCudaRngState(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return Guard(env, "setCudaRngState", [&]() -> Napi::Value {
-    auto gen = at::detail::getCUDAHooks().getDefaultCUDAGenerator(info[0].As<Napi::Number>().Int32Value());
+    auto gen = at::globalContext().defaultGenerator(
+        c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(info[0].As<Napi::Number>().Int32Value())));
     std::lock_guard<std::mutex> lock(gen.mutex());
     gen.set_state(Unwrap(info[1], "setCudaRngState"));
     return env.Undefined();
@@ -770,6 +777,15 @@ Napi::Value SetCudnnBenchmark(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// TensorFloat-32 in cuDNN convolutions and cuBLAS products (libtorch's defaults: on for cuDNN,
+// off for cuBLAS); tests turn it off to compare CUDA with CPU float32 closely.
+Napi::Value SetAllowTF32(const Napi::CallbackInfo& info) {
+  const bool on = info[0].As<Napi::Boolean>().Value();
+  at::globalContext().setAllowTF32CuDNN(on);
+  at::globalContext().setAllowTF32CuBLAS(on);
+  return info.Env().Undefined();
+}
+
 Napi::Value CudaSynchronize(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return Guard(env, "cudaSynchronize", [&]() -> Napi::Value {
@@ -791,7 +807,11 @@ Napi::Value SetWarningHandler(const Napi::CallbackInfo& info) {
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+#if TORCH_VERSION_MAJOR >= 2
+  c10::WarningUtils::set_warning_handler(&g_warnings);
+#else
   c10::Warning::set_warning_handler(&g_warnings);
+#endif
   kshare::RegisterCpuAllocator(env, exports);  // before any tensor is allocated
   // Every entry point is guarded: an exception escaping into N-API would abort the process.
   auto fn = [&](const char* name, Napi::Value (*f)(const Napi::CallbackInfo&)) {
@@ -840,6 +860,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   fn("runtimeInfo", RuntimeInfo);
   fn("setNumThreads", SetNumThreads);
   fn("setCudnnBenchmark", SetCudnnBenchmark);
+  fn("setAllowTF32", SetAllowTF32);
   fn("setMallocThresholds", SetMallocThresholds);
   fn("cudaSynchronize", CudaSynchronize);
   fn("setWarningHandler", SetWarningHandler);

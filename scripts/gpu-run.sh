@@ -8,10 +8,12 @@
 #                                            # in a scratch copy holding only what travels
 # On the GPU machine (the device command; carry [".gpu", "dist"]):
 #   source .gpu/setup.sh && bash scripts/gpu-run.sh [gpu-step options, e.g. --variants bf16+cl+bench]
-#     builds the addon against $TORCH_DIR, runs `kshare selfcheck --device cuda`, runs
-#     dist/bench/gpu-step.js and prints a summary; build.log, selfcheck.log, gpu-step.log and
-#     gpu-step.json go to $OUT (bench/results without $OUT).
-# Environment: KSHARE_DEVICE (cuda; cpu for a dry run), KSHARE_SKIP_BUILD=1 (keep native/build/kshare.node).
+#     builds the addon against $TORCH_DIR, runs `kshare selfcheck --device cuda`, the CUDA tests
+#     (dist/test/cuda.test.js), dist/bench/gpu-step.js and prints a summary; build.log,
+#     selfcheck.log, cuda-tests.log, gpu-step.log and gpu-step.json go to $OUT (bench/results
+#     without $OUT).
+# Environment: KSHARE_DEVICE (cuda; cpu for a dry run), KSHARE_SKIP_BUILD=1 (keep native/build/kshare.node),
+#     KSHARE_SKIP_TESTS=1 (bench only), KSHARE_SKIP_BENCH=1 (build, selfcheck and tests only).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -114,6 +116,14 @@ fi
 echo "== selfcheck --device $device =="
 node dist/src/cli/main.js selfcheck --device "$device" 2>&1 | tee "$out/selfcheck.log"
 
+if [ "${KSHARE_SKIP_TESTS:-0}" != 1 ]; then
+  # The CUDA tests (test/cuda.test.ts; they skip, saying why, without a CUDA device). A failure
+  # is reported and the bench still runs: the device time is spent either way.
+  echo "== tests (node --test dist/test/cuda.test.js) =="
+  node --test --test-reporter=spec dist/test/cuda.test.js 2>&1 | tee "$out/cuda-tests.log" || echo "gpu-run: CUDA tests FAILED (see cuda-tests.log)"
+fi
+
+[ "${KSHARE_SKIP_BENCH:-0}" = 1 ] && { echo "gpu-run: KSHARE_SKIP_BENCH=1: no bench; total $((SECONDS - t0)) s"; exit 0; }
 echo "== bench (dist/bench/gpu-step.js --device $device $*) =="
 rc=0
 node dist/bench/gpu-step.js --device "$device" --out "$out/gpu-step.json" "$@" 2>&1 | tee "$out/gpu-step.log" || rc=$?

@@ -18,6 +18,7 @@ import { withEnv, withLibtorchOps, withThreads } from './helpers/env.js';
 const TOL = 1e-5;
 const OUTPUTS = ['y', 'x.grad', 'convWeight.grad', 'convBias.grad', 'bnWeight.grad', 'bnBias.grad', 'runningMean', 'runningVar'] as const;
 const POINTWISE_BUILT = t.runtimeInfo().pointwiseKernel;
+const TORCH_MAJOR = Number(t.runtimeInfo().torchVersion.split('.')[0]);
 
 interface Case {
   kind: 'depthwise' | 'pointwise';
@@ -299,10 +300,13 @@ test(
     );
     // The backward: apart, each block's residual gradient is summed into a tensor of its own (the
     // fused depthwise kernel adds it as it writes the input gradient), and the 1x1 half's
-    // GELU/BN gradient is stored (fused, its rows go straight into the 1x1 backward).
+    // GELU/BN gradient is stored (fused, its rows go straight into the 1x1 backward). libtorch 2's
+    // autograd sums the residual gradient into a buffer it already holds (measured with 2.13), so
+    // there only the 1x1 half's saving is left.
+    const residualSums = TORCH_MAJOR >= 2 ? 0 : 4;
     assert.equal(
       results['0']!.backwardAllocations - results['1']!.backwardAllocations,
-      POINTWISE_BUILT ? 8 : 4,
+      (POINTWISE_BUILT ? 4 : 0) + residualSums,
       `training backward allocations: fused ${results['1']!.backwardAllocations}, apart ${results['0']!.backwardAllocations}`,
     );
     assert.equal(t.liveTensors(), live, 'no tensor leaked');

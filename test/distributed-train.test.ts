@@ -10,6 +10,10 @@ import { fileURLToPath } from 'node:url';
 import { writeImageFolder } from './helpers/train-fixtures.js';
 import { scratchDir } from './helpers/scratch-dir.js';
 import { readCheckpoint } from '../src/train/checkpoint.js';
+import { native } from '../src/tensor/native.js';
+
+// A libtorch without gloo headers beside its own (a pip PyTorch install) gives an addon without c10d.
+const noGloo = !native.distAvailable().gloo && 'this addon was built without c10d Gloo (no gloo headers next to the libtorch headers; Debian: libgloo-dev)';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const CLI = path.resolve(here, '../src/cli/main.js');
@@ -52,7 +56,7 @@ const history = (dir: string) =>
       return rest;
     });
 
-test('--nproc 2: ConvMixer learns, rank 0 writes, stop + resume equals an uninterrupted run', () => {
+test('--nproc 2: ConvMixer learns, rank 0 writes, stop + resume equals an uninterrupted run', { skip: noGloo }, () => {
   const a = path.join(root, 'a'),
     b = path.join(root, 'b');
   const first = kshare([...common, '--nproc', '2', '--epochs', '2', '--out', a, '--stop-after-epochs', '1']);
@@ -119,7 +123,7 @@ const alive = (pid: number) => {
 };
 const closed = (c: ReturnType<typeof spawn>) => new Promise<number | null>((r) => c.on('close', (code) => r(code)));
 
-test('a killed worker ends the job within the timeout, naming it; no orphans; the last checkpoint is intact', async () => {
+test('a killed worker ends the job within the timeout, naming it; no orphans; the last checkpoint is intact', { skip: noGloo }, async () => {
   const out = path.join(root, 'killed');
   const run = await startLong(out);
   assert.equal(run.workers.length, 2);
@@ -142,7 +146,7 @@ test('a killed worker ends the job within the timeout, naming it; no orphans; th
   }
 });
 
-test('Ctrl-C on the launcher: every worker stops at the same step, rank 0 checkpoints, exit 130', async () => {
+test('Ctrl-C on the launcher: every worker stops at the same step, rank 0 checkpoints, exit 130', { skip: noGloo }, async () => {
   const out = path.join(root, 'ctrlc');
   const run = await startLong(out);
   const done = closed(run.child);

@@ -7,10 +7,14 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { runRanks, lastJson } from './helpers/ranks.js';
 import { distributedEnv } from '../src/distributed/index.js';
+import { native } from '../src/tensor/native.js';
+
+// A libtorch without gloo headers beside its own (a pip PyTorch install) gives an addon without c10d.
+const noGloo = !native.distAvailable().gloo && 'this addon was built without c10d Gloo (no gloo headers next to the libtorch headers; Debian: libgloo-dev)';
 
 const worker = path.join(path.dirname(fileURLToPath(import.meta.url)), 'helpers', 'dist-worker.js');
 
-test('collectives: all-reduce sum and avg, broadcast from rank 1, barrier', async () => {
+test('collectives: all-reduce sum and avg, broadcast from rank 1, barrier', { skip: noGloo }, async () => {
   const rs = await runRanks(worker, ['collectives'], 2);
   for (const r of rs) {
     const o = lastJson<{ sum: number[]; avg: number[]; bcast: number[]; collectives: number }>(r);
@@ -23,7 +27,7 @@ test('collectives: all-reduce sum and avg, broadcast from rank 1, barrier', asyn
 
 const maxDiff = (a: number[], b: number[]) => a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i]!)), 0);
 
-test("DDP: ranks start from rank 0's weights, stay identical, and 2 x batch 4 equals one process with batch 8", async () => {
+test("DDP: ranks start from rank 0's weights, stay identical, and 2 x batch 4 equals one process with batch 8", { skip: noGloo }, async () => {
   // Small buckets: three of them, each launched from a backward hook (overlap), in the same order on both ranks.
   const [[single], rs] = await Promise.all([
     runRanks(worker, ['single', '4'], 0),
@@ -40,7 +44,7 @@ test("DDP: ranks start from rank 0's weights, stay identical, and 2 x batch 4 eq
   assert.equal(a!.launchedEarly, 4 * 3, 'every bucket was launched while backward was running');
 });
 
-test('a rank that dies or hangs fails the others within the timeout, naming it', async () => {
+test('a rank that dies or hangs fails the others within the timeout, naming it', { skip: noGloo }, async () => {
   const runs = await Promise.all(['die', 'hang'].map((s) => runRanks(worker, [s], 2, { env: { KSHARE_TEST_TIMEOUT_MS: '3000' }, killAfterMs: 30_000 })));
   for (const [i, scenario] of ['die', 'hang'].entries()) {
     const rs = runs[i]!;
@@ -52,7 +56,7 @@ test('a rank that dies or hangs fails the others within the timeout, naming it',
   }
 });
 
-test('DDP refuses ranks whose options differ instead of crashing in Gloo', async () => {
+test('DDP refuses ranks whose options differ instead of crashing in Gloo', { skip: noGloo }, async () => {
   const rs = await runRanks(worker, ['ddp', '4'], 2, { perRankEnv: (r) => ({ KSHARE_TEST_BUCKET_MB: r ? '0.001' : '25' }) });
   assert.match(rs[1]!.stderr, /rank 1 differs from rank 0 in its bucket size/);
   assert.equal(rs[1]!.code, 1);

@@ -133,6 +133,7 @@ export interface NativeBinding extends Partial<DistributedBinding> {
   runtimeInfo(): RuntimeInfo;
   setNumThreads(n: number): void;
   setCudnnBenchmark(on: boolean): void;
+  setAllowTF32(on: boolean): void;
   setMallocThresholds(mmapBytes: number, trimBytes: number): boolean;
   cpuAllocatorInfo(): CpuAllocatorInfo;
   emptyCpuCache(): void;

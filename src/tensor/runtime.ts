@@ -56,6 +56,14 @@ export function setCudnnBenchmark(on: boolean): void {
   native.setCudnnBenchmark(on);
 }
 
+/**
+ * TensorFloat-32 in CUDA convolutions and matrix products (libtorch's defaults: on for cuDNN,
+ * off for cuBLAS, as PyTorch). Off gives float32 results close to the CPU's; no effect on CPU.
+ */
+export function setAllowTF32(on: boolean): void {
+  native.setAllowTF32(on);
+}
+
 /** Waits for queued GPU work (for timing); a no-op without CUDA. */
 export function synchronize(): void {
   native.cudaSynchronize();
