@@ -1,6 +1,8 @@
 // Pieces kshare's CPU kernels (depthwise_conv.cc, fused_gelu_bn.cc, batch_norm_relu.cc) share.
 #pragma once
 #include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
+#include <torch/version.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -10,6 +12,16 @@
 #include <limits>
 
 namespace kshare {
+
+// The dtype CPU autocast casts to: libtorch 2.4 asks per device (the per-function form is
+// deprecated there), 1.13 per function.
+inline at::ScalarType AutocastCpuDtype() {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+  return at::autocast::get_autocast_dtype(at::kCPU);
+#else
+  return at::autocast::get_autocast_cpu_dtype();
+#endif
+}
 
 // kshare's environment switches, read at every call so tests and benchmarks can flip them:
 // EnvSwitchOn is a path that is on unless the variable is "0" (KSHARE_NATIVE_AMX=0, say);

@@ -721,7 +721,7 @@ at::Tensor ForwardAutograd(const at::Tensor& input, const at::Tensor& weight, co
 at::Tensor ForwardAutocastCpu(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                               at::IntArrayRef dilation) {
   c10::impl::ExcludeDispatchKeyGuard noAutocast(c10::DispatchKey::AutocastCPU);
-  const auto to = at::autocast::get_autocast_cpu_dtype();
+  const auto to = kshare::AutocastCpuDtype();
   auto cast = [&](const at::Tensor& t) { return at::autocast::cached_cast(to, t, c10::DeviceType::CPU); };
   std::vector<int64_t> pad{dilation[0] * (weight.size(2) - 1) / 2, dilation[1] * (weight.size(3) - 1) / 2};
   c10::optional<at::Tensor> b;

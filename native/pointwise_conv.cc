@@ -549,7 +549,7 @@ at::Tensor ForwardAutograd(const at::Tensor& input, const at::Tensor& weight, co
 // Under CPU autocast the operator behaves like aten::conv2d does: bfloat16 through libtorch.
 at::Tensor ForwardAutocastCpu(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
   c10::impl::ExcludeDispatchKeyGuard noAutocast(c10::DispatchKey::AutocastCPU);
-  const auto to = at::autocast::get_autocast_cpu_dtype();
+  const auto to = kshare::AutocastCpuDtype();
   auto cast = [&](const at::Tensor& t) { return at::autocast::cached_cast(to, t, c10::DeviceType::CPU); };
   c10::optional<at::Tensor> b;
   if (bias.has_value() && bias->defined()) b = cast(*bias);
