@@ -7,6 +7,10 @@
 #   c10d (native/distributed.cc): Gloo when gloo headers are found (Debian: libgloo-dev; a PyTorch
 #                       install ships its own), NCCL too for a CUDA libtorch when nccl.h is found
 #                       (NCCL_INCLUDE, or the pip package nvidia/nccl/include next to torch)
+#   KSHARE_GLOO_INCLUDE: a folder holding gloo/ when the libtorch's own has none (a pip PyTorch):
+#                       Debian's /usr/include worked with torch 2.13 (scripts/torch2-check.sh)
+#   KSHARE_BUILD_NCCL=0: a CUDA libtorch's c10d without NCCL (CUDA tensors then go through Gloo)
+#   KSHARE_BUILD_JOBS:  parallel compiler processes (default: the core count)
 #   KSHARE_BUILD_ONEDNN=0: without oneDNN (kshare's 1x1 operator and block runs left out), to test that build
 #   KSHARE_BUILD_OUT:   write the addon there instead of native/build/kshare.node (load it with KSHARE_ADDON)
 set -euo pipefail
@@ -36,12 +40,16 @@ fi
 # a PyTorch install: its own), since ProcessGroupGloo's layout depends on them.
 defs=()
 dist_inc=()
-if [ -f "$inc/gloo/config.h" ] && [ -f "$inc/torch/csrc/distributed/c10d/ProcessGroupGloo.hpp" ]; then
+# KSHARE_GLOO_INCLUDE names another folder holding gloo/ (a pip PyTorch ships none; Debian's
+# libgloo-dev headers in /usr/include worked with torch 2.13's libtorch_cpu, docs/gpu.md).
+gloo_inc=${KSHARE_GLOO_INCLUDE:-$inc}
+if [ -f "$gloo_inc/gloo/config.h" ] && [ -f "$inc/torch/csrc/distributed/c10d/ProcessGroupGloo.hpp" ]; then
   defs+=(-DUSE_C10D_GLOO)
+  [ "$gloo_inc" != "$inc" ] && dist_inc+=(-I"$gloo_inc")
 else
-  echo "build.sh: no gloo headers in $inc (Debian: apt-get install libgloo-dev): distributed training is left out" >&2
+  echo "build.sh: no gloo headers in $gloo_inc (Debian: apt-get install libgloo-dev; or KSHARE_GLOO_INCLUDE): distributed training is left out" >&2
 fi
-if [ -f "$lib/libtorch_cuda.so" ] && [ ${#defs[@]} -gt 0 ]; then
+if [ -f "$lib/libtorch_cuda.so" ] && [ ${#defs[@]} -gt 0 ] && [ "${KSHARE_BUILD_NCCL:-1}" != 0 ]; then
   site=$(dirname "$(dirname "$inc")")  # .../site-packages for a pip install (TORCH_DIR=.../site-packages/torch)
   nccl_dir="" cuda_dir=""
   for d in "${NCCL_INCLUDE:-}" "$inc" "$site/nvidia/nccl/include" /usr/include /usr/local/cuda/include; do

@@ -54,6 +54,9 @@ pack() {
   local shared=${SHARED_DIR:-$root/../shared}
   bash "$shared/gpu/pack.sh"
   npx tsc -p .
+  # gloo headers for the addon's c10d (a pip PyTorch has none): Debian's libgloo-dev, ~350 KB
+  rm -rf .gpu/gloo-include
+  if [ -f /usr/include/gloo/config.h ]; then mkdir -p .gpu/gloo-include && cp -r /usr/include/gloo .gpu/gloo-include/; fi
   runtime_packages > .gpu/node_modules.txt
   tar cf - $(cat .gpu/node_modules.txt) | xz -T2 -6 > .gpu/node_modules.tar.xz.tmp
   mv .gpu/node_modules.tar.xz.tmp .gpu/node_modules.tar.xz
@@ -107,9 +110,26 @@ if [ "$device" != cpu ]; then
 fi
 
 t0=$SECONDS
+# A pip PyTorch ships no gloo headers: Debian's travel in .gpu/gloo-include (--pack) so the
+# addon gets c10d there too. Untried with a CUDA libtorch before 2026-12-04's session, so a
+# failed build is retried without NCCL, then without c10d, rather than losing the device time
+# (each failed attempt's log is kept as build-failed-N.log).
+if [ -z "${KSHARE_GLOO_INCLUDE:-}" ] && [ -f .gpu/gloo-include/gloo/config.h ]; then
+  export KSHARE_GLOO_INCLUDE=$root/.gpu/gloo-include
+fi
 if [ "${KSHARE_SKIP_BUILD:-0}" != 1 ]; then
   echo "== build (native/build.sh) =="
-  bash native/build.sh 2>&1 | tee "$out/build.log"
+  attempt=0 built=0
+  for settings in "" "KSHARE_BUILD_NCCL=0" "KSHARE_BUILD_NCCL=0 KSHARE_GLOO_INCLUDE=/nonexistent"; do
+    attempt=$((attempt + 1))
+    # shellcheck disable=SC2086 # settings is a list of VAR=value words
+    if env $settings bash native/build.sh > "$out/build.log" 2>&1; then built=1; break; fi
+    mv "$out/build.log" "$out/build-failed-$attempt.log"
+    echo "gpu-run: build attempt $attempt (${settings:-all found parts}) failed (build-failed-$attempt.log)"
+    [ -n "${KSHARE_GLOO_INCLUDE:-}" ] || break  # without gloo headers the other attempts build the same
+  done
+  [ "$built" = 1 ] || { cat "$out/build-failed-$attempt.log"; exit 1; }
+  grep '^build.sh:' "$out/build.log" || true
   echo "gpu-run: build took $((SECONDS - t0)) s"
 fi
 
@@ -119,8 +139,11 @@ node dist/src/cli/main.js selfcheck --device "$device" 2>&1 | tee "$out/selfchec
 if [ "${KSHARE_SKIP_TESTS:-0}" != 1 ]; then
   # The CUDA tests (test/cuda.test.ts; they skip, saying why, without a CUDA device). A failure
   # is reported and the bench still runs: the device time is spent either way.
-  echo "== tests (node --test dist/test/cuda.test.js) =="
-  node --test --test-reporter=spec dist/test/cuda.test.js 2>&1 | tee "$out/cuda-tests.log" || echo "gpu-run: CUDA tests FAILED (see cuda-tests.log)"
+  # With c10d built in, the distributed tests too (Gloo over CPU tensors, ~25 s).
+  tests=(dist/test/cuda.test.js)
+  node -e 'process.exit(require(process.argv[1]).distAvailable().gloo ? 0 : 1)' "$root/native/build/kshare.node" && tests+=(dist/test/distributed.test.js dist/test/distributed-train.test.js)
+  echo "== tests (node --test ${tests[*]}) =="
+  node --test --test-concurrency=1 --test-reporter=spec "${tests[@]}" 2>&1 | tee "$out/cuda-tests.log" || echo "gpu-run: tests FAILED (see cuda-tests.log)"
 fi
 
 [ "${KSHARE_SKIP_BENCH:-0}" = 1 ] && { echo "gpu-run: KSHARE_SKIP_BENCH=1: no bench; total $((SECONDS - t0)) s"; exit 0; }

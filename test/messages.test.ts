@@ -113,3 +113,18 @@ test('KSHARE_ADDON naming a file that does not exist fails at import, naming it,
   assert.ok(r.stderr.includes(`KSHARE_ADDON is '${missing}', which does not exist`), r.stderr);
   assert.ok(!existsSync(missing));
 });
+
+test('KSHARE_ADDON given relative to the working directory loads that build', () => {
+  const tensorIndex = path.resolve(here, '../src/tensor/index.js');
+  const r = spawnSync(
+    process.execPath,
+    ['--input-type=module', '-e', `const t = await import(${JSON.stringify(tensorIndex)}); console.log(t.runtimeInfo().torchVersion);`],
+    {
+      cwd: path.resolve(here, '../..'), // the repository (dist/test -> root)
+      env: { ...process.env, KSHARE_ADDON: 'native/build/kshare.node' },
+      encoding: 'utf8',
+    },
+  );
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /^\d+\.\d+/);
+});

@@ -151,7 +151,9 @@ function locateAddon(): string {
       throw new Error(
         `kshare: KSHARE_ADDON is '${chosen}', which does not exist; point it at a built kshare.node (native/build/kshare.node after \`npm run build:native\`) or unset it`,
       );
-    return chosen;
+    // Relative to the working directory, as the check above (require would take a bare
+    // relative path for a package name).
+    return path.resolve(chosen);
   }
   const candidates = [
     // src/tensor -> repo root, and dist/src/tensor -> repo root
