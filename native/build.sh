@@ -45,7 +45,7 @@ dist_inc=()
 gloo_inc=${KSHARE_GLOO_INCLUDE:-$inc}
 if [ -f "$gloo_inc/gloo/config.h" ] && [ -f "$inc/torch/csrc/distributed/c10d/ProcessGroupGloo.hpp" ]; then
   defs+=(-DUSE_C10D_GLOO)
-  [ "$gloo_inc" != "$inc" ] && dist_inc+=(-I"$gloo_inc")
+  if [ "$gloo_inc" != "$inc" ]; then dist_inc+=(-I"$gloo_inc"); fi
 else
   echo "build.sh: no gloo headers in $gloo_inc (Debian: apt-get install libgloo-dev; or KSHARE_GLOO_INCLUDE): distributed training is left out" >&2
 fi

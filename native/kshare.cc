@@ -223,6 +223,11 @@ struct GeneratorBox {
   at::Generator gen;
 };
 
+// CUDA device `index`'s default generator (libtorch 1.13 and 2.x alike).
+at::Generator CudaDefaultGenerator(int index) {
+  return at::globalContext().defaultGenerator(c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(index)));
+}
+
 Napi::Value NewGenerator(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string dev = info[0].As<Napi::String>().Utf8Value();
@@ -230,7 +235,7 @@ Napi::Value NewGenerator(const Napi::CallbackInfo& info) {
   at::Generator gen;
   c10::Device device(dev);
   if (device.is_cuda()) {
-    gen = at::globalContext().defaultGenerator(c10::Device(c10::kCUDA, device.index() < 0 ? 0 : device.index())).clone();
+    gen = CudaDefaultGenerator(device.index() < 0 ? 0 : device.index()).clone();
   } else {
     gen = at::detail::createCPUGenerator();
   }
@@ -705,8 +710,7 @@ Napi::Value SetRngState(const Napi::CallbackInfo& info) {
 Napi::Value GetCudaRngState(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return Guard(env, "getCudaRngState", [&]() -> Napi::Value {
-    auto gen = at::globalContext().defaultGenerator(
-        c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(info[0].As<Napi::Number>().Int32Value())));
+    auto gen = CudaDefaultGenerator(info[0].As<Napi::Number>().Int32Value());
     std::lock_guard<std::mutex> lock(gen.mutex());
     return Wrap(env, gen.get_state());
   });
@@ -715,8 +719,7 @@ Napi::Value GetCudaRngState(const Napi::CallbackInfo& info) {
 Napi::Value SetCudaRngState(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return Guard(env, "setCudaRngState", [&]() -> Napi::Value {
-    auto gen = at::globalContext().defaultGenerator(
-        c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(info[0].As<Napi::Number>().Int32Value())));
+    auto gen = CudaDefaultGenerator(info[0].As<Napi::Number>().Int32Value());
     std::lock_guard<std::mutex> lock(gen.mutex());
     gen.set_state(Unwrap(info[1], "setCudaRngState"));
     return env.Undefined();

@@ -9,11 +9,10 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { writeImageFolder } from './helpers/train-fixtures.js';
 import { scratchDir } from './helpers/scratch-dir.js';
+import { skipWithoutGloo } from './helpers/ranks.js';
 import { readCheckpoint } from '../src/train/checkpoint.js';
-import { native } from '../src/tensor/native.js';
 
-// A libtorch without gloo headers beside its own (a pip PyTorch install) gives an addon without c10d.
-const noGloo = !native.distAvailable().gloo && 'this addon was built without c10d Gloo (no gloo headers next to the libtorch headers; Debian: libgloo-dev)';
+const noGloo = skipWithoutGloo();
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const CLI = path.resolve(here, '../src/cli/main.js');

@@ -5,12 +5,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { runRanks, lastJson } from './helpers/ranks.js';
+import { runRanks, lastJson, skipWithoutGloo } from './helpers/ranks.js';
 import { distributedEnv } from '../src/distributed/index.js';
-import { native } from '../src/tensor/native.js';
 
-// A libtorch without gloo headers beside its own (a pip PyTorch install) gives an addon without c10d.
-const noGloo = !native.distAvailable().gloo && 'this addon was built without c10d Gloo (no gloo headers next to the libtorch headers; Debian: libgloo-dev)';
+const noGloo = skipWithoutGloo();
 
 const worker = path.join(path.dirname(fileURLToPath(import.meta.url)), 'helpers', 'dist-worker.js');
 

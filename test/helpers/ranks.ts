@@ -1,6 +1,17 @@
 // Runs the ranks of a local multi-process job (loopback, a free port) and collects their output.
 import { spawn } from 'node:child_process';
 import { createServer } from 'node:net';
+import { native } from '../../src/tensor/native.js';
+import { skipUnless } from './prerequisites.js';
+
+/** The `skip` option for tests that need c10d (call once per file): a build without it fails under CI. */
+export function skipWithoutGloo(): false | string {
+  return skipUnless(
+    native.distAvailable().gloo,
+    'an addon built with c10d Gloo',
+    'apt-get install libgloo-dev (for a pip PyTorch, which has no gloo headers: KSHARE_GLOO_INCLUDE=/usr/include), then npm run build:native',
+  );
+}
 
 export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
