@@ -57,8 +57,11 @@
 //   ConvMixer-256/8 shared.
 // - adamw: the optimizer's AdamW step as one call and one pass (native/adamw.cc) against
 //   libtorch's ten multi-tensor ops (KSHARE_NATIVE_ADAMW=0), inside the same training steps.
+// - prefetch: the GELU/BatchNorm row kernels fetching their rows 512 floats ahead (the default)
+//   against no software prefetch (KSHARE_ROW_PREFETCH=0): ConvMixer training steps at batch 32
+//   and ConvMixer-256/16 shared inference at batch 1 and 32.
 // --only takes a comma-separated list of these sections (1x1, depthwise, panels, steps, blocks,
-// block-run, pool, spin, amx, layout, stem, block-node, training-run, adamw);
+// block-run, pool, spin, amx, layout, stem, block-node, training-run, adamw, prefetch);
 // --threads a comma-separated list of thread counts, each a set of rows.
 // ms are medians of wall-clock time; `ratio` = alternative / kshare's route (above 1: the route
 // kshare takes is faster).
@@ -161,6 +164,7 @@ function main(): void {
     'block-node',
     'training-run',
     'adamw',
+    'prefetch',
   ];
   const only = o.only?.split(',').map((v) => v.trim());
   for (const s of only ?? []) if (!SECTIONS.includes(s)) program.error(`--only: unknown section '${s}' (sections: ${SECTIONS.join(', ')})`);
@@ -415,6 +419,13 @@ function main(): void {
 
     // The AdamW step in one pass against libtorch's multi-tensor ops.
     if (want('adamw')) stepRows(CONVMIXER_STEPS, { KSHARE_NATIVE_ADAMW: '0' }, 'AdamW in one pass vs multi-tensor ops');
+
+    // The GELU/BatchNorm row kernels fetching 512 floats ahead against no software prefetch.
+    if (want('prefetch')) {
+      const off = { KSHARE_ROW_PREFETCH: '0' };
+      stepRows(CONVMIXER_STEPS, off, 'row kernels prefetch 512 floats ahead vs not');
+      inferenceRows(batch1And32, off, 'row kernels prefetch 512 floats ahead vs not');
+    }
 
     // A run of blocks in inference as one operator against two operators a block.
     if (want('block-run')) inferenceRows(batch1And32, { KSHARE_NATIVE_BLOCK_RUN: '0' }, 'block run vs two operators a block');

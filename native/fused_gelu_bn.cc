@@ -41,7 +41,9 @@
 #include "cpu_thread_pool.h"
 #include "fused_gelu_bn.h"
 
+#include <algorithm>
 #include <array>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -81,6 +83,28 @@ struct Kernels {
   Pair<AffineAddAffine> affineAddAffine;
 };
 
+// How far ahead (floats) the row kernels fetch their inputs and claim their outputs' lines
+// (KSHARE_ROW_PREFETCH, RowPrefetchFloats below; stored here at each operator call, when the
+// kernel table is looked up). A row is often short (an NCHW row of a 16 x 16 plane is 1 KiB) and
+// the next one follows it in memory, but the hardware prefetcher starts over at each 4 KiB page
+// and a row kernel runs once a row, between other work, so without this each row's first loads
+// wait on memory. ConvMixer-256/8 shared training step at 2 threads x1.06, 1 thread x1.00
+// (`node dist/bench/route-ab.js --only prefetch`, bench/cpu-kernels-notes.md, seventeenth session).
+constexpr int64_t kDefaultRowPrefetch = 512;
+std::atomic<int64_t> rowPrefetch{kDefaultRowPrefetch};
+inline int64_t RowPrefetchAhead() { return rowPrefetch.load(std::memory_order_relaxed); }
+
+// A software prefetch GCC 12 cannot drop: at -O2 it deleted __builtin_prefetch and _mm_prefetch
+// in a conditional loop over the row kernels' pointer arrays (no prefetch left in the binary).
+inline void FetchLine(const float* p, bool forWriting) {
+#if defined(__x86_64__) || defined(__i386__)
+  if (forWriting) asm volatile("prefetchw %0" : : "m"(*reinterpret_cast<const char*>(p)));
+  else asm volatile("prefetcht0 %0" : : "m"(*reinterpret_cast<const char*>(p)));
+#else
+  __builtin_prefetch(p, forWriting ? 1 : 0);
+#endif
+}
+
 namespace generic {
 #define KS_SIMD 0
 #include "fused_gelu_bn_simd.inc"
@@ -111,6 +135,7 @@ const Kernels& kernels() {
   static const bool hasAvx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   static const bool hasAvx512 = hasAvx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
   const kshare::IsaCap cap = kshare::NativeIsaCap();
+  rowPrefetch.store(kshare_gbn::RowPrefetchFloats(), std::memory_order_relaxed);
   if (cap == kshare::IsaCap::kGeneric) return portable;
   if (cap == kshare::IsaCap::kAvx2) return hasAvx2 ? fast : portable;
   return hasAvx512 ? wide : hasAvx2 ? fast : portable;
@@ -488,6 +513,16 @@ at::Tensor biasGeluBatchNormCpu(const at::Tensor& x, const at::Tensor& bias, con
 }  // namespace
 
 namespace kshare_gbn {
+
+int64_t RowPrefetchFloats() {
+  const char* p = std::getenv("KSHARE_ROW_PREFETCH");
+  if (!p || !*p) return kDefaultRowPrefetch;
+  char* end = nullptr;
+  const long long v = std::strtoll(p, &end, 10);
+  // native.ts rejects anything else when kshare loads; a bad value set later counts as unset.
+  if (*end != '\0' || v < 0 || v > 65536) return kDefaultRowPrefetch;
+  return v;
+}
 
 Forward ForwardImpl(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& weight, const at::Tensor& bnBias,
                     const at::Tensor& rm, const at::Tensor& rv, bool training, double momentum, double eps, bool keep,

@@ -75,6 +75,10 @@ struct RowSummer {
 };
 RowSummer RowSumKernel();
 
+// KSHARE_ROW_PREFETCH: how many floats ahead the row kernels fetch their rows (0 = no software
+// prefetch; default 512), read now, as each operator call reads it.
+int64_t RowPrefetchFloats();
+
 // Eval mode's per-channel coefficients, as ForwardImpl computes them (in double, rounded to
 // float): scale = weight / sqrt(rv + eps), shift = bnBias - rm * scale, and 1 / sqrt(rv + eps)
 // into invstd unless it is null.

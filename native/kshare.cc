@@ -15,6 +15,7 @@
 #include "amx_gemm.h"
 #include "conv_gelu_bn.h"
 #include "cpu_thread_pool.h"
+#include "fused_gelu_bn.h"
 
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
@@ -745,6 +746,8 @@ Napi::Value RuntimeInfo(const Napi::CallbackInfo& info) {
   o.Set("cpuPoolFallbacks", static_cast<double>(kshare::CpuPoolFallbacks()));
   o.Set("cpuPoolSpinUs", static_cast<double>(kshare::PoolSpinLimit().count()));
   o.Set("cpuPoolWakes", static_cast<double>(kshare::CpuPoolWakes()));
+  // How far ahead the GELU/BatchNorm row kernels prefetch (native/fused_gelu_bn.cc).
+  o.Set("rowPrefetchFloats", static_cast<double>(kshare_gbn::RowPrefetchFloats()));
   // The 1x1 convolution's products on AMX tiles (native/amx_gemm.cc).
   o.Set("amx", kshare_amx::Enabled());
   o.Set("amxProducts", static_cast<double>(kshare_amx::Products()));

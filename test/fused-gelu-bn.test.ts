@@ -11,6 +11,10 @@ import type { Tensor } from '../src/tensor/index.js';
 import { createModel } from '../src/models/index.js';
 import { runPython, encodeTensors, decodeF32, maxRelError, type Encoded } from './helpers/python.js';
 import { withEnv } from './helpers/env.js';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+
+const tensorIndex = fileURLToPath(new URL('../src/tensor/index.js', import.meta.url));
 
 const TOL = 1e-5;
 const OUTPUTS = ['y', 'x.grad', 'bias.grad', 'weight.grad', 'bnBias.grad', 'runningMean', 'runningVar'] as const;
@@ -164,6 +168,35 @@ test('fused kernel: the demo and paper shapes agree with libtorch (channels-last
         withEnv({ KSHARE_NATIVE_POISON: '1' }, () => compare('large', run(c, inp, true), run(c, inp, false), c));
         t.dispose(Object.values(inp));
       }
+  }
+});
+
+test('KSHARE_ROW_PREFETCH is read at each call and gives the same numbers at any distance; a bad value fails at import', () => {
+  const live = t.liveTensors();
+  // Short odd rows (7 floats NCHW, 20 channels-last) take the kernels' tail paths too.
+  const all: Case[] = [false, true].map((channelsLast) => ({ shape: [3, 20, 9, 7], channelsLast, training: true, momentum: 0.1 }));
+  const ins = all.map((c, i) => inputs(c, 40 + i));
+  assert.equal(t.runtimeInfo().rowPrefetchFloats, 512, 'unset: 512 floats ahead');
+  const expected = withEnv({ KSHARE_ROW_PREFETCH: '0' }, () => {
+    assert.equal(t.runtimeInfo().rowPrefetchFloats, 0, 'KSHARE_ROW_PREFETCH=0 is read at the call');
+    return all.map((c, i) => run(c, ins[i]!, true));
+  });
+  for (const ahead of ['16', '512', '65536'])
+    withEnv({ KSHARE_ROW_PREFETCH: ahead, KSHARE_NATIVE_POISON: '1' }, () => {
+      assert.equal(t.runtimeInfo().rowPrefetchFloats, Number(ahead), `KSHARE_ROW_PREFETCH=${ahead} is read at the call`);
+      all.forEach((c, i) =>
+        assert.deepEqual(run(c, ins[i]!, true), expected[i], `KSHARE_ROW_PREFETCH=${ahead}, channels-last ${c.channelsLast}: the same numbers`),
+      );
+    });
+  t.dispose(ins.flatMap((v) => Object.values(v)));
+  assert.equal(t.liveTensors(), live, 'no tensor leaked');
+  for (const bad of ['-1', '1.5', '65537', 'lots']) {
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', `await import(${JSON.stringify(tensorIndex)});`], {
+      env: { ...process.env, KSHARE_ROW_PREFETCH: bad },
+      encoding: 'utf8',
+    });
+    assert.notEqual(r.status, 0, `KSHARE_ROW_PREFETCH=${bad} fails at import`);
+    assert.match(r.stderr, new RegExp(`KSHARE_ROW_PREFETCH must be a whole number of floats \\(0 to 65536; default 512\\).* got '${bad.replace('.', '\\.')}'`));
   }
 });
 

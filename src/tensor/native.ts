@@ -32,6 +32,8 @@ export interface RuntimeInfo {
   cpuPoolSpinUs: number;
   /** Parallel kernel calls that found a pool worker asleep (idle for longer than cpuPoolSpinUs) and had to wake it. */
   cpuPoolWakes: number;
+  /** How many floats ahead the GELU/BatchNorm row kernels prefetch their rows (KSHARE_ROW_PREFETCH; default 512, 0 = none). */
+  rowPrefetchFloats: number;
   /** The 1x1 convolution runs its NCHW products on AMX tiles (native/amx_gemm.cc): the CPU has AMX-BF16, the OS allows it, and neither KSHARE_NATIVE_AMX=0 nor a KSHARE_NATIVE_ISA cap turns it off. */
   amx: boolean;
   /** Matrix products run on AMX tiles so far in this process. */
@@ -194,6 +196,11 @@ const spinUs = process.env.KSHARE_CPU_SPIN_US;
 if (spinUs !== undefined && !/^\d{1,7}$/.test(spinUs))
   throw new Error(
     `kshare: KSHARE_CPU_SPIN_US must be a whole number of microseconds (0 to 9999999; default 50) that kshare's kernel threads spin before they sleep, got '${spinUs}'`,
+  );
+const rowPrefetch = process.env.KSHARE_ROW_PREFETCH;
+if (rowPrefetch !== undefined && (!/^\d{1,5}$/.test(rowPrefetch) || Number(rowPrefetch) > 65536))
+  throw new Error(
+    `kshare: KSHARE_ROW_PREFETCH must be a whole number of floats (0 to 65536; default 512) that kshare's GELU/BatchNorm row kernels fetch ahead, 0 for none, got '${rowPrefetch}'`,
   );
 const cacheMb = process.env.KSHARE_CPU_CACHE_MB;
 if (cacheMb !== undefined && !/^\d{1,7}$/.test(cacheMb))
