@@ -39,6 +39,18 @@ inline bool EnvFlagSet(const char* name) {
 // element a kernel leaves unwritten shows up in the parity tests. Read at every call.
 inline bool PoisonOutputs() { return EnvFlagSet("KSHARE_NATIVE_POISON"); }
 
+// A software prefetch of p's cache line (for writing: its line claimed for ownership) that GCC
+// 12 cannot drop: at -O2 it deleted __builtin_prefetch and _mm_prefetch in a conditional loop over
+// the row kernels' pointer arrays (no prefetch left in the binary).
+inline void FetchLine(const float* p, bool forWriting) {
+#if defined(__x86_64__) || defined(__i386__)
+  if (forWriting) asm volatile("prefetchw %0" : : "m"(*reinterpret_cast<const char*>(p)));
+  else asm volatile("prefetcht0 %0" : : "m"(*reinterpret_cast<const char*>(p)));
+#else
+  __builtin_prefetch(p, forWriting ? 1 : 0);
+#endif
+}
+
 // The cap KSHARE_NATIVE_ISA puts on kshare's vector kernels (tests, benchmarks): avx2, generic (the
 // portable code), or none (the widest the CPU has). Read at every call.
 enum class IsaCap { kNone, kAvx2, kGeneric };

@@ -94,16 +94,7 @@ constexpr int64_t kDefaultRowPrefetch = 512;
 std::atomic<int64_t> rowPrefetch{kDefaultRowPrefetch};
 inline int64_t RowPrefetchAhead() { return rowPrefetch.load(std::memory_order_relaxed); }
 
-// A software prefetch GCC 12 cannot drop: at -O2 it deleted __builtin_prefetch and _mm_prefetch
-// in a conditional loop over the row kernels' pointer arrays (no prefetch left in the binary).
-inline void FetchLine(const float* p, bool forWriting) {
-#if defined(__x86_64__) || defined(__i386__)
-  if (forWriting) asm volatile("prefetchw %0" : : "m"(*reinterpret_cast<const char*>(p)));
-  else asm volatile("prefetcht0 %0" : : "m"(*reinterpret_cast<const char*>(p)));
-#else
-  __builtin_prefetch(p, forWriting ? 1 : 0);
-#endif
-}
+using kshare::FetchLine;
 
 namespace generic {
 #define KS_SIMD 0
