@@ -88,8 +88,9 @@ struct Kernels {
 // kernel table is looked up). A row is often short (an NCHW row of a 16 x 16 plane is 1 KiB) and
 // the next one follows it in memory, but the hardware prefetcher starts over at each 4 KiB page
 // and a row kernel runs once a row, between other work, so without this each row's first loads
-// wait on memory. ConvMixer-256/8 shared training step at 2 threads x1.06, 1 thread x1.00
-// (`node dist/bench/route-ab.js --only prefetch`, bench/cpu-kernels-notes.md, seventeenth session).
+// wait on memory. ConvMixer-256/8 shared training step (2-core Xeon, in one process): 2 threads
+// 146.67 ms against 160.13 without (x1.09), 1 thread 285.61 against 295.77 (x1.04)
+// (`node dist/bench/route-ab.js --only prefetch`, bench/results/prefetch-ab.json).
 constexpr int64_t kDefaultRowPrefetch = 512;
 std::atomic<int64_t> rowPrefetch{kDefaultRowPrefetch};
 inline int64_t RowPrefetchAhead() { return rowPrefetch.load(std::memory_order_relaxed); }
