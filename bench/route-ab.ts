@@ -422,9 +422,10 @@ function main(): void {
 
     // The GELU/BatchNorm row kernels fetching 512 floats ahead against no software prefetch.
     if (want('prefetch')) {
-      const off = { KSHARE_ROW_PREFETCH: '0' };
-      stepRows(CONVMIXER_STEPS, off, 'row kernels prefetch 512 floats ahead vs not');
-      inferenceRows(batch1And32, off, 'row kernels prefetch 512 floats ahead vs not');
+      const off = { KSHARE_ROW_PREFETCH: '0' },
+        what = 'row kernels prefetch 512 floats ahead vs not';
+      stepRows(CONVMIXER_STEPS, off, what);
+      inferenceRows(batch1And32, off, what);
     }
 
     // A run of blocks in inference as one operator against two operators a block.

@@ -8,12 +8,8 @@ import assert from 'node:assert/strict';
 import * as t from '../src/tensor/index.js';
 import { createModel } from '../src/models/index.js';
 import { Worker } from 'node:worker_threads';
-import { spawnSync } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
-import { withEnv, withThreads } from './helpers/env.js';
+import { importInChild, withEnv, withThreads } from './helpers/env.js';
 import { isolatedStep } from './helpers/pool-worker.js';
-
-const tensorIndex = fileURLToPath(new URL('../src/tensor/index.js', import.meta.url));
 
 /** A ConvMixer-64/4 shared training step from a fixed seed: output, every gradient, the buffers. */
 function step(): Float32Array[] {
@@ -140,10 +136,7 @@ test("the pool's workers spin KSHARE_CPU_SPIN_US microseconds for the next call 
     assert.equal(long.wakes, 0, `a 1 s spin: no call of a step finds the worker asleep (${long.wakes} of ${long.jobs} did)`);
   });
   assert.equal(t.liveTensors(), live, 'no tensor leaked');
-  const bad = spawnSync(process.execPath, ['--input-type=module', '-e', `await import(${JSON.stringify(tensorIndex)});`], {
-    env: { ...process.env, KSHARE_CPU_SPIN_US: '1.5' },
-    encoding: 'utf8',
-  });
+  const bad = importInChild({ KSHARE_CPU_SPIN_US: '1.5' });
   assert.notEqual(bad.status, 0);
   assert.match(bad.stderr, /KSHARE_CPU_SPIN_US must be a whole number of microseconds .* got '1\.5'/);
 });

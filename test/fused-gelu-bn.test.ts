@@ -10,11 +10,7 @@ import * as t from '../src/tensor/index.js';
 import type { Tensor } from '../src/tensor/index.js';
 import { createModel } from '../src/models/index.js';
 import { runPython, encodeTensors, decodeF32, maxRelError, type Encoded } from './helpers/python.js';
-import { withEnv } from './helpers/env.js';
-import { spawnSync } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
-
-const tensorIndex = fileURLToPath(new URL('../src/tensor/index.js', import.meta.url));
+import { importInChild, withEnv } from './helpers/env.js';
 
 const TOL = 1e-5;
 const OUTPUTS = ['y', 'x.grad', 'bias.grad', 'weight.grad', 'bnBias.grad', 'runningMean', 'runningVar'] as const;
@@ -191,10 +187,7 @@ test('KSHARE_ROW_PREFETCH is read at each call and gives the same numbers at any
   t.dispose(ins.flatMap((v) => Object.values(v)));
   assert.equal(t.liveTensors(), live, 'no tensor leaked');
   for (const bad of ['-1', '1.5', '65537', 'lots']) {
-    const r = spawnSync(process.execPath, ['--input-type=module', '-e', `await import(${JSON.stringify(tensorIndex)});`], {
-      env: { ...process.env, KSHARE_ROW_PREFETCH: bad },
-      encoding: 'utf8',
-    });
+    const r = importInChild({ KSHARE_ROW_PREFETCH: bad });
     assert.notEqual(r.status, 0, `KSHARE_ROW_PREFETCH=${bad} fails at import`);
     assert.match(r.stderr, new RegExp(`KSHARE_ROW_PREFETCH must be a whole number of floats \\(0 to 65536; default 512\\).* got '${bad.replace('.', '\\.')}'`));
   }

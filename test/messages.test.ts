@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as t from '../src/tensor/index.js';
+import { importInChild } from './helpers/env.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const CLI = path.resolve(here, '../src/cli/main.js');
@@ -103,28 +104,16 @@ test('static-server.js: --help, and one clear line when the port is taken', asyn
 });
 
 test('KSHARE_ADDON naming a file that does not exist fails at import, naming it, instead of loading the default build', () => {
-  const tensorIndex = path.resolve(here, '../src/tensor/index.js');
   const missing = path.join(root, 'no-such-build', 'kshare.node');
-  const r = spawnSync(process.execPath, ['--input-type=module', '-e', `await import(${JSON.stringify(tensorIndex)});`], {
-    env: { ...process.env, KSHARE_ADDON: missing },
-    encoding: 'utf8',
-  });
+  const r = importInChild({ KSHARE_ADDON: missing });
   assert.notEqual(r.status, 0);
   assert.ok(r.stderr.includes(`KSHARE_ADDON is '${missing}', which does not exist`), r.stderr);
   assert.ok(!existsSync(missing));
 });
 
 test('KSHARE_ADDON given relative to the working directory loads that build', () => {
-  const tensorIndex = path.resolve(here, '../src/tensor/index.js');
-  const r = spawnSync(
-    process.execPath,
-    ['--input-type=module', '-e', `const t = await import(${JSON.stringify(tensorIndex)}); console.log(t.runtimeInfo().torchVersion);`],
-    {
-      cwd: path.resolve(here, '../..'), // the repository (dist/test -> root)
-      env: { ...process.env, KSHARE_ADDON: 'native/build/kshare.node' },
-      encoding: 'utf8',
-    },
-  );
+  // cwd: the repository (dist/test -> root)
+  const r = importInChild({ KSHARE_ADDON: 'native/build/kshare.node' }, 'console.log(t.runtimeInfo().torchVersion);', path.resolve(here, '../..'));
   assert.equal(r.status, 0, r.stderr);
   assert.match(r.stdout, /^\d+\.\d+/);
 });
