@@ -137,12 +137,71 @@ static PlaneForwardFn PlaneForward(int k) {
   }
 }
 
+// Vector registers of this instruction set (x86-64: 16 with AVX2, 32 with AVX-512).
+constexpr int kRegs = kLanes == 16 ? 32 : 16;
+
+// Grad output rows CorrelateBlock takes at once with VB vectors a row: what the registers hold
+// beside the NI * NJ accumulators, one input vector and the bias sum, at most 4 (1: no block).
+template <int NI, int NJ, int VB>
+constexpr int CorrelateBlockRows() {
+  const int rows = (kRegs - 2 - NI * NJ) / VB;
+  return rows < 1 ? 1 : rows > 4 ? 4 : rows;
+}
+
+// YB grad output rows [y0, y0 + YB) of VB vectors each, at dilation 1 (kernel row ii reads input
+// row y + ii): input row y0 + t is loaded once a tap and feeds every (grad row b, kernel row ii)
+// with b + ii = t, so a row's 5 (k5) shifted loads serve up to 5 rows' multiply-adds instead of
+// one. Each accumulator still takes its terms in (y, v) order, so the sums are CorrelateTaps's
+// own, bit for bit.
+template <int NI, int NJ, int TAP, int YB, int VB>
+static inline void CorrelateBlock(V (&a)[NI][NJ], V& gs, bool withSum, const float* in, int64_t inRow, const float* g,
+                                  int64_t gRow, int64_t gVec, int64_t y0, int64_t tapRuntime) {
+  const int64_t tap = TAP > 0 ? TAP : tapRuntime;
+  V gv[YB][VB];
+#pragma GCC unroll 8
+  for (int b = 0; b < YB; b++)
+#pragma GCC unroll 2
+    for (int v = 0; v < VB; v++) {
+      gv[b][v] = load(g + (y0 + b) * gRow + v * gVec);
+      if (withSum) gs = add(gs, gv[b][v]);
+    }
+#pragma GCC unroll 16
+  for (int t = 0; t < YB + NI - 1; t++) {
+    const float* row = in + (y0 + t) * inRow;
+#pragma GCC unroll 2
+    for (int v = 0; v < VB; v++)
+#pragma GCC unroll 8
+      for (int jj = 0; jj < NJ; jj++) {
+        const V x = load(row + v * kLanes + jj * tap);
+#pragma GCC unroll 8
+        for (int b = 0; b < YB; b++) {
+          const int ii = t - b;
+          if (ii >= 0 && ii < NI) a[ii][jj] = fma(gv[b][v], x, a[ii][jj]);
+        }
+      }
+  }
+}
+
+// All rows in CorrelateBlock's blocks of YB, the rest one at a time.
+template <int NI, int NJ, int TAP, int VB>
+static inline void CorrelateRowBlocks(V (&a)[NI][NJ], V& gs, bool withSum, const float* in, int64_t inRow, const float* g,
+                                      int64_t gRow, int64_t gVec, int64_t rows, int64_t tap) {
+  constexpr int YB = CorrelateBlockRows<NI, NJ, VB>();
+  int64_t y = 0;
+  for (; y + YB <= rows; y += YB) CorrelateBlock<NI, NJ, TAP, YB, VB>(a, gs, withSum, in, inRow, g, gRow, gVec, y, tap);
+  for (; y < rows; y++) CorrelateBlock<NI, NJ, TAP, 1, VB>(a, gs, withSum, in, inRow, g, gRow, gVec, y, tap);
+}
+
 // NI kernel rows x NJ horizontal taps at once (NI * NJ <= kMaxAcc independent FMA chains, each
 // grad output load feeding all of them): acc[ii][jj] += sum over the slice of
 // g(y, v) * in(y + ii*dh, v + jj*dw). With `gsum`, also gsum[lane] += the sum of g's vectors
 // (the bias gradient, at no extra load). TAP > 0 is the tap distance known at compile time
 // (dilation 1), so each load addresses one of NI row pointers plus a constant: with 25 taps a
 // runtime distance needs more offset registers than x86 has, and the spills cost ~2x.
+// At vertical dilation 1 with one or two vectors a row (NCHW planes up to 2 * kLanes wide),
+// CorrelateRowBlocks shares each input load between grad rows: ~1.3x faster over a
+// ConvMixer-256/8 weight gradient's 8,192 16 x 16 k5 planes with AVX-512 (throwaway harness,
+// bench/cpu-kernels-notes.md, eighteenth session), the same sums.
 template <int NI, int NJ, int TAP>
 static inline void CorrelateTaps(const float* in, int64_t inRow, const float* g, int64_t gRow, int64_t gVec, int64_t rows,
                                  int64_t vecsPerRow, int64_t tapRow, int64_t tapRuntime, float* acc, int64_t accRow,
@@ -154,18 +213,24 @@ static inline void CorrelateTaps(const float* in, int64_t inRow, const float* g,
   for (int ii = 0; ii < NI; ii++)
 #pragma GCC unroll 8
     for (int jj = 0; jj < NJ; jj++) a[ii][jj] = vzero();
-  for (int64_t y = 0; y < rows; y++) {
-    const float* rp[NI];
+  if (tapRow == inRow && vecsPerRow == 1 && CorrelateBlockRows<NI, NJ, 1>() > 1) {
+    CorrelateRowBlocks<NI, NJ, TAP, 1>(a, gs, gsum != nullptr, in, inRow, g, gRow, gVec, rows, tap);
+  } else if (tapRow == inRow && vecsPerRow == 2 && CorrelateBlockRows<NI, NJ, 2>() > 1) {
+    CorrelateRowBlocks<NI, NJ, TAP, 2>(a, gs, gsum != nullptr, in, inRow, g, gRow, gVec, rows, tap);
+  } else {
+    for (int64_t y = 0; y < rows; y++) {
+      const float* rp[NI];
 #pragma GCC unroll 8
-    for (int ii = 0; ii < NI; ii++) rp[ii] = in + y * inRow + ii * tapRow;
-    const float* gr = g + y * gRow;
-    for (int64_t v = 0; v < vecsPerRow; v++) {
-      const V gv = load(gr + v * gVec);
-      if (gsum) gs = add(gs, gv);
+      for (int ii = 0; ii < NI; ii++) rp[ii] = in + y * inRow + ii * tapRow;
+      const float* gr = g + y * gRow;
+      for (int64_t v = 0; v < vecsPerRow; v++) {
+        const V gv = load(gr + v * gVec);
+        if (gsum) gs = add(gs, gv);
 #pragma GCC unroll 8
-      for (int ii = 0; ii < NI; ii++)
+        for (int ii = 0; ii < NI; ii++)
 #pragma GCC unroll 8
-        for (int jj = 0; jj < NJ; jj++) a[ii][jj] = fma(gv, load(rp[ii] + v * kLanes + jj * tap), a[ii][jj]);
+          for (int jj = 0; jj < NJ; jj++) a[ii][jj] = fma(gv, load(rp[ii] + v * kLanes + jj * tap), a[ii][jj]);
+      }
     }
   }
 #pragma GCC unroll 8
