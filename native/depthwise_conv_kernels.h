@@ -87,7 +87,8 @@ static constexpr int PlaneForwardRows(int k) { return k <= 9 ? 8 : 4; }
 // blocks. Every accumulator takes its terms in the same (iy, j) order as with one block, so the
 // sums are the same bit for bit. rowsLast: how many rows of the last block to store.
 template <int K, int R, int NB>
-static inline void PlaneBlocks(const float* base, int64_t padRow, float* o, int64_t outRow, int rowsLast, const float* w, V b) {
+static inline void PlaneBlocks(const float* base, int64_t padRow, float* o, int64_t outRow, int rowsLast, const float* w, float bias) {
+  const V b = bcast(bias);
   V acc[NB][R];
 #pragma GCC unroll 4
   for (int q = 0; q < NB; q++)
@@ -131,30 +132,71 @@ static inline void PlaneBlocks(const float* base, int64_t padRow, float* o, int6
 // With AVX-512's 32 registers and K <= 5 (at most 5 of a block's 8 chains busy at once) two such
 // blocks run in lockstep (PlaneBlocks), the same numbers: 8,192 16 x 16 k5 planes 0.745-0.80 ms
 // against 0.85-0.91 with the padded plane in cache (throwaway harness); the (32,64,16,16) k5 NCHW
-// forward 0.355 ms against 0.384 (`node dist/bench/depthwise.js --only forward`, two builds);
-// at k9 it was slower (4.08 against 3.45 ms at (8,256,32,32): spills), so larger kernels do not.
+// forward 0.344-0.368 ms against 0.390-0.402 (`node dist/bench/depthwise.js --only "forward (32"
+// --rounds 5`, two builds in turn); at k9 two blocks were slower (4.08 against 3.45 ms at
+// (8,256,32,32): the 81 weights' broadcasts spilled), so larger kernels keep one.
 // `pad` holds the zero-padded plane with at least roundup(h, R) + K - 1 rows (rows past h + K - 1
 // zero: the last block runs past h and its extra rows are not stored) and padRow >= vecs *
 // kLanes + K - 1.
+// PlaneForwardK's one-block-at-a-time loop from row y0 (the code it always had). Its own function,
+// as is the paired loop: in one function GCC hoisted this loop's weight broadcasts above the
+// paired loop, whose registers they then took (k5 1.4x slower).
+template <int K>
+__attribute__((noinline)) static void PlaneSingleBlocks(const float* pad, int64_t padRow, float* out, int64_t outRow, int64_t h,
+                                                        int64_t vecs, const float* w, float bias, int64_t y0) {
+  constexpr int R = PlaneForwardRows(K);
+  const V b = bcast(bias);
+  for (; y0 < h; y0 += R) {
+    const int rows = h - y0 < R ? static_cast<int>(h - y0) : R;
+    for (int64_t v = 0; v < vecs; v++) {
+      V acc[R];
+#pragma GCC unroll 16
+      for (int r = 0; r < R; r++) acc[r] = b;
+      const float* base = pad + y0 * padRow + v * kLanes;
+#pragma GCC unroll 32
+      for (int iy = 0; iy < R + K - 1; iy++) {
+#pragma GCC unroll 16
+        for (int j = 0; j < K; j++) {
+          const V x = load(base + iy * padRow + j);
+#pragma GCC unroll 16
+          for (int r = 0; r < R; r++) {
+            const int i = iy - r;
+            if (i >= 0 && i < K) acc[r] = fma(bcast(w[i * K + j]), x, acc[r]);
+          }
+        }
+      }
+      float* o = out + y0 * outRow + v * kLanes;
+      if (rows == R) {
+#pragma GCC unroll 16
+        for (int r = 0; r < R; r++) store(o + r * outRow, acc[r]);
+      } else {
+        for (int r = 0; r < rows; r++) store(o + r * outRow, acc[r]);
+      }
+    }
+  }
+}
+
+// Pairs of blocks while at least one row of a second block is left; returns the first row not done.
+template <int K>
+__attribute__((noinline)) static int64_t PlanePairedBlocks(const float* pad, int64_t padRow, float* out, int64_t outRow, int64_t h,
+                                                           int64_t vecs, const float* w, float bias) {
+  constexpr int R = PlaneForwardRows(K);
+  int64_t y0 = 0;
+  for (; y0 + R < h; y0 += 2 * R) {
+    const int64_t left = h - y0 - R;
+    const int rowsLast = left < R ? static_cast<int>(left) : R;
+    for (int64_t v = 0; v < vecs; v++)
+      PlaneBlocks<K, R, 2>(pad + y0 * padRow + v * kLanes, padRow, out + y0 * outRow + v * kLanes, outRow, rowsLast, w, bias);
+  }
+  return y0;
+}
+
 template <int K>
 static void PlaneForwardK(const float* pad, int64_t padRow, float* out, int64_t outRow, int64_t h, int64_t vecs,
                           const float* w, float bias) {
-  constexpr int R = PlaneForwardRows(K);
-  const V b = bcast(bias);
   int64_t y0 = 0;
-  if constexpr (kLanes == 16 && K <= 5) {
-    for (; y0 + R < h; y0 += 2 * R) {
-      const int64_t left = h - y0 - R;
-      const int rowsLast = left < R ? static_cast<int>(left) : R;
-      for (int64_t v = 0; v < vecs; v++)
-        PlaneBlocks<K, R, 2>(pad + y0 * padRow + v * kLanes, padRow, out + y0 * outRow + v * kLanes, outRow, rowsLast, w, b);
-    }
-  }
-  for (; y0 < h; y0 += R) {
-    const int rows = h - y0 < R ? static_cast<int>(h - y0) : R;
-    for (int64_t v = 0; v < vecs; v++)
-      PlaneBlocks<K, R, 1>(pad + y0 * padRow + v * kLanes, padRow, out + y0 * outRow + v * kLanes, outRow, rows, w, b);
-  }
+  if constexpr (kLanes == 16 && K <= 5) y0 = PlanePairedBlocks<K>(pad, padRow, out, outRow, h, vecs, w, bias);
+  if (y0 < h) PlaneSingleBlocks<K>(pad, padRow, out, outRow, h, vecs, w, bias, y0);
 }
 
 typedef void (*PlaneForwardFn)(const float*, int64_t, float*, int64_t, int64_t, int64_t, const float*, float);
