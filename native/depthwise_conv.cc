@@ -23,11 +23,12 @@
 //   default,avx2`, bench/results/depthwise-isa.json): (32,64,16,16) k5 NCHW 0.50 ms,
 //   channels-last 0.46 ms; (8,256,32,32) k9 NCHW 5.4 ms, channels-last 5.8 ms; the AVX2 tier
 //   in the same run 0.71, 0.71, 7.7, 6.8 ms; PyTorch 2.8-135 ms
-//   v7, NCHW at dilation 1 with one or two vectors a row: each input row loaded once for up to
+//   v8, NCHW at dilation 1 with one or two vectors a row: each input row loaded once for up to
 //   four grad rows (CorrelateBlock; the same sums bit for bit). 2-core Intel Xeon without AMX,
 //   `node dist/bench/depthwise.js --only "grad weight" --threads 1 --rounds 3 --isa default,avx2`
 //   against v6's build in turn: (32,64,16,16) k5 NCHW 0.438 ms against 0.590, (8,256,32,32) k9
-//   NCHW 4.75 against 5.69; the AVX2 tier 0.665 against 0.679 and 6.90 against 7.11
+//   NCHW 4.75 against 5.69; the AVX2 tier 0.665 against 0.679 and 6.90 against 7.11 (v7 is the
+//   plane kernel below)
 //   the backward a training step runs (input gradient by oneDNN + this weight gradient + bias),
 //   v5: 1.13 ms (11.9x) and 12.6 ms (9.6x)
 //   forward / forward + grad input, NCHW plane kernel against oneDNN (v7, `node

@@ -138,41 +138,17 @@ static inline void PlaneBlocks(const float* base, int64_t padRow, float* o, int6
 // `pad` holds the zero-padded plane with at least roundup(h, R) + K - 1 rows (rows past h + K - 1
 // zero: the last block runs past h and its extra rows are not stored) and padRow >= vecs *
 // kLanes + K - 1.
-// PlaneForwardK's one-block-at-a-time loop from row y0 (the code it always had). Its own function,
-// as is the paired loop: in one function GCC hoisted this loop's weight broadcasts above the
-// paired loop, whose registers they then took (k5 1.4x slower).
+// PlaneForwardK's blocks one at a time from row y0, and the paired loop below, each its own
+// function: in one function GCC hoisted the single loop's weight broadcasts above the paired loop,
+// whose registers they then took (k5 1.4x slower).
 template <int K>
 __attribute__((noinline)) static void PlaneSingleBlocks(const float* pad, int64_t padRow, float* out, int64_t outRow, int64_t h,
                                                         int64_t vecs, const float* w, float bias, int64_t y0) {
   constexpr int R = PlaneForwardRows(K);
-  const V b = bcast(bias);
   for (; y0 < h; y0 += R) {
     const int rows = h - y0 < R ? static_cast<int>(h - y0) : R;
-    for (int64_t v = 0; v < vecs; v++) {
-      V acc[R];
-#pragma GCC unroll 16
-      for (int r = 0; r < R; r++) acc[r] = b;
-      const float* base = pad + y0 * padRow + v * kLanes;
-#pragma GCC unroll 32
-      for (int iy = 0; iy < R + K - 1; iy++) {
-#pragma GCC unroll 16
-        for (int j = 0; j < K; j++) {
-          const V x = load(base + iy * padRow + j);
-#pragma GCC unroll 16
-          for (int r = 0; r < R; r++) {
-            const int i = iy - r;
-            if (i >= 0 && i < K) acc[r] = fma(bcast(w[i * K + j]), x, acc[r]);
-          }
-        }
-      }
-      float* o = out + y0 * outRow + v * kLanes;
-      if (rows == R) {
-#pragma GCC unroll 16
-        for (int r = 0; r < R; r++) store(o + r * outRow, acc[r]);
-      } else {
-        for (int r = 0; r < rows; r++) store(o + r * outRow, acc[r]);
-      }
-    }
+    for (int64_t v = 0; v < vecs; v++)
+      PlaneBlocks<K, R, 1>(pad + y0 * padRow + v * kLanes, padRow, out + y0 * outRow + v * kLanes, outRow, rows, w, bias);
   }
 }
 
