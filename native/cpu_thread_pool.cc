@@ -24,6 +24,11 @@
 #include <c10/util/Exception.h>
 #include <omp.h>
 
+#ifdef __linux__
+#include <pthread.h>
+#include <sched.h>
+#endif
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -52,6 +57,9 @@ thread_local bool t_inPool = false;  // inside a chunk: nested loops run on the 
 // from the host, and the detection missed real contention or fired on a quiet machine.
 using kshare::SpinUntil;
 
+// KSHARE_CPU_SPREAD=0 (read at every call) leaves the workers wherever the scheduler puts them.
+bool SpreadEnabled() { return kshare::EnvSwitchOn("KSHARE_CPU_SPREAD"); }
+
 class Pool {
  public:
   // Never destroyed: its workers sleep through process exit.
@@ -77,6 +85,7 @@ class Pool {
     error_ = nullptr;
     pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
     Publish();
+    const int callerCpu = CurrentCpu();
     RunTask(0);
     // The workers' chunks: spin, then sleep until the last one finishes (yielding instead cost a
     // scheduler tick at a time beside another job).
@@ -87,6 +96,7 @@ class Pool {
     }
     job_ = nullptr;
     jobs_.fetch_add(1, std::memory_order_relaxed);
+    if (SpreadEnabled()) Spread(callerCpu);
     if (error_) std::rethrow_exception(error_);
     return true;
   }
@@ -97,6 +107,7 @@ class Pool {
   }
   int64_t Jobs() const { return jobs_.load(std::memory_order_relaxed); }
   int64_t Wakes() const { return wakes_.load(std::memory_order_relaxed); }
+  int64_t Spreads() const { return spreads_.load(std::memory_order_relaxed); }
 
  private:
   // A new generation: every worker runs its chunk of the job (or, with stop_, exits).
@@ -131,7 +142,51 @@ class Pool {
     done_.notify_all();
   }
 
+  static int CurrentCpu() {
+#ifdef __linux__
+    return sched_getcpu();
+#else
+    return -1;
+#endif
+  }
+
+  // A worker found on the caller's CPU, or on another worker's, has been stacked there by the
+  // scheduler: the two take turns on one core while another idles, and the caller spins for a
+  // chunk that cannot run. Seen on this project's virtual machines (a kernel that packs threads
+  // that sleep often onto fewer vCPUs: sched_vcpu_pack) after the process blocked for a while,
+  // and it stayed so for the rest of the process; bench/cpu-kernels-notes.md, nineteenth session.
+  // Such a worker is limited to the CPUs it was allowed minus those the caller and the other
+  // workers were on; the caller's own affinity is never touched. Runs after the job (every
+  // worker has recorded its CPU by then) and costs a syscall only when a clash was seen.
+  void Spread(int callerCpu) {
+#ifdef __linux__
+    if (callerCpu < 0 || callerCpu >= CPU_SETSIZE || CPU_COUNT(&allowed_) < 2) return;
+    cpu_set_t used;
+    CPU_ZERO(&used);
+    CPU_SET(callerCpu, &used);
+    std::vector<size_t> clashing;
+    for (size_t i = 0; i < workers_.size(); i++) {
+      const int c = workerCpus_[i];
+      if (c < 0 || c >= CPU_SETSIZE) continue;
+      if (CPU_ISSET(c, &used)) clashing.push_back(i);
+      else CPU_SET(c, &used);
+    }
+    for (size_t i : clashing) {
+      cpu_set_t free = allowed_;
+      for (int c = 0; c < CPU_SETSIZE; c++)
+        if (CPU_ISSET(c, &used)) CPU_CLR(c, &free);
+      if (CPU_COUNT(&free) == 0) return;  // more threads than CPUs: nothing to spread to
+      if (pthread_setaffinity_np(workers_[i].native_handle(), sizeof(free), &free) == 0) spreads_.fetch_add(1, std::memory_order_relaxed);
+    }
+#else
+    (void)callerCpu;
+#endif
+  }
+
   void WorkerLoop(int task, uint64_t seen) {
+#ifdef __linux__
+    pthread_setname_np(pthread_self(), "kshare-pool");  // for top -H, perf and the tests
+#endif
     omp_set_num_threads(1);  // oneDNN's sgemm and at::parallel_for inside a chunk: this thread only
     t_inPool = true;
     for (;;) {
@@ -144,6 +199,7 @@ class Pool {
       }
       seen = generation_.load(std::memory_order_acquire);
       const bool stop = stop_.load(std::memory_order_acquire);
+      workerCpus_[task - 1] = CurrentCpu();  // read by the caller after Finished()
       if (!stop) RunTask(task);
       Finished();
       if (stop) return;
@@ -162,6 +218,11 @@ class Pool {
       workers_.clear();
       stop_.store(false, std::memory_order_release);
     }
+    workerCpus_.assign(want, -1);
+#ifdef __linux__
+    // What the workers inherit: the calling thread's CPUs (those a Spread may choose from).
+    if (sched_getaffinity(0, sizeof(allowed_), &allowed_) != 0) CPU_ZERO(&allowed_);
+#endif
     const uint64_t gen = generation_.load(std::memory_order_acquire);
     for (size_t i = 1; i <= want; i++) workers_.emplace_back([this, i, gen] { WorkerLoop(static_cast<int>(i), gen); });
   }
@@ -182,6 +243,11 @@ class Pool {
   std::condition_variable done_;  // the caller waits here for the workers' chunks
   std::atomic<int64_t> jobs_{0};
   std::atomic<int64_t> wakes_{0};  // jobs that found a worker asleep
+  std::atomic<int64_t> spreads_{0};  // workers moved off a CPU they shared (Spread)
+  std::vector<int> workerCpus_;  // where each worker ran its last chunk (-1: unknown)
+#ifdef __linux__
+  cpu_set_t allowed_{};
+#endif
   std::atomic<int64_t> spinUs_{kshare::kDefaultSpinUs};  // the last call's spin limit, for the workers
 };
 
@@ -247,6 +313,7 @@ std::chrono::microseconds PoolSpinLimit() {
 int64_t CpuPoolWorkers() { return Pool::Get().Workers(); }
 int64_t CpuPoolJobs() { return Pool::Get().Jobs(); }
 int64_t CpuPoolWakes() { return Pool::Get().Wakes(); }
+int64_t CpuPoolSpreads() { return Pool::Get().Spreads(); }
 int64_t CpuPoolFallbacks() { return fallbacks.load(std::memory_order_relaxed); }
 
 }  // namespace kshare

@@ -60,6 +60,9 @@ int64_t CpuPoolJobs();
 // Parallel calls that found a worker asleep (it had spun for PoolSpinLimit() since its last chunk)
 // and woke it.
 int64_t CpuPoolWakes();
+// Workers the pool found on the calling thread's CPU or another worker's after a call and moved
+// to the CPUs nobody else was on (KSHARE_CPU_SPREAD=0 turns this off).
+int64_t CpuPoolSpreads();
 // Parallel calls that found another thread using the pool and ran on libgomp's threads instead
 // (two JavaScript threads, e.g. worker_threads, running kernels at once).
 int64_t CpuPoolFallbacks();

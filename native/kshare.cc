@@ -746,6 +746,7 @@ Napi::Value RuntimeInfo(const Napi::CallbackInfo& info) {
   o.Set("cpuPoolFallbacks", static_cast<double>(kshare::CpuPoolFallbacks()));
   o.Set("cpuPoolSpinUs", static_cast<double>(kshare::PoolSpinLimit().count()));
   o.Set("cpuPoolWakes", static_cast<double>(kshare::CpuPoolWakes()));
+  o.Set("cpuPoolSpreads", static_cast<double>(kshare::CpuPoolSpreads()));
   // How far ahead the GELU/BatchNorm row kernels prefetch (native/fused_gelu_bn.cc).
   o.Set("rowPrefetchFloats", static_cast<double>(kshare_gbn::RowPrefetchFloats()));
   // The 1x1 convolution's products on AMX tiles (native/amx_gemm.cc).

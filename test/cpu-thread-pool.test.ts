@@ -8,7 +8,9 @@ import assert from 'node:assert/strict';
 import * as t from '../src/tensor/index.js';
 import { createModel } from '../src/models/index.js';
 import { Worker } from 'node:worker_threads';
+import os from 'node:os';
 import { importInChild, withEnv, withThreads } from './helpers/env.js';
+import { spawnSync } from 'node:child_process';
 import { isolatedStep } from './helpers/pool-worker.js';
 
 /** A ConvMixer-64/4 shared training step from a fixed seed: output, every gradient, the buffers. */
@@ -139,4 +141,41 @@ test("the pool's workers spin KSHARE_CPU_SPIN_US microseconds for the next call 
   const bad = importInChild({ KSHARE_CPU_SPIN_US: '1.5' });
   assert.notEqual(bad.status, 0);
   assert.match(bad.stderr, /KSHARE_CPU_SPIN_US must be a whole number of microseconds .* got '1\.5'/);
+});
+
+// A scheduler that stacks the pool's worker on the calling thread's CPU (seen here after the
+// process blocked for a while: the two then take turns on one core) is simulated with taskset:
+// both threads pinned to CPU 0 (the worker first, so it was created with every CPU allowed). The
+// pool moves the worker to the CPUs the caller is not on, once, and leaves the caller's CPUs alone.
+test("a worker found on the caller's CPU is moved to the other CPUs, unless KSHARE_CPU_SPREAD=0", { skip: os.availableParallelism() < 2 || spawnSync('taskset', ['-V']).status !== 0 ? 'needs 2 CPUs and taskset' : false }, () => {
+  const script = `
+    import { readdirSync, readFileSync } from 'node:fs';
+    import { spawnSync } from 'node:child_process';
+    t.setNumThreads(2);
+    const x = t.randn([8, 64, 16, 16]), w = t.randn([64, 1, 5, 5]), b = t.randn([64]);
+    const call = () => t.noGrad(() => t.tidy(() => void t.conv2d(x, w, b, { padding: 2, groups: 64 })));
+    call();
+    const tids = readdirSync('/proc/self/task').filter((id) => readFileSync('/proc/self/task/' + id + '/comm', 'utf8').trim() === 'kshare-pool');
+    if (tids.length !== 1) throw new Error('pool workers: ' + tids.length);
+    const allowed = (id) => readFileSync('/proc/self/task/' + id + '/status', 'utf8').match(/^Cpus_allowed_list:\\s*(.*)$/m)[1];
+    const before = allowed(tids[0]);
+    for (const id of [tids[0], String(process.pid)]) if (spawnSync('taskset', ['-p', '-c', '0', id]).status !== 0) throw new Error('taskset failed');
+    const spreads = t.runtimeInfo().cpuPoolSpreads;
+    for (let i = 0; i < 20; i++) call();
+    console.log(JSON.stringify({ before, worker: allowed(tids[0]), caller: allowed(process.pid), spreads: t.runtimeInfo().cpuPoolSpreads - spreads }));`;
+  const run = (env: Record<string, string>) => {
+    const r = importInChild(env, script);
+    assert.equal(r.status, 0, r.stderr);
+    return JSON.parse(r.stdout.trim().split('\n').pop()!) as { before: string; worker: string; caller: string; spreads: number };
+  };
+  const spread = run({});
+  assert.equal(spread.caller, '0', "the caller's affinity is left as taskset set it");
+  assert.equal(spread.spreads, 1, `moved once (${spread.spreads})`);
+  const cpus = (list: string) => list.split(',').flatMap((r) => {
+    const [a, z = a] = r.split('-').map(Number);
+    return Array.from({ length: z! - a! + 1 }, (_, i) => a! + i);
+  });
+  assert.deepEqual(cpus(spread.worker), cpus(spread.before).filter((c) => c !== 0), `the worker may run anywhere but CPU 0 (${spread.worker}; it was allowed ${spread.before})`);
+  const left = run({ KSHARE_CPU_SPREAD: '0' });
+  assert.deepEqual({ worker: left.worker, spreads: left.spreads }, { worker: '0', spreads: 0 }, 'KSHARE_CPU_SPREAD=0: the worker stays where it was put');
 });

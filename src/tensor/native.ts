@@ -32,6 +32,8 @@ export interface RuntimeInfo {
   cpuPoolSpinUs: number;
   /** Parallel kernel calls that found a pool worker asleep (idle for longer than cpuPoolSpinUs) and had to wake it. */
   cpuPoolWakes: number;
+  /** Pool workers found sharing a CPU with the calling thread or another worker after a call and moved to the CPUs nobody else was on (KSHARE_CPU_SPREAD=0 leaves them where the scheduler puts them). */
+  cpuPoolSpreads: number;
   /** How many floats ahead the GELU/BatchNorm row kernels prefetch their rows (KSHARE_ROW_PREFETCH; default 512, 0 = none). */
   rowPrefetchFloats: number;
   /** The 1x1 convolution runs its NCHW products on AMX tiles (native/amx_gemm.cc): the CPU has AMX-BF16, the OS allows it, and neither KSHARE_NATIVE_AMX=0 nor a KSHARE_NATIVE_ISA cap turns it off. */
