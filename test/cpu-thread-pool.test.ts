@@ -147,8 +147,11 @@ test("the pool's workers spin KSHARE_CPU_SPIN_US microseconds for the next call 
 // process blocked for a while: the two then take turns on one core) is simulated with taskset:
 // both threads pinned to CPU 0 (the worker first, so it was created with every CPU allowed). The
 // pool moves the worker to the CPUs the caller is not on, once, and leaves the caller's CPUs alone.
-test("a worker found on the caller's CPU is moved to the other CPUs, unless KSHARE_CPU_SPREAD=0", { skip: os.availableParallelism() < 2 || spawnSync('taskset', ['-V']).status !== 0 ? 'needs 2 CPUs and taskset' : false }, () => {
-  const script = `
+test(
+  "a worker found on the caller's CPU is moved to the other CPUs, unless KSHARE_CPU_SPREAD=0",
+  { skip: os.availableParallelism() < 2 || spawnSync('taskset', ['-V']).status !== 0 ? 'needs 2 CPUs and taskset' : false },
+  () => {
+    const script = `
     import { readdirSync, readFileSync } from 'node:fs';
     import { spawnSync } from 'node:child_process';
     t.setNumThreads(2);
@@ -163,19 +166,25 @@ test("a worker found on the caller's CPU is moved to the other CPUs, unless KSHA
     const spreads = t.runtimeInfo().cpuPoolSpreads;
     for (let i = 0; i < 20; i++) call();
     console.log(JSON.stringify({ before, worker: allowed(tids[0]), caller: allowed(process.pid), spreads: t.runtimeInfo().cpuPoolSpreads - spreads }));`;
-  const run = (env: Record<string, string>) => {
-    const r = importInChild(env, script);
-    assert.equal(r.status, 0, r.stderr);
-    return JSON.parse(r.stdout.trim().split('\n').pop()!) as { before: string; worker: string; caller: string; spreads: number };
-  };
-  const spread = run({});
-  assert.equal(spread.caller, '0', "the caller's affinity is left as taskset set it");
-  assert.equal(spread.spreads, 1, `moved once (${spread.spreads})`);
-  const cpus = (list: string) => list.split(',').flatMap((r) => {
-    const [a, z = a] = r.split('-').map(Number);
-    return Array.from({ length: z! - a! + 1 }, (_, i) => a! + i);
-  });
-  assert.deepEqual(cpus(spread.worker), cpus(spread.before).filter((c) => c !== 0), `the worker may run anywhere but CPU 0 (${spread.worker}; it was allowed ${spread.before})`);
-  const left = run({ KSHARE_CPU_SPREAD: '0' });
-  assert.deepEqual({ worker: left.worker, spreads: left.spreads }, { worker: '0', spreads: 0 }, 'KSHARE_CPU_SPREAD=0: the worker stays where it was put');
-});
+    const run = (env: Record<string, string>) => {
+      const r = importInChild(env, script);
+      assert.equal(r.status, 0, r.stderr);
+      return JSON.parse(r.stdout.trim().split('\n').pop()!) as { before: string; worker: string; caller: string; spreads: number };
+    };
+    const spread = run({});
+    assert.equal(spread.caller, '0', "the caller's affinity is left as taskset set it");
+    assert.equal(spread.spreads, 1, `moved once (${spread.spreads})`);
+    const cpus = (list: string) =>
+      list.split(',').flatMap((r) => {
+        const [a, z = a] = r.split('-').map(Number);
+        return Array.from({ length: z! - a! + 1 }, (_, i) => a! + i);
+      });
+    assert.deepEqual(
+      cpus(spread.worker),
+      cpus(spread.before).filter((c) => c !== 0),
+      `the worker may run anywhere but CPU 0 (${spread.worker}; it was allowed ${spread.before})`,
+    );
+    const left = run({ KSHARE_CPU_SPREAD: '0' });
+    assert.deepEqual({ worker: left.worker, spreads: left.spreads }, { worker: '0', spreads: 0 }, 'KSHARE_CPU_SPREAD=0: the worker stays where it was put');
+  },
+);
