@@ -459,6 +459,13 @@ async function main(): Promise<void> {
     libtorch: t.runtimeInfo().torchVersion,
     onnxruntime: ort.env.versions.node ?? 'unknown',
     nativeKernels: t.nativeKernelsEnabled(),
+    // kshare's CPU pool over the whole run: spreads counts workers moved off a CPU the caller was on.
+    pool: (({ cpuPoolJobs, cpuPoolWakes, cpuPoolSpreads, cpuPoolFallbacks }) => ({
+      jobs: cpuPoolJobs,
+      wakes: cpuPoolWakes,
+      spreads: cpuPoolSpreads,
+      fallbacks: cpuPoolFallbacks,
+    }))(t.runtimeInfo()),
     isa: instructionSets(),
     method:
       `medians over ${rounds} rounds of ${iters} timed iterations (kernels ${4 * iters}) after at least ${warmup} warm-up ones (model rows: and kshare warming up for at least ${warmupMs} ms, the reference then getting as many warm-up iterations as kshare ran), kshare and the reference alternating per round; ` +
