@@ -3,6 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as t from '../src/tensor/index.js';
+import { withLibtorchOps } from './helpers/env.js';
 
 const approx = (a: number[], b: number[], tol = 1e-5) => assert.ok(a.length === b.length && a.every((v, i) => Math.abs(v - b[i]!) <= tol), `[${a}] != [${b}]`);
 /** [[1,2,3],[4,5,6]] */
@@ -209,6 +210,39 @@ test('adaptive and fixed average pooling use PyTorch bin edges', () => {
     approx(t.avgPool2d(img, 2).toArray(), [2.5, 4.5, 10.5, 12.5]);
     approx(t.avgPool2d(img, 2, 1).toArray().slice(0, 3), [2.5, 3.5, 4.5]);
   });
+});
+
+test("global average pooling (one bin) gives libtorch's adaptive_avg_pool2d numbers bit for bit, forward and gradient", () => {
+  const live = t.liveTensors();
+  const cases: { shape: number[]; channelsLast?: boolean }[] = [
+    { shape: [2, 3, 5, 7] },
+    { shape: [4, 16, 8, 8], channelsLast: true },
+    { shape: [3, 33, 9, 9] },
+    { shape: [1, 1, 1, 1] },
+  ];
+  for (const { shape, channelsLast } of cases) {
+    const gen = new t.Generator(5);
+    const x0 = t.randn(shape, { generator: gen });
+    const x = channelsLast ? t.contiguous(x0, 'channels_last') : x0;
+    const up = t.randn([shape[0]!, shape[1]!, 1, 1], { generator: gen });
+    // The output, then the input's gradient under an upstream gradient, both as float arrays.
+    const run = () => {
+      x.requiresGrad = true;
+      try {
+        return t.tidy(() => {
+          const y = t.adaptiveAvgPool2d(x, 1);
+          t.sum(t.mul(y, up)).backward();
+          return [y.toFloat32Array(), x.grad!.toFloat32Array()];
+        });
+      } finally {
+        x.grad = null;
+        x.requiresGrad = false;
+      }
+    };
+    assert.deepEqual(run(), withLibtorchOps(run), `${shape}${channelsLast ? ' channels-last' : ''}`);
+    t.dispose([x0, x, up]);
+  }
+  assert.equal(t.liveTensors(), live, 'no tensor leaked');
 });
 
 test('dropout: zero fraction near p, survivors scaled by 1/(1-p), identity in eval', () => {
