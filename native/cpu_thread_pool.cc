@@ -158,6 +158,10 @@ class Pool {
   // Such a worker is limited to the CPUs it was allowed minus those the caller and the other
   // workers were on; the caller's own affinity is never touched. Runs after the job (every
   // worker has recorded its CPU by then) and costs a syscall only when a clash was seen.
+  // Measured there (`node dist/bench/cpu-kernels.js --threads 1,2 --rounds 2 --only "depthwise
+  // conv"`, 2 threads, before / after): depthwise forward at (32, 64, 16, 16) 0.46 / 0.26 ms,
+  // input gradient 0.36 / 0.19, weight gradient 0.41 / 0.20; in fresh processes that never
+  // block, ConvMixer-256/8 steps unchanged (KSHARE_CPU_SPREAD=0 alternating with it).
   void Spread(int callerCpu) {
 #ifdef __linux__
     if (callerCpu < 0 || callerCpu >= CPU_SETSIZE || CPU_COUNT(&allowed_) < 2) return;
