@@ -175,13 +175,13 @@ class Pool {
       if (CPU_ISSET(c, &used)) clashing.push_back(i);
       else CPU_SET(c, &used);
     }
-    for (size_t i : clashing) {
-      cpu_set_t free = allowed_;
-      for (int c = 0; c < CPU_SETSIZE; c++)
-        if (CPU_ISSET(c, &used)) CPU_CLR(c, &free);
-      if (CPU_COUNT(&free) == 0) return;  // more threads than CPUs: nothing to spread to
+    if (clashing.empty()) return;
+    cpu_set_t taken, free;  // free = allowed_ minus used
+    CPU_AND(&taken, &allowed_, &used);
+    CPU_XOR(&free, &allowed_, &taken);
+    if (CPU_COUNT(&free) == 0) return;  // more threads than CPUs: nothing to spread to
+    for (size_t i : clashing)
       if (pthread_setaffinity_np(workers_[i].native_handle(), sizeof(free), &free) == 0) spreads_.fetch_add(1, std::memory_order_relaxed);
-    }
 #else
     (void)callerCpu;
 #endif
