@@ -130,11 +130,13 @@ test("KSHARE_CPU_ALLOCATOR=system keeps libtorch's allocator; bad values fail at
 test('training steps stop page-faulting their activations back in, with no malloc tuning', () => {
   const script = trainingFaultsScript({ report: 'info: t.cpuAllocatorInfo()' });
   type Out = { faults: number; info: t.CpuAllocatorInfo };
-  const cached = child<Out>(script, {}),
-    system = child<Out>(script, { KSHARE_CPU_ALLOCATOR: 'system' });
+  const cached = child<Out>(script, {});
   assert.equal(cached.status, 0, cached.stderr);
-  assert.equal(system.status, 0, system.stderr);
   assert.ok(cached.out!.info.hits > cached.out!.info.misses, `hits ${cached.out!.info.hits}, misses ${cached.out!.info.misses}`);
-  // Measured (2026-12-02, three runs each): 124-210 faults cached against 49,022-69,519 system.
-  assert.ok(cached.out!.faults * 3 < system.out!.faults, `page faults over 10 steps: ${cached.out!.faults} cached vs ${system.out!.faults} system`);
+  // An absolute bound, not a comparison with KSHARE_CPU_ALLOCATOR=system: glibc's own count over
+  // these steps is usually 11,452-18,591 (with oneDNN) or 115,557-156,453 (without; 2026-12-05),
+  // but it moves its mmap threshold as blocks are freed and once, in a CI run without oneDNN, it
+  // faulted only 311 times, against 381 cached. Cached: 124-381. One activation here is 4 MiB,
+  // 1,024 pages, so 4,000 is under one activation faulted back in every other step.
+  assert.ok(cached.out!.faults < 4000, `page faults over 10 steps with the cache: ${cached.out!.faults} (expected under 4,000)`);
 });

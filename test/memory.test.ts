@@ -155,8 +155,11 @@ test('retainFreedMemory stops training steps from page-faulting their activation
   assert.equal(tuned.tuned, true);
   assert.equal(off.tuned, false);
   assert.equal(run({ MALLOC_TRIM_THRESHOLD_: String(1 << 30) }).tuned, false, "the user's MALLOC_* setting wins");
-  // Measured (2026-12-02, batch 64): 1,154-9,377 faults against 52,050-89,893 over these 10
-  // steps. At batch 16 the default's count was 4,237 in one CI run (10,851-28,661 in local runs,
-  // with either depthwise route), too close to the retained ~2,300 for a 3x margin.
-  assert.ok(tuned.faults * 3 < off.faults, `page faults over 10 steps: ${tuned.faults} retained vs ${off.faults} default`);
+  // An absolute bound, not a comparison with the default: glibc moves its mmap threshold as
+  // blocks are freed, so the default's count depends on the order of frees and can come out low
+  // (at batch 16 it was 4,237 in one CI run against 10,851-28,661 locally; the allocator test's
+  // system run once read 311). Measured over these 10 steps at batch 64 (2026-12-05, six runs
+  // each): retained 4,281-9,288 with oneDNN and 11,596-15,711 without; the default 38,841-193,408
+  // and 112,496-148,364 (2026-12-02: 1,154-9,377 against 52,050-89,893).
+  assert.ok(tuned.faults < 25000, `page faults over 10 steps with malloc's thresholds raised: ${tuned.faults} (default: ${off.faults}; expected under 25,000)`);
 });
