@@ -453,19 +453,15 @@ async function main(): Promise<void> {
   for (const s of ortSessions.values()) await s.release();
 
   const cpus = os.cpus();
+  const info = t.runtimeInfo();
   const result = {
     machine: `${cpus[0]?.model.trim() ?? 'unknown CPU'}, ${cpus.length} cores`,
     torch: torchVersion,
-    libtorch: t.runtimeInfo().torchVersion,
+    libtorch: info.torchVersion,
     onnxruntime: ort.env.versions.node ?? 'unknown',
     nativeKernels: t.nativeKernelsEnabled(),
     // kshare's CPU pool over the whole run: spreads counts workers moved off a CPU the caller was on.
-    pool: (({ cpuPoolJobs, cpuPoolWakes, cpuPoolSpreads, cpuPoolFallbacks }) => ({
-      jobs: cpuPoolJobs,
-      wakes: cpuPoolWakes,
-      spreads: cpuPoolSpreads,
-      fallbacks: cpuPoolFallbacks,
-    }))(t.runtimeInfo()),
+    pool: { jobs: info.cpuPoolJobs, wakes: info.cpuPoolWakes, spreads: info.cpuPoolSpreads, fallbacks: info.cpuPoolFallbacks },
     isa: instructionSets(),
     method:
       `medians over ${rounds} rounds of ${iters} timed iterations (kernels ${4 * iters}) after at least ${warmup} warm-up ones (model rows: and kshare warming up for at least ${warmupMs} ms, the reference then getting as many warm-up iterations as kshare ran), kshare and the reference alternating per round; ` +

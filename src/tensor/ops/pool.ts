@@ -13,8 +13,9 @@ export function adaptiveAvgPool2d(x: Tensor, outputSize: number | [number, numbe
   const size = pairArg('adaptiveAvgPool2d', 'outputSize', outputSize, 1);
   // To one bin on CPU, libtorch computes mean(x, [-2, -1], keepdim), which is sum then divide; so
   // is this, the same numbers both ways, but its backward divides the (N, C, 1, 1) gradient and
-  // expands it as a view, where mean's divides the expanded gradient element by element: 4.5 ms
-  // against 1.4 at (32, 256, 32, 32) on one thread (ConvMixer-256's head).
+  // expands it as a view, where mean's divides the expanded gradient element by element, a
+  // broadcasting loop ~3x the cost of the copy it replaces at ConvMixer-256's head (a throwaway
+  // harness, bench/cpu-kernels-notes.md, nineteenth session; no bench/ row times the head alone).
   if (size[0] === 1 && size[1] === 1 && x.shape.length === 4 && x.dtype === 'float32' && x.device === 'cpu' && cpuKernelsAllowed()) {
     const s = sum(x, [2, 3], true);
     try {
