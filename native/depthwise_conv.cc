@@ -42,7 +42,11 @@
 //   the fused depthwise half's training backward taking its grad output plane by plane from the
 //   GELU/BN pass (BackwardFromPlanes, 2-core Intel Xeon, ConvMixer-256/8 shared step, alternating
 //   processes against the stored grad output): 1 thread 258.7-266.2 ms against 266.6-271.5, 2
-//   threads 135.2-141.8 against 140.4-142.8 (within the noise).
+//   threads 135.2-141.8 against 140.4-142.8 (within the noise); and since the twenty-first
+//   session with the weight gradient summed there too, channel range by channel range (the grad
+//   output never stored; 2-core Xeon without AMX, the same step, one process alternating with the
+//   previous code behind a throwaway switch, medians of 6 and 10 rounds): 1 thread ~274 against
+//   ~278 ms (minimum x1.024), 2 threads ~141.9 against ~144.1 (minimum x1.016).
 //
 // Debugging switches (read at every call): KSHARE_NATIVE_POISON=1 fills outputs with NaN
 // before the kernels write them (an element left unwritten then fails the parity tests);
@@ -608,48 +612,68 @@ std::tuple<at::Tensor, at::Tensor> BackwardFromPlanes(const kshare::RowProducer&
   const int64_t kk = static_cast<int64_t>(g.kh) * g.kw, hw = g.h * g.w;
   const at::Tensor w = weight.contiguous(), flipped = w.flip({2, 3}).contiguous();
   const at::Tensor addend = needInput && gradInputAddend.defined() ? gradInputAddend.contiguous() : at::Tensor();
-  // The grad output is stored for the weight gradient's channel-by-channel walk; the input
-  // gradient reads each plane (and the addend's, which the producer has just read too) in cache.
-  at::Tensor gy = at::empty(input.sizes(), input.options());
   at::Tensor gi = needInput ? NewOutput(input.sizes(), input.options(), at::MemoryFormat::Contiguous) : at::Tensor();
-  float* gyp = gy.data_ptr<float>();
-  if (needInput) {
-    // ConvolveInto's plane path with the kernel flipped: the same calls, so the same numbers.
-    const auto plane = k.planeForward(g.kh);
-    const int64_t L = k.planeLanes, R = k.planeRows(g.kh);
-    const int64_t wv = RoundUp(g.w, L), rowP = wv + 2 * g.pw, rowsP = RoundUp(g.h, R) + 2 * g.ph;
-    const float *fp = flipped.data_ptr<float>(), *ap = addend.defined() ? addend.data_ptr<float>() : nullptr;
-    float* gip = gi.data_ptr<float>();
-    kshare::ParallelFor(0, g.n * g.c, 1, [&](int64_t begin, int64_t end) {
-      std::vector<float> pad(rowsP * rowP), tmp(g.w == wv ? 0 : g.h * wv);
-      for (int64_t t = begin; t < end; t++) {
-        const int64_t c = t % g.c;
-        float* dz = gyp + t * hw;
-        gradPlanes(t, dz);
-        CopyPlane(&pad[g.ph * rowP + g.pw], rowP, dz, g.h, g.w, nullptr, c);
+  at::Tensor gw = needWeight ? NewOutput(weight.sizes(), weight.options(), at::MemoryFormat::Contiguous) : at::Tensor();
+  // The input gradient: ConvolveInto's plane path with the kernel flipped (the same calls, so the
+  // same numbers).
+  const auto plane = k.planeForward(g.kh);
+  const int64_t P = k.planeLanes, R = k.planeRows(g.kh);
+  const int64_t pv = RoundUp(g.w, P), padRow = pv + 2 * g.pw, padRows = RoundUp(g.h, R) + 2 * g.ph;
+  const float *fp = flipped.data_ptr<float>(), *ap = addend.defined() ? addend.data_ptr<float>() : nullptr;
+  float* gip = needInput ? gi.data_ptr<float>() : nullptr;
+  // The weight gradient: WeightGradInto's NCHW correlation, the same buffers and calls.
+  const int64_t L = k.correlateLanes, xv = RoundUp(g.w, L), xRow = xv + 2 * g.pw, xRows = g.h + 2 * g.ph;
+  const float* xp = input.data_ptr<float>();
+  float* gwp = needWeight ? gw.data_ptr<float>() : nullptr;
+  // Each thread takes a range of channels and walks the batch image by image: a grad output plane
+  // goes to the input gradient and to its channel's weight-gradient sums while it is in cache, so
+  // it is never stored, and each channel's sums take the images in order on one thread, lane by
+  // lane, as WeightGradInto's do (the same numbers at any thread count). The input plane the weight
+  // gradient reads is the one gradInputPlanes (the previous block's row sums) reads next.
+  kshare::ParallelFor(0, g.c, 1, [&](int64_t c0, int64_t c1) {
+    std::vector<float> dz(hw), pad(needInput ? padRows * padRow : 0), tmp(needInput && g.w != pv ? g.h * pv : 0);
+    std::vector<float> padX(needWeight ? xRows * xRow : 0), gbuf(needWeight && g.w != xv ? g.h * xv : 0, 0.f);
+    std::vector<float> acc(needWeight ? (c1 - c0) * kk * L : 0, 0.f);
+    for (int64_t n = 0; n < g.n; n++) {
+      for (int64_t c = c0; c < c1; c++) {
+        const int64_t t = n * g.c + c;
+        gradPlanes(t, dz.data());
+        if (needWeight) {
+          CopyPlane(&padX[g.ph * xRow + g.pw], xRow, xp + t * hw, g.h, g.w, inputAffine, c);
+          const float* gp = dz.data();
+          int64_t gRow = g.w;
+          if (!gbuf.empty()) {
+            for (int64_t y = 0; y < g.h; y++) CopyRow(&gbuf[y * xv], &dz[y * g.w], g.w);
+            gp = gbuf.data();
+            gRow = xv;
+          }
+          k.correlate(padX.data(), xRow, gp, gRow, L, g.h, xv / L, g.kh, g.kw, g.dh * xRow, g.dw, &acc[(c - c0) * kk * L], nullptr);
+        }
+        if (!needInput) continue;
+        CopyPlane(&pad[g.ph * padRow + g.pw], padRow, dz.data(), g.h, g.w, nullptr, c);
         float* dst = gip + t * hw;
         if (tmp.empty()) {
-          plane(pad.data(), rowP, dst, g.w, g.h, wv / L, fp + c * kk, 0.f);
+          plane(pad.data(), padRow, dst, g.w, g.h, pv / P, fp + c * kk, 0.f);
         } else {
-          plane(pad.data(), rowP, tmp.data(), wv, g.h, wv / L, fp + c * kk, 0.f);
-          for (int64_t y = 0; y < g.h; y++) CopyRow(dst + y * g.w, &tmp[y * wv], g.w);
+          plane(pad.data(), padRow, tmp.data(), pv, g.h, pv / P, fp + c * kk, 0.f);
+          for (int64_t y = 0; y < g.h; y++) CopyRow(dst + y * g.w, &tmp[y * pv], g.w);
         }
         if (ap) k.addInto(dst, ap + t * hw, hw);
         if (gradInputPlanes) (*gradInputPlanes)(t, dst);
       }
-    });
-    if (gradInputPlanesSent) *gradInputPlanesSent = gradInputPlanes != nullptr;
-  } else {
-    kshare::ParallelFor(0, g.n * g.c, 16, [&](int64_t begin, int64_t end) {
-      for (int64_t t = begin; t < end; t++) gradPlanes(t, gyp + t * hw);
-    });
-  }
-  at::Tensor gw;
-  if (needWeight) {
-    gw = NewOutput(weight.sizes(), weight.options(), at::MemoryFormat::Contiguous);
-    WeightGradInto(g, input.data_ptr<float>(), gyp, gw.data_ptr<float>(), nullptr, inputAffine);
-    if (weight.suggest_memory_format() == at::MemoryFormat::ChannelsLast) gw = gw.contiguous(at::MemoryFormat::ChannelsLast);
-  }
+    }
+    if (!needWeight) return;
+    for (int64_t c = c0; c < c1; c++) {
+      const float* a = &acc[(c - c0) * kk * L];
+      for (int64_t q = 0; q < kk; q++) {
+        float sum = 0;
+        for (int64_t l = 0; l < L; l++) sum += a[q * L + l];
+        gwp[c * kk + q] = sum;
+      }
+    }
+  });
+  if (needInput && gradInputPlanesSent) *gradInputPlanesSent = gradInputPlanes != nullptr;
+  if (needWeight && weight.suggest_memory_format() == at::MemoryFormat::ChannelsLast) gw = gw.contiguous(at::MemoryFormat::ChannelsLast);
   return {gi, gw};
 }
 

@@ -38,9 +38,10 @@ void ForwardPlanes(const at::Tensor& input, const at::Tensor& weight, at::IntArr
                    const kshare::ChannelAffine* inputAffine = nullptr);
 
 // BackwardCpuPlus where PlanesApply, with the grad output produced plane by plane by `gradPlanes`
-// (index n * C + c, into the plane's place in a tensor this function holds for the weight
-// gradient): each plane goes on to the input gradient while it is in cache, with the addend's
-// plane, which the producer has just read too. The numbers are BackwardCpuPlus's bit for bit.
+// (index n * C + c, into a per-thread buffer): each plane goes on to the input gradient and to
+// its channel's weight-gradient sums while it is in cache, with the addend's plane, which the
+// producer has just read too, so the grad output is never stored. The numbers are
+// BackwardCpuPlus's bit for bit.
 std::tuple<at::Tensor, at::Tensor> BackwardFromPlanes(const kshare::RowProducer& gradPlanes, const at::Tensor& input,
                                                       const at::Tensor& weight, at::IntArrayRef dilation, bool needInput,
                                                       bool needWeight, const at::Tensor& gradInputAddend,
