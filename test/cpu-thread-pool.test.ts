@@ -161,7 +161,9 @@ test(
     const tids = readdirSync('/proc/self/task').filter((id) => readFileSync('/proc/self/task/' + id + '/comm', 'utf8').trim() === 'kshare-pool');
     if (tids.length !== 1) throw new Error('pool workers: ' + tids.length);
     const allowed = (id) => readFileSync('/proc/self/task/' + id + '/status', 'utf8').match(/^Cpus_allowed_list:\\s*(.*)$/m)[1];
-    const before = allowed(tids[0]);
+    // What the pool spreads a worker over: the CPUs the calling thread had when the pool started
+    // (the worker's own list may already be narrower: the first call can have spread it).
+    const before = allowed(String(process.pid));
     for (const id of [tids[0], String(process.pid)]) if (spawnSync('taskset', ['-p', '-c', '0', id]).status !== 0) throw new Error('taskset failed');
     const spreads = t.runtimeInfo().cpuPoolSpreads;
     for (let i = 0; i < 20; i++) call();
@@ -182,7 +184,7 @@ test(
     assert.deepEqual(
       cpus(spread.worker),
       cpus(spread.before).filter((c) => c !== 0),
-      `the worker may run anywhere but CPU 0 (${spread.worker}; it was allowed ${spread.before})`,
+      `the worker may run anywhere but CPU 0 (${spread.worker}; the process was allowed ${spread.before})`,
     );
     const left = run({ KSHARE_CPU_SPREAD: '0' });
     assert.deepEqual({ worker: left.worker, spreads: left.spreads }, { worker: '0', spreads: 0 }, 'KSHARE_CPU_SPREAD=0: the worker stays where it was put');
