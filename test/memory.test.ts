@@ -160,6 +160,13 @@ test('retainFreedMemory stops training steps from page-faulting their activation
   // (at batch 16 it was 4,237 in one CI run against 10,851-28,661 locally; the allocator test's
   // system run once read 311). Measured over these 10 steps at batch 64 (2026-12-05, six runs
   // each): retained 4,281-9,288 with oneDNN and 11,596-15,711 without; the default 38,841-193,408
-  // and 112,496-148,364 (2026-12-02: 1,154-9,377 against 52,050-89,893).
-  assert.ok(tuned.faults < 25000, `page faults over 10 steps with malloc's thresholds raised: ${tuned.faults} (default: ${off.faults}; expected under 25,000)`);
+  // and 112,496-148,364 (2026-12-02: 1,154-9,377 against 52,050-89,893). Without oneDNN the
+  // retained count spreads wider (1,666-18,776 over eight more runs, and 26,990 in one CI run,
+  // twenty-first session, against 159,705 for the default there), so that build gets its own bound,
+  // still under half the default's lowest.
+  const bound = t.runtimeInfo().pointwiseKernel ? 25000 : 50000;
+  assert.ok(
+    tuned.faults < bound,
+    `page faults over 10 steps with malloc's thresholds raised: ${tuned.faults} (default: ${off.faults}; expected under ${bound})`,
+  );
 });
