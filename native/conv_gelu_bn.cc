@@ -227,7 +227,7 @@ HalfGrads HalfBackward(const HalfSaved& s, const at::Tensor& dy, bool needX, boo
 #endif
   const kshare_gbn::RowDrain drain = [&](const kshare::RowProducer& rows) {
     if (k == ConvKind::kDepthwise) {
-      std::tie(out.dx, out.dweight) = kshare_dw::BackwardFromPlanes(rows, s.x, s.weight, s.dilation, needX, needW, dy.to(at::kFloat),
+      std::tie(out.dx, out.dweight) = kshare_dw::BackwardFromPlanes(rows, s.x, s.weight, s.dilation, needW, dy.to(at::kFloat),
                                                                     extras.affine, extras.gradPlanes, extras.planesSent);
       return;
     }

@@ -394,6 +394,48 @@ void ConvolvePlanes(const Geometry& g, const float* x, const float* w, const ksh
   kshare::ParallelFor(0, g.n * g.c, 1, [&](int64_t begin, int64_t end) { ConvolvePlaneRange(g, x, w, begin, end, sink, affine); });
 }
 
+// The NCHW weight gradient's correlation of one plane, with its scratch: the input plane padded
+// into [H + 2ph][roundup(W, L) + 2pw], the grad output plane copied to a [H][roundup(W, L)] slice
+// with zeros past W (unless W is a multiple of L) so the padded lanes add nothing. Shared by
+// WeightGradInto and BackwardFromPlanes, so both make the same calls and the same numbers.
+struct PlaneCorrelation {
+  const Kernels& k;
+  const Geometry& g;
+  const int64_t L, wv, rowP;
+  std::vector<float> pad, gbuf;
+  PlaneCorrelation(const Kernels& kernels, const Geometry& geometry)
+      : k(kernels),
+        g(geometry),
+        L(kernels.correlateLanes),
+        wv(RoundUp(geometry.w, L)),
+        rowP(wv + 2 * geometry.pw),
+        pad((geometry.h + 2 * geometry.ph) * rowP),
+        gbuf(geometry.w == wv ? 0 : geometry.h * wv, 0.f) {}
+  // acc (k x k taps by L lanes) += the terms of input plane x (channel c; with `affine`, a
+  // kshare::ChannelAffine input's g) against grad output plane gy (dense); gsum (L) += gy's
+  // lanes where not null.
+  void Add(const float* x, const float* gy, int64_t c, const kshare::ChannelAffine* affine, float* acc, float* gsum) {
+    CopyPlane(&pad[g.ph * rowP + g.pw], rowP, x, g.h, g.w, affine, c);
+    const float* gp = gy;
+    int64_t gRow = g.w;
+    if (!gbuf.empty()) {
+      for (int64_t y = 0; y < g.h; y++) CopyRow(&gbuf[y * wv], gy + y * g.w, g.w);
+      gp = gbuf.data();
+      gRow = wv;
+    }
+    k.correlate(pad.data(), rowP, gp, gRow, L, g.h, wv / L, g.kh, g.kw, g.dh * rowP, g.dw, acc, gsum);
+  }
+  // gw[q] = the sum of acc's L lanes of tap q, lane by lane in order.
+  void SumLanes(const float* acc, float* gw) const {
+    const int64_t kk = static_cast<int64_t>(g.kh) * g.kw;
+    for (int64_t q = 0; q < kk; q++) {
+      float s = 0;
+      for (int64_t l = 0; l < L; l++) s += acc[q * L + l];
+      gw[q] = s;
+    }
+  }
+};
+
 // grad weight [C][kh][kw] (and grad bias [C] when gb != nullptr) from input x and grad output
 // gy, both dense in g's format. The bias gradient is summed by the correlation pass, in float
 // per image and vector lane, then in double over lanes and images.
@@ -403,11 +445,10 @@ void WeightGradInto(const Geometry& g, const float* x, const float* gy, float* g
   const int64_t L = k.correlateLanes;
   const int64_t kk = static_cast<int64_t>(g.kh) * g.kw;
   if (!g.channelsLast) {
-    // One task per channel, summing over the batch; grad output is copied to a [H][roundup(W, L)]
-    // slice with zeros past W (unless W is a multiple of L) so the padded lanes add nothing.
-    const int64_t wv = RoundUp(g.w, L), rowP = wv + 2 * g.pw, rowsP = g.h + 2 * g.ph;
+    // One task per channel, summing over the batch.
     kshare::ParallelFor(0, g.c, 1, [&](int64_t begin, int64_t end) {
-      std::vector<float> pad(rowsP * rowP), acc(kk * L), gbuf(g.w == wv ? 0 : g.h * wv, 0.f), gsum(L);
+      PlaneCorrelation plane(k, g);
+      std::vector<float> acc(kk * L), gsum(L);
       for (int64_t c = begin; c < end; c++) {
         std::fill(acc.begin(), acc.end(), 0.f);
         double bsum = 0;
@@ -418,24 +459,11 @@ void WeightGradInto(const Geometry& g, const float* x, const float* gy, float* g
           // does not look: fetch them while this one is correlated (perf: the first load of each
           // grad output line stalled for ~60% of the kernel's time at (8,256,32,32) k9).
           if (n + 1 < g.n) PrefetchPlanes(src + g.c * g.h * g.w, gsrc + g.c * g.h * g.w, g.h * g.w);
-          CopyPlane(&pad[g.ph * rowP + g.pw], rowP, src, g.h, g.w, affine, c);
-          const float* gp = gsrc;
-          int64_t gRow = g.w;
-          if (!gbuf.empty()) {
-            for (int64_t y = 0; y < g.h; y++) CopyRow(&gbuf[y * wv], gsrc + y * g.w, g.w);
-            gp = gbuf.data();
-            gRow = wv;
-          }
           std::fill(gsum.begin(), gsum.end(), 0.f);
-          k.correlate(pad.data(), rowP, gp, gRow, L, g.h, wv / L, g.kh, g.kw, g.dh * rowP, g.dw, acc.data(),
-                      gb ? gsum.data() : nullptr);
+          plane.Add(src, gsrc, c, affine, acc.data(), gb ? gsum.data() : nullptr);
           if (gb) for (int64_t l = 0; l < L; l++) bsum += gsum[l];
         }
-        for (int64_t q = 0; q < kk; q++) {
-          float s = 0;
-          for (int64_t l = 0; l < L; l++) s += acc[q * L + l];
-          gw[c * kk + q] = s;
-        }
+        plane.SumLanes(acc.data(), gw + c * kk);
         if (gb) gb[c] = static_cast<float>(bsum);
       }
     });
@@ -598,7 +626,7 @@ void ForwardPlanes(const at::Tensor& input, const at::Tensor& weight, at::IntArr
 }
 
 std::tuple<at::Tensor, at::Tensor> BackwardFromPlanes(const kshare::RowProducer& gradPlanes, const at::Tensor& input,
-                                                      const at::Tensor& weight, at::IntArrayRef dilation, bool needInput,
+                                                      const at::Tensor& weight, at::IntArrayRef dilation,
                                                       bool needWeight, const at::Tensor& gradInputAddend,
                                                       const kshare::ChannelAffine* inputAffine, const kshare::RowSink* gradInputPlanes,
                                                       bool* gradInputPlanesSent) {
@@ -611,8 +639,8 @@ std::tuple<at::Tensor, at::Tensor> BackwardFromPlanes(const kshare::RowProducer&
   const Kernels& k = Pick();
   const int64_t kk = static_cast<int64_t>(g.kh) * g.kw, hw = g.h * g.w;
   const at::Tensor w = weight.contiguous(), flipped = w.flip({2, 3}).contiguous();
-  const at::Tensor addend = needInput && gradInputAddend.defined() ? gradInputAddend.contiguous() : at::Tensor();
-  at::Tensor gi = needInput ? NewOutput(input.sizes(), input.options(), at::MemoryFormat::Contiguous) : at::Tensor();
+  const at::Tensor addend = gradInputAddend.defined() ? gradInputAddend.contiguous() : at::Tensor();
+  at::Tensor gi = NewOutput(input.sizes(), input.options(), at::MemoryFormat::Contiguous);
   at::Tensor gw = needWeight ? NewOutput(weight.sizes(), weight.options(), at::MemoryFormat::Contiguous) : at::Tensor();
   // The input gradient: ConvolveInto's plane path with the kernel flipped (the same calls, so the
   // same numbers).
@@ -620,9 +648,7 @@ std::tuple<at::Tensor, at::Tensor> BackwardFromPlanes(const kshare::RowProducer&
   const int64_t P = k.planeLanes, R = k.planeRows(g.kh);
   const int64_t pv = RoundUp(g.w, P), padRow = pv + 2 * g.pw, padRows = RoundUp(g.h, R) + 2 * g.ph;
   const float *fp = flipped.data_ptr<float>(), *ap = addend.defined() ? addend.data_ptr<float>() : nullptr;
-  float* gip = needInput ? gi.data_ptr<float>() : nullptr;
-  // The weight gradient: WeightGradInto's NCHW correlation, the same buffers and calls.
-  const int64_t L = k.correlateLanes, xv = RoundUp(g.w, L), xRow = xv + 2 * g.pw, xRows = g.h + 2 * g.ph;
+  float* gip = gi.data_ptr<float>();
   const float* xp = input.data_ptr<float>();
   float* gwp = needWeight ? gw.data_ptr<float>() : nullptr;
   // Each thread takes a range of channels and walks the batch image by image: a grad output plane
@@ -631,25 +657,15 @@ std::tuple<at::Tensor, at::Tensor> BackwardFromPlanes(const kshare::RowProducer&
   // lane, as WeightGradInto's do (the same numbers at any thread count). The input plane the weight
   // gradient reads is the one gradInputPlanes (the previous block's row sums) reads next.
   kshare::ParallelFor(0, g.c, 1, [&](int64_t c0, int64_t c1) {
-    std::vector<float> dz(hw), pad(needInput ? padRows * padRow : 0), tmp(needInput && g.w != pv ? g.h * pv : 0);
-    std::vector<float> padX(needWeight ? xRows * xRow : 0), gbuf(needWeight && g.w != xv ? g.h * xv : 0, 0.f);
-    std::vector<float> acc(needWeight ? (c1 - c0) * kk * L : 0, 0.f);
+    std::vector<float> dz(hw), pad(padRows * padRow), tmp(g.w != pv ? g.h * pv : 0);
+    PlaneCorrelation correlation(k, g);
+    const int64_t accPerChannel = kk * correlation.L;
+    std::vector<float> acc(needWeight ? (c1 - c0) * accPerChannel : 0, 0.f);
     for (int64_t n = 0; n < g.n; n++) {
       for (int64_t c = c0; c < c1; c++) {
         const int64_t t = n * g.c + c;
         gradPlanes(t, dz.data());
-        if (needWeight) {
-          CopyPlane(&padX[g.ph * xRow + g.pw], xRow, xp + t * hw, g.h, g.w, inputAffine, c);
-          const float* gp = dz.data();
-          int64_t gRow = g.w;
-          if (!gbuf.empty()) {
-            for (int64_t y = 0; y < g.h; y++) CopyRow(&gbuf[y * xv], &dz[y * g.w], g.w);
-            gp = gbuf.data();
-            gRow = xv;
-          }
-          k.correlate(padX.data(), xRow, gp, gRow, L, g.h, xv / L, g.kh, g.kw, g.dh * xRow, g.dw, &acc[(c - c0) * kk * L], nullptr);
-        }
-        if (!needInput) continue;
+        if (needWeight) correlation.Add(xp + t * hw, dz.data(), c, inputAffine, &acc[(c - c0) * accPerChannel], nullptr);
         CopyPlane(&pad[g.ph * padRow + g.pw], padRow, dz.data(), g.h, g.w, nullptr, c);
         float* dst = gip + t * hw;
         if (tmp.empty()) {
@@ -662,17 +678,10 @@ std::tuple<at::Tensor, at::Tensor> BackwardFromPlanes(const kshare::RowProducer&
         if (gradInputPlanes) (*gradInputPlanes)(t, dst);
       }
     }
-    if (!needWeight) return;
-    for (int64_t c = c0; c < c1; c++) {
-      const float* a = &acc[(c - c0) * kk * L];
-      for (int64_t q = 0; q < kk; q++) {
-        float sum = 0;
-        for (int64_t l = 0; l < L; l++) sum += a[q * L + l];
-        gwp[c * kk + q] = sum;
-      }
-    }
+    if (needWeight)
+      for (int64_t c = c0; c < c1; c++) correlation.SumLanes(&acc[(c - c0) * accPerChannel], gwp + c * kk);
   });
-  if (needInput && gradInputPlanesSent) *gradInputPlanesSent = gradInputPlanes != nullptr;
+  if (gradInputPlanesSent) *gradInputPlanesSent = gradInputPlanes != nullptr;
   if (needWeight && weight.suggest_memory_format() == at::MemoryFormat::ChannelsLast) gw = gw.contiguous(at::MemoryFormat::ChannelsLast);
   return {gi, gw};
 }

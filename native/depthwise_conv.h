@@ -37,13 +37,13 @@ bool PlanesApply(const at::Tensor& input, const at::Tensor& weight, at::IntArray
 void ForwardPlanes(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef dilation, const kshare::RowSink& sink,
                    const kshare::ChannelAffine* inputAffine = nullptr);
 
-// BackwardCpuPlus where PlanesApply, with the grad output produced plane by plane by `gradPlanes`
-// (index n * C + c, into a per-thread buffer): each plane goes on to the input gradient and to
-// its channel's weight-gradient sums while it is in cache, with the addend's plane, which the
-// producer has just read too, so the grad output is never stored. The numbers are
-// BackwardCpuPlus's bit for bit.
+// BackwardCpuPlus where PlanesApply, the input gradient always wanted, with the grad output
+// produced plane by plane by `gradPlanes` (index n * C + c, into a per-thread buffer): each plane
+// goes on to the input gradient and to its channel's weight-gradient sums while it is in cache,
+// with the addend's plane, which the producer has just read too, so the grad output is never
+// stored. The numbers are BackwardCpuPlus's bit for bit.
 std::tuple<at::Tensor, at::Tensor> BackwardFromPlanes(const kshare::RowProducer& gradPlanes, const at::Tensor& input,
-                                                      const at::Tensor& weight, at::IntArrayRef dilation, bool needInput,
+                                                      const at::Tensor& weight, at::IntArrayRef dilation,
                                                       bool needWeight, const at::Tensor& gradInputAddend,
                                                       const kshare::ChannelAffine* inputAffine = nullptr,
                                                       const kshare::RowSink* gradInputPlanes = nullptr,
