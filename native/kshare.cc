@@ -35,6 +35,7 @@
 #include <signal.h>
 #include <deque>
 #include <mutex>
+#include <unordered_map>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -73,7 +74,11 @@ Napi::Error TorchError(Napi::Env env, const std::string& where, const std::strin
 
 // libtorch warnings (TORCH_WARN) are collected here instead of going to stderr, and handed to
 // the JavaScript handler set with setWarningHandler after the call that raised them returns,
-// so one place in src/tensor decides what a user sees.
+// so one place in src/tensor decides what a user sees. One collector a thread and one handler an
+// environment: libtorch's handler is thread-local, and each worker_threads Worker that imports
+// kshare is a JavaScript environment of its own on its own thread, whose warnings must reach its
+// own handler (a single global handler was replaced by the last environment to load, and the
+// others' warnings then went to a function of another isolate).
 class CollectingWarningHandler : public c10::WarningHandler {
  public:
 #if TORCH_VERSION_MAJOR >= 2  // 2.0 passes one c10::Warning
@@ -82,22 +87,24 @@ class CollectingWarningHandler : public c10::WarningHandler {
   void process(const c10::SourceLocation&, const std::string& msg, const bool) override { keep(msg); }
 #endif
   void keep(const std::string& msg) {
-    std::lock_guard<std::mutex> lock(mutex_);
     if (pending_.size() < 100) pending_.push_back(msg);
   }
   std::deque<std::string> take() {
-    std::lock_guard<std::mutex> lock(mutex_);
     std::deque<std::string> out;
     out.swap(pending_);
     return out;
   }
  private:
-  std::mutex mutex_;
-  std::deque<std::string> pending_;
+  std::deque<std::string> pending_;  // this thread's only: libtorch calls the handler of the thread that warns
 };
 
-CollectingWarningHandler g_warnings;
-Napi::FunctionReference g_warningCallback;
+thread_local CollectingWarningHandler t_warnings;
+
+// What belongs to one JavaScript environment (the main thread's, or a Worker's), kept as the
+// environment's instance data and deleted with it.
+struct EnvData {
+  Napi::FunctionReference warningCallback;
+};
 
 // Asynchronous signals (Ctrl-C, SIGCHLD, a profiler's SIGPROF, ...) stay blocked on the calling
 // thread while an operator or a backward runs, and are delivered when it returns. Why: oneDNN
@@ -132,11 +139,12 @@ class AsyncSignalsBlocked {
 };
 
 void FlushWarnings(Napi::Env env) {
-  auto pending = g_warnings.take();
-  if (pending.empty() || g_warningCallback.IsEmpty()) return;
+  auto pending = t_warnings.take();
+  EnvData* data = env.GetInstanceData<EnvData>();
+  if (pending.empty() || !data || data->warningCallback.IsEmpty()) return;
   for (const auto& w : pending) {
     try {
-      g_warningCallback.Call({Napi::String::New(env, ShortTorchMessage(w))});
+      data->warningCallback.Call({Napi::String::New(env, ShortTorchMessage(w))});
     } catch (const Napi::Error&) {
       // A throwing handler must not replace the result (or error) of the call itself.
     }
@@ -272,8 +280,52 @@ int64_t ExactInt(Napi::Env env, const Napi::Value& v, const std::string& where) 
 }
 
 // ---- operator table ----
-std::vector<c10::OperatorHandle> g_ops;
-std::vector<std::string> g_opNames;
+// Operators resolved by name, each once per process (every JavaScript environment gets the same
+// id for the same operator), and never removed. Shared by the environments' threads (the main
+// thread and worker_threads Workers), so it is locked: an unlocked std::vector that one thread
+// grew while another held a reference into it for a call crashed the process (SIGSEGV, two
+// threads resolving and calling at once; test/cpu-thread-pool.test.ts). A std::deque keeps
+// references to its elements valid as it grows, so a call holds its entry without the lock.
+struct OpEntry {
+  c10::OperatorHandle op;
+  std::string name;
+};
+
+class OpTable {
+ public:
+  // The id of name.overload, resolving it on first use (nullopt: libtorch has no such operator).
+  c10::optional<uint32_t> Resolve(const std::string& name, const std::string& overload) {
+    const std::string full = overload.empty() ? name : name + "." + overload;
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = ids_.find(full);
+    if (it != ids_.end()) return it->second;
+    auto handle = c10::Dispatcher::singleton().findSchema({name, overload});
+    if (!handle) return c10::nullopt;
+    const uint32_t id = static_cast<uint32_t>(entries_.size());
+    entries_.push_back({*handle, full});
+    ids_.emplace(full, id);
+    return id;
+  }
+  // The entry of id, or nullptr for an id never handed out.
+  const OpEntry* Get(uint32_t id) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return id < entries_.size() ? &entries_[id] : nullptr;
+  }
+  size_t Size() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return entries_.size();
+  }
+
+ private:
+  std::mutex mutex_;
+  std::deque<OpEntry> entries_;
+  std::unordered_map<std::string, uint32_t> ids_;
+};
+
+OpTable& Ops() {
+  static OpTable* table = new OpTable();  // never destroyed: calls may run during process exit
+  return *table;
+}
 
 c10::IValue ToIValue(Napi::Env env, const Napi::Value& v, const c10::TypePtr& type,
                      const c10::Argument& arg, const std::string& opName);
@@ -412,33 +464,36 @@ Napi::Value FromIValue(Napi::Env env, const c10::IValue& iv) {
   throw Napi::TypeError::New(env, "unsupported return type " + iv.tagKind());
 }
 
-// Resolves "aten::conv2d" / "" to a small integer used by `call`.
+// Resolves "aten::conv2d" / "" to a small integer used by `call` (the same in every environment).
 Napi::Value OpId(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string name = info[0].As<Napi::String>().Utf8Value();
   std::string overload = info[1].As<Napi::String>().Utf8Value();
-  std::string full = overload.empty() ? name : name + "." + overload;
-  auto handle = c10::Dispatcher::singleton().findSchema({name, overload});
-  if (!handle) throw Napi::Error::New(env, "unknown libtorch operator " + full);
-  g_ops.push_back(*handle);
-  g_opNames.push_back(full);
-  return Napi::Number::New(env, static_cast<double>(g_ops.size() - 1));
+  const c10::optional<uint32_t> id = Ops().Resolve(name, overload);
+  if (!id) throw Napi::Error::New(env, "unknown libtorch operator " + (overload.empty() ? name : name + "." + overload));
+  return Napi::Number::New(env, static_cast<double>(*id));
 }
 
 Napi::Value OpSchema(const Napi::CallbackInfo& info) {
-  size_t id = info[0].As<Napi::Number>().Uint32Value();
+  const uint32_t id = info[0].As<Napi::Number>().Uint32Value();
+  const OpEntry* entry = Ops().Get(id);
+  if (!entry) throw Napi::RangeError::New(info.Env(), "opSchema: unknown operator id " + std::to_string(id));
   std::stringstream ss;
-  ss << g_ops.at(id).schema();
+  ss << entry->op.schema();
   return Napi::String::New(info.Env(), ss.str());
 }
+
+// How many operators the process has resolved (the tests check that Workers reuse the ids).
+Napi::Value OpCount(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), static_cast<double>(Ops().Size())); }
 
 Napi::Value Call(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!info[0].IsNumber()) throw Napi::TypeError::New(env, "call: operator id must be a number");
   uint32_t id = info[0].As<Napi::Number>().Uint32Value();
-  if (id >= g_ops.size()) throw Napi::RangeError::New(env, "call: unknown operator id " + std::to_string(id));
-  const auto& op = g_ops[id];
-  const std::string& opName = g_opNames[id];
+  const OpEntry* entry = Ops().Get(id);
+  if (!entry) throw Napi::RangeError::New(env, "call: unknown operator id " + std::to_string(id));
+  const c10::OperatorHandle& op = entry->op;
+  const std::string& opName = entry->name;
   if (!info[1].IsArray()) throw Napi::TypeError::New(env, opName + ": arguments must be an array");
   const auto& schema = op.schema();
   const auto& args = schema.arguments();
@@ -802,23 +857,21 @@ Napi::Value CudaSynchronize(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value SetWarningHandler(const Napi::CallbackInfo& info) {
-  if (info[0].IsFunction()) {
-    g_warningCallback = Napi::Persistent(info[0].As<Napi::Function>());
-    // Never deleted by the global's destructor: that runs at process exit, after Node's
-    // environment is gone, and wrote to freed memory (valgrind).
-    g_warningCallback.SuppressDestruct();
-  } else {
-    g_warningCallback.Reset();
-  }
-  return info.Env().Undefined();
+  Napi::Env env = info.Env();
+  EnvData* data = env.GetInstanceData<EnvData>();
+  if (info[0].IsFunction()) data->warningCallback = Napi::Persistent(info[0].As<Napi::Function>());
+  else data->warningCallback.Reset();
+  return env.Undefined();
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  // Init runs on the environment's own thread: its warnings go to its collector.
 #if TORCH_VERSION_MAJOR >= 2
-  c10::WarningUtils::set_warning_handler(&g_warnings);
+  c10::WarningUtils::set_warning_handler(&t_warnings);
 #else
-  c10::Warning::set_warning_handler(&g_warnings);
+  c10::Warning::set_warning_handler(&t_warnings);
 #endif
+  env.SetInstanceData(new EnvData());  // deleted with the environment (node-addon-api's default finalizer)
   kshare::RegisterCpuAllocator(env, exports);  // before any tensor is allocated
   // Every entry point is guarded: an exception escaping into N-API would abort the process.
   auto fn = [&](const char* name, Napi::Value (*f)(const Napi::CallbackInfo&)) {
@@ -866,6 +919,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   fn("generatorState", GeneratorState);
   fn("runtimeInfo", RuntimeInfo);
   fn("setNumThreads", SetNumThreads);
+  fn("opCount", OpCount);
   fn("setCudnnBenchmark", SetCudnnBenchmark);
   fn("setAllowTF32", SetAllowTF32);
   fn("setMallocThresholds", SetMallocThresholds);

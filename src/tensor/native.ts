@@ -109,6 +109,8 @@ export interface NativeBinding extends Partial<DistributedBinding> {
   distAvailable(): { gloo: boolean; nccl: boolean };
   opId(name: string, overload: string): number;
   opSchema(id: number): string;
+  /** Operators resolved in this process so far (ids are shared by every JavaScript thread). */
+  opCount(): number;
   call(id: number, args: KernelArg[]): unknown;
   meta(h: Handle): [dtypeCode: number, device: string, shape: number[]];
   dispose(h: Handle): void;
