@@ -295,15 +295,15 @@ class OpTable {
  public:
   // The id of name.overload, resolving it on first use (nullopt: libtorch has no such operator).
   c10::optional<uint32_t> Resolve(const std::string& name, const std::string& overload) {
-    const std::string full = overload.empty() ? name : name + "." + overload;
+    const std::string key = name + '\n' + overload;  // unambiguous, unlike name.overload
     std::lock_guard<std::mutex> lock(mutex_);
-    auto it = ids_.find(full);
+    auto it = ids_.find(key);
     if (it != ids_.end()) return it->second;
     auto handle = c10::Dispatcher::singleton().findSchema({name, overload});
     if (!handle) return c10::nullopt;
     const uint32_t id = static_cast<uint32_t>(entries_.size());
-    entries_.push_back({*handle, full});
-    ids_.emplace(full, id);
+    entries_.push_back({*handle, overload.empty() ? name : name + "." + overload});
+    ids_.emplace(key, id);
     return id;
   }
   // The entry of id, or nullptr for an id never handed out.
@@ -319,7 +319,7 @@ class OpTable {
  private:
   std::mutex mutex_;
   std::deque<OpEntry> entries_;
-  std::unordered_map<std::string, uint32_t> ids_;
+  std::unordered_map<std::string, uint32_t> ids_;  // "name\noverload" -> id
 };
 
 OpTable& Ops() {
