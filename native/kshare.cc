@@ -283,8 +283,8 @@ int64_t ExactInt(Napi::Env env, const Napi::Value& v, const std::string& where) 
 // Operators resolved by name, each once per process (every JavaScript environment gets the same
 // id for the same operator), and never removed. Shared by the environments' threads (the main
 // thread and worker_threads Workers), so it is locked: an unlocked std::vector that one thread
-// grew while another held a reference into it for a call crashed the process (SIGSEGV, two
-// threads resolving and calling at once; test/cpu-thread-pool.test.ts). A std::deque keeps
+// grew while another held a reference into it for a call crashed the process (SIGSEGV, a Worker
+// resolving operators while the main thread called; test/js-threads.test.ts). A std::deque keeps
 // references to its elements valid as it grows, so a call holds its entry without the lock.
 struct OpEntry {
   c10::OperatorHandle op;
