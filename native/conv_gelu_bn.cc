@@ -64,7 +64,7 @@
 
 namespace {
 
-std::atomic<int64_t> rowSumHandOffs{0}, runLazyInputs{0}, runRowSumHandOffs{0};
+std::atomic<int64_t> rowSumHandOffs{0}, runLazyInputs{0}, runRowSumHandOffs{0}, deferredOutputs{0};
 
 // Which convolution runs before the fused kernel; a depthwise one also adds its input after it.
 enum class ConvKind : int64_t { kDepthwise = 0, kPointwise = 1 };
@@ -84,11 +84,13 @@ bool RowsApply(ConvKind k, const at::Tensor& x, const at::Tensor& w, at::IntArra
 #endif
 }
 
+// prepare (1x1 only): called for each image before its product reads it (kshare_pw::ForwardRows).
 void ConvolveRows(ConvKind k, const at::Tensor& x, const at::Tensor& w, at::IntArrayRef dilation, const kshare::RowSink& sink,
-                  const kshare::ChannelAffine* inputAffine) {
+                  const kshare::ChannelAffine* inputAffine, const std::function<void(int64_t)>* prepare = nullptr) {
+  TORCH_CHECK(!prepare || k == ConvKind::kPointwise, OpName(k), ": internal error: an input prepared image by image");
   if (k == ConvKind::kDepthwise) return kshare_dw::ForwardPlanes(x, w, dilation, sink, inputAffine);
 #ifdef KSHARE_HAVE_DNNL
-  kshare_pw::ForwardRows(x, w, sink);
+  kshare_pw::ForwardRows(x, w, sink, prepare);
 #endif
 }
 
@@ -149,10 +151,13 @@ std::tuple<at::Tensor, at::Tensor> ConvolveBackwardRows(ConvKind k, const kshare
 }
 
 // needZ: keep the convolution's output in *z (an eval-mode backward recomputes GELU from it).
+// deferOutput: the output's pass is left to kshare_gbn::Forward::writeImage (RowsApply only);
+// prepareInput (1x1 with RowsApply only): called for each image of x before the product reads it.
 kshare_gbn::Forward ForwardBoth(ConvKind k, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                                 at::IntArrayRef dilation, const at::Tensor& bnWeight, const at::Tensor& bnBias, const at::Tensor& rm,
                                 const at::Tensor& rv, bool training, double momentum, double eps, bool keep, bool needZ,
-                                at::Tensor* z, const kshare::ChannelAffine* inputAffine = nullptr, bool lazyOutput = false) {
+                                at::Tensor* z, const kshare::ChannelAffine* inputAffine = nullptr, bool lazyOutput = false,
+                                bool deferOutput = false, const std::function<void(int64_t)>* prepareInput = nullptr) {
   TORCH_CHECK(x.dim() == 4 && weight.dim() == 4, OpName(k), ": input and weight must be 4-D, got ", x.sizes(), " and ",
               weight.sizes());
   const at::Tensor residual = k == ConvKind::kDepthwise ? x : at::Tensor();
@@ -160,11 +165,14 @@ kshare_gbn::Forward ForwardBoth(ConvKind k, const at::Tensor& x, const at::Tenso
     // The fused kernel's rows straight from the convolution. `shape` only carries the output's
     // NCHW shape (a stride-0 view of one float): with a row source its data is never read.
     const at::Tensor shape = at::empty({1, 1, 1, 1}, x.options()).expand({x.size(0), weight.size(0), x.size(2), x.size(3)});
-    const kshare_gbn::RowSource rows = [&](const kshare::RowSink& body) { ConvolveRows(k, x, weight, dilation, body, inputAffine); };
+    const kshare_gbn::RowSource rows = [&](const kshare::RowSink& body) {
+      ConvolveRows(k, x, weight, dilation, body, inputAffine, prepareInput);
+    };
     return kshare_gbn::ForwardImpl(shape, bias, bnWeight, bnBias, rm, rv, training, momentum, eps, keep, residual, &rows, inputAffine,
-                                   lazyOutput);
+                                   lazyOutput, deferOutput);
   }
-  TORCH_CHECK(!inputAffine && !lazyOutput, OpName(k), ": internal error: a lazily held input or output without the row kernels");
+  TORCH_CHECK(!inputAffine && !lazyOutput && !deferOutput && !prepareInput, OpName(k),
+              ": internal error: a lazily held or deferred input or output without the row kernels");
   *z = Convolve(k, x, weight, dilation);
   return kshare_gbn::ForwardImpl(*z, bias, bnWeight, bnBias, rm, rv, training, momentum, eps, keep, residual);
 }
@@ -418,6 +426,15 @@ at::Tensor BlockCpu(const at::Tensor& x, const at::Tensor& dwWeight, const at::T
 // (the two passes skipped outright, wrong numbers): ~6-7 % (bench/cpu-kernels-notes.md,
 // fourteenth session). The row sums still read the kept GELU output from memory, so the hand-off
 // saves the pass's read of the gradient only.
+//
+// Each block's residual-half output r (the 1x1's input, kept for the 1x1's weight gradient) is
+// written image by image just before the 1x1 product reads that image (kshare_gbn::Forward's
+// writeImage, kshare_pw::ForwardRows' prepare), by the thread that multiplies it, so the product
+// reads r from L2 instead of memory (a standalone sgemm took 191.8 us on a hot image, 206.6
+// streaming). Same kernels, same numbers. ConvMixer-256/8 shared step, one process alternating
+// with a throwaway switch that wrote r in a pass of its own (2-core Xeon, twenty-second session):
+// 1 thread 251.7-272.1 ms against 259.6-275.0 (faster in 5 rounds of 6), 2 threads faster in 17
+// rounds of 26 (medians 143.3 against 146.0 in the longer set, 16 rounds of 8 steps).
 constexpr int64_t kRunParams = 8, kRunStats = 4, kRunSaved = 16;
 
 // Whether block b's input can be held lazily: its depthwise half reads it through the plane
@@ -474,10 +491,16 @@ struct ConvMixerTrainingRun : public torch::autograd::Function<ConvMixerTraining
       const kshare::ChannelAffine affine{lazyIn[b] ? inScale.data_ptr<float>() : nullptr, lazyIn[b] ? inShift.data_ptr<float>() : nullptr};
       const bool lazyOut = b + 1 < blocks && lazyIn[b + 1];
       at::Tensor z1, z2;
+      // The residual half's output, the 1x1's input, is written image by image just before the
+      // 1x1 product reads it (from cache instead of memory), where both halves take their row
+      // kernels (same kernels, same numbers).
+      const bool defer = RowsApply(ConvKind::kDepthwise, in, p[0], dilation) && RowsApply(ConvKind::kPointwise, in, p[4], {1, 1});
       kshare_gbn::Forward f1 = ForwardBoth(ConvKind::kDepthwise, in, p[0], p[1], dilation, p[2], p[3], st[0], st[1], true,
-                                           momentum[2 * b], eps[2 * b], true, false, &z1, lazyIn[b] ? &affine : nullptr);
+                                           momentum[2 * b], eps[2 * b], true, false, &z1, lazyIn[b] ? &affine : nullptr, false, defer);
       kshare_gbn::Forward f2 = ForwardBoth(ConvKind::kPointwise, f1.y, p[4], p[5], {1, 1}, p[6], p[7], st[2], st[3], true,
-                                           momentum[2 * b + 1], eps[2 * b + 1], true, false, &z2, nullptr, lazyOut);
+                                           momentum[2 * b + 1], eps[2 * b + 1], true, false, &z2, nullptr, lazyOut, false,
+                                           defer ? &f1.writeImage : nullptr);
+      if (defer) deferredOutputs.fetch_add(1, std::memory_order_relaxed);
       for (const at::Tensor& t : SavedList(SaveHalf(ConvKind::kDepthwise, true, dilation, in, p[0], p[1], p[2], f1, z1))) saved.push_back(t);
       for (const at::Tensor& t : SavedList(SaveHalf(ConvKind::kPointwise, true, {1, 1}, f1.y, p[4], p[5], p[6], f2, z2))) saved.push_back(t);
       saved.push_back(lazyIn[b] ? inScale : at::Tensor());
@@ -656,6 +679,7 @@ at::Tensor PointwiseCpu(const at::Tensor& x, const at::Tensor& weight, const at:
 int64_t kshare_block::RowSumHandOffs() { return rowSumHandOffs.load(std::memory_order_relaxed); }
 int64_t kshare_block::RunLazyInputs() { return runLazyInputs.load(std::memory_order_relaxed); }
 int64_t kshare_block::RunRowSumHandOffs() { return runRowSumHandOffs.load(std::memory_order_relaxed); }
+int64_t kshare_block::RunDeferredOutputs() { return deferredOutputs.load(std::memory_order_relaxed); }
 
 TORCH_LIBRARY_FRAGMENT(kshare, m) {
   m.def(

@@ -13,5 +13,8 @@ int64_t RowSumHandOffs();
 // backwards whose 1x1 BatchNorm took its row sums from the next block's input gradient.
 int64_t RunLazyInputs();
 int64_t RunRowSumHandOffs();
+// Blocks of a training run whose residual half's output was written image by image just before
+// the 1x1 product read it (kshare_gbn::Forward::writeImage), so far in this process.
+int64_t RunDeferredOutputs();
 
 }  // namespace kshare_block

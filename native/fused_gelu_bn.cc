@@ -176,9 +176,11 @@ using kshare_gbn::Grads;
 Forward forwardImpl(const at::Tensor& xIn, const at::Tensor& biasIn, const at::Tensor& weightIn, const at::Tensor& bnBiasIn,
                     const at::Tensor& rm, const at::Tensor& rv, bool training, double momentum, double eps, bool keep,
                     const at::Tensor& residualIn, const kshare_gbn::RowSource* rows, const kshare::ChannelAffine* residualAffine,
-                    bool lazyOutput) {
+                    bool lazyOutput, bool deferOutput) {
   checkArgs(xIn, biasIn, weightIn, bnBiasIn, rm, rv);
   const Geom g = geomOf(xIn);
+  TORCH_CHECK(!deferOutput || (training && keep && !g.cl && !lazyOutput),
+              "bias_gelu_batch_norm: internal error: a deferred output outside the NCHW training forward");
   TORCH_CHECK((!residualAffine && !lazyOutput) || (training && keep && !g.cl && kshare_gbn::AffineIsFma()),
               "bias_gelu_batch_norm: internal error: a lazily held residual or output outside the NCHW training forward");
   TORCH_CHECK(!residualAffine || residualIn.defined(), "bias_gelu_batch_norm: internal error: a residual affine without a residual");
@@ -282,17 +284,27 @@ Forward forwardImpl(const at::Tensor& xIn, const at::Tensor& biasIn, const at::T
           &mu, &var);
       finish(c, mu, var);
     }
-    if (!lazyOutput) {
-      kshare::ParallelFor(0, nRows, 16, [&](int64_t b, int64_t e) {
-        for (int64_t r = b; r < e; r++) {
-          const int64_t c = r % C, o = r * HW;
-          if (residualAffine)
-            K.affineAddAffine.nchw(gp + o, resp + o, yp + o, HW, scp + c, shp + c, residualAffine->scale + c, residualAffine->shift + c);
-          else if (resp) K.affineAdd.nchw(gp + o, resp + o, yp + o, HW, scp + c, shp + c);
-          else K.affine.nchw(gp + o, yp + o, HW, scp + c, shp + c);
-        }
-      });
+    // The pass writing y over rows [b, e); what it reads is captured by value (the tensors too), so
+    // a deferred call after this function returns finds it all alive.
+    const Kernels* Kp = &K;
+    const float *resScale = residualAffine ? residualAffine->scale : nullptr, *resShift = residualAffine ? residualAffine->shift : nullptr;
+    auto writeRows = [Kp, gp, resp, yp, scp, shp, resScale, resShift, C, HW](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; r++) {
+        const int64_t c = r % C, o = r * HW;
+        if (resScale) Kp->affineAddAffine.nchw(gp + o, resp + o, yp + o, HW, scp + c, shp + c, resScale + c, resShift + c);
+        else if (resp) Kp->affineAdd.nchw(gp + o, resp + o, yp + o, HW, scp + c, shp + c);
+        else Kp->affine.nchw(gp + o, yp + o, HW, scp + c, shp + c);
+      }
+    };
+    if (deferOutput) {
+      Forward f{y, mean, invstd, gKept, dgKept, scale, shift};
+      // residualAffine's scale and shift belong to the caller, which keeps them until every image is written.
+      f.writeImage = [writeRows, keepAlive = std::array<at::Tensor, 5>{y, gKept, residual, scale, shift}, C](int64_t n) {
+        writeRows(n * C, (n + 1) * C);
+      };
+      return f;
     }
+    if (!lazyOutput) kshare::ParallelFor(0, nRows, 16, writeRows);
   } else {
     // Blocks of rows: gelu + block sums, then the block's squared deviations from its own mean
     // while it is in cache; blocks are combined with Chan et al.'s pairwise formula.
@@ -470,7 +482,7 @@ struct BiasGeluBatchNorm : public torch::autograd::Function<BiasGeluBatchNorm> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& bias,
                             const at::Tensor& weight, const at::Tensor& bnBias, const at::Tensor& rm, const at::Tensor& rv,
                             bool training, double momentum, double eps, bool keep) {
-    Forward f = forwardImpl(x, bias, weight, bnBias, rm, rv, training, momentum, eps, keep, at::Tensor(), nullptr, nullptr, false);
+    Forward f = forwardImpl(x, bias, weight, bnBias, rm, rv, training, momentum, eps, keep, at::Tensor(), nullptr, nullptr, false, false);
     // Training keeps gelu and gelu' (f.g, f.dg), eval recomputes them from x.
     if (training) ctx->save_for_backward({f.g, f.dg, weight, f.mean, f.invstd});
     else ctx->save_for_backward({x, bias, weight, f.mean, f.invstd});
@@ -499,7 +511,7 @@ at::Tensor biasGeluBatchNormAutograd(const at::Tensor& x, const at::Tensor& bias
 
 at::Tensor biasGeluBatchNormCpu(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& weight, const at::Tensor& bnBias,
                                 const at::Tensor& rm, const at::Tensor& rv, bool training, double momentum, double eps) {
-  return forwardImpl(x, bias, weight, bnBias, rm, rv, training, momentum, eps, false, at::Tensor(), nullptr, nullptr, false).y;
+  return forwardImpl(x, bias, weight, bnBias, rm, rv, training, momentum, eps, false, at::Tensor(), nullptr, nullptr, false, false).y;
 }
 
 }  // namespace
@@ -519,8 +531,9 @@ int64_t RowPrefetchFloats() {
 Forward ForwardImpl(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& weight, const at::Tensor& bnBias,
                     const at::Tensor& rm, const at::Tensor& rv, bool training, double momentum, double eps, bool keep,
                     const at::Tensor& residual, const RowSource* rows, const kshare::ChannelAffine* residualAffine,
-                    bool lazyOutput) {
-  return forwardImpl(x, bias, weight, bnBias, rm, rv, training, momentum, eps, keep, residual, rows, residualAffine, lazyOutput);
+                    bool lazyOutput, bool deferOutput) {
+  return forwardImpl(x, bias, weight, bnBias, rm, rv, training, momentum, eps, keep, residual, rows, residualAffine, lazyOutput,
+                     deferOutput);
 }
 
 Grads BackwardImpl(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& bias, const at::Tensor& weight,

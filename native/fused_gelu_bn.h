@@ -13,6 +13,9 @@ struct Forward {
   at::Tensor y, mean, invstd;  // mean / invstd: what normalised y (batch stats or running stats)
   at::Tensor g, dg;            // training with keep: gelu(u) and gelu'(u), for the backward
   at::Tensor scale, shift;     // y = g * scale + shift per channel (training: g as kept)
+  // With ForwardImpl's deferOutput: writes the rows of image n of y (n * C to n * C + C - 1), which
+  // the pass writing y left undone; the caller calls it once for every image (in parallel).
+  std::function<void(int64_t)> writeImage;
 };
 
 // Calls the function it is given with every NCHW row (n * C + c, H * W floats) of the input, in
@@ -26,10 +29,13 @@ using RowSource = std::function<void(const kshare::RowSink&)>;
 // NCHW training with keep, where AffineIsFma(), also: `residualAffine` says the residual tensor
 // holds g of a BatchNorm whose output is the residual (kshare::ChannelAffine), and `lazyOutput`
 // leaves y undefined for the caller to form from g, scale and shift (the pass writing y is skipped).
+// NCHW training with keep, `deferOutput`: y is allocated but its pass is left to the caller,
+// image by image through Forward::writeImage, with the same kernel and numbers (the 1x1 forward
+// writes each image just before its product reads it, so it reads it from cache).
 Forward ForwardImpl(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& weight, const at::Tensor& bnBias,
                     const at::Tensor& rm, const at::Tensor& rv, bool training, double momentum, double eps, bool keep,
                     const at::Tensor& residual, const RowSource* rows = nullptr,
-                    const kshare::ChannelAffine* residualAffine = nullptr, bool lazyOutput = false);
+                    const kshare::ChannelAffine* residualAffine = nullptr, bool lazyOutput = false, bool deferOutput = false);
 
 // Whether this CPU's row kernels (KSHARE_NATIVE_ISA allowing) form g * scale + shift with one
 // rounding (FMA), so that a reader of a kshare::ChannelAffine tensor using FMA gets the numbers

@@ -811,6 +811,7 @@ Napi::Value RuntimeInfo(const Napi::CallbackInfo& info) {
   o.Set("blockRowSumHandOffs", static_cast<double>(kshare_block::RowSumHandOffs()));
   o.Set("blockRunLazyInputs", static_cast<double>(kshare_block::RunLazyInputs()));
   o.Set("blockRunRowSumHandOffs", static_cast<double>(kshare_block::RunRowSumHandOffs()));
+  o.Set("blockRunDeferredOutputs", static_cast<double>(kshare_block::RunDeferredOutputs()));
   return o;
 }
 

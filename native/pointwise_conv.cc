@@ -298,12 +298,14 @@ RowTasks ForwardRowTasks(const at::Tensor& input, const at::Tensor& weight, int6
 }
 
 void ForwardRowRange(const at::Tensor& input, const at::Tensor& weight, const RowTasks& tasks, int64_t begin, int64_t end,
-                     float* buffer, const kshare::RowSink& sink, const kshare_amx::Packed* packed) {
+                     float* buffer, const kshare::RowSink& sink, const kshare_amx::Packed* packed, const ImagePrep* prepare) {
   const Geometry g = Check("kshare::pointwise_conv2d", input, weight);
   TORCH_CHECK(!tasks.amx || packed, "kshare::pointwise_conv2d: internal error: AMX tasks without a packed weight");
+  TORCH_CHECK(!prepare || tasks.parts == 1, "kshare::pointwise_conv2d: internal error: images prepared per task with split images");
   const float *xp = input.data_ptr<float>(), *wp = weight.data_ptr<float>();
   for (int64_t i = begin; i < end; i++) {
     const int64_t n = i / tasks.parts, o0 = (i % tasks.parts) * tasks.block, o1 = std::min(g.cout, o0 + tasks.block);
+    if (prepare) (*prepare)(n);
     const float* xn = xp + n * g.cin * g.hw;
     auto sgemm = [&](int64_t j0, int64_t j1) {
       Sgemm('N', 'N', o1 - o0, j1 - j0, g.cin, wp + o0 * g.cin, g.cin, xn + j0, g.hw, 0.f, buffer + j0, g.hw);
@@ -315,7 +317,7 @@ void ForwardRowRange(const at::Tensor& input, const at::Tensor& weight, const Ro
   }
 }
 
-void ForwardRows(const at::Tensor& input, const at::Tensor& weight, const kshare::RowSink& sink) {
+void ForwardRows(const at::Tensor& input, const at::Tensor& weight, const kshare::RowSink& sink, const ImagePrep* prepare) {
   const char* op = "kshare::pointwise_conv2d";
   TORCH_CHECK(RowsApply(Check(op, input, weight), input), op, ": internal error: row by row does not apply");
   const at::Tensor w = weight.contiguous();
@@ -323,9 +325,14 @@ void ForwardRows(const at::Tensor& input, const at::Tensor& weight, const kshare
   // stays in L2 while its rows are consumed.
   const RowTasks tasks = ForwardRowTasks(input, w, at::get_num_threads());
   const std::shared_ptr<const kshare_amx::Packed> packed = tasks.amx ? PackWeight(w) : nullptr;
+  // Images split between threads (fewer images than threads): every image prepared first.
+  const bool perTask = prepare && tasks.parts == 1;
+  if (prepare && !perTask) kshare::ParallelFor(0, input.size(0), 1, [&](int64_t b, int64_t e) {
+      for (int64_t n = b; n < e; n++) (*prepare)(n);
+    });
   kshare::ParallelFor(0, tasks.count, 1, [&](int64_t b, int64_t e) {
     std::unique_ptr<float[]> y(new float[tasks.bufferFloats]);
-    ForwardRowRange(input, w, tasks, b, e, y.get(), sink, packed.get());
+    ForwardRowRange(input, w, tasks, b, e, y.get(), sink, packed.get(), perTask ? prepare : nullptr);
   });
 }
 

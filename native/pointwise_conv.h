@@ -41,7 +41,11 @@ bool RowsApply(const at::Tensor& input, const at::Tensor& weight);
 // The forward without bias, image by image (or, with fewer images than threads, a block of output
 // channels at a time) into a per-thread buffer, each output row handed to `sink` while in cache
 // and never written out as a tensor.
-void ForwardRows(const at::Tensor& input, const at::Tensor& weight, const kshare::RowSink& sink);
+// With `prepare`, prepare(n) is called once for each image n, on the thread that then multiplies
+// it, before its product reads image n of `input` (which prepare may write): an input formed
+// image by image just before it is read (conv_gelu_bn.cc's training run), so it is read from cache.
+using ImagePrep = std::function<void(int64_t)>;
+void ForwardRows(const at::Tensor& input, const at::Tensor& weight, const kshare::RowSink& sink, const ImagePrep* prepare = nullptr);
 
 // ForwardRows' tasks for `threads` threads (an image, or a block of an image's output channels,
 // each), for a caller that shares them out itself (native/convmixer_blocks.cc) with
@@ -56,7 +60,7 @@ struct RowTasks {
 RowTasks ForwardRowTasks(const at::Tensor& input, const at::Tensor& weight, int64_t threads);
 std::shared_ptr<const kshare_amx::Packed> PackWeight(const at::Tensor& weight);
 void ForwardRowRange(const at::Tensor& input, const at::Tensor& weight, const RowTasks& tasks, int64_t begin, int64_t end,
-                     float* buffer, const kshare::RowSink& sink, const kshare_amx::Packed* packed);
+                     float* buffer, const kshare::RowSink& sink, const kshare_amx::Packed* packed, const ImagePrep* prepare = nullptr);
 
 // Whether BackwardRows runs: an NCHW contiguous, non-empty input with at least as many images as
 // threads.

@@ -24,6 +24,7 @@ interface StepResult {
   stats: Map<string, Float32Array>;
   lazy: number;
   handOffs: number;
+  deferred: number;
 }
 
 interface StepOptions {
@@ -67,6 +68,7 @@ function trainStep(make: () => Module, o: StepOptions): StepResult {
       stats,
       lazy: after.blockRunLazyInputs - before.blockRunLazyInputs,
       handOffs: after.blockRunRowSumHandOffs - before.blockRunRowSumHandOffs,
+      deferred: after.blockRunDeferredOutputs - before.blockRunDeferredOutputs,
     };
   } finally {
     model.zeroGrad();
@@ -117,6 +119,10 @@ test("a training run of ConvMixer blocks gives the block operator's numbers bit 
           // hands its 1x1 BatchNorm's row sums to the block before.
           assert.equal(run.lazy, depth - 1, `${label}: blocks with a lazily held input`);
           assert.equal(run.handOffs, depth - 1, `${label}: row-sum hand-offs`);
+          // Every block's residual-half output is written image by image as the 1x1 reads it
+          // (poisoned: an image left unwritten would show in the gradients).
+          assert.equal(run.deferred, depth, `${label}: outputs written as the 1x1 reads them`);
+          assert.equal(blocks.deferred, 0, `${label}: none without the run`);
         }),
       );
     }

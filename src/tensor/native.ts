@@ -46,6 +46,8 @@ export interface RuntimeInfo {
   blockRunLazyInputs: number;
   /** Block backwards of a training run whose 1x1 BatchNorm took its row sums from the next block's input gradient, summed as it was written, so far in this process. */
   blockRunRowSumHandOffs: number;
+  /** Blocks of a training run whose residual half's output (the 1x1's input) was written image by image just before the 1x1 product read it, from cache, so far in this process. */
+  blockRunDeferredOutputs: number;
 }
 
 /** State of kshare's caching CPU allocator (native/cpu_allocator.cc). */
