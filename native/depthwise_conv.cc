@@ -276,32 +276,53 @@ void GatherBlock(float* dst, int64_t dstRow, int64_t vec, const float* src, int6
 // x and out are dense in g's format. Used for the forward pass and, with w flipped, grad input.
 // NCHW only: `addend` (or nullptr), dense like out, is added to each plane just written.
 // planeSink (NCHW only) receives each finished plane (index n * C + c), addend included.
+// The plane kernel's convolution of one NCHW plane, with its scratch: the plane padded into
+// [roundup(H, R) + K - 1][roundup(W, L) + K - 1] (zeros around, past W and below the last row
+// block; each call overwrites the interior), the result written dense to dst (through a
+// [H][roundup(W, L)] slice where W is not a multiple of L), then addend added and the plane handed
+// to sink. Shared by ConvolveInto and BackwardFromPlanes (its input gradient: the kernel flipped),
+// so both make the same calls and get the same numbers.
+struct PlaneConvolution {
+  const Kernels& k;
+  const Geometry& g;
+  void (*plane)(const float*, int64_t, float*, int64_t, int64_t, int64_t, const float*, float);
+  const int64_t L, wv, rowP;
+  std::vector<float> pad, tmp;
+  PlaneConvolution(const Kernels& kernels, const Geometry& geometry)
+      : k(kernels),
+        g(geometry),
+        plane(kernels.planeForward(geometry.kh)),
+        L(kernels.planeLanes),
+        wv(RoundUp(geometry.w, L)),
+        rowP(wv + 2 * geometry.pw),
+        pad((RoundUp(geometry.h, kernels.planeRows(geometry.kh)) + 2 * geometry.ph) * rowP),
+        tmp(geometry.w == wv ? 0 : geometry.h * wv) {}
+  // Plane t (channel c = t % C) of the output: src convolved with w (k x k) plus bias.
+  void Into(int64_t t, const float* src, const float* w, float bias, float* dst, const float* addend, const kshare::RowSink* sink) {
+    CopyPlane(&pad[g.ph * rowP + g.pw], rowP, src, g.h, g.w, nullptr, t % g.c);
+    if (tmp.empty()) {
+      plane(pad.data(), rowP, dst, g.w, g.h, wv / L, w, bias);
+    } else {
+      plane(pad.data(), rowP, tmp.data(), wv, g.h, wv / L, w, bias);
+      for (int64_t y = 0; y < g.h; y++) CopyRow(dst + y * g.w, &tmp[y * wv], g.w);
+    }
+    if (addend) k.addInto(dst, addend, g.h * g.w);
+    if (sink) (*sink)(t, dst);
+  }
+};
+
 void ConvolveInto(const Geometry& g, const float* x, const float* w, const float* bias, float* out,
                   const float* addend = nullptr, const kshare::RowSink* planeSink = nullptr) {
   const Kernels& k = Pick();
   const int64_t kk = static_cast<int64_t>(g.kh) * g.kw;
   const auto plane = !g.channelsLast && g.kh == g.kw && g.dh == 1 && g.dw == 1 ? k.planeForward(g.kh) : nullptr;
   if (plane) {
-    // One task per (n, c) plane, padded into [roundup(H, R) + K - 1][roundup(W, L) + K - 1]
-    // (zeros around, past W and below the last row block; each task overwrites the interior).
-    const int64_t L = k.planeLanes, R = k.planeRows(g.kh);
-    const int64_t wv = RoundUp(g.w, L), rowP = wv + 2 * g.pw, rowsP = RoundUp(g.h, R) + 2 * g.ph;
+    const int64_t hw = g.h * g.w;
     kshare::ParallelFor(0, g.n * g.c, 1, [&](int64_t begin, int64_t end) {
-      std::vector<float> pad(rowsP * rowP), tmp(g.w == wv ? 0 : g.h * wv);
+      PlaneConvolution conv(k, g);
       for (int64_t t = begin; t < end; t++) {
         const int64_t c = t % g.c;
-        const float* src = x + t * g.h * g.w;
-        for (int64_t y = 0; y < g.h; y++) CopyRow(&pad[(y + g.ph) * rowP + g.pw], src + y * g.w, g.w);
-        const float b = bias ? bias[c] : 0.f;
-        float* dst = out + t * g.h * g.w;
-        if (tmp.empty()) {
-          plane(pad.data(), rowP, dst, g.w, g.h, wv / L, w + c * kk, b);
-        } else {
-          plane(pad.data(), rowP, tmp.data(), wv, g.h, wv / L, w + c * kk, b);
-          for (int64_t y = 0; y < g.h; y++) CopyRow(dst + y * g.w, &tmp[y * wv], g.w);
-        }
-        if (addend) k.addInto(dst, addend + t * g.h * g.w, g.h * g.w);
-        if (planeSink) (*planeSink)(t, dst);
+        conv.Into(t, x + t * hw, w + c * kk, bias ? bias[c] : 0.f, out + t * hw, addend ? addend + t * hw : nullptr, planeSink);
       }
     });
     return;
@@ -642,11 +663,6 @@ std::tuple<at::Tensor, at::Tensor> BackwardFromPlanes(const kshare::RowProducer&
   const at::Tensor addend = gradInputAddend.defined() ? gradInputAddend.contiguous() : at::Tensor();
   at::Tensor gi = NewOutput(input.sizes(), input.options(), at::MemoryFormat::Contiguous);
   at::Tensor gw = needWeight ? NewOutput(weight.sizes(), weight.options(), at::MemoryFormat::Contiguous) : at::Tensor();
-  // The input gradient: ConvolveInto's plane path with the kernel flipped (the same calls, so the
-  // same numbers).
-  const auto plane = k.planeForward(g.kh);
-  const int64_t P = k.planeLanes, R = k.planeRows(g.kh);
-  const int64_t pv = RoundUp(g.w, P), padRow = pv + 2 * g.pw, padRows = RoundUp(g.h, R) + 2 * g.ph;
   const float *fp = flipped.data_ptr<float>(), *ap = addend.defined() ? addend.data_ptr<float>() : nullptr;
   float* gip = gi.data_ptr<float>();
   const float* xp = input.data_ptr<float>();
@@ -657,7 +673,8 @@ std::tuple<at::Tensor, at::Tensor> BackwardFromPlanes(const kshare::RowProducer&
   // lane, as WeightGradInto's do (the same numbers at any thread count). The input plane the weight
   // gradient reads is the one gradInputPlanes (the previous block's row sums) reads next.
   kshare::ParallelFor(0, g.c, 1, [&](int64_t c0, int64_t c1) {
-    std::vector<float> dz(hw), pad(padRows * padRow), tmp(g.w != pv ? g.h * pv : 0);
+    std::vector<float> dz(hw);
+    PlaneConvolution inputGrad(k, g);  // ConvolveInto's plane path with the kernel flipped
     PlaneCorrelation correlation(k, g);
     const int64_t accPerChannel = kk * correlation.L;
     std::vector<float> acc(needWeight ? (c1 - c0) * accPerChannel : 0, 0.f);
@@ -666,16 +683,7 @@ std::tuple<at::Tensor, at::Tensor> BackwardFromPlanes(const kshare::RowProducer&
         const int64_t t = n * g.c + c;
         gradPlanes(t, dz.data());
         if (needWeight) correlation.Add(xp + t * hw, dz.data(), c, inputAffine, &acc[(c - c0) * accPerChannel], nullptr);
-        CopyPlane(&pad[g.ph * padRow + g.pw], padRow, dz.data(), g.h, g.w, nullptr, c);
-        float* dst = gip + t * hw;
-        if (tmp.empty()) {
-          plane(pad.data(), padRow, dst, g.w, g.h, pv / P, fp + c * kk, 0.f);
-        } else {
-          plane(pad.data(), padRow, tmp.data(), pv, g.h, pv / P, fp + c * kk, 0.f);
-          for (int64_t y = 0; y < g.h; y++) CopyRow(dst + y * g.w, &tmp[y * pv], g.w);
-        }
-        if (ap) k.addInto(dst, ap + t * hw, hw);
-        if (gradInputPlanes) (*gradInputPlanes)(t, dst);
+        inputGrad.Into(t, dz.data(), fp + c * kk, 0.f, gip + t * hw, ap ? ap + t * hw : nullptr, gradInputPlanes);
       }
     }
     if (needWeight)
