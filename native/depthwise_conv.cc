@@ -272,10 +272,6 @@ void GatherBlock(float* dst, int64_t dstRow, int64_t vec, const float* src, int6
   }
 }
 
-// out = depthwise correlation of `x` with `w` ([C][kh][kw], contiguous) plus bias (or none);
-// x and out are dense in g's format. Used for the forward pass and, with w flipped, grad input.
-// NCHW only: `addend` (or nullptr), dense like out, is added to each plane just written.
-// planeSink (NCHW only) receives each finished plane (index n * C + c), addend included.
 // The plane kernel's convolution of one NCHW plane, with its scratch: the plane padded into
 // [roundup(H, R) + K - 1][roundup(W, L) + K - 1] (zeros around, past W and below the last row
 // block; each call overwrites the interior), the result written dense to dst (through a
@@ -311,6 +307,10 @@ struct PlaneConvolution {
   }
 };
 
+// out = depthwise correlation of `x` with `w` ([C][kh][kw], contiguous) plus bias (or none);
+// x and out are dense in g's format. Used for the forward pass and, with w flipped, grad input.
+// NCHW only: `addend` (or nullptr), dense like out, is added to each plane just written.
+// planeSink (NCHW only) receives each finished plane (index n * C + c), addend included.
 void ConvolveInto(const Geometry& g, const float* x, const float* w, const float* bias, float* out,
                   const float* addend = nullptr, const kshare::RowSink* planeSink = nullptr) {
   const Kernels& k = Pick();
