@@ -261,9 +261,11 @@ function instructionSets(): Record<string, string> {
   const avx2 = has('avx2') && has('fma');
   const widest = has('avx512f') && has('avx512dq') && avx2 ? 'avx512' : avx2 ? 'avx2' : 'generic';
   return {
-    cpuFlags: ['avx2', 'fma', 'avx512f', 'avx512dq'].filter(has).join(' ') || 'unknown',
+    cpuFlags: ['avx2', 'fma', 'avx512f', 'avx512dq', 'amx_bf16'].filter(has).join(' ') || 'unknown',
     kshareFusedGeluBatchNorm: cap === 'generic' ? 'generic' : cap === 'avx2' && widest === 'avx512' ? 'avx2' : widest,
     kshareDepthwiseWeightGradient: cap === 'generic' || !avx2 ? 'generic' : cap !== 'avx2' && has('avx512f') ? 'avx512' : 'avx2',
+    // AMX moves the 256-channel models' 1x1 products off oneDNN's sgemm (native/pointwise_conv.cc).
+    kshareNchw1x1Products: t.runtimeInfo().amx ? 'amx-bf16 (at >= 128 channels, float32 accuracy)' : 'sgemm',
     openblasCoretype: process.env.OPENBLAS_CORETYPE ?? '(auto)',
   };
 }
