@@ -14,7 +14,8 @@
 // Measured speed (2-core Intel Xeon, one thread; history in bench/cpu-kernels-notes.md, "Session
 // of 2026-12-03, ninth"): a 256 x 256 x 256 product with its operands packed, 83-108 us against
 // oneDNN sgemm's 147-188 (~400 GFLOP/s in float32 terms, ~60 % of the tile unit's 3.4 TFLOP/s,
-// limited by the 14 tile loads that feed 24 tile products); packing costs 18-35 us an operand in
+// limited by the tile loads that feed 24 tile products: 16 a k tile then, 14 since 2026-12-05,
+// GemmTiles); packing costs 18-35 us an operand in
 // cache and up to ~70 us for the transposed one read from memory. In the 1x1 operator, against
 // sgemm in one process (`node dist/bench/route-ab.js --only amx`, bench/results/amx-ab.json):
 // (32,256,16,16) forward x1.28-1.33, forward + backward x1.18-1.27; ConvMixer-256/8 training step
@@ -270,7 +271,12 @@ struct TileConfig {
 };
 
 // Which pieces each of the six products multiplies (0 hi, 1 mid, 2 lo) is fixed by the order of
-// the loads in the loop below: hi*hi, hi*mid, mid*mid, mid*hi, lo*hi, hi*lo.
+// the loads in the loop below: lo*hi, mid*hi, mid*mid, hi*mid, hi*hi, hi*lo. Each step changes
+// one operand only (a walk through all six piece pairs), so a k tile takes 14 tile loads for its
+// 24 products; the earlier order (hi*hi first) took 16, and a 256 x 256 x 256 product with both
+// operands packed in L2 ran 6-8 % slower with it (medians 97.9-121.6 us against 92.1-112.2,
+// alternating in one throwaway process, 2-core Xeon with AMX, 2026-12-05). Small terms first also
+// adds them before the large ones.
 void GemmTiles(const Packed& left, const Packed& right, float* c, int64_t ldc, float beta, int64_t rowBegin, int64_t rowEnd) {
   TileConfig cfg;
   for (int t = 0; t < 8; t++) {
@@ -317,12 +323,12 @@ void GemmTiles(const Packed& left, const Packed& right, float* c, int64_t ldc, f
   _tile_dpbf16ps(1, 4, 7); \
   _tile_dpbf16ps(2, 5, 6); \
   _tile_dpbf16ps(3, 5, 7);
-        KS_LOAD_LEFT(0) KS_LOAD_RIGHT(0) KS_PRODUCTS  // hi * hi
-        KS_LOAD_RIGHT(1) KS_PRODUCTS                  // hi * mid
-        KS_LOAD_LEFT(1) KS_PRODUCTS                   // mid * mid
-        KS_LOAD_RIGHT(0) KS_PRODUCTS                  // mid * hi
-        KS_LOAD_LEFT(2) KS_PRODUCTS                   // lo * hi
-        KS_LOAD_LEFT(0) KS_LOAD_RIGHT(2) KS_PRODUCTS  // hi * lo
+        KS_LOAD_LEFT(2) KS_LOAD_RIGHT(0) KS_PRODUCTS  // lo * hi
+        KS_LOAD_LEFT(1) KS_PRODUCTS                   // mid * hi
+        KS_LOAD_RIGHT(1) KS_PRODUCTS                  // mid * mid
+        KS_LOAD_LEFT(0) KS_PRODUCTS                   // hi * mid
+        KS_LOAD_RIGHT(0) KS_PRODUCTS                  // hi * hi
+        KS_LOAD_RIGHT(2) KS_PRODUCTS                  // hi * lo
 #undef KS_LOAD_LEFT
 #undef KS_LOAD_RIGHT
 #undef KS_PRODUCTS
