@@ -274,7 +274,7 @@ struct TileConfig {
 // the loads in the loop below: lo*hi, mid*hi, mid*mid, hi*mid, hi*hi, hi*lo. Each step changes
 // one operand only (a walk through all six piece pairs), so a k tile takes 14 tile loads for its
 // 24 products; the earlier order (hi*hi first) took 16, and a 256 x 256 x 256 product with both
-// operands packed in L2 ran 6-8 % slower with it (medians 97.9-121.6 us against 92.1-112.2,
+// operands packed in L2 ran 6-11 % slower with it (medians 97.9-121.6 us against 92.1-112.2,
 // alternating in one throwaway process, 2-core Xeon with AMX, 2026-12-05). Small terms first also
 // adds them before the large ones.
 void GemmTiles(const Packed& left, const Packed& right, float* c, int64_t ldc, float beta, int64_t rowBegin, int64_t rowEnd) {
