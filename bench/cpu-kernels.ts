@@ -24,8 +24,8 @@
 // (kshareMs, referenceMs, ratio) and process CPU time (kshareCpuMs, referenceCpuMs, cpuRatio),
 // which is the steadier comparison on a machine shared with other work. Model rows warm kshare up
 // for at least --warmup-ms and give the reference the same number of warm-up iterations, and
-// record how many of kshare's 1x1 products ran on AMX (kshareAmxProducts) and a probe of the
-// host's AMX and sgemm speed before each round (hostProbeUs, see hostProbe).
+// record how many of kshare's 1x1 products ran on AMX (kshareAmxProducts) and how fast the AMX
+// unit ran them in each round (kshareAmxNsPerTileProduct: see Row).
 import os from 'node:os';
 import path from 'node:path';
 import { mkdirSync, readFileSync, writeFileSync, renameSync } from 'node:fs';
@@ -234,53 +234,28 @@ function timed(fn: () => void, warmup: number, iters: number, warmupMs = 0): Sam
   return s;
 }
 
-function timeKshareModel(row: ModelRow, warmup: number, iters: number, warmupMs: number): Samples & { warmedUp: number; amxProducts: number } {
+/** What kshare's 1x1 products did on AMX tiles while a row was timed (runtimeInfo's counters). */
+interface AmxUse {
+  products: number;
+  tileProducts: number;
+  ns: number;
+}
+
+function timeKshareModel(row: ModelRow, warmup: number, iters: number, warmupMs: number): Samples & { warmedUp: number; amx: AmxUse } {
   const o = { batch: row.batch, classes: CLASSES, channelsLast: row.channelsLast };
   const w = row.mode === 'step' ? trainingStep(row.model, o) : inference(row.model, o);
   const live = t.liveTensors();
-  const amxBefore = t.runtimeInfo().amxProducts;
+  const before = t.runtimeInfo();
   const samples = timed(w.run, warmup, iters, warmupMs);
-  const amxProducts = t.runtimeInfo().amxProducts - amxBefore;
+  const after = t.runtimeInfo();
   if (row.mode === 'forward' && t.liveTensors() !== live) throw new Error(`cpu-kernels: ${row.name} leaked ${t.liveTensors() - live} tensors`);
   w.dispose();
-  return { ...samples, amxProducts };
-}
-
-/**
- * The host's speed just before a round of a model row: the median time of 30 forward passes of a
- * 256 -> 256 1x1 convolution at (2, 256, 16, 16), one 256 x 256 x 256 product an image, at the
- * row's thread count, through conv2d (kshare's 1x1 operator where the native kernels are on): on
- * the AMX route (amx; absent where AMX is off) and with KSHARE_NATIVE_AMX=0 on oneDNN's sgemm
- * (sgemm), in microseconds. Why: on the project's 2-core Xeon the AMX tile unit is shared with
- * other guests of the host, and in some stretches its products ran ~3x slower while FMA code lost
- * ~0-30 % (bench/cpu-kernels-notes.md, twenty-fifth session); a high amx reading marks a round
- * timed in such a stretch, which the medians alone do not show.
- */
-function hostProbe(): { amx?: number; sgemm: number } {
-  const time1x1 = () =>
-    t.noGrad(() =>
-      t.tidy(() => {
-        const x = t.randn([2, 256, 16, 16]),
-          w = t.randn([256, 256, 1, 1]);
-        for (let i = 0; i < 3; i++) t.conv2d(x, w).dispose();
-        const us: number[] = [];
-        for (let i = 0; i < 30; i++) {
-          const t0 = performance.now();
-          t.conv2d(x, w).dispose();
-          us.push((performance.now() - t0) * 1000);
-        }
-        return round(median(us), 1);
-      }),
-    );
-  const previous = process.env.KSHARE_NATIVE_AMX;
-  const amx = t.runtimeInfo().amx ? time1x1() : undefined;
-  process.env.KSHARE_NATIVE_AMX = '0';
-  try {
-    return { ...(amx === undefined ? {} : { amx }), sgemm: time1x1() };
-  } finally {
-    if (previous === undefined) delete process.env.KSHARE_NATIVE_AMX;
-    else process.env.KSHARE_NATIVE_AMX = previous;
-  }
+  const amx = {
+    products: after.amxProducts - before.amxProducts,
+    tileProducts: after.amxTileProducts - before.amxTileProducts,
+    ns: after.amxProductNs - before.amxProductNs,
+  };
+  return { ...samples, amx };
 }
 
 /**
@@ -393,8 +368,16 @@ interface Row {
   reference: string;
   /** Model rows: AMX products kshare ran over the row's rounds, warm-up included (0: all on sgemm). */
   kshareAmxProducts?: number;
-  /** Model rows: hostProbe() before each round, microseconds. */
-  hostProbeUs?: { amx?: number[]; sgemm: number[] };
+  /**
+   * Model rows with AMX products: for each round, the nanoseconds those products took a tile
+   * product (runtimeInfo's amxProductNs / amxTileProducts over the round's kshare iterations).
+   * Why: on the project's 2-core Xeon the AMX unit is shared with other guests of the host, and in
+   * stretches its products ran up to ~3x slower (ConvMixer-256/8 steps: ~7.7-9.4 ns a tile
+   * product quiet, up to ~23 slow) while FMA code lost 20-45 % (bench/cpu-kernels-notes.md,
+   * twenty-fifth session); this shows which rounds ran in such a stretch, measured in the products
+   * themselves, which the medians alone do not show.
+   */
+  kshareAmxNsPerTileProduct?: number[];
 }
 
 async function main(): Promise<void> {
@@ -440,7 +423,7 @@ async function main(): Promise<void> {
     rows.push(row);
     console.log(
       `${row.threads}t ${row.name.padEnd(66)} wall: kshare ${f(row.kshareMs)} ms, ${row.reference} ${f(row.referenceMs)} ms, ratio ${row.ratio.toFixed(2)} | cpu: ${f(row.kshareCpuMs)} / ${f(row.referenceCpuMs)} ms, ratio ${row.cpuRatio.toFixed(2)}` +
-        (row.hostProbeUs ? ` | probe us: ${row.hostProbeUs.amx ? `amx ${row.hostProbeUs.amx.join('/')}, ` : ''}sgemm ${row.hostProbeUs.sgemm.join('/')}` : ''),
+        (row.kshareAmxNsPerTileProduct ? ` | AMX ns a tile product: ${row.kshareAmxNsPerTileProduct.join(' / ')}` : ''),
     );
   };
   const makeRow = (name: string, threads: number, mine: Samples, ref: Samples, reference: string): Row => {
@@ -483,16 +466,14 @@ async function main(): Promise<void> {
     for (const row of modelRows) {
       const mine: Samples = { wall: [], cpu: [] },
         ref: Samples = { wall: [], cpu: [] };
-      const probes: { amx: number[]; sgemm: number[] } = { amx: [], sgemm: [] };
       let amxProducts = 0;
+      const amxNs: number[] = [];
       for (let r = 0; r < rounds; r++) {
-        const probe = hostProbe();
-        if (probe.amx !== undefined) probes.amx.push(probe.amx);
-        probes.sgemm.push(probe.sgemm);
         // The reference gets as many warm-up iterations as kshare needed to fill --warmup-ms.
         const m = timeKshareModel(row, warmup, iters, warmupMs);
         add(mine, m);
-        amxProducts += m.amxProducts;
+        amxProducts += m.amx.products;
+        if (m.amx.tileProducts > 0) amxNs.push(round(m.amx.ns / m.amx.tileProducts, 2));
         if (row.ort) {
           add(ref, await timeOrt(row, threads, m.warmedUp, iters));
         } else {
@@ -505,7 +486,7 @@ async function main(): Promise<void> {
       report({
         ...makeRow(row.name, threads, mine, ref, row.ort ? 'onnxruntime-node' : 'PyTorch'),
         kshareAmxProducts: amxProducts,
-        hostProbeUs: probes.amx.length ? probes : { sgemm: probes.sgemm },
+        ...(amxNs.length ? { kshareAmxNsPerTileProduct: amxNs } : {}),
       });
     }
   }

@@ -43,13 +43,14 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 
 namespace kshare_amx {
 
 namespace {
 
 constexpr int64_t kPieces = 3;
-std::atomic<int64_t> products{0};
+std::atomic<int64_t> products{0}, tileProducts{0}, productNs{0};
 
 int64_t RoundUp(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
@@ -78,6 +79,8 @@ bool Enabled() {
 }
 
 int64_t Products() { return products.load(std::memory_order_relaxed); }
+int64_t TileProducts() { return tileProducts.load(std::memory_order_relaxed); }
+int64_t ProductNanoseconds() { return productNs.load(std::memory_order_relaxed); }
 
 namespace {
 
@@ -407,7 +410,14 @@ void Gemm(const Packed& left, const Packed& right, float* c, int64_t ldc, float 
   if (left.colTiles != right.rowTiles || rowBegin % 32 != 0 || rowEnd > left.rows) std::abort();  // callers' bug
   products.fetch_add(1, std::memory_order_relaxed);
 #if defined(__x86_64__)
+  // Two clock reads a call (~50 ns against ~100 us for a 256 x 256 x 256 product).
+  const auto start = std::chrono::steady_clock::now();
   GemmTiles(left, right, c, ldc, beta, rowBegin, rowEnd);
+  const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count();
+  // GemmTiles: 32 x 32 blocks of c, each 24 tile products (2 x 2 tiles, six piece pairs) a k tile.
+  const int64_t blocks = (rowEnd - rowBegin + 31) / 32 * ((right.colTiles * 16 + 31) / 32);
+  tileProducts.fetch_add(blocks * left.colTiles * 24, std::memory_order_relaxed);
+  productNs.fetch_add(ns, std::memory_order_relaxed);
 #else
   (void)left, (void)right, (void)c, (void)ldc, (void)beta;
   std::abort();  // Enabled() is false off x86-64

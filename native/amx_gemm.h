@@ -16,6 +16,13 @@ bool Enabled();
 // Gemm calls so far in this process (tests check the route with it).
 int64_t Products();
 
+// Tile products (bfloat16 16 x 16 x 32 dot-product instructions) those calls issued, and the
+// nanoseconds spent in them (wall time, summed over threads): their ratio is the tile unit's speed
+// where the products ran, which the host's other guests cut up to ~3x on a shared core
+// (bench/cpu-kernels.ts reports it for each row).
+int64_t TileProducts();
+int64_t ProductNanoseconds();
+
 // A matrix in AMX tile layout, split into three bfloat16 pieces (hi, mid, lo). As the left
 // operand (m x k): 16 x 32 tiles, [row tile][k tile][16][32]; as the right operand (k x n): VNNI
 // tiles, [k tile][column tile][16 k pairs][16 columns][2]. Rows and columns are padded with

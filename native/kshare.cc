@@ -807,6 +807,8 @@ Napi::Value RuntimeInfo(const Napi::CallbackInfo& info) {
   // The 1x1 convolution's products on AMX tiles (native/amx_gemm.cc).
   o.Set("amx", kshare_amx::Enabled());
   o.Set("amxProducts", static_cast<double>(kshare_amx::Products()));
+  o.Set("amxTileProducts", static_cast<double>(kshare_amx::TileProducts()));
+  o.Set("amxProductNs", static_cast<double>(kshare_amx::ProductNanoseconds()));
   // ConvMixer block backwards that took their row-sum hand-off (native/conv_gelu_bn.cc).
   o.Set("blockRowSumHandOffs", static_cast<double>(kshare_block::RowSumHandOffs()));
   o.Set("blockRunLazyInputs", static_cast<double>(kshare_block::RunLazyInputs()));

@@ -110,13 +110,18 @@ const amxSkip = skip || (t.runtimeInfo().amx ? false : 'this CPU (or OS) has no 
 test('on AMX, the 1x1 products match oneDNN sgemm and libtorch within 1e-5, at 1 and 2 threads', { skip: amxSkip }, () => {
   AMX_SHAPES.forEach((s, i) => {
     const data = makeData(s, 1300 + i);
-    const before = t.runtimeInfo().amxProducts;
+    const before = t.runtimeInfo();
     const amx = run(data, true);
-    assert.ok(t.runtimeInfo().amxProducts > before, `${label(s)}: the products ran on AMX`);
+    const after = t.runtimeInfo();
+    assert.ok(after.amxProducts > before.amxProducts, `${label(s)}: the products ran on AMX`);
+    // Each product issues at least one tile product a 32 x 32 block of its output, and takes time.
+    assert.ok(after.amxTileProducts - before.amxTileProducts >= after.amxProducts - before.amxProducts, `${label(s)}: tile products counted`);
+    assert.ok(after.amxProductNs > before.amxProductNs, `${label(s)}: time in the products counted`);
     const sgemm = withEnv({ KSHARE_NATIVE_AMX: '0' }, () => {
-      const mark = t.runtimeInfo().amxProducts;
+      const mark = t.runtimeInfo();
       const r = run(data, true);
-      assert.equal(t.runtimeInfo().amxProducts, mark, `${label(s)}: KSHARE_NATIVE_AMX=0 keeps them off AMX`);
+      assert.equal(t.runtimeInfo().amxProducts, mark.amxProducts, `${label(s)}: KSHARE_NATIVE_AMX=0 keeps them off AMX`);
+      assert.equal(t.runtimeInfo().amxTileProducts, mark.amxTileProducts, `${label(s)}: no tile products counted off AMX`);
       return r;
     });
     compare(`${label(s)} AMX vs sgemm`, amx, sgemm);
@@ -148,6 +153,24 @@ test('on AMX, the 1x1 products match oneDNN sgemm and libtorch within 1e-5, at 1
     }
     t.dispose(data);
   });
+});
+
+test('runtimeInfo counts AMX tile products and their time only where the products run on AMX', { skip }, () => {
+  const data = makeData({ n: 2, c: 256, out: 256, h: 16, w: 16, bias: true, cl: false }, 1400);
+  const routes = t.runtimeInfo().amx ? [true, false] : [false];
+  for (const amx of routes) {
+    withEnv(amx ? {} : { KSHARE_NATIVE_AMX: '0' }, () => {
+      const before = t.runtimeInfo();
+      run(data, true);
+      const after = t.runtimeInfo();
+      const tiles = after.amxTileProducts - before.amxTileProducts,
+        ns = after.amxProductNs - before.amxProductNs;
+      // (2, 256, 16, 16): each image's forward product alone is 8 x 8 blocks of 32 x 32 over 8 k
+      // tiles, 24 tile products each: 12,288.
+      if (amx) assert.ok(tiles >= 2 * 12288 && ns > 0, `on AMX: ${tiles} tile products, ${ns} ns`);
+      else assert.ok(tiles === 0 && ns === 0, `off AMX: ${tiles} tile products, ${ns} ns`);
+    });
+  }
 });
 
 test('on AMX, infinities and NaNs come out where sgemm puts them, forward and gradients', { skip: amxSkip }, () => {
