@@ -372,10 +372,10 @@ interface Row {
    * Model rows with AMX products: for each round, the nanoseconds those products took a tile
    * product (runtimeInfo's amxProductNs / amxTileProducts over the round's kshare iterations).
    * Why: on the project's 2-core Xeon the AMX unit is shared with other guests of the host, and in
-   * stretches its products ran up to ~3x slower (ConvMixer-256/8 steps: ~7.7-9.4 ns a tile
-   * product quiet, up to ~23 slow) while FMA code lost 20-45 % (bench/cpu-kernels-notes.md,
-   * twenty-fifth session); this shows which rounds ran in such a stretch, measured in the products
-   * themselves, which the medians alone do not show.
+   * stretches its products ran much slower than the rest of the core's work (this bench's rounds:
+   * 7.75-9.62 ns a tile product quiet, up to 17.94 slow; bench/cpu-kernels-notes.md, twenty-fifth
+   * session); this shows which rounds ran in such a stretch, measured in the products themselves,
+   * which the medians alone do not show.
    */
   kshareAmxNsPerTileProduct?: number[];
 }

@@ -280,7 +280,8 @@ struct TileConfig {
 // operands packed in L2 ran 6-11 % slower with it (medians 97.9-121.6 us against 92.1-112.2,
 // alternating in one throwaway process, 2-core Xeon with AMX, 2026-12-05). Small terms first also
 // adds them before the large ones.
-void GemmTiles(const Packed& left, const Packed& right, float* c, int64_t ldc, float beta, int64_t rowBegin, int64_t rowEnd) {
+// Returns the tile products it issued (24 a 32 x 32 block of c a k tile), for TileProducts().
+int64_t GemmTiles(const Packed& left, const Packed& right, float* c, int64_t ldc, float beta, int64_t rowBegin, int64_t rowEnd) {
   TileConfig cfg;
   for (int t = 0; t < 8; t++) {
     cfg.colsb[t] = 64;
@@ -345,6 +346,7 @@ void GemmTiles(const Packed& left, const Packed& right, float* c, int64_t ldc, f
     }
   }
   _tile_release();
+  return (rowEnd - rowBegin + 31) / 32 * ((nTiles * 16 + 31) / 32) * kTiles * 24;
 }
 
 // The 16 x 16 block of rows [r0, r0 + 16) and columns [c0, c0 + 16) (partial blocks masked),
@@ -412,11 +414,9 @@ void Gemm(const Packed& left, const Packed& right, float* c, int64_t ldc, float 
 #if defined(__x86_64__)
   // Two clock reads a call (~50 ns against ~100 us for a 256 x 256 x 256 product).
   const auto start = std::chrono::steady_clock::now();
-  GemmTiles(left, right, c, ldc, beta, rowBegin, rowEnd);
+  const int64_t issued = GemmTiles(left, right, c, ldc, beta, rowBegin, rowEnd);
   const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count();
-  // GemmTiles: 32 x 32 blocks of c, each 24 tile products (2 x 2 tiles, six piece pairs) a k tile.
-  const int64_t blocks = (rowEnd - rowBegin + 31) / 32 * ((right.colTiles * 16 + 31) / 32);
-  tileProducts.fetch_add(blocks * left.colTiles * 24, std::memory_order_relaxed);
+  tileProducts.fetch_add(issued, std::memory_order_relaxed);
   productNs.fetch_add(ns, std::memory_order_relaxed);
 #else
   (void)left, (void)right, (void)c, (void)ldc, (void)beta;

@@ -18,8 +18,8 @@ int64_t Products();
 
 // Tile products (bfloat16 16 x 16 x 32 dot-product instructions) those calls issued, and the
 // nanoseconds spent in them (wall time, summed over threads): their ratio is the tile unit's speed
-// where the products ran, which the host's other guests cut up to ~3x on a shared core
-// (bench/cpu-kernels.ts reports it for each row).
+// where the products ran, which another guest on the same core can cut several times over
+// (bench/cpu-kernels.ts reports it for each row; bench/cpu-kernels-notes.md, twenty-fifth session).
 int64_t TileProducts();
 int64_t ProductNanoseconds();
 
