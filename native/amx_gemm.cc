@@ -15,8 +15,8 @@
 // of 2026-12-03, ninth"): a 256 x 256 x 256 product with its operands packed, 83-108 us against
 // oneDNN sgemm's 147-188 (~400 GFLOP/s in float32 terms, ~60 % of the tile unit's 3.4 TFLOP/s,
 // limited by the tile loads that feed 24 tile products: 16 a k tile then, 14 since 2026-12-05,
-// GemmTiles); packing costs 18-35 us an operand in
-// cache and up to ~70 us for the transposed one read from memory. In the 1x1 operator, against
+// GemmTiles); packing a 256 x 256 operand from L2 takes 10.3-10.8 us (19.1-19.4 transposing,
+// PackRightColumns; 2026-12-06, see Pieces). In the 1x1 operator, against
 // sgemm in one process (`node dist/bench/route-ab.js --only amx`, bench/results/amx-ab.json):
 // (32,256,16,16) forward x1.28-1.33, forward + backward x1.18-1.27; ConvMixer-256/8 training step
 // x1.05-1.11, ConvMixer-256/16 inference at batch 32 x1.12-1.18.
@@ -119,11 +119,11 @@ inline void Split(float f, uint32_t* h, uint32_t* m, uint32_t* l) {
 }
 
 // Element offsets inside a piece.
-inline int64_t LeftAt(const Packed& p, int64_t i, int64_t j) {
-  return ((i / 16) * p.colTiles + j / 32) * 512 + (i % 16) * 32 + (j % 32);
+inline int64_t LeftAt(int64_t colTiles, int64_t i, int64_t j) {
+  return ((i / 16) * colTiles + j / 32) * 512 + (i % 16) * 32 + (j % 32);
 }
-inline int64_t RightAt(const Packed& p, int64_t i, int64_t j) {
-  return ((i / 32) * p.colTiles + j / 16) * 512 + ((i % 32) / 2) * 32 + (j % 16) * 2 + (i & 1);
+inline int64_t RightAt(int64_t colTiles, int64_t i, int64_t j) {
+  return ((i / 32) * colTiles + j / 16) * 512 + ((i % 32) / 2) * 32 + (j % 16) * 2 + (i & 1);
 }
 
 template <class At>
@@ -136,7 +136,7 @@ bool PackScalar(const float* src, int64_t rows, int64_t cols, int64_t rs, int64_
       uint32_t a, b, c;
       finite = finite && std::isfinite(v);
       Split(v, &a, &b, &c);
-      const int64_t o = at(p, i, j);
+      const int64_t o = at(p.colTiles, i, j);
       h[o] = static_cast<uint16_t>(a >> 16);
       m[o] = static_cast<uint16_t>(b >> 16);
       l[o] = static_cast<uint16_t>(c >> 16);
@@ -148,9 +148,19 @@ bool PackScalar(const float* src, int64_t rows, int64_t cols, int64_t rs, int64_
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,amx-tile,amx-bf16")
 
+// The three pieces of 16 floats (Split's bits), as named registers. The packs kept them in arrays
+// indexed in loops, and GCC put those on the stack (12 extra 64-byte stores and 6 loads for every
+// 32 values packed); with that and High16's static index (below) gone, a 256 x 256 operand packs
+// from L2 in 10.3-10.8 us instead of 22.0-25.2 (rows, left or right) and in 19.1-19.4 instead of
+// 23.9-25.2 (columns, the transposing right pack): the same bits, timed by a throwaway harness
+// over this file, 2026-12-06 (bench/cpu-kernels-notes.md, twenty-sixth session).
+struct Pieces {
+  __m512i h, m, l;
+};
+
 // Split for 16 floats at once (the same bits as Split); clears the lanes of *allFinite that hold
 // an infinity or NaN.
-inline void Split16(__m512 f, __m512i* h, __m512i* m, __m512i* l, __mmask16* allFinite) {
+inline Pieces Split16(__m512 f, __mmask16* allFinite) {
   const __m512i top = _mm512_set1_epi32(static_cast<int>(0xffff0000u)), expo = _mm512_set1_epi32(0x7f800000);
   const __m512i u = _mm512_castps_si512(f);
   *allFinite &= _mm512_cmpneq_epi32_mask(_mm512_and_si512(u, expo), expo);
@@ -158,15 +168,15 @@ inline void Split16(__m512 f, __m512i* h, __m512i* m, __m512i* l, __mmask16* all
   __m512 r = _mm512_sub_ps(f, _mm512_castsi512_ps(hu));
   const __m512i mu = _mm512_and_si512(_mm512_castps_si512(r), top);
   r = _mm512_sub_ps(r, _mm512_castsi512_ps(mu));
-  *h = hu;
-  *m = mu;
-  *l = _mm512_and_si512(_mm512_castps_si512(r), top);
+  return {hu, mu, _mm512_and_si512(_mm512_castps_si512(r), top)};
 }
 
-// The high halves of 32 float32 bit patterns (a: 0-15, b: 16-31) as 32 bfloat16 in order.
+// The high halves of 32 float32 bit patterns (a: 0-15, b: 16-31) as 32 bfloat16 in order. Not a
+// function-local static index: its guard was checked on every call, and the packs kept their
+// registers on the stack around that check.
 inline __m512i High16(__m512i a, __m512i b) {
-  static const __m512i odd = _mm512_set_epi16(63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33, 31, 29, 27, 25,
-                                              23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+  const __m512i odd = _mm512_set_epi16(63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33, 31, 29, 27, 25, 23, 21,
+                                       19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
   return _mm512_permutex2var_epi16(a, odd, b);
 }
 
@@ -174,20 +184,22 @@ inline __mmask16 Tail(int64_t n) { return n >= 16 ? __mmask16(0xffff) : static_c
 
 // Left operand, rows contiguous (colStride 1): 32 floats of a row make one tile row.
 bool PackLeftRows(const float* src, int64_t rows, int64_t cols, int64_t rs, const Packed& p) {
-  uint16_t* piece[3] = {p.base, p.base + p.pieceElems, p.base + 2 * p.pieceElems};
-  const __m512i zero = _mm512_setzero_si512();
+  uint16_t *h = p.base, *m = h + p.pieceElems, *l = m + p.pieceElems;
   __mmask16 finite = 0xffff;
-  for (int64_t i = 0; i < p.rowTiles * 16; i++) {
-    const float* row = src + i * rs;
-    for (int64_t kt = 0; kt < p.colTiles; kt++) {
+  // Bounds in locals: the stores through uint16_t* could otherwise alias p's fields (reloaded each step).
+  const int64_t rowEnd = p.rowTiles * 16, colTiles = p.colTiles;
+  for (int64_t i = 0; i < rowEnd; i++) {
+    // Rows past the matrix are zero: an all-clear mask loads nothing (and cannot fault).
+    const float* row = src + std::min(i, rows - 1) * rs;
+    const bool inside = i < rows;
+    for (int64_t kt = 0; kt < colTiles; kt++) {
       const int64_t j = kt * 32;
-      __m512i a[3] = {zero, zero, zero}, b[3] = {zero, zero, zero};
-      if (i < rows) {
-        Split16(_mm512_maskz_loadu_ps(Tail(cols - j), row + j), &a[0], &a[1], &a[2], &finite);
-        Split16(_mm512_maskz_loadu_ps(Tail(cols - j - 16), row + j + 16), &b[0], &b[1], &b[2], &finite);
-      }
-      const int64_t o = LeftAt(p, i, j);
-      for (int q = 0; q < 3; q++) _mm512_store_si512(piece[q] + o, High16(a[q], b[q]));
+      const Pieces a = Split16(_mm512_maskz_loadu_ps(inside ? Tail(cols - j) : 0, row + j), &finite);
+      const Pieces b = Split16(_mm512_maskz_loadu_ps(inside ? Tail(cols - j - 16) : 0, row + j + 16), &finite);
+      const int64_t o = LeftAt(colTiles, i, j);
+      _mm512_store_si512(h + o, High16(a.h, b.h));
+      _mm512_store_si512(m + o, High16(a.m, b.m));
+      _mm512_store_si512(l + o, High16(a.l, b.l));
     }
   }
   return finite == 0xffff;
@@ -196,17 +208,21 @@ bool PackLeftRows(const float* src, int64_t rows, int64_t cols, int64_t rs, cons
 // Right operand, rows contiguous (colStride 1): rows 2t and 2t + 1, 16 columns, make one VNNI
 // tile row (each 32-bit word: row 2t's value low, row 2t + 1's high).
 bool PackRightRows(const float* src, int64_t rows, int64_t cols, int64_t rs, const Packed& p) {
-  uint16_t* piece[3] = {p.base, p.base + p.pieceElems, p.base + 2 * p.pieceElems};
-  const __m512i zero = _mm512_setzero_si512();
+  uint16_t *h = p.base, *m = h + p.pieceElems, *l = m + p.pieceElems;
   __mmask16 finite = 0xffff;
-  for (int64_t i = 0; i < p.rowTiles * 32; i += 2) {
-    for (int64_t j = 0; j < p.colTiles * 16; j += 16) {
-      __m512i a[3] = {zero, zero, zero}, b[3] = {zero, zero, zero};
+  const int64_t rowEnd = p.rowTiles * 32, colTiles = p.colTiles, colEnd = colTiles * 16;  // locals: see PackLeftRows
+  for (int64_t i = 0; i < rowEnd; i += 2) {
+    // Rows past the matrix are zero: an all-clear mask loads nothing (and cannot fault).
+    const float* even = src + std::min(i, rows - 1) * rs;
+    const float* odd = src + std::min(i + 1, rows - 1) * rs;
+    for (int64_t j = 0; j < colEnd; j += 16) {
       const __mmask16 t = Tail(cols - j);
-      if (i < rows) Split16(_mm512_maskz_loadu_ps(t, src + i * rs + j), &a[0], &a[1], &a[2], &finite);
-      if (i + 1 < rows) Split16(_mm512_maskz_loadu_ps(t, src + (i + 1) * rs + j), &b[0], &b[1], &b[2], &finite);
-      const int64_t o = RightAt(p, i, j);
-      for (int q = 0; q < 3; q++) _mm512_store_si512(piece[q] + o, _mm512_or_si512(b[q], _mm512_srli_epi32(a[q], 16)));
+      const Pieces a = Split16(_mm512_maskz_loadu_ps(i < rows ? t : 0, even + j), &finite);
+      const Pieces b = Split16(_mm512_maskz_loadu_ps(i + 1 < rows ? t : 0, odd + j), &finite);
+      const int64_t o = RightAt(colTiles, i, j);
+      _mm512_store_si512(h + o, _mm512_or_si512(b.h, _mm512_srli_epi32(a.h, 16)));
+      _mm512_store_si512(m + o, _mm512_or_si512(b.m, _mm512_srli_epi32(a.m, 16)));
+      _mm512_store_si512(l + o, _mm512_or_si512(b.l, _mm512_srli_epi32(a.l, 16)));
     }
   }
   return finite == 0xffff;
@@ -240,21 +256,21 @@ __attribute__((always_inline)) inline void Transpose16(__m512i r[16]) {
 // make 16 VNNI words for that column, one in each of the tile's 16 rows.
 bool PackRightColumns(const float* src, int64_t rows, int64_t cols, int64_t cs, const Packed& p) {
   uint16_t* piece[3] = {p.base, p.base + p.pieceElems, p.base + 2 * p.pieceElems};
-  const __m512i zero = _mm512_setzero_si512();
   __mmask16 finite = 0xffff;
   alignas(64) uint32_t words[3][16][16];  // [piece][column][tile row]
-  for (int64_t i = 0; i < p.rowTiles * 32; i += 32) {
-    for (int64_t j0 = 0; j0 < p.colTiles * 16; j0 += 16) {
+  const int64_t rowEnd = p.rowTiles * 32, colTiles = p.colTiles, colEnd = colTiles * 16;  // locals: see PackLeftRows
+  for (int64_t i = 0; i < rowEnd; i += 32) {
+    for (int64_t j0 = 0; j0 < colEnd; j0 += 16) {
       for (int64_t c = 0; c < 16; c++) {
-        const int64_t j = j0 + c;
-        __m512i a[3] = {zero, zero, zero}, b[3] = {zero, zero, zero};
-        if (j < cols) {
-          Split16(_mm512_maskz_loadu_ps(Tail(rows - i), src + j * cs + i), &a[0], &a[1], &a[2], &finite);
-          Split16(_mm512_maskz_loadu_ps(Tail(rows - i - 16), src + j * cs + i + 16), &b[0], &b[1], &b[2], &finite);
-        }
-        for (int q = 0; q < 3; q++) _mm512_store_si512(words[q][c], High16(a[q], b[q]));
+        const int64_t j = std::min(j0 + c, cols - 1);  // columns past the matrix: zero (an all-clear mask)
+        const bool inside = j0 + c < cols;
+        const Pieces a = Split16(_mm512_maskz_loadu_ps(inside ? Tail(rows - i) : 0, src + j * cs + i), &finite);
+        const Pieces b = Split16(_mm512_maskz_loadu_ps(inside ? Tail(rows - i - 16) : 0, src + j * cs + i + 16), &finite);
+        _mm512_store_si512(words[0][c], High16(a.h, b.h));
+        _mm512_store_si512(words[1][c], High16(a.m, b.m));
+        _mm512_store_si512(words[2][c], High16(a.l, b.l));
       }
-      const int64_t o = RightAt(p, i, j0);
+      const int64_t o = RightAt(colTiles, i, j0);
       for (int q = 0; q < 3; q++) {
         __m512i r[16];
         for (int c = 0; c < 16; c++) r[c] = _mm512_load_si512(words[q][c]);
