@@ -15,7 +15,7 @@
 // of 2026-12-03, ninth"): a 256 x 256 x 256 product with its operands packed, 83-108 us against
 // oneDNN sgemm's 147-188 (~400 GFLOP/s in float32 terms, ~60 % of the tile unit's 3.4 TFLOP/s,
 // limited by the tile loads that feed 24 tile products: 16 a k tile then, 14 since 2026-12-05,
-// GemmTiles); packing a 256 x 256 operand from L2 takes 10.3-10.8 us (19.1-19.4 transposing,
+// GemmTiles); packing a 256 x 256 operand from L2 takes 10.3-10.8 us (more transposing,
 // PackRightColumns; 2026-12-06, see Pieces). In the 1x1 operator, against
 // sgemm in one process (`node dist/bench/route-ab.js --only amx`, bench/results/amx-ab.json):
 // (32,256,16,16) forward x1.28-1.33, forward + backward x1.18-1.27; ConvMixer-256/8 training step
@@ -152,8 +152,10 @@ bool PackScalar(const float* src, int64_t rows, int64_t cols, int64_t rs, int64_
 // indexed in loops, and GCC put those on the stack (12 extra 64-byte stores and 6 loads for every
 // 32 values packed); with that and High16's static index (below) gone, a 256 x 256 operand packs
 // from L2 in 10.3-10.8 us instead of 22.0-25.2 (rows, left or right) and in 19.1-19.4 instead of
-// 23.9-25.2 (columns, the transposing right pack): the same bits, timed by a throwaway harness
-// over this file, 2026-12-06 (bench/cpu-kernels-notes.md, twenty-sixth session).
+// 23.9-25.2 (columns, the transposing right pack, before its float transpose below took another
+// ~25 % off it: 27.6-30.6 us against 37.3-38.8 in a slower stretch of the host): the same bits,
+// timed by throwaway harnesses over this file, 2026-12-06 (bench/cpu-kernels-notes.md,
+// twenty-sixth session).
 struct Pieces {
   __m512i h, m, l;
 };
@@ -252,30 +254,30 @@ __attribute__((always_inline)) inline void Transpose16(__m512i r[16]) {
   }
 }
 
-// Right operand, columns contiguous (rowStride 1, a transposed matrix): 32 values down a column
-// make 16 VNNI words for that column, one in each of the tile's 16 rows.
+// Right operand, columns contiguous (rowStride 1, a transposed matrix): 16 columns' values for 16
+// rows transposed as float32 in registers, so each row's 16 values lie in one register, then paired
+// into VNNI words as in PackRightRows. Transposing the floats once, before the split, takes two
+// 16 x 16 transposes a 32-row block where transposing each piece's words took three.
 bool PackRightColumns(const float* src, int64_t rows, int64_t cols, int64_t cs, const Packed& p) {
-  uint16_t* piece[3] = {p.base, p.base + p.pieceElems, p.base + 2 * p.pieceElems};
+  uint16_t *h = p.base, *m = h + p.pieceElems, *l = m + p.pieceElems;
   __mmask16 finite = 0xffff;
-  alignas(64) uint32_t words[3][16][16];  // [piece][column][tile row]
   const int64_t rowEnd = p.rowTiles * 32, colTiles = p.colTiles, colEnd = colTiles * 16;  // locals: see PackLeftRows
-  for (int64_t i = 0; i < rowEnd; i += 32) {
+  for (int64_t i = 0; i < rowEnd; i += 16) {
+    const __mmask16 rowMask = Tail(rows - i);
     for (int64_t j0 = 0; j0 < colEnd; j0 += 16) {
-      for (int64_t c = 0; c < 16; c++) {
-        const int64_t j = std::min(j0 + c, cols - 1);  // columns past the matrix: zero (an all-clear mask)
-        const bool inside = j0 + c < cols;
-        const Pieces a = Split16(_mm512_maskz_loadu_ps(inside ? Tail(rows - i) : 0, src + j * cs + i), &finite);
-        const Pieces b = Split16(_mm512_maskz_loadu_ps(inside ? Tail(rows - i - 16) : 0, src + j * cs + i + 16), &finite);
-        _mm512_store_si512(words[0][c], High16(a.h, b.h));
-        _mm512_store_si512(words[1][c], High16(a.m, b.m));
-        _mm512_store_si512(words[2][c], High16(a.l, b.l));
+      __m512i r[16];
+      for (int c = 0; c < 16; c++) {
+        // Columns past the matrix are zero: an all-clear mask loads nothing (and cannot fault).
+        const int64_t j = std::min(j0 + c, cols - 1);
+        r[c] = _mm512_castps_si512(_mm512_maskz_loadu_ps(j0 + c < cols ? rowMask : 0, src + j * cs + i));
       }
+      Transpose16(r);  // r[t]: row i + t, columns j0..j0 + 15
       const int64_t o = RightAt(colTiles, i, j0);
-      for (int q = 0; q < 3; q++) {
-        __m512i r[16];
-        for (int c = 0; c < 16; c++) r[c] = _mm512_load_si512(words[q][c]);
-        Transpose16(r);
-        for (int t = 0; t < 16; t++) _mm512_store_si512(piece[q] + o + t * 32, r[t]);
+      for (int t = 0; t < 16; t += 2) {
+        const Pieces a = Split16(_mm512_castsi512_ps(r[t]), &finite), b = Split16(_mm512_castsi512_ps(r[t + 1]), &finite);
+        _mm512_store_si512(h + o + t * 16, _mm512_or_si512(b.h, _mm512_srli_epi32(a.h, 16)));
+        _mm512_store_si512(m + o + t * 16, _mm512_or_si512(b.m, _mm512_srli_epi32(a.m, 16)));
+        _mm512_store_si512(l + o + t * 16, _mm512_or_si512(b.l, _mm512_srli_epi32(a.l, 16)));
       }
     }
   }
