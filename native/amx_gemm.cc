@@ -299,7 +299,8 @@ struct TileConfig {
 // alternating in one throwaway process, 2-core Xeon with AMX, 2026-12-05). Small terms first also
 // adds them before the large ones.
 // Returns the tile products it issued (24 a 32 x 32 block of c a k tile), for TileProducts().
-int64_t GemmTiles(const Packed& left, const Packed& right, float* c, int64_t ldc, float beta, int64_t rowBegin, int64_t rowEnd) {
+int64_t GemmTiles(const Packed& left, const Packed& right, float* c, int64_t ldc, float beta, int64_t rowBegin, int64_t rowEnd,
+                  Prefetch prefetch) {
   TileConfig cfg;
   for (int t = 0; t < 8; t++) {
     cfg.colsb[t] = 64;
@@ -309,6 +310,13 @@ int64_t GemmTiles(const Packed& left, const Packed& right, float* c, int64_t ldc
   const int64_t n = right.cols, kTiles = left.colTiles, nTiles = right.colTiles;
   const uint16_t *a[3] = {left.piece(0), left.piece(1), left.piece(2)}, *b[3] = {right.piece(0), right.piece(1), right.piece(2)};
   alignas(64) float edge[32 * 32];
+  // The prefetch spread evenly over the k steps (8 lines a step for a 256-channel image behind a
+  // 256 x 256 x 256 product): the tile loads need the load slots, and a prefetch of 192 lines a k
+  // step (of the product's own next operands) slowed it by ~50 % (twenty-fourth session's notes).
+  const char* pf = static_cast<const char*>(prefetch.data);
+  const char* pfEnd = pf ? pf + prefetch.bytes : nullptr;
+  const int64_t steps = (rowEnd - rowBegin + 31) / 32 * ((nTiles * 16 + 31) / 32) * kTiles;
+  const int64_t perStep = pf ? ((prefetch.bytes + 63) / 64 + steps - 1) / std::max<int64_t>(steps, 1) : 0;
   for (int64_t j = 0; j < nTiles * 16; j += 32) {
     for (int64_t i = rowBegin; i < rowEnd; i += 32) {
       const bool whole = i + 32 <= rowEnd && j + 32 <= n;
@@ -351,6 +359,7 @@ int64_t GemmTiles(const Packed& left, const Packed& right, float* c, int64_t ldc
         KS_LOAD_LEFT(0) KS_PRODUCTS                   // hi * mid
         KS_LOAD_RIGHT(0) KS_PRODUCTS                  // hi * hi
         KS_LOAD_RIGHT(2) KS_PRODUCTS                  // hi * lo
+        for (int64_t q = 0; q < perStep && pf < pfEnd; q++, pf += 64) _mm_prefetch(pf, _MM_HINT_T1);
 #undef KS_LOAD_LEFT
 #undef KS_LOAD_RIGHT
 #undef KS_PRODUCTS
@@ -425,19 +434,20 @@ void PackRight(const float* src, int64_t rows, int64_t cols, int64_t rowStride, 
   out->finite = PackScalar(src, rows, cols, rowStride, colStride, *out, RightAt);
 }
 
-void Gemm(const Packed& left, const Packed& right, float* c, int64_t ldc, float beta, int64_t rowBegin, int64_t rowEnd) {
+void Gemm(const Packed& left, const Packed& right, float* c, int64_t ldc, float beta, int64_t rowBegin, int64_t rowEnd,
+          Prefetch prefetch) {
   if (rowEnd <= rowBegin || right.cols == 0) return;
   if (left.colTiles != right.rowTiles || rowBegin % 32 != 0 || rowEnd > left.rows) std::abort();  // callers' bug
   products.fetch_add(1, std::memory_order_relaxed);
 #if defined(__x86_64__)
   // Two clock reads a call (~50 ns against ~100 us for a 256 x 256 x 256 product).
   const auto start = std::chrono::steady_clock::now();
-  const int64_t issued = GemmTiles(left, right, c, ldc, beta, rowBegin, rowEnd);
+  const int64_t issued = GemmTiles(left, right, c, ldc, beta, rowBegin, rowEnd, prefetch);
   const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count();
   tileProducts.fetch_add(issued, std::memory_order_relaxed);
   productNs.fetch_add(ns, std::memory_order_relaxed);
 #else
-  (void)left, (void)right, (void)c, (void)ldc, (void)beta;
+  (void)left, (void)right, (void)c, (void)ldc, (void)beta, (void)prefetch;
   std::abort();  // Enabled() is false off x86-64
 #endif
 }

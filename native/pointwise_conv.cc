@@ -172,12 +172,12 @@ constexpr int64_t kAmxPixels = 1024;
 // a float32 sgemm where the block or the left operand holds an infinity or NaN.
 template <class Fallback>
 void AmxColumns(const kshare_amx::Packed& left, const float* b, int64_t k, int64_t cols, int64_t ldb, float* c, int64_t ldc, float beta,
-                int64_t r0, int64_t r1, const Fallback& fallback) {
+                int64_t r0, int64_t r1, const Fallback& fallback, kshare_amx::Prefetch prefetch = {}) {
   kshare_amx::Packed& right = Scratch(0);
   for (int64_t j = 0; j < cols; j += kAmxPixels) {
     const int64_t w = std::min(kAmxPixels, cols - j);
     kshare_amx::PackRight(b + j, k, w, ldb, 1, &right);
-    if (left.finite && right.finite) kshare_amx::Gemm(left, right, c + j, ldc, beta, r0, r1);
+    if (left.finite && right.finite) kshare_amx::Gemm(left, right, c + j, ldc, beta, r0, r1, j == 0 ? prefetch : kshare_amx::Prefetch{});
     else fallback(j, j + w);
   }
 }
@@ -397,11 +397,11 @@ void AddGradWeight(const Geometry& g, const float* gyn, const float* xp, int64_t
 // gX[n] (in x HW) = W^T (in x out) gY[n] (out x HW), pixel columns [c0, c1); packedT: W^T packed
 // (PackWeightTransposed) for AMX, or null.
 void GradInputImage(const Geometry& g, const float* wp, const float* gyn, float* gin, int64_t c0, int64_t c1,
-                    const kshare_amx::Packed* packedT) {
+                    const kshare_amx::Packed* packedT, kshare_amx::Prefetch prefetch = {}) {
   auto sgemm = [&](int64_t j0, int64_t j1) {
     Sgemm('T', 'N', g.cin, j1 - j0, g.cout, wp, g.cin, gyn + c0 + j0, g.hw, 0.f, gin + c0 + j0, g.hw);
   };
-  if (packedT) AmxColumns(*packedT, gyn + c0, g.cout, c1 - c0, g.hw, gin + c0, g.hw, 0.f, 0, g.cin, sgemm);
+  if (packedT) AmxColumns(*packedT, gyn + c0, g.cout, c1 - c0, g.hw, gin + c0, g.hw, 0.f, 0, g.cin, sgemm, prefetch);
   else sgemm(0, c1 - c0);
 }
 
@@ -485,7 +485,13 @@ std::tuple<at::Tensor, at::Tensor> BackwardRows(const kshare::RowProducer& gradR
     float* buf = bufs.data_ptr<float>() + p * g.cout * g.hw;
     for (int64_t o = 0; o < g.cout; o++) gradRows(n * g.cout + o, buf + o * g.hw);
     if (gip) {
-      GradInputImage(g, wp, buf, gip + n * g.cin * g.hw, 0, g.hw, packedT.get());
+      // The weight gradient packs this image's input next, read from memory (the input was stored in
+      // the forward): fetched toward L2 while the input gradient's product keeps the tile unit busy.
+      // ConvMixer-256/8's step x0.987 at 1 thread (faster in 28 of 30 alternating steps) and x0.989
+      // at 2 (36 of 60; bench/cpu-kernels-notes.md, twenty-sixth session).
+      const kshare_amx::Prefetch input =
+          needWeight && amx ? kshare_amx::Prefetch{xp + n * g.cin * g.hw, g.cin * g.hw * 4} : kshare_amx::Prefetch{};
+      GradInputImage(g, wp, buf, gip + n * g.cin * g.hw, 0, g.hw, packedT.get(), input);
       if (inputGradImage) (*inputGradImage)(n, gip + n * g.cin * g.hw);
     }
     if (needWeight) AddGradWeight(g, buf, xp, n, dst, beta, amx);
