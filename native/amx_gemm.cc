@@ -15,7 +15,7 @@
 // of 2026-12-03, ninth"): a 256 x 256 x 256 product with its operands packed, 83-108 us against
 // oneDNN sgemm's 147-188 (~400 GFLOP/s in float32 terms, ~60 % of the tile unit's 3.4 TFLOP/s,
 // limited by the tile loads that feed 24 tile products: 16 a k tile then, 14 since 2026-12-05,
-// GemmTiles); packing a 256 x 256 operand from L2 takes 10.3-10.8 us (more transposing,
+// GemmTiles); packing a 256 x 256 operand from L2 takes 10.3-10.8 us (longer transposing, in
 // PackRightColumns; 2026-12-06, see Pieces). In the 1x1 operator, against
 // sgemm in one process (`node dist/bench/route-ab.js --only amx`, bench/results/amx-ab.json):
 // (32,256,16,16) forward x1.28-1.33, forward + backward x1.18-1.27; ConvMixer-256/8 training step

@@ -42,15 +42,16 @@ struct Packed {
 void PackLeft(const float* src, int64_t rows, int64_t cols, int64_t rowStride, int64_t colStride, Packed* out);
 void PackRight(const float* src, int64_t rows, int64_t cols, int64_t rowStride, int64_t colStride, Packed* out);
 
-// Callers check both operands' `finite` and use a float32 sgemm where one is false.
-// Rows [rowBegin, rowEnd) of c (left.rows x right.cols, row stride ldc) = left * right + beta * c,
-// beta 0 or 1; rowBegin a multiple of 32. left.cols must equal right.rows.
-// Memory the caller reads next (from DRAM otherwise): brought toward L2 a few lines at a time while
-// the product's tile unit works.
+// Memory the caller reads next (from DRAM otherwise), for Gemm to bring toward L2 a few lines at a
+// time while the tile unit works.
 struct Prefetch {
   const void* data = nullptr;
   int64_t bytes = 0;
 };
+
+// Callers check both operands' `finite` and use a float32 sgemm where one is false.
+// Rows [rowBegin, rowEnd) of c (left.rows x right.cols, row stride ldc) = left * right + beta * c,
+// beta 0 or 1; rowBegin a multiple of 32. left.cols must equal right.rows.
 void Gemm(const Packed& left, const Packed& right, float* c, int64_t ldc, float beta, int64_t rowBegin, int64_t rowEnd,
           Prefetch prefetch = {});
 
