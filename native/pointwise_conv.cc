@@ -488,7 +488,7 @@ std::tuple<at::Tensor, at::Tensor> BackwardRows(const kshare::RowProducer& gradR
       // The weight gradient packs this image's input next, read from memory (the input was stored in
       // the forward): fetched toward L2 while the input gradient's product keeps the tile unit busy.
       // ConvMixer-256/8's step x0.987 at 1 thread (faster in 28 of 30 alternating steps) and x0.989
-      // at 2 (36 of 60; bench/cpu-kernels-notes.md, twenty-sixth session).
+      // at 2 (36 of 60) in a throwaway A/B (bench/cpu-kernels-notes.md, twenty-sixth session).
       const kshare_amx::Prefetch input =
           needWeight && amx ? kshare_amx::Prefetch{xp + n * g.cin * g.hw, g.cin * g.hw * 4} : kshare_amx::Prefetch{};
       GradInputImage(g, wp, buf, gip + n * g.cin * g.hw, 0, g.hw, packedT.get(), input);
