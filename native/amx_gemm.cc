@@ -17,9 +17,11 @@
 // limited by the tile loads that feed 24 tile products: 16 a k tile then, 14 since 2026-12-05,
 // GemmTiles); packing a 256 x 256 operand from L2 takes 10.3-10.8 us (longer transposing, in
 // PackRightColumns; 2026-12-06, see Pieces). In the 1x1 operator, against
-// sgemm in one process (`node dist/bench/route-ab.js --only amx`, bench/results/amx-ab.json):
-// (32,256,16,16) forward x1.28-1.33, forward + backward x1.18-1.27; ConvMixer-256/8 training step
-// x1.05-1.11, ConvMixer-256/16 inference at batch 32 x1.12-1.18.
+// sgemm in one process (`node dist/bench/route-ab.js --only amx --threads 1,2 --rounds 4`,
+// bench/results/amx-ab.json, 2026-12-06, 1 / 2 threads): (32,256,16,16) forward x1.61 / x1.47,
+// forward + backward x1.54 / x1.40; ConvMixer-256/8 training step x1.26 / x1.23, ConvMixer-256/16
+// inference at batch 32 x1.15 / x1.10 (before the packs' fix, 2026-12-03: x1.18-1.27 forward +
+// backward, x1.05-1.11 the step).
 //
 // Infinities and NaNs cannot be split (inf times another operand's zero piece would be NaN), so the
 // pack marks an operand holding one (Packed::finite) and the caller takes a float32 sgemm for it;
