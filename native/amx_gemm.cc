@@ -11,12 +11,13 @@
 // product, relative to the sum of |terms|, on a 256 x 256 x 256 product: 1.1e-7, oneDNN's sgemm
 // 2.1e-7 (throwaway C program).
 //
-// Measured speed (2-core Intel Xeon, one thread; history in bench/cpu-kernels-notes.md, "Session
-// of 2026-12-03, ninth"): a 256 x 256 x 256 product with its operands packed, 83-108 us against
-// oneDNN sgemm's 147-188 (~400 GFLOP/s in float32 terms, ~60 % of the tile unit's 3.4 TFLOP/s,
-// limited by the tile loads that feed 24 tile products: 16 a k tile then, 14 since 2026-12-05,
-// GemmTiles); packing a 256 x 256 operand from L2 takes 10.3-10.8 us (longer transposing, in
-// PackRightColumns; 2026-12-06, see Pieces). In the 1x1 operator, against
+// Measured speed (2-core Intel Xeon, one thread, throwaway harnesses; history in
+// bench/cpu-kernels-notes.md): a 256 x 256 x 256 product with its operands packed in L2, 66.7 us on
+// a quiet host (2026-12-06: 5.43 ns a tile product, ~500 GFLOP/s in float32 terms, ~89 % of the
+// tile unit's peak), 83-108 us in the ninth session against oneDNN sgemm's 147-188; packing a
+// 256 x 256 operand from L2 takes 10.3-10.8 us (longer transposing, in PackRightColumns;
+// 2026-12-06, see Pieces). Within a training step the products run slower (6.7-9 ns a tile
+// product in the bench's quiet rounds), their operands and outputs leaving L2 between images. In the 1x1 operator, against
 // sgemm in one process (`node dist/bench/route-ab.js --only amx --threads 1,2 --rounds 4`,
 // bench/results/amx-ab.json, 2026-12-06, 1 / 2 threads): (32,256,16,16) forward x1.61 / x1.47,
 // forward + backward x1.54 / x1.40; ConvMixer-256/8 training step x1.26 / x1.23, ConvMixer-256/16
