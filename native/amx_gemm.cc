@@ -17,7 +17,8 @@
 // tile unit's peak), 83-108 us in the ninth session against oneDNN sgemm's 147-188; packing a
 // 256 x 256 operand from L2 takes 10.3-10.8 us (longer transposing, in PackRightColumns;
 // 2026-12-06, see Pieces). Within a training step the products run slower (6.7-9 ns a tile
-// product in the bench's quiet rounds), their operands and outputs leaving L2 between images. In the 1x1 operator, against
+// product in the bench's quiet rounds; not measured why: operands and outputs leaving L2 between
+// images, or the host). In the 1x1 operator, against
 // sgemm in one process (`node dist/bench/route-ab.js --only amx --threads 1,2 --rounds 4`,
 // bench/results/amx-ab.json, 2026-12-06, 1 / 2 threads): (32,256,16,16) forward x1.61 / x1.47,
 // forward + backward x1.54 / x1.40; ConvMixer-256/8 training step x1.26 / x1.23, ConvMixer-256/16
