@@ -370,12 +370,12 @@ interface Row {
   kshareAmxProducts?: number;
   /**
    * Model rows with AMX products: for each round, the nanoseconds those products took a tile
-   * product (runtimeInfo's amxProductNs / amxTileProducts over the round's kshare iterations).
-   * Why: on the project's 2-core Xeon the AMX unit is shared with other guests of the host, and in
-   * stretches its products ran much slower than the rest of the core's work (this bench's rounds:
-   * 7.75-9.62 ns a tile product quiet, up to 17.94 slow; bench/cpu-kernels-notes.md, twenty-fifth
-   * session); this shows which rounds ran in such a stretch, measured in the products themselves,
-   * which the medians alone do not show.
+   * product (runtimeInfo's amxProductNs / amxTileProducts over the round's kshare iterations,
+   * warm-up included). Why: on the project's 2-core Xeon the AMX unit is shared with other guests
+   * of the host, and in stretches its products ran much slower than the rest of the core's work
+   * (this bench's rounds: 6.74-9.8 ns a tile product quiet, runs HA-HD, up to 17.94 slow, run GC;
+   * bench/cpu-kernels-notes.md); this shows which rounds ran in such a stretch, measured in the
+   * products themselves, which the medians alone do not show.
    */
   kshareAmxNsPerTileProduct?: number[];
 }

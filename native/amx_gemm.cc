@@ -319,7 +319,7 @@ int64_t GemmTiles(const Packed& left, const Packed& right, float* c, int64_t ldc
   // step (of the product's own next operands) slowed it by ~50 % (twenty-fourth session's notes).
   const char* pf = static_cast<const char*>(prefetch.data);
   const char* pfEnd = pf ? pf + prefetch.bytes : nullptr;
-  const int64_t steps = (rowEnd - rowBegin + 31) / 32 * ((nTiles * 16 + 31) / 32) * kTiles;
+  const int64_t steps = (rowEnd - rowBegin + 31) / 32 * ((nTiles * 16 + 31) / 32) * kTiles;  // k steps of 32 x 32 blocks
   const int64_t perStep = pf ? ((prefetch.bytes + 63) / 64 + steps - 1) / std::max<int64_t>(steps, 1) : 0;
   for (int64_t j = 0; j < nTiles * 16; j += 32) {
     for (int64_t i = rowBegin; i < rowEnd; i += 32) {
@@ -377,7 +377,7 @@ int64_t GemmTiles(const Packed& left, const Packed& right, float* c, int64_t ldc
     }
   }
   _tile_release();
-  return (rowEnd - rowBegin + 31) / 32 * ((nTiles * 16 + 31) / 32) * kTiles * 24;
+  return steps * 24;
 }
 
 // The 16 x 16 block of rows [r0, r0 + 16) and columns [c0, c0 + 16) (partial blocks masked),

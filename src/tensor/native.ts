@@ -42,7 +42,7 @@ export interface RuntimeInfo {
   amxProducts: number;
   /** The tile products (bfloat16 16 x 16 x 32 dot-product instructions) those matrix products issued so far. */
   amxTileProducts: number;
-  /** Nanoseconds spent in those matrix products so far (wall time, summed over threads): amxProductNs / amxTileProducts is the tile unit's speed where they ran (in bench/cpu-kernels.ts's rounds on the development Xeon, 7.75-9.62 ns a tile product when the host was quiet, up to 17.94 when another guest shared the core). */
+  /** Nanoseconds spent in those matrix products so far (wall time, summed over threads): amxProductNs / amxTileProducts is the tile unit's speed where they ran (in bench/cpu-kernels.ts's rounds on the development Xeon, 6.74-9.8 ns a tile product when the host was quiet (runs HA-HD, 2026-12-06), up to 17.94 when another guest shared the core (run GC)). */
   amxProductNs: number;
   /** ConvMixer block backwards (kshare::convmixer_block, NCHW training) whose 1x1 half summed the depthwise half's BatchNorm rows as it wrote them, so far in this process. */
   blockRowSumHandOffs: number;
