@@ -32,6 +32,8 @@
 // zero): below ~1e-33 the relative error grows toward 2^-8.
 #include "amx_gemm.h"
 
+#include "amx_tiles.h"
+
 #include "cpu_kernel_common.h"
 
 #include <cmath>
@@ -85,6 +87,13 @@ bool Enabled() {
 int64_t Products() { return products.load(std::memory_order_relaxed); }
 int64_t TileProducts() { return tileProducts.load(std::memory_order_relaxed); }
 int64_t ProductNanoseconds() { return productNs.load(std::memory_order_relaxed); }
+bool Supported() { return Available(); }
+
+void RecordProducts(int64_t issued, int64_t ns) {
+  products.fetch_add(1, std::memory_order_relaxed);
+  tileProducts.fetch_add(issued, std::memory_order_relaxed);
+  productNs.fetch_add(ns, std::memory_order_relaxed);
+}
 
 namespace {
 
@@ -152,41 +161,7 @@ bool PackScalar(const float* src, int64_t rows, int64_t cols, int64_t rs, int64_
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,amx-tile,amx-bf16")
 
-// The three pieces of 16 floats (Split's bits), as named registers. The packs kept them in arrays
-// indexed in loops, and GCC put those on the stack (12 extra 64-byte stores and 6 loads for every
-// 32 values packed); with that and High16's static index (below) gone, a 256 x 256 operand packs
-// from L2 in 10.3-10.8 us instead of 22.0-25.2 (rows, left or right) and in 19.1-19.4 instead of
-// 23.9-25.2 (columns, the transposing right pack, before its float transpose below took another
-// ~25 % off it: 27.6-30.6 us against 37.3-38.8 in a slower stretch of the host): the same bits,
-// timed by throwaway harnesses over this file, 2026-12-06 (bench/cpu-kernels-notes.md,
-// twenty-sixth session).
-struct Pieces {
-  __m512i h, m, l;
-};
-
-// Split for 16 floats at once (the same bits as Split); clears the lanes of *allFinite that hold
-// an infinity or NaN.
-inline Pieces Split16(__m512 f, __mmask16* allFinite) {
-  const __m512i top = _mm512_set1_epi32(static_cast<int>(0xffff0000u)), expo = _mm512_set1_epi32(0x7f800000);
-  const __m512i u = _mm512_castps_si512(f);
-  *allFinite &= _mm512_cmpneq_epi32_mask(_mm512_and_si512(u, expo), expo);
-  const __m512i hu = _mm512_and_si512(u, top);
-  __m512 r = _mm512_sub_ps(f, _mm512_castsi512_ps(hu));
-  const __m512i mu = _mm512_and_si512(_mm512_castps_si512(r), top);
-  r = _mm512_sub_ps(r, _mm512_castsi512_ps(mu));
-  return {hu, mu, _mm512_and_si512(_mm512_castps_si512(r), top)};
-}
-
-// The high halves of 32 float32 bit patterns (a: 0-15, b: 16-31) as 32 bfloat16 in order. Not a
-// function-local static index: its guard was checked on every call, and the packs kept their
-// registers on the stack around that check.
-inline __m512i High16(__m512i a, __m512i b) {
-  const __m512i odd = _mm512_set_epi16(63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33, 31, 29, 27, 25, 23, 21,
-                                       19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
-  return _mm512_permutex2var_epi16(a, odd, b);
-}
-
-inline __mmask16 Tail(int64_t n) { return n >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << std::max<int64_t>(n, 0)) - 1); }
+using namespace tiles;
 
 // Left operand, rows contiguous (colStride 1): 32 floats of a row make one tile row.
 bool PackLeftRows(const float* src, int64_t rows, int64_t cols, int64_t rs, const Packed& p) {
@@ -234,30 +209,6 @@ bool PackRightRows(const float* src, int64_t rows, int64_t cols, int64_t rs, con
   return finite == 0xffff;
 }
 
-// r[i] holds row i of a 16 x 16 matrix of 32-bit words; afterwards r[i] holds column i.
-__attribute__((always_inline)) inline void Transpose16(__m512i r[16]) {
-  __m512i t[16];
-  for (int i = 0; i < 8; i++) {
-    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; i++) {
-    r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
-    r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
-    r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-    r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-  }
-  for (int i = 0; i < 2; i++)
-    for (int j = 0; j < 4; j++) {
-      t[8 * i + j] = _mm512_shuffle_i32x4(r[8 * i + j], r[8 * i + 4 + j], 0x88);
-      t[8 * i + 4 + j] = _mm512_shuffle_i32x4(r[8 * i + j], r[8 * i + 4 + j], 0xdd);
-    }
-  for (int j = 0; j < 8; j++) {
-    r[j] = _mm512_shuffle_i32x4(t[j], t[8 + j], 0x88);
-    r[8 + j] = _mm512_shuffle_i32x4(t[j], t[8 + j], 0xdd);
-  }
-}
-
 // Right operand, columns contiguous (rowStride 1, a transposed matrix): 16 columns' values for 16
 // rows transposed as float32 in registers, so each row's 16 values lie in one register, then paired
 // into VNNI words as in PackRightRows. Transposing the floats once, before the split, takes two
@@ -288,29 +239,11 @@ bool PackRightColumns(const float* src, int64_t rows, int64_t cols, int64_t cs, 
   return finite == 0xffff;
 }
 
-struct TileConfig {
-  uint8_t palette = 1, startRow = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
-// Which pieces each of the six products multiplies (0 hi, 1 mid, 2 lo) is fixed by the order of
-// the loads in the loop below: lo*hi, mid*hi, mid*mid, hi*mid, hi*hi, hi*lo. Each step changes
-// one operand only (a walk through all six piece pairs), so a k tile takes 14 tile loads for its
-// 24 products; the earlier order (hi*hi first) took 16, and a 256 x 256 x 256 product with both
-// operands packed in L2 ran 6-11 % slower with it (medians 97.9-121.6 us against 92.1-112.2,
-// alternating in one throwaway process, 2-core Xeon with AMX, 2026-12-05). Small terms first also
-// adds them before the large ones.
+// The walk through the six piece products: tiles::SixPieceProducts (amx_tiles.h).
 // Returns the tile products it issued (24 a 32 x 32 block of c a k tile), for TileProducts().
 int64_t GemmTiles(const Packed& left, const Packed& right, float* c, int64_t ldc, float beta, int64_t rowBegin, int64_t rowEnd,
                   Prefetch prefetch) {
-  TileConfig cfg;
-  for (int t = 0; t < 8; t++) {
-    cfg.colsb[t] = 64;
-    cfg.rows[t] = 16;
-  }
-  _tile_loadconfig(&cfg);
+  ConfigureTiles();
   const int64_t n = right.cols, kTiles = left.colTiles, nTiles = right.colTiles;
   const uint16_t *a[3] = {left.piece(0), left.piece(1), left.piece(2)}, *b[3] = {right.piece(0), right.piece(1), right.piece(2)};
   alignas(64) float edge[32 * 32];
@@ -346,27 +279,16 @@ int64_t GemmTiles(const Packed& left, const Packed& right, float* c, int64_t ldc
       const int64_t aRow = (i / 16) * kTiles * 512, aNext = kTiles * 512;
       for (int64_t kt = 0; kt < kTiles; kt++) {
         const int64_t oa = aRow + kt * 512, ob = (kt * nTiles + j / 16) * 512;
-#define KS_LOAD_LEFT(P) \
-  _tile_loadd(4, a[P] + oa, 64); \
-  _tile_loadd(5, a[P] + oa + aNext, 64);
-#define KS_LOAD_RIGHT(P) \
-  _tile_loadd(6, b[P] + ob, 64); \
-  _tile_loadd(7, b[P] + ob + 512, 64);
-#define KS_PRODUCTS \
-  _tile_dpbf16ps(0, 4, 6); \
-  _tile_dpbf16ps(1, 4, 7); \
-  _tile_dpbf16ps(2, 5, 6); \
-  _tile_dpbf16ps(3, 5, 7);
-        KS_LOAD_LEFT(2) KS_LOAD_RIGHT(0) KS_PRODUCTS  // lo * hi
-        KS_LOAD_LEFT(1) KS_PRODUCTS                   // mid * hi
-        KS_LOAD_RIGHT(1) KS_PRODUCTS                  // mid * mid
-        KS_LOAD_LEFT(0) KS_PRODUCTS                   // hi * mid
-        KS_LOAD_RIGHT(0) KS_PRODUCTS                  // hi * hi
-        KS_LOAD_RIGHT(2) KS_PRODUCTS                  // hi * lo
+        SixPieceProducts(
+            [&](int p) {
+              _tile_loadd(4, a[p] + oa, 64);
+              _tile_loadd(5, a[p] + oa + aNext, 64);
+            },
+            [&](int p) {
+              _tile_loadd(6, b[p] + ob, 64);
+              _tile_loadd(7, b[p] + ob + 512, 64);
+            });
         for (int64_t q = 0; q < perStep && pf < pfEnd; q++, pf += 64) _mm_prefetch(pf, _MM_HINT_T1);
-#undef KS_LOAD_LEFT
-#undef KS_LOAD_RIGHT
-#undef KS_PRODUCTS
       }
       _tile_stored(0, dst, ld * 4);
       _tile_stored(1, dst + 16, ld * 4);
@@ -442,14 +364,11 @@ void Gemm(const Packed& left, const Packed& right, float* c, int64_t ldc, float 
           Prefetch prefetch) {
   if (rowEnd <= rowBegin || right.cols == 0) return;
   if (left.colTiles != right.rowTiles || rowBegin % 32 != 0 || rowEnd > left.rows) std::abort();  // callers' bug
-  products.fetch_add(1, std::memory_order_relaxed);
 #if defined(__x86_64__)
   // Two clock reads a call (~50 ns against ~100 us for a 256 x 256 x 256 product).
   const auto start = std::chrono::steady_clock::now();
   const int64_t issued = GemmTiles(left, right, c, ldc, beta, rowBegin, rowEnd, prefetch);
-  const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count();
-  tileProducts.fetch_add(issued, std::memory_order_relaxed);
-  productNs.fetch_add(ns, std::memory_order_relaxed);
+  RecordProducts(issued, std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count());
 #else
   (void)left, (void)right, (void)c, (void)ldc, (void)beta, (void)prefetch;
   std::abort();  // Enabled() is false off x86-64

@@ -1,7 +1,8 @@
 // Float32 matrix products on Intel AMX (amx_gemm.cc): each float32 operand is split into three
 // bfloat16 pieces whose sum is the value, and the six piece products that matter are summed in
 // float32 tiles, so the result is as accurate as a float32 sgemm (bfloat16 alone would not be).
-// Used by kshare's 1x1 convolution (pointwise_conv.cc) where Enabled().
+// Used by kshare's 1x1 convolution (pointwise_conv.cc) where Enabled(); the tile layout and the
+// counters also serve its 3x3 convolution (amx_conv3x3.cc).
 #pragma once
 
 #include <cstdint>
@@ -22,6 +23,13 @@ int64_t Products();
 // (bench/cpu-kernels.ts reports it for each row; bench/cpu-kernels-notes.md, twenty-fifth session).
 int64_t TileProducts();
 int64_t ProductNanoseconds();
+
+// The CPU and OS allow AMX (Enabled() without the environment switches): the condition for
+// src/tensor's routes to AMX-only operators, which check Enabled() again at every call.
+bool Supported();
+
+// Counts one call of another AMX product (amx_conv3x3.cc) in the three counters above.
+void RecordProducts(int64_t tileProducts, int64_t nanoseconds);
 
 // A matrix in AMX tile layout, split into three bfloat16 pieces (hi, mid, lo). As the left
 // operand (m x k): 16 x 32 tiles, [row tile][k tile][16][32]; as the right operand (k x n): VNNI

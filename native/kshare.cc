@@ -806,6 +806,7 @@ Napi::Value RuntimeInfo(const Napi::CallbackInfo& info) {
   o.Set("rowPrefetchFloats", static_cast<double>(kshare_gbn::RowPrefetchFloats()));
   // The 1x1 convolution's products on AMX tiles (native/amx_gemm.cc).
   o.Set("amx", kshare_amx::Enabled());
+  o.Set("amxSupported", kshare_amx::Supported());
   o.Set("amxProducts", static_cast<double>(kshare_amx::Products()));
   o.Set("amxTileProducts", static_cast<double>(kshare_amx::TileProducts()));
   o.Set("amxProductNs", static_cast<double>(kshare_amx::ProductNanoseconds()));

@@ -46,7 +46,7 @@ interface FusableParts {
   conv: Conv2d;
   bn: BatchNorm2d;
   /** kshare's convolution kernel conv2d runs the layer's convolution on for x (t.conv2dKernel). */
-  kernel: 'depthwise' | 'pointwise' | null;
+  kernel: ReturnType<typeof t.conv2dKernel>;
   /** The conv bias (added by the fused kernel, not by the convolution). */
   bias: Tensor;
   /** The BatchNorm's options for the fused kernel; counts the batch (call once, when fusing). */

@@ -160,6 +160,9 @@ export const KERNELS = {
   // kshare's 1x1 convolution on oneDNN's sgemm (native/pointwise_conv.cc, where built; conv2d routes to it)
   pointwiseConv2d: 'kshare::pointwise_conv2d',
   pointwiseConv2dBackward: 'kshare::pointwise_conv2d_backward',
+  // kshare's 3x3 convolution on AMX tiles (native/amx_conv3x3.cc; conv2d routes to it on CPUs with AMX)
+  conv3x3: 'kshare::conv3x3',
+  conv3x3Backward: 'kshare::conv3x3_backward',
   adaptiveAvgPool2d: 'aten::adaptive_avg_pool2d',
   avgPool2d: 'aten::avg_pool2d',
   maxPool2d: 'aten::max_pool2d',

@@ -38,6 +38,8 @@ export interface RuntimeInfo {
   rowPrefetchFloats: number;
   /** The 1x1 convolution runs its NCHW products on AMX tiles (native/amx_gemm.cc): the CPU has AMX-BF16, the OS allows it, and neither KSHARE_NATIVE_AMX=0 nor a KSHARE_NATIVE_ISA cap turns it off. */
   amx: boolean;
+  /** The CPU has AMX-BF16 and the OS allows it (amx without the environment switches): conv2d's route to kshare's 3x3 convolution (native/amx_conv3x3.cc) asks this once. */
+  amxSupported: boolean;
   /** Matrix products run on AMX tiles so far in this process. */
   amxProducts: number;
   /** The tile products (bfloat16 16 x 16 x 32 dot-product instructions) those matrix products issued so far. */

@@ -3,6 +3,7 @@ import { runKernel } from '../kernels.js';
 import { cpuKernelsAllowed, runtimeInfo } from '../runtime.js';
 import { recordsGraph } from '../engine.js';
 import { Tensor, wrap } from '../tensor.js';
+import { isContiguous } from './convert.js';
 import { tensorArg, optTensorArg, rankArg, floatArg, sameDevice, pairArg, intArg, ShapeError, describe, optionsArg } from '../validate.js';
 
 export interface Conv2dOptions {
@@ -63,6 +64,7 @@ export function conv2d(x: Tensor, weight: Tensor, bias: Tensor | null = null, o:
   const kernel = conv2dKernel(x, weight, bias, { groups, stride, padding: pad, dilation });
   if (kernel === 'depthwise') return depthwise(x, weight, bias, dilation);
   if (kernel === 'pointwise') return wrap(runKernel(op, 'pointwiseConv2d', [x.handle, weight.handle, bias?.handle ?? null]));
+  if (kernel === 'conv3x3') return wrap(runKernel(op, 'conv3x3', [x.handle, weight.handle]));
   if (cpuFloat32(x, weight, bias) && isPointwise(weight, groups, stride, pad) && oneDnnPointwiseApplies(x, weight, bias))
     return wrap(runKernel(op, 'mkldnnConv2d', [x.handle, weight.handle, bias?.handle ?? null, pad, stride, dilation, groups]));
   return wrap(runKernel(op, 'conv2d', [x.handle, weight.handle, bias?.handle ?? null, stride, pad, dilation, groups]));
@@ -71,8 +73,9 @@ export function conv2d(x: Tensor, weight: Tensor, bias: Tensor | null = null, o:
 /**
  * Which of kshare's CPU convolution kernels conv2d runs for these operands and (numeric)
  * options: 'depthwise' (native/depthwise_conv.cc), 'pointwise' (the 1x1 operator,
- * native/pointwise_conv.cc, where built and not KSHARE_NATIVE_POINTWISE=0), or null (libtorch's
- * or oneDNN's convolution). Fused layers (src/nn/fused.ts) build on the same kernels, so they ask
+ * native/pointwise_conv.cc, where built and not KSHARE_NATIVE_POINTWISE=0), 'conv3x3' (the 3x3
+ * operator on AMX tiles, native/amx_conv3x3.cc: see fitsConv3x3Kernel), or null (libtorch's or
+ * oneDNN's convolution). Fused layers (src/nn/fused.ts) build on the same kernels, so they ask
  * here rather than repeat the conditions.
  */
 export function conv2dKernel(
@@ -80,11 +83,33 @@ export function conv2dKernel(
   weight: Tensor,
   bias: Tensor | null,
   o: { groups: number; stride: [number, number]; padding: [number, number]; dilation: [number, number] },
-): 'depthwise' | 'pointwise' | null {
+): 'depthwise' | 'pointwise' | 'conv3x3' | null {
   if (x.rank !== 4 || weight.rank !== 4 || weight.dim(1) * o.groups !== x.dim(1) || !cpuFloat32(x, weight, bias)) return null;
   if (fitsDepthwiseKernel(x, weight, o.groups, o.stride, o.padding, o.dilation)) return 'depthwise';
   if (isPointwise(weight, o.groups, o.stride, o.padding) && buildInfo().pointwiseKernel && process.env.KSHARE_NATIVE_POINTWISE !== '0') return 'pointwise';
+  if (fitsConv3x3Kernel(x, weight, bias, o)) return 'conv3x3';
   return null;
+}
+
+/**
+ * Whether a convolution goes to kshare's 3x3 operator (native/amx_conv3x3.cc, an autograd
+ * operator whose products run on AMX tiles at float32 accuracy): a CPU with AMX-BF16, a 3 x 3
+ * kernel with stride 1, padding 1, dilation 1, groups 1 and no bias, input and output channels
+ * multiples of 32, an NCHW-contiguous input. SE-ResNet's training step on CPU spends ~80 % of its
+ * time in such convolutions, which otherwise run through oneDNN as in PyTorch. KSHARE_NATIVE_AMX=0
+ * or KSHARE_NATIVE_CONV3X3=0 (read at every call) keeps them on libtorch's convolution.
+ */
+function fitsConv3x3Kernel(
+  x: Tensor,
+  weight: Tensor,
+  bias: Tensor | null,
+  o: { groups: number; stride: [number, number]; padding: [number, number]; dilation: [number, number] },
+): boolean {
+  const [oc, ic, kh, kw] = weight.shape as [number, number, number, number];
+  if (kh !== 3 || kw !== 3 || o.groups !== 1 || bias || ic % 32 !== 0 || oc % 32 !== 0) return false;
+  if (o.stride[0] !== 1 || o.stride[1] !== 1 || o.padding[0] !== 1 || o.padding[1] !== 1 || o.dilation[0] !== 1 || o.dilation[1] !== 1) return false;
+  if (!buildInfo().amxSupported || process.env.KSHARE_NATIVE_AMX === '0' || process.env.KSHARE_NATIVE_CONV3X3 === '0') return false;
+  return x.size > 0 && isContiguous(x);
 }
 
 /**
@@ -120,19 +145,20 @@ function depthwise(x: Tensor, weight: Tensor, bias: Tensor | null, dilation: [nu
   return wrap(runKernel('conv2d', 'depthwiseConv2d', [x.handle, weight.handle, bias?.handle ?? null, dilation]));
 }
 
-let built: { mkldnn: boolean; pointwiseKernel: boolean } | undefined;
+let built: { mkldnn: boolean; pointwiseKernel: boolean; amxSupported: boolean } | undefined;
 /**
  * What this build has, asked once: oneDNN in libtorch (not every build has it), and kshare's 1x1
  * operator (native/pointwise_conv.cc: matrix products in oneDNN's sgemm on the tensors as they
  * lie, with autograd; built only against oneDNN's headers). 1x1 convolutions go to that operator
  * where it is built, instead of libtorch 1.13's convolution, which reorders NCHW input, output and
  * grad output to oneDNN's blocked layout on every call. KSHARE_NATIVE_POINTWISE=0 (read at every
- * call) takes the route a build without it takes, for tests and comparisons.
+ * call) takes the route a build without it takes, for tests and comparisons. And whether the CPU
+ * and OS allow AMX, for the 3x3 operator's route.
  */
-function buildInfo(): { mkldnn: boolean; pointwiseKernel: boolean } {
+function buildInfo(): { mkldnn: boolean; pointwiseKernel: boolean; amxSupported: boolean } {
   if (!built) {
     const info = runtimeInfo();
-    built = { mkldnn: info.mkldnn, pointwiseKernel: info.pointwiseKernel };
+    built = { mkldnn: info.mkldnn, pointwiseKernel: info.pointwiseKernel, amxSupported: info.amxSupported };
   }
   return built;
 }
