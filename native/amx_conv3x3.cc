@@ -1,9 +1,9 @@
-// 3x3 convolution (stride 1, padding 1, dilation 1, groups 1, no bias) of float32 NCHW CPU tensors
-// on Intel AMX tiles at float32 accuracy (the three-piece bfloat16 split of amx_gemm.cc),
-// registered as libtorch operators (kshare::conv3x3 with autograd, kshare::conv3x3_backward) so
+// 3x3 convolution (stride 1, padding 1, dilation 1, groups 1, no bias) of float32 CPU tensors, NCHW
+// or channels-last, on Intel AMX tiles at float32 accuracy (the three-piece bfloat16 split of
+// amx_gemm.cc), registered as libtorch operators (kshare::conv3x3 with autograd, kshare::conv3x3_backward) so
 // that the addon's schema-driven `call` reaches them like any ATen operator. Where AMX is off or a
-// shape does not fit (channels not multiples of 32, channels-last, an infinity or NaN in an
-// operand) they run libtorch's convolution instead, so the operator is always correct.
+// shape does not fit (channels not multiples of 32, other strides, an infinity or NaN in an operand)
+// they run libtorch's convolution instead, so the operator is always correct.
 //
 // Why: SE-ResNet's training step on CPU spends ~80 % of its time in its 3x3 convolutions, which
 // kshare and PyTorch both ran through the same oneDNN code (bench/cpu-kernels-notes.md): at parity
@@ -108,10 +108,10 @@ struct PieceBuffer {
 
 using namespace kshare_amx::tiles;
 
-// The grid of `count` images (the rest of the group zero) as the left operand's rows: out piece p
-// [pixel][channel], s.len pixels, every pixel written (pads zero). Returns false if an input value
-// is an infinity or NaN.
-bool PackPixels(const float* x, int64_t count, const Grid& s, const PieceBuffer& out) {
+// The grid of `count` images (NCHW, or NHWC where channelsLast; the rest of the group zero) as the
+// left operand's rows: out piece p [pixel][channel], s.len pixels, every pixel written (pads zero).
+// Returns false if an input value is an infinity or NaN.
+bool PackPixels(const float* x, bool channelsLast, int64_t count, const Grid& s, const PieceBuffer& out) {
   __mmask16 finite = 0xffff;
   const int64_t hw = s.hw(), c = s.c;
   uint16_t *h = out.piece(0), *m = out.piece(1), *l = out.piece(2);
@@ -122,6 +122,20 @@ bool PackPixels(const float* x, int64_t count, const Grid& s, const PieceBuffer&
     const int64_t base = g * s.plane;
     zero(base, s.wp);  // the pad row above the image
     for (int64_t y = 0; y < s.h; y++) zero(base + (y + 1) * s.wp, 1);  // each row's pad column
+    if (channelsLast) {
+      for (int64_t y = 0; y < s.h; y++)
+        for (int64_t xx = 0; xx < s.w; xx++) {
+          const float* src = x + ((g * s.h + y) * s.w + xx) * c;
+          const int64_t o = (base + (y + 1) * s.wp + 1 + xx) * c;
+          for (int64_t cb = 0; cb < c; cb += 32) {
+            const Pieces a = Split16(_mm512_loadu_ps(src + cb), &finite), b = Split16(_mm512_loadu_ps(src + cb + 16), &finite);
+            _mm512_store_si512(h + o + cb, High16(a.h, b.h));
+            _mm512_store_si512(m + o + cb, High16(a.m, b.m));
+            _mm512_store_si512(l + o + cb, High16(a.l, b.l));
+          }
+        }
+      continue;
+    }
     for (int64_t cb = 0; cb < c; cb += 32)
       for (int64_t y = 0; y < s.h; y++)
         for (int64_t x0 = 0; x0 < s.w; x0 += 16) {
@@ -167,10 +181,10 @@ void PackPairs(const PieceBuffer& pixels, const Grid& s, int64_t parity, int64_t
     }
 }
 
-// y (NCHW, `count` images of o channels) = the grid's images convolved with the weight packed as
-// the right operand (9 taps x C rows, o columns). Returns the tile products issued.
+// y (`count` images of o channels, NCHW or NHWC) = the grid's images convolved with the weight
+// packed as the right operand (9 taps x C rows, o columns). Returns the tile products issued.
 int64_t ForwardTiles(const PieceBuffer& pixels, const kshare_amx::Packed& weight, const Grid& s, const std::vector<std::vector<Run>>& runs,
-                     int64_t count, int64_t o, float* y) {
+                     int64_t count, int64_t o, bool channelsLast, float* y) {
   ConfigureTiles();
   const int64_t nTiles = weight.colTiles, ck = s.c / 32, hw = s.hw();
   const uint16_t *a[3] = {pixels.piece(0), pixels.piece(1), pixels.piece(2)}, *b[3] = {weight.piece(0), weight.piece(1), weight.piece(2)};
@@ -204,6 +218,20 @@ int64_t ForwardTiles(const PieceBuffer& pixels, const kshare_amx::Packed& weight
       _tile_stored(1, acc + 16, 128);
       _tile_stored(2, acc + 512, 128);
       _tile_stored(3, acc + 528, 128);
+      if (channelsLast) {
+        // acc[pixel][channel] is already the output's layout: each pixel's channels to its place.
+        const __mmask16 m0 = Tail(colsHere), m1 = Tail(colsHere - 16);
+        for (const Run& r : runs[i / 32]) {
+          if (r.img >= count) continue;
+          for (int64_t p = 0; p < r.len; p++) {
+            float* dst = y + (r.img * hw + r.dst + p) * o + j;
+            const float* src = acc + (r.src + p) * 32;
+            _mm512_mask_storeu_ps(dst, m0, _mm512_maskz_loadu_ps(m0, src));
+            _mm512_mask_storeu_ps(dst + 16, m1, _mm512_maskz_loadu_ps(m1, src + 16));
+          }
+        }
+        continue;
+      }
       // acc[pixel][channel] -> out[channel][pixel], then each run to its image row.
       for (int bp = 0; bp < 2; bp++)
         for (int bc = 0; bc < 2; bc++) {
@@ -225,6 +253,32 @@ int64_t ForwardTiles(const PieceBuffer& pixels, const kshare_amx::Packed& weight
   }
   _tile_release();
   return steps * 24;
+}
+
+// The grad output of `count` images (NCHW, or NHWC where channelsLast) on the output grid, zero
+// outside the images: grid[channel][grid pixel], o rows of s.qr floats.
+void GradOutputGrid(const float* gy, bool channelsLast, int64_t count, int64_t o, const Grid& s, float* grid) {
+  std::fill_n(grid, o * s.qr, 0.f);
+  const int64_t hw = s.hw();
+  for (int64_t g = 0; g < count; g++)
+    for (int64_t y = 0; y < s.h; y++) {
+      float* row = grid + g * s.plane + y * s.wp;
+      if (!channelsLast) {
+        for (int64_t ch = 0; ch < o; ch++) std::memcpy(row + ch * s.qr, gy + (g * o + ch) * hw + y * s.w, s.w * 4);
+        continue;
+      }
+      // 16 pixels x 16 channels at a time, transposed in registers.
+      for (int64_t x0 = 0; x0 < s.w; x0 += 16) {
+        const int64_t n = std::min<int64_t>(16, s.w - x0);
+        for (int64_t ch0 = 0; ch0 < o; ch0 += 16) {
+          __m512i r[16];
+          for (int k = 0; k < 16; k++)
+            r[k] = k < n ? _mm512_castps_si512(_mm512_loadu_ps(gy + ((g * s.h + y) * s.w + x0 + k) * o + ch0)) : _mm512_setzero_si512();
+          Transpose16(r);  // r[k]: channel ch0 + k, pixels x0 .. x0 + 15
+          for (int k = 0; k < 16; k++) _mm512_mask_storeu_ps(row + (ch0 + k) * s.qr + x0, Tail(n), _mm512_castsi512_ps(r[k]));
+        }
+      }
+    }
 }
 
 // acc[tap][o][c] (+= where accumulate) the weight gradient of the grid's images: the grad output
@@ -307,9 +361,10 @@ void Count(int64_t tileProducts, std::chrono::steady_clock::time_point start) {
       tileProducts, std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count());
 }
 
-// y = x (n, c, h, w) convolved with `weight` packed as ForwardTiles reads it (9c x o). False if an
-// input value is not finite (y is then partly written).
-bool Convolve(const float* x, int64_t n, int64_t c, int64_t h, int64_t w, const kshare_amx::Packed& weight, int64_t o, float* y) {
+// y = x (n, c, h, w; y in x's layout, NCHW or NHWC) convolved with `weight` packed as ForwardTiles
+// reads it (9c x o). False if an input value is not finite (y is then partly written).
+bool Convolve(const float* x, bool channelsLast, int64_t n, int64_t c, int64_t h, int64_t w, const kshare_amx::Packed& weight, int64_t o,
+              float* y) {
 #if defined(__x86_64__)
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
   const int64_t group = GroupImages((n + threads - 1) / threads, h, w, kGroupPixelsForward);
@@ -322,16 +377,16 @@ bool Convolve(const float* x, int64_t n, int64_t c, int64_t h, int64_t w, const 
     for (int64_t gi = b; gi < e && finite.load(std::memory_order_relaxed); gi++) {
       const int64_t n0 = gi * group, count = std::min(group, n - n0);
       const auto start = std::chrono::steady_clock::now();
-      if (!PackPixels(x + n0 * c * h * w, count, s, pixelBuffer)) {
+      if (!PackPixels(x + n0 * c * h * w, channelsLast, count, s, pixelBuffer)) {
         finite = false;
         return;
       }
-      Count(ForwardTiles(pixelBuffer, weight, s, runs, count, o, y + n0 * o * h * w), start);
+      Count(ForwardTiles(pixelBuffer, weight, s, runs, count, o, channelsLast, y + n0 * o * h * w), start);
     }
   });
   return finite;
 #else
-  (void)x, (void)n, (void)c, (void)h, (void)w, (void)weight, (void)o, (void)y;
+  (void)x, (void)channelsLast, (void)n, (void)c, (void)h, (void)w, (void)weight, (void)o, (void)y;
   return false;  // Applies() is false off x86-64
 #endif
 }
@@ -339,7 +394,8 @@ bool Convolve(const float* x, int64_t n, int64_t c, int64_t h, int64_t w, const 
 bool Applies(const at::Tensor& input, const at::Tensor& weight) {
   if (!kshare_amx::Enabled() || !kshare::EnvSwitchOn("KSHARE_NATIVE_CONV3X3")) return false;
   if (input.dim() != 4 || weight.dim() != 4 || input.scalar_type() != at::kFloat || weight.scalar_type() != at::kFloat) return false;
-  if (!input.device().is_cpu() || !weight.device().is_cpu() || !input.is_contiguous()) return false;
+  if (!input.device().is_cpu() || !weight.device().is_cpu()) return false;
+  if (!input.is_contiguous() && !input.is_contiguous(at::MemoryFormat::ChannelsLast)) return false;
   const int64_t c = input.size(1), o = weight.size(0);
   return weight.size(1) == c && weight.size(2) == 3 && weight.size(3) == 3 && c % 32 == 0 && o % 32 == 0 && c > 0 && o > 0 &&
          input.size(0) > 0 && input.size(2) > 0 && input.size(3) > 0;
@@ -376,14 +432,16 @@ at::Tensor ForwardCpu(const at::Tensor& input, const at::Tensor& weight) {
   const at::Tensor w = weight.contiguous();
   const auto packed = PackForwardWeight(w);
   const int64_t n = input.size(0), c = input.size(1), h = input.size(2), wd = input.size(3), o = w.size(0);
-  at::Tensor out = kshare::NewOutput({n, o, h, wd}, input.options(), at::MemoryFormat::Contiguous);
-  if (!packed->finite || !Convolve(input.data_ptr<float>(), n, c, h, wd, *packed, o, out.data_ptr<float>())) return Fallback(input, weight);
+  const bool channelsLast = kshare::ChannelsLastOnly(input);
+  at::Tensor out = kshare::NewOutput({n, o, h, wd}, input.options(), kshare::LayoutOf(input));
+  if (!packed->finite || !Convolve(input.data_ptr<float>(), channelsLast, n, c, h, wd, *packed, o, out.data_ptr<float>()))
+    return Fallback(input, weight);
   return out;
 }
 
 // gW[o][c][tap] = sum over images of the grad output times the input shifted by the tap; images
 // shared out between the threads in ImageShares order, the shares' sums added in order.
-bool WeightGrad(const float* gy, const float* x, int64_t n, int64_t c, int64_t h, int64_t w, int64_t o, float* gw) {
+bool WeightGrad(const float* gy, const float* x, bool channelsLast, int64_t n, int64_t c, int64_t h, int64_t w, int64_t o, float* gw) {
 #if defined(__x86_64__)
   const int64_t shares = std::max<int64_t>(1, std::min<int64_t>(n, at::get_num_threads()));
   const int64_t group = GroupImages((n + shares - 1) / shares, h, w, kGroupPixelsWeight), hw = h * w;
@@ -403,14 +461,9 @@ bool WeightGrad(const float* gy, const float* x, int64_t n, int64_t c, int64_t h
       for (int64_t g0 = n0; g0 < n1 && finite.load(std::memory_order_relaxed); g0 += group) {
         const int64_t count = std::min(group, n1 - g0);
         const auto start = std::chrono::steady_clock::now();
-        // The grad output on the output grid (zero outside the images), as the left operand.
-        std::fill(grid.begin(), grid.end(), 0.f);
-        for (int64_t g = 0; g < count; g++)
-          for (int64_t ch = 0; ch < o; ch++)
-            for (int64_t y = 0; y < h; y++)
-              std::memcpy(&grid[ch * s.qr + g * s.plane + y * s.wp], gy + ((g0 + g) * o + ch) * hw + y * w, w * 4);
+        GradOutputGrid(gy + g0 * o * hw, channelsLast, count, o, s, grid.data());
         kshare_amx::PackLeft(grid.data(), o, s.qr, s.qr, 1, &gradOut);
-        if (!gradOut.finite || !PackPixels(x + g0 * c * hw, count, s, pixelBuffer)) {
+        if (!gradOut.finite || !PackPixels(x + g0 * c * hw, channelsLast, count, s, pixelBuffer)) {
           finite = false;
           return;
         }
@@ -421,17 +474,19 @@ bool WeightGrad(const float* gy, const float* x, int64_t n, int64_t c, int64_t h
     }
   });
   if (!finite) return false;
-  // gw[o][c][tap] = sum over shares of sums[share][tap][o][c]
-  for (int64_t ch = 0; ch < o; ch++)
-    for (int64_t ci = 0; ci < c; ci++)
-      for (int64_t t = 0; t < 9; t++) {
-        float v = sums[(t * o + ch) * c + ci];
-        for (int64_t p = 1; p < shares; p++) v += sums[((p * 9 + t) * o + ch) * c + ci];
-        gw[(ch * c + ci) * 9 + t] = v;
-      }
+  // gw[o][c][tap] = sum over shares of sums[share][tap][o][c], added in share order.
+  kshare::ParallelFor(0, o, 8, [&](int64_t b, int64_t e) {
+    for (int64_t ch = b; ch < e; ch++)
+      for (int64_t ci = 0; ci < c; ci++)
+        for (int64_t t = 0; t < 9; t++) {
+          float v = sums[(t * o + ch) * c + ci];
+          for (int64_t p = 1; p < shares; p++) v += sums[((p * 9 + t) * o + ch) * c + ci];
+          gw[(ch * c + ci) * 9 + t] = v;
+        }
+  });
   return true;
 #else
-  (void)gy, (void)x, (void)n, (void)c, (void)h, (void)w, (void)o, (void)gw;
+  (void)gy, (void)x, (void)channelsLast, (void)n, (void)c, (void)h, (void)w, (void)o, (void)gw;
   return false;  // Applies() is false off x86-64
 #endif
 }
@@ -450,17 +505,19 @@ std::tuple<at::Tensor, at::Tensor> BackwardCpu(const at::Tensor& gradOutput, con
     return std::make_tuple(std::get<0>(r), std::get<1>(r));
   };
   if (!Applies(input, weight) || gradOutput.scalar_type() != at::kFloat || !gradOutput.device().is_cpu()) return fallback();
-  const at::Tensor w = weight.contiguous(), gy = gradOutput.contiguous();
+  // The grad output in the input's layout (libtorch's grad of a channels-last output may come NCHW).
+  const bool channelsLast = kshare::ChannelsLastOnly(input);
+  const at::Tensor w = weight.contiguous(), gy = gradOutput.contiguous(kshare::LayoutOf(input));
   const int64_t n = input.size(0), c = input.size(1), h = input.size(2), wd = input.size(3), o = w.size(0);
   at::Tensor gi, gw;
   if (mask[0]) {
     const auto packed = PackInputGradWeight(w);
-    gi = kshare::NewOutput(input.sizes(), input.options(), at::MemoryFormat::Contiguous);
-    if (!packed->finite || !Convolve(gy.data_ptr<float>(), n, o, h, wd, *packed, c, gi.data_ptr<float>())) return fallback();
+    gi = kshare::NewOutput(input.sizes(), input.options(), kshare::LayoutOf(input));
+    if (!packed->finite || !Convolve(gy.data_ptr<float>(), channelsLast, n, o, h, wd, *packed, c, gi.data_ptr<float>())) return fallback();
   }
   if (mask[1]) {
     gw = kshare::NewOutput(w.sizes(), w.options(), at::MemoryFormat::Contiguous);
-    if (!WeightGrad(gy.data_ptr<float>(), input.data_ptr<float>(), n, c, h, wd, o, gw.data_ptr<float>())) return fallback();
+    if (!WeightGrad(gy.data_ptr<float>(), input.data_ptr<float>(), channelsLast, n, c, h, wd, o, gw.data_ptr<float>())) return fallback();
     // The weight's own memory format, as libtorch returns it.
     if (weight.suggest_memory_format() == at::MemoryFormat::ChannelsLast) gw = gw.contiguous(at::MemoryFormat::ChannelsLast);
   }

@@ -1,5 +1,5 @@
 // kshare's 3x3 convolution on AMX tiles (native/amx_conv3x3.cc): forward, grad input and grad
-// weight against libtorch's conv2d in this process and against python3-torch, with outputs
+// weight, NCHW and channels-last, against libtorch's conv2d in this process and against python3-torch, with outputs
 // poisoned with NaN before the kernel writes them (KSHARE_NATIVE_POISON), so an element left
 // unwritten fails; conv2d's routing to it; its fallback to libtorch where it does not apply.
 import { test } from 'node:test';
@@ -21,6 +21,8 @@ interface Shape {
   out: number;
   h: number;
   w: number;
+  /** Input (and r) channels-last. */
+  cl?: boolean;
 }
 
 // Channels multiples of 32; images from 1 x 1 to wider than a 32-pixel block, odd sizes, and
@@ -35,18 +37,21 @@ const SHAPES: Shape[] = [
   { n: 32, c: 64, out: 64, h: 32, w: 32 },
   { n: 32, c: 128, out: 128, h: 16, w: 16 },
   { n: 33, c: 256, out: 256, h: 8, w: 8 }, // a last group smaller than the others
+  { n: 3, c: 64, out: 96, h: 8, w: 8, cl: true },
+  { n: 3, c: 32, out: 64, h: 17, w: 40, cl: true },
+  { n: 4, c: 32, out: 32, h: 1, w: 1, cl: true }, // 1 x 1 images: both layouts alike
+  { n: 32, c: 128, out: 128, h: 16, w: 16, cl: true },
 ];
 
-const label = (s: Shape) => `(${s.n},${s.c},${s.h},${s.w}) -> ${s.out}`;
+const label = (s: Shape) => `(${s.n},${s.c},${s.h},${s.w}) -> ${s.out}${s.cl ? ' channels-last' : ''}`;
 
 function makeData(s: Shape, seed: number): ConvData {
   const gen = new t.Generator(seed);
-  return {
-    x: t.randn([s.n, s.c, s.h, s.w], { generator: gen }),
-    w: t.mul(t.randn([s.out, s.c, 3, 3], { generator: gen }), 0.1),
-    b: null,
-    r: t.randn([s.n, s.out, s.h, s.w], { generator: gen }),
-  };
+  const x = t.randn([s.n, s.c, s.h, s.w], { generator: gen }),
+    w = t.mul(t.randn([s.out, s.c, 3, 3], { generator: gen }), 0.1),
+    r = t.randn([s.n, s.out, s.h, s.w], { generator: gen });
+  if (!s.cl) return { x, w, b: null, r };
+  return { x: t.contiguous(x, 'channels_last'), w, b: null, r: t.contiguous(r, 'channels_last') };
 }
 
 /** conv2d (padding 1) by kshare's route or libtorch's, then the gradients of sum(y * r). */
@@ -69,6 +74,7 @@ test('on AMX, 3x3 conv2d matches libtorch within 1e-5: forward, grad input, grad
     let fast: ConvResult | undefined;
     assert.ok(amxCalls(() => (fast = run(data, true))) >= 3, `${label(s)}: forward and both gradients ran on AMX`);
     compare(label(s), fast!, run(data, false));
+    assert.equal(fast!.yChannelsLast, !!s.cl && s.h * s.w > 1, `${label(s)}: output keeps the input's memory format`);
     const before = t.runtimeInfo().numThreads;
     try {
       t.setNumThreads(2);
@@ -88,8 +94,9 @@ test('on AMX, 3x3 conv2d matches python3-torch, and a kernel used twice adds bot
     { s: SHAPES[1]!, call: CALL },
     { s: SHAPES[0]!, call: { ...CALL, twice: true } },
     { s: { n: 2, c: 64, out: 64, h: 6, w: 11 }, call: { ...CALL, twice: true } },
+    { s: SHAPES[10]!, call: CALL }, // channels-last
   ].map(({ s, call }, i) => ({ s, call, data: makeData(s, 950 + i) }));
-  const torch = torchConvGradients(cases.map(({ data, call }) => ({ data, channelsLast: false, call })));
+  const torch = torchConvGradients(cases.map(({ s, data, call }) => ({ data, channelsLast: !!s.cl, call })));
   cases.forEach(({ s, call, data }, i) => {
     let fast: ConvResult | undefined;
     assert.ok(amxCalls(() => (fast = run(data, true, call))) > 0, `${label(s)}: on AMX`);
@@ -107,7 +114,7 @@ test('3x3 convolutions that do not fit stay on libtorch, with the same numbers',
     ['padding 2, dilation 2', base, { padding: [2, 2], dilation: [2, 2], groups: 1 }, (d) => d, {}],
     ['groups 2', { ...base, c: 64 }, { ...CALL, groups: 2 }, (d) => d, {}],
     ['with bias', base, CALL, (d) => ({ ...d, b: t.randn([base.out]) }), {}],
-    ['channels-last input', base, CALL, (d) => ({ ...d, x: t.contiguous(d.x, 'channels_last') }), {}],
+    ['a transposed input', base, CALL, (d) => ({ ...d, x: t.transpose(t.contiguous(t.transpose(d.x, 2, 3)), 2, 3) }), {}],
     ['KSHARE_NATIVE_CONV3X3=0', base, CALL, (d) => d, { KSHARE_NATIVE_CONV3X3: '0' }],
     ['KSHARE_NATIVE_AMX=0', base, CALL, (d) => d, { KSHARE_NATIVE_AMX: '0' }],
   ];

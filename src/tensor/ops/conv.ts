@@ -95,7 +95,7 @@ export function conv2dKernel(
  * Whether a convolution goes to kshare's 3x3 operator (native/amx_conv3x3.cc, an autograd
  * operator whose products run on AMX tiles at float32 accuracy): a CPU with AMX-BF16, a 3 x 3
  * kernel with stride 1, padding 1, dilation 1, groups 1 and no bias, input and output channels
- * multiples of 32, an NCHW-contiguous input. SE-ResNet's training step on CPU spends ~80 % of its
+ * multiples of 32, an NCHW or channels-last contiguous input. SE-ResNet's training step on CPU spends ~80 % of its
  * time in such convolutions, which otherwise run through oneDNN as in PyTorch. KSHARE_NATIVE_AMX=0
  * or KSHARE_NATIVE_CONV3X3=0 (read at every call) keeps them on libtorch's convolution.
  */
@@ -109,7 +109,7 @@ function fitsConv3x3Kernel(
   if (kh !== 3 || kw !== 3 || o.groups !== 1 || bias || ic % 32 !== 0 || oc % 32 !== 0) return false;
   if (o.stride[0] !== 1 || o.stride[1] !== 1 || o.padding[0] !== 1 || o.padding[1] !== 1 || o.dilation[0] !== 1 || o.dilation[1] !== 1) return false;
   if (!buildInfo().amxSupported || process.env.KSHARE_NATIVE_AMX === '0' || process.env.KSHARE_NATIVE_CONV3X3 === '0') return false;
-  return x.size > 0 && isContiguous(x);
+  return x.size > 0 && (isContiguous(x) || isContiguous(x, 'channels_last'));
 }
 
 /**
