@@ -136,7 +136,11 @@ test('3x3 convolutions that do not fit stay on libtorch, with the same numbers',
     let fast: ConvResult | undefined;
     const calls = amxCalls(() => (fast = withEnv(env, () => convGradients(data, conv))));
     assert.equal(calls, 0, `${what}: not on AMX`);
-    compare(what, fast!, withEnv({ KSHARE_NATIVE_KERNELS: '0' }, () => convGradients(data, conv)));
+    compare(
+      what,
+      fast!,
+      withEnv({ KSHARE_NATIVE_KERNELS: '0' }, () => convGradients(data, conv)),
+    );
   });
 });
 
