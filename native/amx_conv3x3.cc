@@ -23,7 +23,7 @@
 // pixels) so that every tap's shift is again whole tile rows. Grid pixels outside the image (the
 // pad column, the pad row, 6-21 % of a SE-ResNet stage's grid) are computed and dropped.
 //
-// Measured speed: see the comment at kGroupPixels and bench/cpu-kernels-notes.md.
+// Measured speed: see the comment at kGroupBytesForward and bench/cpu-kernels-notes.md.
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -338,18 +338,21 @@ int64_t WeightTiles(const kshare_amx::Packed& gradOut, const PieceBuffer* const 
 #endif  // __x86_64__
 
 // Images a group: each thread packs a group's grid at once, so the weight's tiles (read once for
-// every 32-pixel block) serve more pixels while the grid still fits in L2 with the weight's
-// column block. Throwaway harness, one thread, batch 32 (2026-12-06, 2-core Xeon with AMX, 2 MiB
-// L2): the forward against oneDNN's at::conv2d, grids of 1 / 2 images at 64 channels 32 x 32 x1.89-2.06
-// / x2.04-2.09, 2 / 4 at 128 x 16 x 16 x1.41-1.54 / x1.65-1.71, 4 / 8 at 256 x 8 x 8 x0.98-1.03 /
-// x1.03-1.05; the weight gradient 1 / 2 images at 64 x1.77-1.80 / x1.26-1.29, 2 / 4 at 128
-// x1.28-1.45 / x1.00-1.01, 4 / 8 at 256 x1.21-1.22 / x1.14-1.16.
-constexpr int64_t kGroupPixelsForward = 1200, kGroupPixelsWeight = 600;
+// every 32-pixel block) serve more pixels while the packed grid still fits in L2 (2 MiB a core
+// here) beside the weight's column block. Throwaway harness, one thread, batch 32 (2026-12-06,
+// 2-core Xeon with AMX): the forward against oneDNN's at::conv2d, grids of 1 / 2 images at 64
+// channels 32 x 32 x1.89-2.06 / x2.04-2.09 (418 / 836 KiB packed), 2 / 4 at 128 x 16 x 16
+// x1.41-1.54 / x1.65-1.71 (444 / 888 KiB), 4 / 8 at 256 x 8 x 8 x0.98-1.03 / x1.03-1.05 (498 / 995
+// KiB); the weight gradient (which also packs the grid twice as pixel pairs, and the grad output)
+// 1 / 2 images at 64 x1.77-1.80 / x1.26-1.29, 2 / 4 at 128 x1.28-1.45 / x1.00-1.01, 4 / 8 at 256
+// x1.21-1.22 / x1.14-1.16. So about 1 MiB of packed grid for the forward, 512 KiB for the weight
+// gradient.
+constexpr int64_t kGroupBytesForward = 1 << 20, kGroupBytesWeight = 1 << 19;
 
-// Images a group for `images` images a thread: about `pixels` grid pixels, the thread's images in
-// groups of nearly equal size.
-int64_t GroupImages(int64_t images, int64_t h, int64_t w, int64_t pixels) {
-  const int64_t most = std::max<int64_t>(1, pixels / ((h + 1) * (w + 1)));
+// Images a group for `images` images a thread: about `bytes` of packed grid (three bfloat16 pieces
+// of c channels), the thread's images in groups of nearly equal size.
+int64_t GroupImages(int64_t images, int64_t c, int64_t h, int64_t w, int64_t bytes) {
+  const int64_t most = std::max<int64_t>(1, bytes / ((h + 1) * (w + 1) * c * 6));
   const int64_t groups = (images + most - 1) / most;
   return std::max<int64_t>(1, (images + groups - 1) / groups);
 }
@@ -367,7 +370,7 @@ bool Convolve(const float* x, bool channelsLast, int64_t n, int64_t c, int64_t h
               float* y) {
 #if defined(__x86_64__)
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  const int64_t group = GroupImages((n + threads - 1) / threads, h, w, kGroupPixelsForward);
+  const int64_t group = GroupImages((n + threads - 1) / threads, c, h, w, kGroupBytesForward);
   const Grid s(c, h, w, group);
   const auto runs = Runs(s);
   std::atomic<bool> finite{true};
@@ -444,7 +447,7 @@ at::Tensor ForwardCpu(const at::Tensor& input, const at::Tensor& weight) {
 bool WeightGrad(const float* gy, const float* x, bool channelsLast, int64_t n, int64_t c, int64_t h, int64_t w, int64_t o, float* gw) {
 #if defined(__x86_64__)
   const int64_t shares = std::max<int64_t>(1, std::min<int64_t>(n, at::get_num_threads()));
-  const int64_t group = GroupImages((n + shares - 1) / shares, h, w, kGroupPixelsWeight), hw = h * w;
+  const int64_t group = GroupImages((n + shares - 1) / shares, c, h, w, kGroupBytesWeight), hw = h * w;
   const Grid s(c, h, w, group);
   std::vector<float> sums(shares * 9 * o * c);
   std::atomic<bool> finite{true};
