@@ -37,6 +37,11 @@
 //   (native/amx_gemm.cc) against oneDNN's sgemm (KSHARE_NATIVE_AMX=0): the 1x1 operator at
 //   (32,256,16,16), forward and backward; training steps at batch 32 of ConvMixer-64/4 shared and
 //   ConvMixer-256/8 shared; ConvMixer-256/16 shared inference at batch 1 and 32.
+// - conv3x3 (a CPU with AMX-BF16): the 3x3 convolution on AMX tiles (native/amx_conv3x3.cc) against
+//   libtorch's (oneDNN's) convolution (KSHARE_NATIVE_CONV3X3=0): SE-ResNet's three stride-1 shapes
+//   at batch 32, forward and forward + backward (input and weight gradients), NCHW and
+//   channels-last; training steps at batch 32 of SE-ResNet d=2 shared (NCHW and channels-last)
+//   and ResNet-18 (CIFAR) shared.
 // - layout: the SE-ResNet d=2 shared training step (batch 32) with model and input in
 //   channels-last against NCHW, each with kshare's kernels (two workloads alternating, not an
 //   environment switch): channels-last lets oneDNN skip its layout conversions
@@ -61,7 +66,7 @@
 //   against no software prefetch (KSHARE_ROW_PREFETCH=0): ConvMixer training steps at batch 32
 //   and ConvMixer-256/16 shared inference at batch 1 and 32.
 // --only takes a comma-separated list of these sections (1x1, depthwise, panels, steps, blocks,
-// block-run, pool, spin, amx, layout, stem, block-node, training-run, adamw, prefetch);
+// block-run, pool, spin, amx, conv3x3, layout, stem, block-node, training-run, adamw, prefetch);
 // --threads a comma-separated list of thread counts, each a set of rows.
 // ms are medians of wall-clock time; `ratio` = alternative / kshare's route (above 1: the route
 // kshare takes is faster).
@@ -141,7 +146,7 @@ function main(): void {
     .option('--rounds <n>', 'alternations per row', '3')
     .option(
       '--only <sections>',
-      'comma-separated sections: 1x1, depthwise, panels, steps, blocks, block-run, pool, spin, amx, layout, stem, block-node, training-run, adamw (default: all)',
+      'comma-separated sections: 1x1, depthwise, panels, steps, blocks, block-run, pool, spin, amx, conv3x3, layout, stem, block-node, training-run, adamw, prefetch (default: all)',
     )
     .option('--out <file>', 'where to write the JSON', path.join(ROOT, 'bench', 'results', 'route-ab.json'))
     .parse();
@@ -159,6 +164,7 @@ function main(): void {
     'pool',
     'spin',
     'amx',
+    'conv3x3',
     'layout',
     'stem',
     'block-node',
@@ -382,6 +388,55 @@ function main(): void {
         t.dispose([x, w, b, dy]);
         stepRows(CONVMIXER_STEPS, sgemm, 'AMX vs sgemm');
         inferenceRows(batch1And32, sgemm, 'AMX vs sgemm');
+      }
+    }
+
+    // The 3x3 convolution on AMX tiles against libtorch's.
+    if (want('conv3x3')) {
+      if (!t.runtimeInfo().amx) console.log('conv3x3: skipped (this CPU or OS has no AMX-BF16, or KSHARE_NATIVE_AMX=0 is set)');
+      else {
+        const onednn = { KSHARE_NATIVE_CONV3X3: '0' };
+        for (const [n, c, hw] of [
+          [32, 64, 32],
+          [32, 128, 16],
+          [32, 256, 8],
+        ] as const) {
+          for (const cl of [false, true]) {
+            const x = make([n, c, hw, hw], cl),
+              dy = make([n, c, hw, hw], cl),
+              w = t.mul(t.randn([c, c, 3, 3]), 0.05);
+            const label = `3x3 conv (${n},${c},${hw},${hw}), ${cl ? 'channels-last' : 'NCHW'}`;
+            const conv = (v: Tensor, k: Tensor) => t.conv2d(v, k, null, { padding: 1 });
+            add(
+              `${label} forward (AMX vs oneDNN)`,
+              ab(
+                forward(x, (v) => conv(v, w)),
+                onednn,
+                rounds,
+                10,
+              ),
+            );
+            const both = () =>
+              t.tidy(() => {
+                const [xg, wg] = [x.detach(), w.detach()];
+                xg.requiresGrad = wg.requiresGrad = true;
+                conv(xg, wg).backward(dy);
+                xg.grad?.dispose();
+                wg.grad?.dispose();
+              });
+            add(`${label} forward + backward (AMX vs oneDNN)`, ab(both, onednn, rounds, 5));
+            t.dispose([x, dy, w]);
+          }
+        }
+        for (const [model, channelsLast] of [
+          ['se_resnet_d_2_full_shared', false],
+          ['se_resnet_d_2_full_shared', true],
+          ['resnet18_cifar_shared', false],
+        ] as const) {
+          const step = trainingStep(model, { channelsLast });
+          add(`${model} training step, batch 32, ${channelsLast ? 'channels-last' : 'NCHW'} (AMX vs oneDNN)`, ab(step.run, onednn, rounds, 3));
+          step.dispose();
+        }
       }
     }
 

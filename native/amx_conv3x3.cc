@@ -394,6 +394,13 @@ bool Convolve(const float* x, bool channelsLast, int64_t n, int64_t c, int64_t h
 #endif
 }
 
+// Each group reads the whole packed weight (9 C O x 6 bytes) from L3 or memory: at 256 x 256
+// channels (3.4 MiB) the tile unit still gains (x1.06-1.19 forward at 8 x 8 in
+// bench/results/conv3x3-ab.json), at 512 x 512 (13.5 MiB) it loses: (32,512,4,4) forward 24.9-25.3
+// ms against oneDNN's 11.5-12.3 (throwaway timing, 2026-12-06). src/tensor/ops/conv.ts routes by the
+// same limit.
+constexpr int64_t kMaxChannelProduct = 256 * 256;
+
 bool Applies(const at::Tensor& input, const at::Tensor& weight) {
   if (!kshare_amx::Enabled() || !kshare::EnvSwitchOn("KSHARE_NATIVE_CONV3X3")) return false;
   if (input.dim() != 4 || weight.dim() != 4 || input.scalar_type() != at::kFloat || weight.scalar_type() != at::kFloat) return false;
@@ -401,7 +408,7 @@ bool Applies(const at::Tensor& input, const at::Tensor& weight) {
   if (!input.is_contiguous() && !input.is_contiguous(at::MemoryFormat::ChannelsLast)) return false;
   const int64_t c = input.size(1), o = weight.size(0);
   return weight.size(1) == c && weight.size(2) == 3 && weight.size(3) == 3 && c % 32 == 0 && o % 32 == 0 && c > 0 && o > 0 &&
-         input.size(0) > 0 && input.size(2) > 0 && input.size(3) > 0;
+         c * o <= kMaxChannelProduct && input.size(0) > 0 && input.size(2) > 0 && input.size(3) > 0;
 }
 
 void Check(const char* op, const at::Tensor& input, const at::Tensor& weight) {

@@ -110,6 +110,7 @@ test('3x3 convolutions that do not fit stay on libtorch, with the same numbers',
   const cases: [string, Shape, ConvCall, (d: ConvData) => ConvData, Record<string, string>][] = [
     ['48 input channels', { ...base, c: 48 }, CALL, (d) => d, {}],
     ['40 output channels', { ...base, out: 40 }, CALL, (d) => d, {}],
+    ['288 x 256 channels (a packed weight over 3.4 MiB)', { ...base, c: 288, out: 256, h: 3, w: 3 }, CALL, (d) => d, {}],
     ['stride 2', base, CALL, (d) => d, {}],
     ['padding 2, dilation 2', base, { padding: [2, 2], dilation: [2, 2], groups: 1 }, (d) => d, {}],
     ['groups 2', { ...base, c: 64 }, { ...CALL, groups: 2 }, (d) => d, {}],

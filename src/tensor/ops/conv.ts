@@ -92,10 +92,18 @@ export function conv2dKernel(
 }
 
 /**
+ * Above this many input x output channels the 3x3 operator's packed weight (9 C O x 6 bytes) no
+ * longer pays for its reads from L3 or memory: native/amx_conv3x3.cc's kMaxChannelProduct, where
+ * it is measured.
+ */
+const CONV3X3_MAX_CHANNEL_PRODUCT = 256 * 256;
+
+/**
  * Whether a convolution goes to kshare's 3x3 operator (native/amx_conv3x3.cc, an autograd
  * operator whose products run on AMX tiles at float32 accuracy): a CPU with AMX-BF16, a 3 x 3
  * kernel with stride 1, padding 1, dilation 1, groups 1 and no bias, input and output channels
- * multiples of 32, an NCHW or channels-last contiguous input. SE-ResNet's training step on CPU spends ~80 % of its
+ * multiples of 32 and their product at most 256 x 256 (CONV3X3_MAX_CHANNEL_PRODUCT), an NCHW or
+ * channels-last contiguous input. SE-ResNet's training step on CPU spends ~80 % of its
  * time in such convolutions, which otherwise run through oneDNN as in PyTorch. KSHARE_NATIVE_AMX=0
  * or KSHARE_NATIVE_CONV3X3=0 (read at every call) keeps them on libtorch's convolution.
  */
@@ -106,7 +114,7 @@ function fitsConv3x3Kernel(
   o: { groups: number; stride: [number, number]; padding: [number, number]; dilation: [number, number] },
 ): boolean {
   const [oc, ic, kh, kw] = weight.shape as [number, number, number, number];
-  if (kh !== 3 || kw !== 3 || o.groups !== 1 || bias || ic % 32 !== 0 || oc % 32 !== 0) return false;
+  if (kh !== 3 || kw !== 3 || o.groups !== 1 || bias || ic % 32 !== 0 || oc % 32 !== 0 || ic * oc > CONV3X3_MAX_CHANNEL_PRODUCT) return false;
   if (o.stride[0] !== 1 || o.stride[1] !== 1 || o.padding[0] !== 1 || o.padding[1] !== 1 || o.dilation[0] !== 1 || o.dilation[1] !== 1) return false;
   if (!buildInfo().amxSupported || process.env.KSHARE_NATIVE_AMX === '0' || process.env.KSHARE_NATIVE_CONV3X3 === '0') return false;
   return x.size > 0 && (isContiguous(x) || isContiguous(x, 'channels_last'));
