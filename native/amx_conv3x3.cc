@@ -23,7 +23,14 @@
 // pixels) so that every tap's shift is again whole tile rows. Grid pixels outside the image (the
 // pad column, the pad row, 6-21 % of a SE-ResNet stage's grid) are computed and dropped.
 //
-// Measured speed: see the comment at kGroupBytesForward and bench/cpu-kernels-notes.md.
+// Measured speed against libtorch's (oneDNN's) convolution in one process, batch 32, 1 / 2 threads
+// (2-core Xeon with AMX, 2026-12-06; `node dist/bench/route-ab.js --only conv3x3 --threads 1,2
+// --rounds 4`, bench/results/conv3x3-ab.json): forward + both gradients at SE-ResNet's stages,
+// NCHW, (32,64,32,32) x1.68 / x1.69, (32,128,16,16) x1.40 / x1.38, (32,256,8,8) x1.14 / x1.28
+// (channels-last x1.63 / x1.54, x1.42 / x1.43, x1.22 / x1.12); the SE-ResNet d=2 shared training
+// step x1.20 / x1.32 NCHW, ResNet-18 (CIFAR) shared x1.24 / x1.15. How the group size was chosen:
+// kGroupBytesForward; history and the variants not kept (stride 2, 16 input channels):
+// bench/cpu-kernels-notes.md, twenty-seventh session.
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
