@@ -188,17 +188,18 @@ void PackPairs(const PieceBuffer& pixels, const Grid& s, int64_t parity, int64_t
     }
 }
 
-// y (`count` images of o channels, NCHW or NHWC) = the grid's images convolved with the weight
-// packed as the right operand (9 taps x C rows, o columns). Returns the tile products issued.
+// Output channels [jBegin, jEnd) (jBegin a multiple of 32) of y (`count` images of o channels, NCHW
+// or NHWC) = the grid's images convolved with the weight packed as the right operand (9 taps x C
+// rows, o columns). Returns the tile products issued.
 int64_t ForwardTiles(const PieceBuffer& pixels, const kshare_amx::Packed& weight, const Grid& s, const std::vector<std::vector<Run>>& runs,
-                     int64_t count, int64_t o, bool channelsLast, float* y) {
+                     int64_t count, int64_t o, int64_t jBegin, int64_t jEnd, bool channelsLast, float* y) {
   ConfigureTiles();
   const int64_t nTiles = weight.colTiles, ck = s.c / 32, hw = s.hw();
   const uint16_t *a[3] = {pixels.piece(0), pixels.piece(1), pixels.piece(2)}, *b[3] = {weight.piece(0), weight.piece(1), weight.piece(2)};
   const int64_t rowBytes = s.c * 2, aNext = 16 * s.c;
   alignas(64) float acc[32 * 32], out[32 * 32];
   int64_t steps = 0;
-  for (int64_t j = 0; j < o; j += 32) {
+  for (int64_t j = jBegin; j < jEnd; j += 32) {
     const int64_t colsHere = std::min<int64_t>(32, o - j);
     for (int64_t i = 0; i < s.qr; i += 32) {
       _tile_zero(0);
@@ -382,16 +383,23 @@ bool Convolve(const float* x, bool channelsLast, int64_t n, int64_t c, int64_t h
   const auto runs = Runs(s);
   std::atomic<bool> finite{true};
   const int64_t groups = (n + group - 1) / group;
-  kshare::ParallelFor(0, groups, 1, [&](int64_t b, int64_t e) {
+  // With fewer groups than threads (batch-1 inference), each group's output channels are split
+  // between threads too, each packing the group for itself: at batch 1 on 2 threads one thread a
+  // group ran SE-ResNet's inference 15-35 % slower than oneDNN (throwaway timing, 2026-12-06).
+  const int64_t blocks = (o + 31) / 32, parts = groups >= threads ? 1 : std::min(blocks, (threads + groups - 1) / groups);
+  const int64_t partBlocks = (blocks + parts - 1) / parts;
+  kshare::ParallelFor(0, groups * parts, 1, [&](int64_t b, int64_t e) {
     pixelBuffer.Reserve(s.len * c);
-    for (int64_t gi = b; gi < e && finite.load(std::memory_order_relaxed); gi++) {
-      const int64_t n0 = gi * group, count = std::min(group, n - n0);
+    for (int64_t task = b; task < e && finite.load(std::memory_order_relaxed); task++) {
+      const int64_t gi = task / parts, part = task % parts, n0 = gi * group, count = std::min(group, n - n0);
+      const int64_t j0 = part * partBlocks * 32, j1 = std::min(o, j0 + partBlocks * 32);
+      if (j0 >= j1) continue;
       const auto start = std::chrono::steady_clock::now();
       if (!PackPixels(x + n0 * c * h * w, channelsLast, count, s, pixelBuffer)) {
         finite = false;
         return;
       }
-      Count(ForwardTiles(pixelBuffer, weight, s, runs, count, o, channelsLast, y + n0 * o * h * w), start);
+      Count(ForwardTiles(pixelBuffer, weight, s, runs, count, o, j0, j1, channelsLast, y + n0 * o * h * w), start);
     }
   });
   return finite;
@@ -446,6 +454,11 @@ std::shared_ptr<kshare_amx::Packed> PackInputGradWeight(const at::Tensor& weight
 at::Tensor ForwardCpu(const at::Tensor& input, const at::Tensor& weight) {
   Check("kshare::conv3x3", input, weight);
   if (!Applies(input, weight)) return Fallback(input, weight);
+  // Fewer channels-last images than threads (batch-1 inference, the layout `kshare predict` runs
+  // SE-ResNet in): oneDNN's channels-last convolution splits one image between the threads better.
+  // SE-ResNet d=2 shared at batch 1, 2 threads: 9.33-9.43 ms on AMX against 8.21-8.35 (NCHW, split
+  // by output channels: 8.43-8.50 against 8.99-9.10; throwaway timing, 2026-12-06).
+  if (kshare::ChannelsLastOnly(input) && input.size(0) < at::get_num_threads()) return Fallback(input, weight);
   const at::Tensor w = weight.contiguous();
   const auto packed = PackForwardWeight(w);
   const int64_t n = input.size(0), c = input.size(1), h = input.size(2), wd = input.size(3), o = w.size(0);

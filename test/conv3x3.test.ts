@@ -9,6 +9,7 @@ import { runKernel } from '../src/tensor/kernels.js';
 import { wrap } from '../src/tensor/tensor.js';
 import { convGradients, compareConv, conv2dCall, torchConvGradients, type ConvCall, type ConvData, type ConvResult } from './helpers/conv-parity.js';
 import { withEnv } from './helpers/env.js';
+import { maxRelError as maxRel } from './helpers/python.js';
 
 const TOL = 1e-5;
 process.env.KSHARE_NATIVE_POISON = '1';
@@ -183,5 +184,32 @@ test('on AMX, an infinity or NaN in the input or weight gives libtorch results (
       else assert.equal(got[i], want[i], `${where} ${value}: element ${i} as libtorch's`);
     }
     t.dispose([data.x, data.w, data.r, replaced]);
+  }
+});
+
+test('on AMX, batch 1 on 2 threads: NCHW splits the output channels between threads, channels-last takes oneDNN', { skip: amxSkip }, () => {
+  const before = t.runtimeInfo().numThreads;
+  const gen = new t.Generator(997);
+  const x = t.randn([1, 64, 12, 10], { generator: gen }),
+    w = t.mul(t.randn([96, 64, 3, 3], { generator: gen }), 0.1);
+  const xl = t.contiguous(x, 'channels_last');
+  const forward = (v: t.Tensor) => t.noGrad(() => t.tidy(() => t.conv2d(v, w, null, { padding: 1 }).toFloat32Array()));
+  try {
+    const one = forward(x);
+    t.setNumThreads(2);
+    let two: Float32Array | undefined;
+    assert.ok(amxCalls(() => (two = forward(x))) > 0, 'NCHW at batch 1 stays on AMX');
+    assert.deepEqual(two, one, 'NCHW: the same bits when the output channels are split');
+    let cl: Float32Array | undefined;
+    assert.equal(
+      amxCalls(() => (cl = forward(xl))),
+      0,
+      'channels-last at batch 1 on 2 threads: oneDNN',
+    );
+    const want = withEnv({ KSHARE_NATIVE_KERNELS: '0' }, () => forward(x));
+    assert.ok(maxRel(cl!, want) <= TOL, 'channels-last matches libtorch');
+  } finally {
+    t.setNumThreads(before);
+    t.dispose([x, w, xl]);
   }
 });
