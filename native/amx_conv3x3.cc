@@ -1,9 +1,10 @@
 // 3x3 convolution (stride 1, padding 1, dilation 1, groups 1, no bias) of float32 CPU tensors, NCHW
 // or channels-last, on Intel AMX tiles at float32 accuracy (the three-piece bfloat16 split of
-// amx_gemm.cc), registered as libtorch operators (kshare::conv3x3 with autograd, kshare::conv3x3_backward) so
-// that the addon's schema-driven `call` reaches them like any ATen operator. Where AMX is off or a
-// shape does not fit (channels not multiples of 32, other strides, an infinity or NaN in an operand)
-// they run libtorch's convolution instead, so the operator is always correct.
+// amx_gemm.cc), registered as libtorch operators (kshare::conv3x3 with autograd,
+// kshare::conv3x3_backward) so that the addon's schema-driven `call` reaches them like any ATen
+// operator. Where AMX is off or a call does not fit (channels not multiples of 32 or more than
+// 256 x 256, fewer channels-last images than threads, an infinity or NaN in an operand) they run
+// libtorch's convolution instead, so the operator is always correct.
 //
 // Why: SE-ResNet's training step on CPU spends ~80 % of its time in its 3x3 convolutions, which
 // kshare and PyTorch both ran through the same oneDNN code (bench/cpu-kernels-notes.md): at parity
@@ -410,10 +411,10 @@ bool Convolve(const float* x, bool channelsLast, int64_t n, int64_t c, int64_t h
 }
 
 // Each group reads the whole packed weight (9 C O x 6 bytes) from L3 or memory: at 256 x 256
-// channels (3.4 MiB) the tile unit still gains (x1.06-1.19 forward at 8 x 8 in
-// bench/results/conv3x3-ab.json), at 512 x 512 (13.5 MiB) it loses: (32,512,4,4) forward 24.9-25.3
-// ms against oneDNN's 11.5-12.3 (throwaway timing, 2026-12-06). src/tensor/ops/conv.ts routes by the
-// same limit.
+// channels (3.4 MiB) the tile unit still gains a little (8 x 8 images: forward x0.99-1.17, forward +
+// backward x1.11-1.28 in bench/results/conv3x3-ab.json), at 512 x 512 (13.5 MiB) it loses:
+// (32,512,4,4) forward 24.9-25.3 ms against oneDNN's 11.5-12.3 (throwaway timing, 2026-12-06).
+// src/tensor/ops/conv.ts routes by the same limit.
 constexpr int64_t kMaxChannelProduct = 256 * 256;
 
 bool Applies(const at::Tensor& input, const at::Tensor& weight) {
@@ -562,9 +563,8 @@ at::Tensor CallForward(const at::Tensor& input, const at::Tensor& weight) {
 
 std::tuple<at::Tensor, at::Tensor> CallBackward(const at::Tensor& gradOutput, const at::Tensor& input, const at::Tensor& weight,
                                                 std::array<bool, 2> mask) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("kshare::conv3x3_backward", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&, std::array<bool, 2>)>();
+  using Signature = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&, std::array<bool, 2>);
+  static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("kshare::conv3x3_backward", "").typed<Signature>();
   return op.call(gradOutput, input, weight, mask);
 }
 

@@ -90,6 +90,16 @@ test('on AMX, 3x3 conv2d matches libtorch within 1e-5: forward, grad input, grad
   });
 });
 
+test("on AMX, padding 'same' takes the 3x3 operator as padding 1 does", { skip: amxSkip }, () => {
+  const data = makeData({ n: 2, c: 32, out: 64, h: 6, w: 9 }, 940);
+  const same = (x: t.Tensor, w: t.Tensor) => t.conv2d(x, w, null, { padding: 'same' });
+  let got: ConvResult | undefined;
+  assert.ok(amxCalls(() => (got = convGradients(data, same))) >= 3, "padding 'same' on AMX");
+  assert.deepEqual(got!.y, run(data, true).y, "padding 'same' and padding 1: the same bits");
+  compare("padding 'same'", got!, run(data, false));
+  t.dispose(data);
+});
+
 test('on AMX, 3x3 conv2d matches python3-torch, and a kernel used twice adds both gradients', { skip: amxSkip }, () => {
   const cases = [
     { s: SHAPES[1]!, call: CALL },

@@ -55,6 +55,9 @@ export function conv2d(x: Tensor, weight: Tensor, bias: Tensor | null = null, o:
     }
     if (padding === 'same' && cpuFloat32(x, weight, bias) && fitsDepthwiseKernel(x, weight, groups, stride, null, dilation))
       return depthwise(x, weight, bias, dilation);
+    // 'same' for a 3x3 kernel at stride 1 is padding 1 (conv2dKernel has checked the float32 CPU operands).
+    if (padding === 'same' && conv2dKernel(x, weight, bias, { groups, stride, padding: [1, 1], dilation }) === 'conv3x3')
+      return wrap(runKernel(op, 'conv3x3', [x.handle, weight.handle]));
     return wrap(runKernel(op, 'conv2dPadding', [x.handle, weight.handle, bias?.handle ?? null, stride, padding, dilation, groups]));
   }
   if (typeof padding === 'string') throw new TypeError(`${op}: padding must be a number, a pair, 'same' or 'valid', got ${describe(padding)}`);
