@@ -14,7 +14,8 @@ namespace kshare_amx {
 // KSHARE_NATIVE_AMX=0 nor a KSHARE_NATIVE_ISA cap (avx2, generic) turns it off (read at every call).
 bool Enabled();
 
-// Gemm calls so far in this process (tests check the route with it).
+// AMX product calls so far in this process, Gemm's and the 3x3 convolution's (tests check the
+// routes with it).
 int64_t Products();
 
 // Tile products (bfloat16 16 x 16 x 32 dot-product instructions) those calls issued, and the

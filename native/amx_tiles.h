@@ -15,20 +15,20 @@ namespace tiles {
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,amx-tile,amx-bf16")
 
-// The three pieces of 16 floats (Split's bits), as named registers. The packs kept them in arrays
-// indexed in loops, and GCC put those on the stack (12 extra 64-byte stores and 6 loads for every
-// 32 values packed); with that and High16's static index (below) gone, a 256 x 256 operand packs
-// from L2 in 10.3-10.8 us instead of 22.0-25.2 (rows, left or right) and in 19.1-19.4 instead of
-// 23.9-25.2 (columns, the transposing right pack, before its float transpose below took another
-// ~25 % off it: 27.6-30.6 us against 37.3-38.8 in a slower stretch of the host): the same bits,
-// timed by throwaway harnesses over this file, 2026-12-06 (bench/cpu-kernels-notes.md,
-// twenty-sixth session).
+// The three pieces of 16 floats (the bits of amx_gemm.cc's scalar Split), as named registers. The
+// packs kept them in arrays indexed in loops, and GCC put those on the stack (12 extra 64-byte
+// stores and 6 loads for every 32 values packed); with that and High16's static index (below) gone,
+// a 256 x 256 operand packs from L2 in 10.3-10.8 us instead of 22.0-25.2 (rows, left or right) and
+// in 19.1-19.4 instead of 23.9-25.2 (columns, the transposing right pack, before its float
+// transpose below took another ~25 % off it: 27.6-30.6 us against 37.3-38.8 in a slower stretch of
+// the host): the same bits, timed by throwaway harnesses over amx_gemm.cc, 2026-12-06
+// (bench/cpu-kernels-notes.md, twenty-sixth session).
 struct Pieces {
   __m512i h, m, l;
 };
 
-// Split for 16 floats at once (the same bits as Split); clears the lanes of *allFinite that hold
-// an infinity or NaN.
+// Split for 16 floats at once (the same bits as amx_gemm.cc's Split); clears the lanes of
+// *allFinite that hold an infinity or NaN.
 inline Pieces Split16(__m512 f, __mmask16* allFinite) {
   const __m512i top = _mm512_set1_epi32(static_cast<int>(0xffff0000u)), expo = _mm512_set1_epi32(0x7f800000);
   const __m512i u = _mm512_castps_si512(f);
