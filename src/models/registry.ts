@@ -169,7 +169,8 @@ export function modelCpuMemoryFormat(name: string, config: unknown = null): CpuM
  * Whether `kshare train` and sweeps train a model in channels_last when not told: on CPU where its
  * architecture's CPU memory format is channels_last (NCHW for ConvMixer, where kshare's fused
  * kernels run: its 256/8 step took 293.5 ms NCHW and 397.0 channels-last, bench/results/cpu-kernels.json;
- * SE-ResNet d=2's step x1.09-1.10 faster in channels-last, bench/results/layout-ab.json), never on other devices.
+ * SE-ResNet d=2's step x1.04-1.05 faster in channels-last with its 3x3 convolutions on AMX, x1.09-1.10 on
+ * oneDNN's, bench/results/layout-ab.json and its notes), never on other devices.
  */
 export function trainsChannelsLast(device: string, name: string, config: unknown = null): boolean {
   return device === 'cpu' && modelCpuMemoryFormat(name, config) === 'channels_last';
