@@ -94,21 +94,7 @@ std::vector<std::vector<Run>> Runs(const Grid& s) {
   return out;
 }
 
-// A 64-byte-aligned buffer of three bfloat16 pieces that grows, never shrinks (one a thread).
-struct PieceBuffer {
-  std::unique_ptr<uint16_t[]> storage;
-  int64_t capacity = 0, pieceElems = 0;
-  uint16_t* base = nullptr;
-  void Reserve(int64_t elems) {
-    pieceElems = RoundUp(elems, 32);
-    if (3 * pieceElems + 32 > capacity) {
-      capacity = 3 * pieceElems + 32;
-      storage.reset(new uint16_t[capacity]);
-    }
-    base = reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(storage.get()) + 63) & ~uintptr_t(63));
-  }
-  uint16_t* piece(int p) const { return base + p * pieceElems; }
-};
+using PieceBuffer = kshare_amx::PieceStorage;  // one a thread, reused between calls
 
 #if defined(__x86_64__)
 #pragma GCC push_options
@@ -368,6 +354,8 @@ int64_t GroupImages(int64_t images, int64_t c, int64_t h, int64_t w, int64_t byt
 
 thread_local PieceBuffer pixelBuffer, pairBuffers[2];
 
+// The tile products since `start` in runtimeInfo()'s AMX counters; as for Gemm, the packs are not
+// timed, so amxProductNs / amxTileProducts stays the tile unit's speed.
 void Count(int64_t tileProducts, std::chrono::steady_clock::time_point start) {
   kshare_amx::RecordProducts(
       tileProducts, std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count());
@@ -395,11 +383,11 @@ bool Convolve(const float* x, bool channelsLast, int64_t n, int64_t c, int64_t h
       const int64_t gi = task / parts, part = task % parts, n0 = gi * group, count = std::min(group, n - n0);
       const int64_t j0 = part * partBlocks * 32, j1 = std::min(o, j0 + partBlocks * 32);
       if (j0 >= j1) continue;
-      const auto start = std::chrono::steady_clock::now();
       if (!PackPixels(x + n0 * c * h * w, channelsLast, count, s, pixelBuffer)) {
         finite = false;
         return;
       }
+      const auto start = std::chrono::steady_clock::now();
       Count(ForwardTiles(pixelBuffer, weight, s, runs, count, o, j0, j1, channelsLast, y + n0 * o * h * w), start);
     }
   });
@@ -481,7 +469,8 @@ bool WeightGrad(const float* gy, const float* x, bool channelsLast, int64_t n, i
   std::atomic<bool> finite{true};
   kshare::ParallelFor(0, shares, 1, [&](int64_t b, int64_t e) {
     thread_local kshare_amx::Packed gradOut;
-    std::vector<float> grid(o * s.qr);
+    thread_local std::vector<float> grid;  // GradOutputGrid writes all of it
+    grid.resize(o * s.qr);
     const int64_t pairs = s.len / 2 - 1;
     pixelBuffer.Reserve(s.len * c);
     pairBuffers[0].Reserve(pairs * 2 * c);
@@ -491,7 +480,6 @@ bool WeightGrad(const float* gy, const float* x, bool channelsLast, int64_t n, i
       const int64_t n0 = p * n / shares, n1 = (p + 1) * n / shares;
       for (int64_t g0 = n0; g0 < n1 && finite.load(std::memory_order_relaxed); g0 += group) {
         const int64_t count = std::min(group, n1 - g0);
-        const auto start = std::chrono::steady_clock::now();
         GradOutputGrid(gy + g0 * o * hw, channelsLast, count, o, s, grid.data());
         kshare_amx::PackLeft(grid.data(), o, s.qr, s.qr, 1, &gradOut);
         if (!gradOut.finite || !PackPixels(x + g0 * c * hw, channelsLast, count, s, pixelBuffer)) {
@@ -500,6 +488,7 @@ bool WeightGrad(const float* gy, const float* x, bool channelsLast, int64_t n, i
         }
         PackPairs(pixelBuffer, s, 0, pairs, pairBuffers[0]);
         PackPairs(pixelBuffer, s, 1, pairs, pairBuffers[1]);
+        const auto start = std::chrono::steady_clock::now();
         Count(WeightTiles(gradOut, pairPtrs, s, o, &sums[p * 9 * o * c], g0 != n0), start);
       }
     }

@@ -89,6 +89,16 @@ int64_t TileProducts() { return tileProducts.load(std::memory_order_relaxed); }
 int64_t ProductNanoseconds() { return productNs.load(std::memory_order_relaxed); }
 bool Supported() { return Available(); }
 
+void PieceStorage::Reserve(int64_t elems) {
+  pieceElems = RoundUp(elems, 32);
+  const int64_t need = kPieces * pieceElems + 32;  // + 64 bytes to align
+  if (need > capacity) {
+    storage.reset(new uint16_t[need]);
+    capacity = need;
+  }
+  base = reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(storage.get()) + 63) & ~uintptr_t(63));
+}
+
 void RecordProducts(int64_t issued, int64_t ns) {
   products.fetch_add(1, std::memory_order_relaxed);
   tileProducts.fetch_add(issued, std::memory_order_relaxed);
@@ -102,13 +112,7 @@ void Reserve(Packed* out, int64_t rows, int64_t cols, int64_t rowTiles, int64_t 
   out->cols = cols;
   out->rowTiles = rowTiles;
   out->colTiles = colTiles;
-  out->pieceElems = rowTiles * colTiles * 512;
-  const int64_t need = kPieces * out->pieceElems + 32;  // + 64 bytes to align
-  if (need > out->capacity) {
-    out->storage.reset(new uint16_t[need]);
-    out->capacity = need;
-  }
-  out->base = reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(out->storage.get()) + 63) & ~uintptr_t(63));
+  out->PieceStorage::Reserve(rowTiles * colTiles * 512);
 }
 
 // The three pieces of a finite f as float32 bit patterns with the low 16 bits zero: the top 16

@@ -36,15 +36,23 @@ void RecordProducts(int64_t tileProducts, int64_t nanoseconds);
 // operand (m x k): 16 x 32 tiles, [row tile][k tile][16][32]; as the right operand (k x n): VNNI
 // tiles, [k tile][column tile][16 k pairs][16 columns][2]. Rows and columns are padded with
 // zeros to multiples of 32. Reused between calls: it grows, never shrinks.
-struct Packed {
-  int64_t rows = 0, cols = 0;        // logical size
-  int64_t rowTiles = 0, colTiles = 0;  // tiles: left, 16-row tiles by 32-column tiles; right, 32-row by 16-column
-  int64_t pieceElems = 0;              // bfloat16 elements in one piece
-  uint16_t* base = nullptr;            // 64-byte aligned, three pieces one after another
+// Three pieces of bfloat16 one after another, 64-byte aligned, in storage that grows, never shrinks
+// (reused between calls): Packed's, and the 3x3 convolution's packed grids (amx_conv3x3.cc).
+struct PieceStorage {
+  int64_t pieceElems = 0;  // bfloat16 elements in one piece (a multiple of 32)
+  uint16_t* base = nullptr;
   std::unique_ptr<uint16_t[]> storage;
   int64_t capacity = 0;
+  // Room for pieces of `elems` elements each (rounded up to 32); the contents are not kept.
+  void Reserve(int64_t elems);
+  uint16_t* piece(int p) const { return base + p * pieceElems; }
+};
+
+struct Packed : PieceStorage {
+  int64_t rows = 0, cols = 0;        // logical size
+  int64_t rowTiles = 0, colTiles = 0;  // tiles: left, 16-row tiles by 32-column tiles; right, 32-row by 16-column
   bool finite = true;  // no infinity or NaN: otherwise Gemm would give NaN for inf * (a zero piece)
-  const uint16_t* piece(int p) const { return base + p * pieceElems; }
+  const uint16_t* piece(int p) const { return PieceStorage::piece(p); }
 };
 
 // a(i, j) = src[i * rowStride + j * colStride], i < rows, j < cols.

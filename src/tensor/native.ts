@@ -36,7 +36,7 @@ export interface RuntimeInfo {
   cpuPoolSpreads: number;
   /** How many floats ahead the GELU/BatchNorm row kernels prefetch their rows (KSHARE_ROW_PREFETCH; default 512, 0 = none). */
   rowPrefetchFloats: number;
-  /** The 1x1 convolution runs its NCHW products on AMX tiles (native/amx_gemm.cc): the CPU has AMX-BF16, the OS allows it, and neither KSHARE_NATIVE_AMX=0 nor a KSHARE_NATIVE_ISA cap turns it off. */
+  /** kshare's 1x1 convolution runs its NCHW products on AMX tiles (native/amx_gemm.cc), and its 3x3 convolution where it applies (native/amx_conv3x3.cc): the CPU has AMX-BF16, the OS allows it, and neither KSHARE_NATIVE_AMX=0 nor a KSHARE_NATIVE_ISA cap turns it off. */
   amx: boolean;
   /** The CPU has AMX-BF16 and the OS allows it (amx without the environment switches): conv2d's route to kshare's 3x3 convolution (native/amx_conv3x3.cc) asks this once. */
   amxSupported: boolean;
